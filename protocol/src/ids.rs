@@ -1,0 +1,154 @@
+//! Identifiers: what a user, device, group or client message id may contain,
+//! and the conversation ids the server builds from them.
+//!
+//! Ids are 1 to [`ID_BYTES_MAX`] bytes of ASCII letters, digits and `.`, `_`,
+//! `-`, `@`. The alphabet is deliberately narrow: an id is used inside storage
+//! keys (embedded and Redis), and with no `:`, `{`, `}` or whitespace it can
+//! neither break out of its key nor steer a Redis Cluster hash slot.
+
+use std::fmt;
+
+/// Longest id, in bytes.
+pub const ID_BYTES_MAX: usize = 64;
+
+/// Why an id was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The id is empty.
+    #[error("id is empty")]
+    Empty,
+    /// The id is longer than [`ID_BYTES_MAX`] bytes.
+    #[error("id is longer than {ID_BYTES_MAX} bytes")]
+    TooLong,
+    /// The id holds a byte outside `[A-Za-z0-9._@-]`.
+    #[error("id holds a character outside [A-Za-z0-9._@-]")]
+    BadChar,
+    /// A conversation id is neither `d:<a>:<b>` (a < b) nor `g:<group>`.
+    #[error("conversation id is neither d:<a>:<b> nor g:<group>")]
+    BadConversation,
+}
+
+/// Checks that `id` is a valid user, device, group or client message id.
+pub fn check_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if id.len() > ID_BYTES_MAX {
+        return Err(IdError::TooLong);
+    }
+    if !id.bytes().all(is_id_byte) {
+        return Err(IdError::BadChar);
+    }
+    Ok(())
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@')
+}
+
+/// A conversation: a 1:1 chat between two users, or a group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConversationId {
+    /// The 1:1 chat of two distinct users, `a < b` in byte order.
+    Direct {
+        /// The user whose id sorts first.
+        a: String,
+        /// The user whose id sorts second.
+        b: String,
+    },
+    /// A group's chat.
+    Group(String),
+}
+
+impl ConversationId {
+    /// The 1:1 conversation of `x` and `y` (in either order). `None` when
+    /// they are the same user: a note-to-self is not a conversation here.
+    pub fn direct(x: &str, y: &str) -> Option<Self> {
+        match x.cmp(y) {
+            std::cmp::Ordering::Less => Some(Self::Direct { a: x.to_owned(), b: y.to_owned() }),
+            std::cmp::Ordering::Greater => Some(Self::Direct { a: y.to_owned(), b: x.to_owned() }),
+            std::cmp::Ordering::Equal => None,
+        }
+    }
+
+    /// A group's conversation.
+    pub fn group(group_id: &str) -> Self {
+        Self::Group(group_id.to_owned())
+    }
+
+    /// Parses the wire form (`d:<a>:<b>` or `g:<group>`), checking every id.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if let Some(rest) = s.strip_prefix("d:") {
+            let (a, b) = rest.split_once(':').ok_or(IdError::BadConversation)?;
+            check_id(a)?;
+            check_id(b)?;
+            if a >= b {
+                return Err(IdError::BadConversation);
+            }
+            Ok(Self::Direct { a: a.to_owned(), b: b.to_owned() })
+        } else if let Some(g) = s.strip_prefix("g:") {
+            check_id(g)?;
+            Ok(Self::Group(g.to_owned()))
+        } else {
+            Err(IdError::BadConversation)
+        }
+    }
+
+    /// For a 1:1 conversation that `me` is part of: the other user.
+    pub fn peer_of(&self, me: &str) -> Option<&str> {
+        match self {
+            Self::Direct { a, b } if a == me => Some(b),
+            Self::Direct { a, b } if b == me => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The group id, for a group conversation.
+    pub fn group_id(&self) -> Option<&str> {
+        match self {
+            Self::Group(g) => Some(g),
+            Self::Direct { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Direct { a, b } => write!(f, "d:{a}:{b}"),
+            Self::Group(g) => write!(f, "g:{g}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_the_alphabet_and_refuse_the_rest() {
+        assert_eq!(check_id("alice.b_c-d@x9"), Ok(()));
+        assert_eq!(check_id(""), Err(IdError::Empty));
+        assert_eq!(check_id(&"a".repeat(ID_BYTES_MAX)), Ok(()));
+        assert_eq!(check_id(&"a".repeat(ID_BYTES_MAX + 1)), Err(IdError::TooLong));
+        for bad in ["a:b", "{a}", "a b", "é", "a\0", "a\n"] {
+            assert_eq!(check_id(bad), Err(IdError::BadChar), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn conversation_ids_round_trip_and_are_canonical() {
+        let c = ConversationId::direct("bob", "alice").unwrap();
+        assert_eq!(c.to_string(), "d:alice:bob");
+        assert_eq!(ConversationId::parse("d:alice:bob"), Ok(c.clone()));
+        assert_eq!(c.peer_of("alice"), Some("bob"));
+        assert_eq!(c.peer_of("carol"), None);
+        assert_eq!(ConversationId::direct("x", "x"), None);
+        assert_eq!(ConversationId::parse("d:bob:alice"), Err(IdError::BadConversation));
+        assert_eq!(ConversationId::parse("d:a:a"), Err(IdError::BadConversation));
+        assert_eq!(ConversationId::parse("g:team"), Ok(ConversationId::group("team")));
+        assert_eq!(ConversationId::parse("g:{x}"), Err(IdError::BadChar));
+        assert_eq!(ConversationId::parse("x:y"), Err(IdError::BadConversation));
+        assert_eq!(ConversationId::parse("d:a"), Err(IdError::BadConversation));
+    }
+}

@@ -1,0 +1,18 @@
+//! Tern's wire protocol.
+//!
+//! - [`pb`]: the protobuf types generated from `proto/tern/v1/tern.proto`, the
+//!   public contract with clients.
+//! - [`ids`]: what an id may contain, and conversation ids.
+//!
+//! This crate never does I/O and never reads a clock: time is passed in.
+
+pub mod ids;
+
+/// Types generated from `proto/tern/v1/tern.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/tern.v1.rs"));
+}
+
+/// The protocol version this crate speaks (`Auth.protocol_version`).
+pub const PROTOCOL_VERSION: u32 = 1;

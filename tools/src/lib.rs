@@ -1,0 +1,1 @@
+//! Shared client code of `tern-cli` and `tern-load`.
