@@ -3,10 +3,15 @@
 //! - [`pb`]: the protobuf types generated from `proto/tern/v1/tern.proto`, the
 //!   public contract with clients.
 //! - [`ids`]: what an id may contain, and conversation ids.
+//! - [`codec`]: framing (varint length prefix over TCP, bare body over
+//!   WebSocket), checked against the frame limit before anything is kept.
+//! - [`validate`]: what a client may send; typed refusals naming the field.
 //!
 //! This crate never does I/O and never reads a clock: time is passed in.
 
+pub mod codec;
 pub mod ids;
+pub mod validate;
 
 /// Types generated from `proto/tern/v1/tern.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]

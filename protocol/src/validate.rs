@@ -1,0 +1,678 @@
+//! What a client may send: the checks a decoded [`pb::Frame`] from a client
+//! must pass before the session or the backend acts on it.
+//!
+//! [`check_client_frame`] refuses, with a typed [`Refusal`] that names the
+//! field: a frame without a body, a frame only the server may send, a request
+//! without a `request_id`, malformed ids and conversation ids, enum values the
+//! schema does not define, texts and lists over their [`ClientLimits`], and
+//! missing parts (a `send` without a recipient or content, seq 0 where a seq
+//! is needed).
+//!
+//! It checks shape only. It never looks anything up (does the user exist, is
+//! the sender a member: the backend decides), never checks the token (the
+//! session does), and never does I/O.
+
+use std::borrow::Cow;
+
+use crate::ids::{self, ConversationId};
+use crate::pb::{self, frame::Body};
+
+/// Bounds on what one client frame may carry. Each list bound is a count of
+/// items; each text bound is in bytes of UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// `Text.text` of a message. Announced as `Limits.text_bytes_max`.
+    pub text_bytes_max: usize,
+    /// `Auth.token` (a JWT).
+    pub token_bytes_max: usize,
+    /// Short labels: group names, nicknames, remarks, file and place names,
+    /// MIME and custom types, capability names, `Auth.client_version`.
+    pub label_bytes_max: usize,
+    /// Short notes a human writes alongside a request: presence text, friend
+    /// request greeting, group join message (the schema promises 256).
+    pub note_bytes_max: usize,
+    /// Longer free text: group announcement, profile bio and avatar URL,
+    /// location address.
+    pub about_bytes_max: usize,
+    /// `Custom.data`, the opaque payload of an application-defined message.
+    pub custom_data_bytes_max: usize,
+    /// `Send.mentions`.
+    pub mentions_max: usize,
+    /// Users named in one `group_invite` or `group_create`.
+    pub invite_user_ids_max: usize,
+    /// Users asked about in one `presence_query`.
+    pub query_user_ids_max: usize,
+    /// Cursors in one `auth` (resume), `deliver_ack` or `sync`.
+    pub cursors_max: usize,
+    /// `ReadByQuery.seqs`.
+    pub seqs_max: usize,
+    /// `Auth.capabilities`.
+    pub capabilities_max: usize,
+}
+
+/// Default for [`ClientLimits::text_bytes_max`].
+pub const TEXT_BYTES_MAX_DEFAULT: usize = 8 * 1024;
+/// Default for [`ClientLimits::token_bytes_max`].
+pub const TOKEN_BYTES_MAX_DEFAULT: usize = 4 * 1024;
+/// Default for [`ClientLimits::label_bytes_max`].
+pub const LABEL_BYTES_MAX_DEFAULT: usize = 128;
+/// Default for [`ClientLimits::note_bytes_max`]; the schema promises 256.
+pub const NOTE_BYTES_MAX_DEFAULT: usize = 256;
+/// Default for [`ClientLimits::about_bytes_max`].
+pub const ABOUT_BYTES_MAX_DEFAULT: usize = 2 * 1024;
+/// Default for [`ClientLimits::custom_data_bytes_max`].
+pub const CUSTOM_DATA_BYTES_MAX_DEFAULT: usize = 32 * 1024;
+/// Default for [`ClientLimits::mentions_max`].
+pub const MENTIONS_MAX_DEFAULT: usize = 64;
+/// Default for [`ClientLimits::invite_user_ids_max`].
+pub const INVITE_USER_IDS_MAX_DEFAULT: usize = 200;
+/// Default for [`ClientLimits::query_user_ids_max`].
+pub const QUERY_USER_IDS_MAX_DEFAULT: usize = 200;
+/// Default for [`ClientLimits::cursors_max`]: a device in 1,000
+/// conversations still resumes in one `auth` (about 40 bytes per cursor, so
+/// this fits the default 64 KiB frame).
+pub const CURSORS_MAX_DEFAULT: usize = 1_000;
+/// Default for [`ClientLimits::seqs_max`].
+pub const SEQS_MAX_DEFAULT: usize = 500;
+/// Default for [`ClientLimits::capabilities_max`].
+pub const CAPABILITIES_MAX_DEFAULT: usize = 32;
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            text_bytes_max: TEXT_BYTES_MAX_DEFAULT,
+            token_bytes_max: TOKEN_BYTES_MAX_DEFAULT,
+            label_bytes_max: LABEL_BYTES_MAX_DEFAULT,
+            note_bytes_max: NOTE_BYTES_MAX_DEFAULT,
+            about_bytes_max: ABOUT_BYTES_MAX_DEFAULT,
+            custom_data_bytes_max: CUSTOM_DATA_BYTES_MAX_DEFAULT,
+            mentions_max: MENTIONS_MAX_DEFAULT,
+            invite_user_ids_max: INVITE_USER_IDS_MAX_DEFAULT,
+            query_user_ids_max: QUERY_USER_IDS_MAX_DEFAULT,
+            cursors_max: CURSORS_MAX_DEFAULT,
+            seqs_max: SEQS_MAX_DEFAULT,
+            capabilities_max: CAPABILITIES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// A client frame refused: the code and reason for the `Error` frame that
+/// answers it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", code.as_str_name())]
+pub struct Refusal {
+    /// What the client should act on.
+    pub code: pb::ErrorCode,
+    /// For humans and logs; names the offending field.
+    pub reason: Cow<'static, str>,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `reason`.
+    pub fn new(code: pb::ErrorCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+
+    /// The `Error` frame that answers the refused request (`request_id` 0
+    /// when the refusal is about the connection rather than one request).
+    pub fn into_frame(self, request_id: u64) -> pb::Frame {
+        pb::Frame {
+            request_id,
+            body: Some(Body::Error(pb::Error {
+                code: self.code as i32,
+                reason: self.reason.into_owned(),
+                retry_after_ms: 0,
+            })),
+        }
+    }
+
+    fn invalid(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(pb::ErrorCode::InvalidArgument, reason)
+    }
+}
+
+impl From<&crate::codec::DecodeError> for Refusal {
+    fn from(e: &crate::codec::DecodeError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+/// Who may send a body variant, and whether it is a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A client request: needs a non-zero `request_id`, gets an answer.
+    ClientRequest,
+    /// A client frame that is not a request (`auth`, `ping`, `deliver_ack`,
+    /// `typing`): `request_id` may be 0.
+    ClientNotice,
+    /// Only the server sends it (field numbers 100..=199).
+    Server,
+}
+
+/// The schema's field name of a body variant (`"send"`, `"deliver_ack"`), and
+/// who may send it. Exhaustive, so a variant added to the schema does not
+/// compile until it is placed here.
+pub fn body_kind(body: &Body) -> (&'static str, Sender) {
+    use Sender::{ClientNotice as Notice, ClientRequest as Request, Server};
+    match body {
+        Body::Auth(_) => ("auth", Notice),
+        Body::Ping(_) => ("ping", Notice),
+        Body::Send(_) => ("send", Request),
+        Body::DeliverAck(_) => ("deliver_ack", Notice),
+        Body::Sync(_) => ("sync", Request),
+        Body::History(_) => ("history", Request),
+        Body::Recall(_) => ("recall", Request),
+        Body::Read(_) => ("read", Request),
+        Body::Typing(_) => ("typing", Notice),
+        Body::SetPresence(_) => ("set_presence", Request),
+        Body::PresenceQuery(_) => ("presence_query", Request),
+        Body::Conversations(_) => ("conversations", Request),
+        Body::ReadBy(_) => ("read_by", Request),
+        Body::FriendRequest(_) => ("friend_request", Request),
+        Body::FriendAccept(_) => ("friend_accept", Request),
+        Body::FriendReject(_) => ("friend_reject", Request),
+        Body::FriendDelete(_) => ("friend_delete", Request),
+        Body::FriendList(_) => ("friend_list", Request),
+        Body::Profile(_) => ("profile", Request),
+        Body::FriendRemark(_) => ("friend_remark", Request),
+        Body::FriendBlock(_) => ("friend_block", Request),
+        Body::ProfileUpdate(_) => ("profile_update", Request),
+        Body::FriendRequests(_) => ("friend_requests", Request),
+        Body::GroupCreate(_) => ("group_create", Request),
+        Body::GroupInfo(_) => ("group_info", Request),
+        Body::GroupMembers(_) => ("group_members", Request),
+        Body::GroupJoin(_) => ("group_join", Request),
+        Body::GroupInvite(_) => ("group_invite", Request),
+        Body::GroupKick(_) => ("group_kick", Request),
+        Body::GroupLeave(_) => ("group_leave", Request),
+        Body::GroupDissolve(_) => ("group_dissolve", Request),
+        Body::GroupRename(_) => ("group_rename", Request),
+        Body::GroupAnnounce(_) => ("group_announce", Request),
+        Body::GroupSetNickname(_) => ("group_set_nickname", Request),
+        Body::GroupSetRemark(_) => ("group_set_remark", Request),
+        Body::GroupSetRole(_) => ("group_set_role", Request),
+        Body::GroupMute(_) => ("group_mute", Request),
+        Body::GroupJoinDecision(_) => ("group_join_decision", Request),
+        Body::GroupSetPolicy(_) => ("group_set_policy", Request),
+        Body::GroupList(_) => ("group_list", Request),
+        Body::Welcome(_) => ("welcome", Server),
+        Body::Pong(_) => ("pong", Server),
+        Body::SendAck(_) => ("send_ack", Server),
+        Body::Deliver(_) => ("deliver", Server),
+        Body::SyncResult(_) => ("sync_result", Server),
+        Body::HistoryResult(_) => ("history_result", Server),
+        Body::TypingEvent(_) => ("typing_event", Server),
+        Body::PresenceEvent(_) => ("presence_event", Server),
+        Body::PresenceResult(_) => ("presence_result", Server),
+        Body::ConversationsResult(_) => ("conversations_result", Server),
+        Body::ReadByResult(_) => ("read_by_result", Server),
+        Body::Event(_) => ("event", Server),
+        Body::FriendListResult(_) => ("friend_list_result", Server),
+        Body::ProfileResult(_) => ("profile_result", Server),
+        Body::FriendRequestListResult(_) => ("friend_request_list_result", Server),
+        Body::GroupInfoResult(_) => ("group_info_result", Server),
+        Body::GroupMembersResult(_) => ("group_members_result", Server),
+        Body::GroupListResult(_) => ("group_list_result", Server),
+        Body::Ok(_) => ("ok", Server),
+        Body::Error(_) => ("error", Server),
+        Body::Kick(_) => ("kick", Server),
+    }
+}
+
+/// Checks a frame a client sent. `Ok(())` means its shape is valid; the
+/// session and backend still decide whether it is allowed.
+pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<(), Refusal> {
+    let Some(body) = &frame.body else {
+        return Err(Refusal::new(pb::ErrorCode::BadFrame, "frame has no body"));
+    };
+    let (name, sender) = body_kind(body);
+    match sender {
+        Sender::Server => return Err(server_only(name)),
+        Sender::ClientRequest if frame.request_id == 0 => {
+            return Err(Refusal::invalid(format!("`{name}` is a request: request_id must not be 0")));
+        }
+        Sender::ClientRequest | Sender::ClientNotice => {}
+    }
+    let c = Checker { l: limits };
+    // One line per client variant: the checks of its fields. Server variants
+    // were refused above.
+    match body {
+        Body::Auth(m) => c.auth(m),
+        Body::Ping(_) => Ok(()),
+        Body::Send(m) => c.send(m),
+        Body::DeliverAck(m) => {
+            c.non_empty("deliver_ack.cursors", &m.cursors)?;
+            c.cursors("deliver_ack.cursors", &m.cursors, Seq::Required)
+        }
+        Body::Sync(m) => c.cursors("sync.cursors", &m.cursors, Seq::Any),
+        Body::History(m) => c.conv("history.conversation_id", &m.conversation_id),
+        Body::Recall(m) => {
+            c.conv("recall.conversation_id", &m.conversation_id)?;
+            c.seq("recall.seq", m.seq)
+        }
+        Body::Read(m) => {
+            c.conv("read.conversation_id", &m.conversation_id)?;
+            c.seq("read.up_to_seq", m.up_to_seq)
+        }
+        Body::Typing(m) => c.conv("typing.conversation_id", &m.conversation_id),
+        Body::SetPresence(m) => {
+            c.presence_state("set_presence.state", m.state)?;
+            c.text("set_presence.text", &m.text, c.l.note_bytes_max)
+        }
+        Body::PresenceQuery(m) => {
+            c.non_empty("presence_query.user_ids", &m.user_ids)?;
+            c.ids("presence_query.user_ids", &m.user_ids, c.l.query_user_ids_max)
+        }
+        Body::Conversations(_) => Ok(()),
+        Body::ReadBy(m) => {
+            c.conv("read_by.conversation_id", &m.conversation_id)?;
+            c.non_empty("read_by.seqs", &m.seqs)?;
+            c.list_len("read_by.seqs", &m.seqs, c.l.seqs_max)?;
+            m.seqs.iter().try_for_each(|&s| c.seq("read_by.seqs", s))
+        }
+        Body::FriendRequest(m) => {
+            c.id("friend_request.user_id", &m.user_id)?;
+            c.text("friend_request.message", &m.message, c.l.note_bytes_max)
+        }
+        Body::FriendAccept(m) => c.id("friend_accept.user_id", &m.user_id),
+        Body::FriendReject(m) => c.id("friend_reject.user_id", &m.user_id),
+        Body::FriendDelete(m) => c.id("friend_delete.user_id", &m.user_id),
+        Body::FriendList(_) => Ok(()),
+        Body::Profile(m) => c.id("profile.user_id", &m.user_id),
+        Body::FriendRemark(m) => {
+            c.id("friend_remark.user_id", &m.user_id)?;
+            c.text("friend_remark.remark", &m.remark, c.l.label_bytes_max)
+        }
+        Body::FriendBlock(m) => c.id("friend_block.user_id", &m.user_id),
+        Body::ProfileUpdate(m) => {
+            let nickname = m.nickname.as_deref().unwrap_or_default();
+            c.text("profile_update.nickname", nickname, c.l.label_bytes_max)?;
+            let avatar = m.avatar.as_deref().unwrap_or_default();
+            c.text("profile_update.avatar", avatar, c.l.about_bytes_max)?;
+            let bio = m.bio.as_deref().unwrap_or_default();
+            c.text("profile_update.bio", bio, c.l.about_bytes_max)
+        }
+        Body::FriendRequests(_) => Ok(()),
+        Body::GroupCreate(m) => {
+            // An empty group_id asks the server to pick one.
+            c.optional_id("group_create.group_id", &m.group_id)?;
+            c.text("group_create.name", &m.name, c.l.label_bytes_max)?;
+            c.ids("group_create.members", &m.members, c.l.invite_user_ids_max)?;
+            c.join_policy("group_create.join_policy", m.join_policy)
+        }
+        Body::GroupInfo(m) => c.id("group_info.group_id", &m.group_id),
+        Body::GroupMembers(m) => {
+            c.id("group_members.group_id", &m.group_id)?;
+            c.optional_id("group_members.after_user_id", &m.after_user_id)
+        }
+        Body::GroupJoin(m) => {
+            c.id("group_join.group_id", &m.group_id)?;
+            c.text("group_join.message", &m.message, c.l.note_bytes_max)
+        }
+        Body::GroupInvite(m) => {
+            c.id("group_invite.group_id", &m.group_id)?;
+            c.non_empty("group_invite.user_ids", &m.user_ids)?;
+            c.ids("group_invite.user_ids", &m.user_ids, c.l.invite_user_ids_max)
+        }
+        Body::GroupKick(m) => {
+            c.id("group_kick.group_id", &m.group_id)?;
+            c.id("group_kick.user_id", &m.user_id)
+        }
+        Body::GroupLeave(m) => c.id("group_leave.group_id", &m.group_id),
+        Body::GroupDissolve(m) => c.id("group_dissolve.group_id", &m.group_id),
+        Body::GroupRename(m) => {
+            c.id("group_rename.group_id", &m.group_id)?;
+            c.non_empty_text("group_rename.name", &m.name, c.l.label_bytes_max)
+        }
+        Body::GroupAnnounce(m) => {
+            c.id("group_announce.group_id", &m.group_id)?;
+            c.text("group_announce.announcement", &m.announcement, c.l.about_bytes_max)
+        }
+        Body::GroupSetNickname(m) => {
+            c.id("group_set_nickname.group_id", &m.group_id)?;
+            c.text("group_set_nickname.nickname", &m.nickname, c.l.label_bytes_max)
+        }
+        Body::GroupSetRemark(m) => {
+            c.id("group_set_remark.group_id", &m.group_id)?;
+            c.text("group_set_remark.remark", &m.remark, c.l.label_bytes_max)
+        }
+        Body::GroupSetRole(m) => {
+            c.id("group_set_role.group_id", &m.group_id)?;
+            c.id("group_set_role.user_id", &m.user_id)?;
+            c.group_role("group_set_role.role", m.role)
+        }
+        Body::GroupMute(m) => {
+            c.id("group_mute.group_id", &m.group_id)?;
+            // An empty user_id mutes the whole group.
+            c.optional_id("group_mute.user_id", &m.user_id)
+        }
+        Body::GroupJoinDecision(m) => {
+            c.id("group_join_decision.group_id", &m.group_id)?;
+            c.id("group_join_decision.user_id", &m.user_id)
+        }
+        Body::GroupSetPolicy(m) => {
+            c.id("group_set_policy.group_id", &m.group_id)?;
+            c.join_policy("group_set_policy.join_policy", m.join_policy)
+        }
+        Body::GroupList(_) => Ok(()),
+        // Refused above already; listed so that this match stays exhaustive.
+        Body::Welcome(_)
+        | Body::Pong(_)
+        | Body::SendAck(_)
+        | Body::Deliver(_)
+        | Body::SyncResult(_)
+        | Body::HistoryResult(_)
+        | Body::TypingEvent(_)
+        | Body::PresenceEvent(_)
+        | Body::PresenceResult(_)
+        | Body::ConversationsResult(_)
+        | Body::ReadByResult(_)
+        | Body::Event(_)
+        | Body::FriendListResult(_)
+        | Body::ProfileResult(_)
+        | Body::FriendRequestListResult(_)
+        | Body::GroupInfoResult(_)
+        | Body::GroupMembersResult(_)
+        | Body::GroupListResult(_)
+        | Body::Ok(_)
+        | Body::Error(_)
+        | Body::Kick(_) => Err(server_only(name)),
+    }
+}
+
+/// Whether a cursor's seq may be 0.
+#[derive(Clone, Copy)]
+enum Seq {
+    /// 0 is meaningful ("holds nothing yet": resume and sync cursors).
+    Any,
+    /// The cursor acknowledges an entry, which has seq ≥ 1.
+    Required,
+}
+
+/// The field checks, each producing a refusal that names the field. Reasons
+/// are built only on the refusal path.
+struct Checker<'l> {
+    l: &'l ClientLimits,
+}
+
+impl Checker<'_> {
+    fn auth(&self, m: &pb::Auth) -> Result<(), Refusal> {
+        self.non_empty_text("auth.token", &m.token, self.l.token_bytes_max)?;
+        self.id("auth.device_id", &m.device_id)?;
+        self.platform("auth.platform", m.platform)?;
+        self.list_len("auth.capabilities", &m.capabilities, self.l.capabilities_max)?;
+        for cap in &m.capabilities {
+            self.text("auth.capabilities", cap, self.l.label_bytes_max)?;
+        }
+        self.cursors("auth.resume_cursors", &m.resume_cursors, Seq::Any)?;
+        self.text("auth.client_version", &m.client_version, self.l.label_bytes_max)
+    }
+
+    fn send(&self, m: &pb::Send) -> Result<(), Refusal> {
+        self.id("send.client_msg_id", &m.client_msg_id)?;
+        match &m.to {
+            Some(pb::send::To::UserId(u)) => self.id("send.to.user_id", u)?,
+            Some(pb::send::To::GroupId(g)) => self.id("send.to.group_id", g)?,
+            None => return Err(Refusal::invalid("send.to is missing (user_id or group_id)")),
+        }
+        let Some(content) = &m.content else {
+            return Err(Refusal::invalid("send.content is missing"));
+        };
+        self.content(content)?;
+        self.ids("send.mentions", &m.mentions, self.l.mentions_max)
+        // reply_to_seq: 0 means "not a reply"; any other value is looked up
+        // by the backend.
+    }
+
+    fn content(&self, c: &pb::Content) -> Result<(), Refusal> {
+        use pb::content::Kind;
+        let Some(kind) = &c.kind else {
+            return Err(Refusal::invalid("send.content has no kind"));
+        };
+        match kind {
+            Kind::Text(t) => {
+                self.non_empty_text("send.content.text", &t.text, self.l.text_bytes_max)
+            }
+            Kind::Image(i) => self.media("send.content.image.media", i.media.as_ref()),
+            Kind::File(f) => {
+                self.media("send.content.file.media", f.media.as_ref())?;
+                self.text("send.content.file.name", &f.name, self.l.label_bytes_max)
+            }
+            Kind::Voice(v) => self.media("send.content.voice.media", v.media.as_ref()),
+            Kind::Video(v) => self.media("send.content.video.media", v.media.as_ref()),
+            Kind::Location(l) => {
+                self.degrees("send.content.location.latitude", l.latitude, 90.0)?;
+                self.degrees("send.content.location.longitude", l.longitude, 180.0)?;
+                self.text("send.content.location.name", &l.name, self.l.label_bytes_max)?;
+                self.text("send.content.location.address", &l.address, self.l.about_bytes_max)
+            }
+            Kind::Custom(x) => {
+                self.non_empty_text("send.content.custom.type", &x.r#type, self.l.label_bytes_max)?;
+                let max = self.l.custom_data_bytes_max;
+                if x.data.len() > max {
+                    return Err(too_long("send.content.custom.data", x.data.len(), max));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Media ids come from the media API and are storage keys, so they follow
+    /// the id alphabet.
+    fn media(&self, field: &'static str, m: Option<&pb::MediaRef>) -> Result<(), Refusal> {
+        let Some(m) = m else {
+            return Err(Refusal::invalid(format!("{field} is missing")));
+        };
+        self.id(field, &m.media_id)?;
+        self.text(field, &m.mime, self.l.label_bytes_max)?;
+        if !(m.sha256.is_empty() || is_sha256_hex(&m.sha256)) {
+            return Err(Refusal::invalid(format!("{field}.sha256 is not 64 hex digits")));
+        }
+        if let Some(t) = &m.thumbnail {
+            self.id(field, &t.media_id)?;
+            self.text(field, &t.mime, self.l.label_bytes_max)?;
+        }
+        Ok(())
+    }
+
+    fn cursors(&self, field: &'static str, cs: &[pb::Cursor], seq: Seq) -> Result<(), Refusal> {
+        self.list_len(field, cs, self.l.cursors_max)?;
+        for (i, cursor) in cs.iter().enumerate() {
+            if let Err(e) = ConversationId::parse(&cursor.conversation_id) {
+                return Err(Refusal::invalid(format!("{field}[{i}].conversation_id: {e}")));
+            }
+            if matches!(seq, Seq::Required) && cursor.seq == 0 {
+                return Err(Refusal::invalid(format!("{field}[{i}].seq must not be 0")));
+            }
+        }
+        Ok(())
+    }
+
+    fn id(&self, field: &'static str, id: &str) -> Result<(), Refusal> {
+        ids::check_id(id).map_err(|e| Refusal::invalid(format!("{field}: {e}")))
+    }
+
+    /// An id, or empty where the schema gives empty a meaning.
+    fn optional_id(&self, field: &'static str, id: &str) -> Result<(), Refusal> {
+        if id.is_empty() { Ok(()) } else { self.id(field, id) }
+    }
+
+    /// At most `max` ids, each valid.
+    fn ids(&self, field: &'static str, list: &[String], max: usize) -> Result<(), Refusal> {
+        self.list_len(field, list, max)?;
+        for (i, id) in list.iter().enumerate() {
+            if let Err(e) = ids::check_id(id) {
+                return Err(Refusal::invalid(format!("{field}[{i}]: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn conv(&self, field: &'static str, id: &str) -> Result<(), Refusal> {
+        ConversationId::parse(id)
+            .map(drop)
+            .map_err(|e| Refusal::invalid(format!("{field}: {e}")))
+    }
+
+    fn seq(&self, field: &'static str, seq: u64) -> Result<(), Refusal> {
+        if seq == 0 {
+            return Err(Refusal::invalid(format!("{field} must not be 0 (seqs start at 1)")));
+        }
+        Ok(())
+    }
+
+    fn text(&self, field: &'static str, text: &str, max: usize) -> Result<(), Refusal> {
+        if text.len() > max {
+            return Err(too_long(field, text.len(), max));
+        }
+        Ok(())
+    }
+
+    fn non_empty_text(&self, field: &'static str, text: &str, max: usize) -> Result<(), Refusal> {
+        if text.is_empty() {
+            return Err(Refusal::invalid(format!("{field} is empty")));
+        }
+        self.text(field, text, max)
+    }
+
+    fn list_len<T>(&self, field: &'static str, list: &[T], max: usize) -> Result<(), Refusal> {
+        if list.len() > max {
+            return Err(Refusal::invalid(format!(
+                "{field} has {} items, more than {max}",
+                list.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn non_empty<T>(&self, field: &'static str, list: &[T]) -> Result<(), Refusal> {
+        if list.is_empty() {
+            return Err(Refusal::invalid(format!("{field} is empty")));
+        }
+        Ok(())
+    }
+
+    fn degrees(&self, field: &'static str, value: f64, max: f64) -> Result<(), Refusal> {
+        // NaN fails the range test too.
+        if !(-max..=max).contains(&value) {
+            return Err(Refusal::invalid(format!("{field} is not within ±{max} degrees")));
+        }
+        Ok(())
+    }
+
+    fn platform(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
+        // UNSPECIFIED is allowed: a client that does not say is still a client.
+        pb::Platform::try_from(v).map(drop).map_err(|_| bad_enum(field, v))
+    }
+
+    fn presence_state(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
+        match pb::PresenceState::try_from(v) {
+            Ok(pb::PresenceState::Unspecified) | Err(_) => Err(bad_enum(field, v)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn group_role(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
+        match pb::GroupRole::try_from(v) {
+            Ok(pb::GroupRole::Unspecified) | Err(_) => Err(bad_enum(field, v)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn join_policy(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
+        // JOIN_POLICY_OPEN is 0 in the schema: every defined value is a choice.
+        pb::JoinPolicy::try_from(v).map(drop).map_err(|_| bad_enum(field, v))
+    }
+}
+
+fn server_only(name: &'static str) -> Refusal {
+    Refusal::new(pb::ErrorCode::ServerOnlyFrame, format!("`{name}` is sent only by the server"))
+}
+
+fn too_long(field: &'static str, len: usize, max: usize) -> Refusal {
+    Refusal::invalid(format!("{field} is {len} bytes, more than {max}"))
+}
+
+fn bad_enum(field: &'static str, v: i32) -> Refusal {
+    Refusal::invalid(format!("{field}: {v} is not an allowed value"))
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(request_id: u64, body: Body) -> pb::Frame {
+        pb::Frame { request_id, body: Some(body) }
+    }
+
+    fn check(f: &pb::Frame) -> Result<(), Refusal> {
+        check_client_frame(f, &ClientLimits::default())
+    }
+
+    fn code(f: &pb::Frame) -> Option<pb::ErrorCode> {
+        check(f).err().map(|r| r.code)
+    }
+
+    fn text_send(text: &str) -> pb::Send {
+        pb::Send {
+            client_msg_id: "m1".into(),
+            to: Some(pb::send::To::UserId("bob".into())),
+            content: Some(pb::Content {
+                kind: Some(pb::content::Kind::Text(pb::Text { text: text.into() })),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_frames_pass() {
+        // Proves typical well-formed client frames are accepted.
+        let auth = pb::Auth {
+            token: "t.o.k".into(),
+            device_id: "phone-1".into(),
+            platform: pb::Platform::Ios as i32,
+            protocol_version: 1,
+            capabilities: vec!["batch-deliver".into()],
+            resume_cursors: vec![pb::Cursor { conversation_id: "g:team".into(), seq: 0 }],
+            client_version: "tern-cli 0.1".into(),
+        };
+        assert_eq!(check(&frame(0, Body::Auth(auth))), Ok(()));
+        assert_eq!(check(&frame(0, Body::Ping(pb::Ping { nonce: 1 }))), Ok(()));
+        assert_eq!(check(&frame(5, Body::Send(text_send("hi")))), Ok(()));
+        let ack = pb::DeliverAck {
+            cursors: vec![pb::Cursor { conversation_id: "d:alice:bob".into(), seq: 3 }],
+        };
+        assert_eq!(check(&frame(0, Body::DeliverAck(ack))), Ok(()));
+    }
+
+    #[test]
+    fn shape_errors_get_their_codes() {
+        // Proves no body, server-only bodies and a missing request_id get the
+        // protocol's codes, and the Error frame carries code and request_id.
+        assert_eq!(code(&pb::Frame::default()), Some(pb::ErrorCode::BadFrame));
+        let pong = frame(0, Body::Pong(pb::Pong::default()));
+        assert_eq!(code(&pong), Some(pb::ErrorCode::ServerOnlyFrame));
+        let r = check(&frame(0, Body::Send(text_send("hi")))).unwrap_err();
+        assert_eq!(r.code, pb::ErrorCode::InvalidArgument);
+        assert!(r.reason.contains("request_id"), "{r}");
+        let f = r.into_frame(9);
+        assert_eq!(f.request_id, 9);
+        let Some(Body::Error(e)) = f.body else { panic!("an Error frame") };
+        assert_eq!(e.code, pb::ErrorCode::InvalidArgument as i32);
+    }
+
+    #[test]
+    fn text_bound_is_inclusive() {
+        // Proves text_bytes_max bytes pass and one more is refused, naming the field.
+        let l = ClientLimits { text_bytes_max: 4, ..Default::default() };
+        let ok = frame(1, Body::Send(text_send("abcd")));
+        assert_eq!(check_client_frame(&ok, &l), Ok(()));
+        let long = frame(1, Body::Send(text_send("abcde")));
+        let r = check_client_frame(&long, &l).unwrap_err();
+        assert!(r.reason.starts_with("send.content.text"), "{r}");
+    }
+}
