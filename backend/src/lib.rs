@@ -3,3 +3,5 @@
 //!
 //! Never does network I/O to clients; the gateway calls into it from backend
 //! worker threads.
+
+pub mod store;

@@ -1,0 +1,612 @@
+//! The `Store` trait: what the chat domain needs from a database, and the
+//! records it keeps there.
+//!
+//! A store holds data and makes multi-key updates atomic. It holds no chat
+//! policy: it never decides who may do what (the domain in `crate::domain`
+//! does, next to the data it reads through this trait). Every method is
+//! synchronous; the gateway calls the backend from dedicated worker threads.
+//!
+//! # What a store keeps
+//!
+//! - **Conversation logs.** A conversation (`d:<a>:<b>` or `g:<group>`, the
+//!   wire form of [`tern_protocol::ids::ConversationId`]) is a log of
+//!   [`pb::Entry`] with a strictly increasing `seq` starting at 1, with no
+//!   holes: after an append of seq `n`, every seq `1..=n` exists. A seq is
+//!   never reused, also after a crash: allocating it and storing its entry is
+//!   one durable atomic step. The log head ([`ConvHead`]) is the newest seq.
+//! - **Dedup records**: `(conversation, sender, client_msg_id) → (seq,
+//!   time_ms)`, kept at least until their `expires_at_ms`.
+//! - **User conversation records** ([`UserConv`]), one per (user,
+//!   conversation) the user takes part in: what part of the log the user may
+//!   see and the user's read cursor.
+//! - **Groups**: the group record ([`GroupMeta`], with a version for
+//!   optimistic concurrency), its members ([`MemberRecord`]) and pending join
+//!   requests ([`JoinRequestRecord`]).
+//! - **Social records**: profiles, friendships, pending friend requests,
+//!   blocks.
+//! - **Presence** ([`PresenceRecord`]): ephemeral; a store may keep it in
+//!   memory only and may drop it once expired.
+//!
+//! # Atomicity: what is inside the store and what is check-then-act
+//!
+//! Inside the store (one atomic, durable step each):
+//! - [`Store::append_batch`], per item: dedup lookup, guard check, seq
+//!   allocation, the entry write, its side effect (recall rewrite, read
+//!   cursor move), the [`UserConv`] records of `participants`, and the dedup
+//!   record. The whole batch is made durable together (one fsync for the
+//!   embedded store); an item that is refused writes nothing and does not
+//!   affect the others.
+//! - [`Store::apply_group_change`]: a compare-and-set on the group's
+//!   version, then every write of the change, and the appends of its log
+//!   entries. The domain reads the group, decides, and submits the change
+//!   with the version it read; on [`GroupConflict`] it re-reads and decides
+//!   again. So every group decision is made on the state it changes.
+//! - [`Store::apply_social`]: all operations of the call, or none.
+//!
+//! Check-then-act in the domain (deliberately, because the race is harmless):
+//! - block and friendship checks before a 1:1 send: a message that races a
+//!   block by milliseconds is delivered, as if it had been sent just before;
+//! - mute checks before a group send: same reasoning;
+//! - the recall window and the recaller's role: the message and the roles
+//!   that matter change rarely, and a recall is idempotent in effect (the
+//!   store refuses a second recall of the same message with
+//!   [`AppendRefused::NotRecallable`]);
+//! - friend request / accept bookkeeping: the operations are idempotent puts
+//!   and deletes, so two racing accepts end in the same state.
+//!
+//! What is atomic because a race would break an invariant: a group send is
+//! appended only if the sender is a member at that instant
+//! ([`Append::member_of`]), so a kicked member can never get a message into
+//! the log after the kick entry; a read cursor only moves forward and its
+//! read mark is appended only when it moved ([`AppendEffect::Read`]).
+//!
+//! # Notes for implementers (Redis)
+//!
+//! - Everything of one conversation (log, head, dedup records) can live
+//!   under one hash tag, e.g. `{g:team}`, so one Lua function covers an
+//!   append item. [`UserConv`] records touched by an append
+//!   (`participants`, the reader of [`AppendEffect::Read`]) belong to users;
+//!   in a cluster they may be written in a second, idempotent step, but a
+//!   caller that got `Ok` must read its own write.
+//! - Entries may be stored as prost-encoded bytes. The store assigns `seq`;
+//!   a trick that avoids re-encoding in Lua: store the entry encoded with
+//!   `seq = 0` (proto3 omits it) and append the field on read
+//!   (`0x10` + varint(seq)), since the last occurrence of a field wins.
+//! - The conformance suite (`backend/tests/conformance/mod.rs`) states every
+//!   behaviour below as a test; run it against your store.
+//!
+//! # Changes
+//!
+//! Changes after the first version are additive and listed here.
+//! - (none yet)
+
+use tern_protocol::pb;
+
+/// A store failure: the database did not answer, or answered nonsense. The
+/// domain maps every `StoreError` to `ERROR_CODE_INTERNAL`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed (I/O error, connection lost, transaction error).
+    #[error("store backend failed: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+// ---------------------------------------------------------------------------
+// The trait
+// ---------------------------------------------------------------------------
+
+/// What the chat domain needs from a database. See the module doc for the
+/// atomicity contract; every method is a single round trip where the
+/// database allows.
+pub trait Store: Send + Sync {
+    // ---- conversation logs ------------------------------------------------
+
+    /// Appends every item of `items` in one durable transaction and returns
+    /// one result per item, in order. Items of the same conversation get
+    /// increasing seqs in item order. `now_ms` is the caller's clock, used
+    /// only to tell whether a dedup record has expired (and, optionally, to
+    /// purge expired ones).
+    ///
+    /// Per item, atomically:
+    /// 1. If `dedup` is set and a dedup record for `(conversation, sender,
+    ///    client_msg_id)` exists with `expires_at_ms > now_ms` (including
+    ///    one written by an earlier item of this batch): return
+    ///    `Ok(Appended { duplicate: true, seq, time_ms })` of the original and
+    ///    write nothing.
+    /// 2. If `member_of` is set and there is no [`MemberRecord`] for it:
+    ///    `Err(AppendRefused::NotMember)`.
+    /// 3. Check `effect` (see [`AppendEffect`]); on refusal return it.
+    /// 4. `seq = head + 1`; store `entry` with `entry.seq = seq` and
+    ///    `entry.conversation_id = conversation` (whatever the caller put
+    ///    there); set the head to `seq`, the head's `last_time_ms` to
+    ///    `entry.time_ms`, and, if `activity`, `last_activity_ms` to
+    ///    `entry.time_ms`.
+    /// 5. Apply `effect`.
+    /// 6. For each user of `participants` with no [`UserConv`] for this
+    ///    conversation: create `UserConv { visible_from_seq: 1,
+    ///    visible_to_seq: 0, read_seq: 0 }`. Existing records are untouched.
+    /// 7. If `dedup` is set, write the dedup record `(seq, entry.time_ms,
+    ///    expires_at_ms)`.
+    ///
+    /// `Err(StoreError)` means nothing of the batch is known to be durable.
+    fn append_batch(
+        &self,
+        now_ms: u64,
+        items: &[Append],
+    ) -> StoreResult<Vec<Result<Appended, AppendRefused>>>;
+
+    /// The heads of `conversations`, in order. A conversation with no entry
+    /// has `ConvHead::default()` (seq 0).
+    fn heads(&self, conversations: &[&str]) -> StoreResult<Vec<ConvHead>>;
+
+    /// Entries of `conversation` with `from_seq <= seq <= to_seq`, in
+    /// increasing seq, at most `limit` of them (the lowest ones). Seqs that
+    /// do not exist are simply absent (an empty result for an unknown
+    /// conversation).
+    fn entries(
+        &self,
+        conversation: &str,
+        from_seq: u64,
+        to_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<pb::Entry>>;
+
+    // ---- user conversation records ----------------------------------------
+
+    /// The record of `user` for `conversation`, if any.
+    fn user_conv(&self, user: &str, conversation: &str) -> StoreResult<Option<UserConv>>;
+
+    /// Every record of `user` (current and former conversations), in
+    /// increasing `conversation_id` byte order.
+    fn user_convs(&self, user: &str) -> StoreResult<Vec<UserConv>>;
+
+    // ---- groups ------------------------------------------------------------
+
+    /// The group record, if the group was ever created (dissolved groups
+    /// stay, with `dissolved = true`).
+    fn group(&self, group_id: &str) -> StoreResult<Option<GroupMeta>>;
+
+    /// One member record.
+    fn group_member(&self, group_id: &str, user_id: &str) -> StoreResult<Option<MemberRecord>>;
+
+    /// Members with `user_id > after_user_id` (byte order; empty `after`:
+    /// from the start), in increasing `user_id`, at most `limit`.
+    fn group_members(
+        &self,
+        group_id: &str,
+        after_user_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<MemberRecord>>;
+
+    /// A pending join request of `user_id` for `group_id`.
+    fn join_request(&self, group_id: &str, user_id: &str)
+    -> StoreResult<Option<JoinRequestRecord>>;
+
+    /// Applies `change` atomically if the group's current version equals
+    /// `change.expect_version` (0: the group must not exist), in this order:
+    /// write `change.meta` with `version = expect_version + 1` (the
+    /// `group_id` and `version` fields of `change.meta` are overwritten);
+    /// put/remove members; put/remove join requests; append `entries` to
+    /// `g:<group_id>` with consecutive seqs (each with `activity = true`,
+    /// `conversation_id` and `seq` set by the store, like `append_batch`);
+    /// then apply `views` (see [`ViewChange`]). Returns the seqs given to
+    /// `entries`, in order. On a version mismatch nothing is written and
+    /// `Ok(Err(GroupConflict))` is returned.
+    fn apply_group_change(
+        &self,
+        change: &GroupChange,
+    ) -> StoreResult<Result<Vec<u64>, GroupConflict>>;
+
+    // ---- social ------------------------------------------------------------
+
+    /// Applies every operation in order, atomically (all or none). Puts
+    /// overwrite; deletes of missing records are no-ops.
+    fn apply_social(&self, ops: &[SocialOp]) -> StoreResult<()>;
+
+    /// A user's profile, if they ever set one.
+    fn profile(&self, user_id: &str) -> StoreResult<Option<pb::Profile>>;
+
+    /// `user`'s friendship record for `friend` (friendships are stored in
+    /// both directions, as two records).
+    fn friend(&self, user: &str, friend: &str) -> StoreResult<Option<FriendRecord>>;
+
+    /// Every friendship record of `user`, in increasing `friend` order.
+    fn friends(&self, user: &str) -> StoreResult<Vec<FriendRecord>>;
+
+    /// The pending friend request from `from` to `to`.
+    fn friend_request(&self, from: &str, to: &str) -> StoreResult<Option<FriendRequestRecord>>;
+
+    /// Pending requests sent to `user` (incoming) and by `user` (outgoing),
+    /// each in increasing order of the other user's id.
+    fn friend_requests(
+        &self,
+        user: &str,
+    ) -> StoreResult<(Vec<FriendRequestRecord>, Vec<FriendRequestRecord>)>;
+
+    /// Whether `user` blocked `other`.
+    fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool>;
+
+    /// Users `user` blocked, in increasing order.
+    fn blocked(&self, user: &str) -> StoreResult<Vec<String>>;
+
+    // ---- presence (ephemeral) ---------------------------------------------
+
+    /// Stores `record`, replacing the user's previous one. The store may
+    /// forget it any time after `record.expires_at_ms` (the domain treats an
+    /// expired record as offline anyway) and need not make it durable.
+    fn put_presence(&self, record: &PresenceRecord) -> StoreResult<()>;
+
+    /// The presence records of `users`, in order (`None`: none kept).
+    fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>>;
+}
+
+// ---------------------------------------------------------------------------
+// Appends
+// ---------------------------------------------------------------------------
+
+/// One item of [`Store::append_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Append {
+    /// The conversation, in wire form (`d:<a>:<b>` or `g:<group>`).
+    pub conversation: String,
+    /// The entry; the store sets `seq` and `conversation_id`.
+    pub entry: pb::Entry,
+    /// Whether this entry counts as activity for conversation ordering
+    /// (messages, recalls, group changes: true; read marks: false).
+    pub activity: bool,
+    /// Makes the append idempotent (messages only).
+    pub dedup: Option<DedupKey>,
+    /// Appends only if this member record exists at that instant.
+    pub member_of: Option<MemberOf>,
+    /// A change to existing data made in the same atomic step.
+    pub effect: AppendEffect,
+    /// Users who get a [`UserConv`] for this conversation if they have none
+    /// (1:1: both users; groups: none, membership creates them).
+    pub participants: Vec<String>,
+}
+
+/// The dedup identity of a message within its conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupKey {
+    /// The sending user.
+    pub sender: String,
+    /// The client's message id.
+    pub client_msg_id: String,
+    /// Keep the dedup record at least until this time.
+    pub expires_at_ms: u64,
+}
+
+/// A membership an append depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberOf {
+    /// The group.
+    pub group_id: String,
+    /// The user who must be a member.
+    pub user_id: String,
+}
+
+/// A change to existing data, made atomically with an append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AppendEffect {
+    /// Nothing besides the append.
+    #[default]
+    None,
+    /// Recall: the entry at `seq` of the same conversation must be a
+    /// `Message` with `recalled == false`, else
+    /// [`AppendRefused::NotRecallable`]. The store rewrites it with
+    /// `recalled = true` and `content = None` (everything else kept), so the
+    /// original content is never served again.
+    Recall {
+        /// The seq of the message to recall.
+        seq: u64,
+    },
+    /// Read: `user_id`'s [`UserConv`] for this conversation must exist with
+    /// `read_seq < up_to_seq`, else [`AppendRefused::ReadNotAdvanced`]; the
+    /// store sets `read_seq = up_to_seq`. (The domain checks that
+    /// `up_to_seq` does not pass the head.)
+    Read {
+        /// The reader.
+        user_id: String,
+        /// The new read cursor.
+        up_to_seq: u64,
+    },
+}
+
+/// An append that happened (or had happened before: `duplicate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The entry's seq (for a duplicate: the original's).
+    pub seq: u64,
+    /// The entry's `time_ms` (for a duplicate: the original's).
+    pub time_ms: u64,
+    /// The dedup key had been stored before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Why one append item was refused (nothing of it was written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendRefused {
+    /// The `member_of` member record does not exist.
+    #[error("the sender is not a member")]
+    NotMember,
+    /// The recall target is missing, not a message, or already recalled.
+    #[error("the entry cannot be recalled")]
+    NotRecallable,
+    /// The reader has no record for the conversation, or the read cursor is
+    /// already at or past `up_to_seq`.
+    #[error("the read cursor did not advance")]
+    ReadNotAdvanced,
+}
+
+/// The newest point of a conversation's log.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct ConvHead {
+    /// The newest seq; 0 for an empty conversation.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// `time_ms` of the newest entry.
+    #[prost(uint64, tag = "2")]
+    pub last_time_ms: u64,
+    /// `time_ms` of the newest entry appended with `activity = true`.
+    #[prost(uint64, tag = "3")]
+    pub last_activity_ms: u64,
+}
+
+/// A user's relation to one conversation.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct UserConv {
+    /// The conversation (wire form).
+    #[prost(string, tag = "1")]
+    pub conversation_id: String,
+    /// The first seq the user may see.
+    #[prost(uint64, tag = "2")]
+    pub visible_from_seq: u64,
+    /// The last seq the user may see (inclusive); 0: no end (a current
+    /// participant).
+    #[prost(uint64, tag = "3")]
+    pub visible_to_seq: u64,
+    /// The user's read cursor: everything up to it is read.
+    #[prost(uint64, tag = "4")]
+    pub read_seq: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Groups
+// ---------------------------------------------------------------------------
+
+/// A group record.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GroupMeta {
+    /// The group id (without the `g:` prefix).
+    #[prost(string, tag = "1")]
+    pub group_id: String,
+    /// Incremented by every [`Store::apply_group_change`]; 1 after creation.
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    /// Display name.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// Announcement text.
+    #[prost(string, tag = "4")]
+    pub announcement: String,
+    /// The owner's user id.
+    #[prost(string, tag = "5")]
+    pub owner: String,
+    /// Current number of members (maintained by the domain).
+    #[prost(uint32, tag = "6")]
+    pub member_count: u32,
+    /// How users join.
+    #[prost(enumeration = "pb::JoinPolicy", tag = "7")]
+    pub join_policy: i32,
+    /// New members see the history from before they joined.
+    #[prost(bool, tag = "8")]
+    pub history_visible: bool,
+    /// Only admins and the owner may send.
+    #[prost(bool, tag = "9")]
+    pub muted_all: bool,
+    /// The group was dissolved; it has no members any more.
+    #[prost(bool, tag = "10")]
+    pub dissolved: bool,
+    /// Creation time.
+    #[prost(uint64, tag = "11")]
+    pub created_ms: u64,
+}
+
+/// A member of a group.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MemberRecord {
+    /// The member.
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    /// Owner, admin or member.
+    #[prost(enumeration = "pb::GroupRole", tag = "2")]
+    pub role: i32,
+    /// The member's nickname in the group.
+    #[prost(string, tag = "3")]
+    pub nickname: String,
+    /// When the member joined.
+    #[prost(uint64, tag = "4")]
+    pub joined_ms: u64,
+    /// Muted until this time; 0: not muted.
+    #[prost(uint64, tag = "5")]
+    pub muted_until_ms: u64,
+    /// The member's private remark for the group.
+    #[prost(string, tag = "6")]
+    pub remark: String,
+}
+
+/// A pending request to join a group.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct JoinRequestRecord {
+    /// The user who asks.
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    /// Their message to the admins.
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// When they asked.
+    #[prost(uint64, tag = "3")]
+    pub time_ms: u64,
+}
+
+/// An atomic change to a group (see [`Store::apply_group_change`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupChange {
+    /// The group.
+    pub group_id: String,
+    /// The version the domain read; 0: the group must not exist yet.
+    pub expect_version: u64,
+    /// The new group record.
+    pub meta: GroupMeta,
+    /// Member records to write (insert or overwrite).
+    pub put_members: Vec<MemberRecord>,
+    /// Members to remove.
+    pub remove_members: Vec<String>,
+    /// Join requests to write.
+    pub put_join_requests: Vec<JoinRequestRecord>,
+    /// Join requests to remove (by user id).
+    pub remove_join_requests: Vec<String>,
+    /// Entries to append to the group's log, in order.
+    pub entries: Vec<pb::Entry>,
+    /// Changes to members' [`UserConv`] records, applied after `entries`.
+    pub views: Vec<ViewChange>,
+}
+
+/// A change of what part of a group's log a user may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewChange {
+    /// The user (re)joins: their [`UserConv`] for the group becomes
+    /// `visible_from_seq = if history { 1 } else { s }`, `visible_to_seq = 0`,
+    /// `read_seq = s - 1`, where `s` is the seq given to `entries[at]`
+    /// (created if missing, overwritten otherwise).
+    Join {
+        /// The user.
+        user_id: String,
+        /// Index into [`GroupChange::entries`] of the entry that records it.
+        at: usize,
+        /// Whether the user sees the log from its start.
+        history: bool,
+    },
+    /// The user stops seeing the group after `entries[at]` (inclusive):
+    /// `visible_to_seq = s`. Missing records are left missing.
+    Leave {
+        /// The user.
+        user_id: String,
+        /// Index into [`GroupChange::entries`].
+        at: usize,
+    },
+}
+
+/// The group's version was not the expected one (or it already existed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the group changed concurrently")]
+pub struct GroupConflict;
+
+// ---------------------------------------------------------------------------
+// Social
+// ---------------------------------------------------------------------------
+
+/// One write of [`Store::apply_social`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SocialOp {
+    /// Write a profile (all fields).
+    PutProfile(pb::Profile),
+    /// Write `record` as `record.user`'s friendship with `record.friend`
+    /// (one direction; the domain writes both).
+    PutFriend(FriendRecord),
+    /// Delete `user`'s friendship record for `friend` (one direction).
+    DeleteFriend {
+        /// Whose record.
+        user: String,
+        /// The friend.
+        friend: String,
+    },
+    /// Write a pending friend request.
+    PutFriendRequest(FriendRequestRecord),
+    /// Delete the pending request from `from` to `to`.
+    DeleteFriendRequest {
+        /// The requester.
+        from: String,
+        /// The addressee.
+        to: String,
+    },
+    /// `user` blocks `other`.
+    PutBlock {
+        /// Who blocks.
+        user: String,
+        /// Who is blocked.
+        other: String,
+    },
+    /// `user` unblocks `other`.
+    DeleteBlock {
+        /// Who unblocks.
+        user: String,
+        /// Who is unblocked.
+        other: String,
+    },
+}
+
+/// One direction of a friendship.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct FriendRecord {
+    /// Whose record this is.
+    #[prost(string, tag = "1")]
+    pub user: String,
+    /// The friend.
+    #[prost(string, tag = "2")]
+    pub friend: String,
+    /// `user`'s private remark for `friend`.
+    #[prost(string, tag = "3")]
+    pub remark: String,
+    /// When they became friends.
+    #[prost(uint64, tag = "4")]
+    pub since_ms: u64,
+}
+
+/// A pending friend request.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct FriendRequestRecord {
+    /// The requester.
+    #[prost(string, tag = "1")]
+    pub from: String,
+    /// The addressee.
+    #[prost(string, tag = "2")]
+    pub to: String,
+    /// The greeting.
+    #[prost(string, tag = "3")]
+    pub message: String,
+    /// When it was sent.
+    #[prost(uint64, tag = "4")]
+    pub time_ms: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Presence
+// ---------------------------------------------------------------------------
+
+/// A user's presence as they set it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PresenceRecord {
+    /// The user.
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    /// Online, busy, away, offline.
+    #[prost(enumeration = "pb::PresenceState", tag = "2")]
+    pub state: i32,
+    /// Free text.
+    #[prost(string, tag = "3")]
+    pub text: String,
+    /// When it was set.
+    #[prost(uint64, tag = "4")]
+    pub updated_ms: u64,
+    /// After this time the record no longer holds (the user is offline,
+    /// last seen at `updated_ms`).
+    #[prost(uint64, tag = "5")]
+    pub expires_at_ms: u64,
+}
