@@ -1,3 +1,17 @@
 //! The Tern gateway: thread-per-core shards (monoio) that hold client
 //! connections, run each one's session state machine, and hand chat work to
 //! the backend through bounded lock-free queues.
+//!
+//! - [`config`]: typed configuration and its documented defaults.
+//! - [`auth`]: JWT verification (algorithm pinned) and dev tokens.
+//! - [`wheel`]: the per-shard timing wheel behind every connection deadline.
+//! - [`metrics`], [`http`]: per-shard counters and the HTTP edge.
+//!
+//! The gateway never blocks a shard thread: storage work happens on backend
+//! worker threads.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod wheel;

@@ -1,0 +1,344 @@
+//! Typed configuration of `tern serve`: built-in defaults, then a TOML file,
+//! then `TERN_*` environment variables and command-line flags (both through
+//! clap), later ones winning. `tern config` prints the effective result.
+//!
+//! Every default sits beside its setting, in [`DEFAULT_TOML`] (printed by
+//! `tern config --defaults`) and in the `Default` impls below; a test keeps
+//! the two in step.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The defaults, as a commented TOML file (also the reference for operators).
+pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
+
+/// Everything `tern serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id, announced in `Welcome.node_id`. Default: the hostname.
+    pub node_id: String,
+    /// Client listeners.
+    pub listen: ListenConfig,
+    /// Shards (one monoio runtime per core).
+    pub shards: ShardConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Per-session protocol bounds and timers.
+    pub session: SessionSettings,
+    /// The backend: store and workers.
+    pub backend: BackendSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Where clients and operators connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// TCP clients (length-prefixed frames). Default `127.0.0.1:7400`.
+    pub tcp: Option<SocketAddr>,
+    /// WebSocket clients. Default `127.0.0.1:7401`; none to disable.
+    pub ws: Option<SocketAddr>,
+    /// HTTP: `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:7480`.
+    pub http: Option<SocketAddr>,
+    /// Listen backlog of each listener. Default 4096.
+    pub backlog: u32,
+    /// Accepts per second per shard before accepting pauses (absorbs
+    /// reconnect storms at a bounded rate). Default 20000.
+    pub accept_rate_per_shard: u32,
+    /// Origins allowed to open WebSocket connections; empty allows any
+    /// (non-browser clients send none). Default empty.
+    pub ws_origins: Vec<String>,
+}
+
+/// How many shards, on which driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Number of shards; 0 means one per available core. Default 0.
+    pub count: usize,
+    /// `auto` (io_uring, falling back to epoll where unavailable), `uring`
+    /// or `epoll`. Default `auto`.
+    pub driver: Driver,
+    /// Connections one shard holds before it refuses new ones. Default 1000000.
+    pub connections_max: usize,
+    /// Entries of each shard→shard and backend→shard ring. Default 65536.
+    pub ring_entries_max: usize,
+    /// Size of each shard's shared read buffer, in bytes. Default 65536.
+    pub read_buffer_bytes: usize,
+}
+
+/// The I/O driver of the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// io_uring where the kernel allows it, else epoll (logged).
+    Auto,
+    /// io_uring only; fail to start without it.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+/// Token verification (JWT).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The pinned algorithm: `HS256`, `RS256` or `EdDSA`. Default `HS256`.
+    pub algorithm: String,
+    /// HS256 secret. Prefer `TERN_JWT_SECRET` to a file. Default empty: every
+    /// token fails until one is set.
+    pub jwt_secret: String,
+    /// PEM public key file for RS256/EdDSA.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `aud`, when set. Default none.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds. Default 30.
+    pub leeway_secs: u64,
+}
+
+/// Protocol bounds and timers of every session (see `tern_protocol::session`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// A new connection must authenticate within this. Default 10000.
+    pub auth_timeout_ms: u64,
+    /// Announced ping interval. Default 30000.
+    pub heartbeat_interval_ms: u64,
+    /// Close after this share of the interval in silence (150..=300). Default 200.
+    pub heartbeat_timeout_factor_pct: u32,
+    /// Largest frame accepted, bytes. Default 65536.
+    pub frame_bytes_max: usize,
+    /// Largest text content, bytes. Default 16384.
+    pub text_bytes_max: usize,
+    /// Deliver frames in flight per connection before waiting for acks. Default 64.
+    pub unacked_window_max: usize,
+    /// Frames queued per connection before it counts as a slow consumer. Default 256.
+    pub outbox_frames_max: usize,
+    /// Bytes queued per connection before it counts as a slow consumer. Default 1048576.
+    pub outbox_bytes_max: usize,
+}
+
+/// The backend behind the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendSettings {
+    /// Directory of the embedded store. Default `./tern-data`.
+    pub data_dir: PathBuf,
+    /// Backend worker threads. Default 1.
+    pub workers: usize,
+    /// Requests a worker takes in one batch (one durable commit). Default 1024.
+    pub batch_max: usize,
+    /// Entries of each shard→backend queue. Default 65536.
+    pub queue_entries_max: usize,
+}
+
+/// Graceful shutdown on SIGTERM/SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Give up waiting and exit after this. Default 30000.
+    pub deadline_ms: u64,
+    /// Kick frames sent per second per shard while draining. Default 10000.
+    pub kick_rate_per_shard: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: default_node_id(),
+            listen: ListenConfig::default(),
+            shards: ShardConfig::default(),
+            auth: AuthConfig::default(),
+            session: SessionSettings::default(),
+            backend: BackendSettings::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7400))),
+            ws: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
+            backlog: 4096,
+            accept_rate_per_shard: 20_000,
+            ws_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            driver: Driver::Auto,
+            connections_max: 1_000_000,
+            ring_entries_max: 65_536,
+            read_buffer_bytes: 65_536,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: "HS256".into(),
+            jwt_secret: String::new(),
+            public_key_file: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            auth_timeout_ms: 10_000,
+            heartbeat_interval_ms: 30_000,
+            heartbeat_timeout_factor_pct: 200,
+            frame_bytes_max: 65_536,
+            text_bytes_max: 16_384,
+            unacked_window_max: 64,
+            outbox_frames_max: 256,
+            outbox_bytes_max: 1 << 20,
+        }
+    }
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./tern-data"),
+            workers: 1,
+            batch_max: 1024,
+            queue_entries_max: 65_536,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { deadline_ms: 30_000, kick_rate_per_shard: 10_000 }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("bad config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        source: toml::de::Error,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting {name}: {why}")]
+    Invalid {
+        /// The setting, as `section.key`.
+        name: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    /// The effective config as TOML.
+    pub fn to_toml(&self) -> String {
+        // Serializing plain structs of strings, numbers and options cannot fail.
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// The number of shards to run: `shards.count`, or one per core.
+    pub fn shard_count(&self) -> usize {
+        match self.shards.count {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Checks ranges and combinations that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: &str| Err(ConfigError::Invalid { name, why: why.into() });
+        let s = &self.session;
+        if !(150..=300).contains(&s.heartbeat_timeout_factor_pct) {
+            return invalid("session.heartbeat_timeout_factor_pct", "must be 150..=300");
+        }
+        if s.heartbeat_interval_ms == 0 || s.auth_timeout_ms == 0 {
+            return invalid("session", "intervals and timeouts must be > 0");
+        }
+        if s.frame_bytes_max < 1024 || s.frame_bytes_max > 16 << 20 {
+            return invalid("session.frame_bytes_max", "must be 1 KiB..=16 MiB");
+        }
+        if s.outbox_frames_max == 0 || s.outbox_bytes_max < s.frame_bytes_max {
+            return invalid("session.outbox_bytes_max", "must hold at least one largest frame");
+        }
+        if self.shards.read_buffer_bytes < 4096 {
+            return invalid("shards.read_buffer_bytes", "must be at least 4096");
+        }
+        if self.shards.ring_entries_max == 0 || self.backend.queue_entries_max == 0 {
+            return invalid("shards.ring_entries_max", "rings and queues need room");
+        }
+        if self.backend.workers == 0 || self.backend.batch_max == 0 {
+            return invalid("backend.workers", "need at least one worker and batch of 1");
+        }
+        if self.listen.accept_rate_per_shard == 0 {
+            return invalid("listen.accept_rate_per_shard", "must be > 0");
+        }
+        if !matches!(self.auth.algorithm.as_str(), "HS256" | "RS256" | "EdDSA") {
+            return invalid("auth.algorithm", "must be HS256, RS256 or EdDSA");
+        }
+        Ok(())
+    }
+}
+
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tern".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commented default file and the `Default` impls say the same thing.
+    #[test]
+    fn default_toml_matches_default_impls() {
+        let mut from_file: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        from_file.node_id = Config::default().node_id;
+        assert_eq!(from_file, Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    /// A typo in a key is an error naming it, not a silently ignored setting.
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[session]\nheartbeat_intervall_ms = 5\n").unwrap_err();
+        assert!(err.to_string().contains("heartbeat_intervall_ms"), "{err}");
+    }
+}
