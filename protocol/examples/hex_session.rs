@@ -46,11 +46,27 @@ const ROW_HEX_CHARS_MAX: usize = 48;
 const ROW_STRING_CHARS_MAX: usize = 44;
 
 fn main() -> Result<(), Box<dyn Error>> {
+    print!("{}", render()?);
+    Ok(())
+}
+
+/// The whole printout: every frame of [`session`], dumped and annotated.
+fn render() -> Result<String, Box<dyn Error>> {
     let schema = Schema::parse(PROTO)?;
-    println!("# Tern protocol v1: an example session over TCP");
-    println!("# produced by: cargo run -p tern-protocol --example hex_session");
-    println!("# Each frame on the wire = varint length prefix + protobuf `Frame`.");
-    println!("# Annotation columns: offset (hex), bytes, field (number, wire type) = value.");
+    let mut out = String::new();
+    writeln!(out, "# Tern protocol v1: an example session over TCP")?;
+    writeln!(
+        out,
+        "# produced by: cargo run -p tern-protocol --example hex_session"
+    )?;
+    writeln!(
+        out,
+        "# Each frame on the wire = varint length prefix + protobuf `Frame`."
+    )?;
+    writeln!(
+        out,
+        "# Annotation columns: offset (hex), bytes, field (number, wire type) = value."
+    )?;
     for (i, (who, frame)) in session().iter().enumerate() {
         let mut wire = Vec::new();
         frame.encode_length_delimited(&mut wire)?;
@@ -62,18 +78,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         let body_len = frame.encoded_len();
         let prefix_len = wire.len() - body_len;
-        println!();
-        println!("-- {}. {who}: {}", i + 1, body_name(frame));
-        println!(
+        writeln!(out)?;
+        writeln!(out, "-- {}. {who}: {}", i + 1, body_name(frame))?;
+        writeln!(
+            out,
             "{} bytes on the wire = {prefix_len}-byte length prefix + {body_len}-byte Frame",
             wire.len()
-        );
-        println!();
-        print!("{}", hex_dump(&wire));
-        println!();
-        print!("{}", annotate(&schema, &wire, prefix_len, body_len)?);
+        )?;
+        writeln!(out)?;
+        out += &hex_dump(&wire);
+        writeln!(out)?;
+        out += &annotate(&schema, &wire, prefix_len, body_len)?;
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The exchange: Alice's phone connects, pings, sends "hi 👋" to Bob; Bob's
@@ -512,5 +529,47 @@ impl Schema {
             }
         }
         Ok(schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/protocol.md quotes this example's output verbatim; this proves
+    /// the quote is current, so the doc's bytes are the bytes Tern sends.
+    #[test]
+    fn protocol_doc_quotes_the_current_output() {
+        let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+        let doc = std::fs::read_to_string(doc_path).expect("docs/protocol.md is readable");
+        let out = render().expect("the example session renders");
+        assert!(
+            doc.contains(out.trim_end()),
+            "docs/protocol.md section 8.2 is stale: paste the output of \
+             `cargo run -p tern-protocol --example hex_session` into it"
+        );
+    }
+
+    /// The line-based schema reader must see every message, field and enum
+    /// value of tern.proto, or annotations would stop naming fields; this
+    /// spot-checks the first, last and nested-in-oneof declarations.
+    #[test]
+    fn schema_reader_finds_fields_and_enum_values() {
+        let s = Schema::parse(PROTO).expect("tern.proto parses");
+        let field = |m: &str, n: u32| {
+            s.messages[m]
+                .get(&n)
+                .map(|f| (f.name.as_str(), f.ty.as_str()))
+        };
+        assert_eq!(field("Frame", 1), Some(("request_id", "uint64")));
+        assert_eq!(field("Frame", 10), Some(("auth", "Auth")));
+        assert_eq!(field("Frame", 120), Some(("kick", "Kick")));
+        assert_eq!(field("Entry", 13), Some(("group_event", "GroupEvent")));
+        assert_eq!(field("Auth", 6), Some(("resume_cursors", "Cursor")));
+        assert_eq!(field("ProfileUpdate", 1), Some(("nickname", "string")));
+        assert_eq!(field("PolicyChanged", 2), Some(("history_visible", "bool")));
+        assert!(s.messages["FriendListRequest"].is_empty());
+        assert_eq!(s.enums["ErrorCode"][&44], "ERROR_CODE_HEARTBEAT_TIMEOUT");
+        assert_eq!(s.enums["JoinPolicy"][&0], "JOIN_POLICY_OPEN");
     }
 }
