@@ -14,6 +14,11 @@
 //! checks every inner length against the bytes that remain; `tests/bad_input.rs`
 //! shows both rather than trusting them.
 //!
+//! [`decode_client_frame`] and [`decode_client_body`] also refuse a frame
+//! whose body is one only the server sends (field numbers 100..=199) before
+//! prost builds it: a 64 KiB `deliver` of empty entries would otherwise cost
+//! about 10 MiB of structs just to be refused (see `tests/bad_input.rs`).
+//!
 //! The encoder appends to a buffer the caller owns (STYLE.md 4) and allocates
 //! nothing else.
 //!
@@ -31,6 +36,10 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 /// Longest length prefix, in bytes: a varint carries 7 bits per byte, and 64
 /// bits need 10 bytes.
 pub const PREFIX_BYTES_MAX: usize = 10;
+
+/// Field numbers of `Frame.body` variants only the server sends (the schema
+/// reserves 100..=199 for them).
+pub const SERVER_ONLY_FIELDS: std::ops::RangeInclusive<u32> = 100..=199;
 
 /// What [`decode_frame`] found at the start of the buffer.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +77,13 @@ pub enum DecodeError {
     /// not UTF-8. prost's message says which field.
     #[error("malformed frame: {0}")]
     Malformed(#[source] prost::DecodeError),
+    /// A client sent a body only the server sends (its field number is in
+    /// [`SERVER_ONLY_FIELDS`]). Only the `decode_client_*` functions check.
+    #[error("frame field {field} is sent only by the server")]
+    ServerOnly {
+        /// The body's field number in `Frame`.
+        field: u32,
+    },
 }
 
 impl DecodeError {
@@ -77,6 +93,7 @@ impl DecodeError {
         match self {
             Self::FrameTooLarge { .. } => pb::ErrorCode::FrameTooLarge,
             Self::VarintOverlong | Self::Malformed(_) => pb::ErrorCode::BadFrame,
+            Self::ServerOnly { .. } => pb::ErrorCode::ServerOnlyFrame,
         }
     }
 
@@ -90,7 +107,7 @@ impl DecodeError {
     pub fn closes_connection(&self) -> bool {
         match self {
             Self::FrameTooLarge { .. } | Self::VarintOverlong => true,
-            Self::Malformed(_) => false,
+            Self::Malformed(_) | Self::ServerOnly { .. } => false,
         }
     }
 }
@@ -101,6 +118,20 @@ impl DecodeError {
 /// (then call again on `&buf[consumed..]`). A body longer than
 /// `frame_bytes_max` is refused from its prefix alone.
 pub fn decode_frame(buf: &[u8], frame_bytes_max: usize) -> Result<Decoded, DecodeError> {
+    decode_frame_with(buf, frame_bytes_max, parse_body)
+}
+
+/// [`decode_frame`] for bytes from a client: also refuses a server-only body
+/// as [`DecodeError::ServerOnly`] before building it. What the gateway uses.
+pub fn decode_client_frame(buf: &[u8], frame_bytes_max: usize) -> Result<Decoded, DecodeError> {
+    decode_frame_with(buf, frame_bytes_max, parse_client_body)
+}
+
+fn decode_frame_with(
+    buf: &[u8],
+    frame_bytes_max: usize,
+    parse: fn(&[u8]) -> Result<pb::Frame, DecodeError>,
+) -> Result<Decoded, DecodeError> {
     let Some((prefix_len, body_len)) = frame_len(buf, frame_bytes_max)? else {
         // A partial prefix: at least one more byte ends or extends it.
         return Ok(Decoded::NeedMore(1));
@@ -110,8 +141,11 @@ pub fn decode_frame(buf: &[u8], frame_bytes_max: usize) -> Result<Decoded, Decod
     if buf.len() < frame_end {
         return Ok(Decoded::NeedMore(frame_end - buf.len()));
     }
-    let frame = parse_body(&buf[prefix_len..frame_end])?;
-    Ok(Decoded::Frame { frame, consumed: frame_end })
+    let frame = parse(&buf[prefix_len..frame_end])?;
+    Ok(Decoded::Frame {
+        frame,
+        consumed: frame_end,
+    })
 }
 
 /// Reads only the length prefix at the start of `buf`: `Some((prefix_len,
@@ -135,7 +169,10 @@ pub fn frame_len(
         if byte & 0x80 == 0 {
             // Compare as u64: the claimed length may not fit a usize.
             if value > frame_bytes_max as u64 {
-                return Err(DecodeError::FrameTooLarge { len: value, max: frame_bytes_max });
+                return Err(DecodeError::FrameTooLarge {
+                    len: value,
+                    max: frame_bytes_max,
+                });
             }
             // `value ≤ frame_bytes_max`, a usize, so the cast is lossless.
             return Ok(Some((i + 1, value as usize)));
@@ -147,9 +184,24 @@ pub fn frame_len(
 /// Decodes one frame body without prefix (one WebSocket binary message).
 pub fn decode_body(body: &[u8], frame_bytes_max: usize) -> Result<pb::Frame, DecodeError> {
     if body.len() > frame_bytes_max {
-        return Err(DecodeError::FrameTooLarge { len: body.len() as u64, max: frame_bytes_max });
+        return Err(DecodeError::FrameTooLarge {
+            len: body.len() as u64,
+            max: frame_bytes_max,
+        });
     }
     parse_body(body)
+}
+
+/// [`decode_body`] for a message from a client: also refuses a server-only
+/// body as [`DecodeError::ServerOnly`] before building it.
+pub fn decode_client_body(body: &[u8], frame_bytes_max: usize) -> Result<pb::Frame, DecodeError> {
+    if body.len() > frame_bytes_max {
+        return Err(DecodeError::FrameTooLarge {
+            len: body.len() as u64,
+            max: frame_bytes_max,
+        });
+    }
+    parse_client_body(body)
 }
 
 /// Appends `frame` with its length prefix to `out` (TCP).
@@ -188,13 +240,72 @@ fn parse_body(body: &[u8]) -> Result<pb::Frame, DecodeError> {
     pb::Frame::decode(body).map_err(DecodeError::Malformed)
 }
 
+fn parse_client_body(body: &[u8]) -> Result<pb::Frame, DecodeError> {
+    if let Some(field) = server_only_field(body) {
+        return Err(DecodeError::ServerOnly { field });
+    }
+    parse_body(body)
+}
+
+/// The first top-level field of `body` whose number is server-only, found by
+/// walking the field keys and skipping values by their lengths: no
+/// allocation, no recursion. `None` also when the walk meets bytes that are
+/// not protobuf: prost then reports them (as `Malformed`) in its own words.
+fn server_only_field(body: &[u8]) -> Option<u32> {
+    let mut rest = body;
+    // Start-group fields nest; inside them field numbers are not `Frame`'s.
+    let mut group_depth: u32 = 0;
+    while !rest.is_empty() {
+        let key = take_varint(&mut rest)?;
+        let field = u32::try_from(key >> 3).ok()?;
+        let wire_type = key & 0x7;
+        // An end-group key closes a group; any other key at depth 0 is a
+        // field of `Frame` itself.
+        if group_depth == 0 && wire_type != 4 && SERVER_ONLY_FIELDS.contains(&field) {
+            return Some(field);
+        }
+        match wire_type {
+            0 => {
+                take_varint(&mut rest)?;
+            }
+            1 => rest = rest.get(8..)?,
+            2 => {
+                let len = usize::try_from(take_varint(&mut rest)?).ok()?;
+                rest = rest.get(len..)?;
+            }
+            3 => group_depth = group_depth.checked_add(1)?,
+            4 => group_depth = group_depth.checked_sub(1)?,
+            5 => rest = rest.get(4..)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Reads a protobuf varint (at most 10 bytes) off the front of `rest`.
+fn take_varint(rest: &mut &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    for (i, &byte) in rest.iter().take(PREFIX_BYTES_MAX).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *rest = &rest[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// Encodes a body whose length the caller computed, so the message tree is
 /// walked for its length once, not twice (`Message::encode` would recompute
 /// it for a capacity check that a `Vec` always passes).
 fn encode_body_exact(frame: &pb::Frame, body_len: usize, out: &mut Vec<u8>) {
     let start = out.len();
     frame.encode_raw(out);
-    debug_assert_eq!(out.len() - start, body_len, "prost wrote what encoded_len announced");
+    debug_assert_eq!(
+        out.len() - start,
+        body_len,
+        "prost wrote what encoded_len announced"
+    );
 }
 
 #[cfg(test)]
@@ -202,7 +313,10 @@ mod tests {
     use super::*;
 
     fn ping(request_id: u64, nonce: u64) -> pb::Frame {
-        pb::Frame { request_id, body: Some(pb::frame::Body::Ping(pb::Ping { nonce })) }
+        pb::Frame {
+            request_id,
+            body: Some(pb::frame::Body::Ping(pb::Ping { nonce })),
+        }
     }
 
     #[test]
@@ -219,7 +333,11 @@ mod tests {
         assert_eq!(tcp, manual);
         assert_eq!(prefix_len(ws.len()), tcp.len() - ws.len());
 
-        let Decoded::Frame { frame: got, consumed } = decode_frame(&tcp, 64).unwrap() else {
+        let Decoded::Frame {
+            frame: got,
+            consumed,
+        } = decode_frame(&tcp, 64).unwrap()
+        else {
             panic!("whole frame expected")
         };
         assert_eq!((got, consumed), (frame.clone(), tcp.len()));
@@ -233,10 +351,16 @@ mod tests {
         encode_frame(&ping(1, 300), &mut buf);
         assert_eq!(decode_frame(&[], 64), Ok(Decoded::NeedMore(1)));
         for cut in 1..buf.len() {
-            assert_eq!(decode_frame(&buf[..cut], 64), Ok(Decoded::NeedMore(buf.len() - cut)));
+            assert_eq!(
+                decode_frame(&buf[..cut], 64),
+                Ok(Decoded::NeedMore(buf.len() - cut))
+            );
         }
         // A prefix cut inside its varint needs at least one more byte.
-        assert_eq!(decode_frame(&[0x80, 0x80], 1 << 20), Ok(Decoded::NeedMore(1)));
+        assert_eq!(
+            decode_frame(&[0x80, 0x80], 1 << 20),
+            Ok(Decoded::NeedMore(1))
+        );
     }
 
     #[test]

@@ -110,7 +110,10 @@ pub struct Refusal {
 impl Refusal {
     /// A refusal with `code` and `reason`.
     pub fn new(code: pb::ErrorCode, reason: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, reason: reason.into() }
+        Self {
+            code,
+            reason: reason.into(),
+        }
     }
 
     /// The `Error` frame that answers the refused request (`request_id` 0
@@ -229,7 +232,9 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
     match sender {
         Sender::Server => return Err(server_only(name)),
         Sender::ClientRequest if frame.request_id == 0 => {
-            return Err(Refusal::invalid(format!("`{name}` is a request: request_id must not be 0")));
+            return Err(Refusal::invalid(format!(
+                "`{name}` is a request: request_id must not be 0"
+            )));
         }
         Sender::ClientRequest | Sender::ClientNotice => {}
     }
@@ -261,7 +266,11 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
         }
         Body::PresenceQuery(m) => {
             c.non_empty("presence_query.user_ids", &m.user_ids)?;
-            c.ids("presence_query.user_ids", &m.user_ids, c.l.query_user_ids_max)
+            c.ids(
+                "presence_query.user_ids",
+                &m.user_ids,
+                c.l.query_user_ids_max,
+            )
         }
         Body::Conversations(_) => Ok(()),
         Body::ReadBy(m) => {
@@ -312,7 +321,11 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
         Body::GroupInvite(m) => {
             c.id("group_invite.group_id", &m.group_id)?;
             c.non_empty("group_invite.user_ids", &m.user_ids)?;
-            c.ids("group_invite.user_ids", &m.user_ids, c.l.invite_user_ids_max)
+            c.ids(
+                "group_invite.user_ids",
+                &m.user_ids,
+                c.l.invite_user_ids_max,
+            )
         }
         Body::GroupKick(m) => {
             c.id("group_kick.group_id", &m.group_id)?;
@@ -326,11 +339,19 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
         }
         Body::GroupAnnounce(m) => {
             c.id("group_announce.group_id", &m.group_id)?;
-            c.text("group_announce.announcement", &m.announcement, c.l.about_bytes_max)
+            c.text(
+                "group_announce.announcement",
+                &m.announcement,
+                c.l.about_bytes_max,
+            )
         }
         Body::GroupSetNickname(m) => {
             c.id("group_set_nickname.group_id", &m.group_id)?;
-            c.text("group_set_nickname.nickname", &m.nickname, c.l.label_bytes_max)
+            c.text(
+                "group_set_nickname.nickname",
+                &m.nickname,
+                c.l.label_bytes_max,
+            )
         }
         Body::GroupSetRemark(m) => {
             c.id("group_set_remark.group_id", &m.group_id)?;
@@ -400,12 +421,20 @@ impl Checker<'_> {
         self.non_empty_text("auth.token", &m.token, self.l.token_bytes_max)?;
         self.id("auth.device_id", &m.device_id)?;
         self.platform("auth.platform", m.platform)?;
-        self.list_len("auth.capabilities", &m.capabilities, self.l.capabilities_max)?;
+        self.list_len(
+            "auth.capabilities",
+            &m.capabilities,
+            self.l.capabilities_max,
+        )?;
         for cap in &m.capabilities {
             self.text("auth.capabilities", cap, self.l.label_bytes_max)?;
         }
         self.cursors("auth.resume_cursors", &m.resume_cursors, Seq::Any)?;
-        self.text("auth.client_version", &m.client_version, self.l.label_bytes_max)
+        self.text(
+            "auth.client_version",
+            &m.client_version,
+            self.l.label_bytes_max,
+        )
     }
 
     fn send(&self, m: &pb::Send) -> Result<(), Refusal> {
@@ -443,11 +472,23 @@ impl Checker<'_> {
             Kind::Location(l) => {
                 self.degrees("send.content.location.latitude", l.latitude, 90.0)?;
                 self.degrees("send.content.location.longitude", l.longitude, 180.0)?;
-                self.text("send.content.location.name", &l.name, self.l.label_bytes_max)?;
-                self.text("send.content.location.address", &l.address, self.l.about_bytes_max)
+                self.text(
+                    "send.content.location.name",
+                    &l.name,
+                    self.l.label_bytes_max,
+                )?;
+                self.text(
+                    "send.content.location.address",
+                    &l.address,
+                    self.l.about_bytes_max,
+                )
             }
             Kind::Custom(x) => {
-                self.non_empty_text("send.content.custom.type", &x.r#type, self.l.label_bytes_max)?;
+                self.non_empty_text(
+                    "send.content.custom.type",
+                    &x.r#type,
+                    self.l.label_bytes_max,
+                )?;
                 let max = self.l.custom_data_bytes_max;
                 if x.data.len() > max {
                     return Err(too_long("send.content.custom.data", x.data.len(), max));
@@ -466,7 +507,9 @@ impl Checker<'_> {
         self.id(field, &m.media_id)?;
         self.text(field, &m.mime, self.l.label_bytes_max)?;
         if !(m.sha256.is_empty() || is_sha256_hex(&m.sha256)) {
-            return Err(Refusal::invalid(format!("{field}.sha256 is not 64 hex digits")));
+            return Err(Refusal::invalid(format!(
+                "{field}.sha256 is not 64 hex digits"
+            )));
         }
         if let Some(t) = &m.thumbnail {
             self.id(field, &t.media_id)?;
@@ -479,7 +522,9 @@ impl Checker<'_> {
         self.list_len(field, cs, self.l.cursors_max)?;
         for (i, cursor) in cs.iter().enumerate() {
             if let Err(e) = ConversationId::parse(&cursor.conversation_id) {
-                return Err(Refusal::invalid(format!("{field}[{i}].conversation_id: {e}")));
+                return Err(Refusal::invalid(format!(
+                    "{field}[{i}].conversation_id: {e}"
+                )));
             }
             if matches!(seq, Seq::Required) && cursor.seq == 0 {
                 return Err(Refusal::invalid(format!("{field}[{i}].seq must not be 0")));
@@ -494,7 +539,11 @@ impl Checker<'_> {
 
     /// An id, or empty where the schema gives empty a meaning.
     fn optional_id(&self, field: &'static str, id: &str) -> Result<(), Refusal> {
-        if id.is_empty() { Ok(()) } else { self.id(field, id) }
+        if id.is_empty() {
+            Ok(())
+        } else {
+            self.id(field, id)
+        }
     }
 
     /// At most `max` ids, each valid.
@@ -516,7 +565,9 @@ impl Checker<'_> {
 
     fn seq(&self, field: &'static str, seq: u64) -> Result<(), Refusal> {
         if seq == 0 {
-            return Err(Refusal::invalid(format!("{field} must not be 0 (seqs start at 1)")));
+            return Err(Refusal::invalid(format!(
+                "{field} must not be 0 (seqs start at 1)"
+            )));
         }
         Ok(())
     }
@@ -555,14 +606,18 @@ impl Checker<'_> {
     fn degrees(&self, field: &'static str, value: f64, max: f64) -> Result<(), Refusal> {
         // NaN fails the range test too.
         if !(-max..=max).contains(&value) {
-            return Err(Refusal::invalid(format!("{field} is not within ±{max} degrees")));
+            return Err(Refusal::invalid(format!(
+                "{field} is not within ±{max} degrees"
+            )));
         }
         Ok(())
     }
 
     fn platform(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
         // UNSPECIFIED is allowed: a client that does not say is still a client.
-        pb::Platform::try_from(v).map(drop).map_err(|_| bad_enum(field, v))
+        pb::Platform::try_from(v)
+            .map(drop)
+            .map_err(|_| bad_enum(field, v))
     }
 
     fn presence_state(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
@@ -581,12 +636,17 @@ impl Checker<'_> {
 
     fn join_policy(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
         // JOIN_POLICY_OPEN is 0 in the schema: every defined value is a choice.
-        pb::JoinPolicy::try_from(v).map(drop).map_err(|_| bad_enum(field, v))
+        pb::JoinPolicy::try_from(v)
+            .map(drop)
+            .map_err(|_| bad_enum(field, v))
     }
 }
 
 fn server_only(name: &'static str) -> Refusal {
-    Refusal::new(pb::ErrorCode::ServerOnlyFrame, format!("`{name}` is sent only by the server"))
+    Refusal::new(
+        pb::ErrorCode::ServerOnlyFrame,
+        format!("`{name}` is sent only by the server"),
+    )
 }
 
 fn too_long(field: &'static str, len: usize, max: usize) -> Refusal {
@@ -606,7 +666,10 @@ mod tests {
     use super::*;
 
     fn frame(request_id: u64, body: Body) -> pb::Frame {
-        pb::Frame { request_id, body: Some(body) }
+        pb::Frame {
+            request_id,
+            body: Some(body),
+        }
     }
 
     fn check(f: &pb::Frame) -> Result<(), Refusal> {
@@ -637,14 +700,20 @@ mod tests {
             platform: pb::Platform::Ios as i32,
             protocol_version: 1,
             capabilities: vec!["batch-deliver".into()],
-            resume_cursors: vec![pb::Cursor { conversation_id: "g:team".into(), seq: 0 }],
+            resume_cursors: vec![pb::Cursor {
+                conversation_id: "g:team".into(),
+                seq: 0,
+            }],
             client_version: "tern-cli 0.1".into(),
         };
         assert_eq!(check(&frame(0, Body::Auth(auth))), Ok(()));
         assert_eq!(check(&frame(0, Body::Ping(pb::Ping { nonce: 1 }))), Ok(()));
         assert_eq!(check(&frame(5, Body::Send(text_send("hi")))), Ok(()));
         let ack = pb::DeliverAck {
-            cursors: vec![pb::Cursor { conversation_id: "d:alice:bob".into(), seq: 3 }],
+            cursors: vec![pb::Cursor {
+                conversation_id: "d:alice:bob".into(),
+                seq: 3,
+            }],
         };
         assert_eq!(check(&frame(0, Body::DeliverAck(ack))), Ok(()));
     }
@@ -661,14 +730,575 @@ mod tests {
         assert!(r.reason.contains("request_id"), "{r}");
         let f = r.into_frame(9);
         assert_eq!(f.request_id, 9);
-        let Some(Body::Error(e)) = f.body else { panic!("an Error frame") };
+        let Some(Body::Error(e)) = f.body else {
+            panic!("an Error frame")
+        };
         assert_eq!(e.code, pb::ErrorCode::InvalidArgument as i32);
+    }
+
+    /// One valid example of every client body variant, and a broken copy of
+    /// it with the field its refusal must name.
+    fn every_client_variant() -> Vec<(Body, Body, &'static str)> {
+        use pb::content::Kind;
+        let cursor = |c: &str, seq| pb::Cursor {
+            conversation_id: c.into(),
+            seq,
+        };
+        let media = |id: &str| pb::MediaRef {
+            media_id: id.into(),
+            mime: "image/png".into(),
+            sha256: "ab".repeat(32),
+            thumbnail: Some(pb::Thumbnail {
+                media_id: "t1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let send = |kind: Kind| pb::Send {
+            client_msg_id: "m1".into(),
+            to: Some(pb::send::To::GroupId("team".into())),
+            content: Some(pb::Content { kind: Some(kind) }),
+            mentions: vec!["alice".into()],
+            ..Default::default()
+        };
+        let auth = pb::Auth {
+            token: "jwt".into(),
+            device_id: "d1".into(),
+            resume_cursors: vec![cursor("g:team", 0)],
+            ..Default::default()
+        };
+        let location = pb::Location {
+            latitude: 48.8,
+            longitude: 2.3,
+            ..Default::default()
+        };
+        let custom = pb::Custom {
+            r#type: "card".into(),
+            data: vec![1, 2],
+        };
+        vec![
+            (
+                Body::Auth(auth.clone()),
+                Body::Auth(pb::Auth {
+                    resume_cursors: vec![cursor("x", 1)],
+                    ..auth
+                }),
+                "auth.resume_cursors[0].conversation_id",
+            ),
+            (
+                Body::Ping(pb::Ping { nonce: 1 }),
+                Body::Ping(pb::Ping { nonce: 2 }),
+                "",
+            ),
+            (
+                Body::Send(send(Kind::Text(pb::Text { text: "hi".into() }))),
+                Body::Send(send(Kind::Text(pb::Text {
+                    text: String::new(),
+                }))),
+                "send.content.text",
+            ),
+            (
+                Body::Send(send(Kind::Image(pb::Image {
+                    media: Some(media("i1")),
+                }))),
+                Body::Send(send(Kind::Image(pb::Image { media: None }))),
+                "send.content.image.media",
+            ),
+            (
+                Body::Send(send(Kind::File(pb::File {
+                    media: Some(media("f1")),
+                    name: "a.pdf".into(),
+                }))),
+                Body::Send(send(Kind::File(pb::File {
+                    media: Some(media("f 1")),
+                    name: "a".into(),
+                }))),
+                "send.content.file.media",
+            ),
+            (
+                Body::Send(send(Kind::Voice(pb::Voice {
+                    media: Some(media("v1")),
+                }))),
+                Body::Send(send(Kind::Voice(pb::Voice {
+                    media: Some(pb::MediaRef {
+                        sha256: "xyz".into(),
+                        ..media("v1")
+                    }),
+                }))),
+                "send.content.voice.media.sha256",
+            ),
+            (
+                Body::Send(send(Kind::Video(pb::Video {
+                    media: Some(media("v1")),
+                }))),
+                Body::Send(send(Kind::Video(pb::Video {
+                    media: Some(media("")),
+                }))),
+                "send.content.video.media",
+            ),
+            (
+                Body::Send(send(Kind::Location(location.clone()))),
+                Body::Send(send(Kind::Location(pb::Location {
+                    latitude: f64::NAN,
+                    ..location
+                }))),
+                "send.content.location.latitude",
+            ),
+            (
+                Body::Send(send(Kind::Custom(custom.clone()))),
+                Body::Send(send(Kind::Custom(pb::Custom {
+                    data: vec![0; 40_000],
+                    ..custom
+                }))),
+                "send.content.custom.data",
+            ),
+            (
+                Body::Send(send(Kind::Text(pb::Text { text: "hi".into() }))),
+                Body::Send(pb::Send {
+                    to: None,
+                    ..send(Kind::Text(pb::Text { text: "hi".into() }))
+                }),
+                "send.to",
+            ),
+            (
+                Body::Send(send(Kind::Text(pb::Text { text: "hi".into() }))),
+                Body::Send(pb::Send {
+                    mentions: vec!["x".into(); 65],
+                    ..send(Kind::Text(pb::Text { text: "hi".into() }))
+                }),
+                "send.mentions",
+            ),
+            (
+                Body::Send(send(Kind::Text(pb::Text { text: "hi".into() }))),
+                Body::Send(pb::Send {
+                    content: None,
+                    ..send(Kind::Text(pb::Text { text: "hi".into() }))
+                }),
+                "send.content",
+            ),
+            (
+                Body::DeliverAck(pb::DeliverAck {
+                    cursors: vec![cursor("d:a:b", 1)],
+                }),
+                Body::DeliverAck(pb::DeliverAck { cursors: vec![] }),
+                "deliver_ack.cursors",
+            ),
+            (
+                Body::Sync(pb::SyncRequest {
+                    cursors: vec![cursor("d:a:b", 0)],
+                    limit: 0,
+                }),
+                Body::Sync(pb::SyncRequest {
+                    cursors: vec![cursor("d:a:b", 0); 1_001],
+                    limit: 0,
+                }),
+                "sync.cursors",
+            ),
+            (
+                Body::History(pb::HistoryRequest {
+                    conversation_id: "g:t".into(),
+                    ..Default::default()
+                }),
+                Body::History(pb::HistoryRequest {
+                    conversation_id: "g:".into(),
+                    ..Default::default()
+                }),
+                "history.conversation_id",
+            ),
+            (
+                Body::Recall(pb::RecallRequest {
+                    conversation_id: "g:t".into(),
+                    seq: 3,
+                }),
+                Body::Recall(pb::RecallRequest {
+                    conversation_id: "g:t".into(),
+                    seq: 0,
+                }),
+                "recall.seq",
+            ),
+            (
+                Body::Read(pb::ReadRequest {
+                    conversation_id: "g:t".into(),
+                    up_to_seq: 3,
+                }),
+                Body::Read(pb::ReadRequest {
+                    conversation_id: "g:t".into(),
+                    up_to_seq: 0,
+                }),
+                "read.up_to_seq",
+            ),
+            (
+                Body::Typing(pb::TypingRequest {
+                    conversation_id: "d:a:b".into(),
+                    typing: true,
+                }),
+                Body::Typing(pb::TypingRequest {
+                    conversation_id: "d:b:a".into(),
+                    typing: true,
+                }),
+                "typing.conversation_id",
+            ),
+            (
+                Body::SetPresence(pb::SetPresenceRequest {
+                    state: 1,
+                    text: "hi".into(),
+                }),
+                Body::SetPresence(pb::SetPresenceRequest {
+                    state: 1,
+                    text: "x".repeat(257),
+                }),
+                "set_presence.text",
+            ),
+            (
+                Body::PresenceQuery(pb::PresenceQuery {
+                    user_ids: vec!["a".into()],
+                }),
+                Body::PresenceQuery(pb::PresenceQuery { user_ids: vec![] }),
+                "presence_query.user_ids",
+            ),
+            (
+                Body::Conversations(Default::default()),
+                Body::Conversations(pb::ConversationListRequest {
+                    limit: 5,
+                    offset: 9,
+                }),
+                "",
+            ),
+            (
+                Body::ReadBy(pb::ReadByQuery {
+                    conversation_id: "g:t".into(),
+                    seqs: vec![1, 2],
+                }),
+                Body::ReadBy(pb::ReadByQuery {
+                    conversation_id: "g:t".into(),
+                    seqs: vec![1, 0],
+                }),
+                "read_by.seqs",
+            ),
+            (
+                Body::FriendRequest(pb::FriendRequestSend {
+                    user_id: "b".into(),
+                    message: "hi".into(),
+                }),
+                Body::FriendRequest(pb::FriendRequestSend {
+                    user_id: "b".into(),
+                    message: "x".repeat(300),
+                }),
+                "friend_request.message",
+            ),
+            (
+                Body::FriendAccept(pb::FriendAccept {
+                    user_id: "b".into(),
+                }),
+                Body::FriendAccept(pb::FriendAccept {
+                    user_id: "b\n".into(),
+                }),
+                "friend_accept.user_id",
+            ),
+            (
+                Body::FriendReject(pb::FriendReject {
+                    user_id: "b".into(),
+                }),
+                Body::FriendReject(pb::FriendReject {
+                    user_id: String::new(),
+                }),
+                "friend_reject.user_id",
+            ),
+            (
+                Body::FriendDelete(pb::FriendDelete {
+                    user_id: "b".into(),
+                }),
+                Body::FriendDelete(pb::FriendDelete {
+                    user_id: "{b}".into(),
+                }),
+                "friend_delete.user_id",
+            ),
+            (
+                Body::FriendList(pb::FriendListRequest {}),
+                Body::FriendList(pb::FriendListRequest {}),
+                "",
+            ),
+            (
+                Body::Profile(pb::ProfileRequest {
+                    user_id: "b".into(),
+                }),
+                Body::Profile(pb::ProfileRequest {
+                    user_id: String::new(),
+                }),
+                "profile.user_id",
+            ),
+            (
+                Body::FriendRemark(pb::FriendRemark {
+                    user_id: "b".into(),
+                    remark: String::new(),
+                }),
+                Body::FriendRemark(pb::FriendRemark {
+                    user_id: "b".into(),
+                    remark: "r".repeat(129),
+                }),
+                "friend_remark.remark",
+            ),
+            (
+                Body::FriendBlock(pb::FriendBlock {
+                    user_id: "b".into(),
+                    blocked: true,
+                }),
+                Body::FriendBlock(pb::FriendBlock {
+                    user_id: "b b".into(),
+                    blocked: true,
+                }),
+                "friend_block.user_id",
+            ),
+            (
+                Body::ProfileUpdate(pb::ProfileUpdate {
+                    bio: Some("hi".into()),
+                    ..Default::default()
+                }),
+                Body::ProfileUpdate(pb::ProfileUpdate {
+                    bio: Some("x".repeat(3000)),
+                    ..Default::default()
+                }),
+                "profile_update.bio",
+            ),
+            (
+                Body::FriendRequests(Default::default()),
+                Body::FriendRequests(Default::default()),
+                "",
+            ),
+            (
+                Body::GroupCreate(pb::GroupCreate {
+                    name: "t".into(),
+                    ..Default::default()
+                }),
+                Body::GroupCreate(pb::GroupCreate {
+                    members: vec!["ok".into(), "".into()],
+                    ..Default::default()
+                }),
+                "group_create.members[1]",
+            ),
+            (
+                Body::GroupInfo(pb::GroupInfoRequest {
+                    group_id: "g1".into(),
+                }),
+                Body::GroupInfo(pb::GroupInfoRequest {
+                    group_id: String::new(),
+                }),
+                "group_info.group_id",
+            ),
+            (
+                Body::GroupMembers(pb::GroupMembersRequest {
+                    group_id: "g1".into(),
+                    ..Default::default()
+                }),
+                Body::GroupMembers(pb::GroupMembersRequest {
+                    group_id: "g1".into(),
+                    after_user_id: "a:b".into(),
+                    limit: 0,
+                }),
+                "group_members.after_user_id",
+            ),
+            (
+                Body::GroupJoin(pb::GroupJoin {
+                    group_id: "g1".into(),
+                    message: String::new(),
+                }),
+                Body::GroupJoin(pb::GroupJoin {
+                    group_id: "g:1".into(),
+                    message: String::new(),
+                }),
+                "group_join.group_id",
+            ),
+            (
+                Body::GroupInvite(pb::GroupInvite {
+                    group_id: "g1".into(),
+                    user_ids: vec!["a".into()],
+                }),
+                Body::GroupInvite(pb::GroupInvite {
+                    group_id: "g1".into(),
+                    user_ids: vec!["a".into(); 201],
+                }),
+                "group_invite.user_ids",
+            ),
+            (
+                Body::GroupKick(pb::GroupKick {
+                    group_id: "g1".into(),
+                    user_id: "a".into(),
+                }),
+                Body::GroupKick(pb::GroupKick {
+                    group_id: "g1".into(),
+                    user_id: String::new(),
+                }),
+                "group_kick.user_id",
+            ),
+            (
+                Body::GroupLeave(pb::GroupLeave {
+                    group_id: "g1".into(),
+                }),
+                Body::GroupLeave(pb::GroupLeave {
+                    group_id: String::new(),
+                }),
+                "group_leave.group_id",
+            ),
+            (
+                Body::GroupDissolve(pb::GroupDissolve {
+                    group_id: "g1".into(),
+                }),
+                Body::GroupDissolve(pb::GroupDissolve {
+                    group_id: String::new(),
+                }),
+                "group_dissolve.group_id",
+            ),
+            (
+                Body::GroupRename(pb::GroupRename {
+                    group_id: "g1".into(),
+                    name: "n".into(),
+                }),
+                Body::GroupRename(pb::GroupRename {
+                    group_id: "g1".into(),
+                    name: String::new(),
+                }),
+                "group_rename.name",
+            ),
+            (
+                Body::GroupAnnounce(pb::GroupAnnounce {
+                    group_id: "g1".into(),
+                    announcement: "a".into(),
+                }),
+                Body::GroupAnnounce(pb::GroupAnnounce {
+                    group_id: "g1".into(),
+                    announcement: "a".repeat(2049),
+                }),
+                "group_announce.announcement",
+            ),
+            (
+                Body::GroupSetNickname(pb::GroupSetNickname {
+                    group_id: "g1".into(),
+                    nickname: "n".into(),
+                }),
+                Body::GroupSetNickname(pb::GroupSetNickname {
+                    group_id: "g1".into(),
+                    nickname: "n".repeat(129),
+                }),
+                "group_set_nickname.nickname",
+            ),
+            (
+                Body::GroupSetRemark(pb::GroupSetRemark {
+                    group_id: "g1".into(),
+                    remark: "r".into(),
+                }),
+                Body::GroupSetRemark(pb::GroupSetRemark {
+                    group_id: "g1".into(),
+                    remark: "r".repeat(129),
+                }),
+                "group_set_remark.remark",
+            ),
+            (
+                Body::GroupSetRole(pb::GroupSetRole {
+                    group_id: "g1".into(),
+                    user_id: "a".into(),
+                    role: 2,
+                }),
+                Body::GroupSetRole(pb::GroupSetRole {
+                    group_id: "g1".into(),
+                    user_id: "a".into(),
+                    role: 0,
+                }),
+                "group_set_role.role",
+            ),
+            (
+                Body::GroupMute(pb::GroupMute {
+                    group_id: "g1".into(),
+                    ..Default::default()
+                }),
+                Body::GroupMute(pb::GroupMute {
+                    group_id: "g1".into(),
+                    user_id: "é".into(),
+                    duration_ms: 1,
+                }),
+                "group_mute.user_id",
+            ),
+            (
+                Body::GroupJoinDecision(pb::GroupJoinDecision {
+                    group_id: "g1".into(),
+                    user_id: "a".into(),
+                    approve: true,
+                }),
+                Body::GroupJoinDecision(pb::GroupJoinDecision {
+                    group_id: "g1".into(),
+                    ..Default::default()
+                }),
+                "group_join_decision.user_id",
+            ),
+            (
+                Body::GroupSetPolicy(pb::GroupSetPolicy {
+                    group_id: "g1".into(),
+                    ..Default::default()
+                }),
+                Body::GroupSetPolicy(pb::GroupSetPolicy {
+                    group_id: "g1".into(),
+                    join_policy: 7,
+                    history_visible: true,
+                }),
+                "group_set_policy.join_policy",
+            ),
+            (
+                Body::GroupList(pb::GroupListRequest {}),
+                Body::GroupList(pb::GroupListRequest {}),
+                "",
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_client_variant_has_a_passing_and_a_refused_example() {
+        // Proves each client body variant is checked: a valid example passes,
+        // a broken copy is refused as INVALID_ARGUMENT naming the field ("" marks
+        // variants with nothing to get wrong), and that the table covers every
+        // client variant `body_kind` knows.
+        let table = every_client_variant();
+        let mut seen = std::collections::BTreeSet::new();
+        for (good, bad, field) in table {
+            let (name, sender) = body_kind(&good);
+            assert_ne!(sender, Sender::Server, "{name}");
+            seen.insert(name);
+            assert_eq!(check(&frame(1, good)), Ok(()), "{name}");
+            let r = check(&frame(1, bad));
+            if field.is_empty() {
+                assert_eq!(r, Ok(()), "{name}");
+            } else {
+                let r = r.expect_err(field);
+                assert_eq!(r.code, pb::ErrorCode::InvalidArgument, "{field}");
+                assert!(r.reason.starts_with(field), "{field}: {r}");
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            40,
+            "client variants in the schema (tags 10..=66): {seen:?}"
+        );
+    }
+
+    #[test]
+    fn notices_need_no_request_id_and_requests_do() {
+        // Proves auth, ping, deliver_ack and typing pass with request_id 0 and
+        // every other client variant is refused without one.
+        for (good, _, _) in every_client_variant() {
+            let (name, sender) = body_kind(&good);
+            let r = check(&frame(0, good));
+            match sender {
+                Sender::ClientNotice => assert_eq!(r, Ok(()), "{name}"),
+                _ => assert!(r.unwrap_err().reason.contains("request_id"), "{name}"),
+            }
+        }
     }
 
     #[test]
     fn text_bound_is_inclusive() {
         // Proves text_bytes_max bytes pass and one more is refused, naming the field.
-        let l = ClientLimits { text_bytes_max: 4, ..Default::default() };
+        let l = ClientLimits {
+            text_bytes_max: 4,
+            ..Default::default()
+        };
         let ok = frame(1, Body::Send(text_send("abcd")));
         assert_eq!(check_client_frame(&ok, &l), Ok(()));
         let long = frame(1, Body::Send(text_send("abcde")));
