@@ -11,7 +11,11 @@
 //! worker threads.
 
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod http;
+pub mod mailbox;
 pub mod metrics;
+pub mod shard;
 pub mod wheel;
+pub mod ws;

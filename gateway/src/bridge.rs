@@ -1,0 +1,235 @@
+//! The bridge between shards and the backend: worker threads that take
+//! requests from per-shard rings in batches, hand each batch to the chat
+//! backend (one durable commit per batch), and route the replies and the
+//! resulting pushes back to the shards through per-shard rings.
+//!
+//! Deliveries are encoded once per stored entry and the same bytes are
+//! shared (`Bytes`) by every shard and every recipient device. Recipients are
+//! grouped by their owner shard, so a fan-out to 10,000 members is one ring
+//! item per shard, not 10,000.
+
+use std::{
+    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use prost::Message as _;
+use tern_protocol::{
+    pb::{self, frame::Body},
+    session::ConvKey,
+};
+
+use crate::{
+    mailbox::{Doorbell, Receiver, Sender},
+    metrics::BackendMetrics,
+    shard::{ConnRef, ShardMsg, owner_shard},
+};
+
+/// Who sent a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The authenticated user.
+    pub user: String,
+    /// The device it came from.
+    pub device: String,
+}
+
+/// One client request on its way to the backend.
+#[derive(Debug)]
+pub struct BackendRequest {
+    /// The connection to answer.
+    pub from: ConnRef,
+    /// Who asked.
+    pub caller: Caller,
+    /// The request frame (validated by the session).
+    pub frame: Box<pb::Frame>,
+    /// When a `send` left its connection (for the latency histogram).
+    pub started: Option<Instant>,
+}
+
+/// Something the backend wants pushed to connected devices.
+#[derive(Debug)]
+pub enum Effect {
+    /// A stored log entry for every device of `recipients` (which include
+    /// the sender, for their other devices); `origin` is the sending device,
+    /// which already has the SendAck and gets no copy.
+    Deliver {
+        /// The entry as stored.
+        entry: pb::Entry,
+        /// User ids.
+        recipients: Vec<String>,
+        /// `(user, device)` that caused it.
+        origin: Option<(String, String)>,
+    },
+    /// An ephemeral push (typing, presence, server event) to `recipients`.
+    Push {
+        /// User ids.
+        recipients: Vec<String>,
+        /// The frame body to push (request id 0).
+        body: Body,
+    },
+}
+
+/// The answer to one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response frame body (a result, `Ok` or `Error`); `None` for
+    /// fire-and-forget requests (typing) that succeeded.
+    pub reply: Option<Body>,
+    /// What to push because of it.
+    pub effects: Vec<Effect>,
+}
+
+/// The chat backend as the gateway sees it: a batch in, one answer per
+/// request out, in order. Implemented over `tern_backend` in `server.rs`.
+pub trait ChatService: Send + Sync + 'static {
+    /// Handles `batch` (one durable commit for all of its writes).
+    fn handle_batch(&self, now_unix_ms: u64, batch: &[(Caller, Body)]) -> Vec<Answer>;
+}
+
+/// A worker's rings.
+#[derive(Debug)]
+pub struct WorkerSetup {
+    /// From each shard.
+    pub inbox: Vec<Receiver<BackendRequest>>,
+    /// To each shard, indexed by shard id.
+    pub to_shards: Vec<Sender<ShardMsg>>,
+    /// This worker's doorbell.
+    pub bell: Arc<Doorbell>,
+    /// Requests per batch at most.
+    pub batch_max: usize,
+    /// Counters.
+    pub metrics: Arc<BackendMetrics>,
+    /// Set to stop the worker once its rings are empty.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Runs a backend worker on the current thread until `stop` is set and its
+/// rings are empty.
+pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
+    let shards = w.to_shards.len();
+    let mut batch: Vec<BackendRequest> = Vec::with_capacity(w.batch_max);
+    let mut calls: Vec<(Caller, Body)> = Vec::with_capacity(w.batch_max);
+    loop {
+        // Round-robin over the shards' rings so one busy shard cannot starve
+        // the others.
+        let mut progress = true;
+        while batch.len() < w.batch_max && progress {
+            progress = false;
+            for rx in &mut w.inbox {
+                if batch.len() >= w.batch_max {
+                    break;
+                }
+                if let Some(r) = rx.recv() {
+                    batch.push(r);
+                    progress = true;
+                }
+            }
+        }
+        let depth: usize = w.inbox.iter().map(Receiver::len).sum();
+        w.metrics.queue_depth.store(depth as i64, Ordering::Relaxed);
+        if batch.is_empty() {
+            if w.stop.load(Ordering::Acquire) {
+                return;
+            }
+            w.bell.prepare_sleep();
+            if w.inbox.iter().all(Receiver::is_empty) && !w.stop.load(Ordering::Acquire) {
+                std::thread::park_timeout(std::time::Duration::from_millis(100));
+            }
+            w.bell.awake();
+            continue;
+        }
+        let started = Instant::now();
+        calls.clear();
+        for r in &mut batch {
+            // The frame's body was checked present by the session.
+            let body = r.frame.body.take().unwrap_or(Body::Ok(pb::Ok::default()));
+            calls.push((r.caller.clone(), body));
+        }
+        let answers = service.handle_batch(unix_ms(), &calls);
+        w.metrics.batch_latency.observe_us(started.elapsed().as_micros() as u64);
+        w.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        w.metrics.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        debug_assert_eq!(answers.len(), batch.len(), "one answer per request");
+        for (req, answer) in batch.drain(..).zip(answers) {
+            if let Some(reply) = answer.reply {
+                let is_send_ack = matches!(reply, Body::SendAck(_));
+                let frame = pb::Frame { request_id: req.frame.request_id, body: Some(reply) };
+                let msg = ShardMsg::Reply {
+                    conn: req.from,
+                    body: Bytes::from(frame.encode_to_vec()),
+                    send_started: req.started,
+                    is_send_ack,
+                };
+                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
+            }
+            for effect in answer.effects {
+                route(&mut w.to_shards, shards, effect);
+            }
+        }
+    }
+}
+
+/// Sends a push to the owner shards of its recipients: one ring item per
+/// shard, the encoded frame shared.
+fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, effect: Effect) {
+    match effect {
+        Effect::Deliver { entry, recipients, origin } => {
+            let cursors: Arc<[(ConvKey, u64)]> =
+                Arc::new([(ConvKey::of(&entry.conversation_id), entry.seq)]);
+            let frame = pb::Frame {
+                request_id: 0,
+                body: Some(Body::Deliver(pb::Deliver { entries: vec![entry] })),
+            };
+            let body = Bytes::from(frame.encode_to_vec());
+            for (shard, users) in by_shard(recipients, shards) {
+                let msg = ShardMsg::Deliver {
+                    users,
+                    cursors: cursors.clone(),
+                    body: body.clone(),
+                    origin: origin.clone(),
+                };
+                send_blocking(&mut to_shards[shard], msg);
+            }
+        }
+        Effect::Push { recipients, body } => {
+            let frame = pb::Frame { request_id: 0, body: Some(body) };
+            let body = Bytes::from(frame.encode_to_vec());
+            for (shard, users) in by_shard(recipients, shards) {
+                send_blocking(&mut to_shards[shard], ShardMsg::Push { users, body: body.clone() });
+            }
+        }
+    }
+}
+
+fn by_shard(users: Vec<String>, shards: usize) -> Vec<(usize, Vec<String>)> {
+    if shards == 1 {
+        return vec![(0, users)];
+    }
+    let mut groups: Vec<Vec<String>> = (0..shards).map(|_| Vec::new()).collect();
+    for u in users {
+        groups[owner_shard(&u, shards)].push(u);
+    }
+    groups.into_iter().enumerate().filter(|(_, g)| !g.is_empty()).collect()
+}
+
+/// A full shard ring back-pressures the worker: it waits for the shard
+/// rather than dropping acknowledged work.
+fn send_blocking(tx: &mut Sender<ShardMsg>, mut msg: ShardMsg) {
+    loop {
+        match tx.send(msg) {
+            Ok(()) => return,
+            Err(m) => {
+                msg = m;
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,1081 @@
+//! One shard: a monoio runtime on its own thread that owns its connections
+//! (DESIGN invariant 1). Everything here runs on that one thread, so shard
+//! state sits in `RefCell`s and no lock is taken on the data path.
+//!
+//! A connection's life on a shard:
+//! 1. accepted by this shard's SO_REUSEPORT listener (at a bounded rate);
+//! 2. its session state machine is fed from the shard's shared read buffer;
+//!    only a partial frame is kept per connection, in a buffer allocated on
+//!    demand and freed when empty (invariant 2);
+//! 3. after auth it moves to its *owner shard*, `owner_shard(user)`, so all
+//!    devices of a user live on one shard (the fd travels over a ring);
+//! 4. requests go to the backend through bounded rings; replies and
+//!    deliveries come back through this shard's inbox;
+//! 5. deadlines (auth, heartbeat, retransmit) live in the shard's wheel.
+//!
+//! Each connection has one small task that waits for read readiness; writes
+//! are attempted directly (non-blocking) and only a connection whose socket
+//! is full gets a writer task that waits for write readiness.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    io,
+    os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd},
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use monoio::net::{TcpListener, TcpStream};
+use slab::Slab;
+use tern_protocol::{
+    codec,
+    pb::{self, frame::Body},
+    session::{self, AuthOk, ConvKey, QueueError, Rejected, Session, SessionConfig},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    auth::Verifier,
+    bridge::{BackendRequest, Caller},
+    mailbox::{Doorbell, Receiver, Sender},
+    metrics::{CloseReason, ShardMetrics},
+    wheel::Wheel,
+    ws,
+};
+
+/// Identifies a connection across threads: shard, slab key, generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    /// The shard that holds it.
+    pub shard: u16,
+    /// Its slab key on that shard.
+    pub key: u32,
+    /// Distinguishes reuses of the same slab key.
+    pub generation: u32,
+}
+
+/// What arrives in a shard's inbox.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A connection that authenticated on another shard, for its owner.
+    Handoff(Box<Handoff>),
+    /// The backend's answer to one request: an encoded `Frame` body.
+    Reply {
+        /// Who asked.
+        conn: ConnRef,
+        /// The response frame, encoded (no length prefix).
+        body: Bytes,
+        /// When the request left the connection, for a `send`.
+        send_started: Option<Instant>,
+        /// The answer is a SendAck.
+        is_send_ack: bool,
+    },
+    /// Push stored entries to every device of `users` held by this shard.
+    Deliver {
+        /// Recipients owned by this shard.
+        users: Vec<String>,
+        /// `(conversation, newest seq)` the frame carries, for the ack window.
+        cursors: Arc<[(ConvKey, u64)]>,
+        /// An encoded `Deliver` frame body, shared by every recipient.
+        body: Bytes,
+        /// The device that sent it (it has the SendAck; it gets no copy).
+        origin: Option<(String, String)>,
+    },
+    /// An ephemeral push (typing, presence, server events): no ack window.
+    Push {
+        /// Recipients owned by this shard.
+        users: Vec<String>,
+        /// An encoded `Frame` body.
+        body: Bytes,
+    },
+    /// Start draining: stop accepting, kick connections at a bounded rate.
+    Drain,
+}
+
+/// A connection moving to its owner shard after auth.
+#[derive(Debug)]
+pub struct Handoff {
+    fd: RawFd,
+    session: Session,
+    partial: Vec<u8>,
+    user: Box<str>,
+    device: Box<str>,
+    transport: Transport,
+}
+
+/// How frames are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Varint length prefix per frame.
+    Tcp,
+    /// One binary WebSocket message per frame (after the HTTP upgrade).
+    WebSocket,
+    /// A WebSocket connection still in its HTTP upgrade.
+    WebSocketUpgrade,
+}
+
+/// The owner shard of a user: a plain function of the user id.
+pub fn owner_shard(user: &str, shards: usize) -> usize {
+    // FNV-1a: stable across processes and releases (std's hasher is not
+    // promised to be), cheap, and good enough to spread ids.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
+/// Everything a shard thread is started with.
+#[derive(Debug)]
+pub struct ShardSetup {
+    /// This shard's index.
+    pub id: usize,
+    /// Number of shards.
+    pub shards: usize,
+    /// Node id, for Welcome.
+    pub node_id: Arc<str>,
+    /// Session bounds and timers.
+    pub session: SessionConfig,
+    /// Shared read buffer size.
+    pub read_buffer_bytes: usize,
+    /// Accepts per second.
+    pub accept_rate: u32,
+    /// Connections held at most.
+    pub connections_max: usize,
+    /// Allowed WebSocket origins (empty: any).
+    pub ws_origins: Vec<String>,
+    /// Token verifier.
+    pub verifier: Arc<Verifier>,
+    /// Counters.
+    pub metrics: Arc<ShardMetrics>,
+    /// This shard's doorbell (eventfd).
+    pub bell: Arc<Doorbell>,
+    /// Inbound rings: from every other shard and every backend worker.
+    pub inbox: Vec<Receiver<ShardMsg>>,
+    /// To other shards, indexed by shard id (`None` at our own index).
+    pub to_shards: Vec<Option<Sender<ShardMsg>>>,
+    /// To the backend workers.
+    pub to_backend: Vec<Sender<BackendRequest>>,
+    /// Listeners (std, SO_REUSEPORT, non-blocking), TCP then WebSocket.
+    pub tcp_listener: Option<std::net::TcpListener>,
+    /// The WebSocket listener.
+    pub ws_listener: Option<std::net::TcpListener>,
+    /// Kick frames per second while draining.
+    pub kick_rate: u32,
+    /// Time origin shared by all shards.
+    pub epoch: Instant,
+}
+
+/// Per-connection state, in the shard's slab. Kept small: an idle
+/// connection is this struct, its task and the kernel's socket.
+struct Conn {
+    generation: u32,
+    stream: Rc<TcpStream>,
+    session: Session,
+    /// A partial inbound frame (or unprocessed bytes after back-pressure).
+    /// Empty and unallocated while idle.
+    partial: Vec<u8>,
+    /// Bytes the socket did not take; a writer task drains them.
+    pending_out: Vec<u8>,
+    /// Set once authenticated.
+    user: Option<Box<str>>,
+    device: Option<Box<str>>,
+    transport: Transport,
+    /// The deadline this connection has in the wheel (u64::MAX: none).
+    timer_at: u64,
+    /// Why it is closing, once decided.
+    closing: Option<CloseReason>,
+}
+
+struct Shard {
+    id: usize,
+    shards: usize,
+    node_id: Arc<str>,
+    cfg: SessionConfig,
+    verifier: Arc<Verifier>,
+    metrics: Arc<ShardMetrics>,
+    epoch: Instant,
+    connections_max: usize,
+    ws_origins: Vec<String>,
+    read_buf: RefCell<Vec<u8>>,
+    write_buf: RefCell<Vec<u8>>,
+    conns: RefCell<Slab<Conn>>,
+    next_generation: Cell<u32>,
+    /// user → slab keys of its devices on this shard.
+    users: RefCell<HashMap<Box<str>, Vec<u32>>>,
+    wheel: RefCell<Wheel<(u32, u32)>>,
+    to_shards: RefCell<Vec<Option<Sender<ShardMsg>>>>,
+    to_backend: RefCell<Vec<Sender<BackendRequest>>>,
+    draining: Cell<bool>,
+}
+
+/// Wheel granularity: deadlines fire within this of their time.
+const WHEEL_TICK_MS: u64 = 50;
+/// Wheel buckets (one turn = 4096 × 50 ms ≈ 205 s).
+const WHEEL_SLOTS: usize = 4096;
+/// Items taken from the inbox before yielding to connections.
+const INBOX_BATCH_MAX: usize = 1024;
+
+/// Runs shard `setup.id` on the current thread until it has drained.
+pub fn run(setup: ShardSetup, driver: crate::config::Driver) -> io::Result<()> {
+    use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+    let use_uring = match driver {
+        crate::config::Driver::Uring => true,
+        crate::config::Driver::Epoll => false,
+        crate::config::Driver::Auto => monoio::utils::detect_uring(),
+    };
+    if use_uring {
+        let mut rt = RuntimeBuilder::<IoUringDriver>::new().with_entries(4096).enable_timer().build()?;
+        rt.block_on(shard_main(setup, "io_uring"))
+    } else {
+        if driver == crate::config::Driver::Auto {
+            info!("io_uring unavailable; shard uses epoll");
+        }
+        let mut rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()?;
+        rt.block_on(shard_main(setup, "epoll"))
+    }
+}
+
+async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
+    let now = setup.epoch.elapsed().as_millis() as u64;
+    let shard = Rc::new(Shard {
+        id: setup.id,
+        shards: setup.shards,
+        node_id: setup.node_id,
+        cfg: setup.session,
+        verifier: setup.verifier,
+        metrics: setup.metrics,
+        epoch: setup.epoch,
+        connections_max: setup.connections_max,
+        ws_origins: setup.ws_origins,
+        read_buf: RefCell::new(vec![0; setup.read_buffer_bytes]),
+        write_buf: RefCell::new(Vec::with_capacity(setup.read_buffer_bytes)),
+        conns: RefCell::new(Slab::new()),
+        next_generation: Cell::new(1),
+        users: RefCell::new(HashMap::new()),
+        wheel: RefCell::new(Wheel::new(now, WHEEL_TICK_MS, WHEEL_SLOTS)),
+        to_shards: RefCell::new(setup.to_shards),
+        to_backend: RefCell::new(setup.to_backend),
+        draining: Cell::new(false),
+    });
+    debug!(shard = shard.id, driver, "shard started");
+    let mut listener_fds = Vec::new();
+    for (l, transport) in [(setup.tcp_listener, Transport::Tcp), (setup.ws_listener, Transport::WebSocketUpgrade)] {
+        if let Some(l) = l {
+            let l = TcpListener::from_std(l)?;
+            listener_fds.push(l.as_raw_fd());
+            monoio::spawn(accept_loop(shard.clone(), l, transport, setup.accept_rate));
+        }
+    }
+    monoio::spawn(tick_loop(shard.clone()));
+    inbox_loop(shard.clone(), setup.inbox, setup.bell).await;
+    // Drain: listeners stop (shutdown wakes a pending accept with an error,
+    // and the accept loop sees `draining`), connections are kicked at a
+    // bounded rate.
+    for fd in listener_fds {
+        // SAFETY: the listener is alive (its accept task holds it); shutdown
+        // does not close the descriptor.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    drain(&shard, setup.kick_rate).await;
+    Ok(())
+}
+
+impl Shard {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn server_time_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// Re-arms the connection's wheel entry when its deadline moved earlier.
+    fn arm(&self, key: u32, conn: &mut Conn) {
+        if let Some(at) = conn.session.poll_timeout(&self.cfg) {
+            if at < conn.timer_at {
+                conn.timer_at = at;
+                self.wheel.borrow_mut().insert((key, conn.generation), at);
+            }
+        }
+    }
+
+    /// Writes what the session has to send. Returns false if the socket is
+    /// broken (the reader will see it and close).
+    fn flush(self: &Rc<Self>, key: u32, conn: &mut Conn) {
+        if !conn.pending_out.is_empty() {
+            return; // the writer task owns the order of bytes
+        }
+        let fd = conn.stream.as_raw_fd();
+        let mut buf = self.write_buf.borrow_mut();
+        loop {
+            buf.clear();
+            let mut frames = 0u64;
+            while buf.len() < 64 * 1024 {
+                let Some(body) = conn.session.poll_transmit() else { break };
+                match conn.transport {
+                    Transport::Tcp => codec::encode_prefix(body.len(), &mut buf),
+                    Transport::WebSocket | Transport::WebSocketUpgrade => {
+                        ws::encode_binary_header(body.len(), &mut buf)
+                    }
+                }
+                buf.extend_from_slice(&body);
+                frames += 1;
+            }
+            if buf.is_empty() {
+                return;
+            }
+            self.metrics.frames_out.fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
+            let sent = send_nonblocking(fd, &buf);
+            match sent {
+                Ok(n) if n == buf.len() => {
+                    self.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(n) => {
+                    self.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    // A deliberate allocation: only a connection whose socket
+                    // buffer is full keeps its unsent bytes.
+                    conn.pending_out = buf[n..].to_vec();
+                    let stream = conn.stream.clone();
+                    monoio::spawn(writer(self.clone(), key, conn.generation, stream));
+                    return;
+                }
+                Err(_) => {
+                    self.close_soon(conn, CloseReason::Error);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Marks a connection closing and wakes its reader (EOF after shutdown).
+    fn close_soon(&self, conn: &mut Conn, reason: CloseReason) {
+        if conn.closing.is_none() {
+            conn.closing = Some(reason);
+        }
+        // SAFETY: shutdown on a descriptor this connection owns; errors
+        // (already shut) are harmless.
+        unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
+    fn handle_inbox(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Handoff(h) => self.adopt(*h),
+            ShardMsg::Reply { conn, body, send_started, is_send_ack } => {
+                let mut conns = self.conns.borrow_mut();
+                let Some(c) = conns.get_mut(conn.key as usize) else { return };
+                if c.generation != conn.generation {
+                    return; // the connection is gone; the client will retry or sync
+                }
+                if is_send_ack {
+                    self.metrics.messages_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(t) = send_started {
+                        self.metrics.send_ack_latency.observe_us(t.elapsed().as_micros() as u64);
+                    }
+                }
+                let slow = matches!(
+                    c.session.queue_encoded(&self.cfg, self.now_ms(), body),
+                    Err(Rejected { error: QueueError::SlowConsumer, .. })
+                );
+                self.flush(conn.key, c);
+                if slow {
+                    self.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.close_soon(c, CloseReason::SlowConsumer);
+                }
+            }
+            ShardMsg::Deliver { users, cursors, body, origin } => {
+                let now = self.now_ms();
+                let index = self.users.borrow();
+                let mut conns = self.conns.borrow_mut();
+                for user in &users {
+                    let Some(keys) = index.get(user.as_str()) else { continue };
+                    for &key in keys {
+                        let Some(c) = conns.get_mut(key as usize) else { continue };
+                        if let Some((ou, od)) = &origin {
+                            if ou == user && c.device.as_deref() == Some(od.as_str()) {
+                                continue;
+                            }
+                        }
+                        match c.session.push_deliver(&self.cfg, now, &cursors, body.clone()) {
+                            Ok(()) => {
+                                self.metrics.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            // The device is behind: it syncs what it lacks.
+                            Err(Rejected { error: QueueError::WindowFull, .. }) => {
+                                self.metrics.window_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(Rejected { error: QueueError::SlowConsumer, .. }) => {
+                                self.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.flush(key, c);
+                                self.close_soon(c, CloseReason::SlowConsumer);
+                            }
+                            // Not live (closing or not yet welcomed): sync covers it.
+                            Err(_) => {}
+                        }
+                        self.flush(key, c);
+                        self.arm(key, c);
+                    }
+                }
+            }
+            ShardMsg::Push { users, body } => {
+                let index = self.users.borrow();
+                let mut conns = self.conns.borrow_mut();
+                for user in &users {
+                    let Some(keys) = index.get(user.as_str()) else { continue };
+                    for &key in keys {
+                        let Some(c) = conns.get_mut(key as usize) else { continue };
+                        let pushed = c.session.queue_encoded(&self.cfg, self.now_ms(), body.clone());
+                        self.flush(key, c);
+                        if let Err(Rejected { error: QueueError::SlowConsumer, .. }) = pushed {
+                            self.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.close_soon(c, CloseReason::SlowConsumer);
+                        }
+                    }
+                }
+            }
+            ShardMsg::Drain => self.draining.set(true),
+        }
+    }
+
+    /// A connection handed over by another shard after auth: register it
+    /// here, welcome it, and start its reader.
+    fn adopt(self: &Rc<Self>, h: Handoff) {
+        // SAFETY: the fd came from `into_raw_fd` on the sending shard, which
+        // gave up ownership; nothing else holds it.
+        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(h.fd) };
+        let stream = match TcpStream::from_std(std_stream) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "adopting a connection failed");
+                self.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        let conn = Conn {
+            generation: self.next_gen(),
+            stream: Rc::new(stream),
+            session: h.session,
+            partial: h.partial,
+            pending_out: Vec::new(),
+            user: None,
+            device: None,
+            transport: h.transport,
+            timer_at: u64::MAX,
+            closing: None,
+        };
+        let key = self.conns.borrow_mut().insert(conn) as u32;
+        self.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.welcome(key, h.user, h.device);
+        let generation = self.conns.borrow()[key as usize].generation;
+        monoio::spawn(reader(self.clone(), key, generation, true));
+    }
+
+    fn next_gen(&self) -> u32 {
+        let g = self.next_generation.get();
+        self.next_generation.set(g.wrapping_add(1).max(1));
+        g
+    }
+
+    /// Registers an authenticated connection on its owner shard (this one),
+    /// displaces an older connection of the same device, queues Welcome.
+    fn welcome(self: &Rc<Self>, key: u32, user: Box<str>, device: Box<str>) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        let mut users = self.users.borrow_mut();
+        let keys = users.entry(user.clone()).or_default();
+        keys.retain(|&other| {
+            let Some(old) = conns.get_mut(other as usize) else { return false };
+            if old.device.as_deref() == Some(&*device) {
+                old.session.kick(&self.cfg, now, pb::KickReason::Displaced, "");
+                self.flush(other, old);
+                self.close_soon(old, CloseReason::Displaced);
+                false
+            } else {
+                true
+            }
+        });
+        keys.push(key);
+        let c = &mut conns[key as usize];
+        let ok = AuthOk { user_id: &user, device_id: &device, node_id: &self.node_id, unix_ms: Self::server_time_ms() };
+        // The session is Authenticating: it emitted the Authenticate event.
+        let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
+        c.user = Some(user);
+        c.device = Some(device);
+        self.flush(key, c);
+        self.arm(key, c);
+    }
+
+    /// Feeds bytes to a connection's session. Returns what the reader
+    /// should do next.
+    fn ingest(self: &Rc<Self>, key: u32, data: &[u8]) -> Ingest {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        let c = &mut conns[key as usize];
+        let mut pos = 0;
+        let max = self.cfg.frame_bytes_max;
+        while pos < data.len() {
+            let decoded = match c.transport {
+                Transport::Tcp => codec::decode_frame(&data[pos..], max).map(|d| match d {
+                    codec::Decoded::Frame { frame, consumed } => Some((frame, consumed)),
+                    codec::Decoded::NeedMore(_) => None,
+                }),
+                Transport::WebSocket => match ws::decode_message(&data[pos..], max) {
+                    Ok(ws::WsDecoded::Frame { body, consumed }) => {
+                        codec::decode_body(&body, max).map(|f| Some((f, consumed)))
+                    }
+                    Ok(ws::WsDecoded::Control { consumed, reply, close }) => {
+                        pos += consumed;
+                        if let Some(r) = reply {
+                            let _ = send_nonblocking(c.stream.as_raw_fd(), &r);
+                        }
+                        if close {
+                            return Ingest::Close(CloseReason::Peer);
+                        }
+                        continue;
+                    }
+                    Ok(ws::WsDecoded::NeedMore) => Ok(None),
+                    Err(e) => {
+                        debug!(error = %e, "bad websocket frame");
+                        return Ingest::Close(CloseReason::BadInput);
+                    }
+                },
+                Transport::WebSocketUpgrade => {
+                    match ws::accept_upgrade(&data[pos..], &self.ws_origins) {
+                        Ok(ws::Upgrade::Done { consumed, response }) => {
+                            pos += consumed;
+                            c.transport = Transport::WebSocket;
+                            if send_nonblocking(c.stream.as_raw_fd(), &response).is_err() {
+                                return Ingest::Close(CloseReason::Error);
+                            }
+                            continue;
+                        }
+                        Ok(ws::Upgrade::NeedMore) => Ok(None),
+                        Err(response) => {
+                            let _ = send_nonblocking(c.stream.as_raw_fd(), &response);
+                            return Ingest::Close(CloseReason::BadInput);
+                        }
+                    }
+                }
+            };
+            let (frame, consumed) = match decoded {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    // Undecodable input: tell the peer why, then close it.
+                    debug!(error = %e, "bad frame");
+                    c.session.handle_decode_error(&self.cfg, now, &e);
+                    self.flush(key, c);
+                    return Ingest::Close(CloseReason::BadInput);
+                }
+            };
+            pos += consumed;
+            self.metrics.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.session.handle_frame(&self.cfg, now, Self::server_time_ms(), frame);
+            while let Some(ev) = c.session.poll_event() {
+                match ev {
+                    session::Event::Authenticate(auth) => {
+                        let verdict = self.verifier.verify(&auth.token);
+                        match verdict {
+                            Ok(user) => {
+                                let owner = owner_shard(&user, self.shards);
+                                let rest = data[pos..].to_vec();
+                                return Ingest::Authenticated {
+                                    owner,
+                                    user: user.into(),
+                                    device: auth.device_id.into(),
+                                    rest,
+                                };
+                            }
+                            Err(e) => {
+                                self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let _ = c.session.handle_auth_err(&self.cfg, now, e.code(), &e.to_string());
+                            }
+                        }
+                    }
+                    session::Event::Request(frame) => {
+                        let (Some(user), Some(device)) = (&c.user, &c.device) else { continue };
+                        let is_send = matches!(frame.body, Some(Body::Send(_)));
+                        let req = BackendRequest {
+                            from: ConnRef { shard: self.id as u16, key, generation: c.generation },
+                            caller: Caller { user: user.to_string(), device: device.to_string() },
+                            frame,
+                            started: is_send.then(Instant::now),
+                        };
+                        let worker = owner_shard(user, self.to_backend.borrow().len());
+                        if let Err(req) = self.to_backend.borrow_mut()[worker].send(req) {
+                            // Back-pressure: keep this request and the rest
+                            // of the input; stop reading until there is room.
+                            self.metrics.backend_backpressure.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return Ingest::Blocked { request: Box::new(req), rest: data[pos..].to_vec() };
+                        }
+                    }
+                }
+            }
+            self.flush(key, c);
+            if c.session.is_closed() {
+                break;
+            }
+        }
+        self.flush(key, c);
+        self.arm(key, c);
+        if c.session.is_closed() || c.closing.is_some() {
+            return Ingest::Close(c.closing.unwrap_or(CloseReason::Auth));
+        }
+        // Keep only the partial frame, in a buffer sized to it.
+        let rest = &data[pos..];
+        if !rest.is_empty() {
+            c.partial.extend_from_slice(rest);
+        }
+        Ingest::Continue
+    }
+}
+
+enum Ingest {
+    Continue,
+    Close(CloseReason),
+    Authenticated { owner: usize, user: Box<str>, device: Box<str>, rest: Vec<u8> },
+    Blocked { request: Box<BackendRequest>, rest: Vec<u8> },
+}
+
+fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: `buf[off..]` is a live, initialized slice; MSG_NOSIGNAL
+        // turns a closed peer into EPIPE instead of a signal.
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf[off..].as_ptr().cast(),
+                buf.len() - off,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            off += n as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(off),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+    Ok(off)
+}
+
+fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: `buf` is a live, writable slice of the given length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(None),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Accepts connections at a bounded rate and starts their readers.
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transport, rate: u32) {
+    // Token bucket: `rate` per second, refilled every 10 ms.
+    let per_tick = (rate / 100).max(1);
+    let mut tokens = per_tick;
+    let mut refill_at = Instant::now() + Duration::from_millis(10);
+    loop {
+        if shard.draining.get() {
+            return;
+        }
+        if tokens == 0 {
+            let now = Instant::now();
+            if now < refill_at {
+                monoio::time::sleep(refill_at - now).await;
+            }
+            refill_at = Instant::now() + Duration::from_millis(10);
+            tokens = per_tick;
+        }
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) if shard.draining.get() => return,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokens -= 1;
+        shard.metrics.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if shard.conns.borrow().len() >= shard.connections_max || shard.draining.get() {
+            shard.metrics.closed(CloseReason::Refused);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let now = shard.now_ms();
+        let generation = shard.next_gen();
+        let conn = Conn {
+            generation,
+            stream: Rc::new(stream),
+            session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
+            partial: Vec::new(),
+            pending_out: Vec::new(),
+            user: None,
+            device: None,
+            transport,
+            timer_at: u64::MAX,
+            closing: None,
+        };
+        let key = {
+            let mut conns = shard.conns.borrow_mut();
+            let key = conns.insert(conn) as u32;
+            shard.arm(key, &mut conns[key as usize]);
+            key
+        };
+        monoio::spawn(reader(shard.clone(), key, generation, false));
+    }
+}
+
+/// The connection's task: waits for readability, reads into the shard's
+/// shared buffer and feeds the session; ends when the connection closes or
+/// moves to another shard.
+async fn reader(shard: Rc<Shard>, key: u32, generation: u32, mut resume: bool) {
+    let legacy = monoio::utils::is_legacy();
+    let reason = loop {
+        let stream = {
+            let conns = shard.conns.borrow();
+            match conns.get(key as usize) {
+                Some(c) if c.generation == generation => c.stream.clone(),
+                _ => return,
+            }
+        };
+        if resume {
+            // Bytes that came with the handoff (or waited out back-pressure).
+            resume = false;
+            let partial = std::mem::take(&mut shard.conns.borrow_mut()[key as usize].partial);
+            if !partial.is_empty() {
+                match shard.ingest(key, &partial) {
+                    Ingest::Continue => continue,
+                    other => match handle_ingest(&shard, key, generation, other).await {
+                        Some(Flow::Close(r)) => break r,
+                        Some(Flow::Moved) => return,
+                        None => continue,
+                    },
+                }
+            }
+        }
+        // relaxed readiness is exact on io_uring (a fresh poll each time);
+        // on epoll monoio must confirm with a poll syscall, since we read by
+        // ourselves.
+        if stream.readable(!legacy).await.is_err() {
+            break CloseReason::Error;
+        }
+        drop(stream);
+        let fd = {
+            let conns = shard.conns.borrow();
+            match conns.get(key as usize) {
+                Some(c) if c.generation == generation => c.stream.as_raw_fd(),
+                _ => return,
+            }
+        };
+        let mut buf = shard.read_buf.borrow_mut();
+        let n = match recv_nonblocking(fd, &mut buf) {
+            Ok(Some(0)) => {
+                let closing = shard.conns.borrow()[key as usize].closing;
+                break closing.unwrap_or(CloseReason::Peer);
+            }
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(_) => break CloseReason::Error,
+        };
+        shard.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        let outcome = {
+            let mut conns = shard.conns.borrow_mut();
+            let c = &mut conns[key as usize];
+            if c.partial.is_empty() {
+                drop(conns);
+                shard.ingest(key, &buf[..n])
+            } else {
+                // Complete the partial frame: append and feed the whole.
+                let mut partial = std::mem::take(&mut c.partial);
+                let limit = shard.cfg.frame_bytes_max + codec::PREFIX_BYTES_MAX + 16;
+                partial.extend_from_slice(&buf[..n]);
+                drop(conns);
+                let r = shard.ingest(key, &partial);
+                // Give memory back: the partial buffer is freed when empty.
+                let mut conns = shard.conns.borrow_mut();
+                if let Some(c) = conns.get_mut(key as usize) {
+                    if c.partial.capacity() > limit {
+                        c.partial.shrink_to_fit();
+                    }
+                }
+                r
+            }
+        };
+        drop(buf);
+        match outcome {
+            Ingest::Continue => {}
+            other => match handle_ingest(&shard, key, generation, other).await {
+                Some(Flow::Close(r)) => break r,
+                Some(Flow::Moved) => return,
+                None => {}
+            },
+        }
+    };
+    finish(&shard, key, generation, reason);
+}
+
+/// How a reader goes on after [`handle_ingest`].
+enum Flow {
+    /// Close with this reason.
+    Close(CloseReason),
+    /// The connection moved to its owner shard; this task ends quietly.
+    Moved,
+}
+
+/// Handles the non-`Continue` outcomes; `Some(flow)` ends the reader.
+async fn handle_ingest(shard: &Rc<Shard>, key: u32, generation: u32, outcome: Ingest) -> Option<Flow> {
+    match outcome {
+        Ingest::Continue => None,
+        Ingest::Close(r) => Some(Flow::Close(r)),
+        Ingest::Blocked { request, rest } => {
+            let worker = {
+                let conns = shard.conns.borrow();
+                owner_shard(conns[key as usize].user.as_deref().unwrap_or(""), shard.to_backend.borrow().len())
+            };
+            let mut req = *request;
+            loop {
+                // Only a connection that hit a full backend queue waits here;
+                // idle connections never hold a timer.
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                match shard.to_backend.borrow_mut()[worker].send(req) {
+                    Ok(()) => break,
+                    Err(r) => req = r,
+                }
+            }
+            let mut conns = shard.conns.borrow_mut();
+            match conns.get_mut(key as usize) {
+                Some(c) if c.generation == generation => {
+                    let mut rest = rest;
+                    rest.extend_from_slice(&c.partial);
+                    c.partial = rest;
+                }
+                _ => return Some(Flow::Close(CloseReason::Error)),
+            }
+            drop(conns);
+            // Feed what was left (possibly several frames) before reading more.
+            let partial = std::mem::take(&mut shard.conns.borrow_mut()[key as usize].partial);
+            let next = shard.ingest(key, &partial);
+            Box::pin(handle_ingest(shard, key, generation, next)).await
+        }
+        Ingest::Authenticated { owner, user, device, rest } => {
+            if owner == shard.id {
+                shard.conns.borrow_mut()[key as usize].partial = rest;
+                shard.welcome(key, user, device);
+                let partial = std::mem::take(&mut shard.conns.borrow_mut()[key as usize].partial);
+                if partial.is_empty() {
+                    return None;
+                }
+                let next = shard.ingest(key, &partial);
+                return Box::pin(handle_ingest(shard, key, generation, next)).await;
+            }
+            // Move to the owner shard: the fd travels, the task ends here.
+            let conn = shard.conns.borrow_mut().remove(key as usize);
+            shard.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let Conn { stream, session, transport, .. } = conn;
+            let Ok(stream) = Rc::try_unwrap(stream) else {
+                // A writer task still holds it: cannot happen before Welcome
+                // (nothing was queued that could block), but stay safe.
+                return Some(Flow::Close(CloseReason::Error));
+            };
+            let fd = stream.into_raw_fd();
+            let handoff = Box::new(Handoff { fd, session, partial: rest, user, device, transport });
+            let mut to = shard.to_shards.borrow_mut();
+            let tx = to[owner].as_mut().expect("a ring to every other shard");
+            if let Err(ShardMsg::Handoff(h)) = tx.send(ShardMsg::Handoff(handoff)) {
+                // The owner's ring is full: refuse this login, client retries.
+                // SAFETY: we own the fd again; close it.
+                drop(unsafe { std::net::TcpStream::from_raw_fd(h.fd) });
+                shard.metrics.closed[CloseReason::Refused as usize]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Ownership moved; the owner counts it now.
+            Some(Flow::Moved)
+        }
+    }
+}
+
+/// Removes a closed connection: unregisters it, counts it, closes the fd.
+fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
+    let mut conns = shard.conns.borrow_mut();
+    let Some(c) = conns.get(key as usize) else { return };
+    if c.generation != generation {
+        return; // moved away (handoff) or already finished
+    }
+    let c = conns.remove(key as usize);
+    drop(conns);
+    if let Some(user) = &c.user {
+        let mut users = shard.users.borrow_mut();
+        if let Some(keys) = users.get_mut(user) {
+            keys.retain(|&k| k != key);
+            if keys.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+    if reason == CloseReason::HeartbeatTimeout {
+        shard.metrics.heartbeat_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    shard.metrics.closed(c.closing.unwrap_or(reason));
+}
+
+/// Drains `pending_out` when the socket becomes writable again.
+async fn writer(shard: Rc<Shard>, key: u32, generation: u32, stream: Rc<TcpStream>) {
+    let legacy = monoio::utils::is_legacy();
+    loop {
+        if stream.writable(!legacy).await.is_err() {
+            return;
+        }
+        let mut conns = shard.conns.borrow_mut();
+        let Some(c) = conns.get_mut(key as usize) else { return };
+        if c.generation != generation {
+            return;
+        }
+        match send_nonblocking(stream.as_raw_fd(), &c.pending_out) {
+            Ok(n) if n == c.pending_out.len() => {
+                c.pending_out = Vec::new(); // give the memory back
+                shard.flush(key, c);
+                return; // flush spawns a new writer if it blocks again
+            }
+            Ok(n) => {
+                c.pending_out.drain(..n);
+            }
+            Err(_) => {
+                shard.close_soon(c, CloseReason::Error);
+                return;
+            }
+        }
+    }
+}
+
+/// Drives the wheel: fires due deadlines every tick.
+async fn tick_loop(shard: Rc<Shard>) {
+    let mut due = Vec::new();
+    loop {
+        monoio::time::sleep(Duration::from_millis(WHEEL_TICK_MS)).await;
+        let now = shard.now_ms();
+        shard.wheel.borrow_mut().expire(now, |t| due.push(t.key));
+        let mut conns = shard.conns.borrow_mut();
+        for (key, generation) in due.drain(..) {
+            let Some(c) = conns.get_mut(key as usize) else { continue };
+            if c.generation != generation {
+                continue;
+            }
+            c.timer_at = u64::MAX;
+            c.session.handle_timeout(&shard.cfg, now);
+            shard.flush(key, c);
+            if c.session.is_closed() {
+                let reason = match c.session.close_reason() {
+                    Some(session::CloseReason::HeartbeatTimeout) => CloseReason::HeartbeatTimeout,
+                    Some(session::CloseReason::AuthTimeout) => CloseReason::Auth,
+                    _ => CloseReason::Error,
+                };
+                shard.close_soon(c, reason);
+            } else {
+                shard.arm(key, c);
+            }
+        }
+        let stats = conns.len();
+        drop(conns);
+        let _ = stats;
+        if shard.draining.get() && shard.conns.borrow().is_empty() {
+            return;
+        }
+    }
+}
+
+/// Drains the inbox rings until told to drain the shard.
+async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: Arc<Doorbell>) {
+    let efd = bell.eventfd_raw().expect("shards wait on an eventfd");
+    // The eventfd is waited on through monoio's readiness machinery.
+    // SAFETY: `efd` stays open for the shard's life (the doorbell owns it);
+    // the wrapper never closes it (ManuallyDrop below).
+    let waiter = std::mem::ManuallyDrop::new(
+        TcpStream::from_std(unsafe { std::net::TcpStream::from_raw_fd(efd) })
+            .expect("register eventfd"),
+    );
+    let legacy = monoio::utils::is_legacy();
+    loop {
+        let mut handled = 0;
+        let mut depth = 0;
+        for rx in inbox.iter_mut() {
+            while handled < INBOX_BATCH_MAX {
+                let Some(msg) = rx.recv() else { break };
+                handled += 1;
+                if matches!(msg, ShardMsg::Drain) {
+                    shard.handle_inbox(msg);
+                    return;
+                }
+                shard.handle_inbox(msg);
+            }
+            depth += rx.len();
+        }
+        shard.metrics.inbox_depth.store(depth as i64, std::sync::atomic::Ordering::Relaxed);
+        if handled > 0 {
+            // Let connections run between batches.
+            monoio::time::sleep(Duration::ZERO).await;
+            continue;
+        }
+        bell.prepare_sleep();
+        if inbox.iter().any(|rx| !rx.is_empty()) {
+            bell.awake();
+            continue;
+        }
+        let _ = waiter.readable(!legacy).await;
+        bell.drain_eventfd();
+        bell.awake();
+    }
+}
+
+/// Kicks every connection (at a bounded rate) and waits until they are gone
+/// or the process deadline passes (the server stops the runtime then).
+async fn drain(shard: &Rc<Shard>, kick_rate: u32) {
+    let per_tick = (kick_rate / 100).max(1) as usize;
+    loop {
+        if shard.conns.borrow().is_empty() {
+            return;
+        }
+        let keys: Vec<u32> = shard
+            .conns
+            .borrow()
+            .iter()
+            .filter(|(_, c)| c.closing.is_none())
+            .map(|(k, _)| k as u32)
+            .take(per_tick)
+            .collect();
+        let now = shard.now_ms();
+        {
+            let mut conns = shard.conns.borrow_mut();
+            for key in keys {
+                let c = &mut conns[key as usize];
+                if c.closing.is_some() {
+                    continue;
+                }
+                c.session.kick(&shard.cfg, now, pb::KickReason::Shutdown, "");
+                shard.flush(key, c);
+                shard.close_soon(c, CloseReason::Shutdown);
+            }
+        }
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
