@@ -4,4 +4,5 @@
 //! Never does network I/O to clients; the gateway calls into it from backend
 //! worker threads.
 
+pub mod redis_store;
 pub mod store;

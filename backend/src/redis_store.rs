@@ -1,0 +1,1446 @@
+//! The Redis store: [`Store`] over one Redis (≥ 7.0) or a Redis Cluster.
+//!
+//! Every atomic step of the [`Store`] contract is one Redis function call
+//! (`redis_store/tern.lua`, loaded with `FUNCTION LOAD` at open) that
+//! touches the keys of one hash tag only, so it runs whole on one Cluster
+//! node (key schema: [`keys`]; the full story: docs/redis.md). A batch of
+//! appends is pipelined: one round trip (per node in a cluster), one AOF
+//! fsync on each node, then optionally one `WAIT`/`WAITAOF` ([`WaitPolicy`]).
+//!
+//! Per-user indexes live under the user's hash tag, in another slot than
+//! the data they point to. They are written *before* the atomic step that
+//! creates the record they index, are never shrunk on the write path, and
+//! every read through them checks the record itself: an index is a
+//! superset of the truth, so a crash between the two steps leaves an extra
+//! index entry (filtered out on read), never a missing one.
+//!
+//! Never holds chat policy (the domain does), never retries a write whose
+//! outcome is unknown (the caller gets a [`StoreError`] and the client's
+//! retry is made exact by the dedup record), and never builds a key from an
+//! unchecked id.
+
+pub mod keys;
+
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use prost::Message as _;
+use redis::cluster::{ClusterClientBuilder, ClusterConnection, ClusterPipeline};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{Cmd, ConnectionLike, RedisError, Value};
+use tern_protocol::pb;
+
+use crate::store::{
+    Append, AppendEffect, AppendRefused, Appended, ConvHead, FriendRecord, FriendRequestRecord,
+    GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord,
+    SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
+};
+use keys::{ConvKeys, KeyError, PairKeys, UserKeys};
+
+/// The Redis function library, loaded (with `REPLACE`) at open.
+const LIBRARY: &str = include_str!("redis_store/tern.lua");
+/// Oldest Redis we run on: functions (`FUNCTION LOAD`, `FCALL`) need 7.0.
+pub const REDIS_VERSION_MIN: (u32, u32, u32) = (7, 0, 0);
+/// Oldest Redis with `WAITAOF`.
+pub const WAITAOF_VERSION_MIN: (u32, u32, u32) = (7, 2, 0);
+/// Expired dedup records an append removes at most, on top of its own
+/// write: purging is amortized over appends and bounded per call.
+const DEDUP_PURGE_PER_APPEND_MAX: u32 = 4;
+/// Largest page limit sent to Redis: `ZRANGE … LIMIT` takes a signed 64-bit
+/// count (the functions fetch pages in chunks of 1000 fields).
+const RANGE_LIMIT_MAX: u64 = i64::MAX as u64;
+/// Extra validity kept on a presence record beyond its own expiry, so a
+/// reader whose clock is a little behind still sees it.
+const PRESENCE_GRACE_MS: u64 = 60_000;
+/// Longest time a presence record is kept, whatever it asks for.
+const PRESENCE_TTL_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
+// ---------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------
+
+/// Where the Redis store connects and how it makes writes durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// One server or a cluster.
+    pub nodes: RedisNodes,
+    /// What to wait for after each write batch, before it is acknowledged.
+    /// Default: [`WaitPolicy::None`] (rely on the server's `appendfsync
+    /// always`, checked at open when `require_durable`).
+    pub wait: WaitPolicy,
+    /// Refuse to open unless writes are durable before they are
+    /// acknowledged: every primary runs `appendonly yes` with `appendfsync
+    /// always`, or `wait` is [`WaitPolicy::Aof`] with `local`, or
+    /// [`WaitPolicy::Replicas`] with at least one replica. Default: true,
+    /// because invariant 5 (no acknowledged message lost, no seq reused)
+    /// depends on it. Turn it off only for throwaway data.
+    pub require_durable: bool,
+    /// Connections (single) or cluster connections (one socket per node
+    /// each) kept open; one per concurrent caller. Default: 8.
+    pub connections_max: usize,
+    /// How long a caller waits for a free connection when all
+    /// `connections_max` are busy, before it gets an error. Default: 5000.
+    pub pool_wait_ms: u64,
+    /// TCP connect timeout. Default: 2000.
+    pub connect_timeout_ms: u64,
+    /// Read/write timeout of one round trip (a `WAIT`'s own timeout is
+    /// added to it). Default: 5000.
+    pub io_timeout_ms: u64,
+}
+
+impl RedisConfig {
+    /// The defaults for `nodes`.
+    pub fn new(nodes: RedisNodes) -> Self {
+        Self {
+            nodes,
+            wait: WaitPolicy::None,
+            require_durable: true,
+            connections_max: 8,
+            pool_wait_ms: 5_000,
+            connect_timeout_ms: 2_000,
+            io_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// One Redis or a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisNodes {
+    /// One server: `redis://host:port/db`.
+    Single(String),
+    /// Seed nodes of a cluster (`redis://host:port`); the rest is
+    /// discovered with `CLUSTER SLOTS`.
+    Cluster(Vec<String>),
+}
+
+/// What a write batch waits for before its results are returned (and the
+/// senders acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitPolicy {
+    /// Nothing beyond the server's own reply. Durable iff the server runs
+    /// `appendfsync always` (Redis fsyncs the AOF before it replies).
+    #[default]
+    None,
+    /// `WAIT replicas timeout_ms` on every primary the batch touched: the
+    /// writes reached `replicas` replicas (in memory, not fsynced).
+    Replicas {
+        /// Replicas that must have the writes.
+        replicas: u32,
+        /// How long to wait; fewer replicas by then is an error.
+        timeout_ms: u64,
+    },
+    /// `WAITAOF local replicas timeout_ms` (Redis ≥ 7.2): the writes are
+    /// fsynced to the primary's AOF (`local`) and to `replicas` replicas'
+    /// AOFs. Makes `appendfsync everysec` durable per batch.
+    Aof {
+        /// Wait for the primary's own fsync.
+        local: bool,
+        /// Replicas that must have fsynced the writes.
+        replicas: u32,
+        /// How long to wait; fewer fsyncs by then is an error.
+        timeout_ms: u64,
+    },
+}
+
+impl WaitPolicy {
+    fn timeout_ms(&self) -> u64 {
+        match *self {
+            Self::None => 0,
+            Self::Replicas { timeout_ms, .. } | Self::Aof { timeout_ms, .. } => timeout_ms,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Why the Redis store failed. Every variant becomes a [`StoreError`] at the
+/// [`Store`] boundary (`Backend`, or `Corrupt` for undecodable data).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStoreError {
+    /// The Redis client failed: connection refused or lost, timeout, or an
+    /// error reply.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// The server is older than Redis 7.0 (no functions).
+    #[error("redis {found} is too old: the Redis store needs {}.{}.{} or newer", REDIS_VERSION_MIN.0, REDIS_VERSION_MIN.1, REDIS_VERSION_MIN.2)]
+    UnsupportedVersion {
+        /// The version the server reported.
+        found: String,
+    },
+    /// [`WaitPolicy::Aof`] asks for `WAITAOF`, which needs Redis 7.2.
+    #[error("WAITAOF needs redis 7.2 or newer, the server is {found}: use appendfsync always with WaitPolicy::None, or WaitPolicy::Replicas")]
+    WaitAofUnsupported {
+        /// The version the server reported.
+        found: String,
+    },
+    /// `require_durable` is set, but a primary would acknowledge writes it
+    /// has not fsynced, and the wait policy does not make up for it.
+    #[error("redis node {node} runs appendonly={appendonly} appendfsync={appendfsync}: writes would be acknowledged before they are durable (set appendonly yes, appendfsync always, or a WaitPolicy)")]
+    NotDurable {
+        /// The node, as the client names it.
+        node: String,
+        /// Its `appendonly` setting.
+        appendonly: String,
+        /// Its `appendfsync` setting.
+        appendfsync: String,
+    },
+    /// `WAIT`/`WAITAOF` returned before enough copies were made: the batch
+    /// was written but is not known to be durable.
+    #[error("{command} reached {got} of {wanted} within its timeout")]
+    WaitShort {
+        /// `WAIT` or `WAITAOF (local)` or `WAITAOF (replicas)`.
+        command: &'static str,
+        /// Copies required.
+        wanted: u32,
+        /// Copies made.
+        got: u64,
+    },
+    /// An id cannot be part of a key (see [`keys`]).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A call broke the [`Store`] contract in a way the store can tell
+    /// (e.g. a [`ViewChange`] pointing past the change's entries).
+    #[error("invalid store call: {0}")]
+    InvalidCall(String),
+    /// Redis answered something the store never writes or returns.
+    #[error("unexpected reply from redis: {0}")]
+    Reply(String),
+    /// A stored record does not decode.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// All `connections_max` connections stayed busy for `pool_wait_ms`.
+    #[error("no free redis connection within {0} ms")]
+    PoolExhausted(u64),
+    /// The configuration cannot work (e.g. an empty cluster node list).
+    #[error("invalid redis store configuration: {0}")]
+    Config(String),
+}
+
+impl From<RedisStoreError> for StoreError {
+    fn from(e: RedisStoreError) -> Self {
+        match e {
+            RedisStoreError::Corrupt(m) => StoreError::Corrupt(m),
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+}
+
+type Result<T, E = RedisStoreError> = std::result::Result<T, E>;
+
+// ---------------------------------------------------------------------------
+// The store
+// ---------------------------------------------------------------------------
+
+/// The Redis store. Cheap to share: every call borrows a connection from a
+/// small pool (`connections_max`) and returns it, so backend worker threads
+/// share one `RedisStore` and never share a connection.
+#[derive(Debug)]
+pub struct RedisStore {
+    pool: Pool,
+    wait: WaitPolicy,
+    version: String,
+}
+
+impl RedisStore {
+    /// Connects, checks the server version (and, with `require_durable`,
+    /// the persistence settings of every primary), and loads the function
+    /// library.
+    pub fn open(config: RedisConfig) -> Result<Self> {
+        if config.connections_max == 0 {
+            return Err(RedisStoreError::Config("connections_max must be at least 1".into()));
+        }
+        let pool = Pool::new(&config)?;
+        let mut lease = pool.get()?;
+        let conn = lease.conn();
+        let version = server_version(conn)?;
+        let v = parse_version(&version);
+        if v < REDIS_VERSION_MIN {
+            return Err(RedisStoreError::UnsupportedVersion { found: version });
+        }
+        if matches!(config.wait, WaitPolicy::Aof { .. }) && v < WAITAOF_VERSION_MIN {
+            return Err(RedisStoreError::WaitAofUnsupported { found: version });
+        }
+        if config.require_durable {
+            let name = match &config.nodes {
+                RedisNodes::Single(url) => url.clone(),
+                RedisNodes::Cluster(_) => "cluster".to_owned(),
+            };
+            check_durable(conn, &config.wait, &name)?;
+        }
+        load_library(conn)?;
+        drop(lease);
+        Ok(Self { pool, wait: config.wait, version })
+    }
+
+    /// The server's version (the lowest over a cluster's primaries).
+    pub fn server_version(&self) -> &str {
+        &self.version
+    }
+
+    /// Runs `f` on a pooled connection. A connection that saw an error is
+    /// dropped rather than reused: after a timeout or a cluster redirect
+    /// its state (pending replies, slot map) is not to be trusted.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+        let mut lease = self.pool.get()?;
+        let r = f(lease.conn());
+        if r.is_err() {
+            lease.discard();
+        }
+        r
+    }
+
+    /// Runs `cmds` as one pipeline; on "function not found" (a node that
+    /// lost its functions, e.g. a fresh cluster node), reloads the library
+    /// and, when no command of the pipeline ran, runs it once more.
+    fn run(&self, conn: &mut Conn, pipe: &Pipe) -> Result<Vec<Value>> {
+        match conn.query(pipe) {
+            Ok(v) => Ok(v),
+            Err(e) if is_function_missing(&e) => {
+                load_library(conn)?;
+                let none_ran = e
+                    .into_server_errors()
+                    .is_some_and(|errs| errs.len() == pipe.len() && errs.iter().all(|(_, se)| se.to_string().contains("Function not found")));
+                if none_ran {
+                    Ok(conn.query(pipe)?)
+                } else {
+                    Err(RedisStoreError::Reply(
+                        "a function was missing on a node; the library was reloaded".into(),
+                    ))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Issues the configured `WAIT`/`WAITAOF` on `conn` (all primaries in
+    /// a cluster: a primary the batch did not write to answers at once).
+    fn wait_durable(&self, conn: &mut Conn) -> Result<()> {
+        match self.wait {
+            WaitPolicy::None => Ok(()),
+            WaitPolicy::Replicas { replicas, timeout_ms } => {
+                let mut c = redis::cmd("WAIT");
+                c.arg(replicas).arg(timeout_ms);
+                let got = per_node(conn.command_all_primaries(&c)?)
+                    .into_iter()
+                    .map(|v| as_u64(&v))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
+                    .min()
+                    .unwrap_or(0);
+                if got < u64::from(replicas) {
+                    return Err(RedisStoreError::WaitShort { command: "WAIT", wanted: replicas, got });
+                }
+                Ok(())
+            }
+            WaitPolicy::Aof { local, replicas, timeout_ms } => {
+                let mut c = redis::cmd("WAITAOF");
+                c.arg(u32::from(local)).arg(replicas).arg(timeout_ms);
+                for node in per_node(conn.command_all_primaries(&c)?) {
+                    let Value::Array(counts) = node else {
+                        return Err(RedisStoreError::Reply(format!("WAITAOF answered {node:?}")));
+                    };
+                    let [l, r] = counts.as_slice() else {
+                        return Err(RedisStoreError::Reply(format!("WAITAOF answered {counts:?}")));
+                    };
+                    let (l, r) = (as_u64(l)?, as_u64(r)?);
+                    if local && l < 1 {
+                        return Err(RedisStoreError::WaitShort { command: "WAITAOF (local)", wanted: 1, got: l });
+                    }
+                    if r < u64::from(replicas) {
+                        return Err(RedisStoreError::WaitShort { command: "WAITAOF (replicas)", wanted: replicas, got: r });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn append_batch_inner(
+        &self,
+        now_ms: u64,
+        items: &[Append],
+    ) -> Result<Vec<Result<Appended, AppendRefused>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Everything is checked and encoded before the first write, so a bad
+        // item fails the batch before anything of it is stored.
+        let mut index = Pipe::default();
+        let mut appends = Pipe::default();
+        for item in items {
+            let k = ConvKeys::new(&item.conversation)?;
+            for p in &item.participants {
+                index.add(zadd_lex(&UserKeys::new(p)?.convs, &item.conversation));
+            }
+            appends.add(append_cmd(&k, now_ms, item)?);
+        }
+        self.with_conn(|conn| {
+            // Index entries first: they must exist before the record they
+            // point to. One server executes a pipeline in order, so one
+            // round trip suffices; a cluster spreads it over nodes that
+            // execute independently, so there the index goes first, alone.
+            let replies = if index.is_empty() {
+                self.run(conn, &appends)?
+            } else if conn.is_cluster() {
+                self.run(conn, &index)?;
+                self.run(conn, &appends)?
+            } else {
+                let n = index.len();
+                let mut both = index;
+                both.extend(appends);
+                let mut r = self.run(conn, &both)?;
+                r.drain(..n);
+                r
+            };
+            self.wait_durable(conn)?;
+            replies.iter().map(parse_append_reply).collect()
+        })
+    }
+
+    fn apply_group_change_inner(
+        &self,
+        change: &GroupChange,
+    ) -> Result<Result<Vec<u64>, GroupConflict>> {
+        let k = ConvKeys::group(&change.group_id)?;
+        let conversation = format!("g:{}", change.group_id);
+        let mut index = Pipe::default();
+        let n_entries = change.entries.len();
+        let mut c = redis::cmd("FCALL");
+        c.arg("tern_group_v1").arg(8);
+        c.arg(&k.group_version).arg(&k.group_meta).arg(&k.members).arg(&k.member_order);
+        c.arg(&k.join_requests).arg(&k.head).arg(&k.log).arg(&k.user_convs);
+        let mut meta = change.meta.clone();
+        meta.group_id.clone_from(&change.group_id);
+        meta.version = change.expect_version + 1;
+        c.arg(change.expect_version).arg(meta.encode_to_vec());
+        c.arg(change.put_members.len());
+        for m in &change.put_members {
+            keys::id("member", &m.user_id)?;
+            c.arg(&m.user_id).arg(m.encode_to_vec());
+        }
+        c.arg(change.remove_members.len());
+        for u in &change.remove_members {
+            keys::id("member", u)?;
+            c.arg(u);
+        }
+        c.arg(change.put_join_requests.len());
+        for r in &change.put_join_requests {
+            keys::id("user", &r.user_id)?;
+            c.arg(&r.user_id).arg(r.encode_to_vec());
+        }
+        c.arg(change.remove_join_requests.len());
+        for u in &change.remove_join_requests {
+            keys::id("user", u)?;
+            c.arg(u);
+        }
+        c.arg(n_entries);
+        for e in &change.entries {
+            c.arg(stored_entry(e)).arg(e.time_ms);
+        }
+        c.arg(change.views.len());
+        for v in &change.views {
+            let (kind, user, at, history) = match v {
+                ViewChange::Join { user_id, at, history } => ("j", user_id, *at, *history),
+                ViewChange::Leave { user_id, at } => ("l", user_id, *at, false),
+            };
+            if at >= n_entries {
+                return Err(RedisStoreError::InvalidCall(format!(
+                    "view of {user} points at entry {at} of {n_entries}"
+                )));
+            }
+            if kind == "j" {
+                index.add(zadd_lex(&UserKeys::new(user)?.convs, &conversation));
+            } else {
+                keys::id("user", user)?;
+            }
+            c.arg(kind).arg(user).arg(at).arg(if history { "1" } else { "0" });
+        }
+        let mut pipe = Pipe::default();
+        pipe.add(c);
+        self.with_conn(|conn| {
+            if !index.is_empty() {
+                self.run(conn, &index)?;
+            }
+            let reply = self.run(conn, &pipe)?;
+            self.wait_durable(conn)?;
+            let Some(Value::Array(fields)) = reply.first() else {
+                return Err(RedisStoreError::Reply(format!("tern_group_v1 answered {reply:?}")));
+            };
+            let code = fields.first().map(as_i64).transpose()?;
+            match code {
+                Some(-1) => Ok(Err(GroupConflict)),
+                Some(0) => Ok(Ok(fields[1..].iter().map(as_u64).collect::<Result<Vec<_>>>()?)),
+                _ => Err(RedisStoreError::Reply(format!("tern_group_v1 answered {fields:?}"))),
+            }
+        })
+    }
+
+    fn apply_social_inner(&self, ops: &[SocialOp]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut index = Pipe::default();
+        // The writes, grouped by hash tag in order of first appearance.
+        let mut groups: Vec<WriteGroup> = Vec::new();
+        for op in ops {
+            let (key, w) = match op {
+                SocialOp::PutProfile(p) => {
+                    (UserKeys::new(&p.user_id)?.profile, Write::Set(p.encode_to_vec()))
+                }
+                SocialOp::PutFriend(r) => {
+                    index.add(zadd_lex(&UserKeys::new(&r.user)?.friends, &r.friend));
+                    let k = PairKeys::new(&r.user, &r.friend)?;
+                    (k.friends, Write::HSet(r.user.clone(), r.encode_to_vec()))
+                }
+                SocialOp::DeleteFriend { user, friend } => {
+                    (PairKeys::new(user, friend)?.friends, Write::HDel(user.clone()))
+                }
+                SocialOp::PutFriendRequest(r) => {
+                    index.add(zadd_lex(&UserKeys::new(&r.from)?.requests_out, &r.to));
+                    index.add(zadd_lex(&UserKeys::new(&r.to)?.requests_in, &r.from));
+                    let k = PairKeys::new(&r.from, &r.to)?;
+                    (k.requests, Write::HSet(r.from.clone(), r.encode_to_vec()))
+                }
+                SocialOp::DeleteFriendRequest { from, to } => {
+                    (PairKeys::new(from, to)?.requests, Write::HDel(from.clone()))
+                }
+                SocialOp::PutBlock { user, other } => {
+                    index.add(zadd_lex(&UserKeys::new(user)?.blocked, other));
+                    (PairKeys::new(user, other)?.blocks, Write::SAdd(user.clone()))
+                }
+                SocialOp::DeleteBlock { user, other } => {
+                    (PairKeys::new(user, other)?.blocks, Write::SRem(user.clone()))
+                }
+            };
+            let tag = keys::tag_of(&key).to_owned();
+            match groups.iter_mut().find(|g| g.tag == tag) {
+                Some(g) => g.push(key, w),
+                None => {
+                    let mut g = WriteGroup { tag, keys: Vec::new(), writes: Vec::new() };
+                    g.push(key, w);
+                    groups.push(g);
+                }
+            }
+        }
+        self.with_conn(|conn| {
+            // All or none: one function call. A single server runs it over
+            // keys of several tags; a cluster cannot, so there a call that
+            // spans tags is refused before anything is written (the domain
+            // only ever combines the records of one pair, or one profile).
+            let merged = if groups.len() > 1 {
+                if conn.is_cluster() {
+                    return Err(RedisStoreError::InvalidCall(format!(
+                        "apply_social spans {} hash tags; a cluster applies one pair (or one profile) atomically",
+                        groups.len()
+                    )));
+                }
+                let mut all = WriteGroup { tag: String::new(), keys: Vec::new(), writes: Vec::new() };
+                for g in groups.drain(..) {
+                    for (ki, w) in g.writes {
+                        all.push(g.keys[ki].clone(), w);
+                    }
+                }
+                all
+            } else {
+                // `ops` is not empty, so there is exactly one group.
+                groups.pop().expect("one group for a non-empty op list")
+            };
+            if !index.is_empty() {
+                self.run(conn, &index)?;
+            }
+            let mut pipe = Pipe::default();
+            pipe.add(merged.command());
+            self.run(conn, &pipe)?;
+            self.wait_durable(conn)
+        })
+    }
+
+    /// Reads `members` of the index `index_key` and, for each, the value
+    /// `probe(member)` (one command in another slot); keeps the members
+    /// whose probe answered. Indexes are supersets; the probe is the truth.
+    fn filtered_index<T>(
+        &self,
+        index_key: &str,
+        probe: impl Fn(&str) -> Result<Cmd>,
+        keep: impl Fn(&str, Value) -> Result<Option<T>>,
+    ) -> Result<Vec<T>> {
+        self.with_conn(|conn| {
+            let mut p = Pipe::default();
+            let mut z = redis::cmd("ZRANGE");
+            z.arg(index_key).arg(0).arg(-1);
+            p.add(z);
+            let members = as_strings(first(self.run(conn, &p)?)?)?;
+            if members.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut probes = Pipe::default();
+            for m in &members {
+                probes.add(probe(m)?);
+            }
+            let vals = self.run(conn, &probes)?;
+            let mut out = Vec::with_capacity(members.len());
+            for (m, v) in members.iter().zip(vals) {
+                if let Some(t) = keep(m, v)? {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn one(&self, c: Cmd) -> Result<Value> {
+        let mut p = Pipe::default();
+        p.add(c);
+        self.with_conn(|conn| first(self.run(conn, &p)?))
+    }
+}
+
+impl Store for RedisStore {
+    fn append_batch(
+        &self,
+        now_ms: u64,
+        items: &[Append],
+    ) -> StoreResult<Vec<Result<Appended, AppendRefused>>> {
+        Ok(self.append_batch_inner(now_ms, items)?)
+    }
+
+    fn heads(&self, conversations: &[&str]) -> StoreResult<Vec<ConvHead>> {
+        if conversations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = Pipe::default();
+        for c in conversations {
+            let k = ConvKeys::new(c).map_err(RedisStoreError::from)?;
+            let mut h = redis::cmd("HMGET");
+            h.arg(&k.head).arg("s").arg("t").arg("a");
+            p.add(h);
+        }
+        let replies = self.with_conn(|conn| self.run(conn, &p))?;
+        let heads = replies
+            .iter()
+            .map(|v| {
+                let Value::Array(f) = v else {
+                    return Err(RedisStoreError::Reply(format!("HMGET answered {v:?}")));
+                };
+                let g = |i: usize| f.get(i).map(opt_u64).transpose().map(|x| x.flatten().unwrap_or(0));
+                Ok(ConvHead { seq: g(0)?, last_time_ms: g(1)?, last_activity_ms: g(2)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(heads)
+    }
+
+    fn entries(
+        &self,
+        conversation: &str,
+        from_seq: u64,
+        to_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<pb::Entry>> {
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        if limit == 0 || to_seq < from_seq.max(1) {
+            return Ok(Vec::new());
+        }
+        let mut c = redis::cmd("FCALL");
+        c.arg("tern_range_v1").arg(2).arg(&k.head).arg(&k.log);
+        c.arg(from_seq).arg(to_seq).arg((limit as u64).min(RANGE_LIMIT_MAX));
+        let v = self.one(c)?;
+        let Value::Array(vals) = v else {
+            return Err(RedisStoreError::Reply(format!("tern_range_v1 answered {v:?}")).into());
+        };
+        let first_seq = from_seq.max(1);
+        let mut out = Vec::with_capacity(vals.len());
+        for (i, v) in vals.into_iter().enumerate() {
+            let seq = first_seq + i as u64;
+            if let Some(bytes) = opt_bytes(v)? {
+                out.push(load_entry(conversation, seq, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn user_conv(&self, user: &str, conversation: &str) -> StoreResult<Option<UserConv>> {
+        keys::id("user", user).map_err(RedisStoreError::from)?;
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HGET");
+        c.arg(&k.user_convs).arg(user);
+        let v = self.one(c)?;
+        Ok(opt_bytes(v)?.map(|b| parse_user_conv(conversation, &b)).transpose()?)
+    }
+
+    fn user_convs(&self, user: &str) -> StoreResult<Vec<UserConv>> {
+        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        Ok(self.filtered_index(
+            &uk.convs,
+            |conv| {
+                let k = ConvKeys::new(conv)?;
+                let mut c = redis::cmd("HGET");
+                c.arg(&k.user_convs).arg(user);
+                Ok(c)
+            },
+            |conv, v| opt_bytes(v)?.map(|b| parse_user_conv(conv, &b)).transpose(),
+        )?)
+    }
+
+    fn group(&self, group_id: &str) -> StoreResult<Option<GroupMeta>> {
+        let k = ConvKeys::group(group_id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("GET");
+        c.arg(&k.group_meta);
+        Ok(decode_opt::<GroupMeta>(self.one(c)?, "group record")?)
+    }
+
+    fn group_member(&self, group_id: &str, user_id: &str) -> StoreResult<Option<MemberRecord>> {
+        let k = ConvKeys::group(group_id).map_err(RedisStoreError::from)?;
+        keys::id("user", user_id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HGET");
+        c.arg(&k.members).arg(user_id);
+        Ok(decode_opt::<MemberRecord>(self.one(c)?, "member record")?)
+    }
+
+    fn group_members(
+        &self,
+        group_id: &str,
+        after_user_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<MemberRecord>> {
+        let k = ConvKeys::group(group_id).map_err(RedisStoreError::from)?;
+        if !after_user_id.is_empty() {
+            keys::id("user", after_user_id).map_err(RedisStoreError::from)?;
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut c = redis::cmd("FCALL");
+        c.arg("tern_members_v1").arg(2).arg(&k.member_order).arg(&k.members);
+        c.arg(after_user_id).arg((limit as u64).min(RANGE_LIMIT_MAX));
+        let v = self.one(c)?;
+        let Value::Array(vals) = v else {
+            return Err(RedisStoreError::Reply(format!("tern_members_v1 answered {v:?}")).into());
+        };
+        let mut out = Vec::with_capacity(vals.len());
+        for v in vals {
+            if let Some(m) = decode_opt::<MemberRecord>(v, "member record")? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn join_request(
+        &self,
+        group_id: &str,
+        user_id: &str,
+    ) -> StoreResult<Option<JoinRequestRecord>> {
+        let k = ConvKeys::group(group_id).map_err(RedisStoreError::from)?;
+        keys::id("user", user_id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HGET");
+        c.arg(&k.join_requests).arg(user_id);
+        Ok(decode_opt::<JoinRequestRecord>(self.one(c)?, "join request")?)
+    }
+
+    fn apply_group_change(
+        &self,
+        change: &GroupChange,
+    ) -> StoreResult<Result<Vec<u64>, GroupConflict>> {
+        Ok(self.apply_group_change_inner(change)?)
+    }
+
+    fn apply_social(&self, ops: &[SocialOp]) -> StoreResult<()> {
+        Ok(self.apply_social_inner(ops)?)
+    }
+
+    fn profile(&self, user_id: &str) -> StoreResult<Option<pb::Profile>> {
+        let k = UserKeys::new(user_id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("GET");
+        c.arg(&k.profile);
+        Ok(decode_opt::<pb::Profile>(self.one(c)?, "profile")?)
+    }
+
+    fn friend(&self, user: &str, friend: &str) -> StoreResult<Option<FriendRecord>> {
+        let k = PairKeys::new(user, friend).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HGET");
+        c.arg(&k.friends).arg(user);
+        Ok(decode_opt::<FriendRecord>(self.one(c)?, "friend record")?)
+    }
+
+    fn friends(&self, user: &str) -> StoreResult<Vec<FriendRecord>> {
+        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        Ok(self.filtered_index(
+            &uk.friends,
+            |friend| {
+                let mut c = redis::cmd("HGET");
+                c.arg(&PairKeys::new(user, friend)?.friends).arg(user);
+                Ok(c)
+            },
+            |_, v| decode_opt::<FriendRecord>(v, "friend record"),
+        )?)
+    }
+
+    fn friend_request(&self, from: &str, to: &str) -> StoreResult<Option<FriendRequestRecord>> {
+        let k = PairKeys::new(from, to).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HGET");
+        c.arg(&k.requests).arg(from);
+        let r = decode_opt::<FriendRequestRecord>(self.one(c)?, "friend request")?;
+        // The pair's hash holds one request per direction, keyed by sender.
+        Ok(r.filter(|r| r.to == to))
+    }
+
+    fn friend_requests(
+        &self,
+        user: &str,
+    ) -> StoreResult<(Vec<FriendRequestRecord>, Vec<FriendRequestRecord>)> {
+        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let incoming = self.filtered_index(
+            &uk.requests_in,
+            |from| {
+                let mut c = redis::cmd("HGET");
+                c.arg(&PairKeys::new(user, from)?.requests).arg(from);
+                Ok(c)
+            },
+            |_, v| {
+                Ok(decode_opt::<FriendRequestRecord>(v, "friend request")?.filter(|r| r.to == user))
+            },
+        )?;
+        let outgoing = self.filtered_index(
+            &uk.requests_out,
+            |to| {
+                let mut c = redis::cmd("HGET");
+                c.arg(&PairKeys::new(user, to)?.requests).arg(user);
+                Ok(c)
+            },
+            |to, v| {
+                Ok(decode_opt::<FriendRequestRecord>(v, "friend request")?.filter(|r| r.to == to))
+            },
+        )?;
+        Ok((incoming, outgoing))
+    }
+
+    fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool> {
+        let k = PairKeys::new(user, other).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("SISMEMBER");
+        c.arg(&k.blocks).arg(user);
+        Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn blocked(&self, user: &str) -> StoreResult<Vec<String>> {
+        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        Ok(self.filtered_index(
+            &uk.blocked,
+            |other| {
+                let mut c = redis::cmd("SISMEMBER");
+                c.arg(&PairKeys::new(user, other)?.blocks).arg(user);
+                Ok(c)
+            },
+            |other, v| Ok((as_u64(&v)? == 1).then(|| other.to_owned())),
+        )?)
+    }
+
+    fn put_presence(&self, record: &PresenceRecord) -> StoreResult<()> {
+        let k = UserKeys::new(&record.user_id).map_err(RedisStoreError::from)?;
+        // A relative TTL (not PXAT): the record's times come from the
+        // backend's clock, which need not agree with Redis's.
+        let ttl_ms = record
+            .expires_at_ms
+            .saturating_sub(record.updated_ms)
+            .saturating_add(PRESENCE_GRACE_MS)
+            .min(PRESENCE_TTL_MS_MAX);
+        let mut c = redis::cmd("SET");
+        c.arg(&k.presence).arg(record.encode_to_vec()).arg("PX").arg(ttl_ms);
+        self.one(c)?;
+        Ok(())
+    }
+
+    fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = Pipe::default();
+        for u in users {
+            let k = UserKeys::new(u).map_err(RedisStoreError::from)?;
+            let mut c = redis::cmd("GET");
+            c.arg(&k.presence);
+            p.add(c);
+        }
+        let vals = self.with_conn(|conn| self.run(conn, &p))?;
+        Ok(vals
+            .into_iter()
+            .map(|v| decode_opt::<PresenceRecord>(v, "presence"))
+            .collect::<Result<Vec<_>>>()?)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Commands and replies
+// ---------------------------------------------------------------------------
+
+/// The FCALL of one append item.
+fn append_cmd(k: &ConvKeys, now_ms: u64, item: &Append) -> Result<Cmd> {
+    let mut c = redis::cmd("FCALL");
+    c.arg("tern_append_v1").arg(6);
+    c.arg(&k.head).arg(&k.log).arg(&k.dedup).arg(&k.dedup_expiry).arg(&k.user_convs);
+    // The members key of the group the append depends on. For a group's own
+    // conversation it is under the same tag; anything else would span slots,
+    // which a cluster refuses (CROSSSLOT) and a single server allows.
+    match &item.member_of {
+        Some(m) => c.arg(ConvKeys::group(&m.group_id)?.members),
+        None => c.arg(&k.members),
+    };
+    c.arg(now_ms).arg(stored_entry(&item.entry)).arg(item.entry.time_ms);
+    c.arg(if item.activity { "1" } else { "0" });
+    match &item.dedup {
+        Some(d) => c.arg(keys::dedup_field(&d.sender, &d.client_msg_id)?).arg(d.expires_at_ms),
+        None => c.arg("").arg(0),
+    };
+    match &item.member_of {
+        Some(m) => {
+            keys::id("user", &m.user_id)?;
+            c.arg(&m.user_id)
+        }
+        None => c.arg(""),
+    };
+    match &item.effect {
+        AppendEffect::None => c.arg("n").arg(0).arg(""),
+        AppendEffect::Recall { seq } => c.arg("r").arg(*seq).arg(""),
+        AppendEffect::Read { user_id, up_to_seq } => {
+            keys::id("user", user_id)?;
+            c.arg("d").arg(*up_to_seq).arg(user_id)
+        }
+    };
+    c.arg(DEDUP_PURGE_PER_APPEND_MAX);
+    for p in &item.participants {
+        keys::id("user", p)?;
+        c.arg(p);
+    }
+    Ok(c)
+}
+
+fn parse_append_reply(v: &Value) -> Result<Result<Appended, AppendRefused>> {
+    let bad = || RedisStoreError::Reply(format!("tern_append_v1 answered {v:?}"));
+    let Value::Array(f) = v else { return Err(bad()) };
+    match f.first().map(as_i64).transpose()? {
+        Some(0) if f.len() == 4 => Ok(Ok(Appended {
+            seq: as_u64(&f[1])?,
+            time_ms: as_u64(&f[2])?,
+            duplicate: as_u64(&f[3])? == 1,
+        })),
+        Some(1) => Ok(Err(AppendRefused::NotMember)),
+        Some(2) => Ok(Err(AppendRefused::NotRecallable)),
+        Some(3) => Ok(Err(AppendRefused::ReadNotAdvanced)),
+        _ => Err(bad()),
+    }
+}
+
+/// An entry as stored: without `seq` and `conversation_id`, which the store
+/// owns and sets again on read (proto3 omits the zero and the empty string,
+/// so the stored bytes do not repeat the key).
+fn stored_entry(e: &pb::Entry) -> Vec<u8> {
+    // One clone per append, to clear two fields without touching the
+    // caller's entry; the encoding allocates anyway.
+    let mut e = e.clone();
+    e.seq = 0;
+    e.conversation_id.clear();
+    e.encode_to_vec()
+}
+
+fn load_entry(conversation: &str, seq: u64, bytes: &[u8]) -> Result<pb::Entry> {
+    let mut e = pb::Entry::decode(bytes)
+        .map_err(|e| RedisStoreError::Corrupt(format!("entry {conversation}#{seq}: {e}")))?;
+    e.seq = seq;
+    e.conversation_id = conversation.to_owned();
+    Ok(e)
+}
+
+fn parse_user_conv(conversation: &str, b: &[u8]) -> Result<UserConv> {
+    let corrupt = || {
+        RedisStoreError::Corrupt(format!(
+            "user record of {conversation}: {:?}",
+            String::from_utf8_lossy(b)
+        ))
+    };
+    let s = std::str::from_utf8(b).map_err(|_| corrupt())?;
+    let mut it = s.split(':').map(|x| x.parse::<u64>().map_err(|_| corrupt()));
+    let (Some(f), Some(t), Some(r), None) = (it.next(), it.next(), it.next(), it.next()) else {
+        return Err(corrupt());
+    };
+    Ok(UserConv {
+        conversation_id: conversation.to_owned(),
+        visible_from_seq: f?,
+        visible_to_seq: t?,
+        read_seq: r?,
+    })
+}
+
+fn zadd_lex(key: &str, member: &str) -> Cmd {
+    let mut c = redis::cmd("ZADD");
+    c.arg(key).arg(0).arg(member);
+    c
+}
+
+fn decode_opt<T: prost::Message + Default>(v: Value, what: &str) -> Result<Option<T>> {
+    match opt_bytes(v)? {
+        None => Ok(None),
+        Some(b) => T::decode(b.as_slice())
+            .map(Some)
+            .map_err(|e| RedisStoreError::Corrupt(format!("{what}: {e}"))),
+    }
+}
+
+fn first(mut v: Vec<Value>) -> Result<Value> {
+    if v.is_empty() {
+        return Err(RedisStoreError::Reply("an empty pipeline reply".into()));
+    }
+    Ok(v.swap_remove(0))
+}
+
+fn opt_bytes(v: Value) -> Result<Option<Vec<u8>>> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::BulkString(b) => Ok(Some(b)),
+        Value::SimpleString(s) => Ok(Some(s.into_bytes())),
+        other => Err(RedisStoreError::Reply(format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn opt_u64(v: &Value) -> Result<Option<u64>> {
+    match v {
+        Value::Nil => Ok(None),
+        other => as_u64(other).map(Some),
+    }
+}
+
+fn as_i64(v: &Value) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| RedisStoreError::Reply(format!("expected an integer, got {v:?}"))),
+        other => Err(RedisStoreError::Reply(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+fn as_u64(v: &Value) -> Result<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i)
+            .map_err(|_| RedisStoreError::Reply(format!("expected a count, got {i}"))),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| RedisStoreError::Reply(format!("expected a count, got {v:?}"))),
+        other => Err(RedisStoreError::Reply(format!("expected a count, got {other:?}"))),
+    }
+}
+
+fn as_strings(v: Value) -> Result<Vec<String>> {
+    let Value::Array(items) = v else {
+        return Err(RedisStoreError::Reply(format!("expected an array, got {v:?}")));
+    };
+    items
+        .into_iter()
+        .map(|i| match opt_bytes(i)? {
+            Some(b) => String::from_utf8(b)
+                .map_err(|_| RedisStoreError::Corrupt("a non-UTF-8 index member".into())),
+            None => Err(RedisStoreError::Reply("a nil index member".into())),
+        })
+        .collect()
+}
+
+/// A command sent to every primary answers once per node in a cluster (a
+/// map from node to reply, or one aggregated reply); on one server, once.
+fn per_node(v: Value) -> Vec<Value> {
+    match v {
+        Value::Map(m) => m.into_iter().map(|(_, v)| v).collect(),
+        other => vec![other],
+    }
+}
+
+fn is_function_missing(e: &RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+/// `INFO server`'s `redis_version`, the lowest over a cluster's primaries.
+fn server_version(conn: &mut Conn) -> Result<String> {
+    let mut c = redis::cmd("INFO");
+    c.arg("server");
+    let mut lowest: Option<String> = None;
+    for node in per_node(conn.command_all_primaries(&c)?) {
+        let text = match node {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            Value::SimpleString(s) => s,
+            other => return Err(RedisStoreError::Reply(format!("INFO answered {other:?}"))),
+        };
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| RedisStoreError::Reply("INFO has no redis_version".into()))?;
+        if lowest.as_ref().is_none_or(|l| parse_version(&v) < parse_version(l)) {
+            lowest = Some(v);
+        }
+    }
+    lowest.ok_or_else(|| RedisStoreError::Reply("INFO answered from no node".into()))
+}
+
+fn parse_version(v: &str) -> (u32, u32, u32) {
+    let mut it = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Refuses a server that would acknowledge writes before they are durable,
+/// unless the wait policy makes up for it.
+fn check_durable(conn: &mut Conn, wait: &WaitPolicy, single_name: &str) -> Result<()> {
+    match *wait {
+        WaitPolicy::Aof { local: true, .. } => return Ok(()),
+        WaitPolicy::Replicas { replicas, .. } | WaitPolicy::Aof { replicas, .. }
+            if replicas > 0 =>
+        {
+            return Ok(());
+        }
+        _ => {}
+    }
+    let mut c = redis::cmd("CONFIG");
+    c.arg("GET").arg("append*");
+    let reply = conn.command_all_primaries(&c)?;
+    let nodes: Vec<(String, Value)> = match reply {
+        Value::Map(m) if conn.is_cluster() => m
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&opt_bytes(k).ok().flatten().unwrap_or_default()).into_owned(), v))
+            .collect(),
+        other => vec![(single_name.to_owned(), other)],
+    };
+    for (node, v) in nodes {
+        let pairs: Vec<(String, String)> = match v {
+            Value::Map(m) => m
+                .into_iter()
+                .map(|(k, v)| Ok((text(k)?, text(v)?)))
+                .collect::<Result<_>>()?,
+            Value::Array(a) => a
+                .chunks(2)
+                .map(|kv| match kv {
+                    [k, v] => Ok((text(k.clone())?, text(v.clone())?)),
+                    _ => Err(RedisStoreError::Reply("CONFIG GET answered an odd list".into())),
+                })
+                .collect::<Result<_>>()?,
+            other => return Err(RedisStoreError::Reply(format!("CONFIG GET answered {other:?}"))),
+        };
+        let get = |name: &str| {
+            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+        };
+        let (appendonly, appendfsync) = (get("appendonly"), get("appendfsync"));
+        if appendonly != "yes" || appendfsync != "always" {
+            return Err(RedisStoreError::NotDurable { node, appendonly, appendfsync });
+        }
+    }
+    Ok(())
+}
+
+fn text(v: Value) -> Result<String> {
+    match opt_bytes(v)? {
+        Some(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        None => Ok(String::new()),
+    }
+}
+
+/// `FUNCTION LOAD REPLACE` (on every primary of a cluster). Idempotent.
+fn load_library(conn: &mut Conn) -> Result<()> {
+    let mut c = redis::cmd("FUNCTION");
+    c.arg("LOAD").arg("REPLACE").arg(LIBRARY);
+    conn.command_all_primaries(&c)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Social writes
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+enum Write {
+    Set(Vec<u8>),
+    HSet(String, Vec<u8>),
+    HDel(String),
+    SAdd(String),
+    SRem(String),
+}
+
+/// The writes to the keys of one hash tag, for one `tern_writes_v1` call.
+#[derive(Debug)]
+struct WriteGroup {
+    tag: String,
+    keys: Vec<String>,
+    /// (index into `keys`, write), in call order.
+    writes: Vec<(usize, Write)>,
+}
+
+impl WriteGroup {
+    fn push(&mut self, key: String, w: Write) {
+        let i = match self.keys.iter().position(|k| *k == key) {
+            Some(i) => i,
+            None => {
+                self.keys.push(key);
+                self.keys.len() - 1
+            }
+        };
+        self.writes.push((i, w));
+    }
+
+    fn command(&self) -> Cmd {
+        let mut c = redis::cmd("FCALL");
+        c.arg("tern_writes_v1").arg(self.keys.len());
+        for k in &self.keys {
+            c.arg(k);
+        }
+        for (i, w) in &self.writes {
+            let ki = i + 1; // Lua's KEYS is 1-based
+            match w {
+                Write::Set(v) => c.arg("set").arg(ki).arg(v.as_slice()).arg(""),
+                Write::HSet(f, v) => c.arg("hset").arg(ki).arg(f).arg(v.as_slice()),
+                Write::HDel(f) => c.arg("hdel").arg(ki).arg(f).arg(""),
+                Write::SAdd(m) => c.arg("sadd").arg(ki).arg(m).arg(""),
+                Write::SRem(m) => c.arg("srem").arg(ki).arg(m).arg(""),
+            };
+        }
+        c
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------
+
+/// One connection: to the single server, or a cluster connection (one
+/// socket per node, with the slot map).
+enum Conn {
+    Single(redis::Connection),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "Conn::Single",
+            Self::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl Conn {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// Runs a pipeline: one round trip (one per node in a cluster, all
+    /// nodes written before any is read).
+    fn query(&mut self, pipe: &Pipe) -> Result<Vec<Value>, RedisError> {
+        match self {
+            Self::Single(c) => {
+                let mut p = redis::pipe();
+                for cmd in &pipe.cmds {
+                    // A pipeline owns its commands; the clone copies one
+                    // packed argument buffer per command.
+                    p.add_command(cmd.clone());
+                }
+                p.query(c)
+            }
+            Self::Cluster(c) => {
+                let mut p = ClusterPipeline::with_capacity(pipe.cmds.len());
+                for cmd in &pipe.cmds {
+                    p.add_command(cmd.clone());
+                }
+                p.query(c)
+            }
+        }
+    }
+
+    /// One command on every primary (one server: on it).
+    fn command_all_primaries(&mut self, c: &Cmd) -> Result<Value, RedisError> {
+        match self {
+            Self::Single(conn) => conn.req_command(c),
+            Self::Cluster(conn) => conn.route_command(
+                c,
+                RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+            ),
+        }
+    }
+}
+
+/// Commands to run as one pipeline.
+#[derive(Debug, Default)]
+struct Pipe {
+    cmds: Vec<Cmd>,
+}
+
+impl Pipe {
+    fn add(&mut self, c: Cmd) {
+        self.cmds.push(c);
+    }
+    fn extend(&mut self, other: Pipe) {
+        self.cmds.extend(other.cmds);
+    }
+    fn len(&self) -> usize {
+        self.cmds.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+}
+
+/// How new connections are made.
+enum Connector {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// At most `connections_max` connections; callers wait (bounded) for one.
+struct Pool {
+    connector: Connector,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+    connections_max: usize,
+    pool_wait_ms: u64,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
+
+struct PoolState {
+    idle: Vec<Conn>,
+    /// Connections that exist (idle or lent out), or are being made.
+    open: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.lock();
+        f.debug_struct("Pool")
+            .field("idle", &s.idle.len())
+            .field("open", &s.open)
+            .field("connections_max", &self.connections_max)
+            .finish()
+    }
+}
+
+impl Pool {
+    fn new(config: &RedisConfig) -> Result<Self> {
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        // A WAIT blocks the connection for up to its own timeout.
+        let io_timeout = Duration::from_millis(
+            config.io_timeout_ms.max(1).saturating_add(config.wait.timeout_ms()),
+        );
+        let connector = match &config.nodes {
+            RedisNodes::Single(url) => Connector::Single(redis::Client::open(url.as_str())?),
+            RedisNodes::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(RedisStoreError::Config("no cluster nodes given".into()));
+                }
+                Connector::Cluster(
+                    ClusterClientBuilder::new(urls.clone())
+                        .connection_timeout(connect_timeout)
+                        .response_timeout(io_timeout)
+                        .build()?,
+                )
+            }
+        };
+        Ok(Self {
+            connector,
+            state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+            freed: Condvar::new(),
+            connections_max: config.connections_max,
+            pool_wait_ms: config.pool_wait_ms,
+            connect_timeout,
+            io_timeout,
+        })
+    }
+
+    fn get(&self) -> Result<Lease<'_>> {
+        let deadline = std::time::Instant::now() + Duration::from_millis(self.pool_wait_ms);
+        let mut s = self.state.lock();
+        loop {
+            if let Some(c) = s.idle.pop() {
+                return Ok(Lease { pool: self, conn: Some(c) });
+            }
+            if s.open < self.connections_max {
+                s.open += 1;
+                drop(s);
+                // Connect outside the lock: it takes a round trip or more.
+                return match self.connect() {
+                    Ok(c) => Ok(Lease { pool: self, conn: Some(c) }),
+                    Err(e) => {
+                        self.state.lock().open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            if self.freed.wait_until(&mut s, deadline).timed_out() {
+                return Err(RedisStoreError::PoolExhausted(self.pool_wait_ms));
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        match &self.connector {
+            Connector::Single(client) => {
+                let c = client.get_connection_with_timeout(self.connect_timeout)?;
+                c.set_read_timeout(Some(self.io_timeout))?;
+                c.set_write_timeout(Some(self.io_timeout))?;
+                Ok(Conn::Single(c))
+            }
+            Connector::Cluster(client) => Ok(Conn::Cluster(client.get_connection()?)),
+        }
+    }
+}
+
+/// A connection lent by the pool; returned on drop unless discarded.
+struct Lease<'a> {
+    pool: &'a Pool,
+    conn: Option<Conn>,
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut Conn {
+        // `conn` is `Some` from creation until `discard` or drop, and
+        // neither lets the lease be used afterwards.
+        self.conn.as_mut().expect("a lease holds its connection until dropped")
+    }
+
+    /// Closes the connection instead of returning it.
+    fn discard(&mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut s = self.pool.state.lock();
+        match self.conn.take() {
+            Some(c) => s.idle.push(c),
+            None => s.open -= 1,
+        }
+        drop(s);
+        self.pool.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        // Proves "7.10.0" counts as newer than "7.2.4" (no string compare).
+        assert!(parse_version("7.10.0") > parse_version("7.2.4"));
+        assert!(parse_version("7.0.15") < WAITAOF_VERSION_MIN);
+        assert!(parse_version("6.2.14") < REDIS_VERSION_MIN);
+        assert_eq!(parse_version("garbage"), (0, 0, 0));
+    }
+
+    #[test]
+    fn user_records_parse_strictly() {
+        // Proves a malformed user record is a typed Corrupt error, not a panic.
+        assert_eq!(parse_user_conv("g:x", b"1:0:5").unwrap().read_seq, 5);
+        for bad in [&b"1:0"[..], b"1:0:5:6", b"a:b:c", b"\xff", b""] {
+            assert!(matches!(parse_user_conv("g:x", bad), Err(RedisStoreError::Corrupt(_))));
+        }
+    }
+}

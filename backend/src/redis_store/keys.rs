@@ -1,0 +1,232 @@
+//! The Redis key schema: every key the Redis store reads or writes is built
+//! here, from ids that were checked first.
+//!
+//! Never builds a key from an unchecked id. Ids may hold only
+//! `[A-Za-z0-9._@-]` ([`check_id`]), conversation ids are parsed with
+//! [`ConversationId::parse`], so no id can contain `{`, `}` or `:`: it can
+//! neither end its hash tag early (steering the key to another Cluster slot)
+//! nor run into the suffix that names the key's role. docs/redis.md lists
+//! the schema.
+//!
+//! Three kinds of hash tag, one slot each:
+//! - `{c:<conversation>}`: a conversation's log, head, dedup records, the
+//!   users' records for it, and for a group (`{c:g:<group>}`) the group's
+//!   record, members and join requests. Everything one append or one group
+//!   change touches is here, so one function call does it atomically.
+//! - `{u:<user>}`: one user's indexes (conversations, friends, requests,
+//!   blocks), profile and presence.
+//! - `{p:<a>:<b>}` (`a < b`): the social records between two users
+//!   (friendship both ways, requests both ways, blocks both ways).
+
+use tern_protocol::ids::{ConversationId, IdError, check_id};
+
+/// An id that cannot be part of a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} id {id:?} refused as part of a Redis key: {source}")]
+pub struct KeyError {
+    /// Which id it was ("user", "group", "conversation", ...).
+    pub what: &'static str,
+    /// The refused id, truncated for the message.
+    pub id: String,
+    /// Why it was refused.
+    pub source: IdError,
+}
+
+/// Longest prefix of a refused id quoted in a [`KeyError`].
+const REFUSED_ID_QUOTE_BYTES_MAX: usize = 80;
+
+fn refuse(what: &'static str, id: &str, source: IdError) -> KeyError {
+    let mut end = id.len().min(REFUSED_ID_QUOTE_BYTES_MAX);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    KeyError { what, id: id[..end].to_owned(), source }
+}
+
+/// Checks a user, group or client message id for use in a key.
+pub fn id(what: &'static str, id: &str) -> Result<(), KeyError> {
+    check_id(id).map_err(|e| refuse(what, id, e))
+}
+
+/// The keys of one conversation (all under `{c:<conversation>}`).
+#[derive(Debug, Clone)]
+pub struct ConvKeys {
+    /// Hash: `s` newest seq, `t` its time, `a` newest activity time.
+    pub head: String,
+    /// Hash: seq → entry (prost bytes, without `seq` and `conversation_id`).
+    pub log: String,
+    /// Hash: `<sender>:<client_msg_id>` → `<seq>:<time_ms>:<expires_at_ms>`.
+    pub dedup: String,
+    /// Sorted set: dedup field scored by its expiry, for bounded purging.
+    pub dedup_expiry: String,
+    /// Hash: user → `<visible_from>:<visible_to>:<read_seq>`.
+    pub user_convs: String,
+    /// Hash: user → member record (groups only).
+    pub members: String,
+    /// Sorted set, all scores 0: member user ids in byte order (groups only).
+    pub member_order: String,
+    /// String: the group's version (groups only).
+    pub group_version: String,
+    /// String: the group record (groups only).
+    pub group_meta: String,
+    /// Hash: user → join request record (groups only).
+    pub join_requests: String,
+}
+
+impl ConvKeys {
+    /// The keys of `conversation` (wire form), which must parse.
+    pub fn new(conversation: &str) -> Result<Self, KeyError> {
+        ConversationId::parse(conversation).map_err(|e| refuse("conversation", conversation, e))?;
+        Ok(Self::of_checked(conversation))
+    }
+
+    /// The keys of group `group_id`'s conversation.
+    pub fn group(group_id: &str) -> Result<Self, KeyError> {
+        id("group", group_id)?;
+        Ok(Self::of_checked(&format!("g:{group_id}")))
+    }
+
+    fn of_checked(c: &str) -> Self {
+        let k = |role: &str| format!("{{c:{c}}}:{role}");
+        Self {
+            head: k("h"),
+            log: k("l"),
+            dedup: k("d"),
+            dedup_expiry: k("x"),
+            user_convs: k("u"),
+            members: k("m"),
+            member_order: k("o"),
+            group_version: k("v"),
+            group_meta: k("g"),
+            join_requests: k("j"),
+        }
+    }
+}
+
+/// The keys of one user (all under `{u:<user>}`).
+#[derive(Debug, Clone)]
+pub struct UserKeys {
+    /// Sorted set, all scores 0: every conversation the user ever had a
+    /// record for (a superset: see docs/redis.md).
+    pub convs: String,
+    /// Sorted set: users this user ever had a friendship record with.
+    pub friends: String,
+    /// Sorted set: users who ever sent this user a friend request.
+    pub requests_in: String,
+    /// Sorted set: users this user ever sent a friend request.
+    pub requests_out: String,
+    /// Sorted set: users this user ever blocked.
+    pub blocked: String,
+    /// String: the profile (prost bytes).
+    pub profile: String,
+    /// String with a TTL: the presence record (prost bytes).
+    pub presence: String,
+}
+
+impl UserKeys {
+    /// The keys of `user`, which must be a valid id.
+    pub fn new(user: &str) -> Result<Self, KeyError> {
+        id("user", user)?;
+        let k = |role: &str| format!("{{u:{user}}}:{role}");
+        Ok(Self {
+            convs: k("c"),
+            friends: k("f"),
+            requests_in: k("ri"),
+            requests_out: k("ro"),
+            blocked: k("b"),
+            profile: k("p"),
+            presence: k("s"),
+        })
+    }
+}
+
+/// The keys of the social records between two distinct users (all under
+/// `{p:<a>:<b>}`, `a < b`).
+#[derive(Debug, Clone)]
+pub struct PairKeys {
+    /// Hash: user → that user's friendship record for the other.
+    pub friends: String,
+    /// Hash: requester → their pending request to the other.
+    pub requests: String,
+    /// Set: users of the pair who block the other.
+    pub blocks: String,
+}
+
+impl PairKeys {
+    /// The keys of the pair `{x, y}` (either order). A user paired with
+    /// themself gets a pair too (`{p:x:x}`): the domain decides whether
+    /// that is allowed, the store only keeps it apart from everything else.
+    pub fn new(x: &str, y: &str) -> Result<Self, KeyError> {
+        id("user", x)?;
+        id("user", y)?;
+        let (a, b) = if x <= y { (x, y) } else { (y, x) };
+        let k = |role: &str| format!("{{p:{a}:{b}}}:{role}");
+        Ok(Self { friends: k("f"), requests: k("r"), blocks: k("b") })
+    }
+
+    /// The hash tag content, which decides the Cluster slot.
+    pub fn tag(&self) -> &str {
+        tag_of(&self.friends)
+    }
+}
+
+/// The dedup field of a message: `<sender>:<client_msg_id>` (neither may
+/// hold `:`, so the split is unambiguous).
+pub fn dedup_field(sender: &str, client_msg_id: &str) -> Result<String, KeyError> {
+    id("sender", sender)?;
+    id("client message", client_msg_id)?;
+    Ok(format!("{sender}:{client_msg_id}"))
+}
+
+/// The hash tag of a key built here (between its first `{` and `}`).
+pub fn tag_of(key: &str) -> &str {
+    // Every key built here starts with `{` and holds exactly one `}`
+    // (checked ids hold none), so both finds succeed; fall back to the whole
+    // key rather than panic if that ever changes.
+    match (key.find('{'), key.find('}')) {
+        (Some(open), Some(close)) if open < close => &key[open + 1..close],
+        _ => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_conversation_share_one_tag() {
+        // Proves every conversation key is under `{c:<conversation>}`, so
+        // they hash to one Cluster slot.
+        let k = ConvKeys::new("d:alice:bob").unwrap();
+        for key in [&k.head, &k.log, &k.dedup, &k.dedup_expiry, &k.user_convs, &k.members] {
+            assert_eq!(tag_of(key), "c:d:alice:bob", "{key}");
+        }
+        let g = ConvKeys::group("team").unwrap();
+        assert_eq!(tag_of(&g.group_meta), "c:g:team");
+        assert_eq!(g.log, ConvKeys::new("g:team").unwrap().log);
+    }
+
+    #[test]
+    fn ids_that_could_break_out_of_a_key_are_refused() {
+        // Proves an id with `{`, `}`, `:` or other bytes never becomes a key:
+        // the constructor returns a typed error instead.
+        for bad in ["a}b", "{x", "a:b", "", "a b", "é"] {
+            assert!(UserKeys::new(bad).is_err(), "{bad:?}");
+            assert!(ConvKeys::group(bad).is_err(), "{bad:?}");
+            assert!(PairKeys::new("ok", bad).is_err(), "{bad:?}");
+            assert!(dedup_field("ok", bad).is_err(), "{bad:?}");
+        }
+        for bad in ["d:b:a", "g:{x}", "x:y", "g:", "d:a:b:c", "d:a}:b"] {
+            assert!(ConvKeys::new(bad).is_err(), "{bad:?}");
+        }
+        let e = UserKeys::new(&"}".repeat(1000)).unwrap_err();
+        assert!(e.id.len() <= REFUSED_ID_QUOTE_BYTES_MAX);
+    }
+
+    #[test]
+    fn pair_keys_do_not_depend_on_argument_order() {
+        // Proves both users of a pair reach the same records.
+        assert_eq!(PairKeys::new("b", "a").unwrap().friends, PairKeys::new("a", "b").unwrap().friends);
+        assert_eq!(PairKeys::new("a", "b").unwrap().tag(), "p:a:b");
+    }
+}
