@@ -57,6 +57,8 @@ pub struct RedisServer {
     /// Cluster bus port (only used with `cluster`).
     bus_port: u16,
     options: ServerOptions,
+    /// More `redis-server` arguments, kept for restarts.
+    extra_args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -64,6 +66,13 @@ impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers
     /// PING. Panics (failing the test) with the server log when it cannot.
     pub fn start(options: ServerOptions) -> Self {
+        Self::start_with(options, &[])
+    }
+
+    /// Like [`RedisServer::start`], with more `redis-server` arguments
+    /// (e.g. `["--replicaof", "127.0.0.1", "6379"]`).
+    pub fn start_with(options: ServerOptions, extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         let dir = tempfile::Builder::new()
             .prefix("tern-redis-")
             .tempdir()
@@ -72,8 +81,10 @@ impl RedisServer {
         for _ in 0..PORT_ATTEMPTS_MAX {
             let port = free_port();
             let bus_port = free_port();
-            match spawn_and_wait(dir.path(), port, bus_port, options) {
-                Ok(child) => return Self { child: Some(child), port, bus_port, options, dir },
+            match spawn_and_wait(dir.path(), port, bus_port, options, &extra_args) {
+                Ok(child) => {
+                    return Self { child: Some(child), port, bus_port, options, extra_args, dir };
+                }
                 Err(e) => last_error = e,
             }
         }
@@ -118,7 +129,13 @@ impl RedisServer {
         // The port was ours a moment ago; retry briefly in case the kernel
         // has not released it yet.
         loop {
-            match spawn_and_wait(self.dir.path(), self.port, self.bus_port, self.options) {
+            match spawn_and_wait(
+                self.dir.path(),
+                self.port,
+                self.bus_port,
+                self.options,
+                &self.extra_args,
+            ) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -152,6 +169,7 @@ fn spawn_and_wait(
     port: u16,
     bus_port: u16,
     options: ServerOptions,
+    extra_args: &[String],
 ) -> Result<Child, String> {
     let binary = binary("REDIS_SERVER", "redis-server");
     let mut cmd = Command::new(&binary);
@@ -176,6 +194,7 @@ fn spawn_and_wait(
             .arg("--cluster-port")
             .arg(bus_port.to_string());
     }
+    cmd.args(extra_args);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         format!(
