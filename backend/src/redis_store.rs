@@ -170,14 +170,18 @@ pub enum RedisStoreError {
         found: String,
     },
     /// [`WaitPolicy::Aof`] asks for `WAITAOF`, which needs Redis 7.2.
-    #[error("WAITAOF needs redis 7.2 or newer, the server is {found}: use appendfsync always with WaitPolicy::None, or WaitPolicy::Replicas")]
+    #[error(
+        "WAITAOF needs redis 7.2 or newer, the server is {found}: use appendfsync always with WaitPolicy::None, or WaitPolicy::Replicas"
+    )]
     WaitAofUnsupported {
         /// The version the server reported.
         found: String,
     },
     /// `require_durable` is set, but a primary would acknowledge writes it
     /// has not fsynced, and the wait policy does not make up for it.
-    #[error("redis node {node} runs appendonly={appendonly} appendfsync={appendfsync}: writes would be acknowledged before they are durable (set appendonly yes, appendfsync always, or a WaitPolicy)")]
+    #[error(
+        "redis node {node} runs appendonly={appendonly} appendfsync={appendfsync}: writes would be acknowledged before they are durable (set appendonly yes, appendfsync always, or a WaitPolicy)"
+    )]
     NotDurable {
         /// The node, as the client names it.
         node: String,
@@ -249,7 +253,9 @@ impl RedisStore {
     /// library.
     pub fn open(config: RedisConfig) -> Result<Self> {
         if config.connections_max == 0 {
-            return Err(RedisStoreError::Config("connections_max must be at least 1".into()));
+            return Err(RedisStoreError::Config(
+                "connections_max must be at least 1".into(),
+            ));
         }
         let pool = Pool::new(&config)?;
         let mut lease = pool.get()?;
@@ -271,7 +277,11 @@ impl RedisStore {
         }
         load_library(conn)?;
         drop(lease);
-        Ok(Self { pool, wait: config.wait, version })
+        Ok(Self {
+            pool,
+            wait: config.wait,
+            version,
+        })
     }
 
     /// The server's version (the lowest over a cluster's primaries).
@@ -299,9 +309,12 @@ impl RedisStore {
             Ok(v) => Ok(v),
             Err(e) if is_function_missing(&e) => {
                 load_library(conn)?;
-                let none_ran = e
-                    .into_server_errors()
-                    .is_some_and(|errs| errs.len() == pipe.len() && errs.iter().all(|(_, se)| se.to_string().contains("Function not found")));
+                let none_ran = e.into_server_errors().is_some_and(|errs| {
+                    errs.len() == pipe.len()
+                        && errs
+                            .iter()
+                            .all(|(_, se)| se.to_string().contains("Function not found"))
+                });
                 if none_ran {
                     Ok(conn.query(pipe)?)
                 } else {
@@ -319,7 +332,10 @@ impl RedisStore {
     fn wait_durable(&self, conn: &mut Conn) -> Result<()> {
         match self.wait {
             WaitPolicy::None => Ok(()),
-            WaitPolicy::Replicas { replicas, timeout_ms } => {
+            WaitPolicy::Replicas {
+                replicas,
+                timeout_ms,
+            } => {
                 let mut c = redis::cmd("WAIT");
                 c.arg(replicas).arg(timeout_ms);
                 let got = per_node(conn.command_all_primaries(&c)?)
@@ -330,11 +346,19 @@ impl RedisStore {
                     .min()
                     .unwrap_or(0);
                 if got < u64::from(replicas) {
-                    return Err(RedisStoreError::WaitShort { command: "WAIT", wanted: replicas, got });
+                    return Err(RedisStoreError::WaitShort {
+                        command: "WAIT",
+                        wanted: replicas,
+                        got,
+                    });
                 }
                 Ok(())
             }
-            WaitPolicy::Aof { local, replicas, timeout_ms } => {
+            WaitPolicy::Aof {
+                local,
+                replicas,
+                timeout_ms,
+            } => {
                 let mut c = redis::cmd("WAITAOF");
                 c.arg(u32::from(local)).arg(replicas).arg(timeout_ms);
                 for node in per_node(conn.command_all_primaries(&c)?) {
@@ -342,14 +366,24 @@ impl RedisStore {
                         return Err(RedisStoreError::Reply(format!("WAITAOF answered {node:?}")));
                     };
                     let [l, r] = counts.as_slice() else {
-                        return Err(RedisStoreError::Reply(format!("WAITAOF answered {counts:?}")));
+                        return Err(RedisStoreError::Reply(format!(
+                            "WAITAOF answered {counts:?}"
+                        )));
                     };
                     let (l, r) = (as_u64(l)?, as_u64(r)?);
                     if local && l < 1 {
-                        return Err(RedisStoreError::WaitShort { command: "WAITAOF (local)", wanted: 1, got: l });
+                        return Err(RedisStoreError::WaitShort {
+                            command: "WAITAOF (local)",
+                            wanted: 1,
+                            got: l,
+                        });
                     }
                     if r < u64::from(replicas) {
-                        return Err(RedisStoreError::WaitShort { command: "WAITAOF (replicas)", wanted: replicas, got: r });
+                        return Err(RedisStoreError::WaitShort {
+                            command: "WAITAOF (replicas)",
+                            wanted: replicas,
+                            got: r,
+                        });
                     }
                 }
                 Ok(())
@@ -409,8 +443,14 @@ impl RedisStore {
         let n_entries = change.entries.len();
         let mut c = redis::cmd("FCALL");
         c.arg("tern_group_v1").arg(8);
-        c.arg(&k.group_version).arg(&k.group_meta).arg(&k.members).arg(&k.member_order);
-        c.arg(&k.join_requests).arg(&k.head).arg(&k.log).arg(&k.user_convs);
+        c.arg(&k.group_version)
+            .arg(&k.group_meta)
+            .arg(&k.members)
+            .arg(&k.member_order);
+        c.arg(&k.join_requests)
+            .arg(&k.head)
+            .arg(&k.log)
+            .arg(&k.user_convs);
         let mut meta = change.meta.clone();
         meta.group_id.clone_from(&change.group_id);
         meta.version = change.expect_version + 1;
@@ -442,7 +482,11 @@ impl RedisStore {
         c.arg(change.views.len());
         for v in &change.views {
             let (kind, user, at, history) = match v {
-                ViewChange::Join { user_id, at, history } => ("j", user_id, *at, *history),
+                ViewChange::Join {
+                    user_id,
+                    at,
+                    history,
+                } => ("j", user_id, *at, *history),
                 ViewChange::Leave { user_id, at } => ("l", user_id, *at, false),
             };
             if at >= n_entries {
@@ -455,7 +499,10 @@ impl RedisStore {
             } else {
                 keys::id("user", user)?;
             }
-            c.arg(kind).arg(user).arg(at).arg(if history { "1" } else { "0" });
+            c.arg(kind)
+                .arg(user)
+                .arg(at)
+                .arg(if history { "1" } else { "0" });
         }
         let mut pipe = Pipe::default();
         pipe.add(c);
@@ -466,13 +513,20 @@ impl RedisStore {
             let reply = self.run(conn, &pipe)?;
             self.wait_durable(conn)?;
             let Some(Value::Array(fields)) = reply.first() else {
-                return Err(RedisStoreError::Reply(format!("tern_group_v1 answered {reply:?}")));
+                return Err(RedisStoreError::Reply(format!(
+                    "tern_group_v1 answered {reply:?}"
+                )));
             };
             let code = fields.first().map(as_i64).transpose()?;
             match code {
                 Some(-1) => Ok(Err(GroupConflict)),
-                Some(0) => Ok(Ok(fields[1..].iter().map(as_u64).collect::<Result<Vec<_>>>()?)),
-                _ => Err(RedisStoreError::Reply(format!("tern_group_v1 answered {fields:?}"))),
+                Some(0) => Ok(Ok(fields[1..]
+                    .iter()
+                    .map(as_u64)
+                    .collect::<Result<Vec<_>>>()?)),
+                _ => Err(RedisStoreError::Reply(format!(
+                    "tern_group_v1 answered {fields:?}"
+                ))),
             }
         })
     }
@@ -486,17 +540,19 @@ impl RedisStore {
         let mut groups: Vec<WriteGroup> = Vec::new();
         for op in ops {
             let (key, w) = match op {
-                SocialOp::PutProfile(p) => {
-                    (UserKeys::new(&p.user_id)?.profile, Write::Set(p.encode_to_vec()))
-                }
+                SocialOp::PutProfile(p) => (
+                    UserKeys::new(&p.user_id)?.profile,
+                    Write::Set(p.encode_to_vec()),
+                ),
                 SocialOp::PutFriend(r) => {
                     index.add(zadd_lex(&UserKeys::new(&r.user)?.friends, &r.friend));
                     let k = PairKeys::new(&r.user, &r.friend)?;
                     (k.friends, Write::HSet(r.user.clone(), r.encode_to_vec()))
                 }
-                SocialOp::DeleteFriend { user, friend } => {
-                    (PairKeys::new(user, friend)?.friends, Write::HDel(user.clone()))
-                }
+                SocialOp::DeleteFriend { user, friend } => (
+                    PairKeys::new(user, friend)?.friends,
+                    Write::HDel(user.clone()),
+                ),
                 SocialOp::PutFriendRequest(r) => {
                     index.add(zadd_lex(&UserKeys::new(&r.from)?.requests_out, &r.to));
                     index.add(zadd_lex(&UserKeys::new(&r.to)?.requests_in, &r.from));
@@ -508,17 +564,25 @@ impl RedisStore {
                 }
                 SocialOp::PutBlock { user, other } => {
                     index.add(zadd_lex(&UserKeys::new(user)?.blocked, other));
-                    (PairKeys::new(user, other)?.blocks, Write::SAdd(user.clone()))
+                    (
+                        PairKeys::new(user, other)?.blocks,
+                        Write::SAdd(user.clone()),
+                    )
                 }
-                SocialOp::DeleteBlock { user, other } => {
-                    (PairKeys::new(user, other)?.blocks, Write::SRem(user.clone()))
-                }
+                SocialOp::DeleteBlock { user, other } => (
+                    PairKeys::new(user, other)?.blocks,
+                    Write::SRem(user.clone()),
+                ),
             };
             let tag = keys::tag_of(&key).to_owned();
             match groups.iter_mut().find(|g| g.tag == tag) {
                 Some(g) => g.push(key, w),
                 None => {
-                    let mut g = WriteGroup { tag, keys: Vec::new(), writes: Vec::new() };
+                    let mut g = WriteGroup {
+                        tag,
+                        keys: Vec::new(),
+                        writes: Vec::new(),
+                    };
                     g.push(key, w);
                     groups.push(g);
                 }
@@ -624,8 +688,17 @@ impl Store for RedisStore {
                 let Value::Array(f) = v else {
                     return Err(RedisStoreError::Reply(format!("HMGET answered {v:?}")));
                 };
-                let g = |i: usize| f.get(i).map(opt_u64).transpose().map(|x| x.flatten().unwrap_or(0));
-                Ok(ConvHead { seq: g(0)?, last_time_ms: g(1)?, last_activity_ms: g(2)? })
+                let g = |i: usize| {
+                    f.get(i)
+                        .map(opt_u64)
+                        .transpose()
+                        .map(|x| x.flatten().unwrap_or(0))
+                };
+                Ok(ConvHead {
+                    seq: g(0)?,
+                    last_time_ms: g(1)?,
+                    last_activity_ms: g(2)?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(heads)
@@ -644,7 +717,9 @@ impl Store for RedisStore {
         }
         let mut c = redis::cmd("FCALL");
         c.arg("tern_range_v1").arg(2).arg(&k.head).arg(&k.log);
-        c.arg(from_seq).arg(to_seq).arg((limit as u64).min(RANGE_LIMIT_MAX));
+        c.arg(from_seq)
+            .arg(to_seq)
+            .arg((limit as u64).min(RANGE_LIMIT_MAX));
         let v = self.one(c)?;
         let Value::Array(vals) = v else {
             return Err(RedisStoreError::Reply(format!("tern_range_v1 answered {v:?}")).into());
@@ -666,7 +741,9 @@ impl Store for RedisStore {
         let mut c = redis::cmd("HGET");
         c.arg(&k.user_convs).arg(user);
         let v = self.one(c)?;
-        Ok(opt_bytes(v)?.map(|b| parse_user_conv(conversation, &b)).transpose()?)
+        Ok(opt_bytes(v)?
+            .map(|b| parse_user_conv(conversation, &b))
+            .transpose()?)
     }
 
     fn user_convs(&self, user: &str) -> StoreResult<Vec<UserConv>> {
@@ -712,8 +789,12 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_members_v1").arg(2).arg(&k.member_order).arg(&k.members);
-        c.arg(after_user_id).arg((limit as u64).min(RANGE_LIMIT_MAX));
+        c.arg("tern_members_v1")
+            .arg(2)
+            .arg(&k.member_order)
+            .arg(&k.members);
+        c.arg(after_user_id)
+            .arg((limit as u64).min(RANGE_LIMIT_MAX));
         let v = self.one(c)?;
         let Value::Array(vals) = v else {
             return Err(RedisStoreError::Reply(format!("tern_members_v1 answered {v:?}")).into());
@@ -736,7 +817,10 @@ impl Store for RedisStore {
         keys::id("user", user_id).map_err(RedisStoreError::from)?;
         let mut c = redis::cmd("HGET");
         c.arg(&k.join_requests).arg(user_id);
-        Ok(decode_opt::<JoinRequestRecord>(self.one(c)?, "join request")?)
+        Ok(decode_opt::<JoinRequestRecord>(
+            self.one(c)?,
+            "join request",
+        )?)
     }
 
     fn apply_group_change(
@@ -791,17 +875,19 @@ impl Store for RedisStore {
         user: &str,
     ) -> StoreResult<(Vec<FriendRequestRecord>, Vec<FriendRequestRecord>)> {
         let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
-        let incoming = self.filtered_index(
-            &uk.requests_in,
-            |from| {
-                let mut c = redis::cmd("HGET");
-                c.arg(&PairKeys::new(user, from)?.requests).arg(from);
-                Ok(c)
-            },
-            |_, v| {
-                Ok(decode_opt::<FriendRequestRecord>(v, "friend request")?.filter(|r| r.to == user))
-            },
-        )?;
+        let incoming =
+            self.filtered_index(
+                &uk.requests_in,
+                |from| {
+                    let mut c = redis::cmd("HGET");
+                    c.arg(&PairKeys::new(user, from)?.requests).arg(from);
+                    Ok(c)
+                },
+                |_, v| {
+                    Ok(decode_opt::<FriendRequestRecord>(v, "friend request")?
+                        .filter(|r| r.to == user))
+                },
+            )?;
         let outgoing = self.filtered_index(
             &uk.requests_out,
             |to| {
@@ -846,7 +932,10 @@ impl Store for RedisStore {
             .saturating_add(PRESENCE_GRACE_MS)
             .min(PRESENCE_TTL_MS_MAX);
         let mut c = redis::cmd("SET");
-        c.arg(&k.presence).arg(record.encode_to_vec()).arg("PX").arg(ttl_ms);
+        c.arg(&k.presence)
+            .arg(record.encode_to_vec())
+            .arg("PX")
+            .arg(ttl_ms);
         self.one(c)?;
         Ok(())
     }
@@ -878,7 +967,11 @@ impl Store for RedisStore {
 fn append_cmd(k: &ConvKeys, now_ms: u64, item: &Append) -> Result<Cmd> {
     let mut c = redis::cmd("FCALL");
     c.arg("tern_append_v1").arg(6);
-    c.arg(&k.head).arg(&k.log).arg(&k.dedup).arg(&k.dedup_expiry).arg(&k.user_convs);
+    c.arg(&k.head)
+        .arg(&k.log)
+        .arg(&k.dedup)
+        .arg(&k.dedup_expiry)
+        .arg(&k.user_convs);
     // The members key of the group the append depends on. For a group's own
     // conversation it is under the same tag; anything else would span slots,
     // which a cluster refuses (CROSSSLOT) and a single server allows.
@@ -886,10 +979,14 @@ fn append_cmd(k: &ConvKeys, now_ms: u64, item: &Append) -> Result<Cmd> {
         Some(m) => c.arg(ConvKeys::group(&m.group_id)?.members),
         None => c.arg(&k.members),
     };
-    c.arg(now_ms).arg(stored_entry(&item.entry)).arg(item.entry.time_ms);
+    c.arg(now_ms)
+        .arg(stored_entry(&item.entry))
+        .arg(item.entry.time_ms);
     c.arg(if item.activity { "1" } else { "0" });
     match &item.dedup {
-        Some(d) => c.arg(keys::dedup_field(&d.sender, &d.client_msg_id)?).arg(d.expires_at_ms),
+        Some(d) => c
+            .arg(keys::dedup_field(&d.sender, &d.client_msg_id)?)
+            .arg(d.expires_at_ms),
         None => c.arg("").arg(0),
     };
     match &item.member_of {
@@ -917,7 +1014,9 @@ fn append_cmd(k: &ConvKeys, now_ms: u64, item: &Append) -> Result<Cmd> {
 
 fn parse_append_reply(v: &Value) -> Result<Result<Appended, AppendRefused>> {
     let bad = || RedisStoreError::Reply(format!("tern_append_v1 answered {v:?}"));
-    let Value::Array(f) = v else { return Err(bad()) };
+    let Value::Array(f) = v else {
+        return Err(bad());
+    };
     match f.first().map(as_i64).transpose()? {
         Some(0) if f.len() == 4 => Ok(Ok(Appended {
             seq: as_u64(&f[1])?,
@@ -959,7 +1058,9 @@ fn parse_user_conv(conversation: &str, b: &[u8]) -> Result<UserConv> {
         ))
     };
     let s = std::str::from_utf8(b).map_err(|_| corrupt())?;
-    let mut it = s.split(':').map(|x| x.parse::<u64>().map_err(|_| corrupt()));
+    let mut it = s
+        .split(':')
+        .map(|x| x.parse::<u64>().map_err(|_| corrupt()));
     let (Some(f), Some(t), Some(r), None) = (it.next(), it.next(), it.next(), it.next()) else {
         return Err(corrupt());
     };
@@ -998,7 +1099,9 @@ fn opt_bytes(v: Value) -> Result<Option<Vec<u8>>> {
         Value::Nil => Ok(None),
         Value::BulkString(b) => Ok(Some(b)),
         Value::SimpleString(s) => Ok(Some(s.into_bytes())),
-        other => Err(RedisStoreError::Reply(format!("expected a string, got {other:?}"))),
+        other => Err(RedisStoreError::Reply(format!(
+            "expected a string, got {other:?}"
+        ))),
     }
 }
 
@@ -1016,7 +1119,9 @@ fn as_i64(v: &Value) -> Result<i64> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| RedisStoreError::Reply(format!("expected an integer, got {v:?}"))),
-        other => Err(RedisStoreError::Reply(format!("expected an integer, got {other:?}"))),
+        other => Err(RedisStoreError::Reply(format!(
+            "expected an integer, got {other:?}"
+        ))),
     }
 }
 
@@ -1028,13 +1133,17 @@ fn as_u64(v: &Value) -> Result<u64> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| RedisStoreError::Reply(format!("expected a count, got {v:?}"))),
-        other => Err(RedisStoreError::Reply(format!("expected a count, got {other:?}"))),
+        other => Err(RedisStoreError::Reply(format!(
+            "expected a count, got {other:?}"
+        ))),
     }
 }
 
 fn as_strings(v: Value) -> Result<Vec<String>> {
     let Value::Array(items) = v else {
-        return Err(RedisStoreError::Reply(format!("expected an array, got {v:?}")));
+        return Err(RedisStoreError::Reply(format!(
+            "expected an array, got {v:?}"
+        )));
     };
     items
         .into_iter()
@@ -1076,7 +1185,10 @@ fn server_version(conn: &mut Conn) -> Result<String> {
             .find_map(|l| l.strip_prefix("redis_version:"))
             .map(|v| v.trim().to_owned())
             .ok_or_else(|| RedisStoreError::Reply("INFO has no redis_version".into()))?;
-        if lowest.as_ref().is_none_or(|l| parse_version(&v) < parse_version(l)) {
+        if lowest
+            .as_ref()
+            .is_none_or(|l| parse_version(&v) < parse_version(l))
+        {
             lowest = Some(v);
         }
     }
@@ -1085,7 +1197,11 @@ fn server_version(conn: &mut Conn) -> Result<String> {
 
 fn parse_version(v: &str) -> (u32, u32, u32) {
     let mut it = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
 }
 
 /// Refuses a server that would acknowledge writes before they are durable,
@@ -1106,7 +1222,13 @@ fn check_durable(conn: &mut Conn, wait: &WaitPolicy, single_name: &str) -> Resul
     let nodes: Vec<(String, Value)> = match reply {
         Value::Map(m) if conn.is_cluster() => m
             .into_iter()
-            .map(|(k, v)| (String::from_utf8_lossy(&opt_bytes(k).ok().flatten().unwrap_or_default()).into_owned(), v))
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&opt_bytes(k).ok().flatten().unwrap_or_default())
+                        .into_owned(),
+                    v,
+                )
+            })
             .collect(),
         other => vec![(single_name.to_owned(), other)],
     };
@@ -1120,17 +1242,31 @@ fn check_durable(conn: &mut Conn, wait: &WaitPolicy, single_name: &str) -> Resul
                 .chunks(2)
                 .map(|kv| match kv {
                     [k, v] => Ok((text(k.clone())?, text(v.clone())?)),
-                    _ => Err(RedisStoreError::Reply("CONFIG GET answered an odd list".into())),
+                    _ => Err(RedisStoreError::Reply(
+                        "CONFIG GET answered an odd list".into(),
+                    )),
                 })
                 .collect::<Result<_>>()?,
-            other => return Err(RedisStoreError::Reply(format!("CONFIG GET answered {other:?}"))),
+            other => {
+                return Err(RedisStoreError::Reply(format!(
+                    "CONFIG GET answered {other:?}"
+                )));
+            }
         };
         let get = |name: &str| {
-            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
         };
         let (appendonly, appendfsync) = (get("appendonly"), get("appendfsync"));
         if appendonly != "yes" || appendfsync != "always" {
-            return Err(RedisStoreError::NotDurable { node, appendonly, appendfsync });
+            return Err(RedisStoreError::NotDurable {
+                node,
+                appendonly,
+                appendfsync,
+            });
         }
     }
     Ok(())
@@ -1325,7 +1461,10 @@ impl Pool {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
         // A WAIT blocks the connection for up to its own timeout.
         let io_timeout = Duration::from_millis(
-            config.io_timeout_ms.max(1).saturating_add(config.wait.timeout_ms()),
+            config
+                .io_timeout_ms
+                .max(1)
+                .saturating_add(config.wait.timeout_ms()),
         );
         let connector = match &config.nodes {
             RedisNodes::Single(url) => Connector::Single(redis::Client::open(url.as_str())?),
@@ -1343,7 +1482,10 @@ impl Pool {
         };
         Ok(Self {
             connector,
-            state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
             freed: Condvar::new(),
             connections_max: config.connections_max,
             pool_wait_ms: config.pool_wait_ms,
@@ -1357,14 +1499,20 @@ impl Pool {
         let mut s = self.state.lock();
         loop {
             if let Some(c) = s.idle.pop() {
-                return Ok(Lease { pool: self, conn: Some(c) });
+                return Ok(Lease {
+                    pool: self,
+                    conn: Some(c),
+                });
             }
             if s.open < self.connections_max {
                 s.open += 1;
                 drop(s);
                 // Connect outside the lock: it takes a round trip or more.
                 return match self.connect() {
-                    Ok(c) => Ok(Lease { pool: self, conn: Some(c) }),
+                    Ok(c) => Ok(Lease {
+                        pool: self,
+                        conn: Some(c),
+                    }),
                     Err(e) => {
                         self.state.lock().open -= 1;
                         self.freed.notify_one();
@@ -1401,7 +1549,9 @@ impl Lease<'_> {
     fn conn(&mut self) -> &mut Conn {
         // `conn` is `Some` from creation until `discard` or drop, and
         // neither lets the lease be used afterwards.
-        self.conn.as_mut().expect("a lease holds its connection until dropped")
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
     }
 
     /// Closes the connection instead of returning it.
@@ -1440,7 +1590,10 @@ mod tests {
         // Proves a malformed user record is a typed Corrupt error, not a panic.
         assert_eq!(parse_user_conv("g:x", b"1:0:5").unwrap().read_seq, 5);
         for bad in [&b"1:0"[..], b"1:0:5:6", b"a:b:c", b"\xff", b""] {
-            assert!(matches!(parse_user_conv("g:x", bad), Err(RedisStoreError::Corrupt(_))));
+            assert!(matches!(
+                parse_user_conv("g:x", bad),
+                Err(RedisStoreError::Corrupt(_))
+            ));
         }
     }
 }

@@ -59,9 +59,9 @@ fn send(conv: &str, sender: &str, cmid: &str, text: &str, time_ms: u64) -> Appen
         }),
         member_of: None,
         effect: AppendEffect::None,
-        participants: conv.strip_prefix("d:").map_or(Vec::new(), |p| {
-            p.split(':').map(str::to_owned).collect()
-        }),
+        participants: conv
+            .strip_prefix("d:")
+            .map_or(Vec::new(), |p| p.split(':').map(str::to_owned).collect()),
     }
 }
 
@@ -78,7 +78,13 @@ fn acknowledged_messages_survive_sigkill_and_seqs_are_not_reused() {
         let items: Vec<Append> = (0..10u64)
             .map(|i| {
                 let n = batch * 10 + i;
-                send(conv, "alice", &format!("m{n}"), &format!("hello {n}"), 1_000 + n)
+                send(
+                    conv,
+                    "alice",
+                    &format!("m{n}"),
+                    &format!("hello {n}"),
+                    1_000 + n,
+                )
             })
             .collect();
         for r in store.append_batch(1_000, &items).unwrap() {
@@ -99,9 +105,20 @@ fn acknowledged_messages_survive_sigkill_and_seqs_are_not_reused() {
     }
     assert_eq!(store.heads(&[conv]).unwrap()[0].seq, 200);
     // A resend after the crash is still recognised; a new message continues.
-    let again = store.append_batch(2_000, &[send(conv, "alice", "m7", "x", 5)]).unwrap();
-    assert_eq!(again[0], Ok(tern_backend::store::Appended { seq: 8, time_ms: 1_007, duplicate: true }));
-    let next = store.append_batch(2_000, &[send(conv, "bob", "new", "after", 3_000)]).unwrap();
+    let again = store
+        .append_batch(2_000, &[send(conv, "alice", "m7", "x", 5)])
+        .unwrap();
+    assert_eq!(
+        again[0],
+        Ok(tern_backend::store::Appended {
+            seq: 8,
+            time_ms: 1_007,
+            duplicate: true
+        })
+    );
+    let next = store
+        .append_batch(2_000, &[send(conv, "bob", "new", "after", 3_000)])
+        .unwrap();
     assert_eq!(next[0].unwrap().seq, 201);
     // The user records written with the appends survived too.
     assert_eq!(store.user_convs("bob").unwrap().len(), 1);
@@ -138,7 +155,11 @@ fn waitaof_needs_redis_7_2_and_says_so() {
     // older than 7.2 (Debian 12 ships 7.0), and works on a newer one.
     let server = RedisServer::start(ServerOptions::DURABLE);
     let mut c = config(&server);
-    c.wait = WaitPolicy::Aof { local: true, replicas: 0, timeout_ms: 1_000 };
+    c.wait = WaitPolicy::Aof {
+        local: true,
+        replicas: 0,
+        timeout_ms: 1_000,
+    };
     let probe = open(&server);
     let version = probe.server_version().to_owned();
     let v: Vec<u32> = version.split('.').map(|x| x.parse().unwrap()).collect();
@@ -150,7 +171,9 @@ fn waitaof_needs_redis_7_2_and_says_so() {
         }
         Ok(store) => {
             assert!(new_enough, "WAITAOF accepted on {version}");
-            let r = store.append_batch(1, &[send("d:a:b", "a", "1", "x", 1)]).unwrap();
+            let r = store
+                .append_batch(1, &[send("d:a:b", "a", "1", "x", 1)])
+                .unwrap();
             assert_eq!(r[0].unwrap().seq, 1);
         }
         Err(other) => panic!("unexpected {other}"),
@@ -162,27 +185,48 @@ fn wait_for_a_replica_before_the_ack() {
     // Proves WaitPolicy::Replicas: with a live replica the batch is acked
     // after WAIT saw it; once the replica is gone, the batch fails with a
     // typed WaitShort error (written, but not known to be replicated).
-    let primary =
-        RedisServer::start_with(ServerOptions::EPHEMERAL, &["--repl-diskless-sync-delay", "0"]);
+    let primary = RedisServer::start_with(
+        ServerOptions::EPHEMERAL,
+        &["--repl-diskless-sync-delay", "0"],
+    );
     let port = primary.port().to_string();
-    let mut replica =
-        RedisServer::start_with(ServerOptions::EPHEMERAL, &["--replicaof", "127.0.0.1", &port]);
+    let mut replica = RedisServer::start_with(
+        ServerOptions::EPHEMERAL,
+        &["--replicaof", "127.0.0.1", &port],
+    );
     // The replica answers PING before its first sync; wait for the link.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !replica.command(&["INFO", "replication"]).unwrap().contains("master_link_status:up") {
-        assert!(std::time::Instant::now() < deadline, "replica never connected");
+    while !replica
+        .command(&["INFO", "replication"])
+        .unwrap()
+        .contains("master_link_status:up")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica never connected"
+        );
         #[allow(clippy::disallowed_methods)]
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let mut c = config(&primary);
-    c.wait = WaitPolicy::Replicas { replicas: 1, timeout_ms: 2_000 };
+    c.wait = WaitPolicy::Replicas {
+        replicas: 1,
+        timeout_ms: 2_000,
+    };
     let store = RedisStore::open(c).expect("one replica makes up for no fsync");
-    let r = store.append_batch(1, &[send("d:a:b", "a", "1", "x", 1)]).unwrap();
+    let r = store
+        .append_batch(1, &[send("d:a:b", "a", "1", "x", 1)])
+        .unwrap();
     assert_eq!(r[0].unwrap().seq, 1);
 
     replica.kill();
-    let err = store.append_batch(1, &[send("d:a:b", "a", "2", "y", 2)]).unwrap_err();
-    assert!(matches!(&err, StoreError::Backend(m) if m.contains("WAIT reached 0 of 1")), "{err}");
+    let err = store
+        .append_batch(1, &[send("d:a:b", "a", "2", "y", 2)])
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Backend(m) if m.contains("WAIT reached 0 of 1")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -193,7 +237,9 @@ fn recall_rewrites_the_stored_message_in_lua() {
     let server = RedisServer::start(ServerOptions::EPHEMERAL);
     let store = open(&server);
     let conv = "d:alice:bob";
-    let r = store.append_batch(10, &[send(conv, "alice", "c1", "secret", 10)]).unwrap();
+    let r = store
+        .append_batch(10, &[send(conv, "alice", "c1", "secret", 10)])
+        .unwrap();
     assert_eq!(r[0].unwrap().seq, 1);
     let recall = |target: u64| Append {
         conversation: conv.into(),
@@ -209,19 +255,33 @@ fn recall_rewrites_the_stored_message_in_lua() {
         effect: AppendEffect::Recall { seq: target },
         participants: vec![],
     };
-    let r = store.append_batch(20, &[recall(1), recall(1), recall(2), recall(99)]).unwrap();
+    let r = store
+        .append_batch(20, &[recall(1), recall(1), recall(2), recall(99)])
+        .unwrap();
     assert_eq!(r[0].unwrap().seq, 2);
     assert_eq!(r[1], Err(AppendRefused::NotRecallable));
-    assert_eq!(r[2], Err(AppendRefused::NotRecallable), "seq 2 is a Recalled entry");
+    assert_eq!(
+        r[2],
+        Err(AppendRefused::NotRecallable),
+        "seq 2 is a Recalled entry"
+    );
     assert_eq!(r[3], Err(AppendRefused::NotRecallable));
     let e = &store.entries(conv, 1, 1, 10).unwrap()[0];
-    let Some(pb::entry::Body::Message(m)) = &e.body else { panic!("{e:?}") };
+    let Some(pb::entry::Body::Message(m)) = &e.body else {
+        panic!("{e:?}")
+    };
     assert!(m.recalled);
     assert_eq!(m.content, None);
     assert_eq!(m.mentions, vec!["carol".to_owned()]);
-    assert_eq!((e.sender.as_str(), e.client_msg_id.as_str(), e.time_ms), ("alice", "c1", 10));
+    assert_eq!(
+        (e.sender.as_str(), e.client_msg_id.as_str(), e.time_ms),
+        ("alice", "c1", 10)
+    );
     let raw = server.command(&["HGET", "{c:d:alice:bob}:l", "1"]).unwrap();
-    assert!(!raw.contains("secret"), "the content is gone from Redis too");
+    assert!(
+        !raw.contains("secret"),
+        "the content is gone from Redis too"
+    );
 }
 
 #[test]
@@ -238,12 +298,26 @@ fn ids_that_could_escape_their_key_are_refused_before_any_write() {
     for item in [bad_conv, bad_participant, bad_sender] {
         let good = send("d:alice:bob", "alice", "ok", "x", 1);
         let err = store.append_batch(1, &[good, item]).unwrap_err();
-        assert!(matches!(&err, StoreError::Backend(m) if m.contains("refused")), "{err}");
+        assert!(
+            matches!(&err, StoreError::Backend(m) if m.contains("refused")),
+            "{err}"
+        );
     }
     assert!(store.user_convs("alice{").is_err());
     assert!(store.entries("d:b:a", 1, 10, 10).is_err());
-    assert!(store.apply_social(&[SocialOp::PutBlock { user: "a".into(), other: "}".into() }]).is_err());
-    assert_eq!(server.command(&["DBSIZE"]).as_deref(), Ok("0"), "nothing was written");
+    assert!(
+        store
+            .apply_social(&[SocialOp::PutBlock {
+                user: "a".into(),
+                other: "}".into()
+            }])
+            .is_err()
+    );
+    assert_eq!(
+        server.command(&["DBSIZE"]).as_deref(),
+        Ok("0"),
+        "nothing was written"
+    );
 }
 
 #[test]
@@ -272,7 +346,10 @@ fn threads_sharing_a_store_get_distinct_gapless_seqs() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=8 * per_thread).collect::<Vec<u64>>());
@@ -293,11 +370,29 @@ fn expired_dedup_records_are_purged_a_few_per_append() {
         items.push(a);
     }
     store.append_batch(50, &items).unwrap();
-    assert_eq!(server.command(&["HLEN", "{c:d:alice:bob}:d"]).as_deref(), Ok("6"));
+    assert_eq!(
+        server.command(&["HLEN", "{c:d:alice:bob}:d"]).as_deref(),
+        Ok("6")
+    );
     // At now=200 they are expired: a resend is new, and purging starts.
-    let r = store.append_batch(200, &[send(conv, "alice", "old0", "again", 200)]).unwrap();
-    assert_eq!(r[0].unwrap(), tern_backend::store::Appended { seq: 7, time_ms: 200, duplicate: false });
-    store.append_batch(200, &[send(conv, "alice", "fresh", "x", 200)]).unwrap();
-    let left: u64 = server.command(&["HLEN", "{c:d:alice:bob}:d"]).unwrap().parse().unwrap();
+    let r = store
+        .append_batch(200, &[send(conv, "alice", "old0", "again", 200)])
+        .unwrap();
+    assert_eq!(
+        r[0].unwrap(),
+        tern_backend::store::Appended {
+            seq: 7,
+            time_ms: 200,
+            duplicate: false
+        }
+    );
+    store
+        .append_batch(200, &[send(conv, "alice", "fresh", "x", 200)])
+        .unwrap();
+    let left: u64 = server
+        .command(&["HLEN", "{c:d:alice:bob}:d"])
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(left <= 3, "expired records were purged, {left} left");
 }

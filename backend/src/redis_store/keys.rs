@@ -40,7 +40,11 @@ fn refuse(what: &'static str, id: &str, source: IdError) -> KeyError {
     while !id.is_char_boundary(end) {
         end -= 1;
     }
-    KeyError { what, id: id[..end].to_owned(), source }
+    KeyError {
+        what,
+        id: id[..end].to_owned(),
+        source,
+    }
 }
 
 /// Checks a user, group or client message id for use in a key.
@@ -161,7 +165,11 @@ impl PairKeys {
         id("user", y)?;
         let (a, b) = if x <= y { (x, y) } else { (y, x) };
         let k = |role: &str| format!("{{p:{a}:{b}}}:{role}");
-        Ok(Self { friends: k("f"), requests: k("r"), blocks: k("b") })
+        Ok(Self {
+            friends: k("f"),
+            requests: k("r"),
+            blocks: k("b"),
+        })
     }
 
     /// The hash tag content, which decides the Cluster slot.
@@ -198,7 +206,14 @@ mod tests {
         // Proves every conversation key is under `{c:<conversation>}`, so
         // they hash to one Cluster slot.
         let k = ConvKeys::new("d:alice:bob").unwrap();
-        for key in [&k.head, &k.log, &k.dedup, &k.dedup_expiry, &k.user_convs, &k.members] {
+        for key in [
+            &k.head,
+            &k.log,
+            &k.dedup,
+            &k.dedup_expiry,
+            &k.user_convs,
+            &k.members,
+        ] {
             assert_eq!(tag_of(key), "c:d:alice:bob", "{key}");
         }
         let g = ConvKeys::group("team").unwrap();
@@ -226,7 +241,10 @@ mod tests {
     #[test]
     fn pair_keys_do_not_depend_on_argument_order() {
         // Proves both users of a pair reach the same records.
-        assert_eq!(PairKeys::new("b", "a").unwrap().friends, PairKeys::new("a", "b").unwrap().friends);
+        assert_eq!(
+            PairKeys::new("b", "a").unwrap().friends,
+            PairKeys::new("a", "b").unwrap().friends
+        );
         assert_eq!(PairKeys::new("a", "b").unwrap().tag(), "p:a:b");
     }
 }

@@ -44,9 +44,15 @@ pub struct ServerOptions {
 
 impl ServerOptions {
     /// A throwaway server: no RDB, no AOF.
-    pub const EPHEMERAL: Self = Self { aof_always: false, cluster: false };
+    pub const EPHEMERAL: Self = Self {
+        aof_always: false,
+        cluster: false,
+    };
     /// A durable server: AOF with `appendfsync always`.
-    pub const DURABLE: Self = Self { aof_always: true, cluster: false };
+    pub const DURABLE: Self = Self {
+        aof_always: true,
+        cluster: false,
+    };
 }
 
 /// One `redis-server` process owned by the test.
@@ -83,7 +89,14 @@ impl RedisServer {
             let bus_port = free_port();
             match spawn_and_wait(dir.path(), port, bus_port, options, &extra_args) {
                 Ok(child) => {
-                    return Self { child: Some(child), port, bus_port, options, extra_args, dir };
+                    return Self {
+                        child: Some(child),
+                        port,
+                        bus_port,
+                        options,
+                        extra_args,
+                        dir,
+                    };
                 }
                 Err(e) => last_error = e,
             }
@@ -175,7 +188,14 @@ fn spawn_and_wait(
     let mut cmd = Command::new(&binary);
     cmd.arg("--port")
         .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--protected-mode", "no", "--daemonize", "no"])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")
@@ -189,13 +209,20 @@ fn spawn_and_wait(
         cmd.args(["--appendonly", "no"]);
     }
     if options.cluster {
-        cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", "5000"])
-            .arg("--cluster-port")
-            .arg(bus_port.to_string());
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])
+        .args(["--cluster-node-timeout", "5000"])
+        .arg("--cluster-port")
+        .arg(bus_port.to_string());
     }
     cmd.args(extra_args);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         format!(
             "cannot run {binary:?}: {e}. The Redis tests need redis-server >= 7: \
@@ -245,8 +272,14 @@ impl RedisCluster {
     /// --cluster-replicas 0`, and waits until every node reports
     /// `cluster_state:ok`.
     pub fn start(masters: usize, aof_always: bool) -> Self {
-        assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
-        let options = ServerOptions { aof_always, cluster: true };
+        assert!(
+            masters >= 3,
+            "redis-cli --cluster create needs at least 3 masters"
+        );
+        let options = ServerOptions {
+            aof_always,
+            cluster: true,
+        };
         let nodes: Vec<RedisServer> = (0..masters).map(|_| RedisServer::start(options)).collect();
         let cli = binary("REDIS_CLI", "redis-cli");
         let mut cmd = Command::new(&cli);
@@ -336,13 +369,19 @@ fn binary(env: &str, name: &str) -> PathBuf {
 /// A loopback port that was free a moment ago (bound, then released).
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr of a bound listener").port()
+    l.local_addr()
+        .expect("local addr of a bound listener")
+        .port()
 }
 
 fn log_tail(path: &Path) -> String {
     let log = std::fs::read(path).unwrap_or_default();
     let from = log.len().saturating_sub(LOG_TAIL_BYTES_MAX);
-    format!("--- {} ---\n{}", path.display(), String::from_utf8_lossy(&log[from..]))
+    format!(
+        "--- {} ---\n{}",
+        path.display(),
+        String::from_utf8_lossy(&log[from..])
+    )
 }
 
 /// One command over a fresh RESP2 connection; the reply as text. Errors are
@@ -350,13 +389,19 @@ fn log_tail(path: &Path) -> String {
 fn resp_command(port: u16, args: &[&str]) -> Result<String, String> {
     let timeout = Some(Duration::from_millis(SERVER_START_TIMEOUT_MS));
     let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| e.to_string())?;
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
         req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
-    (&stream).write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    (&stream)
+        .write_all(req.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut r = BufReader::new(&stream);
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
@@ -365,7 +410,9 @@ fn resp_command(port: u16, args: &[&str]) -> Result<String, String> {
         Some(b'+') | Some(b':') => Ok(line[1..].to_owned()),
         Some(b'-') => Err(line[1..].to_owned()),
         Some(b'$') => {
-            let len: i64 = line[1..].parse().map_err(|_| format!("bad bulk length {line}"))?;
+            let len: i64 = line[1..]
+                .parse()
+                .map_err(|_| format!("bad bulk length {line}"))?;
             if len < 0 {
                 return Ok(String::new());
             }
