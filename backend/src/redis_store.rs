@@ -21,6 +21,7 @@
 
 pub mod keys;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -54,6 +55,9 @@ const RANGE_LIMIT_MAX: u64 = i64::MAX as u64;
 const PRESENCE_GRACE_MS: u64 = 60_000;
 /// Longest time a presence record is kept, whatever it asks for.
 const PRESENCE_TTL_MS_MAX: u64 = 7 * 24 * 3_600_000;
+/// Entries of the "already indexed" cache ([`RedisStore`]'s `indexed`);
+/// at about 100 bytes each, 100k entries is about 10 MB.
+const INDEXED_CACHE_ENTRIES_MAX: usize = 100_000;
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -245,6 +249,11 @@ pub struct RedisStore {
     pool: Pool,
     wait: WaitPolicy,
     version: String,
+    /// `(user, conversation)` index entries known to be in Redis. Index
+    /// entries are never removed, so a known one need not be written again:
+    /// a steady 1:1 chat costs no index write (and in a cluster, no second
+    /// round trip). Cleared when full.
+    indexed: Mutex<HashSet<String>>,
 }
 
 impl RedisStore {
@@ -281,6 +290,7 @@ impl RedisStore {
             pool,
             wait: config.wait,
             version,
+            indexed: Mutex::new(HashSet::new()),
         })
     }
 
@@ -403,14 +413,22 @@ impl RedisStore {
         // item fails the batch before anything of it is stored.
         let mut index = Pipe::default();
         let mut appends = Pipe::default();
-        for item in items {
-            let k = ConvKeys::new(&item.conversation)?;
-            for p in &item.participants {
-                index.add(zadd_lex(&UserKeys::new(p)?.convs, &item.conversation));
+        let mut new_index: HashSet<String> = HashSet::new();
+        {
+            let known = self.indexed.lock();
+            for item in items {
+                let k = ConvKeys::new(&item.conversation)?;
+                for p in &item.participants {
+                    let uk = UserKeys::new(p)?;
+                    let entry = format!("{p}\0{}", item.conversation);
+                    if !known.contains(&entry) && new_index.insert(entry) {
+                        index.add(zadd_lex(&uk.convs, &item.conversation));
+                    }
+                }
+                appends.add(append_cmd(&k, now_ms, item)?);
             }
-            appends.add(append_cmd(&k, now_ms, item)?);
         }
-        self.with_conn(|conn| {
+        let replies = self.with_conn(|conn| {
             // Index entries first: they must exist before the record they
             // point to. One server executes a pipeline in order, so one
             // round trip suffices; a cluster spreads it over nodes that
@@ -429,8 +447,19 @@ impl RedisStore {
                 r
             };
             self.wait_durable(conn)?;
-            replies.iter().map(parse_append_reply).collect()
-        })
+            replies
+                .iter()
+                .map(parse_append_reply)
+                .collect::<Result<Vec<_>>>()
+        })?;
+        if !new_index.is_empty() {
+            let mut known = self.indexed.lock();
+            if known.len() + new_index.len() > INDEXED_CACHE_ENTRIES_MAX {
+                known.clear();
+            }
+            known.extend(new_index);
+        }
+        Ok(replies)
     }
 
     fn apply_group_change_inner(
