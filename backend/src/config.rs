@@ -1,0 +1,161 @@
+//! The chat domain's settings, with their defaults and what they mean.
+//!
+//! Never read from the environment or a file here: the gateway owns the
+//! config file and passes a [`Config`] in.
+
+/// One day, in milliseconds.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Settings of the chat domain. `Config::default()` is what a single node
+/// runs with; every field says its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// How long after sending the sender may recall a message. Group admins
+    /// and the owner may recall members' messages at any time. Default
+    /// 120 000 (2 minutes).
+    pub recall_window_ms: u64,
+    /// How long a `(conversation, sender, client_msg_id)` is remembered, so
+    /// that a resent message is answered with its original seq. At least
+    /// 24 h ([`Config::validate`] refuses less). Default 24 h.
+    pub dedup_window_ms: u64,
+    /// Whether users who are not friends may message each other 1:1.
+    /// Default true (what most business deployments need); false answers
+    /// such sends with `ERROR_CODE_NOT_FRIENDS`.
+    pub allow_non_friend_messages: bool,
+    /// Largest page of a `sync` or `history` answer, in entries. Default 200.
+    pub page_entries_max: u32,
+    /// Largest page of a conversation list. Default 200.
+    pub conversations_page_max: u32,
+    /// Largest page of a group member list. Default 500.
+    pub members_page_max: u32,
+    /// Most members a group may have (owner included). Default 10 000.
+    pub group_members_max: u32,
+    /// Most users one `group_invite` (or `group_create`) may add. Default 500.
+    pub invite_users_max: u32,
+    /// How long a `typing = true` holds without being repeated; after it the
+    /// domain emits `typing = false` itself (see `Domain::poll_expired`).
+    /// Default 6 000.
+    pub typing_expiry_ms: u64,
+    /// How long a presence set by a user holds without being set again;
+    /// after it the user reads as offline. Default 300 000 (5 minutes; the
+    /// gateway re-sets presence on heartbeats well within it).
+    pub presence_expiry_ms: u64,
+    /// Largest text of a `Text` content, in bytes. Default 8 192.
+    pub text_bytes_max: u32,
+    /// Largest encoded message content (any kind), in bytes. Default 65 536.
+    pub content_bytes_max: u32,
+    /// Most users one message may @-mention. Default 100.
+    pub mentions_max: u32,
+    /// Unread counts stop at this value (a client shows "999+"); it bounds
+    /// the entries read to count them. Default 999.
+    pub unread_count_max: u32,
+    /// Most seqs in one `read_by` query. Default 100.
+    pub read_by_seqs_max: u32,
+    /// Most users in one `presence_query`. Default 500.
+    pub presence_users_max: u32,
+    /// Most cursors in one `sync` request. Default 10 000.
+    pub sync_cursors_max: u32,
+    /// Longest short text (group name, nickname, remark, friend request
+    /// greeting, presence text, profile nickname), in bytes. Default 256.
+    pub short_text_bytes_max: u32,
+    /// Longest long text (announcement, bio, avatar URL), in bytes.
+    /// Default 4 096.
+    pub long_text_bytes_max: u32,
+    /// Typing states the domain tracks for expiry, at most; beyond it a
+    /// typing event is still pushed but not expired by the server. Default
+    /// 100 000.
+    pub typing_states_max: u32,
+    /// Groups whose member lists are cached for fan-out, at most. Default
+    /// 10 000.
+    pub member_cache_groups_max: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            recall_window_ms: 120_000,
+            dedup_window_ms: DAY_MS,
+            allow_non_friend_messages: true,
+            page_entries_max: 200,
+            conversations_page_max: 200,
+            members_page_max: 500,
+            group_members_max: 10_000,
+            invite_users_max: 500,
+            typing_expiry_ms: 6_000,
+            presence_expiry_ms: 300_000,
+            text_bytes_max: 8_192,
+            content_bytes_max: 65_536,
+            mentions_max: 100,
+            unread_count_max: 999,
+            read_by_seqs_max: 100,
+            presence_users_max: 500,
+            sync_cursors_max: 10_000,
+            short_text_bytes_max: 256,
+            long_text_bytes_max: 4_096,
+            typing_states_max: 100_000,
+            member_cache_groups_max: 10_000,
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `dedup_window_ms` is below 24 h, which the protocol promises clients.
+    #[error("dedup_window_ms must be at least 24 h ({DAY_MS} ms)")]
+    DedupWindowTooShort,
+    /// A page or size maximum is 0.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// Checks the settings against what the protocol promises.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.dedup_window_ms < DAY_MS {
+            return Err(ConfigError::DedupWindowTooShort);
+        }
+        for (name, v) in [
+            ("page_entries_max", self.page_entries_max),
+            ("conversations_page_max", self.conversations_page_max),
+            ("members_page_max", self.members_page_max),
+            ("group_members_max", self.group_members_max),
+            ("invite_users_max", self.invite_users_max),
+            ("text_bytes_max", self.text_bytes_max),
+            ("content_bytes_max", self.content_bytes_max),
+            ("unread_count_max", self.unread_count_max),
+            ("read_by_seqs_max", self.read_by_seqs_max),
+            ("presence_users_max", self.presence_users_max),
+            ("sync_cursors_max", self.sync_cursors_max),
+            ("short_text_bytes_max", self.short_text_bytes_max),
+            ("long_text_bytes_max", self.long_text_bytes_max),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_short_dedup_is_refused() {
+        // Proves the defaults pass validation and a dedup window under the
+        // promised 24 h does not.
+        assert_eq!(Config::default().validate(), Ok(()));
+        let c = Config {
+            dedup_window_ms: DAY_MS - 1,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::DedupWindowTooShort));
+        let c = Config {
+            page_entries_max: 0,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Zero("page_entries_max")));
+    }
+}

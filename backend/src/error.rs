@@ -1,0 +1,97 @@
+//! Domain errors: why a client request failed, one variant per
+//! `pb::ErrorCode` the domain can answer with.
+//!
+//! Never carries a panic or a store's internals to the client: a store
+//! failure becomes `Internal`, whose reason is logged server-side and sent
+//! as a generic text.
+
+use tern_protocol::ids::IdError;
+use tern_protocol::pb;
+
+use crate::store::StoreError;
+
+/// Why a request failed. Maps 1:1 onto [`pb::ErrorCode`] via
+/// [`DomainError::code`].
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// A field is missing, empty, too long, or out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The thing named does not exist (group, message, request, friend).
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// The caller's role or ownership does not allow this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(&'static str),
+    /// The caller is not a member of the group or conversation.
+    #[error("not a member")]
+    NotMember,
+    /// The recipient blocked the caller, or the caller blocked them.
+    #[error("blocked")]
+    Blocked,
+    /// Policy allows messages between friends only.
+    #[error("not friends")]
+    NotFriends,
+    /// The recall window of the message has passed.
+    #[error("recall window passed")]
+    RecallWindowPassed,
+    /// The caller (or the whole group) is muted.
+    #[error("muted")]
+    Muted,
+    /// The group was dissolved.
+    #[error("group dissolved")]
+    GroupDissolved,
+    /// It already exists (friend, member, pending request, group id).
+    #[error("already exists: {0}")]
+    AlreadyExists(&'static str),
+    /// The group is full, or another count limit was hit.
+    #[error("limit reached: {0}")]
+    LimitReached(&'static str),
+    /// The store failed, or a group kept changing under us.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl DomainError {
+    /// The wire code of this error.
+    pub fn code(&self) -> pb::ErrorCode {
+        match self {
+            Self::InvalidArgument(_) => pb::ErrorCode::InvalidArgument,
+            Self::NotFound(_) => pb::ErrorCode::NotFound,
+            Self::PermissionDenied(_) => pb::ErrorCode::PermissionDenied,
+            Self::NotMember => pb::ErrorCode::NotMember,
+            Self::Blocked => pb::ErrorCode::Blocked,
+            Self::NotFriends => pb::ErrorCode::NotFriends,
+            Self::RecallWindowPassed => pb::ErrorCode::RecallWindowPassed,
+            Self::Muted => pb::ErrorCode::Muted,
+            Self::GroupDissolved => pb::ErrorCode::GroupDissolved,
+            Self::AlreadyExists(_) => pb::ErrorCode::AlreadyExists,
+            Self::LimitReached(_) => pb::ErrorCode::LimitReached,
+            Self::Internal(_) => pb::ErrorCode::Internal,
+        }
+    }
+
+    /// The error frame body sent to the client. Internal details stay out.
+    pub fn to_pb(&self) -> pb::Error {
+        let reason = match self {
+            Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        pb::Error {
+            code: self.code() as i32,
+            reason,
+            retry_after_ms: 0,
+        }
+    }
+}
+
+impl From<StoreError> for DomainError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+/// Turns an id check failure on field `what` into `InvalidArgument`.
+pub(crate) fn bad_id(what: &str, e: IdError) -> DomainError {
+    DomainError::InvalidArgument(format!("{what}: {e}"))
+}
