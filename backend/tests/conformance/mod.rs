@@ -1,0 +1,3043 @@
+//! The conformance suite: one set of tests that every [`Store`] must pass,
+//! through the chat domain (every feature and every authorization rule) and
+//! directly on the store (the atomicity contract of `tern_backend::store`).
+//!
+//! # Running it against a store
+//!
+//! Add one test file, e.g. `backend/tests/redis_conformance.rs`:
+//!
+//! ```ignore
+//! #[macro_use]
+//! mod conformance;            // this directory: backend/tests/conformance/
+//!
+//! fn make() -> conformance::Fixture {
+//!     let server = /* start your store's server, or pick a fresh key prefix */;
+//!     let store = /* open the store on it */;
+//!     // `keep` lives as long as the test: put the server (or temp dir) in it.
+//!     conformance::Fixture::new(std::sync::Arc::new(store), server)
+//! }
+//!
+//! conformance_tests!(make);
+//! ```
+//!
+//! `conformance_tests!(make)` expands to one `#[test]` per case (named like
+//! the case), each calling `make()` for a fresh, empty store. The module
+//! must be declared as `mod conformance;` at the root of the test crate (the
+//! macro calls `crate::conformance::<case>`). Cases are plain functions
+//! taking a [`Fixture`]; adding one means adding it to the list in the
+//! macro at the end of this file.
+//!
+//! Time is simulated: each [`World`] has its own clock, moved with
+//! [`World::advance`]; no test sleeps.
+
+#![allow(dead_code, clippy::disallowed_methods)]
+
+use std::any::Any;
+use std::cell::Cell;
+use std::sync::Arc;
+
+use tern_backend::store::{
+    Append, AppendEffect, AppendRefused, DedupKey, FriendRecord, FriendRequestRecord, GroupChange,
+    GroupMeta, MemberOf, MemberRecord, PresenceRecord, SocialOp, Store, UserConv, ViewChange,
+};
+use tern_backend::{Caller, Config, Domain, Effect, Outcome, Request};
+use tern_protocol::pb;
+use tern_protocol::pb::frame::Body;
+
+/// A fresh store and whatever must outlive it (temp dir, server process).
+pub struct Fixture {
+    /// The store under test, empty.
+    pub store: Arc<dyn Store>,
+    /// Dropped after the test.
+    pub keep: Box<dyn Any>,
+}
+
+impl Fixture {
+    /// A fixture keeping `keep` alive for the test's duration.
+    pub fn new(store: Arc<dyn Store>, keep: impl Any) -> Self {
+        Self {
+            store,
+            keep: Box::new(keep),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test world: a domain, a clock, helpers
+// ---------------------------------------------------------------------------
+
+/// Start of simulated time (2023-11-14).
+const T0: u64 = 1_700_000_000_000;
+
+/// A domain over the fixture's store, with a simulated clock.
+pub struct World {
+    pub domain: Domain,
+    now: Cell<u64>,
+    _keep: Box<dyn Any>,
+}
+
+impl World {
+    pub fn new(f: Fixture) -> Self {
+        Self::with_config(f, Config::default())
+    }
+
+    pub fn with_config(f: Fixture, config: Config) -> Self {
+        Self {
+            domain: Domain::new(f.store, config),
+            now: Cell::new(T0),
+            _keep: f.keep,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.domain.store()
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now.get()
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.now.set(self.now.get() + ms);
+    }
+
+    pub fn caller(user: &str) -> Caller {
+        Caller {
+            user_id: user.to_owned(),
+            device_id: format!("{user}-phone"),
+        }
+    }
+
+    /// One request; the clock ticks 1 ms after it so times are distinct.
+    pub fn call(&self, user: &str, body: Body) -> Outcome {
+        let out = self.domain.handle(&Self::caller(user), self.now(), body);
+        self.advance(1);
+        out
+    }
+
+    /// A request that must succeed.
+    #[track_caller]
+    pub fn ok(&self, user: &str, body: Body) -> Outcome {
+        let out = self.call(user, body);
+        if let Some(Body::Error(e)) = &out.reply {
+            panic!("{user}: expected success, got {:?}: {}", e.code(), e.reason);
+        }
+        out
+    }
+
+    /// A request that must fail; returns its code.
+    #[track_caller]
+    pub fn err(&self, user: &str, body: Body) -> pb::ErrorCode {
+        let out = self.call(user, body);
+        match &out.reply {
+            Some(Body::Error(e)) => {
+                assert!(out.effects.is_empty(), "a failed request has no effects");
+                e.code()
+            }
+            other => panic!("{user}: expected an error, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn send_dm(&self, from: &str, to: &str, text: &str) -> pb::SendAck {
+        let cmid = self.next_cmid();
+        ack(&self.ok(from, send_body(&cmid, To::User(to), text)))
+    }
+
+    #[track_caller]
+    pub fn send_group(&self, from: &str, group: &str, text: &str) -> pb::SendAck {
+        let cmid = self.next_cmid();
+        ack(&self.ok(from, send_body(&cmid, To::Group(group), text)))
+    }
+
+    pub fn next_cmid(&self) -> String {
+        format!("m{}", self.now())
+    }
+
+    #[track_caller]
+    pub fn create_group(&self, owner: &str, gid: &str, members: &[&str]) -> pb::GroupInfo {
+        self.create_group_with(owner, gid, members, pb::JoinPolicy::Open, false)
+    }
+
+    #[track_caller]
+    pub fn create_group_with(
+        &self,
+        owner: &str,
+        gid: &str,
+        members: &[&str],
+        policy: pb::JoinPolicy,
+        history_visible: bool,
+    ) -> pb::GroupInfo {
+        let out = self.ok(
+            owner,
+            Body::GroupCreate(pb::GroupCreate {
+                group_id: gid.into(),
+                name: format!("{gid} name"),
+                members: members.iter().map(|s| s.to_string()).collect(),
+                join_policy: policy as i32,
+                history_visible,
+            }),
+        );
+        match out.reply {
+            Some(Body::GroupInfoResult(r)) => r.info.expect("info"),
+            other => panic!("expected group info, got {other:?}"),
+        }
+    }
+
+    /// Every entry `user` may read in `conv`, oldest first.
+    #[track_caller]
+    pub fn history(&self, user: &str, conv: &str) -> Vec<pb::Entry> {
+        let mut all = Vec::new();
+        let mut before = 0;
+        loop {
+            let out = self.ok(
+                user,
+                Body::History(pb::HistoryRequest {
+                    conversation_id: conv.into(),
+                    before_seq: before,
+                    limit: 0,
+                }),
+            );
+            let Some(Body::HistoryResult(r)) = out.reply else {
+                panic!("not a history result")
+            };
+            let first = r.entries.first().map(|e| e.seq);
+            all.splice(0..0, r.entries);
+            match (r.more, first) {
+                (true, Some(f)) => before = f,
+                _ => return all,
+            }
+        }
+    }
+
+    /// A whole sync from empty cursors, paging until done.
+    #[track_caller]
+    pub fn sync_all(&self, user: &str) -> Vec<pb::Entry> {
+        let mut cursors: Vec<pb::Cursor> = Vec::new();
+        let mut all = Vec::new();
+        loop {
+            let r = self.sync(user, &cursors, 0);
+            for e in &r.entries {
+                match cursors
+                    .iter_mut()
+                    .find(|c| c.conversation_id == e.conversation_id)
+                {
+                    Some(c) => c.seq = e.seq,
+                    None => cursors.push(pb::Cursor {
+                        conversation_id: e.conversation_id.clone(),
+                        seq: e.seq,
+                    }),
+                }
+            }
+            all.extend(r.entries);
+            if !r.more {
+                return all;
+            }
+        }
+    }
+
+    #[track_caller]
+    pub fn sync(&self, user: &str, cursors: &[pb::Cursor], limit: u32) -> pb::SyncResult {
+        let out = self.ok(
+            user,
+            Body::Sync(pb::SyncRequest {
+                cursors: cursors.to_vec(),
+                limit,
+            }),
+        );
+        match out.reply {
+            Some(Body::SyncResult(r)) => r,
+            other => panic!("expected a sync result, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn conversations(&self, user: &str) -> Vec<pb::ConversationSummary> {
+        let out = self.ok(
+            user,
+            Body::Conversations(pb::ConversationListRequest::default()),
+        );
+        match out.reply {
+            Some(Body::ConversationsResult(r)) => r.conversations,
+            other => panic!("expected conversations, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn summary(&self, user: &str, conv: &str) -> pb::ConversationSummary {
+        self.conversations(user)
+            .into_iter()
+            .find(|c| c.conversation_id == conv)
+            .unwrap_or_else(|| panic!("{user} has no conversation {conv}"))
+    }
+
+    #[track_caller]
+    pub fn read(&self, user: &str, conv: &str, up_to: u64) -> Outcome {
+        self.ok(
+            user,
+            Body::Read(pb::ReadRequest {
+                conversation_id: conv.into(),
+                up_to_seq: up_to,
+            }),
+        )
+    }
+
+    #[track_caller]
+    pub fn members(&self, user: &str, gid: &str) -> Vec<pb::GroupMember> {
+        let out = self.ok(
+            user,
+            Body::GroupMembers(pb::GroupMembersRequest {
+                group_id: gid.into(),
+                after_user_id: String::new(),
+                limit: 0,
+            }),
+        );
+        match out.reply {
+            Some(Body::GroupMembersResult(r)) => r.members,
+            other => panic!("expected members, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn group_info(&self, user: &str, gid: &str) -> pb::GroupInfoResult {
+        let out = self.ok(
+            user,
+            Body::GroupInfo(pb::GroupInfoRequest {
+                group_id: gid.into(),
+            }),
+        );
+        match out.reply {
+            Some(Body::GroupInfoResult(r)) => r,
+            other => panic!("expected group info, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn befriend(&self, a: &str, b: &str) {
+        self.ok(
+            a,
+            Body::FriendRequest(pb::FriendRequestSend {
+                user_id: b.into(),
+                message: "hi".into(),
+            }),
+        );
+        self.ok(
+            b,
+            Body::FriendAccept(pb::FriendAccept { user_id: a.into() }),
+        );
+    }
+}
+
+pub enum To<'a> {
+    User(&'a str),
+    Group(&'a str),
+}
+
+pub fn send_body(cmid: &str, to: To<'_>, text: &str) -> Body {
+    Body::Send(pb::Send {
+        client_msg_id: cmid.into(),
+        to: Some(match to {
+            To::User(u) => pb::send::To::UserId(u.into()),
+            To::Group(g) => pb::send::To::GroupId(g.into()),
+        }),
+        content: Some(text_content(text)),
+        mentions: Vec::new(),
+        mention_all: false,
+        reply_to_seq: 0,
+    })
+}
+
+pub fn text_content(text: &str) -> pb::Content {
+    pb::Content {
+        kind: Some(pb::content::Kind::Text(pb::Text { text: text.into() })),
+    }
+}
+
+#[track_caller]
+pub fn ack(out: &Outcome) -> pb::SendAck {
+    match &out.reply {
+        Some(Body::SendAck(a)) => a.clone(),
+        other => panic!("expected a send ack, got {other:?}"),
+    }
+}
+
+#[track_caller]
+pub fn ok_seq(out: &Outcome) -> u64 {
+    match &out.reply {
+        Some(Body::Ok(o)) => o.seq,
+        other => panic!("expected ok, got {other:?}"),
+    }
+}
+
+pub fn text_of(e: &pb::Entry) -> Option<&str> {
+    match &e.body {
+        Some(pb::entry::Body::Message(m)) => match m.content.as_ref()?.kind.as_ref()? {
+            pb::content::Kind::Text(t) => Some(&t.text),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+pub fn texts(entries: &[pb::Entry]) -> Vec<&str> {
+    entries.iter().filter_map(text_of).collect()
+}
+
+/// The deliveries among `effects`, as (entry, recipients sorted).
+pub fn deliveries(effects: &[Effect]) -> Vec<(pb::Entry, Vec<String>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver { entry, recipients } => {
+                let mut r = recipients.to_vec();
+                r.sort();
+                Some((entry.clone(), r))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The server events among `effects`, as (user, event kind).
+pub fn events(effects: &[Effect]) -> Vec<(String, pb::server_event::Kind)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Event { user_id, event } => Some((user_id.clone(), event.kind.clone()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+const AB: &str = "d:alice:bob";
+const G: &str = "g:team";
+
+fn group_event(e: &pb::Entry) -> Option<&pb::group_event::Kind> {
+    match &e.body {
+        Some(pb::entry::Body::GroupEvent(g)) => g.kind.as_ref(),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Store contract (directly on the store)
+// ---------------------------------------------------------------------------
+
+fn msg_entry(sender: &str, cmid: &str, time_ms: u64, text: &str) -> pb::Entry {
+    pb::Entry {
+        conversation_id: String::new(),
+        seq: 0,
+        sender: sender.into(),
+        sender_device: "dev".into(),
+        client_msg_id: cmid.into(),
+        time_ms,
+        body: Some(pb::entry::Body::Message(pb::Message {
+            content: Some(text_content(text)),
+            mentions: vec![],
+            mention_all: false,
+            reply_to_seq: 0,
+            recalled: false,
+        })),
+    }
+}
+
+fn plain_append(conv: &str, sender: &str, cmid: &str, time_ms: u64) -> Append {
+    Append {
+        conversation: conv.into(),
+        entry: msg_entry(sender, cmid, time_ms, cmid),
+        activity: true,
+        dedup: Some(DedupKey {
+            sender: sender.into(),
+            client_msg_id: cmid.into(),
+            expires_at_ms: time_ms + 86_400_000,
+        }),
+        member_of: None,
+        effect: AppendEffect::None,
+        participants: vec![],
+    }
+}
+
+fn new_group(gid: &str, members: &[&str]) -> GroupChange {
+    GroupChange {
+        group_id: gid.into(),
+        expect_version: 0,
+        meta: GroupMeta {
+            name: gid.into(),
+            member_count: members.len() as u32,
+            ..Default::default()
+        },
+        put_members: members
+            .iter()
+            .map(|u| MemberRecord {
+                user_id: u.to_string(),
+                role: 1,
+                ..Default::default()
+            })
+            .collect(),
+        remove_members: vec![],
+        put_join_requests: vec![],
+        remove_join_requests: vec![],
+        entries: vec![msg_entry("x", "", T0, "created")],
+        views: members
+            .iter()
+            .map(|u| ViewChange::Join {
+                user_id: u.to_string(),
+                at: 0,
+                history: true,
+            })
+            .collect(),
+    }
+}
+
+pub fn store_append_assigns_consecutive_seqs_per_conversation(f: Fixture) {
+    // Proves seqs start at 1, grow by one per conversation in item order
+    // within one batch and across batches, and are stored with the entry.
+    let s = f.store;
+    let batch: Vec<Append> = (0..6)
+        .map(|i| {
+            plain_append(
+                if i % 2 == 0 { "d:a:b" } else { "d:a:c" },
+                "a",
+                &format!("c{i}"),
+                T0 + i,
+            )
+        })
+        .collect();
+    let r = s.append_batch(T0, &batch).unwrap();
+    let seqs: Vec<u64> = r.iter().map(|x| x.unwrap().seq).collect();
+    assert_eq!(seqs, [1, 1, 2, 2, 3, 3]);
+    let r = s
+        .append_batch(T0, &[plain_append("d:a:b", "a", "c9", T0 + 9)])
+        .unwrap();
+    assert_eq!(r[0].unwrap().seq, 4);
+    let heads = s.heads(&["d:a:b", "d:a:c", "d:x:y"]).unwrap();
+    assert_eq!(heads.iter().map(|h| h.seq).collect::<Vec<_>>(), [4, 3, 0]);
+    assert_eq!(heads[0].last_time_ms, T0 + 9);
+    let e = s.entries("d:a:b", 1, 10, 100).unwrap();
+    assert_eq!(e.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(e.iter().all(|e| e.conversation_id == "d:a:b"));
+    assert_eq!(e[1].client_msg_id, "c2");
+    assert_eq!(s.entries("d:a:b", 2, 3, 100).unwrap().len(), 2);
+    assert_eq!(
+        s.entries("d:a:b", 1, 10, 2)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(s.entries("d:nobody:here", 1, 10, 10).unwrap().is_empty());
+}
+
+pub fn store_dedup_within_and_across_batches_until_expiry(f: Fixture) {
+    // Proves a dedup key seen before (earlier batch or earlier in the same
+    // batch) returns the original seq and time and stores nothing, and that
+    // an expired record no longer deduplicates.
+    let s = f.store;
+    let a = plain_append("d:a:b", "a", "same", T0);
+    let mut later = plain_append("d:a:b", "a", "same", T0 + 5);
+    later.entry = msg_entry("a", "same", T0 + 5, "other text");
+    let r = s.append_batch(T0, &[a.clone(), later.clone()]).unwrap();
+    assert_eq!(r[0].unwrap().duplicate, false);
+    assert_eq!(r[1].unwrap().duplicate, true);
+    assert_eq!(r[1].unwrap().seq, 1);
+    assert_eq!(r[1].unwrap().time_ms, T0);
+    let r = s.append_batch(T0 + 10, &[later.clone()]).unwrap();
+    assert_eq!((r[0].unwrap().seq, r[0].unwrap().duplicate), (1, true));
+    assert_eq!(s.heads(&["d:a:b"]).unwrap()[0].seq, 1);
+    // Same client id from another sender, or in another conversation: new.
+    let other_sender = plain_append("d:a:b", "b", "same", T0);
+    let other_conv = plain_append("d:a:c", "a", "same", T0);
+    let r = s.append_batch(T0, &[other_sender, other_conv]).unwrap();
+    assert_eq!((r[0].unwrap().seq, r[0].unwrap().duplicate), (2, false));
+    assert_eq!((r[1].unwrap().seq, r[1].unwrap().duplicate), (1, false));
+    // After expiry the key is free again.
+    let r = s.append_batch(T0 + 86_400_001, &[later]).unwrap();
+    assert_eq!((r[0].unwrap().seq, r[0].unwrap().duplicate), (3, false));
+}
+
+pub fn store_refused_item_writes_nothing_and_others_proceed(f: Fixture) {
+    // Proves per-item failure: a member guard that fails refuses only its
+    // item (no seq taken, no dedup record), the rest of the batch is stored.
+    let s = f.store;
+    s.apply_group_change(&new_group("grp", &["m1"]))
+        .unwrap()
+        .unwrap();
+    let mut ok1 = plain_append("g:grp", "m1", "a", T0);
+    ok1.member_of = Some(MemberOf {
+        group_id: "grp".into(),
+        user_id: "m1".into(),
+    });
+    let mut bad = plain_append("g:grp", "stranger", "b", T0);
+    bad.member_of = Some(MemberOf {
+        group_id: "grp".into(),
+        user_id: "stranger".into(),
+    });
+    let mut ok2 = plain_append("g:grp", "m1", "c", T0);
+    ok2.member_of = ok1.member_of.clone();
+    let r = s.append_batch(T0, &[ok1, bad.clone(), ok2]).unwrap();
+    assert_eq!(r[0].unwrap().seq, 2);
+    assert_eq!(r[1], Err(AppendRefused::NotMember));
+    assert_eq!(r[2].unwrap().seq, 3);
+    // The refused item left no dedup record: once a member, it is new.
+    let mut change = new_group("grp", &[]);
+    change.expect_version = 1;
+    change.put_members = vec![MemberRecord {
+        user_id: "stranger".into(),
+        role: 1,
+        ..Default::default()
+    }];
+    change.entries.clear();
+    change.views.clear();
+    s.apply_group_change(&change).unwrap().unwrap();
+    let r = s.append_batch(T0, &[bad]).unwrap();
+    assert_eq!((r[0].unwrap().seq, r[0].unwrap().duplicate), (4, false));
+}
+
+pub fn store_recall_effect_rewrites_once(f: Fixture) {
+    // Proves the recall effect clears the content and sets `recalled` on the
+    // original, appends the tombstone, and refuses a second recall or a
+    // recall of something that is not a message.
+    let s = f.store;
+    s.append_batch(T0, &[plain_append("d:a:b", "a", "x", T0)])
+        .unwrap();
+    let tomb = |seq| Append {
+        conversation: "d:a:b".into(),
+        entry: pb::Entry {
+            sender: "a".into(),
+            time_ms: T0 + 1,
+            body: Some(pb::entry::Body::Recalled(pb::Recalled { seq })),
+            ..Default::default()
+        },
+        activity: true,
+        dedup: None,
+        member_of: None,
+        effect: AppendEffect::Recall { seq },
+        participants: vec![],
+    };
+    let r = s.append_batch(T0 + 1, &[tomb(1)]).unwrap();
+    assert_eq!(r[0].unwrap().seq, 2);
+    let e = s.entries("d:a:b", 1, 1, 1).unwrap().remove(0);
+    match e.body {
+        Some(pb::entry::Body::Message(m)) => {
+            assert!(m.recalled);
+            assert_eq!(m.content, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.client_msg_id, "x", "everything but the content is kept");
+    let r = s
+        .append_batch(T0 + 2, &[tomb(1), tomb(2), tomb(99)])
+        .unwrap();
+    assert!(r.iter().all(|x| *x == Err(AppendRefused::NotRecallable)));
+    assert_eq!(s.heads(&["d:a:b"]).unwrap()[0].seq, 2);
+}
+
+pub fn store_read_effect_moves_forward_only(f: Fixture) {
+    // Proves the read effect needs the reader's record, moves the cursor
+    // only forward, and that participants get a record once.
+    let s = f.store;
+    let mut a = plain_append("d:a:b", "a", "x", T0);
+    a.participants = strings(&["a", "b"]);
+    s.append_batch(T0, &[a.clone(), a.clone()]).unwrap();
+    let mut b = plain_append("d:a:b", "a", "y", T0);
+    b.participants = strings(&["a", "b"]);
+    s.append_batch(T0, &[b]).unwrap();
+    assert_eq!(
+        s.user_conv("b", "d:a:b").unwrap(),
+        Some(UserConv {
+            conversation_id: "d:a:b".into(),
+            visible_from_seq: 1,
+            visible_to_seq: 0,
+            read_seq: 0
+        })
+    );
+    let read = |user: &str, up_to| Append {
+        conversation: "d:a:b".into(),
+        entry: pb::Entry {
+            sender: user.into(),
+            time_ms: T0,
+            body: Some(pb::entry::Body::Read(pb::ReadMark { up_to_seq: up_to })),
+            ..Default::default()
+        },
+        activity: false,
+        dedup: None,
+        member_of: None,
+        effect: AppendEffect::Read {
+            user_id: user.into(),
+            up_to_seq: up_to,
+        },
+        participants: vec![],
+    };
+    let r = s
+        .append_batch(
+            T0,
+            &[read("b", 2), read("b", 1), read("b", 2), read("zed", 1)],
+        )
+        .unwrap();
+    assert_eq!(r[0].unwrap().seq, 3);
+    assert_eq!(&r[1..], &[Err(AppendRefused::ReadNotAdvanced); 3]);
+    assert_eq!(s.user_conv("b", "d:a:b").unwrap().unwrap().read_seq, 2);
+    let h = s.heads(&["d:a:b"]).unwrap()[0];
+    assert_eq!(h.seq, 3);
+    assert!(h.last_activity_ms <= h.last_time_ms);
+    assert_eq!(s.user_convs("a").unwrap().len(), 1);
+}
+
+pub fn store_group_change_is_compare_and_set(f: Fixture) {
+    // Proves a group change applies only at the expected version (0: the
+    // group must not exist), writes nothing on conflict, bumps the version,
+    // assigns entry seqs and applies join/leave views with those seqs.
+    let s = f.store;
+    assert_eq!(
+        s.apply_group_change(&new_group("grp", &["u1", "u2"]))
+            .unwrap(),
+        Ok(vec![1])
+    );
+    assert!(
+        s.apply_group_change(&new_group("grp", &["u3"]))
+            .unwrap()
+            .is_err()
+    );
+    let meta = s.group("grp").unwrap().unwrap();
+    assert_eq!(
+        (meta.version, meta.group_id.as_str(), meta.member_count),
+        (1, "grp", 2)
+    );
+    assert!(s.group_member("grp", "u3").unwrap().is_none());
+    let mut change = new_group("grp", &[]);
+    change.expect_version = 1;
+    change.meta = meta.clone();
+    change.remove_members = strings(&["u2"]);
+    change.put_members = vec![MemberRecord {
+        user_id: "u4".into(),
+        role: 1,
+        ..Default::default()
+    }];
+    change.entries = vec![msg_entry("u1", "", T0, "e2"), msg_entry("u1", "", T0, "e3")];
+    change.views = vec![
+        ViewChange::Leave {
+            user_id: "u2".into(),
+            at: 0,
+        },
+        ViewChange::Join {
+            user_id: "u4".into(),
+            at: 1,
+            history: false,
+        },
+    ];
+    let stale = GroupChange {
+        expect_version: 7,
+        ..change.clone()
+    };
+    assert!(s.apply_group_change(&stale).unwrap().is_err());
+    assert_eq!(
+        s.heads(&["g:grp"]).unwrap()[0].seq,
+        1,
+        "a conflict writes nothing"
+    );
+    assert_eq!(s.apply_group_change(&change).unwrap(), Ok(vec![2, 3]));
+    assert_eq!(s.group("grp").unwrap().unwrap().version, 2);
+    let ids: Vec<String> = s
+        .group_members("grp", "", 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect();
+    assert_eq!(ids, strings(&["u1", "u4"]));
+    assert_eq!(s.group_members("grp", "u1", 10).unwrap().len(), 1);
+    assert_eq!(s.group_members("grp", "", 1).unwrap().len(), 1);
+    let u2 = s.user_conv("u2", "g:grp").unwrap().unwrap();
+    assert_eq!((u2.visible_from_seq, u2.visible_to_seq), (1, 2));
+    let u4 = s.user_conv("u4", "g:grp").unwrap().unwrap();
+    assert_eq!(
+        (u4.visible_from_seq, u4.visible_to_seq, u4.read_seq),
+        (3, 0, 2)
+    );
+    let e = s.entries("g:grp", 1, 3, 10).unwrap();
+    assert!(e.iter().all(|e| e.conversation_id == "g:grp"));
+}
+
+pub fn store_social_records(f: Fixture) {
+    // Proves friend, request, block and profile records round-trip, list in
+    // id order, and that deletes of missing records are no-ops.
+    let s = f.store;
+    let fr = |u: &str, f: &str| FriendRecord {
+        user: u.into(),
+        friend: f.into(),
+        remark: "r".into(),
+        since_ms: 5,
+    };
+    let rq = |a: &str, b: &str| FriendRequestRecord {
+        from: a.into(),
+        to: b.into(),
+        message: "hi".into(),
+        time_ms: 7,
+    };
+    s.apply_social(&[
+        SocialOp::PutFriend(fr("a", "c")),
+        SocialOp::PutFriend(fr("a", "b")),
+        SocialOp::PutFriendRequest(rq("x", "a")),
+        SocialOp::PutFriendRequest(rq("a", "y")),
+        SocialOp::PutBlock {
+            user: "a".into(),
+            other: "z".into(),
+        },
+        SocialOp::PutProfile(pb::Profile {
+            user_id: "a".into(),
+            nickname: "A".into(),
+            ..Default::default()
+        }),
+        SocialOp::DeleteFriend {
+            user: "q".into(),
+            friend: "r".into(),
+        },
+    ])
+    .unwrap();
+    assert_eq!(s.friend("a", "b").unwrap(), Some(fr("a", "b")));
+    assert_eq!(s.friend("b", "a").unwrap(), None);
+    assert_eq!(s.friends("a").unwrap(), vec![fr("a", "b"), fr("a", "c")]);
+    assert_eq!(s.friend_request("x", "a").unwrap(), Some(rq("x", "a")));
+    assert_eq!(
+        s.friend_requests("a").unwrap(),
+        (vec![rq("x", "a")], vec![rq("a", "y")])
+    );
+    assert!(s.is_blocked("a", "z").unwrap());
+    assert!(!s.is_blocked("z", "a").unwrap());
+    assert_eq!(s.blocked("a").unwrap(), strings(&["z"]));
+    assert_eq!(s.profile("a").unwrap().unwrap().nickname, "A");
+    assert_eq!(s.profile("nobody").unwrap(), None);
+    s.apply_social(&[
+        SocialOp::DeleteFriend {
+            user: "a".into(),
+            friend: "b".into(),
+        },
+        SocialOp::DeleteFriendRequest {
+            from: "x".into(),
+            to: "a".into(),
+        },
+        SocialOp::DeleteBlock {
+            user: "a".into(),
+            other: "z".into(),
+        },
+    ])
+    .unwrap();
+    assert_eq!(s.friends("a").unwrap(), vec![fr("a", "c")]);
+    assert_eq!(s.friend_requests("a").unwrap().0, vec![]);
+    assert!(!s.is_blocked("a", "z").unwrap());
+}
+
+pub fn store_presence_records(f: Fixture) {
+    // Proves presence records are kept per user, replaced on put.
+    let s = f.store;
+    let p = |state, t| PresenceRecord {
+        user_id: "a".into(),
+        state,
+        text: "t".into(),
+        updated_ms: t,
+        expires_at_ms: t + 1000,
+    };
+    s.put_presence(&p(1, T0)).unwrap();
+    s.put_presence(&p(2, T0 + 1)).unwrap();
+    let got = s.presences(&["a", "b"]).unwrap();
+    assert_eq!(got, vec![Some(p(2, T0 + 1)), None]);
+}
+
+// ---------------------------------------------------------------------------
+// Messages: send, dedup, sync, history, unread, conversation list
+// ---------------------------------------------------------------------------
+
+pub fn send_direct_stores_and_delivers(f: Fixture) {
+    // Proves a 1:1 send returns increasing seqs in the conversation `d:a:b`,
+    // stores every field, and delivers the entry to both users.
+    let w = World::new(f);
+    let out = w.ok("alice", send_body("c1", To::User("bob"), "hello"));
+    let a1 = ack(&out);
+    assert_eq!(
+        (a1.conversation_id.as_str(), a1.seq, a1.duplicate),
+        (AB, 1, false)
+    );
+    assert_eq!(a1.client_msg_id, "c1");
+    let d = deliveries(&out.effects);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, strings(&["alice", "bob"]));
+    assert_eq!((d[0].0.seq, text_of(&d[0].0)), (1, Some("hello")));
+    let a2 = w.send_dm("bob", "alice", "hi back");
+    assert_eq!((a2.conversation_id.as_str(), a2.seq), (AB, 2));
+    let h = w.history("bob", AB);
+    assert_eq!(texts(&h), ["hello", "hi back"]);
+    let e = &h[0];
+    assert_eq!(
+        (e.sender.as_str(), e.sender_device.as_str()),
+        ("alice", "alice-phone")
+    );
+    assert_eq!(
+        (e.client_msg_id.as_str(), e.time_ms),
+        ("c1", a1.server_time_ms)
+    );
+}
+
+pub fn send_with_reply_and_mentions_is_stored(f: Fixture) {
+    // Proves reply_to, mentions and content kinds other than text are stored
+    // as sent, and a reply to a seq past the head is refused.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let first = w.send_group("bob", "team", "question");
+    let out = w.ok(
+        "alice",
+        Body::Send(pb::Send {
+            client_msg_id: "r1".into(),
+            to: Some(pb::send::To::GroupId("team".into())),
+            content: Some(pb::Content {
+                kind: Some(pb::content::Kind::Custom(pb::Custom {
+                    r#type: "card".into(),
+                    data: vec![1, 2, 3],
+                })),
+            }),
+            mentions: strings(&["bob", "bob", "carol"]),
+            mention_all: false,
+            reply_to_seq: first.seq,
+        }),
+    );
+    let seq = ack(&out).seq;
+    let e = w
+        .history("carol", G)
+        .into_iter()
+        .find(|e| e.seq == seq)
+        .unwrap();
+    let Some(pb::entry::Body::Message(m)) = e.body else {
+        panic!()
+    };
+    assert_eq!(m.reply_to_seq, first.seq);
+    assert_eq!(m.mentions, strings(&["bob", "carol"]), "deduplicated");
+    assert!(
+        matches!(m.content.unwrap().kind, Some(pb::content::Kind::Custom(c)) if c.data == [1, 2, 3])
+    );
+    let mut bad = send_body("r2", To::Group("team"), "x");
+    if let Body::Send(s) = &mut bad {
+        s.reply_to_seq = 999;
+    }
+    assert_eq!(w.err("alice", bad), pb::ErrorCode::InvalidArgument);
+}
+
+pub fn send_dedup_returns_original(f: Fixture) {
+    // Proves the same (sender, client_msg_id) resent returns the original
+    // seq and time with duplicate = true, stores nothing, delivers nothing;
+    // another sender's same id is a new message.
+    let w = World::new(f);
+    let first = ack(&w.ok("alice", send_body("same", To::User("bob"), "one")));
+    w.advance(60_000);
+    let out = w.ok("alice", send_body("same", To::User("bob"), "one again"));
+    let again = ack(&out);
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.seq, again.server_time_ms),
+        (first.seq, first.server_time_ms)
+    );
+    assert!(out.effects.is_empty());
+    let other = ack(&w.ok("bob", send_body("same", To::User("alice"), "bob's")));
+    assert_eq!((other.seq, other.duplicate), (2, false));
+    assert_eq!(texts(&w.history("alice", AB)), ["one", "bob's"]);
+    // Still deduplicated near the end of the window (24 h by default).
+    w.advance(23 * 3_600_000);
+    assert!(ack(&w.ok("alice", send_body("same", To::User("bob"), "x"))).duplicate);
+}
+
+pub fn send_batch_fails_bad_items_alone(f: Fixture) {
+    // Proves the batch entry point: valid sends of one batch are all stored
+    // (in order), an invalid one fails alone, and a non-send request in the
+    // middle sees the sends before it.
+    let w = World::new(f);
+    let c = |u: &str| World::caller(u);
+    let reqs = vec![
+        Request {
+            caller: c("alice"),
+            body: send_body("b1", To::User("bob"), "one"),
+        },
+        Request {
+            caller: c("alice"),
+            body: send_body("", To::User("bob"), "no id"),
+        },
+        Request {
+            caller: c("bob"),
+            body: send_body("b2", To::User("alice"), "two"),
+        },
+        Request {
+            caller: c("bob"),
+            body: Body::Read(pb::ReadRequest {
+                conversation_id: AB.into(),
+                up_to_seq: 2,
+            }),
+        },
+        Request {
+            caller: c("alice"),
+            body: send_body("b3", To::User("bob"), "three"),
+        },
+        Request {
+            caller: c("alice"),
+            body: send_body("b1", To::User("bob"), "dup"),
+        },
+    ];
+    let out = w.domain.handle_batch(w.now(), reqs);
+    assert_eq!(out.len(), 6);
+    assert_eq!(ack(&out[0]).seq, 1);
+    assert!(
+        matches!(&out[1].reply, Some(Body::Error(e)) if e.code() == pb::ErrorCode::InvalidArgument)
+    );
+    assert_eq!(ack(&out[2]).seq, 2);
+    assert_eq!(ok_seq(&out[3]), 3);
+    assert_eq!(ack(&out[4]).seq, 4);
+    assert!(ack(&out[5]).duplicate);
+    assert_eq!(ack(&out[5]).seq, 1);
+    assert_eq!(texts(&w.history("alice", AB)), ["one", "two", "three"]);
+}
+
+pub fn send_validation_refuses_bad_input(f: Fixture) {
+    // Proves bad sends get INVALID_ARGUMENT: no content, empty text, text
+    // over the limit, bad ids, no recipient, messaging yourself, a bad
+    // mention; and that a non-backend frame is refused the same way.
+    let w = World::new(f);
+    let invalid = pb::ErrorCode::InvalidArgument;
+    let mut no_content = send_body("x1", To::User("bob"), "");
+    if let Body::Send(s) = &mut no_content {
+        s.content = None;
+    }
+    assert_eq!(w.err("alice", no_content), invalid);
+    assert_eq!(
+        w.err("alice", send_body("x2", To::User("bob"), "")),
+        invalid
+    );
+    let long = "x".repeat(w.domain.config().text_bytes_max as usize + 1);
+    assert_eq!(
+        w.err("alice", send_body("x3", To::User("bob"), &long)),
+        invalid
+    );
+    assert_eq!(
+        w.err("alice", send_body("bad id", To::User("bob"), "t")),
+        invalid
+    );
+    assert_eq!(
+        w.err("alice", send_body("x4", To::User("b:ob"), "t")),
+        invalid
+    );
+    assert_eq!(
+        w.err("alice", send_body("x5", To::User("alice"), "t")),
+        invalid
+    );
+    let mut no_to = send_body("x6", To::User("bob"), "t");
+    if let Body::Send(s) = &mut no_to {
+        s.to = None;
+    }
+    assert_eq!(w.err("alice", no_to), invalid);
+    w.create_group("alice", "team", &["bob"]);
+    let mut bad_mention = send_body("x7", To::Group("team"), "t");
+    if let Body::Send(s) = &mut bad_mention {
+        s.mentions = strings(&["no spaces allowed"]);
+    }
+    assert_eq!(w.err("alice", bad_mention), invalid);
+    assert_eq!(w.err("alice", Body::Ping(pb::Ping { nonce: 1 })), invalid);
+    assert_eq!(w.store().heads(&[AB]).unwrap()[0].seq, 0);
+}
+
+pub fn history_pages_backwards(f: Fixture) {
+    // Proves history pages go backwards from the newest (or from
+    // before_seq), are returned oldest first, and say whether more exist.
+    let w = World::new(f);
+    for i in 1..=7 {
+        w.send_dm("alice", "bob", &format!("m{i}"));
+    }
+    let page = |before, limit| {
+        let out = w.ok(
+            "bob",
+            Body::History(pb::HistoryRequest {
+                conversation_id: AB.into(),
+                before_seq: before,
+                limit,
+            }),
+        );
+        let Some(Body::HistoryResult(r)) = out.reply else {
+            panic!()
+        };
+        (r.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), r.more)
+    };
+    assert_eq!(page(0, 3), (vec![5, 6, 7], true));
+    assert_eq!(page(5, 3), (vec![2, 3, 4], true));
+    assert_eq!(page(2, 3), (vec![1], false));
+    assert_eq!(page(1, 3), (vec![], false));
+    assert_eq!(page(0, 0).0.len(), 7);
+    let w2 = World::with_config(
+        Fixture::new(w.store().clone(), ()),
+        Config {
+            page_entries_max: 2,
+            ..Config::default()
+        },
+    );
+    let out = w2.ok(
+        "bob",
+        Body::History(pb::HistoryRequest {
+            conversation_id: AB.into(),
+            before_seq: 0,
+            limit: 50,
+        }),
+    );
+    let Some(Body::HistoryResult(r)) = out.reply else {
+        panic!()
+    };
+    assert_eq!(r.entries.len(), 2, "capped by page_entries_max");
+}
+
+pub fn sync_returns_exactly_what_is_missing(f: Fixture) {
+    // Proves sync from per-conversation cursors returns exactly the entries
+    // after each cursor (all of a conversation not listed), pages with
+    // `more`, and reports every conversation's head.
+    let w = World::new(f);
+    for i in 1..=5 {
+        w.send_dm("alice", "bob", &format!("ab{i}"));
+    }
+    for i in 1..=3 {
+        w.send_dm("carol", "bob", &format!("bc{i}"));
+    }
+    let cur = |c: &str, s| pb::Cursor {
+        conversation_id: c.into(),
+        seq: s,
+    };
+    let r = w.sync("bob", &[cur(AB, 3), cur("d:bob:carol", 3)], 0);
+    assert_eq!(texts(&r.entries), ["ab4", "ab5"]);
+    assert!(!r.more);
+    let mut heads: Vec<(String, u64)> = r
+        .heads
+        .iter()
+        .map(|c| (c.conversation_id.clone(), c.seq))
+        .collect();
+    heads.sort();
+    assert_eq!(
+        heads,
+        vec![(AB.to_string(), 5), ("d:bob:carol".to_string(), 3)]
+    );
+    let r = w.sync("bob", &[cur(AB, 4)], 0);
+    let mut got = texts(&r.entries);
+    got.sort();
+    assert_eq!(got, ["ab5", "bc1", "bc2", "bc3"]);
+    // Paging: 3 at a time until done, never a duplicate or a gap.
+    let mut cursors: Vec<pb::Cursor> = vec![];
+    let mut seen = Vec::new();
+    loop {
+        let r = w.sync("bob", &cursors, 3);
+        assert!(r.entries.len() <= 3);
+        for e in &r.entries {
+            match cursors
+                .iter_mut()
+                .find(|c| c.conversation_id == e.conversation_id)
+            {
+                Some(c) => {
+                    assert_eq!(e.seq, c.seq + 1, "no gap, no repeat");
+                    c.seq = e.seq;
+                }
+                None => {
+                    assert_eq!(e.seq, 1);
+                    cursors.push(cur(&e.conversation_id, e.seq));
+                }
+            }
+            seen.push(e.seq);
+        }
+        if !r.more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 8);
+    assert!(w.sync("bob", &cursors, 0).entries.is_empty());
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::Sync(pb::SyncRequest {
+                cursors: vec![cur("nonsense", 1)],
+                limit: 0
+            })
+        ),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+pub fn sync_reaches_every_device_of_the_sender(f: Fixture) {
+    // Proves multi-device convergence: a message sent from one device is in
+    // the sync of the sender's other device and of the recipient, identical.
+    let w = World::new(f);
+    w.send_dm("alice", "bob", "from phone");
+    let laptop = Caller {
+        user_id: "alice".into(),
+        device_id: "alice-laptop".into(),
+    };
+    let out = w
+        .domain
+        .handle(&laptop, w.now(), Body::Sync(pb::SyncRequest::default()));
+    let Some(Body::SyncResult(r)) = out.reply else {
+        panic!()
+    };
+    assert_eq!(texts(&r.entries), ["from phone"]);
+    assert_eq!(r.entries, w.sync_all("bob"));
+}
+
+pub fn unread_counts_messages_of_others_after_the_cursor(f: Fixture) {
+    // Proves unread = messages after the read cursor not sent by the user:
+    // own messages, read marks and recalled messages do not count; reading
+    // resets it; it is capped at unread_count_max.
+    let w = World::new(f);
+    w.send_dm("alice", "bob", "1");
+    w.send_dm("alice", "bob", "2");
+    w.send_dm("bob", "alice", "mine");
+    let third = w.send_dm("alice", "bob", "3");
+    assert_eq!(w.summary("bob", AB).unread, 3);
+    assert_eq!(w.summary("alice", AB).unread, 1);
+    w.read("bob", AB, 2);
+    let s = w.summary("bob", AB);
+    assert_eq!((s.unread, s.read_seq), (1, 2));
+    w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: AB.into(),
+            seq: third.seq,
+        }),
+    );
+    assert_eq!(
+        w.summary("bob", AB).unread,
+        0,
+        "a recalled message is not unread"
+    );
+    // The peer's read mark is an entry, but not an unread message.
+    w.read("alice", AB, 3);
+    assert_eq!(w.summary("bob", AB).unread, 0);
+    let w2 = World::with_config(
+        Fixture::new(w.store().clone(), ()),
+        Config {
+            unread_count_max: 2,
+            ..Config::default()
+        },
+    );
+    for i in 0..5 {
+        w2.send_dm("carol", "bob", &format!("c{i}"));
+    }
+    assert_eq!(w2.summary("bob", "d:bob:carol").unread, 2, "capped");
+}
+
+pub fn conversation_list_orders_by_activity(f: Fixture) {
+    // Proves the conversation list is ordered by last activity (newest
+    // first), carries the last entry, peer, unread and read cursor, and
+    // pages with offset/limit.
+    let w = World::new(f);
+    w.send_dm("carol", "bob", "c1");
+    w.create_group("alice", "team", &["bob"]);
+    w.send_dm("alice", "bob", "a1");
+    w.send_group("alice", "team", "g1");
+    let list = w.conversations("bob");
+    let ids: Vec<&str> = list.iter().map(|c| c.conversation_id.as_str()).collect();
+    assert_eq!(ids, [G, AB, "d:bob:carol"]);
+    assert_eq!(list[0].peer, "team");
+    assert_eq!(list[1].peer, "alice");
+    assert_eq!(text_of(list[0].last.as_ref().unwrap()), Some("g1"));
+    assert_eq!(list[1].unread, 1);
+    assert!(list[0].last_activity_ms > list[1].last_activity_ms);
+    w.send_dm("carol", "bob", "c2");
+    assert_eq!(w.conversations("bob")[0].conversation_id, "d:bob:carol");
+    // A read mark is not activity: the order stays.
+    w.read("bob", AB, 1);
+    assert_eq!(w.conversations("bob")[0].conversation_id, "d:bob:carol");
+    let out = w.ok(
+        "bob",
+        Body::Conversations(pb::ConversationListRequest {
+            limit: 2,
+            offset: 1,
+        }),
+    );
+    let Some(Body::ConversationsResult(r)) = out.reply else {
+        panic!()
+    };
+    assert_eq!(r.conversations.len(), 2);
+    assert!(!r.more);
+    let out = w.ok(
+        "bob",
+        Body::Conversations(pb::ConversationListRequest {
+            limit: 1,
+            offset: 0,
+        }),
+    );
+    let Some(Body::ConversationsResult(r)) = out.reply else {
+        panic!()
+    };
+    assert!(r.more);
+}
+
+// ---------------------------------------------------------------------------
+// Receipts, recall, mentions
+// ---------------------------------------------------------------------------
+
+pub fn read_receipt_moves_cursor_and_reaches_the_peer(f: Fixture) {
+    // Proves a read moves the reader's cursor, is an entry in the log
+    // delivered to both users, only moves forward, and that read_by shows
+    // whether the peer read a message.
+    let w = World::new(f);
+    let s1 = w.send_dm("alice", "bob", "one").seq;
+    let s2 = w.send_dm("alice", "bob", "two").seq;
+    let out = w.read("bob", AB, s1);
+    let seq = ok_seq(&out);
+    let d = deliveries(&out.effects);
+    assert_eq!(d[0].1, strings(&["alice", "bob"]));
+    assert!(
+        matches!(d[0].0.body, Some(pb::entry::Body::Read(pb::ReadMark { up_to_seq })) if up_to_seq == s1)
+    );
+    assert_eq!(w.history("alice", AB).last().unwrap().seq, seq);
+    assert_eq!(ok_seq(&w.read("bob", AB, s1)), 0, "no move, no entry");
+    let out = w.ok(
+        "alice",
+        Body::ReadBy(pb::ReadByQuery {
+            conversation_id: AB.into(),
+            seqs: vec![s1, s2],
+        }),
+    );
+    let Some(Body::ReadByResult(r)) = out.reply else {
+        panic!()
+    };
+    let counts: Vec<(u64, u32, u32)> = r
+        .items
+        .iter()
+        .map(|i| (i.seq, i.read_count, i.member_count))
+        .collect();
+    assert_eq!(counts, vec![(s1, 1, 1), (s2, 0, 1)]);
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::Read(pb::ReadRequest {
+                conversation_id: AB.into(),
+                up_to_seq: 99
+            })
+        ),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+pub fn read_by_counts_group_readers(f: Fixture) {
+    // Proves read-by counts in a group: members other than the sender whose
+    // cursor reached the seq, out of all members other than the sender.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol", "dave"]);
+    let s = w.send_group("alice", "team", "hello").seq;
+    w.read("bob", G, s);
+    w.read("carol", G, s);
+    let out = w.ok(
+        "dave",
+        Body::ReadBy(pb::ReadByQuery {
+            conversation_id: G.into(),
+            seqs: vec![s],
+        }),
+    );
+    let Some(Body::ReadByResult(r)) = out.reply else {
+        panic!()
+    };
+    assert_eq!((r.items[0].read_count, r.items[0].member_count), (2, 3));
+    assert_eq!(
+        w.err(
+            "eve",
+            Body::ReadBy(pb::ReadByQuery {
+                conversation_id: G.into(),
+                seqs: vec![s]
+            })
+        ),
+        pb::ErrorCode::NotMember
+    );
+}
+
+pub fn recall_own_message_within_window(f: Fixture) {
+    // Proves a sender recalls within the window: a `recalled` entry joins
+    // the log and is delivered, the original is served with recalled = true
+    // and no content, and recalling it again changes nothing.
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "oops").seq;
+    w.advance(119_000);
+    let out = w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: AB.into(),
+            seq: s,
+        }),
+    );
+    let tomb = ok_seq(&out);
+    let d = deliveries(&out.effects);
+    assert!(
+        matches!(d[0].0.body, Some(pb::entry::Body::Recalled(pb::Recalled { seq })) if seq == s)
+    );
+    for user in ["alice", "bob"] {
+        let h = w.history(user, AB);
+        let Some(pb::entry::Body::Message(m)) = &h[0].body else {
+            panic!()
+        };
+        assert!(m.recalled);
+        assert_eq!(m.content, None, "content is not served after a recall");
+        assert_eq!(h[1].seq, tomb);
+    }
+    let synced = w.sync_all("bob");
+    assert!(texts(&synced).is_empty());
+    assert_eq!(
+        ok_seq(&w.ok(
+            "alice",
+            Body::Recall(pb::RecallRequest {
+                conversation_id: AB.into(),
+                seq: s
+            })
+        )),
+        0
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::Recall(pb::RecallRequest {
+                conversation_id: AB.into(),
+                seq: tomb
+            })
+        ),
+        pb::ErrorCode::NotFound
+    );
+}
+
+pub fn recall_after_window_is_refused(f: Fixture) {
+    // Proves the recall window: past recall_window_ms the sender gets
+    // RECALL_WINDOW_PASSED and the message stays.
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "said").seq;
+    w.advance(w.domain.config().recall_window_ms + 1);
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::Recall(pb::RecallRequest {
+                conversation_id: AB.into(),
+                seq: s
+            })
+        ),
+        pb::ErrorCode::RecallWindowPassed
+    );
+    assert_eq!(texts(&w.history("bob", AB)), ["said"]);
+}
+
+pub fn recall_of_someone_elses_message_is_refused(f: Fixture) {
+    // Proves nobody recalls another's message in a 1:1 chat, members cannot
+    // in a group, and an admin cannot recall the owner's.
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "mine").seq;
+    let denied = pb::ErrorCode::PermissionDenied;
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::Recall(pb::RecallRequest {
+                conversation_id: AB.into(),
+                seq: s
+            })
+        ),
+        denied
+    );
+    w.create_group("alice", "team", &["bob", "carol"]);
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    let by_bob = w.send_group("bob", "team", "bob's").seq;
+    let by_owner = w.send_group("alice", "team", "owner's").seq;
+    let recall = |seq| {
+        Body::Recall(pb::RecallRequest {
+            conversation_id: G.into(),
+            seq,
+        })
+    };
+    assert_eq!(w.err("dave", recall(by_bob)), pb::ErrorCode::NotMember);
+    w.ok(
+        "alice",
+        Body::GroupInvite(pb::GroupInvite {
+            group_id: "team".into(),
+            user_ids: strings(&["dave"]),
+        }),
+    );
+    assert_eq!(w.err("dave", recall(by_bob)), denied);
+    assert_eq!(w.err("carol", recall(by_owner)), denied);
+    assert_eq!(texts(&w.history("bob", G)), ["bob's", "owner's"]);
+}
+
+pub fn admins_recall_members_messages_any_time(f: Fixture) {
+    // Proves group admins and the owner recall members' messages after the
+    // window has passed.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    let s1 = w.send_group("bob", "team", "one").seq;
+    let s2 = w.send_group("bob", "team", "two").seq;
+    w.advance(10 * w.domain.config().recall_window_ms);
+    w.ok(
+        "carol",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: G.into(),
+            seq: s1,
+        }),
+    );
+    w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: G.into(),
+            seq: s2,
+        }),
+    );
+    assert!(texts(&w.history("bob", G)).is_empty());
+}
+
+pub fn mentions_flag_the_mentioned(f: Fixture) {
+    // Proves @user sets `mentioned` in that user's conversation entry only,
+    // @all (by an admin) sets it for everyone, reading clears it, and a
+    // plain member may not @all.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let mut m = send_body("mm1", To::Group("team"), "hey bob");
+    if let Body::Send(s) = &mut m {
+        s.mentions = strings(&["bob"]);
+    }
+    w.ok("carol", m);
+    assert!(w.summary("bob", G).mentioned);
+    assert!(!w.summary("alice", G).mentioned);
+    let head = w.store().heads(&[G]).unwrap()[0].seq;
+    w.read("bob", G, head);
+    assert!(!w.summary("bob", G).mentioned);
+    let mut all = send_body("mm2", To::Group("team"), "everyone");
+    if let Body::Send(s) = &mut all {
+        s.mention_all = true;
+    }
+    assert_eq!(w.err("carol", all.clone()), pb::ErrorCode::PermissionDenied);
+    w.ok("alice", all);
+    assert!(w.summary("bob", G).mentioned);
+    assert!(w.summary("carol", G).mentioned);
+    assert!(!w.summary("alice", G).mentioned, "not by your own message");
+}
+
+// ---------------------------------------------------------------------------
+// Friends
+// ---------------------------------------------------------------------------
+
+pub fn friend_request_accept_list_delete(f: Fixture) {
+    // Proves the friend flow: a request with a message reaches the
+    // addressee (event, pending lists), accepting makes both friends (events
+    // to both, both lists), deleting removes both directions.
+    let w = World::new(f);
+    let out = w.ok(
+        "alice",
+        Body::FriendRequest(pb::FriendRequestSend {
+            user_id: "bob".into(),
+            message: "hi, it's alice".into(),
+        }),
+    );
+    let ev = events(&out.effects);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].0, "bob");
+    assert!(
+        matches!(&ev[0].1, pb::server_event::Kind::FriendRequested(r) if r.message == "hi, it's alice" && r.from_user_id == "alice")
+    );
+    let lists = |u: &str| {
+        let Some(Body::FriendRequestListResult(r)) = w
+            .ok(u, Body::FriendRequests(pb::FriendRequestListRequest {}))
+            .reply
+        else {
+            panic!()
+        };
+        (r.incoming.len(), r.outgoing.len())
+    };
+    assert_eq!(lists("bob"), (1, 0));
+    assert_eq!(lists("alice"), (0, 1));
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::FriendRequest(pb::FriendRequestSend {
+                user_id: "bob".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::AlreadyExists
+    );
+    let out = w.ok(
+        "bob",
+        Body::FriendAccept(pb::FriendAccept {
+            user_id: "alice".into(),
+        }),
+    );
+    let mut ev: Vec<String> = events(&out.effects).into_iter().map(|(u, _)| u).collect();
+    ev.sort();
+    assert_eq!(ev, strings(&["alice", "bob"]));
+    assert_eq!(lists("bob"), (0, 0));
+    let friends = |u: &str| {
+        let Some(Body::FriendListResult(r)) =
+            w.ok(u, Body::FriendList(pb::FriendListRequest {})).reply
+        else {
+            panic!()
+        };
+        r.friends
+            .into_iter()
+            .map(|f| f.profile.unwrap().user_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(friends("alice"), strings(&["bob"]));
+    assert_eq!(friends("bob"), strings(&["alice"]));
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::FriendRequest(pb::FriendRequestSend {
+                user_id: "bob".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::AlreadyExists
+    );
+    w.ok(
+        "bob",
+        Body::FriendDelete(pb::FriendDelete {
+            user_id: "alice".into(),
+        }),
+    );
+    assert!(friends("alice").is_empty());
+    assert!(friends("bob").is_empty());
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::FriendDelete(pb::FriendDelete {
+                user_id: "alice".into()
+            })
+        ),
+        pb::ErrorCode::NotFound
+    );
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::FriendAccept(pb::FriendAccept {
+                user_id: "alice".into()
+            })
+        ),
+        pb::ErrorCode::NotFound
+    );
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::FriendRequest(pb::FriendRequestSend {
+                user_id: "bob".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+pub fn friend_reject_and_mutual_request(f: Fixture) {
+    // Proves rejecting removes the request without a friendship, and that
+    // two users asking each other become friends.
+    let w = World::new(f);
+    w.ok(
+        "alice",
+        Body::FriendRequest(pb::FriendRequestSend {
+            user_id: "bob".into(),
+            message: String::new(),
+        }),
+    );
+    w.ok(
+        "bob",
+        Body::FriendReject(pb::FriendReject {
+            user_id: "alice".into(),
+        }),
+    );
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::FriendReject(pb::FriendReject {
+                user_id: "alice".into()
+            })
+        ),
+        pb::ErrorCode::NotFound
+    );
+    assert!(w.store().friend("alice", "bob").unwrap().is_none());
+    w.ok(
+        "alice",
+        Body::FriendRequest(pb::FriendRequestSend {
+            user_id: "bob".into(),
+            message: String::new(),
+        }),
+    );
+    w.ok(
+        "bob",
+        Body::FriendRequest(pb::FriendRequestSend {
+            user_id: "alice".into(),
+            message: String::new(),
+        }),
+    );
+    assert!(w.store().friend("alice", "bob").unwrap().is_some());
+    assert!(w.store().friend("bob", "alice").unwrap().is_some());
+}
+
+pub fn profile_and_remark(f: Fixture) {
+    // Proves profile updates keep unset fields, profile info shows the
+    // caller's remark and friendship, and only friends get a remark.
+    let w = World::new(f);
+    w.ok(
+        "bob",
+        Body::ProfileUpdate(pb::ProfileUpdate {
+            nickname: Some("Bobby".into()),
+            avatar: Some("https://a/b.png".into()),
+            bio: None,
+        }),
+    );
+    w.ok(
+        "bob",
+        Body::ProfileUpdate(pb::ProfileUpdate {
+            nickname: None,
+            avatar: None,
+            bio: Some("hello".into()),
+        }),
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::FriendRemark(pb::FriendRemark {
+                user_id: "bob".into(),
+                remark: "B".into()
+            })
+        ),
+        pb::ErrorCode::NotFound
+    );
+    w.befriend("alice", "bob");
+    w.ok(
+        "alice",
+        Body::FriendRemark(pb::FriendRemark {
+            user_id: "bob".into(),
+            remark: "my Bob".into(),
+        }),
+    );
+    let Some(Body::ProfileResult(p)) = w
+        .ok(
+            "alice",
+            Body::Profile(pb::ProfileRequest {
+                user_id: "bob".into(),
+            }),
+        )
+        .reply
+    else {
+        panic!()
+    };
+    let prof = p.profile.unwrap();
+    assert_eq!(
+        (
+            prof.nickname.as_str(),
+            prof.avatar.as_str(),
+            prof.bio.as_str()
+        ),
+        ("Bobby", "https://a/b.png", "hello")
+    );
+    assert_eq!(
+        (p.remark.as_str(), p.is_friend, p.blocked),
+        ("my Bob", true, false)
+    );
+    let Some(Body::ProfileResult(p)) = w
+        .ok(
+            "carol",
+            Body::Profile(pb::ProfileRequest {
+                user_id: "bob".into(),
+            }),
+        )
+        .reply
+    else {
+        panic!()
+    };
+    assert_eq!((p.remark.as_str(), p.is_friend), ("", false));
+    let Some(Body::ProfileResult(p)) = w
+        .ok(
+            "carol",
+            Body::Profile(pb::ProfileRequest {
+                user_id: "nobody".into(),
+            }),
+        )
+        .reply
+    else {
+        panic!()
+    };
+    assert_eq!(p.profile.unwrap().user_id, "nobody");
+    let Some(Body::FriendListResult(r)) = w
+        .ok("alice", Body::FriendList(pb::FriendListRequest {}))
+        .reply
+    else {
+        panic!()
+    };
+    assert_eq!(r.friends[0].remark, "my Bob");
+    assert_eq!(r.friends[0].profile.as_ref().unwrap().nickname, "Bobby");
+    let long = "x".repeat(5000);
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::ProfileUpdate(pb::ProfileUpdate {
+                nickname: Some(long),
+                avatar: None,
+                bio: None
+            })
+        ),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+pub fn blocked_users_cannot_message(f: Fixture) {
+    // Proves a block stops messages both ways (BLOCKED), friend requests
+    // and typing from the blocked user, shows in the blocker's lists, and
+    // that unblocking restores messaging.
+    let w = World::new(f);
+    w.send_dm("bob", "alice", "before");
+    w.ok(
+        "alice",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "bob".into(),
+            blocked: true,
+        }),
+    );
+    assert_eq!(
+        w.err("bob", send_body("b1", To::User("alice"), "hey")),
+        pb::ErrorCode::Blocked
+    );
+    assert_eq!(
+        w.err("alice", send_body("b2", To::User("bob"), "hey")),
+        pb::ErrorCode::Blocked
+    );
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::FriendRequest(pb::FriendRequestSend {
+                user_id: "alice".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::Blocked
+    );
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::Typing(pb::TypingRequest {
+                conversation_id: AB.into(),
+                typing: true
+            })
+        ),
+        pb::ErrorCode::Blocked
+    );
+    let Some(Body::FriendListResult(r)) = w
+        .ok("alice", Body::FriendList(pb::FriendListRequest {}))
+        .reply
+    else {
+        panic!()
+    };
+    assert_eq!(r.blocked, strings(&["bob"]));
+    let Some(Body::ProfileResult(p)) = w
+        .ok(
+            "alice",
+            Body::Profile(pb::ProfileRequest {
+                user_id: "bob".into(),
+            }),
+        )
+        .reply
+    else {
+        panic!()
+    };
+    assert!(p.blocked);
+    w.ok(
+        "alice",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "bob".into(),
+            blocked: false,
+        }),
+    );
+    w.send_dm("bob", "alice", "after");
+    assert_eq!(texts(&w.history("alice", AB)), ["before", "after"]);
+}
+
+pub fn friends_only_policy(f: Fixture) {
+    // Proves the policy switch: by default strangers may message; with
+    // allow_non_friend_messages = false they get NOT_FRIENDS and friends
+    // still may.
+    let w = World::new(f);
+    w.send_dm("alice", "bob", "allowed by default");
+    let strict = World::with_config(
+        Fixture::new(w.store().clone(), ()),
+        Config {
+            allow_non_friend_messages: false,
+            ..Config::default()
+        },
+    );
+    assert_eq!(
+        strict.err("carol", send_body("n1", To::User("dave"), "hi")),
+        pb::ErrorCode::NotFriends
+    );
+    strict.befriend("carol", "dave");
+    strict.send_dm("carol", "dave", "hi friend");
+}
+
+// ---------------------------------------------------------------------------
+// Groups
+// ---------------------------------------------------------------------------
+
+fn role_body(gid: &str, user: &str, role: pb::GroupRole) -> Body {
+    Body::GroupSetRole(pb::GroupSetRole {
+        group_id: gid.into(),
+        user_id: user.into(),
+        role: role as i32,
+    })
+}
+
+fn kick_body(gid: &str, user: &str) -> Body {
+    Body::GroupKick(pb::GroupKick {
+        group_id: gid.into(),
+        user_id: user.into(),
+    })
+}
+
+pub fn group_create_info_and_members(f: Fixture) {
+    // Proves group creation: the creator owns it, initial members join, the
+    // log starts with `created` and `joined`, everyone gets a group_joined
+    // event and the entries; info and a paged member list with roles and
+    // nicknames follow; a taken id is refused; an empty id is generated.
+    let w = World::new(f);
+    let out = w.ok(
+        "alice",
+        Body::GroupCreate(pb::GroupCreate {
+            group_id: "team".into(),
+            name: "The Team".into(),
+            members: strings(&["bob", "carol", "bob", "alice"]),
+            join_policy: pb::JoinPolicy::Approval as i32,
+            history_visible: true,
+        }),
+    );
+    let Some(Body::GroupInfoResult(r)) = &out.reply else {
+        panic!()
+    };
+    let info = r.info.clone().unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.owner.as_str(), info.member_count),
+        ("The Team", "alice", 3)
+    );
+    assert_eq!(info.conversation_id, G);
+    assert_eq!(r.me.as_ref().unwrap().role, pb::GroupRole::Owner as i32);
+    let mut joined: Vec<String> = events(&out.effects).into_iter().map(|(u, _)| u).collect();
+    joined.sort();
+    assert_eq!(joined, strings(&["alice", "bob", "carol"]));
+    let d = deliveries(&out.effects);
+    assert_eq!(d.len(), 2);
+    assert!(
+        matches!(group_event(&d[0].0), Some(pb::group_event::Kind::Created(c)) if c.owner == "alice")
+    );
+    assert!(
+        matches!(group_event(&d[1].0), Some(pb::group_event::Kind::Joined(m)) if m.user_ids == strings(&["bob", "carol"]))
+    );
+    let gi = w.group_info("bob", "team");
+    assert_eq!(
+        gi.info.unwrap().join_policy,
+        pb::JoinPolicy::Approval as i32
+    );
+    assert_eq!(gi.me.unwrap().role, pb::GroupRole::Member as i32);
+    let page = |after: &str, limit| {
+        let Some(Body::GroupMembersResult(r)) = w
+            .ok(
+                "bob",
+                Body::GroupMembers(pb::GroupMembersRequest {
+                    group_id: "team".into(),
+                    after_user_id: after.into(),
+                    limit,
+                }),
+            )
+            .reply
+        else {
+            panic!()
+        };
+        (
+            r.members
+                .into_iter()
+                .map(|m| (m.user_id, m.role))
+                .collect::<Vec<_>>(),
+            r.more,
+        )
+    };
+    let (p1, more) = page("", 2);
+    assert_eq!(p1, vec![("alice".to_string(), 3), ("bob".to_string(), 1)]);
+    assert!(more);
+    let (p2, more) = page("bob", 2);
+    assert_eq!(p2, vec![("carol".to_string(), 1)]);
+    assert!(!more);
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupCreate(pb::GroupCreate {
+                group_id: "team".into(),
+                ..Default::default()
+            })
+        ),
+        pb::ErrorCode::AlreadyExists
+    );
+    let generated = w.create_group("bob", "", &[]);
+    assert!(!generated.group_id.is_empty());
+    assert_eq!(
+        w.group_info("bob", &generated.group_id).info.unwrap().owner,
+        "bob"
+    );
+    let Some(Body::GroupListResult(l)) =
+        w.ok("bob", Body::GroupList(pb::GroupListRequest {})).reply
+    else {
+        panic!()
+    };
+    let mut ids: Vec<String> = l.groups.into_iter().map(|g| g.group_id).collect();
+    ids.sort();
+    let mut want = vec![generated.group_id.clone(), "team".to_string()];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupInfo(pb::GroupInfoRequest {
+                group_id: "nope".into()
+            })
+        ),
+        pb::ErrorCode::NotFound
+    );
+}
+
+pub fn group_send_reaches_every_member(f: Fixture) {
+    // Proves a group message is delivered to every member (sender included,
+    // for their other devices) and is in every member's sync.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let out = w.ok("bob", send_body("g1", To::Group("team"), "hi all"));
+    let d = deliveries(&out.effects);
+    assert_eq!(d[0].1, strings(&["alice", "bob", "carol"]));
+    assert_eq!(ack(&out).seq, 3, "after created and joined");
+    for u in ["alice", "bob", "carol"] {
+        assert_eq!(texts(&w.sync_all(u)), ["hi all"]);
+    }
+}
+
+pub fn group_join_follows_the_policy(f: Fixture) {
+    // Proves joining: open groups let anyone in (joined entry, event), an
+    // approval group files a request the admins see and decide on, an
+    // invite-only group refuses joins.
+    let w = World::new(f);
+    w.create_group_with("alice", "open", &[], pb::JoinPolicy::Open, false);
+    let out = w.ok(
+        "bob",
+        Body::GroupJoin(pb::GroupJoin {
+            group_id: "open".into(),
+            message: String::new(),
+        }),
+    );
+    assert!(ok_seq(&out) > 0);
+    assert_eq!(
+        events(&out.effects)[0],
+        (
+            "bob".to_string(),
+            pb::server_event::Kind::GroupJoined("open".into())
+        )
+    );
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupJoin(pb::GroupJoin {
+                group_id: "open".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::AlreadyExists
+    );
+    w.create_group_with("alice", "club", &["carol"], pb::JoinPolicy::Approval, false);
+    w.ok("alice", role_body("club", "carol", pb::GroupRole::Admin));
+    let out = w.ok(
+        "dave",
+        Body::GroupJoin(pb::GroupJoin {
+            group_id: "club".into(),
+            message: "let me in".into(),
+        }),
+    );
+    let mut told: Vec<String> = events(&out.effects).into_iter().map(|(u, _)| u).collect();
+    told.sort();
+    assert_eq!(
+        told,
+        strings(&["alice", "carol"]),
+        "the owner and admins are asked"
+    );
+    assert!(w.store().group_member("club", "dave").unwrap().is_none());
+    assert_eq!(
+        w.err(
+            "dave",
+            Body::GroupJoin(pb::GroupJoin {
+                group_id: "club".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::AlreadyExists
+    );
+    let decide = |u: &str, approve| {
+        Body::GroupJoinDecision(pb::GroupJoinDecision {
+            group_id: "club".into(),
+            user_id: u.into(),
+            approve,
+        })
+    };
+    w.ok(
+        "erin",
+        Body::GroupJoin(pb::GroupJoin {
+            group_id: "club".into(),
+            message: String::new(),
+        }),
+    );
+    assert_eq!(
+        w.err("erin", decide("dave", true)),
+        pb::ErrorCode::NotMember
+    );
+    w.ok("carol", decide("dave", true));
+    assert!(w.store().group_member("club", "dave").unwrap().is_some());
+    w.ok("alice", decide("erin", false));
+    assert!(w.store().group_member("club", "erin").unwrap().is_none());
+    assert_eq!(
+        w.err("alice", decide("erin", true)),
+        pb::ErrorCode::NotFound
+    );
+    w.create_group_with("alice", "vip", &[], pb::JoinPolicy::InviteOnly, false);
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupJoin(pb::GroupJoin {
+                group_id: "vip".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupJoin(pb::GroupJoin {
+                group_id: "nope".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::NotFound
+    );
+}
+
+pub fn group_invite_rules(f: Fixture) {
+    // Proves inviting: admins invite anywhere, members only into open
+    // groups, non-members never; existing members are skipped; the group
+    // size limit holds.
+    let w = World::with_config(
+        f,
+        Config {
+            group_members_max: 4,
+            ..Config::default()
+        },
+    );
+    w.create_group_with("alice", "vip", &["bob"], pb::JoinPolicy::InviteOnly, false);
+    let invite = |g: &str, users: &[&str]| {
+        Body::GroupInvite(pb::GroupInvite {
+            group_id: g.into(),
+            user_ids: strings(users),
+        })
+    };
+    assert_eq!(
+        w.err("bob", invite("vip", &["carol"])),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        w.err("zed", invite("vip", &["carol"])),
+        pb::ErrorCode::NotMember
+    );
+    let out = w.ok("alice", invite("vip", &["carol", "bob"]));
+    let d = deliveries(&out.effects);
+    assert!(
+        matches!(group_event(&d[0].0), Some(pb::group_event::Kind::Joined(m)) if m.user_ids == strings(&["carol"]))
+    );
+    assert_eq!(
+        w.err("alice", invite("vip", &["bob"])),
+        pb::ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        w.err("alice", invite("vip", &["d1", "d2"])),
+        pb::ErrorCode::LimitReached
+    );
+    w.create_group_with("alice", "open", &["bob"], pb::JoinPolicy::Open, false);
+    w.ok("bob", invite("open", &["carol"]));
+    assert_eq!(w.group_info("carol", "open").info.unwrap().member_count, 3);
+    assert_eq!(
+        w.err("alice", invite("open", &[])),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+pub fn group_kick_rules(f: Fixture) {
+    // Proves kicking: only admins and the owner kick (non-admin kick is
+    // PERMISSION_DENIED), nobody kicks the owner, admins do not kick admins,
+    // the owner kicks admins; the kicked user gets the entry and an event.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol", "dave"]);
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    w.ok("alice", role_body("team", "dave", pb::GroupRole::Admin));
+    let denied = pb::ErrorCode::PermissionDenied;
+    assert_eq!(
+        w.err("bob", kick_body("team", "carol")),
+        denied,
+        "member kicks"
+    );
+    assert_eq!(
+        w.err("carol", kick_body("team", "alice")),
+        denied,
+        "kick the owner"
+    );
+    assert_eq!(
+        w.err("carol", kick_body("team", "dave")),
+        denied,
+        "admin kicks admin"
+    );
+    assert_eq!(
+        w.err("carol", kick_body("team", "zed")),
+        pb::ErrorCode::NotFound
+    );
+    assert_eq!(
+        w.err("zed", kick_body("team", "bob")),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(
+        w.err("alice", kick_body("team", "alice")),
+        pb::ErrorCode::InvalidArgument
+    );
+    let out = w.ok("carol", kick_body("team", "bob"));
+    let d = deliveries(&out.effects);
+    assert!(
+        d[0].1.contains(&"bob".to_string()),
+        "the kicked user learns it"
+    );
+    assert!(
+        matches!(group_event(&d[0].0), Some(pb::group_event::Kind::Kicked(m)) if m.user_ids == strings(&["bob"]))
+    );
+    assert_eq!(
+        events(&out.effects),
+        vec![(
+            "bob".to_string(),
+            pb::server_event::Kind::GroupLeft("team".into())
+        )]
+    );
+    w.ok("alice", kick_body("team", "dave"));
+    assert_eq!(w.group_info("alice", "team").info.unwrap().member_count, 2);
+}
+
+pub fn group_leave_rules(f: Fixture) {
+    // Proves a member leaves (left entry, event) and the owner cannot leave
+    // without handing over ownership.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let out = w.ok(
+        "bob",
+        Body::GroupLeave(pb::GroupLeave {
+            group_id: "team".into(),
+        }),
+    );
+    assert!(matches!(
+        group_event(&deliveries(&out.effects)[0].0),
+        Some(pb::group_event::Kind::Left(_))
+    ));
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupLeave(pb::GroupLeave {
+                group_id: "team".into()
+            })
+        ),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::GroupLeave(pb::GroupLeave {
+                group_id: "team".into()
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn departed_members_cannot_read_after_leaving(f: Fixture) {
+    // Proves a kicked (or departed) member keeps what they saw up to and
+    // including their removal, and reads nothing after: not in history, not
+    // in sync, not as a push; they cannot send; the group leaves their list.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    w.send_group("alice", "team", "before");
+    let kick_seq = ok_seq(&w.ok("alice", kick_body("team", "bob")));
+    let out = w.ok("alice", send_body("after1", To::Group("team"), "after"));
+    assert!(!deliveries(&out.effects)[0].1.contains(&"bob".to_string()));
+    w.ok(
+        "carol",
+        Body::GroupLeave(pb::GroupLeave {
+            group_id: "team".into(),
+        }),
+    );
+    w.send_group("alice", "team", "after carol");
+    let h = w.history("bob", G);
+    assert_eq!(texts(&h), ["before"]);
+    assert_eq!(h.last().unwrap().seq, kick_seq);
+    let s = w.sync_all("bob");
+    assert_eq!(texts(&s), ["before"]);
+    assert_eq!(texts(&w.history("carol", G)), ["before", "after"]);
+    assert_eq!(
+        w.err("bob", send_body("x", To::Group("team"), "let me")),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::Read(pb::ReadRequest {
+                conversation_id: G.into(),
+                up_to_seq: 1
+            })
+        ),
+        pb::ErrorCode::NotMember
+    );
+    let Some(Body::GroupListResult(l)) =
+        w.ok("bob", Body::GroupList(pb::GroupListRequest {})).reply
+    else {
+        panic!()
+    };
+    assert!(l.groups.is_empty());
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupMembers(pb::GroupMembersRequest {
+                group_id: "team".into(),
+                ..Default::default()
+            })
+        ),
+        pb::ErrorCode::NotMember
+    );
+}
+
+pub fn new_members_see_history_only_if_allowed(f: Fixture) {
+    // Proves a member who joins later sees the log from their join on,
+    // unless the group shows history; rejoining after a kick starts again.
+    let w = World::new(f);
+    w.create_group_with("alice", "closed", &[], pb::JoinPolicy::Open, false);
+    w.send_group("alice", "closed", "old");
+    w.ok(
+        "bob",
+        Body::GroupJoin(pb::GroupJoin {
+            group_id: "closed".into(),
+            message: String::new(),
+        }),
+    );
+    w.send_group("alice", "closed", "new");
+    assert_eq!(texts(&w.history("bob", "g:closed")), ["new"]);
+    assert_eq!(texts(&w.sync_all("bob")), ["new"]);
+    assert_eq!(
+        w.summary("bob", "g:closed").unread,
+        1,
+        "history before joining is not unread"
+    );
+    w.create_group_with("alice", "public", &[], pb::JoinPolicy::Open, true);
+    w.send_group("alice", "public", "old");
+    w.ok(
+        "bob",
+        Body::GroupJoin(pb::GroupJoin {
+            group_id: "public".into(),
+            message: String::new(),
+        }),
+    );
+    assert_eq!(texts(&w.history("bob", "g:public")), ["old"]);
+    w.ok("alice", kick_body("closed", "bob"));
+    w.send_group("alice", "closed", "while away");
+    w.ok(
+        "bob",
+        Body::GroupJoin(pb::GroupJoin {
+            group_id: "closed".into(),
+            message: String::new(),
+        }),
+    );
+    w.send_group("alice", "closed", "back");
+    assert_eq!(texts(&w.history("bob", "g:closed")), ["back"]);
+}
+
+pub fn non_members_cannot_read_or_write(f: Fixture) {
+    // Proves a user who never was a member cannot read a group's history,
+    // members, or read-by, cannot send, read, recall or type there, and gets
+    // nothing of it in sync; nor can a third user read a 1:1 chat.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    w.send_group("alice", "team", "secret");
+    w.send_dm("alice", "bob", "private");
+    let nm = pb::ErrorCode::NotMember;
+    let hist = |c: &str| {
+        Body::History(pb::HistoryRequest {
+            conversation_id: c.into(),
+            before_seq: 0,
+            limit: 0,
+        })
+    };
+    assert_eq!(w.err("eve", hist(G)), nm);
+    assert_eq!(w.err("eve", hist(AB)), nm);
+    assert_eq!(w.err("eve", send_body("e1", To::Group("team"), "hi")), nm);
+    assert_eq!(
+        w.err(
+            "eve",
+            Body::Read(pb::ReadRequest {
+                conversation_id: G.into(),
+                up_to_seq: 1
+            })
+        ),
+        nm
+    );
+    assert_eq!(
+        w.err(
+            "eve",
+            Body::Recall(pb::RecallRequest {
+                conversation_id: AB.into(),
+                seq: 1
+            })
+        ),
+        nm
+    );
+    assert_eq!(
+        w.err(
+            "eve",
+            Body::Typing(pb::TypingRequest {
+                conversation_id: G.into(),
+                typing: true
+            })
+        ),
+        nm
+    );
+    assert_eq!(
+        w.err(
+            "eve",
+            Body::GroupMembers(pb::GroupMembersRequest {
+                group_id: "team".into(),
+                ..Default::default()
+            })
+        ),
+        nm
+    );
+    assert!(w.sync_all("eve").is_empty());
+    let stranger_cursor = pb::Cursor {
+        conversation_id: G.into(),
+        seq: 0,
+    };
+    assert!(w.sync("eve", &[stranger_cursor], 0).entries.is_empty());
+}
+
+pub fn group_dissolve_rules(f: Fixture) {
+    // Proves only the owner dissolves; afterwards every action on the group
+    // is GROUP_DISSOLVED, members get the entry and a group_left event, and
+    // info still says it is dissolved.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    let diss = Body::GroupDissolve(pb::GroupDissolve {
+        group_id: "team".into(),
+    });
+    assert_eq!(w.err("bob", diss.clone()), pb::ErrorCode::PermissionDenied);
+    assert_eq!(
+        w.err("carol", diss.clone()),
+        pb::ErrorCode::PermissionDenied
+    );
+    let out = w.ok("alice", diss.clone());
+    let d = deliveries(&out.effects);
+    assert_eq!(d[0].1, strings(&["alice", "bob", "carol"]));
+    assert!(matches!(
+        group_event(&d[0].0),
+        Some(pb::group_event::Kind::Dissolved(true))
+    ));
+    assert_eq!(events(&out.effects).len(), 3);
+    let gone = pb::ErrorCode::GroupDissolved;
+    assert_eq!(w.err("alice", diss), gone);
+    assert_eq!(
+        w.err("bob", send_body("d1", To::Group("team"), "hello?")),
+        gone
+    );
+    assert_eq!(w.err("alice", kick_body("team", "bob")), gone);
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::GroupRename(pb::GroupRename {
+                group_id: "team".into(),
+                name: "x".into()
+            })
+        ),
+        gone
+    );
+    assert_eq!(
+        w.err(
+            "dave",
+            Body::GroupJoin(pb::GroupJoin {
+                group_id: "team".into(),
+                message: String::new()
+            })
+        ),
+        gone
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::GroupInvite(pb::GroupInvite {
+                group_id: "team".into(),
+                user_ids: strings(&["dave"])
+            })
+        ),
+        gone
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::Read(pb::ReadRequest {
+                conversation_id: G.into(),
+                up_to_seq: 1
+            })
+        ),
+        gone
+    );
+    assert!(w.group_info("bob", "team").info.unwrap().dissolved);
+    let h = w.history("bob", G);
+    assert!(matches!(
+        group_event(h.last().unwrap()),
+        Some(pb::group_event::Kind::Dissolved(true))
+    ));
+}
+
+pub fn group_rename_announce_and_policy_are_admin_only(f: Fixture) {
+    // Proves rename, announcement and policy changes need an admin or the
+    // owner, update the info, and are entries in the log members sync.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    let rename = Body::GroupRename(pb::GroupRename {
+        group_id: "team".into(),
+        name: "New".into(),
+    });
+    let announce = Body::GroupAnnounce(pb::GroupAnnounce {
+        group_id: "team".into(),
+        announcement: "Read me".into(),
+    });
+    let policy = Body::GroupSetPolicy(pb::GroupSetPolicy {
+        group_id: "team".into(),
+        join_policy: pb::JoinPolicy::InviteOnly as i32,
+        history_visible: true,
+    });
+    for b in [&rename, &announce, &policy] {
+        assert_eq!(w.err("bob", b.clone()), pb::ErrorCode::PermissionDenied);
+    }
+    w.ok("carol", rename);
+    w.ok("alice", announce);
+    w.ok("carol", policy);
+    let info = w.group_info("bob", "team").info.unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.announcement.as_str()),
+        ("New", "Read me")
+    );
+    assert_eq!(
+        (info.join_policy, info.history_visible),
+        (pb::JoinPolicy::InviteOnly as i32, true)
+    );
+    let kinds: Vec<pb::group_event::Kind> = w
+        .sync_all("bob")
+        .iter()
+        .filter_map(|e| group_event(e).cloned())
+        .collect();
+    assert!(kinds.contains(&pb::group_event::Kind::Renamed("New".into())));
+    assert!(kinds.contains(&pb::group_event::Kind::Announcement("Read me".into())));
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, pb::group_event::Kind::PolicyChanged(_)))
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::GroupSetPolicy(pb::GroupSetPolicy {
+                group_id: "team".into(),
+                join_policy: 9,
+                history_visible: false
+            })
+        ),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+pub fn group_nickname_and_remark(f: Fixture) {
+    // Proves a member sets their group nickname (an entry others see, and in
+    // the member list) and a private remark (in no log, shown only to them).
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let out = w.ok(
+        "bob",
+        Body::GroupSetNickname(pb::GroupSetNickname {
+            group_id: "team".into(),
+            nickname: "Bobster".into(),
+        }),
+    );
+    assert!(
+        matches!(group_event(&deliveries(&out.effects)[0].0), Some(pb::group_event::Kind::NicknameChanged(n)) if n.nickname == "Bobster")
+    );
+    let head = w.store().heads(&[G]).unwrap()[0].seq;
+    let out = w.ok(
+        "bob",
+        Body::GroupSetRemark(pb::GroupSetRemark {
+            group_id: "team".into(),
+            remark: "work stuff".into(),
+        }),
+    );
+    assert!(out.effects.is_empty());
+    assert_eq!(
+        w.store().heads(&[G]).unwrap()[0].seq,
+        head,
+        "a remark is not in the log"
+    );
+    assert_eq!(w.group_info("bob", "team").me.unwrap().remark, "work stuff");
+    let seen_by_alice = w.members("alice", "team");
+    let bob = seen_by_alice.iter().find(|m| m.user_id == "bob").unwrap();
+    assert_eq!(
+        (bob.nickname.as_str(), bob.remark.as_str()),
+        ("Bobster", "")
+    );
+    let seen_by_bob = w.members("bob", "team");
+    assert_eq!(
+        seen_by_bob
+            .iter()
+            .find(|m| m.user_id == "bob")
+            .unwrap()
+            .remark,
+        "work stuff"
+    );
+    assert_eq!(
+        w.err(
+            "carol",
+            Body::GroupSetNickname(pb::GroupSetNickname {
+                group_id: "team".into(),
+                nickname: "x".into()
+            })
+        ),
+        pb::ErrorCode::NotMember
+    );
+}
+
+pub fn group_roles_and_ownership_transfer(f: Fixture) {
+    // Proves only the owner sets roles (self-promotion by a member or admin
+    // is refused), roles show in the member list, and handing over
+    // ownership makes the old owner an admin, with entries for both.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let denied = pb::ErrorCode::PermissionDenied;
+    assert_eq!(
+        w.err("bob", role_body("team", "bob", pb::GroupRole::Admin)),
+        denied,
+        "self-promotion"
+    );
+    w.ok("alice", role_body("team", "bob", pb::GroupRole::Admin));
+    assert_eq!(
+        w.err("bob", role_body("team", "bob", pb::GroupRole::Owner)),
+        denied,
+        "admin self-promotion"
+    );
+    assert_eq!(
+        w.err("bob", role_body("team", "carol", pb::GroupRole::Admin)),
+        denied,
+        "admin sets roles"
+    );
+    assert_eq!(
+        w.err("alice", role_body("team", "alice", pb::GroupRole::Member)),
+        pb::ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        w.err("alice", role_body("team", "zed", pb::GroupRole::Admin)),
+        pb::ErrorCode::NotFound
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            role_body("team", "bob", pb::GroupRole::Unspecified)
+        ),
+        pb::ErrorCode::InvalidArgument
+    );
+    let out = w.ok("alice", role_body("team", "carol", pb::GroupRole::Owner));
+    assert_eq!(deliveries(&out.effects).len(), 2);
+    let info = w.group_info("alice", "team");
+    assert_eq!(info.info.unwrap().owner, "carol");
+    assert_eq!(info.me.unwrap().role, pb::GroupRole::Admin as i32);
+    let roles: Vec<(String, i32)> = w
+        .members("bob", "team")
+        .into_iter()
+        .map(|m| (m.user_id, m.role))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![("alice".into(), 2), ("bob".into(), 2), ("carol".into(), 3)]
+    );
+    // The new owner can now demote the old one, who can no longer set roles.
+    w.ok("carol", role_body("team", "alice", pb::GroupRole::Member));
+    assert_eq!(
+        w.err("alice", role_body("team", "bob", pb::GroupRole::Member)),
+        denied
+    );
+    w.ok(
+        "alice",
+        Body::GroupLeave(pb::GroupLeave {
+            group_id: "team".into(),
+        }),
+    );
+}
+
+pub fn group_mute_member_and_all(f: Fixture) {
+    // Proves muting: admins mute a member for a duration (MUTED until it
+    // ends), mute-all silences members but not admins, members cannot mute,
+    // admins cannot mute the owner; all are log entries.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    let mute = |user: &str, ms| {
+        Body::GroupMute(pb::GroupMute {
+            group_id: "team".into(),
+            user_id: user.into(),
+            duration_ms: ms,
+        })
+    };
+    assert_eq!(
+        w.err("bob", mute("carol", 60_000)),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        w.err("carol", mute("alice", 60_000)),
+        pb::ErrorCode::PermissionDenied
+    );
+    let out = w.ok("carol", mute("bob", 60_000));
+    assert!(
+        matches!(group_event(&deliveries(&out.effects)[0].0), Some(pb::group_event::Kind::MuteChanged(m)) if m.user_id == "bob" && m.muted_until_ms > 0)
+    );
+    assert_eq!(
+        w.err("bob", send_body("mu1", To::Group("team"), "hi")),
+        pb::ErrorCode::Muted
+    );
+    w.advance(60_001);
+    w.send_group("bob", "team", "free again");
+    w.ok("carol", mute("bob", 60_000));
+    w.ok("carol", mute("bob", 0));
+    w.send_group("bob", "team", "unmuted");
+    w.ok("alice", mute("", 1));
+    assert!(w.group_info("bob", "team").info.unwrap().muted_all);
+    assert_eq!(
+        w.err("bob", send_body("mu2", To::Group("team"), "hi")),
+        pb::ErrorCode::Muted
+    );
+    w.send_group("carol", "team", "admins still speak");
+    w.ok("alice", mute("", 0));
+    w.send_group("bob", "team", "everyone again");
+}
+
+pub fn group_changes_sync_to_member_devices(f: Fixture) {
+    // Proves every group change is an entry in the group's log, in order,
+    // so a member's device that syncs later sees the same sequence of
+    // changes as one that got the pushes.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    w.ok(
+        "alice",
+        Body::GroupInvite(pb::GroupInvite {
+            group_id: "team".into(),
+            user_ids: strings(&["carol"]),
+        }),
+    );
+    w.ok(
+        "alice",
+        Body::GroupRename(pb::GroupRename {
+            group_id: "team".into(),
+            name: "T2".into(),
+        }),
+    );
+    w.ok("alice", role_body("team", "bob", pb::GroupRole::Admin));
+    w.ok("bob", kick_body("team", "carol"));
+    let kinds: Vec<&'static str> = w
+        .sync_all("bob")
+        .iter()
+        .map(|e| match group_event(e) {
+            Some(pb::group_event::Kind::Created(_)) => "created",
+            Some(pb::group_event::Kind::Joined(_)) => "joined",
+            Some(pb::group_event::Kind::Renamed(_)) => "renamed",
+            Some(pb::group_event::Kind::RoleChanged(_)) => "role",
+            Some(pb::group_event::Kind::Kicked(_)) => "kicked",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["created", "joined", "joined", "renamed", "role", "kicked"]
+    );
+    let seqs: Vec<u64> = w.sync_all("alice").iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+}
+
+pub fn group_size_limit(f: Fixture) {
+    // Proves group_members_max bounds creation and joins (LIMIT_REACHED).
+    let w = World::with_config(
+        f,
+        Config {
+            group_members_max: 3,
+            ..Config::default()
+        },
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::GroupCreate(pb::GroupCreate {
+                group_id: "big".into(),
+                members: strings(&["b", "c", "d"]),
+                ..Default::default()
+            })
+        ),
+        pb::ErrorCode::LimitReached
+    );
+    w.create_group("alice", "team", &["bob", "carol"]);
+    assert_eq!(
+        w.err(
+            "dave",
+            Body::GroupJoin(pb::GroupJoin {
+                group_id: "team".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::LimitReached
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Typing and presence
+// ---------------------------------------------------------------------------
+
+pub fn typing_is_pushed_expires_and_is_not_stored(f: Fixture) {
+    // Proves typing goes to the other participants only, is not answered,
+    // is not in any log, and expires: poll_expired emits typing = false after
+    // typing_expiry_ms unless repeated.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let head = w.store().heads(&[G]).unwrap()[0].seq;
+    let out = w.call(
+        "bob",
+        Body::Typing(pb::TypingRequest {
+            conversation_id: G.into(),
+            typing: true,
+        }),
+    );
+    assert_eq!(out.reply, None);
+    let Effect::Typing { recipients, event } = &out.effects[0] else {
+        panic!()
+    };
+    let mut r = recipients.to_vec();
+    r.sort();
+    assert_eq!(r, strings(&["alice", "carol"]));
+    assert!(event.typing && event.user_id == "bob");
+    assert_eq!(
+        w.store().heads(&[G]).unwrap()[0].seq,
+        head,
+        "not stored in the log"
+    );
+    let expiry = w.domain.config().typing_expiry_ms;
+    w.advance(expiry - 100);
+    assert!(w.domain.poll_expired(w.now()).is_empty());
+    w.call(
+        "bob",
+        Body::Typing(pb::TypingRequest {
+            conversation_id: G.into(),
+            typing: true,
+        }),
+    );
+    w.advance(expiry - 100);
+    assert!(
+        w.domain.poll_expired(w.now()).is_empty(),
+        "repeating keeps it alive"
+    );
+    w.advance(200);
+    let expired = w.domain.poll_expired(w.now());
+    assert_eq!(expired.len(), 1);
+    assert!(
+        matches!(&expired[0], Effect::Typing { event, .. } if !event.typing && event.user_id == "bob")
+    );
+    assert!(w.domain.poll_expired(w.now() + expiry).is_empty());
+    w.call(
+        "alice",
+        Body::Typing(pb::TypingRequest {
+            conversation_id: AB.into(),
+            typing: true,
+        }),
+    );
+    let out = w.call(
+        "alice",
+        Body::Typing(pb::TypingRequest {
+            conversation_id: AB.into(),
+            typing: false,
+        }),
+    );
+    assert!(
+        matches!(&out.effects[0], Effect::Typing { recipients, event } if !event.typing && recipients.to_vec() == strings(&["bob"]))
+    );
+    assert!(
+        w.domain.poll_expired(w.now() + expiry).is_empty(),
+        "stopped explicitly"
+    );
+}
+
+pub fn presence_set_query_and_expiry(f: Fixture) {
+    // Proves presence: setting it pushes to friends and shows in queries
+    // with its text; it reads as offline (with last seen) after expiry or
+    // when set offline; users who blocked you look offline with no last seen.
+    let w = World::new(f);
+    w.befriend("alice", "bob");
+    let out = w.ok(
+        "alice",
+        Body::SetPresence(pb::SetPresenceRequest {
+            state: pb::PresenceState::Busy as i32,
+            text: "in a meeting".into(),
+        }),
+    );
+    let Effect::Presence { recipients, event } = &out.effects[0] else {
+        panic!()
+    };
+    assert_eq!(recipients.to_vec(), strings(&["bob"]));
+    assert_eq!(
+        event.presence.as_ref().unwrap().state,
+        pb::PresenceState::Busy as i32
+    );
+    let set_at = w.now() - 1;
+    let query = |who: &str| {
+        let Some(Body::PresenceResult(r)) = w
+            .ok(
+                who,
+                Body::PresenceQuery(pb::PresenceQuery {
+                    user_ids: strings(&["alice", "nobody"]),
+                }),
+            )
+            .reply
+        else {
+            panic!()
+        };
+        r.presences
+    };
+    let p = query("bob");
+    assert_eq!(
+        (p[0].state, p[0].text.as_str()),
+        (pb::PresenceState::Busy as i32, "in a meeting")
+    );
+    assert_eq!(
+        (p[1].state, p[1].last_seen_ms),
+        (pb::PresenceState::Offline as i32, 0)
+    );
+    w.ok(
+        "alice",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "carol".into(),
+            blocked: true,
+        }),
+    );
+    let p = query("carol");
+    assert_eq!(
+        (p[0].state, p[0].last_seen_ms),
+        (pb::PresenceState::Offline as i32, 0)
+    );
+    w.advance(w.domain.config().presence_expiry_ms + 1);
+    let p = query("bob");
+    assert_eq!(
+        (p[0].state, p[0].last_seen_ms),
+        (pb::PresenceState::Offline as i32, set_at)
+    );
+    w.ok(
+        "alice",
+        Body::SetPresence(pb::SetPresenceRequest {
+            state: pb::PresenceState::Online as i32,
+            text: String::new(),
+        }),
+    );
+    assert_eq!(query("bob")[0].state, pb::PresenceState::Online as i32);
+    w.ok(
+        "alice",
+        Body::SetPresence(pb::SetPresenceRequest {
+            state: pb::PresenceState::Offline as i32,
+            text: String::new(),
+        }),
+    );
+    assert_eq!(query("bob")[0].state, pb::PresenceState::Offline as i32);
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::SetPresence(pb::SetPresenceRequest {
+                state: 0,
+                text: String::new()
+            })
+        ),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The list
+// ---------------------------------------------------------------------------
+
+/// Expands to one `#[test]` per conformance case, each on a fresh store
+/// from `$make` (a `fn() -> conformance::Fixture`).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:path) => {
+        $crate::conformance_tests!(@cases $make;
+            store_append_assigns_consecutive_seqs_per_conversation,
+            store_dedup_within_and_across_batches_until_expiry,
+            store_refused_item_writes_nothing_and_others_proceed,
+            store_recall_effect_rewrites_once,
+            store_read_effect_moves_forward_only,
+            store_group_change_is_compare_and_set,
+            store_social_records,
+            store_presence_records,
+            send_direct_stores_and_delivers,
+            send_with_reply_and_mentions_is_stored,
+            send_dedup_returns_original,
+            send_batch_fails_bad_items_alone,
+            send_validation_refuses_bad_input,
+            history_pages_backwards,
+            sync_returns_exactly_what_is_missing,
+            sync_reaches_every_device_of_the_sender,
+            unread_counts_messages_of_others_after_the_cursor,
+            conversation_list_orders_by_activity,
+            read_receipt_moves_cursor_and_reaches_the_peer,
+            read_by_counts_group_readers,
+            recall_own_message_within_window,
+            recall_after_window_is_refused,
+            recall_of_someone_elses_message_is_refused,
+            admins_recall_members_messages_any_time,
+            mentions_flag_the_mentioned,
+            friend_request_accept_list_delete,
+            friend_reject_and_mutual_request,
+            profile_and_remark,
+            blocked_users_cannot_message,
+            friends_only_policy,
+            group_create_info_and_members,
+            group_send_reaches_every_member,
+            group_join_follows_the_policy,
+            group_invite_rules,
+            group_kick_rules,
+            group_leave_rules,
+            departed_members_cannot_read_after_leaving,
+            new_members_see_history_only_if_allowed,
+            non_members_cannot_read_or_write,
+            group_dissolve_rules,
+            group_rename_announce_and_policy_are_admin_only,
+            group_nickname_and_remark,
+            group_roles_and_ownership_transfer,
+            group_mute_member_and_all,
+            group_changes_sync_to_member_devices,
+            group_size_limit,
+            typing_is_pushed_expires_and_is_not_stored,
+            presence_set_query_and_expiry,
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                crate::conformance::$case($make());
+            }
+        )*
+    };
+}
