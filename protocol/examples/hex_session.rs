@@ -212,9 +212,11 @@ fn session() -> Vec<(&'static str, pb::Frame)> {
             ),
         ),
         (
+            // A deliver_ack needs no request id; one is set so that an error
+            // about it (there is none here) could be matched to it.
             "bob/laptop -> server (not answered)",
             frame(
-                0,
+                2,
                 Body::DeliverAck(pb::DeliverAck {
                     cursors: vec![pb::Cursor {
                         conversation_id: conversation.into(),
