@@ -72,7 +72,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("algorithms", &self.validation.algorithms).finish()
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
     }
 }
 
@@ -84,7 +86,10 @@ impl Verifier {
                 if cfg.jwt_secret.is_empty() {
                     return Err(KeyError::NoSecret);
                 }
-                (Algorithm::HS256, DecodingKey::from_secret(cfg.jwt_secret.as_bytes()))
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(cfg.jwt_secret.as_bytes()),
+                )
             }
             "RS256" => {
                 let pem = read_key(cfg, "RS256")?;
@@ -131,7 +136,10 @@ impl Verifier {
 }
 
 fn read_key(cfg: &AuthConfig, alg: &'static str) -> Result<Vec<u8>, KeyError> {
-    let path = cfg.public_key_file.as_ref().ok_or(KeyError::PublicKey(alg, "not set".into()))?;
+    let path = cfg
+        .public_key_file
+        .as_ref()
+        .ok_or(KeyError::PublicKey(alg, "not set".into()))?;
     std::fs::read(path).map_err(|e| KeyError::PublicKey(alg, format!("{}: {e}", path.display())))
 }
 
@@ -144,9 +152,17 @@ pub fn mint_hs256(
     audience: Option<&str>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let now = jsonwebtoken::get_current_timestamp();
-    let claims =
-        Claims { sub: user.into(), exp: now + ttl_secs, nbf: None, aud: audience.map(Into::into) };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+    let claims = Claims {
+        sub: user.into(),
+        exp: now + ttl_secs,
+        nbf: None,
+        aud: audience.map(Into::into),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 #[cfg(test)]
@@ -154,7 +170,10 @@ mod tests {
     use super::*;
 
     fn hs(secret: &str) -> AuthConfig {
-        AuthConfig { jwt_secret: secret.into(), ..AuthConfig::default() }
+        AuthConfig {
+            jwt_secret: secret.into(),
+            ..AuthConfig::default()
+        }
     }
 
     /// A minted token verifies to its user; wrong secret, expiry, a bad
@@ -169,7 +188,12 @@ mod tests {
         assert_eq!(v.verify(&wrong).unwrap_err().code(), ErrorCode::AuthFailed);
 
         let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims { sub: "alice".into(), exp: now - 3600, nbf: None, aud: None };
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: now - 3600,
+            nbf: None,
+            aud: None,
+        };
         let key = EncodingKey::from_secret(b"s3cret");
         let old = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
         assert_eq!(v.verify(&old).unwrap_err().code(), ErrorCode::TokenExpired);
@@ -179,7 +203,12 @@ mod tests {
 
         let hs384 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS384),
-            &Claims { sub: "alice".into(), exp: now + 60, nbf: None, aud: None },
+            &Claims {
+                sub: "alice".into(),
+                exp: now + 60,
+                nbf: None,
+                aud: None,
+            },
             &key,
         )
         .unwrap();
@@ -190,10 +219,23 @@ mod tests {
     /// With an audience configured, tokens without it or for another one fail.
     #[test]
     fn audience_is_checked_when_configured() {
-        let v = Verifier::new(&AuthConfig { audience: Some("app".into()), ..hs("k") }).unwrap();
-        assert!(v.verify(&mint_hs256("k", "bob", 60, Some("app")).unwrap()).is_ok());
-        assert!(v.verify(&mint_hs256("k", "bob", 60, Some("other")).unwrap()).is_err());
-        assert!(v.verify(&mint_hs256("k", "bob", 60, None).unwrap()).is_err());
+        let v = Verifier::new(&AuthConfig {
+            audience: Some("app".into()),
+            ..hs("k")
+        })
+        .unwrap();
+        assert!(
+            v.verify(&mint_hs256("k", "bob", 60, Some("app")).unwrap())
+                .is_ok()
+        );
+        assert!(
+            v.verify(&mint_hs256("k", "bob", 60, Some("other")).unwrap())
+                .is_err()
+        );
+        assert!(
+            v.verify(&mint_hs256("k", "bob", 60, None).unwrap())
+                .is_err()
+        );
         assert!(matches!(Verifier::new(&hs("")), Err(KeyError::NoSecret)));
     }
 }

@@ -9,7 +9,10 @@
 //! item per shard, not 10,000.
 
 use std::{
-    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -57,15 +60,15 @@ pub enum Effect {
     Deliver {
         /// The entry as stored.
         entry: pb::Entry,
-        /// User ids.
-        recipients: Vec<String>,
+        /// User ids (shared: a group's member list is reused per message).
+        recipients: Arc<[String]>,
         /// `(user, device)` that caused it.
         origin: Option<(String, String)>,
     },
     /// An ephemeral push (typing, presence, server event) to `recipients`.
     Push {
         /// User ids.
-        recipients: Vec<String>,
+        recipients: Arc<[String]>,
         /// The frame body to push (request id 0).
         body: Body,
     },
@@ -148,14 +151,21 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             calls.push((r.caller.clone(), body));
         }
         let answers = service.handle_batch(unix_ms(), &calls);
-        w.metrics.batch_latency.observe_us(started.elapsed().as_micros() as u64);
+        w.metrics
+            .batch_latency
+            .observe_us(started.elapsed().as_micros() as u64);
         w.metrics.batches.fetch_add(1, Ordering::Relaxed);
-        w.metrics.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        w.metrics
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         debug_assert_eq!(answers.len(), batch.len(), "one answer per request");
         for (req, answer) in batch.drain(..).zip(answers) {
             if let Some(reply) = answer.reply {
                 let is_send_ack = matches!(reply, Body::SendAck(_));
-                let frame = pb::Frame { request_id: req.frame.request_id, body: Some(reply) };
+                let frame = pb::Frame {
+                    request_id: req.frame.request_id,
+                    body: Some(reply),
+                };
                 let msg = ShardMsg::Reply {
                     conn: req.from,
                     body: Bytes::from(frame.encode_to_vec()),
@@ -175,12 +185,18 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
 /// shard, the encoded frame shared.
 fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, effect: Effect) {
     match effect {
-        Effect::Deliver { entry, recipients, origin } => {
+        Effect::Deliver {
+            entry,
+            recipients,
+            origin,
+        } => {
             let cursors: Arc<[(ConvKey, u64)]> =
                 Arc::new([(ConvKey::of(&entry.conversation_id), entry.seq)]);
             let frame = pb::Frame {
                 request_id: 0,
-                body: Some(Body::Deliver(pb::Deliver { entries: vec![entry] })),
+                body: Some(Body::Deliver(pb::Deliver {
+                    entries: vec![entry],
+                })),
             };
             let body = Bytes::from(frame.encode_to_vec());
             for (shard, users) in by_shard(recipients, shards) {
@@ -194,24 +210,40 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, effect: Effect) {
             }
         }
         Effect::Push { recipients, body } => {
-            let frame = pb::Frame { request_id: 0, body: Some(body) };
+            let frame = pb::Frame {
+                request_id: 0,
+                body: Some(body),
+            };
             let body = Bytes::from(frame.encode_to_vec());
             for (shard, users) in by_shard(recipients, shards) {
-                send_blocking(&mut to_shards[shard], ShardMsg::Push { users, body: body.clone() });
+                send_blocking(
+                    &mut to_shards[shard],
+                    ShardMsg::Push {
+                        users,
+                        body: body.clone(),
+                    },
+                );
             }
         }
     }
 }
 
-fn by_shard(users: Vec<String>, shards: usize) -> Vec<(usize, Vec<String>)> {
+/// The recipients each shard owns. A single recipient list (the common
+/// 1:1 case, and every list on a one-shard node) is shared, not copied.
+fn by_shard(users: Arc<[String]>, shards: usize) -> Vec<(usize, Arc<[String]>)> {
     if shards == 1 {
         return vec![(0, users)];
     }
     let mut groups: Vec<Vec<String>> = (0..shards).map(|_| Vec::new()).collect();
-    for u in users {
-        groups[owner_shard(&u, shards)].push(u);
+    for u in users.iter() {
+        groups[owner_shard(u, shards)].push(u.clone());
     }
-    groups.into_iter().enumerate().filter(|(_, g)| !g.is_empty()).collect()
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(i, g)| (i, g.into()))
+        .collect()
 }
 
 /// A full shard ring back-pressures the worker: it waits for the shard

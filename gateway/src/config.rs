@@ -29,6 +29,8 @@ pub struct Config {
     pub session: SessionSettings,
     /// The backend: store and workers.
     pub backend: BackendSettings,
+    /// Chat policy.
+    pub chat: ChatSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
 }
@@ -135,6 +137,26 @@ pub struct BackendSettings {
     pub queue_entries_max: usize,
 }
 
+/// Chat policy (the backend's settings an operator usually changes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatSettings {
+    /// How long a sender may recall a message (group admins: any time).
+    /// Default 120000.
+    pub recall_window_ms: u64,
+    /// Whether users who are not friends may message each other. Default true.
+    pub allow_non_friend_messages: bool,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        Self {
+            recall_window_ms: 120_000,
+            allow_non_friend_messages: true,
+        }
+    }
+}
+
 /// Graceful shutdown on SIGTERM/SIGINT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -154,6 +176,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             session: SessionSettings::default(),
             backend: BackendSettings::default(),
+            chat: ChatSettings::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -224,7 +247,10 @@ impl Default for BackendSettings {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { deadline_ms: 30_000, kick_rate_per_shard: 10_000 }
+        Self {
+            deadline_ms: 30_000,
+            kick_rate_per_shard: 10_000,
+        }
     }
 }
 
@@ -260,9 +286,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
     }
 
     /// The effective config as TOML.
@@ -281,7 +312,12 @@ impl Config {
 
     /// Checks ranges and combinations that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |name, why: &str| Err(ConfigError::Invalid { name, why: why.into() });
+        let invalid = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.into(),
+            })
+        };
         let s = &self.session;
         if !(150..=300).contains(&s.heartbeat_timeout_factor_pct) {
             return invalid("session.heartbeat_timeout_factor_pct", "must be 150..=300");
@@ -293,7 +329,10 @@ impl Config {
             return invalid("session.frame_bytes_max", "must be 1 KiB..=16 MiB");
         }
         if s.outbox_frames_max == 0 || s.outbox_bytes_max < s.frame_bytes_max {
-            return invalid("session.outbox_bytes_max", "must hold at least one largest frame");
+            return invalid(
+                "session.outbox_bytes_max",
+                "must hold at least one largest frame",
+            );
         }
         if self.shards.read_buffer_bytes < 4096 {
             return invalid("shards.read_buffer_bytes", "must be at least 4096");

@@ -34,7 +34,9 @@ pub struct HttpServer {
 
 impl std::fmt::Debug for HttpServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpServer").field("addr", &self.addr).finish()
+        f.debug_struct("HttpServer")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -42,7 +44,10 @@ impl HttpServer {
     /// Binds `addr` and serves on a new thread.
     pub fn start(addr: SocketAddr, state: HttpState) -> std::io::Result<Self> {
         let server = Server::http(addr).map_err(std::io::Error::other)?;
-        let addr = server.server_addr().to_ip().ok_or_else(|| std::io::Error::other("not an IP listener"))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| std::io::Error::other("not an IP listener"))?;
         let server = Arc::new(server);
         let srv = server.clone();
         let thread = std::thread::Builder::new()
@@ -59,7 +64,9 @@ impl HttpServer {
                             .expect("static header"),
                         ),
                         "/healthz" => Response::from_string("ok\n"),
-                        "/readyz" if state.ready.load(Ordering::Relaxed) => Response::from_string("ready\n"),
+                        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+                            Response::from_string("ready\n")
+                        }
                         "/readyz" => Response::from_string("not ready\n").with_status_code(503),
                         _ => Response::from_string("not found\n").with_status_code(404),
                     };
@@ -67,7 +74,11 @@ impl HttpServer {
                     let _ = req.respond(resp);
                 }
             })?;
-        Ok(Self { server, thread: Some(thread), addr })
+        Ok(Self {
+            server,
+            thread: Some(thread),
+            addr,
+        })
     }
 }
 

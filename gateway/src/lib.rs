@@ -16,6 +16,8 @@ pub mod config;
 pub mod http;
 pub mod mailbox;
 pub mod metrics;
+pub mod server;
+pub mod service;
 pub mod shard;
 pub mod wheel;
 pub mod ws;

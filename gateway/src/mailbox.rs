@@ -43,12 +43,18 @@ impl Doorbell {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Arc::new(Self { sleeping: AtomicBool::new(false), wake: Wake::EventFd(fd) }))
+        Ok(Arc::new(Self {
+            sleeping: AtomicBool::new(false),
+            wake: Wake::EventFd(fd),
+        }))
     }
 
     /// A doorbell that unparks `thread` (for a backend worker).
     pub fn thread(thread: std::thread::Thread) -> Arc<Self> {
-        Arc::new(Self { sleeping: AtomicBool::new(false), wake: Wake::Thread(thread) })
+        Arc::new(Self {
+            sleeping: AtomicBool::new(false),
+            wake: Wake::Thread(thread),
+        })
     }
 
     /// The eventfd, for the shard that waits on it.
@@ -128,7 +134,9 @@ impl<T> Sender<T> {
 
     /// Pushes without waking (call [`Sender::flush`] after a batch).
     pub fn send_quiet(&mut self, item: T) -> Result<(), T> {
-        self.ring.push(item).map_err(|rtrb::PushError::Full(item)| item)
+        self.ring
+            .push(item)
+            .map_err(|rtrb::PushError::Full(item)| item)
     }
 
     /// Wakes the consumer after quiet sends.
@@ -173,12 +181,16 @@ mod tests {
             let (tx, mut rx) = channel::<u32>(4, bell.clone());
             tx_ready.send((tx, bell.clone())).unwrap();
             let mut got = Vec::new();
-            while got.len() < 100 {
+            loop {
                 while let Some(v) = rx.recv() {
                     got.push(v);
                 }
+                if got.len() == 100 {
+                    break;
+                }
                 bell.prepare_sleep();
                 if rx.is_empty() {
+                    // Without a wake-up this would hang the test.
                     std::thread::park();
                 }
                 bell.awake();

@@ -65,8 +65,10 @@ impl CloseReason {
 }
 
 /// Upper bounds (µs) of the latency histogram buckets.
-const LATENCY_BUCKETS_US: [u64; 14] =
-    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
+const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
 
 /// A fixed-bucket latency histogram made of atomics.
 #[derive(Debug, Default)]
@@ -78,7 +80,10 @@ pub struct LatencyHistogram {
 impl LatencyHistogram {
     /// Records one observation.
     pub fn observe_us(&self, us: u64) {
-        let i = LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BUCKETS_US.len());
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
     }
@@ -157,7 +162,9 @@ impl Metrics {
     /// Metrics for `shards` shards.
     pub fn new(shards: usize) -> Self {
         Self {
-            shards: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
+            shards: (0..shards)
+                .map(|_| Arc::new(ShardMetrics::default()))
+                .collect(),
             backend: Arc::new(BackendMetrics::default()),
         }
     }
@@ -196,21 +203,37 @@ fn histogram(
     for i in 0..=LATENCY_BUCKETS_US.len() {
         let n: u64 = hists.iter().map(|h| h.buckets[i].load(Relaxed)).sum();
         count += n;
-        let upper = LATENCY_BUCKETS_US.get(i).map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+        let upper = LATENCY_BUCKETS_US
+            .get(i)
+            .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
         buckets.push((upper, n));
     }
     for h in hists {
         sum_us += h.sum_us.load(Relaxed);
     }
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum_us as f64 / 1e6, count, &buckets, None)
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        sum_us as f64 / 1e6,
+        count,
+        &buckets,
+        None,
+    )
 }
 
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let s = |f: fn(&ShardMetrics) -> &AtomicU64| self.sum(|m| f(m).load(Relaxed));
-        let current: i64 = self.shards.iter().map(|m| m.connections.load(Relaxed)).sum();
-        gauge(&mut enc, "tern_connections", "Connections held now", current)?;
+        let current: i64 = self
+            .shards
+            .iter()
+            .map(|m| m.connections.load(Relaxed))
+            .sum();
+        gauge(
+            &mut enc,
+            "tern_connections",
+            "Connections held now",
+            current,
+        )?;
         for (i, m) in self.shards.iter().enumerate() {
             let mut d = enc.encode_descriptor(
                 "tern_shard_connections",
@@ -221,7 +244,12 @@ impl Collector for Metrics {
             let labels = [("shard", i.to_string())];
             ConstGauge::new(m.connections.load(Relaxed)).encode(d.encode_family(&labels)?)?;
         }
-        counter(&mut enc, "tern_connections_opened", "Connections accepted", s(|m| &m.opened))?;
+        counter(
+            &mut enc,
+            "tern_connections_opened",
+            "Connections accepted",
+            s(|m| &m.opened),
+        )?;
         {
             let mut d = enc.encode_descriptor(
                 "tern_connections_closed",
@@ -234,13 +262,48 @@ impl Collector for Metrics {
                 ConstCounter::new(v).encode(d.encode_family(&[("reason", r.label())])?)?;
             }
         }
-        counter(&mut enc, "tern_auth_failures", "Auth attempts refused", s(|m| &m.auth_failures))?;
-        counter(&mut enc, "tern_frames_in", "Frames received", s(|m| &m.frames_in))?;
-        counter(&mut enc, "tern_frames_out", "Frames sent", s(|m| &m.frames_out))?;
-        counter(&mut enc, "tern_bytes_in", "Bytes received", s(|m| &m.bytes_in))?;
-        counter(&mut enc, "tern_bytes_out", "Bytes sent", s(|m| &m.bytes_out))?;
-        counter(&mut enc, "tern_messages_sent", "Messages acked to senders", s(|m| &m.messages_sent))?;
-        counter(&mut enc, "tern_deliveries", "Deliver frames pushed", s(|m| &m.delivered))?;
+        counter(
+            &mut enc,
+            "tern_auth_failures",
+            "Auth attempts refused",
+            s(|m| &m.auth_failures),
+        )?;
+        counter(
+            &mut enc,
+            "tern_frames_in",
+            "Frames received",
+            s(|m| &m.frames_in),
+        )?;
+        counter(
+            &mut enc,
+            "tern_frames_out",
+            "Frames sent",
+            s(|m| &m.frames_out),
+        )?;
+        counter(
+            &mut enc,
+            "tern_bytes_in",
+            "Bytes received",
+            s(|m| &m.bytes_in),
+        )?;
+        counter(
+            &mut enc,
+            "tern_bytes_out",
+            "Bytes sent",
+            s(|m| &m.bytes_out),
+        )?;
+        counter(
+            &mut enc,
+            "tern_messages_sent",
+            "Messages acked to senders",
+            s(|m| &m.messages_sent),
+        )?;
+        counter(
+            &mut enc,
+            "tern_deliveries",
+            "Deliver frames pushed",
+            s(|m| &m.delivered),
+        )?;
         counter(
             &mut enc,
             "tern_deliveries_dropped",
@@ -271,14 +334,44 @@ impl Collector for Metrics {
             "Reads paused: backend queue full",
             s(|m| &m.backend_backpressure),
         )?;
-        let inbox: i64 = self.shards.iter().map(|m| m.inbox_depth.load(Relaxed)).sum();
-        gauge(&mut enc, "tern_shard_inbox_depth", "Items in shard inbound rings", inbox)?;
+        let inbox: i64 = self
+            .shards
+            .iter()
+            .map(|m| m.inbox_depth.load(Relaxed))
+            .sum();
+        gauge(
+            &mut enc,
+            "tern_shard_inbox_depth",
+            "Items in shard inbound rings",
+            inbox,
+        )?;
         let b = &self.backend;
-        gauge(&mut enc, "tern_backend_queue_depth", "Requests queued for the backend", b.queue_depth.load(Relaxed))?;
-        counter(&mut enc, "tern_backend_batches", "Backend batches", b.batches.load(Relaxed))?;
-        counter(&mut enc, "tern_backend_requests", "Backend requests", b.requests.load(Relaxed))?;
-        let send: Vec<&LatencyHistogram> = self.shards.iter().map(|m| &m.send_ack_latency).collect();
-        histogram(&mut enc, "tern_send_ack_latency_seconds", "Send to SendAck at the gateway", &send)?;
+        gauge(
+            &mut enc,
+            "tern_backend_queue_depth",
+            "Requests queued for the backend",
+            b.queue_depth.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "tern_backend_batches",
+            "Backend batches",
+            b.batches.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "tern_backend_requests",
+            "Backend requests",
+            b.requests.load(Relaxed),
+        )?;
+        let send: Vec<&LatencyHistogram> =
+            self.shards.iter().map(|m| &m.send_ack_latency).collect();
+        histogram(
+            &mut enc,
+            "tern_send_ack_latency_seconds",
+            "Send to SendAck at the gateway",
+            &send,
+        )?;
         histogram(
             &mut enc,
             "tern_backend_batch_latency_seconds",
@@ -305,7 +398,13 @@ mod tests {
         let text = m.render();
         assert!(text.contains("tern_connections_opened_total 7"), "{text}");
         assert!(text.contains("tern_connections 1"), "{text}");
-        assert!(text.contains("tern_connections_closed_total{reason=\"slow_consumer\"} 1"), "{text}");
-        assert!(text.contains("tern_send_ack_latency_seconds_bucket{le=\"0.001\"} 1"), "{text}");
+        assert!(
+            text.contains("tern_connections_closed_total{reason=\"slow_consumer\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tern_send_ack_latency_seconds_bucket{le=\"0.001\"} 1"),
+            "{text}"
+        );
     }
 }

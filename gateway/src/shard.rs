@@ -76,7 +76,7 @@ pub enum ShardMsg {
     /// Push stored entries to every device of `users` held by this shard.
     Deliver {
         /// Recipients owned by this shard.
-        users: Vec<String>,
+        users: Arc<[String]>,
         /// `(conversation, newest seq)` the frame carries, for the ack window.
         cursors: Arc<[(ConvKey, u64)]>,
         /// An encoded `Deliver` frame body, shared by every recipient.
@@ -87,7 +87,7 @@ pub enum ShardMsg {
     /// An ephemeral push (typing, presence, server events): no ack window.
     Push {
         /// Recipients owned by this shard.
-        users: Vec<String>,
+        users: Arc<[String]>,
         /// An encoded `Frame` body.
         body: Bytes,
     },
@@ -229,13 +229,18 @@ pub fn run(setup: ShardSetup, driver: crate::config::Driver) -> io::Result<()> {
         crate::config::Driver::Auto => monoio::utils::detect_uring(),
     };
     if use_uring {
-        let mut rt = RuntimeBuilder::<IoUringDriver>::new().with_entries(4096).enable_timer().build()?;
+        let mut rt = RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(4096)
+            .enable_timer()
+            .build()?;
         rt.block_on(shard_main(setup, "io_uring"))
     } else {
         if driver == crate::config::Driver::Auto {
             info!("io_uring unavailable; shard uses epoll");
         }
-        let mut rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()?;
+        let mut rt = RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()?;
         rt.block_on(shard_main(setup, "epoll"))
     }
 }
@@ -264,7 +269,10 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
     });
     debug!(shard = shard.id, driver, "shard started");
     let mut listener_fds = Vec::new();
-    for (l, transport) in [(setup.tcp_listener, Transport::Tcp), (setup.ws_listener, Transport::WebSocketUpgrade)] {
+    for (l, transport) in [
+        (setup.tcp_listener, Transport::Tcp),
+        (setup.ws_listener, Transport::WebSocketUpgrade),
+    ] {
         if let Some(l) = l {
             let l = TcpListener::from_std(l)?;
             listener_fds.push(l.as_raw_fd());
@@ -272,7 +280,11 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         }
     }
     monoio::spawn(tick_loop(shard.clone()));
-    inbox_loop(shard.clone(), setup.inbox, setup.bell).await;
+    monoio::spawn(inbox_loop(shard.clone(), setup.inbox, setup.bell));
+    // Run until told to drain (the inbox loop sets `draining`).
+    while !shard.draining.get() {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Drain: listeners stop (shutdown wakes a pending accept with an error,
     // and the accept loop sees `draining`), connections are kicked at a
     // bounded rate.
@@ -318,7 +330,9 @@ impl Shard {
             buf.clear();
             let mut frames = 0u64;
             while buf.len() < 64 * 1024 {
-                let Some(body) = conn.session.poll_transmit() else { break };
+                let Some(body) = conn.session.poll_transmit() else {
+                    break;
+                };
                 match conn.transport {
                     Transport::Tcp => codec::encode_prefix(body.len(), &mut buf),
                     Transport::WebSocket | Transport::WebSocketUpgrade => {
@@ -331,14 +345,20 @@ impl Shard {
             if buf.is_empty() {
                 return;
             }
-            self.metrics.frames_out.fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .frames_out
+                .fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
             let sent = send_nonblocking(fd, &buf);
             match sent {
                 Ok(n) if n == buf.len() => {
-                    self.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .bytes_out
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(n) => {
-                    self.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .bytes_out
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     // A deliberate allocation: only a connection whose socket
                     // buffer is full keeps its unsent bytes.
                     conn.pending_out = buf[n..].to_vec();
@@ -367,51 +387,91 @@ impl Shard {
     fn handle_inbox(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Handoff(h) => self.adopt(*h),
-            ShardMsg::Reply { conn, body, send_started, is_send_ack } => {
+            ShardMsg::Reply {
+                conn,
+                body,
+                send_started,
+                is_send_ack,
+            } => {
                 let mut conns = self.conns.borrow_mut();
-                let Some(c) = conns.get_mut(conn.key as usize) else { return };
+                let Some(c) = conns.get_mut(conn.key as usize) else {
+                    return;
+                };
                 if c.generation != conn.generation {
                     return; // the connection is gone; the client will retry or sync
                 }
                 if is_send_ack {
-                    self.metrics.messages_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .messages_sent
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Some(t) = send_started {
-                        self.metrics.send_ack_latency.observe_us(t.elapsed().as_micros() as u64);
+                        self.metrics
+                            .send_ack_latency
+                            .observe_us(t.elapsed().as_micros() as u64);
                     }
                 }
                 let slow = matches!(
                     c.session.queue_encoded(&self.cfg, self.now_ms(), body),
-                    Err(Rejected { error: QueueError::SlowConsumer, .. })
+                    Err(Rejected {
+                        error: QueueError::SlowConsumer,
+                        ..
+                    })
                 );
                 self.flush(conn.key, c);
                 if slow {
-                    self.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .slow_consumer_closes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.close_soon(c, CloseReason::SlowConsumer);
                 }
             }
-            ShardMsg::Deliver { users, cursors, body, origin } => {
+            ShardMsg::Deliver {
+                users,
+                cursors,
+                body,
+                origin,
+            } => {
                 let now = self.now_ms();
                 let index = self.users.borrow();
                 let mut conns = self.conns.borrow_mut();
-                for user in &users {
-                    let Some(keys) = index.get(user.as_str()) else { continue };
+                for user in users.iter() {
+                    let Some(keys) = index.get(user.as_str()) else {
+                        continue;
+                    };
                     for &key in keys {
-                        let Some(c) = conns.get_mut(key as usize) else { continue };
+                        let Some(c) = conns.get_mut(key as usize) else {
+                            continue;
+                        };
                         if let Some((ou, od)) = &origin {
                             if ou == user && c.device.as_deref() == Some(od.as_str()) {
                                 continue;
                             }
                         }
-                        match c.session.push_deliver(&self.cfg, now, &cursors, body.clone()) {
+                        match c
+                            .session
+                            .push_deliver(&self.cfg, now, &cursors, body.clone())
+                        {
                             Ok(()) => {
-                                self.metrics.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.metrics
+                                    .delivered
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
                             // The device is behind: it syncs what it lacks.
-                            Err(Rejected { error: QueueError::WindowFull, .. }) => {
-                                self.metrics.window_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Err(Rejected {
+                                error: QueueError::WindowFull,
+                                ..
+                            }) => {
+                                self.metrics
+                                    .window_full
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
-                            Err(Rejected { error: QueueError::SlowConsumer, .. }) => {
-                                self.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Err(Rejected {
+                                error: QueueError::SlowConsumer,
+                                ..
+                            }) => {
+                                self.metrics
+                                    .slow_consumer_closes
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 self.flush(key, c);
                                 self.close_soon(c, CloseReason::SlowConsumer);
                             }
@@ -426,14 +486,26 @@ impl Shard {
             ShardMsg::Push { users, body } => {
                 let index = self.users.borrow();
                 let mut conns = self.conns.borrow_mut();
-                for user in &users {
-                    let Some(keys) = index.get(user.as_str()) else { continue };
+                for user in users.iter() {
+                    let Some(keys) = index.get(user.as_str()) else {
+                        continue;
+                    };
                     for &key in keys {
-                        let Some(c) = conns.get_mut(key as usize) else { continue };
-                        let pushed = c.session.queue_encoded(&self.cfg, self.now_ms(), body.clone());
+                        let Some(c) = conns.get_mut(key as usize) else {
+                            continue;
+                        };
+                        let pushed =
+                            c.session
+                                .queue_encoded(&self.cfg, self.now_ms(), body.clone());
                         self.flush(key, c);
-                        if let Err(Rejected { error: QueueError::SlowConsumer, .. }) = pushed {
-                            self.metrics.slow_consumer_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Err(Rejected {
+                            error: QueueError::SlowConsumer,
+                            ..
+                        }) = pushed
+                        {
+                            self.metrics
+                                .slow_consumer_closes
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.close_soon(c, CloseReason::SlowConsumer);
                         }
                     }
@@ -453,7 +525,9 @@ impl Shard {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "adopting a connection failed");
-                self.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .connections
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
         };
@@ -470,7 +544,9 @@ impl Shard {
             closing: None,
         };
         let key = self.conns.borrow_mut().insert(conn) as u32;
-        self.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.welcome(key, h.user, h.device);
         let generation = self.conns.borrow()[key as usize].generation;
         monoio::spawn(reader(self.clone(), key, generation, true));
@@ -490,9 +566,12 @@ impl Shard {
         let mut users = self.users.borrow_mut();
         let keys = users.entry(user.clone()).or_default();
         keys.retain(|&other| {
-            let Some(old) = conns.get_mut(other as usize) else { return false };
+            let Some(old) = conns.get_mut(other as usize) else {
+                return false;
+            };
             if old.device.as_deref() == Some(&*device) {
-                old.session.kick(&self.cfg, now, pb::KickReason::Displaced, "");
+                old.session
+                    .kick(&self.cfg, now, pb::KickReason::Displaced, "");
                 self.flush(other, old);
                 self.close_soon(old, CloseReason::Displaced);
                 false
@@ -502,7 +581,12 @@ impl Shard {
         });
         keys.push(key);
         let c = &mut conns[key as usize];
-        let ok = AuthOk { user_id: &user, device_id: &device, node_id: &self.node_id, unix_ms: Self::server_time_ms() };
+        let ok = AuthOk {
+            user_id: &user,
+            device_id: &device,
+            node_id: &self.node_id,
+            unix_ms: Self::server_time_ms(),
+        };
         // The session is Authenticating: it emitted the Authenticate event.
         let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
         c.user = Some(user);
@@ -529,7 +613,11 @@ impl Shard {
                     Ok(ws::WsDecoded::Frame { body, consumed }) => {
                         codec::decode_body(&body, max).map(|f| Some((f, consumed)))
                     }
-                    Ok(ws::WsDecoded::Control { consumed, reply, close }) => {
+                    Ok(ws::WsDecoded::Control {
+                        consumed,
+                        reply,
+                        close,
+                    }) => {
                         pos += consumed;
                         if let Some(r) = reply {
                             let _ = send_nonblocking(c.stream.as_raw_fd(), &r);
@@ -575,8 +663,11 @@ impl Shard {
                 }
             };
             pos += consumed;
-            self.metrics.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            c.session.handle_frame(&self.cfg, now, Self::server_time_ms(), frame);
+            self.metrics
+                .frames_in
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.session
+                .handle_frame(&self.cfg, now, Self::server_time_ms(), frame);
             while let Some(ev) = c.session.poll_event() {
                 match ev {
                     session::Event::Authenticate(auth) => {
@@ -593,17 +684,33 @@ impl Shard {
                                 };
                             }
                             Err(e) => {
-                                self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let _ = c.session.handle_auth_err(&self.cfg, now, e.code(), &e.to_string());
+                                self.metrics
+                                    .auth_failures
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let _ = c.session.handle_auth_err(
+                                    &self.cfg,
+                                    now,
+                                    e.code(),
+                                    &e.to_string(),
+                                );
                             }
                         }
                     }
                     session::Event::Request(frame) => {
-                        let (Some(user), Some(device)) = (&c.user, &c.device) else { continue };
+                        let (Some(user), Some(device)) = (&c.user, &c.device) else {
+                            continue;
+                        };
                         let is_send = matches!(frame.body, Some(Body::Send(_)));
                         let req = BackendRequest {
-                            from: ConnRef { shard: self.id as u16, key, generation: c.generation },
-                            caller: Caller { user: user.to_string(), device: device.to_string() },
+                            from: ConnRef {
+                                shard: self.id as u16,
+                                key,
+                                generation: c.generation,
+                            },
+                            caller: Caller {
+                                user: user.to_string(),
+                                device: device.to_string(),
+                            },
                             frame,
                             started: is_send.then(Instant::now),
                         };
@@ -611,8 +718,13 @@ impl Shard {
                         if let Err(req) = self.to_backend.borrow_mut()[worker].send(req) {
                             // Back-pressure: keep this request and the rest
                             // of the input; stop reading until there is room.
-                            self.metrics.backend_backpressure.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            return Ingest::Blocked { request: Box::new(req), rest: data[pos..].to_vec() };
+                            self.metrics
+                                .backend_backpressure
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return Ingest::Blocked {
+                                request: Box::new(req),
+                                rest: data[pos..].to_vec(),
+                            };
                         }
                     }
                 }
@@ -625,7 +737,7 @@ impl Shard {
         self.flush(key, c);
         self.arm(key, c);
         if c.session.is_closed() || c.closing.is_some() {
-            return Ingest::Close(c.closing.unwrap_or(CloseReason::Auth));
+            return Ingest::Close(c.closing.unwrap_or_else(|| close_reason(&c.session)));
         }
         // Keep only the partial frame, in a buffer sized to it.
         let rest = &data[pos..];
@@ -636,11 +748,37 @@ impl Shard {
     }
 }
 
+/// The metrics label for why a session closed.
+fn close_reason(session: &Session) -> CloseReason {
+    use session::CloseReason as S;
+    match session.close_reason() {
+        Some(
+            S::AuthRequired | S::AuthTimeout | S::AuthRejected | S::BadAuth | S::UnsupportedVersion,
+        ) => CloseReason::Auth,
+        Some(S::BadFrame | S::FrameTooLarge) => CloseReason::BadInput,
+        Some(S::HeartbeatTimeout) => CloseReason::HeartbeatTimeout,
+        Some(S::SlowConsumer | S::Kicked(pb::KickReason::SlowConsumer)) => {
+            CloseReason::SlowConsumer
+        }
+        Some(S::Kicked(pb::KickReason::Displaced)) => CloseReason::Displaced,
+        Some(S::Kicked(_)) => CloseReason::Shutdown,
+        Some(S::PeerClosed) | None => CloseReason::Peer,
+    }
+}
+
 enum Ingest {
     Continue,
     Close(CloseReason),
-    Authenticated { owner: usize, user: Box<str>, device: Box<str>, rest: Vec<u8> },
-    Blocked { request: Box<BackendRequest>, rest: Vec<u8> },
+    Authenticated {
+        owner: usize,
+        user: Box<str>,
+        device: Box<str>,
+        rest: Vec<u8>,
+    },
+    Blocked {
+        request: Box<BackendRequest>,
+        rest: Vec<u8>,
+    },
 }
 
 fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
@@ -715,8 +853,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
             }
         };
         tokens -= 1;
-        shard.metrics.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        shard.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard
+            .metrics
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard
+            .metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if shard.conns.borrow().len() >= shard.connections_max || shard.draining.get() {
             shard.metrics.closed(CloseReason::Refused);
             continue;
@@ -752,13 +896,6 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
 async fn reader(shard: Rc<Shard>, key: u32, generation: u32, mut resume: bool) {
     let legacy = monoio::utils::is_legacy();
     let reason = loop {
-        let stream = {
-            let conns = shard.conns.borrow();
-            match conns.get(key as usize) {
-                Some(c) if c.generation == generation => c.stream.clone(),
-                _ => return,
-            }
-        };
         if resume {
             // Bytes that came with the handoff (or waited out back-pressure).
             resume = false;
@@ -774,6 +911,13 @@ async fn reader(shard: Rc<Shard>, key: u32, generation: u32, mut resume: bool) {
                 }
             }
         }
+        let stream = {
+            let conns = shard.conns.borrow();
+            match conns.get(key as usize) {
+                Some(c) if c.generation == generation => c.stream.clone(),
+                _ => return,
+            }
+        };
         // relaxed readiness is exact on io_uring (a fresh poll each time);
         // on epoll monoio must confirm with a poll syscall, since we read by
         // ourselves.
@@ -788,41 +932,11 @@ async fn reader(shard: Rc<Shard>, key: u32, generation: u32, mut resume: bool) {
                 _ => return,
             }
         };
-        let mut buf = shard.read_buf.borrow_mut();
-        let n = match recv_nonblocking(fd, &mut buf) {
-            Ok(Some(0)) => {
-                let closing = shard.conns.borrow()[key as usize].closing;
-                break closing.unwrap_or(CloseReason::Peer);
-            }
-            Ok(Some(n)) => n,
-            Ok(None) => continue,
-            Err(_) => break CloseReason::Error,
+        let outcome = match read_and_ingest(&shard, key, fd) {
+            Read::Eof(reason) => break reason,
+            Read::WouldBlock => continue,
+            Read::Ingested(outcome) => outcome,
         };
-        shard.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        let outcome = {
-            let mut conns = shard.conns.borrow_mut();
-            let c = &mut conns[key as usize];
-            if c.partial.is_empty() {
-                drop(conns);
-                shard.ingest(key, &buf[..n])
-            } else {
-                // Complete the partial frame: append and feed the whole.
-                let mut partial = std::mem::take(&mut c.partial);
-                let limit = shard.cfg.frame_bytes_max + codec::PREFIX_BYTES_MAX + 16;
-                partial.extend_from_slice(&buf[..n]);
-                drop(conns);
-                let r = shard.ingest(key, &partial);
-                // Give memory back: the partial buffer is freed when empty.
-                let mut conns = shard.conns.borrow_mut();
-                if let Some(c) = conns.get_mut(key as usize) {
-                    if c.partial.capacity() > limit {
-                        c.partial.shrink_to_fit();
-                    }
-                }
-                r
-            }
-        };
-        drop(buf);
         match outcome {
             Ingest::Continue => {}
             other => match handle_ingest(&shard, key, generation, other).await {
@@ -843,15 +957,63 @@ enum Flow {
     Moved,
 }
 
+/// What one read from the socket gave.
+enum Read {
+    /// EOF or a socket error: close for this reason.
+    Eof(CloseReason),
+    /// Nothing to read after all (a spurious wake-up).
+    WouldBlock,
+    /// Bytes were fed to the session.
+    Ingested(Ingest),
+}
+
+/// Reads once into the shard's shared buffer and feeds the session; only an
+/// incomplete frame is copied out (into `partial`, allocated on demand).
+fn read_and_ingest(shard: &Rc<Shard>, key: u32, fd: RawFd) -> Read {
+    let mut buf = shard.read_buf.borrow_mut();
+    let n = match recv_nonblocking(fd, &mut buf) {
+        Ok(Some(0)) => {
+            let closing = shard.conns.borrow()[key as usize].closing;
+            return Read::Eof(closing.unwrap_or(CloseReason::Peer));
+        }
+        Ok(Some(n)) => n,
+        Ok(None) => return Read::WouldBlock,
+        Err(_) => return Read::Eof(CloseReason::Error),
+    };
+    shard
+        .metrics
+        .bytes_in
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut conns = shard.conns.borrow_mut();
+    let c = &mut conns[key as usize];
+    if c.partial.is_empty() {
+        drop(conns);
+        return Read::Ingested(shard.ingest(key, &buf[..n]));
+    }
+    // Complete the partial frame: append and feed the whole.
+    let mut partial = std::mem::take(&mut c.partial);
+    partial.extend_from_slice(&buf[..n]);
+    drop(conns);
+    Read::Ingested(shard.ingest(key, &partial))
+}
+
 /// Handles the non-`Continue` outcomes; `Some(flow)` ends the reader.
-async fn handle_ingest(shard: &Rc<Shard>, key: u32, generation: u32, outcome: Ingest) -> Option<Flow> {
+async fn handle_ingest(
+    shard: &Rc<Shard>,
+    key: u32,
+    generation: u32,
+    outcome: Ingest,
+) -> Option<Flow> {
     match outcome {
         Ingest::Continue => None,
         Ingest::Close(r) => Some(Flow::Close(r)),
         Ingest::Blocked { request, rest } => {
             let worker = {
                 let conns = shard.conns.borrow();
-                owner_shard(conns[key as usize].user.as_deref().unwrap_or(""), shard.to_backend.borrow().len())
+                owner_shard(
+                    conns[key as usize].user.as_deref().unwrap_or(""),
+                    shard.to_backend.borrow().len(),
+                )
             };
             let mut req = *request;
             loop {
@@ -863,22 +1025,28 @@ async fn handle_ingest(shard: &Rc<Shard>, key: u32, generation: u32, outcome: In
                     Err(r) => req = r,
                 }
             }
-            let mut conns = shard.conns.borrow_mut();
-            match conns.get_mut(key as usize) {
-                Some(c) if c.generation == generation => {
-                    let mut rest = rest;
-                    rest.extend_from_slice(&c.partial);
-                    c.partial = rest;
-                }
-                _ => return Some(Flow::Close(CloseReason::Error)),
-            }
-            drop(conns);
             // Feed what was left (possibly several frames) before reading more.
-            let partial = std::mem::take(&mut shard.conns.borrow_mut()[key as usize].partial);
+            let partial = {
+                let mut conns = shard.conns.borrow_mut();
+                match conns.get_mut(key as usize) {
+                    Some(c) if c.generation == generation => {
+                        let mut rest = rest;
+                        rest.extend_from_slice(&c.partial);
+                        c.partial = Vec::new();
+                        rest
+                    }
+                    _ => return Some(Flow::Close(CloseReason::Error)),
+                }
+            };
             let next = shard.ingest(key, &partial);
             Box::pin(handle_ingest(shard, key, generation, next)).await
         }
-        Ingest::Authenticated { owner, user, device, rest } => {
+        Ingest::Authenticated {
+            owner,
+            user,
+            device,
+            rest,
+        } => {
             if owner == shard.id {
                 shard.conns.borrow_mut()[key as usize].partial = rest;
                 shard.welcome(key, user, device);
@@ -891,15 +1059,30 @@ async fn handle_ingest(shard: &Rc<Shard>, key: u32, generation: u32, outcome: In
             }
             // Move to the owner shard: the fd travels, the task ends here.
             let conn = shard.conns.borrow_mut().remove(key as usize);
-            shard.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            let Conn { stream, session, transport, .. } = conn;
+            shard
+                .metrics
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let Conn {
+                stream,
+                session,
+                transport,
+                ..
+            } = conn;
             let Ok(stream) = Rc::try_unwrap(stream) else {
                 // A writer task still holds it: cannot happen before Welcome
                 // (nothing was queued that could block), but stay safe.
                 return Some(Flow::Close(CloseReason::Error));
             };
             let fd = stream.into_raw_fd();
-            let handoff = Box::new(Handoff { fd, session, partial: rest, user, device, transport });
+            let handoff = Box::new(Handoff {
+                fd,
+                session,
+                partial: rest,
+                user,
+                device,
+                transport,
+            });
             let mut to = shard.to_shards.borrow_mut();
             let tx = to[owner].as_mut().expect("a ring to every other shard");
             if let Err(ShardMsg::Handoff(h)) = tx.send(ShardMsg::Handoff(handoff)) {
@@ -918,7 +1101,9 @@ async fn handle_ingest(shard: &Rc<Shard>, key: u32, generation: u32, outcome: In
 /// Removes a closed connection: unregisters it, counts it, closes the fd.
 fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
     let mut conns = shard.conns.borrow_mut();
-    let Some(c) = conns.get(key as usize) else { return };
+    let Some(c) = conns.get(key as usize) else {
+        return;
+    };
     if c.generation != generation {
         return; // moved away (handoff) or already finished
     }
@@ -934,7 +1119,10 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
         }
     }
     if reason == CloseReason::HeartbeatTimeout {
-        shard.metrics.heartbeat_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard
+            .metrics
+            .heartbeat_timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     shard.metrics.closed(c.closing.unwrap_or(reason));
 }
@@ -947,7 +1135,9 @@ async fn writer(shard: Rc<Shard>, key: u32, generation: u32, stream: Rc<TcpStrea
             return;
         }
         let mut conns = shard.conns.borrow_mut();
-        let Some(c) = conns.get_mut(key as usize) else { return };
+        let Some(c) = conns.get_mut(key as usize) else {
+            return;
+        };
         if c.generation != generation {
             return;
         }
@@ -977,29 +1167,28 @@ async fn tick_loop(shard: Rc<Shard>) {
         shard.wheel.borrow_mut().expire(now, |t| due.push(t.key));
         let mut conns = shard.conns.borrow_mut();
         for (key, generation) in due.drain(..) {
-            let Some(c) = conns.get_mut(key as usize) else { continue };
+            let Some(c) = conns.get_mut(key as usize) else {
+                continue;
+            };
             if c.generation != generation {
                 continue;
             }
             c.timer_at = u64::MAX;
             c.session.handle_timeout(&shard.cfg, now);
             shard.flush(key, c);
+            let stats = c.session.take_stats();
+            if stats.dropped_after_retries > 0 {
+                shard.metrics.deliveries_dropped.fetch_add(
+                    u64::from(stats.dropped_after_retries),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
             if c.session.is_closed() {
-                let reason = match c.session.close_reason() {
-                    Some(session::CloseReason::HeartbeatTimeout) => CloseReason::HeartbeatTimeout,
-                    Some(session::CloseReason::AuthTimeout) => CloseReason::Auth,
-                    _ => CloseReason::Error,
-                };
+                let reason = close_reason(&c.session);
                 shard.close_soon(c, reason);
             } else {
                 shard.arm(key, c);
             }
-        }
-        let stats = conns.len();
-        drop(conns);
-        let _ = stats;
-        if shard.draining.get() && shard.conns.borrow().is_empty() {
-            return;
         }
     }
 }
@@ -1022,15 +1211,16 @@ async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: 
             while handled < INBOX_BATCH_MAX {
                 let Some(msg) = rx.recv() else { break };
                 handled += 1;
-                if matches!(msg, ShardMsg::Drain) {
-                    shard.handle_inbox(msg);
-                    return;
-                }
+                // Replies keep flowing while draining: in-flight acks reach
+                // their clients before the kick.
                 shard.handle_inbox(msg);
             }
             depth += rx.len();
         }
-        shard.metrics.inbox_depth.store(depth as i64, std::sync::atomic::Ordering::Relaxed);
+        shard
+            .metrics
+            .inbox_depth
+            .store(depth as i64, std::sync::atomic::Ordering::Relaxed);
         if handled > 0 {
             // Let connections run between batches.
             monoio::time::sleep(Duration::ZERO).await;
@@ -1071,7 +1261,8 @@ async fn drain(shard: &Rc<Shard>, kick_rate: u32) {
                 if c.closing.is_some() {
                     continue;
                 }
-                c.session.kick(&shard.cfg, now, pb::KickReason::Shutdown, "");
+                c.session
+                    .kick(&shard.cfg, now, pb::KickReason::Shutdown, "");
                 shard.flush(key, c);
                 shard.close_soon(c, CloseReason::Shutdown);
             }

@@ -39,7 +39,9 @@ pub fn accept_upgrade(buf: &[u8], origins: &[String]) -> Result<Upgrade, Vec<u8>
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() < UPGRADE_BYTES_MAX => return Ok(Upgrade::NeedMore),
+        Ok(httparse::Status::Partial) if buf.len() < UPGRADE_BYTES_MAX => {
+            return Ok(Upgrade::NeedMore);
+        }
         _ => return Err(http_error(400, "bad upgrade request")),
     };
     if req.method != Some("GET") {
@@ -73,7 +75,10 @@ pub fn accept_upgrade(buf: &[u8], origins: &[String]) -> Result<Upgrade, Vec<u8>
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    Ok(Upgrade::Done { consumed, response: response.into_bytes() })
+    Ok(Upgrade::Done {
+        consumed,
+        response: response.into_bytes(),
+    })
 }
 
 fn http_error(status: u16, why: &str) -> Vec<u8> {
@@ -144,7 +149,9 @@ pub fn decode_message(buf: &[u8], frame_bytes_max: usize) -> Result<WsDecoded, W
     if (is_control && len > 125) || (!is_control && len > max) {
         return Err(WsError::TooLarge(len));
     }
-    let Some(mask) = header.mask else { return Err(WsError::Unmasked) };
+    let Some(mask) = header.mask else {
+        return Err(WsError::Unmasked);
+    };
     let start = cursor.position() as usize;
     // `len` is at most frame_bytes_max here, so this cannot overflow.
     let end = start + len as usize;
@@ -156,15 +163,28 @@ pub fn decode_message(buf: &[u8], frame_bytes_max: usize) -> Result<WsDecoded, W
         *b ^= mask[i & 3];
     }
     match header.opcode {
-        OpCode::Data(Data::Binary) if header.is_final => Ok(WsDecoded::Frame { body: payload, consumed: end }),
-        OpCode::Control(Control::Ping) => {
-            Ok(WsDecoded::Control { consumed: end, reply: Some(server_frame(OpCode::Control(Control::Pong), &payload)), close: false })
-        }
-        OpCode::Control(Control::Pong) => Ok(WsDecoded::Control { consumed: end, reply: None, close: false }),
+        OpCode::Data(Data::Binary) if header.is_final => Ok(WsDecoded::Frame {
+            body: payload,
+            consumed: end,
+        }),
+        OpCode::Control(Control::Ping) => Ok(WsDecoded::Control {
+            consumed: end,
+            reply: Some(server_frame(OpCode::Control(Control::Pong), &payload)),
+            close: false,
+        }),
+        OpCode::Control(Control::Pong) => Ok(WsDecoded::Control {
+            consumed: end,
+            reply: None,
+            close: false,
+        }),
         OpCode::Control(Control::Close) => {
             // Echo the status code (first two bytes), as RFC 6455 5.5.1 asks.
             let code = payload.get(..2).unwrap_or(&[]);
-            Ok(WsDecoded::Control { consumed: end, reply: Some(server_frame(OpCode::Control(Control::Close), code)), close: true })
+            Ok(WsDecoded::Control {
+                consumed: end,
+                reply: Some(server_frame(OpCode::Control(Control::Close), code)),
+                close: true,
+            })
         }
         _ => Err(WsError::Unsupported),
     }
@@ -177,15 +197,27 @@ pub fn close_frame(code: u16) -> Vec<u8> {
 
 /// Appends the header of an unmasked, final binary frame of `len` bytes.
 pub fn encode_binary_header(len: usize, out: &mut Vec<u8>) {
-    let header = FrameHeader { is_final: true, opcode: OpCode::Data(Data::Binary), mask: None, ..FrameHeader::default() };
+    let header = FrameHeader {
+        is_final: true,
+        opcode: OpCode::Data(Data::Binary),
+        mask: None,
+        ..FrameHeader::default()
+    };
     // Writing into a Vec cannot fail.
     header.format(len as u64, out).expect("write to Vec");
 }
 
 fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    let header = FrameHeader { is_final: true, opcode, mask: None, ..FrameHeader::default() };
+    let header = FrameHeader {
+        is_final: true,
+        opcode,
+        mask: None,
+        ..FrameHeader::default()
+    };
     let mut out = Vec::with_capacity(payload.len() + 4);
-    header.format(payload.len() as u64, &mut out).expect("write to Vec");
+    header
+        .format(payload.len() as u64, &mut out)
+        .expect("write to Vec");
     out.extend_from_slice(payload);
     out
 }
@@ -196,7 +228,12 @@ mod tests {
 
     fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mask = [1, 2, 3, 4];
-        let header = FrameHeader { is_final: fin, opcode, mask: Some(mask), ..FrameHeader::default() };
+        let header = FrameHeader {
+            is_final: fin,
+            opcode,
+            mask: Some(mask),
+            ..FrameHeader::default()
+        };
         let mut out = Vec::new();
         header.format(payload.len() as u64, &mut out).unwrap();
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
@@ -216,7 +253,10 @@ mod tests {
             }
             Upgrade::NeedMore => panic!("complete request"),
         }
-        assert!(matches!(accept_upgrade(&req[..20], &[]), Ok(Upgrade::NeedMore)));
+        assert!(matches!(
+            accept_upgrade(&req[..20], &[]),
+            Ok(Upgrade::NeedMore)
+        ));
         assert!(accept_upgrade(req, &["https://b.example".into()]).is_err());
         assert!(accept_upgrade(req, &["https://a.example".into()]).is_ok());
         let v12 = String::from_utf8_lossy(req).replace("Version: 13", "Version: 12");
@@ -237,21 +277,53 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(decode_message(&f[..f.len() - 1], 64), Ok(WsDecoded::NeedMore)));
-        assert!(matches!(decode_message(&f[..1], 64), Ok(WsDecoded::NeedMore)));
+        assert!(matches!(
+            decode_message(&f[..f.len() - 1], 64),
+            Ok(WsDecoded::NeedMore)
+        ));
+        assert!(matches!(
+            decode_message(&f[..1], 64),
+            Ok(WsDecoded::NeedMore)
+        ));
         let big = client_frame(OpCode::Data(Data::Binary), true, &[0; 100]);
-        assert!(matches!(decode_message(&big[..10], 64), Err(WsError::TooLarge(100))));
+        assert!(matches!(
+            decode_message(&big[..10], 64),
+            Err(WsError::TooLarge(100))
+        ));
         let text = client_frame(OpCode::Data(Data::Text), true, b"hi");
-        assert!(matches!(decode_message(&text, 64), Err(WsError::Unsupported)));
+        assert!(matches!(
+            decode_message(&text, 64),
+            Err(WsError::Unsupported)
+        ));
         let frag = client_frame(OpCode::Data(Data::Binary), false, b"hi");
-        assert!(matches!(decode_message(&frag, 64), Err(WsError::Unsupported)));
+        assert!(matches!(
+            decode_message(&frag, 64),
+            Err(WsError::Unsupported)
+        ));
         let mut unmasked = Vec::new();
         encode_binary_header(2, &mut unmasked);
         unmasked.extend_from_slice(b"hi");
-        assert!(matches!(decode_message(&unmasked, 64), Err(WsError::Unmasked)));
+        assert!(matches!(
+            decode_message(&unmasked, 64),
+            Err(WsError::Unmasked)
+        ));
         let ping = client_frame(OpCode::Control(Control::Ping), true, b"p");
-        assert!(matches!(decode_message(&ping, 64), Ok(WsDecoded::Control { reply: Some(_), close: false, .. })));
-        let close = client_frame(OpCode::Control(Control::Close), true, &1000u16.to_be_bytes());
-        assert!(matches!(decode_message(&close, 64), Ok(WsDecoded::Control { close: true, .. })));
+        assert!(matches!(
+            decode_message(&ping, 64),
+            Ok(WsDecoded::Control {
+                reply: Some(_),
+                close: false,
+                ..
+            })
+        ));
+        let close = client_frame(
+            OpCode::Control(Control::Close),
+            true,
+            &1000u16.to_be_bytes(),
+        );
+        assert!(matches!(
+            decode_message(&close, 64),
+            Ok(WsDecoded::Control { close: true, .. })
+        ));
     }
 }

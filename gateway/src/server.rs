@@ -1,0 +1,281 @@
+//! Builds a running gateway from a [`Config`]: listeners, rings, shard
+//! threads, backend workers and the HTTP thread; and stops it gracefully.
+//!
+//! Threads and rings are created once, here, before any traffic (STYLE 6):
+//! shard i → shard j rings for handoffs, shard → worker rings for requests,
+//! worker → shard rings for replies and pushes.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use socket2::{Domain, Protocol, Socket, Type};
+use tern_protocol::session::SessionConfig;
+use tracing::info;
+
+use crate::{
+    auth::Verifier,
+    bridge::{self, ChatService, WorkerSetup},
+    config::Config,
+    http::{HttpServer, HttpState},
+    mailbox::{self, Doorbell, Sender},
+    metrics::Metrics,
+    shard::{self, ShardMsg, ShardSetup},
+};
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Server {
+    shard_threads: Vec<JoinHandle<std::io::Result<()>>>,
+    worker_threads: Vec<JoinHandle<()>>,
+    /// To each shard, for the drain signal.
+    control: Vec<Sender<ShardMsg>>,
+    stop_workers: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+    http: Option<HttpServer>,
+    /// Counters of every shard and worker.
+    pub metrics: Metrics,
+    /// Where TCP clients connect (the bound address, useful with port 0).
+    pub tcp_addr: Option<SocketAddr>,
+    /// Where WebSocket clients connect.
+    pub ws_addr: Option<SocketAddr>,
+    /// Where `/metrics` is served.
+    pub http_addr: Option<SocketAddr>,
+    deadline: Duration,
+}
+
+/// The session settings of the config, in the protocol crate's terms.
+pub fn session_config(cfg: &Config) -> SessionConfig {
+    let s = &cfg.session;
+    let mut out = SessionConfig {
+        auth_timeout_ms: s.auth_timeout_ms,
+        heartbeat_interval_ms: s.heartbeat_interval_ms,
+        heartbeat_timeout_factor_pct: s.heartbeat_timeout_factor_pct,
+        unacked_window_max: s.unacked_window_max,
+        outbox_frames_max: s.outbox_frames_max,
+        outbox_bytes_max: s.outbox_bytes_max,
+        frame_bytes_max: s.frame_bytes_max,
+        ..SessionConfig::default()
+    };
+    out.client_limits.text_bytes_max = s.text_bytes_max;
+    out
+}
+
+impl Server {
+    /// Starts everything; returns once listeners are bound and shards run.
+    pub fn start(cfg: &Config, service: Arc<dyn ChatService>) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let session = session_config(cfg);
+        session
+            .validate()
+            .map_err(|e| anyhow::anyhow!("session config: {e}"))?;
+        let verifier = Arc::new(Verifier::new(&cfg.auth)?);
+        let shards = cfg.shard_count();
+        let workers = cfg.backend.workers;
+        let metrics = Metrics::new(shards);
+        let epoch = Instant::now();
+
+        // Listeners: one SO_REUSEPORT socket per shard on the same address.
+        // The first binds the port (possibly 0 → an ephemeral one); the rest
+        // join it.
+        let tcp = bind_group(cfg.listen.tcp, shards, cfg.listen.backlog).context("TCP listener")?;
+        let ws =
+            bind_group(cfg.listen.ws, shards, cfg.listen.backlog).context("WebSocket listener")?;
+        let tcp_addr = tcp.first().map(|l| l.local_addr()).transpose()?;
+        let ws_addr = ws.first().map(|l| l.local_addr()).transpose()?;
+
+        // Doorbells and rings.
+        let shard_bells: Vec<_> = (0..shards)
+            .map(|_| Doorbell::eventfd())
+            .collect::<Result<_, _>>()?;
+        // inboxes[j] collects receivers for shard j.
+        let mut inboxes: Vec<Vec<mailbox::Receiver<ShardMsg>>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        let mut to_shards: Vec<Vec<Option<Sender<ShardMsg>>>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        for (i, row) in to_shards.iter_mut().enumerate() {
+            for (j, inbox) in inboxes.iter_mut().enumerate() {
+                if i == j {
+                    row.push(None);
+                } else {
+                    let (tx, rx) =
+                        mailbox::channel(cfg.shards.ring_entries_max, shard_bells[j].clone());
+                    row.push(Some(tx));
+                    inbox.push(rx);
+                }
+            }
+        }
+        // Control rings (main thread → shard), for drain.
+        let mut control = Vec::new();
+        for (j, inbox) in inboxes.iter_mut().enumerate() {
+            let (tx, rx) = mailbox::channel(16, shard_bells[j].clone());
+            control.push(tx);
+            inbox.push(rx);
+        }
+        // Workers: spawned first so their doorbells can unpark them.
+        let stop_workers = Arc::new(AtomicBool::new(false));
+        let mut worker_threads = Vec::new();
+        let mut to_backend: Vec<Vec<Sender<bridge::BackendRequest>>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        for w in 0..workers {
+            let (setup_tx, setup_rx) = std::sync::mpsc::channel::<WorkerSetup>();
+            let service = service.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("tern-backend-{w}"))
+                .spawn(move || {
+                    // The setup arrives once the rings exist (they need our
+                    // Thread handle for the doorbell).
+                    if let Ok(setup) = setup_rx.recv() {
+                        bridge::run_worker(setup, service);
+                    }
+                })?;
+            let bell = Doorbell::thread(handle.thread().clone());
+            let mut worker_inbox = Vec::new();
+            for row in to_backend.iter_mut() {
+                let (tx, rx) = mailbox::channel(cfg.backend.queue_entries_max, bell.clone());
+                row.push(tx);
+                worker_inbox.push(rx);
+            }
+            let mut worker_to_shards = Vec::new();
+            for (j, inbox) in inboxes.iter_mut().enumerate() {
+                let (tx, rx) =
+                    mailbox::channel(cfg.shards.ring_entries_max, shard_bells[j].clone());
+                worker_to_shards.push(tx);
+                inbox.push(rx);
+            }
+            setup_tx
+                .send(WorkerSetup {
+                    inbox: worker_inbox,
+                    to_shards: worker_to_shards,
+                    bell,
+                    batch_max: cfg.backend.batch_max,
+                    metrics: metrics.backend.clone(),
+                    stop: stop_workers.clone(),
+                })
+                .map_err(|_| anyhow::anyhow!("backend worker {w} died at start"))?;
+            worker_threads.push(handle);
+        }
+
+        let node_id: Arc<str> = cfg.node_id.as_str().into();
+        let mut tcp = tcp.into_iter();
+        let mut ws = ws.into_iter();
+        let mut shard_threads = Vec::new();
+        for (id, ((inbox, to), to_backend)) in inboxes
+            .into_iter()
+            .zip(to_shards)
+            .zip(to_backend)
+            .enumerate()
+        {
+            let setup = ShardSetup {
+                id,
+                shards,
+                node_id: node_id.clone(),
+                session: session.clone(),
+                read_buffer_bytes: cfg.shards.read_buffer_bytes,
+                accept_rate: cfg.listen.accept_rate_per_shard,
+                connections_max: cfg.shards.connections_max,
+                ws_origins: cfg.listen.ws_origins.clone(),
+                verifier: verifier.clone(),
+                metrics: metrics.shards[id].clone(),
+                bell: shard_bells[id].clone(),
+                inbox,
+                to_shards: to,
+                to_backend,
+                tcp_listener: tcp.next(),
+                ws_listener: ws.next(),
+                kick_rate: cfg.shutdown.kick_rate_per_shard,
+                epoch,
+            };
+            let driver = cfg.shards.driver;
+            shard_threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tern-shard-{id}"))
+                    .spawn(move || shard::run(setup, driver))?,
+            );
+        }
+
+        let ready = Arc::new(AtomicBool::new(true));
+        let http = match cfg.listen.http {
+            Some(addr) => Some(HttpServer::start(
+                addr,
+                HttpState {
+                    metrics: metrics.clone(),
+                    ready: ready.clone(),
+                },
+            )?),
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|h| h.addr);
+        info!(?tcp_addr, ?ws_addr, ?http_addr, shards, workers, node = %cfg.node_id, "tern serving");
+        Ok(Self {
+            shard_threads,
+            worker_threads,
+            control,
+            stop_workers,
+            ready,
+            http,
+            metrics,
+            tcp_addr,
+            ws_addr,
+            http_addr,
+            deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
+        })
+    }
+
+    /// Graceful shutdown: readiness flips, shards stop accepting and kick
+    /// their connections at a bounded rate; returns when they are empty or
+    /// at the deadline (the process then exits regardless).
+    pub fn shutdown(mut self) {
+        self.ready.store(false, Ordering::Relaxed);
+        for tx in &mut self.control {
+            let _ = tx.send(ShardMsg::Drain);
+        }
+        let until = Instant::now() + self.deadline;
+        for t in self.shard_threads.drain(..) {
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        self.stop_workers.store(true, Ordering::Release);
+        for t in self.worker_threads.drain(..) {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        drop(self.http.take());
+    }
+}
+
+/// Binds `n` SO_REUSEPORT listeners on `addr` (none when `addr` is None).
+fn bind_group(
+    addr: Option<SocketAddr>,
+    n: usize,
+    backlog: u32,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let Some(mut addr) = addr else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        let l: std::net::TcpListener = s.into();
+        // Later sockets join the port the first one got.
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}

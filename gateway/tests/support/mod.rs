@@ -1,0 +1,281 @@
+//! Test support: a gateway started in-process on loopback ports with a
+//! fresh embedded store, and a blocking client that speaks the real
+//! protocol over a real socket.
+#![allow(dead_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tern_gateway::{
+    auth,
+    config::{Config, Driver},
+    server::Server,
+    service::BackendService,
+};
+use tern_protocol::{
+    codec,
+    pb::{self, frame::Body},
+};
+
+pub const SECRET: &str = "test-secret";
+
+/// A gateway on ephemeral loopback ports, stopped on drop.
+pub struct Gateway {
+    pub server: Option<Server>,
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn start(driver: Driver) -> Self {
+        Self::start_with(driver, |_| {})
+    }
+
+    pub fn start_with(driver: Driver, tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.listen.tcp = Some(any);
+        cfg.listen.ws = Some(any);
+        cfg.listen.http = Some(any);
+        cfg.shards.count = 2;
+        cfg.shards.driver = driver;
+        cfg.auth.jwt_secret = SECRET.into();
+        cfg.backend.data_dir = dir.path().to_path_buf();
+        cfg.node_id = "test-node".into();
+        tweak(&mut cfg);
+        let service = Arc::new(BackendService::open(&cfg.backend).unwrap());
+        let server = Server::start(&cfg, service).unwrap();
+        Self {
+            tcp: server.tcp_addr.unwrap(),
+            ws: server.ws_addr.unwrap(),
+            http: server.http_addr.unwrap(),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    pub fn token(user: &str) -> String {
+        auth::mint_hs256(SECRET, user, 3600, None).unwrap()
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.http).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+/// Both drivers where the kernel has io_uring; epoll only otherwise.
+pub fn drivers() -> Vec<Driver> {
+    let mut d = vec![Driver::Epoll];
+    if io_uring_available() {
+        d.push(Driver::Uring);
+    }
+    d
+}
+
+fn io_uring_available() -> bool {
+    monoio::utils::detect_uring()
+}
+
+/// A blocking protocol client over TCP.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    next_request: u64,
+    /// Pushes seen while waiting for a response.
+    pub pushes: Vec<pb::Frame>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+            next_request: 1,
+            pushes: Vec::new(),
+        }
+    }
+
+    /// Connects and authenticates as `user` on `device`; returns the Welcome.
+    pub fn login(addr: SocketAddr, user: &str, device: &str) -> (Self, pb::Welcome) {
+        let mut c = Self::connect(addr);
+        let reply = c.request(Body::Auth(pb::Auth {
+            token: Gateway::token(user),
+            device_id: device.into(),
+            protocol_version: 1,
+            platform: pb::Platform::Cli as i32,
+            ..Default::default()
+        }));
+        match reply.body {
+            Some(Body::Welcome(w)) => (c, w),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    pub fn send_frame(&mut self, frame: &pb::Frame) {
+        let mut out = Vec::new();
+        codec::encode_frame(frame, &mut out);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a request and returns the response with its request id,
+    /// keeping pushes that arrive meanwhile in `pushes`.
+    pub fn request(&mut self, body: Body) -> pb::Frame {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.send_frame(&pb::Frame {
+            request_id: id,
+            body: Some(body),
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let f = self
+                .read_frame_until(deadline)
+                .expect("response before deadline");
+            if f.request_id == id {
+                return f;
+            }
+            self.pushes.push(f);
+        }
+    }
+
+    /// The next frame (a push already seen first), or None at EOF/deadline.
+    pub fn next_frame(&mut self) -> Option<pb::Frame> {
+        if !self.pushes.is_empty() {
+            return Some(self.pushes.remove(0));
+        }
+        self.read_frame_until(Instant::now() + WAIT)
+    }
+
+    /// Waits for a push matching `pred`.
+    pub fn wait_push(&mut self, mut pred: impl FnMut(&pb::Frame) -> bool) -> pb::Frame {
+        if let Some(i) = self.pushes.iter().position(&mut pred) {
+            return self.pushes.remove(i);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let f = self
+                .read_frame_until(deadline)
+                .expect("push before deadline");
+            if pred(&f) {
+                return f;
+            }
+            self.pushes.push(f);
+        }
+    }
+
+    pub fn read_frame_until(&mut self, deadline: Instant) -> Option<pb::Frame> {
+        loop {
+            match codec::decode_frame(&self.buf, 1 << 20).unwrap() {
+                codec::Decoded::Frame { frame, consumed } => {
+                    self.buf.drain(..consumed);
+                    return Some(frame);
+                }
+                codec::Decoded::NeedMore(_) => {}
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// True when the server closed the connection (EOF) within the deadline.
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.read_frame_until(deadline) {
+                Some(f) => self.pushes.push(f),
+                None => return Instant::now() < deadline,
+            }
+        }
+    }
+
+    pub fn send_text(&mut self, to_user: &str, client_msg_id: &str, text: &str) -> pb::Frame {
+        self.request(Body::Send(pb::Send {
+            client_msg_id: client_msg_id.into(),
+            to: Some(pb::send::To::UserId(to_user.into())),
+            content: Some(text_content(text)),
+            ..Default::default()
+        }))
+    }
+
+    pub fn send_group_text(&mut self, group: &str, client_msg_id: &str, text: &str) -> pb::Frame {
+        self.request(Body::Send(pb::Send {
+            client_msg_id: client_msg_id.into(),
+            to: Some(pb::send::To::GroupId(group.into())),
+            content: Some(text_content(text)),
+            ..Default::default()
+        }))
+    }
+}
+
+pub fn text_content(text: &str) -> pb::Content {
+    pb::Content {
+        kind: Some(pb::content::Kind::Text(pb::Text { text: text.into() })),
+    }
+}
+
+/// The text of the first entry of a Deliver push.
+pub fn delivered_text(f: &pb::Frame) -> Option<(String, u64, String)> {
+    let Some(Body::Deliver(d)) = &f.body else {
+        return None;
+    };
+    let e = d.entries.first()?;
+    let Some(pb::entry::Body::Message(m)) = &e.body else {
+        return None;
+    };
+    let Some(pb::content::Kind::Text(t)) = m.content.as_ref()?.kind.as_ref() else {
+        return None;
+    };
+    Some((e.conversation_id.clone(), e.seq, t.text.clone()))
+}
