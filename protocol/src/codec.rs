@@ -117,6 +117,12 @@ impl DecodeError {
 /// `buf` may hold less than one frame (then [`Decoded::NeedMore`]) or several
 /// (then call again on `&buf[consumed..]`). A body longer than
 /// `frame_bytes_max` is refused from its prefix alone.
+///
+/// After an error that does not [close the connection], the bad frame's
+/// extent is known: [`frame_len`] gives it, and the caller skips
+/// `prefix_len + body_len` bytes to reach the next frame.
+///
+/// [close the connection]: DecodeError::closes_connection
 pub fn decode_frame(buf: &[u8], frame_bytes_max: usize) -> Result<Decoded, DecodeError> {
     decode_frame_with(buf, frame_bytes_max, parse_body)
 }
