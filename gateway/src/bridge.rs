@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Who sent a request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Caller {
     /// The authenticated user.
     pub user: String,
@@ -88,8 +88,15 @@ pub struct Answer {
 /// request out, in order. Implemented over `tern_backend` in `server.rs`.
 pub trait ChatService: Send + Sync + 'static {
     /// Handles `batch` (one durable commit for all of its writes).
-    fn handle_batch(&self, now_unix_ms: u64, batch: &[(Caller, Body)]) -> Vec<Answer>;
+    fn handle_batch(&self, now_unix_ms: u64, batch: Vec<(Caller, Body)>) -> Vec<Answer>;
+
+    /// Called about every [`TICK_MS`]: pushes due to time passing (typing
+    /// that expired).
+    fn tick(&self, now_unix_ms: u64) -> Vec<Effect>;
 }
+
+/// How often a worker calls [`ChatService::tick`].
+pub const TICK_MS: u64 = 1_000;
 
 /// A worker's rings.
 #[derive(Debug)]
@@ -113,8 +120,14 @@ pub struct WorkerSetup {
 pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
     let shards = w.to_shards.len();
     let mut batch: Vec<BackendRequest> = Vec::with_capacity(w.batch_max);
-    let mut calls: Vec<(Caller, Body)> = Vec::with_capacity(w.batch_max);
+    let mut next_tick = Instant::now();
     loop {
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + std::time::Duration::from_millis(TICK_MS);
+            for effect in service.tick(unix_ms()) {
+                route(&mut w.to_shards, shards, effect);
+            }
+        }
         // Round-robin over the shards' rings so one busy shard cannot starve
         // the others.
         let mut progress = true;
@@ -144,13 +157,16 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             continue;
         }
         let started = Instant::now();
-        calls.clear();
-        for r in &mut batch {
-            // The frame's body was checked present by the session.
-            let body = r.frame.body.take().unwrap_or(Body::Ok(pb::Ok::default()));
-            calls.push((r.caller.clone(), body));
-        }
-        let answers = service.handle_batch(unix_ms(), &calls);
+        let calls = batch
+            .iter_mut()
+            .map(|r| {
+                // The session checked the body is present; `Ok` never reaches
+                // here, and if it did the domain would refuse it.
+                let body = r.frame.body.take().unwrap_or(Body::Ok(pb::Ok::default()));
+                (std::mem::take(&mut r.caller), body)
+            })
+            .collect();
+        let answers = service.handle_batch(unix_ms(), calls);
         w.metrics
             .batch_latency
             .observe_us(started.elapsed().as_micros() as u64);

@@ -51,54 +51,70 @@ impl BackendService {
     }
 }
 
+/// The bridge's form of a domain effect; `origin` is the device whose copy
+/// of a delivery is skipped.
+fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
+    match e {
+        DomainEffect::Deliver { entry, recipients } => Effect::Deliver {
+            entry,
+            recipients,
+            origin: origin.cloned(),
+        },
+        DomainEffect::Event { user_id, event } => Effect::Push {
+            recipients: Arc::from([user_id]),
+            body: Body::Event(event),
+        },
+        DomainEffect::Typing { recipients, event } => Effect::Push {
+            recipients,
+            body: Body::TypingEvent(event),
+        },
+        DomainEffect::Presence { recipients, event } => Effect::Push {
+            recipients,
+            body: Body::PresenceEvent(event),
+        },
+    }
+}
+
 impl ChatService for BackendService {
-    fn handle_batch(&self, now_unix_ms: u64, batch: &[(Caller, Body)]) -> Vec<Answer> {
-        let requests = batch
+    fn handle_batch(&self, now_unix_ms: u64, batch: Vec<(Caller, Body)>) -> Vec<Answer> {
+        // The sending device has its SendAck; its copy of the delivery is
+        // skipped.
+        let origins: Vec<Option<(String, String)>> = batch
             .iter()
-            .map(|(c, body)| Request {
-                caller: DomainCaller {
-                    user_id: c.user.clone(),
-                    device_id: c.device.clone(),
-                },
-                body: body.clone(),
+            .map(|(c, body)| {
+                matches!(body, Body::Send(_)).then(|| (c.user.clone(), c.device.clone()))
             })
             .collect();
-        let outcomes = self.domain.handle_batch(now_unix_ms, requests);
-        outcomes
+        let requests = batch
             .into_iter()
-            .zip(batch)
-            .map(|(o, (caller, body))| {
-                // The sending device has its SendAck; its copy is skipped.
-                let origin = matches!(body, Body::Send(_))
-                    .then(|| (caller.user.clone(), caller.device.clone()));
-                let effects = o
+            .map(|(c, body)| Request {
+                caller: DomainCaller {
+                    user_id: c.user,
+                    device_id: c.device,
+                },
+                body,
+            })
+            .collect();
+        self.domain
+            .handle_batch(now_unix_ms, requests)
+            .into_iter()
+            .zip(origins)
+            .map(|(o, origin)| Answer {
+                reply: o.reply,
+                effects: o
                     .effects
                     .into_iter()
-                    .map(|e| match e {
-                        DomainEffect::Deliver { entry, recipients } => Effect::Deliver {
-                            entry,
-                            recipients,
-                            origin: origin.clone(),
-                        },
-                        DomainEffect::Event { user_id, event } => Effect::Push {
-                            recipients: Arc::from([user_id]),
-                            body: Body::Event(event),
-                        },
-                        DomainEffect::Typing { recipients, event } => Effect::Push {
-                            recipients,
-                            body: Body::TypingEvent(event),
-                        },
-                        DomainEffect::Presence { recipients, event } => Effect::Push {
-                            recipients,
-                            body: Body::PresenceEvent(event),
-                        },
-                    })
-                    .collect();
-                Answer {
-                    reply: o.reply,
-                    effects,
-                }
+                    .map(|e| effect(e, origin.as_ref()))
+                    .collect(),
             })
+            .collect()
+    }
+
+    fn tick(&self, now_unix_ms: u64) -> Vec<Effect> {
+        self.domain
+            .poll_expired(now_unix_ms)
+            .into_iter()
+            .map(|e| effect(e, None))
             .collect()
     }
 }

@@ -579,7 +579,11 @@ impl Shard {
                 true
             }
         });
+        let first_device = keys.is_empty();
         keys.push(key);
+        if first_device {
+            self.presence(&user, pb::PresenceState::Online);
+        }
         let c = &mut conns[key as usize];
         let ok = AuthOk {
             user_id: &user,
@@ -595,6 +599,35 @@ impl Shard {
         self.arm(key, c);
     }
 
+    /// Tells the backend a user's first device connected (online) or last
+    /// one left (offline). Presence is ephemeral: if the backend queue is
+    /// full the update is dropped, not waited for.
+    fn presence(&self, user: &str, state: pb::PresenceState) {
+        let req = BackendRequest {
+            // No connection waits for the answer.
+            from: ConnRef {
+                shard: self.id as u16,
+                key: u32::MAX,
+                generation: 0,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: String::new(),
+            },
+            frame: Box::new(pb::Frame {
+                request_id: 0,
+                body: Some(Body::SetPresence(pb::SetPresenceRequest {
+                    state: state as i32,
+                    text: String::new(),
+                })),
+            }),
+            started: None,
+        };
+        let mut to_backend = self.to_backend.borrow_mut();
+        let worker = owner_shard(user, to_backend.len());
+        let _ = to_backend[worker].send(req);
+    }
+
     /// Feeds bytes to a connection's session. Returns what the reader
     /// should do next.
     fn ingest(self: &Rc<Self>, key: u32, data: &[u8]) -> Ingest {
@@ -604,14 +637,26 @@ impl Shard {
         let mut pos = 0;
         let max = self.cfg.frame_bytes_max;
         while pos < data.len() {
-            let decoded = match c.transport {
-                Transport::Tcp => codec::decode_frame(&data[pos..], max).map(|d| match d {
-                    codec::Decoded::Frame { frame, consumed } => Some((frame, consumed)),
-                    codec::Decoded::NeedMore(_) => None,
-                }),
+            // `Ok(Some((frame or its decode error, bytes used)))`, `Ok(None)`:
+            // need more input; `Err`: the framing itself is broken (close).
+            let decoded: Result<
+                Option<(Result<pb::Frame, codec::DecodeError>, usize)>,
+                codec::DecodeError,
+            > = match c.transport {
+                Transport::Tcp => match codec::frame_len(&data[pos..], max) {
+                    Ok(Some((prefix, body_len))) if data.len() - pos >= prefix + body_len => {
+                        let body = &data[pos + prefix..pos + prefix + body_len];
+                        Ok(Some((
+                            codec::decode_client_body(body, max),
+                            prefix + body_len,
+                        )))
+                    }
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e),
+                },
                 Transport::WebSocket => match ws::decode_message(&data[pos..], max) {
                     Ok(ws::WsDecoded::Frame { body, consumed }) => {
-                        codec::decode_body(&body, max).map(|f| Some((f, consumed)))
+                        Ok(Some((codec::decode_client_body(&body, max), consumed)))
                     }
                     Ok(ws::WsDecoded::Control {
                         consumed,
@@ -629,7 +674,15 @@ impl Shard {
                     }
                     Ok(ws::WsDecoded::NeedMore) => Ok(None),
                     Err(e) => {
+                        // A WebSocket protocol error: close with a status
+                        // (1009 too big, 1002 otherwise) and no Tern frame.
                         debug!(error = %e, "bad websocket frame");
+                        let code = if matches!(e, ws::WsError::TooLarge(_)) {
+                            1009
+                        } else {
+                            1002
+                        };
+                        let _ = send_nonblocking(c.stream.as_raw_fd(), &ws::close_frame(code));
                         return Ingest::Close(CloseReason::BadInput);
                     }
                 },
@@ -652,10 +705,24 @@ impl Shard {
                 }
             };
             let (frame, consumed) = match decoded {
-                Ok(Some(x)) => x,
+                Ok(Some((Ok(frame), consumed))) => (frame, consumed),
+                Ok(Some((Err(e), consumed))) => {
+                    // A whole frame that does not decode: the session answers
+                    // with a typed error; it closes only where the protocol
+                    // says so (e.g. before auth).
+                    debug!(error = %e, "bad frame");
+                    c.session.handle_decode_error(&self.cfg, now, &e);
+                    self.flush(key, c);
+                    if c.session.is_closed() || !c.session.is_live() {
+                        return Ingest::Close(CloseReason::BadInput);
+                    }
+                    pos += consumed;
+                    continue;
+                }
                 Ok(None) => break,
                 Err(e) => {
-                    // Undecodable input: tell the peer why, then close it.
+                    // Broken framing (oversized or overlong prefix): tell the
+                    // peer why, then close it.
                     debug!(error = %e, "bad frame");
                     c.session.handle_decode_error(&self.cfg, now, &e);
                     self.flush(key, c);
@@ -1115,6 +1182,7 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
             keys.retain(|&k| k != key);
             if keys.is_empty() {
                 users.remove(user);
+                shard.presence(user, pb::PresenceState::Offline);
             }
         }
     }

@@ -426,3 +426,52 @@ fn graceful_shutdown_kicks_clients() {
         t.join().unwrap();
     });
 }
+
+/// Friends see each other come online and go offline (presence derived from
+/// connections), and typing in a 1:1 chat is pushed to the peer.
+#[test]
+fn presence_follows_connections_and_typing_is_pushed() {
+    each_driver(|d| {
+        let gw = Gateway::start(d);
+        let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
+        {
+            let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
+            let r = alice.request(Body::FriendRequest(pb::FriendRequestSend {
+                user_id: "bob".into(),
+                message: "hi".into(),
+            }));
+            assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+            let r = bob.request(Body::FriendAccept(pb::FriendAccept {
+                user_id: "alice".into(),
+            }));
+            assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+            alice.send_frame(&pb::Frame {
+                request_id: 0,
+                body: Some(Body::Typing(pb::TypingRequest {
+                    conversation_id: "d:alice:bob".into(),
+                    typing: true,
+                })),
+            });
+            let t = bob.wait_push(|f| matches!(f.body, Some(Body::TypingEvent(_))));
+            let Some(Body::TypingEvent(t)) = t.body else {
+                unreachable!()
+            };
+            assert_eq!((t.user_id.as_str(), t.typing), ("alice", true));
+        }
+        // alice's only connection closed: bob sees her go offline.
+        let p = bob.wait_push(|f| match &f.body {
+            Some(Body::PresenceEvent(p)) => p.presence.as_ref().is_some_and(|p| {
+                p.user_id == "alice" && p.state == pb::PresenceState::Offline as i32
+            }),
+            _ => false,
+        });
+        assert!(matches!(p.body, Some(Body::PresenceEvent(_))));
+        let (_alice, _) = Client::login(gw.tcp, "alice", "laptop");
+        bob.wait_push(|f| match &f.body {
+            Some(Body::PresenceEvent(p)) => p.presence.as_ref().is_some_and(|p| {
+                p.user_id == "alice" && p.state == pb::PresenceState::Online as i32
+            }),
+            _ => false,
+        });
+    });
+}
