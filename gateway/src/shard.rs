@@ -639,10 +639,7 @@ impl Shard {
         while pos < data.len() {
             // `Ok(Some((frame or its decode error, bytes used)))`, `Ok(None)`:
             // need more input; `Err`: the framing itself is broken (close).
-            let decoded: Result<
-                Option<(Result<pb::Frame, codec::DecodeError>, usize)>,
-                codec::DecodeError,
-            > = match c.transport {
+            let decoded: Result<Option<Whole>, codec::DecodeError> = match c.transport {
                 Transport::Tcp => match codec::frame_len(&data[pos..], max) {
                     Ok(Some((prefix, body_len))) if data.len() - pos >= prefix + body_len => {
                         let body = &data[pos + prefix..pos + prefix + body_len];
@@ -832,6 +829,9 @@ fn close_reason(session: &Session) -> CloseReason {
         Some(S::PeerClosed) | None => CloseReason::Peer,
     }
 }
+
+/// A whole frame from the input (decoded, or why not) and the bytes it took.
+type Whole = (Result<pb::Frame, codec::DecodeError>, usize);
 
 enum Ingest {
     Continue,
