@@ -618,33 +618,38 @@ impl RedisStore {
             }
         }
         self.with_conn(|conn| {
-            // All or none: one function call. A single server runs it over
-            // keys of several tags; a cluster cannot, so there a call that
-            // spans tags is refused before anything is written (the domain
-            // only ever combines the records of one pair, or one profile).
-            let merged = if groups.len() > 1 {
-                if conn.is_cluster() {
-                    return Err(RedisStoreError::InvalidCall(format!(
-                        "apply_social spans {} hash tags; a cluster applies one pair (or one profile) atomically",
-                        groups.len()
-                    )));
-                }
-                let mut all = WriteGroup { tag: String::new(), keys: Vec::new(), writes: Vec::new() };
+            // One function call per hash tag, each all or none. A single
+            // server runs one call over the keys of every tag, so there the
+            // whole call is all or none. A cluster cannot run one function
+            // across slots: there a call spanning tags (one pair's records
+            // and another's) is applied tag by tag, in one pipelined round
+            // trip. Every op is an idempotent put or delete and ops of
+            // different tags touch different keys, so a failed call that is
+            // retried converges on the same state. The domain only ever
+            // combines the records of one pair (or one profile) per call,
+            // which is atomic everywhere. docs/redis.md says the same.
+            let calls: Vec<WriteGroup> = if groups.len() > 1 && !conn.is_cluster() {
+                let mut all = WriteGroup {
+                    tag: String::new(),
+                    keys: Vec::new(),
+                    writes: Vec::new(),
+                };
                 for g in groups.drain(..) {
                     for (ki, w) in g.writes {
                         all.push(g.keys[ki].clone(), w);
                     }
                 }
-                all
+                vec![all]
             } else {
-                // `ops` is not empty, so there is exactly one group.
-                groups.pop().expect("one group for a non-empty op list")
+                groups
             };
             if !index.is_empty() {
                 self.run(conn, &index)?;
             }
             let mut pipe = Pipe::default();
-            pipe.add(merged.command());
+            for call in &calls {
+                pipe.add(call.command());
+            }
             self.run(conn, &pipe)?;
             self.wait_durable(conn)
         })

@@ -2,8 +2,8 @@
 //! here, from ids that were checked first.
 //!
 //! Never builds a key from an unchecked id. Ids may hold only
-//! `[A-Za-z0-9._@-]` ([`check_id`]), conversation ids are parsed with
-//! [`ConversationId::parse`], so no id can contain `{`, `}` or `:`: it can
+//! `[A-Za-z0-9._@-]` ([`check_id`]) and a conversation id must be
+//! `d:<id>:<id>` or `g:<id>`, so no id part can contain `{`, `}` or `:`: it can
 //! neither end its hash tag early (steering the key to another Cluster slot)
 //! nor run into the suffix that names the key's role. docs/redis.md lists
 //! the schema.
@@ -18,7 +18,7 @@
 //! - `{p:<a>:<b>}` (`a < b`): the social records between two users
 //!   (friendship both ways, requests both ways, blocks both ways).
 
-use tern_protocol::ids::{ConversationId, IdError, check_id};
+use tern_protocol::ids::{IdError, check_id};
 
 /// An id that cannot be part of a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,9 +78,21 @@ pub struct ConvKeys {
 }
 
 impl ConvKeys {
-    /// The keys of `conversation` (wire form), which must parse.
+    /// The keys of `conversation` (wire form): `d:<a>:<b>` or `g:<group>`
+    /// with every part a valid id. What makes a key safe is checked here;
+    /// the canonical order of a 1:1 id (`a < b`) is the domain's business,
+    /// so a non-canonical one is simply another (empty) conversation.
     pub fn new(conversation: &str) -> Result<Self, KeyError> {
-        ConversationId::parse(conversation).map_err(|e| refuse("conversation", conversation, e))?;
+        let parts = if let Some(rest) = conversation.strip_prefix("d:") {
+            rest.split_once(':')
+                .ok_or(IdError::BadConversation)
+                .and_then(|(a, b)| check_id(a).and(check_id(b)))
+        } else if let Some(g) = conversation.strip_prefix("g:") {
+            check_id(g)
+        } else {
+            Err(IdError::BadConversation)
+        };
+        parts.map_err(|e| refuse("conversation", conversation, e))?;
         Ok(Self::of_checked(conversation))
     }
 
@@ -231,7 +243,9 @@ mod tests {
             assert!(PairKeys::new("ok", bad).is_err(), "{bad:?}");
             assert!(dedup_field("ok", bad).is_err(), "{bad:?}");
         }
-        for bad in ["d:b:a", "g:{x}", "x:y", "g:", "d:a:b:c", "d:a}:b"] {
+        for bad in [
+            "d:a", "g:{x}", "x:y", "g:", "d:a:b:c", "d:a}:b", "d::b", "g:a:b",
+        ] {
             assert!(ConvKeys::new(bad).is_err(), "{bad:?}");
         }
         let e = UserKeys::new(&"}".repeat(1000)).unwrap_err();
