@@ -14,8 +14,9 @@
 //!   check in the append; recipients from the domain's member cache).
 //!
 //! Each runs on one server with `appendonly yes`, `appendfsync always` (the
-//! durable setting the store requires by default) and on a 3-master cluster
-//! with the same setting. Run: `cargo bench -p tern-backend --bench redis`.
+//! durable setting the store requires by default), on a 3-master cluster
+//! with the same setting, and on one server without persistence (what the
+//! fsync costs). Run: `cargo bench -p tern-backend --bench redis`.
 //! Never asserts on time; figures go to docs/benchmarks.md.
 
 #[path = "../tests/support/redis_harness.rs"]
@@ -24,7 +25,7 @@ mod redis_harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hdrhistogram::Histogram;
 use redis_harness::{RedisCluster, RedisServer, ServerOptions};
 use tern_backend::redis_store::{RedisConfig, RedisNodes, RedisStore};
@@ -45,20 +46,34 @@ const INVITE_CHUNK: usize = 500;
 /// runs (dropping them kills the processes).
 type Servers = Box<dyn std::any::Any>;
 
+/// The deployments measured: one server and a 3-master cluster with AOF
+/// `always` (durable acks), and one server without persistence, to show
+/// what the fsync costs on the machine at hand.
+const DEPLOYMENTS: [&str; 3] = [
+    "single_aof_always",
+    "cluster3_aof_always",
+    "single_no_persistence",
+];
+
 fn deploy(name: &str) -> (Servers, Domain) {
-    let (dep, nodes): (Servers, _) = match name {
-        "single" => {
-            let s = RedisServer::start(ServerOptions::DURABLE);
-            let n = RedisNodes::Single(s.url());
-            (Box::new(s), n)
-        }
-        _ => {
-            let c = RedisCluster::start(3, true);
-            let n = RedisNodes::Cluster(c.urls());
-            (Box::new(c), n)
-        }
+    let durable = name.ends_with("aof_always");
+    let (dep, nodes): (Servers, _) = if name.starts_with("cluster3") {
+        let c = RedisCluster::start(3, durable);
+        let n = RedisNodes::Cluster(c.urls());
+        (Box::new(c), n)
+    } else {
+        let options = if durable {
+            ServerOptions::DURABLE
+        } else {
+            ServerOptions::EPHEMERAL
+        };
+        let s = RedisServer::start(options);
+        let n = RedisNodes::Single(s.url());
+        (Box::new(s), n)
     };
-    let store = RedisStore::open(RedisConfig::new(nodes)).expect("open the redis store");
+    let mut config = RedisConfig::new(nodes);
+    config.require_durable = durable;
+    let store = RedisStore::open(config).expect("open the redis store");
     (dep, Domain::new(Arc::new(store), Config::default()))
 }
 
@@ -108,9 +123,9 @@ fn print_percentiles(label: &str, h: &Histogram<u64>) {
 }
 
 fn benches(c: &mut Criterion) {
-    for name in ["single", "cluster3"] {
+    for name in DEPLOYMENTS {
         let (_dep, domain) = deploy(name);
-        let mut group = c.benchmark_group(format!("redis_{name}_aof_always"));
+        let mut group = c.benchmark_group(format!("redis_{name}"));
         group
             .sample_size(30)
             .measurement_time(Duration::from_secs(8));
@@ -119,7 +134,7 @@ fn benches(c: &mut Criterion) {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         let mut n = 0u64;
         group.throughput(Throughput::Elements(1));
-        group.bench_function(BenchmarkId::new("send_1to1", name), |b| {
+        group.bench_function("send_1to1", |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -136,12 +151,12 @@ fn benches(c: &mut Criterion) {
                 total
             })
         });
-        print_percentiles(&format!("redis_{name}_aof_always/send_1to1 latency"), &hist);
+        print_percentiles(&format!("redis_{name}/send_1to1 latency"), &hist);
 
         // ---- send_batch_64 ----------------------------------------------
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         group.throughput(Throughput::Elements(BATCH_SENDS as u64));
-        group.bench_function(BenchmarkId::new("send_batch_64", name), |b| {
+        group.bench_function("send_batch_64", |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -163,10 +178,7 @@ fn benches(c: &mut Criterion) {
                 total
             })
         });
-        print_percentiles(
-            &format!("redis_{name}_aof_always/send_batch_64 batch latency"),
-            &hist,
-        );
+        print_percentiles(&format!("redis_{name}/send_batch_64 batch latency"), &hist);
 
         // ---- sync_1000 --------------------------------------------------
         let t0 = now_ms();
@@ -187,7 +199,7 @@ fn benches(c: &mut Criterion) {
             }
         }
         group.throughput(Throughput::Elements(SYNC_MESSAGES as u64));
-        group.bench_function(BenchmarkId::new("sync_1000", name), |b| {
+        group.bench_function("sync_1000", |b| {
             b.iter(|| {
                 let mut cursors = Vec::new();
                 let mut got = 0;
@@ -247,7 +259,7 @@ fn benches(c: &mut Criterion) {
         }
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         group.throughput(Throughput::Elements(1));
-        group.bench_function(BenchmarkId::new("group_send_1000", name), |b| {
+        group.bench_function("group_send_1000", |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -269,10 +281,7 @@ fn benches(c: &mut Criterion) {
                 total
             })
         });
-        print_percentiles(
-            &format!("redis_{name}_aof_always/group_send_1000 latency"),
-            &hist,
-        );
+        print_percentiles(&format!("redis_{name}/group_send_1000 latency"), &hist);
         group.finish();
     }
 }
