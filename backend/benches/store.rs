@@ -38,7 +38,11 @@ impl Bed {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = EmbeddedStore::open(dir.path()).expect("open store");
-        Self { domain: Domain::new(Arc::new(store), Config::default()), _dir: dir, n: 0 }
+        Self {
+            domain: Domain::new(Arc::new(store), Config::default()),
+            _dir: dir,
+            n: 0,
+        }
     }
 
     fn now(&self) -> u64 {
@@ -73,7 +77,11 @@ impl Bed {
 
     fn run(&mut self, batch: Vec<Request>) -> Vec<Outcome> {
         let out = self.domain.handle_batch(self.now(), batch);
-        assert!(matches!(out[0].reply, Some(Body::SendAck(_))), "{:?}", out[0].reply);
+        assert!(
+            matches!(out[0].reply, Some(Body::SendAck(_))),
+            "{:?}",
+            out[0].reply
+        );
         out
     }
 }
@@ -88,6 +96,61 @@ fn direct_sends(c: &mut Criterion) {
             b.iter(|| {
                 let reqs = (0..batch).map(|_| bed.send("alice", None)).collect();
                 black_box(bed.run(reqs));
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The store alone (no domain): the same appends a 1:1 send makes.
+fn store_appends(c: &mut Criterion) {
+    use tern_backend::store::{Append, AppendEffect, DedupKey};
+    let mut g = c.benchmark_group("store_append_1to1");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    for batch in [1usize, 64, 256] {
+        let mut bed = Bed::new();
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
+            b.iter(|| {
+                let items: Vec<Append> = (0..batch)
+                    .map(|_| {
+                        bed.n += 1;
+                        let peer = format!("peer{}", bed.n as usize % DIRECT_CONVS);
+                        let cmid = format!("s{}", bed.n);
+                        Append {
+                            conversation: format!("d:alice:{peer}"),
+                            entry: pb::Entry {
+                                sender: "alice".into(),
+                                client_msg_id: cmid.clone(),
+                                time_ms: bed.now(),
+                                body: Some(pb::entry::Body::Message(pb::Message {
+                                    content: Some(pb::Content {
+                                        kind: Some(pb::content::Kind::Text(pb::Text {
+                                            text: "x".repeat(80),
+                                        })),
+                                    }),
+                                    ..Default::default()
+                                })),
+                                ..Default::default()
+                            },
+                            activity: true,
+                            dedup: Some(DedupKey {
+                                sender: "alice".into(),
+                                client_msg_id: cmid,
+                                expires_at_ms: bed.now() + 86_400_000,
+                            }),
+                            member_of: None,
+                            effect: AppendEffect::None,
+                            participants: vec!["alice".into(), peer],
+                        }
+                    })
+                    .collect();
+                black_box(
+                    bed.domain
+                        .store()
+                        .append_batch(bed.now(), &items)
+                        .expect("append"),
+                );
             })
         });
     }
@@ -109,7 +172,10 @@ fn sync_1000(c: &mut Criterion) {
             .collect();
         bed.run(reqs);
     }
-    let bob = Caller { user_id: "bob".into(), device_id: "bench".into() };
+    let bob = Caller {
+        user_id: "bob".into(),
+        device_id: "bench".into(),
+    };
     let mut g = c.benchmark_group("sync");
     g.sample_size(30);
     g.throughput(Throughput::Elements(SYNC_MESSAGES as u64));
@@ -122,9 +188,14 @@ fn sync_1000(c: &mut Criterion) {
                 let out = bed.domain.handle(
                     &bob,
                     bed.now(),
-                    Body::Sync(pb::SyncRequest { cursors: cursors.clone(), limit: 0 }),
+                    Body::Sync(pb::SyncRequest {
+                        cursors: cursors.clone(),
+                        limit: 0,
+                    }),
                 );
-                let Some(Body::SyncResult(r)) = out.reply else { panic!("sync failed") };
+                let Some(Body::SyncResult(r)) = out.reply else {
+                    panic!("sync failed")
+                };
                 got += r.entries.len();
                 if let Some(last) = r.entries.last() {
                     cursors = vec![pb::Cursor {
@@ -145,20 +216,35 @@ fn sync_1000(c: &mut Criterion) {
 /// A bed with group `big` of `GROUP_MEMBERS` members (owner `u0`).
 fn group_bed() -> Bed {
     let mut bed = Bed::new();
-    let owner = Caller { user_id: "u0".into(), device_id: "bench".into() };
-    let members = (1..GROUP_MEMBERS).map(|i| format!("u{i}")).collect();
+    let owner = Caller {
+        user_id: "u0".into(),
+        device_id: "bench".into(),
+    };
     let out = bed.domain.handle(
         &owner,
         bed.now(),
         Body::GroupCreate(pb::GroupCreate {
             group_id: "big".into(),
             name: "big".into(),
-            members,
+            members: Vec::new(),
             join_policy: pb::JoinPolicy::Open as i32,
             history_visible: false,
         }),
     );
     assert!(matches!(out.reply, Some(Body::GroupInfoResult(_))));
+    // Invites are capped at invite_users_max per request.
+    let members: Vec<String> = (1..GROUP_MEMBERS).map(|i| format!("u{i}")).collect();
+    for chunk in members.chunks(bed.domain.config().invite_users_max as usize) {
+        let out = bed.domain.handle(
+            &owner,
+            bed.now(),
+            Body::GroupInvite(pb::GroupInvite {
+                group_id: "big".into(),
+                user_ids: chunk.to_vec(),
+            }),
+        );
+        assert!(matches!(out.reply, Some(Body::Ok(_))), "{:?}", out.reply);
+    }
     bed.n += 1;
     bed
 }
@@ -172,8 +258,9 @@ fn group_sends(c: &mut Criterion) {
         g.throughput(Throughput::Elements((batch * GROUP_MEMBERS) as u64));
         g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
             b.iter(|| {
-                let reqs =
-                    (0..batch).map(|i| bed.send(&format!("u{}", i % 50), Some("big"))).collect();
+                let reqs = (0..batch)
+                    .map(|i| bed.send(&format!("u{}", i % 50), Some("big")))
+                    .collect();
                 let out = bed.run(reqs);
                 let deliveries: usize = out
                     .iter()
@@ -203,7 +290,8 @@ fn latency_report() {
             let t = Instant::now();
             black_box(bed.run(reqs));
             // Every send of the batch is acked when the batch returns.
-            h.record_n(t.elapsed().as_micros() as u64, batch as u64).expect("record");
+            h.record_n(t.elapsed().as_micros() as u64, batch as u64)
+                .expect("record");
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
@@ -221,6 +309,7 @@ fn latency_report() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     direct_sends(&mut c);
+    store_appends(&mut c);
     sync_1000(&mut c);
     group_sends(&mut c);
     c.final_summary();

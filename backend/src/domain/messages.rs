@@ -661,7 +661,7 @@ impl Domain {
             .read_seq
             .saturating_add(1)
             .max(uc.visible_from_seq.max(1));
-        let scan = u64::from(self.config.unread_count_max);
+        let scan = u64::from(self.config.unread_count_max.max(1));
         let lo = lo.max(to.saturating_sub(scan - 1));
         let entries = if lo <= to {
             self.store

@@ -367,8 +367,10 @@ fn check_len(what: &str, s: &str, max: u32) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// A page size: `asked` (0: the maximum) capped at `max`.
+/// A page size: `asked` (0: the maximum) capped at `max`; never 0.
 fn page(asked: u32, max: u32) -> usize {
+    // At least 1, so an unvalidated zero maximum cannot underflow a range.
+    let max = max.max(1);
     if asked == 0 {
         max as usize
     } else {

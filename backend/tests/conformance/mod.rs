@@ -542,8 +542,8 @@ pub fn store_dedup_within_and_across_batches_until_expiry(f: Fixture) {
     let mut later = plain_append("d:a:b", "a", "same", T0 + 5);
     later.entry = msg_entry("a", "same", T0 + 5, "other text");
     let r = s.append_batch(T0, &[a.clone(), later.clone()]).unwrap();
-    assert_eq!(r[0].unwrap().duplicate, false);
-    assert_eq!(r[1].unwrap().duplicate, true);
+    assert!(!r[0].unwrap().duplicate);
+    assert!(r[1].unwrap().duplicate);
     assert_eq!(r[1].unwrap().seq, 1);
     assert_eq!(r[1].unwrap().time_ms, T0);
     let r = s.append_batch(T0 + 10, &[later.clone()]).unwrap();
@@ -3036,7 +3036,7 @@ macro_rules! conformance_tests {
         $(
             #[test]
             fn $case() {
-                crate::conformance::$case($make());
+                $crate::conformance::$case($make());
             }
         )*
     };
