@@ -1,0 +1,683 @@
+//! The command tree. [`SharedCommand`] is one grammar for both modes:
+//! `tern-cli friend add bob` in a script is `/friend add bob` in the chat.
+//! Where a command needs a conversation, the chat's open one is the
+//! default; a script names it (`--conv`, `--to`, `--group`).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use super::{conn::REQUEST_TIMEOUT_MS_DEFAULT, token::TOKEN_TTL_SECS_DEFAULT};
+
+/// Default server address (the gateway's default TCP listener).
+pub const SERVER_DEFAULT: &str = "127.0.0.1:7400";
+/// Default device id of the interactive mode.
+pub const CHAT_DEVICE_DEFAULT: &str = "cli";
+/// Default device id of the scripted commands: a different one, so that a
+/// script run as the same user does not displace an open chat.
+pub const SCRIPT_DEVICE_DEFAULT: &str = "cli-script";
+/// Default page size of `history`.
+pub const HISTORY_LIMIT_DEFAULT: u32 = 20;
+
+/// `tern-cli`: chat on a Tern server from a terminal or a script.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tern-cli",
+    version,
+    about = "Chat on a Tern server: interactive (default) or one command per run",
+    after_help = "Exit codes: 0 ok, 1 refused by the server (ERROR_CODE_* on stderr), \
+                  2 usage, 3 connection, 4 not available yet."
+)]
+pub struct Cli {
+    /// Gateway TCP address.
+    #[arg(long, env = "TERN_SERVER", default_value = SERVER_DEFAULT, global = true)]
+    pub server: String,
+    /// A token issued by your service (the JWT's `sub` is the user).
+    #[arg(long, env = "TERN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The user to mint a development token for (with --jwt-secret).
+    // Its own id: subcommands have positional `user` arguments, and a global
+    // argument sharing their id would take their values.
+    #[arg(
+        long = "user",
+        id = "login_user",
+        value_name = "USER",
+        env = "TERN_USER",
+        global = true
+    )]
+    pub user: Option<String>,
+    /// The HS256 secret of a development server (`tern serve --jwt-secret`).
+    #[arg(long, env = "TERN_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+    /// `aud` claim of a minted token, when the server requires one.
+    #[arg(long, global = true)]
+    pub audience: Option<String>,
+    /// Validity of a minted token, in seconds.
+    #[arg(long, default_value_t = TOKEN_TTL_SECS_DEFAULT, global = true)]
+    pub token_ttl_secs: u64,
+    /// Device id [default: `cli` for chat, `cli-script` for commands].
+    #[arg(long, env = "TERN_DEVICE", global = true)]
+    pub device: Option<String>,
+    /// One JSON object per line instead of `kind key=value` lines.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Wait for each answer this long, in milliseconds.
+    #[arg(long, default_value_t = REQUEST_TIMEOUT_MS_DEFAULT, global = true)]
+    pub timeout_ms: u64,
+    /// What to do [default: chat].
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Interactive chat with slash commands (the default).
+    Chat,
+    /// Print pushes (messages, receipts, typing, presence, events) as they
+    /// arrive; prints `ready …` once logged in.
+    Listen {
+        /// Stop after this many items (exit 3 with CLI_TIMEOUT if --for-ms
+        /// ends first).
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this long, in milliseconds.
+        #[arg(long)]
+        for_ms: Option<u64>,
+    },
+    /// Print a development token for --user, signed with --jwt-secret.
+    Token,
+    /// A request (the same grammar as the chat's slash commands).
+    #[command(flatten)]
+    Shared(SharedCommand),
+}
+
+/// Commands of both modes.
+#[derive(Subcommand, Debug, Clone)]
+pub enum SharedCommand {
+    /// Send a text (emoji are text). `@user` words mention, `@all` mentions all.
+    Send(SendArgs),
+    /// Send a file or an image (needs the media API: not available yet).
+    SendFile(SendFileArgs),
+    /// A page of a conversation's history, oldest first.
+    History(HistoryArgs),
+    /// Pull every entry this device lacks, then the heads of all conversations.
+    Sync(SyncArgs),
+    /// Your conversations, newest activity first, with unread counts.
+    Convs(ConvsArgs),
+    /// Recall a message by its seq.
+    Recall(RecallArgs),
+    /// Mark a conversation read (up to SEQ, default its newest entry).
+    Read(ReadArgs),
+    /// How many read the given messages.
+    ReadBy(ReadByArgs),
+    /// Tell the conversation you type (or stopped: `off`).
+    Typing(TypingArgs),
+    /// Set your presence (`online|busy|away|offline [TEXT]`) or query others'
+    /// (`get USER...`).
+    Presence(PresenceArgs),
+    /// Show a profile (yours by default), or update yours with flags.
+    Profile(ProfileArgs),
+    /// Measure the round trip to the server.
+    Ping,
+    /// Friends: add, accept, reject, delete, list, requests, remark, block, unblock.
+    #[command(subcommand)]
+    Friend(FriendCommand),
+    /// Groups: create, list, info, members, join, invite, kick, leave, dissolve,
+    /// rename, announce, nick, remark, role, mute, unmute, decide, policy.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+/// Where a message goes (one of them; the chat's open conversation when
+/// none).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ToArgs {
+    /// A user (1:1 chat).
+    #[arg(long, conflicts_with_all = ["group", "conv"])]
+    pub to: Option<String>,
+    /// A group.
+    #[arg(long, conflicts_with = "conv")]
+    pub group: Option<String>,
+    /// A conversation: `bob`, `#team`, `d:alice:bob`, `g:team`.
+    #[arg(long)]
+    pub conv: Option<String>,
+}
+
+/// `send`.
+#[derive(Args, Debug, Clone)]
+pub struct SendArgs {
+    /// The recipient.
+    #[command(flatten)]
+    pub to: ToArgs,
+    /// Mention this user too (repeatable; `@user` words in the text count).
+    #[arg(long = "mention", value_name = "USER")]
+    pub mentions: Vec<String>,
+    /// Mention every member (group owner and admins).
+    #[arg(long)]
+    pub mention_all: bool,
+    /// The seq of the message this one answers.
+    #[arg(long, value_name = "SEQ")]
+    pub reply_to: Option<u64>,
+    /// Your own client message id (makes a rerun of the script idempotent).
+    #[arg(long = "id", value_name = "CLIENT_MSG_ID")]
+    pub client_msg_id: Option<String>,
+    /// The text; several words are joined with spaces.
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    pub text: Vec<String>,
+}
+
+/// `send-file`.
+#[derive(Args, Debug, Clone)]
+pub struct SendFileArgs {
+    /// The recipient.
+    #[command(flatten)]
+    pub to: ToArgs,
+    /// The file or image to send.
+    pub path: std::path::PathBuf,
+}
+
+/// `history`.
+#[derive(Args, Debug, Clone)]
+pub struct HistoryArgs {
+    /// The conversation: `bob`, `#team`, `d:alice:bob`, `g:team`.
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// At most this many entries (capped by the server's page size).
+    #[arg(long, default_value_t = HISTORY_LIMIT_DEFAULT)]
+    pub limit: u32,
+    /// Entries below this seq (page up); default: the newest.
+    #[arg(long, value_name = "SEQ")]
+    pub before: Option<u64>,
+}
+
+/// `sync`.
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    /// What this device holds already: `CONV=SEQ` (repeatable); others sync
+    /// from their beginning.
+    #[arg(long = "cursor", value_name = "CONV=SEQ")]
+    pub cursors: Vec<String>,
+    /// Entries per page (0: the server's maximum).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+}
+
+/// `convs`.
+#[derive(Args, Debug, Clone)]
+pub struct ConvsArgs {
+    /// At most this many (0: the server's maximum).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// Skip this many (from a previous page).
+    #[arg(long, default_value_t = 0)]
+    pub offset: u32,
+}
+
+/// `recall`.
+#[derive(Args, Debug, Clone)]
+pub struct RecallArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// The message's seq.
+    pub seq: u64,
+}
+
+/// `read`.
+#[derive(Args, Debug, Clone)]
+pub struct ReadArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// Up to and including this seq (default: the newest entry).
+    pub seq: Option<u64>,
+}
+
+/// `read-by`.
+#[derive(Args, Debug, Clone)]
+pub struct ReadByArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// The messages' seqs.
+    #[arg(required = true, num_args = 1..)]
+    pub seqs: Vec<u64>,
+}
+
+/// On or off.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnOff {
+    /// Started.
+    #[default]
+    On,
+    /// Stopped.
+    Off,
+}
+
+/// `typing`.
+#[derive(Args, Debug, Clone)]
+pub struct TypingArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// `on` (default) or `off`.
+    #[arg(value_enum, default_value_t = OnOff::On)]
+    pub state: OnOff,
+}
+
+/// What `presence` does.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceVerb {
+    /// Set yourself online.
+    Online,
+    /// Set yourself busy.
+    Busy,
+    /// Set yourself away.
+    Away,
+    /// Set yourself offline.
+    Offline,
+    /// Query the users that follow.
+    Get,
+}
+
+/// `presence`.
+#[derive(Args, Debug, Clone)]
+pub struct PresenceArgs {
+    /// A state to set, or `get`.
+    #[arg(value_enum)]
+    pub verb: PresenceVerb,
+    /// The status text (for a state), or the users (for `get`).
+    #[arg(num_args = 0.., allow_hyphen_values = true)]
+    pub rest: Vec<String>,
+}
+
+/// `profile`.
+#[derive(Args, Debug, Clone)]
+pub struct ProfileArgs {
+    /// Whose profile (default: yours).
+    pub user: Option<String>,
+    /// Set your nickname.
+    #[arg(long)]
+    pub nickname: Option<String>,
+    /// Set your avatar (a URL or media id).
+    #[arg(long)]
+    pub avatar: Option<String>,
+    /// Set your bio.
+    #[arg(long)]
+    pub bio: Option<String>,
+}
+
+/// `friend …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum FriendCommand {
+    /// Ask USER to be your friend, with an optional greeting.
+    Add {
+        /// The user.
+        user: String,
+        /// A greeting.
+        #[arg(num_args = 0..)]
+        message: Vec<String>,
+    },
+    /// Accept USER's request.
+    Accept {
+        /// The user.
+        user: String,
+    },
+    /// Refuse USER's request.
+    Reject {
+        /// The user.
+        user: String,
+    },
+    /// End the friendship with USER.
+    Delete {
+        /// The user.
+        user: String,
+    },
+    /// Your friends and the users you blocked.
+    List,
+    /// Pending requests, both ways.
+    Requests,
+    /// Your private name for a friend (empty clears it).
+    Remark {
+        /// The friend.
+        user: String,
+        /// The remark.
+        #[arg(num_args = 0..)]
+        remark: Vec<String>,
+    },
+    /// Block USER.
+    Block {
+        /// The user.
+        user: String,
+    },
+    /// Unblock USER.
+    Unblock {
+        /// The user.
+        user: String,
+    },
+}
+
+/// A group role.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleArg {
+    /// A plain member.
+    Member,
+    /// An admin.
+    Admin,
+    /// The owner (hands ownership over; you become an admin).
+    Owner,
+}
+
+/// A join policy.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyArg {
+    /// Anyone may join.
+    #[default]
+    Open,
+    /// Joining asks the admins.
+    Approval,
+    /// Only invited users become members.
+    InviteOnly,
+}
+
+/// Approve or reject.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Let them in.
+    Approve,
+    /// Refuse.
+    Reject,
+}
+
+/// `group …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum GroupCommand {
+    /// Create a group named NAME; you become its owner.
+    Create {
+        /// The group's name (several words are joined).
+        #[arg(required = true, num_args = 1..)]
+        name: Vec<String>,
+        /// Its id (default: the server picks one).
+        #[arg(long)]
+        id: Option<String>,
+        /// Initial members (repeatable, or comma-separated).
+        #[arg(
+            long = "member",
+            short = 'm',
+            value_delimiter = ',',
+            value_name = "USER"
+        )]
+        members: Vec<String>,
+        /// Who may join.
+        #[arg(long, value_enum, default_value_t = PolicyArg::Open)]
+        policy: PolicyArg,
+        /// New members can read what came before they joined.
+        #[arg(long)]
+        history_visible: bool,
+    },
+    /// The groups you are in.
+    List,
+    /// A group's settings and your role.
+    Info {
+        /// The group.
+        group: String,
+    },
+    /// A group's members.
+    Members {
+        /// The group.
+        group: String,
+        /// Continue after this user id.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many (0: the server's maximum).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// Join a group (or ask to, if it needs approval).
+    Join {
+        /// The group.
+        group: String,
+        /// A note for the admins.
+        #[arg(num_args = 0..)]
+        message: Vec<String>,
+    },
+    /// Add users to a group.
+    Invite {
+        /// The group.
+        group: String,
+        /// The users.
+        #[arg(required = true, num_args = 1..)]
+        users: Vec<String>,
+    },
+    /// Remove a member.
+    Kick {
+        /// The group.
+        group: String,
+        /// The member.
+        user: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// Dissolve a group (owner).
+    Dissolve {
+        /// The group.
+        group: String,
+    },
+    /// Rename a group.
+    Rename {
+        /// The group.
+        group: String,
+        /// The new name.
+        #[arg(required = true, num_args = 1..)]
+        name: Vec<String>,
+    },
+    /// Set (or with no text, clear) the announcement.
+    Announce {
+        /// The group.
+        group: String,
+        /// The announcement.
+        #[arg(num_args = 0..)]
+        text: Vec<String>,
+    },
+    /// Your nickname in a group (none clears it).
+    Nick {
+        /// The group.
+        group: String,
+        /// The nickname.
+        #[arg(num_args = 0..)]
+        nickname: Vec<String>,
+    },
+    /// Your private remark for a group (none clears it).
+    Remark {
+        /// The group.
+        group: String,
+        /// The remark.
+        #[arg(num_args = 0..)]
+        remark: Vec<String>,
+    },
+    /// Make a member admin or member, or hand over ownership.
+    Role {
+        /// The group.
+        group: String,
+        /// The member.
+        user: String,
+        /// The new role.
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
+    /// Mute a member, or the whole group when no user is named.
+    Mute {
+        /// The group.
+        group: String,
+        /// The member (none: the whole group).
+        user: Option<String>,
+        /// How long: `90s`, `10m`, `2h`, `1d` or milliseconds.
+        #[arg(long = "for", default_value = "1h", value_name = "DURATION")]
+        duration: String,
+    },
+    /// Unmute a member, or the whole group.
+    Unmute {
+        /// The group.
+        group: String,
+        /// The member (none: the whole group).
+        user: Option<String>,
+    },
+    /// Approve or reject a request to join.
+    Decide {
+        /// The group.
+        group: String,
+        /// Who asked.
+        user: String,
+        /// `approve` or `reject`.
+        #[arg(value_enum)]
+        decision: Decision,
+    },
+    /// Set who may join and whether new members see the history.
+    Policy {
+        /// The group.
+        group: String,
+        /// Who may join.
+        #[arg(value_enum)]
+        policy: PolicyArg,
+        /// New members can read what came before they joined.
+        #[arg(long)]
+        history_visible: bool,
+    },
+}
+
+/// The chat's own commands, besides every [`SharedCommand`].
+#[derive(Parser, Debug)]
+#[command(
+    name = "",
+    no_binary_name = true,
+    disable_version_flag = true,
+    disable_help_subcommand = true,
+    help_template = "{subcommands}"
+)]
+pub struct ReplLine {
+    /// The command.
+    #[command(subcommand)]
+    pub command: ReplCommand,
+}
+
+/// Slash commands.
+#[derive(Subcommand, Debug)]
+pub enum ReplCommand {
+    /// Open a conversation: `/open bob`, `/open #team`; shows its recent
+    /// history and marks it read.
+    Open {
+        /// `bob`, `#team`, `d:alice:bob`, `g:team`.
+        target: String,
+    },
+    /// Close the open conversation.
+    Close,
+    /// Log in again, as another user or with another token.
+    Login {
+        /// The user (a development token is minted with the secret given
+        /// here or at start).
+        user: Option<String>,
+        /// A token from your service.
+        #[arg(long)]
+        token: Option<String>,
+        /// The development server's secret.
+        #[arg(long)]
+        jwt_secret: Option<String>,
+        /// Device id.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Mark new messages in the open conversation read as they arrive.
+    Autoread {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// List the commands.
+    Help,
+    /// Leave.
+    #[command(alias = "exit")]
+    Quit,
+    /// A request.
+    #[command(flatten)]
+    Shared(SharedCommand),
+}
+
+/// Milliseconds of `90s`, `10m`, `2h`, `1d`, `1500ms` or a bare number of
+/// milliseconds.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let factor = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_trees_are_consistent() {
+        // Proves clap accepts both command trees (no clashing names/flags).
+        Cli::command().debug_assert();
+        ReplLine::command().debug_assert();
+    }
+
+    #[test]
+    fn one_grammar_for_scripts_and_slash_commands() {
+        // Proves `friend add bob hi there` parses the same in both modes.
+        let cli = Cli::try_parse_from(["tern-cli", "friend", "add", "bob", "hi", "there"]).unwrap();
+        let Some(Command::Shared(SharedCommand::Friend(FriendCommand::Add { user, message }))) =
+            cli.command
+        else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            (user.as_str(), message.join(" ")),
+            ("bob", "hi there".into())
+        );
+        let line = ReplLine::try_parse_from(["friend", "add", "bob", "hi", "there"]).unwrap();
+        assert!(matches!(
+            line.command,
+            ReplCommand::Shared(SharedCommand::Friend(FriendCommand::Add { .. }))
+        ));
+        // The global --user is not the subcommand's positional USER.
+        let cli = Cli::try_parse_from(["tern-cli", "--user", "alice", "friend", "accept", "bob"])
+            .unwrap();
+        assert_eq!(cli.user.as_deref(), Some("alice"));
+        let Some(Command::Shared(SharedCommand::Friend(FriendCommand::Accept { user }))) =
+            cli.command
+        else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(user, "bob");
+        let send = Cli::try_parse_from(["tern-cli", "send", "--to", "bob", "-", "x"]).unwrap();
+        let Some(Command::Shared(SharedCommand::Send(a))) = send.command else {
+            panic!()
+        };
+        assert_eq!(a.text, ["-", "x"]);
+    }
+
+    #[test]
+    fn durations_take_units() {
+        // Proves the duration grammar of `group mute --for`.
+        assert_eq!(parse_duration_ms("90s"), Some(90_000));
+        assert_eq!(parse_duration_ms("10m"), Some(600_000));
+        assert_eq!(parse_duration_ms("1500"), Some(1500));
+        assert_eq!(parse_duration_ms("2h"), Some(7_200_000));
+        assert_eq!(parse_duration_ms("x"), None);
+        assert_eq!(parse_duration_ms("5y"), None);
+        assert_eq!(parse_duration_ms("99999999999999999999d"), None);
+    }
+}

@@ -1,0 +1,646 @@
+//! One TCP connection to a Tern gateway, on blocking sockets and two threads.
+//!
+//! - [`Connection::open`] connects, sends `auth` and waits for `Welcome` on
+//!   the calling thread; a refusal is the server's typed error.
+//! - The reader thread owns the read half. A frame whose `request_id`
+//!   belongs to a waiting [`Connection::request`] goes to that request; a
+//!   `pong` to a heartbeat is dropped; a `kick` is kept for the close
+//!   report; everything else is a push, queued in a bounded queue of
+//!   [`PUSH_QUEUE_FRAMES_MAX`] frames. When the queue is full the push is
+//!   dropped and counted ([`Connection::pushes_dropped`]): pushes are only
+//!   the fast path, and a dropped `deliver` is found again by `sync`.
+//! - The heartbeat thread pings at `Welcome.heartbeat_interval_ms` and, if
+//!   nothing at all arrived within one interval after a ping, declares the
+//!   connection dead and shuts the socket (protocol.md 3.5).
+//! - When the socket ends, every waiting request fails with
+//!   [`ClientError::Closed`] and the push queue ends with [`Event::Closed`].
+//!
+//! This module knows frames, not chat: it never looks inside a push, never
+//! acks a delivery and never reconnects (that is [`super::session`] and the
+//! front ends).
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpStream, ToSocketAddrs as _},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use parking_lot::{Condvar, Mutex};
+use prost::Message as _;
+use tern_protocol::{
+    codec::{self, Decoded},
+    pb::{self, frame::Body},
+};
+
+use super::ClientError;
+
+/// Largest frame this client accepts from the server, in bytes. The server
+/// announces no bound for what it sends; results are paged so they stay far
+/// below this (protocol.md 2 suggests 16 MiB). A larger length prefix is a
+/// broken connection, refused before anything of the body is kept.
+pub const INCOMING_FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Pushes queued for the consumer before new ones are dropped (and counted).
+pub const PUSH_QUEUE_FRAMES_MAX: usize = 4096;
+/// Requests waiting for their answer at once on one connection.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
+/// Bytes read from the socket per `read` call.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Default wait for an answer (and for a blocked write), in milliseconds.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default wait for the TCP connect, in milliseconds.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Shortest heartbeat interval this client follows, in milliseconds; a
+/// smaller announced value is raised to it rather than spinning.
+pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 50;
+/// What the client tells the server it is (`Auth.client_version`).
+pub const CLIENT_VERSION: &str = concat!("tern-cli/", env!("CARGO_PKG_VERSION"));
+
+/// The request id of `auth`; later requests count up from the next one.
+const AUTH_REQUEST_ID: u64 = 1;
+
+/// How to reach and log in to a server.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `host:port` of the gateway's TCP listener.
+    pub server: String,
+    /// A JWT whose `sub` is the user.
+    pub token: String,
+    /// This installation's device id.
+    pub device_id: String,
+    /// What this device already holds, per conversation (`Auth.resume_cursors`).
+    pub resume_cursors: Vec<pb::Cursor>,
+    /// Wait for each answer (and each blocked write), in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Wait for the TCP connect, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl ConnectOptions {
+    /// Options with the default timeouts and no resume cursors.
+    pub fn new(
+        server: impl Into<String>,
+        token: impl Into<String>,
+        device_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            server: server.into(),
+            token: token.into(),
+            device_id: device_id.into(),
+            resume_cursors: Vec::new(),
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+/// What the reader thread hands the consumer.
+#[derive(Debug)]
+pub enum Event {
+    /// A frame that answers no waiting request: a push (`request_id` 0), or
+    /// the error of a fire-and-forget frame.
+    Push(pb::Frame),
+    /// The connection ended; nothing follows.
+    Closed(Closed),
+}
+
+/// How and why a connection ended.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    /// What ended it on this side's view.
+    pub cause: CloseCause,
+    /// The server's `kick`, if it sent one (always its last frame).
+    pub kick: Option<pb::Kick>,
+    /// The last connection-level `error` (request_id 0) the server sent.
+    pub error: Option<pb::Error>,
+}
+
+/// What ended a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The server closed the socket.
+    Eof,
+    /// Reading failed.
+    Io(String),
+    /// Nothing arrived within one heartbeat interval after a ping.
+    HeartbeatLost,
+    /// The server sent bytes that are not a frame (or a frame above
+    /// [`INCOMING_FRAME_BYTES_MAX`]).
+    BadFrame(String),
+    /// This side closed it.
+    Local,
+}
+
+impl Closed {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let mut s = match &self.cause {
+            CloseCause::Eof => "the server closed the connection".to_owned(),
+            CloseCause::Io(e) => format!("connection lost: {e}"),
+            CloseCause::HeartbeatLost => "no answer to heartbeats: connection lost".to_owned(),
+            CloseCause::BadFrame(e) => format!("the server sent a bad frame: {e}"),
+            CloseCause::Local => "closed".to_owned(),
+        };
+        if let Some(k) = &self.kick {
+            let reason = pb::KickReason::try_from(k.reason)
+                .map(|r| r.as_str_name())
+                .unwrap_or("KICK_REASON_UNKNOWN");
+            s.push_str(&format!(" (kicked: {reason}"));
+            if !k.message.is_empty() {
+                s.push_str(&format!(": {}", k.message));
+            }
+            s.push(')');
+        }
+        if let Some(e) = &self.error {
+            s.push_str(&format!(
+                " ({}: {})",
+                super::error::code_name(e.code),
+                e.reason
+            ));
+        }
+        s
+    }
+
+    /// Whether reconnecting makes sense (protocol.md 3.4, 3.6): not after a
+    /// local close, a displacement (the two would displace each other
+    /// forever), a ban, or a refused token.
+    pub fn may_reconnect(&self) -> bool {
+        if self.cause == CloseCause::Local {
+            return false;
+        }
+        if let Some(k) = &self.kick {
+            let reason = pb::KickReason::try_from(k.reason).unwrap_or(pb::KickReason::Unspecified);
+            if matches!(reason, pb::KickReason::Displaced | pb::KickReason::Banned) {
+                return false;
+            }
+        }
+        if let Some(e) = &self.error {
+            let code = pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified);
+            if matches!(
+                code,
+                pb::ErrorCode::AuthFailed | pb::ErrorCode::UnsupportedVersion
+            ) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The kick asks to wait this long before reconnecting, in milliseconds.
+    pub fn retry_after_ms(&self) -> u64 {
+        self.kick
+            .as_ref()
+            .map_or(0, |k| u64::from(k.retry_after_ms))
+    }
+}
+
+/// A live, authenticated connection. Dropping it closes the socket.
+#[derive(Debug)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    events: Mutex<Receiver<Event>>,
+    welcome: pb::Welcome,
+    request_timeout: Duration,
+    threads: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// For shutdown from any thread.
+    socket: TcpStream,
+    writer: Mutex<TcpStream>,
+    pending: Mutex<Pending>,
+    next_request: AtomicU64,
+    /// Milliseconds since `epoch` when the last frame arrived.
+    last_rx_ms: AtomicU64,
+    epoch: Instant,
+    pushes_dropped: AtomicU64,
+    heartbeat_lost: AtomicBool,
+    local_close: AtomicBool,
+    /// `Limits.frame_bytes_max`: never send a larger frame.
+    frame_bytes_max: usize,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Set once the reader ended: no request may wait any more.
+    closed: Option<String>,
+    /// One slot per waiting request (capacity-1 channels).
+    waiters: HashMap<u64, SyncSender<pb::Frame>>,
+}
+
+impl Connection {
+    /// Connects, authenticates and starts the reader and heartbeat threads.
+    pub fn open(opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let request_timeout = Duration::from_millis(opts.request_timeout_ms.max(1));
+        let stream = dial(
+            &opts.server,
+            Duration::from_millis(opts.connect_timeout_ms.max(1)),
+        )?;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(request_timeout))?;
+        stream.set_read_timeout(Some(request_timeout))?;
+
+        let auth = pb::Frame {
+            request_id: AUTH_REQUEST_ID,
+            body: Some(Body::Auth(pb::Auth {
+                token: opts.token.clone(),
+                device_id: opts.device_id.clone(),
+                platform: pb::Platform::Cli as i32,
+                protocol_version: tern_protocol::PROTOCOL_VERSION,
+                capabilities: Vec::new(),
+                resume_cursors: opts.resume_cursors.clone(),
+                client_version: CLIENT_VERSION.to_owned(),
+            })),
+        };
+        let mut out = Vec::new();
+        codec::encode_frame(&auth, &mut out);
+        (&stream).write_all(&out)?;
+
+        // The handshake runs here, before any thread exists: nothing but the
+        // answer to `auth` can arrive first.
+        let mut buf = Vec::new();
+        let frame = match read_frame(&stream, &mut buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Err(ClientError::Closed(
+                    "the server closed the connection during auth".into(),
+                ));
+            }
+            Err(ReadError::Io(e)) if is_timeout(&e) => {
+                return Err(ClientError::Timeout(opts.request_timeout_ms));
+            }
+            Err(ReadError::Io(e)) => return Err(ClientError::Io(e)),
+            Err(ReadError::Decode(e)) => return Err(ClientError::Protocol(e.to_string())),
+        };
+        let welcome = match frame.body {
+            Some(Body::Welcome(w)) => w,
+            Some(Body::Error(e)) => return Err(ClientError::from_server(e)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected welcome, got {}",
+                    body_name(other.as_ref())
+                )));
+            }
+        };
+        stream.set_read_timeout(None)?;
+
+        let frame_bytes_max = welcome
+            .limits
+            .as_ref()
+            .map_or(codec::FRAME_BYTES_MAX_DEFAULT, |l| {
+                l.frame_bytes_max as usize
+            });
+        let epoch = Instant::now();
+        let shared = Arc::new(Shared {
+            socket: stream.try_clone()?,
+            writer: Mutex::new(stream.try_clone()?),
+            pending: Mutex::new(Pending::default()),
+            next_request: AtomicU64::new(AUTH_REQUEST_ID + 1),
+            last_rx_ms: AtomicU64::new(0),
+            epoch,
+            pushes_dropped: AtomicU64::new(0),
+            heartbeat_lost: AtomicBool::new(false),
+            local_close: AtomicBool::new(false),
+            frame_bytes_max,
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        });
+        let (tx, rx) = mpsc::sync_channel(PUSH_QUEUE_FRAMES_MAX);
+        let mut threads = Vec::with_capacity(2);
+        let reader_shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("tern-cli-reader".into())
+                .spawn(move || read_loop(&reader_shared, stream, buf, &tx))?,
+        );
+        let interval = Duration::from_millis(
+            u64::from(welcome.heartbeat_interval_ms).max(HEARTBEAT_INTERVAL_MS_MIN),
+        );
+        let hb_shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("tern-cli-heartbeat".into())
+                .spawn(move || heartbeat_loop(&hb_shared, interval))?,
+        );
+        Ok(Self {
+            shared,
+            events: Mutex::new(rx),
+            welcome,
+            request_timeout,
+            threads,
+        })
+    }
+
+    /// The server's `Welcome`.
+    pub fn welcome(&self) -> &pb::Welcome {
+        &self.welcome
+    }
+
+    /// Sends a request and waits for its answer. A server `error` becomes
+    /// [`ClientError::Server`]; any other answer is returned as is.
+    pub fn request(&self, body: Body) -> Result<Body, ClientError> {
+        let id = self.next_request_id();
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut pending = self.shared.pending.lock();
+            if let Some(why) = &pending.closed {
+                return Err(ClientError::Closed(why.clone()));
+            }
+            if pending.waiters.len() >= REQUESTS_IN_FLIGHT_MAX {
+                return Err(ClientError::TooManyInFlight(REQUESTS_IN_FLIGHT_MAX));
+            }
+            pending.waiters.insert(id, tx);
+        }
+        let sent = self.write_frame(&pb::Frame {
+            request_id: id,
+            body: Some(body),
+        });
+        if let Err(e) = sent {
+            self.shared.pending.lock().waiters.remove(&id);
+            return Err(e);
+        }
+        match rx.recv_timeout(self.request_timeout) {
+            Ok(frame) => match frame.body {
+                Some(Body::Error(e)) => Err(ClientError::from_server(e)),
+                Some(body) => Ok(body),
+                None => Err(ClientError::Protocol("an answer without a body".into())),
+            },
+            Err(RecvTimeoutError::Timeout) => {
+                self.shared.pending.lock().waiters.remove(&id);
+                Err(ClientError::Timeout(self.request_timeout.as_millis() as u64))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let why = self.shared.pending.lock().closed.clone();
+                Err(ClientError::Closed(
+                    why.unwrap_or_else(|| "connection ended".into()),
+                ))
+            }
+        }
+    }
+
+    /// Sends a frame that gets no answer (`deliver_ack`, `typing`). It
+    /// carries a fresh request id so that an `error` for it, which arrives
+    /// as a push, can be told from a connection-level one.
+    pub fn send_fire_and_forget(&self, body: Body) -> Result<(), ClientError> {
+        let id = self.next_request_id();
+        self.write_frame(&pb::Frame {
+            request_id: id,
+            body: Some(body),
+        })
+    }
+
+    /// The next push or the close, waiting at most `wait`.
+    pub fn next_event(&self, wait: Duration) -> Option<Event> {
+        self.events.lock().recv_timeout(wait).ok()
+    }
+
+    /// Pushes dropped because the queue was full; the consumer syncs when
+    /// this grows.
+    pub fn pushes_dropped(&self) -> u64 {
+        self.shared.pushes_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.pending.lock().closed.is_some()
+    }
+
+    /// Closes the socket; the reader reports [`CloseCause::Local`].
+    pub fn close(&self) {
+        self.shared.local_close.store(true, Ordering::Relaxed);
+        self.shared.stop_heartbeat();
+        let _ = self.shared.socket.shutdown(Shutdown::Both);
+    }
+
+    fn next_request_id(&self) -> u64 {
+        self.shared.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn write_frame(&self, frame: &pb::Frame) -> Result<(), ClientError> {
+        self.shared.write_frame(frame)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+        // Both threads end promptly once the socket is shut: the reader sees
+        // EOF, the heartbeat its stop flag.
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn write_frame(&self, frame: &pb::Frame) -> Result<(), ClientError> {
+        let len = frame.encoded_len();
+        if len > self.frame_bytes_max {
+            return Err(ClientError::FrameTooLarge {
+                len,
+                max: self.frame_bytes_max,
+            });
+        }
+        // One buffer per frame: a cli sends at human speed.
+        let mut out = Vec::with_capacity(len + codec::PREFIX_BYTES_MAX);
+        codec::encode_frame(frame, &mut out);
+        let mut w = self.writer.lock();
+        w.write_all(&out)?;
+        Ok(())
+    }
+
+    fn stop_heartbeat(&self) {
+        *self.stop.lock() = true;
+        self.stop_cv.notify_all();
+    }
+}
+
+fn dial(server: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let connect_err = |source| ClientError::Connect {
+        addr: server.to_owned(),
+        source,
+    };
+    let addrs = server.to_socket_addrs().map_err(connect_err)?;
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the name resolved to no address",
+    );
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(connect_err(last))
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Decode(codec::DecodeError),
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Takes one whole frame off the front of `buf`, if it holds one.
+fn take_frame(buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, codec::DecodeError> {
+    match codec::decode_frame(buf, INCOMING_FRAME_BYTES_MAX)? {
+        Decoded::Frame { frame, consumed } => {
+            buf.drain(..consumed);
+            Ok(Some(frame))
+        }
+        Decoded::NeedMore(_) => Ok(None),
+    }
+}
+
+/// Reads until one frame is whole; `None` at EOF. `buf` keeps what follows.
+fn read_frame(mut stream: &TcpStream, buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, ReadError> {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        if let Some(f) = take_frame(buf).map_err(ReadError::Decode)? {
+            return Ok(Some(f));
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
+fn read_loop(shared: &Shared, stream: TcpStream, mut buf: Vec<u8>, tx: &SyncSender<Event>) {
+    let mut kick = None;
+    let mut error = None;
+    let cause = loop {
+        match read_frame(&stream, &mut buf) {
+            Ok(Some(frame)) => {
+                shared.last_rx_ms.store(shared.now_ms(), Ordering::Relaxed);
+                dispatch(shared, frame, tx, &mut kick, &mut error);
+            }
+            Ok(None) => break CloseCause::Eof,
+            Err(ReadError::Io(e)) => break CloseCause::Io(e.to_string()),
+            Err(ReadError::Decode(e)) => break CloseCause::BadFrame(e.to_string()),
+        }
+    };
+    let cause = if shared.local_close.load(Ordering::Relaxed) {
+        CloseCause::Local
+    } else if shared.heartbeat_lost.load(Ordering::Relaxed) {
+        CloseCause::HeartbeatLost
+    } else {
+        cause
+    };
+    let closed = Closed { cause, kick, error };
+    {
+        let mut pending = shared.pending.lock();
+        pending.closed = Some(closed.describe());
+        // Dropping the senders wakes every waiting request with Disconnected.
+        pending.waiters.clear();
+    }
+    shared.stop_heartbeat();
+    let _ = shared.socket.shutdown(Shutdown::Both);
+    // Blocking on purpose: the close must not be lost to a full queue. It
+    // returns at once when the consumer is gone.
+    let _ = tx.send(Event::Closed(closed));
+}
+
+fn dispatch(
+    shared: &Shared,
+    frame: pb::Frame,
+    tx: &SyncSender<Event>,
+    kick: &mut Option<pb::Kick>,
+    error: &mut Option<pb::Error>,
+) {
+    if frame.request_id != 0 {
+        let waiter = shared.pending.lock().waiters.remove(&frame.request_id);
+        if let Some(w) = waiter {
+            // A capacity-1 channel used once: this never finds it full. A
+            // requester that timed out meanwhile is gone; that is fine.
+            let _ = w.try_send(frame);
+            return;
+        }
+    }
+    match &frame.body {
+        // Answers to our heartbeats: their arrival (last_rx_ms) is the point.
+        Some(Body::Pong(_)) => return,
+        // The last frame of a connection: reported with the close.
+        Some(Body::Kick(k)) => {
+            *kick = Some(k.clone());
+            return;
+        }
+        Some(Body::Error(e)) if frame.request_id == 0 => *error = Some(e.clone()),
+        _ => {}
+    }
+    match tx.try_send(Event::Push(frame)) {
+        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+        Err(TrySendError::Full(_)) => {
+            shared.pushes_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn heartbeat_loop(shared: &Shared, interval: Duration) {
+    let mut last_ping_ms: Option<u64> = None;
+    let mut nonce: u64 = 0;
+    loop {
+        let deadline = Instant::now() + interval;
+        {
+            let mut stop = shared.stop.lock();
+            while !*stop && Instant::now() < deadline {
+                shared.stop_cv.wait_until(&mut stop, deadline);
+            }
+            if *stop {
+                return;
+            }
+        }
+        if let Some(sent) = last_ping_ms
+            && shared.last_rx_ms.load(Ordering::Relaxed) < sent
+        {
+            // Nothing, not even the pong, within one interval after the
+            // ping: the server or the path is gone. Shutting the socket
+            // wakes the reader, which reports HeartbeatLost.
+            shared.heartbeat_lost.store(true, Ordering::Relaxed);
+            let _ = shared.socket.shutdown(Shutdown::Both);
+            return;
+        }
+        nonce = nonce.wrapping_add(1);
+        let ping = pb::Frame {
+            request_id: shared.next_request.fetch_add(1, Ordering::Relaxed),
+            body: Some(Body::Ping(pb::Ping { nonce })),
+        };
+        last_ping_ms = Some(shared.now_ms());
+        if shared.write_frame(&ping).is_err() {
+            // The reader sees the broken socket and reports it.
+            return;
+        }
+    }
+}
+
+/// The name of a frame body, for messages about unexpected frames.
+pub fn body_name(body: Option<&Body>) -> String {
+    match body {
+        None => "a frame without a body".into(),
+        Some(b) => {
+            let dbg = format!("{b:?}");
+            // `Welcome(Welcome { .. })` → `Welcome`.
+            dbg.split(['(', ' ']).next().unwrap_or("?").to_owned()
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! Runs one [`SharedCommand`] on a [`Session`] and returns what it produced
+//! as [`Item`]s, for either front end to show. Ids and arguments are checked
+//! here first, so a typo is a usage error and never a round trip.
+
+use std::time::Instant;
+
+use tern_protocol::pb::{self, frame::Body};
+
+use super::{
+    ClientError,
+    args::{
+        Decision, FriendCommand, GroupCommand, OnOff, PolicyArg, PresenceVerb, RoleArg, SendArgs,
+        SharedCommand, ToArgs, parse_duration_ms,
+    },
+    record::Item,
+    session::{Session, expect_body, new_client_msg_id},
+    target::{self, Target, checked},
+};
+
+/// Users one message may mention (the protocol's bound).
+pub const MENTIONS_PER_MESSAGE_MAX: usize = 64;
+
+/// Where a command runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The logged-in session.
+    pub session: &'a Session,
+    /// The chat's open conversation; `None` in scripts.
+    pub open: Option<&'a Target>,
+}
+
+impl Context<'_> {
+    fn me(&self) -> &str {
+        self.session.me()
+    }
+
+    /// The recipient named by `to`, else the open conversation.
+    pub fn target(&self, to: &ToArgs) -> Result<Target, ClientError> {
+        if let Some(u) = &to.to {
+            return Target::parse(self.me(), u).and_then(|t| match t {
+                Target::User(_) => Ok(t),
+                Target::Group(_) => Err(ClientError::Usage(format!(
+                    "--to takes a user; use --group for {u}"
+                ))),
+            });
+        }
+        if let Some(g) = &to.group {
+            return Target::group(g);
+        }
+        if let Some(c) = &to.conv {
+            return Target::parse(self.me(), c);
+        }
+        self.open.cloned().ok_or_else(|| {
+            ClientError::Usage("name the recipient: --to USER, --group GROUP or --conv CONV".into())
+        })
+    }
+
+    /// The conversation id named by `conv`, else the open one.
+    pub fn conversation(&self, conv: Option<&String>) -> Result<String, ClientError> {
+        match (conv, self.open) {
+            (Some(c), _) => target::conversation(self.me(), c),
+            (None, Some(t)) => t.conversation(self.me()),
+            (None, None) => Err(ClientError::Usage(
+                "name the conversation: --conv bob | '#team' | d:alice:bob | g:team".into(),
+            )),
+        }
+    }
+}
+
+/// Runs `cmd`.
+pub fn run(ctx: &Context<'_>, cmd: &SharedCommand) -> Result<Vec<Item>, ClientError> {
+    let s = ctx.session;
+    match cmd {
+        SharedCommand::Send(a) => {
+            let target = ctx.target(&a.to)?;
+            let msg = text_message(&target, a)?;
+            Ok(vec![Item::Sent(s.send(msg)?)])
+        }
+        SharedCommand::SendFile(a) => {
+            ctx.target(&a.to)?;
+            Err(file_not_available(&a.path))
+        }
+        SharedCommand::History(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            history(s, &conv, a.before.unwrap_or(0), a.limit)
+        }
+        SharedCommand::Sync(a) => {
+            for c in &a.cursors {
+                let (conv, seq) = c
+                    .split_once('=')
+                    .and_then(|(c, n)| Some((c, n.parse::<u64>().ok()?)))
+                    .ok_or_else(|| {
+                        ClientError::Usage(format!("--cursor {c:?}: expected CONV=SEQ"))
+                    })?;
+                s.adopt(&target::conversation(s.me(), conv)?, seq);
+            }
+            let out = s.sync_all(a.limit)?;
+            let mut items: Vec<Item> = out.entries.into_iter().map(Item::Entry).collect();
+            items.extend(out.heads.into_iter().map(Item::Head));
+            if !out.complete {
+                items.push(Item::More {
+                    flag: "sync",
+                    value: "incomplete".into(),
+                });
+            }
+            Ok(items)
+        }
+        SharedCommand::Convs(a) => {
+            let r = expect_body!(
+                s.request(Body::Conversations(pb::ConversationListRequest {
+                    limit: a.limit,
+                    offset: a.offset,
+                })),
+                ConversationsResult
+            )?;
+            let n = r.conversations.len();
+            let mut items: Vec<Item> = r.conversations.into_iter().map(Item::Conv).collect();
+            if r.more {
+                let next = u64::from(a.offset) + n as u64;
+                items.push(Item::More {
+                    flag: "offset",
+                    value: next.to_string(),
+                });
+            }
+            Ok(items)
+        }
+        SharedCommand::Recall(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            ok(
+                "recall",
+                s.request(Body::Recall(pb::RecallRequest {
+                    conversation_id: conv,
+                    seq: a.seq,
+                })),
+            )
+        }
+        SharedCommand::Read(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            let up_to = match a.seq {
+                Some(seq) => seq,
+                None => head(s, &conv)?
+                    .ok_or_else(|| ClientError::Usage(format!("{conv} has nothing to read")))?,
+            };
+            ok(
+                "read",
+                s.request(Body::Read(pb::ReadRequest {
+                    conversation_id: conv,
+                    up_to_seq: up_to,
+                })),
+            )
+        }
+        SharedCommand::ReadBy(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            let r = expect_body!(
+                s.request(Body::ReadBy(pb::ReadByQuery {
+                    conversation_id: conv,
+                    seqs: a.seqs.clone(),
+                })),
+                ReadByResult
+            )?;
+            Ok(r.items
+                .into_iter()
+                .map(|item| Item::ReadBy {
+                    conv: r.conversation_id.clone(),
+                    item,
+                })
+                .collect())
+        }
+        SharedCommand::Typing(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            s.fire(Body::Typing(pb::TypingRequest {
+                conversation_id: conv,
+                typing: a.state == OnOff::On,
+            }))?;
+            Ok(vec![Item::Ok {
+                op: "typing",
+                ok: pb::Ok::default(),
+            }])
+        }
+        SharedCommand::Presence(a) => presence(s, a.verb, &a.rest),
+        SharedCommand::Profile(a) => {
+            if a.nickname.is_some() || a.avatar.is_some() || a.bio.is_some() {
+                if a.user.is_some() {
+                    return Err(ClientError::Usage(
+                        "only your own profile can be changed".into(),
+                    ));
+                }
+                return ok(
+                    "profile_update",
+                    s.request(Body::ProfileUpdate(pb::ProfileUpdate {
+                        nickname: a.nickname.clone(),
+                        avatar: a.avatar.clone(),
+                        bio: a.bio.clone(),
+                    })),
+                );
+            }
+            let user = match &a.user {
+                Some(u) => checked(u.strip_prefix('@').unwrap_or(u), "user id")?,
+                None => s.me().to_owned(),
+            };
+            let r = expect_body!(
+                s.request(Body::Profile(pb::ProfileRequest { user_id: user })),
+                ProfileResult
+            )?;
+            Ok(vec![Item::Profile(r)])
+        }
+        SharedCommand::Ping => {
+            let started = Instant::now();
+            let nonce = rand::random::<u64>();
+            let p = expect_body!(s.request(Body::Ping(pb::Ping { nonce })), Pong)?;
+            if p.nonce != nonce {
+                return Err(ClientError::Protocol("pong with another nonce".into()));
+            }
+            Ok(vec![Item::Pong {
+                rtt_us: started.elapsed().as_micros() as u64,
+                server_time_ms: p.server_time_ms,
+            }])
+        }
+        SharedCommand::Friend(f) => friend(s, f),
+        SharedCommand::Group(g) => group(s, g),
+    }
+}
+
+/// The error of `send-file`: the media API does not exist yet. A missing
+/// file is said first, since that is the user's to fix either way.
+pub fn file_not_available(path: &std::path::Path) -> ClientError {
+    if !path.is_file() {
+        return ClientError::Usage(format!("{}: no such file", path.display()));
+    }
+    ClientError::NotAvailable(
+        "sending files and images needs the media upload API, which the server does not have yet",
+    )
+}
+
+/// Builds the `Send` of a text: `@user` words (and `--mention`) become
+/// mentions and `@all` sets `mention_all`, in groups only (a 1:1 chat has
+/// no one else to mention).
+pub fn text_message(target: &Target, a: &SendArgs) -> Result<pb::Send, ClientError> {
+    let text = a.text.join(" ");
+    if text.is_empty() {
+        return Err(ClientError::Usage("nothing to send".into()));
+    }
+    let (mut mentions, all_in_text) = mentions_in(&text);
+    for m in &a.mentions {
+        let m = checked(m.strip_prefix('@').unwrap_or(m), "mentioned user")?;
+        if !mentions.contains(&m) {
+            mentions.push(m);
+        }
+    }
+    if mentions.len() > MENTIONS_PER_MESSAGE_MAX {
+        return Err(ClientError::Usage(format!(
+            "{} mentions; a message mentions at most {MENTIONS_PER_MESSAGE_MAX}",
+            mentions.len()
+        )));
+    }
+    let client_msg_id = match &a.client_msg_id {
+        Some(id) => checked(id, "client message id")?,
+        None => new_client_msg_id(),
+    };
+    let (to, in_group) = match target {
+        Target::User(u) => (pb::send::To::UserId(u.clone()), false),
+        Target::Group(g) => (pb::send::To::GroupId(g.clone()), true),
+    };
+    Ok(pb::Send {
+        client_msg_id,
+        to: Some(to),
+        content: Some(pb::Content {
+            kind: Some(pb::content::Kind::Text(pb::Text { text })),
+        }),
+        mentions: if in_group { mentions } else { Vec::new() },
+        mention_all: in_group && (a.mention_all || all_in_text),
+        reply_to_seq: a.reply_to.unwrap_or(0),
+    })
+}
+
+/// The users a text mentions (`@bob`, in order, once each) and whether it
+/// says `@all`. A word must start with `@`; trailing punctuation is not
+/// part of the name; what is not a valid id is not a mention.
+pub fn mentions_in(text: &str) -> (Vec<String>, bool) {
+    let mut users = Vec::new();
+    let mut all = false;
+    for word in text.split_whitespace() {
+        let Some(name) = word.strip_prefix('@') else {
+            continue;
+        };
+        let name = name.trim_end_matches([',', '.', ':', ';', '!', '?', ')']);
+        if name == "all" {
+            all = true;
+        } else if tern_protocol::ids::check_id(name).is_ok() && !users.iter().any(|u| u == name) {
+            users.push(name.to_owned());
+        }
+    }
+    (users, all)
+}
+
+/// One page of history (oldest first), and where the next page starts.
+pub fn history(s: &Session, conv: &str, before: u64, limit: u32) -> Result<Vec<Item>, ClientError> {
+    let r = expect_body!(
+        s.request(Body::History(pb::HistoryRequest {
+            conversation_id: conv.to_owned(),
+            before_seq: before,
+            limit,
+        })),
+        HistoryResult
+    )?;
+    let first = r.entries.first().map(|e| e.seq);
+    let mut items: Vec<Item> = r.entries.into_iter().map(Item::Entry).collect();
+    if r.more
+        && let Some(first) = first
+    {
+        items.push(Item::More {
+            flag: "before",
+            value: first.to_string(),
+        });
+    }
+    Ok(items)
+}
+
+/// The newest seq of a conversation (`None`: empty).
+pub fn head(s: &Session, conv: &str) -> Result<Option<u64>, ClientError> {
+    let r = expect_body!(
+        s.request(Body::History(pb::HistoryRequest {
+            conversation_id: conv.to_owned(),
+            before_seq: 0,
+            limit: 1,
+        })),
+        HistoryResult
+    )?;
+    Ok(r.entries.last().map(|e| e.seq))
+}
+
+fn ok(op: &'static str, answer: Result<Body, ClientError>) -> Result<Vec<Item>, ClientError> {
+    let ok = expect_body!(answer, Ok)?;
+    Ok(vec![Item::Ok { op, ok }])
+}
+
+fn words(w: &[String]) -> String {
+    w.join(" ")
+}
+
+fn user(u: &str) -> Result<String, ClientError> {
+    checked(u.strip_prefix('@').unwrap_or(u), "user id")
+}
+
+fn group_id(g: &str) -> Result<String, ClientError> {
+    checked(g.strip_prefix('#').unwrap_or(g), "group id")
+}
+
+fn presence(s: &Session, verb: PresenceVerb, rest: &[String]) -> Result<Vec<Item>, ClientError> {
+    let state = match verb {
+        PresenceVerb::Get => {
+            if rest.is_empty() {
+                return Err(ClientError::Usage("presence get USER...".into()));
+            }
+            let user_ids = rest.iter().map(|u| user(u)).collect::<Result<_, _>>()?;
+            let r = expect_body!(
+                s.request(Body::PresenceQuery(pb::PresenceQuery { user_ids })),
+                PresenceResult
+            )?;
+            return Ok(r.presences.into_iter().map(Item::Presence).collect());
+        }
+        PresenceVerb::Online => pb::PresenceState::Online,
+        PresenceVerb::Busy => pb::PresenceState::Busy,
+        PresenceVerb::Away => pb::PresenceState::Away,
+        PresenceVerb::Offline => pb::PresenceState::Offline,
+    };
+    ok(
+        "presence",
+        s.request(Body::SetPresence(pb::SetPresenceRequest {
+            state: state as i32,
+            text: words(rest),
+        })),
+    )
+}
+
+fn friend(s: &Session, f: &FriendCommand) -> Result<Vec<Item>, ClientError> {
+    match f {
+        FriendCommand::Add { user: u, message } => ok(
+            "friend_add",
+            s.request(Body::FriendRequest(pb::FriendRequestSend {
+                user_id: user(u)?,
+                message: words(message),
+            })),
+        ),
+        FriendCommand::Accept { user: u } => ok(
+            "friend_accept",
+            s.request(Body::FriendAccept(pb::FriendAccept { user_id: user(u)? })),
+        ),
+        FriendCommand::Reject { user: u } => ok(
+            "friend_reject",
+            s.request(Body::FriendReject(pb::FriendReject { user_id: user(u)? })),
+        ),
+        FriendCommand::Delete { user: u } => ok(
+            "friend_delete",
+            s.request(Body::FriendDelete(pb::FriendDelete { user_id: user(u)? })),
+        ),
+        FriendCommand::List => {
+            let r = expect_body!(
+                s.request(Body::FriendList(pb::FriendListRequest {})),
+                FriendListResult
+            )?;
+            let mut items: Vec<Item> = r.friends.into_iter().map(Item::Friend).collect();
+            items.extend(r.blocked.into_iter().map(Item::Blocked));
+            Ok(items)
+        }
+        FriendCommand::Requests => {
+            let r = expect_body!(
+                s.request(Body::FriendRequests(pb::FriendRequestListRequest {})),
+                FriendRequestListResult
+            )?;
+            let mut items: Vec<Item> = r
+                .incoming
+                .into_iter()
+                .map(|request| Item::FriendRequest {
+                    incoming: true,
+                    request,
+                })
+                .collect();
+            items.extend(r.outgoing.into_iter().map(|request| Item::FriendRequest {
+                incoming: false,
+                request,
+            }));
+            Ok(items)
+        }
+        FriendCommand::Remark { user: u, remark } => ok(
+            "friend_remark",
+            s.request(Body::FriendRemark(pb::FriendRemark {
+                user_id: user(u)?,
+                remark: words(remark),
+            })),
+        ),
+        FriendCommand::Block { user: u } => ok(
+            "friend_block",
+            s.request(Body::FriendBlock(pb::FriendBlock {
+                user_id: user(u)?,
+                blocked: true,
+            })),
+        ),
+        FriendCommand::Unblock { user: u } => ok(
+            "friend_unblock",
+            s.request(Body::FriendBlock(pb::FriendBlock {
+                user_id: user(u)?,
+                blocked: false,
+            })),
+        ),
+    }
+}
+
+fn role(r: RoleArg) -> pb::GroupRole {
+    match r {
+        RoleArg::Member => pb::GroupRole::Member,
+        RoleArg::Admin => pb::GroupRole::Admin,
+        RoleArg::Owner => pb::GroupRole::Owner,
+    }
+}
+
+fn policy(p: PolicyArg) -> pb::JoinPolicy {
+    match p {
+        PolicyArg::Open => pb::JoinPolicy::Open,
+        PolicyArg::Approval => pb::JoinPolicy::Approval,
+        PolicyArg::InviteOnly => pb::JoinPolicy::InviteOnly,
+    }
+}
+
+fn group(s: &Session, g: &GroupCommand) -> Result<Vec<Item>, ClientError> {
+    match g {
+        GroupCommand::Create {
+            name,
+            id,
+            members,
+            policy: p,
+            history_visible,
+        } => {
+            let r = expect_body!(
+                s.request(Body::GroupCreate(pb::GroupCreate {
+                    group_id: id.as_deref().map(group_id).transpose()?.unwrap_or_default(),
+                    name: words(name),
+                    members: members.iter().map(|m| user(m)).collect::<Result<_, _>>()?,
+                    join_policy: policy(*p) as i32,
+                    history_visible: *history_visible,
+                })),
+                GroupInfoResult
+            )?;
+            Ok(group_info_item(r))
+        }
+        GroupCommand::List => {
+            let r = expect_body!(
+                s.request(Body::GroupList(pb::GroupListRequest {})),
+                GroupListResult
+            )?;
+            Ok(r.groups
+                .into_iter()
+                .map(|info| Item::Group { info, me: None })
+                .collect())
+        }
+        GroupCommand::Info { group } => {
+            let r = expect_body!(
+                s.request(Body::GroupInfo(pb::GroupInfoRequest {
+                    group_id: group_id(group)?,
+                })),
+                GroupInfoResult
+            )?;
+            Ok(group_info_item(r))
+        }
+        GroupCommand::Members {
+            group,
+            after,
+            limit,
+        } => {
+            let gid = group_id(group)?;
+            let r = expect_body!(
+                s.request(Body::GroupMembers(pb::GroupMembersRequest {
+                    group_id: gid.clone(),
+                    after_user_id: after.as_deref().map(user).transpose()?.unwrap_or_default(),
+                    limit: *limit,
+                })),
+                GroupMembersResult
+            )?;
+            let last = r.members.last().map(|m| m.user_id.clone());
+            let mut items: Vec<Item> = r
+                .members
+                .into_iter()
+                .map(|member| Item::Member {
+                    group: gid.clone(),
+                    member,
+                })
+                .collect();
+            if r.more
+                && let Some(last) = last
+            {
+                items.push(Item::More {
+                    flag: "after",
+                    value: last,
+                });
+            }
+            Ok(items)
+        }
+        GroupCommand::Join { group, message } => ok(
+            "group_join",
+            s.request(Body::GroupJoin(pb::GroupJoin {
+                group_id: group_id(group)?,
+                message: words(message),
+            })),
+        ),
+        GroupCommand::Invite { group, users } => ok(
+            "group_invite",
+            s.request(Body::GroupInvite(pb::GroupInvite {
+                group_id: group_id(group)?,
+                user_ids: users.iter().map(|u| user(u)).collect::<Result<_, _>>()?,
+            })),
+        ),
+        GroupCommand::Kick { group, user: u } => ok(
+            "group_kick",
+            s.request(Body::GroupKick(pb::GroupKick {
+                group_id: group_id(group)?,
+                user_id: user(u)?,
+            })),
+        ),
+        GroupCommand::Leave { group } => ok(
+            "group_leave",
+            s.request(Body::GroupLeave(pb::GroupLeave {
+                group_id: group_id(group)?,
+            })),
+        ),
+        GroupCommand::Dissolve { group } => ok(
+            "group_dissolve",
+            s.request(Body::GroupDissolve(pb::GroupDissolve {
+                group_id: group_id(group)?,
+            })),
+        ),
+        GroupCommand::Rename { group, name } => ok(
+            "group_rename",
+            s.request(Body::GroupRename(pb::GroupRename {
+                group_id: group_id(group)?,
+                name: words(name),
+            })),
+        ),
+        GroupCommand::Announce { group, text } => ok(
+            "group_announce",
+            s.request(Body::GroupAnnounce(pb::GroupAnnounce {
+                group_id: group_id(group)?,
+                announcement: words(text),
+            })),
+        ),
+        GroupCommand::Nick { group, nickname } => ok(
+            "group_nick",
+            s.request(Body::GroupSetNickname(pb::GroupSetNickname {
+                group_id: group_id(group)?,
+                nickname: words(nickname),
+            })),
+        ),
+        GroupCommand::Remark { group, remark } => ok(
+            "group_remark",
+            s.request(Body::GroupSetRemark(pb::GroupSetRemark {
+                group_id: group_id(group)?,
+                remark: words(remark),
+            })),
+        ),
+        GroupCommand::Role {
+            group,
+            user: u,
+            role: r,
+        } => ok(
+            "group_role",
+            s.request(Body::GroupSetRole(pb::GroupSetRole {
+                group_id: group_id(group)?,
+                user_id: user(u)?,
+                role: role(*r) as i32,
+            })),
+        ),
+        GroupCommand::Mute {
+            group,
+            user: u,
+            duration,
+        } => {
+            let ms = parse_duration_ms(duration)
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    ClientError::Usage(format!(
+                        "--for {duration:?}: expected e.g. 90s, 10m, 2h, 1d"
+                    ))
+                })?;
+            ok(
+                "group_mute",
+                s.request(Body::GroupMute(pb::GroupMute {
+                    group_id: group_id(group)?,
+                    user_id: u.as_deref().map(user).transpose()?.unwrap_or_default(),
+                    duration_ms: ms,
+                })),
+            )
+        }
+        GroupCommand::Unmute { group, user: u } => ok(
+            "group_unmute",
+            s.request(Body::GroupMute(pb::GroupMute {
+                group_id: group_id(group)?,
+                user_id: u.as_deref().map(user).transpose()?.unwrap_or_default(),
+                duration_ms: 0,
+            })),
+        ),
+        GroupCommand::Decide {
+            group,
+            user: u,
+            decision,
+        } => ok(
+            "group_decide",
+            s.request(Body::GroupJoinDecision(pb::GroupJoinDecision {
+                group_id: group_id(group)?,
+                user_id: user(u)?,
+                approve: *decision == Decision::Approve,
+            })),
+        ),
+        GroupCommand::Policy {
+            group,
+            policy: p,
+            history_visible,
+        } => ok(
+            "group_policy",
+            s.request(Body::GroupSetPolicy(pb::GroupSetPolicy {
+                group_id: group_id(group)?,
+                join_policy: policy(*p) as i32,
+                history_visible: *history_visible,
+            })),
+        ),
+    }
+}
+
+fn group_info_item(r: pb::GroupInfoResult) -> Vec<Item> {
+    match r.info {
+        Some(info) => vec![Item::Group { info, me: r.me }],
+        None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_come_from_at_words() {
+        // Proves @words become mentions once each, @all sets the flag, and
+        // an e-mail address or punctuation is not a mention.
+        let (users, all) = mentions_in("hi @bob, @carol! mail bob@x.org @bob @all @");
+        assert_eq!(users, ["bob", "carol"]);
+        assert!(all);
+        assert_eq!(mentions_in("no one"), (vec![], false));
+    }
+
+    #[test]
+    fn a_text_to_a_user_carries_no_mentions() {
+        // Proves mentions and @all apply to groups only, and that an id the
+        // user chose is checked before anything is sent.
+        let args = SendArgs {
+            to: ToArgs::default(),
+            mentions: vec!["dave".into()],
+            mention_all: false,
+            reply_to: Some(3),
+            client_msg_id: Some("m1".into()),
+            text: vec!["hey".into(), "@bob".into(), "@all".into()],
+        };
+        let direct = text_message(&Target::User("bob".into()), &args).unwrap();
+        assert!(direct.mentions.is_empty() && !direct.mention_all);
+        assert_eq!(
+            (direct.client_msg_id.as_str(), direct.reply_to_seq),
+            ("m1", 3)
+        );
+        let group = text_message(&Target::Group("t".into()), &args).unwrap();
+        assert_eq!(group.mentions, ["bob", "dave"]);
+        assert!(group.mention_all);
+        let bad = SendArgs {
+            client_msg_id: Some("a b".into()),
+            ..args
+        };
+        assert!(matches!(
+            text_message(&Target::Group("t".into()), &bad),
+            Err(ClientError::Usage(_))
+        ));
+    }
+}

@@ -1,0 +1,386 @@
+//! How the interactive mode shows things to a person: chat lines with local
+//! timestamps, conversation labels (`@bob`, `#team`), seqs to recall by, and
+//! one line per event. Items without a chat form fall back to their record.
+//!
+//! Everything that came from other users is made inert before it reaches
+//! the terminal: control characters (escape sequences could move the
+//! cursor, retitle the window or fake other messages) are shown escaped.
+
+use chrono::{Local, TimeZone as _};
+use tern_protocol::pb;
+
+use super::{
+    record::{Item, policy_word, presence_word, role_word},
+    target,
+};
+
+/// A person's view of an item, seen by user `me`. `None`: nothing to show
+/// (this device's own read marks).
+pub fn show(me: &str, item: &Item) -> Option<String> {
+    Some(match item {
+        Item::Ready(w) => format!(
+            "logged in as {} (device {}) on node {}",
+            clean(&w.user_id),
+            clean(&w.device_id),
+            clean(&w.node_id)
+        ),
+        Item::Sent(a) => format!(
+            "{} [{}:{}] sent ✓{}",
+            time(a.server_time_ms),
+            target::label(me, &a.conversation_id),
+            a.seq,
+            if a.duplicate { " (duplicate)" } else { "" }
+        ),
+        Item::Entry(e) => return entry(me, e),
+        Item::Conv(c) => conversation(me, c),
+        Item::Friend(f) => {
+            let p = f.profile.clone().unwrap_or_default();
+            let mut s = format!("friend {}", clean(&p.user_id));
+            if !p.nickname.is_empty() {
+                s.push_str(&format!(" \"{}\"", clean(&p.nickname)));
+            }
+            if !f.remark.is_empty() {
+                s.push_str(&format!(" (remark: {})", clean(&f.remark)));
+            }
+            s
+        }
+        Item::Group { info, me: mine } => {
+            let mut s = format!(
+                "#{} \"{}\" owner {} · {} members · {}{}{}",
+                clean(&info.group_id),
+                clean(&info.name),
+                clean(&info.owner),
+                info.member_count,
+                policy_word(info.join_policy),
+                if info.muted_all { " · muted" } else { "" },
+                if info.dissolved { " · dissolved" } else { "" },
+            );
+            if let Some(m) = mine {
+                s.push_str(&format!(" · you: {}", role_word(m.role)));
+            }
+            if !info.announcement.is_empty() {
+                s.push_str(&format!("\n  announcement: {}", clean(&info.announcement)));
+            }
+            s
+        }
+        Item::Member { member, .. } => {
+            let mut s = format!("  {} ({})", clean(&member.user_id), role_word(member.role));
+            if !member.nickname.is_empty() {
+                s.push_str(&format!(" \"{}\"", clean(&member.nickname)));
+            }
+            if member.muted_until_ms != 0 {
+                s.push_str(&format!(" muted until {}", time(member.muted_until_ms)));
+            }
+            s
+        }
+        Item::Presence(p) => presence(p),
+        Item::Typing(t) => format!(
+            "… {} {} in {}",
+            clean(&t.user_id),
+            if t.typing {
+                "is typing"
+            } else {
+                "stopped typing"
+            },
+            target::label(me, &t.conversation_id)
+        ),
+        Item::Event(e) => event(e),
+        Item::PushError(e) => format!(
+            "! {}: {}",
+            super::error::code_name(e.code),
+            clean(&e.reason)
+        ),
+        Item::Closed(why) => format!("! {}", clean(why)),
+        Item::Pong {
+            rtt_us,
+            server_time_ms,
+        } => format!(
+            "pong: round trip {:.1} ms, server clock {}",
+            *rtt_us as f64 / 1000.0,
+            time(*server_time_ms)
+        ),
+        other => other.record().to_line(),
+    })
+}
+
+/// A log entry as a chat line: `12:00:01 [#team:5] alice: hello`.
+pub fn entry(me: &str, e: &pb::Entry) -> Option<String> {
+    use pb::entry::Body;
+    let head = format!(
+        "{} [{}:{}]",
+        time(e.time_ms),
+        target::label(me, &e.conversation_id),
+        e.seq
+    );
+    let who = clean(&e.sender);
+    Some(match &e.body {
+        Some(Body::Message(m)) => {
+            let mut s = format!("{head} {who}: ");
+            if m.reply_to_seq != 0 {
+                s.push_str(&format!("(↪ {}) ", m.reply_to_seq));
+            }
+            s.push_str(&content(m));
+            if m.mention_all || m.mentions.iter().any(|u| u == me) {
+                s.push_str("  ← mentions you");
+            }
+            s
+        }
+        Some(Body::Recalled(r)) => format!("{head} * {who} recalled message {}", r.seq),
+        // This user's own read marks (from any device) say nothing new here.
+        Some(Body::Read(_)) if e.sender == me => return None,
+        Some(Body::Read(r)) => format!("{head} ✓✓ {who} read up to {}", r.up_to_seq),
+        Some(Body::GroupEvent(g)) => format!("{head} * {who} {}", group_event(g)),
+        None => format!("{head} {who}: (an entry this client does not know)"),
+    })
+}
+
+fn content(m: &pb::Message) -> String {
+    use pb::content::Kind;
+    if m.recalled {
+        return "(recalled)".into();
+    }
+    let size = |md: &Option<pb::MediaRef>| {
+        let md = md.clone().unwrap_or_default();
+        format!("{}, {}", clean(&md.mime), bytes(md.size_bytes))
+    };
+    match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
+        Some(Kind::Text(t)) => clean_multiline(&t.text),
+        Some(Kind::Image(i)) => format!("[image {}]", size(&i.media)),
+        Some(Kind::File(f)) => format!("[file {} {}]", clean(&f.name), size(&f.media)),
+        Some(Kind::Voice(v)) => format!("[voice {}]", size(&v.media)),
+        Some(Kind::Video(v)) => format!("[video {}]", size(&v.media)),
+        Some(Kind::Location(l)) => format!(
+            "[location {:.5},{:.5} {}]",
+            l.latitude,
+            l.longitude,
+            clean(&l.name)
+        ),
+        Some(Kind::Custom(c)) => format!("[{} · {} bytes]", clean(&c.r#type), c.data.len()),
+        None => "(empty)".into(),
+    }
+}
+
+fn group_event(g: &pb::GroupEvent) -> String {
+    use pb::group_event::Kind;
+    let users = |m: &pb::MembersChanged| {
+        m.user_ids
+            .iter()
+            .map(|u| clean(u))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match &g.kind {
+        Some(Kind::Created(c)) => format!("created the group \"{}\"", clean(&c.name)),
+        Some(Kind::Joined(m)) => format!("added {}", users(m)),
+        Some(Kind::Left(m)) => format!("saw {} leave", users(m)),
+        Some(Kind::Kicked(m)) => format!("removed {}", users(m)),
+        Some(Kind::Renamed(n)) => format!("renamed the group to \"{}\"", clean(n)),
+        Some(Kind::Announcement(a)) if a.is_empty() => "cleared the announcement".into(),
+        Some(Kind::Announcement(a)) => format!("announced: {}", clean_multiline(a)),
+        Some(Kind::RoleChanged(c)) => format!("made {} {}", clean(&c.user_id), role_word(c.role)),
+        Some(Kind::MuteChanged(c)) if c.user_id.is_empty() => {
+            if c.muted_all {
+                "muted the group".into()
+            } else {
+                "unmuted the group".into()
+            }
+        }
+        Some(Kind::MuteChanged(c)) if c.muted_until_ms == 0 => {
+            format!("unmuted {}", clean(&c.user_id))
+        }
+        Some(Kind::MuteChanged(c)) => format!(
+            "muted {} until {}",
+            clean(&c.user_id),
+            time(c.muted_until_ms)
+        ),
+        Some(Kind::Dissolved(_)) => "dissolved the group".into(),
+        Some(Kind::NicknameChanged(c)) if c.nickname.is_empty() => {
+            format!("cleared {}'s nickname", clean(&c.user_id))
+        }
+        Some(Kind::NicknameChanged(c)) => format!(
+            "set {}'s nickname to \"{}\"",
+            clean(&c.user_id),
+            clean(&c.nickname)
+        ),
+        Some(Kind::PolicyChanged(c)) => format!(
+            "set joining to {}, history {}",
+            policy_word(c.join_policy),
+            if c.history_visible {
+                "visible to new members"
+            } else {
+                "hidden from new members"
+            }
+        ),
+        None => "changed the group".into(),
+    }
+}
+
+fn conversation(me: &str, c: &pb::ConversationSummary) -> String {
+    let mut s = format!("  {:<20}", target::label(me, &c.conversation_id));
+    if c.unread > 0 {
+        s.push_str(&format!(" {:>3} unread", c.unread));
+    } else {
+        s.push_str("           ");
+    }
+    s.push_str(if c.mentioned { " @you" } else { "     " });
+    if let Some(last) = &c.last
+        && let Some(line) = entry(me, last)
+    {
+        // Drop the `[label:seq]` part: the row already names the chat.
+        let short = line.split_once("] ").map_or(line.as_str(), |(_, r)| r);
+        s.push_str(&format!(
+            "  {} {}",
+            time(last.time_ms),
+            ellipsize(short, 60)
+        ));
+    }
+    s
+}
+
+fn presence(p: &pb::Presence) -> String {
+    let state = presence_word(p.state);
+    let dot = if p.state == pb::PresenceState::Offline as i32 {
+        "○"
+    } else {
+        "●"
+    };
+    let mut s = format!("{dot} {} is {state}", clean(&p.user_id));
+    if !p.text.is_empty() {
+        s.push_str(&format!(" \"{}\"", clean(&p.text)));
+    }
+    if p.last_seen_ms != 0 {
+        s.push_str(&format!(" (last seen {})", time(p.last_seen_ms)));
+    }
+    s
+}
+
+fn event(e: &pb::ServerEvent) -> String {
+    use pb::server_event::Kind;
+    match &e.kind {
+        Some(Kind::FriendRequested(q)) => {
+            let mut s = format!("+ friend request from {}", clean(&q.from_user_id));
+            if !q.message.is_empty() {
+                s.push_str(&format!(": \"{}\"", clean(&q.message)));
+            }
+            s.push_str(&format!(
+                "  (/friend accept {0} · /friend reject {0})",
+                clean(&q.from_user_id)
+            ));
+            s
+        }
+        Some(Kind::FriendAdded(u)) => format!("+ {} is now your friend", clean(u)),
+        Some(Kind::FriendRemoved(u)) => format!("- {} is no longer your friend", clean(u)),
+        Some(Kind::GroupJoined(g)) => format!("+ you are in #{} now  (/open #{0})", clean(g)),
+        Some(Kind::GroupLeft(g)) => format!("- you are no longer in #{}", clean(g)),
+        Some(Kind::GroupJoinRequested(q)) => {
+            let mut s = format!(
+                "? {} asks to join #{}",
+                clean(&q.user_id),
+                clean(&q.group_id)
+            );
+            if !q.message.is_empty() {
+                s.push_str(&format!(": \"{}\"", clean(&q.message)));
+            }
+            s.push_str(&format!(
+                "  (/group decide {} {} approve|reject)",
+                clean(&q.group_id),
+                clean(&q.user_id)
+            ));
+            s
+        }
+        None => "(an event this client does not know)".into(),
+    }
+}
+
+/// `HH:MM:SS` in local time today, `YYYY-MM-DD HH:MM` on other days.
+pub fn time(ms: u64) -> String {
+    let Ok(ms) = i64::try_from(ms) else {
+        return "?".into();
+    };
+    let Some(t) = Local.timestamp_millis_opt(ms).single() else {
+        return "?".into();
+    };
+    if t.date_naive() == Local::now().date_naive() {
+        t.format("%H:%M:%S").to_string()
+    } else {
+        t.format("%Y-%m-%d %H:%M").to_string()
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+/// Text from others, with control characters shown escaped.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
+/// [`clean`], keeping line breaks as indented continuation lines.
+fn clean_multiline(s: &str) -> String {
+    s.split('\n').map(clean).collect::<Vec<_>>().join("\n    ")
+}
+
+fn ellipsize(s: &str, max_chars: usize) -> String {
+    let first = s.lines().next().unwrap_or("");
+    if first.chars().count() <= max_chars && first.len() == s.len() {
+        first.to_owned()
+    } else {
+        let mut out: String = first.chars().take(max_chars).collect();
+        out.push('…');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_entry(sender: &str, text: &str) -> pb::Entry {
+        pb::Entry {
+            conversation_id: "d:alice:bob".into(),
+            seq: 4,
+            sender: sender.into(),
+            body: Some(pb::entry::Body::Message(pb::Message {
+                content: Some(pb::Content {
+                    kind: Some(pb::content::Kind::Text(pb::Text { text: text.into() })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn chat_lines_name_the_peer_and_neutralize_escapes() {
+        // Proves a 1:1 line is labelled with the other user, carries the seq,
+        // and that an ANSI escape in a message cannot reach the terminal.
+        let line = entry("alice", &text_entry("bob", "hi \u{1b}[2Jthere")).unwrap();
+        assert!(line.ends_with("[@bob:4] bob: hi \\u{1b}[2Jthere"), "{line}");
+        assert!(!line.contains('\u{1b}'));
+        let own_read = pb::Entry {
+            sender: "alice".into(),
+            body: Some(pb::entry::Body::Read(pb::ReadMark { up_to_seq: 3 })),
+            ..text_entry("alice", "")
+        };
+        assert_eq!(entry("alice", &own_read), None);
+        assert!(
+            entry("bob", &own_read)
+                .unwrap()
+                .contains("✓✓ alice read up to 3")
+        );
+    }
+}

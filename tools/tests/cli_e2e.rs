@@ -1,0 +1,616 @@
+//! End-to-end tests of `tern-cli` against a real gateway: each test starts
+//! `tern serve`'s library in-process on loopback port 0 with a fresh
+//! embedded store, then runs the built `tern-cli` binary — in scripted mode
+//! reading its stdout records, stderr and exit code, and in interactive
+//! mode through a pseudo-terminal, typing lines and reading the screen.
+//! Each test says what it proves.
+
+// Polling a child's output needs short sleeps; no shard or worker runs here.
+#![allow(clippy::disallowed_methods)]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    process::{Child, Command, Output, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use tern_gateway::{
+    config::{Config, Driver},
+    server::Server,
+    service::BackendService,
+};
+use tern_tools::cli::record::parse_line;
+
+const SECRET: &str = "cli-test-secret";
+/// How long any one expectation may take before the test fails.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A gateway on an ephemeral loopback port, stopped on drop.
+struct Gateway {
+    server: Option<Server>,
+    tcp: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.listen.tcp = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        cfg.listen.ws = None;
+        cfg.listen.http = None;
+        cfg.shards.count = 2;
+        cfg.shards.driver = Driver::Epoll;
+        cfg.auth.jwt_secret = SECRET.into();
+        cfg.backend.data_dir = dir.path().to_path_buf();
+        cfg.node_id = "cli-test".into();
+        cfg.shutdown.deadline_ms = 2_000;
+        let service = Arc::new(BackendService::open(&cfg.backend).unwrap());
+        let server = Server::start(&cfg, service).unwrap();
+        Self {
+            tcp: server.tcp_addr.unwrap(),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    /// `tern-cli --server … --jwt-secret … --user USER ARGS…`.
+    fn cli(&self, user: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tern-cli"));
+        c.args([
+            "--server",
+            &self.tcp.to_string(),
+            "--jwt-secret",
+            SECRET,
+            "--user",
+            user,
+        ])
+        .args(args)
+        .env_remove("TERN_TOKEN")
+        .env_remove("TERN_DEVICE")
+        .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, user: &str, args: &[&str]) -> Run {
+        Run::from(self.cli(user, args).output().unwrap())
+    }
+
+    /// Runs and insists on success.
+    fn ok(&self, user: &str, args: &[&str]) -> Vec<Rec> {
+        let r = self.run(user, args);
+        assert_eq!(r.code, 0, "{user} {args:?}: stderr {}", r.stderr);
+        r.records()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+/// A finished run.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(o.stdout).unwrap(),
+            stderr: String::from_utf8(o.stderr).unwrap(),
+        }
+    }
+}
+
+impl Run {
+    fn records(&self) -> Vec<Rec> {
+        self.stdout
+            .lines()
+            .map(|l| Rec::parse(l).unwrap_or_else(|| panic!("not a record: {l:?}")))
+            .collect()
+    }
+}
+
+/// One parsed output line.
+#[derive(Debug, Clone)]
+struct Rec {
+    kind: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Rec {
+    fn parse(line: &str) -> Option<Self> {
+        let (kind, fields) = parse_line(line)?;
+        Some(Self { kind, fields })
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {key} in {self:?}"))
+    }
+
+    fn has(&self, key: &str, value: &str) -> bool {
+        self.fields.iter().any(|(k, v)| k == key && v == value)
+    }
+}
+
+fn of_kind<'a>(recs: &'a [Rec], kind: &str) -> Vec<&'a Rec> {
+    recs.iter().filter(|r| r.kind == kind).collect()
+}
+
+#[test]
+fn alice_sends_to_bob_and_bobs_history_sync_and_list_show_it() {
+    // Proves the scripted 1:1 path: `send` prints the durable (conv, seq);
+    // bob's `history`, `sync` and `convs` show the same message (text with
+    // spaces and emoji intact) and one unread; `--json` carries the same.
+    let gw = Gateway::start();
+    let sent = gw.ok(
+        "alice",
+        &["send", "--to", "bob", "hello bob 👋 how are you?"],
+    );
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].kind, "sent");
+    assert_eq!(sent[0].get("conv"), "d:alice:bob");
+    assert_eq!(sent[0].get("seq"), "1");
+    assert_eq!(sent[0].get("duplicate"), "false");
+
+    let history = gw.ok("bob", &["history", "--conv", "alice"]);
+    let entries = of_kind(&history, "entry");
+    assert_eq!(entries.len(), 1, "{history:?}");
+    let e = entries[0];
+    assert_eq!(
+        (
+            e.get("conv"),
+            e.get("seq"),
+            e.get("from"),
+            e.get("kind"),
+            e.get("text")
+        ),
+        (
+            "d:alice:bob",
+            "1",
+            "alice",
+            "text",
+            "hello bob 👋 how are you?"
+        )
+    );
+
+    let json = gw.run("bob", &["history", "--conv", "d:alice:bob", "--json"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let v: serde_json::Value = serde_json::from_str(json.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(v["type"], "entry");
+    assert_eq!(v["text"], "hello bob 👋 how are you?");
+    assert_eq!(v["seq"], 1);
+
+    let sync = gw.ok("bob", &["sync"]);
+    assert!(
+        of_kind(&sync, "entry")
+            .iter()
+            .any(|r| r.has("text", "hello bob 👋 how are you?"))
+    );
+    let heads = of_kind(&sync, "head");
+    assert!(
+        heads
+            .iter()
+            .any(|h| h.has("conv", "d:alice:bob") && h.has("seq", "1")),
+        "{sync:?}"
+    );
+
+    let convs = gw.ok("bob", &["convs"]);
+    let c = of_kind(&convs, "conv");
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].get("peer"), c[0].get("unread")), ("alice", "1"));
+
+    // Marking it read clears the count.
+    gw.ok("bob", &["read", "--conv", "alice"]);
+    let convs = gw.ok("bob", &["convs"]);
+    assert_eq!(of_kind(&convs, "conv")[0].get("unread"), "0");
+}
+
+#[test]
+fn a_resend_with_the_same_id_is_stored_once() {
+    // Proves `send --id` makes a script's rerun idempotent: the same seq
+    // comes back marked duplicate and history holds one message.
+    let gw = Gateway::start();
+    let first = gw.ok(
+        "alice",
+        &["send", "--to", "bob", "--id", "order-42", "once"],
+    );
+    let again = gw.ok(
+        "alice",
+        &["send", "--to", "bob", "--id", "order-42", "once"],
+    );
+    assert_eq!(first[0].get("seq"), again[0].get("seq"));
+    assert_eq!(again[0].get("duplicate"), "true");
+    let history = gw.ok("bob", &["history", "--conv", "alice"]);
+    assert_eq!(of_kind(&history, "entry").len(), 1);
+}
+
+#[test]
+fn group_create_send_mention_and_history() {
+    // Proves the group path: create with members, a message whose @word
+    // becomes a mention, members and history as a member sees them.
+    let gw = Gateway::start();
+    let created = gw.ok(
+        "alice",
+        &[
+            "group",
+            "create",
+            "Launch",
+            "team",
+            "--id",
+            "launch",
+            "-m",
+            "bob,carol",
+        ],
+    );
+    assert_eq!(created[0].kind, "group");
+    assert_eq!(
+        (
+            created[0].get("id"),
+            created[0].get("name"),
+            created[0].get("role")
+        ),
+        ("launch", "Launch team", "owner")
+    );
+    let sent = gw.ok(
+        "alice",
+        &["send", "--group", "launch", "ready for launch, @bob?"],
+    );
+    assert_eq!(sent[0].get("conv"), "g:launch");
+
+    let members = gw.ok("bob", &["group", "members", "launch"]);
+    let roles: Vec<(&str, &str)> = of_kind(&members, "member")
+        .iter()
+        .map(|m| (m.get("user"), m.get("role")))
+        .collect();
+    assert_eq!(
+        roles,
+        [("alice", "owner"), ("bob", "member"), ("carol", "member")]
+    );
+
+    let history = gw.ok("bob", &["history", "--conv", "#launch"]);
+    let entries = of_kind(&history, "entry");
+    assert!(
+        entries.iter().any(|e| e.has("event", "created")),
+        "{history:?}"
+    );
+    let msg = entries
+        .iter()
+        .find(|e| e.has("kind", "text"))
+        .expect("the message");
+    assert_eq!(msg.get("text"), "ready for launch, @bob?");
+    assert_eq!(msg.get("mentions"), "bob");
+
+    let convs = gw.ok("bob", &["convs"]);
+    let c = of_kind(&convs, "conv");
+    assert_eq!(
+        (c[0].get("conv"), c[0].get("mentioned")),
+        ("g:launch", "true")
+    );
+}
+
+#[test]
+fn typed_errors_exit_non_zero_with_the_code_name() {
+    // Proves the exit-code contract: a server refusal (sending to a group
+    // you are not in, a bad token) exits 1 with its ERROR_CODE_* name on
+    // stderr and nothing on stdout; usage, connection and not-available
+    // failures exit 2, 3 and 4 with CLI_* names.
+    let gw = Gateway::start();
+    gw.ok("alice", &["group", "create", "private", "--id", "inner"]);
+
+    let r = gw.run("mallory", &["send", "--group", "inner", "let me in"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    let err = Rec::parse(r.stderr.trim()).unwrap();
+    assert_eq!(err.kind, "error");
+    assert_eq!(err.get("code"), "ERROR_CODE_NOT_MEMBER");
+
+    let r = gw.run("mallory", &["history", "--conv", "#inner", "--json"]);
+    assert_eq!(r.code, 1);
+    let v: serde_json::Value = serde_json::from_str(r.stderr.trim()).unwrap();
+    assert_eq!(v["code"], "ERROR_CODE_NOT_MEMBER");
+
+    let r = Run::from(
+        Command::new(env!("CARGO_BIN_EXE_tern-cli"))
+            .args([
+                "--server",
+                &gw.tcp.to_string(),
+                "--user",
+                "alice",
+                "--jwt-secret",
+                "wrong",
+            ])
+            .args(["convs"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("ERROR_CODE_AUTH_FAILED"), "{}", r.stderr);
+
+    let r = gw.run("alice", &["history"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("CLI_USAGE"), "{}", r.stderr);
+
+    let r = gw.run("alice", &["send", "--to", "bad id!", "x"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("CLI_USAGE"), "{}", r.stderr);
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let r = gw.run(
+        "alice",
+        &["send-file", "--to", "bob", file.path().to_str().unwrap()],
+    );
+    assert_eq!(r.code, 4);
+    assert!(r.stderr.contains("CLI_NOT_AVAILABLE"), "{}", r.stderr);
+    assert!(r.stderr.contains("not available yet"), "{}", r.stderr);
+
+    // A port nobody listens on: bind one, note it, close it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let r = Run::from(
+        Command::new(env!("CARGO_BIN_EXE_tern-cli"))
+            .args([
+                "--server",
+                &closed.to_string(),
+                "--user",
+                "a",
+                "--jwt-secret",
+                "s",
+                "convs",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 3);
+    assert!(r.stderr.contains("CLI_CONNECT_FAILED"), "{}", r.stderr);
+}
+
+#[test]
+fn listen_shows_messages_recalls_receipts_and_events_live() {
+    // Proves pushes reach a scripted listener as they happen: a friend
+    // request, a message, its recall and bob's read receipt, in order.
+    let gw = Gateway::start();
+    let mut listener = Lines::spawn(
+        gw.cli("alice", &["listen", "--for-ms", "30000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    listener.wait_for(|l| l.starts_with("ready user=alice"));
+
+    gw.ok("bob", &["friend", "add", "alice", "hi, it's bob"]);
+    listener.wait_for(|l| l.starts_with("event kind=friend_requested from=bob"));
+    gw.ok("alice", &["friend", "accept", "bob"]);
+    listener.wait_for(|l| l.starts_with("event kind=friend_added user=bob"));
+
+    let sent = gw.ok("bob", &["send", "--to", "alice", "oops, wrong chat"]);
+    let seq = sent[0].get("seq").to_owned();
+    listener.wait_for(|l| l.contains("text=\"oops, wrong chat\""));
+    gw.ok("bob", &["recall", "--conv", "alice", &seq]);
+    listener.wait_for(|l| l.contains("kind=recall") && l.contains(&format!("target={seq}")));
+}
+
+#[test]
+fn interactive_chat_through_a_pty() {
+    // Proves the interactive mode on a real terminal: alice logs in, opens
+    // bob, types a line (an emoji shortcode expands); bob, listening, gets
+    // it live; bob's answer and read receipt appear on alice's screen; a
+    // slash command runs; /quit exits 0.
+    let gw = Gateway::start();
+    let mut bob = Lines::spawn(
+        gw.cli("bob", &["listen", "--for-ms", "30000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    bob.wait_for(|l| l.starts_with("ready user=bob"));
+
+    let mut alice = Pty::spawn(&mut gw.cli("alice", &[]));
+    alice.expect("logged in as alice");
+    alice.expect("tern> ");
+    alice.type_line("/open bob");
+    alice.expect("── @bob ──");
+    alice.expect("@bob> ");
+    alice.type_line("hello from a terminal :wave:");
+    alice.expect("alice: hello from a terminal 👋  ✓");
+
+    let got = bob.wait_for(|l| l.starts_with("entry ") && l.contains("kind=text"));
+    let rec = Rec::parse(&got).unwrap();
+    assert_eq!(
+        (rec.get("conv"), rec.get("from"), rec.get("text")),
+        ("d:alice:bob", "alice", "hello from a terminal 👋")
+    );
+
+    gw.ok("bob", &["send", "--to", "alice", "hi alice, bob here"]);
+    alice.expect("bob: hi alice, bob here");
+    // Alice has the chat open, so the message is marked read at once:
+    // bob's listener sees her read receipt.
+    let read = bob.wait_for(|l| l.contains("kind=read"));
+    assert!(read.contains("from=alice"), "{read}");
+    gw.ok("bob", &["read", "--conv", "alice"]);
+    alice.expect("✓✓ bob read up to");
+
+    alice.type_line("/group create pty people -m bob --id ptyg");
+    alice.expect("#ptyg \"pty people\" owner alice");
+    alice.type_line("/quit");
+    let status = alice.wait_exit();
+    assert_eq!(status.code(), Some(0), "screen:\n{}", alice.screen());
+}
+
+/// A child whose stdout is read line by line on a thread.
+struct Lines {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    seen: usize,
+}
+
+impl Lines {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().push(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: 0,
+        }
+    }
+
+    /// Waits for the next line (after those already matched) that passes.
+    fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let lines = self.lines.lock();
+                if let Some(i) = lines[self.seen..].iter().position(|l| pred(l)) {
+                    self.seen += i + 1;
+                    return lines[self.seen - 1].clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such line in:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().join("\n")
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A child on a pseudo-terminal: what it draws accumulates in `screen`.
+struct Pty {
+    child: Child,
+    master: std::fs::File,
+    screen: Arc<Mutex<String>>,
+    /// Bytes of `screen` already matched by `expect`.
+    seen: usize,
+}
+
+impl Pty {
+    fn spawn(cmd: &mut Command) -> Self {
+        let size = nix::pty::Winsize {
+            ws_row: 40,
+            ws_col: 160,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).unwrap();
+        let slave = std::fs::File::from(pty.slave);
+        let child = cmd
+            .env("TERM", "xterm")
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .unwrap();
+        let master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let screen = Arc::new(Mutex::new(String::new()));
+        let sink = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once the child and every slave copy are gone.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self {
+            child,
+            master,
+            screen,
+            seen: 0,
+        }
+    }
+
+    /// Waits until `text` appears after what was matched before.
+    fn expect(&mut self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let screen = self.screen.lock();
+                if let Some(i) = screen[self.seen..].find(text) {
+                    self.seen += i + text.len();
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not on screen:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Types a line and Enter (a carriage return, as a terminal sends it).
+    fn type_line(&mut self, line: &str) {
+        self.master.write_all(line.as_bytes()).unwrap();
+        self.master.write_all(b"\r").unwrap();
+        self.master.flush().unwrap();
+    }
+
+    fn screen(&self) -> String {
+        self.screen.lock().clone()
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("did not exit; screen:\n{}", self.screen());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
