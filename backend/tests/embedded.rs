@@ -218,3 +218,25 @@ fn kill_test_writer_process() {
         n += KILL_BATCH as u64;
     }
 }
+
+#[test]
+fn every_conformance_case_is_in_the_macro() {
+    // Proves the suite cannot silently lose a case: every `pub fn
+    // <case>(f: Fixture)` in conformance/mod.rs is listed in
+    // `conformance_tests!`, so every store runs it.
+    let src = include_str!("conformance/mod.rs");
+    let list = &src[src
+        .find("macro_rules! conformance_tests")
+        .expect("the macro")..];
+    let cases: Vec<&str> = src
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub fn ")?.strip_suffix("(f: Fixture) {"))
+        .collect();
+    assert!(cases.len() > 60, "found only {} cases", cases.len());
+    for case in cases {
+        assert!(
+            list.contains(&format!("{case},")),
+            "{case} is not in conformance_tests!"
+        );
+    }
+}

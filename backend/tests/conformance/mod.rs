@@ -2973,6 +2973,321 @@ pub fn presence_set_query_and_expiry(f: Fixture) {
 }
 
 // ---------------------------------------------------------------------------
+// Authorization: one test per rule (the feature tests above cover them in
+// context too)
+// ---------------------------------------------------------------------------
+
+/// A group `team` owned by alice, bob admin, carol and dave members.
+fn auth_world(f: Fixture) -> World {
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol", "dave"]);
+    w.ok("alice", role_body("team", "bob", pb::GroupRole::Admin));
+    w.send_group("carol", "team", "hello");
+    w
+}
+
+fn history_body(conv: &str) -> Body {
+    Body::History(pb::HistoryRequest {
+        conversation_id: conv.into(),
+        before_seq: 0,
+        limit: 0,
+    })
+}
+
+pub fn auth_non_member_cannot_read_group(f: Fixture) {
+    // Proves a user who never was a member gets NOT_MEMBER for a group's
+    // history.
+    let w = auth_world(f);
+    assert_eq!(w.err("eve", history_body(G)), pb::ErrorCode::NotMember);
+}
+
+pub fn auth_third_user_cannot_read_direct_chat(f: Fixture) {
+    // Proves only the two users of a 1:1 chat read it.
+    let w = World::new(f);
+    w.send_dm("alice", "bob", "private");
+    assert_eq!(w.err("carol", history_body(AB)), pb::ErrorCode::NotMember);
+}
+
+pub fn auth_non_member_cannot_send_to_group(f: Fixture) {
+    // Proves a non-member's group send is NOT_MEMBER and stores nothing.
+    let w = auth_world(f);
+    let head = w.store().heads(&[G]).unwrap()[0].seq;
+    assert_eq!(
+        w.err("eve", send_body("e1", To::Group("team"), "hi")),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(w.store().heads(&[G]).unwrap()[0].seq, head);
+}
+
+pub fn auth_non_admin_cannot_kick(f: Fixture) {
+    // Proves a plain member's kick is PERMISSION_DENIED.
+    let w = auth_world(f);
+    assert_eq!(
+        w.err("carol", kick_body("team", "dave")),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert!(w.store().group_member("team", "dave").unwrap().is_some());
+}
+
+pub fn auth_nobody_kicks_the_owner(f: Fixture) {
+    // Proves an admin cannot kick the owner.
+    let w = auth_world(f);
+    assert_eq!(
+        w.err("bob", kick_body("team", "alice")),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_admin_cannot_kick_admin(f: Fixture) {
+    // Proves admins cannot kick each other (only the owner kicks admins).
+    let w = auth_world(f);
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    assert_eq!(
+        w.err("bob", kick_body("team", "carol")),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_cannot_recall_someone_elses_message(f: Fixture) {
+    // Proves a member cannot recall another member's message.
+    let w = auth_world(f);
+    let s = w.send_group("carol", "team", "mine").seq;
+    assert_eq!(
+        w.err(
+            "dave",
+            Body::Recall(pb::RecallRequest {
+                conversation_id: G.into(),
+                seq: s
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_recall_window_binds_the_sender(f: Fixture) {
+    // Proves a member's own recall after the window is RECALL_WINDOW_PASSED.
+    let w = auth_world(f);
+    let s = w.send_group("carol", "team", "late").seq;
+    w.advance(w.domain.config().recall_window_ms + 1);
+    assert_eq!(
+        w.err(
+            "carol",
+            Body::Recall(pb::RecallRequest {
+                conversation_id: G.into(),
+                seq: s
+            })
+        ),
+        pb::ErrorCode::RecallWindowPassed
+    );
+}
+
+pub fn auth_self_promotion_is_refused(f: Fixture) {
+    // Proves a member cannot make themself admin, nor an admin themself owner.
+    let w = auth_world(f);
+    assert_eq!(
+        w.err("carol", role_body("team", "carol", pb::GroupRole::Admin)),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        w.err("bob", role_body("team", "bob", pb::GroupRole::Owner)),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_only_the_owner_dissolves(f: Fixture) {
+    // Proves an admin's dissolve is PERMISSION_DENIED.
+    let w = auth_world(f);
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupDissolve(pb::GroupDissolve {
+                group_id: "team".into()
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_no_action_after_dissolve(f: Fixture) {
+    // Proves acting on a dissolved group is GROUP_DISSOLVED, also for its
+    // former owner.
+    let w = auth_world(f);
+    w.ok(
+        "alice",
+        Body::GroupDissolve(pb::GroupDissolve {
+            group_id: "team".into(),
+        }),
+    );
+    assert_eq!(
+        w.err("alice", send_body("x", To::Group("team"), "hi")),
+        pb::ErrorCode::GroupDissolved
+    );
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::GroupAnnounce(pb::GroupAnnounce {
+                group_id: "team".into(),
+                announcement: "x".into()
+            })
+        ),
+        pb::ErrorCode::GroupDissolved
+    );
+}
+
+pub fn auth_member_cannot_change_group_settings(f: Fixture) {
+    // Proves rename by a plain member is PERMISSION_DENIED.
+    let w = auth_world(f);
+    assert_eq!(
+        w.err(
+            "carol",
+            Body::GroupRename(pb::GroupRename {
+                group_id: "team".into(),
+                name: "mine".into()
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_muted_member_cannot_send(f: Fixture) {
+    // Proves a muted member's send is MUTED.
+    let w = auth_world(f);
+    w.ok(
+        "bob",
+        Body::GroupMute(pb::GroupMute {
+            group_id: "team".into(),
+            user_id: "carol".into(),
+            duration_ms: 60_000,
+        }),
+    );
+    assert_eq!(
+        w.err("carol", send_body("m", To::Group("team"), "hi")),
+        pb::ErrorCode::Muted
+    );
+}
+
+pub fn auth_admin_cannot_mute_the_owner(f: Fixture) {
+    // Proves an admin cannot mute the owner.
+    let w = auth_world(f);
+    assert_eq!(
+        w.err(
+            "bob",
+            Body::GroupMute(pb::GroupMute {
+                group_id: "team".into(),
+                user_id: "alice".into(),
+                duration_ms: 60_000
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_member_cannot_mention_all(f: Fixture) {
+    // Proves @all by a plain member is PERMISSION_DENIED.
+    let w = auth_world(f);
+    let mut b = send_body("all", To::Group("team"), "everyone!");
+    if let Body::Send(s) = &mut b {
+        s.mention_all = true;
+    }
+    assert_eq!(w.err("carol", b), pb::ErrorCode::PermissionDenied);
+}
+
+pub fn auth_member_cannot_decide_join_requests(f: Fixture) {
+    // Proves a plain member cannot approve a join request.
+    let w = World::new(f);
+    w.create_group_with("alice", "club", &["carol"], pb::JoinPolicy::Approval, false);
+    w.ok(
+        "eve",
+        Body::GroupJoin(pb::GroupJoin {
+            group_id: "club".into(),
+            message: String::new(),
+        }),
+    );
+    assert_eq!(
+        w.err(
+            "carol",
+            Body::GroupJoinDecision(pb::GroupJoinDecision {
+                group_id: "club".into(),
+                user_id: "eve".into(),
+                approve: true
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_invite_only_group_refuses_joins(f: Fixture) {
+    // Proves joining an invite-only group is PERMISSION_DENIED.
+    let w = World::new(f);
+    w.create_group_with("alice", "vip", &[], pb::JoinPolicy::InviteOnly, false);
+    assert_eq!(
+        w.err(
+            "eve",
+            Body::GroupJoin(pb::GroupJoin {
+                group_id: "vip".into(),
+                message: String::new()
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_kicked_member_cannot_read_later_messages(f: Fixture) {
+    // Proves a kicked member's history ends at the kick entry.
+    let w = auth_world(f);
+    let kick = ok_seq(&w.ok("bob", kick_body("team", "dave")));
+    w.send_group("carol", "team", "after the kick");
+    let h = w.history("dave", G);
+    assert_eq!(h.last().unwrap().seq, kick);
+    assert_eq!(texts(&h), ["hello"]);
+}
+
+pub fn auth_owner_cannot_leave(f: Fixture) {
+    // Proves the owner cannot leave (and orphan the group).
+    let w = auth_world(f);
+    assert_eq!(
+        w.err(
+            "alice",
+            Body::GroupLeave(pb::GroupLeave {
+                group_id: "team".into()
+            })
+        ),
+        pb::ErrorCode::PermissionDenied
+    );
+}
+
+pub fn auth_blocked_user_cannot_message(f: Fixture) {
+    // Proves a user you blocked gets BLOCKED when messaging you.
+    let w = World::new(f);
+    w.ok(
+        "alice",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "bob".into(),
+            blocked: true,
+        }),
+    );
+    assert_eq!(
+        w.err("bob", send_body("b", To::User("alice"), "hi")),
+        pb::ErrorCode::Blocked
+    );
+}
+
+pub fn auth_non_friends_refused_when_policy_says_so(f: Fixture) {
+    // Proves NOT_FRIENDS under allow_non_friend_messages = false.
+    let w = World::with_config(
+        f,
+        Config {
+            allow_non_friend_messages: false,
+            ..Config::default()
+        },
+    );
+    assert_eq!(
+        w.err("bob", send_body("b", To::User("alice"), "hi")),
+        pb::ErrorCode::NotFriends
+    );
+}
+
+// ---------------------------------------------------------------------------
 // The list
 // ---------------------------------------------------------------------------
 
@@ -3030,6 +3345,27 @@ macro_rules! conformance_tests {
             group_size_limit,
             typing_is_pushed_expires_and_is_not_stored,
             presence_set_query_and_expiry,
+            auth_non_member_cannot_read_group,
+            auth_third_user_cannot_read_direct_chat,
+            auth_non_member_cannot_send_to_group,
+            auth_non_admin_cannot_kick,
+            auth_nobody_kicks_the_owner,
+            auth_admin_cannot_kick_admin,
+            auth_cannot_recall_someone_elses_message,
+            auth_recall_window_binds_the_sender,
+            auth_self_promotion_is_refused,
+            auth_only_the_owner_dissolves,
+            auth_no_action_after_dissolve,
+            auth_member_cannot_change_group_settings,
+            auth_muted_member_cannot_send,
+            auth_admin_cannot_mute_the_owner,
+            auth_member_cannot_mention_all,
+            auth_member_cannot_decide_join_requests,
+            auth_invite_only_group_refuses_joins,
+            auth_kicked_member_cannot_read_later_messages,
+            auth_owner_cannot_leave,
+            auth_blocked_user_cannot_message,
+            auth_non_friends_refused_when_policy_says_so,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
