@@ -172,6 +172,25 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    fn dedup_lookup(
+        &self,
+        conversation: &str,
+        sender: &str,
+        client_msg_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<Appended>> {
+        let key = key3(conversation, sender, client_msg_id);
+        let Some(v) = self.ks.dedup.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        let (seq, time_ms, expires_at_ms) = decode_dedup(&v)?;
+        Ok((expires_at_ms > now_ms).then_some(Appended {
+            seq,
+            time_ms,
+            duplicate: true,
+        }))
+    }
+
     fn heads(&self, conversations: &[&str]) -> StoreResult<Vec<ConvHead>> {
         conversations
             .iter()

@@ -71,6 +71,21 @@ impl DomainError {
         }
     }
 
+    /// Whether this refuses the caller's right to do something (as opposed
+    /// to malformed input or a server failure).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound(_)
+                | Self::PermissionDenied(_)
+                | Self::NotMember
+                | Self::Blocked
+                | Self::NotFriends
+                | Self::Muted
+                | Self::GroupDissolved
+        )
+    }
+
     /// The error frame body sent to the client. Internal details stay out.
     pub fn to_pb(&self) -> pb::Error {
         let reason = match self {

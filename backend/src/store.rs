@@ -78,7 +78,10 @@
 //! # Changes
 //!
 //! Changes after the first version are additive and listed here.
-//! - (none yet)
+//! - [`Store::dedup_lookup`] (with a default that answers `None`): lets a
+//!   resend of a stored message get its original ack after the sender lost
+//!   the right to send. Conformance case
+//!   `send_resend_after_losing_rights_returns_original`.
 
 use tern_protocol::pb;
 
@@ -140,6 +143,25 @@ pub trait Store: Send + Sync {
         now_ms: u64,
         items: &[Append],
     ) -> StoreResult<Vec<Result<Appended, AppendRefused>>>;
+
+    /// The dedup record of `(conversation, sender, client_msg_id)`, if one
+    /// is kept with `expires_at_ms > now_ms`, as the `Appended { duplicate:
+    /// true, .. }` a resend would get from [`Store::append_batch`]. The
+    /// domain asks it only when a send is refused for the sender's rights,
+    /// so that resending a message stored before the sender was kicked,
+    /// blocked or muted still returns the original ack. Added after the
+    /// first version; the default answers `None` (such a resend then gets
+    /// the refusal), which is correct but less kind: implement it.
+    fn dedup_lookup(
+        &self,
+        conversation: &str,
+        sender: &str,
+        client_msg_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<Appended>> {
+        let _ = (conversation, sender, client_msg_id, now_ms);
+        Ok(None)
+    }
 
     /// The heads of `conversations`, in order. A conversation with no entry
     /// has `ConvHead::default()` (seq 0).

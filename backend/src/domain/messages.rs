@@ -14,6 +14,14 @@ use crate::store::{
     Append, AppendEffect, AppendRefused, DedupKey, GroupMeta, MemberOf, MemberRecord, UserConv,
 };
 
+/// A send after validation.
+pub(super) enum Prepared {
+    /// To be stored with its batch.
+    Store(PreparedSend),
+    /// Already answered: a resend of a stored message.
+    Answered(Outcome),
+}
+
 /// A validated send, waiting for its batch to be stored.
 pub(super) struct PreparedSend {
     append: Append,
@@ -48,13 +56,57 @@ struct View {
 impl Domain {
     // ---- send ---------------------------------------------------------------
 
+    /// Validates a send. A send refused for the caller's rights (not a
+    /// member any more, blocked, muted…) that resends a message stored
+    /// before is answered with the original ack instead: a resend is
+    /// idempotent even across a change of rights.
     pub(super) fn prepare_send(
         &self,
         me: &Caller,
         now_ms: u64,
         send: pb::Send,
-    ) -> Result<PreparedSend, DomainError> {
+    ) -> Result<Prepared, DomainError> {
         check_id("client_msg_id", &send.client_msg_id)?;
+        let conv = match &send.to {
+            None => return Err(DomainError::InvalidArgument("send has no recipient".into())),
+            Some(pb::send::To::UserId(peer)) => {
+                check_id("user_id", peer)?;
+                ConversationId::direct(&me.user_id, peer)
+                    .ok_or_else(|| DomainError::InvalidArgument("cannot send to yourself".into()))?
+            }
+            Some(pb::send::To::GroupId(gid)) => {
+                check_id("group_id", gid)?;
+                ConversationId::group(gid)
+            }
+        };
+        let cmid = send.client_msg_id.clone();
+        match self.prepare_checked(me, now_ms, send) {
+            Ok(p) => Ok(Prepared::Store(p)),
+            Err(e) if e.is_refusal() => {
+                let conv = conv.to_string();
+                match self.store.dedup_lookup(&conv, &me.user_id, &cmid, now_ms)? {
+                    Some(done) => Ok(Prepared::Answered(Outcome::reply(Body::SendAck(
+                        pb::SendAck {
+                            client_msg_id: cmid,
+                            conversation_id: conv,
+                            seq: done.seq,
+                            server_time_ms: done.time_ms,
+                            duplicate: true,
+                        },
+                    )))),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn prepare_checked(
+        &self,
+        me: &Caller,
+        now_ms: u64,
+        send: pb::Send,
+    ) -> Result<PreparedSend, DomainError> {
         self.check_content(send.content.as_ref())?;
         let (conv, recipients, member_of, mentions, mention_all, participants) = match &send.to {
             None => return Err(DomainError::InvalidArgument("send has no recipient".into())),

@@ -20,6 +20,8 @@ mod groups;
 mod messages;
 mod social;
 
+use messages::Prepared;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -220,7 +222,8 @@ impl Domain {
         for (i, req) in requests.into_iter().enumerate() {
             match req.body {
                 Body::Send(send) => match self.prepare_send(&req.caller, now_ms, send) {
-                    Ok(p) => pending.push((i, p)),
+                    Ok(Prepared::Store(p)) => pending.push((i, p)),
+                    Ok(Prepared::Answered(out)) => outcomes[i] = Some(out),
                     Err(e) => outcomes[i] = Some(Outcome::error(&e)),
                 },
                 body => {
@@ -243,7 +246,10 @@ impl Domain {
         let me = caller;
         match body {
             Body::Send(s) => {
-                let p = self.prepare_send(me, now_ms, s)?;
+                let p = match self.prepare_send(me, now_ms, s)? {
+                    Prepared::Store(p) => p,
+                    Prepared::Answered(out) => return Ok(out),
+                };
                 let mut pending = vec![(0, p)];
                 let mut out = vec![None];
                 self.flush_sends(now_ms, &mut pending, &mut out);

@@ -947,6 +947,42 @@ pub fn send_dedup_returns_original(f: Fixture) {
     assert!(ack(&w.ok("alice", send_body("same", To::User("bob"), "x"))).duplicate);
 }
 
+pub fn send_resend_after_losing_rights_returns_original(f: Fixture) {
+    // Proves idempotency across a change of rights: a message stored before
+    // its sender was kicked (group) or blocked (1:1) is answered, when
+    // resent, with its original ack; a new message is refused. Needs
+    // `Store::dedup_lookup`.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let first = ack(&w.ok("bob", send_body("keep", To::Group("team"), "sent")));
+    w.ok("alice", kick_body("team", "bob"));
+    let again = ack(&w.ok("bob", send_body("keep", To::Group("team"), "sent")));
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.seq, again.server_time_ms),
+        (first.seq, first.server_time_ms)
+    );
+    assert_eq!(
+        w.err("bob", send_body("new", To::Group("team"), "x")),
+        pb::ErrorCode::NotMember
+    );
+    let dm = w.send_dm("carol", "dave", "hi");
+    w.ok(
+        "dave",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "carol".into(),
+            blocked: true,
+        }),
+    );
+    let cmid = dm.client_msg_id.clone();
+    let again = ack(&w.ok("carol", send_body(&cmid, To::User("dave"), "hi")));
+    assert_eq!((again.seq, again.duplicate), (dm.seq, true));
+    assert_eq!(
+        w.err("carol", send_body("other", To::User("dave"), "hi")),
+        pb::ErrorCode::Blocked
+    );
+}
+
 pub fn send_batch_fails_bad_items_alone(f: Fixture) {
     // Proves the batch entry point: valid sends of one batch are all stored
     // (in order), an invalid one fails alone, and a non-send request in the
@@ -3308,6 +3344,7 @@ macro_rules! conformance_tests {
             send_direct_stores_and_delivers,
             send_with_reply_and_mentions_is_stored,
             send_dedup_returns_original,
+            send_resend_after_losing_rights_returns_original,
             send_batch_fails_bad_items_alone,
             send_validation_refuses_bad_input,
             history_pages_backwards,
