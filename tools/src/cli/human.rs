@@ -91,6 +91,16 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
             clean(&e.reason)
         ),
         Item::Closed(why) => format!("! {}", clean(why)),
+        Item::Ok { op, ok } => {
+            let mut s = format!("✓ {}", op.replace('_', " "));
+            if !ok.id.is_empty() {
+                s.push_str(&format!(": {}", clean(&ok.id)));
+            }
+            if ok.seq != 0 {
+                s.push_str(&format!(" (log entry {})", ok.seq));
+            }
+            s
+        }
         Item::Pong {
             rtt_us,
             server_time_ms,

@@ -286,7 +286,12 @@ impl Chat {
                 Ok(words) => match ReplLine::try_parse_from(&words) {
                     Ok(l) => self.command(l.command),
                     Err(e) => {
-                        let shown = e.render().to_string();
+                        // clap speaks of a program; here the commands are slash ones.
+                        let shown = e
+                            .render()
+                            .to_string()
+                            .replace("Usage: ", "Usage: /")
+                            .replace("'--help'", "'/help' or '/COMMAND --help'");
                         self.say(shown.trim_end().to_owned());
                         if e.use_stderr() && !self.tty {
                             self.first_error
@@ -364,7 +369,7 @@ impl Chat {
                     &c,
                 )?;
                 if items.is_empty() {
-                    self.say("(nothing)".into());
+                    self.say("(none)".into());
                 }
                 for item in &items {
                     self.show(session.me(), item);
