@@ -485,7 +485,7 @@ impl Domain {
         })?;
         Ok(Outcome::with(
             Body::Ok(pb::Ok {
-                seq: seqs[0],
+                seq: seqs.first().copied().unwrap_or(0),
                 id: String::new(),
             }),
             effects,
@@ -554,7 +554,7 @@ impl Domain {
         })?;
         Ok(Outcome::with(
             Body::Ok(pb::Ok {
-                seq: seqs[0],
+                seq: seqs.first().copied().unwrap_or(0),
                 id: String::new(),
             }),
             effects,
@@ -589,7 +589,7 @@ impl Domain {
         })?;
         Ok(Outcome::with(
             Body::Ok(pb::Ok {
-                seq: seqs[0],
+                seq: seqs.first().copied().unwrap_or(0),
                 id: String::new(),
             }),
             effects,
@@ -615,7 +615,7 @@ impl Domain {
         })?;
         Ok(Outcome::with(
             Body::Ok(pb::Ok {
-                seq: seqs[0],
+                seq: seqs.first().copied().unwrap_or(0),
                 id: String::new(),
             }),
             effects,
@@ -689,7 +689,7 @@ impl Domain {
         })?;
         Ok(Outcome::with(
             Body::Ok(pb::Ok {
-                seq: seqs[0],
+                seq: seqs.first().copied().unwrap_or(0),
                 id: String::new(),
             }),
             effects,
@@ -767,7 +767,7 @@ impl Domain {
         })?;
         Ok(Outcome::with(
             Body::Ok(pb::Ok {
-                seq: seqs[0],
+                seq: seqs.first().copied().unwrap_or(0),
                 id: String::new(),
             }),
             effects,
@@ -816,7 +816,7 @@ impl Domain {
         })?;
         Ok(Outcome::with(
             Body::Ok(pb::Ok {
-                seq: seqs[0],
+                seq: seqs.first().copied().unwrap_or(0),
                 id: String::new(),
             }),
             effects,

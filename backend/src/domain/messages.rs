@@ -160,7 +160,7 @@ impl Domain {
         };
         let conv = conv.to_string();
         if send.reply_to_seq > 0 {
-            let head = self.store.heads(&[&conv])?[0].seq;
+            let head = self.head_seq(&conv)?;
             if send.reply_to_seq > head {
                 return Err(DomainError::InvalidArgument(
                     "reply_to_seq is past the head".into(),
@@ -299,6 +299,15 @@ impl Domain {
 
     // ---- access -------------------------------------------------------------
 
+    /// The newest seq of `conv` (0: empty).
+    fn head_seq(&self, conv: &str) -> Result<u64, DomainError> {
+        let heads = self.store.heads(&[conv])?;
+        let head = heads
+            .first()
+            .ok_or_else(|| DomainError::Internal("store returned no head".into()))?;
+        Ok(head.seq)
+    }
+
     /// The caller takes part in `conv` now (for recall, read, typing).
     pub(super) fn active(&self, me: &str, conv: &ConversationId) -> Result<Active, DomainError> {
         match conv {
@@ -352,7 +361,7 @@ impl Domain {
             },
             (ConversationId::Group(_), None) => return Err(DomainError::NotMember),
         };
-        let head = self.store.heads(&[&conv_s])?[0].seq;
+        let head = self.head_seq(&conv_s)?;
         Ok(View {
             conv: conv_s,
             from: uc.visible_from_seq.max(1),
@@ -375,6 +384,11 @@ impl Domain {
         let ucs = self.store.user_convs(&me.user_id)?;
         let convs: Vec<&str> = ucs.iter().map(|u| u.conversation_id.as_str()).collect();
         let heads = self.store.heads(&convs)?;
+        if heads.len() != convs.len() {
+            return Err(DomainError::Internal(
+                "store returned the wrong number of heads".into(),
+            ));
+        }
         let mut result = pb::SyncResult::default();
         for (uc, head) in ucs.iter().zip(heads) {
             let to = visible_head(uc, head.seq);
@@ -503,7 +517,7 @@ impl Domain {
         }
         let active = self.active(&me.user_id, &conv)?;
         let conv_s = conv.to_string();
-        let head = self.store.heads(&[&conv_s])?[0].seq;
+        let head = self.head_seq(&conv_s)?;
         if req.up_to_seq > head {
             return Err(DomainError::InvalidArgument(
                 "up_to_seq is past the head".into(),
@@ -645,6 +659,11 @@ impl Domain {
         let ucs = self.store.user_convs(&me.user_id)?;
         let convs: Vec<&str> = ucs.iter().map(|u| u.conversation_id.as_str()).collect();
         let heads = self.store.heads(&convs)?;
+        if heads.len() != convs.len() {
+            return Err(DomainError::Internal(
+                "store returned the wrong number of heads".into(),
+            ));
+        }
         // (activity, uc, visible head) for every conversation with something
         // visible in it.
         let mut rows = Vec::with_capacity(ucs.len());
