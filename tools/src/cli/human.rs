@@ -233,9 +233,12 @@ fn conversation(me: &str, c: &pb::ConversationSummary) -> String {
         s.push_str("           ");
     }
     s.push_str(if c.mentioned { " @you" } else { "     " });
-    if let Some(last) = &c.last
-        && let Some(line) = entry(me, last)
-    {
+    if let Some(last) = &c.last {
+        let line = match (entry(me, last), &last.body) {
+            (Some(line), _) => line,
+            (None, Some(pb::entry::Body::Read(r))) => format!("] you read up to {}", r.up_to_seq),
+            (None, _) => String::new(),
+        };
         // Drop the `[label:seq]` part: the row already names the chat.
         let short = line.split_once("] ").map_or(line.as_str(), |(_, r)| r);
         s.push_str(&format!(
