@@ -13,7 +13,8 @@
 //!   nothing at all arrived within one interval after a ping, declares the
 //!   connection dead and shuts the socket (protocol.md 3.5).
 //! - When the socket ends, every waiting request fails with
-//!   [`ClientError::Closed`] and the push queue ends with [`Event::Closed`].
+//!   [`ClientError::Closed`] and the push queue ends with [`Event::Closed`]
+//!   (after the pushes still queued; the reader never blocks on the queue).
 //!
 //! This module knows frames, not chat: it never looks inside a push, never
 //! acks a delivery and never reconnects (that is [`super::session`] and the
@@ -227,6 +228,8 @@ struct Shared {
     frame_bytes_max: usize,
     stop: Mutex<bool>,
     stop_cv: Condvar,
+    /// The close, when the push queue was full as the reader ended.
+    final_event: Mutex<Option<Closed>>,
 }
 
 #[derive(Debug, Default)]
@@ -313,6 +316,7 @@ impl Connection {
             frame_bytes_max,
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
+            final_event: Mutex::new(None),
         });
         let (tx, rx) = mpsc::sync_channel(PUSH_QUEUE_FRAMES_MAX);
         let mut threads = Vec::with_capacity(2);
@@ -398,9 +402,17 @@ impl Connection {
         })
     }
 
-    /// The next push or the close, waiting at most `wait`.
+    /// The next push or the close, waiting at most `wait`. After the
+    /// close has been returned, `None` at once.
     pub fn next_event(&self, wait: Duration) -> Option<Event> {
-        self.events.lock().recv_timeout(wait).ok()
+        match self.events.lock().recv_timeout(wait) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            // The reader has ended and everything it queued was taken.
+            Err(RecvTimeoutError::Disconnected) => {
+                self.shared.final_event.lock().take().map(Event::Closed)
+            }
+        }
     }
 
     /// Pushes dropped because the queue was full; the consumer syncs when
@@ -556,9 +568,12 @@ fn read_loop(shared: &Shared, stream: TcpStream, mut buf: Vec<u8>, tx: &SyncSend
     }
     shared.stop_heartbeat();
     let _ = shared.socket.shutdown(Shutdown::Both);
-    // Blocking on purpose: the close must not be lost to a full queue. It
-    // returns at once when the consumer is gone.
-    let _ = tx.send(Event::Closed(closed));
+    // Never blocking (a consumer that stopped reading would hang this
+    // thread, and a Drop joining it): on a full queue the close waits in
+    // `final_event` until the consumer has drained the queue.
+    if let Err(TrySendError::Full(Event::Closed(c))) = tx.try_send(Event::Closed(closed)) {
+        *shared.final_event.lock() = Some(c);
+    }
 }
 
 fn dispatch(
@@ -580,6 +595,10 @@ fn dispatch(
     match &frame.body {
         // Answers to our heartbeats: their arrival (last_rx_ms) is the point.
         Some(Body::Pong(_)) => return,
+        // A late answer to a request that stopped waiting (it reported a
+        // timeout): nobody asks for it any more. Errors still go on: they
+        // are how a fire-and-forget frame learns that it failed.
+        Some(b) if frame.request_id != 0 && !matches!(b, Body::Error(_)) => return,
         // The last frame of a connection: reported with the close.
         Some(Body::Kick(k)) => {
             *kick = Some(k.clone());
@@ -642,5 +661,161 @@ pub fn body_name(body: Option<&Body>) -> String {
             // `Welcome(Welcome { .. })` → `Welcome`.
             dbg.split(['(', ' ']).next().unwrap_or("?").to_owned()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A scripted fake server on a loopback socket plays the server's side,
+    //! including what a real one never sends.
+    // The fake server and the polling test thread sleep; no shard runs here.
+    #![allow(clippy::disallowed_methods)]
+
+    use std::net::TcpListener;
+
+    use super::*;
+
+    fn welcome(heartbeat_interval_ms: u32) -> pb::Frame {
+        pb::Frame {
+            request_id: AUTH_REQUEST_ID,
+            body: Some(Body::Welcome(pb::Welcome {
+                user_id: "alice".into(),
+                device_id: "d".into(),
+                heartbeat_interval_ms,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn write(mut s: &TcpStream, f: &pb::Frame) {
+        let mut out = Vec::new();
+        codec::encode_frame(f, &mut out);
+        s.write_all(&out).unwrap();
+    }
+
+    /// Accepts one connection, reads its `auth`, and hands it to `script`.
+    fn fake_server(script: impl FnOnce(TcpStream) + Send + 'static) -> ConnectOptions {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut buf = Vec::new();
+            let Ok(Some(f)) = read_frame(&s, &mut buf) else {
+                return;
+            };
+            assert!(matches!(f.body, Some(Body::Auth(_))), "auth comes first");
+            script(s);
+        });
+        let mut o = ConnectOptions::new(addr.to_string(), "t", "d");
+        o.request_timeout_ms = 5_000;
+        o
+    }
+
+    fn next_closed(c: &Connection) -> Closed {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Some(Event::Closed(c)) = c.next_event(Duration::from_millis(100)) {
+                return c;
+            }
+        }
+        panic!("no close")
+    }
+
+    #[test]
+    fn a_refused_auth_is_the_servers_typed_error() {
+        // Proves the handshake returns the server's code, not a generic one.
+        let opts = fake_server(|s| {
+            write(
+                &s,
+                &pb::Frame {
+                    request_id: AUTH_REQUEST_ID,
+                    body: Some(Body::Error(pb::Error {
+                        code: pb::ErrorCode::TokenExpired as i32,
+                        reason: "expired".into(),
+                        retry_after_ms: 0,
+                    })),
+                },
+            );
+        });
+        let e = Connection::open(&opts).unwrap_err();
+        assert_eq!(e.code_name(), "ERROR_CODE_TOKEN_EXPIRED");
+    }
+
+    #[test]
+    fn an_oversized_length_prefix_closes_and_fails_waiting_requests() {
+        // Proves a 2^35-byte claim is refused from its prefix (nothing is
+        // buffered for it), ends the connection as a bad frame, and wakes a
+        // request waiting for its answer with a typed error.
+        let opts = fake_server(|s| {
+            write(&s, &welcome(30_000));
+            let mut buf = Vec::new();
+            let _ = read_frame(&s, &mut buf); // the request below
+            (&s).write_all(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01])
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        let c = Connection::open(&opts).unwrap();
+        let e = c.request(Body::Ping(pb::Ping { nonce: 1 })).unwrap_err();
+        assert!(matches!(e, ClientError::Closed(_)), "{e:?}");
+        assert!(matches!(next_closed(&c).cause, CloseCause::BadFrame(_)));
+    }
+
+    #[test]
+    fn a_full_push_queue_drops_counts_and_still_reports_the_close() {
+        // Proves the push bound: a consumer that does not read loses pushes
+        // beyond the queue (counted, for a sync), never blocks the reader,
+        // and still gets the close after the queued pushes.
+        let extra = 10;
+        let opts = fake_server(move |s| {
+            write(&s, &welcome(30_000));
+            let typing = pb::Frame {
+                request_id: 0,
+                body: Some(Body::TypingEvent(pb::TypingEvent {
+                    conversation_id: "d:alice:bob".into(),
+                    user_id: "bob".into(),
+                    typing: true,
+                })),
+            };
+            let mut out = Vec::new();
+            for _ in 0..PUSH_QUEUE_FRAMES_MAX + extra {
+                codec::encode_frame(&typing, &mut out);
+            }
+            (&s).write_all(&out).unwrap();
+        });
+        let c = Connection::open(&opts).unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while !c.is_closed() {
+            assert!(Instant::now() < until, "the reader never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(c.pushes_dropped(), extra as u64);
+        let mut pushes = 0;
+        let closed = loop {
+            match c.next_event(Duration::from_secs(1)) {
+                Some(Event::Push(_)) => pushes += 1,
+                Some(Event::Closed(closed)) => break closed,
+                None => panic!("the close was lost after {pushes} pushes"),
+            }
+        };
+        assert_eq!(pushes, PUSH_QUEUE_FRAMES_MAX);
+        assert_eq!(closed.cause, CloseCause::Eof);
+    }
+
+    #[test]
+    fn a_silent_server_is_declared_dead_after_one_interval() {
+        // Proves the heartbeat: the client pings at the Welcome interval and
+        // closes a connection that answers nothing within one more.
+        let opts = fake_server(|s| {
+            write(&s, &welcome(50));
+            // Read the pings, answer nothing.
+            let mut buf = Vec::new();
+            while let Ok(Some(f)) = read_frame(&s, &mut buf) {
+                assert!(matches!(f.body, Some(Body::Ping(_))), "{f:?}");
+            }
+        });
+        let c = Connection::open(&opts).unwrap();
+        let closed = next_closed(&c);
+        assert_eq!(closed.cause, CloseCause::HeartbeatLost);
+        assert!(closed.may_reconnect());
     }
 }
