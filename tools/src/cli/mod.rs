@@ -3,17 +3,17 @@
 //! run, a stable line or JSON output, typed exit codes).
 //!
 //! Layers, bottom up:
-//! - [`conn`]: one TCP connection: the handshake, a reader thread that routes
+//! - [`conn`](crate::cli::conn): one TCP connection: the handshake, a reader thread that routes
 //!   answers to their request by request id and everything else to a bounded
 //!   push queue, and a heartbeat thread pinging at the Welcome interval.
-//! - [`cursors`]: the per-conversation cursors of this device, gap detection
+//! - [`cursors`](crate::cli::cursors): the per-conversation cursors of this device, gap detection
 //!   and the cumulative `deliver_ack` set; no I/O.
-//! - [`session`]: a connection plus its cursors: typed requests, `sync` to
+//! - [`session`](crate::cli::session): a connection plus its cursors: typed requests, `sync` to
 //!   the end, applying and acking pushed deliveries.
-//! - [`args`], [`exec`], [`record`], [`human`]: the command tree shared by
+//! - [`args`](crate::cli::args), [`exec`](crate::cli::exec), [`record`](crate::cli::record), [`human`](crate::cli::human): the command tree shared by
 //!   both modes, running a command, and showing its result to scripts
 //!   (records) or to people (chat lines).
-//! - [`script`], [`repl`]: the two front ends.
+//! - [`script`](crate::cli::script), [`repl`](crate::cli::repl): the two front ends.
 //!
 //! This module never keeps anything on disk (cursors live for one run; a new
 //! run starts from the conversation list, as a new device would), never

@@ -1,6 +1,6 @@
 //! The interactive mode: a line-oriented chat with slash commands.
 //!
-//! Two threads share one [`Chat`]: the input thread reads lines (rustyline
+//! Two threads share one `Chat`: the input thread reads lines (rustyline
 //! on a terminal, so live events print above the prompt without tearing
 //! the line being typed; plain stdin lines otherwise) and runs commands;
 //! the event thread takes pushes off the session and prints them
@@ -816,7 +816,7 @@ const SHORTCODES: &[(&str, &str)] = &[
     (":sunglasses:", "😎"),
 ];
 
-/// Replaces the [`SHORTCODES`] in `text`.
+/// Replaces the shortcodes (`:smile:`, `:+1:`, …) in `text`.
 pub fn expand_shortcodes(text: &str) -> String {
     if !text.contains(':') {
         return text.to_owned();
