@@ -311,21 +311,24 @@ impl RedisStore {
         r
     }
 
-    /// Runs `cmds` as one pipeline; on "function not found" (a node that
-    /// lost its functions, e.g. a fresh cluster node), reloads the library
-    /// and, when no command of the pipeline ran, runs it once more.
+    /// Runs `pipe` as one pipeline. On "function not found" (a node that
+    /// lost its functions, e.g. a fresh cluster node) it reloads the library
+    /// and, when every command that must not run twice is among those that
+    /// did not run, runs the pipeline once more (the rest is idempotent:
+    /// index entries, reads, plain writes).
     fn run(&self, conn: &mut Conn, pipe: &Pipe) -> Result<Vec<Value>> {
         match conn.query(pipe) {
             Ok(v) => Ok(v),
             Err(e) if is_function_missing(&e) => {
                 load_library(conn)?;
-                let none_ran = e.into_server_errors().is_some_and(|errs| {
-                    errs.len() == pipe.len()
-                        && errs
-                            .iter()
-                            .all(|(_, se)| se.to_string().contains("Function not found"))
+                let safe_to_repeat = e.into_server_errors().is_some_and(|errs| {
+                    let all_missing = errs
+                        .iter()
+                        .all(|(_, se)| se.to_string().contains("Function not found"));
+                    let not_run: HashSet<usize> = errs.iter().map(|(i, _)| *i).collect();
+                    all_missing && pipe.once.iter().all(|i| not_run.contains(i))
                 });
-                if none_ran {
+                if safe_to_repeat {
                     Ok(conn.query(pipe)?)
                 } else {
                     Err(RedisStoreError::Reply(
@@ -425,7 +428,7 @@ impl RedisStore {
                         index.add(zadd_lex(&uk.convs, &item.conversation));
                     }
                 }
-                appends.add(append_cmd(&k, now_ms, item)?);
+                appends.add_once(append_cmd(&k, now_ms, item)?);
             }
         }
         let replies = self.with_conn(|conn| {
@@ -439,7 +442,7 @@ impl RedisStore {
                 self.run(conn, &index)?;
                 self.run(conn, &appends)?
             } else {
-                let n = index.len();
+                let n = index.cmds.len();
                 let mut both = index;
                 both.extend(appends);
                 let mut r = self.run(conn, &both)?;
@@ -534,7 +537,7 @@ impl RedisStore {
                 .arg(if history { "1" } else { "0" });
         }
         let mut pipe = Pipe::default();
-        pipe.add(c);
+        pipe.add_once(c);
         self.with_conn(|conn| {
             if !index.is_empty() {
                 self.run(conn, &index)?;
@@ -1439,17 +1442,23 @@ impl Conn {
 #[derive(Debug, Default)]
 struct Pipe {
     cmds: Vec<Cmd>,
+    /// Indices of commands that must not run twice (appends, group
+    /// changes: each run allocates seqs).
+    once: Vec<usize>,
 }
 
 impl Pipe {
     fn add(&mut self, c: Cmd) {
         self.cmds.push(c);
     }
-    fn extend(&mut self, other: Pipe) {
-        self.cmds.extend(other.cmds);
+    fn add_once(&mut self, c: Cmd) {
+        self.once.push(self.cmds.len());
+        self.cmds.push(c);
     }
-    fn len(&self) -> usize {
-        self.cmds.len()
+    fn extend(&mut self, other: Pipe) {
+        let base = self.cmds.len();
+        self.once.extend(other.once.iter().map(|i| i + base));
+        self.cmds.extend(other.cmds);
     }
     fn is_empty(&self) -> bool {
         self.cmds.is_empty()

@@ -304,7 +304,8 @@ fn ids_that_could_escape_their_key_are_refused_before_any_write() {
         );
     }
     assert!(store.user_convs("alice{").is_err());
-    assert!(store.entries("d:b:a", 1, 10, 10).is_err());
+    assert!(store.entries("d:b}:a", 1, 10, 10).is_err());
+    assert!(store.entries("d:a:b:c", 1, 10, 10).is_err());
     assert!(
         store
             .apply_social(&[SocialOp::PutBlock {
@@ -395,4 +396,43 @@ fn expired_dedup_records_are_purged_a_few_per_append() {
         .parse()
         .unwrap();
     assert!(left <= 3, "expired records were purged, {left} left");
+}
+
+#[test]
+fn a_server_that_lost_the_functions_gets_them_back() {
+    // Proves the reload path: after `FUNCTION FLUSH` (a fresh node, or a
+    // server restarted without persistence), the next batch finds no
+    // function, the store reloads the library and, since nothing of the
+    // batch ran, runs it again: the caller sees a normal result.
+    let server = RedisServer::start(ServerOptions::EPHEMERAL);
+    let store = open(&server);
+    let conv = "d:alice:bob";
+    store
+        .append_batch(1, &[send(conv, "alice", "a", "x", 1)])
+        .unwrap();
+    assert_eq!(server.command(&["FUNCTION", "FLUSH"]).as_deref(), Ok("OK"));
+    let r = store
+        .append_batch(2, &[send(conv, "bob", "b", "y", 2)])
+        .unwrap();
+    assert_eq!(r[0].unwrap().seq, 2);
+    assert_eq!(store.entries(conv, 1, 10, 10).unwrap().len(), 2);
+}
+
+#[test]
+fn a_lost_library_with_new_index_entries_in_the_same_pipeline() {
+    // Proves the reload path also when the failed pipeline carried index
+    // entries (which ran, and are idempotent): the batch is run again and
+    // the caller sees a normal result, stored once.
+    let server = RedisServer::start(ServerOptions::EPHEMERAL);
+    let store = open(&server);
+    store
+        .append_batch(1, &[send("d:alice:bob", "alice", "a", "x", 1)])
+        .unwrap();
+    assert_eq!(server.command(&["FUNCTION", "FLUSH"]).as_deref(), Ok("OK"));
+    let r = store
+        .append_batch(2, &[send("d:alice:carol", "alice", "b", "y", 2)])
+        .unwrap();
+    assert_eq!(r[0].unwrap().seq, 1);
+    assert_eq!(store.user_convs("carol").unwrap().len(), 1);
+    assert_eq!(store.user_convs("alice").unwrap().len(), 2);
 }
