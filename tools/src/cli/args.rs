@@ -28,10 +28,16 @@ pub const HISTORY_LIMIT_DEFAULT: u32 = 20;
 )]
 pub struct Cli {
     /// Gateway TCP address.
-    #[arg(long, env = "TERN_SERVER", default_value = SERVER_DEFAULT, global = true)]
+    #[arg(long, env = "TERN_SERVER", default_value = SERVER_DEFAULT, global = true, help_heading = "Login and output")]
     pub server: String,
     /// A token issued by your service (the JWT's `sub` is the user).
-    #[arg(long, env = "TERN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "TERN_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Login and output"
+    )]
     pub token: Option<String>,
     /// The user to mint a development token for (with --jwt-secret).
     // Its own id: subcommands have positional `user` arguments, and a global
@@ -41,26 +47,38 @@ pub struct Cli {
         id = "login_user",
         value_name = "USER",
         env = "TERN_USER",
-        global = true
+        global = true,
+        help_heading = "Login and output"
     )]
     pub user: Option<String>,
     /// The HS256 secret of a development server (`tern serve --jwt-secret`).
-    #[arg(long, env = "TERN_JWT_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "TERN_JWT_SECRET",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Login and output"
+    )]
     pub jwt_secret: Option<String>,
     /// `aud` claim of a minted token, when the server requires one.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Login and output")]
     pub audience: Option<String>,
     /// Validity of a minted token, in seconds.
-    #[arg(long, default_value_t = TOKEN_TTL_SECS_DEFAULT, global = true)]
+    #[arg(long, default_value_t = TOKEN_TTL_SECS_DEFAULT, global = true, help_heading = "Login and output")]
     pub token_ttl_secs: u64,
-    /// Device id [default: `cli` for chat, `cli-script` for commands].
-    #[arg(long, env = "TERN_DEVICE", global = true)]
+    /// Device id [default: `cli` for chat, `cli-listen` for listen, `cli-script` otherwise].
+    #[arg(
+        long,
+        env = "TERN_DEVICE",
+        global = true,
+        help_heading = "Login and output"
+    )]
     pub device: Option<String>,
     /// One JSON object per line instead of `kind key=value` lines.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Login and output")]
     pub json: bool,
     /// Wait for each answer this long, in milliseconds.
-    #[arg(long, default_value_t = REQUEST_TIMEOUT_MS_DEFAULT, global = true)]
+    #[arg(long, default_value_t = REQUEST_TIMEOUT_MS_DEFAULT, global = true, help_heading = "Login and output")]
     pub timeout_ms: u64,
     /// What to do [default: chat].
     #[command(subcommand)]

@@ -91,6 +91,8 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
             clean(&e.reason)
         ),
         Item::Closed(why) => format!("! {}", clean(why)),
+        Item::More { flag, value } if *flag == "sync" => format!("(sync stopped short: {value})"),
+        Item::More { flag, value } => format!("(more: --{flag} {value})"),
         Item::Ok { op, ok } => {
             let mut s = format!("✓ {}", op.replace('_', " "));
             if !ok.id.is_empty() {
