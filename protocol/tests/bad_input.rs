@@ -946,3 +946,20 @@ fn decode_errors_become_error_frames() {
     assert_eq!(err.code, pb::ErrorCode::FrameTooLarge as i32);
     assert!(err.reason.contains("exceeds"), "{}", err.reason);
 }
+
+#[test]
+fn encoding_allocates_only_the_callers_buffer() {
+    // Proves encode_frame/encode_body allocate nothing when the caller's
+    // buffer has room, and grow it at most once when it has not.
+    let frame = text_send(1, &"x".repeat(300));
+    let mut out = Vec::with_capacity(1024);
+    let ((), allocs) = measure(|| encode_frame(&frame, &mut out));
+    assert_eq!(allocs.count, 0, "{allocs:?}");
+    out.clear();
+    let ((), allocs) = measure(|| tern_protocol::codec::encode_body(&frame, &mut out));
+    assert_eq!(allocs.count, 0, "{allocs:?}");
+    let mut empty = Vec::new();
+    let ((), allocs) = measure(|| encode_frame(&frame, &mut empty));
+    assert_eq!(allocs.count, 1, "{allocs:?}");
+    assert_eq!(allocs.largest, empty.len());
+}
