@@ -84,7 +84,7 @@ pub enum ClientError {
     #[error("cannot mint a token: {0}")]
     Token(#[from] jsonwebtoken::errors::Error),
     /// The interactive client is not logged in.
-    #[error("not logged in: use /login TOKEN or /login USER SECRET")]
+    #[error("not logged in: /login USER --jwt-secret S, or /login --token T")]
     NotConnected,
 }
 

@@ -76,10 +76,8 @@ pub fn run(ctx: &Context<'_>, cmd: &SharedCommand) -> Result<Vec<Item>, ClientEr
             let msg = text_message(&target, a)?;
             Ok(vec![Item::Sent(s.send(msg)?)])
         }
-        SharedCommand::SendFile(a) => {
-            ctx.target(&a.to)?;
-            Err(file_not_available(&a.path))
-        }
+        // Whoever it is for, it cannot be sent yet: say that first.
+        SharedCommand::SendFile(a) => Err(file_not_available(&a.path)),
         SharedCommand::History(a) => {
             let conv = ctx.conversation(a.conv.as_ref())?;
             history(s, &conv, a.before.unwrap_or(0), a.limit)

@@ -99,9 +99,9 @@ pub fn main(cli: &Cli) -> i32 {
                 chat.error(&e);
             }
         }
-        Ok(None) => chat.say(
-            "not logged in: /login USER (with --jwt-secret at start) or /login --token T".into(),
-        ),
+        Ok(None) => {
+            chat.say("not logged in: /login USER --jwt-secret S, or /login --token T".into())
+        }
         Err(e) => chat.error(&e),
     }
     chat.say("/help lists the commands; a line without / goes to the open conversation".into());
