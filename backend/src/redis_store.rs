@@ -707,6 +707,28 @@ impl Store for RedisStore {
         Ok(self.append_batch_inner(now_ms, items)?)
     }
 
+    fn dedup_lookup(
+        &self,
+        conversation: &str,
+        sender: &str,
+        client_msg_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<Appended>> {
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let field = keys::dedup_field(sender, client_msg_id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HGET");
+        c.arg(&k.dedup).arg(field);
+        let Some(rec) = opt_bytes(self.one(c)?)? else {
+            return Ok(None);
+        };
+        let (seq, time_ms, expires_at_ms) = parse_dedup(&rec)?;
+        Ok((expires_at_ms > now_ms).then_some(Appended {
+            seq,
+            time_ms,
+            duplicate: true,
+        }))
+    }
+
     fn heads(&self, conversations: &[&str]) -> StoreResult<Vec<ConvHead>> {
         if conversations.is_empty() {
             return Ok(Vec::new());
@@ -1107,6 +1129,21 @@ fn parse_user_conv(conversation: &str, b: &[u8]) -> Result<UserConv> {
         visible_to_seq: t?,
         read_seq: r?,
     })
+}
+
+/// A dedup record: `<seq>:<time_ms>:<expires_at_ms>` (as `tern_append_v1`
+/// writes it).
+fn parse_dedup(b: &[u8]) -> Result<(u64, u64, u64)> {
+    let corrupt =
+        || RedisStoreError::Corrupt(format!("dedup record {:?}", String::from_utf8_lossy(b)));
+    let s = std::str::from_utf8(b).map_err(|_| corrupt())?;
+    let mut it = s
+        .split(':')
+        .map(|x| x.parse::<u64>().map_err(|_| corrupt()));
+    let (Some(seq), Some(t), Some(exp), None) = (it.next(), it.next(), it.next(), it.next()) else {
+        return Err(corrupt());
+    };
+    Ok((seq?, t?, exp?))
 }
 
 fn zadd_lex(key: &str, member: &str) -> Cmd {
@@ -1626,6 +1663,15 @@ mod tests {
         assert!(parse_version("7.0.15") < WAITAOF_VERSION_MIN);
         assert!(parse_version("6.2.14") < REDIS_VERSION_MIN);
         assert_eq!(parse_version("garbage"), (0, 0, 0));
+    }
+
+    #[test]
+    fn dedup_records_parse_strictly() {
+        // Proves a malformed dedup record is a typed Corrupt error.
+        assert_eq!(parse_dedup(b"7:1000:2000").unwrap(), (7, 1000, 2000));
+        for bad in [&b"7:1000"[..], b"7:1000:2000:1", b"x:1:2", b"-1:2:3", b""] {
+            assert!(matches!(parse_dedup(bad), Err(RedisStoreError::Corrupt(_))));
+        }
     }
 
     #[test]
