@@ -119,6 +119,13 @@ impl Overrides {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Transparent huge pages back the allocator's sparse arenas with 2 MiB
+    // pages, which multiplied the resident memory of many small idle
+    // connections (measured: ~70 MiB of 96 MiB at 19,000 connections were
+    // huge pages). Like Redis, Tern opts its own process out.
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and only
+    // changes this process's memory policy.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")

@@ -970,7 +970,7 @@ async fn reader(shard: Rc<Shard>, key: u32, generation: u32, mut resume: bool) {
             if !partial.is_empty() {
                 match shard.ingest(key, &partial) {
                     Ingest::Continue => continue,
-                    other => match handle_ingest(&shard, key, generation, other).await {
+                    other => match Box::pin(handle_ingest(&shard, key, generation, other)).await {
                         Some(Flow::Close(r)) => break r,
                         Some(Flow::Moved) => return,
                         None => continue,
@@ -1006,7 +1006,7 @@ async fn reader(shard: Rc<Shard>, key: u32, generation: u32, mut resume: bool) {
         };
         match outcome {
             Ingest::Continue => {}
-            other => match handle_ingest(&shard, key, generation, other).await {
+            other => match Box::pin(handle_ingest(&shard, key, generation, other)).await {
                 Some(Flow::Close(r)) => break r,
                 Some(Flow::Moved) => return,
                 None => {}
