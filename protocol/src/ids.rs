@@ -65,8 +65,14 @@ impl ConversationId {
     /// they are the same user: a note-to-self is not a conversation here.
     pub fn direct(x: &str, y: &str) -> Option<Self> {
         match x.cmp(y) {
-            std::cmp::Ordering::Less => Some(Self::Direct { a: x.to_owned(), b: y.to_owned() }),
-            std::cmp::Ordering::Greater => Some(Self::Direct { a: y.to_owned(), b: x.to_owned() }),
+            std::cmp::Ordering::Less => Some(Self::Direct {
+                a: x.to_owned(),
+                b: y.to_owned(),
+            }),
+            std::cmp::Ordering::Greater => Some(Self::Direct {
+                a: y.to_owned(),
+                b: x.to_owned(),
+            }),
             std::cmp::Ordering::Equal => None,
         }
     }
@@ -85,7 +91,10 @@ impl ConversationId {
             if a >= b {
                 return Err(IdError::BadConversation);
             }
-            Ok(Self::Direct { a: a.to_owned(), b: b.to_owned() })
+            Ok(Self::Direct {
+                a: a.to_owned(),
+                b: b.to_owned(),
+            })
         } else if let Some(g) = s.strip_prefix("g:") {
             check_id(g)?;
             Ok(Self::Group(g.to_owned()))
@@ -130,7 +139,10 @@ mod tests {
         assert_eq!(check_id("alice.b_c-d@x9"), Ok(()));
         assert_eq!(check_id(""), Err(IdError::Empty));
         assert_eq!(check_id(&"a".repeat(ID_BYTES_MAX)), Ok(()));
-        assert_eq!(check_id(&"a".repeat(ID_BYTES_MAX + 1)), Err(IdError::TooLong));
+        assert_eq!(
+            check_id(&"a".repeat(ID_BYTES_MAX + 1)),
+            Err(IdError::TooLong)
+        );
         for bad in ["a:b", "{a}", "a b", "é", "a\0", "a\n"] {
             assert_eq!(check_id(bad), Err(IdError::BadChar), "{bad:?}");
         }
@@ -144,9 +156,18 @@ mod tests {
         assert_eq!(c.peer_of("alice"), Some("bob"));
         assert_eq!(c.peer_of("carol"), None);
         assert_eq!(ConversationId::direct("x", "x"), None);
-        assert_eq!(ConversationId::parse("d:bob:alice"), Err(IdError::BadConversation));
-        assert_eq!(ConversationId::parse("d:a:a"), Err(IdError::BadConversation));
-        assert_eq!(ConversationId::parse("g:team"), Ok(ConversationId::group("team")));
+        assert_eq!(
+            ConversationId::parse("d:bob:alice"),
+            Err(IdError::BadConversation)
+        );
+        assert_eq!(
+            ConversationId::parse("d:a:a"),
+            Err(IdError::BadConversation)
+        );
+        assert_eq!(
+            ConversationId::parse("g:team"),
+            Ok(ConversationId::group("team"))
+        );
         assert_eq!(ConversationId::parse("g:{x}"), Err(IdError::BadChar));
         assert_eq!(ConversationId::parse("x:y"), Err(IdError::BadConversation));
         assert_eq!(ConversationId::parse("d:a"), Err(IdError::BadConversation));

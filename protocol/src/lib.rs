@@ -17,7 +17,12 @@ pub mod session;
 pub mod validate;
 
 /// Types generated from `proto/tern/v1/tern.proto`.
-#[allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/tern.v1.rs"));
 }
