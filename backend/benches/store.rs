@@ -283,7 +283,13 @@ fn latency_report() {
     for batch in [1usize, 64] {
         let mut bed = Bed::new();
         let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
-        let rounds = (LATENCY_SAMPLES / batch).max(50);
+        // TERN_BENCH_LATENCY_SENDS overrides the sample count (longer runs
+        // show sustained rather than burst throughput).
+        let samples = std::env::var("TERN_BENCH_LATENCY_SENDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(LATENCY_SAMPLES);
+        let rounds = (samples / batch).max(50);
         let start = Instant::now();
         for _ in 0..rounds {
             let reqs = (0..batch).map(|_| bed.send("alice", None)).collect();
