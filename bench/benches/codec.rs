@@ -2,14 +2,20 @@
 //! moves most (a text `Send`, a `Deliver` of 1 and of 16 text entries), plus
 //! the client-side decode and validation the gateway runs on every `Send`.
 //!
-//! Run: `cargo bench -p tern-bench --bench codec`. Throughput is reported in
-//! bytes of the encoded frame (prefix included), so MB/s compares across
-//! frame sizes. Results and the machine they came from: docs/benchmarks.md.
+//! Every case runs twice: under `codec/…` in wall time (criterion's default)
+//! and under `codec-cpu/…` in the thread's CPU time ([`ThreadCpuTime`]), which
+//! leaves out the time the thread sat preempted on a shared machine.
+//!
+//! Run: `cargo bench -p tern-bench --bench codec` (add `-- codec-cpu` for the
+//! CPU-time half only). Throughput is reported in bytes of the encoded frame,
+//! prefix included, so MB/s compares across frame sizes. Results and the
+//! machine they came from: docs/benchmarks.md.
 
 use std::hint::black_box;
 
+use criterion::measurement::Measurement;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tern_bench::{deliver, text_send};
+use tern_bench::{ThreadCpuTime, deliver, text_send};
 use tern_protocol::codec::{
     Decoded, FRAME_BYTES_MAX_DEFAULT, decode_client_frame, decode_frame, encode_frame,
 };
@@ -24,8 +30,8 @@ fn samples() -> [(&'static str, pb::Frame); 3] {
     ]
 }
 
-fn encode(c: &mut Criterion) {
-    let mut group = c.benchmark_group("codec/encode");
+fn encode<M: Measurement>(c: &mut Criterion<M>, prefix: &str) {
+    let mut group = c.benchmark_group(format!("{prefix}/encode"));
     for (name, frame) in samples() {
         let mut wire = Vec::new();
         encode_frame(&frame, &mut wire);
@@ -44,8 +50,8 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-fn decode(c: &mut Criterion) {
-    let mut group = c.benchmark_group("codec/decode");
+fn decode<M: Measurement>(c: &mut Criterion<M>, prefix: &str) {
+    let mut group = c.benchmark_group(format!("{prefix}/decode"));
     for (name, frame) in samples() {
         let mut wire = Vec::new();
         encode_frame(&frame, &mut wire);
@@ -64,8 +70,8 @@ fn decode(c: &mut Criterion) {
 
 /// What the gateway does with each client frame: client decode (which also
 /// refuses server-only bodies unbuilt) and validation.
-fn client_path(c: &mut Criterion) {
-    let mut group = c.benchmark_group("codec/client");
+fn client_path<M: Measurement>(c: &mut Criterion<M>, prefix: &str) {
+    let mut group = c.benchmark_group(format!("{prefix}/client"));
     let mut wire = Vec::new();
     encode_frame(&text_send(), &mut wire);
     group.throughput(Throughput::Bytes(wire.len() as u64));
@@ -75,7 +81,7 @@ fn client_path(c: &mut Criterion) {
     group.finish();
 
     // Validation reads a decoded frame: no bytes, so no throughput.
-    let mut group = c.benchmark_group("codec/validate");
+    let mut group = c.benchmark_group(format!("{prefix}/validate"));
     let limits = ClientLimits::default();
     let frame = text_send();
     group.bench_function("send_text", |b| {
@@ -84,5 +90,24 @@ fn client_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, decode, client_path);
-criterion_main!(benches);
+fn all<M: Measurement>(c: &mut Criterion<M>, prefix: &str) {
+    encode(c, prefix);
+    decode(c, prefix);
+    client_path(c, prefix);
+}
+
+fn wall_time(c: &mut Criterion) {
+    all(c, "codec");
+}
+
+fn cpu_time(c: &mut Criterion<ThreadCpuTime>) {
+    all(c, "codec-cpu");
+}
+
+criterion_group!(wall, wall_time);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(ThreadCpuTime);
+    targets = cpu_time
+}
+criterion_main!(wall, cpu);
