@@ -215,6 +215,7 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, effect: Effect) {
                 })),
             };
             let body = Bytes::from(frame.encode_to_vec());
+            let origin = origin.map(Arc::new);
             for (shard, users) in by_shard(recipients, shards) {
                 let msg = ShardMsg::Deliver {
                     users,

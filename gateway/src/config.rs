@@ -66,7 +66,8 @@ pub struct ShardConfig {
     pub driver: Driver,
     /// Connections one shard holds before it refuses new ones. Default 1000000.
     pub connections_max: usize,
-    /// Entries of each shard→shard and backend→shard ring. Default 65536.
+    /// Entries of each shard→shard and backend→shard ring. Each slot is ~64
+    /// bytes and rings are N² + 2·N·workers, so this is fixed memory. Default 8192.
     pub ring_entries_max: usize,
     /// Size of each shard's shared read buffer, in bytes. Default 65536.
     pub read_buffer_bytes: usize,
@@ -133,7 +134,8 @@ pub struct BackendSettings {
     pub workers: usize,
     /// Requests a worker takes in one batch (one durable commit). Default 1024.
     pub batch_max: usize,
-    /// Entries of each shard→backend queue. Default 65536.
+    /// Entries of each shard→backend queue (a full one pauses reading from
+    /// the connections that want to add to it). Default 8192.
     pub queue_entries_max: usize,
 }
 
@@ -201,7 +203,7 @@ impl Default for ShardConfig {
             count: 0,
             driver: Driver::Auto,
             connections_max: 1_000_000,
-            ring_entries_max: 65_536,
+            ring_entries_max: 8_192,
             read_buffer_bytes: 65_536,
         }
     }
@@ -240,7 +242,7 @@ impl Default for BackendSettings {
             data_dir: PathBuf::from("./tern-data"),
             workers: 1,
             batch_max: 1024,
-            queue_entries_max: 65_536,
+            queue_entries_max: 8_192,
         }
     }
 }

@@ -12,8 +12,13 @@ use tern_gateway::{
     service::BackendService,
 };
 
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
 
 #[derive(Parser, Debug)]
 #[command(name = "tern", version, about = "Tern: the connection tier for chat")]
@@ -126,6 +131,8 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and only
     // changes this process's memory policy.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")

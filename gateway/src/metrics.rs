@@ -14,7 +14,7 @@ use prometheus_client::{
 
 /// Why a connection closed (a label of `tern_connections_closed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
+#[repr(u8)]
 pub enum CloseReason {
     /// The client closed it.
     Peer,

@@ -30,6 +30,7 @@ use std::{
 use bytes::Bytes;
 use monoio::net::{TcpListener, TcpStream};
 use slab::Slab;
+use smallvec::SmallVec;
 use tern_protocol::{
     codec,
     pb::{self, frame::Body},
@@ -82,7 +83,7 @@ pub enum ShardMsg {
         /// An encoded `Deliver` frame body, shared by every recipient.
         body: Bytes,
         /// The device that sent it (it has the SendAck; it gets no copy).
-        origin: Option<(String, String)>,
+        origin: Option<Arc<(String, String)>>,
     },
     /// An ephemeral push (typing, presence, server events): no ack window.
     Push {
@@ -173,22 +174,81 @@ pub struct ShardSetup {
 /// Per-connection state, in the shard's slab. Kept small: an idle
 /// connection is this struct, its task and the kernel's socket.
 struct Conn {
-    generation: u32,
-    stream: Rc<TcpStream>,
     session: Session,
-    /// A partial inbound frame (or unprocessed bytes after back-pressure).
-    /// Empty and unallocated while idle.
+    stream: Rc<TcpStream>,
+    /// The deadline this connection has in the wheel (u64::MAX: none).
+    timer_at: u64,
+    /// `user\0device` once authenticated: one allocation for both ids.
+    ident: Option<Box<str>>,
+    /// Buffers only a busy connection has; `None` (nothing allocated) while
+    /// idle.
+    spill: Option<Box<Spill>>,
+    generation: u32,
+    transport: Transport,
+    /// Why it is closing, once decided.
+    closing: Option<CloseReason>,
+}
+
+/// A connection's rarely needed buffers.
+#[derive(Default)]
+struct Spill {
+    /// A partial inbound frame (or input left over after back-pressure).
     partial: Vec<u8>,
     /// Bytes the socket did not take; a writer task drains them.
     pending_out: Vec<u8>,
-    /// Set once authenticated.
-    user: Option<Box<str>>,
-    device: Option<Box<str>>,
-    transport: Transport,
-    /// The deadline this connection has in the wheel (u64::MAX: none).
-    timer_at: u64,
-    /// Why it is closing, once decided.
-    closing: Option<CloseReason>,
+}
+
+impl Conn {
+    fn user(&self) -> Option<&str> {
+        self.ident
+            .as_deref()
+            .map(|s| s.split_once('\0').map_or(s, |(u, _)| u))
+    }
+
+    fn device(&self) -> Option<&str> {
+        self.ident
+            .as_deref()
+            .and_then(|s| s.split_once('\0'))
+            .map(|(_, d)| d)
+    }
+
+    fn pending_out(&self) -> &[u8] {
+        self.spill.as_ref().map_or(&[], |s| &s.pending_out)
+    }
+
+    fn spill_mut(&mut self) -> &mut Spill {
+        // Deliberate allocation: only while a frame is partial or a write blocked.
+        self.spill.get_or_insert_with(Box::default)
+    }
+
+    fn take_partial(&mut self) -> Vec<u8> {
+        let partial = self
+            .spill
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.partial))
+            .unwrap_or_default();
+        self.tidy();
+        partial
+    }
+
+    fn set_partial(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            self.tidy();
+        } else {
+            self.spill_mut().partial = bytes;
+        }
+    }
+
+    /// Frees the spill buffers once both are empty.
+    fn tidy(&mut self) {
+        if self
+            .spill
+            .as_ref()
+            .is_some_and(|s| s.partial.is_empty() && s.pending_out.is_empty())
+        {
+            self.spill = None;
+        }
+    }
 }
 
 struct Shard {
@@ -205,8 +265,9 @@ struct Shard {
     write_buf: RefCell<Vec<u8>>,
     conns: RefCell<Slab<Conn>>,
     next_generation: Cell<u32>,
-    /// user → slab keys of its devices on this shard.
-    users: RefCell<HashMap<Box<str>, Vec<u32>>>,
+    /// user → slab keys of its devices on this shard (inline for up to two
+    /// devices: no allocation per user beyond the map's slot and the key).
+    users: RefCell<HashMap<Box<str>, SmallVec<[u32; 2]>>>,
     wheel: RefCell<Wheel<(u32, u32)>>,
     to_shards: RefCell<Vec<Option<Sender<ShardMsg>>>>,
     to_backend: RefCell<Vec<Sender<BackendRequest>>>,
@@ -321,7 +382,7 @@ impl Shard {
     /// Writes what the session has to send. Returns false if the socket is
     /// broken (the reader will see it and close).
     fn flush(self: &Rc<Self>, key: u32, conn: &mut Conn) {
-        if !conn.pending_out.is_empty() {
+        if !conn.pending_out().is_empty() {
             return; // the writer task owns the order of bytes
         }
         let fd = conn.stream.as_raw_fd();
@@ -361,7 +422,7 @@ impl Shard {
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     // A deliberate allocation: only a connection whose socket
                     // buffer is full keeps its unsent bytes.
-                    conn.pending_out = buf[n..].to_vec();
+                    conn.spill_mut().pending_out = buf[n..].to_vec();
                     let stream = conn.stream.clone();
                     monoio::spawn(writer(self.clone(), key, conn.generation, stream));
                     return;
@@ -442,8 +503,8 @@ impl Shard {
                         let Some(c) = conns.get_mut(key as usize) else {
                             continue;
                         };
-                        if let Some((ou, od)) = &origin {
-                            if ou == user && c.device.as_deref() == Some(od.as_str()) {
+                        if let Some((ou, od)) = origin.as_deref() {
+                            if ou == user && c.device() == Some(od.as_str()) {
                                 continue;
                             }
                         }
@@ -535,15 +596,14 @@ impl Shard {
             generation: self.next_gen(),
             stream: Rc::new(stream),
             session: h.session,
-            partial: h.partial,
-            pending_out: Vec::new(),
-            user: None,
-            device: None,
+            ident: None,
+            spill: None,
             transport: h.transport,
             timer_at: u64::MAX,
             closing: None,
         };
         let key = self.conns.borrow_mut().insert(conn) as u32;
+        self.conns.borrow_mut()[key as usize].set_partial(h.partial);
         self.metrics
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -565,11 +625,12 @@ impl Shard {
         let mut conns = self.conns.borrow_mut();
         let mut users = self.users.borrow_mut();
         let keys = users.entry(user.clone()).or_default();
-        keys.retain(|&other| {
+        keys.retain(|other| {
+            let other = *other;
             let Some(old) = conns.get_mut(other as usize) else {
                 return false;
             };
-            if old.device.as_deref() == Some(&*device) {
+            if old.device() == Some(&*device) {
                 old.session
                     .kick(&self.cfg, now, pb::KickReason::Displaced, "");
                 self.flush(other, old);
@@ -593,8 +654,7 @@ impl Shard {
         };
         // The session is Authenticating: it emitted the Authenticate event.
         let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
-        c.user = Some(user);
-        c.device = Some(device);
+        c.ident = Some(format!("{user}\0{device}").into_boxed_str());
         self.flush(key, c);
         self.arm(key, c);
     }
@@ -761,7 +821,7 @@ impl Shard {
                         }
                     }
                     session::Event::Request(frame) => {
-                        let (Some(user), Some(device)) = (&c.user, &c.device) else {
+                        let (Some(user), Some(device)) = (c.user(), c.device()) else {
                             continue;
                         };
                         let is_send = matches!(frame.body, Some(Body::Send(_)));
@@ -806,7 +866,7 @@ impl Shard {
         // Keep only the partial frame, in a buffer sized to it.
         let rest = &data[pos..];
         if !rest.is_empty() {
-            c.partial.extend_from_slice(rest);
+            c.spill_mut().partial.extend_from_slice(rest);
         }
         Ingest::Continue
     }
@@ -939,10 +999,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
             generation,
             stream: Rc::new(stream),
             session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
-            partial: Vec::new(),
-            pending_out: Vec::new(),
-            user: None,
-            device: None,
+            ident: None,
+            spill: None,
             transport,
             timer_at: u64::MAX,
             closing: None,
@@ -966,7 +1024,7 @@ async fn reader(shard: Rc<Shard>, key: u32, generation: u32, mut resume: bool) {
         if resume {
             // Bytes that came with the handoff (or waited out back-pressure).
             resume = false;
-            let partial = std::mem::take(&mut shard.conns.borrow_mut()[key as usize].partial);
+            let partial = shard.conns.borrow_mut()[key as usize].take_partial();
             if !partial.is_empty() {
                 match shard.ingest(key, &partial) {
                     Ingest::Continue => continue,
@@ -1053,12 +1111,12 @@ fn read_and_ingest(shard: &Rc<Shard>, key: u32, fd: RawFd) -> Read {
         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     let mut conns = shard.conns.borrow_mut();
     let c = &mut conns[key as usize];
-    if c.partial.is_empty() {
+    let mut partial = c.take_partial();
+    if partial.is_empty() {
         drop(conns);
         return Read::Ingested(shard.ingest(key, &buf[..n]));
     }
     // Complete the partial frame: append and feed the whole.
-    let mut partial = std::mem::take(&mut c.partial);
     partial.extend_from_slice(&buf[..n]);
     drop(conns);
     Read::Ingested(shard.ingest(key, &partial))
@@ -1078,7 +1136,7 @@ async fn handle_ingest(
             let worker = {
                 let conns = shard.conns.borrow();
                 owner_shard(
-                    conns[key as usize].user.as_deref().unwrap_or(""),
+                    conns[key as usize].user().unwrap_or(""),
                     shard.to_backend.borrow().len(),
                 )
             };
@@ -1098,8 +1156,7 @@ async fn handle_ingest(
                 match conns.get_mut(key as usize) {
                     Some(c) if c.generation == generation => {
                         let mut rest = rest;
-                        rest.extend_from_slice(&c.partial);
-                        c.partial = Vec::new();
+                        rest.extend_from_slice(&c.take_partial());
                         rest
                     }
                     _ => return Some(Flow::Close(CloseReason::Error)),
@@ -1115,9 +1172,9 @@ async fn handle_ingest(
             rest,
         } => {
             if owner == shard.id {
-                shard.conns.borrow_mut()[key as usize].partial = rest;
+                shard.conns.borrow_mut()[key as usize].set_partial(rest);
                 shard.welcome(key, user, device);
-                let partial = std::mem::take(&mut shard.conns.borrow_mut()[key as usize].partial);
+                let partial = shard.conns.borrow_mut()[key as usize].take_partial();
                 if partial.is_empty() {
                     return None;
                 }
@@ -1176,10 +1233,10 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
     }
     let c = conns.remove(key as usize);
     drop(conns);
-    if let Some(user) = &c.user {
+    if let Some(user) = c.user() {
         let mut users = shard.users.borrow_mut();
         if let Some(keys) = users.get_mut(user) {
-            keys.retain(|&k| k != key);
+            keys.retain(|k| *k != key);
             if keys.is_empty() {
                 users.remove(user);
                 shard.presence(user, pb::PresenceState::Offline);
@@ -1209,14 +1266,15 @@ async fn writer(shard: Rc<Shard>, key: u32, generation: u32, stream: Rc<TcpStrea
         if c.generation != generation {
             return;
         }
-        match send_nonblocking(stream.as_raw_fd(), &c.pending_out) {
-            Ok(n) if n == c.pending_out.len() => {
-                c.pending_out = Vec::new(); // give the memory back
+        match send_nonblocking(stream.as_raw_fd(), c.pending_out()) {
+            Ok(n) if n == c.pending_out().len() => {
+                c.spill_mut().pending_out = Vec::new(); // give the memory back
+                c.tidy();
                 shard.flush(key, c);
                 return; // flush spawns a new writer if it blocks again
             }
             Ok(n) => {
-                c.pending_out.drain(..n);
+                c.spill_mut().pending_out.drain(..n);
             }
             Err(_) => {
                 shard.close_soon(c, CloseReason::Error);
@@ -1336,5 +1394,39 @@ async fn drain(shard: &Rc<Shard>, kick_rate: u32) {
             }
         }
         monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection slab entry stays small: it is most of what an
+    /// idle connection costs besides its task and socket.
+    #[test]
+    fn connection_state_is_small() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 176,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+        assert!(
+            std::mem::size_of::<ShardMsg>() <= 80,
+            "{}",
+            std::mem::size_of::<ShardMsg>()
+        );
+    }
+
+    /// Users spread over shards, and the function is stable (it decides
+    /// where a user's devices live, so it must not change between releases).
+    #[test]
+    fn owner_shard_is_stable_and_spreads() {
+        assert_eq!(owner_shard("alice", 4), owner_shard("alice", 4));
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[owner_shard(&format!("user{i}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        assert_eq!(owner_shard("alice", 1), 0);
     }
 }
