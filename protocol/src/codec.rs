@@ -5,7 +5,7 @@
 //! (protobuf's "delimited" format). Over WebSocket one binary message is one
 //! frame body, with no prefix.
 //!
-//! The decoder is defensive (STYLE.md 3): it reads the length prefix first and
+//! The decoder is defensive: it reads the length prefix first and
 //! checks it against the caller's `frame_bytes_max` before it looks at, keeps
 //! or allocates anything for the body, so a peer that claims 2^63 bytes costs
 //! ten bytes of reading. Short input is [`Decoded::NeedMore`], never an error:
@@ -19,8 +19,8 @@
 //! prost builds it: a 64 KiB `deliver` of empty entries would otherwise cost
 //! about 10 MiB of structs just to be refused (see `tests/bad_input.rs`).
 //!
-//! The encoder appends to a buffer the caller owns (STYLE.md 4) and allocates
-//! nothing else.
+//! The encoder appends to a buffer the caller owns and allocates nothing
+//! else.
 //!
 //! This module never does I/O, never reads a clock, and never decides what a
 //! frame may *mean*: that is [`crate::validate`].
@@ -52,7 +52,8 @@ pub enum Decoded {
         consumed: usize,
     },
     /// The buffer holds the start of a frame but not all of it: at least this
-    /// many more bytes (always ≥ 1) are needed before a call can succeed.
+    /// many more bytes (always ≥ 1) must arrive before the frame is whole.
+    /// Exact once the length prefix is complete; 1 while it is not.
     NeedMore(usize),
 }
 
