@@ -50,8 +50,8 @@ pub struct ClientLimits {
     pub capabilities_max: usize,
 }
 
-/// Default for [`ClientLimits::text_bytes_max`].
-pub const TEXT_BYTES_MAX_DEFAULT: usize = 8 * 1024;
+/// Default for [`ClientLimits::text_bytes_max`] (docs/protocol.md section 2).
+pub const TEXT_BYTES_MAX_DEFAULT: usize = 16 * 1024;
 /// Default for [`ClientLimits::token_bytes_max`].
 pub const TOKEN_BYTES_MAX_DEFAULT: usize = 4 * 1024;
 /// Default for [`ClientLimits::label_bytes_max`].
@@ -72,8 +72,9 @@ pub const QUERY_USER_IDS_MAX_DEFAULT: usize = 200;
 /// conversations still resumes in one `auth` (about 40 bytes per cursor, so
 /// this fits the default 64 KiB frame).
 pub const CURSORS_MAX_DEFAULT: usize = 1_000;
-/// Default for [`ClientLimits::seqs_max`].
-pub const SEQS_MAX_DEFAULT: usize = 500;
+/// Default for [`ClientLimits::seqs_max`]; the backend's `read_by_seqs_max`
+/// has the same default.
+pub const SEQS_MAX_DEFAULT: usize = 100;
 /// Default for [`ClientLimits::capabilities_max`].
 pub const CAPABILITIES_MAX_DEFAULT: usize = 32;
 
