@@ -10,6 +10,7 @@ SECRET="${SECRET:-bench-secret}"
 OUT="${OUT:-$ROOT/target/bench-out}"
 mkdir -p "$OUT"
 PIDS=()
+DIRS=()
 
 build() {
   [ -x "$TERN" ] && [ -x "$LOAD" ] && return
@@ -24,8 +25,17 @@ cleanup() {
   for p in "${PIDS[@]:-}"; do
     [ -n "$p" ] && wait "$p" 2>/dev/null || true
   done
+  for d in "${DIRS[@]:-}"; do
+    [ -n "$d" ] && rm -rf "$d"
+  done
 }
 trap cleanup EXIT
+
+port_free() { # port
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "port $1 is already in use: stop what listens there first" >&2; exit 2
+  fi
+}
 
 wait_port() { # host port
   for _ in $(seq 1 200); do
@@ -38,7 +48,8 @@ wait_port() { # host port
 # start_tern TCP_PORT HTTP_PORT [SHARDS] -> sets LAST_PID
 start_tern() {
   local port=$1 http=$2 shards=${3:-0} dir
-  dir="$(mktemp -d "${TMPDIR:-/tmp}/tern-bench.XXXXXX")"
+  port_free "$port"
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/tern-bench.XXXXXX")"; DIRS+=("$dir")
   TERN_LOG=warn "$TERN" serve --jwt-secret "$SECRET" --listen "127.0.0.1:$port" \
     --ws-listen "127.0.0.1:$((port + 1000))" --http "127.0.0.1:$http" \
     --data-dir "$dir" --shards "$shards" >"$OUT/tern-$port.log" 2>&1 &
@@ -54,6 +65,7 @@ need_pkg() { # binary package
 
 start_mosquitto() { # PORT
   need_pkg mosquitto mosquitto
+  port_free "$1"
   local conf="$OUT/mosquitto-$1.conf"
   printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nlog_dest stderr\nlog_type error\n' "$1" >"$conf"
   mosquitto -c "$conf" >"$OUT/mosquitto-$1.log" 2>&1 &
@@ -63,6 +75,7 @@ start_mosquitto() { # PORT
 
 start_nats() { # PORT
   need_pkg nats-server nats-server
+  port_free "$1"
   nats-server -a 127.0.0.1 -p "$1" >"$OUT/nats-$1.log" 2>&1 &
   LAST_PID=$!; PIDS+=("$LAST_PID")
   wait_port 127.0.0.1 "$1"

@@ -22,7 +22,7 @@ run() { # name proto port pid scenario args...
 for s in tern:tern:27400:$TERN_PID mosquitto:mqtt:21883:$MOSQ_PID nats:nats:24222:$NATS_PID; do
   IFS=: read -r name proto port pid <<<"$s"
   echo "== $name idle $CONNS" >&2
-  run "$name" "$proto" "$port" "$pid" idle --conns "$CONNS" --ramp 5000 --hold 10
+  run "$name" "$proto" "$port" "$pid" idle --conns "$CONNS" --ramp 2000 --hold 10
   echo "== $name group fan-out G=$G" >&2
   run "$name" "$proto" "$port" "$pid" group --groups 1 --group-size "$G" --rate "$RATE" --duration "$SECS"
 done

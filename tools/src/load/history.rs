@@ -319,6 +319,7 @@ pub fn check(h: &History) -> Verdict {
                     ));
                 }
                 let mut missing = 0;
+                let mut missing_on = String::new();
                 for &dev in participants
                     .get(conv.as_str())
                     .map_or(&[][..], |p| p.as_slice())
@@ -328,6 +329,15 @@ pub fn check(h: &History) -> Verdict {
                     };
                     if !held.contains(&(conv.as_str(), *seq)) {
                         missing += 1;
+                        if missing_on.is_empty() {
+                            let top = held
+                                .iter()
+                                .filter(|(c, _)| *c == conv.as_str())
+                                .map(|(_, s)| *s)
+                                .max();
+                            missing_on =
+                                format!(" (e.g. {}/{}, whose log ends at {top:?})", dev.0, dev.1);
+                        }
                         continue;
                     }
                     let own = dev == (s.sender.as_str(), s.device.as_str());
@@ -339,7 +349,7 @@ pub fn check(h: &History) -> Verdict {
                     v.lost += 1;
                     v.lost_copies += missing;
                     v.example(format!(
-                        "{}/{} acked at {conv}#{seq} is missing on {missing} device(s)",
+                        "{}/{} acked at {conv}#{seq} is missing on {missing} device(s){missing_on}",
                         s.sender, s.cmid
                     ));
                 }

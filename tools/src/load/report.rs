@@ -86,6 +86,9 @@ pub struct Report {
     pub connect: Latency,
     /// Main phase, ms (longest worker).
     pub main_ms: u64,
+    /// Messages the plan offered (rate × duration): more than `sent` when
+    /// the senders (or the machine) could not keep up.
+    pub planned_sends: u64,
     /// Messages sent.
     pub sent: u64,
     /// Acked.
@@ -158,6 +161,13 @@ pub fn merge(plan: &Plan, workers: u64, results: Vec<WorkerResult>) -> Report {
         conns: plan.slots(),
         ..Default::default()
     };
+    let rate = if plan.pairs > 0 { plan.chat_rate } else { 0.0 }
+        + if plan.groups > 0 {
+            plan.group_rate
+        } else {
+            0.0
+        };
+    r.planned_sends = (rate * f64::from(plan.duration_s)) as u64;
     let mut hs: [Option<Histogram<u64>>; 4] = [None, None, None, None];
     let mut history = plan.verify.then(History::default);
     let mut all_back = true;

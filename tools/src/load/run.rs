@@ -125,8 +125,10 @@ pub struct LoadArgs {
     /// Connect + handshake deadline per attempt, ms.
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u32,
-    /// Wait for outstanding acks and pushes after the main phase, ms.
-    #[arg(long, default_value_t = 5_000)]
+    /// Wait at most this long for outstanding acks and pushes after the main
+    /// phase, ms (the drain ends earlier once every send is answered and no
+    /// push arrived for 0.5 s). Sends still unanswered then are timeouts.
+    #[arg(long, default_value_t = 30_000)]
     pub drain_ms: u32,
     /// Text payload bytes per message (at least the timestamp).
     #[arg(long, default_value_t = 64)]

@@ -81,7 +81,7 @@ pub const HISTORY_ENTRIES_MAX: usize = 20_000_000;
 /// Token lifetime minted for load users.
 pub const TOKEN_TTL_SECS: u64 = 86_400;
 /// Idle time after which the drain ends early once no send is in flight.
-pub const DRAIN_QUIET_MS: u64 = 500;
+pub const DRAIN_QUIET_MS: u64 = 1_000;
 /// Progress lines, at most one per this interval.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
 
@@ -496,11 +496,9 @@ impl<W: Write> Worker<W> {
                         self.next_open += 1;
                         self.open(i, now);
                     }
+                    // Each slot's first attempt ends exactly once, as one or the other.
                     if self.next_open == self.conns.len()
-                        && !self
-                            .conns
-                            .iter()
-                            .any(|c| matches!(c.state, State::Connecting | State::Handshaking))
+                        && self.res.established + self.res.failed == self.conns.len() as u64
                     {
                         self.res.ramp_ms =
                             self.last_first_outcome_ns.saturating_sub(start) / 1_000_000;
@@ -567,8 +565,9 @@ impl<W: Write> Worker<W> {
                 });
                 self.emit(&p)?;
             }
-            let busy =
-                matches!(self.phase, Phase::Connect | Phase::Main) || !self.retries.is_empty();
+            let busy = self.phase == Phase::Connect
+                || (self.phase == Phase::Main && !self.senders.is_empty())
+                || !self.retries.is_empty();
             let timeout = Duration::from_millis(if busy { 1 } else { 20 });
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
@@ -1475,6 +1474,13 @@ impl<W: Write> Worker<W> {
     }
 
     fn end_drain(&mut self, now: u64) {
+        // Sends still unanswered are timeouts from here on, and stay
+        // `Timeout` in the log: an ack arriving after a device's final sync
+        // was requested would otherwise read as a lost message.
+        let before = self.inflight.len();
+        self.inflight
+            .retain(|_, p| !matches!(p, Pending::Send { .. }));
+        self.res.send_timeouts += (before - self.inflight.len()) as u64;
         if !self.spec.plan.verify || self.spec.plan.proto != Proto::Tern {
             self.phase = Phase::Done;
             return;
@@ -1496,8 +1502,8 @@ impl<W: Write> Worker<W> {
             self.res.reconnect_all_ms =
                 Some((self.last_reconnect_ns - self.storm_drop_ns) / 1_000_000);
         }
-        // Sends still unanswered stay `Timeout` in the log.
-        self.res.send_timeouts = self
+        // Sends still unanswered (a Stop before the drain ended) stay `Timeout`.
+        self.res.send_timeouts += self
             .inflight
             .values()
             .filter(|p| matches!(p, Pending::Send { .. }))
