@@ -16,6 +16,10 @@ use crate::{
     config::{BackendSettings, Config},
 };
 
+/// How long a connection-derived presence holds without being set again:
+/// until the connection ends, in practice (a year).
+const PRESENCE_HELD_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// The chat backend the gateway runs.
 #[derive(Debug)]
 pub struct BackendService {
@@ -26,7 +30,11 @@ impl BackendService {
     /// Opens the embedded store in `settings.data_dir` (created if missing)
     /// with the default chat settings.
     pub fn open(settings: &BackendSettings) -> anyhow::Result<Self> {
-        Self::open_with(settings, DomainConfig::default())
+        let chat = DomainConfig {
+            presence_expiry_ms: PRESENCE_HELD_MS,
+            ..DomainConfig::default()
+        };
+        Self::open_with(settings, chat)
     }
 
     /// Opens the embedded store with the chat settings of `cfg`.
@@ -37,6 +45,11 @@ impl BackendService {
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);
+        // Presence follows connections: the owner shard sets a user online
+        // at their first device and offline at their last, so it needs no
+        // lease here (the embedded store keeps presence in memory; it ends
+        // with the process). Multi-node presence will renew a lease instead.
+        chat.presence_expiry_ms = PRESENCE_HELD_MS;
         Self::open_with(&cfg.backend, chat)
     }
 
