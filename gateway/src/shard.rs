@@ -13,15 +13,19 @@
 //!    deliveries come back through this shard's inbox;
 //! 5. deadlines (auth, heartbeat, retransmit) live in the shard's wheel.
 //!
-//! Each connection has one small task that waits for read readiness; writes
-//! are attempted directly (non-blocking) and only a connection whose socket
-//! is full gets a writer task that waits for write readiness.
+//! Connections have no task of their own: each shard keeps its sockets in one
+//! epoll set (level-triggered), waits for that set to become readable through
+//! monoio (an io_uring poll, or the epoll driver), and then serves every ready
+//! connection in a batch. Writes are attempted directly (non-blocking); only a
+//! connection whose socket is full asks for write readiness until it drains.
+//! An idle connection is therefore its slab entry, its kernel socket and its
+//! epoll registration (kernel memory), nothing else.
 
 use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     io,
-    os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
@@ -99,7 +103,7 @@ pub enum ShardMsg {
 /// A connection moving to its owner shard after auth.
 #[derive(Debug)]
 pub struct Handoff {
-    fd: RawFd,
+    fd: OwnedFd,
     session: Session,
     partial: Vec<u8>,
     user: Box<str>,
@@ -175,7 +179,11 @@ pub struct ShardSetup {
 /// connection is this struct, its task and the kernel's socket.
 struct Conn {
     session: Session,
-    stream: Rc<TcpStream>,
+    /// The socket (closed when the entry is removed, which also removes it
+    /// from the shard's epoll set).
+    fd: OwnedFd,
+    /// Reading is paused (the backend queue was full).
+    paused: bool,
     /// The deadline this connection has in the wheel (u64::MAX: none).
     timer_at: u64,
     /// `user\0device` once authenticated: one allocation for both ids.
@@ -272,6 +280,13 @@ struct Shard {
     to_shards: RefCell<Vec<Option<Sender<ShardMsg>>>>,
     to_backend: RefCell<Vec<Sender<BackendRequest>>>,
     draining: Cell<bool>,
+    /// The shard's epoll set of connection sockets.
+    epoll: OwnedFd,
+    /// Requests that found the backend queue full, oldest first; their
+    /// connections are paused until these are taken.
+    blocked: RefCell<std::collections::VecDeque<(u32, u32, BackendRequest)>>,
+    /// The task retrying `blocked` runs.
+    unblocking: Cell<bool>,
 }
 
 /// Wheel granularity: deadlines fire within this of their time.
@@ -280,6 +295,8 @@ const WHEEL_TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 4096;
 /// Items taken from the inbox before yielding to connections.
 const INBOX_BATCH_MAX: usize = 1024;
+/// Ready sockets handled per epoll_wait.
+const EPOLL_BATCH_MAX: usize = 256;
 
 /// Runs shard `setup.id` on the current thread until it has drained.
 pub fn run(setup: ShardSetup, driver: crate::config::Driver) -> io::Result<()> {
@@ -327,6 +344,9 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         to_shards: RefCell::new(setup.to_shards),
         to_backend: RefCell::new(setup.to_backend),
         draining: Cell::new(false),
+        epoll: new_epoll()?,
+        blocked: RefCell::new(std::collections::VecDeque::new()),
+        unblocking: Cell::new(false),
     });
     debug!(shard = shard.id, driver, "shard started");
     let mut listener_fds = Vec::new();
@@ -341,6 +361,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         }
     }
     monoio::spawn(tick_loop(shard.clone()));
+    monoio::spawn(poll_loop(shard.clone()));
     monoio::spawn(inbox_loop(shard.clone(), setup.inbox, setup.bell));
     // Run until told to drain (the inbox loop sets `draining`).
     while !shard.draining.get() {
@@ -383,9 +404,9 @@ impl Shard {
     /// broken (the reader will see it and close).
     fn flush(self: &Rc<Self>, key: u32, conn: &mut Conn) {
         if !conn.pending_out().is_empty() {
-            return; // the writer task owns the order of bytes
+            return; // waiting for write readiness; order of bytes is kept
         }
-        let fd = conn.stream.as_raw_fd();
+        let fd = conn.fd.as_raw_fd();
         let mut buf = self.write_buf.borrow_mut();
         loop {
             buf.clear();
@@ -423,8 +444,7 @@ impl Shard {
                     // A deliberate allocation: only a connection whose socket
                     // buffer is full keeps its unsent bytes.
                     conn.spill_mut().pending_out = buf[n..].to_vec();
-                    let stream = conn.stream.clone();
-                    monoio::spawn(writer(self.clone(), key, conn.generation, stream));
+                    self.interest(key, conn);
                     return;
                 }
                 Err(_) => {
@@ -442,7 +462,54 @@ impl Shard {
         }
         // SAFETY: shutdown on a descriptor this connection owns; errors
         // (already shut) are harmless.
-        unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
+    /// Tells epoll what this connection waits for: input unless paused,
+    /// write readiness while bytes are pending.
+    fn interest(&self, key: u32, conn: &Conn) {
+        let mut events = 0u32;
+        if !conn.paused {
+            events |= libc::EPOLLIN as u32;
+        }
+        if !conn.pending_out().is_empty() {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let mut ev = libc::epoll_event {
+            events,
+            u64: token(key, conn.generation),
+        };
+        // SAFETY: both descriptors are alive; `ev` is a valid event.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                conn.fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+    }
+
+    /// Adds a connection's socket to the epoll set.
+    fn register(&self, key: u32, conn: &Conn) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token(key, conn.generation),
+        };
+        // SAFETY: both descriptors are alive; `ev` is a valid event.
+        let r = unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                conn.fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     fn handle_inbox(self: &Rc<Self>, msg: ShardMsg) {
@@ -480,9 +547,6 @@ impl Shard {
                 );
                 self.flush(conn.key, c);
                 if slow {
-                    self.metrics
-                        .slow_consumer_closes
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.close_soon(c, CloseReason::SlowConsumer);
                 }
             }
@@ -530,9 +594,6 @@ impl Shard {
                                 error: QueueError::SlowConsumer,
                                 ..
                             }) => {
-                                self.metrics
-                                    .slow_consumer_closes
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 self.flush(key, c);
                                 self.close_soon(c, CloseReason::SlowConsumer);
                             }
@@ -564,9 +625,6 @@ impl Shard {
                             ..
                         }) = pushed
                         {
-                            self.metrics
-                                .slow_consumer_closes
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.close_soon(c, CloseReason::SlowConsumer);
                         }
                     }
@@ -579,22 +637,10 @@ impl Shard {
     /// A connection handed over by another shard after auth: register it
     /// here, welcome it, and start its reader.
     fn adopt(self: &Rc<Self>, h: Handoff) {
-        // SAFETY: the fd came from `into_raw_fd` on the sending shard, which
-        // gave up ownership; nothing else holds it.
-        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(h.fd) };
-        let stream = match TcpStream::from_std(std_stream) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "adopting a connection failed");
-                self.metrics
-                    .connections
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                return;
-            }
-        };
         let conn = Conn {
             generation: self.next_gen(),
-            stream: Rc::new(stream),
+            fd: h.fd,
+            paused: false,
             session: h.session,
             ident: None,
             spill: None,
@@ -603,13 +649,23 @@ impl Shard {
             closing: None,
         };
         let key = self.conns.borrow_mut().insert(conn) as u32;
-        self.conns.borrow_mut()[key as usize].set_partial(h.partial);
+        let generation = self.conns.borrow()[key as usize].generation;
+        if let Err(e) = self.register(key, &self.conns.borrow()[key as usize]) {
+            warn!(error = %e, "adopting a connection failed");
+            self.conns.borrow_mut().remove(key as usize);
+            return;
+        }
         self.metrics
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.welcome(key, h.user, h.device);
-        let generation = self.conns.borrow()[key as usize].generation;
-        monoio::spawn(reader(self.clone(), key, generation, true));
+        // Bytes that came with the handoff (frames pipelined after auth).
+        let partial = self.conns.borrow_mut()[key as usize].take_partial();
+        let partial = [partial, h.partial].concat();
+        if !partial.is_empty() {
+            let outcome = self.ingest(key, &partial);
+            after_ingest(self, key, generation, outcome);
+        }
     }
 
     fn next_gen(&self) -> u32 {
@@ -722,7 +778,7 @@ impl Shard {
                     }) => {
                         pos += consumed;
                         if let Some(r) = reply {
-                            let _ = send_nonblocking(c.stream.as_raw_fd(), &r);
+                            let _ = send_nonblocking(c.fd.as_raw_fd(), &r);
                         }
                         if close {
                             return Ingest::Close(CloseReason::Peer);
@@ -739,7 +795,7 @@ impl Shard {
                         } else {
                             1002
                         };
-                        let _ = send_nonblocking(c.stream.as_raw_fd(), &ws::close_frame(code));
+                        let _ = send_nonblocking(c.fd.as_raw_fd(), &ws::close_frame(code));
                         return Ingest::Close(CloseReason::BadInput);
                     }
                 },
@@ -748,14 +804,14 @@ impl Shard {
                         Ok(ws::Upgrade::Done { consumed, response }) => {
                             pos += consumed;
                             c.transport = Transport::WebSocket;
-                            if send_nonblocking(c.stream.as_raw_fd(), &response).is_err() {
+                            if send_nonblocking(c.fd.as_raw_fd(), &response).is_err() {
                                 return Ingest::Close(CloseReason::Error);
                             }
                             continue;
                         }
                         Ok(ws::Upgrade::NeedMore) => Ok(None),
                         Err(response) => {
-                            let _ = send_nonblocking(c.stream.as_raw_fd(), &response);
+                            let _ = send_nonblocking(c.fd.as_raw_fd(), &response);
                             return Ingest::Close(CloseReason::BadInput);
                         }
                     }
@@ -993,11 +1049,20 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
             continue;
         }
         let _ = stream.set_nodelay(true);
+        // The socket leaves monoio (deregistered on the epoll driver) and
+        // joins the shard's epoll set.
+        // SAFETY: `into_raw_fd` hands over sole ownership of the descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+        if set_nonblocking(fd.as_raw_fd()).is_err() {
+            shard.metrics.closed(CloseReason::Error);
+            continue;
+        }
         let now = shard.now_ms();
         let generation = shard.next_gen();
         let conn = Conn {
             generation,
-            stream: Rc::new(stream),
+            fd,
+            paused: false,
             session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
             ident: None,
             spill: None,
@@ -1005,81 +1070,15 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
             timer_at: u64::MAX,
             closing: None,
         };
-        let key = {
-            let mut conns = shard.conns.borrow_mut();
-            let key = conns.insert(conn) as u32;
-            shard.arm(key, &mut conns[key as usize]);
-            key
-        };
-        monoio::spawn(reader(shard.clone(), key, generation, false));
+        let mut conns = shard.conns.borrow_mut();
+        let key = conns.insert(conn) as u32;
+        if shard.register(key, &conns[key as usize]).is_err() {
+            conns.remove(key as usize);
+            shard.metrics.closed(CloseReason::Error);
+            continue;
+        }
+        shard.arm(key, &mut conns[key as usize]);
     }
-}
-
-/// The connection's task: waits for readability, reads into the shard's
-/// shared buffer and feeds the session; ends when the connection closes or
-/// moves to another shard.
-async fn reader(shard: Rc<Shard>, key: u32, generation: u32, mut resume: bool) {
-    let legacy = monoio::utils::is_legacy();
-    let reason = loop {
-        if resume {
-            // Bytes that came with the handoff (or waited out back-pressure).
-            resume = false;
-            let partial = shard.conns.borrow_mut()[key as usize].take_partial();
-            if !partial.is_empty() {
-                match shard.ingest(key, &partial) {
-                    Ingest::Continue => continue,
-                    other => match Box::pin(handle_ingest(&shard, key, generation, other)).await {
-                        Some(Flow::Close(r)) => break r,
-                        Some(Flow::Moved) => return,
-                        None => continue,
-                    },
-                }
-            }
-        }
-        let stream = {
-            let conns = shard.conns.borrow();
-            match conns.get(key as usize) {
-                Some(c) if c.generation == generation => c.stream.clone(),
-                _ => return,
-            }
-        };
-        // relaxed readiness is exact on io_uring (a fresh poll each time);
-        // on epoll monoio must confirm with a poll syscall, since we read by
-        // ourselves.
-        if stream.readable(!legacy).await.is_err() {
-            break CloseReason::Error;
-        }
-        drop(stream);
-        let fd = {
-            let conns = shard.conns.borrow();
-            match conns.get(key as usize) {
-                Some(c) if c.generation == generation => c.stream.as_raw_fd(),
-                _ => return,
-            }
-        };
-        let outcome = match read_and_ingest(&shard, key, fd) {
-            Read::Eof(reason) => break reason,
-            Read::WouldBlock => continue,
-            Read::Ingested(outcome) => outcome,
-        };
-        match outcome {
-            Ingest::Continue => {}
-            other => match Box::pin(handle_ingest(&shard, key, generation, other)).await {
-                Some(Flow::Close(r)) => break r,
-                Some(Flow::Moved) => return,
-                None => {}
-            },
-        }
-    };
-    finish(&shard, key, generation, reason);
-}
-
-/// How a reader goes on after [`handle_ingest`].
-enum Flow {
-    /// Close with this reason.
-    Close(CloseReason),
-    /// The connection moved to its owner shard; this task ends quietly.
-    Moved,
 }
 
 /// What one read from the socket gave.
@@ -1122,104 +1121,235 @@ fn read_and_ingest(shard: &Rc<Shard>, key: u32, fd: RawFd) -> Read {
     Read::Ingested(shard.ingest(key, &partial))
 }
 
-/// Handles the non-`Continue` outcomes; `Some(flow)` ends the reader.
-async fn handle_ingest(
-    shard: &Rc<Shard>,
-    key: u32,
-    generation: u32,
-    outcome: Ingest,
-) -> Option<Flow> {
-    match outcome {
-        Ingest::Continue => None,
-        Ingest::Close(r) => Some(Flow::Close(r)),
-        Ingest::Blocked { request, rest } => {
-            let worker = {
-                let conns = shard.conns.borrow();
-                owner_shard(
-                    conns[key as usize].user().unwrap_or(""),
-                    shard.to_backend.borrow().len(),
-                )
-            };
-            let mut req = *request;
-            loop {
-                // Only a connection that hit a full backend queue waits here;
-                // idle connections never hold a timer.
-                monoio::time::sleep(Duration::from_millis(1)).await;
-                match shard.to_backend.borrow_mut()[worker].send(req) {
-                    Ok(()) => break,
-                    Err(r) => req = r,
-                }
-            }
-            // Feed what was left (possibly several frames) before reading more.
-            let partial = {
+/// Acts on what feeding a connection gave: close it, pause it behind a
+/// full backend queue, or move it to its owner shard after auth. Loops while
+/// an outcome leaves more input to feed (pipelined frames after auth).
+fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut outcome: Ingest) {
+    loop {
+        match outcome {
+            Ingest::Continue => return,
+            Ingest::Close(reason) => return finish(shard, key, generation, reason),
+            Ingest::Blocked { request, rest } => {
+                // Back-pressure: keep the request and the input after it,
+                // stop reading this connection until the queue has room.
                 let mut conns = shard.conns.borrow_mut();
-                match conns.get_mut(key as usize) {
-                    Some(c) if c.generation == generation => {
-                        let mut rest = rest;
-                        rest.extend_from_slice(&c.take_partial());
-                        rest
-                    }
-                    _ => return Some(Flow::Close(CloseReason::Error)),
+                let Some(c) = conns
+                    .get_mut(key as usize)
+                    .filter(|c| c.generation == generation)
+                else {
+                    return;
+                };
+                let rest = [rest, c.take_partial()].concat();
+                c.set_partial(rest);
+                c.paused = true;
+                shard.interest(key, c);
+                shard
+                    .blocked
+                    .borrow_mut()
+                    .push_back((key, generation, *request));
+                if !shard.unblocking.replace(true) {
+                    monoio::spawn(unblock_loop(shard.clone()));
                 }
-            };
-            let next = shard.ingest(key, &partial);
-            Box::pin(handle_ingest(shard, key, generation, next)).await
-        }
-        Ingest::Authenticated {
-            owner,
-            user,
-            device,
-            rest,
-        } => {
-            if owner == shard.id {
-                shard.conns.borrow_mut()[key as usize].set_partial(rest);
-                shard.welcome(key, user, device);
-                let partial = shard.conns.borrow_mut()[key as usize].take_partial();
-                if partial.is_empty() {
-                    return None;
-                }
-                let next = shard.ingest(key, &partial);
-                return Box::pin(handle_ingest(shard, key, generation, next)).await;
+                return;
             }
-            // Move to the owner shard: the fd travels, the task ends here.
-            let conn = shard.conns.borrow_mut().remove(key as usize);
-            shard
-                .metrics
-                .connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            let Conn {
-                stream,
-                session,
-                transport,
-                ..
-            } = conn;
-            let Ok(stream) = Rc::try_unwrap(stream) else {
-                // A writer task still holds it: cannot happen before Welcome
-                // (nothing was queued that could block), but stay safe.
-                return Some(Flow::Close(CloseReason::Error));
-            };
-            let fd = stream.into_raw_fd();
-            let handoff = Box::new(Handoff {
-                fd,
-                session,
-                partial: rest,
+            Ingest::Authenticated {
+                owner,
                 user,
                 device,
-                transport,
-            });
-            let mut to = shard.to_shards.borrow_mut();
-            let tx = to[owner].as_mut().expect("a ring to every other shard");
-            if let Err(ShardMsg::Handoff(h)) = tx.send(ShardMsg::Handoff(handoff)) {
-                // The owner's ring is full: refuse this login, client retries.
-                // SAFETY: we own the fd again; close it.
-                drop(unsafe { std::net::TcpStream::from_raw_fd(h.fd) });
-                shard.metrics.closed[CloseReason::Refused as usize]
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                rest,
+            } => {
+                if owner == shard.id {
+                    shard.conns.borrow_mut()[key as usize].set_partial(rest);
+                    shard.welcome(key, user, device);
+                    let partial = shard.conns.borrow_mut()[key as usize].take_partial();
+                    if partial.is_empty() {
+                        return;
+                    }
+                    outcome = shard.ingest(key, &partial);
+                    continue;
+                }
+                // Move to the owner shard: the fd travels over the ring.
+                let conn = shard.conns.borrow_mut().remove(key as usize);
+                shard
+                    .metrics
+                    .connections
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                let Conn {
+                    fd,
+                    session,
+                    transport,
+                    ..
+                } = conn;
+                // SAFETY: both descriptors are alive; DEL ignores the event.
+                unsafe {
+                    libc::epoll_ctl(
+                        shard.epoll.as_raw_fd(),
+                        libc::EPOLL_CTL_DEL,
+                        fd.as_raw_fd(),
+                        std::ptr::null_mut(),
+                    )
+                };
+                let handoff = Box::new(Handoff {
+                    fd,
+                    session,
+                    partial: rest,
+                    user,
+                    device,
+                    transport,
+                });
+                let mut to = shard.to_shards.borrow_mut();
+                let tx = to[owner].as_mut().expect("a ring to every other shard");
+                if tx.send(ShardMsg::Handoff(handoff)).is_err() {
+                    // The owner's ring is full: the login is refused (the
+                    // handoff, with its socket, is dropped: closed); the
+                    // client retries.
+                    shard.metrics.closed[CloseReason::Refused as usize]
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return;
             }
-            // Ownership moved; the owner counts it now.
-            Some(Flow::Moved)
         }
     }
+}
+
+/// Retries requests that found the backend queue full, oldest first, and
+/// resumes their connections; ends when none are left.
+async fn unblock_loop(shard: Rc<Shard>) {
+    loop {
+        // Only a shard with paused connections runs this timer.
+        monoio::time::sleep(Duration::from_millis(1)).await;
+        loop {
+            let Some((key, generation, req)) = shard.blocked.borrow_mut().pop_front() else {
+                shard.unblocking.set(false);
+                return;
+            };
+            let worker = owner_shard(&req.caller.user, shard.to_backend.borrow().len());
+            let sent = shard.to_backend.borrow_mut()[worker].send(req);
+            if let Err(req) = sent {
+                shard
+                    .blocked
+                    .borrow_mut()
+                    .push_front((key, generation, req));
+                break; // still full: wait another tick
+            }
+            // Resume: feed what was left, then read again.
+            let partial = {
+                let mut conns = shard.conns.borrow_mut();
+                let Some(c) = conns
+                    .get_mut(key as usize)
+                    .filter(|c| c.generation == generation)
+                else {
+                    continue;
+                };
+                c.paused = false;
+                shard.interest(key, c);
+                c.take_partial()
+            };
+            if !partial.is_empty() {
+                let outcome = shard.ingest(key, &partial);
+                after_ingest(&shard, key, generation, outcome);
+            }
+        }
+    }
+}
+
+/// Serves the shard's connections: waits (through monoio) for the epoll set
+/// to be readable, then handles every ready socket, in batches.
+async fn poll_loop(shard: Rc<Shard>) {
+    let epfd = shard.epoll.as_raw_fd();
+    // SAFETY: the epoll fd lives as long as the shard; the wrapper never
+    // closes it (ManuallyDrop) and is only used to wait for readability.
+    let waiter = std::mem::ManuallyDrop::new(
+        TcpStream::from_std(unsafe { std::net::TcpStream::from_raw_fd(epfd) })
+            .expect("register epoll fd"),
+    );
+    let legacy = monoio::utils::is_legacy();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH_MAX];
+    loop {
+        // SAFETY: `events` has room for EPOLL_BATCH_MAX entries.
+        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), EPOLL_BATCH_MAX as i32, 0) };
+        if n <= 0 {
+            if waiter.readable(!legacy).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        for ev in &events[..n as usize] {
+            let (key, generation) = ((ev.u64 >> 32) as u32, ev.u64 as u32);
+            let flags = ev.events;
+            if flags & libc::EPOLLOUT as u32 != 0 {
+                on_writable(&shard, key, generation);
+            }
+            if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                on_readable(&shard, key, generation);
+            }
+        }
+        if n as usize == EPOLL_BATCH_MAX {
+            // More may be ready: let the inbox and timers run first.
+            monoio::time::sleep(Duration::ZERO).await;
+        }
+    }
+}
+
+fn on_readable(shard: &Rc<Shard>, key: u32, generation: u32) {
+    let fd = {
+        let conns = shard.conns.borrow();
+        match conns.get(key as usize) {
+            Some(c) if c.generation == generation => c.fd.as_raw_fd(),
+            _ => return,
+        }
+    };
+    match read_and_ingest(shard, key, fd) {
+        Read::Eof(reason) => finish(shard, key, generation, reason),
+        Read::WouldBlock => {}
+        Read::Ingested(outcome) => after_ingest(shard, key, generation, outcome),
+    }
+}
+
+fn on_writable(shard: &Rc<Shard>, key: u32, generation: u32) {
+    let mut conns = shard.conns.borrow_mut();
+    let Some(c) = conns
+        .get_mut(key as usize)
+        .filter(|c| c.generation == generation)
+    else {
+        return;
+    };
+    match send_nonblocking(c.fd.as_raw_fd(), c.pending_out()) {
+        Ok(n) if n == c.pending_out().len() => {
+            c.spill_mut().pending_out = Vec::new(); // give the memory back
+            c.tidy();
+            shard.interest(key, c);
+            shard.flush(key, c);
+        }
+        Ok(n) => {
+            c.spill_mut().pending_out.drain(..n);
+        }
+        Err(_) => shard.close_soon(c, CloseReason::Error),
+    }
+}
+
+fn token(key: u32, generation: u32) -> u64 {
+    (u64::from(key) << 32) | u64::from(generation)
+}
+
+fn new_epoll() -> io::Result<OwnedFd> {
+    // SAFETY: no memory preconditions; the result is checked.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Removes a closed connection: unregisters it, counts it, closes the fd.
@@ -1243,45 +1373,20 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
             }
         }
     }
+    let reason = c.closing.unwrap_or(reason);
+    if reason == CloseReason::SlowConsumer {
+        shard
+            .metrics
+            .slow_consumer_closes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if reason == CloseReason::HeartbeatTimeout {
         shard
             .metrics
             .heartbeat_timeouts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    shard.metrics.closed(c.closing.unwrap_or(reason));
-}
-
-/// Drains `pending_out` when the socket becomes writable again.
-async fn writer(shard: Rc<Shard>, key: u32, generation: u32, stream: Rc<TcpStream>) {
-    let legacy = monoio::utils::is_legacy();
-    loop {
-        if stream.writable(!legacy).await.is_err() {
-            return;
-        }
-        let mut conns = shard.conns.borrow_mut();
-        let Some(c) = conns.get_mut(key as usize) else {
-            return;
-        };
-        if c.generation != generation {
-            return;
-        }
-        match send_nonblocking(stream.as_raw_fd(), c.pending_out()) {
-            Ok(n) if n == c.pending_out().len() => {
-                c.spill_mut().pending_out = Vec::new(); // give the memory back
-                c.tidy();
-                shard.flush(key, c);
-                return; // flush spawns a new writer if it blocks again
-            }
-            Ok(n) => {
-                c.spill_mut().pending_out.drain(..n);
-            }
-            Err(_) => {
-                shard.close_soon(c, CloseReason::Error);
-                return;
-            }
-        }
-    }
+    shard.metrics.closed(reason);
 }
 
 /// Drives the wheel: fires due deadlines every tick.

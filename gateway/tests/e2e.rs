@@ -77,8 +77,7 @@ fn auth_failures_are_typed_and_close() {
         assert_eq!(error_code(&f), Some(pb::ErrorCode::AuthTimeout));
         assert!(c.closed_within(Duration::from_secs(5)));
 
-        let metrics = gw.http_get("/metrics").1;
-        assert!(metrics.contains("tern_auth_failures_total 1"), "{metrics}");
+        gw.wait_metric("tern_auth_failures_total 1");
     });
 }
 
@@ -98,11 +97,7 @@ fn heartbeat_timeout_closes_silent_connections() {
         };
         assert_eq!(k.reason, pb::KickReason::HeartbeatTimeout as i32);
         assert!(c.closed_within(Duration::from_secs(5)));
-        let metrics = gw.http_get("/metrics").1;
-        assert!(
-            metrics.contains("tern_heartbeat_timeouts_total 1"),
-            "{metrics}"
-        );
+        gw.wait_metric("tern_heartbeat_timeouts_total 1");
     });
 }
 
@@ -330,7 +325,10 @@ fn slow_consumer_is_closed_and_counted() {
                 return;
             }
         }
-        panic!("the slow consumer was never closed");
+        panic!(
+            "the slow consumer was never closed: {}",
+            gw.http_get("/metrics").1
+        );
     });
 }
 

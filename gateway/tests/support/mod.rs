@@ -2,6 +2,8 @@
 //! fresh embedded store, and a blocking client that speaks the real
 //! protocol over a real socket.
 #![allow(dead_code)]
+// Tests poll with short sleeps; the ban is for shard and worker threads.
+#![allow(clippy::disallowed_methods)]
 
 use std::{
     io::{Read, Write},
@@ -63,6 +65,23 @@ impl Gateway {
 
     pub fn token(user: &str) -> String {
         auth::mint_hs256(SECRET, user, 3600, None).unwrap()
+    }
+
+    /// Waits (bounded) until /metrics shows `needle`: the shard counts a
+    /// close when it sees the socket end, which can trail the client's view.
+    pub fn wait_metric(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.http_get("/metrics").1;
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never showed {needle}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn http_get(&self, path: &str) -> (u16, String) {
