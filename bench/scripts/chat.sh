@@ -9,11 +9,11 @@ RATES=("${@:-100 1000 5000 10000 20000}")
 [ $# -eq 0 ] && RATES=(100 1000 5000 10000 20000)
 build
 start_tern 27400 27480
-printf '%8s %8s %8s %9s %9s %9s %9s %9s %9s %6s %5s\n' rate sent acked ack_p50 ack_p99 ack_p999 dlv_p50 dlv_p99 dlv_p999 lost dup
+printf '%8s %8s %8s %8s %9s %9s %9s %9s %9s %9s %6s %5s\n' rate planned sent acked ack_p50 ack_p99 ack_p999 dlv_p50 dlv_p99 dlv_p999 lost dup
 for r in "${RATES[@]}"; do
   "$LOAD" chat --target 127.0.0.1:27400 --jwt-secret "$SECRET" --pairs "$PAIRS" --rate "$r" \
     --duration "$SECS" --verify --json --quiet >"$OUT/chat-$r.json" || true
-  jq -r '[.chat_rate // '"$r"', .sent, .acked, .ack_p50_us, .ack_p99_us, .ack_p999_us, .deliver_p50_us, .deliver_p99_us, .deliver_p999_us, .lost, .duplicated] | @tsv' \
-    "$OUT/chat-$r.json" | awk -v r="$r" '{printf "%8s %8s %8s %9s %9s %9s %9s %9s %9s %6s %5s\n", r,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11}'
+  jq -r '[.planned_sends, .sent, .acked, .ack_p50_us, .ack_p99_us, .ack_p999_us, .deliver_p50_us, .deliver_p99_us, .deliver_p999_us, .lost, .duplicated] | @tsv' \
+    "$OUT/chat-$r.json" | awk -v r="$r" '{printf "%8s %8s %8s %8s %9s %9s %9s %9s %9s %9s %6s %5s\n", r,$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11}'
 done
 echo "machine: $(machine)"

@@ -5,7 +5,7 @@
 #
 #   bench/scripts/storm.sh [CONNS] [JITTER_MS]
 source "$(dirname "$0")/lib.sh"
-CONNS=${1:-19000}; JITTER=${2:-2000}
+CONNS=${1:-19000}; JITTER=${2:-5000}
 build
 start_tern 27400 27480; PID=$LAST_PID
 for j in 0 "$JITTER"; do

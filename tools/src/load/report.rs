@@ -101,8 +101,10 @@ pub struct Report {
     pub send_skipped: u64,
     /// Messages per second acked in the main phase.
     pub acked_per_s: f64,
-    /// Deliveries received.
+    /// Deliveries received (first arrival per device).
     pub delivered: u64,
+    /// Retransmitted pushes of messages already held.
+    pub pushes_repeated: u64,
     /// Deliveries per second during the main phase.
     pub deliveries_per_s: f64,
     /// Send → ack.
@@ -191,6 +193,7 @@ pub fn merge(plan: &Plan, workers: u64, results: Vec<WorkerResult>) -> Report {
         r.send_timeouts += w.send_timeouts;
         r.send_skipped += w.send_skipped;
         r.delivered += w.delivered;
+        r.pushes_repeated += w.redelivered;
         delivered_main += w.delivered_main;
         r.pings += w.pings;
         r.pongs += w.pongs;
@@ -320,8 +323,8 @@ pub fn human(r: &Report) -> String {
         row(
             "deliveries",
             format!(
-                "{} ({:.0}/s in the main phase)",
-                r.delivered, r.deliveries_per_s
+                "{} ({:.0}/s in the main phase), {} repeated pushes",
+                r.delivered, r.deliveries_per_s, r.pushes_repeated
             ),
         );
         row("send → deliver", lat(&r.deliver));

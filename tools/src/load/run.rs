@@ -29,6 +29,9 @@ use super::{
 pub const PHASE_SLACK_MS: u64 = 60_000;
 /// Sources at most (127.0.0.2 ..= 127.0.255.255 would allow more; this is plenty).
 pub const SOURCES_MAX: u64 = 4096;
+/// Automatic `--sources` keep each (source, target) pair at 1/this of its
+/// usable ephemeral ports.
+pub const PORT_FILL_DIV: u64 = 4;
 /// Bytes of a `/metrics` answer read at most.
 pub const METRICS_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
@@ -208,10 +211,17 @@ impl LoadArgs {
         }
         let lim = limits::read();
         let usable = (lim.port_hi.saturating_sub(lim.port_lo) + 1) * limits::PORT_SHARE_PCT / 100;
-        let per_target = plan.slots().div_ceil(plan.targets.len() as u64);
+        // A storm's dropped connections sit in TIME_WAIT while they come
+        // back, so they need their ports twice.
+        let per_target = (plan.slots() as f64 * (1.0 + plan.storm_fraction)) as u64;
+        let per_target = per_target.div_ceil(plan.targets.len() as u64);
+        // Keep each (source, target) pair at a quarter of its ports: the
+        // kernel's ephemeral port search in connect() slows down sharply as a
+        // pair fills up (seconds per connect near full, measured here).
+        let per_pair_max = (usable / PORT_FILL_DIV).max(1);
         let sources = match self.sources {
             Some(n) => u64::from(n),
-            None if per_target > usable => per_target.div_ceil(usable.max(1)) + 1,
+            None if per_target > per_pair_max => per_target.div_ceil(per_pair_max),
             None => 0,
         };
         plan.sources = (0..sources.min(SOURCES_MAX))

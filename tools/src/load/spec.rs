@@ -385,6 +385,9 @@ pub struct WorkerResult {
     /// Deliveries of measured messages received during the main phase and
     /// drain.
     pub delivered: u64,
+    /// Pushes of a message the device already held (retransmissions; not
+    /// in `delivered` nor in the latency histogram).
+    pub redelivered: u64,
     /// Deliveries received during the main phase only (for deliveries/s).
     pub delivered_main: u64,
     /// Group setup requests that failed.

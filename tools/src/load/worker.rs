@@ -1045,27 +1045,38 @@ impl<W: Write> Worker<W> {
         let mut acks: BTreeMap<String, u64> = BTreeMap::new();
         let in_run = matches!(self.phase, Phase::Main | Phase::Drain);
         for e in entries {
+            // New to this device, or a retransmission of an entry it holds?
+            let fresh = match self.conns[i].dev.as_mut() {
+                Some(dev) => {
+                    let cur = dev.cursors.entry(e.conversation_id.clone()).or_default();
+                    let fresh = cur.take(e.seq, now);
+                    if via == Via::Push {
+                        acks.insert(e.conversation_id.clone(), cur.contiguous);
+                    }
+                    fresh
+                }
+                None => true,
+            };
             if via != Via::Ack
                 && let Some(pb::entry::Body::Message(m)) = &e.body
                 && let Some(pb::content::Kind::Text(t)) =
                     m.content.as_ref().and_then(|c| c.kind.as_ref())
                 && let Some(ts) = wire::read_stamp(t.text.as_bytes())
             {
-                self.res.delivered += 1;
-                if self.phase == Phase::Main {
-                    self.res.delivered_main += 1;
-                }
-                self.deliver_h
-                    .saturating_record(now.saturating_sub(ts) / 1000);
                 self.last_activity_ns = now;
+                if fresh {
+                    self.res.delivered += 1;
+                    if self.phase == Phase::Main {
+                        self.res.delivered_main += 1;
+                    }
+                    self.deliver_h
+                        .saturating_record(now.saturating_sub(ts) / 1000);
+                } else {
+                    self.res.redelivered += 1;
+                }
             }
-            let Some(dev) = self.conns[i].dev.as_mut() else {
+            if self.conns[i].dev.is_none() {
                 continue;
-            };
-            let cur = dev.cursors.entry(e.conversation_id.clone()).or_default();
-            cur.take(e.seq, now);
-            if via == Via::Push {
-                acks.insert(e.conversation_id.clone(), cur.contiguous);
             }
             if in_run && let Some(h) = &mut self.history {
                 if h.deliveries.len() >= HISTORY_ENTRIES_MAX {
