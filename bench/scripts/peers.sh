@@ -6,7 +6,10 @@
 #
 # Defaults: 19,000 idle connections (one server process at the 20,000-fd
 # cap), one group of 1,000 members, 20 group messages/s for 10 s. Each
-# server is one process; RSS per connection is read from /proc/PID/status.
+# server is one process. Per server: a connect burst (as fast as it accepts;
+# RSS per connection is read from /proc/PID/status on the fresh process,
+# before and with the connections held), then idle at 2,000 connects/s,
+# then the fan-out.
 source "$(dirname "$0")/lib.sh"
 CONNS=${1:-19000}; G=${2:-1000}; RATE=${3:-20}; SECS=${4:-10}
 build
@@ -21,7 +24,10 @@ run() { # name proto port pid scenario args...
 }
 for s in tern:tern:27400:$TERN_PID mosquitto:mqtt:21883:$MOSQ_PID nats:nats:24222:$NATS_PID; do
   IFS=: read -r name proto port pid <<<"$s"
-  echo "== $name idle $CONNS" >&2
+  echo "== $name connect burst $CONNS (as fast as it accepts)" >&2
+  run "$name" "$proto" "$port" "$pid" idle --conns "$CONNS" --ramp 100000 --hold 2
+  mv "$OUT/peers-idle-$name.json" "$OUT/peers-burst-$name.json"
+  echo "== $name idle $CONNS at 2,000/s" >&2
   run "$name" "$proto" "$port" "$pid" idle --conns "$CONNS" --ramp 2000 --hold 10
   echo "== $name group fan-out G=$G" >&2
   run "$name" "$proto" "$port" "$pid" group --groups 1 --group-size "$G" --rate "$RATE" --duration "$SECS"
@@ -31,8 +37,10 @@ python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 def load(sc, n): return json.load(open(f"{out}/peers-{sc}-{n}.json"))
-rows = [("idle", "held", "held"), ("idle", "gateway_bytes_per_conn", "user-space bytes/conn"),
-        ("idle", "connect_rate_per_s", "connects/s"), ("idle", "connect_p99_us", "connect p99 µs"),
+rows = [("idle", "held", "held"), ("burst", "gateway_bytes_per_conn", "user-space B/conn"),
+        ("idle", "connect_p99_us", "connect p99 µs @2k/s"),
+        ("burst", "held", "held after burst"), ("burst", "connect_rate_per_s", "burst connects/s"),
+        ("burst", "connect_p99_us", "burst connect p99 µs"),
         ("group", "deliveries_per_s", "deliveries/s"), ("group", "deliver_p50_us", "deliver p50 µs"),
         ("group", "deliver_p99_us", "deliver p99 µs"), ("group", "deliver_max_us", "deliver max µs")]
 print(f"{'figure':<24}{'tern':>12}{'mosquitto':>12}{'nats':>12}{'tern/mosq':>11}{'tern/nats':>11}")
