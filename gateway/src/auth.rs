@@ -238,4 +238,67 @@ mod tests {
         );
         assert!(matches!(Verifier::new(&hs("")), Err(KeyError::NoSecret)));
     }
+
+    /// RS256 and EdDSA tokens verify against their public keys; a token
+    /// signed with the other algorithm (or an HS256 token made with the
+    /// public key as a secret: the classic confusion attack) is refused.
+    #[test]
+    fn public_key_algorithms_verify_and_stay_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: "carol".into(),
+            exp: now + 60,
+            nbf: None,
+            aud: None,
+        };
+        for (alg, name, private, public) in [
+            (
+                Algorithm::EdDSA,
+                "EdDSA",
+                include_str!("../tests/keys/ed.pem"),
+                include_str!("../tests/keys/ed.pub"),
+            ),
+            (
+                Algorithm::RS256,
+                "RS256",
+                include_str!("../tests/keys/rsa.pem"),
+                include_str!("../tests/keys/rsa.pub"),
+            ),
+        ] {
+            let path = dir.path().join(format!("{name}.pub"));
+            std::fs::write(&path, public).unwrap();
+            let cfg = AuthConfig {
+                algorithm: name.into(),
+                public_key_file: Some(path),
+                ..AuthConfig::default()
+            };
+            let v = Verifier::new(&cfg).unwrap();
+            let key = match alg {
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+                _ => EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
+            };
+            let token = jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap();
+            assert_eq!(v.verify(&token).unwrap(), "carol", "{name}");
+            let confused = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(public.as_bytes()),
+            )
+            .unwrap();
+            assert_eq!(
+                v.verify(&confused).unwrap_err().code(),
+                ErrorCode::AuthFailed,
+                "{name}"
+            );
+        }
+        let missing = AuthConfig {
+            algorithm: "EdDSA".into(),
+            ..AuthConfig::default()
+        };
+        assert!(matches!(
+            Verifier::new(&missing),
+            Err(KeyError::PublicKey("EdDSA", _))
+        ));
+    }
 }
