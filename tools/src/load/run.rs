@@ -281,9 +281,15 @@ pub fn run(scenario: Scenario, args: &LoadArgs) -> anyhow::Result<Report> {
     // Connect: every slot tried once.
     let ramp_ms = slots * 1000 / u64::from(plan.ramp_per_s.max(1));
     let deadline = ramp_ms + u64::from(plan.connect_timeout_ms) + PHASE_SLACK_MS;
-    fleet.wait_all(deadline, progress, started, |m| {
-        matches!(m, WorkerMsg::Connected { .. })
-    })?;
+    // The deadline moves on while connections keep completing: a loaded
+    // machine ramps slower than asked, and that is a result, not a hang.
+    fleet.wait_all_progressing(
+        deadline,
+        u64::from(plan.connect_timeout_ms) + PHASE_SLACK_MS,
+        progress,
+        started,
+        |m| matches!(m, WorkerMsg::Connected { .. }),
+    )?;
     fleet.tell("setup")?;
     fleet.wait_all(
         super::worker::SETUP_MS_MAX + PHASE_SLACK_MS,
@@ -407,9 +413,24 @@ impl Fleet {
         deadline_ms: u64,
         progress: bool,
         started: Instant,
+        done: impl FnMut(&WorkerMsg) -> bool,
+    ) -> anyhow::Result<()> {
+        self.wait_all_progressing(deadline_ms, 0, progress, started, done)
+    }
+
+    /// [`Fleet::wait_all`], and while the workers' connection outcomes
+    /// (live + failed) keep growing, the deadline is at least
+    /// `stall_ms` after the last growth.
+    fn wait_all_progressing(
+        &mut self,
+        deadline_ms: u64,
+        stall_ms: u64,
+        progress: bool,
+        started: Instant,
         mut done: impl FnMut(&WorkerMsg) -> bool,
     ) -> anyhow::Result<()> {
-        let until = Instant::now() + Duration::from_millis(deadline_ms);
+        let mut until = Instant::now() + Duration::from_millis(deadline_ms);
+        let mut outcomes = 0u64;
         let mut pending: Vec<bool> = vec![true; self.children.len()];
         while pending.iter().any(|&p| p) {
             let left = until.saturating_duration_since(Instant::now());
@@ -436,6 +457,11 @@ impl Fleet {
             match &msg {
                 WorkerMsg::Progress(p) => {
                     self.last[w] = p.clone();
+                    let now_outcomes: u64 = self.last.iter().map(|p| p.live + p.failed).sum();
+                    if stall_ms > 0 && now_outcomes > outcomes {
+                        outcomes = now_outcomes;
+                        until = until.max(Instant::now() + Duration::from_millis(stall_ms));
+                    }
                     if progress && self.last_print.elapsed() >= Duration::from_secs(1) {
                         self.last_print = Instant::now();
                         let mut t = super::spec::Progress::default();

@@ -59,7 +59,7 @@ pub const WRITE_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Shared read buffer of the worker.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How often deadlines (ping, connect timeout, gap sync) are swept.
-pub const SWEEP_INTERVAL_MS: u64 = 100;
+pub const SWEEP_INTERVAL_MS: u64 = 250;
 /// How long a noticed gap waits for its push before the device syncs.
 pub const GAP_GRACE_MS: u64 = 500;
 /// Members per `GroupCreate` / `GroupInvite` request (the server's cap).
@@ -565,10 +565,22 @@ impl<W: Write> Worker<W> {
                 });
                 self.emit(&p)?;
             }
-            let busy = self.phase == Phase::Connect
-                || (self.phase == Phase::Main && !self.senders.is_empty())
-                || !self.retries.is_empty();
-            let timeout = Duration::from_millis(if busy { 1 } else { 20 });
+            // Sleep until the next thing is due (an open, a send, a retry),
+            // at most 20 ms: a hundred workers polling every millisecond would
+            // take the cores from the servers they load.
+            let mut wake = now + 20_000_000;
+            if self.phase == Phase::Connect && self.next_open < self.conns.len() {
+                wake = wake.min(start + (self.next_open as f64 / ramp_per_worker * 1e9) as u64);
+            }
+            if self.phase == Phase::Main
+                && let Some(&Reverse((at, _))) = self.send_queue.peek()
+            {
+                wake = wake.min(at);
+            }
+            if let Some(&Reverse((at, _))) = self.retries.peek() {
+                wake = wake.min(at);
+            }
+            let timeout = Duration::from_nanos(wake.saturating_sub(mono_ns()));
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
             {
