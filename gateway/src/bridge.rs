@@ -49,6 +49,9 @@ pub struct BackendRequest {
     pub frame: Box<pb::Frame>,
     /// When a `send` left its connection (for the latency histogram).
     pub started: Option<Instant>,
+    /// A sync made on behalf of a connection after `Auth.resume_cursors`:
+    /// its answer is pushed as a `Deliver` of the listed conversations.
+    pub resume: bool,
 }
 
 /// Something the backend wants pushed to connected devices.
@@ -162,8 +165,17 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             .map(|r| {
                 // The session checked the body is present; `Ok` never reaches
                 // here, and if it did the domain would refuse it.
-                let body = r.frame.body.take().unwrap_or(Body::Ok(pb::Ok::default()));
-                (std::mem::take(&mut r.caller), body)
+                // A resume sync keeps its body: its answer is filtered by the
+                // conversations it listed.
+                let body = if r.resume {
+                    r.frame.body.clone()
+                } else {
+                    r.frame.body.take()
+                };
+                (
+                    std::mem::take(&mut r.caller),
+                    body.unwrap_or(Body::Ok(pb::Ok::default())),
+                )
             })
             .collect();
         let answers = service.handle_batch(unix_ms(), calls);
@@ -176,6 +188,12 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         debug_assert_eq!(answers.len(), batch.len(), "one answer per request");
         for (req, answer) in batch.drain(..).zip(answers) {
+            if req.resume {
+                if let Some(msg) = resume_push(&req, answer.reply) {
+                    send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
+                }
+                continue;
+            }
             if let Some(reply) = answer.reply {
                 let is_send_ack = matches!(reply, Body::SendAck(_));
                 let frame = pb::Frame {
@@ -195,6 +213,45 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             }
         }
     }
+}
+
+/// Turns the answer to a resume sync into a tracked `Deliver` of the
+/// conversations the device listed (others it syncs itself).
+fn resume_push(req: &BackendRequest, reply: Option<Body>) -> Option<ShardMsg> {
+    let Some(Body::SyncResult(result)) = reply else {
+        return None;
+    };
+    let Some(Body::Sync(asked)) = &req.frame.body else {
+        return None;
+    };
+    let listed: std::collections::HashSet<&str> = asked
+        .cursors
+        .iter()
+        .map(|c| c.conversation_id.as_str())
+        .collect();
+    let entries: Vec<pb::Entry> = result
+        .entries
+        .into_iter()
+        .filter(|e| listed.contains(e.conversation_id.as_str()))
+        .collect();
+    if entries.is_empty() {
+        return None;
+    }
+    let mut newest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for e in &entries {
+        let seq = newest.entry(e.conversation_id.as_str()).or_default();
+        *seq = (*seq).max(e.seq);
+    }
+    let cursors: Arc<[(ConvKey, u64)]> = newest.iter().map(|(c, &s)| (ConvKey::of(c), s)).collect();
+    let frame = pb::Frame {
+        request_id: 0,
+        body: Some(Body::Deliver(pb::Deliver { entries })),
+    };
+    Some(ShardMsg::Resume {
+        conn: req.from,
+        cursors,
+        body: Bytes::from(frame.encode_to_vec()),
+    })
 }
 
 /// Sends a push to the owner shards of its recipients: one ring item per

@@ -78,6 +78,16 @@ pub enum ShardMsg {
         /// The answer is a SendAck.
         is_send_ack: bool,
     },
+    /// Entries one connection lacked after its `Auth.resume_cursors`: an
+    /// encoded `Deliver`, tracked in its ack window.
+    Resume {
+        /// The connection that authenticated.
+        conn: ConnRef,
+        /// `(conversation, newest seq)` per conversation in the frame.
+        cursors: Arc<[(ConvKey, u64)]>,
+        /// The encoded `Deliver` frame body.
+        body: Bytes,
+    },
     /// Push stored entries to every device of `users` held by this shard.
     Deliver {
         /// Recipients owned by this shard.
@@ -109,6 +119,8 @@ pub struct Handoff {
     user: Box<str>,
     device: Box<str>,
     transport: Transport,
+    /// `Auth.resume_cursors`: what to push after Welcome.
+    resume: Vec<pb::Cursor>,
 }
 
 /// How frames are carried.
@@ -550,6 +562,30 @@ impl Shard {
                     self.close_soon(c, CloseReason::SlowConsumer);
                 }
             }
+            ShardMsg::Resume {
+                conn,
+                cursors,
+                body,
+            } => {
+                let mut conns = self.conns.borrow_mut();
+                let Some(c) = conns
+                    .get_mut(conn.key as usize)
+                    .filter(|c| c.generation == conn.generation)
+                else {
+                    return;
+                };
+                // A full window or outbox: the device's own sync covers it.
+                if c.session
+                    .push_deliver(&self.cfg, self.now_ms(), &cursors, body)
+                    .is_ok()
+                {
+                    self.metrics
+                        .delivered
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.flush(conn.key, c);
+                self.arm(conn.key, c);
+            }
             ShardMsg::Deliver {
                 users,
                 cursors,
@@ -658,7 +694,7 @@ impl Shard {
         self.metrics
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.welcome(key, h.user, h.device);
+        self.welcome(key, h.user, h.device, h.resume);
         // Bytes that came with the handoff (frames pipelined after auth).
         let partial = self.conns.borrow_mut()[key as usize].take_partial();
         let partial = [partial, h.partial].concat();
@@ -676,7 +712,13 @@ impl Shard {
 
     /// Registers an authenticated connection on its owner shard (this one),
     /// displaces an older connection of the same device, queues Welcome.
-    fn welcome(self: &Rc<Self>, key: u32, user: Box<str>, device: Box<str>) {
+    fn welcome(
+        self: &Rc<Self>,
+        key: u32,
+        user: Box<str>,
+        device: Box<str>,
+        resume: Vec<pb::Cursor>,
+    ) {
         let now = self.now_ms();
         let mut conns = self.conns.borrow_mut();
         let mut users = self.users.borrow_mut();
@@ -713,6 +755,34 @@ impl Shard {
         c.ident = Some(format!("{user}\0{device}").into_boxed_str());
         self.flush(key, c);
         self.arm(key, c);
+        if !resume.is_empty() {
+            // Push what the device lacks after its resume cursors: a sync on
+            // its behalf whose answer comes back as a tracked Deliver. If the
+            // backend queue is full the device simply syncs itself.
+            let req = BackendRequest {
+                from: ConnRef {
+                    shard: self.id as u16,
+                    key,
+                    generation: c.generation,
+                },
+                caller: Caller {
+                    user: user.to_string(),
+                    device: device.to_string(),
+                },
+                frame: Box::new(pb::Frame {
+                    request_id: 0,
+                    body: Some(Body::Sync(pb::SyncRequest {
+                        cursors: resume,
+                        limit: 0,
+                    })),
+                }),
+                started: None,
+                resume: true,
+            };
+            let mut to_backend = self.to_backend.borrow_mut();
+            let worker = owner_shard(&user, to_backend.len());
+            let _ = to_backend[worker].send(req);
+        }
     }
 
     /// Tells the backend a user's first device connected (online) or last
@@ -738,6 +808,7 @@ impl Shard {
                 })),
             }),
             started: None,
+            resume: false,
         };
         let mut to_backend = self.to_backend.borrow_mut();
         let worker = owner_shard(user, to_backend.len());
@@ -856,11 +927,13 @@ impl Shard {
                             Ok(user) => {
                                 let owner = owner_shard(&user, self.shards);
                                 let rest = data[pos..].to_vec();
+                                let auth = *auth;
                                 return Ingest::Authenticated {
                                     owner,
                                     user: user.into(),
                                     device: auth.device_id.into(),
                                     rest,
+                                    resume: auth.resume_cursors,
                                 };
                             }
                             Err(e) => {
@@ -893,6 +966,7 @@ impl Shard {
                             },
                             frame,
                             started: is_send.then(Instant::now),
+                            resume: false,
                         };
                         let worker = owner_shard(user, self.to_backend.borrow().len());
                         if let Err(req) = self.to_backend.borrow_mut()[worker].send(req) {
@@ -957,6 +1031,7 @@ enum Ingest {
         user: Box<str>,
         device: Box<str>,
         rest: Vec<u8>,
+        resume: Vec<pb::Cursor>,
     },
     Blocked {
         request: Box<BackendRequest>,
@@ -1157,10 +1232,11 @@ fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut outcome: Inges
                 user,
                 device,
                 rest,
+                resume,
             } => {
                 if owner == shard.id {
                     shard.conns.borrow_mut()[key as usize].set_partial(rest);
-                    shard.welcome(key, user, device);
+                    shard.welcome(key, user, device, resume);
                     let partial = shard.conns.borrow_mut()[key as usize].take_partial();
                     if partial.is_empty() {
                         return;
@@ -1196,6 +1272,7 @@ fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut outcome: Inges
                     user,
                     device,
                     transport,
+                    resume,
                 });
                 let mut to = shard.to_shards.borrow_mut();
                 let tx = to[owner].as_mut().expect("a ring to every other shard");

@@ -473,3 +473,35 @@ fn presence_follows_connections_and_typing_is_pushed() {
         });
     });
 }
+
+/// A device that logs in with resume cursors is pushed what it lacks after
+/// them (and only for the conversations it listed), as a Deliver it acks.
+#[test]
+fn resume_cursors_push_what_the_device_lacks() {
+    each_driver(|d| {
+        let gw = Gateway::start(d);
+        let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
+        for i in 1..=3 {
+            let r = alice.send_text("bob", &format!("r{i}"), &format!("resume {i}"));
+            assert!(matches!(r.body, Some(Body::SendAck(_))), "{r:?}");
+        }
+        let mut bob = Client::connect(gw.tcp);
+        let w = bob.request(Body::Auth(pb::Auth {
+            token: Gateway::token("bob"),
+            device_id: "phone".into(),
+            protocol_version: 1,
+            resume_cursors: vec![pb::Cursor {
+                conversation_id: "d:alice:bob".into(),
+                seq: 1,
+            }],
+            ..Default::default()
+        }));
+        assert!(matches!(w.body, Some(Body::Welcome(_))), "{w:?}");
+        let f = bob.wait_push(|f| matches!(f.body, Some(Body::Deliver(_))));
+        let Some(Body::Deliver(dl)) = f.body else {
+            unreachable!()
+        };
+        let seqs: Vec<u64> = dl.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3]);
+    });
+}
