@@ -593,80 +593,76 @@ impl Shard {
                 origin,
             } => {
                 let now = self.now_ms();
-                let index = self.users.borrow();
-                let mut conns = self.conns.borrow_mut();
-                for user in users.iter() {
-                    let Some(keys) = index.get(user.as_str()) else {
-                        continue;
-                    };
-                    for &key in keys {
-                        let Some(c) = conns.get_mut(key as usize) else {
-                            continue;
-                        };
-                        if let Some((ou, od)) = origin.as_deref() {
-                            if ou == user && c.device() == Some(od.as_str()) {
-                                continue;
-                            }
+                self.each_device(&users, |user, key, c| {
+                    if let Some((ou, od)) = origin.as_deref() {
+                        if ou == user && c.device() == Some(od.as_str()) {
+                            return;
                         }
-                        match c
-                            .session
-                            .push_deliver(&self.cfg, now, &cursors, body.clone())
-                        {
-                            Ok(()) => {
-                                self.metrics
-                                    .delivered
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            // The device is behind: it syncs what it lacks.
-                            Err(Rejected {
-                                error: QueueError::WindowFull,
-                                ..
-                            }) => {
-                                self.metrics
-                                    .window_full
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            Err(Rejected {
-                                error: QueueError::SlowConsumer,
-                                ..
-                            }) => {
-                                self.flush(key, c);
-                                self.close_soon(c, CloseReason::SlowConsumer);
-                            }
-                            // Not live (closing or not yet welcomed): sync covers it.
-                            Err(_) => {}
-                        }
-                        self.flush(key, c);
-                        self.arm(key, c);
                     }
-                }
-            }
-            ShardMsg::Push { users, body } => {
-                let index = self.users.borrow();
-                let mut conns = self.conns.borrow_mut();
-                for user in users.iter() {
-                    let Some(keys) = index.get(user.as_str()) else {
-                        continue;
-                    };
-                    for &key in keys {
-                        let Some(c) = conns.get_mut(key as usize) else {
-                            continue;
-                        };
-                        let pushed =
-                            c.session
-                                .queue_encoded(&self.cfg, self.now_ms(), body.clone());
-                        self.flush(key, c);
-                        if let Err(Rejected {
+                    match c
+                        .session
+                        .push_deliver(&self.cfg, now, &cursors, body.clone())
+                    {
+                        Ok(()) => {
+                            self.metrics
+                                .delivered
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // The device is behind: it syncs what it lacks.
+                        Err(Rejected {
+                            error: QueueError::WindowFull,
+                            ..
+                        }) => {
+                            self.metrics
+                                .window_full
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(Rejected {
                             error: QueueError::SlowConsumer,
                             ..
-                        }) = pushed
-                        {
+                        }) => {
+                            self.flush(key, c);
                             self.close_soon(c, CloseReason::SlowConsumer);
                         }
+                        // Not live (closing or not yet welcomed): sync covers it.
+                        Err(_) => {}
                     }
-                }
+                    self.flush(key, c);
+                    self.arm(key, c);
+                });
+            }
+            ShardMsg::Push { users, body } => {
+                let now = self.now_ms();
+                self.each_device(&users, |_, key, c| {
+                    let pushed = c.session.queue_encoded(&self.cfg, now, body.clone());
+                    self.flush(key, c);
+                    if let Err(Rejected {
+                        error: QueueError::SlowConsumer,
+                        ..
+                    }) = pushed
+                    {
+                        self.close_soon(c, CloseReason::SlowConsumer);
+                    }
+                });
             }
             ShardMsg::Drain => self.draining.set(true),
+        }
+    }
+
+    /// Calls `f(user, key, conn)` for every connection of `users` that this
+    /// shard holds.
+    fn each_device(&self, users: &[String], mut f: impl FnMut(&str, u32, &mut Conn)) {
+        let index = self.users.borrow();
+        let mut conns = self.conns.borrow_mut();
+        for user in users {
+            let Some(keys) = index.get(user.as_str()) else {
+                continue;
+            };
+            for &key in keys {
+                if let Some(c) = conns.get_mut(key as usize) {
+                    f(user, key, c);
+                }
+            }
         }
     }
 
