@@ -128,8 +128,16 @@ pub struct SessionSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendSettings {
+    /// Where state lives: `embedded` (one node, on local disk) or `redis`.
+    /// Default `embedded`.
+    pub store: StoreKind,
     /// Directory of the embedded store. Default `./tern-data`.
     pub data_dir: PathBuf,
+    /// Redis URLs (`redis://host:port`): one server, or the seed nodes of a
+    /// cluster when `redis_cluster` is true. Default none.
+    pub redis_urls: Vec<String>,
+    /// The Redis URLs are Redis Cluster seed nodes. Default false.
+    pub redis_cluster: bool,
     /// Backend worker threads. Default 1.
     pub workers: usize,
     /// Requests a worker takes in one batch (one durable commit). Default 1024.
@@ -236,10 +244,24 @@ impl Default for SessionSettings {
     }
 }
 
+/// Which store the backend uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded store in `backend.data_dir` (fjall).
+    Embedded,
+    /// Redis or Redis Cluster at `backend.redis_urls` (AOF `appendfsync
+    /// always` required; see docs/redis.md).
+    Redis,
+}
+
 impl Default for BackendSettings {
     fn default() -> Self {
         Self {
+            store: StoreKind::Embedded,
             data_dir: PathBuf::from("./tern-data"),
+            redis_urls: Vec::new(),
+            redis_cluster: false,
             workers: 1,
             batch_max: 1024,
             queue_entries_max: 8_192,
@@ -347,6 +369,12 @@ impl Config {
         }
         if self.listen.accept_rate_per_shard == 0 {
             return invalid("listen.accept_rate_per_shard", "must be > 0");
+        }
+        if self.backend.store == StoreKind::Redis && self.backend.redis_urls.is_empty() {
+            return invalid(
+                "backend.redis_urls",
+                "the redis store needs at least one URL",
+            );
         }
         if !matches!(self.auth.algorithm.as_str(), "HS256" | "RS256" | "EdDSA") {
             return invalid("auth.algorithm", "must be HS256, RS256 or EdDSA");

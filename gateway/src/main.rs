@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tern_gateway::{
     auth,
-    config::{Config, DEFAULT_TOML, Driver},
+    config::{Config, DEFAULT_TOML, Driver, StoreKind},
     server::Server,
     service::BackendService,
 };
@@ -74,6 +74,15 @@ struct Overrides {
     /// Directory of the embedded store.
     #[arg(long, env = "TERN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Store: embedded (default) or redis.
+    #[arg(long, env = "TERN_STORE", value_enum)]
+    store: Option<StoreKind>,
+    /// Redis URL (repeat for cluster seed nodes with --redis-cluster).
+    #[arg(long = "redis-url", env = "TERN_REDIS_URL", value_delimiter = ',')]
+    redis_url: Vec<String>,
+    /// The Redis URLs are Redis Cluster seed nodes.
+    #[arg(long)]
+    redis_cluster: bool,
     /// HS256 secret for client tokens.
     #[arg(long, env = "TERN_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -105,6 +114,15 @@ impl Overrides {
         }
         if let Some(v) = &self.data_dir {
             cfg.backend.data_dir = v.clone();
+        }
+        if let Some(v) = self.store {
+            cfg.backend.store = v;
+        }
+        if !self.redis_url.is_empty() {
+            cfg.backend.redis_urls = self.redis_url.clone();
+        }
+        if self.redis_cluster {
+            cfg.backend.redis_cluster = true;
         }
         if let Some(v) = &self.jwt_secret {
             cfg.auth.jwt_secret = v.clone();
@@ -179,7 +197,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let service = Arc::new(
         BackendService::from_config(&cfg)
-            .with_context(|| format!("opening the store in {}", cfg.backend.data_dir.display()))?,
+            .with_context(|| format!("opening the {:?} store", cfg.backend.store))?,
     );
     let server = Server::start(&cfg, service)?;
     // Wait for SIGTERM or SIGINT, then drain.

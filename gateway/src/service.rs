@@ -8,12 +8,14 @@ use tern_backend::{
     config::Config as DomainConfig,
     domain::{Caller as DomainCaller, Domain, Effect as DomainEffect, Request},
     embedded::EmbeddedStore,
+    redis_store::{RedisConfig, RedisNodes, RedisStore},
+    store::Store,
 };
 use tern_protocol::pb::frame::Body;
 
 use crate::{
     bridge::{Answer, Caller, ChatService, Effect},
-    config::{BackendSettings, Config},
+    config::{BackendSettings, Config, StoreKind},
 };
 
 /// How long a connection-derived presence holds without being set again:
@@ -27,8 +29,8 @@ pub struct BackendService {
 }
 
 impl BackendService {
-    /// Opens the embedded store in `settings.data_dir` (created if missing)
-    /// with the default chat settings.
+    /// Opens the configured store (the embedded one in `settings.data_dir`,
+    /// created if missing, or Redis) with the default chat settings.
     pub fn open(settings: &BackendSettings) -> anyhow::Result<Self> {
         let chat = DomainConfig {
             presence_expiry_ms: PRESENCE_HELD_MS,
@@ -56,10 +58,27 @@ impl BackendService {
     fn open_with(settings: &BackendSettings, chat: DomainConfig) -> anyhow::Result<Self> {
         chat.validate()
             .map_err(|e| anyhow::anyhow!("chat settings: {e}"))?;
-        std::fs::create_dir_all(&settings.data_dir)?;
-        let store = EmbeddedStore::open(&settings.data_dir)?;
+        let store: Arc<dyn Store> = match settings.store {
+            StoreKind::Embedded => {
+                std::fs::create_dir_all(&settings.data_dir)?;
+                Arc::new(EmbeddedStore::open(&settings.data_dir)?)
+            }
+            StoreKind::Redis => {
+                let nodes = if settings.redis_cluster {
+                    RedisNodes::Cluster(settings.redis_urls.clone())
+                } else {
+                    let [url] = settings.redis_urls.as_slice() else {
+                        anyhow::bail!(
+                            "backend.redis_urls: give one URL for a single server (or set redis_cluster)"
+                        );
+                    };
+                    RedisNodes::Single(url.clone())
+                };
+                Arc::new(RedisStore::open(RedisConfig::new(nodes))?)
+            }
+        };
         Ok(Self {
-            domain: Domain::new(Arc::new(store), chat),
+            domain: Domain::new(store, chat),
         })
     }
 }
