@@ -315,8 +315,8 @@ pub fn human(r: &Report) -> String {
         row(
             "messages",
             format!(
-                "{} sent, {} acked, {} failed, {} timed out, {} skipped",
-                r.sent, r.acked, r.send_failed, r.send_timeouts, r.send_skipped
+                "{} planned, {} sent, {} acked, {} failed, {} timed out, {} skipped",
+                r.planned_sends, r.sent, r.acked, r.send_failed, r.send_timeouts, r.send_skipped
             ),
         );
         row("send → ack", lat(&r.ack));
