@@ -46,12 +46,17 @@ impl Gateway {
         }
     }
 
-    /// Runs `tern-load SCENARIO --target … --jwt-secret … --json ARGS…`;
+    /// Runs `tern-load SCENARIO --target … --jwt-secret … --json ARGS…`
+    /// (this gateway is the target unless ARGS name one);
     /// returns the exit code and the JSON report (Null if none).
     fn load(&self, scenario: &str, args: &[&str]) -> (i32, Value, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_tern-load"))
-            .arg(scenario)
-            .args(["--target", &self.tcp.to_string(), "--jwt-secret", SECRET])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern-load"));
+        cmd.arg(scenario);
+        if !args.contains(&"--target") {
+            cmd.args(["--target", &self.tcp.to_string()]);
+        }
+        let out = cmd
+            .args(["--jwt-secret", SECRET])
             .args(["--json", "--quiet", "--drain-ms", "3000"])
             .args(args)
             .output()
@@ -225,4 +230,42 @@ fn a_run_that_will_run_out_of_ports_is_refused_with_the_fix() {
     assert_eq!(code, 2, "{err}");
     assert_eq!(r, Value::Null);
     assert!(err.contains("--sources"), "{err}");
+}
+
+#[test]
+fn connections_spread_over_two_gateways_and_source_addresses() {
+    // Proves `--target A,B --sources 2` splits the connections evenly over
+    // both gateway processes' listeners (read from each one's /metrics) and
+    // that binding 127.0.0.2/127.0.0.3 before connecting works end to end.
+    let (a, b) = (Gateway::start(), Gateway::start());
+    let targets = format!("{},{}", a.tcp, b.tcp);
+    let metrics = format!("http://{}/metrics,http://{}/metrics", a.http, b.http);
+    let (code, r, err) = a.load(
+        "idle",
+        &[
+            "--target",
+            &targets,
+            "--conns",
+            "40",
+            "--hold",
+            "1",
+            "--sources",
+            "2",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((n(&r, "held"), n(&r, "sources")), (40, 2), "{r}");
+    let d = &r["metrics_delta"];
+    assert_eq!(
+        d["0:tern_connections_opened_total"].as_f64(),
+        Some(20.0),
+        "{r}"
+    );
+    assert_eq!(
+        d["1:tern_connections_opened_total"].as_f64(),
+        Some(20.0),
+        "{r}"
+    );
 }
