@@ -469,10 +469,10 @@ impl StreamState {
         }
         // Seqs between what is held and this one are now known missing.
         let top_held = self.above.last().copied().unwrap_or(self.contiguous);
-        if d.seq > top_held + 1 {
+        if d.seq > top_held.saturating_add(1) {
             let span = d.seq - top_held - 1;
             if span > GAP_SPAN_MAX {
-                v.gaps += span;
+                v.gaps = v.gaps.saturating_add(span);
             } else {
                 for s in top_held + 1..d.seq {
                     self.open.insert(s, d.at_ns);
@@ -481,7 +481,7 @@ impl StreamState {
             }
         }
         self.above.insert(d.seq);
-        while self.above.remove(&(self.contiguous + 1)) {
+        while self.contiguous < u64::MAX && self.above.remove(&(self.contiguous + 1)) {
             self.contiguous += 1;
         }
     }
@@ -660,5 +660,8 @@ mod tests {
         st.apply(&push("b", u64::MAX / 2, 2, Via::Push), &mut v, &mut fills);
         assert_eq!(v.gaps, u64::MAX / 2 - 2);
         assert!(st.open.is_empty());
+        st.apply(&push("b", u64::MAX, 3, Via::Push), &mut v, &mut fills);
+        st.apply(&push("b", u64::MAX, 4, Via::Push), &mut v, &mut fills);
+        assert_eq!(v.redelivered, 1);
     }
 }

@@ -82,6 +82,8 @@ pub const HISTORY_ENTRIES_MAX: usize = 20_000_000;
 pub const TOKEN_TTL_SECS: u64 = 86_400;
 /// Idle time after which the drain ends early once no send is in flight.
 pub const DRAIN_QUIET_MS: u64 = 1_000;
+/// Shortest ping interval the client accepts from a server.
+pub const HEARTBEAT_MS_MIN: u64 = 1_000;
 /// Progress lines, at most one per this interval.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
 
@@ -250,7 +252,8 @@ impl Cursor {
         if seq <= self.contiguous || !self.above.insert(seq) {
             return false;
         }
-        while self.above.remove(&(self.contiguous + 1)) {
+        // A hostile server may send seq u64::MAX: never step past it.
+        while self.contiguous < u64::MAX && self.above.remove(&(self.contiguous + 1)) {
             self.contiguous += 1;
         }
         if self.above.is_empty() {
@@ -817,10 +820,12 @@ impl<W: Write> Worker<W> {
     }
 
     fn became_live(&mut self, i: usize, hb_ms: u64, now: u64) {
-        let jitter = rand::rng().random_range(hb_ms / 2..=hb_ms.max(1));
+        let hb_ms = hb_ms.max(HEARTBEAT_MS_MIN);
+        let jitter = rand::rng().random_range(hb_ms / 2..=hb_ms);
         let c = &mut self.conns[i];
         c.state = State::Live;
-        c.hb_ms = hb_ms.max(1);
+        // A server announcing a tiny interval must not make us spin.
+        c.hb_ms = hb_ms.max(HEARTBEAT_MS_MIN);
         c.next_ping_ns = now + jitter * 1_000_000;
         c.ping_sent_ns = 0;
         let took = now - c.since_ns;
@@ -1162,7 +1167,10 @@ impl<W: Write> Worker<W> {
         let Some(Pending::Sync { local, fin }) = self.inflight.remove(&rid) else {
             return;
         };
-        debug_assert_eq!(local, i);
+        if local != i {
+            // A server answered another connection's request id here: not ours to apply.
+            return;
+        }
         if !fin {
             if let Some(d) = self.conns[i].dev.as_mut() {
                 d.sync_rid = 0;
@@ -1678,6 +1686,16 @@ mod tests {
         assert_eq!((c.contiguous, c.gap_since_ns), (5, 3));
         assert!(c.take(6, 4));
         assert_eq!((c.contiguous, c.gap_since_ns), (7, 0));
+    }
+
+    #[test]
+    fn cursor_survives_the_largest_seq() {
+        // Proves a server sending seq u64::MAX cannot overflow the cursor.
+        let mut c = Cursor::default();
+        assert!(c.take(u64::MAX - 1, 1));
+        assert!(c.take(u64::MAX, 2));
+        assert_eq!(c.contiguous, u64::MAX);
+        assert!(!c.take(u64::MAX, 3));
     }
 
     #[test]
