@@ -775,10 +775,16 @@ impl Shard {
                 started: None,
                 resume: true,
             };
-            let mut to_backend = self.to_backend.borrow_mut();
-            let worker = owner_shard(&user, to_backend.len());
-            let _ = to_backend[worker].send(req);
+            let _ = self.send_backend(req);
         }
+    }
+
+    /// Queues a request for the backend worker of its user (one worker per
+    /// user keeps each user's requests in order); a full queue hands it back.
+    fn send_backend(&self, req: BackendRequest) -> Result<(), BackendRequest> {
+        let mut to_backend = self.to_backend.borrow_mut();
+        let worker = owner_shard(&req.caller.user, to_backend.len());
+        to_backend[worker].send(req)
     }
 
     /// Tells the backend a user's first device connected (online) or last
@@ -806,9 +812,7 @@ impl Shard {
             started: None,
             resume: false,
         };
-        let mut to_backend = self.to_backend.borrow_mut();
-        let worker = owner_shard(user, to_backend.len());
-        let _ = to_backend[worker].send(req);
+        let _ = self.send_backend(req);
     }
 
     /// Feeds bytes to a connection's session. Returns what the reader
@@ -964,8 +968,7 @@ impl Shard {
                             started: is_send.then(Instant::now),
                             resume: false,
                         };
-                        let worker = owner_shard(user, self.to_backend.borrow().len());
-                        if let Err(req) = self.to_backend.borrow_mut()[worker].send(req) {
+                        if let Err(req) = self.send_backend(req) {
                             // Back-pressure: keep this request and the rest
                             // of the input; stop reading until there is room.
                             self.metrics
@@ -1296,8 +1299,7 @@ async fn unblock_loop(shard: Rc<Shard>) {
                 shard.unblocking.set(false);
                 return;
             };
-            let worker = owner_shard(&req.caller.user, shard.to_backend.borrow().len());
-            let sent = shard.to_backend.borrow_mut()[worker].send(req);
+            let sent = shard.send_backend(req);
             if let Err(req) = sent {
                 shard
                     .blocked
