@@ -52,7 +52,40 @@ const PRESENCE_RECORDS_MAX: usize = 1_000_000;
 pub struct EmbeddedStore {
     db: SingleWriterTxDatabase,
     ks: Keyspaces,
-    presence: Mutex<HashMap<String, PresenceRecord>>,
+    presence: Mutex<HashMap<Box<str>, HeldPresence>>,
+}
+
+/// A presence record as the table holds it: every online user has one, so
+/// it is kept small (the id is the map's key, free text is boxed only when
+/// set) — 40 bytes plus the key, where a whole [`PresenceRecord`] took 96
+/// plus a second copy of the id.
+#[derive(Debug, Clone)]
+struct HeldPresence {
+    updated_ms: u64,
+    expires_at_ms: u64,
+    text: Option<Box<str>>,
+    state: i32,
+}
+
+impl HeldPresence {
+    fn of(record: &PresenceRecord) -> Self {
+        Self {
+            updated_ms: record.updated_ms,
+            expires_at_ms: record.expires_at_ms,
+            text: (!record.text.is_empty()).then(|| record.text.as_str().into()),
+            state: record.state,
+        }
+    }
+
+    fn record(&self, user_id: &str) -> PresenceRecord {
+        PresenceRecord {
+            user_id: user_id.to_owned(),
+            state: self.state,
+            text: self.text.as_deref().unwrap_or_default().to_owned(),
+            updated_ms: self.updated_ms,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -421,7 +454,7 @@ impl Store for EmbeddedStore {
 
     fn put_presence(&self, record: &PresenceRecord) -> StoreResult<()> {
         let mut map = self.presence.lock();
-        if map.len() >= PRESENCE_RECORDS_MAX && !map.contains_key(&record.user_id) {
+        if map.len() >= PRESENCE_RECORDS_MAX && !map.contains_key(record.user_id.as_str()) {
             let now = record.updated_ms;
             map.retain(|_, r| r.expires_at_ms > now);
             if map.len() >= PRESENCE_RECORDS_MAX {
@@ -431,13 +464,22 @@ impl Store for EmbeddedStore {
                 map.retain(|_, r| r.updated_ms > cut);
             }
         }
-        map.insert(record.user_id.clone(), record.clone());
+        let held = HeldPresence::of(record);
+        match map.get_mut(record.user_id.as_str()) {
+            Some(slot) => *slot = held,
+            None => {
+                map.insert(record.user_id.as_str().into(), held);
+            }
+        }
         Ok(())
     }
 
     fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>> {
         let map = self.presence.lock();
-        Ok(users.iter().map(|u| map.get(*u).cloned()).collect())
+        Ok(users
+            .iter()
+            .map(|u| map.get(*u).map(|held| held.record(u)))
+            .collect())
     }
 }
 

@@ -194,6 +194,13 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 }
                 continue;
             }
+            // Pushes first, then the answer: once a sender holds its ack,
+            // the deliveries are already queued to their shards (so a
+            // device that connects after the ack gets them from sync or its
+            // resume push, not as a late live push).
+            for effect in answer.effects {
+                route(&mut w.to_shards, shards, effect);
+            }
             if let Some(reply) = answer.reply {
                 let is_send_ack = matches!(reply, Body::SendAck(_));
                 let frame = pb::Frame {
@@ -207,9 +214,6 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                     is_send_ack,
                 };
                 send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
-            }
-            for effect in answer.effects {
-                route(&mut w.to_shards, shards, effect);
             }
         }
     }

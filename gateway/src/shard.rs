@@ -23,7 +23,6 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
     io,
     os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
     rc::Rc,
@@ -32,9 +31,9 @@ use std::{
 };
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 use monoio::net::{TcpListener, TcpStream};
 use slab::Slab;
-use smallvec::SmallVec;
 use tern_protocol::{
     codec,
     pb::{self, frame::Body},
@@ -196,6 +195,8 @@ struct Conn {
     fd: OwnedFd,
     /// Reading is paused (the backend queue was full).
     paused: bool,
+    /// Frames were queued from the inbox; written at the end of the batch.
+    touched: bool,
     /// The deadline this connection has in the wheel (u64::MAX: none).
     timer_at: u64,
     /// `user\0device` once authenticated: one allocation for both ids.
@@ -285,9 +286,13 @@ struct Shard {
     write_buf: RefCell<Vec<u8>>,
     conns: RefCell<Slab<Conn>>,
     next_generation: Cell<u32>,
-    /// user → slab keys of its devices on this shard (inline for up to two
-    /// devices: no allocation per user beyond the map's slot and the key).
-    users: RefCell<HashMap<Box<str>, SmallVec<[u32; 2]>>>,
+    /// user → slab keys of its devices on this shard: one 4-byte slot per
+    /// device, hashed by user id. The ids themselves are read from the
+    /// connections (`Conn::user`), so the index allocates nothing per user
+    /// (a map keyed by a boxed id cost ~90 B per connection).
+    users: RefCell<HashTable<u32>>,
+    /// Hashes user ids for `users` (seeded per process).
+    user_hasher: hashbrown::DefaultHashBuilder,
     wheel: RefCell<Wheel<(u32, u32)>>,
     to_shards: RefCell<Vec<Option<Sender<ShardMsg>>>>,
     to_backend: RefCell<Vec<Sender<BackendRequest>>>,
@@ -299,7 +304,14 @@ struct Shard {
     blocked: RefCell<std::collections::VecDeque<(u32, u32, BackendRequest)>>,
     /// The task retrying `blocked` runs.
     unblocking: Cell<bool>,
+    /// Connections given frames by the current inbox batch, written once
+    /// each when the batch ends (so a device that gets many pushes in one
+    /// batch costs one `send`, not one per push).
+    touched: RefCell<Vec<(u32, u32)>>,
 }
+
+/// Slab keys of one user's devices (inline for up to four).
+type SmallKeys = smallvec::SmallVec<[u32; 4]>;
 
 /// Wheel granularity: deadlines fire within this of their time.
 const WHEEL_TICK_MS: u64 = 50;
@@ -351,7 +363,8 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         write_buf: RefCell::new(Vec::with_capacity(setup.read_buffer_bytes)),
         conns: RefCell::new(Slab::new()),
         next_generation: Cell::new(1),
-        users: RefCell::new(HashMap::new()),
+        users: RefCell::new(HashTable::new()),
+        user_hasher: hashbrown::DefaultHashBuilder::default(),
         wheel: RefCell::new(Wheel::new(now, WHEEL_TICK_MS, WHEEL_SLOTS)),
         to_shards: RefCell::new(setup.to_shards),
         to_backend: RefCell::new(setup.to_backend),
@@ -359,6 +372,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         epoll: new_epoll()?,
         blocked: RefCell::new(std::collections::VecDeque::new()),
         unblocking: Cell::new(false),
+        touched: RefCell::new(Vec::new()),
     });
     debug!(shard = shard.id, driver, "shard started");
     let mut listener_fds = Vec::new();
@@ -557,9 +571,11 @@ impl Shard {
                         ..
                     })
                 );
-                self.flush(conn.key, c);
                 if slow {
+                    self.flush(conn.key, c);
                     self.close_soon(c, CloseReason::SlowConsumer);
+                } else {
+                    self.touch(conn.key, c);
                 }
             }
             ShardMsg::Resume {
@@ -583,8 +599,7 @@ impl Shard {
                         .delivered
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                self.flush(conn.key, c);
-                self.arm(conn.key, c);
+                self.touch(conn.key, c);
             }
             ShardMsg::Deliver {
                 users,
@@ -623,29 +638,65 @@ impl Shard {
                         }) => {
                             self.flush(key, c);
                             self.close_soon(c, CloseReason::SlowConsumer);
+                            return;
                         }
                         // Not live (closing or not yet welcomed): sync covers it.
                         Err(_) => {}
                     }
-                    self.flush(key, c);
-                    self.arm(key, c);
+                    self.touch(key, c);
                 });
             }
             ShardMsg::Push { users, body } => {
                 let now = self.now_ms();
                 self.each_device(&users, |_, key, c| {
                     let pushed = c.session.queue_encoded(&self.cfg, now, body.clone());
-                    self.flush(key, c);
                     if let Err(Rejected {
                         error: QueueError::SlowConsumer,
                         ..
                     }) = pushed
                     {
+                        self.flush(key, c);
                         self.close_soon(c, CloseReason::SlowConsumer);
+                    } else {
+                        self.touch(key, c);
                     }
                 });
             }
             ShardMsg::Drain => self.draining.set(true),
+        }
+    }
+
+    /// Marks a connection that got frames from the inbox: written (and its
+    /// deadline re-armed) once when the batch ends, see [`Self::write_touched`].
+    fn touch(&self, key: u32, conn: &mut Conn) {
+        if !conn.touched {
+            conn.touched = true;
+            self.touched.borrow_mut().push((key, conn.generation));
+        }
+    }
+
+    /// Writes every connection the inbox batch gave frames to.
+    fn write_touched(self: &Rc<Self>) {
+        let touched = std::mem::take(&mut *self.touched.borrow_mut());
+        let mut conns = self.conns.borrow_mut();
+        for &(key, generation) in &touched {
+            let Some(c) = conns
+                .get_mut(key as usize)
+                .filter(|c| c.generation == generation)
+            else {
+                continue; // closed meanwhile
+            };
+            c.touched = false;
+            self.flush(key, c);
+            self.arm(key, c);
+        }
+        drop(conns);
+        // Keep the list's buffer for the next batch (bounded by the
+        // connections the shard holds).
+        let mut list = self.touched.borrow_mut();
+        if list.is_empty() {
+            *list = touched;
+            list.clear();
         }
     }
 
@@ -655,15 +706,56 @@ impl Shard {
         let index = self.users.borrow();
         let mut conns = self.conns.borrow_mut();
         for user in users {
-            let Some(keys) = index.get(user.as_str()) else {
-                continue;
-            };
-            for &key in keys {
-                if let Some(c) = conns.get_mut(key as usize) {
+            for &key in index.iter_hash(self.user_hash(user)) {
+                if let Some(c) = conns.get_mut(key as usize)
+                    && c.user() == Some(user.as_str())
+                {
                     f(user, key, c);
                 }
             }
         }
+    }
+
+    fn user_hash(&self, user: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.user_hasher, user)
+    }
+
+    /// Adds `key` (a live, authenticated connection in `conns`) to the
+    /// device index.
+    fn index_device(&self, conns: &Slab<Conn>, key: u32, user: &str) {
+        let rehash = |k: &u32| {
+            // Every indexed key is a live connection with an identity: keys
+            // leave the index before their slab entry goes.
+            self.user_hash(conns.get(*k as usize).and_then(Conn::user).unwrap_or(""))
+        };
+        self.users
+            .borrow_mut()
+            .insert_unique(self.user_hash(user), key, rehash);
+    }
+
+    /// Removes `key` from the device index. True if it was there.
+    fn unindex_device(&self, key: u32, user: &str) -> bool {
+        match self
+            .users
+            .borrow_mut()
+            .find_entry(self.user_hash(user), |k| *k == key)
+        {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Slab keys of `user`'s indexed devices on this shard.
+    fn devices_of(&self, conns: &Slab<Conn>, user: &str) -> SmallKeys {
+        self.users
+            .borrow()
+            .iter_hash(self.user_hash(user))
+            .copied()
+            .filter(|k| conns.get(*k as usize).and_then(Conn::user) == Some(user))
+            .collect()
     }
 
     /// A connection handed over by another shard after auth: register it
@@ -673,6 +765,7 @@ impl Shard {
             generation: self.next_gen(),
             fd: h.fd,
             paused: false,
+            touched: false,
             session: h.session,
             ident: None,
             spill: None,
@@ -717,25 +810,22 @@ impl Shard {
     ) {
         let now = self.now_ms();
         let mut conns = self.conns.borrow_mut();
-        let mut users = self.users.borrow_mut();
-        let keys = users.entry(user.clone()).or_default();
-        keys.retain(|other| {
-            let other = *other;
-            let Some(old) = conns.get_mut(other as usize) else {
-                return false;
-            };
+        let mut first_device = true;
+        for other in self.devices_of(&conns, &user) {
+            let old = &mut conns[other as usize];
             if old.device() == Some(&*device) {
+                // Displaced: out of the index now; its close follows.
+                self.unindex_device(other, &user);
                 old.session
                     .kick(&self.cfg, now, pb::KickReason::Displaced, "");
                 self.flush(other, old);
                 self.close_soon(old, CloseReason::Displaced);
-                false
             } else {
-                true
+                first_device = false;
             }
-        });
-        let first_device = keys.is_empty();
-        keys.push(key);
+        }
+        conns[key as usize].ident = Some(format!("{user}\0{device}").into_boxed_str());
+        self.index_device(&conns, key, &user);
         if first_device {
             self.presence(&user, pb::PresenceState::Online);
         }
@@ -748,7 +838,6 @@ impl Shard {
         };
         // The session is Authenticating: it emitted the Authenticate event.
         let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
-        c.ident = Some(format!("{user}\0{device}").into_boxed_str());
         self.flush(key, c);
         self.arm(key, c);
         if !resume.is_empty() {
@@ -1137,6 +1226,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
             generation,
             fd,
             paused: false,
+            touched: false,
             session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
             ident: None,
             spill: None,
@@ -1437,17 +1527,14 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
         return; // moved away (handoff) or already finished
     }
     let c = conns.remove(key as usize);
-    drop(conns);
     if let Some(user) = c.user() {
-        let mut users = shard.users.borrow_mut();
-        if let Some(keys) = users.get_mut(user) {
-            keys.retain(|k| *k != key);
-            if keys.is_empty() {
-                users.remove(user);
-                shard.presence(user, pb::PresenceState::Offline);
-            }
+        // A displaced connection left the index when it was displaced: the
+        // user is still online on the device that displaced it.
+        if shard.unindex_device(key, user) && shard.devices_of(&conns, user).is_empty() {
+            shard.presence(user, pb::PresenceState::Offline);
         }
     }
+    drop(conns);
     let reason = c.closing.unwrap_or(reason);
     if reason == CloseReason::SlowConsumer {
         shard
@@ -1523,6 +1610,7 @@ async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: 
             }
             depth += rx.len();
         }
+        shard.write_touched();
         shard
             .metrics
             .inbox_depth

@@ -66,6 +66,14 @@
 //! [`SessionStats::dropped_after_retries`]. Push is a fast path, not the source
 //! of truth: the client fills any gap with `sync`, so a dropped frame delays a
 //! message and never loses it.
+//!
+//! The defaults resend nothing (`retransmit_attempts_max` = 0): over TCP and
+//! WebSocket the bytes of a frame written once either arrive or the
+//! connection fails (and the client resyncs on reconnect), so a resend on the
+//! same connection can only duplicate. Under load it did worse: clients that
+//! acked late got every frame again, which loaded them further (measured in
+//! docs/benchmarks.md, fan-out). An unacked frame then holds its window slot
+//! for `retransmit_initial_ms` (10 s) and leaves it.
 
 use std::collections::VecDeque;
 
@@ -119,14 +127,15 @@ pub struct SessionConfig {
     /// Default 64.
     pub unacked_window_max: usize,
     /// Wait before the first retransmit of an unacked `Deliver`; each further
-    /// wait doubles. Default 2_000.
+    /// wait doubles. With no retransmits, how long an unacked `Deliver`
+    /// holds its window slot. Default 10_000.
     pub retransmit_initial_ms: u64,
     /// Cap on the doubled retransmit wait. Must be at least
     /// `retransmit_initial_ms`. Default 16_000.
     pub retransmit_max_ms: u64,
     /// Retransmits of one `Deliver` before it leaves the window (counted in
     /// [`SessionStats::dropped_after_retries`]; the client relies on sync).
-    /// Valid 0..=16. Default 3.
+    /// Valid 0..=16. Default 0: see the module documentation, "Deliveries".
     pub retransmit_attempts_max: u32,
     /// Frames waiting in the outbox before the connection counts as a slow
     /// consumer and is kicked. Default 256.
@@ -160,9 +169,9 @@ impl Default for SessionConfig {
             heartbeat_timeout_factor_pct: 200,
             heartbeat_jitter_pct: 10,
             unacked_window_max: 64,
-            retransmit_initial_ms: 2_000,
+            retransmit_initial_ms: 10_000,
             retransmit_max_ms: 16_000,
-            retransmit_attempts_max: 3,
+            retransmit_attempts_max: 0,
             outbox_frames_max: 256,
             outbox_bytes_max: 1 << 20,
             frame_bytes_max: codec::FRAME_BYTES_MAX_DEFAULT,
@@ -1383,8 +1392,11 @@ mod tests {
 
     #[test]
     fn retransmit_waits_double_up_to_the_cap() {
-        // Proves the backoff schedule 2s, 4s, 8s, 16s, 16s with the defaults.
-        let cfg = SessionConfig::default();
+        // Proves the backoff schedule 2s, 4s, 8s, 16s, 16s for a 2 s start.
+        let cfg = SessionConfig {
+            retransmit_initial_ms: 2_000,
+            ..SessionConfig::default()
+        };
         let waits: Vec<u64> = (0..5).map(|n| cfg.retransmit_wait_ms(n)).collect();
         assert_eq!(waits, [2_000, 4_000, 8_000, 16_000, 16_000]);
         assert_eq!(cfg.retransmit_wait_ms(200), 16_000);

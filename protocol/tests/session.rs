@@ -1075,13 +1075,46 @@ fn a_full_window_hands_the_frame_back() {
     assert_eq!(rejected.unwrap_err().error, QueueError::NoCursors);
 }
 
+/// A configuration that resends unacked deliveries (the defaults do not):
+/// after 2 s, then 4 s and 8 s, the wait capped at 16 s, three times.
+fn retransmitting() -> SessionConfig {
+    SessionConfig {
+        retransmit_initial_ms: 2_000,
+        retransmit_max_ms: 16_000,
+        retransmit_attempts_max: 3,
+        ..SessionConfig::default()
+    }
+}
+
+#[test]
+fn by_default_an_unacked_frame_is_never_resent_and_leaves_the_window_after_10_s() {
+    // Proves the default: nothing is written twice on one connection; an
+    // unacked deliver holds its window slot for 10 s, then leaves it and is
+    // counted as dropped (the client syncs what it lacks).
+    let mut pair = Pair::live(SessionConfig::default());
+    let (cursors, body) = deliver(&[("g:team", 1)]);
+    pair.session
+        .push_deliver(&pair.cfg, 0, &cursors, body)
+        .unwrap();
+    assert_eq!(pair.recv().len(), 1);
+    assert_eq!(pair.timeout(), Some(10_000));
+    pair.run_until(9_999);
+    assert_eq!(pair.session.unacked(), 1);
+    pair.run_until(10_000);
+    assert!(pair.recv().is_empty(), "never resent");
+    assert_eq!(pair.session.unacked(), 0, "left the window at 10 s");
+    let stats = pair.session.take_stats();
+    assert_eq!(stats.retransmits, 0);
+    assert_eq!(stats.dropped_after_retries, 1);
+}
+
 #[test]
 fn unacked_frames_are_retransmitted_at_2_4_8_s_then_dropped() {
-    // Proves the retransmit schedule with the defaults: the same bytes again
+    // Proves the retransmit schedule when configured: the same bytes again
     // at +2 s, +4 s and +8 s after the previous send, then (after the capped
     // 16 s wait) the frame leaves the window and is counted; an acked frame
     // pushed alongside is never resent.
-    let mut pair = Pair::live(SessionConfig::default());
+    let mut pair = Pair::live(retransmitting());
     let (cursors, body) = deliver(&[("g:team", 1)]);
     pair.session
         .push_deliver(&pair.cfg, 0, &cursors, body.clone())
@@ -1120,7 +1153,7 @@ fn unacked_frames_are_retransmitted_at_2_4_8_s_then_dropped() {
 fn a_copy_still_in_the_outbox_is_not_queued_twice() {
     // Proves a retransmit deadline that passes while the client has not yet
     // been handed the frame does not duplicate it (the attempt still counts).
-    let mut pair = Pair::live(SessionConfig::default());
+    let mut pair = Pair::live(retransmitting());
     let (cursors, body) = deliver(&[("g:team", 1)]);
     pair.session
         .push_deliver(&pair.cfg, 0, &cursors, body)
@@ -1262,7 +1295,7 @@ fn poll_timeout_is_always_the_earliest_deadline() {
     // acks, pings, kick), that poll_timeout names the earliest of the auth,
     // heartbeat, retransmit and drain deadlines, and that firing the timer
     // any earlier changes nothing.
-    let cfg = SessionConfig::default();
+    let cfg = retransmitting();
     let mut pair = Pair::new(cfg.clone());
     let auth_deadline = pair.timeout().unwrap();
     assert_no_change_before(&mut pair, auth_deadline);
