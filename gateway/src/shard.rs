@@ -1674,7 +1674,7 @@ mod tests {
     #[test]
     fn connection_state_is_small() {
         assert!(
-            std::mem::size_of::<Conn>() <= 176,
+            std::mem::size_of::<Conn>() <= 120,
             "{}",
             std::mem::size_of::<Conn>()
         );

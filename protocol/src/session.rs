@@ -86,7 +86,7 @@ use crate::validate::{ClientLimits, Refusal, check_client_frame};
 
 /// The most bytes a [`Session`] may take (checked by a test): a shard holds up
 /// to millions of them.
-pub const SESSION_BYTES_MAX: usize = 128;
+pub const SESSION_BYTES_MAX: usize = 72;
 
 /// Smallest valid [`SessionConfig::heartbeat_timeout_factor_pct`].
 pub const HEARTBEAT_TIMEOUT_FACTOR_PCT_MIN: u32 = 150;
@@ -497,17 +497,26 @@ pub struct SessionStats {
 #[derive(Debug)]
 pub struct Session {
     state: Lifecycle,
-    /// Frame bodies waiting for the driver; unallocated while empty.
-    outbox: VecDeque<Bytes>,
-    /// Deliveries in flight, oldest first; unallocated while empty.
-    window: VecDeque<InFlight>,
+    /// The outbox and the window; `None` (nothing allocated, one word in
+    /// the session) while both are empty, which is most of an idle
+    /// connection's life — two inline queues cost 68 bytes per connection.
+    queues: Option<Box<Queues>>,
     event: Option<Event>,
     stats: SessionStats,
+    /// This connection's share of the deadline jitter span, in 1/2^32.
+    jitter_unit: u32,
+}
+
+/// A busy session's queues.
+#[derive(Debug, Default)]
+struct Queues {
+    /// Frame bodies waiting for the driver.
+    outbox: VecDeque<Bytes>,
+    /// Deliveries in flight, oldest first.
+    window: VecDeque<InFlight>,
     /// Sum of the outbox's body lengths; at most `outbox_bytes_max` (≤ u32)
     /// except for the final frames of a closing session.
     outbox_bytes: u32,
-    /// This connection's share of the deadline jitter span, in 1/2^32.
-    jitter_unit: u32,
 }
 
 impl Session {
@@ -519,12 +528,10 @@ impl Session {
             state: Lifecycle::Handshaking {
                 auth_deadline_ms: 0,
             },
-            // Deliberately unallocated: `VecDeque::new` allocates on first push.
-            outbox: VecDeque::new(),
-            window: VecDeque::new(),
+            // Deliberately unallocated until a frame is queued.
+            queues: None,
             event: None,
             stats: SessionStats::default(),
-            outbox_bytes: 0,
             // The high half of a splitmix64 step: consecutive seeds spread
             // evenly.
             jitter_unit: (splitmix64(seed) >> 32) as u32,
@@ -778,7 +785,7 @@ impl Session {
         let check = self.check_live().and_then(|()| {
             if count == 0 {
                 Err(QueueError::NoCursors)
-            } else if self.window.len() >= cfg.unacked_window_max {
+            } else if self.unacked() >= cfg.unacked_window_max {
                 Err(QueueError::WindowFull)
             } else {
                 self.check_room(cfg, now_ms, body.len())
@@ -794,7 +801,7 @@ impl Session {
             _ => Covers::Many(covered().collect()),
         };
         self.push_outbox(body.clone());
-        self.window.push_back(InFlight {
+        self.queues_mut().window.push_back(InFlight {
             body,
             deadline_ms: now_ms.saturating_add(cfg.retransmit_wait_ms(0)),
             covers,
@@ -813,13 +820,15 @@ impl Session {
     /// The next frame body to write (without length prefix or WebSocket
     /// header). Handing out the last frame of a draining session closes it.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        let body = self.outbox.pop_front()?;
+        let q = self.queues.as_mut()?;
+        let body = q.outbox.pop_front()?;
         // `body.len()` was added to `outbox_bytes` when it was queued.
-        self.outbox_bytes = self.outbox_bytes.saturating_sub(saturate_u32(body.len()));
+        q.outbox_bytes = q.outbox_bytes.saturating_sub(saturate_u32(body.len()));
         self.stats.frames_out = self.stats.frames_out.wrapping_add(1);
-        if self.outbox.is_empty() {
+        if q.outbox.is_empty() {
             // Deliberately give the memory back: an idle session owns none.
-            self.outbox = VecDeque::new();
+            q.outbox = VecDeque::new();
+            self.tidy_queues();
             if let Lifecycle::Draining { reason, .. } = self.state {
                 self.close_now(reason);
             }
@@ -839,7 +848,10 @@ impl Session {
                 let silence = self.silence_deadline(cfg, last_heard_ms);
                 // A scan of at most `unacked_window_max` entries, in the same
                 // driver turn that changed them.
-                let retransmit = self.window.iter().map(|f| f.deadline_ms).min();
+                let retransmit = self
+                    .queues
+                    .as_ref()
+                    .and_then(|q| q.window.iter().map(|f| f.deadline_ms).min());
                 Some(retransmit.map_or(silence, |r| r.min(silence)))
             }
             Lifecycle::Draining { deadline_ms, .. } => Some(deadline_ms),
@@ -883,17 +895,17 @@ impl Session {
 
     /// Frames waiting in the outbox.
     pub fn outbox_frames(&self) -> usize {
-        self.outbox.len()
+        self.queues.as_ref().map_or(0, |q| q.outbox.len())
     }
 
     /// Bytes waiting in the outbox.
     pub fn outbox_bytes(&self) -> usize {
-        self.outbox_bytes as usize
+        self.queues.as_ref().map_or(0, |q| q.outbox_bytes as usize)
     }
 
     /// Deliveries in the window (sent, not yet acked nor dropped).
     pub fn unacked(&self) -> usize {
-        self.window.len()
+        self.queues.as_ref().map_or(0, |q| q.window.len())
     }
 
     /// Heap memory this session owns itself (queue storage, batch cursor
@@ -905,14 +917,16 @@ impl Session {
             Some(Event::Request(_)) => std::mem::size_of::<pb::Frame>(),
             None => 0,
         };
-        self.outbox.capacity() * std::mem::size_of::<Bytes>()
-            + self.window.capacity() * std::mem::size_of::<InFlight>()
-            + self
-                .window
-                .iter()
-                .map(|f| f.covers.heap_bytes())
-                .sum::<usize>()
-            + event
+        let queues = self.queues.as_ref().map_or(0, |q| {
+            std::mem::size_of::<Queues>()
+                + q.outbox.capacity() * std::mem::size_of::<Bytes>()
+                + q.window.capacity() * std::mem::size_of::<InFlight>()
+                + q.window
+                    .iter()
+                    .map(|f| f.covers.heap_bytes())
+                    .sum::<usize>()
+        });
+        queues + event
     }
 
     /// The counters so far.
@@ -1036,19 +1050,37 @@ impl Session {
     /// every frame of the window. Work is at most cursors × window, both
     /// bounded (`frame_bytes_max`, `unacked_window_max`).
     fn on_deliver_ack(&mut self, ack: &pb::DeliverAck) {
-        if self.window.is_empty() {
+        let Some(q) = self.queues.as_mut().filter(|q| !q.window.is_empty()) else {
             return;
-        }
+        };
         for cursor in &ack.cursors {
             let key = ConvKey::of(&cursor.conversation_id);
-            for in_flight in &mut self.window {
+            for in_flight in &mut q.window {
                 in_flight.covers.ack(key, cursor.seq);
             }
         }
-        self.window.retain(|f| !f.covers.is_acked());
-        if self.window.is_empty() {
+        q.window.retain(|f| !f.covers.is_acked());
+        if q.window.is_empty() {
             // Deliberately give the memory back: an idle session owns none.
-            self.window = VecDeque::new();
+            q.window = VecDeque::new();
+            self.tidy_queues();
+        }
+    }
+
+    /// The queues, allocated if they were not.
+    fn queues_mut(&mut self) -> &mut Queues {
+        // Deliberate allocation: only while a frame is queued or in flight.
+        self.queues.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the queues once both are empty.
+    fn tidy_queues(&mut self) {
+        if self
+            .queues
+            .as_ref()
+            .is_some_and(|q| q.outbox.is_empty() && q.window.is_empty())
+        {
+            self.queues = None;
         }
     }
 
@@ -1058,15 +1090,15 @@ impl Session {
             .retransmit_attempts_max
             .min(RETRANSMIT_ATTEMPTS_LIMIT_MAX);
         let mut i = 0;
-        while i < self.window.len() {
-            let in_flight = &mut self.window[i];
+        while let Some(q) = self.queues.as_mut().filter(|q| i < q.window.len()) {
+            let in_flight = &mut q.window[i];
             if in_flight.deadline_ms > now_ms {
                 i += 1;
                 continue;
             }
             let done = u32::from(in_flight.retransmits);
             if done >= attempts_max {
-                self.window.remove(i);
+                q.window.remove(i);
                 self.stats.dropped_after_retries = self.stats.dropped_after_retries.wrapping_add(1);
                 continue;
             }
@@ -1077,8 +1109,7 @@ impl Session {
             i += 1;
             // A copy the client has not even been handed yet needs no twin:
             // the attempt counts, the bytes are not queued twice.
-            if self
-                .outbox
+            if q.outbox
                 .iter()
                 .any(|b| b.as_ptr() == body.as_ptr() && b.len() == body.len())
             {
@@ -1090,9 +1121,10 @@ impl Session {
             self.push_outbox(body);
             self.stats.retransmits = self.stats.retransmits.wrapping_add(1);
         }
-        if self.window.is_empty() {
-            self.window = VecDeque::new();
+        if let Some(q) = self.queues.as_mut().filter(|q| q.window.is_empty()) {
+            q.window = VecDeque::new();
         }
+        self.tidy_queues();
     }
 
     fn close_heartbeat_timeout(&mut self, cfg: &SessionConfig, now_ms: u64) {
@@ -1154,15 +1186,17 @@ impl Session {
         len: usize,
     ) -> Result<(), QueueError> {
         let bytes_max = cfg.outbox_bytes_max.min(u32::MAX as usize);
-        let fits = self.outbox.len() < cfg.outbox_frames_max
-            && (self.outbox_bytes as usize).saturating_add(len) <= bytes_max;
+        let fits = self.outbox_frames() < cfg.outbox_frames_max
+            && self.outbox_bytes().saturating_add(len) <= bytes_max;
         if fits {
             return Ok(());
         }
         // The backlog is dropped at once (frames are whole, none was handed
         // out in part): its memory is what the bound protects.
-        self.outbox = VecDeque::new();
-        self.outbox_bytes = 0;
+        if let Some(q) = self.queues.as_mut() {
+            q.outbox = VecDeque::new();
+            q.outbox_bytes = 0;
+        }
         let reason = KickReason::SlowConsumer;
         let kick = pb::Kick {
             reason: reason as i32,
@@ -1181,8 +1215,9 @@ impl Session {
 
     /// Appends a body that `check_room` admitted (or a final frame).
     fn push_outbox(&mut self, body: Bytes) {
-        self.outbox_bytes = self.outbox_bytes.saturating_add(saturate_u32(body.len()));
-        self.outbox.push_back(body);
+        let q = self.queues_mut();
+        q.outbox_bytes = q.outbox_bytes.saturating_add(saturate_u32(body.len()));
+        q.outbox.push_back(body);
     }
 
     fn close_with_refusal(
@@ -1210,20 +1245,21 @@ impl Session {
         }
         // Unacked deliveries are not retransmitted any more; the client
         // resyncs from its cursors when it reconnects.
-        self.window = VecDeque::new();
+        if let Some(q) = self.queues.as_mut() {
+            q.window = VecDeque::new();
+        }
+        self.tidy_queues();
         self.state = Lifecycle::Draining {
             deadline_ms: now_ms.saturating_add(cfg.drain_timeout_ms),
             reason,
         };
-        if self.outbox.is_empty() {
+        if self.outbox_frames() == 0 {
             self.close_now(reason);
         }
     }
 
     fn close_now(&mut self, reason: CloseReason) {
-        self.outbox = VecDeque::new();
-        self.outbox_bytes = 0;
-        self.window = VecDeque::new();
+        self.queues = None;
         self.state = Lifecycle::Closed(reason);
     }
 

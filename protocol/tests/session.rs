@@ -344,9 +344,10 @@ fn an_idle_live_session_holds_no_heap_memory() {
 #[test]
 fn allocations_per_round_trip_are_few_and_fixed() {
     // Proves (and records, for docs) how many allocations the session adds
-    // per exchange: a ping/pong costs the Pong's body and the outbox's
-    // storage (given back when it drains); a push/ack cycle the window's and
-    // outbox's storage. The client side of the count (encoding, decoding) is
+    // per exchange: a ping/pong costs the Pong's body, the box holding the
+    // session's queues and the outbox's storage (all given back when it
+    // drains: an idle session keeps one word for its queues, not 68 bytes);
+    // a push/ack cycle the box and the window's and outbox's storage. The client side of the count (encoding, decoding) is
     // measured separately and subtracted.
     let mut pair = Pair::live(SessionConfig::default());
     let mut ping_body = Vec::new();
@@ -366,7 +367,7 @@ fn allocations_per_round_trip_are_few_and_fixed() {
         }
     }
     let per_ping = (allocations() - start) as f64 / 100.0;
-    assert!(per_ping <= 2.0, "{per_ping} allocations per ping/pong");
+    assert!(per_ping <= 3.0, "{per_ping} allocations per ping/pong");
 
     let (cursors, body) = deliver(&[("g:team", 1)]);
     let mut ack_body = Vec::new();
@@ -388,8 +389,9 @@ fn allocations_per_round_trip_are_few_and_fixed() {
         pair.session.handle_body(&pair.cfg, 0, unix_ms, &ack_body);
     }
     let per_push = (allocations() - start) as f64 / 100.0;
-    // Outbox storage, window storage, and the decoded ack's cursor list and
-    // strings (validate parses the conversation id once more).
+    // The queues' box, outbox storage, window storage, and the decoded
+    // ack's cursor list and strings (validate parses the conversation id
+    // once more).
     assert!(per_push <= 8.0, "{per_push} allocations per push/ack");
     eprintln!("allocations: {per_ping} per ping/pong, {per_push} per push/ack");
     assert_eq!(pair.session.heap_bytes(), 0);
