@@ -66,8 +66,12 @@ pub struct ShardConfig {
     pub driver: Driver,
     /// Connections one shard holds before it refuses new ones. Default 1000000.
     pub connections_max: usize,
-    /// Entries of each shard→shard and backend→shard ring. Each slot is ~64
-    /// bytes and rings are N² + 2·N·workers, so this is fixed memory. Default 8192.
+    /// Entries of each shard→shard and backend→shard ring. Each slot is 80
+    /// bytes and there are N·(N−1) + N·workers rings, all touched once
+    /// traffic wraps them, so this is fixed memory (2 shards, 1 worker:
+    /// 4 rings, 640 KiB at 2048). A full ring makes its producer wait
+    /// (back-pressure), never drops. Default 2048: a shard drains up to 1024
+    /// items per turn.
     pub ring_entries_max: usize,
     /// Size of each shard's shared read buffer, in bytes. Default 65536.
     pub read_buffer_bytes: usize,
@@ -143,7 +147,9 @@ pub struct BackendSettings {
     /// Requests a worker takes in one batch (one durable commit). Default 1024.
     pub batch_max: usize,
     /// Entries of each shard→backend queue (a full one pauses reading from
-    /// the connections that want to add to it). Default 8192.
+    /// the connections that want to add to it; presence updates wait in
+    /// order). 88 bytes a slot, touched once traffic wraps it. Default 2048:
+    /// twice a worker's batch.
     pub queue_entries_max: usize,
 }
 
@@ -211,7 +217,7 @@ impl Default for ShardConfig {
             count: 0,
             driver: Driver::Auto,
             connections_max: 1_000_000,
-            ring_entries_max: 8_192,
+            ring_entries_max: 2_048,
             read_buffer_bytes: 65_536,
         }
     }
@@ -264,7 +270,7 @@ impl Default for BackendSettings {
             redis_cluster: false,
             workers: 1,
             batch_max: 1024,
-            queue_entries_max: 8_192,
+            queue_entries_max: 2_048,
         }
     }
 }

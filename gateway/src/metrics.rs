@@ -116,6 +116,9 @@ pub struct ShardMetrics {
     pub deliveries_dropped: AtomicU64,
     /// Deliveries not pushed because the device's unacked window was full.
     pub window_full: AtomicU64,
+    /// Presence updates dropped: the backend queue was full and too many
+    /// were already waiting.
+    pub presence_dropped: AtomicU64,
     /// Connections closed for heartbeat silence.
     pub heartbeat_timeouts: AtomicU64,
     /// Connections closed as slow consumers.
@@ -307,7 +310,7 @@ impl Collector for Metrics {
         counter(
             &mut enc,
             "tern_deliveries_dropped",
-            "Deliver frames given up after retransmits",
+            "Deliver frames that left the unacked window without an ack",
             s(|m| &m.deliveries_dropped),
         )?;
         counter(
@@ -315,6 +318,12 @@ impl Collector for Metrics {
             "tern_deliveries_window_full",
             "Deliveries skipped: unacked window full",
             s(|m| &m.window_full),
+        )?;
+        counter(
+            &mut enc,
+            "tern_presence_dropped",
+            "Presence updates dropped behind a full backend queue",
+            s(|m| &m.presence_dropped),
         )?;
         counter(
             &mut enc,

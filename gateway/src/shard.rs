@@ -313,6 +313,11 @@ struct Shard {
 /// Slab keys of one user's devices (inline for up to four).
 type SmallKeys = smallvec::SmallVec<[u32; 4]>;
 
+/// Presence updates that may wait for room in a full backend queue (in
+/// `Shard::blocked`, with the paused connections' requests); beyond, an
+/// update is dropped and counted (`tern_presence_dropped_total`).
+const PRESENCE_PENDING_MAX: usize = 65_536;
+
 /// Wheel granularity: deadlines fire within this of their time.
 const WHEEL_TICK_MS: u64 = 50;
 /// Wheel buckets (one turn = 4096 × 50 ms ≈ 205 s).
@@ -877,9 +882,11 @@ impl Shard {
     }
 
     /// Tells the backend a user's first device connected (online) or last
-    /// one left (offline). Presence is ephemeral: if the backend queue is
-    /// full the update is dropped, not waited for.
-    fn presence(&self, user: &str, state: pb::PresenceState) {
+    /// one left (offline). If the backend queue is full (a connect storm),
+    /// the update waits in `blocked` behind earlier ones, in order, so a
+    /// user is never left shown online after going offline; past
+    /// [`PRESENCE_PENDING_MAX`] waiting updates it is dropped and counted.
+    fn presence(self: &Rc<Self>, user: &str, state: pb::PresenceState) {
         let req = BackendRequest {
             // No connection waits for the answer.
             from: ConnRef {
@@ -901,7 +908,29 @@ impl Shard {
             started: None,
             resume: false,
         };
-        let _ = self.send_backend(req);
+        let waiting = !self.blocked.borrow().is_empty();
+        let req = if waiting {
+            req
+        } else {
+            match self.send_backend(req) {
+                Ok(()) => return,
+                Err(req) => req,
+            }
+        };
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= PRESENCE_PENDING_MAX {
+            self.metrics
+                .presence_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        // No connection waits for it: the retry finds no slab entry at
+        // `u32::MAX` to resume.
+        blocked.push_back((u32::MAX, 0, req));
+        drop(blocked);
+        if !self.unblocking.replace(true) {
+            monoio::spawn(unblock_loop(self.clone()));
+        }
     }
 
     /// Feeds bytes to a connection's session. Returns what the reader

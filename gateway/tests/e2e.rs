@@ -505,3 +505,62 @@ fn resume_cursors_push_what_the_device_lacks() {
         assert_eq!(seqs, [2, 3]);
     });
 }
+
+/// Presence updates that meet a full backend queue (a connect storm) wait
+/// and arrive in order: after many logins and logouts through a one-slot
+/// queue, a friend sees the user's true final state, offline then online.
+#[test]
+fn presence_survives_a_full_backend_queue_in_order() {
+    each_driver(|d| {
+        let gw = Gateway::start_with(d, |c| c.backend.queue_entries_max = 1);
+        let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
+        {
+            let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
+            let r = alice.request(Body::FriendRequest(pb::FriendRequestSend {
+                user_id: "bob".into(),
+                message: "hi".into(),
+            }));
+            assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+            let r = bob.request(Body::FriendAccept(pb::FriendAccept {
+                user_id: "alice".into(),
+            }));
+            assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+        }
+        // Many others log in and out at once, each a presence update through
+        // the one-slot queue, with alice's own comings and goings among them.
+        for round in 0..5 {
+            let crowd: Vec<_> = (0..20)
+                .map(|i| Client::login(gw.tcp, &format!("u{round}x{i}"), "d").0)
+                .collect();
+            let alice = Client::login(gw.tcp, "alice", &format!("d{round}")).0;
+            drop(crowd);
+            drop(alice);
+        }
+        let state = |bob: &mut Client| {
+            let r = bob.request(Body::PresenceQuery(pb::PresenceQuery {
+                user_ids: vec!["alice".into()],
+            }));
+            let Some(Body::PresenceResult(p)) = r.body else {
+                panic!("{r:?}")
+            };
+            p.presences[0].state
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while state(&mut bob) != pb::PresenceState::Offline as i32 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "alice never went offline"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _alice = Client::login(gw.tcp, "alice", "last").0;
+        while state(&mut bob) != pb::PresenceState::Online as i32 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "alice never came online"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gw.wait_metric("tern_presence_dropped_total 0");
+    });
+}
