@@ -510,6 +510,7 @@ fn resume_cursors_push_what_the_device_lacks() {
 /// and arrive in order: after many logins and logouts through a one-slot
 /// queue, a friend sees the user's true final state, offline then online.
 #[test]
+#[allow(clippy::disallowed_methods)] // polls the server from the test thread
 fn presence_survives_a_full_backend_queue_in_order() {
     each_driver(|d| {
         let gw = Gateway::start_with(d, |c| c.backend.queue_entries_max = 1);
