@@ -11,6 +11,7 @@ OUT="${OUT:-$ROOT/target/bench-out}"
 mkdir -p "$OUT"
 PIDS=()
 DIRS=()
+TERN_EXTRA=() # more `tern serve` arguments, e.g. the Redis store's
 
 build() {
   [ -x "$TERN" ] && [ -x "$LOAD" ] && return
@@ -52,7 +53,7 @@ start_tern() {
   dir="$(mktemp -d "${TMPDIR:-/tmp}/tern-bench.XXXXXX")"; DIRS+=("$dir")
   TERN_LOG=warn "$TERN" serve --jwt-secret "$SECRET" --listen "127.0.0.1:$port" \
     --ws-listen "127.0.0.1:$((port + 1000))" --http "127.0.0.1:$http" \
-    --data-dir "$dir" --shards "$shards" >"$OUT/tern-$port.log" 2>&1 &
+    --data-dir "$dir" --shards "$shards" "${TERN_EXTRA[@]}" >"$OUT/tern-$port.log" 2>&1 &
   LAST_PID=$!; PIDS+=("$LAST_PID")
   wait_port 127.0.0.1 "$port"
 }
@@ -77,6 +78,17 @@ start_nats() { # PORT
   need_pkg nats-server nats-server
   port_free "$1"
   nats-server -a 127.0.0.1 -p "$1" >"$OUT/nats-$1.log" 2>&1 &
+  LAST_PID=$!; PIDS+=("$LAST_PID")
+  wait_port 127.0.0.1 "$1"
+}
+
+start_redis() { # PORT: one redis-server with the durability the store requires
+  need_pkg redis-server redis-server
+  port_free "$1"
+  local dir
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/tern-redis.XXXXXX")"; DIRS+=("$dir")
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
+    --dir "$dir" >"$OUT/redis-$1.log" 2>&1 &
   LAST_PID=$!; PIDS+=("$LAST_PID")
   wait_port 127.0.0.1 "$1"
 }
