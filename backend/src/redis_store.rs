@@ -968,6 +968,37 @@ impl Store for RedisStore {
         Ok(as_u64(&self.one(c)?)? == 1)
     }
 
+    fn blocked_pairs(&self, pairs: &[(&str, &str)]) -> StoreResult<Vec<bool>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One pipeline: one round trip on one server; in a cluster the
+        // pipeline is split by slot and every node is written before any
+        // is read, so still one round trip per node, not per pair. Both
+        // directions of a pair are the same set (`{p:<a>:<b>}:b`), so a
+        // 1:1 send's two checks land on one node.
+        let mut p = Pipe::default();
+        for (user, other) in pairs {
+            let k = PairKeys::new(user, other).map_err(RedisStoreError::from)?;
+            let mut c = redis::cmd("SISMEMBER");
+            c.arg(&k.blocks).arg(*user);
+            p.add(c);
+        }
+        let vals = self.with_conn(|conn| self.run(conn, &p))?;
+        if vals.len() != pairs.len() {
+            return Err(RedisStoreError::Reply(format!(
+                "{} replies to {} SISMEMBER",
+                vals.len(),
+                pairs.len()
+            ))
+            .into());
+        }
+        Ok(vals
+            .iter()
+            .map(|v| as_u64(v).map(|n| n == 1))
+            .collect::<Result<Vec<_>>>()?)
+    }
+
     fn blocked(&self, user: &str) -> StoreResult<Vec<String>> {
         let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
         Ok(self.filtered_index(
