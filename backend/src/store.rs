@@ -86,6 +86,10 @@
 //!   [`Store::is_blocked`]): the block checks of a batch of 1:1 sends in one
 //!   read. Conformance cases `store_blocked_pairs_answers_in_order` and
 //!   `send_batch_refuses_only_the_blocked_send`.
+//! - [`Store::friend_pairs`] (with a default that loops [`Store::friend`]):
+//!   the friends-only checks of a batch of 1:1 sends in one read.
+//!   Conformance cases `store_friend_pairs_answers_in_order` and
+//!   `send_batch_friends_only_refuses_only_strangers`.
 
 use tern_protocol::pb;
 
@@ -241,6 +245,18 @@ pub trait Store: Send + Sync {
     /// `user`'s friendship record for `friend` (friendships are stored in
     /// both directions, as two records).
     fn friend(&self, user: &str, friend: &str) -> StoreResult<Option<FriendRecord>>;
+
+    /// For each `(user, friend)` of `pairs`, in order: whether `user` has a
+    /// friendship record for `friend` (as [`Store::friend`] being `Some`).
+    /// Lets the domain check the friends-only policy for every 1:1 send of
+    /// a batch with one read. Added after the first version; the default
+    /// asks [`Store::friend`] pair by pair.
+    fn friend_pairs(&self, pairs: &[(&str, &str)]) -> StoreResult<Vec<bool>> {
+        pairs
+            .iter()
+            .map(|(user, friend)| self.friend(user, friend).map(|r| r.is_some()))
+            .collect()
+    }
 
     /// Every friendship record of `user`, in increasing `friend` order.
     fn friends(&self, user: &str) -> StoreResult<Vec<FriendRecord>>;

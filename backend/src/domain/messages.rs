@@ -30,23 +30,35 @@ pub(super) struct PreparedSend {
     recipients: Recipients,
 }
 
-/// The block checks of the 1:1 sends of one run of consecutive sends,
-/// read with one [`crate::store::Store::blocked_pairs`] call (on Redis: one
-/// round trip instead of two per send).
+/// The checks of the 1:1 sends of one run of consecutive sends (blocks
+/// either way; friendship under the friends-only policy), read with one
+/// [`crate::store::Store::blocked_pairs`] call (and one
+/// [`crate::store::Store::friend_pairs`] call): on Redis one round trip
+/// each instead of two, or three, per send.
 #[derive(Debug, Default)]
-pub(super) struct BlockChecks {
-    /// `(sender, peer, blocked either way)`, sorted by `(sender, peer)`,
-    /// each pair once.
-    known: Vec<(String, String, bool)>,
+pub(super) struct DirectChecks {
+    /// `(sender, peer, what was read)`, sorted by `(sender, peer)`, each
+    /// pair once.
+    known: Vec<(String, String, DirectState)>,
     /// Why the read failed, if it did: the run's sends fail with it rather
     /// than each retrying a read that just failed.
     failed: Option<String>,
 }
 
-impl BlockChecks {
+/// What was read for one `(sender, peer)`.
+#[derive(Debug, Clone, Copy)]
+struct DirectState {
+    /// A block exists, either way.
+    blocked: bool,
+    /// The sender has a friendship record for the peer (`true` when the
+    /// policy lets strangers message, which needs no read).
+    friends: bool,
+}
+
+impl DirectChecks {
     /// What was read for `(me, peer)`: `None` if the pair was not part of
     /// the read (then the caller reads it alone).
-    fn get(&self, me: &str, peer: &str) -> Option<Result<bool, DomainError>> {
+    fn get(&self, me: &str, peer: &str) -> Option<Result<DirectState, DomainError>> {
         if let Some(reason) = &self.failed {
             return Some(Err(DomainError::Internal(reason.clone())));
         }
@@ -57,22 +69,23 @@ impl BlockChecks {
     }
 }
 
-/// Reads ahead the block checks of a batch: for each run of consecutive
-/// sends, at its first send, one store call for every 1:1 send of the run.
+/// Reads ahead the checks of a batch's 1:1 sends: for each run of
+/// consecutive sends, at its first send, one read for every 1:1 send of the
+/// run.
 /// Not earlier: a request between two runs (a block, say) must be seen by
 /// the sends after it.
 #[derive(Debug)]
-pub(super) struct BlockReadAhead {
+pub(super) struct DirectReadAhead {
     /// Per request: `None` for a request that is not a send; for a send,
     /// its `(sender, peer)` if it is a 1:1 send with valid, distinct ids.
     /// The ids are copied because the requests are consumed as they are
     /// handled; a batch is bounded by the gateway's `batch_max`.
     sends: Vec<Option<Option<(String, String)>>>,
     /// The checks of the current run.
-    current: BlockChecks,
+    current: DirectChecks,
 }
 
-impl BlockReadAhead {
+impl DirectReadAhead {
     /// Notes the 1:1 sends of `requests` (reads nothing yet).
     pub(super) fn new(requests: &[Request]) -> Self {
         let sends = requests
@@ -93,13 +106,13 @@ impl BlockReadAhead {
             .collect();
         Self {
             sends,
-            current: BlockChecks::default(),
+            current: DirectChecks::default(),
         }
     }
 
-    /// The block checks for the send at index `i`; at the first send of a
-    /// run, reads those of the whole run first.
-    pub(super) fn checks_for(&mut self, domain: &Domain, i: usize) -> &BlockChecks {
+    /// The checks for the send at index `i`; at the first send of a run,
+    /// reads those of the whole run first.
+    pub(super) fn checks_for(&mut self, domain: &Domain, i: usize) -> &DirectChecks {
         let starts_run = i == 0 || self.sends.get(i - 1).is_some_and(Option::is_none);
         if starts_run {
             let run = self.sends.get(i..).unwrap_or_default();
@@ -110,7 +123,7 @@ impl BlockReadAhead {
                 .flatten()
                 .map(|(me, peer)| (me.as_str(), peer.as_str()))
                 .collect();
-            self.current = domain.read_blocks(&pairs);
+            self.current = domain.read_direct_checks(&pairs);
         }
         &self.current
     }
@@ -149,15 +162,15 @@ impl Domain {
     /// before is answered with the original ack instead: a resend is
     /// idempotent even across a change of rights.
     ///
-    /// `blocks` holds the block checks read ahead for the batch; a 1:1 send
+    /// `checks` holds the 1:1 checks read ahead for the batch; a 1:1 send
     /// whose pair is not in it reads its own (pass
-    /// `&BlockChecks::default()` for a send on its own).
+    /// `&DirectChecks::default()` for a send on its own).
     pub(super) fn prepare_send(
         &self,
         me: &Caller,
         now_ms: u64,
         send: pb::Send,
-        blocks: &BlockChecks,
+        checks: &DirectChecks,
     ) -> Result<Prepared, DomainError> {
         check_id("client_msg_id", &send.client_msg_id)?;
         let conv = match &send.to {
@@ -173,7 +186,7 @@ impl Domain {
             }
         };
         let cmid = send.client_msg_id.clone();
-        match self.prepare_checked(me, now_ms, send, blocks) {
+        match self.prepare_checked(me, now_ms, send, checks) {
             Ok(p) => Ok(Prepared::Store(p)),
             Err(e) if e.is_refusal() => {
                 let conv = conv.to_string();
@@ -199,7 +212,7 @@ impl Domain {
         me: &Caller,
         now_ms: u64,
         send: pb::Send,
-        blocks: &BlockChecks,
+        checks: &DirectChecks,
     ) -> Result<PreparedSend, DomainError> {
         self.check_content(send.content.as_ref())?;
         let (conv, recipients, member_of, mentions, mention_all, participants) = match &send.to {
@@ -209,7 +222,7 @@ impl Domain {
                 let conv = ConversationId::direct(&me.user_id, peer).ok_or_else(|| {
                     DomainError::InvalidArgument("cannot send to yourself".into())
                 })?;
-                self.check_direct_allowed(&me.user_id, peer, blocks)?;
+                self.check_direct_allowed(&me.user_id, peer, checks)?;
                 let both = vec![me.user_id.clone(), peer.clone()];
                 // Mentions mean nothing in a 1:1 chat (schema: ignored).
                 (
@@ -385,16 +398,24 @@ impl Domain {
         &self,
         me: &str,
         peer: &str,
-        blocks: &BlockChecks,
+        checks: &DirectChecks,
     ) -> Result<(), DomainError> {
-        let blocked = match blocks.get(me, peer) {
+        let state = match checks.get(me, peer) {
             Some(read) => read?,
-            None => self.blocked_either_way(me, peer)?,
+            None => {
+                let mut alone = self.read_direct_checks(&[(me, peer)]);
+                match alone.failed.take() {
+                    Some(reason) => return Err(DomainError::Internal(reason)),
+                    None => alone.get(me, peer).ok_or_else(|| {
+                        DomainError::Internal("a 1:1 check was read but not kept".into())
+                    })??,
+                }
+            }
         };
-        if blocked {
+        if state.blocked {
             return Err(DomainError::Blocked);
         }
-        if !self.config.allow_non_friend_messages && self.store.friend(me, peer)?.is_none() {
+        if !state.friends {
             return Err(DomainError::NotFriends);
         }
         Ok(())
@@ -412,37 +433,56 @@ impl Domain {
     }
 
     /// Reads, in one store call, whether a block exists either way for
-    /// each `(sender, peer)` of `pairs` (ids already checked). A failed
-    /// read is kept in the result, for the sends to fail with.
-    fn read_blocks(&self, pairs: &[(&str, &str)]) -> BlockChecks {
+    /// each `(sender, peer)` of `pairs` (ids already checked), and, under
+    /// the friends-only policy, in one more, whether the sender has the
+    /// peer as a friend. A failed read is kept in the result, for the sends
+    /// to fail with.
+    fn read_direct_checks(&self, pairs: &[(&str, &str)]) -> DirectChecks {
         let mut unique: Vec<(&str, &str)> = pairs.to_vec();
         unique.sort_unstable();
         unique.dedup();
         if unique.is_empty() {
-            return BlockChecks::default();
+            return DirectChecks::default();
         }
+        let failed = |reason: String| DirectChecks {
+            known: Vec::new(),
+            failed: Some(reason),
+        };
+        let miscounted = "store answered the wrong number of 1:1 checks";
         // Both directions of each pair: [peer blocks me, me blocks peer].
         let asks: Vec<(&str, &str)> = unique
             .iter()
             .flat_map(|&(me, peer)| [(peer, me), (me, peer)])
             .collect();
-        match self.store.blocked_pairs(&asks) {
-            Ok(answers) if answers.len() == asks.len() => BlockChecks {
-                known: unique
-                    .iter()
-                    .zip(answers.chunks_exact(2))
-                    .map(|(&(me, peer), two)| (me.to_owned(), peer.to_owned(), two[0] || two[1]))
-                    .collect(),
-                failed: None,
-            },
-            Ok(_) => BlockChecks {
-                known: Vec::new(),
-                failed: Some("store answered the wrong number of block checks".into()),
-            },
-            Err(e) => BlockChecks {
-                known: Vec::new(),
-                failed: Some(e.to_string()),
-            },
+        let blocks = match self.store.blocked_pairs(&asks) {
+            Ok(b) if b.len() == asks.len() => b,
+            Ok(_) => return failed(miscounted.into()),
+            Err(e) => return failed(e.to_string()),
+        };
+        let friends = if self.config.allow_non_friend_messages {
+            vec![true; unique.len()]
+        } else {
+            match self.store.friend_pairs(&unique) {
+                Ok(f) if f.len() == unique.len() => f,
+                Ok(_) => return failed(miscounted.into()),
+                Err(e) => return failed(e.to_string()),
+            }
+        };
+        let known = unique
+            .iter()
+            .zip(blocks.chunks_exact(2))
+            .zip(friends)
+            .map(|((&(me, peer), two), friends)| {
+                let state = DirectState {
+                    blocked: two[0] || two[1],
+                    friends,
+                };
+                (me.to_owned(), peer.to_owned(), state)
+            })
+            .collect();
+        DirectChecks {
+            known,
+            failed: None,
         }
     }
 

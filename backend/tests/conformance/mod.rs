@@ -904,6 +904,47 @@ pub fn store_blocked_pairs_answers_in_order(f: Fixture) {
     );
 }
 
+pub fn store_friend_pairs_answers_in_order(f: Fixture) {
+    // Proves `Store::friend_pairs` answers "has .0 a friendship record for
+    // .1" per pair, in order, agreeing with `friend`: records are one
+    // direction each, unknown users have none, and a delete shows at once.
+    let s = f.store;
+    let fr = |u: &str, f: &str| {
+        SocialOp::PutFriend(FriendRecord {
+            user: u.into(),
+            friend: f.into(),
+            remark: String::new(),
+            since_ms: 1,
+        })
+    };
+    assert_eq!(s.friend_pairs(&[]).unwrap(), Vec::<bool>::new());
+    s.apply_social(&[fr("a", "b"), fr("b", "a"), fr("c", "d")])
+        .unwrap();
+    let asks = [
+        ("a", "b"),
+        ("b", "a"),
+        ("c", "d"),
+        ("d", "c"),
+        ("a", "c"),
+        ("nobody", "a"),
+        ("a", "b"),
+    ];
+    let want = [true, true, true, false, false, false, true];
+    assert_eq!(s.friend_pairs(&asks).unwrap(), want);
+    for ((u, o), w) in asks.iter().zip(want) {
+        assert_eq!(s.friend(u, o).unwrap().is_some(), w, "{u} has {o}");
+    }
+    s.apply_social(&[SocialOp::DeleteFriend {
+        user: "a".into(),
+        friend: "b".into(),
+    }])
+    .unwrap();
+    assert_eq!(
+        s.friend_pairs(&[("a", "b"), ("b", "a")]).unwrap(),
+        [false, true]
+    );
+}
+
 pub fn store_presence_records(f: Fixture) {
     // Proves presence records are kept per user, replaced on put.
     let s = f.store;
@@ -2046,6 +2087,71 @@ pub fn friends_only_policy(f: Fixture) {
     );
     strict.befriend("carol", "dave");
     strict.send_dm("carol", "dave", "hi friend");
+}
+
+pub fn send_batch_friends_only_refuses_only_strangers(f: Fixture) {
+    // Proves the batched friends-only check: under
+    // allow_non_friend_messages = false, one batch stores the sends between
+    // friends and refuses those to strangers with NOT_FRIENDS; a block
+    // still wins over a friendship (BLOCKED); and a friendship made in the
+    // middle of the batch lets the sends after it through.
+    let w = World::with_config(
+        f,
+        Config {
+            allow_non_friend_messages: false,
+            ..Config::default()
+        },
+    );
+    w.befriend("alice", "bob");
+    w.befriend("carol", "erin");
+    w.ok(
+        "erin",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "carol".into(),
+            blocked: true,
+        }),
+    );
+    w.ok(
+        "carol",
+        Body::FriendRequest(pb::FriendRequestSend {
+            user_id: "dave".into(),
+            message: String::new(),
+        }),
+    );
+    let req = |u: &str, body: Body| Request {
+        caller: World::caller(u),
+        body,
+    };
+    let reqs = vec![
+        req("alice", send_body("f1", To::User("bob"), "one")),
+        req("alice", send_body("f2", To::User("dave"), "stranger")),
+        req("carol", send_body("f3", To::User("erin"), "blocked friend")),
+        req("bob", send_body("f4", To::User("alice"), "two")),
+        req("dave", send_body("f5", To::User("carol"), "too early")),
+        req(
+            "dave",
+            Body::FriendAccept(pb::FriendAccept {
+                user_id: "carol".into(),
+            }),
+        ),
+        req("dave", send_body("f6", To::User("carol"), "now friends")),
+    ];
+    let out = w.domain.handle_batch(w.now(), reqs);
+    let code = |o: &Outcome| match &o.reply {
+        Some(Body::Error(e)) if o.effects.is_empty() => Some(e.code()),
+        _ => None,
+    };
+    assert_eq!(ack(&out[0]).seq, 1);
+    assert_eq!(code(&out[1]), Some(pb::ErrorCode::NotFriends));
+    assert_eq!(code(&out[2]), Some(pb::ErrorCode::Blocked));
+    assert_eq!(ack(&out[3]).seq, 2);
+    assert_eq!(code(&out[4]), Some(pb::ErrorCode::NotFriends));
+    assert_eq!(code(&out[5]), None, "{:?}", out[5]);
+    assert_eq!(ack(&out[6]).seq, 1);
+    assert_eq!(texts(&w.history("alice", AB)), ["one", "two"]);
+    assert_eq!(w.history("alice", "d:alice:dave"), vec![]);
+    assert_eq!(w.history("carol", "d:carol:erin"), vec![]);
+    assert_eq!(texts(&w.history("carol", "d:carol:dave")), ["now friends"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -3697,6 +3803,7 @@ macro_rules! conformance_tests {
             store_group_change_is_compare_and_set,
             store_social_records,
             store_blocked_pairs_answers_in_order,
+            store_friend_pairs_answers_in_order,
             store_presence_records,
             send_direct_stores_and_delivers,
             send_with_reply_and_mentions_is_stored,
@@ -3722,6 +3829,7 @@ macro_rules! conformance_tests {
             profile_and_remark,
             blocked_users_cannot_message,
             friends_only_policy,
+            send_batch_friends_only_refuses_only_strangers,
             group_create_info_and_members,
             group_send_reaches_every_member,
             group_join_follows_the_policy,
