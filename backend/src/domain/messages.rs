@@ -65,15 +65,15 @@ impl DirectChecks {
         self.known
             .binary_search_by(|(a, b, _)| (a.as_str(), b.as_str()).cmp(&(me, peer)))
             .ok()
-            .map(|i| Ok(self.known[i].2))
+            .and_then(|i| self.known.get(i))
+            .map(|(_, _, state)| Ok(*state))
     }
 }
 
 /// Reads ahead the checks of a batch's 1:1 sends: for each run of
 /// consecutive sends, at its first send, one read for every 1:1 send of the
-/// run.
-/// Not earlier: a request between two runs (a block, say) must be seen by
-/// the sends after it.
+/// run. Not earlier: a request between two runs (a block, say) must be seen
+/// by the sends after it.
 #[derive(Debug)]
 pub(super) struct DirectReadAhead {
     /// Per request: `None` for a request that is not a send; for a send,
@@ -116,9 +116,9 @@ impl DirectReadAhead {
         let starts_run = i == 0 || self.sends.get(i - 1).is_some_and(Option::is_none);
         if starts_run {
             let run = self.sends.get(i..).unwrap_or_default();
-            let end = run.iter().position(Option::is_none).unwrap_or(run.len());
-            let pairs: Vec<(&str, &str)> = run[..end]
+            let pairs: Vec<(&str, &str)> = run
                 .iter()
+                .take_while(|s| s.is_some())
                 .flatten()
                 .flatten()
                 .map(|(me, peer)| (me.as_str(), peer.as_str()))
