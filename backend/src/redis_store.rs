@@ -691,6 +691,22 @@ impl RedisStore {
         })
     }
 
+    /// Runs `p`, `n` commands that each answer 0 or 1 (`command`: their
+    /// name, for the error), as one pipeline; no round trip when empty.
+    fn pair_flags(&self, p: &Pipe, n: usize, command: &str) -> Result<Vec<bool>> {
+        if p.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vals = self.with_conn(|conn| self.run(conn, p))?;
+        if vals.len() != n {
+            return Err(RedisStoreError::Reply(format!(
+                "{} replies to {n} {command}",
+                vals.len()
+            )));
+        }
+        vals.iter().map(|v| as_u64(v).map(|x| x == 1)).collect()
+    }
+
     fn one(&self, c: Cmd) -> Result<Value> {
         let mut p = Pipe::default();
         p.add(c);
@@ -907,6 +923,19 @@ impl Store for RedisStore {
         Ok(decode_opt::<FriendRecord>(self.one(c)?, "friend record")?)
     }
 
+    fn friend_pairs(&self, pairs: &[(&str, &str)]) -> StoreResult<Vec<bool>> {
+        // One pipeline, like `blocked_pairs`; the friendship hash of a pair
+        // is in the same slot as its block set.
+        let mut p = Pipe::default();
+        for (user, friend) in pairs {
+            let k = PairKeys::new(user, friend).map_err(RedisStoreError::from)?;
+            let mut c = redis::cmd("HEXISTS");
+            c.arg(&k.friends).arg(*user);
+            p.add(c);
+        }
+        Ok(self.pair_flags(&p, pairs.len(), "HEXISTS")?)
+    }
+
     fn friends(&self, user: &str) -> StoreResult<Vec<FriendRecord>> {
         let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
         Ok(self.filtered_index(
@@ -966,6 +995,22 @@ impl Store for RedisStore {
         let mut c = redis::cmd("SISMEMBER");
         c.arg(&k.blocks).arg(user);
         Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn blocked_pairs(&self, pairs: &[(&str, &str)]) -> StoreResult<Vec<bool>> {
+        // One pipeline: one round trip on one server; in a cluster the
+        // pipeline is split by slot and every node is written before any
+        // is read, so still one round trip per node, not per pair. Both
+        // directions of a pair are the same set (`{p:<a>:<b>}:b`), so a
+        // 1:1 send's two checks land on one node.
+        let mut p = Pipe::default();
+        for (user, other) in pairs {
+            let k = PairKeys::new(user, other).map_err(RedisStoreError::from)?;
+            let mut c = redis::cmd("SISMEMBER");
+            c.arg(&k.blocks).arg(*user);
+            p.add(c);
+        }
+        Ok(self.pair_flags(&p, pairs.len(), "SISMEMBER")?)
     }
 
     fn blocked(&self, user: &str) -> StoreResult<Vec<String>> {

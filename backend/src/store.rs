@@ -82,6 +82,14 @@
 //!   resend of a stored message get its original ack after the sender lost
 //!   the right to send. Conformance case
 //!   `send_resend_after_losing_rights_returns_original`.
+//! - [`Store::blocked_pairs`] (with a default that loops
+//!   [`Store::is_blocked`]): the block checks of a batch of 1:1 sends in one
+//!   read. Conformance cases `store_blocked_pairs_answers_in_order` and
+//!   `send_batch_refuses_only_the_blocked_send`.
+//! - [`Store::friend_pairs`] (with a default that loops [`Store::friend`]):
+//!   the friends-only checks of a batch of 1:1 sends in one read.
+//!   Conformance cases `store_friend_pairs_answers_in_order` and
+//!   `send_batch_friends_only_refuses_only_strangers`.
 
 use tern_protocol::pb;
 
@@ -238,6 +246,18 @@ pub trait Store: Send + Sync {
     /// both directions, as two records).
     fn friend(&self, user: &str, friend: &str) -> StoreResult<Option<FriendRecord>>;
 
+    /// For each `(user, friend)` of `pairs`, in order: whether `user` has a
+    /// friendship record for `friend` (as [`Store::friend`] being `Some`).
+    /// Lets the domain check the friends-only policy for every 1:1 send of
+    /// a batch with one read. Added after the first version; the default
+    /// asks [`Store::friend`] pair by pair.
+    fn friend_pairs(&self, pairs: &[(&str, &str)]) -> StoreResult<Vec<bool>> {
+        pairs
+            .iter()
+            .map(|(user, friend)| self.friend(user, friend).map(|r| r.is_some()))
+            .collect()
+    }
+
     /// Every friendship record of `user`, in increasing `friend` order.
     fn friends(&self, user: &str) -> StoreResult<Vec<FriendRecord>>;
 
@@ -253,6 +273,20 @@ pub trait Store: Send + Sync {
 
     /// Whether `user` blocked `other`.
     fn is_blocked(&self, user: &str, other: &str) -> StoreResult<bool>;
+
+    /// For each `(user, other)` of `pairs`, in order: whether `user` blocked
+    /// `other` (as [`Store::is_blocked`]). Users without any record are
+    /// simply not blocking anyone. Lets the domain check every 1:1 send of
+    /// a batch, both ways, with one read: a networked store answers it in
+    /// one round trip (per node in a cluster). Added after the first
+    /// version; the default asks [`Store::is_blocked`] pair by pair, which
+    /// is right for an in-process store.
+    fn blocked_pairs(&self, pairs: &[(&str, &str)]) -> StoreResult<Vec<bool>> {
+        pairs
+            .iter()
+            .map(|(user, other)| self.is_blocked(user, other))
+            .collect()
+    }
 
     /// Users `user` blocked, in increasing order.
     fn blocked(&self, user: &str) -> StoreResult<Vec<String>>;

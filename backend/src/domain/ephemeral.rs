@@ -29,9 +29,7 @@ impl Domain {
         let conv = parse_conv(&req.conversation_id)?;
         let active = self.active(&me.user_id, &conv)?;
         if let Active::Direct { peer } = &active {
-            if self.store.is_blocked(peer, &me.user_id)?
-                || self.store.is_blocked(&me.user_id, peer)?
-            {
+            if self.blocked_either_way(&me.user_id, peer)? {
                 return Err(DomainError::Blocked);
             }
         }

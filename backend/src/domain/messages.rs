@@ -8,7 +8,9 @@ use tern_protocol::ids::ConversationId;
 use tern_protocol::pb;
 use tern_protocol::pb::frame::Body;
 
-use super::{Caller, Domain, Effect, Handled, Outcome, Recipients, check_id, page, parse_conv};
+use super::{
+    Caller, Domain, Effect, Handled, Outcome, Recipients, Request, check_id, page, parse_conv,
+};
 use crate::error::DomainError;
 use crate::store::{
     Append, AppendEffect, AppendRefused, DedupKey, GroupMeta, MemberOf, MemberRecord, UserConv,
@@ -26,6 +28,105 @@ pub(super) enum Prepared {
 pub(super) struct PreparedSend {
     append: Append,
     recipients: Recipients,
+}
+
+/// The checks of the 1:1 sends of one run of consecutive sends (blocks
+/// either way; friendship under the friends-only policy), read with one
+/// [`crate::store::Store::blocked_pairs`] call (and one
+/// [`crate::store::Store::friend_pairs`] call): on Redis one round trip
+/// each instead of two, or three, per send.
+#[derive(Debug, Default)]
+pub(super) struct DirectChecks {
+    /// `(sender, peer, what was read)`, sorted by `(sender, peer)`, each
+    /// pair once.
+    known: Vec<(String, String, DirectState)>,
+    /// Why the read failed, if it did: the run's sends fail with it rather
+    /// than each retrying a read that just failed.
+    failed: Option<String>,
+}
+
+/// What was read for one `(sender, peer)`.
+#[derive(Debug, Clone, Copy)]
+struct DirectState {
+    /// A block exists, either way.
+    blocked: bool,
+    /// The sender has a friendship record for the peer (`true` when the
+    /// policy lets strangers message, which needs no read).
+    friends: bool,
+}
+
+impl DirectChecks {
+    /// What was read for `(me, peer)`: `None` if the pair was not part of
+    /// the read (then the caller reads it alone).
+    fn get(&self, me: &str, peer: &str) -> Option<Result<DirectState, DomainError>> {
+        if let Some(reason) = &self.failed {
+            return Some(Err(DomainError::Internal(reason.clone())));
+        }
+        self.known
+            .binary_search_by(|(a, b, _)| (a.as_str(), b.as_str()).cmp(&(me, peer)))
+            .ok()
+            .and_then(|i| self.known.get(i))
+            .map(|(_, _, state)| Ok(*state))
+    }
+}
+
+/// Reads ahead the checks of a batch's 1:1 sends: for each run of
+/// consecutive sends, at its first send, one read for every 1:1 send of the
+/// run. Not earlier: a request between two runs (a block, say) must be seen
+/// by the sends after it.
+#[derive(Debug)]
+pub(super) struct DirectReadAhead {
+    /// Per request: `None` for a request that is not a send; for a send,
+    /// its `(sender, peer)` if it is a 1:1 send with valid, distinct ids.
+    /// The ids are copied because the requests are consumed as they are
+    /// handled; a batch is bounded by the gateway's `batch_max`.
+    sends: Vec<Option<Option<(String, String)>>>,
+    /// The checks of the current run.
+    current: DirectChecks,
+}
+
+impl DirectReadAhead {
+    /// Notes the 1:1 sends of `requests` (reads nothing yet).
+    pub(super) fn new(requests: &[Request]) -> Self {
+        let sends = requests
+            .iter()
+            .map(|r| match &r.body {
+                Body::Send(send) => Some(match &send.to {
+                    Some(pb::send::To::UserId(peer))
+                        if *peer != r.caller.user_id
+                            && check_id("user_id", peer).is_ok()
+                            && check_id("user_id", &r.caller.user_id).is_ok() =>
+                    {
+                        Some((r.caller.user_id.clone(), peer.clone()))
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .collect();
+        Self {
+            sends,
+            current: DirectChecks::default(),
+        }
+    }
+
+    /// The checks for the send at index `i`; at the first send of a run,
+    /// reads those of the whole run first.
+    pub(super) fn checks_for(&mut self, domain: &Domain, i: usize) -> &DirectChecks {
+        let starts_run = i == 0 || self.sends.get(i - 1).is_some_and(Option::is_none);
+        if starts_run {
+            let run = self.sends.get(i..).unwrap_or_default();
+            let pairs: Vec<(&str, &str)> = run
+                .iter()
+                .take_while(|s| s.is_some())
+                .flatten()
+                .flatten()
+                .map(|(me, peer)| (me.as_str(), peer.as_str()))
+                .collect();
+            self.current = domain.read_direct_checks(&pairs);
+        }
+        &self.current
+    }
 }
 
 /// What a caller may do in a conversation they currently take part in.
@@ -60,11 +161,16 @@ impl Domain {
     /// member any more, blocked, muted…) that resends a message stored
     /// before is answered with the original ack instead: a resend is
     /// idempotent even across a change of rights.
+    ///
+    /// `checks` holds the 1:1 checks read ahead for the batch; a 1:1 send
+    /// whose pair is not in it reads its own (pass
+    /// `&DirectChecks::default()` for a send on its own).
     pub(super) fn prepare_send(
         &self,
         me: &Caller,
         now_ms: u64,
         send: pb::Send,
+        checks: &DirectChecks,
     ) -> Result<Prepared, DomainError> {
         check_id("client_msg_id", &send.client_msg_id)?;
         let conv = match &send.to {
@@ -80,7 +186,7 @@ impl Domain {
             }
         };
         let cmid = send.client_msg_id.clone();
-        match self.prepare_checked(me, now_ms, send) {
+        match self.prepare_checked(me, now_ms, send, checks) {
             Ok(p) => Ok(Prepared::Store(p)),
             Err(e) if e.is_refusal() => {
                 let conv = conv.to_string();
@@ -106,6 +212,7 @@ impl Domain {
         me: &Caller,
         now_ms: u64,
         send: pb::Send,
+        checks: &DirectChecks,
     ) -> Result<PreparedSend, DomainError> {
         self.check_content(send.content.as_ref())?;
         let (conv, recipients, member_of, mentions, mention_all, participants) = match &send.to {
@@ -115,7 +222,7 @@ impl Domain {
                 let conv = ConversationId::direct(&me.user_id, peer).ok_or_else(|| {
                     DomainError::InvalidArgument("cannot send to yourself".into())
                 })?;
-                self.check_direct_allowed(&me.user_id, peer)?;
+                self.check_direct_allowed(&me.user_id, peer, checks)?;
                 let both = vec![me.user_id.clone(), peer.clone()];
                 // Mentions mean nothing in a 1:1 chat (schema: ignored).
                 (
@@ -287,14 +394,96 @@ impl Domain {
     }
 
     /// Blocks (either way) and the friends-only policy, for a 1:1 message.
-    fn check_direct_allowed(&self, me: &str, peer: &str) -> Result<(), DomainError> {
-        if self.store.is_blocked(peer, me)? || self.store.is_blocked(me, peer)? {
+    fn check_direct_allowed(
+        &self,
+        me: &str,
+        peer: &str,
+        checks: &DirectChecks,
+    ) -> Result<(), DomainError> {
+        let state = match checks.get(me, peer) {
+            Some(read) => read?,
+            None => {
+                let mut alone = self.read_direct_checks(&[(me, peer)]);
+                match alone.failed.take() {
+                    Some(reason) => return Err(DomainError::Internal(reason)),
+                    None => alone.get(me, peer).ok_or_else(|| {
+                        DomainError::Internal("a 1:1 check was read but not kept".into())
+                    })??,
+                }
+            }
+        };
+        if state.blocked {
             return Err(DomainError::Blocked);
         }
-        if !self.config.allow_non_friend_messages && self.store.friend(me, peer)?.is_none() {
+        if !state.friends {
             return Err(DomainError::NotFriends);
         }
         Ok(())
+    }
+
+    /// Whether `me` blocked `peer` or `peer` blocked `me`: one store read.
+    pub(super) fn blocked_either_way(&self, me: &str, peer: &str) -> Result<bool, DomainError> {
+        let both = self.store.blocked_pairs(&[(peer, me), (me, peer)])?;
+        match both.as_slice() {
+            [a, b] => Ok(*a || *b),
+            _ => Err(DomainError::Internal(
+                "store answered the wrong number of block checks".into(),
+            )),
+        }
+    }
+
+    /// Reads, in one store call, whether a block exists either way for
+    /// each `(sender, peer)` of `pairs` (ids already checked), and, under
+    /// the friends-only policy, in one more, whether the sender has the
+    /// peer as a friend. A failed read is kept in the result, for the sends
+    /// to fail with.
+    fn read_direct_checks(&self, pairs: &[(&str, &str)]) -> DirectChecks {
+        let mut unique: Vec<(&str, &str)> = pairs.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.is_empty() {
+            return DirectChecks::default();
+        }
+        let failed = |reason: String| DirectChecks {
+            known: Vec::new(),
+            failed: Some(reason),
+        };
+        let miscounted = "store answered the wrong number of 1:1 checks";
+        // Both directions of each pair: [peer blocks me, me blocks peer].
+        let asks: Vec<(&str, &str)> = unique
+            .iter()
+            .flat_map(|&(me, peer)| [(peer, me), (me, peer)])
+            .collect();
+        let blocks = match self.store.blocked_pairs(&asks) {
+            Ok(b) if b.len() == asks.len() => b,
+            Ok(_) => return failed(miscounted.into()),
+            Err(e) => return failed(e.to_string()),
+        };
+        let friends = if self.config.allow_non_friend_messages {
+            vec![true; unique.len()]
+        } else {
+            match self.store.friend_pairs(&unique) {
+                Ok(f) if f.len() == unique.len() => f,
+                Ok(_) => return failed(miscounted.into()),
+                Err(e) => return failed(e.to_string()),
+            }
+        };
+        let known = unique
+            .iter()
+            .zip(blocks.chunks_exact(2))
+            .zip(friends)
+            .map(|((&(me, peer), two), friends)| {
+                let state = DirectState {
+                    blocked: two[0] || two[1],
+                    friends,
+                };
+                (me.to_owned(), peer.to_owned(), state)
+            })
+            .collect();
+        DirectChecks {
+            known,
+            failed: None,
+        }
     }
 
     // ---- access -------------------------------------------------------------

@@ -20,7 +20,7 @@ mod groups;
 mod messages;
 mod social;
 
-use messages::Prepared;
+use messages::{DirectChecks, DirectReadAhead, Prepared};
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -213,19 +213,24 @@ impl Domain {
     /// request, in order.
     ///
     /// Consecutive sends are validated one by one and then stored in one
-    /// store transaction (one fsync for the embedded store: group commit).
+    /// store transaction (one fsync for the embedded store: group commit);
+    /// the block (and friends-only) checks of their 1:1 sends are read
+    /// together first, in one store call each.
     /// Any other request first stores the sends before it, then runs alone,
     /// so each caller's requests take effect in the order they were sent.
     pub fn handle_batch(&self, now_ms: u64, requests: Vec<Request>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; requests.len()];
         let mut pending = Vec::new();
+        let mut checks = DirectReadAhead::new(&requests);
         for (i, req) in requests.into_iter().enumerate() {
             match req.body {
-                Body::Send(send) => match self.prepare_send(&req.caller, now_ms, send) {
-                    Ok(Prepared::Store(p)) => pending.push((i, p)),
-                    Ok(Prepared::Answered(out)) => outcomes[i] = Some(out),
-                    Err(e) => outcomes[i] = Some(Outcome::error(&e)),
-                },
+                Body::Send(send) => {
+                    match self.prepare_send(&req.caller, now_ms, send, checks.checks_for(self, i)) {
+                        Ok(Prepared::Store(p)) => pending.push((i, p)),
+                        Ok(Prepared::Answered(out)) => outcomes[i] = Some(out),
+                        Err(e) => outcomes[i] = Some(Outcome::error(&e)),
+                    }
+                }
                 body => {
                     self.flush_sends(now_ms, &mut pending, &mut outcomes);
                     let out = self.dispatch(&req.caller, now_ms, body);
@@ -246,7 +251,7 @@ impl Domain {
         let me = caller;
         match body {
             Body::Send(s) => {
-                let p = match self.prepare_send(me, now_ms, s)? {
+                let p = match self.prepare_send(me, now_ms, s, &DirectChecks::default())? {
                     Prepared::Store(p) => p,
                     Prepared::Answered(out) => return Ok(out),
                 };

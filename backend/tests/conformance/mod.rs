@@ -831,6 +831,120 @@ pub fn store_social_records(f: Fixture) {
     assert!(!s.is_blocked("a", "z").unwrap());
 }
 
+pub fn store_blocked_pairs_answers_in_order(f: Fixture) {
+    // Proves `Store::blocked_pairs` answers "does .0 block .1" per pair, in
+    // the order asked, agreeing with `is_blocked`: one-way and two-way
+    // blocks, pairs of unknown users, a repeated pair, an empty ask, and
+    // many pairs spread over many keys (several nodes in a cluster).
+    let s = f.store;
+    let block = |u: &str, o: &str| SocialOp::PutBlock {
+        user: u.into(),
+        other: o.into(),
+    };
+    assert_eq!(s.blocked_pairs(&[]).unwrap(), Vec::<bool>::new());
+    assert_eq!(
+        s.blocked_pairs(&[("a", "b"), ("b", "a")]).unwrap(),
+        [false, false],
+        "nothing blocked yet"
+    );
+    s.apply_social(&[
+        block("a", "b"),
+        block("c", "a"),
+        block("d", "e"),
+        block("e", "d"),
+    ])
+    .unwrap();
+    let asks = [
+        ("a", "b"),
+        ("b", "a"),
+        ("c", "a"),
+        ("a", "c"),
+        ("d", "e"),
+        ("e", "d"),
+        ("nobody", "a"),
+        ("a", "nobody"),
+        ("x", "y"),
+        ("b", "c"),
+        ("a", "b"),
+    ];
+    let want = [
+        true, false, true, false, true, true, false, false, false, false, true,
+    ];
+    assert_eq!(s.blocked_pairs(&asks).unwrap(), want);
+    for ((u, o), w) in asks.iter().zip(want) {
+        assert_eq!(s.is_blocked(u, o).unwrap(), w, "{u} blocks {o}");
+    }
+    // Many pairs: every third u<i> blocks v<i>.
+    let users: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("u{i}"), format!("v{i}")))
+        .collect();
+    let ops: Vec<SocialOp> = users
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 == 0)
+        .map(|(_, (u, v))| block(u, v))
+        .collect();
+    s.apply_social(&ops).unwrap();
+    let many: Vec<(&str, &str)> = users
+        .iter()
+        .flat_map(|(u, v)| [(u.as_str(), v.as_str()), (v.as_str(), u.as_str())])
+        .collect();
+    let got = s.blocked_pairs(&many).unwrap();
+    let want: Vec<bool> = (0..60).flat_map(|i| [i % 3 == 0, false]).collect();
+    assert_eq!(got, want);
+    // An unblock shows at once.
+    s.apply_social(&[SocialOp::DeleteBlock {
+        user: "a".into(),
+        other: "b".into(),
+    }])
+    .unwrap();
+    assert_eq!(
+        s.blocked_pairs(&[("a", "b"), ("c", "a")]).unwrap(),
+        [false, true]
+    );
+}
+
+pub fn store_friend_pairs_answers_in_order(f: Fixture) {
+    // Proves `Store::friend_pairs` answers "has .0 a friendship record for
+    // .1" per pair, in order, agreeing with `friend`: records are one
+    // direction each, unknown users have none, and a delete shows at once.
+    let s = f.store;
+    let fr = |u: &str, f: &str| {
+        SocialOp::PutFriend(FriendRecord {
+            user: u.into(),
+            friend: f.into(),
+            remark: String::new(),
+            since_ms: 1,
+        })
+    };
+    assert_eq!(s.friend_pairs(&[]).unwrap(), Vec::<bool>::new());
+    s.apply_social(&[fr("a", "b"), fr("b", "a"), fr("c", "d")])
+        .unwrap();
+    let asks = [
+        ("a", "b"),
+        ("b", "a"),
+        ("c", "d"),
+        ("d", "c"),
+        ("a", "c"),
+        ("nobody", "a"),
+        ("a", "b"),
+    ];
+    let want = [true, true, true, false, false, false, true];
+    assert_eq!(s.friend_pairs(&asks).unwrap(), want);
+    for ((u, o), w) in asks.iter().zip(want) {
+        assert_eq!(s.friend(u, o).unwrap().is_some(), w, "{u} has {o}");
+    }
+    s.apply_social(&[SocialOp::DeleteFriend {
+        user: "a".into(),
+        friend: "b".into(),
+    }])
+    .unwrap();
+    assert_eq!(
+        s.friend_pairs(&[("a", "b"), ("b", "a")]).unwrap(),
+        [false, true]
+    );
+}
+
 pub fn store_presence_records(f: Fixture) {
     // Proves presence records are kept per user, replaced on put.
     let s = f.store;
@@ -1030,6 +1144,74 @@ pub fn send_batch_fails_bad_items_alone(f: Fixture) {
     assert!(ack(&out[5]).duplicate);
     assert_eq!(ack(&out[5]).seq, 1);
     assert_eq!(texts(&w.history("alice", AB)), ["one", "two", "three"]);
+}
+
+pub fn send_batch_refuses_only_the_blocked_send(f: Fixture) {
+    // Proves the batched block check: in one batch, sends blocked either
+    // way get BLOCKED and store nothing while the others are stored; a
+    // blocked resend of a stored message still gets its original ack; and
+    // a block made by a request in the middle of the batch stops the sends
+    // after it.
+    let w = World::new(f);
+    let before = w.send_dm("mallory", "alice", "before");
+    w.ok(
+        "alice",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "mallory".into(),
+            blocked: true,
+        }),
+    );
+    let req = |u: &str, body: Body| Request {
+        caller: World::caller(u),
+        body,
+    };
+    let reqs = vec![
+        req("bob", send_body("k1", To::User("alice"), "one")),
+        req("mallory", send_body("k2", To::User("alice"), "spam")),
+        req("alice", send_body("k3", To::User("mallory"), "reply")),
+        req("carol", send_body("k4", To::User("dave"), "two")),
+        req(
+            "mallory",
+            send_body(&before.client_msg_id, To::User("alice"), "before"),
+        ),
+        req("mallory", send_body("k5", To::User("carol"), "hi")),
+        req(
+            "carol",
+            Body::FriendBlock(pb::FriendBlock {
+                user_id: "dave".into(),
+                blocked: true,
+            }),
+        ),
+        req(
+            "dave",
+            send_body("k6", To::User("carol"), "after the block"),
+        ),
+        req("bob", send_body("k7", To::User("alice"), "three")),
+    ];
+    let out = w.domain.handle_batch(w.now(), reqs);
+    assert_eq!(out.len(), 9);
+    let blocked = |o: &Outcome| {
+        matches!(&o.reply, Some(Body::Error(e)) if e.code() == pb::ErrorCode::Blocked)
+            && o.effects.is_empty()
+    };
+    assert_eq!(ack(&out[0]).seq, 1);
+    assert!(blocked(&out[1]), "{:?}", out[1]);
+    assert!(blocked(&out[2]), "{:?}", out[2]);
+    assert_eq!(ack(&out[3]).seq, 1);
+    let again = ack(&out[4]);
+    assert_eq!((again.seq, again.duplicate), (before.seq, true));
+    assert_eq!(ack(&out[5]).seq, 1);
+    assert!(
+        !matches!(out[6].reply, Some(Body::Error(_))),
+        "{:?}",
+        out[6]
+    );
+    assert!(blocked(&out[7]), "{:?}", out[7]);
+    assert_eq!(ack(&out[8]).seq, 2);
+    assert_eq!(texts(&w.history("alice", AB)), ["one", "three"]);
+    assert_eq!(texts(&w.history("alice", "d:alice:mallory")), ["before"]);
+    assert_eq!(texts(&w.history("carol", "d:carol:dave")), ["two"]);
+    assert_eq!(texts(&w.history("carol", "d:carol:mallory")), ["hi"]);
 }
 
 pub fn send_validation_refuses_bad_input(f: Fixture) {
@@ -1905,6 +2087,71 @@ pub fn friends_only_policy(f: Fixture) {
     );
     strict.befriend("carol", "dave");
     strict.send_dm("carol", "dave", "hi friend");
+}
+
+pub fn send_batch_friends_only_refuses_only_strangers(f: Fixture) {
+    // Proves the batched friends-only check: under
+    // allow_non_friend_messages = false, one batch stores the sends between
+    // friends and refuses those to strangers with NOT_FRIENDS; a block
+    // still wins over a friendship (BLOCKED); and a friendship made in the
+    // middle of the batch lets the sends after it through.
+    let w = World::with_config(
+        f,
+        Config {
+            allow_non_friend_messages: false,
+            ..Config::default()
+        },
+    );
+    w.befriend("alice", "bob");
+    w.befriend("carol", "erin");
+    w.ok(
+        "erin",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "carol".into(),
+            blocked: true,
+        }),
+    );
+    w.ok(
+        "carol",
+        Body::FriendRequest(pb::FriendRequestSend {
+            user_id: "dave".into(),
+            message: String::new(),
+        }),
+    );
+    let req = |u: &str, body: Body| Request {
+        caller: World::caller(u),
+        body,
+    };
+    let reqs = vec![
+        req("alice", send_body("f1", To::User("bob"), "one")),
+        req("alice", send_body("f2", To::User("dave"), "stranger")),
+        req("carol", send_body("f3", To::User("erin"), "blocked friend")),
+        req("bob", send_body("f4", To::User("alice"), "two")),
+        req("dave", send_body("f5", To::User("carol"), "too early")),
+        req(
+            "dave",
+            Body::FriendAccept(pb::FriendAccept {
+                user_id: "carol".into(),
+            }),
+        ),
+        req("dave", send_body("f6", To::User("carol"), "now friends")),
+    ];
+    let out = w.domain.handle_batch(w.now(), reqs);
+    let code = |o: &Outcome| match &o.reply {
+        Some(Body::Error(e)) if o.effects.is_empty() => Some(e.code()),
+        _ => None,
+    };
+    assert_eq!(ack(&out[0]).seq, 1);
+    assert_eq!(code(&out[1]), Some(pb::ErrorCode::NotFriends));
+    assert_eq!(code(&out[2]), Some(pb::ErrorCode::Blocked));
+    assert_eq!(ack(&out[3]).seq, 2);
+    assert_eq!(code(&out[4]), Some(pb::ErrorCode::NotFriends));
+    assert_eq!(code(&out[5]), None, "{:?}", out[5]);
+    assert_eq!(ack(&out[6]).seq, 1);
+    assert_eq!(texts(&w.history("alice", AB)), ["one", "two"]);
+    assert_eq!(w.history("alice", "d:alice:dave"), vec![]);
+    assert_eq!(w.history("carol", "d:carol:erin"), vec![]);
+    assert_eq!(texts(&w.history("carol", "d:carol:dave")), ["now friends"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -3555,12 +3802,15 @@ macro_rules! conformance_tests {
             store_read_effect_moves_forward_only,
             store_group_change_is_compare_and_set,
             store_social_records,
+            store_blocked_pairs_answers_in_order,
+            store_friend_pairs_answers_in_order,
             store_presence_records,
             send_direct_stores_and_delivers,
             send_with_reply_and_mentions_is_stored,
             send_dedup_returns_original,
             send_resend_after_losing_rights_returns_original,
             send_batch_fails_bad_items_alone,
+            send_batch_refuses_only_the_blocked_send,
             send_validation_refuses_bad_input,
             history_pages_backwards,
             sync_returns_exactly_what_is_missing,
@@ -3579,6 +3829,7 @@ macro_rules! conformance_tests {
             profile_and_remark,
             blocked_users_cannot_message,
             friends_only_policy,
+            send_batch_friends_only_refuses_only_strangers,
             group_create_info_and_members,
             group_send_reaches_every_member,
             group_join_follows_the_policy,
