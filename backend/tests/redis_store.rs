@@ -484,7 +484,13 @@ fn sigkill_in_the_middle_of_a_send_stream_loses_no_ack() {
         server.kill();
         writer.join().unwrap()
     });
-    assert!(acked.len() >= 50, "{} acked before the kill", acked.len());
+    // The batch that took the server past 50 may still have been on its way
+    // back when the kill came; every batch before it was acked.
+    assert!(
+        acked.len() as u64 >= 50 - batch_len,
+        "{} acked before the kill",
+        acked.len()
+    );
 
     server.restart();
     let store = RedisStore::open(c).unwrap();
