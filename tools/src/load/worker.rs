@@ -21,7 +21,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap},
+    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque},
     io::{self, BufRead, Read, Write},
     net::{Ipv4Addr, SocketAddr},
     os::fd::AsRawFd,
@@ -86,6 +86,10 @@ pub const DRAIN_QUIET_MS: u64 = 1_000;
 pub const HEARTBEAT_MS_MIN: u64 = 1_000;
 /// Progress lines, at most one per this interval.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+/// Pushes a device lets go unacked before it acks at once, whatever the
+/// delay: half the gateway's default unacked window (64 frames), so the
+/// server never stalls on us (lowered to half the window a Welcome announces).
+pub const ACK_PENDING_FRAMES_MAX: u32 = 32;
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -233,11 +237,19 @@ struct Device {
     final_done: bool,
     /// Peers: a subscription is awaiting its ack.
     sub_pending: bool,
+    /// Pushes taken since the last `deliver_ack`.
+    unacked_frames: u32,
+    /// Ack at once from this many unacked pushes on.
+    ack_frames_max: u32,
+    /// In the worker's ack queue.
+    ack_queued: bool,
 }
 
 #[derive(Default)]
 struct Cursor {
     contiguous: u64,
+    /// A push touched this conversation since the last `deliver_ack`.
+    touched: bool,
     above: BTreeSet<u64>,
     /// When a gap was first noticed; 0: none open.
     gap_since_ns: u64,
@@ -334,11 +346,11 @@ struct Worker<W: Write> {
     payload: Vec<u8>,
     /// A read batch is being handled: `queue` appends without writing.
     batching: bool,
-    /// Cursors to ack at the end of the read batch: `acks[..acks_len]`, one
-    /// per conversation; the Strings are kept across batches so noting a
-    /// cursor does not allocate once a conversation id has been seen.
-    acks: Vec<(String, u64)>,
-    acks_len: usize,
+    /// Devices holding back a `deliver_ack`, by when it is due. The delay is
+    /// one constant, so due times only grow and a FIFO keeps them in order;
+    /// each device is in it at most once (`Device::ack_queued`), so it is
+    /// bounded by the worker's connections.
+    ack_queue: VecDeque<(u64, usize)>,
 }
 
 fn hist() -> Histogram<u64> {
@@ -476,8 +488,7 @@ impl<W: Write> Worker<W> {
             history_full: false,
             payload,
             batching: false,
-            acks: Vec::new(),
-            acks_len: 0,
+            ack_queue: VecDeque::new(),
         })
     }
 
@@ -570,6 +581,7 @@ impl<W: Write> Worker<W> {
                 Phase::AwaitSetup | Phase::AwaitGo => {}
             }
             self.reconnect_due(now);
+            self.acks_due(now);
             if now - self.last_sweep_ns >= SWEEP_INTERVAL_MS * 1_000_000 {
                 self.last_sweep_ns = now;
                 self.sweep(now);
@@ -598,6 +610,9 @@ impl<W: Write> Worker<W> {
                 wake = wake.min(at);
             }
             if let Some(&Reverse((at, _))) = self.retries.peek() {
+                wake = wake.min(at);
+            }
+            if let Some(&(at, _)) = self.ack_queue.front() {
                 wake = wake.min(at);
             }
             let timeout = Duration::from_nanos(wake.saturating_sub(mono_ns()));
@@ -827,10 +842,8 @@ impl<W: Write> Worker<W> {
         self.buf = buf;
         self.batching = false;
         if self.conns[i].sock.is_some() {
-            self.send_acks(i);
+            self.ack_or_defer(i, now);
             self.flush(i, now);
-        } else {
-            self.acks_len = 0;
         }
         let c = &mut self.conns[i];
         if c.rbuf.is_empty() && c.rbuf.capacity() > 0 {
@@ -935,6 +948,11 @@ impl<W: Write> Worker<W> {
             if let Some(via) = via {
                 for e in f.entries() {
                     self.take_entry(i, e.conv, e.seq, e.stamp, via, now);
+                }
+                if via == Via::Push
+                    && let Some(d) = self.conns[i].dev.as_mut()
+                {
+                    d.unacked_frames = d.unacked_frames.saturating_add(1);
                 }
                 return Ok(());
             }
@@ -1091,6 +1109,13 @@ impl<W: Write> Worker<W> {
         let Some(body) = f.body else { return };
         match body {
             Body::Welcome(w) if self.conns[i].state == State::Handshaking => {
+                let window = w.limits.map_or(0, |l| l.unacked_window_max);
+                if let Some(d) = self.conns[i].dev.as_mut() {
+                    d.ack_frames_max = match window / 2 {
+                        0 => ACK_PENDING_FRAMES_MAX,
+                        half => half.min(ACK_PENDING_FRAMES_MAX),
+                    };
+                }
                 self.became_live(i, u64::from(w.heartbeat_interval_ms), now);
             }
             Body::Pong(_) => {
@@ -1098,7 +1123,12 @@ impl<W: Write> Worker<W> {
                 self.res.pongs += 1;
             }
             Body::SendAck(a) => self.on_send_ack(f.request_id, a, now),
-            Body::Deliver(d) => self.on_entries(i, d.entries, Via::Push, now),
+            Body::Deliver(d) => {
+                self.on_entries(i, d.entries, Via::Push, now);
+                if let Some(d) = self.conns[i].dev.as_mut() {
+                    d.unacked_frames = d.unacked_frames.saturating_add(1);
+                }
+            }
             Body::SyncResult(r) => self.on_sync(i, f.request_id, r, now),
             Body::GroupInfoResult(_) | Body::Ok(_) => self.on_setup_step(f.request_id, None, now),
             Body::Error(e) => {
@@ -1222,7 +1252,7 @@ impl<W: Write> Worker<W> {
                 };
                 let fresh = cur.take(seq, now);
                 if via == Via::Push {
-                    note_ack(&mut self.acks, &mut self.acks_len, conv, cur.contiguous);
+                    cur.touched = true;
                 }
                 fresh
             }
@@ -1263,22 +1293,63 @@ impl<W: Write> Worker<W> {
         }
     }
 
-    /// Queues one cumulative `DeliverAck` for the pushes of this read batch:
-    /// per conversation, the contiguous cursor after the batch.
-    fn send_acks(&mut self, i: usize) {
-        let n = self.acks_len;
-        self.acks_len = 0;
-        let cursors = &self.acks[..n];
-        if !cursors.iter().any(|(_, s)| *s > 0) {
+    /// After a read batch: acks the device's pushes now if half the
+    /// server's window is pending (or acks are not delayed), else makes sure
+    /// an ack is due at most `--ack-delay-ms` from now.
+    fn ack_or_defer(&mut self, i: usize, now: u64) {
+        let delay_ns = u64::from(self.spec.plan.ack_delay_ms) * 1_000_000;
+        let Some(d) = self.conns[i].dev.as_mut() else {
+            return;
+        };
+        if d.unacked_frames == 0 {
             return;
         }
-        self.next_rid += 1;
-        let rid = self.next_rid;
-        let it = cursors
+        if delay_ns == 0 || d.unacked_frames >= d.ack_frames_max.max(1) {
+            return self.send_acks(i);
+        }
+        if !d.ack_queued {
+            d.ack_queued = true;
+            self.ack_queue.push_back((now + delay_ns, i));
+        }
+    }
+
+    /// Sends the acks that came due (each device at most once per turn).
+    fn acks_due(&mut self, now: u64) {
+        while let Some(&(at, i)) = self.ack_queue.front() {
+            if at > now {
+                break;
+            }
+            self.ack_queue.pop_front();
+            if let Some(d) = self.conns[i].dev.as_mut() {
+                d.ack_queued = false;
+            }
+            if self.conns[i].state == State::Live {
+                self.send_acks(i);
+                self.flush(i, now);
+            }
+        }
+    }
+
+    /// Queues one cumulative `DeliverAck`: for every conversation a push
+    /// touched since the last one, the contiguous cursor now (so a
+    /// retransmitted push is acked again, as the server needs). Writes it
+    /// from the cursor map, without building a message.
+    fn send_acks(&mut self, i: usize) {
+        let rid = self.rid();
+        let c = &mut self.conns[i];
+        let Some(d) = c.dev.as_mut() else { return };
+        d.unacked_frames = 0;
+        let touched = d
+            .cursors
             .iter()
-            .filter(|(_, s)| *s > 0)
-            .map(|(c, s)| (c.as_str(), *s));
-        push::encode_deliver_ack(rid, it, &mut self.conns[i].wbuf);
+            .filter(|(_, c)| c.touched && c.contiguous > 0)
+            .map(|(k, c)| (k.as_str(), c.contiguous));
+        if touched.clone().next().is_some() {
+            push::encode_deliver_ack(rid, touched, &mut c.wbuf);
+        }
+        for cur in d.cursors.values_mut() {
+            cur.touched = false;
+        }
     }
 
     fn gap_sync(&mut self, i: usize, now: u64) {
@@ -1722,25 +1793,6 @@ impl<W: Write> Worker<W> {
         }
         Ok(())
     }
-}
-
-/// Notes `seq` as the cursor to ack for `conv` in this batch: replaces the
-/// conversation's earlier cursor (cursors only grow), or takes the next slot.
-/// Bounded by the conversations of one device (a batch notes each once), and
-/// each slot reuses its String across batches.
-fn note_ack(acks: &mut Vec<(String, u64)>, len: &mut usize, conv: &str, seq: u64) {
-    if let Some(a) = acks[..*len].iter_mut().find(|(c, _)| c == conv) {
-        a.1 = seq;
-        return;
-    }
-    if let Some(a) = acks.get_mut(*len) {
-        a.0.clear();
-        a.0.push_str(conv);
-        a.1 = seq;
-    } else {
-        acks.push((conv.to_owned(), seq));
-    }
-    *len += 1;
 }
 
 fn peer_topic(proto: Proto, id: &str) -> String {
