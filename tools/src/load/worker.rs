@@ -344,8 +344,10 @@ struct Worker<W: Write> {
     history: Option<History>,
     history_full: bool,
     payload: Vec<u8>,
-    /// A read batch is being handled: `queue` appends without writing.
-    batching: bool,
+    /// The connection whose read batch is being handled: `queue` appends to
+    /// it without writing (the batch ends with one write); frames for other
+    /// connections (a group invite sent by the owner) are written at once.
+    batching: Option<usize>,
     /// Devices holding back a `deliver_ack`, by when it is due. The delay is
     /// one constant, so due times only grow and a FIFO keeps them in order;
     /// each device is in it at most once (`Device::ack_queued`), so it is
@@ -487,7 +489,7 @@ impl<W: Write> Worker<W> {
             history,
             history_full: false,
             payload,
-            batching: false,
+            batching: None,
             ack_queue: VecDeque::new(),
         })
     }
@@ -787,7 +789,7 @@ impl<W: Write> Worker<W> {
     /// end (one write per batch).
     fn queue(&mut self, i: usize, now: u64, f: impl FnOnce(&mut Vec<u8>)) {
         f(&mut self.conns[i].wbuf);
-        if !self.batching {
+        if self.batching != Some(i) {
             self.flush(i, now);
         }
     }
@@ -814,7 +816,7 @@ impl<W: Write> Worker<W> {
         }
         // Taken for the batch so handlers may borrow the worker; put back below.
         let mut buf = std::mem::take(&mut self.buf);
-        self.batching = true;
+        self.batching = Some(i);
         while end.is_none() {
             let Some(sock) = self.conns[i].sock.as_mut() else {
                 break;
@@ -840,7 +842,7 @@ impl<W: Write> Worker<W> {
             }
         }
         self.buf = buf;
-        self.batching = false;
+        self.batching = None;
         if self.conns[i].sock.is_some() {
             self.ack_or_defer(i, now);
             self.flush(i, now);
