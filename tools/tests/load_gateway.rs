@@ -194,6 +194,42 @@ fn group_fan_out_reaches_every_member() {
 }
 
 #[test]
+fn deliveries_are_acked_per_batch_and_when_held_back() {
+    // Proves both ack modes keep the gateway's window moving: acking at the
+    // end of every read batch (`--ack-delay-ms 0`) and holding acks back for
+    // up to 1 s (so the half-window rule and the timer both fire) each get
+    // every group message to every member once, with no retransmitted push
+    // (the gateway resends an unacked push after 2 s; the run lasts 3 s).
+    let gw = Gateway::start();
+    for delay in ["0", "1000"] {
+        let (code, r, err) = gw.load(
+            "group",
+            &[
+                "--groups",
+                "1",
+                "--group-size",
+                "40",
+                "--group-senders",
+                "1",
+                "--rate",
+                "50",
+                "--duration",
+                "3",
+                "--verify",
+                "--ack-delay-ms",
+                delay,
+            ],
+        );
+        assert_eq!(code, 0, "{err}\n{r}");
+        let sent = n(&r, "sent");
+        assert!(sent >= 100, "{r}");
+        assert_eq!(n(&r, "delivered"), 39 * sent, "delay {delay}: {r}");
+        assert_eq!((n(&r, "lost"), n(&r, "duplicated")), (0, 0), "{r}");
+        assert_eq!(n(&r, "redelivered"), 0, "delay {delay}: {r}");
+    }
+}
+
+#[test]
 fn storm_reconnects_everyone_dropped() {
     // Proves a storm drops about half the connections at once and every one
     // of them comes back (with jittered backoff) before the hold ends.

@@ -7,8 +7,9 @@
 //! ([`worker`], one mio event loop each, ≤ 19,000 connections) that it paces
 //! through connect → setup → go. Workers report counters, hdrhistograms and,
 //! with `--verify`, their operation log, which the parent merges
-//! ([`report`]) and judges ([`history`]). [`wire`] is the minimal MQTT and
-//! NATS client side for side-by-side runs.
+//! ([`report`]) and judges ([`history`]). [`push`] reads pushed `Deliver`
+//! frames in place and writes `DeliverAck`s (the per-delivery hot path);
+//! [`wire`] is the minimal MQTT and NATS client side for side-by-side runs.
 //!
 //! This module never talks to anything but the targets it is given, never
 //! retries a failed first connection (failures are results), and never
@@ -16,6 +17,7 @@
 
 pub mod history;
 pub mod limits;
+pub mod push;
 pub mod report;
 pub mod run;
 pub mod spec;

@@ -136,6 +136,11 @@ pub struct LoadArgs {
     /// Text payload bytes per message (at least the timestamp).
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: u32,
+    /// Longest a device holds back its cumulative `deliver_ack` after a push,
+    /// ms; it acks at once when half the server's unacked window is pending.
+    /// 0: ack at the end of every read batch.
+    #[arg(long, default_value_t = 50)]
+    pub ack_delay_ms: u32,
     /// Prefix of every id (default: random).
     #[arg(long)]
     pub run_id: Option<String>,
@@ -205,6 +210,7 @@ impl LoadArgs {
             connect_timeout_ms: self.connect_timeout_ms,
             drain_ms: self.drain_ms,
             payload_bytes: self.payload_bytes.max(32),
+            ack_delay_ms: self.ack_delay_ms,
         };
         if plan.slots() > u64::from(u32::MAX) {
             bail!("too many connections in one run");

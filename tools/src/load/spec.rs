@@ -98,6 +98,8 @@ pub struct Plan {
     pub drain_ms: u32,
     /// Text payload size in bytes (at least the timestamp).
     pub payload_bytes: u32,
+    /// Longest a device holds back its `deliver_ack`, ms; 0: per read batch.
+    pub ack_delay_ms: u32,
 }
 
 /// Users per chatting pair.
@@ -438,6 +440,7 @@ mod tests {
             connect_timeout_ms: 1000,
             drain_ms: 1000,
             payload_bytes: 32,
+            ack_delay_ms: 0,
         }
     }
 

@@ -21,7 +21,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap},
+    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque},
     io::{self, BufRead, Read, Write},
     net::{Ipv4Addr, SocketAddr},
     os::fd::AsRawFd,
@@ -35,13 +35,13 @@ use prost::Message as _;
 use rand::Rng as _;
 use serde::Serialize;
 use tern_protocol::{
-    codec::{self, Decoded},
+    codec,
     pb::{self, frame::Body},
 };
 
 use super::{
     history::{Delivery, DeviceLog, History, LogEntry, Outcome, SendOp, Via},
-    limits,
+    limits, push,
     spec::{Plan, Proto, Role, SendTo, WorkerMsg, WorkerResult, WorkerSpec},
     wire::{self, PeerPacket},
 };
@@ -86,6 +86,10 @@ pub const DRAIN_QUIET_MS: u64 = 1_000;
 pub const HEARTBEAT_MS_MIN: u64 = 1_000;
 /// Progress lines, at most one per this interval.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+/// Pushes a device lets go unacked before it acks at once, whatever the
+/// delay: half the gateway's default unacked window (64 frames), so the
+/// server never stalls on us (lowered to half the window a Welcome announces).
+pub const ACK_PENDING_FRAMES_MAX: u32 = 32;
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -233,11 +237,19 @@ struct Device {
     final_done: bool,
     /// Peers: a subscription is awaiting its ack.
     sub_pending: bool,
+    /// Pushes taken since the last `deliver_ack`.
+    unacked_frames: u32,
+    /// Ack at once from this many unacked pushes on.
+    ack_frames_max: u32,
+    /// In the worker's ack queue.
+    ack_queued: bool,
 }
 
 #[derive(Default)]
 struct Cursor {
     contiguous: u64,
+    /// A push touched this conversation since the last `deliver_ack`.
+    touched: bool,
     above: BTreeSet<u64>,
     /// When a gap was first noticed; 0: none open.
     gap_since_ns: u64,
@@ -248,6 +260,13 @@ impl Cursor {
     fn take(&mut self, seq: u64, now: u64) -> bool {
         if self.contiguous == 0 && self.above.is_empty() {
             self.contiguous = seq.saturating_sub(1);
+        }
+        // The common case, the next seq with no gap open: no set node is
+        // allocated and freed per delivery.
+        if self.above.is_empty() && seq != 0 && seq == self.contiguous.wrapping_add(1) {
+            self.contiguous = seq;
+            self.gap_since_ns = 0;
+            return true;
         }
         if seq <= self.contiguous || !self.above.insert(seq) {
             return false;
@@ -325,6 +344,15 @@ struct Worker<W: Write> {
     history: Option<History>,
     history_full: bool,
     payload: Vec<u8>,
+    /// The connection whose read batch is being handled: `queue` appends to
+    /// it without writing (the batch ends with one write); frames for other
+    /// connections (a group invite sent by the owner) are written at once.
+    batching: Option<usize>,
+    /// Devices holding back a `deliver_ack`, by when it is due. The delay is
+    /// one constant, so due times only grow and a FIFO keeps them in order;
+    /// each device is in it at most once (`Device::ack_queued`), so it is
+    /// bounded by the worker's connections.
+    ack_queue: VecDeque<(u64, usize)>,
 }
 
 fn hist() -> Histogram<u64> {
@@ -461,6 +489,8 @@ impl<W: Write> Worker<W> {
             history,
             history_full: false,
             payload,
+            batching: None,
+            ack_queue: VecDeque::new(),
         })
     }
 
@@ -553,6 +583,7 @@ impl<W: Write> Worker<W> {
                 Phase::AwaitSetup | Phase::AwaitGo => {}
             }
             self.reconnect_due(now);
+            self.acks_due(now);
             if now - self.last_sweep_ns >= SWEEP_INTERVAL_MS * 1_000_000 {
                 self.last_sweep_ns = now;
                 self.sweep(now);
@@ -583,6 +614,9 @@ impl<W: Write> Worker<W> {
             if let Some(&Reverse((at, _))) = self.retries.peek() {
                 wake = wake.min(at);
             }
+            if let Some(&(at, _)) = self.ack_queue.front() {
+                wake = wake.min(at);
+            }
             let timeout = Duration::from_nanos(wake.saturating_sub(mono_ns()));
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
@@ -604,7 +638,7 @@ impl<W: Write> Worker<W> {
                     self.on_writable(i, now);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(i, now);
+                    self.on_readable(i, ev.is_read_closed() || ev.is_error(), now);
                 }
             }
         }
@@ -750,63 +784,73 @@ impl<W: Write> Worker<W> {
         }
     }
 
+    /// Appends a frame to the connection's write buffer and writes it, or,
+    /// while a read batch is being handled, leaves the write to the batch's
+    /// end (one write per batch).
     fn queue(&mut self, i: usize, now: u64, f: impl FnOnce(&mut Vec<u8>)) {
         f(&mut self.conns[i].wbuf);
-        self.flush(i, now);
+        if self.batching != Some(i) {
+            self.flush(i, now);
+        }
     }
 
-    fn on_readable(&mut self, i: usize, now: u64) {
-        let proto = self.plan().proto;
-        let mut items: Vec<Incoming> = Vec::new();
+    /// Reads what the socket holds and handles every whole frame in place,
+    /// then answers the batch with at most one `DeliverAck` and one write.
+    ///
+    /// Frames are decoded straight from the shared read buffer; only the
+    /// tail of a partial frame is copied to the connection's own buffer (so
+    /// an idle connection holds none, and a whole frame is never copied).
+    /// `closing`: the event said the peer closed or errored, so read on to
+    /// the end rather than stop at a short read.
+    fn on_readable(&mut self, i: usize, closing: bool, now: u64) {
         let mut end: Option<String> = None;
         {
             let c = &mut self.conns[i];
-            let Some(sock) = c.sock.as_mut() else { return };
+            let Some(sock) = c.sock.as_ref() else { return };
             if c.state == State::Connecting {
                 match sock.take_error() {
                     Ok(Some(e)) | Err(e) => end = Some(reason_of(&e)),
                     Ok(None) => return,
                 }
             }
-            while end.is_none() {
-                match sock.read(&mut self.buf) {
-                    Ok(0) => end = Some("eof".into()),
-                    Ok(n) => {
-                        c.rbuf.extend_from_slice(&self.buf[..n]);
-                        let mut at = 0;
-                        while at < c.rbuf.len() {
-                            match decode(proto, &c.rbuf[at..]) {
-                                Ok(Some((item, used))) => {
-                                    items.push(item);
-                                    at += used;
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    end = Some(e);
-                                    break;
-                                }
-                            }
-                        }
-                        c.rbuf.drain(..at);
+        }
+        // Taken for the batch so handlers may borrow the worker; put back below.
+        let mut buf = std::mem::take(&mut self.buf);
+        self.batching = Some(i);
+        while end.is_none() {
+            let Some(sock) = self.conns[i].sock.as_mut() else {
+                break;
+            };
+            match sock.read(&mut buf) {
+                Ok(0) => end = Some("eof".into()),
+                Ok(n) => {
+                    if let Err(e) = self.take_bytes(i, &buf[..n], now) {
+                        end = Some(e);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => end = Some(reason_of(&e)),
+                    // Edge-triggered epoll reports data that arrives after
+                    // this read as a new event, so a short read means the
+                    // socket is drained: skip the read that would say
+                    // EAGAIN (one syscall per round trip), unless the peer
+                    // is closing and the EOF is still to be read.
+                    if n < buf.len() && !closing {
+                        break;
+                    }
                 }
-            }
-            if c.rbuf.is_empty() && c.rbuf.capacity() > 0 {
-                // An idle connection keeps no read buffer.
-                c.rbuf = Vec::new();
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => end = Some(reason_of(&e)),
             }
         }
-        for item in items {
-            if self.conns[i].sock.is_none() {
-                return;
-            }
-            match item {
-                Incoming::Tern(f) => self.on_frame(i, f, now),
-                Incoming::Peer(p) => self.on_peer(i, p, now),
-            }
+        self.buf = buf;
+        self.batching = None;
+        if self.conns[i].sock.is_some() {
+            self.ack_or_defer(i, now);
+            self.flush(i, now);
+        }
+        let c = &mut self.conns[i];
+        if c.rbuf.is_empty() && c.rbuf.capacity() > 0 {
+            // An idle connection keeps no read buffer.
+            c.rbuf = Vec::new();
         }
         if let Some(r) = end
             && self.conns[i].sock.is_some()
@@ -816,6 +860,111 @@ impl<W: Write> Worker<W> {
             } else {
                 self.fail(i, &r, now);
             }
+        }
+    }
+
+    /// Handles the whole frames of `data` (just read) after any partial frame
+    /// kept from before, and keeps the new partial tail.
+    fn take_bytes(&mut self, i: usize, data: &[u8], now: u64) -> Result<(), String> {
+        if self.conns[i].rbuf.is_empty() {
+            let used = self.take_frames(i, data, now)?;
+            if let Some(c) = self.conns.get_mut(i)
+                && c.sock.is_some()
+            {
+                // Deliberate allocation: only the tail of a partial frame.
+                c.rbuf.extend_from_slice(&data[used..]);
+            }
+            return Ok(());
+        }
+        let mut kept = std::mem::take(&mut self.conns[i].rbuf);
+        kept.extend_from_slice(data);
+        let used = self.take_frames(i, &kept, now);
+        let c = &mut self.conns[i];
+        if c.sock.is_some() {
+            kept.drain(..*used.as_ref().unwrap_or(&0));
+            c.rbuf = kept;
+        }
+        used.map(|_| ())
+    }
+
+    /// Handles every whole frame at the start of `data`; returns the bytes
+    /// they took. Stops early if a handler closed the connection.
+    fn take_frames(&mut self, i: usize, data: &[u8], now: u64) -> Result<usize, String> {
+        let proto = self.plan().proto;
+        let mut at = 0;
+        while at < data.len() && self.conns[i].sock.is_some() {
+            let rest = &data[at..];
+            match proto {
+                Proto::Tern => {
+                    let (prefix, body_len) = match codec::frame_len(rest, FRAME_BYTES_MAX) {
+                        Ok(Some(l)) => l,
+                        Ok(None) => break,
+                        Err(e) => return Err(format!("decode:{e}")),
+                    };
+                    // Both bounded by `frame_len` (≤ 10, ≤ FRAME_BYTES_MAX).
+                    let Some(body) = rest.get(prefix..prefix + body_len) else {
+                        break;
+                    };
+                    at += prefix + body_len;
+                    self.on_tern_body(i, body, now)?;
+                }
+                Proto::Mqtt | Proto::Nats => {
+                    let d = if proto == Proto::Mqtt {
+                        wire::mqtt_decode(rest)
+                    } else {
+                        wire::nats_decode(rest)
+                    };
+                    match d {
+                        Ok(Some((p, used))) => {
+                            at += used;
+                            self.on_peer(i, p, now);
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Err(format!("decode:{e}")),
+                    }
+                }
+            }
+        }
+        Ok(at)
+    }
+
+    /// One Tern frame body: a push or a gap sync's answer read in place,
+    /// anything else (and anything the in-place reader leaves) by prost.
+    fn on_tern_body(&mut self, i: usize, body: &[u8], now: u64) -> Result<(), String> {
+        if let Some(f) = push::parse_entries(body) {
+            let via = match f.kind {
+                push::EntriesKind::Deliver => Some(Via::Push),
+                // Only the answer to this device's gap sync; a final sync's
+                // pages need the senders and ids, which prost decodes.
+                push::EntriesKind::SyncResult => match self.inflight.get(&f.request_id) {
+                    Some(&Pending::Sync { local, fin: false }) if local == i => {
+                        self.inflight.remove(&f.request_id);
+                        if let Some(d) = self.conns[i].dev.as_mut() {
+                            d.sync_rid = 0;
+                        }
+                        Some(Via::Sync)
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(via) = via {
+                for e in f.entries() {
+                    self.take_entry(i, e.conv, e.seq, e.stamp, via, now);
+                }
+                if via == Via::Push
+                    && let Some(d) = self.conns[i].dev.as_mut()
+                {
+                    d.unacked_frames = d.unacked_frames.saturating_add(1);
+                }
+                return Ok(());
+            }
+        }
+        match codec::decode_body(body, FRAME_BYTES_MAX) {
+            Ok(f) => {
+                self.on_frame(i, f, now);
+                Ok(())
+            }
+            Err(e) => Err(format!("decode:{e}")),
         }
     }
 
@@ -962,6 +1111,13 @@ impl<W: Write> Worker<W> {
         let Some(body) = f.body else { return };
         match body {
             Body::Welcome(w) if self.conns[i].state == State::Handshaking => {
+                let window = w.limits.map_or(0, |l| l.unacked_window_max);
+                if let Some(d) = self.conns[i].dev.as_mut() {
+                    d.ack_frames_max = match window / 2 {
+                        0 => ACK_PENDING_FRAMES_MAX,
+                        half => half.min(ACK_PENDING_FRAMES_MAX),
+                    };
+                }
                 self.became_live(i, u64::from(w.heartbeat_interval_ms), now);
             }
             Body::Pong(_) => {
@@ -969,7 +1125,12 @@ impl<W: Write> Worker<W> {
                 self.res.pongs += 1;
             }
             Body::SendAck(a) => self.on_send_ack(f.request_id, a, now),
-            Body::Deliver(d) => self.on_entries(i, d.entries, Via::Push, now),
+            Body::Deliver(d) => {
+                self.on_entries(i, d.entries, Via::Push, now);
+                if let Some(d) = self.conns[i].dev.as_mut() {
+                    d.unacked_frames = d.unacked_frames.saturating_add(1);
+                }
+            }
             Body::SyncResult(r) => self.on_sync(i, f.request_id, r, now),
             Body::GroupInfoResult(_) | Body::Ok(_) => self.on_setup_step(f.request_id, None, now),
             Body::Error(e) => {
@@ -1022,12 +1183,7 @@ impl<W: Write> Worker<W> {
                 at_ns: now,
             };
         }
-        let entry = pb::Entry {
-            conversation_id: a.conversation_id,
-            seq: a.seq,
-            ..Default::default()
-        };
-        self.on_entries(local, vec![entry], Via::Ack, now);
+        self.take_entry(local, &a.conversation_id, a.seq, None, Via::Ack, now);
     }
 
     fn on_request_error(&mut self, rid: u64, code: String, now: u64) {
@@ -1057,73 +1213,144 @@ impl<W: Write> Worker<W> {
         }
     }
 
+    /// Entries decoded by prost (a sync page, or a push the in-place reader
+    /// left to prost).
     fn on_entries(&mut self, i: usize, entries: Vec<pb::Entry>, via: Via, now: u64) {
-        let slot = self.slot(i);
-        let mut acks: BTreeMap<String, u64> = BTreeMap::new();
-        let in_run = matches!(self.phase, Phase::Main | Phase::Drain);
         for e in entries {
-            // New to this device, or a retransmission of an entry it holds?
-            let fresh = match self.conns[i].dev.as_mut() {
-                Some(dev) => {
-                    let cur = dev.cursors.entry(e.conversation_id.clone()).or_default();
-                    let fresh = cur.take(e.seq, now);
-                    if via == Via::Push {
-                        acks.insert(e.conversation_id.clone(), cur.contiguous);
+            let stamp = match &e.body {
+                Some(pb::entry::Body::Message(m)) => {
+                    match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
+                        Some(pb::content::Kind::Text(t)) => wire::read_stamp(t.text.as_bytes()),
+                        _ => None,
                     }
-                    fresh
                 }
-                None => true,
+                _ => None,
             };
-            if via != Via::Ack
-                && let Some(pb::entry::Body::Message(m)) = &e.body
-                && let Some(pb::content::Kind::Text(t)) =
-                    m.content.as_ref().and_then(|c| c.kind.as_ref())
-                && let Some(ts) = wire::read_stamp(t.text.as_bytes())
-            {
-                self.last_activity_ns = now;
-                if fresh {
-                    self.res.delivered += 1;
-                    if self.phase == Phase::Main {
-                        self.res.delivered_main += 1;
-                    }
-                    self.deliver_h
-                        .saturating_record(now.saturating_sub(ts) / 1000);
-                } else {
-                    self.res.redelivered += 1;
+            self.take_entry(i, &e.conversation_id, e.seq, stamp, via, now);
+        }
+    }
+
+    /// One entry that reached device `i`: advances its cursor, counts and
+    /// times a stamped delivery, logs it for `--verify`, and (for a push)
+    /// notes the cursor for the batch's `DeliverAck`.
+    fn take_entry(
+        &mut self,
+        i: usize,
+        conv: &str,
+        seq: u64,
+        stamp: Option<u64>,
+        via: Via,
+        now: u64,
+    ) {
+        let in_run = matches!(self.phase, Phase::Main | Phase::Drain);
+        let has_dev = self.conns[i].dev.is_some();
+        // New to this device, or a retransmission of an entry it holds?
+        let fresh = match self.conns[i].dev.as_mut() {
+            Some(dev) => {
+                // Look up by &str first: a String is built only for a new conversation.
+                let cur = match dev.cursors.get_mut(conv) {
+                    Some(c) => c,
+                    None => dev.cursors.entry(conv.to_owned()).or_default(),
+                };
+                let fresh = cur.take(seq, now);
+                if via == Via::Push {
+                    cur.touched = true;
                 }
+                fresh
             }
-            if self.conns[i].dev.is_none() {
-                continue;
-            }
-            if in_run && let Some(h) = &mut self.history {
-                if h.deliveries.len() >= HISTORY_ENTRIES_MAX {
-                    self.history_full = true;
-                    continue;
+            None => true,
+        };
+        if via != Via::Ack
+            && let Some(ts) = stamp
+        {
+            self.last_activity_ns = now;
+            if fresh {
+                self.res.delivered += 1;
+                if self.phase == Phase::Main {
+                    self.res.delivered_main += 1;
                 }
-                let (user, device) = self.spec.plan.identity(slot);
-                h.deliveries.push(Delivery {
-                    user,
-                    device,
-                    conv: e.conversation_id,
-                    seq: e.seq,
-                    at_ns: now,
-                    via,
-                });
+                self.deliver_h
+                    .saturating_record(now.saturating_sub(ts) / 1000);
+            } else {
+                self.res.redelivered += 1;
             }
         }
-        let cursors: Vec<pb::Cursor> = acks
-            .into_iter()
-            .filter(|(_, s)| *s > 0)
-            .map(|(conversation_id, seq)| pb::Cursor {
-                conversation_id,
+        if !has_dev {
+            return;
+        }
+        if in_run && let Some(h) = &mut self.history {
+            if h.deliveries.len() >= HISTORY_ENTRIES_MAX {
+                self.history_full = true;
+                return;
+            }
+            let (user, device) = self.spec.plan.identity(self.spec.slot_start + i as u32);
+            h.deliveries.push(Delivery {
+                user,
+                device,
+                conv: conv.to_owned(),
                 seq,
-            })
-            .collect();
-        if !cursors.is_empty() {
-            let rid = self.rid();
-            self.queue(i, now, |out| {
-                frame(rid, Body::DeliverAck(pb::DeliverAck { cursors }), out)
+                at_ns: now,
+                via,
             });
+        }
+    }
+
+    /// After a read batch: acks the device's pushes now if half the
+    /// server's window is pending (or acks are not delayed), else makes sure
+    /// an ack is due at most `--ack-delay-ms` from now.
+    fn ack_or_defer(&mut self, i: usize, now: u64) {
+        let delay_ns = u64::from(self.spec.plan.ack_delay_ms) * 1_000_000;
+        let Some(d) = self.conns[i].dev.as_mut() else {
+            return;
+        };
+        if d.unacked_frames == 0 {
+            return;
+        }
+        if delay_ns == 0 || d.unacked_frames >= d.ack_frames_max.max(1) {
+            return self.send_acks(i);
+        }
+        if !d.ack_queued {
+            d.ack_queued = true;
+            self.ack_queue.push_back((now + delay_ns, i));
+        }
+    }
+
+    /// Sends the acks that came due (each device at most once per turn).
+    fn acks_due(&mut self, now: u64) {
+        while let Some(&(at, i)) = self.ack_queue.front() {
+            if at > now {
+                break;
+            }
+            self.ack_queue.pop_front();
+            if let Some(d) = self.conns[i].dev.as_mut() {
+                d.ack_queued = false;
+            }
+            if self.conns[i].state == State::Live {
+                self.send_acks(i);
+                self.flush(i, now);
+            }
+        }
+    }
+
+    /// Queues one cumulative `DeliverAck`: for every conversation a push
+    /// touched since the last one, the contiguous cursor now (so a
+    /// retransmitted push is acked again, as the server needs). Writes it
+    /// from the cursor map, without building a message.
+    fn send_acks(&mut self, i: usize) {
+        let rid = self.rid();
+        let c = &mut self.conns[i];
+        let Some(d) = c.dev.as_mut() else { return };
+        d.unacked_frames = 0;
+        let touched = d
+            .cursors
+            .iter()
+            .filter(|(_, c)| c.touched && c.contiguous > 0)
+            .map(|(k, c)| (k.as_str(), c.contiguous));
+        if touched.clone().next().is_some() {
+            push::encode_deliver_ack(rid, touched, &mut c.wbuf);
+        }
+        for cur in d.cursors.values_mut() {
+            cur.touched = false;
         }
     }
 
@@ -1567,27 +1794,6 @@ impl<W: Write> Worker<W> {
             self.drop_sock(i);
         }
         Ok(())
-    }
-}
-
-enum Incoming {
-    Tern(pb::Frame),
-    Peer(PeerPacket),
-}
-
-fn decode(proto: Proto, buf: &[u8]) -> Result<Option<(Incoming, usize)>, String> {
-    match proto {
-        Proto::Tern => match codec::decode_frame(buf, FRAME_BYTES_MAX) {
-            Ok(Decoded::Frame { frame, consumed }) => Ok(Some((Incoming::Tern(frame), consumed))),
-            Ok(Decoded::NeedMore(_)) => Ok(None),
-            Err(e) => Err(format!("decode:{e}")),
-        },
-        Proto::Mqtt => wire::mqtt_decode(buf)
-            .map(|o| o.map(|(p, n)| (Incoming::Peer(p), n)))
-            .map_err(|e| format!("decode:{e}")),
-        Proto::Nats => wire::nats_decode(buf)
-            .map(|o| o.map(|(p, n)| (Incoming::Peer(p), n)))
-            .map_err(|e| format!("decode:{e}")),
     }
 }
 
