@@ -1355,17 +1355,21 @@ impl<W: Write> Worker<W> {
     }
 
     fn gap_sync(&mut self, i: usize, now: u64) {
+        self.sync_gaps(i, now, GAP_GRACE_MS * 1_000_000);
+    }
+
+    /// Syncs the conversations whose gap is older than `grace` ns.
+    fn sync_gaps(&mut self, i: usize, now: u64, grace: u64) {
         let Some(dev) = self.conns[i].dev.as_ref() else {
             return;
         };
         if dev.sync_rid != 0 || self.spec.plan.proto != Proto::Tern {
             return;
         }
-        let grace = GAP_GRACE_MS * 1_000_000;
         let cursors: Vec<pb::Cursor> = dev
             .cursors
             .iter()
-            .filter(|(_, c)| c.gap_since_ns != 0 && now - c.gap_since_ns > grace)
+            .filter(|(_, c)| c.gap_since_ns != 0 && now - c.gap_since_ns >= grace)
             .map(|(k, c)| pb::Cursor {
                 conversation_id: k.clone(),
                 seq: c.contiguous,
@@ -1402,7 +1406,14 @@ impl<W: Write> Worker<W> {
             if let Some(d) = self.conns[i].dev.as_mut() {
                 d.sync_rid = 0;
             }
-            return self.on_entries(i, r.entries, Via::Sync, now);
+            let more = r.more;
+            self.on_entries(i, r.entries, Via::Sync, now);
+            if more {
+                // The server has more after this page: fetch it now, as a
+                // client catching up would, not after the next grace.
+                self.sync_gaps(i, now, 0);
+            }
+            return;
         }
         let Some(d) = self.conns[i].dev.as_mut() else {
             return;
