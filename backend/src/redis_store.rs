@@ -691,6 +691,24 @@ impl RedisStore {
         })
     }
 
+    /// Asks `command key(pairs[i]) pairs[i].0` for every pair, in one
+    /// pipeline (a set or hash membership answering 0 or 1).
+    fn pair_query(
+        &self,
+        pairs: &[(&str, &str)],
+        command: &str,
+        key: impl Fn(&PairKeys) -> &String,
+    ) -> StoreResult<Vec<bool>> {
+        let mut p = Pipe::default();
+        for (user, other) in pairs {
+            let k = PairKeys::new(user, other).map_err(RedisStoreError::from)?;
+            let mut c = redis::cmd(command);
+            c.arg(key(&k)).arg(*user);
+            p.add(c);
+        }
+        Ok(self.pair_flags(&p, pairs.len(), command)?)
+    }
+
     /// Runs `p`, `n` commands that each answer 0 or 1 (`command`: their
     /// name, for the error), as one pipeline; no round trip when empty.
     fn pair_flags(&self, p: &Pipe, n: usize, command: &str) -> Result<Vec<bool>> {
@@ -926,14 +944,7 @@ impl Store for RedisStore {
     fn friend_pairs(&self, pairs: &[(&str, &str)]) -> StoreResult<Vec<bool>> {
         // One pipeline, like `blocked_pairs`; the friendship hash of a pair
         // is in the same slot as its block set.
-        let mut p = Pipe::default();
-        for (user, friend) in pairs {
-            let k = PairKeys::new(user, friend).map_err(RedisStoreError::from)?;
-            let mut c = redis::cmd("HEXISTS");
-            c.arg(&k.friends).arg(*user);
-            p.add(c);
-        }
-        Ok(self.pair_flags(&p, pairs.len(), "HEXISTS")?)
+        self.pair_query(pairs, "HEXISTS", |k| &k.friends)
     }
 
     fn friends(&self, user: &str) -> StoreResult<Vec<FriendRecord>> {
@@ -1003,14 +1014,7 @@ impl Store for RedisStore {
         // is read, so still one round trip per node, not per pair. Both
         // directions of a pair are the same set (`{p:<a>:<b>}:b`), so a
         // 1:1 send's two checks land on one node.
-        let mut p = Pipe::default();
-        for (user, other) in pairs {
-            let k = PairKeys::new(user, other).map_err(RedisStoreError::from)?;
-            let mut c = redis::cmd("SISMEMBER");
-            c.arg(&k.blocks).arg(*user);
-            p.add(c);
-        }
-        Ok(self.pair_flags(&p, pairs.len(), "SISMEMBER")?)
+        self.pair_query(pairs, "SISMEMBER", |k| &k.blocks)
     }
 
     fn blocked(&self, user: &str) -> StoreResult<Vec<String>> {

@@ -434,15 +434,7 @@ fn presence_follows_connections_and_typing_is_pushed() {
         let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
         {
             let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
-            let r = alice.request(Body::FriendRequest(pb::FriendRequestSend {
-                user_id: "bob".into(),
-                message: "hi".into(),
-            }));
-            assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
-            let r = bob.request(Body::FriendAccept(pb::FriendAccept {
-                user_id: "alice".into(),
-            }));
-            assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+            befriend(&mut alice, &mut bob);
             alice.send_frame(&pb::Frame {
                 request_id: 0,
                 body: Some(Body::Typing(pb::TypingRequest {
@@ -517,15 +509,7 @@ fn presence_survives_a_full_backend_queue_in_order() {
         let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
         {
             let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
-            let r = alice.request(Body::FriendRequest(pb::FriendRequestSend {
-                user_id: "bob".into(),
-                message: "hi".into(),
-            }));
-            assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
-            let r = bob.request(Body::FriendAccept(pb::FriendAccept {
-                user_id: "alice".into(),
-            }));
-            assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+            befriend(&mut alice, &mut bob);
         }
         // Many others log in and out at once, each a presence update through
         // the one-slot queue, with alice's own comings and goings among them.
@@ -564,4 +548,18 @@ fn presence_survives_a_full_backend_queue_in_order() {
         }
         gw.wait_metric("tern_presence_dropped_total 0");
     });
+}
+
+/// `alice` asks `bob` to be friends and `bob` accepts (presence goes to
+/// friends only).
+fn befriend(alice: &mut Client, bob: &mut Client) {
+    let r = alice.request(Body::FriendRequest(pb::FriendRequestSend {
+        user_id: "bob".into(),
+        message: "hi".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    let r = bob.request(Body::FriendAccept(pb::FriendAccept {
+        user_id: "alice".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
 }
