@@ -732,6 +732,24 @@ impl RedisStore {
     }
 }
 
+/// The `SET` that stores a presence record with its expiry.
+fn presence_set(record: &PresenceRecord) -> Result<Cmd> {
+    let k = UserKeys::new(&record.user_id)?;
+    // A relative TTL (not PXAT): the record's times come from the
+    // backend's clock, which need not agree with Redis's.
+    let ttl_ms = record
+        .expires_at_ms
+        .saturating_sub(record.updated_ms)
+        .saturating_add(PRESENCE_GRACE_MS)
+        .min(PRESENCE_TTL_MS_MAX);
+    let mut c = redis::cmd("SET");
+    c.arg(&k.presence)
+        .arg(record.encode_to_vec())
+        .arg("PX")
+        .arg(ttl_ms);
+    Ok(c)
+}
+
 impl Store for RedisStore {
     fn append_batch(
         &self,
@@ -1031,21 +1049,75 @@ impl Store for RedisStore {
     }
 
     fn put_presence(&self, record: &PresenceRecord) -> StoreResult<()> {
-        let k = UserKeys::new(&record.user_id).map_err(RedisStoreError::from)?;
-        // A relative TTL (not PXAT): the record's times come from the
-        // backend's clock, which need not agree with Redis's.
-        let ttl_ms = record
-            .expires_at_ms
-            .saturating_sub(record.updated_ms)
-            .saturating_add(PRESENCE_GRACE_MS)
-            .min(PRESENCE_TTL_MS_MAX);
-        let mut c = redis::cmd("SET");
-        c.arg(&k.presence)
-            .arg(record.encode_to_vec())
-            .arg("PX")
-            .arg(ttl_ms);
-        self.one(c)?;
+        self.one(presence_set(record)?)?;
         Ok(())
+    }
+
+    fn put_presences(&self, records: &[PresenceRecord]) -> StoreResult<()> {
+        // One pipeline for the lot (split by slot in a cluster).
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut p = Pipe::default();
+        for r in records {
+            p.add(presence_set(r)?);
+        }
+        self.with_conn(|conn| self.run(conn, &p))?;
+        Ok(())
+    }
+
+    fn friends_of(&self, users: &[&str]) -> StoreResult<Vec<Vec<FriendRecord>>> {
+        // Two round trips for all users (their friend indexes, then every
+        // friendship record), where `friends` per user is two each.
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.with_conn(|conn| {
+            let mut p = Pipe::default();
+            for u in users {
+                let mut z = redis::cmd("ZRANGE");
+                z.arg(&UserKeys::new(u)?.friends).arg(0).arg(-1);
+                p.add(z);
+            }
+            let indexes = self.run(conn, &p)?;
+            if indexes.len() != users.len() {
+                return Err(RedisStoreError::Reply(format!(
+                    "{} replies to {} ZRANGE",
+                    indexes.len(),
+                    users.len()
+                )));
+            }
+            let members: Vec<Vec<String>> =
+                indexes.into_iter().map(as_strings).collect::<Result<_>>()?;
+            let mut probes = Pipe::default();
+            for (u, friends) in users.iter().zip(&members) {
+                for f in friends {
+                    let mut c = redis::cmd("HGET");
+                    c.arg(&PairKeys::new(u, f)?.friends).arg(*u);
+                    probes.add(c);
+                }
+            }
+            let mut vals = if probes.is_empty() {
+                Vec::new()
+            } else {
+                self.run(conn, &probes)?
+            }
+            .into_iter();
+            let mut out = Vec::with_capacity(users.len());
+            for friends in &members {
+                let mut records = Vec::new();
+                for _ in friends {
+                    let v = vals
+                        .next()
+                        .ok_or_else(|| RedisStoreError::Reply("too few replies to HGET".into()))?;
+                    if let Some(r) = decode_opt::<FriendRecord>(v, "friend record")? {
+                        records.push(r);
+                    }
+                }
+                out.push(records);
+            }
+            Ok(out)
+        })?)
     }
 
     fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>> {

@@ -300,6 +300,18 @@ pub trait Store: Send + Sync {
 
     /// The presence records of `users`, in order (`None`: none kept).
     fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>>;
+
+    /// Stores several presence records, as [`Store::put_presence`] each.
+    /// A store with round trips does them as one (a login storm is one
+    /// presence update per login).
+    fn put_presences(&self, records: &[PresenceRecord]) -> StoreResult<()> {
+        records.iter().try_for_each(|r| self.put_presence(r))
+    }
+
+    /// [`Store::friends`] of each of `users`, in order.
+    fn friends_of(&self, users: &[&str]) -> StoreResult<Vec<Vec<FriendRecord>>> {
+        users.iter().map(|u| self.friends(u)).collect()
+    }
 }
 
 // ---------------------------------------------------------------------------

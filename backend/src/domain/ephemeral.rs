@@ -96,6 +96,62 @@ impl Domain {
         now_ms: u64,
         req: pb::SetPresenceRequest,
     ) -> Handled {
+        let record = self.presence_record(me, now_ms, req)?;
+        self.store.put_presence(&record)?;
+        let friends = self.store.friends(&me.user_id)?;
+        Ok(presence_outcome(record, friends, now_ms))
+    }
+
+    /// Several `set_presence` requests (a login storm is one per login) with
+    /// one store write and one friends read for all of them. Each index of
+    /// `pending` gets its outcome in `outcomes`.
+    pub(super) fn flush_presences(
+        &self,
+        now_ms: u64,
+        pending: &mut Vec<(usize, Caller, pb::SetPresenceRequest)>,
+        outcomes: &mut [Option<Outcome>],
+    ) {
+        let mut records = Vec::with_capacity(pending.len());
+        let mut at = Vec::with_capacity(pending.len());
+        for (i, me, req) in pending.drain(..) {
+            match self.presence_record(&me, now_ms, req) {
+                Ok(record) => {
+                    records.push(record);
+                    at.push(i);
+                }
+                Err(e) => outcomes[i] = Some(Outcome::error(&e)),
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        let users: Vec<&str> = records.iter().map(|r| r.user_id.as_str()).collect();
+        let friends = self
+            .store
+            .put_presences(&records)
+            .and_then(|()| self.store.friends_of(&users));
+        match friends {
+            Ok(friends) => {
+                for ((i, record), friends) in at.into_iter().zip(records).zip(friends) {
+                    outcomes[i] = Some(presence_outcome(record, friends, now_ms));
+                }
+            }
+            Err(e) => {
+                let e = DomainError::from(e);
+                for i in at {
+                    outcomes[i] = Some(Outcome::error(&e));
+                }
+            }
+        }
+    }
+
+    /// The record a valid `set_presence` stores.
+    fn presence_record(
+        &self,
+        me: &Caller,
+        now_ms: u64,
+        req: pb::SetPresenceRequest,
+    ) -> Result<PresenceRecord, DomainError> {
         let state = match pb::PresenceState::try_from(req.state) {
             Ok(pb::PresenceState::Unspecified) | Err(_) => {
                 return Err(DomainError::InvalidArgument(
@@ -105,27 +161,13 @@ impl Domain {
             Ok(s) => s,
         };
         check_len("text", &req.text, self.config.short_text_bytes_max)?;
-        let record = PresenceRecord {
+        Ok(PresenceRecord {
             user_id: me.user_id.clone(),
             state: state as i32,
             text: req.text,
             updated_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(self.config.presence_expiry_ms),
-        };
-        self.store.put_presence(&record)?;
-        let recipients: Recipients = self
-            .store
-            .friends(&me.user_id)?
-            .into_iter()
-            .map(|f| f.friend)
-            .collect();
-        let event = pb::PresenceEvent {
-            presence: Some(presence_pb(Some(record), &me.user_id, now_ms)),
-        };
-        Ok(Outcome::with(
-            Body::Ok(pb::Ok::default()),
-            vec![Effect::Presence { recipients, event }],
-        ))
+        })
     }
 
     pub(super) fn presence_query(
@@ -160,6 +202,23 @@ impl Domain {
 
 /// What clients see of a presence record at `now_ms`: expired or explicit
 /// offline is `OFFLINE` with the time it was last set.
+/// `Ok`, and the new presence pushed to the user's friends.
+fn presence_outcome(
+    record: PresenceRecord,
+    friends: Vec<crate::store::FriendRecord>,
+    now_ms: u64,
+) -> Outcome {
+    let recipients: Recipients = friends.into_iter().map(|f| f.friend).collect();
+    let user_id = record.user_id.clone();
+    let event = pb::PresenceEvent {
+        presence: Some(presence_pb(Some(record), &user_id, now_ms)),
+    };
+    Outcome::with(
+        Body::Ok(pb::Ok::default()),
+        vec![Effect::Presence { recipients, event }],
+    )
+}
+
 fn presence_pb(record: Option<PresenceRecord>, user_id: &str, now_ms: u64) -> pb::Presence {
     let offline = pb::PresenceState::Offline as i32;
     match record {

@@ -221,24 +221,31 @@ impl Domain {
     pub fn handle_batch(&self, now_ms: u64, requests: Vec<Request>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; requests.len()];
         let mut pending = Vec::new();
+        // Presence updates neither read nor write messages: they wait and go
+        // to the store together (and do not split the sends' group commit).
+        let mut presences = Vec::new();
         let mut checks = DirectReadAhead::new(&requests);
         for (i, req) in requests.into_iter().enumerate() {
-            match req.body {
+            let Request { caller, body } = req;
+            match body {
                 Body::Send(send) => {
-                    match self.prepare_send(&req.caller, now_ms, send, checks.checks_for(self, i)) {
+                    match self.prepare_send(&caller, now_ms, send, checks.checks_for(self, i)) {
                         Ok(Prepared::Store(p)) => pending.push((i, p)),
                         Ok(Prepared::Answered(out)) => outcomes[i] = Some(out),
                         Err(e) => outcomes[i] = Some(Outcome::error(&e)),
                     }
                 }
+                Body::SetPresence(r) => presences.push((i, caller, r)),
                 body => {
                     self.flush_sends(now_ms, &mut pending, &mut outcomes);
-                    let out = self.dispatch(&req.caller, now_ms, body);
+                    self.flush_presences(now_ms, &mut presences, &mut outcomes);
+                    let out = self.dispatch(&caller, now_ms, body);
                     outcomes[i] = Some(out.unwrap_or_else(|e| Outcome::error(&e)));
                 }
             }
         }
         self.flush_sends(now_ms, &mut pending, &mut outcomes);
+        self.flush_presences(now_ms, &mut presences, &mut outcomes);
         outcomes
             .into_iter()
             // Every index got an outcome above: errors at once, sends at a

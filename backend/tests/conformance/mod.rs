@@ -961,6 +961,96 @@ pub fn store_presence_records(f: Fixture) {
     assert_eq!(got, vec![Some(p(2, T0 + 1)), None]);
 }
 
+pub fn store_presences_and_friends_of_in_bulk(f: Fixture) {
+    // Proves the bulk forms agree with the single ones: `put_presences`
+    // stores each record (the last of a user wins), `friends_of` answers
+    // `friends` per user in order, unknown users with none.
+    let s = f.store;
+    let p = |user: &str, state, t| PresenceRecord {
+        user_id: user.into(),
+        state,
+        text: String::new(),
+        updated_ms: t,
+        expires_at_ms: t + 1000,
+    };
+    s.put_presences(&[]).unwrap();
+    s.put_presences(&[p("a", 1, T0), p("b", 2, T0), p("a", 3, T0 + 1)])
+        .unwrap();
+    assert_eq!(
+        s.presences(&["a", "b", "c"]).unwrap(),
+        vec![Some(p("a", 3, T0 + 1)), Some(p("b", 2, T0)), None]
+    );
+    let fr = |u: &str, f: &str| {
+        SocialOp::PutFriend(FriendRecord {
+            user: u.into(),
+            friend: f.into(),
+            remark: String::new(),
+            since_ms: 1,
+        })
+    };
+    s.apply_social(&[fr("a", "b"), fr("a", "c"), fr("b", "a")])
+        .unwrap();
+    assert!(s.friends_of(&[]).unwrap().is_empty());
+    let users = ["a", "nobody", "b", "c"];
+    let bulk = s.friends_of(&users).unwrap();
+    assert_eq!(bulk.len(), users.len());
+    for (u, got) in users.iter().zip(&bulk) {
+        assert_eq!(got, &s.friends(u).unwrap(), "friends of {u}");
+    }
+    let names = |v: &[FriendRecord]| v.iter().map(|f| f.friend.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&bulk[0]), ["b", "c"]);
+    assert!(bulk[1].is_empty() && bulk[3].is_empty());
+}
+
+pub fn presence_updates_in_one_batch_each_answer_and_push(f: Fixture) {
+    // Proves presence updates batched among sends (a login storm) each get
+    // their own answer and push to their own friends, a bad one fails alone,
+    // and the sends around them are stored as usual.
+    let w = World::new(f);
+    w.befriend("alice", "bob");
+    let req = |u: &str, body: Body| Request {
+        caller: World::caller(u),
+        body,
+    };
+    let presence = |state: pb::PresenceState| {
+        Body::SetPresence(pb::SetPresenceRequest {
+            state: state as i32,
+            text: String::new(),
+        })
+    };
+    let reqs = vec![
+        req("alice", presence(pb::PresenceState::Online)),
+        req("carol", send_body("p1", To::User("dave"), "one")),
+        req("bob", presence(pb::PresenceState::Away)),
+        req("erin", presence(pb::PresenceState::Unspecified)),
+        req("carol", send_body("p2", To::User("dave"), "two")),
+    ];
+    let out = w.domain.handle_batch(w.now(), reqs);
+    assert_eq!(out.len(), 5);
+    let pushed_to = |o: &Outcome| match &o.effects[..] {
+        [Effect::Presence { recipients, .. }] => recipients.to_vec(),
+        e => panic!("{e:?}"),
+    };
+    assert!(matches!(out[0].reply, Some(Body::Ok(_))));
+    assert_eq!(pushed_to(&out[0]), strings(&["bob"]));
+    assert!(matches!(out[2].reply, Some(Body::Ok(_))));
+    assert_eq!(pushed_to(&out[2]), strings(&["alice"]));
+    assert!(
+        matches!(&out[3].reply, Some(Body::Error(e)) if e.code() == pb::ErrorCode::InvalidArgument)
+    );
+    assert_eq!((ack(&out[1]).seq, ack(&out[4]).seq), (1, 2));
+    let states = w.store().presences(&["alice", "bob", "erin"]).unwrap();
+    let states: Vec<_> = states.iter().map(|p| p.as_ref().map(|p| p.state)).collect();
+    assert_eq!(
+        states,
+        [
+            Some(pb::PresenceState::Online as i32),
+            Some(pb::PresenceState::Away as i32),
+            None
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Messages: send, dedup, sync, history, unread, conversation list
 // ---------------------------------------------------------------------------
@@ -3805,6 +3895,8 @@ macro_rules! conformance_tests {
             store_blocked_pairs_answers_in_order,
             store_friend_pairs_answers_in_order,
             store_presence_records,
+            store_presences_and_friends_of_in_bulk,
+            presence_updates_in_one_batch_each_answer_and_push,
             send_direct_stores_and_delivers,
             send_with_reply_and_mentions_is_stored,
             send_dedup_returns_original,
