@@ -120,7 +120,7 @@ pub struct SessionSettings {
     pub frame_bytes_max: usize,
     /// Largest text content, bytes. Default 16384.
     pub text_bytes_max: usize,
-    /// Deliver frames in flight per connection before waiting for acks. Default 64.
+    /// Deliver frames in flight per connection before waiting for acks. Default 256.
     pub unacked_window_max: usize,
     /// Frames queued per connection before it counts as a slow consumer. Default 256.
     pub outbox_frames_max: usize,
@@ -243,7 +243,7 @@ impl Default for SessionSettings {
             heartbeat_timeout_factor_pct: 200,
             frame_bytes_max: 65_536,
             text_bytes_max: 16_384,
-            unacked_window_max: 64,
+            unacked_window_max: 256,
             outbox_frames_max: 256,
             outbox_bytes_max: 1 << 20,
         }

@@ -87,8 +87,9 @@ pub const HEARTBEAT_MS_MIN: u64 = 1_000;
 /// Progress lines, at most one per this interval.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
 /// Pushes a device lets go unacked before it acks at once, whatever the
-/// delay: half the gateway's default unacked window (64 frames), so the
-/// server never stalls on us (lowered to half the window a Welcome announces).
+/// delay: well inside the gateway's default unacked window (256 frames), so
+/// the server never stalls on us (lowered to half the window a Welcome
+/// announces).
 pub const ACK_PENDING_FRAMES_MAX: u32 = 32;
 
 const WAKER: Token = Token(usize::MAX);
