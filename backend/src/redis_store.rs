@@ -966,16 +966,8 @@ impl Store for RedisStore {
     }
 
     fn friends(&self, user: &str) -> StoreResult<Vec<FriendRecord>> {
-        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
-        Ok(self.filtered_index(
-            &uk.friends,
-            |friend| {
-                let mut c = redis::cmd("HGET");
-                c.arg(&PairKeys::new(user, friend)?.friends).arg(user);
-                Ok(c)
-            },
-            |_, v| decode_opt::<FriendRecord>(v, "friend record"),
-        )?)
+        // The same two round trips as the bulk read, in one place.
+        Ok(self.friends_of(&[user])?.pop().unwrap_or_default())
     }
 
     fn friend_request(&self, from: &str, to: &str) -> StoreResult<Option<FriendRequestRecord>> {

@@ -702,7 +702,12 @@ impl Shard {
 
     /// Writes every connection the inbox batch gave frames to.
     fn write_touched(self: &Rc<Self>) {
-        let touched = std::mem::take(&mut *self.touched.borrow_mut());
+        // Taken out while writing (flushing touches nothing), then put back
+        // empty to keep its buffer for the next batch.
+        let mut touched = std::mem::take(&mut *self.touched.borrow_mut());
+        if touched.is_empty() {
+            return;
+        }
         let mut conns = self.conns.borrow_mut();
         for &(key, generation) in &touched {
             let Some(c) = conns
@@ -715,14 +720,8 @@ impl Shard {
             self.flush(key, c);
             self.arm(key, c);
         }
-        drop(conns);
-        // Keep the list's buffer for the next batch (bounded by the
-        // connections the shard holds).
-        let mut list = self.touched.borrow_mut();
-        if list.is_empty() {
-            *list = touched;
-            list.clear();
-        }
+        touched.clear();
+        *self.touched.borrow_mut() = touched;
     }
 
     /// Calls `f(user, key, conn)` for every connection of `users` that this
@@ -907,7 +906,7 @@ impl Shard {
     /// user is never left shown online after going offline; past
     /// [`PRESENCE_PENDING_MAX`] waiting updates it is dropped and counted.
     fn presence(self: &Rc<Self>, user: &str, state: pb::PresenceState) {
-        let req = BackendRequest {
+        let mut req = BackendRequest {
             // No connection waits for the answer.
             from: ConnRef {
                 shard: self.id as u16,
@@ -928,15 +927,13 @@ impl Shard {
             started: None,
             resume: false,
         };
-        let waiting = !self.blocked.borrow().is_empty();
-        let req = if waiting {
-            req
-        } else {
+        // Behind updates already waiting, never ahead of them.
+        if self.blocked.borrow().is_empty() {
             match self.send_backend(req) {
                 Ok(()) => return,
-                Err(req) => req,
+                Err(full) => req = full,
             }
-        };
+        }
         let mut blocked = self.blocked.borrow_mut();
         if blocked.len() >= PRESENCE_PENDING_MAX {
             self.metrics

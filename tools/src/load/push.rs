@@ -424,15 +424,7 @@ mod tests {
         let entries = entries
             .into_iter()
             .map(|e| {
-                let stamp = match &e.body {
-                    Some(pb::entry::Body::Message(m)) => {
-                        match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
-                            Some(pb::content::Kind::Text(t)) => wire::read_stamp(t.text.as_bytes()),
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                };
+                let stamp = wire::entry_stamp(&e);
                 (e.conversation_id, e.seq, stamp)
             })
             .collect();

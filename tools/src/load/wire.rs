@@ -67,6 +67,18 @@ pub fn read_stamp(payload: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// The stamp of a decoded entry: a text message's payload, if it has one.
+pub fn entry_stamp(e: &tern_protocol::pb::Entry) -> Option<u64> {
+    use tern_protocol::pb::{content::Kind, entry::Body};
+    match &e.body {
+        Some(Body::Message(m)) => match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
+            Some(Kind::Text(t)) => read_stamp(t.text.as_bytes()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 // ---- MQTT 3.1.1 -------------------------------------------------------------
 
 fn mqtt_len(mut n: usize, out: &mut Vec<u8>) {

@@ -1218,15 +1218,7 @@ impl<W: Write> Worker<W> {
     /// left to prost).
     fn on_entries(&mut self, i: usize, entries: Vec<pb::Entry>, via: Via, now: u64) {
         for e in entries {
-            let stamp = match &e.body {
-                Some(pb::entry::Body::Message(m)) => {
-                    match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
-                        Some(pb::content::Kind::Text(t)) => wire::read_stamp(t.text.as_bytes()),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
+            let stamp = wire::entry_stamp(&e);
             self.take_entry(i, &e.conversation_id, e.seq, stamp, via, now);
         }
     }
