@@ -138,11 +138,16 @@ fn check_client_decode_agrees(
     client: &Result<Decoded, DecodeError>,
 ) {
     match (plain, client) {
-        (Ok(Decoded::Frame { .. }), Err(DecodeError::ServerOnly { field })) => {
+        (
+            Ok(Decoded::Frame { frame, .. }),
+            Err(DecodeError::ServerOnly { field, request_id }),
+        ) => {
             // Refused from a server-only key; prost's frame may still hold a
             // client body (a oneof keeps the last variant seen), so only the
-            // field's range is checked.
+            // field's range is checked. The request id read from the
+            // envelope is the one prost reads.
             assert!(SERVER_ONLY_FIELDS.contains(field));
+            assert_eq!(*request_id, frame.request_id);
         }
         (Ok(Decoded::Frame { frame, .. }), client) => {
             if let Some(body) = &frame.body {

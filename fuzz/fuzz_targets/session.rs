@@ -174,6 +174,7 @@ impl Driver {
                     1 => DecodeError::VarintOverlong,
                     2 => DecodeError::ServerOnly {
                         field: 100 + u32::from(kind % 21),
+                        request_id: u64::from(kind),
                     },
                     // A real prost error: field number 0.
                     _ => codec::decode_body(&[0x00], 16).expect_err("field 0 is malformed"),

@@ -84,6 +84,11 @@ pub enum DecodeError {
     ServerOnly {
         /// The body's field number in `Frame`.
         field: u32,
+        /// The frame's `request_id` (0 when it carried none), read from the
+        /// envelope without building the body, so the `Error` that refuses
+        /// the frame answers it like any other request (docs/protocol.md
+        /// section 4).
+        request_id: u64,
     },
 }
 
@@ -95,6 +100,17 @@ impl DecodeError {
             Self::FrameTooLarge { .. } => pb::ErrorCode::FrameTooLarge,
             Self::VarintOverlong | Self::Malformed(_) => pb::ErrorCode::BadFrame,
             Self::ServerOnly { .. } => pb::ErrorCode::ServerOnlyFrame,
+        }
+    }
+
+    /// The `request_id` the `Error` answering this input carries: the
+    /// frame's own for a server-only body, whose envelope was read; 0 for
+    /// everything else (a body that does not decode has no trustworthy
+    /// request id, and broken framing has no frame at all).
+    pub fn request_id(&self) -> u64 {
+        match self {
+            Self::ServerOnly { request_id, .. } => *request_id,
+            Self::FrameTooLarge { .. } | Self::VarintOverlong | Self::Malformed(_) => 0,
         }
     }
 
@@ -248,45 +264,72 @@ fn parse_body(body: &[u8]) -> Result<pb::Frame, DecodeError> {
 }
 
 fn parse_client_body(body: &[u8]) -> Result<pb::Frame, DecodeError> {
-    if let Some(field) = server_only_field(body) {
-        return Err(DecodeError::ServerOnly { field });
+    let envelope = walk_envelope(body);
+    if let Some(field) = envelope.server_only_field {
+        return Err(DecodeError::ServerOnly {
+            field,
+            request_id: envelope.request_id,
+        });
     }
     parse_body(body)
 }
 
-/// The first top-level field of `body` whose number is server-only, found by
-/// walking the field keys and skipping values by their lengths: no
-/// allocation, no recursion. `None` also when the walk meets bytes that are
-/// not protobuf: prost then reports them (as `Malformed`) in its own words.
-fn server_only_field(body: &[u8]) -> Option<u32> {
+/// What [`walk_envelope`] read of a `Frame` without building it.
+#[derive(Debug, Default)]
+struct Envelope {
+    /// The first top-level field whose number is server-only.
+    server_only_field: Option<u32>,
+    /// `Frame.request_id` as protobuf reads it (the last one wins), 0 when
+    /// absent; only meaningful with `server_only_field`.
+    request_id: u64,
+}
+
+/// Walks the top-level field keys of `body`, skipping values by their
+/// lengths (no allocation, no recursion), for the first server-only field
+/// and the request id. The walk goes on past the server-only field because
+/// `request_id` may come after it. It stops at bytes that are not protobuf:
+/// without a server-only field before them, prost then reports them (as
+/// `Malformed`) in its own words.
+fn walk_envelope(body: &[u8]) -> Envelope {
+    let mut found = Envelope::default();
     let mut rest = body;
     // Start-group fields nest; inside them field numbers are not `Frame`'s.
     let mut group_depth: u32 = 0;
     while !rest.is_empty() {
-        let key = take_varint(&mut rest)?;
-        let field = u32::try_from(key >> 3).ok()?;
+        let Some(key) = take_varint(&mut rest) else {
+            break;
+        };
+        let Ok(field) = u32::try_from(key >> 3) else {
+            break;
+        };
         let wire_type = key & 0x7;
         // An end-group key closes a group; any other key at depth 0 is a
         // field of `Frame` itself.
-        if group_depth == 0 && wire_type != 4 && SERVER_ONLY_FIELDS.contains(&field) {
-            return Some(field);
+        let top_level = group_depth == 0 && wire_type != 4;
+        if top_level && found.server_only_field.is_none() && SERVER_ONLY_FIELDS.contains(&field) {
+            found.server_only_field = Some(field);
         }
-        match wire_type {
-            0 => {
-                take_varint(&mut rest)?;
-            }
-            1 => rest = rest.get(8..)?,
-            2 => {
-                let len = usize::try_from(take_varint(&mut rest)?).ok()?;
-                rest = rest.get(len..)?;
-            }
-            3 => group_depth = group_depth.checked_add(1)?,
-            4 => group_depth = group_depth.checked_sub(1)?,
-            5 => rest = rest.get(4..)?,
-            _ => return None,
+        let skipped = match wire_type {
+            0 => take_varint(&mut rest).map(|value| {
+                if top_level && field == 1 {
+                    found.request_id = value;
+                }
+            }),
+            1 => rest.get(8..).map(|r| rest = r),
+            2 => take_varint(&mut rest)
+                .and_then(|len| usize::try_from(len).ok())
+                .and_then(|len| rest.get(len..))
+                .map(|r| rest = r),
+            3 => group_depth.checked_add(1).map(|d| group_depth = d),
+            4 => group_depth.checked_sub(1).map(|d| group_depth = d),
+            5 => rest.get(4..).map(|r| rest = r),
+            _ => None,
+        };
+        if skipped.is_none() {
+            break;
         }
     }
-    None
+    found
 }
 
 /// Reads a protobuf varint (at most 10 bytes) off the front of `rest`.

@@ -592,10 +592,13 @@ impl Session {
     /// anything before `auth`; a live connection gets an `Error` for a
     /// malformed or server-only body and stays, as
     /// [`DecodeError::closes_connection`] says. Either way the input counts as
-    /// liveness: the client is there.
+    /// liveness: the client is there. The `Error` carries
+    /// [`DecodeError::request_id`]: a server-only frame's own request id, so
+    /// it answers that frame like any refused request; 0 otherwise.
     pub fn handle_decode_error(&mut self, cfg: &SessionConfig, now_ms: u64, error: &DecodeError) {
         self.stats.frames_in = self.stats.frames_in.wrapping_add(1);
         let refusal = Refusal::from(error);
+        let request_id = error.request_id();
         match self.state {
             Lifecycle::Handshaking { .. } => {
                 let (refusal, reason) = match error {
@@ -606,7 +609,7 @@ impl Session {
                     // A well-formed frame, just not `auth`.
                     DecodeError::ServerOnly { .. } => (auth_required(), CloseReason::AuthRequired),
                 };
-                self.close_with_refusal(cfg, now_ms, 0, refusal, reason);
+                self.close_with_refusal(cfg, now_ms, request_id, refusal, reason);
             }
             Lifecycle::Authenticating { .. } | Lifecycle::Live { .. } => {
                 if let Lifecycle::Live { .. } = self.state {
@@ -621,7 +624,7 @@ impl Session {
                     };
                     self.close_with_refusal(cfg, now_ms, 0, refusal, reason);
                 } else {
-                    self.queue_reply(cfg, now_ms, &refusal.into_frame(0));
+                    self.queue_reply(cfg, now_ms, &refusal.into_frame(request_id));
                 }
             }
             Lifecycle::Draining { .. } | Lifecycle::Closed(_) => {}

@@ -687,7 +687,13 @@ fn decoded_memory_stays_within_a_fixed_multiple_of_the_frame() {
         assert!(ratio <= SERVER_AMPLIFICATION_MAX, "{name}: {allocs:?}");
         // The same bytes from a client: refused from the field key, unbuilt.
         let (r, allocs) = measure(|| decode_client_body(&body, MAX));
-        assert_eq!(r, Err(DecodeError::ServerOnly { field }));
+        assert_eq!(
+            r,
+            Err(DecodeError::ServerOnly {
+                field,
+                request_id: 0
+            })
+        );
         assert_eq!(allocs.count, 0, "{name}");
     }
 }
@@ -700,15 +706,17 @@ fn client_decoding_refuses_server_only_bodies_and_nothing_else() {
     // groups, and malformed bytes exactly like decode_frame does.
     for field in SERVER_ONLY_FIELDS {
         let body = [key(1, VARINT), varint(4), ld(9, b"pad"), ld(field, &[])].concat();
+        let refused = DecodeError::ServerOnly {
+            field,
+            request_id: 4,
+        };
         let r = decode_client_frame(&with_prefix(&body), MAX);
-        assert_eq!(r, Err(DecodeError::ServerOnly { field }));
+        assert_eq!(r, Err(refused.clone()));
         let e = r.unwrap_err();
         assert_eq!(e.code(), pb::ErrorCode::ServerOnlyFrame);
+        assert_eq!(e.request_id(), 4);
         assert!(!e.closes_connection());
-        assert_eq!(
-            decode_client_body(&body, MAX),
-            Err(DecodeError::ServerOnly { field })
-        );
+        assert_eq!(decode_client_body(&body, MAX), Err(refused));
     }
     let mut wire = Vec::new();
     encode_frame(&text_send(2, "hi"), &mut wire);
@@ -730,6 +738,73 @@ fn client_decoding_refuses_server_only_bodies_and_nothing_else() {
 }
 
 // ---- validation of decoded frames ----------------------------------------------
+
+#[test]
+fn a_server_only_body_is_refused_with_the_frames_request_id() {
+    // Proves the refusal of a server-only body names the request it answers:
+    // the envelope's request_id is read wherever it sits (before or after the
+    // body, last one wins, as protobuf decodes it), is 0 when absent, and is
+    // not taken from inside the body or a group; still without building it.
+    let cases: [(&str, Vec<u8>, u64); 6] = [
+        (
+            "before",
+            [key(1, VARINT), varint(7), ld(103, &[])].concat(),
+            7,
+        ),
+        (
+            "after",
+            [ld(119, &[]), key(1, VARINT), varint(300)].concat(),
+            300,
+        ),
+        (
+            "twice",
+            [
+                key(1, VARINT),
+                varint(1),
+                ld(120, &[]),
+                key(1, VARINT),
+                varint(2),
+            ]
+            .concat(),
+            2,
+        ),
+        ("absent", ld(100, &[]), 0),
+        (
+            "inside the body",
+            ld(101, &[key(1, VARINT), varint(9)].concat()),
+            0,
+        ),
+        (
+            "inside a group",
+            [
+                ld(118, &[]),
+                key(9, SGROUP),
+                key(1, VARINT),
+                varint(5),
+                key(9, EGROUP),
+            ]
+            .concat(),
+            0,
+        ),
+    ];
+    for (name, body, request_id) in cases {
+        let (r, allocs) = measure(|| decode_client_body(&body, MAX));
+        let e = r.expect_err(name);
+        assert!(matches!(e, DecodeError::ServerOnly { .. }), "{name}: {e:?}");
+        assert_eq!(e.request_id(), request_id, "{name}");
+        assert_eq!(allocs.count, 0, "{name}");
+        assert_eq!(
+            Refusal::from(&e).into_frame(e.request_id()).request_id,
+            request_id
+        );
+    }
+    // Every other decode error answers with request_id 0.
+    assert_eq!(DecodeError::VarintOverlong.request_id(), 0);
+    let malformed =
+        decode_client_body(&[key(1, VARINT), varint(3), vec![0x00]].concat(), MAX).unwrap_err();
+    assert!(matches!(malformed, DecodeError::Malformed(_)));
+    assert_eq!(malformed.request_id(), 0);
+}
 
 #[test]
 fn out_of_range_enums_decode_but_validation_refuses_them() {

@@ -477,9 +477,11 @@ fn a_frame_before_auth_gets_auth_required_and_closes() {
     assert!(pair.event().is_none());
     assert_eq!(pair.timeout(), None, "a closed session arms no timer");
 
+    // A server-only first frame is refused by the codec before it is built;
+    // its AUTH_REQUIRED still answers it with its request_id.
     let mut pair = Pair::new(SessionConfig::default());
-    pair.send(Body::Welcome(pb::Welcome::default()));
-    assert_eq!(error_of(&pair.recv()[0]).1, ErrorCode::AuthRequired);
+    let id = pair.send(Body::Welcome(pb::Welcome::default()));
+    assert_eq!(error_of(&pair.recv()[0]), (id, ErrorCode::AuthRequired));
     assert!(pair.session.is_closed());
 
     let mut pair = Pair::new(SessionConfig::default());
@@ -838,12 +840,15 @@ fn an_invalid_request_gets_an_error_and_the_connection_stays() {
 
 #[test]
 fn a_server_only_frame_gets_server_only_frame_and_the_connection_stays() {
-    // Proves server-only frames are refused whether the session decodes them
-    // (refused by the codec before they are built) or the driver did.
+    // Proves server-only frames are refused with their own request_id
+    // (section 4: an answer carries its request's id) whether the session
+    // decodes them (refused by the codec before they are built) or the
+    // driver did, and that the connection stays.
     let mut pair = Pair::live(SessionConfig::default());
     let id = pair.send(Body::Deliver(pb::Deliver::default()));
     assert!(pair.event().is_none());
-    assert_eq!(error_of(&pair.recv()[0]), (0, ErrorCode::ServerOnlyFrame));
+    assert_ne!(id, 0);
+    assert_eq!(error_of(&pair.recv()[0]), (id, ErrorCode::ServerOnlyFrame));
 
     let kick = Body::Kick(pb::Kick::default());
     pair.session.handle_frame(
@@ -858,6 +863,22 @@ fn a_server_only_frame_gets_server_only_frame_and_the_connection_stays() {
     assert_eq!(
         error_of(&pair.recv()[0]),
         (id + 1, ErrorCode::ServerOnlyFrame)
+    );
+    // Bytes whose request_id follows the server-only body (any field order
+    // is valid protobuf): the refusal still carries it.
+    let mut body = Vec::new();
+    codec::encode_body(
+        &pb::Frame {
+            request_id: 0,
+            body: Some(Body::Ok(pb::Ok::default())),
+        },
+        &mut body,
+    );
+    body.extend_from_slice(&[0x08, 0xd2, 0x09]); // request_id (1, VARINT) = 1234
+    pair.send_bytes(&body);
+    assert_eq!(
+        error_of(&pair.recv()[0]),
+        (1234, ErrorCode::ServerOnlyFrame)
     );
     assert!(pair.session.is_live());
 }
