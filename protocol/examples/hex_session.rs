@@ -5,6 +5,11 @@
 //!
 //! Run: `cargo run -p tern-protocol --example hex_session`
 //!
+//! The server's `Welcome` and `Pong` are not written by hand: they are what
+//! a [`Session`] with [`SessionConfig::default`] (the gateway's defaults)
+//! answers to the client's `auth` and `ping`, so the limits they show are
+//! the ones a client sees from a server with the default configuration.
+//!
 //! Frames are built with the generated `tern_protocol::pb` types and framed
 //! with `prost::Message::encode_length_delimited` (varint length prefix, then
 //! the `Frame`), which is Tern's TCP framing. Field names in the annotations
@@ -19,6 +24,7 @@ use std::fmt::Write as _;
 use prost::Message as _;
 use tern_protocol::pb;
 use tern_protocol::pb::frame::Body;
+use tern_protocol::session::{AuthOk, Event, Session, SessionConfig};
 
 /// The schema, the same file build.rs compiles.
 const PROTO: &str = include_str!("../proto/tern/v1/tern.proto");
@@ -67,7 +73,7 @@ fn render() -> Result<String, Box<dyn Error>> {
         out,
         "# Annotation columns: offset (hex), bytes, field (number, wire type) = value."
     )?;
-    for (i, (who, frame)) in session().iter().enumerate() {
+    for (i, (who, frame)) in session()?.iter().enumerate() {
         let mut wire = Vec::new();
         frame.encode_length_delimited(&mut wire)?;
         // The bytes must decode back to the same frame: the annotation below
@@ -95,7 +101,7 @@ fn render() -> Result<String, Box<dyn Error>> {
 
 /// The exchange: Alice's phone connects, pings, sends "hi 👋" to Bob; Bob's
 /// laptop (already connected) gets the push and acks it.
-fn session() -> Vec<(&'static str, pb::Frame)> {
+fn session() -> Result<Vec<(&'static str, pb::Frame)>, Box<dyn Error>> {
     let conversation = "d:alice:bob";
     let text = pb::Content {
         kind: Some(pb::content::Kind::Text(pb::Text {
@@ -106,61 +112,30 @@ fn session() -> Vec<(&'static str, pb::Frame)> {
         request_id,
         body: Some(body),
     };
-    vec![
-        (
-            "alice/phone-1 -> server",
-            frame(
-                1,
-                Body::Auth(pb::Auth {
-                    token: TOKEN.into(),
-                    device_id: "phone-1".into(),
-                    platform: pb::Platform::Ios.into(),
-                    protocol_version: tern_protocol::PROTOCOL_VERSION,
-                    capabilities: vec![],
-                    // Alice's phone already holds her chat with Carol up to
-                    // seq 7; the server pushes what came after.
-                    resume_cursors: vec![pb::Cursor {
-                        conversation_id: "d:alice:carol".into(),
-                        seq: 7,
-                    }],
-                    client_version: "ios/2.3.0".into(),
-                }),
-            ),
-        ),
-        (
-            "server -> alice/phone-1",
-            frame(
-                1,
-                Body::Welcome(pb::Welcome {
-                    user_id: "alice".into(),
-                    device_id: "phone-1".into(),
-                    heartbeat_interval_ms: 30_000,
-                    limits: Some(pb::Limits {
-                        frame_bytes_max: 65_536,
-                        text_bytes_max: 16_384,
-                        unacked_window_max: 64,
-                        page_entries_max: 200,
-                    }),
-                    node_id: "gw-1".into(),
-                    server_time_ms: T0_MS,
-                    protocol_version: tern_protocol::PROTOCOL_VERSION,
-                }),
-            ),
-        ),
-        (
-            "alice/phone-1 -> server",
-            frame(2, Body::Ping(pb::Ping { nonce: 1 })),
-        ),
-        (
-            "server -> alice/phone-1",
-            frame(
-                2,
-                Body::Pong(pb::Pong {
-                    nonce: 1,
-                    server_time_ms: T0_MS + 30_000,
-                }),
-            ),
-        ),
+    let auth = frame(
+        1,
+        Body::Auth(pb::Auth {
+            token: TOKEN.into(),
+            device_id: "phone-1".into(),
+            platform: pb::Platform::Ios.into(),
+            protocol_version: tern_protocol::PROTOCOL_VERSION,
+            capabilities: vec![],
+            // Alice's phone already holds her chat with Carol up to seq 7;
+            // the server pushes what came after.
+            resume_cursors: vec![pb::Cursor {
+                conversation_id: "d:alice:carol".into(),
+                seq: 7,
+            }],
+            client_version: "ios/2.3.0".into(),
+        }),
+    );
+    let ping = frame(2, Body::Ping(pb::Ping { nonce: 1 }));
+    let (welcome, pong) = server_answers(&auth, &ping)?;
+    Ok(vec![
+        ("alice/phone-1 -> server", auth),
+        ("server -> alice/phone-1", welcome),
+        ("alice/phone-1 -> server", ping),
+        ("server -> alice/phone-1", pong),
         (
             "alice/phone-1 -> server",
             frame(
@@ -225,7 +200,42 @@ fn session() -> Vec<(&'static str, pb::Frame)> {
                 }),
             ),
         ),
-    ]
+    ])
+}
+
+/// Alice's `Welcome` and `Pong`, from her connection's [`Session`] on a server
+/// with the default configuration: accepted at time 0 (the server's clock
+/// reads [`T0_MS`]), the token accepted at once, the ping 30 s later.
+fn server_answers(
+    auth: &pb::Frame,
+    ping: &pb::Frame,
+) -> Result<(pb::Frame, pb::Frame), Box<dyn Error>> {
+    let cfg = SessionConfig::default();
+    let mut session = Session::new(&cfg, 0, 0);
+    session.handle_body(&cfg, 0, T0_MS, &auth.encode_to_vec());
+    let Some(Event::Authenticate(request)) = session.poll_event() else {
+        return Err("the session did not ask to verify the token".into());
+    };
+    let ok = AuthOk {
+        user_id: "alice",
+        device_id: &request.device_id,
+        node_id: "gw-1",
+        unix_ms: T0_MS,
+    };
+    session.handle_auth_ok(&cfg, 0, ok)?;
+    let welcome = transmitted(&mut session)?;
+    session.handle_body(&cfg, 30_000, T0_MS + 30_000, &ping.encode_to_vec());
+    let pong = transmitted(&mut session)?;
+    Ok((welcome, pong))
+}
+
+/// The one frame the session has to send now, decoded.
+fn transmitted(session: &mut Session) -> Result<pb::Frame, Box<dyn Error>> {
+    let body = session.poll_transmit().ok_or("the session sent nothing")?;
+    if session.outbox_frames() != 0 {
+        return Err("the session sent more than one frame".into());
+    }
+    Ok(pb::Frame::decode(body)?)
 }
 
 /// The `Frame.body` variant's name as written in the schema.
