@@ -12,7 +12,10 @@ use std::{
     collections::{HashMap, HashSet},
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -317,6 +320,54 @@ fn a_slow_handler_gets_408_after_the_request_timeout() {
     assert!(closed_within(&mut slow, WAIT), "408 closes the connection");
     wait_metric(server.addr, "tern_http_timeouts_total{kind=\"request\"} 1");
     server.stop();
+}
+
+/// Stopping the edge is graceful: a request in progress (a handler taking
+/// 300 ms) is still answered 200, the idle keep-alive connection is closed,
+/// and the listener no longer accepts once `stop` returns.
+#[test]
+fn stop_finishes_requests_in_progress() {
+    let metrics = Metrics::new(1);
+    let state = HttpState {
+        metrics: metrics.clone(),
+        ready: Arc::new(AtomicBool::new(true)),
+    };
+    let started = Arc::new(AtomicBool::new(false));
+    let flag = started.clone();
+    let routes = http::router(state).route(
+        "/slow",
+        axum::routing::get(move || async move {
+            flag.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "done\n"
+        }),
+    );
+    let server = HttpServer::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &HttpSettings::default(),
+        routes,
+        metrics.http.clone(),
+    )
+    .unwrap();
+    let addr = server.addr;
+    let mut idle = connect(addr);
+    assert_eq!(get_on(&mut idle, "/healthz", "").unwrap().status, 200);
+    let mut slow = connect(addr);
+    write!(slow, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !started.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the handler never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stopper = std::thread::spawn(move || server.stop());
+    let r = read_response(&mut slow).expect("the request in progress is answered");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"done\n"[..]));
+    assert!(closed_within(&mut idle, WAIT), "idle connection kept open");
+    stopper.join().unwrap();
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after stop"
+    );
 }
 
 /// `/metrics` is a valid exposition in both formats it serves: OpenMetrics
