@@ -174,6 +174,37 @@ fn half_sent_request_is_closed_after_header_read_timeout() {
     wait_metric(gw.http, "tern_http_timeouts_total{kind=\"header_read\"} 1");
 }
 
+/// 300 slow clients (each holding a half-sent request) cost tasks, not
+/// threads: the process's thread count grows by far less than one per
+/// connection while the server holds them all. (Other tests of this binary
+/// start and stop threads meanwhile; the bound of 100 leaves room for that
+/// and still fails a thread-per-connection server, which adds 300.)
+#[test]
+fn slow_clients_cost_no_thread_each() {
+    const SLOW: usize = 300;
+    let gw = gateway(|h| {
+        h.header_read_timeout_ms = 60_000;
+        h.idle_timeout_ms = 60_000;
+    });
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let before = threads();
+    let held: Vec<TcpStream> = (0..SLOW)
+        .map(|_| {
+            let mut s = connect(gw.http);
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    wait_metric(gw.http, &format!("tern_http_connections {}", SLOW + 1));
+    let during = threads();
+    assert!(
+        during < before + 100,
+        "{before} threads before, {during} with {SLOW} slow clients"
+    );
+    drop(held);
+}
+
 /// A keep-alive connection with nothing in progress is closed after
 /// `idle_timeout_ms` (300 ms here, against a 10 s bound).
 #[test]
