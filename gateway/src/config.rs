@@ -33,6 +33,8 @@ pub struct Config {
     pub chat: ChatSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// The HTTP edge: its runtime and limits.
+    pub http: HttpSettings,
 }
 
 /// Where clients and operators connect.
@@ -194,6 +196,7 @@ impl Default for Config {
             backend: BackendSettings::default(),
             chat: ChatSettings::default(),
             shutdown: ShutdownConfig::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -384,6 +387,98 @@ impl Config {
         }
         if !matches!(self.auth.algorithm.as_str(), "HS256" | "RS256" | "EdDSA") {
             return invalid("auth.algorithm", "must be HS256, RS256 or EdDSA");
+        }
+        self.http.validate()?;
+        Ok(())
+    }
+}
+
+// ---- [http]: the HTTP edge (axum on hyper, off the shards) ----
+
+/// The HTTP edge (`/metrics`, `/healthz`, `/readyz`): the size of its
+/// runtime and the limit on everything a client can hold. Each limit says
+/// what happens at it; see docs/gateway.md, "HTTP".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Threads of the HTTP runtime (tokio workers, never a shard thread).
+    /// Default 1.
+    pub worker_threads: usize,
+    /// Largest request head (request line and headers), bytes; a larger one
+    /// is answered 431 and the connection closed. At least 8192 (hyper's
+    /// smallest read buffer). Default 16384.
+    pub header_bytes_max: usize,
+    /// Largest request body, bytes; a larger one is answered 413.
+    /// Default 1048576.
+    pub body_bytes_max: usize,
+    /// HTTP connections open at once; one more is accepted, answered 503
+    /// (best effort) and closed at once. Default 1024.
+    pub connections_max: usize,
+    /// A request head must be complete within this, counted from the
+    /// connection's start or the end of the previous response (so it also
+    /// bounds a keep-alive wait); beyond it the connection is closed without
+    /// an answer. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// A request must be answered within this, from its head to the
+    /// handler's response (reading the body included); beyond it the
+    /// answer is 408 and the connection closes. Default 30000.
+    pub request_timeout_ms: u64,
+    /// A connection with no request in progress on which no byte moved
+    /// either way for this long is closed (the keep-alive idle timeout;
+    /// `header_read_timeout_ms` cuts a keep-alive wait too, whichever is
+    /// shorter). Default 5000.
+    pub idle_timeout_ms: u64,
+    /// A connection whose response writes made no progress for this long
+    /// (the client does not read) is dropped. Default 10000.
+    pub write_stall_timeout_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            worker_threads: 1,
+            header_bytes_max: 16_384,
+            body_bytes_max: 1 << 20,
+            connections_max: 1_024,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            idle_timeout_ms: 5_000,
+            write_stall_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// Hyper's smallest read buffer: a smaller head limit cannot be set.
+    pub const HEADER_BYTES_MIN: usize = 8_192;
+
+    /// Checks the ranges of the `[http]` settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.into(),
+            })
+        };
+        if !(1..=64).contains(&self.worker_threads) {
+            return invalid("http.worker_threads", "must be 1..=64");
+        }
+        if !(Self::HEADER_BYTES_MIN..=1 << 20).contains(&self.header_bytes_max) {
+            return invalid("http.header_bytes_max", "must be 8 KiB..=1 MiB");
+        }
+        if self.body_bytes_max > 1 << 30 {
+            return invalid("http.body_bytes_max", "must be at most 1 GiB");
+        }
+        // The semaphore that counts connections holds at most this many.
+        if !(1..=1 << 20).contains(&self.connections_max) {
+            return invalid("http.connections_max", "must be 1..=1048576");
+        }
+        if self.header_read_timeout_ms == 0
+            || self.request_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+            || self.write_stall_timeout_ms == 0
+        {
+            return invalid("http", "timeouts must be > 0");
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Unit,
 };
 
 /// Why a connection closed (a label of `tern_connections_closed_total`).
@@ -152,6 +153,59 @@ pub struct BackendMetrics {
     pub batch_latency: LatencyHistogram,
 }
 
+/// Counters of the HTTP edge, written by its connection tasks.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    /// HTTP connections open now.
+    pub connections: AtomicI64,
+    /// Connections refused at `http.connections_max`.
+    pub refused: AtomicU64,
+    /// Connections closed or requests ended by a limit, by [`HttpTimeout`].
+    pub timeouts: [AtomicU64; 4],
+    /// Request heads refused as too large (431).
+    pub header_too_large: AtomicU64,
+}
+
+/// Which HTTP limit ended a connection or a request (a label of
+/// `tern_http_timeouts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HttpTimeout {
+    /// The request head was not complete in time.
+    HeaderRead,
+    /// The handler did not answer in time (408).
+    Request,
+    /// Nothing moved on a connection with no request in progress.
+    Idle,
+    /// The client did not read its responses.
+    WriteStall,
+}
+
+impl HttpTimeout {
+    const ALL: [HttpTimeout; 4] = [
+        Self::HeaderRead,
+        Self::Request,
+        Self::Idle,
+        Self::WriteStall,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::HeaderRead => "header_read",
+            Self::Request => "request",
+            Self::Idle => "idle",
+            Self::WriteStall => "write_stall",
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// Counts one timeout.
+    pub fn timed_out(&self, kind: HttpTimeout) {
+        self.timeouts[kind as usize].fetch_add(1, Relaxed);
+    }
+}
+
 /// Everything `/metrics` shows; registered once, read at scrape.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -159,6 +213,8 @@ pub struct Metrics {
     pub shards: Arc<[Arc<ShardMetrics>]>,
     /// The backend workers (shared).
     pub backend: Arc<BackendMetrics>,
+    /// The HTTP edge.
+    pub http: Arc<HttpMetrics>,
 }
 
 impl Metrics {
@@ -169,10 +225,13 @@ impl Metrics {
                 .map(|_| Arc::new(ShardMetrics::default()))
                 .collect(),
             backend: Arc::new(BackendMetrics::default()),
+            http: Arc::new(HttpMetrics::default()),
         }
     }
 
-    /// Renders the Prometheus text exposition format.
+    /// Renders the OpenMetrics text exposition (which Prometheus reads):
+    /// one `# TYPE` per family, base units in names, counters ending in
+    /// `_total`, then `# EOF`.
     pub fn render(&self) -> String {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(self.clone()));
@@ -182,17 +241,90 @@ impl Metrics {
         out
     }
 
+    /// Renders the classic Prometheus text format (version 0.0.4), for
+    /// scrapers and tools that do not ask for OpenMetrics (`promtool check
+    /// metrics`, curl): the same samples, with a counter's `# HELP` and
+    /// `# TYPE` naming its `_total` sample, and no `# UNIT` or `# EOF`.
+    pub fn render_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.render())
+    }
+
     fn sum(&self, f: impl Fn(&ShardMetrics) -> u64) -> u64 {
         self.shards.iter().map(|s| f(s)).sum()
     }
 }
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
-    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+/// The OpenMetrics exposition `prometheus_client` writes, as the classic
+/// text format: OpenMetrics names a counter family without its `_total`
+/// suffix, the classic format names it with it.
+fn openmetrics_to_prometheus_text(om: &str) -> String {
+    let counters: hashbrown::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 8 * counters.len());
+    for line in om.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
-    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+/// A counter family without labels. `name` has neither unit nor `_total`:
+/// the encoder appends `_<unit>` and the sample's `_total`.
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: u64,
+) -> std::fmt::Result {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, unit, MetricType::Counter)?)
+}
+
+/// A gauge family without labels (`name` without its unit).
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: i64,
+) -> std::fmt::Result {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, unit, MetricType::Gauge)?)
+}
+
+/// A gauge family with one sample per shard, labelled `shard`.
+fn shard_gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    shards: &[Arc<ShardMetrics>],
+    f: fn(&ShardMetrics) -> i64,
+) -> std::fmt::Result {
+    let mut d = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (i, m) in shards.iter().enumerate() {
+        let labels = [("shard", i.to_string())];
+        ConstGauge::new(f(m)).encode(d.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 fn histogram(
@@ -214,7 +346,8 @@ fn histogram(
     for h in hists {
         sum_us += h.sum_us.load(Relaxed);
     }
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    // Per-bucket counts: the encoder makes them cumulative.
+    let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
     m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
         sum_us as f64 / 1e6,
         count,
@@ -225,6 +358,7 @@ fn histogram(
 
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let enc = &mut enc;
         let s = |f: fn(&ShardMetrics) -> &AtomicU64| self.sum(|m| f(m).load(Relaxed));
         let current: i64 = self
             .shards
@@ -232,25 +366,24 @@ impl Collector for Metrics {
             .map(|m| m.connections.load(Relaxed))
             .sum();
         gauge(
-            &mut enc,
+            enc,
             "tern_connections",
             "Connections held now",
+            None,
             current,
         )?;
-        for (i, m) in self.shards.iter().enumerate() {
-            let mut d = enc.encode_descriptor(
-                "tern_shard_connections",
-                "Connections held now, per shard",
-                None,
-                MetricType::Gauge,
-            )?;
-            let labels = [("shard", i.to_string())];
-            ConstGauge::new(m.connections.load(Relaxed)).encode(d.encode_family(&labels)?)?;
-        }
+        shard_gauge(
+            enc,
+            "tern_shard_connections",
+            "Connections held now, per shard",
+            &self.shards,
+            |m| m.connections.load(Relaxed),
+        )?;
         counter(
-            &mut enc,
+            enc,
             "tern_connections_opened",
             "Connections accepted",
+            None,
             s(|m| &m.opened),
         )?;
         {
@@ -266,128 +399,344 @@ impl Collector for Metrics {
             }
         }
         counter(
-            &mut enc,
+            enc,
             "tern_auth_failures",
             "Auth attempts refused",
+            None,
             s(|m| &m.auth_failures),
         )?;
         counter(
-            &mut enc,
-            "tern_frames_in",
-            "Frames received",
+            enc,
+            "tern_received_frames",
+            "Frames received from clients",
+            None,
             s(|m| &m.frames_in),
         )?;
         counter(
-            &mut enc,
-            "tern_frames_out",
-            "Frames sent",
+            enc,
+            "tern_sent_frames",
+            "Frames sent to clients",
+            None,
             s(|m| &m.frames_out),
         )?;
         counter(
-            &mut enc,
-            "tern_bytes_in",
-            "Bytes received",
+            enc,
+            "tern_received",
+            "Bytes received from clients",
+            Some(&Unit::Bytes),
             s(|m| &m.bytes_in),
         )?;
         counter(
-            &mut enc,
-            "tern_bytes_out",
-            "Bytes sent",
+            enc,
+            "tern_sent",
+            "Bytes sent to clients",
+            Some(&Unit::Bytes),
             s(|m| &m.bytes_out),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_messages_sent",
             "Messages acked to senders",
+            None,
             s(|m| &m.messages_sent),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_deliveries",
             "Deliver frames pushed",
+            None,
             s(|m| &m.delivered),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_deliveries_dropped",
             "Deliver frames that left the unacked window without an ack",
+            None,
             s(|m| &m.deliveries_dropped),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_deliveries_window_full",
             "Deliveries skipped: unacked window full",
+            None,
             s(|m| &m.window_full),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_presence_dropped",
             "Presence updates dropped behind a full backend queue",
+            None,
             s(|m| &m.presence_dropped),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_heartbeat_timeouts",
             "Connections closed for silence",
+            None,
             s(|m| &m.heartbeat_timeouts),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_slow_consumer_closes",
             "Connections closed as slow consumers",
+            None,
             s(|m| &m.slow_consumer_closes),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_backend_backpressure",
             "Reads paused: backend queue full",
+            None,
             s(|m| &m.backend_backpressure),
         )?;
-        let inbox: i64 = self
-            .shards
-            .iter()
-            .map(|m| m.inbox_depth.load(Relaxed))
-            .sum();
-        gauge(
-            &mut enc,
+        shard_gauge(
+            enc,
             "tern_shard_inbox_depth",
-            "Items in shard inbound rings",
-            inbox,
+            "Items in the shard's inbound rings (sampled)",
+            &self.shards,
+            |m| m.inbox_depth.load(Relaxed),
         )?;
         let b = &self.backend;
         gauge(
-            &mut enc,
+            enc,
             "tern_backend_queue_depth",
             "Requests queued for the backend",
+            None,
             b.queue_depth.load(Relaxed),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_backend_batches",
             "Backend batches",
+            None,
             b.batches.load(Relaxed),
         )?;
         counter(
-            &mut enc,
+            enc,
             "tern_backend_requests",
             "Backend requests",
+            None,
             b.requests.load(Relaxed),
         )?;
         let send: Vec<&LatencyHistogram> =
             self.shards.iter().map(|m| &m.send_ack_latency).collect();
         histogram(
-            &mut enc,
-            "tern_send_ack_latency_seconds",
+            enc,
+            "tern_send_ack_latency",
             "Send to SendAck at the gateway",
             &send,
         )?;
         histogram(
-            &mut enc,
-            "tern_backend_batch_latency_seconds",
+            enc,
+            "tern_backend_batch_latency",
             "Backend batch handling incl. durable commit",
             &[&b.batch_latency],
         )?;
+        let h = &self.http;
+        gauge(
+            enc,
+            "tern_http_connections",
+            "HTTP connections open now",
+            None,
+            h.connections.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "tern_http_connections_refused",
+            "HTTP connections refused at http.connections_max",
+            None,
+            h.refused.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "tern_http_header_too_large",
+            "HTTP request heads refused as too large (431)",
+            None,
+            h.header_too_large.load(Relaxed),
+        )?;
+        {
+            let mut d = enc.encode_descriptor(
+                "tern_http_timeouts",
+                "HTTP connections or requests ended by a timeout, by kind",
+                None,
+                MetricType::Counter,
+            )?;
+            for k in HttpTimeout::ALL {
+                let v = h.timeouts[k as usize].load(Relaxed);
+                ConstCounter::new(v).encode(d.encode_family(&[("kind", k.label())])?)?;
+            }
+        }
+        {
+            let mut d = enc.encode_descriptor(
+                "tern_build_info",
+                "Build of this tern binary (always 1)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION")),
+                (
+                    "profile",
+                    if cfg!(debug_assertions) {
+                        "debug"
+                    } else {
+                        "release"
+                    },
+                ),
+            ];
+            ConstGauge::new(1i64).encode(d.encode_family(&labels)?)?;
+        }
+        process::encode(enc)
+    }
+}
+
+/// The `process_*` metrics every Prometheus client library exports, read
+/// from `/proc/self` at scrape (Linux). Elsewhere, or if `/proc` is not
+/// mounted, they are left out rather than reported as zero.
+mod process {
+    use prometheus_client::{
+        encoding::{DescriptorEncoder, EncodeMetric},
+        metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+        registry::Unit,
+    };
+
+    /// What one scrape reads.
+    #[derive(Debug, Default, Clone, Copy, PartialEq)]
+    pub(super) struct Stats {
+        pub cpu_seconds: f64,
+        pub resident_bytes: i64,
+        pub virtual_bytes: i64,
+        pub start_time_seconds: f64,
+        pub open_fds: Option<i64>,
+        pub max_fds: Option<i64>,
+    }
+
+    pub(super) fn encode(enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some(st) = read() else {
+            return Ok(());
+        };
+        ConstCounter::new(st.cpu_seconds).encode(enc.encode_descriptor(
+            "process_cpu",
+            "Total user and system CPU time spent in seconds",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?)?;
+        gauge_i(
+            enc,
+            "process_resident_memory",
+            "Resident memory size in bytes",
+            Some(&Unit::Bytes),
+            st.resident_bytes,
+        )?;
+        gauge_i(
+            enc,
+            "process_virtual_memory",
+            "Virtual memory size in bytes",
+            Some(&Unit::Bytes),
+            st.virtual_bytes,
+        )?;
+        ConstGauge::new(st.start_time_seconds).encode(enc.encode_descriptor(
+            "process_start_time",
+            "Start time of the process since unix epoch in seconds",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?)?;
+        if let Some(n) = st.open_fds {
+            gauge_i(
+                enc,
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                n,
+            )?;
+        }
+        if let Some(n) = st.max_fds {
+            gauge_i(
+                enc,
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                n,
+            )?;
+        }
         Ok(())
+    }
+
+    fn gauge_i(
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        v: i64,
+    ) -> std::fmt::Result {
+        ConstGauge::new(v).encode(enc.encode_descriptor(name, help, unit, MetricType::Gauge)?)
+    }
+
+    /// Reads this process's figures, or None where `/proc` is unreadable.
+    pub(super) fn read() -> Option<Stats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // SAFETY: sysconf only reads a system constant.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        // SAFETY: as above.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| parse_btime(&s));
+        let mut st = parse_stat(&stat, ticks, page, boot?)?;
+        // Counting the fd directory is what every client library does;
+        // it costs one readdir per open descriptor, at scrape only.
+        st.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| i64::try_from(d.count()).unwrap_or(i64::MAX));
+        st.max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|s| parse_max_fds(&s));
+        Some(st)
+    }
+
+    /// Parses `/proc/self/stat` (proc(5)): the command name is in
+    /// parentheses and may hold spaces, so fields are counted after the
+    /// last `)`. `ticks` is `_SC_CLK_TCK`, `page` the page size in bytes,
+    /// `boot` the boot time in seconds since the epoch.
+    pub(super) fn parse_stat(stat: &str, ticks: i64, page: i64, boot: u64) -> Option<Stats> {
+        if ticks <= 0 || page <= 0 {
+            return None;
+        }
+        let rest = &stat[stat.rfind(')')? + 1..];
+        // Fields after the name, starting at field 3 (state).
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
+        let (utime, stime) = (field(14)?, field(15)?);
+        let start_ticks = field(22)?;
+        let vsize = field(23)?;
+        let rss_pages = field(24)?;
+        Some(Stats {
+            cpu_seconds: (utime + stime) as f64 / ticks as f64,
+            resident_bytes: i64::try_from(rss_pages)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(page),
+            virtual_bytes: i64::try_from(vsize).unwrap_or(i64::MAX),
+            start_time_seconds: boot as f64 + start_ticks as f64 / ticks as f64,
+            open_fds: None,
+            max_fds: None,
+        })
+    }
+
+    /// The `btime` line of `/proc/stat`: boot time, seconds since the epoch.
+    pub(super) fn parse_btime(s: &str) -> Option<u64> {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The soft limit of "Max open files" in `/proc/self/limits`.
+    pub(super) fn parse_max_fds(s: &str) -> Option<i64> {
+        let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+        let soft = line["Max open files".len()..].split_whitespace().next()?;
+        match soft {
+            "unlimited" => Some(i64::MAX),
+            n => n.parse().ok(),
+        }
     }
 }
 
@@ -404,6 +753,7 @@ mod tests {
         m.shards[1].connections.fetch_add(2, Relaxed);
         m.shards[0].closed(CloseReason::SlowConsumer);
         m.shards[1].send_ack_latency.observe_us(700);
+        m.shards[0].bytes_in.fetch_add(10, Relaxed);
         let text = m.render();
         assert!(text.contains("tern_connections_opened_total 7"), "{text}");
         assert!(text.contains("tern_connections 1"), "{text}");
@@ -415,5 +765,50 @@ mod tests {
             text.contains("tern_send_ack_latency_seconds_bucket{le=\"0.001\"} 1"),
             "{text}"
         );
+        assert!(text.contains("tern_received_bytes_total 10"), "{text}");
+    }
+
+    /// The per-shard gauge is one family (one `# TYPE`) with a `shard`
+    /// label per sample, not one family per shard.
+    #[test]
+    fn shard_gauge_is_one_family() {
+        let m = Metrics::new(3);
+        m.shards[2].connections.fetch_add(5, Relaxed);
+        let text = m.render();
+        assert_eq!(
+            text.matches("# TYPE tern_shard_connections gauge").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("tern_shard_connections{shard=\"2\"} 5"),
+            "{text}"
+        );
+    }
+
+    /// `/proc/self/stat` parses with a command name holding spaces and
+    /// parentheses; `/proc/stat` and `/proc/self/limits` give boot time
+    /// and the fd limit.
+    #[test]
+    fn proc_files_parse() {
+        // Fields 1..=24 of proc(5), utime=250 stime=150 starttime=1000
+        // vsize=4096000 rss=10 pages.
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 3 0 \
+                    1000 4096000 10 18446744073709551615";
+        let st = process::parse_stat(stat, 100, 4096, 1_700_000_000).unwrap();
+        assert_eq!(st.cpu_seconds, 4.0);
+        assert_eq!(st.resident_bytes, 40_960);
+        assert_eq!(st.virtual_bytes, 4_096_000);
+        assert_eq!(st.start_time_seconds, 1_700_000_010.0);
+        assert!(process::parse_stat("garbage", 100, 4096, 0).is_none());
+        assert!(process::parse_stat("1 (x) S 2", 100, 4096, 0).is_none());
+        assert_eq!(
+            process::parse_btime("cpu 1 2\nbtime 1700000000\nprocesses 9\n"),
+            Some(1_700_000_000)
+        );
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(process::parse_max_fds(limits), Some(1024));
+        assert!(process::read().is_some(), "/proc is readable on Linux");
     }
 }

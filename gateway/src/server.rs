@@ -24,7 +24,7 @@ use crate::{
     auth::Verifier,
     bridge::{self, ChatService, WorkerSetup},
     config::Config,
-    http::{HttpServer, HttpState},
+    http::{self, HttpServer, HttpState},
     mailbox::{self, Doorbell, Sender},
     metrics::Metrics,
     shard::{self, ShardMsg, ShardSetup},
@@ -203,13 +203,16 @@ impl Server {
 
         let ready = Arc::new(AtomicBool::new(true));
         let http = match cfg.listen.http {
-            Some(addr) => Some(HttpServer::start(
-                addr,
-                HttpState {
+            Some(addr) => {
+                let routes = http::router(HttpState {
                     metrics: metrics.clone(),
                     ready: ready.clone(),
-                },
-            )?),
+                });
+                Some(
+                    HttpServer::start(addr, &cfg.http, routes, metrics.http.clone())
+                        .context("HTTP listener")?,
+                )
+            }
             None => None,
         };
         let http_addr = http.as_ref().map(|h| h.addr);
@@ -251,7 +254,10 @@ impl Server {
             t.thread().unpark();
             let _ = t.join();
         }
-        drop(self.http.take());
+        // Last, so /readyz said 503 through the whole drain.
+        if let Some(http) = self.http.take() {
+            http.stop();
+        }
     }
 }
 
