@@ -531,6 +531,9 @@ fn append_one(
                     Some(pb::entry::Body::Message(m)) if !m.recalled => {
                         m.recalled = true;
                         m.content = None;
+                        // A recalled message mentions nobody any more.
+                        m.mentions.clear();
+                        m.mention_all = false;
                         recalled = Some((key, e));
                     }
                     _ => return Ok(Err(AppendRefused::NotRecallable)),

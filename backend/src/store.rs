@@ -368,8 +368,9 @@ pub enum AppendEffect {
     /// Recall: the entry at `seq` of the same conversation must be a
     /// `Message` with `recalled == false`, else
     /// [`AppendRefused::NotRecallable`]. The store rewrites it with
-    /// `recalled = true` and `content = None` (everything else kept), so the
-    /// original content is never served again.
+    /// `recalled = true`, `content = None`, no `mentions` and
+    /// `mention_all = false` (everything else kept), so the original content
+    /// is never served again and the message mentions nobody any more.
     Recall {
         /// The seq of the message to recall.
         seq: u64,

@@ -1820,6 +1820,53 @@ pub fn mentions_flag_the_mentioned(f: Fixture) {
     assert!(!w.summary("alice", G).mentioned, "not by your own message");
 }
 
+pub fn recall_takes_the_mentions_back(f: Fixture) {
+    // Proves a recalled message mentions nobody any more: its stored copy
+    // (history, sync) loses `mentions` and `mention_all` in the store's
+    // recall rewrite, and the mentioned users' conversation entries stop
+    // saying `mentioned` (nor count it unread), while an earlier live
+    // mention still counts.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let mut named = send_body("rm1", To::Group("team"), "@bob look");
+    if let Body::Send(s) = &mut named {
+        s.mentions = strings(&["bob"]);
+    }
+    let first = ack(&w.ok("alice", named)).seq;
+    let mut all = send_body("rm2", To::Group("team"), "@all oops");
+    if let Body::Send(s) = &mut all {
+        s.mentions = strings(&["carol"]);
+        s.mention_all = true;
+    }
+    let second = ack(&w.ok("alice", all)).seq;
+    assert!(w.summary("bob", G).mentioned && w.summary("carol", G).mentioned);
+    let recall = |seq| {
+        Body::Recall(pb::RecallRequest {
+            conversation_id: G.into(),
+            seq,
+        })
+    };
+    w.ok("alice", recall(second));
+    let carol = w.summary("carol", G);
+    assert!(!carol.mentioned, "carol was mentioned only by the recalled one");
+    assert_eq!(carol.unread, 1);
+    assert!(w.summary("bob", G).mentioned, "bob's own mention stands");
+    w.ok("alice", recall(first));
+    assert!(!w.summary("bob", G).mentioned);
+    assert_eq!(w.summary("bob", G).unread, 0);
+    for entries in [w.history("carol", G), w.sync_all("carol")] {
+        for seq in [first, second] {
+            let e = entries.iter().find(|e| e.seq == seq).expect("entry kept");
+            let Some(pb::entry::Body::Message(m)) = &e.body else {
+                panic!("{e:?}")
+            };
+            assert!(m.recalled);
+            assert!(m.mentions.is_empty(), "seq {seq} kept {:?}", m.mentions);
+            assert!(!m.mention_all, "seq {seq} kept mention_all");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Friends
 // ---------------------------------------------------------------------------
@@ -3916,6 +3963,7 @@ macro_rules! conformance_tests {
             recall_of_someone_elses_message_is_refused,
             admins_recall_members_messages_any_time,
             mentions_flag_the_mentioned,
+            recall_takes_the_mentions_back,
             friend_request_accept_list_delete,
             friend_reject_and_mutual_request,
             profile_and_remark,
