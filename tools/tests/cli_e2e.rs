@@ -328,6 +328,70 @@ fn group_create_send_mention_and_history() {
 }
 
 #[test]
+fn a_bare_conversation_name_means_the_same_for_every_command() {
+    // Proves `--conv launch` names the group launch for history, read-by,
+    // send and read, as the group commands do (the issue: read-by and
+    // history read it as a 1:1 peer and printed nothing); a bare name that is
+    // no group of yours stays a user; a name that is both your group and a
+    // peer is a usage error naming both spellings, which then work.
+    let gw = Gateway::start();
+    gw.ok(
+        "alice",
+        &["group", "create", "Launch", "--id", "launch", "-m", "bob"],
+    );
+    let sent = gw.ok("alice", &["send", "--conv", "launch", "go?"]);
+    assert_eq!(sent[0].get("conv"), "g:launch");
+    let seq = sent[0].get("seq").to_owned();
+
+    let history = gw.ok("bob", &["history", "--conv", "launch"]);
+    let texts: Vec<&str> = of_kind(&history, "entry")
+        .iter()
+        .filter(|e| e.has("kind", "text"))
+        .map(|e| e.get("text"))
+        .collect();
+    assert_eq!(texts, ["go?"], "{history:?}");
+    assert!(of_kind(&history, "entry").iter().all(|e| e.has("conv", "g:launch")));
+    let read = gw.ok("bob", &["read", "--conv", "launch"]);
+    assert_eq!(read[0].kind, "ok");
+    let read_by = gw.ok("alice", &["read-by", "--conv", "launch", &seq]);
+    assert_eq!(read_by.len(), 1, "{read_by:?}");
+    assert_eq!(
+        (
+            read_by[0].get("conv"),
+            read_by[0].get("read"),
+            read_by[0].get("members")
+        ),
+        ("g:launch", "1", "1")
+    );
+
+    // Not a group of carol's: a user, as before.
+    let dm = gw.ok("carol", &["send", "--conv", "alice", "hi alice"]);
+    assert_eq!(dm[0].get("conv"), "d:alice:carol");
+    let outsider = gw.ok("carol", &["send", "--conv", "launch", "hi user launch"]);
+    assert_eq!(outsider[0].get("conv"), "d:carol:launch");
+
+    // The user `launch` now chats with alice: for her the name is both.
+    gw.ok("launch", &["send", "--to", "alice", "I am a user"]);
+    let r = gw.run("alice", &["history", "--conv", "launch"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stderr.contains("CLI_USAGE"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("'#launch'") && r.stderr.contains("'@launch'"),
+        "{}",
+        r.stderr
+    );
+    let group = gw.ok("alice", &["history", "--conv", "#launch"]);
+    assert!(of_kind(&group, "entry").iter().all(|e| e.has("conv", "g:launch")));
+    let direct = gw.ok("alice", &["history", "--conv", "@launch"]);
+    let e = of_kind(&direct, "entry");
+    assert_eq!((e.len(), e[0].get("conv")), (1, "d:alice:launch"));
+    // bob has no chat with the user launch: still his group.
+    let bobs = gw.ok("bob", &["history", "--conv", "launch"]);
+    assert!(!of_kind(&bobs, "entry").is_empty());
+    assert!(of_kind(&bobs, "entry").iter().all(|e| e.has("conv", "g:launch")));
+}
+
+#[test]
 fn typed_errors_exit_non_zero_with_the_code_name() {
     // Proves the exit-code contract: a server refusal (sending to a group
     // you are not in, a bad token) exits 1 with its ERROR_CODE_* name on

@@ -461,7 +461,7 @@ impl Chat {
     fn open(&self, spec: &str) -> Result<(), ClientError> {
         let (session, _) = self.session()?;
         let me = session.me().to_owned();
-        let target = Target::parse(&me, spec)?;
+        let target = exec::resolve(&session, spec)?;
         let conv = target.conversation(&me)?;
         let items = exec::history(&session, &conv, 0, OPEN_HISTORY_ENTRIES)?;
         self.say(format!("── {} ──", target.label()));
