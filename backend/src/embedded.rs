@@ -35,8 +35,7 @@ use tern_protocol::pb;
 use crate::store::{
     Append, AppendEffect, AppendRefused, Appended, ConvHead, FriendRecord, FriendRequestRecord,
     GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord,
-    PresenceSetting,
-    SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
+    PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -496,7 +495,11 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<()> {
         let mut tx = self.write_tx();
         match setting {
-            Some(s) => tx.insert(&self.ks.presence_setting, user.as_bytes(), s.encode_to_vec()),
+            Some(s) => tx.insert(
+                &self.ks.presence_setting,
+                user.as_bytes(),
+                s.encode_to_vec(),
+            ),
             None => tx.remove(&self.ks.presence_setting, user.as_bytes()),
         }
         tx.commit().map_err(backend)?;

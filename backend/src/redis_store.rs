@@ -34,8 +34,7 @@ use tern_protocol::pb;
 use crate::store::{
     Append, AppendEffect, AppendRefused, Appended, ConvHead, FriendRecord, FriendRequestRecord,
     GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord,
-    PresenceSetting,
-    SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
+    PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
 };
 use keys::{ConvKeys, KeyError, PairKeys, UserKeys};
 

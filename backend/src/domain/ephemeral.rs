@@ -264,11 +264,7 @@ impl Domain {
             self.store.put_presence_setting(user, setting.as_ref())?;
         }
         self.store.put_presences(&records_out)?;
-        let pushed: Vec<&str> = shown
-            .iter()
-            .flatten()
-            .map(|r| r.user_id.as_str())
-            .collect();
+        let pushed: Vec<&str> = shown.iter().flatten().map(|r| r.user_id.as_str()).collect();
         let mut friends = self.store.friends_of(&pushed)?.into_iter();
         let mut out = Vec::with_capacity(asks.len());
         for record in shown {

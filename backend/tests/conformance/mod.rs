@@ -38,7 +38,8 @@ use std::sync::Arc;
 
 use tern_backend::store::{
     Append, AppendEffect, AppendRefused, DedupKey, FriendRecord, FriendRequestRecord, GroupChange,
-    GroupMeta, MemberOf, MemberRecord, PresenceRecord, PresenceSetting, SocialOp, Store, UserConv, ViewChange,
+    GroupMeta, MemberOf, MemberRecord, PresenceRecord, PresenceSetting, SocialOp, Store, UserConv,
+    ViewChange,
 };
 use tern_backend::{Caller, Config, Domain, Effect, Outcome, Request};
 use tern_protocol::pb;
@@ -1016,7 +1017,10 @@ pub fn store_presence_settings_are_kept(f: Fixture) {
     );
     s.put_presence_setting("b", None).unwrap();
     s.put_presence_setting("nobody", None).unwrap();
-    assert_eq!(s.presence_settings(&["b", "nobody"]).unwrap(), vec![None, None]);
+    assert_eq!(
+        s.presence_settings(&["b", "nobody"]).unwrap(),
+        vec![None, None]
+    );
 }
 
 pub fn store_presences_and_friends_of_in_bulk(f: Fixture) {
@@ -1926,7 +1930,10 @@ pub fn recall_takes_the_mentions_back(f: Fixture) {
     };
     w.ok("alice", recall(second));
     let carol = w.summary("carol", G);
-    assert!(!carol.mentioned, "carol was mentioned only by the recalled one");
+    assert!(
+        !carol.mentioned,
+        "carol was mentioned only by the recalled one"
+    );
     assert_eq!(carol.unread, 1);
     assert!(w.summary("bob", G).mentioned, "bob's own mention stands");
     w.ok("alice", recall(first));
@@ -3511,7 +3518,11 @@ pub fn presence_setting_applies_whenever_a_device_is_connected(f: Fixture) {
             panic!()
         };
         let p = r.presences[0].clone();
-        (pb::PresenceState::try_from(p.state).unwrap(), p.text, p.last_seen_ms)
+        (
+            pb::PresenceState::try_from(p.state).unwrap(),
+            p.text,
+            p.last_seen_ms,
+        )
     };
     use pb::PresenceState::{Away, Busy, Offline, Online};
     let busy = (Busy, "in a meeting".to_owned());

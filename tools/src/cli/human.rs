@@ -444,7 +444,10 @@ mod tests {
         assert!(says("bob", &mentioning("alice", &["bob"], false, false)));
         assert!(!says("carol", &mentioning("alice", &["bob"], false, false)));
         assert!(!says("alice", &mentioning("alice", &[], true, false)));
-        assert!(!says("alice", &mentioning("alice", &["alice"], false, false)));
+        assert!(!says(
+            "alice",
+            &mentioning("alice", &["alice"], false, false)
+        ));
         assert!(!says("bob", &mentioning("alice", &["bob"], true, true)));
     }
 
