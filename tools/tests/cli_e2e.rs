@@ -513,7 +513,8 @@ fn scripts_make_no_presence_flap_and_a_scripted_busy_is_kept() {
     // device (a client without `presence-quiet`) comes online; it goes
     // offline when that device leaves. Ordering: alice's presence and sends
     // go through one backend worker, so any presence from her first runs
-    // reaches bob before the message of her last.
+    // reaches bob before the message of her last. A quiet script that
+    // displaces her only counted device takes her offline.
     let gw = Gateway::start();
     gw.ok("alice", &["friend", "add", "bob"]);
     gw.ok("bob", &["friend", "accept", "alice"]);
@@ -556,6 +557,19 @@ fn scripts_make_no_presence_flap_and_a_scripted_busy_is_kept() {
     phone.close();
     let offline = bob.wait_for(|l| l.starts_with("presence user=alice"));
     assert!(offline.contains("state=offline"), "{offline}");
+
+    // A quiet script that takes the phone's device id displaces it: alice
+    // has no counted device left, so she goes offline (not stuck online).
+    let token = tern_tools::cli::token::mint_hs256(SECRET, "alice", 600, None).unwrap();
+    let _phone = tern_tools::cli::session::Session::connect(
+        tern_tools::cli::conn::ConnectOptions::new(gw.tcp.to_string(), token, "phone"),
+    )
+    .unwrap();
+    let back = bob.wait_for(|l| l.starts_with("presence user=alice"));
+    assert!(back.contains("state=busy"), "{back}");
+    gw.ok("alice", &["--device", "phone", "convs"]);
+    let displaced = bob.wait_for(|l| l.starts_with("presence user=alice"));
+    assert!(displaced.contains("state=offline"), "{displaced}");
 }
 
 #[test]
