@@ -35,7 +35,7 @@ use tern_protocol::pb;
 use crate::store::{
     Append, AppendEffect, AppendRefused, Appended, ConvHead, FriendRecord, FriendRequestRecord,
     GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord,
-    SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
+    PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -65,6 +65,7 @@ struct HeldPresence {
     expires_at_ms: u64,
     text: Option<Box<str>>,
     state: i32,
+    connected: bool,
 }
 
 impl HeldPresence {
@@ -74,6 +75,7 @@ impl HeldPresence {
             expires_at_ms: record.expires_at_ms,
             text: (!record.text.is_empty()).then(|| record.text.as_str().into()),
             state: record.state,
+            connected: record.connected,
         }
     }
 
@@ -84,6 +86,7 @@ impl HeldPresence {
             text: self.text.as_deref().unwrap_or_default().to_owned(),
             updated_ms: self.updated_ms,
             expires_at_ms: self.expires_at_ms,
+            connected: self.connected,
         }
     }
 }
@@ -122,6 +125,8 @@ struct Keyspaces {
     freq_in: SingleWriterTxKeyspace,
     /// `user \0 other` → empty.
     block: SingleWriterTxKeyspace,
+    /// `user` → encoded [`PresenceSetting`].
+    presence_setting: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -148,6 +153,7 @@ impl EmbeddedStore {
             freq_out: open("freq_out")?,
             freq_in: open("freq_in")?,
             block: open("block")?,
+            presence_setting: open("presence_setting")?,
         };
         Ok(Self {
             db,
@@ -481,6 +487,31 @@ impl Store for EmbeddedStore {
             .map(|u| map.get(*u).map(|held| held.record(u)))
             .collect())
     }
+
+    fn put_presence_setting(
+        &self,
+        user: &str,
+        setting: Option<&PresenceSetting>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx();
+        match setting {
+            Some(s) => tx.insert(
+                &self.ks.presence_setting,
+                user.as_bytes(),
+                s.encode_to_vec(),
+            ),
+            None => tx.remove(&self.ks.presence_setting, user.as_bytes()),
+        }
+        tx.commit().map_err(backend)?;
+        Ok(())
+    }
+
+    fn presence_settings(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceSetting>>> {
+        users
+            .iter()
+            .map(|u| self.get(&self.ks.presence_setting, u.as_bytes()))
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -531,6 +562,9 @@ fn append_one(
                     Some(pb::entry::Body::Message(m)) if !m.recalled => {
                         m.recalled = true;
                         m.content = None;
+                        // A recalled message mentions nobody any more.
+                        m.mentions.clear();
+                        m.mention_all = false;
                         recalled = Some((key, e));
                     }
                     _ => return Ok(Err(AppendRefused::NotRecallable)),

@@ -34,7 +34,7 @@ use tern_protocol::pb;
 use crate::store::{
     Append, AppendEffect, AppendRefused, Appended, ConvHead, FriendRecord, FriendRequestRecord,
     GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord,
-    SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
+    PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
 };
 use keys::{ConvKeys, KeyError, PairKeys, UserKeys};
 
@@ -1110,6 +1110,47 @@ impl Store for RedisStore {
             }
             Ok(out)
         })?)
+    }
+
+    fn put_presence_setting(
+        &self,
+        user: &str,
+        setting: Option<&PresenceSetting>,
+    ) -> StoreResult<()> {
+        let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let c = match setting {
+            Some(s) => {
+                let mut c = redis::cmd("SET");
+                c.arg(&k.presence_setting).arg(s.encode_to_vec());
+                c
+            }
+            None => {
+                let mut c = redis::cmd("DEL");
+                c.arg(&k.presence_setting);
+                c
+            }
+        };
+        self.one(c)?;
+        Ok(())
+    }
+
+    fn presence_settings(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceSetting>>> {
+        // One pipeline for all (split by slot in a cluster).
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = Pipe::default();
+        for u in users {
+            let k = UserKeys::new(u).map_err(RedisStoreError::from)?;
+            let mut c = redis::cmd("GET");
+            c.arg(&k.presence_setting);
+            p.add(c);
+        }
+        let vals = self.with_conn(|conn| self.run(conn, &p))?;
+        Ok(vals
+            .into_iter()
+            .map(|v| decode_opt::<PresenceSetting>(v, "presence setting"))
+            .collect::<Result<Vec<_>>>()?)
     }
 
     fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>> {

@@ -25,7 +25,8 @@
 //! - **Social records**: profiles, friendships, pending friend requests,
 //!   blocks.
 //! - **Presence** ([`PresenceRecord`]): ephemeral; a store may keep it in
-//!   memory only and may drop it once expired.
+//!   memory only and may drop it once expired. The user's chosen presence
+//!   ([`PresenceSetting`]) is durable, like a profile.
 //!
 //! # Atomicity: what is inside the store and what is check-then-act
 //!
@@ -90,6 +91,13 @@
 //!   the friends-only checks of a batch of 1:1 sends in one read.
 //!   Conformance cases `store_friend_pairs_answers_in_order` and
 //!   `send_batch_friends_only_refuses_only_strangers`.
+//! - [`Store::put_presence_setting`] and [`Store::presence_settings`]
+//!   (required: a setting must be durable) and [`PresenceRecord::connected`]:
+//!   a user's chosen presence outlives their connections. Conformance cases
+//!   `store_presence_settings_are_kept` and
+//!   `presence_setting_applies_whenever_a_device_is_connected`.
+//! - Recall also clears the message's mentions ([`AppendEffect::Recall`]).
+//!   Conformance case `recall_takes_the_mentions_back`.
 
 use tern_protocol::pb;
 
@@ -312,6 +320,23 @@ pub trait Store: Send + Sync {
     fn friends_of(&self, users: &[&str]) -> StoreResult<Vec<Vec<FriendRecord>>> {
         users.iter().map(|u| self.friends(u)).collect()
     }
+
+    // ---- presence settings (durable) ---------------------------------------
+
+    /// Stores `user`'s chosen presence, durably, replacing the previous one;
+    /// `None` deletes it (the user chose plain online). Unlike a
+    /// [`PresenceRecord`] it never expires: it is a setting, kept until
+    /// changed.
+    fn put_presence_setting(
+        &self,
+        user: &str,
+        setting: Option<&PresenceSetting>,
+    ) -> StoreResult<()>;
+
+    /// The presence settings of `users`, in order (`None`: none chosen).
+    /// One read for all of them (a login storm asks for every user logging
+    /// in).
+    fn presence_settings(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceSetting>>>;
 }
 
 // ---------------------------------------------------------------------------
@@ -368,8 +393,9 @@ pub enum AppendEffect {
     /// Recall: the entry at `seq` of the same conversation must be a
     /// `Message` with `recalled == false`, else
     /// [`AppendRefused::NotRecallable`]. The store rewrites it with
-    /// `recalled = true` and `content = None` (everything else kept), so the
-    /// original content is never served again.
+    /// `recalled = true`, `content = None`, no `mentions` and
+    /// `mention_all = false` (everything else kept), so the original content
+    /// is never served again and the message mentions nobody any more.
     Recall {
         /// The seq of the message to recall.
         seq: u64,
@@ -677,4 +703,35 @@ pub struct PresenceRecord {
     /// last seen at `updated_ms`).
     #[prost(uint64, tag = "5")]
     pub expires_at_ms: u64,
+    /// A device that counts toward presence is connected. Differs from
+    /// `state != OFFLINE` only for a user who chose to appear offline.
+    /// (Added after the first version: a record without it that is not
+    /// OFFLINE was written while connected.)
+    #[prost(bool, tag = "6")]
+    pub connected: bool,
+}
+
+impl PresenceRecord {
+    /// Whether the user has a device connected that counts toward presence,
+    /// as this record says at `now_ms`.
+    pub fn connected_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms > now_ms
+            && (self.connected || self.state != pb::PresenceState::Offline as i32)
+    }
+}
+
+/// A user's chosen presence: busy, away, appear offline, or online with a
+/// text. Shown to friends whenever the user has a device connected; kept
+/// until the user changes it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PresenceSetting {
+    /// Online, busy, away or offline (appear offline).
+    #[prost(enumeration = "pb::PresenceState", tag = "1")]
+    pub state: i32,
+    /// Free text.
+    #[prost(string, tag = "2")]
+    pub text: String,
+    /// When it was chosen.
+    #[prost(uint64, tag = "3")]
+    pub updated_ms: u64,
 }

@@ -84,6 +84,48 @@ fn data_survives_close_and_reopen() {
     assert!(d.store().friend_request("alice", "bob").unwrap().is_some());
 }
 
+#[test]
+fn a_presence_setting_survives_a_restart() {
+    // Proves the chosen presence is durable in the embedded store (presence
+    // records live in memory and end with the process; the setting does
+    // not): alice chooses busy, the store is closed and reopened, and her
+    // next connection shows busy.
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Domain::new(
+            Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
+            Config::default(),
+        )
+    };
+    let alice = Caller {
+        user_id: "alice".into(),
+        device_id: "p".into(),
+    };
+    let t = 1_700_000_000_000;
+    let busy = |text: &str| {
+        Body::SetPresence(pb::SetPresenceRequest {
+            state: pb::PresenceState::Busy as i32,
+            text: text.into(),
+        })
+    };
+    {
+        let d = open();
+        d.handle(&alice, t, busy("on a call"));
+    }
+    let d = open();
+    assert_eq!(d.store().presences(&["alice"]).unwrap(), vec![None]);
+    let online = Body::SetPresence(pb::SetPresenceRequest {
+        state: pb::PresenceState::Online as i32,
+        text: String::new(),
+    });
+    d.handle(&Caller::connection("alice"), t + 1, online);
+    let shown = d.store().presences(&["alice"]).unwrap()[0].clone().unwrap();
+    assert_eq!(
+        (shown.state, shown.text.as_str()),
+        (pb::PresenceState::Busy as i32, "on a call")
+    );
+}
+
 /// Conversations the kill-test writer spreads its sends over.
 const KILL_CONVS: usize = 8;
 /// Sends per batch in the kill-test writer.

@@ -120,7 +120,14 @@ pub struct Handoff {
     transport: Transport,
     /// `Auth.resume_cursors`: what to push after Welcome.
     resume: Vec<pb::Cursor>,
+    /// Authenticated with [`PRESENCE_QUIET`]: does not count toward presence.
+    quiet: bool,
 }
+
+/// The `Auth.capabilities` name of a connection that does not count toward
+/// its user's presence (scripts, one-shot tools): it causes no ONLINE at
+/// welcome and no OFFLINE at close, and receives pushes as usual.
+pub const PRESENCE_QUIET: &str = "presence-quiet";
 
 /// How frames are carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +204,8 @@ struct Conn {
     paused: bool,
     /// Frames were queued from the inbox; written at the end of the batch.
     touched: bool,
+    /// Does not count toward its user's presence ([`PRESENCE_QUIET`]).
+    quiet: bool,
     /// The deadline this connection has in the wheel (u64::MAX: none).
     timer_at: u64,
     /// `user\0device` once authenticated: one allocation for both ids.
@@ -796,6 +805,7 @@ impl Shard {
             transport: h.transport,
             timer_at: u64::MAX,
             closing: None,
+            quiet: false,
         };
         let key = self.conns.borrow_mut().insert(conn) as u32;
         let generation = self.conns.borrow()[key as usize].generation;
@@ -807,7 +817,7 @@ impl Shard {
         self.metrics
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.welcome(key, h.user, h.device, h.resume);
+        self.welcome(key, h.user, h.device, h.resume, h.quiet);
         // Bytes that came with the handoff (frames pipelined after auth).
         let partial = self.conns.borrow_mut()[key as usize].take_partial();
         let partial = [partial, h.partial].concat();
@@ -831,27 +841,34 @@ impl Shard {
         user: Box<str>,
         device: Box<str>,
         resume: Vec<pb::Cursor>,
+        quiet: bool,
     ) {
         let now = self.now_ms();
         let mut conns = self.conns.borrow_mut();
-        let mut first_device = true;
+        // Devices that count toward presence ([`PRESENCE_QUIET`] ones do not).
+        let (mut others_counted, mut displaced_counted) = (false, false);
         for other in self.devices_of(&conns, &user) {
             let old = &mut conns[other as usize];
             if old.device() == Some(&*device) {
                 // Displaced: out of the index now; its close follows.
+                displaced_counted |= !old.quiet;
                 self.unindex_device(other, &user);
                 old.session
                     .kick(&self.cfg, now, pb::KickReason::Displaced, "");
                 self.flush(other, old);
                 self.close_soon(old, CloseReason::Displaced);
             } else {
-                first_device = false;
+                others_counted |= !old.quiet;
             }
         }
         conns[key as usize].ident = Some(format!("{user}\0{device}").into_boxed_str());
+        conns[key as usize].quiet = quiet;
         self.index_device(&conns, key, &user);
-        if first_device {
+        if !quiet && !others_counted {
             self.presence(&user, pb::PresenceState::Online);
+        } else if quiet && displaced_counted && !others_counted {
+            // A quiet login took the place of the only counted device.
+            self.presence(&user, pb::PresenceState::Offline);
         }
         let c = &mut conns[key as usize];
         let ok = AuthOk {
@@ -1063,12 +1080,14 @@ impl Shard {
                                 let owner = owner_shard(&user, self.shards);
                                 let rest = data[pos..].to_vec();
                                 let auth = *auth;
+                                let quiet = auth.capabilities.iter().any(|c| c == PRESENCE_QUIET);
                                 return Ingest::Authenticated {
                                     owner,
                                     user: user.into(),
                                     device: auth.device_id.into(),
                                     rest,
                                     resume: auth.resume_cursors,
+                                    quiet,
                                 };
                             }
                             Err(e) => {
@@ -1166,6 +1185,7 @@ enum Ingest {
         device: Box<str>,
         rest: Vec<u8>,
         resume: Vec<pb::Cursor>,
+        quiet: bool,
     },
     Blocked {
         request: Box<BackendRequest>,
@@ -1279,6 +1299,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
             transport,
             timer_at: u64::MAX,
             closing: None,
+            quiet: false,
         };
         let mut conns = shard.conns.borrow_mut();
         let key = conns.insert(conn) as u32;
@@ -1368,10 +1389,11 @@ fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut outcome: Inges
                 device,
                 rest,
                 resume,
+                quiet,
             } => {
                 if owner == shard.id {
                     shard.conns.borrow_mut()[key as usize].set_partial(rest);
-                    shard.welcome(key, user, device, resume);
+                    shard.welcome(key, user, device, resume, quiet);
                     let partial = shard.conns.borrow_mut()[key as usize].take_partial();
                     if partial.is_empty() {
                         return;
@@ -1408,6 +1430,7 @@ fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut outcome: Inges
                     device,
                     transport,
                     resume,
+                    quiet,
                 });
                 let mut to = shard.to_shards.borrow_mut();
                 let tx = to[owner].as_mut().expect("a ring to every other shard");
@@ -1576,7 +1599,11 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
     if let Some(user) = c.user() {
         // A displaced connection left the index when it was displaced: the
         // user is still online on the device that displaced it.
-        if shard.unindex_device(key, user) && shard.devices_of(&conns, user).is_empty() {
+        let last_counted = || {
+            let left = shard.devices_of(&conns, user);
+            left.iter().all(|k| conns[*k as usize].quiet)
+        };
+        if shard.unindex_device(key, user) && !c.quiet && last_counted() {
             shard.presence(user, pb::PresenceState::Offline);
         }
     }

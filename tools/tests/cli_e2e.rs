@@ -328,6 +328,82 @@ fn group_create_send_mention_and_history() {
 }
 
 #[test]
+fn a_bare_conversation_name_means_the_same_for_every_command() {
+    // Proves `--conv launch` names the group launch for history, read-by,
+    // send and read, as the group commands do (the issue: read-by and
+    // history read it as a 1:1 peer and printed nothing); a bare name that is
+    // no group of yours stays a user; a name that is both your group and a
+    // peer is a usage error naming both spellings, which then work.
+    let gw = Gateway::start();
+    gw.ok(
+        "alice",
+        &["group", "create", "Launch", "--id", "launch", "-m", "bob"],
+    );
+    let sent = gw.ok("alice", &["send", "--conv", "launch", "go?"]);
+    assert_eq!(sent[0].get("conv"), "g:launch");
+    let seq = sent[0].get("seq").to_owned();
+
+    let history = gw.ok("bob", &["history", "--conv", "launch"]);
+    let texts: Vec<&str> = of_kind(&history, "entry")
+        .iter()
+        .filter(|e| e.has("kind", "text"))
+        .map(|e| e.get("text"))
+        .collect();
+    assert_eq!(texts, ["go?"], "{history:?}");
+    assert!(
+        of_kind(&history, "entry")
+            .iter()
+            .all(|e| e.has("conv", "g:launch"))
+    );
+    let read = gw.ok("bob", &["read", "--conv", "launch"]);
+    assert_eq!(read[0].kind, "ok");
+    let read_by = gw.ok("alice", &["read-by", "--conv", "launch", &seq]);
+    assert_eq!(read_by.len(), 1, "{read_by:?}");
+    assert_eq!(
+        (
+            read_by[0].get("conv"),
+            read_by[0].get("read"),
+            read_by[0].get("members")
+        ),
+        ("g:launch", "1", "1")
+    );
+
+    // Not a group of carol's: a user, as before.
+    let dm = gw.ok("carol", &["send", "--conv", "alice", "hi alice"]);
+    assert_eq!(dm[0].get("conv"), "d:alice:carol");
+    let outsider = gw.ok("carol", &["send", "--conv", "launch", "hi user launch"]);
+    assert_eq!(outsider[0].get("conv"), "d:carol:launch");
+
+    // The user `launch` now chats with alice: for her the name is both.
+    gw.ok("launch", &["send", "--to", "alice", "I am a user"]);
+    let r = gw.run("alice", &["history", "--conv", "launch"]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stderr.contains("CLI_USAGE"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("'#launch'") && r.stderr.contains("'@launch'"),
+        "{}",
+        r.stderr
+    );
+    let group = gw.ok("alice", &["history", "--conv", "#launch"]);
+    assert!(
+        of_kind(&group, "entry")
+            .iter()
+            .all(|e| e.has("conv", "g:launch"))
+    );
+    let direct = gw.ok("alice", &["history", "--conv", "@launch"]);
+    let e = of_kind(&direct, "entry");
+    assert_eq!((e.len(), e[0].get("conv")), (1, "d:alice:launch"));
+    // bob has no chat with the user launch: still his group.
+    let bobs = gw.ok("bob", &["history", "--conv", "launch"]);
+    assert!(!of_kind(&bobs, "entry").is_empty());
+    assert!(
+        of_kind(&bobs, "entry")
+            .iter()
+            .all(|e| e.has("conv", "g:launch"))
+    );
+}
+
+#[test]
 fn typed_errors_exit_non_zero_with_the_code_name() {
     // Proves the exit-code contract: a server refusal (sending to a group
     // you are not in, a bad token) exits 1 with its ERROR_CODE_* name on
@@ -427,6 +503,73 @@ fn listen_shows_messages_recalls_receipts_and_events_live() {
     listener.wait_for(|l| l.contains("text=\"oops, wrong chat\""));
     gw.ok("bob", &["recall", "--conv", "alice", &seq]);
     listener.wait_for(|l| l.contains("kind=recall") && l.contains(&format!("target={seq}")));
+}
+
+#[test]
+fn scripts_make_no_presence_flap_and_a_scripted_busy_is_kept() {
+    // Proves issue 10 through real runs: alice's scripted runs (presence,
+    // send) push no presence to her friend bob, who listens; the `busy` one
+    // of them set is kept and is what bob sees when alice's interactive
+    // device (a client without `presence-quiet`) comes online; it goes
+    // offline when that device leaves. Ordering: alice's presence and sends
+    // go through one backend worker, so any presence from her first runs
+    // reaches bob before the message of her last. A quiet script that
+    // displaces her only counted device takes her offline.
+    let gw = Gateway::start();
+    gw.ok("alice", &["friend", "add", "bob"]);
+    gw.ok("bob", &["friend", "accept", "alice"]);
+    let mut bob = Lines::spawn(
+        gw.cli("bob", &["listen", "--for-ms", "30000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    bob.wait_for(|l| l.starts_with("ready user=bob"));
+
+    let set = gw.ok("alice", &["presence", "busy", "in", "a", "meeting"]);
+    assert_eq!(set[0].get("op"), "presence");
+    gw.ok("alice", &["send", "--to", "bob", "first"]);
+    gw.ok("alice", &["convs"]);
+    gw.ok("alice", &["send", "--to", "bob", "last"]);
+    bob.wait_for(|l| l.contains("text=last"));
+    let before: Vec<String> = bob
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("presence "))
+        .map(str::to_owned)
+        .collect();
+    assert!(before.is_empty(), "scripts flapped presence: {before:?}");
+    let got = gw.ok("bob", &["presence", "get", "alice"]);
+    assert_eq!(got[0].get("state"), "offline", "{got:?}");
+
+    // Alice's phone: a client that counts toward presence.
+    let token = tern_tools::cli::token::mint_hs256(SECRET, "alice", 600, None).unwrap();
+    let phone = tern_tools::cli::session::Session::connect(
+        tern_tools::cli::conn::ConnectOptions::new(gw.tcp.to_string(), token, "phone"),
+    )
+    .unwrap();
+    let online = bob.wait_for(|l| l.starts_with("presence user=alice"));
+    let rec = Rec::parse(&online).unwrap();
+    assert_eq!(
+        (rec.get("state"), rec.get("text")),
+        ("busy", "in a meeting"),
+        "{online}"
+    );
+    phone.close();
+    let offline = bob.wait_for(|l| l.starts_with("presence user=alice"));
+    assert!(offline.contains("state=offline"), "{offline}");
+
+    // A quiet script that takes the phone's device id displaces it: alice
+    // has no counted device left, so she goes offline (not stuck online).
+    let token = tern_tools::cli::token::mint_hs256(SECRET, "alice", 600, None).unwrap();
+    let _phone = tern_tools::cli::session::Session::connect(
+        tern_tools::cli::conn::ConnectOptions::new(gw.tcp.to_string(), token, "phone"),
+    )
+    .unwrap();
+    let back = bob.wait_for(|l| l.starts_with("presence user=alice"));
+    assert!(back.contains("state=busy"), "{back}");
+    gw.ok("alice", &["--device", "phone", "convs"]);
+    let displaced = bob.wait_for(|l| l.starts_with("presence user=alice"));
+    assert!(displaced.contains("state=offline"), "{displaced}");
 }
 
 #[test]

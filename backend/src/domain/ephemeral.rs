@@ -5,6 +5,8 @@
 //! store, which may keep it in memory only (the embedded store does; Redis
 //! shares it between nodes).
 
+use std::collections::HashMap;
+
 use tern_protocol::pb;
 use tern_protocol::pb::frame::Body;
 
@@ -13,7 +15,23 @@ use super::{
     Caller, Domain, Effect, Handled, Outcome, Recipients, check_id, check_len, parse_conv,
 };
 use crate::error::DomainError;
-use crate::store::PresenceRecord;
+use crate::store::{PresenceRecord, PresenceSetting};
+
+/// What one `set_presence` asks for.
+#[derive(Debug)]
+enum PresenceAsk {
+    /// The gateway: the user's first device that counts connected.
+    Connected,
+    /// The gateway: the user's last device that counts left.
+    Disconnected,
+    /// The user chose a state (and text), kept until changed.
+    Choose {
+        /// The chosen `pb::PresenceState`.
+        state: i32,
+        /// The chosen text.
+        text: String,
+    },
+}
 
 /// A typist's state in one conversation.
 #[derive(Debug, Clone)]
@@ -96,62 +114,179 @@ impl Domain {
         now_ms: u64,
         req: pb::SetPresenceRequest,
     ) -> Handled {
-        let record = self.presence_record(me, now_ms, req)?;
-        self.store.put_presence(&record)?;
-        let friends = self.store.friends(&me.user_id)?;
-        Ok(presence_outcome(record, friends, now_ms))
+        let mut pending = vec![(0, me.clone(), req)];
+        let mut outcomes = vec![None];
+        self.flush_presences(now_ms, &mut pending, &mut outcomes);
+        outcomes
+            .pop()
+            .flatten()
+            .ok_or_else(|| DomainError::Internal("lost".into()))
     }
 
-    /// Several `set_presence` requests (a login storm is one per login) with
-    /// one store write and one friends read for all of them. Each index of
-    /// `pending` gets its outcome in `outcomes`.
+    /// Several `set_presence` requests (a login storm is one per login),
+    /// handled in order with one read of the users' records, one of their
+    /// settings, one store write of the records and one friends read for
+    /// all of them. Each index of `pending` gets its outcome in `outcomes`.
+    ///
+    /// Two kinds of request arrive (see [`Caller::connection`]):
+    /// - the gateway's (no device): ONLINE when a user's first device that
+    ///   counts toward presence connects, OFFLINE when the last one leaves.
+    ///   Online shows the user's setting (plain online when none);
+    /// - a user's (from a device): their choice, kept as a setting until
+    ///   changed, and shown at once when a device of theirs is connected
+    ///   (otherwise when one connects; nothing is pushed meanwhile).
+    ///
+    /// Appearing offline (a setting of OFFLINE) pushes and stamps nothing
+    /// when devices come and go, so friends see no activity.
     pub(super) fn flush_presences(
         &self,
         now_ms: u64,
         pending: &mut Vec<(usize, Caller, pb::SetPresenceRequest)>,
         outcomes: &mut [Option<Outcome>],
     ) {
-        let mut records = Vec::with_capacity(pending.len());
-        let mut at = Vec::with_capacity(pending.len());
+        let mut asks = Vec::with_capacity(pending.len());
         for (i, me, req) in pending.drain(..) {
-            match self.presence_record(&me, now_ms, req) {
-                Ok(record) => {
-                    records.push(record);
-                    at.push(i);
-                }
+            match self.presence_ask(&me, req) {
+                Ok(ask) => asks.push((i, me.user_id, ask)),
                 Err(e) => outcomes[i] = Some(Outcome::error(&e)),
             }
         }
-        if records.is_empty() {
+        if asks.is_empty() {
             return;
         }
-        let users: Vec<&str> = records.iter().map(|r| r.user_id.as_str()).collect();
-        let friends = self
-            .store
-            .put_presences(&records)
-            .and_then(|()| self.store.friends_of(&users));
-        match friends {
-            Ok(friends) => {
-                for ((i, record), friends) in at.into_iter().zip(records).zip(friends) {
-                    outcomes[i] = Some(presence_outcome(record, friends, now_ms));
+        match self.apply_presences(now_ms, &asks) {
+            Ok(done) => {
+                for ((i, _, _), out) in asks.iter().zip(done) {
+                    outcomes[*i] = Some(out);
                 }
             }
             Err(e) => {
-                let e = DomainError::from(e);
-                for i in at {
-                    outcomes[i] = Some(Outcome::error(&e));
+                for (i, _, _) in &asks {
+                    outcomes[*i] = Some(Outcome::error(&e));
                 }
             }
         }
     }
 
-    /// The record a valid `set_presence` stores.
-    fn presence_record(
+    /// Applies checked presence requests in order; one outcome each.
+    fn apply_presences(
+        &self,
+        now_ms: u64,
+        asks: &[(usize, String, PresenceAsk)],
+    ) -> Result<Vec<Outcome>, DomainError> {
+        let mut users: Vec<&str> = asks.iter().map(|(_, u, _)| u.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let records = self.store.presences(&users)?;
+        let settings = self.store.presence_settings(&users)?;
+        if records.len() != users.len() || settings.len() != users.len() {
+            return Err(DomainError::Internal(
+                "store answered the wrong number of presences".into(),
+            ));
+        }
+        // The state as each request leaves it, for the next of the batch.
+        let mut now: HashMap<&str, (Option<PresenceRecord>, Option<PresenceSetting>)> = users
+            .iter()
+            .copied()
+            .zip(records.into_iter().zip(settings))
+            .collect();
+        let expires_at_ms = now_ms.saturating_add(self.config.presence_expiry_ms);
+        let offline = pb::PresenceState::Offline as i32;
+        let mut records_out = Vec::new();
+        let mut settings_out: Vec<(&str, Option<PresenceSetting>)> = Vec::new();
+        // Per request: the record friends are told of, if any.
+        let mut shown: Vec<Option<PresenceRecord>> = Vec::with_capacity(asks.len());
+        for (_, user, ask) in asks {
+            let Some((record, setting)) = now.get_mut(user.as_str()) else {
+                return Err(DomainError::Internal("a presence user was not read".into()));
+            };
+            let invisible = setting.as_ref().is_some_and(|s| s.state == offline);
+            let was_seen = record.as_ref().map_or(0, |r| r.updated_ms);
+            let connected = record.as_ref().is_some_and(|r| r.connected_at(now_ms));
+            let new = match ask {
+                PresenceAsk::Connected => {
+                    let (state, text) = setting
+                        .as_ref()
+                        .map_or((pb::PresenceState::Online as i32, String::new()), |s| {
+                            (s.state, s.text.clone())
+                        });
+                    Some(PresenceRecord {
+                        user_id: user.clone(),
+                        state,
+                        text: if invisible { String::new() } else { text },
+                        // Appearing offline keeps the old last seen.
+                        updated_ms: if invisible { was_seen } else { now_ms },
+                        expires_at_ms,
+                        connected: true,
+                    })
+                }
+                PresenceAsk::Disconnected => Some(PresenceRecord {
+                    user_id: user.clone(),
+                    state: offline,
+                    text: String::new(),
+                    updated_ms: if invisible { was_seen } else { now_ms },
+                    expires_at_ms,
+                    connected: false,
+                }),
+                PresenceAsk::Choose { state, text } => {
+                    let chosen = (*state != pb::PresenceState::Online as i32 || !text.is_empty())
+                        .then(|| PresenceSetting {
+                            state: *state,
+                            text: text.clone(),
+                            updated_ms: now_ms,
+                        });
+                    *setting = chosen.clone();
+                    settings_out.push((user.as_str(), chosen));
+                    connected.then(|| PresenceRecord {
+                        user_id: user.clone(),
+                        state: *state,
+                        text: if *state == offline {
+                            String::new()
+                        } else {
+                            text.clone()
+                        },
+                        updated_ms: now_ms,
+                        expires_at_ms,
+                        connected: true,
+                    })
+                }
+            };
+            // Nothing to tell when appearing offline and a device comes or
+            // goes: friends saw offline and still do.
+            let quiet = invisible && !matches!(ask, PresenceAsk::Choose { .. });
+            shown.push(new.clone().filter(|_| !quiet));
+            if let Some(r) = new {
+                records_out.push(r.clone());
+                *record = Some(r);
+            }
+        }
+        for (user, setting) in &settings_out {
+            self.store.put_presence_setting(user, setting.as_ref())?;
+        }
+        self.store.put_presences(&records_out)?;
+        let pushed: Vec<&str> = shown.iter().flatten().map(|r| r.user_id.as_str()).collect();
+        let mut friends = self.store.friends_of(&pushed)?.into_iter();
+        let mut out = Vec::with_capacity(asks.len());
+        for record in shown {
+            out.push(match record {
+                None => Outcome::reply(Body::Ok(pb::Ok::default())),
+                Some(r) => {
+                    let friends = friends.next().ok_or_else(|| {
+                        DomainError::Internal("store answered too few friend lists".into())
+                    })?;
+                    presence_outcome(r, friends, now_ms)
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// What a valid `set_presence` asks for.
+    fn presence_ask(
         &self,
         me: &Caller,
-        now_ms: u64,
         req: pb::SetPresenceRequest,
-    ) -> Result<PresenceRecord, DomainError> {
+    ) -> Result<PresenceAsk, DomainError> {
         let state = match pb::PresenceState::try_from(req.state) {
             Ok(pb::PresenceState::Unspecified) | Err(_) => {
                 return Err(DomainError::InvalidArgument(
@@ -161,12 +296,18 @@ impl Domain {
             Ok(s) => s,
         };
         check_len("text", &req.text, self.config.short_text_bytes_max)?;
-        Ok(PresenceRecord {
-            user_id: me.user_id.clone(),
+        if me.is_connection() {
+            return match state {
+                pb::PresenceState::Online => Ok(PresenceAsk::Connected),
+                pb::PresenceState::Offline => Ok(PresenceAsk::Disconnected),
+                _ => Err(DomainError::InvalidArgument(
+                    "a connection is online or offline".into(),
+                )),
+            };
+        }
+        Ok(PresenceAsk::Choose {
             state: state as i32,
             text: req.text,
-            updated_ms: now_ms,
-            expires_at_ms: now_ms.saturating_add(self.config.presence_expiry_ms),
         })
     }
 

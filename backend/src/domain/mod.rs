@@ -41,8 +41,28 @@ use crate::store::{GroupMeta, Store};
 pub struct Caller {
     /// The authenticated user id (the token's `sub`).
     pub user_id: String,
-    /// The device id from `Auth`.
+    /// The device id from `Auth`; empty when the gateway speaks for the
+    /// user's connections ([`Caller::connection`]).
     pub device_id: String,
+}
+
+impl Caller {
+    /// The gateway speaking for `user`'s connections: its `set_presence`
+    /// ONLINE says the user's first device that counts toward presence
+    /// connected, OFFLINE that the last one left (a user's own
+    /// `set_presence` is a choice kept as their setting instead).
+    pub fn connection(user: &str) -> Self {
+        Self {
+            user_id: user.to_owned(),
+            device_id: String::new(),
+        }
+    }
+
+    /// Whether this is [`Caller::connection`] (no device: clients always
+    /// have one, checked at auth).
+    pub fn is_connection(&self) -> bool {
+        self.device_id.is_empty()
+    }
 }
 
 /// One request of a batch.

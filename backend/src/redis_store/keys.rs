@@ -137,6 +137,8 @@ pub struct UserKeys {
     pub profile: String,
     /// String with a TTL: the presence record (prost bytes).
     pub presence: String,
+    /// String: the chosen presence setting (prost bytes), kept until changed.
+    pub presence_setting: String,
 }
 
 impl UserKeys {
@@ -152,6 +154,7 @@ impl UserKeys {
             blocked: k("b"),
             profile: k("p"),
             presence: k("s"),
+            presence_setting: k("ps"),
         })
     }
 }

@@ -91,8 +91,9 @@ local function fields(s)
   return out
 end
 
--- Message (tern.v1.Message): drops `content` (1), sets `recalled` (5).
--- Nil when the message is already recalled or malformed.
+-- Message (tern.v1.Message): drops `content` (1), `mentions` (2) and
+-- `mention_all` (3), sets `recalled` (5). Nil when the message is already
+-- recalled or malformed.
 local function recall_message(m)
   local fs = fields(m)
   if not fs then return nil end
@@ -101,7 +102,7 @@ local function recall_message(m)
     local field, wire = f[1], f[2]
     if field == 5 and wire == 0 then
       if read_varint(m, f[4]) ~= 0 then return nil end
-    elseif field ~= 1 then
+    elseif field > 3 then
       out[#out + 1] = string.sub(m, f[3], f[5] - 1)
     end
   end

@@ -38,7 +38,8 @@ use std::sync::Arc;
 
 use tern_backend::store::{
     Append, AppendEffect, AppendRefused, DedupKey, FriendRecord, FriendRequestRecord, GroupChange,
-    GroupMeta, MemberOf, MemberRecord, PresenceRecord, SocialOp, Store, UserConv, ViewChange,
+    GroupMeta, MemberOf, MemberRecord, PresenceRecord, PresenceSetting, SocialOp, Store, UserConv,
+    ViewChange,
 };
 use tern_backend::{Caller, Config, Domain, Effect, Outcome, Request};
 use tern_protocol::pb;
@@ -112,6 +113,30 @@ impl World {
     pub fn call(&self, user: &str, body: Body) -> Outcome {
         let out = self.domain.handle(&Self::caller(user), self.now(), body);
         self.advance(1);
+        out
+    }
+
+    /// The gateway's presence for `user`'s connections: `online` when the
+    /// first device that counts connects, else the last one left.
+    pub fn connection(&self, user: &str, online: bool) -> Outcome {
+        let state = if online {
+            pb::PresenceState::Online
+        } else {
+            pb::PresenceState::Offline
+        };
+        let body = Body::SetPresence(pb::SetPresenceRequest {
+            state: state as i32,
+            text: String::new(),
+        });
+        let out = self
+            .domain
+            .handle(&Caller::connection(user), self.now(), body);
+        self.advance(1);
+        assert!(
+            matches!(out.reply, Some(Body::Ok(_))),
+            "connection presence of {user}: {:?}",
+            out.reply
+        );
         out
     }
 
@@ -954,11 +979,48 @@ pub fn store_presence_records(f: Fixture) {
         text: "t".into(),
         updated_ms: t,
         expires_at_ms: t + 1000,
+        connected: state != 4,
     };
     s.put_presence(&p(1, T0)).unwrap();
     s.put_presence(&p(2, T0 + 1)).unwrap();
     let got = s.presences(&["a", "b"]).unwrap();
     assert_eq!(got, vec![Some(p(2, T0 + 1)), None]);
+    s.put_presence(&p(4, T0 + 2)).unwrap();
+    assert_eq!(s.presences(&["a"]).unwrap(), vec![Some(p(4, T0 + 2))]);
+}
+
+pub fn store_presence_settings_are_kept(f: Fixture) {
+    // Proves presence settings are kept per user until replaced or deleted
+    // (no expiry), and the bulk read answers in order, `None` for a user
+    // without one.
+    let s = f.store;
+    let set = |state: pb::PresenceState, text: &str, t| PresenceSetting {
+        state: state as i32,
+        text: text.into(),
+        updated_ms: t,
+    };
+    assert!(s.presence_settings(&[]).unwrap().is_empty());
+    assert_eq!(s.presence_settings(&["a"]).unwrap(), vec![None]);
+    s.put_presence_setting("a", Some(&set(pb::PresenceState::Busy, "x", T0)))
+        .unwrap();
+    s.put_presence_setting("b", Some(&set(pb::PresenceState::Away, "", T0)))
+        .unwrap();
+    s.put_presence_setting("a", Some(&set(pb::PresenceState::Offline, "", T0 + 1)))
+        .unwrap();
+    assert_eq!(
+        s.presence_settings(&["b", "nobody", "a"]).unwrap(),
+        vec![
+            Some(set(pb::PresenceState::Away, "", T0)),
+            None,
+            Some(set(pb::PresenceState::Offline, "", T0 + 1))
+        ]
+    );
+    s.put_presence_setting("b", None).unwrap();
+    s.put_presence_setting("nobody", None).unwrap();
+    assert_eq!(
+        s.presence_settings(&["b", "nobody"]).unwrap(),
+        vec![None, None]
+    );
 }
 
 pub fn store_presences_and_friends_of_in_bulk(f: Fixture) {
@@ -972,6 +1034,7 @@ pub fn store_presences_and_friends_of_in_bulk(f: Fixture) {
         text: String::new(),
         updated_ms: t,
         expires_at_ms: t + 1000,
+        connected: true,
     };
     s.put_presences(&[]).unwrap();
     s.put_presences(&[p("a", 1, T0), p("b", 2, T0), p("a", 3, T0 + 1)])
@@ -1005,11 +1068,16 @@ pub fn store_presences_and_friends_of_in_bulk(f: Fixture) {
 pub fn presence_updates_in_one_batch_each_answer_and_push(f: Fixture) {
     // Proves presence updates batched among sends (a login storm) each get
     // their own answer and push to their own friends, a bad one fails alone,
-    // and the sends around them are stored as usual.
+    // requests of one user in one batch apply in order (bob connects, then
+    // chooses away), and the sends around them are stored as usual.
     let w = World::new(f);
     w.befriend("alice", "bob");
     let req = |u: &str, body: Body| Request {
         caller: World::caller(u),
+        body,
+    };
+    let gateway = |u: &str, body: Body| Request {
+        caller: Caller::connection(u),
         body,
     };
     let presence = |state: pb::PresenceState| {
@@ -1019,26 +1087,40 @@ pub fn presence_updates_in_one_batch_each_answer_and_push(f: Fixture) {
         })
     };
     let reqs = vec![
-        req("alice", presence(pb::PresenceState::Online)),
+        gateway("alice", presence(pb::PresenceState::Online)),
         req("carol", send_body("p1", To::User("dave"), "one")),
+        gateway("bob", presence(pb::PresenceState::Online)),
         req("bob", presence(pb::PresenceState::Away)),
         req("erin", presence(pb::PresenceState::Unspecified)),
+        gateway("erin", presence(pb::PresenceState::Busy)),
         req("carol", send_body("p2", To::User("dave"), "two")),
     ];
     let out = w.domain.handle_batch(w.now(), reqs);
-    assert_eq!(out.len(), 5);
-    let pushed_to = |o: &Outcome| match &o.effects[..] {
-        [Effect::Presence { recipients, .. }] => recipients.to_vec(),
+    assert_eq!(out.len(), 7);
+    let pushed = |o: &Outcome| match &o.effects[..] {
+        [Effect::Presence { recipients, event }] => (
+            recipients.to_vec(),
+            event.presence.as_ref().map_or(0, |p| p.state),
+        ),
         e => panic!("{e:?}"),
     };
+    let online = pb::PresenceState::Online as i32;
     assert!(matches!(out[0].reply, Some(Body::Ok(_))));
-    assert_eq!(pushed_to(&out[0]), strings(&["bob"]));
+    assert_eq!(pushed(&out[0]), (strings(&["bob"]), online));
     assert!(matches!(out[2].reply, Some(Body::Ok(_))));
-    assert_eq!(pushed_to(&out[2]), strings(&["alice"]));
-    assert!(
-        matches!(&out[3].reply, Some(Body::Error(e)) if e.code() == pb::ErrorCode::InvalidArgument)
+    assert_eq!(pushed(&out[2]), (strings(&["alice"]), online));
+    assert_eq!(
+        pushed(&out[3]),
+        (strings(&["alice"]), pb::PresenceState::Away as i32)
     );
-    assert_eq!((ack(&out[1]).seq, ack(&out[4]).seq), (1, 2));
+    for bad in [4, 5] {
+        assert!(
+            matches!(&out[bad].reply, Some(Body::Error(e)) if e.code() == pb::ErrorCode::InvalidArgument),
+            "{:?}",
+            out[bad]
+        );
+    }
+    assert_eq!((ack(&out[1]).seq, ack(&out[6]).seq), (1, 2));
     let states = w.store().presences(&["alice", "bob", "erin"]).unwrap();
     let states: Vec<_> = states.iter().map(|p| p.as_ref().map(|p| p.state)).collect();
     assert_eq!(
@@ -1818,6 +1900,56 @@ pub fn mentions_flag_the_mentioned(f: Fixture) {
     assert!(w.summary("bob", G).mentioned);
     assert!(w.summary("carol", G).mentioned);
     assert!(!w.summary("alice", G).mentioned, "not by your own message");
+}
+
+pub fn recall_takes_the_mentions_back(f: Fixture) {
+    // Proves a recalled message mentions nobody any more: its stored copy
+    // (history, sync) loses `mentions` and `mention_all` in the store's
+    // recall rewrite, and the mentioned users' conversation entries stop
+    // saying `mentioned` (nor count it unread), while an earlier live
+    // mention still counts.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let mut named = send_body("rm1", To::Group("team"), "@bob look");
+    if let Body::Send(s) = &mut named {
+        s.mentions = strings(&["bob"]);
+    }
+    let first = ack(&w.ok("alice", named)).seq;
+    let mut all = send_body("rm2", To::Group("team"), "@all oops");
+    if let Body::Send(s) = &mut all {
+        s.mentions = strings(&["carol"]);
+        s.mention_all = true;
+    }
+    let second = ack(&w.ok("alice", all)).seq;
+    assert!(w.summary("bob", G).mentioned && w.summary("carol", G).mentioned);
+    let recall = |seq| {
+        Body::Recall(pb::RecallRequest {
+            conversation_id: G.into(),
+            seq,
+        })
+    };
+    w.ok("alice", recall(second));
+    let carol = w.summary("carol", G);
+    assert!(
+        !carol.mentioned,
+        "carol was mentioned only by the recalled one"
+    );
+    assert_eq!(carol.unread, 1);
+    assert!(w.summary("bob", G).mentioned, "bob's own mention stands");
+    w.ok("alice", recall(first));
+    assert!(!w.summary("bob", G).mentioned);
+    assert_eq!(w.summary("bob", G).unread, 0);
+    for entries in [w.history("carol", G), w.sync_all("carol")] {
+        for seq in [first, second] {
+            let e = entries.iter().find(|e| e.seq == seq).expect("entry kept");
+            let Some(pb::entry::Body::Message(m)) = &e.body else {
+                panic!("{e:?}")
+            };
+            assert!(m.recalled);
+            assert!(m.mentions.is_empty(), "seq {seq} kept {:?}", m.mentions);
+            assert!(!m.mention_all, "seq {seq} kept mention_all");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -3255,11 +3387,13 @@ pub fn typing_is_pushed_expires_and_is_not_stored(f: Fixture) {
 }
 
 pub fn presence_set_query_and_expiry(f: Fixture) {
-    // Proves presence: setting it pushes to friends and shows in queries
-    // with its text; it reads as offline (with last seen) after expiry or
-    // when set offline; users who blocked you look offline with no last seen.
+    // Proves presence: setting it while connected pushes to friends and
+    // shows in queries with its text; it reads as offline (with last seen)
+    // after expiry or when set offline; users who blocked you look offline
+    // with no last seen.
     let w = World::new(f);
     w.befriend("alice", "bob");
+    w.connection("alice", true);
     let out = w.ok(
         "alice",
         Body::SetPresence(pb::SetPresenceRequest {
@@ -3317,6 +3451,8 @@ pub fn presence_set_query_and_expiry(f: Fixture) {
         (p[0].state, p[0].last_seen_ms),
         (pb::PresenceState::Offline as i32, set_at)
     );
+    w.connection("alice", true);
+    assert_eq!(query("bob")[0].state, pb::PresenceState::Busy as i32);
     w.ok(
         "alice",
         Body::SetPresence(pb::SetPresenceRequest {
@@ -3343,6 +3479,118 @@ pub fn presence_set_query_and_expiry(f: Fixture) {
         ),
         pb::ErrorCode::InvalidArgument
     );
+}
+
+pub fn presence_setting_applies_whenever_a_device_is_connected(f: Fixture) {
+    // Proves a chosen presence is the user's setting, kept until changed:
+    // chosen with no device connected (a quiet script) it pushes nothing
+    // and reads offline, then shows when a device connects, survives
+    // disconnects (offline meanwhile), applies at once while connected, is
+    // cleared by choosing plain online, and "appear offline" hides every
+    // connect and disconnect (no push, last seen unchanged).
+    let w = World::new(f);
+    w.befriend("alice", "bob");
+    let set = |state: pb::PresenceState, text: &str| {
+        Body::SetPresence(pb::SetPresenceRequest {
+            state: state as i32,
+            text: text.into(),
+        })
+    };
+    let shown = |o: &Outcome| match &o.effects[..] {
+        [Effect::Presence { recipients, event }] => {
+            assert_eq!(recipients.to_vec(), strings(&["bob"]));
+            let p = event.presence.clone().unwrap();
+            Some((pb::PresenceState::try_from(p.state).unwrap(), p.text))
+        }
+        [] => None,
+        e => panic!("{e:?}"),
+    };
+    let query = || {
+        let Some(Body::PresenceResult(r)) = w
+            .ok(
+                "bob",
+                Body::PresenceQuery(pb::PresenceQuery {
+                    user_ids: strings(&["alice"]),
+                }),
+            )
+            .reply
+        else {
+            panic!()
+        };
+        let p = r.presences[0].clone();
+        (
+            pb::PresenceState::try_from(p.state).unwrap(),
+            p.text,
+            p.last_seen_ms,
+        )
+    };
+    use pb::PresenceState::{Away, Busy, Offline, Online};
+    let busy = (Busy, "in a meeting".to_owned());
+
+    let out = w.ok("alice", set(Busy, "in a meeting"));
+    assert_eq!(shown(&out), None, "nobody sees a choice made offline");
+    assert_eq!(query().0, Offline);
+    assert_eq!(shown(&w.connection("alice", true)), Some(busy.clone()));
+    assert_eq!(query(), (Busy, "in a meeting".into(), 0));
+    let gone = shown(&w.connection("alice", false));
+    let left_at = w.now() - 1;
+    assert_eq!(gone, Some((Offline, String::new())));
+    assert_eq!(query(), (Offline, String::new(), left_at));
+    assert_eq!(shown(&w.connection("alice", true)), Some(busy), "kept");
+    assert_eq!(
+        shown(&w.ok("alice", set(Away, ""))),
+        Some((Away, String::new()))
+    );
+    assert_eq!(
+        w.store().presence_settings(&["alice"]).unwrap()[0]
+            .as_ref()
+            .map(|s| s.state),
+        Some(Away as i32)
+    );
+    assert_eq!(
+        shown(&w.ok("alice", set(Online, ""))),
+        Some((Online, String::new()))
+    );
+    assert_eq!(w.store().presence_settings(&["alice"]).unwrap(), vec![None]);
+    w.connection("alice", false);
+    assert_eq!(
+        shown(&w.connection("alice", true)),
+        Some((Online, String::new()))
+    );
+
+    // Appear offline: friends see it once, then nothing of the devices.
+    let hidden = shown(&w.ok("alice", set(Offline, "")));
+    let hidden_at = w.now() - 1;
+    assert_eq!(hidden, Some((Offline, String::new())));
+    assert_eq!(shown(&w.connection("alice", false)), None);
+    w.advance(5_000);
+    assert_eq!(shown(&w.connection("alice", true)), None);
+    assert_eq!(query(), (Offline, String::new(), hidden_at));
+    assert_eq!(
+        shown(&w.ok("alice", set(Busy, "back"))),
+        Some((Busy, "back".into()))
+    );
+
+    // In one batch: the choice, then the connect that shows it.
+    let out = w.domain.handle_batch(
+        w.now(),
+        vec![
+            Request {
+                caller: World::caller("bob"),
+                body: set(Away, "lunch"),
+            },
+            Request {
+                caller: Caller::connection("bob"),
+                body: set(Online, ""),
+            },
+        ],
+    );
+    assert!(out[0].effects.is_empty(), "{:?}", out[0]);
+    let [Effect::Presence { event, .. }] = &out[1].effects[..] else {
+        panic!("{:?}", out[1])
+    };
+    let p = event.presence.clone().unwrap();
+    assert_eq!((p.state, p.text.as_str()), (Away as i32, "lunch"));
 }
 
 /// A tiny deterministic generator (xorshift64*), so the hostile-input case
@@ -3896,6 +4144,7 @@ macro_rules! conformance_tests {
             store_friend_pairs_answers_in_order,
             store_presence_records,
             store_presences_and_friends_of_in_bulk,
+            store_presence_settings_are_kept,
             presence_updates_in_one_batch_each_answer_and_push,
             send_direct_stores_and_delivers,
             send_with_reply_and_mentions_is_stored,
@@ -3916,6 +4165,7 @@ macro_rules! conformance_tests {
             recall_of_someone_elses_message_is_refused,
             admins_recall_members_messages_any_time,
             mentions_flag_the_mentioned,
+            recall_takes_the_mentions_back,
             friend_request_accept_list_delete,
             friend_reject_and_mutual_request,
             profile_and_remark,
@@ -3940,6 +4190,7 @@ macro_rules! conformance_tests {
             group_size_limit,
             typing_is_pushed_expires_and_is_not_stored,
             presence_set_query_and_expiry,
+            presence_setting_applies_whenever_a_device_is_connected,
             hostile_requests_get_typed_answers,
             auth_non_member_cannot_read_group,
             auth_third_user_cannot_read_direct_chat,

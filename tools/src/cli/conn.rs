@@ -63,6 +63,11 @@ pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 50;
 /// What the client tells the server it is (`Auth.client_version`).
 pub const CLIENT_VERSION: &str = concat!("tern-cli/", env!("CARGO_PKG_VERSION"));
 
+/// The `Auth.capabilities` name of a connection that does not count toward
+/// its user's presence: friends see no online/offline for it (the gateway's
+/// `PRESENCE_QUIET`). Scripted runs use it.
+pub const PRESENCE_QUIET: &str = "presence-quiet";
+
 /// The request id of `auth`; later requests count up from the next one.
 const AUTH_REQUEST_ID: u64 = 1;
 
@@ -77,6 +82,8 @@ pub struct ConnectOptions {
     pub device_id: String,
     /// What this device already holds, per conversation (`Auth.resume_cursors`).
     pub resume_cursors: Vec<pb::Cursor>,
+    /// `Auth.capabilities`, e.g. [`PRESENCE_QUIET`].
+    pub capabilities: Vec<String>,
     /// Wait for each answer (and each blocked write), in milliseconds.
     pub request_timeout_ms: u64,
     /// Wait for the TCP connect, in milliseconds.
@@ -95,6 +102,7 @@ impl ConnectOptions {
             token: token.into(),
             device_id: device_id.into(),
             resume_cursors: Vec::new(),
+            capabilities: Vec::new(),
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
         }
@@ -259,7 +267,7 @@ impl Connection {
                 device_id: opts.device_id.clone(),
                 platform: pb::Platform::Cli as i32,
                 protocol_version: tern_protocol::PROTOCOL_VERSION,
-                capabilities: Vec::new(),
+                capabilities: opts.capabilities.clone(),
                 resume_cursors: opts.resume_cursors.clone(),
                 client_version: CLIENT_VERSION.to_owned(),
             })),

@@ -34,7 +34,8 @@ impl Context<'_> {
         self.session.me()
     }
 
-    /// The recipient named by `to`, else the open conversation.
+    /// The recipient named by `to` (`--conv` as [`resolve`] reads it),
+    /// else the open conversation.
     pub fn target(&self, to: &ToArgs) -> Result<Target, ClientError> {
         if let Some(u) = &to.to {
             return Target::parse(self.me(), u).and_then(|t| match t {
@@ -48,17 +49,18 @@ impl Context<'_> {
             return Target::group(g);
         }
         if let Some(c) = &to.conv {
-            return Target::parse(self.me(), c);
+            return resolve(self.session, c);
         }
         self.open.cloned().ok_or_else(|| {
             ClientError::Usage("name the recipient: --to USER, --group GROUP or --conv CONV".into())
         })
     }
 
-    /// The conversation id named by `conv`, else the open one.
+    /// The conversation id named by `conv` (as [`resolve`] reads it), else
+    /// the open one.
     pub fn conversation(&self, conv: Option<&String>) -> Result<String, ClientError> {
         match (conv, self.open) {
-            (Some(c), _) => target::conversation(self.me(), c),
+            (Some(c), _) => resolve(self.session, c)?.conversation(self.me()),
             (None, Some(t)) => t.conversation(self.me()),
             (None, None) => Err(ClientError::Usage(
                 "name the conversation: --conv bob | '#team' | d:alice:bob | g:team".into(),
@@ -90,7 +92,7 @@ pub fn run(ctx: &Context<'_>, cmd: &SharedCommand) -> Result<Vec<Item>, ClientEr
                     .ok_or_else(|| {
                         ClientError::Usage(format!("--cursor {c:?}: expected CONV=SEQ"))
                     })?;
-                s.adopt(&target::conversation(s.me(), conv)?, seq);
+                s.adopt(&resolve(s, conv)?.conversation(s.me())?, seq);
             }
             let out = s.sync_all(a.limit)?;
             let mut items: Vec<Item> = out.entries.into_iter().map(Item::Entry).collect();
@@ -217,6 +219,58 @@ pub fn run(ctx: &Context<'_>, cmd: &SharedCommand) -> Result<Vec<Item>, ClientEr
         SharedCommand::Friend(f) => friend(s, f),
         SharedCommand::Group(g) => group(s, g),
     }
+}
+
+/// The conversation a person names, the same way for every command:
+/// `@bob`, `#team`, `d:alice:bob` and `g:team` are what they say; a bare
+/// name is the group of that id if you are a member of it, else the user.
+/// A bare name that is both a group you are in and a peer (a friend, or a
+/// 1:1 chat with history) is ambiguous: a usage error naming both
+/// spellings. Costs one request for a bare name (`group_info`), two more
+/// only when it is a group of yours; none otherwise.
+pub fn resolve(s: &Session, spec: &str) -> Result<Target, ClientError> {
+    let me = s.me();
+    let target = Target::parse(me, spec)?;
+    let Target::User(name) = &target else {
+        return Ok(target);
+    };
+    if !target::is_bare(spec) {
+        return Ok(target);
+    }
+    let info = s.request(Body::GroupInfo(pb::GroupInfoRequest {
+        group_id: name.clone(),
+    }));
+    let my_group = match expect_body!(info, GroupInfoResult) {
+        Ok(r) => r.me.is_some() && r.info.is_some_and(|i| !i.dissolved),
+        Err(e) if e.server_code() == Some(pb::ErrorCode::NotFound) => false,
+        Err(e) => return Err(e),
+    };
+    if !my_group {
+        return Ok(target);
+    }
+    if name != me && is_peer(s, name)? {
+        return Err(ClientError::Usage(format!(
+            "{name:?} is both your group #{name} and your chat with @{name}: \
+             say '#{name}' or '@{name}'"
+        )));
+    }
+    Ok(Target::Group(name.clone()))
+}
+
+/// Whether `user` is a friend of this session's user or shares a 1:1 chat
+/// with history with them.
+fn is_peer(s: &Session, user: &str) -> Result<bool, ClientError> {
+    let profile = expect_body!(
+        s.request(Body::Profile(pb::ProfileRequest {
+            user_id: user.to_owned(),
+        })),
+        ProfileResult
+    )?;
+    if profile.is_friend {
+        return Ok(true);
+    }
+    let conv = Target::User(user.to_owned()).conversation(s.me())?;
+    Ok(head(s, &conv)?.is_some())
 }
 
 /// The error of `send-file`: the media API does not exist yet. A missing

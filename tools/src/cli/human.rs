@@ -74,6 +74,7 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
             s
         }
         Item::Presence(p) => presence(p),
+        Item::ReadBy { conv, item } => read_by(me, conv, item),
         Item::Typing(t) => format!(
             "… {} {} in {}",
             clean(&t.user_id),
@@ -132,7 +133,7 @@ pub fn entry(me: &str, e: &pb::Entry) -> Option<String> {
                 s.push_str(&format!("(↪ {}) ", m.reply_to_seq));
             }
             s.push_str(&content(m));
-            if m.mention_all || m.mentions.iter().any(|u| u == me) {
+            if mentions(me, e, m) {
                 s.push_str("  ← mentions you");
             }
             s
@@ -144,6 +145,28 @@ pub fn entry(me: &str, e: &pb::Entry) -> Option<String> {
         Some(Body::GroupEvent(g)) => format!("{head} * {who} {}", group_event(g)),
         None => format!("{head} {who}: (an entry this client does not know)"),
     })
+}
+
+/// Whether message `m` of entry `e` mentions `me`: it names `me` or says
+/// `@all`, someone else sent it (nobody is mentioned by their own message),
+/// and it was not recalled (a recall takes its mentions back).
+pub fn mentions(me: &str, e: &pb::Entry, m: &pb::Message) -> bool {
+    e.sender != me && !m.recalled && (m.mention_all || m.mentions.iter().any(|u| u == me))
+}
+
+/// Read counts as a person says them: `[#team:3] ✓✓ read by 2 of 3`, or in
+/// a 1:1 chat `[@bob:3] ✓✓ read` / `not read yet`.
+fn read_by(me: &str, conv: &str, r: &pb::ReadBy) -> String {
+    let head = format!("[{}:{}]", target::label(me, conv), r.seq);
+    let direct = conv.starts_with("d:");
+    match (direct, r.read_count, r.member_count) {
+        (true, 0, _) => format!("{head} not read yet"),
+        (true, _, _) => format!("{head} ✓✓ read"),
+        (false, _, 0) => format!("{head} nobody else is in the group"),
+        (false, n, all) if n >= all => format!("{head} ✓✓ read by all {all}"),
+        (false, 0, all) => format!("{head} read by none of {all}"),
+        (false, n, all) => format!("{head} read by {n} of {all}"),
+    }
 }
 
 fn content(m: &pb::Message) -> String {
@@ -397,5 +420,55 @@ mod tests {
                 .unwrap()
                 .contains("✓✓ alice read up to 3")
         );
+    }
+
+    fn mentioning(sender: &str, mentions: &[&str], all: bool, recalled: bool) -> pb::Entry {
+        let mut e = text_entry(sender, "ready? @all");
+        e.conversation_id = "g:launch".into();
+        if let Some(pb::entry::Body::Message(m)) = &mut e.body {
+            m.mentions = mentions.iter().map(|u| (*u).to_owned()).collect();
+            m.mention_all = all;
+            m.recalled = recalled;
+        }
+        e
+    }
+
+    #[test]
+    fn only_others_live_messages_mention_you() {
+        // Proves `← mentions you` is shown for another member's @you or @all,
+        // never on your own message (issue: @all marked the sender's own
+        // line), and never on a recalled message whose mentions a server
+        // still sends.
+        let says = |me: &str, e: &pb::Entry| entry(me, e).unwrap().contains("mentions you");
+        assert!(says("bob", &mentioning("alice", &[], true, false)));
+        assert!(says("bob", &mentioning("alice", &["bob"], false, false)));
+        assert!(!says("carol", &mentioning("alice", &["bob"], false, false)));
+        assert!(!says("alice", &mentioning("alice", &[], true, false)));
+        assert!(!says(
+            "alice",
+            &mentioning("alice", &["alice"], false, false)
+        ));
+        assert!(!says("bob", &mentioning("alice", &["bob"], true, true)));
+    }
+
+    #[test]
+    fn read_counts_read_like_a_sentence() {
+        // Proves `/read-by` shows counts as words with the conversation and
+        // seq, not as a `read_by key=value` record.
+        let item = |conv: &str, read_count, member_count| Item::ReadBy {
+            conv: conv.into(),
+            item: pb::ReadBy {
+                seq: 3,
+                read_count,
+                member_count,
+            },
+        };
+        let shown = |conv: &str, r, m| show("alice", &item(conv, r, m)).unwrap();
+        assert_eq!(shown("g:launch", 2, 3), "[#launch:3] read by 2 of 3");
+        assert_eq!(shown("g:launch", 3, 3), "[#launch:3] ✓✓ read by all 3");
+        assert_eq!(shown("g:launch", 0, 3), "[#launch:3] read by none of 3");
+        assert_eq!(shown("d:alice:bob", 1, 1), "[@bob:3] ✓✓ read");
+        assert_eq!(shown("d:alice:bob", 0, 1), "[@bob:3] not read yet");
+        assert!(!shown("g:launch", 2, 3).contains('='));
     }
 }

@@ -28,7 +28,7 @@ use tern_protocol::pb::{self, frame::Body};
 use super::{
     ClientError,
     args::{CHAT_DEVICE_DEFAULT, Cli, OnOff, ReplCommand, ReplLine, SendArgs, ToArgs},
-    conn::{Closed, ConnectOptions},
+    conn::{Closed, ConnectOptions, PRESENCE_QUIET},
     error::EXIT_OK,
     exec::{self, Context},
     human,
@@ -395,6 +395,10 @@ impl Chat {
         self.logout();
         let mut opts = ConnectOptions::new(self.server.clone(), source.token()?, device.clone());
         opts.request_timeout_ms = self.timeout_ms;
+        if !self.tty {
+            // Lines piped in are a script: no online/offline for friends.
+            opts.capabilities.push(PRESENCE_QUIET.to_owned());
+        }
         let session = Arc::new(Session::connect(opts)?);
         let generation = {
             let mut st = self.state.lock();
@@ -461,7 +465,7 @@ impl Chat {
     fn open(&self, spec: &str) -> Result<(), ClientError> {
         let (session, _) = self.session()?;
         let me = session.me().to_owned();
-        let target = Target::parse(&me, spec)?;
+        let target = exec::resolve(&session, spec)?;
         let conv = target.conversation(&me)?;
         let items = exec::history(&session, &conv, 0, OPEN_HISTORY_ENTRIES)?;
         self.say(format!("── {} ──", target.label()));

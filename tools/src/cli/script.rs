@@ -11,7 +11,7 @@ use std::{
 use super::{
     ClientError,
     args::{Cli, Command, SCRIPT_DEVICE_DEFAULT},
-    conn::ConnectOptions,
+    conn::{ConnectOptions, PRESENCE_QUIET},
     error::EXIT_OK,
     exec::{self, Context},
     record::Item,
@@ -94,8 +94,11 @@ pub fn token_source(cli: &Cli) -> Result<Option<TokenSource>, ClientError> {
     }
 }
 
-/// Connection options from the flags, with `device_default` when no
-/// `--device` was given.
+/// Connection options of a scripted run, from the flags, with
+/// `device_default` when no `--device` was given. A script logs in
+/// [`PRESENCE_QUIET`]: its connection does not make the user online or
+/// offline for their friends (a `presence busy` it sets is kept as the
+/// user's setting and shows while one of their other devices is online).
 pub fn connect_options(cli: &Cli, token: String, device_default: &str) -> ConnectOptions {
     let mut o = ConnectOptions::new(
         cli.server.clone(),
@@ -105,6 +108,7 @@ pub fn connect_options(cli: &Cli, token: String, device_default: &str) -> Connec
             .unwrap_or_else(|| device_default.to_owned()),
     );
     o.request_timeout_ms = cli.timeout_ms;
+    o.capabilities.push(PRESENCE_QUIET.to_owned());
     o
 }
 

@@ -1,7 +1,9 @@
-//! How a person names a conversation on the command line: `bob` or `@bob`
-//! (the 1:1 chat with bob), `#team` (the group team), or a wire id
-//! (`d:alice:bob`, `g:team`). Ids are checked here so a typo is a usage
-//! error before anything is sent.
+//! How a person names a conversation on the command line: `@bob` (the 1:1
+//! chat with bob), `#team` (the group team), a wire id (`d:alice:bob`,
+//! `g:team`), or a bare name (`launch`), which is a group you are in or a
+//! user, whichever it names (`exec::resolve` asks the server; this module
+//! does no I/O). Ids are checked here so a typo is a usage error before
+//! anything is sent.
 
 use tern_protocol::ids::{self, ConversationId};
 
@@ -18,7 +20,8 @@ pub enum Target {
 
 impl Target {
     /// Parses `bob`, `@bob`, `#team`, `d:a:b` (with `me` one of a, b) or
-    /// `g:team`.
+    /// `g:team`. A bare name reads as a user here; [`is_bare`] says when
+    /// it may instead be a group (see `exec::resolve`).
     pub fn parse(me: &str, s: &str) -> Result<Self, ClientError> {
         let s = s.trim();
         if s.starts_with("d:") || s.starts_with("g:") {
@@ -69,6 +72,13 @@ impl Target {
             Self::Group(g) => format!("#{g}"),
         }
     }
+}
+
+/// Whether `s` is a bare name (`launch`): neither `@user`, `#group` nor a
+/// wire id, so it may name a group or a user.
+pub fn is_bare(s: &str) -> bool {
+    let s = s.trim();
+    !(s.starts_with('@') || s.starts_with('#') || s.starts_with("d:") || s.starts_with("g:"))
 }
 
 /// A conversation id from any of the [`Target::parse`] spellings.
@@ -126,5 +136,9 @@ mod tests {
             Target::parse("alice", "#"),
             Err(ClientError::Usage(_))
         ));
+        assert!(is_bare("launch") && is_bare(" bob"));
+        for s in ["@bob", "#launch", "d:alice:bob", "g:launch"] {
+            assert!(!is_bare(s), "{s}");
+        }
     }
 }
