@@ -197,6 +197,9 @@ struct Conn {
     paused: bool,
     /// Frames were queued from the inbox; written at the end of the batch.
     touched: bool,
+    /// Its input holds whole frames beyond this turn's budget: it is in the
+    /// shard's `backlog` and is not read from its socket until they are fed.
+    backlogged: bool,
     /// The deadline this connection has in the wheel (u64::MAX: none).
     timer_at: u64,
     /// `user\0device` once authenticated: one allocation for both ids.
@@ -308,6 +311,12 @@ struct Shard {
     /// each when the batch ends (so a device that gets many pushes in one
     /// batch costs one `send`, not one per push).
     touched: RefCell<Vec<(u32, u32)>>,
+    /// Connections with whole frames left over after their budget, served
+    /// first next turn (at most one budget per connection per turn).
+    backlog: RefCell<Vec<(u32, u32)>>,
+    /// Wakes the poll loop while it waits for readiness, when another task
+    /// adds to `backlog`.
+    poll_waker: Cell<Option<std::task::Waker>>,
 }
 
 /// Slab keys of one user's devices (inline for up to four).
@@ -326,6 +335,14 @@ const WHEEL_SLOTS: usize = 4096;
 const INBOX_BATCH_MAX: usize = 1024;
 /// Ready sockets handled per epoll_wait.
 const EPOLL_BATCH_MAX: usize = 256;
+/// Frames (requests, pings, WebSocket control frames) fed to one
+/// connection's session per loop turn; whole frames beyond wait in its
+/// partial buffer for the next turn (DESIGN invariant 7). One read is at
+/// most the shared read buffer, so the input kept is bounded too.
+const CONN_FRAMES_PER_TURN_MAX: usize = 64;
+/// How long a busy loop may go on yielding only to ready tasks before it
+/// also lets the runtime park once (which fires due timers).
+const TIMER_YIELD_MS: u64 = 5;
 
 /// Slab entries to reserve up front: as many connections as this shard may
 /// hold, and no more than the process may open. Reserving address space
@@ -398,6 +415,8 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         blocked: RefCell::new(std::collections::VecDeque::new()),
         unblocking: Cell::new(false),
         touched: RefCell::new(Vec::new()),
+        backlog: RefCell::new(Vec::new()),
+        poll_waker: Cell::new(None),
     });
     debug!(shard = shard.id, driver, "shard started");
     let mut listener_fds = Vec::new();
@@ -691,6 +710,15 @@ impl Shard {
         }
     }
 
+    /// Queues a connection whose input holds frames beyond its budget for
+    /// the next turn, and wakes the poll loop if it waits for readiness.
+    fn backlog_push(&self, key: u32, generation: u32) {
+        self.backlog.borrow_mut().push((key, generation));
+        if let Some(w) = self.poll_waker.take() {
+            w.wake();
+        }
+    }
+
     /// Marks a connection that got frames from the inbox: written (and its
     /// deadline re-armed) once when the batch ends, see [`Self::write_touched`].
     fn touch(&self, key: u32, conn: &mut Conn) {
@@ -790,6 +818,7 @@ impl Shard {
             fd: h.fd,
             paused: false,
             touched: false,
+            backlogged: false,
             session: h.session,
             ident: None,
             spill: None,
@@ -958,7 +987,16 @@ impl Shard {
         let c = &mut conns[key as usize];
         let mut pos = 0;
         let max = self.cfg.frame_bytes_max;
+        let mut frames = 0;
         while pos < data.len() {
+            if frames == CONN_FRAMES_PER_TURN_MAX {
+                // This turn's budget is spent: the rest waits for the next
+                // turn, and the socket is not read meanwhile.
+                c.backlogged = true;
+                self.backlog_push(key, c.generation);
+                break;
+            }
+            frames += 1;
             // `Ok(Some((frame or its decode error, bytes used)))`, `Ok(None)`:
             // need more input; `Err`: the framing itself is broken (close).
             let decoded: Result<Option<Whole>, codec::DecodeError> = match c.transport {
@@ -1109,6 +1147,7 @@ impl Shard {
                             self.metrics
                                 .backend_backpressure
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.flush(key, c);
                             return Ingest::Blocked {
                                 request: Box::new(req),
                                 rest: data[pos..].to_vec(),
@@ -1117,8 +1156,10 @@ impl Shard {
                     }
                 }
             }
-            self.flush(key, c);
-            if c.session.is_closed() {
+            // Replies are written once, after the loop (at most a budget of
+            // frames, below the outbox bound): one `send` per turn, not one
+            // per frame. A closing session takes nothing more.
+            if c.session.close_reason().is_some() {
                 break;
             }
         }
@@ -1273,6 +1314,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
             fd,
             paused: false,
             touched: false,
+            backlogged: false,
             session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
             ident: None,
             spill: None,
@@ -1464,8 +1506,14 @@ async fn unblock_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Serves the shard's connections: waits (through monoio) for the epoll set
-/// to be readable, then handles every ready socket, in batches.
+/// Serves the shard's connections, one turn at a time. A turn: the
+/// connections left over from the last turn (`backlog`) get their next
+/// budget, then up to [`EPOLL_BATCH_MAX`] ready sockets are served (one read
+/// of the shared buffer and at most [`CONN_FRAMES_PER_TURN_MAX`] frames
+/// each), then the loop yields so that the inbox (replies, pushes) and the
+/// timers run, whatever one socket keeps sending (DESIGN invariant 7). With
+/// nothing ready it waits (through monoio) for the epoll set to be readable
+/// or for the backlog to fill.
 async fn poll_loop(shard: Rc<Shard>) {
     let epfd = shard.epoll.as_raw_fd();
     // SAFETY: the epoll fd lives as long as the shard; the wrapper never
@@ -1476,16 +1524,36 @@ async fn poll_loop(shard: Rc<Shard>) {
     );
     let legacy = monoio::utils::is_legacy();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH_MAX];
+    let mut due = Vec::new();
+    let mut turn = Turn::new();
     loop {
+        // Taken before the sockets are served: a connection that spends its
+        // budget in this turn waits for the next one.
+        std::mem::swap(&mut due, &mut *shard.backlog.borrow_mut());
         // SAFETY: `events` has room for EPOLL_BATCH_MAX entries.
         let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), EPOLL_BATCH_MAX as i32, 0) };
-        if n <= 0 {
-            if waiter.readable(!legacy).await.is_err() {
+        if n <= 0 && due.is_empty() {
+            // Idle: wait for a socket, or for another task to fill the
+            // backlog (a connection resumed after back-pressure).
+            let readable = waiter.readable(!legacy);
+            let mut readable = std::pin::pin!(readable);
+            let woke = std::future::poll_fn(|cx| {
+                if !shard.backlog.borrow().is_empty() {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                shard.poll_waker.set(Some(cx.waker().clone()));
+                readable.as_mut().poll(cx)
+            })
+            .await;
+            shard.poll_waker.set(None);
+            if woke.is_err() {
                 return;
             }
+            turn.parked();
             continue;
         }
-        for ev in &events[..n as usize] {
+        serve_backlog(&shard, &mut due);
+        for ev in &events[..n.max(0) as usize] {
             let (key, generation) = ((ev.u64 >> 32) as u32, ev.u64 as u32);
             let flags = ev.events;
             if flags & libc::EPOLLOUT as u32 != 0 {
@@ -1495,18 +1563,86 @@ async fn poll_loop(shard: Rc<Shard>) {
                 on_readable(&shard, key, generation);
             }
         }
-        if n as usize == EPOLL_BATCH_MAX {
-            // More may be ready: let the inbox and timers run first.
-            monoio::time::sleep(Duration::ZERO).await;
+        turn.end().await;
+    }
+}
+
+/// Feeds each backlogged connection its next budget of buffered frames.
+fn serve_backlog(shard: &Rc<Shard>, due: &mut Vec<(u32, u32)>) {
+    for (key, generation) in due.drain(..) {
+        let partial = {
+            let mut conns = shard.conns.borrow_mut();
+            let Some(c) = conns
+                .get_mut(key as usize)
+                .filter(|c| c.generation == generation && c.backlogged)
+            else {
+                continue; // closed or moved meanwhile
+            };
+            c.backlogged = false;
+            c.take_partial()
+        };
+        if partial.is_empty() {
+            continue;
+        }
+        let outcome = shard.ingest(key, &partial);
+        after_ingest(shard, key, generation, outcome);
+    }
+}
+
+/// Yields at the end of a loop turn. Every turn lets the tasks that are
+/// ready run (the runtime reaps I/O completions first, so the inbox's
+/// doorbell is seen); at least every [`TIMER_YIELD_MS`] the turn instead
+/// sleeps for zero time, which makes the runtime park once and fire due
+/// timers (monoio runs timers only when it parks, and a task that always
+/// wakes itself would keep it from parking).
+struct Turn {
+    parked_at: Instant,
+}
+
+impl Turn {
+    fn new() -> Self {
+        Self {
+            parked_at: Instant::now(),
         }
     }
+
+    /// The loop waited (the runtime parked meanwhile).
+    fn parked(&mut self) {
+        self.parked_at = Instant::now();
+    }
+
+    async fn end(&mut self) {
+        if self.parked_at.elapsed() >= Duration::from_millis(TIMER_YIELD_MS) {
+            monoio::time::sleep(Duration::ZERO).await;
+            self.parked_at = Instant::now();
+        } else {
+            yield_now().await;
+        }
+    }
+}
+
+/// Returns `Pending` once, after waking its task: the task goes to the back
+/// of the runtime's queue, behind every task that is ready.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 fn on_readable(shard: &Rc<Shard>, key: u32, generation: u32) {
     let fd = {
         let conns = shard.conns.borrow();
         match conns.get(key as usize) {
-            Some(c) if c.generation == generation => c.fd.as_raw_fd(),
+            // A backlogged connection is fed from its buffered input first;
+            // its socket is read once that is used up.
+            Some(c) if c.generation == generation && !c.backlogged => c.fd.as_raw_fd(),
             _ => return,
         }
     };
@@ -1643,6 +1779,7 @@ async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: 
             .expect("register eventfd"),
     );
     let legacy = monoio::utils::is_legacy();
+    let mut turn = Turn::new();
     loop {
         let mut handled = 0;
         let mut depth = 0;
@@ -1663,7 +1800,7 @@ async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: 
             .store(depth as i64, std::sync::atomic::Ordering::Relaxed);
         if handled > 0 {
             // Let connections run between batches.
-            monoio::time::sleep(Duration::ZERO).await;
+            turn.end().await;
             continue;
         }
         bell.prepare_sleep();
@@ -1672,6 +1809,7 @@ async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: 
             continue;
         }
         let _ = waiter.readable(!legacy).await;
+        turn.parked();
         bell.drain_eventfd();
         bell.awake();
     }
