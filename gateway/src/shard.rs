@@ -525,6 +525,19 @@ impl Shard {
         }
     }
 
+    /// Before a frame of `len` bytes is queued: if it would not fit the
+    /// outbox, the outbox is written to the socket first. Only a connection
+    /// whose socket does not take the bytes (output already pending) keeps a
+    /// full outbox, and the frame then makes it a slow consumer. Frames
+    /// queued by one inbox batch are otherwise written when the batch ends.
+    fn make_room(self: &Rc<Self>, key: u32, conn: &mut Conn, len: usize) {
+        let full = conn.session.outbox_frames() >= self.cfg.outbox_frames_max
+            || conn.session.outbox_bytes().saturating_add(len) > self.cfg.outbox_bytes_max;
+        if full {
+            self.flush(key, conn);
+        }
+    }
+
     /// Marks a connection closing and wakes its reader (EOF after shutdown).
     fn close_soon(&self, conn: &mut Conn, reason: CloseReason) {
         if conn.closing.is_none() {
@@ -608,6 +621,7 @@ impl Shard {
                             .observe_us(t.elapsed().as_micros() as u64);
                     }
                 }
+                self.make_room(conn.key, c, body.len());
                 let slow = matches!(
                     c.session.queue_encoded(&self.cfg, self.now_ms(), body),
                     Err(Rejected {
@@ -635,6 +649,7 @@ impl Shard {
                     return;
                 };
                 // A full window or outbox: the device's own sync covers it.
+                self.make_room(conn.key, c, body.len());
                 if c.session
                     .push_deliver(&self.cfg, self.now_ms(), &cursors, body)
                     .is_ok()
@@ -658,6 +673,7 @@ impl Shard {
                             return;
                         }
                     }
+                    self.make_room(key, c, body.len());
                     match c
                         .session
                         .push_deliver(&self.cfg, now, &cursors, body.clone())
@@ -693,6 +709,7 @@ impl Shard {
             ShardMsg::Push { users, body } => {
                 let now = self.now_ms();
                 self.each_device(&users, |_, key, c| {
+                    self.make_room(key, c, body.len());
                     let pushed = c.session.queue_encoded(&self.cfg, now, body.clone());
                     if let Err(Rejected {
                         error: QueueError::SlowConsumer,

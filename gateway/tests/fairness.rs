@@ -198,3 +198,51 @@ fn a_ping_flood_does_not_move_a_neighbours_latency() {
         );
     });
 }
+
+/// A client that pipelines 1,000 sends (distinct client_msg_ids) in one
+/// write and then reads gets all 1,000 SendAcks and is not kicked: replies
+/// beyond the outbox bound are written to its socket as they come, and only
+/// a socket that does not take them makes a slow consumer.
+#[test]
+fn a_client_pipelining_many_sends_is_answered_not_kicked() {
+    each_driver(|d| {
+        let gw = Gateway::start(d);
+        let (mut c, _) = Client::login(gw.tcp, "piper", "phone");
+        let mut batch = Vec::new();
+        for i in 0..1_000u64 {
+            codec::encode_frame(
+                &pb::Frame {
+                    request_id: 100 + i,
+                    body: Some(Body::Send(pb::Send {
+                        client_msg_id: format!("p{i}"),
+                        to: Some(pb::send::To::UserId("sink".into())),
+                        content: Some(text_content("pipelined")),
+                        ..Default::default()
+                    })),
+                },
+                &mut batch,
+            );
+        }
+        c.send_raw(&batch).unwrap();
+        let mut seqs = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + support::WAIT;
+        while seqs.len() < 1_000 {
+            let f = c
+                .read_frame_until(deadline)
+                .unwrap_or_else(|| panic!("closed or silent after {} acks", seqs.len()));
+            match f.body {
+                Some(Body::SendAck(a)) => {
+                    assert!(!a.duplicate);
+                    seqs.insert(a.seq);
+                }
+                other => panic!("after {} acks: {other:?}", seqs.len()),
+            }
+        }
+        assert_eq!(seqs.len(), 1_000);
+        assert!(matches!(
+            c.request(Body::Ping(pb::Ping { nonce: 9 })).body,
+            Some(Body::Pong(_))
+        ));
+        gw.wait_metric("tern_slow_consumer_closes_total 0");
+    });
+}
