@@ -220,6 +220,169 @@ struct Spill {
     partial: Vec<u8>,
     /// Bytes the socket did not take; a writer task drains them.
     pending_out: Vec<u8>,
+    /// The ordering state of a resume (`Auth.resume_cursors`), while its
+    /// sync is in flight and for a short while after its answer.
+    resume: Option<Box<Resume>>,
+}
+
+/// Live `Deliver`s held at most per connection while its resume is in
+/// flight; beyond, all held ones are dropped and one more resume sync is
+/// issued after the answer (from the resume's newest cursors).
+const RESUME_HOLD_FRAMES_MAX: usize = 64;
+/// How long after a resume's answer live pushes are still checked against
+/// what the resume carried: a push routed by another backend worker just
+/// before the resume ran can reach the shard just after its answer.
+const RESUME_FENCE_MS: u64 = 2_000;
+
+/// Keeps a connection's pushes in seq order around its resume. While the
+/// resume sync is in flight, live `Deliver`s touching a conversation it
+/// lists are held (bounded); its answer is pushed first, then the held
+/// frames without the entries it already carried. For
+/// [`RESUME_FENCE_MS`] after, late live pushes of entries it carried are
+/// dropped (the fence). Conversations the resume does not list pass
+/// through: it pushes nothing of them.
+struct Resume {
+    /// Each listed conversation: its key, its id (to sync again), and the
+    /// newest seq the device holds or the resume carried (the fence).
+    convs: Vec<(ConvKey, String, u64)>,
+    /// The sync is in flight (or waiting for room in the backend queue).
+    in_flight: bool,
+    /// Live pushes held while in flight, oldest first.
+    held: Vec<Pushed>,
+    /// More than [`RESUME_HOLD_FRAMES_MAX`] arrived: the held ones were
+    /// dropped; sync again once the answer is pushed.
+    overflowed: bool,
+    /// When the fence ends (shard ms), once the answer arrived.
+    fence_until_ms: u64,
+}
+
+/// A `Deliver` as the shard pushes it: `(conversation, newest seq)` of its
+/// entries, and the encoded frame.
+type Pushed = (Arc<[(ConvKey, u64)]>, Bytes);
+
+/// What the resume rule does with a live `Deliver`.
+enum Gate {
+    /// Push it (possibly re-encoded without entries the resume carried).
+    Pass(Arc<[(ConvKey, u64)]>, Bytes),
+    /// Held until the resume's answer, or dropped (already carried).
+    Taken,
+}
+
+impl Resume {
+    fn new(cursors: &[pb::Cursor]) -> Self {
+        Self {
+            convs: cursors
+                .iter()
+                .map(|c| {
+                    (
+                        ConvKey::of(&c.conversation_id),
+                        c.conversation_id.clone(),
+                        c.seq,
+                    )
+                })
+                .collect(),
+            in_flight: true,
+            held: Vec::new(),
+            overflowed: false,
+            fence_until_ms: u64::MAX,
+        }
+    }
+
+    fn fence(&self, key: ConvKey) -> Option<u64> {
+        self.convs.iter().find(|c| c.0 == key).map(|c| c.2)
+    }
+
+    /// Applies the rule to one live `Deliver`.
+    fn gate(&mut self, cursors: Arc<[(ConvKey, u64)]>, body: Bytes) -> Gate {
+        if !cursors.iter().any(|(k, _)| self.fence(*k).is_some()) {
+            return Gate::Pass(cursors, body);
+        }
+        if self.in_flight {
+            if self.overflowed || self.held.len() >= RESUME_HOLD_FRAMES_MAX {
+                // Dropped, with every frame held so far: the sync issued
+                // after the answer carries them all, in order.
+                self.overflowed = true;
+                self.held = Vec::new();
+            } else {
+                self.held.push((cursors, body));
+            }
+            return Gate::Taken;
+        }
+        match self.strip(&cursors, body) {
+            Some((cursors, body)) => {
+                // A push beyond the fence arrived: later ones are beyond too.
+                for (k, _) in cursors.iter() {
+                    if let Some(i) = self.convs.iter().position(|c| c.0 == *k) {
+                        self.convs.swap_remove(i);
+                    }
+                }
+                Gate::Pass(cursors, body)
+            }
+            None => Gate::Taken,
+        }
+    }
+
+    /// The frame without the entries at or below the fence: `None` if all
+    /// are, the frame itself if none are, else re-encoded (rare: decoding).
+    fn strip(
+        &self,
+        cursors: &Arc<[(ConvKey, u64)]>,
+        body: Bytes,
+    ) -> Option<Pushed> {
+        let covered = |k: ConvKey, seq: u64| self.fence(k).is_some_and(|f| seq <= f);
+        // A frame's cursors hold each conversation's newest seq in it.
+        if cursors.iter().all(|&(k, s)| covered(k, s)) {
+            return None;
+        }
+        use prost::Message as _;
+        let Ok(pb::Frame {
+            body: Some(Body::Deliver(mut d)),
+            ..
+        }) = pb::Frame::decode(&body[..])
+        else {
+            return Some((cursors.clone(), body)); // not a Deliver: untouched
+        };
+        let before = d.entries.len();
+        d.entries
+            .retain(|e| !covered(ConvKey::of(&e.conversation_id), e.seq));
+        if d.entries.len() == before {
+            return Some((cursors.clone(), body));
+        }
+        let mut newest: Vec<(ConvKey, u64)> = Vec::new();
+        for e in &d.entries {
+            let k = ConvKey::of(&e.conversation_id);
+            match newest.iter_mut().find(|(nk, _)| *nk == k) {
+                Some((_, s)) => *s = (*s).max(e.seq),
+                None => newest.push((k, e.seq)),
+            }
+        }
+        let frame = pb::Frame {
+            request_id: 0,
+            body: Some(Body::Deliver(d)),
+        };
+        Some((newest.into(), Bytes::from(frame.encode_to_vec())))
+    }
+
+    /// The resume's answer arrived, carrying `carried` (newest seq per
+    /// conversation): the fence moves up to it.
+    fn answered(&mut self, carried: &[(ConvKey, u64)]) {
+        for (k, seq) in carried {
+            if let Some(c) = self.convs.iter_mut().find(|c| c.0 == *k) {
+                c.2 = c.2.max(*seq);
+            }
+        }
+    }
+
+    /// The cursors to sync again from after an overflow.
+    fn cursors(&self) -> Vec<pb::Cursor> {
+        self.convs
+            .iter()
+            .map(|(_, id, seq)| pb::Cursor {
+                conversation_id: id.clone(),
+                seq: *seq,
+            })
+            .collect()
+    }
 }
 
 impl Conn {
@@ -263,14 +426,31 @@ impl Conn {
         }
     }
 
-    /// Frees the spill buffers once both are empty.
+    /// Frees the spill buffers once both are empty and no resume is kept.
     fn tidy(&mut self) {
         if self
             .spill
             .as_ref()
-            .is_some_and(|s| s.partial.is_empty() && s.pending_out.is_empty())
+            .is_some_and(|s| s.partial.is_empty() && s.pending_out.is_empty() && s.resume.is_none())
         {
             self.spill = None;
+        }
+    }
+
+    fn resume_mut(&mut self) -> Option<&mut Resume> {
+        self.spill.as_mut().and_then(|s| s.resume.as_deref_mut())
+    }
+
+    /// Ends the resume fence once its time has come.
+    fn expire_resume(&mut self, now_ms: u64) {
+        let over = self
+            .resume_mut()
+            .is_some_and(|r| !r.in_flight && (now_ms >= r.fence_until_ms || r.convs.is_empty()));
+        if over {
+            if let Some(s) = self.spill.as_mut() {
+                s.resume = None;
+            }
+            self.tidy();
         }
     }
 }
@@ -462,7 +642,18 @@ impl Shard {
 
     /// Re-arms the connection's wheel entry when its deadline moved earlier.
     fn arm(&self, key: u32, conn: &mut Conn) {
-        if let Some(at) = conn.session.poll_timeout(&self.cfg) {
+        let fence = conn
+            .spill
+            .as_ref()
+            .and_then(|s| s.resume.as_ref())
+            .filter(|r| !r.in_flight)
+            .map(|r| r.fence_until_ms);
+        let session = conn.session.poll_timeout(&self.cfg);
+        let at = match (session, fence) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = at {
             if at < conn.timer_at {
                 conn.timer_at = at;
                 self.wheel.borrow_mut().insert((key, conn.generation), at);
@@ -640,26 +831,7 @@ impl Shard {
                 conn,
                 cursors,
                 body,
-            } => {
-                let mut conns = self.conns.borrow_mut();
-                let Some(c) = conns
-                    .get_mut(conn.key as usize)
-                    .filter(|c| c.generation == conn.generation)
-                else {
-                    return;
-                };
-                // A full window or outbox: the device's own sync covers it.
-                self.make_room(conn.key, c, body.len());
-                if c.session
-                    .push_deliver(&self.cfg, self.now_ms(), &cursors, body)
-                    .is_ok()
-                {
-                    self.metrics
-                        .delivered
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                self.touch(conn.key, c);
-            }
+            } => self.on_resume(conn, &cursors, body),
             ShardMsg::Deliver {
                 users,
                 cursors,
@@ -673,37 +845,15 @@ impl Shard {
                             return;
                         }
                     }
-                    self.make_room(key, c, body.len());
-                    match c
-                        .session
-                        .push_deliver(&self.cfg, now, &cursors, body.clone())
-                    {
-                        Ok(()) => {
-                            self.metrics
-                                .delivered
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        // The device is behind: it syncs what it lacks.
-                        Err(Rejected {
-                            error: QueueError::WindowFull,
-                            ..
-                        }) => {
-                            self.metrics
-                                .window_full
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Err(Rejected {
-                            error: QueueError::SlowConsumer,
-                            ..
-                        }) => {
-                            self.flush(key, c);
-                            self.close_soon(c, CloseReason::SlowConsumer);
-                            return;
-                        }
-                        // Not live (closing or not yet welcomed): sync covers it.
-                        Err(_) => {}
-                    }
-                    self.touch(key, c);
+                    // Around a resume, live pushes wait for it (see `Resume`).
+                    let (cursors, body) = match c.resume_mut() {
+                        Some(r) => match r.gate(cursors.clone(), body.clone()) {
+                            Gate::Pass(cursors, body) => (cursors, body),
+                            Gate::Taken => return,
+                        },
+                        None => (cursors.clone(), body.clone()),
+                    };
+                    self.push_to(key, c, now, &cursors, body);
                 });
             }
             ShardMsg::Push { users, body } => {
@@ -725,6 +875,152 @@ impl Shard {
             }
             ShardMsg::Drain => self.draining.set(true),
         }
+    }
+
+    /// Pushes one `Deliver` to a connection and counts what became of it.
+    fn push_to(
+        self: &Rc<Self>,
+        key: u32,
+        c: &mut Conn,
+        now: u64,
+        cursors: &[(ConvKey, u64)],
+        body: Bytes,
+    ) {
+        self.make_room(key, c, body.len());
+        match c.session.push_deliver(&self.cfg, now, cursors, body) {
+            Ok(()) => {
+                self.metrics
+                    .delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The device is behind: it syncs what it lacks.
+            Err(Rejected {
+                error: QueueError::WindowFull,
+                ..
+            }) => {
+                self.metrics
+                    .window_full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(Rejected {
+                error: QueueError::SlowConsumer,
+                ..
+            }) => {
+                self.flush(key, c);
+                self.close_soon(c, CloseReason::SlowConsumer);
+                return;
+            }
+            // Not live (closing or not yet welcomed): sync covers it.
+            Err(_) => {}
+        }
+        self.touch(key, c);
+    }
+
+    /// The answer to a connection's resume sync: pushed first, then the
+    /// live pushes held meanwhile, without the entries it carried; after an
+    /// overflow of the hold, one more resume sync instead.
+    fn on_resume(self: &Rc<Self>, conn: ConnRef, cursors: &[(ConvKey, u64)], body: Bytes) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns
+            .get_mut(conn.key as usize)
+            .filter(|c| c.generation == conn.generation)
+        else {
+            return; // gone; the device resumes again when it reconnects
+        };
+        let key = conn.key;
+        if !body.is_empty() {
+            // A full window or outbox: the device's own sync covers it.
+            self.push_to(key, c, now, cursors, body);
+        }
+        let Some(r) = c.resume_mut().filter(|r| r.in_flight) else {
+            return;
+        };
+        r.answered(cursors);
+        if r.overflowed {
+            // Live pushes were dropped while the resume was in flight: they
+            // are all after the fence now, so a sync from it carries them.
+            r.overflowed = false;
+            let again = r.cursors();
+            let (Some(user), Some(device)) = (c.user(), c.device()) else {
+                return;
+            };
+            let req = self.resume_request(key, c.generation, user, device, again);
+            if !self.queue_resume(req) {
+                // No room even to wait: no resume in flight any more; the
+                // device's own sync after Welcome covers what was dropped.
+                if let Some(r) = c.resume_mut() {
+                    r.in_flight = false;
+                    r.fence_until_ms = now.saturating_add(RESUME_FENCE_MS);
+                }
+                self.arm(key, c);
+            }
+            return;
+        }
+        r.in_flight = false;
+        r.fence_until_ms = now.saturating_add(RESUME_FENCE_MS);
+        let held = std::mem::take(&mut r.held);
+        for (cursors, body) in held {
+            let Some(Gate::Pass(cursors, body)) = c.resume_mut().map(|r| r.gate(cursors, body))
+            else {
+                continue; // carried by the resume already
+            };
+            self.push_to(key, c, now, &cursors, body);
+            if c.closing.is_some() {
+                return;
+            }
+        }
+        self.touch(key, c);
+    }
+
+    /// A sync on a connection's behalf whose answer comes back as a
+    /// [`ShardMsg::Resume`].
+    fn resume_request(
+        &self,
+        key: u32,
+        generation: u32,
+        user: &str,
+        device: &str,
+        cursors: Vec<pb::Cursor>,
+    ) -> BackendRequest {
+        BackendRequest {
+            from: ConnRef {
+                shard: self.id as u16,
+                key,
+                generation,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+            },
+            frame: Box::new(pb::Frame {
+                request_id: 0,
+                body: Some(Body::Sync(pb::SyncRequest { cursors, limit: 0 })),
+            }),
+            started: None,
+            resume: true,
+        }
+    }
+
+    /// Queues a resume sync; if the backend queue is full it waits in
+    /// `blocked` (without pausing its connection). False if even that line
+    /// is full ([`PRESENCE_PENDING_MAX`]): no resume is in flight then.
+    fn queue_resume(self: &Rc<Self>, req: BackendRequest) -> bool {
+        let Err(req) = self.send_backend(req) else {
+            return true;
+        };
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= PRESENCE_PENDING_MAX {
+            return false;
+        }
+        // No connection is paused for it: the retry finds no slab entry at
+        // `u32::MAX` to resume.
+        blocked.push_back((u32::MAX, 0, req));
+        drop(blocked);
+        if !self.unblocking.replace(true) {
+            monoio::spawn(unblock_loop(self.clone()));
+        }
+        true
     }
 
     /// Queues a connection whose input holds frames beyond its budget for
@@ -912,29 +1208,16 @@ impl Shard {
         self.arm(key, c);
         if !resume.is_empty() {
             // Push what the device lacks after its resume cursors: a sync on
-            // its behalf whose answer comes back as a tracked Deliver. If the
-            // backend queue is full the device simply syncs itself.
-            let req = BackendRequest {
-                from: ConnRef {
-                    shard: self.id as u16,
-                    key,
-                    generation: c.generation,
-                },
-                caller: Caller {
-                    user: user.to_string(),
-                    device: device.to_string(),
-                },
-                frame: Box::new(pb::Frame {
-                    request_id: 0,
-                    body: Some(Body::Sync(pb::SyncRequest {
-                        cursors: resume,
-                        limit: 0,
-                    })),
-                }),
-                started: None,
-                resume: true,
-            };
-            let _ = self.send_backend(req);
+            // its behalf whose answer comes back as a tracked Deliver. Live
+            // pushes in the listed conversations wait for it (`Resume`). If
+            // the backend queue is full the request waits for room; if even
+            // that line is full, there is no resume: live pushes flow as they
+            // come and the device's own sync after Welcome covers the rest.
+            let state = Resume::new(&resume);
+            let req = self.resume_request(key, c.generation, &user, &device, resume);
+            if self.queue_resume(req) {
+                c.spill_mut().resume = Some(Box::new(state));
+            }
         }
     }
 
@@ -1767,6 +2050,7 @@ async fn tick_loop(shard: Rc<Shard>) {
             }
             c.timer_at = u64::MAX;
             c.session.handle_timeout(&shard.cfg, now);
+            c.expire_resume(now);
             shard.flush(key, c);
             let stats = c.session.take_stats();
             if stats.dropped_after_retries > 0 {
@@ -1884,6 +2168,76 @@ mod tests {
             "{}",
             std::mem::size_of::<ShardMsg>()
         );
+    }
+
+    fn deliver(conv: &str, seqs: &[u64]) -> (Arc<[(ConvKey, u64)]>, Bytes) {
+        use prost::Message as _;
+        let frame = pb::Frame {
+            request_id: 0,
+            body: Some(Body::Deliver(pb::Deliver {
+                entries: seqs
+                    .iter()
+                    .map(|&seq| pb::Entry {
+                        conversation_id: conv.into(),
+                        seq,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+        };
+        let newest = seqs.iter().copied().max().unwrap_or(0);
+        (
+            Arc::new([(ConvKey::of(conv), newest)]),
+            Bytes::from(frame.encode_to_vec()),
+        )
+    }
+
+    fn seqs_of(body: &Bytes) -> Vec<u64> {
+        use prost::Message as _;
+        match pb::Frame::decode(&body[..]).unwrap().body {
+            Some(Body::Deliver(d)) => d.entries.iter().map(|e| e.seq).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The resume rule without sockets: pushes of unlisted conversations
+    /// pass; listed ones are held while the resume is in flight, and past
+    /// the bound all are dropped and a sync from the resume's newest cursor
+    /// is asked for; after the answer, entries it carried are dropped (a
+    /// frame partly carried is re-encoded without them), and the first push
+    /// beyond the fence ends the fence for its conversation.
+    #[test]
+    fn resume_holds_then_fences_live_pushes() {
+        let (a, b) = ("d:a:b", "d:a:c");
+        let mut r = Resume::new(&[pb::Cursor {
+            conversation_id: a.into(),
+            seq: 5,
+        }]);
+        let (cur, body) = deliver(b, &[1]);
+        assert!(matches!(r.gate(cur, body), Gate::Pass(..)));
+        for seq in 6..6 + RESUME_HOLD_FRAMES_MAX as u64 {
+            let (cur, body) = deliver(a, &[seq]);
+            assert!(matches!(r.gate(cur, body), Gate::Taken));
+        }
+        assert_eq!(r.held.len(), RESUME_HOLD_FRAMES_MAX);
+        assert!(!r.overflowed);
+        let (cur, body) = deliver(a, &[70]);
+        assert!(matches!(r.gate(cur, body), Gate::Taken));
+        assert!(r.overflowed && r.held.is_empty());
+        // The answer carried up to 80: the next sync starts there.
+        r.answered(&[(ConvKey::of(a), 80)]);
+        assert_eq!(r.cursors()[0].seq, 80);
+        r.overflowed = false;
+        r.in_flight = false;
+        let (cur, body) = deliver(a, &[80]);
+        assert!(matches!(r.gate(cur, body), Gate::Taken), "carried: dropped");
+        let (cur, body) = deliver(a, &[79, 80, 81]);
+        let Gate::Pass(cur, body) = r.gate(cur, body) else {
+            panic!("81 is new")
+        };
+        assert_eq!(seqs_of(&body), [81]);
+        assert_eq!(&cur[..], &[(ConvKey::of(a), 81)]);
+        assert!(r.convs.is_empty(), "the fence ended for a");
     }
 
     /// Users spread over shards, and the function is stable (it decides
