@@ -324,11 +324,7 @@ impl Resume {
 
     /// The frame without the entries at or below the fence: `None` if all
     /// are, the frame itself if none are, else re-encoded (rare: decoding).
-    fn strip(
-        &self,
-        cursors: &Arc<[(ConvKey, u64)]>,
-        body: Bytes,
-    ) -> Option<Pushed> {
+    fn strip(&self, cursors: &Arc<[(ConvKey, u64)]>, body: Bytes) -> Option<Pushed> {
         let covered = |k: ConvKey, seq: u64| self.fence(k).is_some_and(|f| seq <= f);
         // A frame's cursors hold each conversation's newest seq in it.
         if cursors.iter().all(|&(k, s)| covered(k, s)) {
@@ -667,6 +663,21 @@ impl Shard {
         if !conn.pending_out().is_empty() {
             return; // waiting for write readiness; order of bytes is kept
         }
+        if conn.transport == Transport::WebSocketUpgrade {
+            // No WebSocket yet: the session's frames (its auth-timeout error,
+            // or a shutdown kick) would be garbage to an HTTP client; it gets
+            // an HTTP response instead, and is closed after it.
+            let mut any = false;
+            while conn.session.poll_transmit().is_some() {
+                any = true;
+            }
+            if any {
+                let timed_out =
+                    conn.session.close_reason() == Some(session::CloseReason::AuthTimeout);
+                self.send_ordered(key, conn, &ws::upgrade_abandoned_response(timed_out));
+            }
+            return;
+        }
         let fd = conn.fd.as_raw_fd();
         let mut buf = self.write_buf.borrow_mut();
         loop {
@@ -714,6 +725,55 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Writes raw bytes (a WebSocket control frame, the upgrade response, an
+    /// HTTP error) in order with everything else the connection writes:
+    /// after the session's queued frames and behind bytes already pending.
+    fn write_raw(self: &Rc<Self>, key: u32, conn: &mut Conn, bytes: &[u8]) {
+        self.flush(key, conn);
+        self.send_ordered(key, conn, bytes);
+    }
+
+    /// The one ordered output path: bytes go to the socket only when nothing
+    /// is pending; a short write keeps the rest pending (written on write
+    /// readiness, before anything later). Pending bytes beyond
+    /// `outbox_bytes_max` make the connection a slow consumer.
+    fn send_ordered(&self, key: u32, conn: &mut Conn, bytes: &[u8]) {
+        if !conn.pending_out().is_empty() {
+            if conn.pending_out().len().saturating_add(bytes.len()) > self.cfg.outbox_bytes_max {
+                self.close_soon(conn, CloseReason::SlowConsumer);
+                return;
+            }
+            conn.spill_mut().pending_out.extend_from_slice(bytes);
+            return;
+        }
+        match send_nonblocking(conn.fd.as_raw_fd(), bytes) {
+            Ok(n) => {
+                self.metrics
+                    .bytes_out
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                if n < bytes.len() {
+                    // A deliberate allocation: only while the socket is full.
+                    conn.spill_mut().pending_out = bytes[n..].to_vec();
+                    self.interest(key, conn);
+                }
+            }
+            Err(_) => self.close_soon(conn, CloseReason::Error),
+        }
+    }
+
+    /// Closes a connection once what it has to write is written: at once if
+    /// nothing is pending, else it stops being read and is closed when its
+    /// pending bytes drain (or at its session's next deadline).
+    fn close_after_output(&self, key: u32, conn: &mut Conn, reason: CloseReason) -> Ingest {
+        if conn.pending_out().is_empty() {
+            return Ingest::Close(reason);
+        }
+        conn.closing.get_or_insert(reason);
+        conn.paused = true;
+        self.interest(key, conn);
+        Ingest::Continue
     }
 
     /// Before a frame of `len` bytes is queued: if it would not fit the
@@ -1322,10 +1382,10 @@ impl Shard {
                     }) => {
                         pos += consumed;
                         if let Some(r) = reply {
-                            let _ = send_nonblocking(c.fd.as_raw_fd(), &r);
+                            self.write_raw(key, c, &r);
                         }
                         if close {
-                            return Ingest::Close(CloseReason::Peer);
+                            return self.close_after_output(key, c, CloseReason::Peer);
                         }
                         continue;
                     }
@@ -1339,24 +1399,22 @@ impl Shard {
                         } else {
                             1002
                         };
-                        let _ = send_nonblocking(c.fd.as_raw_fd(), &ws::close_frame(code));
-                        return Ingest::Close(CloseReason::BadInput);
+                        self.write_raw(key, c, &ws::close_frame(code));
+                        return self.close_after_output(key, c, CloseReason::BadInput);
                     }
                 },
                 Transport::WebSocketUpgrade => {
                     match ws::accept_upgrade(&data[pos..], &self.ws_origins) {
                         Ok(ws::Upgrade::Done { consumed, response }) => {
                             pos += consumed;
+                            self.send_ordered(key, c, &response);
                             c.transport = Transport::WebSocket;
-                            if send_nonblocking(c.fd.as_raw_fd(), &response).is_err() {
-                                return Ingest::Close(CloseReason::Error);
-                            }
                             continue;
                         }
                         Ok(ws::Upgrade::NeedMore) => Ok(None),
                         Err(response) => {
-                            let _ = send_nonblocking(c.fd.as_raw_fd(), &response);
-                            return Ingest::Close(CloseReason::BadInput);
+                            self.send_ordered(key, c, &response);
+                            return self.close_after_output(key, c, CloseReason::BadInput);
                         }
                     }
                 }
@@ -1967,6 +2025,12 @@ fn on_writable(shard: &Rc<Shard>, key: u32, generation: u32) {
             c.tidy();
             shard.interest(key, c);
             shard.flush(key, c);
+            if c.paused && c.pending_out().is_empty() {
+                if let Some(reason) = c.closing {
+                    // Its last bytes are written (`close_after_output`).
+                    shard.close_soon(c, reason);
+                }
+            }
         }
         Ok(n) => {
             c.spill_mut().pending_out.drain(..n);
