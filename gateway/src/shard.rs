@@ -493,6 +493,59 @@ struct Shard {
     /// Wakes the poll loop while it waits for readiness, when another task
     /// adds to `backlog`.
     poll_waker: Cell<Option<std::task::Waker>>,
+    /// Rate limit of the failed-login log lines.
+    auth_log: RefCell<LogLimiter>,
+}
+
+/// Failed-login log lines per second per shard; beyond, lines are counted
+/// and one line says how many were not logged.
+const AUTH_LOG_LINES_PER_SECOND_MAX: u32 = 10;
+
+/// Admits at most `lines_max` log lines per `window_ms`, counting the rest.
+#[derive(Debug)]
+struct LogLimiter {
+    window_ms: u64,
+    lines_max: u32,
+    window_start_ms: u64,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(window_ms: u64, lines_max: u32) -> Self {
+        Self {
+            window_ms,
+            lines_max,
+            window_start_ms: 0,
+            lines: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)`: log this line, after saying that `n` were suppressed
+    /// since the last logged one (if `n > 0`); `None`: suppressed.
+    fn admit(&mut self, now_ms: u64) -> Option<u64> {
+        if now_ms.saturating_sub(self.window_start_ms) >= self.window_ms {
+            self.window_start_ms = now_ms;
+            self.lines = 0;
+        }
+        if self.lines >= self.lines_max {
+            self.suppressed += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// Lines suppressed in a window that has ended, taken (for a timer to
+    /// report them when no further line comes).
+    fn take_expired(&mut self, now_ms: u64) -> u64 {
+        if now_ms.saturating_sub(self.window_start_ms) >= self.window_ms {
+            std::mem::take(&mut self.suppressed)
+        } else {
+            0
+        }
+    }
 }
 
 /// Slab keys of one user's devices (inline for up to four).
@@ -593,6 +646,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         touched: RefCell::new(Vec::new()),
         backlog: RefCell::new(Vec::new()),
         poll_waker: Cell::new(None),
+        auth_log: RefCell::new(LogLimiter::new(1_000, AUTH_LOG_LINES_PER_SECOND_MAX)),
     });
     debug!(shard = shard.id, driver, "shard started");
     let mut listener_fds = Vec::new();
@@ -935,6 +989,33 @@ impl Shard {
             }
             ShardMsg::Drain => self.draining.set(true),
         }
+    }
+
+    /// Logs a failed login at `info`: the peer's address, the error code and
+    /// the device id it claimed (never the token), at most
+    /// [`AUTH_LOG_LINES_PER_SECOND_MAX`] lines a second per shard.
+    fn log_auth_failure(&self, c: &Conn, code: pb::ErrorCode, device: &str, now_ms: u64) {
+        let Some(suppressed) = self.auth_log.borrow_mut().admit(now_ms) else {
+            return;
+        };
+        if suppressed > 0 {
+            info!(
+                shard = self.id,
+                suppressed, "failed logins not logged (rate limit)"
+            );
+        }
+        // getpeername(2) on the socket: one syscall, only for a logged line.
+        let peer = socket2::SockRef::from(&c.fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
+        info!(
+            shard = self.id,
+            peer = ?peer,
+            code = code.as_str_name(),
+            device = ?device,
+            "login failed"
+        );
     }
 
     /// Pushes one `Deliver` to a connection and counts what became of it.
@@ -1471,6 +1552,7 @@ impl Shard {
                                 self.metrics
                                     .auth_failures
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.log_auth_failure(c, e.code(), &auth.device_id, now);
                                 let _ = c.session.handle_auth_err(
                                     &self.cfg,
                                     now,
@@ -2103,6 +2185,13 @@ async fn tick_loop(shard: Rc<Shard>) {
     loop {
         monoio::time::sleep(Duration::from_millis(WHEEL_TICK_MS)).await;
         let now = shard.now_ms();
+        let suppressed = shard.auth_log.borrow_mut().take_expired(now);
+        if suppressed > 0 {
+            info!(
+                shard = shard.id,
+                suppressed, "failed logins not logged (rate limit)"
+            );
+        }
         shard.wheel.borrow_mut().expire(now, |t| due.push(t.key));
         let mut conns = shard.conns.borrow_mut();
         for (key, generation) in due.drain(..) {
@@ -2302,6 +2391,27 @@ mod tests {
         assert_eq!(seqs_of(&body), [81]);
         assert_eq!(&cur[..], &[(ConvKey::of(a), 81)]);
         assert!(r.convs.is_empty(), "the fence ended for a");
+    }
+
+    /// The failed-login limiter admits 10 lines a second, counts the rest,
+    /// and reports the count with the next admitted line or, when none
+    /// comes, once the window has ended.
+    #[test]
+    fn log_limiter_admits_ten_a_second_and_counts_the_rest() {
+        let mut l = LogLimiter::new(1_000, 10);
+        for _ in 0..10 {
+            assert_eq!(l.admit(5), Some(0));
+        }
+        assert_eq!(l.admit(6), None);
+        assert_eq!(l.admit(999), None);
+        assert_eq!(l.take_expired(999), 0, "the window is still open");
+        assert_eq!(l.admit(1_000), Some(2), "the next window reports them");
+        for _ in 0..9 {
+            assert_eq!(l.admit(1_001), Some(0));
+        }
+        assert_eq!(l.admit(1_002), None);
+        assert_eq!(l.take_expired(2_000), 1);
+        assert_eq!(l.take_expired(2_001), 0);
     }
 
     /// Users spread over shards, and the function is stable (it decides
