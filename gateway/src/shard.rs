@@ -495,6 +495,8 @@ struct Shard {
     poll_waker: Cell<Option<std::task::Waker>>,
     /// Rate limit of the failed-login log lines.
     auth_log: RefCell<LogLimiter>,
+    /// Inbound rings: from every other shard and every backend worker.
+    inbox: RefCell<Vec<Receiver<ShardMsg>>>,
 }
 
 /// Failed-login log lines per second per shard; beyond, lines are counted
@@ -571,7 +573,7 @@ const EPOLL_BATCH_MAX: usize = 256;
 const CONN_FRAMES_PER_TURN_MAX: usize = 64;
 /// How long a busy loop may go on yielding only to ready tasks before it
 /// also lets the runtime park once (which fires due timers).
-const TIMER_YIELD_MS: u64 = 5;
+const TIMER_YIELD_MS: u64 = 10;
 
 /// Slab entries to reserve up front: as many connections as this shard may
 /// hold, and no more than the process may open. Reserving address space
@@ -647,6 +649,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         backlog: RefCell::new(Vec::new()),
         poll_waker: Cell::new(None),
         auth_log: RefCell::new(LogLimiter::new(1_000, AUTH_LOG_LINES_PER_SECOND_MAX)),
+        inbox: RefCell::new(setup.inbox),
     });
     debug!(shard = shard.id, driver, "shard started");
     let mut listener_fds = Vec::new();
@@ -662,7 +665,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
     }
     monoio::spawn(tick_loop(shard.clone()));
     monoio::spawn(poll_loop(shard.clone()));
-    monoio::spawn(inbox_loop(shard.clone(), setup.inbox, setup.bell));
+    monoio::spawn(inbox_loop(shard.clone(), setup.bell));
     // Run until told to drain (the inbox loop sets `draining`).
     while !shard.draining.get() {
         monoio::time::sleep(Duration::from_millis(20)).await;
@@ -1162,6 +1165,33 @@ impl Shard {
             monoio::spawn(unblock_loop(self.clone()));
         }
         true
+    }
+
+    /// Handles up to [`INBOX_BATCH_MAX`] inbox items, then writes every
+    /// connection they gave frames to. Called by the inbox loop, and by the
+    /// connection loop at the end of every turn, so a busy shard serves its
+    /// inbox whatever its sockets keep sending. Returns the items handled.
+    fn drain_inbox(self: &Rc<Self>) -> usize {
+        let mut handled = 0;
+        let mut depth = 0;
+        // Not re-entered: nothing `handle_inbox` calls reads the inbox.
+        let mut inbox = self.inbox.borrow_mut();
+        for rx in inbox.iter_mut() {
+            while handled < INBOX_BATCH_MAX {
+                let Some(msg) = rx.recv() else { break };
+                handled += 1;
+                // Replies keep flowing while draining: in-flight acks reach
+                // their clients before the kick.
+                self.handle_inbox(msg);
+            }
+            depth += rx.len();
+        }
+        drop(inbox);
+        self.write_touched();
+        self.metrics
+            .inbox_depth
+            .store(depth as i64, std::sync::atomic::Ordering::Relaxed);
+        handled
     }
 
     /// Queues a connection whose input holds frames beyond its budget for
@@ -2003,6 +2033,9 @@ async fn poll_loop(shard: Rc<Shard>) {
                 on_readable(&shard, key, generation);
             }
         }
+        // The inbox every turn: replies and pushes never wait for a quiet
+        // socket (nor for the runtime to wake the inbox loop).
+        shard.drain_inbox();
         turn.end().await;
     }
 }
@@ -2223,7 +2256,7 @@ async fn tick_loop(shard: Rc<Shard>) {
 }
 
 /// Drains the inbox rings until told to drain the shard.
-async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: Arc<Doorbell>) {
+async fn inbox_loop(shard: Rc<Shard>, bell: Arc<Doorbell>) {
     let efd = bell.eventfd_raw().expect("shards wait on an eventfd");
     // The eventfd is waited on through monoio's readiness machinery.
     // SAFETY: `efd` stays open for the shard's life (the doorbell owns it);
@@ -2235,30 +2268,13 @@ async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: 
     let legacy = monoio::utils::is_legacy();
     let mut turn = Turn::new();
     loop {
-        let mut handled = 0;
-        let mut depth = 0;
-        for rx in inbox.iter_mut() {
-            while handled < INBOX_BATCH_MAX {
-                let Some(msg) = rx.recv() else { break };
-                handled += 1;
-                // Replies keep flowing while draining: in-flight acks reach
-                // their clients before the kick.
-                shard.handle_inbox(msg);
-            }
-            depth += rx.len();
-        }
-        shard.write_touched();
-        shard
-            .metrics
-            .inbox_depth
-            .store(depth as i64, std::sync::atomic::Ordering::Relaxed);
-        if handled > 0 {
+        if shard.drain_inbox() > 0 {
             // Let connections run between batches.
             turn.end().await;
             continue;
         }
         bell.prepare_sleep();
-        if inbox.iter().any(|rx| !rx.is_empty()) {
+        if shard.inbox.borrow().iter().any(|rx| !rx.is_empty()) {
             bell.awake();
             continue;
         }
