@@ -189,9 +189,10 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
         debug_assert_eq!(answers.len(), batch.len(), "one answer per request");
         for (req, answer) in batch.drain(..).zip(answers) {
             if req.resume {
-                if let Some(msg) = resume_push(&req, answer.reply) {
-                    send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
-                }
+                // Always answered, even with nothing to push: the shard holds
+                // the connection's live pushes until its resume is answered.
+                let msg = resume_push(&req, answer.reply);
+                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
                 continue;
             }
             // Pushes first, then the answer: once a sender holds its ack,
@@ -220,13 +221,19 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
 }
 
 /// Turns the answer to a resume sync into a tracked `Deliver` of the
-/// conversations the device listed (others it syncs itself).
-fn resume_push(req: &BackendRequest, reply: Option<Body>) -> Option<ShardMsg> {
+/// conversations the device listed (others it syncs itself). Nothing to
+/// push (or a failed sync) is a `Resume` with an empty body and no cursors.
+fn resume_push(req: &BackendRequest, reply: Option<Body>) -> ShardMsg {
+    let nothing = || ShardMsg::Resume {
+        conn: req.from,
+        cursors: Arc::new([]),
+        body: Bytes::new(),
+    };
     let Some(Body::SyncResult(result)) = reply else {
-        return None;
+        return nothing();
     };
     let Some(Body::Sync(asked)) = &req.frame.body else {
-        return None;
+        return nothing();
     };
     let listed: std::collections::HashSet<&str> = asked
         .cursors
@@ -239,7 +246,7 @@ fn resume_push(req: &BackendRequest, reply: Option<Body>) -> Option<ShardMsg> {
         .filter(|e| listed.contains(e.conversation_id.as_str()))
         .collect();
     if entries.is_empty() {
-        return None;
+        return nothing();
     }
     let mut newest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     for e in &entries {
@@ -251,11 +258,11 @@ fn resume_push(req: &BackendRequest, reply: Option<Body>) -> Option<ShardMsg> {
         request_id: 0,
         body: Some(Body::Deliver(pb::Deliver { entries })),
     };
-    Some(ShardMsg::Resume {
+    ShardMsg::Resume {
         conn: req.from,
         cursors,
         body: Bytes::from(frame.encode_to_vec()),
-    })
+    }
 }
 
 /// Sends a push to the owner shards of its recipients: one ring item per

@@ -206,6 +206,9 @@ struct Conn {
     touched: bool,
     /// Does not count toward its user's presence ([`PRESENCE_QUIET`]).
     quiet: bool,
+    /// Its input holds whole frames beyond this turn's budget: it is in the
+    /// shard's `backlog` and is not read from its socket until they are fed.
+    backlogged: bool,
     /// The deadline this connection has in the wheel (u64::MAX: none).
     timer_at: u64,
     /// `user\0device` once authenticated: one allocation for both ids.
@@ -226,6 +229,165 @@ struct Spill {
     partial: Vec<u8>,
     /// Bytes the socket did not take; a writer task drains them.
     pending_out: Vec<u8>,
+    /// The ordering state of a resume (`Auth.resume_cursors`), while its
+    /// sync is in flight and for a short while after its answer.
+    resume: Option<Box<Resume>>,
+}
+
+/// Live `Deliver`s held at most per connection while its resume is in
+/// flight; beyond, all held ones are dropped and one more resume sync is
+/// issued after the answer (from the resume's newest cursors).
+const RESUME_HOLD_FRAMES_MAX: usize = 64;
+/// How long after a resume's answer live pushes are still checked against
+/// what the resume carried: a push routed by another backend worker just
+/// before the resume ran can reach the shard just after its answer.
+const RESUME_FENCE_MS: u64 = 2_000;
+
+/// Keeps a connection's pushes in seq order around its resume. While the
+/// resume sync is in flight, live `Deliver`s touching a conversation it
+/// lists are held (bounded); its answer is pushed first, then the held
+/// frames without the entries it already carried. For
+/// [`RESUME_FENCE_MS`] after, late live pushes of entries it carried are
+/// dropped (the fence). Conversations the resume does not list pass
+/// through: it pushes nothing of them.
+struct Resume {
+    /// Each listed conversation: its key, its id (to sync again), and the
+    /// newest seq the device holds or the resume carried (the fence).
+    convs: Vec<(ConvKey, String, u64)>,
+    /// The sync is in flight (or waiting for room in the backend queue).
+    in_flight: bool,
+    /// Live pushes held while in flight, oldest first.
+    held: Vec<Pushed>,
+    /// More than [`RESUME_HOLD_FRAMES_MAX`] arrived: the held ones were
+    /// dropped; sync again once the answer is pushed.
+    overflowed: bool,
+    /// When the fence ends (shard ms), once the answer arrived.
+    fence_until_ms: u64,
+}
+
+/// A `Deliver` as the shard pushes it: `(conversation, newest seq)` of its
+/// entries, and the encoded frame.
+type Pushed = (Arc<[(ConvKey, u64)]>, Bytes);
+
+/// What the resume rule does with a live `Deliver`.
+enum Gate {
+    /// Push it (possibly re-encoded without entries the resume carried).
+    Pass(Arc<[(ConvKey, u64)]>, Bytes),
+    /// Held until the resume's answer, or dropped (already carried).
+    Taken,
+}
+
+impl Resume {
+    fn new(cursors: &[pb::Cursor]) -> Self {
+        Self {
+            convs: cursors
+                .iter()
+                .map(|c| {
+                    (
+                        ConvKey::of(&c.conversation_id),
+                        c.conversation_id.clone(),
+                        c.seq,
+                    )
+                })
+                .collect(),
+            in_flight: true,
+            held: Vec::new(),
+            overflowed: false,
+            fence_until_ms: u64::MAX,
+        }
+    }
+
+    fn fence(&self, key: ConvKey) -> Option<u64> {
+        self.convs.iter().find(|c| c.0 == key).map(|c| c.2)
+    }
+
+    /// Applies the rule to one live `Deliver`.
+    fn gate(&mut self, cursors: Arc<[(ConvKey, u64)]>, body: Bytes) -> Gate {
+        if !cursors.iter().any(|(k, _)| self.fence(*k).is_some()) {
+            return Gate::Pass(cursors, body);
+        }
+        if self.in_flight {
+            if self.overflowed || self.held.len() >= RESUME_HOLD_FRAMES_MAX {
+                // Dropped, with every frame held so far: the sync issued
+                // after the answer carries them all, in order.
+                self.overflowed = true;
+                self.held = Vec::new();
+            } else {
+                self.held.push((cursors, body));
+            }
+            return Gate::Taken;
+        }
+        match self.strip(&cursors, body) {
+            Some((cursors, body)) => {
+                // A push beyond the fence arrived: later ones are beyond too.
+                for (k, _) in cursors.iter() {
+                    if let Some(i) = self.convs.iter().position(|c| c.0 == *k) {
+                        self.convs.swap_remove(i);
+                    }
+                }
+                Gate::Pass(cursors, body)
+            }
+            None => Gate::Taken,
+        }
+    }
+
+    /// The frame without the entries at or below the fence: `None` if all
+    /// are, the frame itself if none are, else re-encoded (rare: decoding).
+    fn strip(&self, cursors: &Arc<[(ConvKey, u64)]>, body: Bytes) -> Option<Pushed> {
+        let covered = |k: ConvKey, seq: u64| self.fence(k).is_some_and(|f| seq <= f);
+        // A frame's cursors hold each conversation's newest seq in it.
+        if cursors.iter().all(|&(k, s)| covered(k, s)) {
+            return None;
+        }
+        use prost::Message as _;
+        let Ok(pb::Frame {
+            body: Some(Body::Deliver(mut d)),
+            ..
+        }) = pb::Frame::decode(&body[..])
+        else {
+            return Some((cursors.clone(), body)); // not a Deliver: untouched
+        };
+        let before = d.entries.len();
+        d.entries
+            .retain(|e| !covered(ConvKey::of(&e.conversation_id), e.seq));
+        if d.entries.len() == before {
+            return Some((cursors.clone(), body));
+        }
+        let mut newest: Vec<(ConvKey, u64)> = Vec::new();
+        for e in &d.entries {
+            let k = ConvKey::of(&e.conversation_id);
+            match newest.iter_mut().find(|(nk, _)| *nk == k) {
+                Some((_, s)) => *s = (*s).max(e.seq),
+                None => newest.push((k, e.seq)),
+            }
+        }
+        let frame = pb::Frame {
+            request_id: 0,
+            body: Some(Body::Deliver(d)),
+        };
+        Some((newest.into(), Bytes::from(frame.encode_to_vec())))
+    }
+
+    /// The resume's answer arrived, carrying `carried` (newest seq per
+    /// conversation): the fence moves up to it.
+    fn answered(&mut self, carried: &[(ConvKey, u64)]) {
+        for (k, seq) in carried {
+            if let Some(c) = self.convs.iter_mut().find(|c| c.0 == *k) {
+                c.2 = c.2.max(*seq);
+            }
+        }
+    }
+
+    /// The cursors to sync again from after an overflow.
+    fn cursors(&self) -> Vec<pb::Cursor> {
+        self.convs
+            .iter()
+            .map(|(_, id, seq)| pb::Cursor {
+                conversation_id: id.clone(),
+                seq: *seq,
+            })
+            .collect()
+    }
 }
 
 impl Conn {
@@ -269,14 +431,31 @@ impl Conn {
         }
     }
 
-    /// Frees the spill buffers once both are empty.
+    /// Frees the spill buffers once both are empty and no resume is kept.
     fn tidy(&mut self) {
         if self
             .spill
             .as_ref()
-            .is_some_and(|s| s.partial.is_empty() && s.pending_out.is_empty())
+            .is_some_and(|s| s.partial.is_empty() && s.pending_out.is_empty() && s.resume.is_none())
         {
             self.spill = None;
+        }
+    }
+
+    fn resume_mut(&mut self) -> Option<&mut Resume> {
+        self.spill.as_mut().and_then(|s| s.resume.as_deref_mut())
+    }
+
+    /// Ends the resume fence once its time has come.
+    fn expire_resume(&mut self, now_ms: u64) {
+        let over = self
+            .resume_mut()
+            .is_some_and(|r| !r.in_flight && (now_ms >= r.fence_until_ms || r.convs.is_empty()));
+        if over {
+            if let Some(s) = self.spill.as_mut() {
+                s.resume = None;
+            }
+            self.tidy();
         }
     }
 }
@@ -317,6 +496,67 @@ struct Shard {
     /// each when the batch ends (so a device that gets many pushes in one
     /// batch costs one `send`, not one per push).
     touched: RefCell<Vec<(u32, u32)>>,
+    /// Connections with whole frames left over after their budget, served
+    /// first next turn (at most one budget per connection per turn).
+    backlog: RefCell<Vec<(u32, u32)>>,
+    /// Wakes the poll loop while it waits for readiness, when another task
+    /// adds to `backlog`.
+    poll_waker: Cell<Option<std::task::Waker>>,
+    /// Rate limit of the failed-login log lines.
+    auth_log: RefCell<LogLimiter>,
+    /// Inbound rings: from every other shard and every backend worker.
+    inbox: RefCell<Vec<Receiver<ShardMsg>>>,
+}
+
+/// Failed-login log lines per second per shard; beyond, lines are counted
+/// and one line says how many were not logged.
+const AUTH_LOG_LINES_PER_SECOND_MAX: u32 = 10;
+
+/// Admits at most `lines_max` log lines per `window_ms`, counting the rest.
+#[derive(Debug)]
+struct LogLimiter {
+    window_ms: u64,
+    lines_max: u32,
+    window_start_ms: u64,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(window_ms: u64, lines_max: u32) -> Self {
+        Self {
+            window_ms,
+            lines_max,
+            window_start_ms: 0,
+            lines: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)`: log this line, after saying that `n` were suppressed
+    /// since the last logged one (if `n > 0`); `None`: suppressed.
+    fn admit(&mut self, now_ms: u64) -> Option<u64> {
+        if now_ms.saturating_sub(self.window_start_ms) >= self.window_ms {
+            self.window_start_ms = now_ms;
+            self.lines = 0;
+        }
+        if self.lines >= self.lines_max {
+            self.suppressed += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// Lines suppressed in a window that has ended, taken (for a timer to
+    /// report them when no further line comes).
+    fn take_expired(&mut self, now_ms: u64) -> u64 {
+        if now_ms.saturating_sub(self.window_start_ms) >= self.window_ms {
+            std::mem::take(&mut self.suppressed)
+        } else {
+            0
+        }
+    }
 }
 
 /// Slab keys of one user's devices (inline for up to four).
@@ -335,6 +575,14 @@ const WHEEL_SLOTS: usize = 4096;
 const INBOX_BATCH_MAX: usize = 1024;
 /// Ready sockets handled per epoll_wait.
 const EPOLL_BATCH_MAX: usize = 256;
+/// Frames (requests, pings, WebSocket control frames) fed to one
+/// connection's session per loop turn; whole frames beyond wait in its
+/// partial buffer for the next turn (DESIGN invariant 7). One read is at
+/// most the shared read buffer, so the input kept is bounded too.
+const CONN_FRAMES_PER_TURN_MAX: usize = 64;
+/// How long a busy loop may go on yielding only to ready tasks before it
+/// also lets the runtime park once (which fires due timers).
+const TIMER_YIELD_MS: u64 = 10;
 
 /// Slab entries to reserve up front: as many connections as this shard may
 /// hold, and no more than the process may open. Reserving address space
@@ -407,6 +655,10 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         blocked: RefCell::new(std::collections::VecDeque::new()),
         unblocking: Cell::new(false),
         touched: RefCell::new(Vec::new()),
+        backlog: RefCell::new(Vec::new()),
+        poll_waker: Cell::new(None),
+        auth_log: RefCell::new(LogLimiter::new(1_000, AUTH_LOG_LINES_PER_SECOND_MAX)),
+        inbox: RefCell::new(setup.inbox),
     });
     debug!(shard = shard.id, driver, "shard started");
     let mut listener_fds = Vec::new();
@@ -422,7 +674,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
     }
     monoio::spawn(tick_loop(shard.clone()));
     monoio::spawn(poll_loop(shard.clone()));
-    monoio::spawn(inbox_loop(shard.clone(), setup.inbox, setup.bell));
+    monoio::spawn(inbox_loop(shard.clone(), setup.bell));
     // Run until told to drain (the inbox loop sets `draining`).
     while !shard.draining.get() {
         monoio::time::sleep(Duration::from_millis(20)).await;
@@ -452,7 +704,18 @@ impl Shard {
 
     /// Re-arms the connection's wheel entry when its deadline moved earlier.
     fn arm(&self, key: u32, conn: &mut Conn) {
-        if let Some(at) = conn.session.poll_timeout(&self.cfg) {
+        let fence = conn
+            .spill
+            .as_ref()
+            .and_then(|s| s.resume.as_ref())
+            .filter(|r| !r.in_flight)
+            .map(|r| r.fence_until_ms);
+        let session = conn.session.poll_timeout(&self.cfg);
+        let at = match (session, fence) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = at {
             if at < conn.timer_at {
                 conn.timer_at = at;
                 self.wheel.borrow_mut().insert((key, conn.generation), at);
@@ -465,6 +728,21 @@ impl Shard {
     fn flush(self: &Rc<Self>, key: u32, conn: &mut Conn) {
         if !conn.pending_out().is_empty() {
             return; // waiting for write readiness; order of bytes is kept
+        }
+        if conn.transport == Transport::WebSocketUpgrade {
+            // No WebSocket yet: the session's frames (its auth-timeout error,
+            // or a shutdown kick) would be garbage to an HTTP client; it gets
+            // an HTTP response instead, and is closed after it.
+            let mut any = false;
+            while conn.session.poll_transmit().is_some() {
+                any = true;
+            }
+            if any {
+                let timed_out =
+                    conn.session.close_reason() == Some(session::CloseReason::AuthTimeout);
+                self.send_ordered(key, conn, &ws::upgrade_abandoned_response(timed_out));
+            }
+            return;
         }
         let fd = conn.fd.as_raw_fd();
         let mut buf = self.write_buf.borrow_mut();
@@ -512,6 +790,68 @@ impl Shard {
                     return;
                 }
             }
+        }
+    }
+
+    /// Writes raw bytes (a WebSocket control frame, the upgrade response, an
+    /// HTTP error) in order with everything else the connection writes:
+    /// after the session's queued frames and behind bytes already pending.
+    fn write_raw(self: &Rc<Self>, key: u32, conn: &mut Conn, bytes: &[u8]) {
+        self.flush(key, conn);
+        self.send_ordered(key, conn, bytes);
+    }
+
+    /// The one ordered output path: bytes go to the socket only when nothing
+    /// is pending; a short write keeps the rest pending (written on write
+    /// readiness, before anything later). Pending bytes beyond
+    /// `outbox_bytes_max` make the connection a slow consumer.
+    fn send_ordered(&self, key: u32, conn: &mut Conn, bytes: &[u8]) {
+        if !conn.pending_out().is_empty() {
+            if conn.pending_out().len().saturating_add(bytes.len()) > self.cfg.outbox_bytes_max {
+                self.close_soon(conn, CloseReason::SlowConsumer);
+                return;
+            }
+            conn.spill_mut().pending_out.extend_from_slice(bytes);
+            return;
+        }
+        match send_nonblocking(conn.fd.as_raw_fd(), bytes) {
+            Ok(n) => {
+                self.metrics
+                    .bytes_out
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                if n < bytes.len() {
+                    // A deliberate allocation: only while the socket is full.
+                    conn.spill_mut().pending_out = bytes[n..].to_vec();
+                    self.interest(key, conn);
+                }
+            }
+            Err(_) => self.close_soon(conn, CloseReason::Error),
+        }
+    }
+
+    /// Closes a connection once what it has to write is written: at once if
+    /// nothing is pending, else it stops being read and is closed when its
+    /// pending bytes drain (or at its session's next deadline).
+    fn close_after_output(&self, key: u32, conn: &mut Conn, reason: CloseReason) -> Ingest {
+        if conn.pending_out().is_empty() {
+            return Ingest::Close(reason);
+        }
+        conn.closing.get_or_insert(reason);
+        conn.paused = true;
+        self.interest(key, conn);
+        Ingest::Continue
+    }
+
+    /// Before a frame of `len` bytes is queued: if it would not fit the
+    /// outbox, the outbox is written to the socket first. Only a connection
+    /// whose socket does not take the bytes (output already pending) keeps a
+    /// full outbox, and the frame then makes it a slow consumer. Frames
+    /// queued by one inbox batch are otherwise written when the batch ends.
+    fn make_room(self: &Rc<Self>, key: u32, conn: &mut Conn, len: usize) {
+        let full = conn.session.outbox_frames() >= self.cfg.outbox_frames_max
+            || conn.session.outbox_bytes().saturating_add(len) > self.cfg.outbox_bytes_max;
+        if full {
+            self.flush(key, conn);
         }
     }
 
@@ -598,6 +938,7 @@ impl Shard {
                             .observe_us(t.elapsed().as_micros() as u64);
                     }
                 }
+                self.make_room(conn.key, c, body.len());
                 let slow = matches!(
                     c.session.queue_encoded(&self.cfg, self.now_ms(), body),
                     Err(Rejected {
@@ -616,25 +957,7 @@ impl Shard {
                 conn,
                 cursors,
                 body,
-            } => {
-                let mut conns = self.conns.borrow_mut();
-                let Some(c) = conns
-                    .get_mut(conn.key as usize)
-                    .filter(|c| c.generation == conn.generation)
-                else {
-                    return;
-                };
-                // A full window or outbox: the device's own sync covers it.
-                if c.session
-                    .push_deliver(&self.cfg, self.now_ms(), &cursors, body)
-                    .is_ok()
-                {
-                    self.metrics
-                        .delivered
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                self.touch(conn.key, c);
-            }
+            } => self.on_resume(conn, &cursors, body),
             ShardMsg::Deliver {
                 users,
                 cursors,
@@ -648,41 +971,21 @@ impl Shard {
                             return;
                         }
                     }
-                    match c
-                        .session
-                        .push_deliver(&self.cfg, now, &cursors, body.clone())
-                    {
-                        Ok(()) => {
-                            self.metrics
-                                .delivered
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        // The device is behind: it syncs what it lacks.
-                        Err(Rejected {
-                            error: QueueError::WindowFull,
-                            ..
-                        }) => {
-                            self.metrics
-                                .window_full
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Err(Rejected {
-                            error: QueueError::SlowConsumer,
-                            ..
-                        }) => {
-                            self.flush(key, c);
-                            self.close_soon(c, CloseReason::SlowConsumer);
-                            return;
-                        }
-                        // Not live (closing or not yet welcomed): sync covers it.
-                        Err(_) => {}
-                    }
-                    self.touch(key, c);
+                    // Around a resume, live pushes wait for it (see `Resume`).
+                    let (cursors, body) = match c.resume_mut() {
+                        Some(r) => match r.gate(cursors.clone(), body.clone()) {
+                            Gate::Pass(cursors, body) => (cursors, body),
+                            Gate::Taken => return,
+                        },
+                        None => (cursors.clone(), body.clone()),
+                    };
+                    self.push_to(key, c, now, &cursors, body);
                 });
             }
             ShardMsg::Push { users, body } => {
                 let now = self.now_ms();
                 self.each_device(&users, |_, key, c| {
+                    self.make_room(key, c, body.len());
                     let pushed = c.session.queue_encoded(&self.cfg, now, body.clone());
                     if let Err(Rejected {
                         error: QueueError::SlowConsumer,
@@ -697,6 +1000,215 @@ impl Shard {
                 });
             }
             ShardMsg::Drain => self.draining.set(true),
+        }
+    }
+
+    /// Logs a failed login at `info`: the peer's address, the error code and
+    /// the device id it claimed (never the token), at most
+    /// [`AUTH_LOG_LINES_PER_SECOND_MAX`] lines a second per shard.
+    fn log_auth_failure(&self, c: &Conn, code: pb::ErrorCode, device: &str, now_ms: u64) {
+        let Some(suppressed) = self.auth_log.borrow_mut().admit(now_ms) else {
+            return;
+        };
+        if suppressed > 0 {
+            info!(
+                shard = self.id,
+                suppressed, "failed logins not logged (rate limit)"
+            );
+        }
+        // getpeername(2) on the socket: one syscall, only for a logged line.
+        let peer = socket2::SockRef::from(&c.fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
+        info!(
+            shard = self.id,
+            peer = ?peer,
+            code = code.as_str_name(),
+            device = ?device,
+            "login failed"
+        );
+    }
+
+    /// Pushes one `Deliver` to a connection and counts what became of it.
+    fn push_to(
+        self: &Rc<Self>,
+        key: u32,
+        c: &mut Conn,
+        now: u64,
+        cursors: &[(ConvKey, u64)],
+        body: Bytes,
+    ) {
+        self.make_room(key, c, body.len());
+        match c.session.push_deliver(&self.cfg, now, cursors, body) {
+            Ok(()) => {
+                self.metrics
+                    .delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The device is behind: it syncs what it lacks.
+            Err(Rejected {
+                error: QueueError::WindowFull,
+                ..
+            }) => {
+                self.metrics
+                    .window_full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(Rejected {
+                error: QueueError::SlowConsumer,
+                ..
+            }) => {
+                self.flush(key, c);
+                self.close_soon(c, CloseReason::SlowConsumer);
+                return;
+            }
+            // Not live (closing or not yet welcomed): sync covers it.
+            Err(_) => {}
+        }
+        self.touch(key, c);
+    }
+
+    /// The answer to a connection's resume sync: pushed first, then the
+    /// live pushes held meanwhile, without the entries it carried; after an
+    /// overflow of the hold, one more resume sync instead.
+    fn on_resume(self: &Rc<Self>, conn: ConnRef, cursors: &[(ConvKey, u64)], body: Bytes) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns
+            .get_mut(conn.key as usize)
+            .filter(|c| c.generation == conn.generation)
+        else {
+            return; // gone; the device resumes again when it reconnects
+        };
+        let key = conn.key;
+        if !body.is_empty() {
+            // A full window or outbox: the device's own sync covers it.
+            self.push_to(key, c, now, cursors, body);
+        }
+        let Some(r) = c.resume_mut().filter(|r| r.in_flight) else {
+            return;
+        };
+        r.answered(cursors);
+        if r.overflowed {
+            // Live pushes were dropped while the resume was in flight: they
+            // are all after the fence now, so a sync from it carries them.
+            r.overflowed = false;
+            let again = r.cursors();
+            let (Some(user), Some(device)) = (c.user(), c.device()) else {
+                return;
+            };
+            let req = self.resume_request(key, c.generation, user, device, again);
+            if !self.queue_resume(req) {
+                // No room even to wait: no resume in flight any more; the
+                // device's own sync after Welcome covers what was dropped.
+                if let Some(r) = c.resume_mut() {
+                    r.in_flight = false;
+                    r.fence_until_ms = now.saturating_add(RESUME_FENCE_MS);
+                }
+                self.arm(key, c);
+            }
+            return;
+        }
+        r.in_flight = false;
+        r.fence_until_ms = now.saturating_add(RESUME_FENCE_MS);
+        let held = std::mem::take(&mut r.held);
+        for (cursors, body) in held {
+            let Some(Gate::Pass(cursors, body)) = c.resume_mut().map(|r| r.gate(cursors, body))
+            else {
+                continue; // carried by the resume already
+            };
+            self.push_to(key, c, now, &cursors, body);
+            if c.closing.is_some() {
+                return;
+            }
+        }
+        self.touch(key, c);
+    }
+
+    /// A sync on a connection's behalf whose answer comes back as a
+    /// [`ShardMsg::Resume`].
+    fn resume_request(
+        &self,
+        key: u32,
+        generation: u32,
+        user: &str,
+        device: &str,
+        cursors: Vec<pb::Cursor>,
+    ) -> BackendRequest {
+        BackendRequest {
+            from: ConnRef {
+                shard: self.id as u16,
+                key,
+                generation,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+            },
+            frame: Box::new(pb::Frame {
+                request_id: 0,
+                body: Some(Body::Sync(pb::SyncRequest { cursors, limit: 0 })),
+            }),
+            started: None,
+            resume: true,
+        }
+    }
+
+    /// Queues a resume sync; if the backend queue is full it waits in
+    /// `blocked` (without pausing its connection). False if even that line
+    /// is full ([`PRESENCE_PENDING_MAX`]): no resume is in flight then.
+    fn queue_resume(self: &Rc<Self>, req: BackendRequest) -> bool {
+        let Err(req) = self.send_backend(req) else {
+            return true;
+        };
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= PRESENCE_PENDING_MAX {
+            return false;
+        }
+        // No connection is paused for it: the retry finds no slab entry at
+        // `u32::MAX` to resume.
+        blocked.push_back((u32::MAX, 0, req));
+        drop(blocked);
+        if !self.unblocking.replace(true) {
+            monoio::spawn(unblock_loop(self.clone()));
+        }
+        true
+    }
+
+    /// Handles up to [`INBOX_BATCH_MAX`] inbox items, then writes every
+    /// connection they gave frames to. Called by the inbox loop, and by the
+    /// connection loop at the end of every turn, so a busy shard serves its
+    /// inbox whatever its sockets keep sending. Returns the items handled.
+    fn drain_inbox(self: &Rc<Self>) -> usize {
+        let mut handled = 0;
+        let mut depth = 0;
+        // Not re-entered: nothing `handle_inbox` calls reads the inbox.
+        let mut inbox = self.inbox.borrow_mut();
+        for rx in inbox.iter_mut() {
+            while handled < INBOX_BATCH_MAX {
+                let Some(msg) = rx.recv() else { break };
+                handled += 1;
+                // Replies keep flowing while draining: in-flight acks reach
+                // their clients before the kick.
+                self.handle_inbox(msg);
+            }
+            depth += rx.len();
+        }
+        drop(inbox);
+        self.write_touched();
+        self.metrics
+            .inbox_depth
+            .store(depth as i64, std::sync::atomic::Ordering::Relaxed);
+        handled
+    }
+
+    /// Queues a connection whose input holds frames beyond its budget for
+    /// the next turn, and wakes the poll loop if it waits for readiness.
+    fn backlog_push(&self, key: u32, generation: u32) {
+        self.backlog.borrow_mut().push((key, generation));
+        if let Some(w) = self.poll_waker.take() {
+            w.wake();
         }
     }
 
@@ -799,6 +1311,7 @@ impl Shard {
             fd: h.fd,
             paused: false,
             touched: false,
+            backlogged: false,
             session: h.session,
             ident: None,
             spill: None,
@@ -883,29 +1396,16 @@ impl Shard {
         self.arm(key, c);
         if !resume.is_empty() {
             // Push what the device lacks after its resume cursors: a sync on
-            // its behalf whose answer comes back as a tracked Deliver. If the
-            // backend queue is full the device simply syncs itself.
-            let req = BackendRequest {
-                from: ConnRef {
-                    shard: self.id as u16,
-                    key,
-                    generation: c.generation,
-                },
-                caller: Caller {
-                    user: user.to_string(),
-                    device: device.to_string(),
-                },
-                frame: Box::new(pb::Frame {
-                    request_id: 0,
-                    body: Some(Body::Sync(pb::SyncRequest {
-                        cursors: resume,
-                        limit: 0,
-                    })),
-                }),
-                started: None,
-                resume: true,
-            };
-            let _ = self.send_backend(req);
+            // its behalf whose answer comes back as a tracked Deliver. Live
+            // pushes in the listed conversations wait for it (`Resume`). If
+            // the backend queue is full the request waits for room; if even
+            // that line is full, there is no resume: live pushes flow as they
+            // come and the device's own sync after Welcome covers the rest.
+            let state = Resume::new(&resume);
+            let req = self.resume_request(key, c.generation, &user, &device, resume);
+            if self.queue_resume(req) {
+                c.spill_mut().resume = Some(Box::new(state));
+            }
         }
     }
 
@@ -975,7 +1475,16 @@ impl Shard {
         let c = &mut conns[key as usize];
         let mut pos = 0;
         let max = self.cfg.frame_bytes_max;
+        let mut frames = 0;
         while pos < data.len() {
+            if frames == CONN_FRAMES_PER_TURN_MAX {
+                // This turn's budget is spent: the rest waits for the next
+                // turn, and the socket is not read meanwhile.
+                c.backlogged = true;
+                self.backlog_push(key, c.generation);
+                break;
+            }
+            frames += 1;
             // `Ok(Some((frame or its decode error, bytes used)))`, `Ok(None)`:
             // need more input; `Err`: the framing itself is broken (close).
             let decoded: Result<Option<Whole>, codec::DecodeError> = match c.transport {
@@ -1001,10 +1510,10 @@ impl Shard {
                     }) => {
                         pos += consumed;
                         if let Some(r) = reply {
-                            let _ = send_nonblocking(c.fd.as_raw_fd(), &r);
+                            self.write_raw(key, c, &r);
                         }
                         if close {
-                            return Ingest::Close(CloseReason::Peer);
+                            return self.close_after_output(key, c, CloseReason::Peer);
                         }
                         continue;
                     }
@@ -1018,24 +1527,22 @@ impl Shard {
                         } else {
                             1002
                         };
-                        let _ = send_nonblocking(c.fd.as_raw_fd(), &ws::close_frame(code));
-                        return Ingest::Close(CloseReason::BadInput);
+                        self.write_raw(key, c, &ws::close_frame(code));
+                        return self.close_after_output(key, c, CloseReason::BadInput);
                     }
                 },
                 Transport::WebSocketUpgrade => {
                     match ws::accept_upgrade(&data[pos..], &self.ws_origins) {
                         Ok(ws::Upgrade::Done { consumed, response }) => {
                             pos += consumed;
+                            self.send_ordered(key, c, &response);
                             c.transport = Transport::WebSocket;
-                            if send_nonblocking(c.fd.as_raw_fd(), &response).is_err() {
-                                return Ingest::Close(CloseReason::Error);
-                            }
                             continue;
                         }
                         Ok(ws::Upgrade::NeedMore) => Ok(None),
                         Err(response) => {
-                            let _ = send_nonblocking(c.fd.as_raw_fd(), &response);
-                            return Ingest::Close(CloseReason::BadInput);
+                            self.send_ordered(key, c, &response);
+                            return self.close_after_output(key, c, CloseReason::BadInput);
                         }
                     }
                 }
@@ -1094,6 +1601,7 @@ impl Shard {
                                 self.metrics
                                     .auth_failures
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.log_auth_failure(c, e.code(), &auth.device_id, now);
                                 let _ = c.session.handle_auth_err(
                                     &self.cfg,
                                     now,
@@ -1128,6 +1636,7 @@ impl Shard {
                             self.metrics
                                 .backend_backpressure
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.flush(key, c);
                             return Ingest::Blocked {
                                 request: Box::new(req),
                                 rest: data[pos..].to_vec(),
@@ -1136,8 +1645,10 @@ impl Shard {
                     }
                 }
             }
-            self.flush(key, c);
-            if c.session.is_closed() {
+            // Replies are written once, after the loop (at most a budget of
+            // frames, below the outbox bound): one `send` per turn, not one
+            // per frame. A closing session takes nothing more.
+            if c.session.close_reason().is_some() {
                 break;
             }
         }
@@ -1293,6 +1804,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transpo
             fd,
             paused: false,
             touched: false,
+            backlogged: false,
             session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
             ident: None,
             spill: None,
@@ -1487,8 +1999,14 @@ async fn unblock_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Serves the shard's connections: waits (through monoio) for the epoll set
-/// to be readable, then handles every ready socket, in batches.
+/// Serves the shard's connections, one turn at a time. A turn: the
+/// connections left over from the last turn (`backlog`) get their next
+/// budget, then up to [`EPOLL_BATCH_MAX`] ready sockets are served (one read
+/// of the shared buffer and at most [`CONN_FRAMES_PER_TURN_MAX`] frames
+/// each), then the loop yields so that the inbox (replies, pushes) and the
+/// timers run, whatever one socket keeps sending (DESIGN invariant 7). With
+/// nothing ready it waits (through monoio) for the epoll set to be readable
+/// or for the backlog to fill.
 async fn poll_loop(shard: Rc<Shard>) {
     let epfd = shard.epoll.as_raw_fd();
     // SAFETY: the epoll fd lives as long as the shard; the wrapper never
@@ -1499,16 +2017,36 @@ async fn poll_loop(shard: Rc<Shard>) {
     );
     let legacy = monoio::utils::is_legacy();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH_MAX];
+    let mut due = Vec::new();
+    let mut turn = Turn::new();
     loop {
+        // Taken before the sockets are served: a connection that spends its
+        // budget in this turn waits for the next one.
+        std::mem::swap(&mut due, &mut *shard.backlog.borrow_mut());
         // SAFETY: `events` has room for EPOLL_BATCH_MAX entries.
         let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), EPOLL_BATCH_MAX as i32, 0) };
-        if n <= 0 {
-            if waiter.readable(!legacy).await.is_err() {
+        if n <= 0 && due.is_empty() {
+            // Idle: wait for a socket, or for another task to fill the
+            // backlog (a connection resumed after back-pressure).
+            let readable = waiter.readable(!legacy);
+            let mut readable = std::pin::pin!(readable);
+            let woke = std::future::poll_fn(|cx| {
+                if !shard.backlog.borrow().is_empty() {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                shard.poll_waker.set(Some(cx.waker().clone()));
+                readable.as_mut().poll(cx)
+            })
+            .await;
+            shard.poll_waker.set(None);
+            if woke.is_err() {
                 return;
             }
+            turn.parked();
             continue;
         }
-        for ev in &events[..n as usize] {
+        serve_backlog(&shard, &mut due);
+        for ev in &events[..n.max(0) as usize] {
             let (key, generation) = ((ev.u64 >> 32) as u32, ev.u64 as u32);
             let flags = ev.events;
             if flags & libc::EPOLLOUT as u32 != 0 {
@@ -1518,18 +2056,89 @@ async fn poll_loop(shard: Rc<Shard>) {
                 on_readable(&shard, key, generation);
             }
         }
-        if n as usize == EPOLL_BATCH_MAX {
-            // More may be ready: let the inbox and timers run first.
-            monoio::time::sleep(Duration::ZERO).await;
+        // The inbox every turn: replies and pushes never wait for a quiet
+        // socket (nor for the runtime to wake the inbox loop).
+        shard.drain_inbox();
+        turn.end().await;
+    }
+}
+
+/// Feeds each backlogged connection its next budget of buffered frames.
+fn serve_backlog(shard: &Rc<Shard>, due: &mut Vec<(u32, u32)>) {
+    for (key, generation) in due.drain(..) {
+        let partial = {
+            let mut conns = shard.conns.borrow_mut();
+            let Some(c) = conns
+                .get_mut(key as usize)
+                .filter(|c| c.generation == generation && c.backlogged)
+            else {
+                continue; // closed or moved meanwhile
+            };
+            c.backlogged = false;
+            c.take_partial()
+        };
+        if partial.is_empty() {
+            continue;
+        }
+        let outcome = shard.ingest(key, &partial);
+        after_ingest(shard, key, generation, outcome);
+    }
+}
+
+/// Yields at the end of a loop turn. Every turn lets the tasks that are
+/// ready run (the runtime reaps I/O completions first, so the inbox's
+/// doorbell is seen); at least every [`TIMER_YIELD_MS`] the turn instead
+/// sleeps for zero time, which makes the runtime park once and fire due
+/// timers (monoio runs timers only when it parks, and a task that always
+/// wakes itself would keep it from parking).
+struct Turn {
+    parked_at: Instant,
+}
+
+impl Turn {
+    fn new() -> Self {
+        Self {
+            parked_at: Instant::now(),
         }
     }
+
+    /// The loop waited (the runtime parked meanwhile).
+    fn parked(&mut self) {
+        self.parked_at = Instant::now();
+    }
+
+    async fn end(&mut self) {
+        if self.parked_at.elapsed() >= Duration::from_millis(TIMER_YIELD_MS) {
+            monoio::time::sleep(Duration::ZERO).await;
+            self.parked_at = Instant::now();
+        } else {
+            yield_now().await;
+        }
+    }
+}
+
+/// Returns `Pending` once, after waking its task: the task goes to the back
+/// of the runtime's queue, behind every task that is ready.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 fn on_readable(shard: &Rc<Shard>, key: u32, generation: u32) {
     let fd = {
         let conns = shard.conns.borrow();
         match conns.get(key as usize) {
-            Some(c) if c.generation == generation => c.fd.as_raw_fd(),
+            // A backlogged connection is fed from its buffered input first;
+            // its socket is read once that is used up.
+            Some(c) if c.generation == generation && !c.backlogged => c.fd.as_raw_fd(),
             _ => return,
         }
     };
@@ -1554,6 +2163,12 @@ fn on_writable(shard: &Rc<Shard>, key: u32, generation: u32) {
             c.tidy();
             shard.interest(key, c);
             shard.flush(key, c);
+            if c.paused && c.pending_out().is_empty() {
+                if let Some(reason) = c.closing {
+                    // Its last bytes are written (`close_after_output`).
+                    shard.close_soon(c, reason);
+                }
+            }
         }
         Ok(n) => {
             c.spill_mut().pending_out.drain(..n);
@@ -1630,6 +2245,13 @@ async fn tick_loop(shard: Rc<Shard>) {
     loop {
         monoio::time::sleep(Duration::from_millis(WHEEL_TICK_MS)).await;
         let now = shard.now_ms();
+        let suppressed = shard.auth_log.borrow_mut().take_expired(now);
+        if suppressed > 0 {
+            info!(
+                shard = shard.id,
+                suppressed, "failed logins not logged (rate limit)"
+            );
+        }
         shard.wheel.borrow_mut().expire(now, |t| due.push(t.key));
         let mut conns = shard.conns.borrow_mut();
         for (key, generation) in due.drain(..) {
@@ -1641,6 +2263,7 @@ async fn tick_loop(shard: Rc<Shard>) {
             }
             c.timer_at = u64::MAX;
             c.session.handle_timeout(&shard.cfg, now);
+            c.expire_resume(now);
             shard.flush(key, c);
             let stats = c.session.take_stats();
             if stats.dropped_after_retries > 0 {
@@ -1660,7 +2283,7 @@ async fn tick_loop(shard: Rc<Shard>) {
 }
 
 /// Drains the inbox rings until told to drain the shard.
-async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: Arc<Doorbell>) {
+async fn inbox_loop(shard: Rc<Shard>, bell: Arc<Doorbell>) {
     let efd = bell.eventfd_raw().expect("shards wait on an eventfd");
     // The eventfd is waited on through monoio's readiness machinery.
     // SAFETY: `efd` stays open for the shard's life (the doorbell owns it);
@@ -1670,35 +2293,20 @@ async fn inbox_loop(shard: Rc<Shard>, mut inbox: Vec<Receiver<ShardMsg>>, bell: 
             .expect("register eventfd"),
     );
     let legacy = monoio::utils::is_legacy();
+    let mut turn = Turn::new();
     loop {
-        let mut handled = 0;
-        let mut depth = 0;
-        for rx in inbox.iter_mut() {
-            while handled < INBOX_BATCH_MAX {
-                let Some(msg) = rx.recv() else { break };
-                handled += 1;
-                // Replies keep flowing while draining: in-flight acks reach
-                // their clients before the kick.
-                shard.handle_inbox(msg);
-            }
-            depth += rx.len();
-        }
-        shard.write_touched();
-        shard
-            .metrics
-            .inbox_depth
-            .store(depth as i64, std::sync::atomic::Ordering::Relaxed);
-        if handled > 0 {
+        if shard.drain_inbox() > 0 {
             // Let connections run between batches.
-            monoio::time::sleep(Duration::ZERO).await;
+            turn.end().await;
             continue;
         }
         bell.prepare_sleep();
-        if inbox.iter().any(|rx| !rx.is_empty()) {
+        if shard.inbox.borrow().iter().any(|rx| !rx.is_empty()) {
             bell.awake();
             continue;
         }
         let _ = waiter.readable(!legacy).await;
+        turn.parked();
         bell.drain_eventfd();
         bell.awake();
     }
@@ -1756,6 +2364,97 @@ mod tests {
             "{}",
             std::mem::size_of::<ShardMsg>()
         );
+    }
+
+    fn deliver(conv: &str, seqs: &[u64]) -> (Arc<[(ConvKey, u64)]>, Bytes) {
+        use prost::Message as _;
+        let frame = pb::Frame {
+            request_id: 0,
+            body: Some(Body::Deliver(pb::Deliver {
+                entries: seqs
+                    .iter()
+                    .map(|&seq| pb::Entry {
+                        conversation_id: conv.into(),
+                        seq,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+        };
+        let newest = seqs.iter().copied().max().unwrap_or(0);
+        (
+            Arc::new([(ConvKey::of(conv), newest)]),
+            Bytes::from(frame.encode_to_vec()),
+        )
+    }
+
+    fn seqs_of(body: &Bytes) -> Vec<u64> {
+        use prost::Message as _;
+        match pb::Frame::decode(&body[..]).unwrap().body {
+            Some(Body::Deliver(d)) => d.entries.iter().map(|e| e.seq).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The resume rule without sockets: pushes of unlisted conversations
+    /// pass; listed ones are held while the resume is in flight, and past
+    /// the bound all are dropped and a sync from the resume's newest cursor
+    /// is asked for; after the answer, entries it carried are dropped (a
+    /// frame partly carried is re-encoded without them), and the first push
+    /// beyond the fence ends the fence for its conversation.
+    #[test]
+    fn resume_holds_then_fences_live_pushes() {
+        let (a, b) = ("d:a:b", "d:a:c");
+        let mut r = Resume::new(&[pb::Cursor {
+            conversation_id: a.into(),
+            seq: 5,
+        }]);
+        let (cur, body) = deliver(b, &[1]);
+        assert!(matches!(r.gate(cur, body), Gate::Pass(..)));
+        for seq in 6..6 + RESUME_HOLD_FRAMES_MAX as u64 {
+            let (cur, body) = deliver(a, &[seq]);
+            assert!(matches!(r.gate(cur, body), Gate::Taken));
+        }
+        assert_eq!(r.held.len(), RESUME_HOLD_FRAMES_MAX);
+        assert!(!r.overflowed);
+        let (cur, body) = deliver(a, &[70]);
+        assert!(matches!(r.gate(cur, body), Gate::Taken));
+        assert!(r.overflowed && r.held.is_empty());
+        // The answer carried up to 80: the next sync starts there.
+        r.answered(&[(ConvKey::of(a), 80)]);
+        assert_eq!(r.cursors()[0].seq, 80);
+        r.overflowed = false;
+        r.in_flight = false;
+        let (cur, body) = deliver(a, &[80]);
+        assert!(matches!(r.gate(cur, body), Gate::Taken), "carried: dropped");
+        let (cur, body) = deliver(a, &[79, 80, 81]);
+        let Gate::Pass(cur, body) = r.gate(cur, body) else {
+            panic!("81 is new")
+        };
+        assert_eq!(seqs_of(&body), [81]);
+        assert_eq!(&cur[..], &[(ConvKey::of(a), 81)]);
+        assert!(r.convs.is_empty(), "the fence ended for a");
+    }
+
+    /// The failed-login limiter admits 10 lines a second, counts the rest,
+    /// and reports the count with the next admitted line or, when none
+    /// comes, once the window has ended.
+    #[test]
+    fn log_limiter_admits_ten_a_second_and_counts_the_rest() {
+        let mut l = LogLimiter::new(1_000, 10);
+        for _ in 0..10 {
+            assert_eq!(l.admit(5), Some(0));
+        }
+        assert_eq!(l.admit(6), None);
+        assert_eq!(l.admit(999), None);
+        assert_eq!(l.take_expired(999), 0, "the window is still open");
+        assert_eq!(l.admit(1_000), Some(2), "the next window reports them");
+        for _ in 0..9 {
+            assert_eq!(l.admit(1_001), Some(0));
+        }
+        assert_eq!(l.admit(1_002), None);
+        assert_eq!(l.take_expired(2_000), 1);
+        assert_eq!(l.take_expired(2_001), 0);
     }
 
     /// Users spread over shards, and the function is stable (it decides

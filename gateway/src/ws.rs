@@ -5,8 +5,8 @@
 //!
 //! One binary message carries one Tern frame. Text messages and fragmented
 //! messages are refused (close 1003); clients send each frame as one binary
-//! message. Pings are answered with pongs; a close is echoed and ends the
-//! connection.
+//! message. Pings are answered with pongs; a valid close is echoed (an
+//! invalid one is answered with 1002) and ends the connection.
 
 use std::io::Cursor;
 
@@ -86,6 +86,8 @@ fn http_error(status: u16, why: &str) -> Vec<u8> {
         400 => "Bad Request",
         403 => "Forbidden",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        503 => "Service Unavailable",
         _ => "Upgrade Required",
     };
     format!(
@@ -178,15 +180,52 @@ pub fn decode_message(buf: &[u8], frame_bytes_max: usize) -> Result<WsDecoded, W
             close: false,
         }),
         OpCode::Control(Control::Close) => {
-            // Echo the status code (first two bytes), as RFC 6455 5.5.1 asks.
-            let code = payload.get(..2).unwrap_or(&[]);
+            // Echo a valid status code (first two bytes), as RFC 6455 5.5.1
+            // asks; an invalid close (a 1-byte payload, a reserved or
+            // unassigned code, a reason that is not UTF-8) is answered with
+            // 1002 (protocol error), never echoed (7.4).
+            let code = match payload.len() {
+                0 => None,
+                1 => Some(1002),
+                _ => {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    let reason_ok = std::str::from_utf8(&payload[2..]).is_ok();
+                    Some(if valid_close_code(code) && reason_ok {
+                        code
+                    } else {
+                        1002
+                    })
+                }
+            };
+            let reply = match code {
+                Some(code) => close_frame(code),
+                None => server_frame(OpCode::Control(Control::Close), &[]),
+            };
             Ok(WsDecoded::Control {
                 consumed: end,
-                reply: Some(server_frame(OpCode::Control(Control::Close), code)),
+                reply: Some(reply),
                 close: true,
             })
         }
         _ => Err(WsError::Unsupported),
+    }
+}
+
+/// True for a close code a peer may send (RFC 6455 7.4): 1000-1003,
+/// 1007-1014 (registered), 3000-4999 (libraries, applications). 1004-1006
+/// and 1015 are reserved, the rest of 1000-2999 unassigned.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The HTTP response for a connection that did not complete its upgrade:
+/// 408 when its auth deadline passed, 503 when the server is closing it
+/// (shutdown); it is closed after.
+pub fn upgrade_abandoned_response(timed_out: bool) -> Vec<u8> {
+    if timed_out {
+        http_error(408, "no websocket upgrade within the deadline")
+    } else {
+        http_error(503, "the server is closing this connection")
     }
 }
 
@@ -325,5 +364,38 @@ mod tests {
             decode_message(&close, 64),
             Ok(WsDecoded::Control { close: true, .. })
         ));
+    }
+
+    /// A valid close code is echoed; an empty close gets an empty close; a
+    /// 1-byte payload, a reserved or unassigned code, or a reason that is
+    /// not UTF-8 gets 1002 (RFC 6455 7.4).
+    #[test]
+    fn invalid_close_codes_get_protocol_error() {
+        let answer = |payload: &[u8]| {
+            let f = client_frame(OpCode::Control(Control::Close), true, payload);
+            match decode_message(&f, 64).unwrap() {
+                WsDecoded::Control {
+                    reply: Some(r),
+                    close: true,
+                    ..
+                } => r[2..].to_vec(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let code = |c: u16| c.to_be_bytes().to_vec();
+        assert_eq!(answer(&[]), Vec::<u8>::new());
+        for ok in [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert_eq!(answer(&code(ok)), code(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(answer(&code(bad)), code(1002), "{bad}");
+        }
+        assert_eq!(answer(&[0x03]), code(1002));
+        let mut bad_utf8 = code(1000);
+        bad_utf8.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(answer(&bad_utf8), code(1002));
+        let mut good_reason = code(1000);
+        good_reason.extend_from_slice("bye ✓".as_bytes());
+        assert_eq!(answer(&good_reason), code(1000));
     }
 }
