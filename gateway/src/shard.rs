@@ -3,7 +3,7 @@
 //! state sits in `RefCell`s and no lock is taken on the data path.
 //!
 //! A connection's life on a shard:
-//! 1. accepted by this shard's SO_REUSEPORT listener (at a bounded rate);
+//! 1. accepted on the listening socket all shards share (at a bounded rate);
 //! 2. its session state machine is fed from the shard's shared read buffer;
 //!    only a partial frame is kept per connection, in a buffer allocated on
 //!    demand and freed when empty (invariant 2);
@@ -176,7 +176,8 @@ pub struct ShardSetup {
     pub to_shards: Vec<Option<Sender<ShardMsg>>>,
     /// To the backend workers.
     pub to_backend: Vec<Sender<BackendRequest>>,
-    /// Listeners (std, SO_REUSEPORT, non-blocking), TCP then WebSocket.
+    /// Listeners (std, non-blocking; this shard's descriptor of the one
+    /// socket all shards accept on), TCP then WebSocket.
     pub tcp_listener: Option<std::net::TcpListener>,
     /// The WebSocket listener.
     pub ws_listener: Option<std::net::TcpListener>,
