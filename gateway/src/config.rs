@@ -173,11 +173,8 @@ pub struct BackendSettings {
     /// beyond it is refused with `ERROR_CODE_LIMIT_REACHED`. Lowering it
     /// keeps existing larger groups (they only cannot grow). Default 10000.
     pub group_members_max: u32,
-    /// Most users one group create or invite may add. Default 500.
-    pub invite_users_max: u32,
-    /// Most users one message may @-mention. Default 100.
-    pub mentions_max: u32,
-    /// Largest page of a `sync` or `history` answer, in entries. Default 200.
+    /// Largest page of a `sync` or `history` answer, in entries; announced
+    /// to clients in `Welcome.limits`. Default 200.
     pub page_entries_max: u32,
 }
 
@@ -337,8 +334,6 @@ impl Default for BackendSettings {
             batch_max: 1024,
             queue_entries_max: 2_048,
             group_members_max: 10_000,
-            invite_users_max: 500,
-            mentions_max: 100,
             page_entries_max: 200,
         }
     }
@@ -500,8 +495,6 @@ impl Config {
         let b = &self.backend;
         for (name, v) in [
             ("backend.group_members_max", b.group_members_max),
-            ("backend.invite_users_max", b.invite_users_max),
-            ("backend.mentions_max", b.mentions_max),
             ("backend.page_entries_max", b.page_entries_max),
         ] {
             if v == 0 {

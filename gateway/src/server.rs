@@ -64,6 +64,8 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
         ..SessionConfig::default()
     };
     out.client_limits.text_bytes_max = s.text_bytes_max;
+    // The page the backend answers with is the page `Welcome` announces.
+    out.page_entries_max = cfg.backend.page_entries_max as usize;
     out
 }
 

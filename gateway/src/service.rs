@@ -45,8 +45,6 @@ impl BackendService {
             recall_window_ms: cfg.chat.recall_window_ms,
             allow_non_friend_messages: cfg.chat.allow_non_friend_messages,
             group_members_max: cfg.backend.group_members_max,
-            invite_users_max: cfg.backend.invite_users_max,
-            mentions_max: cfg.backend.mentions_max,
             page_entries_max: cfg.backend.page_entries_max,
             ..DomainConfig::default()
         };
