@@ -215,10 +215,11 @@ pub struct LogConfig {
     /// `text` (human lines; coloured only when stderr is a terminal and
     /// `NO_COLOR` is unset) or `json` (one object per line). Default `text`.
     pub format: LogFormat,
-    /// Which events, as a `tracing` filter (`info`, `debug`,
-    /// `info,tern_gateway=debug`, ...); `TERN_LOG` overrides it. Default
-    /// `info,fjall=warn,lsm_tree=warn` (the storage engine's start-up
-    /// chatter stays out).
+    /// Which events: a default level and `target=level` directives
+    /// (`info`, `debug`, `info,tern_gateway::shard=debug`; tracing's
+    /// `Targets` syntax, no span or field filters); `TERN_LOG` overrides it.
+    /// Default `info,fjall=warn,lsm_tree=warn` (the storage engine's
+    /// start-up chatter stays out).
     pub filter: String,
 }
 
@@ -501,7 +502,11 @@ impl Config {
                 return invalid(name, "must be at least 1");
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+        if let Err(e) = self
+            .log
+            .filter
+            .parse::<tracing_subscriber::filter::Targets>()
+        {
             return Err(ConfigError::Invalid {
                 name: "log.filter",
                 why: e.to_string(),

@@ -322,19 +322,33 @@ fn open_store(cfg: &Config) -> anyhow::Result<BackendService> {
 /// Logs go to stderr: text (ANSI colours only on a terminal, and not with
 /// `NO_COLOR`) or JSON lines.
 fn init_logs(log: &config::LogConfig) {
+    use tracing_subscriber::{
+        filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    };
     // `validate` checked the configured filter; `TERN_LOG` was folded into
-    // it by the `--log-filter` flag's env.
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::LOG_FILTER_DEFAULT));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // it by the `--log-filter` flag's env. `Targets` rather than
+    // `EnvFilter`: the same `level,target=level` syntax without a regex
+    // engine in the build.
+    let filter: Targets = log
+        .filter
+        .parse()
+        .unwrap_or_else(|_| config::LOG_FILTER_DEFAULT.parse().unwrap_or_default());
+    let registry = tracing_subscriber::registry().with(filter);
     match log.format {
         LogFormat::Text => {
             let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            builder.with_ansi(ansi).init();
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi);
+            registry.with(layer).init();
         }
-        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Json => {
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_ansi(false);
+            registry.with(layer).init();
+        }
     }
 }
 
