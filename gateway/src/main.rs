@@ -15,7 +15,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use clap::{
+    Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, builder::BoolishValueParser,
+};
 use tern_gateway::{
     auth,
     config::{self, Config, DEFAULT_TOML, DEV_JWT_SECRET, Driver, LogFormat, StoreKind},
@@ -66,7 +68,7 @@ struct Overrides {
     /// Development mode: sign tokens with a fixed, public development
     /// secret and print the `tern-cli` commands to chat as alice and bob.
     /// Refused with a JWT secret or key, or a listener off loopback.
-    #[arg(long, env = "TERN_DEV")]
+    #[arg(long, env = "TERN_DEV", value_parser = BoolishValueParser::new())]
     dev: bool,
     /// TCP client listener: ip:port or host:port (a host name binds its
     /// first address).
@@ -129,7 +131,7 @@ struct TokenArgs {
     #[arg(long, env = "TERN_CONFIG")]
     config: Option<PathBuf>,
     /// Sign with the development secret of `tern serve --dev`.
-    #[arg(long, env = "TERN_DEV")]
+    #[arg(long, env = "TERN_DEV", value_parser = BoolishValueParser::new())]
     dev: bool,
 }
 

@@ -544,3 +544,17 @@ fn drain_on_both_drivers_releases_the_port() {
         TcpListener::bind(at).unwrap_or_else(|e| panic!("{driver}: port still taken: {e}"));
     }
 }
+
+/// `TERN_DEV=1` (the usual way to spell a boolean in the environment)
+/// turns development mode on like `--dev`; `TERN_DEV=0` leaves it off.
+#[test]
+fn dev_mode_from_the_environment() {
+    let dir = tmp();
+    let secret = format!("jwt_secret = \"{}\"", tern_gateway::config::DEV_JWT_SECRET);
+    let mut on = Tern::spawn(dir.path(), &["config"], &[("TERN_DEV", "1")]);
+    assert!(on.wait_exit().success(), "{}", on.stderr);
+    assert!(on.stdout.contains(&secret), "{}", on.stdout);
+    let mut off = Tern::spawn(dir.path(), &["config"], &[("TERN_DEV", "0")]);
+    assert!(off.wait_exit().success(), "{}", off.stderr);
+    assert!(off.stdout.contains("jwt_secret = \"\""), "{}", off.stdout);
+}
