@@ -218,13 +218,20 @@ impl Server {
 
         let ready = Arc::new(AtomicBool::new(true));
         let http = match cfg.listen.http {
-            Some(addr) => Some(HttpServer::start(
-                addr,
-                HttpState {
-                    metrics: metrics.clone(),
-                    ready: ready.clone(),
-                },
-            )?),
+            Some(addr) => Some(
+                HttpServer::start(
+                    addr,
+                    HttpState {
+                        metrics: metrics.clone(),
+                        ready: ready.clone(),
+                    },
+                )
+                .map_err(|error| BindError {
+                    listener: "HTTP",
+                    addr,
+                    error,
+                })?,
+            ),
             None => None,
         };
         let http_addr = http.as_ref().map(|h| h.addr);
@@ -372,7 +379,12 @@ fn per_shard(
 
 /// The kernel's reason, with what to check for the common ones.
 fn bind_reason(e: &std::io::Error) -> String {
-    match e.kind() {
+    // An error wrapped by a server library still has the kernel's inside.
+    let kind = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        .map_or(e.kind(), std::io::Error::kind);
+    match kind {
         std::io::ErrorKind::AddrInUse => {
             "address already in use (is another tern running?)".to_owned()
         }

@@ -558,3 +558,19 @@ fn dev_mode_from_the_environment() {
     assert!(off.wait_exit().success(), "{}", off.stderr);
     assert!(off.stdout.contains("jwt_secret = \"\""), "{}", off.stdout);
 }
+
+/// A taken HTTP port is named like the client listeners: the listener, the
+/// address, and the hint, on one line, exit status 1.
+#[test]
+fn a_taken_http_port_is_named() {
+    let dir = tmp();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap().port();
+    let [tcp, ws] = free_ports::<2>();
+    let mut t = Tern::serve(dir.path(), [tcp, ws, http], &[]);
+    assert_eq!(t.wait_exit().code(), Some(1));
+    let want = format!(
+        "error: HTTP listener 127.0.0.1:{http}: address already in use (is another tern running?)"
+    );
+    assert!(t.stderr.contains(&want), "{}", t.stderr);
+}
