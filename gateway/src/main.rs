@@ -380,21 +380,22 @@ fn print_dev_banner(tcp: Option<SocketAddr>) {
     let _ = out.flush();
 }
 
-/// `tern-cli` beside this binary (as `./target/release/tern-cli` from the
-/// checkout), else the bare name.
+/// `tern-cli` beside this binary, spelt the way this binary was started
+/// (`./target/release/tern` gives `./target/release/tern-cli`, so the
+/// printed command works from the same directory), else its absolute path,
+/// else the bare name (on `PATH`).
 fn tern_cli_path() -> String {
-    let Some(path) = std::env::current_exe()
+    let typed = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .filter(|p| p.components().count() > 1)
+        .map(|p| p.with_file_name("tern-cli"));
+    let beside = std::env::current_exe()
         .ok()
-        .and_then(|exe| Some(exe.parent()?.join("tern-cli")))
-        .filter(|p| p.exists())
-    else {
-        return "tern-cli".to_owned();
-    };
-    match std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(PathBuf::from))
-    {
-        Some(rel) => format!("./{}", rel.display()),
-        None => path.display().to_string(),
-    }
+        .map(|exe| exe.with_file_name("tern-cli"));
+    typed
+        .into_iter()
+        .chain(beside)
+        .find(|p| p.exists())
+        .map_or_else(|| "tern-cli".to_owned(), |p| p.display().to_string())
 }

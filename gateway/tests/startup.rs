@@ -485,6 +485,11 @@ fn dev_mode_prints_working_commands() {
         .unwrap()
         .to_owned();
     let words: Vec<&str> = alice.split_whitespace().collect();
+    // The command is `tern-cli` on PATH, or a path to one that exists.
+    assert!(
+        words[0] == "tern-cli" || (words[0].ends_with("/tern-cli") && Path::new(words[0]).exists()),
+        "{alice}"
+    );
     let arg = |flag: &str| words[words.iter().position(|w| *w == flag).unwrap() + 1];
     assert_eq!(arg("--server"), addr(ports[0]));
     let token = tern_gateway::auth::mint_hs256(arg("--jwt-secret"), "alice", 60, None).unwrap();
