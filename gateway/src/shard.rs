@@ -401,14 +401,18 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         touched: RefCell::new(Vec::new()),
     });
     debug!(shard = shard.id, driver, "shard started");
-    let mut listener_fds = Vec::new();
+    // A descriptor of each listening socket kept here for the drain's
+    // `shutdown`: the socket is shared by all shards, so another shard's
+    // shutdown can end this shard's accept task (closing its descriptor)
+    // first, and a raw fd number could by then name someone else's socket.
+    let mut listener_fds: Vec<OwnedFd> = Vec::new();
     for (l, transport) in [
         (setup.tcp_listener, Transport::Tcp),
         (setup.ws_listener, Transport::WebSocketUpgrade),
     ] {
         if let Some(l) = l {
+            listener_fds.push(l.try_clone()?.into());
             let l = TcpListener::from_std(l)?;
-            listener_fds.push(l.as_raw_fd());
             monoio::spawn(accept_loop(shard.clone(), l, transport, setup.accept_rate));
         }
     }
@@ -422,11 +426,12 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
     // Drain: listeners stop (shutdown wakes a pending accept with an error,
     // and the accept loop sees `draining`), connections are kicked at a
     // bounded rate.
-    for fd in listener_fds {
-        // SAFETY: the listener is alive (its accept task holds it); shutdown
-        // does not close the descriptor.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    for fd in &listener_fds {
+        // SAFETY: `fd` is an open descriptor this function owns; shutdown
+        // does not close it.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
+    drop(listener_fds);
     drain(&shard, setup.kick_rate).await;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Start-up of the real `tern` binary (spawned as a process, on loopback
 //! ports, in a fresh working directory, with a clean environment): what an
 //! operator sees when things go wrong at start, the flags, the logs, dev
-//! mode, and a drain on both drivers. Each test says what it proves.
+//! mode, and a drain on both drivers; plus one in-process test of the
+//! shared listening socket at drain. Each test says what it proves.
 
 // Tests poll a child process with short sleeps.
 #![allow(clippy::disallowed_methods)]
@@ -578,4 +579,48 @@ fn a_taken_http_port_is_named() {
         "error: HTTP listener 127.0.0.1:{http}: address already in use (is another tern running?)"
     );
     assert!(t.stderr.contains(&want), "{}", t.stderr);
+}
+
+/// Draining shuts down only sockets the shards own. All shards share one
+/// listening socket, so one shard's drain `shutdown` ends the others'
+/// accept tasks, which close their descriptors; a shard that then shut
+/// down its listener by the stale fd number hit whatever socket the process
+/// had opened since (a neighbour's listener or connection, in tests run in
+/// parallel). Here the test opens listeners throughout a drain (each new
+/// socket takes the lowest free fd number) and every one must still accept.
+#[test]
+fn drain_shuts_down_no_socket_it_does_not_own() {
+    // Several gateways drain at once (more shard threads than cores) so
+    // that shards see the drain at different moments, as on a busy machine.
+    const GATEWAYS: usize = 4;
+    const ROUNDS: usize = 4;
+    for driver in drivers() {
+        for _ in 0..ROUNDS {
+            let mut gateways: Vec<_> = (0..GATEWAYS)
+                .map(|_| support::Gateway::start(driver))
+                .collect();
+            let drains: Vec<_> = gateways
+                .iter_mut()
+                .map(|g| {
+                    let server = g.server.take().unwrap();
+                    std::thread::spawn(move || server.shutdown())
+                })
+                .collect();
+            let mut mine = Vec::new();
+            while drains.iter().any(|d| !d.is_finished()) && mine.len() < 500 {
+                mine.push(TcpListener::bind("127.0.0.1:0").unwrap());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            for d in drains {
+                d.join().unwrap();
+            }
+            for l in &mine {
+                let at = l.local_addr().unwrap();
+                assert!(
+                    std::net::TcpStream::connect(at).is_ok(),
+                    "{driver:?}: listener {at} was shut down by a drain"
+                );
+            }
+        }
+    }
 }
