@@ -131,13 +131,14 @@ struct Keyspaces {
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in directory `dir`.
-    pub fn open(dir: impl AsRef<Path>) -> StoreResult<Self> {
-        let db = SingleWriterTxDatabase::builder(dir.as_ref())
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
+        let dir = dir.as_ref();
+        let db = SingleWriterTxDatabase::builder(dir)
             .open()
-            .map_err(backend)?;
+            .map_err(|e| OpenError::new(dir, e))?;
         let open = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(backend)
+                .map_err(|e| OpenError::new(dir, e))
         };
         let ks = Keyspaces {
             log: open("log")?,
@@ -744,6 +745,43 @@ fn tx_get<M: prost::Message + Default>(
 
 fn decode<M: prost::Message + Default>(v: &[u8]) -> StoreResult<M> {
     M::decode(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Why [`EmbeddedStore::open`] failed; names the data dir.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the data dir's lock: two processes must never
+    /// share one store.
+    #[error("another tern is using data dir {}", .dir.display())]
+    Locked {
+        /// The data dir.
+        dir: std::path::PathBuf,
+    },
+    /// The data dir could not be created, read or recovered.
+    #[error("data dir {}: {reason}", .dir.display())]
+    Failed {
+        /// The data dir.
+        dir: std::path::PathBuf,
+        /// What fjall said (an I/O error's text where it is one).
+        reason: String,
+    },
+}
+
+impl OpenError {
+    fn new(dir: &Path, e: fjall::Error) -> Self {
+        let dir = dir.to_path_buf();
+        match e {
+            fjall::Error::Locked => Self::Locked { dir },
+            fjall::Error::Io(io) => Self::Failed {
+                dir,
+                reason: io.to_string(),
+            },
+            other => Self::Failed {
+                dir,
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 fn backend(e: fjall::Error) -> StoreError {

@@ -165,8 +165,11 @@ impl WaitPolicy {
 pub enum RedisStoreError {
     /// The Redis client failed: connection refused or lost, timeout, or an
     /// error reply.
+    // The client's error is in the message and deliberately not a
+    // `source`: it already carries its own cause (an I/O error), and a
+    // report printing the chain said the same thing three times.
     #[error("redis: {0}")]
-    Redis(#[from] RedisError),
+    Redis(RedisError),
     /// The server is older than Redis 7.0 (no functions).
     #[error("redis {found} is too old: the Redis store needs {}.{}.{} or newer", REDIS_VERSION_MIN.0, REDIS_VERSION_MIN.1, REDIS_VERSION_MIN.2)]
     UnsupportedVersion {
@@ -184,7 +187,7 @@ pub enum RedisStoreError {
     /// `require_durable` is set, but a primary would acknowledge writes it
     /// has not fsynced, and the wait policy does not make up for it.
     #[error(
-        "redis node {node} runs appendonly={appendonly} appendfsync={appendfsync}: writes would be acknowledged before they are durable (set appendonly yes, appendfsync always, or a WaitPolicy)"
+        "redis node {node} runs appendonly={appendonly} appendfsync={appendfsync}: writes would be acknowledged before they are durable; set `appendonly yes` and `appendfsync always` on that server (redis.conf, or CONFIG SET; see docs/redis.md)"
     )]
     NotDurable {
         /// The node, as the client names it.
@@ -224,6 +227,12 @@ pub enum RedisStoreError {
     /// The configuration cannot work (e.g. an empty cluster node list).
     #[error("invalid redis store configuration: {0}")]
     Config(String),
+}
+
+impl From<RedisError> for RedisStoreError {
+    fn from(e: RedisError) -> Self {
+        Self::Redis(e)
+    }
 }
 
 impl From<RedisStoreError> for StoreError {

@@ -31,6 +31,8 @@ pub struct Config {
     pub backend: BackendSettings,
     /// Chat policy.
     pub chat: ChatSettings,
+    /// Logs.
+    pub log: LogConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// The HTTP edge: its runtime and limits.
@@ -42,10 +44,15 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     /// TCP clients (length-prefixed frames). Default `127.0.0.1:7400`.
+    /// `host:port` with a host name is resolved once, at start, to its
+    /// first address (see [`resolve_addr`]).
+    #[serde(deserialize_with = "de_addr")]
     pub tcp: Option<SocketAddr>,
     /// WebSocket clients. Default `127.0.0.1:7401`; none to disable.
+    #[serde(deserialize_with = "de_addr")]
     pub ws: Option<SocketAddr>,
     /// HTTP: `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:7480`.
+    #[serde(deserialize_with = "de_addr")]
     pub http: Option<SocketAddr>,
     /// Listen backlog of each listener. Default 4096.
     pub backlog: u32,
@@ -89,6 +96,17 @@ pub enum Driver {
     Uring,
     /// epoll only.
     Epoll,
+}
+
+impl Driver {
+    /// The name operators know: `auto`, `io_uring` or `epoll`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Uring => "io_uring",
+            Self::Epoll => "epoll",
+        }
+    }
 }
 
 /// Token verification (JWT).
@@ -153,6 +171,13 @@ pub struct BackendSettings {
     /// order). 88 bytes a slot, touched once traffic wraps it. Default 2048:
     /// twice a worker's batch.
     pub queue_entries_max: usize,
+    /// Most members a group may have, owner included; an invite or create
+    /// beyond it is refused with `ERROR_CODE_LIMIT_REACHED`. Lowering it
+    /// keeps existing larger groups (they only cannot grow). Default 10000.
+    pub group_members_max: u32,
+    /// Largest page of a `sync` or `history` answer, in entries; announced
+    /// to clients in `Welcome.limits`. Default 200.
+    pub page_entries_max: u32,
 }
 
 /// Chat policy (the backend's settings an operator usually changes).
@@ -185,6 +210,43 @@ pub struct ShutdownConfig {
     pub kick_rate_per_shard: u32,
 }
 
+/// Logs (to stderr).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human lines; coloured only when stderr is a terminal and
+    /// `NO_COLOR` is unset) or `json` (one object per line). Default `text`.
+    pub format: LogFormat,
+    /// Which events: a default level and `target=level` directives
+    /// (`info`, `debug`, `info,tern_gateway::shard=debug`; tracing's
+    /// `Targets` syntax, no span or field filters); `TERN_LOG` overrides it.
+    /// Default `info,fjall=warn,lsm_tree=warn` (the storage engine's
+    /// start-up chatter stays out).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: LOG_FILTER_DEFAULT.into(),
+        }
+    }
+}
+
+/// The default log filter.
+pub const LOG_FILTER_DEFAULT: &str = "info,fjall=warn,lsm_tree=warn";
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human text.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -195,6 +257,7 @@ impl Default for Config {
             session: SessionSettings::default(),
             backend: BackendSettings::default(),
             chat: ChatSettings::default(),
+            log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             http: HttpSettings::default(),
         }
@@ -274,6 +337,8 @@ impl Default for BackendSettings {
             workers: 1,
             batch_max: 1024,
             queue_entries_max: 2_048,
+            group_members_max: 10_000,
+            page_entries_max: 200,
         }
     }
 }
@@ -290,22 +355,27 @@ impl Default for ShutdownConfig {
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    // The causes below are part of the message and deliberately not
+    // `source`s: a report that prints the chain would say them twice.
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read config file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
-    #[error("bad config file {path}: {source}")]
+    #[error("bad config file {}: {error}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
         /// What is wrong, with its position.
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
+    /// `--dev` together with settings that look like production.
+    #[error("--dev refused: {0}")]
+    DevRefused(String),
     /// A setting is out of range.
     #[error("invalid setting {name}: {why}")]
     Invalid {
@@ -316,16 +386,57 @@ pub enum ConfigError {
     },
 }
 
+/// The HS256 secret of `tern serve --dev` (and `tern token --dev`). Public
+/// on purpose: development mode exists so that a newcomer's server and
+/// `tern-cli` agree without setting anything up. Never a production secret:
+/// [`Config::apply_dev_mode`] refuses to run with anything that looks like
+/// production.
+pub const DEV_JWT_SECRET: &str = "tern-dev-secret";
+
 impl Config {
+    /// Development mode (`tern serve --dev`): tokens are signed with
+    /// [`DEV_JWT_SECRET`]. Refused with a secret or key of its own or with a
+    /// listener off loopback, since the secret is public.
+    pub fn apply_dev_mode(&mut self) -> Result<(), ConfigError> {
+        let refuse = |why: String| Err(ConfigError::DevRefused(why));
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret != DEV_JWT_SECRET {
+            return refuse(
+                "a JWT secret is set (--jwt-secret, TERN_JWT_SECRET or auth.jwt_secret); \
+                 --dev uses its own public one. Drop one or the other"
+                    .into(),
+            );
+        }
+        if self.auth.algorithm != "HS256" || self.auth.public_key_file.is_some() {
+            return refuse(format!(
+                "auth.algorithm is {} with a key file; --dev signs HS256 with a public secret",
+                self.auth.algorithm
+            ));
+        }
+        for (name, addr) in [
+            ("listen.tcp", self.listen.tcp),
+            ("listen.ws", self.listen.ws),
+            ("listen.http", self.listen.http),
+        ] {
+            if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
+                return refuse(format!(
+                    "{name} is {a}, off loopback; the development secret is public, so \
+                     --dev listens on 127.0.0.1 or ::1 only"
+                ));
+            }
+        }
+        self.auth.jwt_secret = DEV_JWT_SECRET.into();
+        Ok(())
+    }
+
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.into(),
-            source,
+            error,
         })
     }
 
@@ -384,6 +495,25 @@ impl Config {
                 "backend.redis_urls",
                 "the redis store needs at least one URL",
             );
+        }
+        let b = &self.backend;
+        for (name, v) in [
+            ("backend.group_members_max", b.group_members_max),
+            ("backend.page_entries_max", b.page_entries_max),
+        ] {
+            if v == 0 {
+                return invalid(name, "must be at least 1");
+            }
+        }
+        if let Err(e) = self
+            .log
+            .filter
+            .parse::<tracing_subscriber::filter::Targets>()
+        {
+            return Err(ConfigError::Invalid {
+                name: "log.filter",
+                why: e.to_string(),
+            });
         }
         if !matches!(self.auth.algorithm.as_str(), "HS256" | "RS256" | "EdDSA") {
             return invalid("auth.algorithm", "must be HS256, RS256 or EdDSA");
@@ -484,6 +614,28 @@ impl HttpSettings {
     }
 }
 
+/// Resolves `host:port` (or `ip:port`) to its first address: what
+/// `--listen localhost:7400` and `tcp = "localhost:7400"` bind to.
+pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not host:port or cannot be resolved: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// An optional listen address that may name a host.
+fn de_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| resolve_addr(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 fn default_node_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -503,6 +655,25 @@ mod tests {
         from_file.node_id = Config::default().node_id;
         assert_eq!(from_file, Config::default());
         Config::default().validate().unwrap();
+    }
+
+    /// Host names resolve in the file too, and a bad address names itself.
+    #[test]
+    fn listen_addresses_take_host_names() {
+        let c: Config = toml::from_str("[listen]\ntcp = \"localhost:7400\"\n").unwrap();
+        assert_eq!(c.listen.tcp.map(|a| a.port()), Some(7400));
+        assert!(c.listen.tcp.unwrap().ip().is_loopback());
+        let err = toml::from_str::<Config>("[listen]\nws = \"nonsense\"\n").unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
+    }
+
+    /// The backend limits are checked, named by their key.
+    #[test]
+    fn zero_backend_limits_are_refused_by_name() {
+        let mut c = Config::default();
+        c.backend.group_members_max = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("backend.group_members_max"), "{err}");
     }
 
     /// A typo in a key is an error naming it, not a silently ignored setting.

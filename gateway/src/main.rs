@@ -1,14 +1,27 @@
 //! `tern`: run the gateway (`serve`), print the effective configuration
 //! (`config`), or mint a development token (`token`).
+//!
+//! Errors end here: each is printed once, as one `error: …` line with its
+//! causes (`{:#}`), and the process exits with status 1 (clap's usage
+//! errors: 2). No backtrace, whatever `RUST_BACKTRACE` says: these are
+//! operator errors, not bugs.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    io::{IsTerminal as _, Write as _},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, builder::BoolishValueParser,
+};
 use tern_gateway::{
     auth,
-    config::{Config, DEFAULT_TOML, Driver, StoreKind},
-    server::Server,
+    config::{self, Config, DEFAULT_TOML, DEV_JWT_SECRET, Driver, LogFormat, StoreKind},
+    server::{Listeners, Server},
     service::BackendService,
 };
 
@@ -41,40 +54,36 @@ enum Command {
         defaults: bool,
     },
     /// Mint an HS256 token for development and load tests.
-    Token {
-        /// The user id (`sub`).
-        #[arg(long)]
-        user: String,
-        /// Validity in seconds.
-        #[arg(long, default_value_t = 86_400)]
-        ttl: u64,
-        /// Audience (`aud`), if your config requires one.
-        #[arg(long)]
-        audience: Option<String>,
-        #[command(flatten)]
-        overrides: Overrides,
-    },
+    Token(TokenArgs),
 }
 
 /// Settings that flags and `TERN_*` variables override (over `--config`).
+/// `--help` shows each one's built-in default (added from
+/// `Config::default()` by [`with_defaults`]).
 #[derive(Args, Debug, Default)]
 struct Overrides {
-    /// TOML config file (defaults: `tern config --defaults`).
+    /// TOML config file (all settings: `tern config --defaults`).
     #[arg(long, env = "TERN_CONFIG")]
     config: Option<PathBuf>,
-    /// TCP client listener address.
-    #[arg(long, env = "TERN_LISTEN")]
+    /// Development mode: sign tokens with a fixed, public development
+    /// secret and print the `tern-cli` commands to chat as alice and bob.
+    /// Refused with a JWT secret or key, or a listener off loopback.
+    #[arg(long, env = "TERN_DEV", value_parser = BoolishValueParser::new())]
+    dev: bool,
+    /// TCP client listener: ip:port or host:port (a host name binds its
+    /// first address).
+    #[arg(long, env = "TERN_LISTEN", value_name = "ADDR", value_parser = config::resolve_addr)]
     listen: Option<SocketAddr>,
-    /// WebSocket client listener address.
-    #[arg(long, env = "TERN_WS_LISTEN")]
+    /// WebSocket client listener: ip:port or host:port.
+    #[arg(long, env = "TERN_WS_LISTEN", value_name = "ADDR", value_parser = config::resolve_addr)]
     ws_listen: Option<SocketAddr>,
-    /// HTTP address for /metrics, /healthz, /readyz.
-    #[arg(long, env = "TERN_HTTP")]
+    /// HTTP address for /metrics, /healthz, /readyz: ip:port or host:port.
+    #[arg(long, env = "TERN_HTTP", value_name = "ADDR", value_parser = config::resolve_addr)]
     http: Option<SocketAddr>,
     /// Directory of the embedded store.
     #[arg(long, env = "TERN_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Store: embedded (default) or redis.
+    /// Store: embedded or redis.
     #[arg(long, env = "TERN_STORE", value_enum)]
     store: Option<StoreKind>,
     /// Redis URL (repeat for cluster seed nodes with --redis-cluster).
@@ -95,6 +104,35 @@ struct Overrides {
     /// This node's id.
     #[arg(long, env = "TERN_NODE_ID")]
     node_id: Option<String>,
+    /// Log lines as human text or JSON.
+    #[arg(long, env = "TERN_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Which log events, as a tracing filter (e.g. `debug`).
+    #[arg(long, env = "TERN_LOG")]
+    log_filter: Option<String>,
+}
+
+/// `tern token`: only what a token needs.
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Validity in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    ttl: u64,
+    /// Audience (`aud`), if the server requires one.
+    #[arg(long)]
+    audience: Option<String>,
+    /// HS256 secret: the one `tern serve` verifies with.
+    #[arg(long, env = "TERN_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Take the secret from this config file (`auth.jwt_secret`).
+    #[arg(long, env = "TERN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Sign with the development secret of `tern serve --dev`.
+    #[arg(long, env = "TERN_DEV", value_parser = BoolishValueParser::new())]
+    dev: bool,
 }
 
 impl Overrides {
@@ -136,12 +174,52 @@ impl Overrides {
         if let Some(v) = &self.node_id {
             cfg.node_id = v.clone();
         }
+        if let Some(v) = self.log_format {
+            cfg.log.format = v;
+        }
+        if let Some(v) = &self.log_filter {
+            cfg.log.filter = v.clone();
+        }
+        if self.dev {
+            cfg.apply_dev_mode()?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Appends `[default: …]` to the help of every `serve`/`config` flag that
+/// has one, taken from `Config::default()` so it cannot drift. (A clap
+/// `default_value` would instead always override the config file.)
+fn with_defaults(cmd: clap::Command) -> clap::Command {
+    let d = Config::default();
+    let addr = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let defaults = [
+        ("listen", addr(d.listen.tcp)),
+        ("ws_listen", addr(d.listen.ws)),
+        ("http", addr(d.listen.http)),
+        ("data_dir", d.backend.data_dir.display().to_string()),
+        ("store", "embedded".to_owned()),
+        ("shards", d.shards.count.to_string()),
+        ("driver", d.shards.driver.label().to_owned()),
+        ("node_id", "the hostname".to_owned()),
+        ("log_format", "text".to_owned()),
+        ("log_filter", d.log.filter.clone()),
+    ];
+    let add = |mut sub: clap::Command| {
+        for (id, value) in &defaults {
+            sub = sub.mut_arg(*id, |a| {
+                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                a.help(format!("{help} [default: {value}]"))
+            });
+        }
+        sub
+    };
+    cmd.mut_subcommand("serve", add)
+        .mut_subcommand("config", add)
+}
+
+fn main() -> ExitCode {
     // Transparent huge pages back the allocator's sparse arenas with 2 MiB
     // pages, which multiplied the resident memory of many small idle
     // connections (measured: ~70 MiB of 96 MiB at 19,000 connections were
@@ -151,15 +229,20 @@ fn main() -> anyhow::Result<()> {
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     #[cfg(feature = "dhat-heap")]
     let _profiler = dhat::Profiler::new_heap();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Serve(o) => serve(o.resolve()?),
+    let matches = with_defaults(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(o) => serve(&o),
         Command::Config {
             overrides,
             defaults,
@@ -171,35 +254,42 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Token {
-            user,
-            ttl,
-            audience,
-            overrides,
-        } => {
-            let cfg = overrides.resolve()?;
+        Command::Token(t) => {
+            let secret = match (&t.jwt_secret, &t.config, t.dev) {
+                (Some(s), _, _) => s.clone(),
+                (None, _, true) => DEV_JWT_SECRET.to_owned(),
+                (None, Some(path), false) => Config::from_file(path)?.auth.jwt_secret,
+                (None, None, false) => String::new(),
+            };
             anyhow::ensure!(
-                !cfg.auth.jwt_secret.is_empty(),
-                "no secret: pass --jwt-secret or set TERN_JWT_SECRET (the same one `tern serve` uses)"
+                !secret.is_empty(),
+                "no secret: pass --jwt-secret S or set TERN_JWT_SECRET (the one `tern serve` uses), or --dev for a `tern serve --dev` server"
             );
-            let token = auth::mint_hs256(&cfg.auth.jwt_secret, &user, ttl, audience.as_deref())?;
+            let token = auth::mint_hs256(&secret, &t.user, t.ttl, t.audience.as_deref())?;
             println!("{token}");
             Ok(())
         }
     }
 }
 
-fn serve(cfg: Config) -> anyhow::Result<()> {
+fn serve(overrides: &Overrides) -> anyhow::Result<()> {
+    let cfg = overrides.resolve()?;
+    init_logs(&cfg.log);
     if cfg.auth.jwt_secret.is_empty() && cfg.auth.algorithm == "HS256" {
         anyhow::bail!(
-            "no JWT secret: pass --jwt-secret S (or TERN_JWT_SECRET); mint client tokens with `tern token --user U --jwt-secret S`"
+            "no JWT secret: pass --jwt-secret S (or TERN_JWT_SECRET) and mint client tokens with `tern token --user U --jwt-secret S`; or try Tern on this machine with --dev"
         );
     }
-    let service = Arc::new(
-        BackendService::from_config(&cfg)
-            .with_context(|| format!("opening the {:?} store", cfg.backend.store))?,
-    );
-    let server = Server::start(&cfg, service)?;
+    // Everything that can be checked without side effects first, then the
+    // listeners, and only then the store: a second tern on the same ports
+    // stops at the bind and never creates or locks a data dir.
+    auth::Verifier::new(&cfg.auth).context("auth")?;
+    let listeners = Listeners::bind(&cfg)?;
+    let service = Arc::new(open_store(&cfg)?);
+    let server = Server::start_on(&cfg, listeners, service)?;
+    if overrides.dev {
+        print_dev_banner(server.tcp_addr);
+    }
     // Wait for SIGTERM or SIGINT, then drain.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -211,4 +301,101 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the configured store; errors name the data dir or the Redis URLs.
+fn open_store(cfg: &Config) -> anyhow::Result<BackendService> {
+    match cfg.backend.store {
+        StoreKind::Embedded => {
+            let dir = &cfg.backend.data_dir;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+            BackendService::from_config(cfg).context("opening the embedded store")
+        }
+        StoreKind::Redis => BackendService::from_config(cfg).with_context(|| {
+            format!(
+                "opening the Redis store at {}",
+                cfg.backend.redis_urls.join(", ")
+            )
+        }),
+    }
+}
+
+/// Logs go to stderr: text (ANSI colours only on a terminal, and not with
+/// `NO_COLOR`) or JSON lines.
+fn init_logs(log: &config::LogConfig) {
+    use tracing_subscriber::{
+        filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    };
+    // `validate` checked the configured filter; `TERN_LOG` was folded into
+    // it by the `--log-filter` flag's env. `Targets` rather than
+    // `EnvFilter`: the same `level,target=level` syntax without a regex
+    // engine in the build.
+    let filter: Targets = log
+        .filter
+        .parse()
+        .unwrap_or_else(|_| config::LOG_FILTER_DEFAULT.parse().unwrap_or_default());
+    let registry = tracing_subscriber::registry().with(filter);
+    match log.format {
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi);
+            registry.with(layer).init();
+        }
+        LogFormat::Json => {
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_ansi(false);
+            registry.with(layer).init();
+        }
+    }
+}
+
+/// The development-mode notice, with the exact commands to chat.
+fn print_dev_banner(tcp: Option<SocketAddr>) {
+    let cli = tern_cli_path();
+    let server = match tcp {
+        Some(a) if a.to_string() == "127.0.0.1:7400" => String::new(),
+        Some(a) => format!(" --server {a}"),
+        None => " --server (no TCP listener!)".to_owned(),
+    };
+    let line = "=".repeat(72);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{line}\n\
+         DEVELOPMENT MODE: tokens are signed with the public secret \"{DEV_JWT_SECRET}\",\n\
+         so anyone who can reach this server can log in as anyone. Never expose it.\n\
+         \n\
+         Chat as alice and as bob, each in a terminal of its own:\n\
+         \n    {cli}{server} --user alice --jwt-secret {DEV_JWT_SECRET}\
+         \n    {cli}{server} --user bob --jwt-secret {DEV_JWT_SECRET}\n\
+         \n\
+         then type /open bob as alice, and a line of text. Ctrl-C stops the server.\n\
+         {line}"
+    );
+    let _ = out.flush();
+}
+
+/// `tern-cli` beside this binary, spelt the way this binary was started
+/// (`./target/release/tern` gives `./target/release/tern-cli`, so the
+/// printed command works from the same directory), else its absolute path,
+/// else the bare name (on `PATH`).
+fn tern_cli_path() -> String {
+    let typed = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .filter(|p| p.components().count() > 1)
+        .map(|p| p.with_file_name("tern-cli"));
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("tern-cli"));
+    typed
+        .into_iter()
+        .chain(beside)
+        .find(|p| p.exists())
+        .map_or_else(|| "tern-cli".to_owned(), |p| p.display().to_string())
 }

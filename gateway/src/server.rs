@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 use tern_protocol::session::SessionConfig;
 use tracing::info;
@@ -23,7 +22,7 @@ use tracing::info;
 use crate::{
     auth::Verifier,
     bridge::{self, ChatService, WorkerSetup},
-    config::Config,
+    config::{Config, Driver, StoreKind},
     http::{self, HttpServer, HttpState},
     mailbox::{self, Doorbell, Sender},
     metrics::Metrics,
@@ -65,12 +64,28 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
         ..SessionConfig::default()
     };
     out.client_limits.text_bytes_max = s.text_bytes_max;
+    // The page the backend answers with is the page `Welcome` announces.
+    out.page_entries_max = cfg.backend.page_entries_max as usize;
     out
 }
 
 impl Server {
-    /// Starts everything; returns once listeners are bound and shards run.
+    /// Binds the listeners, then starts everything; returns once shards
+    /// run. `tern serve` binds first with [`Listeners::bind`] and opens the
+    /// store only once that worked; this is the short form for tests and
+    /// embedders that already hold a service.
     pub fn start(cfg: &Config, service: Arc<dyn ChatService>) -> anyhow::Result<Self> {
+        let listeners = Listeners::bind(cfg)?;
+        Self::start_on(cfg, listeners, service)
+    }
+
+    /// Starts everything on listeners bound by [`Listeners::bind`]; returns
+    /// once shards run.
+    pub fn start_on(
+        cfg: &Config,
+        listeners: Listeners,
+        service: Arc<dyn ChatService>,
+    ) -> anyhow::Result<Self> {
         cfg.validate()?;
         let session = session_config(cfg);
         session
@@ -81,15 +96,16 @@ impl Server {
         let workers = cfg.backend.workers;
         let metrics = Metrics::new(shards);
         let epoch = Instant::now();
+        let driver = resolve_driver(cfg.shards.driver);
 
-        // Listeners: one SO_REUSEPORT socket per shard on the same address.
-        // The first binds the port (possibly 0 → an ephemeral one); the rest
-        // join it.
-        let tcp = bind_group(cfg.listen.tcp, shards, cfg.listen.backlog).context("TCP listener")?;
-        let ws =
-            bind_group(cfg.listen.ws, shards, cfg.listen.backlog).context("WebSocket listener")?;
-        let tcp_addr = tcp.first().map(|l| l.local_addr()).transpose()?;
-        let ws_addr = ws.first().map(|l| l.local_addr()).transpose()?;
+        // Every shard accepts on the same socket: one descriptor each
+        // (`try_clone`), so a shard's drain `shutdown()` stops accepting for
+        // all of them, which is what a drain wants. Which shard accepts does
+        // not matter: a connection moves to its user's owner shard after auth.
+        let tcp_addr = listeners.tcp_addr();
+        let ws_addr = listeners.ws_addr();
+        let tcp = listeners.tcp_per_shard(shards)?;
+        let ws = listeners.ws_per_shard(shards)?;
 
         // Doorbells and rings.
         let shard_bells: Vec<_> = (0..shards)
@@ -193,7 +209,6 @@ impl Server {
                 kick_rate: cfg.shutdown.kick_rate_per_shard,
                 epoch,
             };
-            let driver = cfg.shards.driver;
             shard_threads.push(
                 std::thread::Builder::new()
                     .name(format!("tern-shard-{id}"))
@@ -209,14 +224,29 @@ impl Server {
                     ready: ready.clone(),
                 });
                 Some(
-                    HttpServer::start(addr, &cfg.http, routes, metrics.http.clone())
-                        .context("HTTP listener")?,
+                    HttpServer::start(addr, &cfg.http, routes, metrics.http.clone()).map_err(
+                        |error| BindError {
+                            listener: "HTTP",
+                            addr,
+                            error,
+                        },
+                    )?,
                 )
             }
             None => None,
         };
         let http_addr = http.as_ref().map(|h| h.addr);
-        info!(?tcp_addr, ?ws_addr, ?http_addr, shards, workers, node = %cfg.node_id, "tern serving");
+        info!(
+            store = %store_label(cfg),
+            tcp = %addr_label(tcp_addr),
+            ws = %addr_label(ws_addr),
+            http = %addr_label(http_addr),
+            shards,
+            driver = %driver.label(),
+            workers,
+            node = %cfg.node_id,
+            "tern serving"
+        );
         Ok(Self {
             shard_threads,
             worker_threads,
@@ -261,27 +291,142 @@ impl Server {
     }
 }
 
-/// Binds `n` SO_REUSEPORT listeners on `addr` (none when `addr` is None).
-fn bind_group(
+/// The client listeners (TCP and WebSocket), bound once each.
+///
+/// Bound without `SO_REUSEPORT`: a second `tern` on the same address fails
+/// here with `EADDRINUSE` instead of silently sharing the port (and
+/// splitting clients between two stores). `SO_REUSEADDR` stays, so a
+/// restart does not wait for the old connections' `TIME_WAIT`.
+#[derive(Debug)]
+pub struct Listeners {
+    tcp: Option<std::net::TcpListener>,
+    ws: Option<std::net::TcpListener>,
+}
+
+/// A listener that could not be bound; says which one, where, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{listener} listener {addr}: {}", bind_reason(.error))]
+pub struct BindError {
+    /// `TCP` or `WebSocket`.
+    pub listener: &'static str,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// What the kernel said (shown in the message, not as a source, so it
+    /// is printed once).
+    pub error: std::io::Error,
+}
+
+impl Listeners {
+    /// Binds the configured TCP and WebSocket listeners (none where the
+    /// config has none). HTTP is bound by the HTTP server.
+    pub fn bind(cfg: &Config) -> Result<Self, BindError> {
+        let backlog = cfg.listen.backlog;
+        Ok(Self {
+            tcp: bind_one("TCP", cfg.listen.tcp, backlog)?,
+            ws: bind_one("WebSocket", cfg.listen.ws, backlog)?,
+        })
+    }
+
+    /// The bound TCP address (the real port when the config said 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound WebSocket address.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    fn tcp_per_shard(&self, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+        per_shard(self.tcp.as_ref(), n)
+    }
+
+    fn ws_per_shard(&self, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+        per_shard(self.ws.as_ref(), n)
+    }
+}
+
+/// Binds one non-blocking listener on `addr` (none when `addr` is None).
+fn bind_one(
+    listener: &'static str,
     addr: Option<SocketAddr>,
-    n: usize,
     backlog: u32,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let Some(mut addr) = addr else {
-        return Ok(Vec::new());
+) -> Result<Option<std::net::TcpListener>, BindError> {
+    let Some(addr) = addr else {
+        return Ok(None);
     };
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
+    let bind = || -> std::io::Result<std::net::TcpListener> {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-        let l: std::net::TcpListener = s.into();
-        // Later sockets join the port the first one got.
-        addr = l.local_addr()?;
-        out.push(l);
+        Ok(s.into())
+    };
+    bind().map(Some).map_err(|error| BindError {
+        listener,
+        addr,
+        error,
+    })
+}
+
+/// One descriptor of the same listening socket per shard.
+fn per_shard(
+    listener: Option<&std::net::TcpListener>,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let Some(l) = listener else {
+        return Ok(Vec::new());
+    };
+    (0..n).map(|_| l.try_clone()).collect()
+}
+
+/// The kernel's reason, with what to check for the common ones.
+fn bind_reason(e: &std::io::Error) -> String {
+    // An error wrapped by a server library still has the kernel's inside.
+    let kind = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        .map_or(e.kind(), std::io::Error::kind);
+    match kind {
+        std::io::ErrorKind::AddrInUse => {
+            "address already in use (is another tern running?)".to_owned()
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{e} (no interface of this machine has that address)")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("{e} (ports below 1024 need privileges)")
+        }
+        _ => e.to_string(),
     }
-    Ok(out)
+}
+
+/// The driver the shards run: `auto` is decided here, once, so the start
+/// line says what runs.
+fn resolve_driver(driver: Driver) -> Driver {
+    match driver {
+        Driver::Auto if monoio::utils::detect_uring() => Driver::Uring,
+        Driver::Auto => {
+            info!("io_uring unavailable; shards use epoll");
+            Driver::Epoll
+        }
+        d => d,
+    }
+}
+
+/// `embedded (./tern-data)` or `redis (redis://…)` for the start line.
+fn store_label(cfg: &Config) -> String {
+    match cfg.backend.store {
+        StoreKind::Embedded => format!("embedded ({})", cfg.backend.data_dir.display()),
+        StoreKind::Redis if cfg.backend.redis_cluster => {
+            format!("redis cluster ({})", cfg.backend.redis_urls.join(", "))
+        }
+        StoreKind::Redis => format!("redis ({})", cfg.backend.redis_urls.join(", ")),
+    }
+}
+
+/// An address for the start line: `127.0.0.1:7400`, or `off`.
+fn addr_label(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }

@@ -44,6 +44,8 @@ impl BackendService {
         let mut chat = DomainConfig {
             recall_window_ms: cfg.chat.recall_window_ms,
             allow_non_friend_messages: cfg.chat.allow_non_friend_messages,
+            group_members_max: cfg.backend.group_members_max,
+            page_entries_max: cfg.backend.page_entries_max,
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);

@@ -3,7 +3,7 @@
 //! state sits in `RefCell`s and no lock is taken on the data path.
 //!
 //! A connection's life on a shard:
-//! 1. accepted by this shard's SO_REUSEPORT listener (at a bounded rate);
+//! 1. accepted on the listening socket all shards share (at a bounded rate);
 //! 2. its session state machine is fed from the shard's shared read buffer;
 //!    only a partial frame is kept per connection, in a buffer allocated on
 //!    demand and freed when empty (invariant 2);
@@ -183,7 +183,8 @@ pub struct ShardSetup {
     pub to_shards: Vec<Option<Sender<ShardMsg>>>,
     /// To the backend workers.
     pub to_backend: Vec<Sender<BackendRequest>>,
-    /// Listeners (std, SO_REUSEPORT, non-blocking), TCP then WebSocket.
+    /// Listeners (std, non-blocking; this shard's descriptor of the one
+    /// socket all shards accept on), TCP then WebSocket.
     pub tcp_listener: Option<std::net::TcpListener>,
     /// The WebSocket listener.
     pub ws_listener: Option<std::net::TcpListener>,
@@ -661,14 +662,18 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         inbox: RefCell::new(setup.inbox),
     });
     debug!(shard = shard.id, driver, "shard started");
-    let mut listener_fds = Vec::new();
+    // A descriptor of each listening socket kept here for the drain's
+    // `shutdown`: the socket is shared by all shards, so another shard's
+    // shutdown can end this shard's accept task (closing its descriptor)
+    // first, and a raw fd number could by then name someone else's socket.
+    let mut listener_fds: Vec<OwnedFd> = Vec::new();
     for (l, transport) in [
         (setup.tcp_listener, Transport::Tcp),
         (setup.ws_listener, Transport::WebSocketUpgrade),
     ] {
         if let Some(l) = l {
+            listener_fds.push(l.try_clone()?.into());
             let l = TcpListener::from_std(l)?;
-            listener_fds.push(l.as_raw_fd());
             monoio::spawn(accept_loop(shard.clone(), l, transport, setup.accept_rate));
         }
     }
@@ -682,11 +687,12 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
     // Drain: listeners stop (shutdown wakes a pending accept with an error,
     // and the accept loop sees `draining`), connections are kicked at a
     // bounded rate.
-    for fd in listener_fds {
-        // SAFETY: the listener is alive (its accept task holds it); shutdown
-        // does not close the descriptor.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    for fd in &listener_fds {
+        // SAFETY: `fd` is an open descriptor this function owns; shutdown
+        // does not close it.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
+    drop(listener_fds);
     drain(&shard, setup.kick_rate).await;
     Ok(())
 }
