@@ -284,6 +284,13 @@ fn serve(overrides: &Overrides) -> anyhow::Result<()> {
     // listeners, and only then the store: a second tern on the same ports
     // stops at the bind and never creates or locks a data dir.
     auth::Verifier::new(&cfg.auth).context("auth")?;
+    // Catch SIGTERM/SIGINT before anything starts: a signal that arrives
+    // while the store opens or the shards start is then a drain once they
+    // run, not the default action (killed mid-start, a failed exit status).
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
     let listeners = Listeners::bind(&cfg)?;
     let service = Arc::new(open_store(&cfg)?);
     let server = Server::start_on(&cfg, listeners, service)?;
@@ -291,10 +298,6 @@ fn serve(overrides: &Overrides) -> anyhow::Result<()> {
         print_dev_banner(server.tcp_addr);
     }
     // Wait for SIGTERM or SIGINT, then drain.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "draining");
     }
