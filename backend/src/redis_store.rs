@@ -311,6 +311,28 @@ impl RedisStore {
     /// Runs `f` on a pooled connection. A connection that saw an error is
     /// dropped rather than reused: after a timeout or a cluster redirect
     /// its state (pending replies, slot map) is not to be trusted.
+    /// `GET`s one key of each user (`key` picks it from the user's keys) in
+    /// one pipeline (split by slot in a cluster) and decodes each value.
+    fn get_per_user<T: prost::Message + Default>(
+        &self,
+        users: &[&str],
+        key: impl Fn(&UserKeys) -> &String,
+        what: &str,
+    ) -> Result<Vec<Option<T>>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = Pipe::default();
+        for u in users {
+            let k = UserKeys::new(u)?;
+            let mut c = redis::cmd("GET");
+            c.arg(key(&k));
+            p.add(c);
+        }
+        let vals = self.with_conn(|conn| self.run(conn, &p))?;
+        vals.into_iter().map(|v| decode_opt::<T>(v, what)).collect()
+    }
+
     fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
         let mut lease = self.pool.get()?;
         let r = f(lease.conn());
@@ -1144,40 +1166,11 @@ impl Store for RedisStore {
     }
 
     fn presence_settings(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceSetting>>> {
-        // One pipeline for all (split by slot in a cluster).
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut p = Pipe::default();
-        for u in users {
-            let k = UserKeys::new(u).map_err(RedisStoreError::from)?;
-            let mut c = redis::cmd("GET");
-            c.arg(&k.presence_setting);
-            p.add(c);
-        }
-        let vals = self.with_conn(|conn| self.run(conn, &p))?;
-        Ok(vals
-            .into_iter()
-            .map(|v| decode_opt::<PresenceSetting>(v, "presence setting"))
-            .collect::<Result<Vec<_>>>()?)
+        Ok(self.get_per_user(users, |k| &k.presence_setting, "presence setting")?)
     }
 
     fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut p = Pipe::default();
-        for u in users {
-            let k = UserKeys::new(u).map_err(RedisStoreError::from)?;
-            let mut c = redis::cmd("GET");
-            c.arg(&k.presence);
-            p.add(c);
-        }
-        let vals = self.with_conn(|conn| self.run(conn, &p))?;
-        Ok(vals
-            .into_iter()
-            .map(|v| decode_opt::<PresenceRecord>(v, "presence"))
-            .collect::<Result<Vec<_>>>()?)
+        Ok(self.get_per_user(users, |k| &k.presence, "presence")?)
     }
 }
 
