@@ -210,7 +210,10 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             .map(|a| (a.reply, a.effects.into_iter().map(encode).collect()))
             .collect();
         if let Some(remote) = w.remote.as_mut() {
-            let all: Vec<OutPush> = answers.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+            let all: Vec<OutPush> = answers
+                .iter()
+                .flat_map(|(_, p)| p.iter().cloned())
+                .collect();
             remote.send(&all);
         }
         for (req, (reply, pushes)) in batch.drain(..).zip(answers.drain(..)) {

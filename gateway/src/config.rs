@@ -484,7 +484,10 @@ impl ClusterSettings {
         }
         if self.route_flush_ms == 0 || self.route_batch_max == 0 || self.route_ring_entries_max == 0
         {
-            return invalid("cluster.route_flush_ms", "flush interval, batch and ring must be > 0");
+            return invalid(
+                "cluster.route_flush_ms",
+                "flush interval, batch and ring must be > 0",
+            );
         }
         if self.channel_records_max == 0 || self.channel_read_batch_max == 0 {
             return invalid("cluster.channel_records_max", "must be > 0");

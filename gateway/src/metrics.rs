@@ -596,14 +596,46 @@ impl Collector for Metrics {
         {
             let c = &self.cluster;
             let rows: [(&str, &str, &AtomicU64); 8] = [
-                ("tern_cluster_route_writes", "Route entries written to Redis", &c.route_writes),
-                ("tern_cluster_route_ring_full", "Route changes dropped: a shard's route ring was full", &c.route_ring_full),
-                ("tern_cluster_route_write_errors", "Route pipelines that failed", &c.route_write_errors),
-                ("tern_cluster_routes_cleaned", "Stale routes to dead nodes removed", &c.routes_cleaned),
-                ("tern_cluster_records_out", "Records added to other nodes' delivery streams", &c.records_out),
-                ("tern_cluster_records_in", "Records read from this node's delivery stream", &c.records_in),
-                ("tern_cluster_records_malformed", "Records of this node's stream skipped as malformed", &c.records_malformed),
-                ("tern_cluster_records_dropped", "Remote pushes given up (Redis away; recipients sync)", &c.records_dropped),
+                (
+                    "tern_cluster_route_writes",
+                    "Route entries written to Redis",
+                    &c.route_writes,
+                ),
+                (
+                    "tern_cluster_route_ring_full",
+                    "Route changes dropped: a shard's route ring was full",
+                    &c.route_ring_full,
+                ),
+                (
+                    "tern_cluster_route_write_errors",
+                    "Route pipelines that failed",
+                    &c.route_write_errors,
+                ),
+                (
+                    "tern_cluster_routes_cleaned",
+                    "Stale routes to dead nodes removed",
+                    &c.routes_cleaned,
+                ),
+                (
+                    "tern_cluster_records_out",
+                    "Records added to other nodes' delivery streams",
+                    &c.records_out,
+                ),
+                (
+                    "tern_cluster_records_in",
+                    "Records read from this node's delivery stream",
+                    &c.records_in,
+                ),
+                (
+                    "tern_cluster_records_malformed",
+                    "Records of this node's stream skipped as malformed",
+                    &c.records_malformed,
+                ),
+                (
+                    "tern_cluster_records_dropped",
+                    "Remote pushes given up (Redis away; recipients sync)",
+                    &c.records_dropped,
+                ),
             ];
             for (name, help, v) in rows {
                 counter(enc, name, help, None, v.load(Relaxed))?;

@@ -126,12 +126,22 @@ impl Server {
                 route_rings,
                 shard_inboxes,
                 routers,
-            } = Cluster::start(cfg, &node_id, &shard_bells, workers, metrics.cluster.clone())
-                .context("joining the cluster in Redis")?;
+            } = Cluster::start(
+                cfg,
+                &node_id,
+                &shard_bells,
+                workers,
+                metrics.cluster.clone(),
+            )
+            .context("joining the cluster in Redis")?;
             for (inbox, rx) in inboxes.iter_mut().zip(shard_inboxes) {
                 inbox.push(rx);
             }
-            (Some(cluster), route_rings.into_iter().map(Some).collect(), routers.into_iter().map(Some).collect())
+            (
+                Some(cluster),
+                route_rings.into_iter().map(Some).collect(),
+                routers.into_iter().map(Some).collect(),
+            )
         } else {
             (None, Vec::new(), Vec::new())
         };

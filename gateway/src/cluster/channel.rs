@@ -41,7 +41,7 @@ use tern_protocol::{
 };
 use tracing::warn;
 
-use super::{conn, membership, routes, NodeView};
+use super::{NodeView, conn, membership, routes};
 use crate::{
     config::ClusterSettings,
     mailbox::Sender,
@@ -194,7 +194,8 @@ impl RemoteRouter {
         let m = &self.metrics;
         m.records_out.fetch_add(records as u64, Ordering::Relaxed);
         if cleanups > 0 {
-            m.routes_cleaned.fetch_add(cleaned as u64, Ordering::Relaxed);
+            m.routes_cleaned
+                .fetch_add(cleaned as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -336,7 +337,14 @@ impl Consumer {
             // holds (they resynced).
             let from = match &last {
                 Some(id) => id.clone(),
-                None => match self.link.command(cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(1)) {
+                None => match self.link.command(
+                    cmd("XREVRANGE")
+                        .arg(&key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1),
+                ) {
                     Ok(v) => newest_id(&v).unwrap_or_else(|| "0-0".into()),
                     Err(e) => {
                         self.backoff(&mut warned_at, &e);
@@ -377,18 +385,27 @@ impl Consumer {
         let mut last = None;
         for entries in stream_entries(v) {
             for entry in conn::items(entries).unwrap_or_default() {
-                let Some([id, fields]) = conn::items(entry).and_then(|a| <&[Value; 2]>::try_from(a).ok()) else {
-                    self.metrics.records_malformed.fetch_add(1, Ordering::Relaxed);
+                let Some([id, fields]) =
+                    conn::items(entry).and_then(|a| <&[Value; 2]>::try_from(a).ok())
+                else {
+                    self.metrics
+                        .records_malformed
+                        .fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
                 if let Some(id) = conn::bytes(id).and_then(|b| std::str::from_utf8(b).ok()) {
                     last = Some(id.to_owned());
                 }
                 self.metrics.records_in.fetch_add(1, Ordering::Relaxed);
-                match conn::pairs(fields).ok_or(RecordError::Shape).and_then(|f| decode(&f)) {
+                match conn::pairs(fields)
+                    .ok_or(RecordError::Shape)
+                    .and_then(|f| decode(&f))
+                {
                     Ok(r) => self.dispatch(r),
                     Err(_) => {
-                        self.metrics.records_malformed.fetch_add(1, Ordering::Relaxed);
+                        self.metrics
+                            .records_malformed
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -452,7 +469,9 @@ impl Consumer {
 fn newest_id(v: &Value) -> Option<String> {
     let first = conn::items(v)?.first()?;
     let id = conn::items(first)?.first()?;
-    std::str::from_utf8(conn::bytes(id)?).ok().map(str::to_owned)
+    std::str::from_utf8(conn::bytes(id)?)
+        .ok()
+        .map(str::to_owned)
 }
 
 /// The entry lists of an XREAD reply: RESP2 `[[key, entries], …]` or a
@@ -477,7 +496,9 @@ mod tests {
     }
 
     fn fields(v: &[(&str, Vec<u8>)]) -> Vec<(Value, Value)> {
-        v.iter().map(|(k, v)| (bulk(k.as_bytes()), bulk(v))).collect()
+        v.iter()
+            .map(|(k, v)| (bulk(k.as_bytes()), bulk(v)))
+            .collect()
     }
 
     /// A record built by `xadd`'s field layout decodes to what was sent,
@@ -502,14 +523,41 @@ mod tests {
         assert_eq!(r.users, ["alice", "bob"]);
         assert_eq!(
             r.entry,
-            Some(("d:alice:bob".into(), 7, Some(("alice".into(), "phone".into()))))
+            Some((
+                "d:alice:bob".into(),
+                7,
+                Some(("alice".into(), "phone".into()))
+            ))
         );
         let cases: Vec<Vec<(Value, Value)>> = vec![
-            fields(&[("k", b"x".to_vec()), ("u", b"a".to_vec()), ("b", body.clone())]),
-            fields(&[("k", b"p".to_vec()), ("u", b"a".to_vec()), ("b", body.clone())]),
-            fields(&[("k", b"p".to_vec()), ("u", b"".to_vec()), ("b", body.clone())]),
-            fields(&[("k", b"p".to_vec()), ("u", b"a".to_vec()), ("b", b"\xff\xff\xff".to_vec())]),
-            fields(&[("k", b"d".to_vec()), ("u", b"a".to_vec()), ("b", body.clone()), ("c", b"c".to_vec()), ("s", b"x".to_vec()), ("o", b"".to_vec())]),
+            fields(&[
+                ("k", b"x".to_vec()),
+                ("u", b"a".to_vec()),
+                ("b", body.clone()),
+            ]),
+            fields(&[
+                ("k", b"p".to_vec()),
+                ("u", b"a".to_vec()),
+                ("b", body.clone()),
+            ]),
+            fields(&[
+                ("k", b"p".to_vec()),
+                ("u", b"".to_vec()),
+                ("b", body.clone()),
+            ]),
+            fields(&[
+                ("k", b"p".to_vec()),
+                ("u", b"a".to_vec()),
+                ("b", b"\xff\xff\xff".to_vec()),
+            ]),
+            fields(&[
+                ("k", b"d".to_vec()),
+                ("u", b"a".to_vec()),
+                ("b", body.clone()),
+                ("c", b"c".to_vec()),
+                ("s", b"x".to_vec()),
+                ("o", b"".to_vec()),
+            ]),
             fields(&[("u", b"a".to_vec())]),
         ];
         for c in cases {

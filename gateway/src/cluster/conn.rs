@@ -31,7 +31,11 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// A connector to `urls` (one server, or Cluster seeds), with `timeout`
     /// on connecting and on every round trip.
-    pub(crate) fn new(urls: &[String], cluster: bool, timeout: Duration) -> Result<Self, ClusterError> {
+    pub(crate) fn new(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+    ) -> Result<Self, ClusterError> {
         if cluster {
             let c = ClusterClientBuilder::new(urls.to_vec())
                 .connection_timeout(timeout)

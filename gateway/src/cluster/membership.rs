@@ -96,7 +96,10 @@ fn random_u64() -> u64 {
 /// Takes or renews this node's lease (one pipeline).
 pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<()> {
     let mut set = cmd("SET");
-    set.arg(lease_key(node)).arg(unix_ms()).arg("PX").arg(lease_ms);
+    set.arg(lease_key(node))
+        .arg(unix_ms())
+        .arg("PX")
+        .arg(lease_ms);
     let mut add = cmd("SADD");
     add.arg(NODES_KEY).arg(node);
     link.pipeline(vec![set, add]).map(drop)
@@ -188,7 +191,9 @@ impl NodeView {
 
     /// Replaces the view.
     pub fn replace(&self, live: HashSet<Box<str>>, metrics: &ClusterMetrics) {
-        metrics.live_nodes.store(live.len() as i64, Ordering::Relaxed);
+        metrics
+            .live_nodes
+            .store(live.len() as i64, Ordering::Relaxed);
         *self.live.write() = Arc::new(live);
     }
 }

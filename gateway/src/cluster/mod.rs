@@ -143,11 +143,8 @@ impl Cluster {
     ) -> Result<ClusterParts, ClusterError> {
         let settings = cfg.cluster.clone();
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
-        let connector = conn::Connector::new(
-            &cfg.backend.redis_urls,
-            cfg.backend.redis_cluster,
-            timeout,
-        )?;
+        let connector =
+            conn::Connector::new(&cfg.backend.redis_urls, cfg.backend.redis_cluster, timeout)?;
         let view = Arc::new(NodeView::new(node_id));
         let mut link = connector.link();
         membership::renew(&mut link, node_id, settings.node_lease_ms)?;
@@ -159,8 +156,12 @@ impl Cluster {
         // never sleeps on the doorbell, so a shard's push never wakes it.
         let (setup_tx, setup_rx) = std::sync::mpsc::channel::<Vec<Receiver<RouteChange>>>();
         let t = {
-            let (view, stop, metrics, settings) =
-                (view.clone(), stop.clone(), metrics.clone(), settings.clone());
+            let (view, stop, metrics, settings) = (
+                view.clone(),
+                stop.clone(),
+                metrics.clone(),
+                settings.clone(),
+            );
             let node = node_id.to_owned();
             std::thread::Builder::new()
                 .name("tern-cluster".into())

@@ -30,7 +30,11 @@ pub fn key(user: &str) -> String {
 /// The command that removes `device`'s route of `user` if it names `node`.
 pub fn del_if_node(user: &str, device: &str, node: &str) -> Cmd {
     let mut c = cmd("EVAL");
-    c.arg(DEL_IF_NODE).arg(1).arg(key(user)).arg(device).arg(node);
+    c.arg(DEL_IF_NODE)
+        .arg(1)
+        .arg(key(user))
+        .arg(device)
+        .arg(node);
     c
 }
 
