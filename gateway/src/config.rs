@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
 
 /// Everything `tern serve` can be told.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This node's id, announced in `Welcome.node_id` and, on the Redis
@@ -188,23 +188,6 @@ pub struct ShutdownConfig {
     pub deadline_ms: u64,
     /// Kick frames sent per second per shard while draining. Default 10000.
     pub kick_rate_per_shard: u32,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node_id: String::new(),
-            listen: ListenConfig::default(),
-            shards: ShardConfig::default(),
-            auth: AuthConfig::default(),
-            session: SessionSettings::default(),
-            backend: BackendSettings::default(),
-            chat: ChatSettings::default(),
-            shutdown: ShutdownConfig::default(),
-            http: HttpSettings::default(),
-            cluster: ClusterSettings::default(),
-        }
-    }
 }
 
 impl Default for ListenConfig {
@@ -609,9 +592,23 @@ mod tests {
     /// The commented default file and the `Default` impls say the same thing.
     #[test]
     fn default_toml_matches_default_impls() {
-        let mut from_file: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        let from_file: Config = toml::from_str(DEFAULT_TOML).unwrap();
         assert_eq!(from_file, Config::default());
         Config::default().validate().unwrap();
+    }
+
+    /// Cluster settings with the embedded store are refused with a message
+    /// naming the fix; with the Redis store they are taken.
+    #[test]
+    fn cluster_settings_need_the_redis_store() {
+        let mut cfg: Config = toml::from_str("[cluster]\nnode_lease_ms = 3000\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("--store redis"), "{err}");
+        cfg.backend.store = StoreKind::Redis;
+        cfg.backend.redis_urls = vec!["redis://127.0.0.1:6379".into()];
+        cfg.validate().unwrap();
+        cfg.node_id = "bad{id}".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("node_id"));
     }
 
     /// A typo in a key is an error naming it, not a silently ignored setting.

@@ -243,6 +243,10 @@ pub enum RecordError {
     Invalid(&'static str),
 }
 
+/// What a `Deliver` record names beside its recipients: conversation, seq,
+/// and the sending `(user, device)`.
+pub type RecordEntry = (String, u64, Option<(String, String)>);
+
 /// A record, decoded and checked.
 #[derive(Debug, PartialEq)]
 pub struct Record {
@@ -251,7 +255,7 @@ pub struct Record {
     /// The encoded `Frame`.
     pub body: Bytes,
     /// `Some((conversation, seq, origin))` for a stored entry.
-    pub entry: Option<(String, u64, Option<(String, String)>)>,
+    pub entry: Option<RecordEntry>,
 }
 
 /// Decodes a record's fields. Never panics; allocates only what Redis
