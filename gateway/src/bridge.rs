@@ -140,7 +140,7 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             next_tick = Instant::now() + std::time::Duration::from_millis(TICK_MS);
             let pushes: Vec<OutPush> = service.tick(unix_ms()).into_iter().map(encode).collect();
             if let Some(remote) = w.remote.as_mut() {
-                remote.send(&pushes);
+                remote.send(&pushes.iter().collect::<Vec<_>>());
             }
             for p in pushes {
                 route(&mut w.to_shards, shards, p);
@@ -210,10 +210,7 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             .map(|a| (a.reply, a.effects.into_iter().map(encode).collect()))
             .collect();
         if let Some(remote) = w.remote.as_mut() {
-            let all: Vec<OutPush> = answers
-                .iter()
-                .flat_map(|(_, p)| p.iter().cloned())
-                .collect();
+            let all: Vec<&OutPush> = answers.iter().flat_map(|(_, p)| p.iter()).collect();
             remote.send(&all);
         }
         for (req, (reply, pushes)) in batch.drain(..).zip(answers.drain(..)) {

@@ -113,7 +113,7 @@ impl RemoteRouter {
     /// when the records are in Redis (so a caller that then releases the
     /// sender's ack keeps "pushes before acks"), or when Redis failed: the
     /// pushes are then counted as dropped (recipients sync).
-    pub fn send(&mut self, pushes: &[OutPush]) {
+    pub fn send(&mut self, pushes: &[&OutPush]) {
         if pushes.is_empty() {
             return;
         }
@@ -125,7 +125,7 @@ impl RemoteRouter {
         }
     }
 
-    fn try_send(&mut self, pushes: &[OutPush]) -> redis::RedisResult<()> {
+    fn try_send(&mut self, pushes: &[&OutPush]) -> redis::RedisResult<()> {
         let me = self.view.me().to_owned();
         // Every recipient once.
         let mut seen: HashSet<&str> = HashSet::new();
