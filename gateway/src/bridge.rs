@@ -143,7 +143,7 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 remote.send(&pushes.iter().collect::<Vec<_>>());
             }
             for p in pushes {
-                route(&mut w.to_shards, shards, p);
+                route(&mut w.to_shards, shards, p, &w.stop);
             }
         }
         // Round-robin over the shards' rings so one busy shard cannot starve
@@ -218,7 +218,7 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 // Always answered, even with nothing to push: the shard holds
                 // the connection's live pushes until its resume is answered.
                 let msg = resume_push(&req, reply);
-                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
+                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg, &w.stop);
                 continue;
             }
             // Pushes first, then the answer: once a sender holds its ack,
@@ -226,7 +226,7 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             // device that connects after the ack gets them from sync or its
             // resume push, not as a late live push).
             for p in pushes {
-                route(&mut w.to_shards, shards, p);
+                route(&mut w.to_shards, shards, p, &w.stop);
             }
             if let Some(reply) = reply {
                 let is_send_ack = matches!(reply, Body::SendAck(_));
@@ -240,7 +240,7 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                     send_started: req.started,
                     is_send_ack,
                 };
-                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
+                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg, &w.stop);
             }
         }
     }
@@ -332,7 +332,7 @@ fn encode(effect: Effect) -> OutPush {
 
 /// Sends a push to the owner shards of its recipients on this node: one
 /// ring item per shard, the encoded frame shared.
-fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, push: OutPush) {
+fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, push: OutPush, stop: &AtomicBool) {
     let OutPush {
         recipients,
         body,
@@ -349,7 +349,7 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, push: OutPush) {
                     body: body.clone(),
                     origin: meta.origin.clone(),
                 };
-                send_blocking(&mut to_shards[shard], msg);
+                send_blocking(&mut to_shards[shard], msg, stop);
             }
         }
         None => {
@@ -360,6 +360,7 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, push: OutPush) {
                         users,
                         body: body.clone(),
                     },
+                    stop,
                 );
             }
         }
@@ -385,12 +386,19 @@ fn by_shard(users: Arc<[String]>, shards: usize) -> Vec<(usize, Arc<[String]>)> 
 }
 
 /// A full shard ring back-pressures the worker: it waits for the shard
-/// rather than dropping acknowledged work.
-fn send_blocking(tx: &mut Sender<ShardMsg>, mut msg: ShardMsg) {
+/// rather than dropping acknowledged work. Once the server stops the
+/// workers (`stop`: every shard has drained and exited, or the drain
+/// deadline passed), nobody will empty the ring, so the item is dropped: a
+/// push or answer for a connection that is gone (the device syncs when it
+/// reconnects).
+fn send_blocking(tx: &mut Sender<ShardMsg>, mut msg: ShardMsg, stop: &AtomicBool) {
     loop {
         match tx.send(msg) {
             Ok(()) => return,
             Err(m) => {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
                 msg = m;
                 std::thread::yield_now();
             }

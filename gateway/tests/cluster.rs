@@ -144,11 +144,16 @@ impl Node {
     /// Starts node `id` on `redis` with a short lease (1 s, so a killed
     /// node is dead to the others within the test's bounds).
     fn start(redis: &Redis, id: &str) -> Self {
+        Self::start_with(redis, id, "")
+    }
+
+    /// Like [`Node::start`], with `extra` appended to its config file.
+    fn start_with(redis: &Redis, id: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tern.toml");
         std::fs::write(
             &config,
-            "[cluster]\nnode_lease_ms = 1000\nnodes_refresh_ms = 100\n",
+            format!("[cluster]\nnode_lease_ms = 1000\nnodes_refresh_ms = 100\n{extra}"),
         )
         .unwrap();
         let (tcp, ws, http) = (free_port(), free_port(), free_port());
@@ -382,4 +387,32 @@ fn malformed_records_are_counted_and_skipped() {
     let ack = alice.send_text("bob", "m1", "still here");
     assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
     bob.wait_push(is_text("still here"));
+}
+
+/// A drain that closes more connections than a backend→shard ring holds
+/// ends: the shard exits once empty, and the answers to its last presence
+/// updates (more than the ring's 32 slots) are dropped once the workers
+/// are told to stop, instead of the worker waiting forever for a shard
+/// that is gone (before the fix: `tern` never exited after SIGTERM, its
+/// worker spinning on the full ring).
+#[test]
+fn drain_ends_when_answers_outnumber_a_ring() {
+    let redis = Redis::start();
+    let mut node = Node::start_with(&redis, "n1", "[shards]\nring_entries_max = 32\n");
+    let clients: Vec<Client> = (0..200)
+        .map(|i| Client::login(node.tcp, &format!("u{i}"), "d").0)
+        .collect();
+    // SAFETY: kill with a pid we spawned and a plain signal number.
+    assert_eq!(unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + WAIT + Duration::from_secs(30);
+    loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "tern did not exit after its drain");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(clients);
+    node.kill9();
 }
