@@ -265,6 +265,19 @@ fn one_to_one_push_crosses_nodes() {
         bob.read_frame_until(Instant::now() + Duration::from_millis(300))
             .is_none_or(|f| !is_text("across")(&f))
     );
+    // Ephemeral pushes cross too: alice's typing reaches bob.
+    alice.send_frame(&pb::Frame {
+        request_id: 0,
+        body: Some(Body::Typing(pb::TypingRequest {
+            conversation_id: "d:alice:bob".into(),
+            typing: true,
+        })),
+    });
+    let t = bob.wait_push(|f| matches!(f.body, Some(Body::TypingEvent(_))));
+    let Some(Body::TypingEvent(t)) = t.body else {
+        unreachable!()
+    };
+    assert_eq!((t.user_id.as_str(), t.typing), ("alice", true));
     // On close, the route goes (written by the node that held it).
     drop(bob);
     redis.wait_routes("bob", &[]);
@@ -306,9 +319,14 @@ fn group_push_reaches_members_on_every_node() {
 }
 
 fn records_out(node: &Node) -> u64 {
+    metric(node, "tern_cluster_records_out_total")
+}
+
+/// The value of an unlabelled sample of `node`'s /metrics (0 if absent).
+fn metric(node: &Node, name: &str) -> u64 {
     node.metrics()
         .lines()
-        .find_map(|l| l.strip_prefix("tern_cluster_records_out_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -403,16 +421,56 @@ fn drain_ends_when_answers_outnumber_a_ring() {
         .map(|i| Client::login(node.tcp, &format!("u{i}"), "d").0)
         .collect();
     // SAFETY: kill with a pid we spawned and a plain signal number.
-    assert_eq!(unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) },
+        0
+    );
     let deadline = Instant::now() + WAIT + Duration::from_secs(30);
     loop {
         if let Some(status) = node.child.try_wait().unwrap() {
             assert!(status.success(), "{status:?}");
             break;
         }
-        assert!(Instant::now() < deadline, "tern did not exit after its drain");
+        assert!(
+            Instant::now() < deadline,
+            "tern did not exit after its drain"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(clients);
     node.kill9();
+}
+
+/// The route ring's bound has its defined outcome: with one slot and a
+/// cluster thread that drains it once a second, a burst of logins overflows
+/// it; the overflow is counted (`tern_cluster_route_ring_full_total`), the
+/// logins themselves succeed, and the change that fit is written.
+#[test]
+fn a_full_route_ring_drops_and_counts() {
+    let redis = Redis::start();
+    let node = Node::start_with(
+        &redis,
+        "n1",
+        "route_ring_entries_max = 1\nroute_flush_ms = 1000\n[shards]\ncount = 1\n",
+    );
+    let clients: Vec<Client> = (0..5)
+        .map(|i| Client::login(node.tcp, &format!("u{i}"), "d").0)
+        .collect();
+    // Every change is either written or counted as dropped.
+    let deadline = Instant::now() + WAIT;
+    let (written, full) = loop {
+        let (w, f) = (
+            metric(&node, "tern_cluster_route_writes_total"),
+            metric(&node, "tern_cluster_route_ring_full_total"),
+        );
+        if w + f == 5 {
+            break (w, f);
+        }
+        assert!(Instant::now() < deadline, "writes {w} + dropped {f} != 5");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(full >= 1, "no overflow counted");
+    let routes: usize = (0..5).map(|i| redis.routes(&format!("u{i}")).len()).sum();
+    assert_eq!(routes as u64, written);
+    drop(clients);
 }
