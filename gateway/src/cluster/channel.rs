@@ -114,7 +114,12 @@ impl RemoteRouter {
     /// sender's ack keeps "pushes before acks"), or when Redis failed: the
     /// pushes are then counted as dropped (recipients sync).
     pub fn send(&mut self, pushes: &[&OutPush]) {
-        if pushes.is_empty() {
+        // Alone in the view: no other node can hold a device, so no route
+        // is read (a single-node Redis deployment pays nothing). A node
+        // that joins waits until every other node has seen it before it
+        // takes clients (`Cluster::start`), so this never skips a node
+        // that holds devices.
+        if pushes.is_empty() || self.view.live().len() <= 1 {
             return;
         }
         if let Err(e) = self.try_send(pushes) {

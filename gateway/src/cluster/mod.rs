@@ -149,6 +149,17 @@ impl Cluster {
         let mut link = connector.link();
         membership::renew(&mut link, node_id, settings.node_lease_ms)?;
         view.replace(membership::live_nodes(&mut link, node_id)?, &metrics);
+        if view.live().len() > 1 {
+            // Other nodes learn of this one at their next view refresh; a
+            // node alone in its view reads no routes, so clients are taken
+            // only once every other node has refreshed since our lease
+            // exists (one refresh interval, plus a margin for the round
+            // trips).
+            let until = Instant::now() + Duration::from_millis(settings.nodes_refresh_ms + 100);
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                std::thread::park_timeout(left);
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
 
         // The cluster thread: spawned first so its handle can back the
