@@ -192,7 +192,9 @@ impl RemoteRouter {
         let cleanups = cleanup.len();
         cmds.extend(cleanup);
         let replies = self.link.pipeline(cmds)?;
-        let cleaned = replies[records..]
+        let cleaned = replies
+            .get(records..)
+            .unwrap_or_default()
             .iter()
             .filter(|v| matches!(v, Value::Int(1)))
             .count();
