@@ -617,12 +617,12 @@ impl Collector for Metrics {
                     &c.routes_cleaned,
                 ),
                 (
-                    "tern_cluster_records_out",
+                    "tern_cluster_records_sent",
                     "Records added to other nodes' delivery streams",
                     &c.records_out,
                 ),
                 (
-                    "tern_cluster_records_in",
+                    "tern_cluster_records_received",
                     "Records read from this node's delivery stream",
                     &c.records_in,
                 ),

@@ -258,8 +258,8 @@ fn one_to_one_push_crosses_nodes() {
     assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
     let f = bob.wait_push(is_text("across"));
     assert_eq!(delivered_text(&f).unwrap().1, 1);
-    ns[0].wait_metric("tern_cluster_records_out_total 1");
-    ns[1].wait_metric("tern_cluster_records_in_total 1");
+    ns[0].wait_metric("tern_cluster_records_sent_total 1");
+    ns[1].wait_metric("tern_cluster_records_received_total 1");
     // Exactly one copy.
     assert!(
         bob.read_frame_until(Instant::now() + Duration::from_millis(300))
@@ -319,7 +319,7 @@ fn group_push_reaches_members_on_every_node() {
 }
 
 fn records_out(node: &Node) -> u64 {
-    metric(node, "tern_cluster_records_out_total")
+    metric(node, "tern_cluster_records_sent_total")
 }
 
 /// The value of an unlabelled sample of `node`'s /metrics (0 if absent).
