@@ -5,6 +5,8 @@
 //! redis-server is missing: the test command installs it.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "../../backend/tests/support/redis_harness.rs"]
+mod redis_harness;
 mod support;
 
 use std::{
@@ -149,6 +151,11 @@ impl Node {
 
     /// Like [`Node::start`], with `extra` appended to its config file.
     fn start_with(redis: &Redis, id: &str, extra: &str) -> Self {
+        Self::spawn(&[redis.url()], false, id, extra)
+    }
+
+    /// A node on the Redis at `urls` (Redis Cluster seeds when `cluster`).
+    fn spawn(urls: &[String], cluster: bool, id: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tern.toml");
         std::fs::write(
@@ -161,7 +168,8 @@ impl Node {
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .args(["--store", "redis", "--redis-url", &redis.url()])
+            .args(["--store", "redis", "--redis-url", &urls.join(",")])
+            .args(cluster.then_some("--redis-cluster"))
             .args(["--listen", &format!("127.0.0.1:{tcp}")])
             .args(["--ws-listen", &format!("127.0.0.1:{ws}")])
             .args(["--http", &format!("127.0.0.1:{http}")])
@@ -473,4 +481,42 @@ fn a_full_route_ring_drops_and_counts() {
     let routes: usize = (0..5).map(|i| redis.routes(&format!("u{i}")).len()).sum();
     assert_eq!(routes as u64, written);
     drop(clients);
+}
+
+/// On a 3-master Redis Cluster (keys of a user, of a node, spread over
+/// slots): alice on n1 sends to bob on n2, bob gets the push, and his route
+/// goes when he closes (the conditional delete routed to his slot).
+#[test]
+fn one_to_one_push_crosses_nodes_on_redis_cluster() {
+    let cluster = redis_harness::RedisCluster::start(3, true);
+    let urls = cluster.urls();
+    let ns: Vec<Node> = (1..=2)
+        .map(|i| Node::spawn(&urls, true, &format!("n{i}"), ""))
+        .collect();
+    for n in &ns {
+        n.wait_metric("tern_cluster_live_nodes 2");
+    }
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let mut c = redis::cluster::ClusterClient::new(urls.clone())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let routes = |c: &mut redis::cluster::ClusterConnection| -> Vec<(String, String)> {
+        redis::cmd("HGETALL").arg("{u:bob}:rt").query(c).unwrap()
+    };
+    let deadline = Instant::now() + WAIT;
+    while routes(&mut c) != [("phone".to_owned(), "n2".to_owned())] {
+        assert!(Instant::now() < deadline, "bob's route never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ack = alice.send_text("bob", "m1", "across slots");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(is_text("across slots"));
+    drop(bob);
+    let deadline = Instant::now() + WAIT;
+    while !routes(&mut c).is_empty() {
+        assert!(Instant::now() < deadline, "bob's route never removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
