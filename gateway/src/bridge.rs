@@ -7,6 +7,11 @@
 //! shared (`Bytes`) by every shard and every recipient device. Recipients are
 //! grouped by their owner shard, so a fan-out to 10,000 members is one ring
 //! item per shard, not 10,000.
+//!
+//! On the Redis store a worker also has a [`RemoteRouter`]: after a batch
+//! committed, the pushes for devices on other nodes go to those nodes'
+//! delivery streams (one record per push and node) before any SendAck of
+//! the batch is released.
 
 use std::{
     sync::{
@@ -24,6 +29,10 @@ use tern_protocol::{
 };
 
 use crate::{
+    cluster::{
+        RemoteRouter,
+        channel::{EntryMeta, OutPush},
+    },
     mailbox::{Doorbell, Receiver, Sender},
     metrics::BackendMetrics,
     shard::{ConnRef, ShardMsg, owner_shard},
@@ -116,6 +125,8 @@ pub struct WorkerSetup {
     pub metrics: Arc<BackendMetrics>,
     /// Set to stop the worker once its rings are empty.
     pub stop: Arc<AtomicBool>,
+    /// Pushes to devices on other nodes (the Redis store); `None` alone.
+    pub remote: Option<RemoteRouter>,
 }
 
 /// Runs a backend worker on the current thread until `stop` is set and its
@@ -127,8 +138,12 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
     loop {
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + std::time::Duration::from_millis(TICK_MS);
-            for effect in service.tick(unix_ms()) {
-                route(&mut w.to_shards, shards, effect);
+            let pushes: Vec<OutPush> = service.tick(unix_ms()).into_iter().map(encode).collect();
+            if let Some(remote) = w.remote.as_mut() {
+                remote.send(&pushes.iter().collect::<Vec<_>>());
+            }
+            for p in pushes {
+                route(&mut w.to_shards, shards, p, &w.stop);
             }
         }
         // Round-robin over the shards' rings so one busy shard cannot starve
@@ -187,22 +202,33 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         debug_assert_eq!(answers.len(), batch.len(), "one answer per request");
-        for (req, answer) in batch.drain(..).zip(answers) {
+        // Every push of the batch encoded once; those for other nodes are
+        // in their streams before any SendAck of the batch leaves (pushes
+        // before acks, across nodes too).
+        let mut answers: Vec<(Option<Body>, Vec<OutPush>)> = answers
+            .into_iter()
+            .map(|a| (a.reply, a.effects.into_iter().map(encode).collect()))
+            .collect();
+        if let Some(remote) = w.remote.as_mut() {
+            let all: Vec<&OutPush> = answers.iter().flat_map(|(_, p)| p.iter()).collect();
+            remote.send(&all);
+        }
+        for (req, (reply, pushes)) in batch.drain(..).zip(answers.drain(..)) {
             if req.resume {
                 // Always answered, even with nothing to push: the shard holds
                 // the connection's live pushes until its resume is answered.
-                let msg = resume_push(&req, answer.reply);
-                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
+                let msg = resume_push(&req, reply);
+                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg, &w.stop);
                 continue;
             }
             // Pushes first, then the answer: once a sender holds its ack,
             // the deliveries are already queued to their shards (so a
             // device that connects after the ack gets them from sync or its
             // resume push, not as a late live push).
-            for effect in answer.effects {
-                route(&mut w.to_shards, shards, effect);
+            for p in pushes {
+                route(&mut w.to_shards, shards, p, &w.stop);
             }
-            if let Some(reply) = answer.reply {
+            if let Some(reply) = reply {
                 let is_send_ack = matches!(reply, Body::SendAck(_));
                 let frame = pb::Frame {
                     request_id: req.frame.request_id,
@@ -214,7 +240,7 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                     send_started: req.started,
                     is_send_ack,
                 };
-                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg);
+                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg, &w.stop);
             }
         }
     }
@@ -265,33 +291,29 @@ fn resume_push(req: &BackendRequest, reply: Option<Body>) -> ShardMsg {
     }
 }
 
-/// Sends a push to the owner shards of its recipients: one ring item per
-/// shard, the encoded frame shared.
-fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, effect: Effect) {
+/// Encodes an effect's frame once, for every shard and node it goes to.
+fn encode(effect: Effect) -> OutPush {
     match effect {
         Effect::Deliver {
             entry,
             recipients,
             origin,
         } => {
-            let cursors: Arc<[(ConvKey, u64)]> =
-                Arc::new([(ConvKey::of(&entry.conversation_id), entry.seq)]);
+            let meta = EntryMeta {
+                conversation_id: entry.conversation_id.clone(),
+                seq: entry.seq,
+                origin: origin.map(Arc::new),
+            };
             let frame = pb::Frame {
                 request_id: 0,
                 body: Some(Body::Deliver(pb::Deliver {
                     entries: vec![entry],
                 })),
             };
-            let body = Bytes::from(frame.encode_to_vec());
-            let origin = origin.map(Arc::new);
-            for (shard, users) in by_shard(recipients, shards) {
-                let msg = ShardMsg::Deliver {
-                    users,
-                    cursors: cursors.clone(),
-                    body: body.clone(),
-                    origin: origin.clone(),
-                };
-                send_blocking(&mut to_shards[shard], msg);
+            OutPush {
+                recipients,
+                body: Bytes::from(frame.encode_to_vec()),
+                entry: Some(meta),
             }
         }
         Effect::Push { recipients, body } => {
@@ -299,7 +321,38 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, effect: Effect) {
                 request_id: 0,
                 body: Some(body),
             };
-            let body = Bytes::from(frame.encode_to_vec());
+            OutPush {
+                recipients,
+                body: Bytes::from(frame.encode_to_vec()),
+                entry: None,
+            }
+        }
+    }
+}
+
+/// Sends a push to the owner shards of its recipients on this node: one
+/// ring item per shard, the encoded frame shared.
+fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, push: OutPush, stop: &AtomicBool) {
+    let OutPush {
+        recipients,
+        body,
+        entry,
+    } = push;
+    match entry {
+        Some(meta) => {
+            let cursors: Arc<[(ConvKey, u64)]> =
+                Arc::new([(ConvKey::of(&meta.conversation_id), meta.seq)]);
+            for (shard, users) in by_shard(recipients, shards) {
+                let msg = ShardMsg::Deliver {
+                    users,
+                    cursors: cursors.clone(),
+                    body: body.clone(),
+                    origin: meta.origin.clone(),
+                };
+                send_blocking(&mut to_shards[shard], msg, stop);
+            }
+        }
+        None => {
             for (shard, users) in by_shard(recipients, shards) {
                 send_blocking(
                     &mut to_shards[shard],
@@ -307,6 +360,7 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, effect: Effect) {
                         users,
                         body: body.clone(),
                     },
+                    stop,
                 );
             }
         }
@@ -332,12 +386,19 @@ fn by_shard(users: Arc<[String]>, shards: usize) -> Vec<(usize, Arc<[String]>)> 
 }
 
 /// A full shard ring back-pressures the worker: it waits for the shard
-/// rather than dropping acknowledged work.
-fn send_blocking(tx: &mut Sender<ShardMsg>, mut msg: ShardMsg) {
+/// rather than dropping acknowledged work. Once the server stops the
+/// workers (`stop`: every shard has drained and exited, or the drain
+/// deadline passed), nobody will empty the ring, so the item is dropped: a
+/// push or answer for a connection that is gone (the device syncs when it
+/// reconnects).
+fn send_blocking(tx: &mut Sender<ShardMsg>, mut msg: ShardMsg, stop: &AtomicBool) {
     loop {
         match tx.send(msg) {
             Ok(()) => return,
             Err(m) => {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
                 msg = m;
                 std::thread::yield_now();
             }

@@ -14,10 +14,13 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
 
 /// Everything `tern serve` can be told.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// This node's id, announced in `Welcome.node_id`. Default: the hostname.
+    /// This node's id, announced in `Welcome.node_id` and, on the Redis
+    /// store, its name in the cluster (`[A-Za-z0-9._@-]`, at most 64 bytes).
+    /// Default empty: on the Redis store, an id generated once and kept in
+    /// `<backend.data_dir>/node-id`; on the embedded store, the hostname.
     pub node_id: String,
     /// Client listeners.
     pub listen: ListenConfig,
@@ -37,6 +40,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The HTTP edge: its runtime and limits.
     pub http: HttpSettings,
+    /// Many nodes on one Redis (the Redis store only).
+    pub cluster: ClusterSettings,
 }
 
 /// Where clients and operators connect.
@@ -245,23 +250,6 @@ pub enum LogFormat {
     Text,
     /// JSON lines.
     Json,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node_id: default_node_id(),
-            listen: ListenConfig::default(),
-            shards: ShardConfig::default(),
-            auth: AuthConfig::default(),
-            session: SessionSettings::default(),
-            backend: BackendSettings::default(),
-            chat: ChatSettings::default(),
-            log: LogConfig::default(),
-            shutdown: ShutdownConfig::default(),
-            http: HttpSettings::default(),
-        }
-    }
 }
 
 impl Default for ListenConfig {
@@ -519,6 +507,109 @@ impl Config {
             return invalid("auth.algorithm", "must be HS256, RS256 or EdDSA");
         }
         self.http.validate()?;
+        if self.backend.store == StoreKind::Embedded && self.cluster != ClusterSettings::default() {
+            return invalid(
+                "cluster",
+                "cluster settings need --store redis: the embedded store is single-node",
+            );
+        }
+        if !self.node_id.is_empty()
+            && (self.node_id.len() > NODE_ID_BYTES_MAX
+                || tern_protocol::ids::check_id(&self.node_id).is_err())
+        {
+            return invalid("node_id", "must be 1..=64 bytes of [A-Za-z0-9._@-]");
+        }
+        self.cluster.validate()?;
+        Ok(())
+    }
+}
+
+/// Longest node id, bytes.
+pub const NODE_ID_BYTES_MAX: usize = 64;
+
+// ---- [cluster]: many nodes on one Redis ----
+
+/// Membership, route table and delivery channel of a node on the Redis
+/// store (see docs/cluster.md). Refused with the embedded store unless left
+/// at its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// A node's lease in Redis: renewed every third of it; a node whose
+    /// lease lapsed is dead to the others (its routes are ignored, then
+    /// cleaned up). Default 10000.
+    pub node_lease_ms: u64,
+    /// How often a node re-reads the list of live nodes. Default 1000.
+    pub nodes_refresh_ms: u64,
+    /// Route changes (login, close) are written to Redis in one pipeline at
+    /// most this often. Default 5.
+    pub route_flush_ms: u64,
+    /// Route changes in one pipeline at most. Default 1024.
+    pub route_batch_max: usize,
+    /// Entries of each shard's route-change ring to the cluster thread; a
+    /// full ring drops the change and counts it
+    /// (`tern_cluster_route_ring_full_total`). Default 65536.
+    pub route_ring_entries_max: usize,
+    /// Records kept in each node's delivery stream (`XADD MAXLEN ~`).
+    /// Default 100000.
+    pub channel_records_max: u64,
+    /// Records taken by one `XREAD`. Default 256.
+    pub channel_read_batch_max: usize,
+    /// How long one `XREAD` blocks (it is also how late a stop is seen).
+    /// Default 500.
+    pub channel_block_ms: u64,
+    /// Timeout of one Redis round trip of the cluster threads and of the
+    /// workers' route reads. Default 2000.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            node_lease_ms: 10_000,
+            nodes_refresh_ms: 1_000,
+            route_flush_ms: 5,
+            route_batch_max: 1_024,
+            route_ring_entries_max: 65_536,
+            channel_records_max: 100_000,
+            channel_read_batch_max: 256,
+            channel_block_ms: 500,
+            redis_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Checks the ranges of the `[cluster]` settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.into(),
+            })
+        };
+        if self.node_lease_ms < 300 {
+            return invalid("cluster.node_lease_ms", "must be at least 300");
+        }
+        if self.nodes_refresh_ms == 0 || self.nodes_refresh_ms > self.node_lease_ms {
+            return invalid("cluster.nodes_refresh_ms", "must be 1..=node_lease_ms");
+        }
+        if self.route_flush_ms == 0 || self.route_batch_max == 0 || self.route_ring_entries_max == 0
+        {
+            return invalid(
+                "cluster.route_flush_ms",
+                "flush interval, batch and ring must be > 0",
+            );
+        }
+        if self.channel_records_max == 0 || self.channel_read_batch_max == 0 {
+            return invalid("cluster.channel_records_max", "must be > 0");
+        }
+        if self.channel_block_ms == 0 || self.redis_timeout_ms <= self.channel_block_ms {
+            return invalid(
+                "cluster.redis_timeout_ms",
+                "must be > channel_block_ms > 0 (an XREAD blocks that long)",
+            );
+        }
         Ok(())
     }
 }
@@ -636,7 +727,8 @@ fn de_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>,
         .transpose()
 }
 
-fn default_node_id() -> String {
+/// The hostname (the embedded store's node id when none is set).
+pub fn hostname_node_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -651,8 +743,7 @@ mod tests {
     /// The commented default file and the `Default` impls say the same thing.
     #[test]
     fn default_toml_matches_default_impls() {
-        let mut from_file: Config = toml::from_str(DEFAULT_TOML).unwrap();
-        from_file.node_id = Config::default().node_id;
+        let from_file: Config = toml::from_str(DEFAULT_TOML).unwrap();
         assert_eq!(from_file, Config::default());
         Config::default().validate().unwrap();
     }
@@ -674,6 +765,20 @@ mod tests {
         c.backend.group_members_max = 0;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("backend.group_members_max"), "{err}");
+    }
+
+    /// Cluster settings with the embedded store are refused with a message
+    /// naming the fix; with the Redis store they are taken.
+    #[test]
+    fn cluster_settings_need_the_redis_store() {
+        let mut cfg: Config = toml::from_str("[cluster]\nnode_lease_ms = 3000\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("--store redis"), "{err}");
+        cfg.backend.store = StoreKind::Redis;
+        cfg.backend.redis_urls = vec!["redis://127.0.0.1:6379".into()];
+        cfg.validate().unwrap();
+        cfg.node_id = "bad{id}".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("node_id"));
     }
 
     /// A typo in a key is an error naming it, not a silently ignored setting.

@@ -6,12 +6,14 @@
 //! - [`auth`]: JWT verification (algorithm pinned) and dev tokens.
 //! - [`wheel`]: the per-shard timing wheel behind every connection deadline.
 //! - [`metrics`], [`http`]: per-shard counters and the HTTP edge.
+//! - [`cluster`]: the node tier on Redis (membership, routes, node channel).
 //!
 //! The gateway never blocks a shard thread: storage work happens on backend
 //! worker threads.
 
 pub mod auth;
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod mailbox;

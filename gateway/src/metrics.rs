@@ -153,6 +153,30 @@ pub struct BackendMetrics {
     pub batch_latency: LatencyHistogram,
 }
 
+/// Counters of the node tier (cluster threads and the workers' remote
+/// routing); all zero on the embedded store.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// Route entries written to Redis (HSET and conditional HDEL).
+    pub route_writes: AtomicU64,
+    /// Route changes dropped because a shard's route ring was full.
+    pub route_ring_full: AtomicU64,
+    /// Route pipelines that failed (Redis away); their changes are lost.
+    pub route_write_errors: AtomicU64,
+    /// Stale routes (naming a dead node) removed.
+    pub routes_cleaned: AtomicU64,
+    /// Records added to other nodes' delivery streams.
+    pub records_out: AtomicU64,
+    /// Records read from this node's delivery stream.
+    pub records_in: AtomicU64,
+    /// Records of this node's stream that could not be decoded (skipped).
+    pub records_malformed: AtomicU64,
+    /// Remote pushes given up (Redis away while routing; recipients sync).
+    pub records_dropped: AtomicU64,
+    /// Live nodes in this node's view (itself included).
+    pub live_nodes: AtomicI64,
+}
+
 /// Counters of the HTTP edge, written by its connection tasks.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
@@ -215,6 +239,8 @@ pub struct Metrics {
     pub backend: Arc<BackendMetrics>,
     /// The HTTP edge.
     pub http: Arc<HttpMetrics>,
+    /// The node tier.
+    pub cluster: Arc<ClusterMetrics>,
 }
 
 impl Metrics {
@@ -226,6 +252,7 @@ impl Metrics {
                 .collect(),
             backend: Arc::new(BackendMetrics::default()),
             http: Arc::new(HttpMetrics::default()),
+            cluster: Arc::new(ClusterMetrics::default()),
         }
     }
 
@@ -565,6 +592,61 @@ impl Collector for Metrics {
                 let v = h.timeouts[k as usize].load(Relaxed);
                 ConstCounter::new(v).encode(d.encode_family(&[("kind", k.label())])?)?;
             }
+        }
+        {
+            let c = &self.cluster;
+            let rows: [(&str, &str, &AtomicU64); 8] = [
+                (
+                    "tern_cluster_route_writes",
+                    "Route entries written to Redis",
+                    &c.route_writes,
+                ),
+                (
+                    "tern_cluster_route_ring_full",
+                    "Route changes dropped: a shard's route ring was full",
+                    &c.route_ring_full,
+                ),
+                (
+                    "tern_cluster_route_write_errors",
+                    "Route pipelines that failed",
+                    &c.route_write_errors,
+                ),
+                (
+                    "tern_cluster_routes_cleaned",
+                    "Stale routes to dead nodes removed",
+                    &c.routes_cleaned,
+                ),
+                (
+                    "tern_cluster_records_sent",
+                    "Records added to other nodes' delivery streams",
+                    &c.records_out,
+                ),
+                (
+                    "tern_cluster_records_received",
+                    "Records read from this node's delivery stream",
+                    &c.records_in,
+                ),
+                (
+                    "tern_cluster_records_malformed",
+                    "Records of this node's stream skipped as malformed",
+                    &c.records_malformed,
+                ),
+                (
+                    "tern_cluster_records_dropped",
+                    "Remote pushes given up (Redis away; recipients sync)",
+                    &c.records_dropped,
+                ),
+            ];
+            for (name, help, v) in rows {
+                counter(enc, name, help, None, v.load(Relaxed))?;
+            }
+            gauge(
+                enc,
+                "tern_cluster_live_nodes",
+                "Live nodes in this node's view, itself included",
+                None,
+                c.live_nodes.load(Relaxed),
+            )?;
         }
         {
             let mut d = enc.encode_descriptor(

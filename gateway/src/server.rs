@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 use tern_protocol::session::SessionConfig;
 use tracing::info;
@@ -22,6 +23,7 @@ use tracing::info;
 use crate::{
     auth::Verifier,
     bridge::{self, ChatService, WorkerSetup},
+    cluster::{Cluster, ClusterParts},
     config::{Config, Driver, StoreKind},
     http::{self, HttpServer, HttpState},
     mailbox::{self, Doorbell, Sender},
@@ -39,6 +41,10 @@ pub struct Server {
     stop_workers: Arc<AtomicBool>,
     ready: Arc<AtomicBool>,
     http: Option<HttpServer>,
+    /// The node tier (Redis store only).
+    cluster: Option<Cluster>,
+    /// This node's id (configured, or kept in the data dir).
+    pub node_id: String,
     /// Counters of every shard and worker.
     pub metrics: Metrics,
     /// Where TCP clients connect (the bound address, useful with port 0).
@@ -128,6 +134,34 @@ impl Server {
                 }
             }
         }
+        // The node tier, on the Redis store: this node's lease, its route
+        // rings and delivery channel (see docs/cluster.md).
+        let node_id = crate::cluster::membership::resolve_node_id(cfg)?;
+        let (cluster, mut route_rings, mut routers) = if cfg.backend.store == StoreKind::Redis {
+            let ClusterParts {
+                cluster,
+                route_rings,
+                shard_inboxes,
+                routers,
+            } = Cluster::start(
+                cfg,
+                &node_id,
+                &shard_bells,
+                workers,
+                metrics.cluster.clone(),
+            )
+            .context("joining the cluster in Redis")?;
+            for (inbox, rx) in inboxes.iter_mut().zip(shard_inboxes) {
+                inbox.push(rx);
+            }
+            (
+                Some(cluster),
+                route_rings.into_iter().map(Some).collect(),
+                routers.into_iter().map(Some).collect(),
+            )
+        } else {
+            (None, Vec::new(), Vec::new())
+        };
         // Control rings (main thread → shard), for drain.
         let mut control = Vec::new();
         for (j, inbox) in inboxes.iter_mut().enumerate() {
@@ -174,12 +208,13 @@ impl Server {
                     batch_max: cfg.backend.batch_max,
                     metrics: metrics.backend.clone(),
                     stop: stop_workers.clone(),
+                    remote: routers.get_mut(w).and_then(Option::take),
                 })
                 .map_err(|_| anyhow::anyhow!("backend worker {w} died at start"))?;
             worker_threads.push(handle);
         }
 
-        let node_id: Arc<str> = cfg.node_id.as_str().into();
+        let shard_node_id: Arc<str> = node_id.as_str().into();
         let mut tcp = tcp.into_iter();
         let mut ws = ws.into_iter();
         let mut shard_threads = Vec::new();
@@ -192,7 +227,7 @@ impl Server {
             let setup = ShardSetup {
                 id,
                 shards,
-                node_id: node_id.clone(),
+                node_id: shard_node_id.clone(),
                 session: session.clone(),
                 read_buffer_bytes: cfg.shards.read_buffer_bytes,
                 accept_rate: cfg.listen.accept_rate_per_shard,
@@ -208,6 +243,7 @@ impl Server {
                 ws_listener: ws.next(),
                 kick_rate: cfg.shutdown.kick_rate_per_shard,
                 epoch,
+                to_cluster: route_rings.get_mut(id).and_then(Option::take),
             };
             shard_threads.push(
                 std::thread::Builder::new()
@@ -244,7 +280,7 @@ impl Server {
             shards,
             driver = %driver.label(),
             workers,
-            node = %cfg.node_id,
+            node = %node_id,
             "tern serving"
         );
         Ok(Self {
@@ -254,6 +290,8 @@ impl Server {
             stop_workers,
             ready,
             http,
+            cluster,
+            node_id,
             metrics,
             tcp_addr,
             ws_addr,
@@ -283,6 +321,11 @@ impl Server {
         for t in self.worker_threads.drain(..) {
             t.thread().unpark();
             let _ = t.join();
+        }
+        // After the shards and workers: the route changes of the drain are
+        // written, then the node leaves.
+        if let Some(c) = self.cluster.take() {
+            c.stop();
         }
         // Last, so /readyz said 503 through the whole drain.
         if let Some(http) = self.http.take() {

@@ -192,6 +192,8 @@ pub struct ShardSetup {
     pub kick_rate: u32,
     /// Time origin shared by all shards.
     pub epoch: Instant,
+    /// Route changes to the cluster thread (the Redis store); `None` alone.
+    pub to_cluster: Option<crate::cluster::RouteSender>,
 }
 
 /// Per-connection state, in the shard's slab. Kept small: an idle
@@ -465,6 +467,8 @@ struct Shard {
     id: usize,
     shards: usize,
     node_id: Arc<str>,
+    /// Route changes to the cluster thread (`None`: single node).
+    to_cluster: RefCell<Option<crate::cluster::RouteSender>>,
     cfg: SessionConfig,
     verifier: Arc<Verifier>,
     metrics: Arc<ShardMetrics>,
@@ -636,6 +640,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         id: setup.id,
         shards: setup.shards,
         node_id: setup.node_id,
+        to_cluster: RefCell::new(setup.to_cluster),
         cfg: setup.session,
         verifier: setup.verifier,
         metrics: setup.metrics,
@@ -1381,6 +1386,7 @@ impl Shard {
             }
         }
         conns[key as usize].ident = Some(format!("{user}\0{device}").into_boxed_str());
+        self.route_change(conns[key as usize].ident.as_deref(), true);
         conns[key as usize].quiet = quiet;
         self.index_device(&conns, key, &user);
         if !quiet && !others_counted {
@@ -1412,6 +1418,18 @@ impl Shard {
             if self.queue_resume(req) {
                 c.spill_mut().resume = Some(Box::new(state));
             }
+        }
+    }
+
+    /// Tells the cluster thread a device logged in here (`up`) or left. A
+    /// full ring drops the change and counts it
+    /// (`tern_cluster_route_ring_full_total`): a lost login leaves the
+    /// device without pushes from other nodes until it reconnects (it syncs
+    /// then); a lost close leaves a route that the other nodes' pushes find
+    /// empty here.
+    fn route_change(&self, ident: Option<&str>, up: bool) {
+        if let (Some(tx), Some(ident)) = (self.to_cluster.borrow_mut().as_mut(), ident) {
+            tx.send(ident, up);
         }
     }
 
@@ -2224,8 +2242,13 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
             let left = shard.devices_of(&conns, user);
             left.iter().all(|k| conns[*k as usize].quiet)
         };
-        if shard.unindex_device(key, user) && !c.quiet && last_counted() {
+        let indexed = shard.unindex_device(key, user);
+        if indexed && !c.quiet && last_counted() {
             shard.presence(user, pb::PresenceState::Offline);
+        }
+        if indexed {
+            // A displaced connection's route is its successor's.
+            shard.route_change(c.ident.as_deref(), false);
         }
     }
     drop(conns);

@@ -1,0 +1,579 @@
+//! The per-node delivery channel: one Redis stream per node,
+//! `{n:<id>}:ch`, written with `XADD … MAXLEN ~ channel_records_max` by
+//! every node's backend workers and read by its owner with `XREAD BLOCK`
+//! from the last id it read.
+//!
+//! One record per (push, node): the encoded frame once, plus the
+//! recipients on that node. Fields:
+//! - `k`: `d` (a stored entry: `Deliver`, tracked in the ack window) or `p`
+//!   (an ephemeral push: typing, presence, server event);
+//! - `u`: the recipients' user ids, joined by `\n` (ids cannot hold it);
+//! - `b`: the encoded `Frame` (request id 0), pushed to the devices as is;
+//! - for `d`: `c` the conversation id, `s` its seq, `o` the sending
+//!   `user\0device` (it has the SendAck and gets no copy) or empty.
+//!
+//! A record that does not decode is counted
+//! (`tern_cluster_records_malformed_total`) and skipped.
+//!
+//! Why a stream and no consumer group: a node's stream has exactly one
+//! reader, itself, so the reader's own last-read id is all the state a
+//! group would keep, without `XACK` traffic or a pending list to trim. A
+//! stream (unlike pub/sub) keeps what arrives while the reader is between
+//! two reads or reconnecting. Pushes are an accelerator: what is lost
+//! (node restarted, stream trimmed) is recovered by the device's sync
+//! (docs/protocol.md §7).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use prost::Message as _;
+use redis::{Cmd, Value, cmd};
+use tern_protocol::{
+    pb::{self, frame::Body},
+    session::ConvKey,
+};
+use tracing::warn;
+
+use super::{NodeView, conn, membership, routes};
+use crate::{
+    config::ClusterSettings,
+    mailbox::Sender,
+    metrics::ClusterMetrics,
+    shard::{ShardMsg, owner_shard},
+};
+
+/// The delivery stream of node `id`.
+pub fn stream_key(id: &str) -> String {
+    format!("{{n:{id}}}:ch")
+}
+
+/// Recipients one record may name at most (a larger one is malformed).
+pub const RECORD_RECIPIENTS_MAX: usize = 1 << 20;
+/// Largest encoded frame a record may carry, bytes (the largest
+/// `session.frame_bytes_max`).
+pub const RECORD_BODY_BYTES_MAX: usize = 16 << 20;
+
+/// A push on its way to devices, as the backend worker built it (the
+/// frame encoded once for local shards and remote nodes alike).
+#[derive(Debug, Clone)]
+pub struct OutPush {
+    /// User ids.
+    pub recipients: Arc<[String]>,
+    /// The encoded `Frame` (request id 0).
+    pub body: Bytes,
+    /// `Some` for a stored entry (a `Deliver`), `None` for an ephemeral push.
+    pub entry: Option<EntryMeta>,
+}
+
+/// What a `Deliver` record carries beside its frame.
+#[derive(Debug, Clone)]
+pub struct EntryMeta {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The entry's seq.
+    pub seq: u64,
+    /// `(user, device)` that sent it.
+    pub origin: Option<Arc<(String, String)>>,
+}
+
+/// A backend worker's way to other nodes: reads the routes of a batch's
+/// recipients and adds one record per (push, node) to the nodes' streams,
+/// in two pipelines (three when a route names a node not in the view).
+#[derive(Debug)]
+pub struct RemoteRouter {
+    link: conn::Link,
+    view: Arc<NodeView>,
+    records_max: u64,
+    metrics: Arc<ClusterMetrics>,
+}
+
+impl RemoteRouter {
+    pub(super) fn new(
+        link: conn::Link,
+        view: Arc<NodeView>,
+        settings: &ClusterSettings,
+        metrics: Arc<ClusterMetrics>,
+    ) -> Self {
+        Self {
+            link,
+            view,
+            records_max: settings.channel_records_max,
+            metrics,
+        }
+    }
+
+    /// Sends `pushes` to the other nodes holding their recipients. Returns
+    /// when the records are in Redis (so a caller that then releases the
+    /// sender's ack keeps "pushes before acks"), or when Redis failed: the
+    /// pushes are then counted as dropped (recipients sync).
+    pub fn send(&mut self, pushes: &[&OutPush]) {
+        // Alone in the view: no other node can hold a device, so no route
+        // is read (a single-node Redis deployment pays nothing). A node
+        // that joins waits until every other node has seen it before it
+        // takes clients (`Cluster::start`), so this never skips a node
+        // that holds devices.
+        if pushes.is_empty() || self.view.live().len() <= 1 {
+            return;
+        }
+        if let Err(e) = self.try_send(pushes) {
+            self.metrics
+                .records_dropped
+                .fetch_add(pushes.len() as u64, Ordering::Relaxed);
+            warn!(error = %e, pushes = pushes.len(), "cluster: remote pushes dropped");
+        }
+    }
+
+    fn try_send(&mut self, pushes: &[&OutPush]) -> redis::RedisResult<()> {
+        let me = self.view.me().to_owned();
+        // Every recipient once.
+        let mut seen: HashSet<&str> = HashSet::new();
+        let users: Vec<&str> = pushes
+            .iter()
+            .flat_map(|p| p.recipients.iter())
+            .map(String::as_str)
+            .filter(|u| seen.insert(u))
+            .collect();
+        let routes = routes::read(&mut self.link, &users)?;
+        let live = self.view.live();
+        let mut nodes_of: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut unknown: Vec<(&str, String, String)> = Vec::new();
+        for (user, devices) in users.iter().zip(routes) {
+            for (device, node) in devices {
+                if node == me {
+                    continue;
+                }
+                if live.contains(node.as_str()) {
+                    push_unique(nodes_of.entry(user).or_default(), node);
+                } else {
+                    unknown.push((user, device, node));
+                }
+            }
+        }
+        // Nodes the view does not list may have just joined: ask Redis.
+        let mut cleanup = Vec::new();
+        if !unknown.is_empty() {
+            let mut nodes: Vec<&str> = unknown.iter().map(|(_, _, n)| n.as_str()).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            let alive = membership::exists_each(&mut self.link, &nodes)?;
+            let alive: HashSet<&str> = nodes
+                .iter()
+                .zip(alive)
+                .filter_map(|(n, a)| a.then_some(*n))
+                .collect();
+            for (user, device, node) in &unknown {
+                if alive.contains(node.as_str()) {
+                    push_unique(nodes_of.entry(user).or_default(), node.clone());
+                } else {
+                    cleanup.push(routes::del_if_node(user, device, node));
+                }
+            }
+        }
+        let mut cmds: Vec<Cmd> = Vec::new();
+        for p in pushes {
+            let mut by_node: HashMap<&str, Vec<&str>> = HashMap::new();
+            for u in p.recipients.iter() {
+                for n in nodes_of.get(u.as_str()).into_iter().flatten() {
+                    by_node.entry(n).or_default().push(u);
+                }
+            }
+            for (node, users) in by_node {
+                cmds.push(xadd(node, self.records_max, p, &users));
+            }
+        }
+        let records = cmds.len();
+        let cleanups = cleanup.len();
+        cmds.extend(cleanup);
+        let replies = self.link.pipeline(cmds)?;
+        let cleaned = replies
+            .get(records..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|v| matches!(v, Value::Int(1)))
+            .count();
+        let m = &self.metrics;
+        m.records_out.fetch_add(records as u64, Ordering::Relaxed);
+        if cleanups > 0 {
+            m.routes_cleaned
+                .fetch_add(cleaned as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+fn push_unique(v: &mut Vec<String>, node: String) {
+    if !v.contains(&node) {
+        v.push(node);
+    }
+}
+
+fn xadd(node: &str, records_max: u64, p: &OutPush, users: &[&str]) -> Cmd {
+    let mut c = cmd("XADD");
+    c.arg(stream_key(node))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(records_max)
+        .arg("*");
+    c.arg("k").arg(if p.entry.is_some() { "d" } else { "p" });
+    c.arg("u").arg(users.join("\n"));
+    if let Some(e) = &p.entry {
+        c.arg("c").arg(&e.conversation_id).arg("s").arg(e.seq);
+        let origin = e
+            .origin
+            .as_ref()
+            .map(|o| format!("{}\0{}", o.0, o.1))
+            .unwrap_or_default();
+        c.arg("o").arg(origin);
+    }
+    c.arg("b").arg(p.body.as_ref());
+    c
+}
+
+/// Why a record of the stream was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The reply is not shaped like a stream entry.
+    #[error("not a stream entry")]
+    Shape,
+    /// A required field is missing.
+    #[error("field {0:?} missing")]
+    Missing(&'static str),
+    /// A field's value is out of range or not what it must be.
+    #[error("field {0:?} invalid")]
+    Invalid(&'static str),
+}
+
+/// What a `Deliver` record names beside its recipients: conversation, seq,
+/// and the sending `(user, device)`.
+pub type RecordEntry = (String, u64, Option<(String, String)>);
+
+/// A record, decoded and checked.
+#[derive(Debug, PartialEq)]
+pub struct Record {
+    /// The recipients on this node.
+    pub users: Vec<String>,
+    /// The encoded `Frame`.
+    pub body: Bytes,
+    /// `Some((conversation, seq, origin))` for a stored entry.
+    pub entry: Option<RecordEntry>,
+}
+
+/// Decodes a record's fields. Never panics; allocates only what Redis
+/// already sent (bounded by the checks on recipient count and body size).
+pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
+    let get = |name: &'static str| {
+        fields
+            .iter()
+            .find(|(k, _)| conn::bytes(k) == Some(name.as_bytes()))
+            .and_then(|(_, v)| conn::bytes(v))
+            .ok_or(RecordError::Missing(name))
+    };
+    let text = |name: &'static str| {
+        get(name).and_then(|b| std::str::from_utf8(b).map_err(|_| RecordError::Invalid(name)))
+    };
+    let kind = get("k")?;
+    let users = text("u")?;
+    if users.is_empty() || users.bytes().filter(|&b| b == b'\n').count() >= RECORD_RECIPIENTS_MAX {
+        return Err(RecordError::Invalid("u"));
+    }
+    let users: Vec<String> = users.split('\n').map(str::to_owned).collect();
+    if users.iter().any(String::is_empty) {
+        return Err(RecordError::Invalid("u"));
+    }
+    let body = get("b")?;
+    if body.len() > RECORD_BODY_BYTES_MAX {
+        return Err(RecordError::Invalid("b"));
+    }
+    let frame = pb::Frame::decode(body).map_err(|_| RecordError::Invalid("b"))?;
+    let is_deliver = matches!(frame.body, Some(Body::Deliver(_)));
+    if frame.request_id != 0 || frame.body.is_none() {
+        return Err(RecordError::Invalid("b"));
+    }
+    let body = Bytes::copy_from_slice(body);
+    match kind {
+        b"p" if !is_deliver => Ok(Record {
+            users,
+            body,
+            entry: None,
+        }),
+        b"d" if is_deliver => {
+            let conv = text("c")?.to_owned();
+            let seq = text("s")?
+                .parse::<u64>()
+                .map_err(|_| RecordError::Invalid("s"))?;
+            let origin = match text("o")? {
+                "" => None,
+                o => {
+                    let (u, d) = o.split_once('\0').ok_or(RecordError::Invalid("o"))?;
+                    Some((u.to_owned(), d.to_owned()))
+                }
+            };
+            Ok(Record {
+                users,
+                body,
+                entry: Some((conv, seq, origin)),
+            })
+        }
+        _ => Err(RecordError::Invalid("k")),
+    }
+}
+
+/// This node's channel reader (the `tern-channel` thread).
+#[derive(Debug)]
+pub(super) struct Consumer {
+    pub(super) link: conn::Link,
+    pub(super) node: String,
+    pub(super) to_shards: Vec<Sender<ShardMsg>>,
+    pub(super) settings: ClusterSettings,
+    pub(super) metrics: Arc<ClusterMetrics>,
+    pub(super) stop: Arc<AtomicBool>,
+}
+
+impl Consumer {
+    /// Reads until `stop`, turning records into shard messages.
+    pub(super) fn run(mut self) {
+        let key = stream_key(&self.node);
+        let mut last: Option<String> = None;
+        let mut warned_at: Option<Instant> = None;
+        while !self.stop.load(Ordering::Acquire) {
+            // Start after the newest record already there: what was sent to
+            // an earlier run of this node is for connections it no longer
+            // holds (they resynced).
+            let from = match &last {
+                Some(id) => id.clone(),
+                None => match self.link.command(
+                    cmd("XREVRANGE")
+                        .arg(&key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1),
+                ) {
+                    Ok(v) => newest_id(&v).unwrap_or_else(|| "0-0".into()),
+                    Err(e) => {
+                        self.backoff(&mut warned_at, &e);
+                        continue;
+                    }
+                },
+            };
+            last = Some(from.clone());
+            let mut read = cmd("XREAD");
+            read.arg("COUNT")
+                .arg(self.settings.channel_read_batch_max)
+                .arg("BLOCK")
+                .arg(self.settings.channel_block_ms)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(&from);
+            match self.link.command(&read) {
+                Ok(v) => {
+                    if let Some(id) = self.handle_reply(&v) {
+                        last = Some(id);
+                    }
+                }
+                Err(e) => self.backoff(&mut warned_at, &e),
+            }
+        }
+    }
+
+    fn backoff(&self, warned_at: &mut Option<Instant>, e: &redis::RedisError) {
+        if warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *warned_at = Some(Instant::now());
+            warn!(error = %e, "cluster: reading the delivery channel failed");
+        }
+        std::thread::park_timeout(Duration::from_millis(200));
+    }
+
+    /// Dispatches every entry of an XREAD reply; returns the last id seen.
+    fn handle_reply(&mut self, v: &Value) -> Option<String> {
+        let mut last = None;
+        for entries in stream_entries(v) {
+            for entry in conn::items(entries).unwrap_or_default() {
+                let Some([id, fields]) =
+                    conn::items(entry).and_then(|a| <&[Value; 2]>::try_from(a).ok())
+                else {
+                    self.metrics
+                        .records_malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if let Some(id) = conn::bytes(id).and_then(|b| std::str::from_utf8(b).ok()) {
+                    last = Some(id.to_owned());
+                }
+                self.metrics.records_in.fetch_add(1, Ordering::Relaxed);
+                match conn::pairs(fields)
+                    .ok_or(RecordError::Shape)
+                    .and_then(|f| decode(&f))
+                {
+                    Ok(r) => self.dispatch(r),
+                    Err(_) => {
+                        self.metrics
+                            .records_malformed
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        last
+    }
+
+    /// One shard message per owner shard of the record's recipients.
+    fn dispatch(&mut self, r: Record) {
+        let shards = self.to_shards.len();
+        let mut groups: Vec<Vec<String>> = (0..shards).map(|_| Vec::new()).collect();
+        for u in r.users {
+            groups[owner_shard(&u, shards)].push(u);
+        }
+        let entry = r.entry.map(|(conv, seq, origin)| {
+            let cursors: Arc<[(ConvKey, u64)]> = Arc::new([(ConvKey::of(&conv), seq)]);
+            (cursors, origin.map(Arc::new))
+        });
+        for (shard, users) in groups.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let users: Arc<[String]> = users.into();
+            let msg = match &entry {
+                Some((cursors, origin)) => ShardMsg::Deliver {
+                    users,
+                    cursors: cursors.clone(),
+                    body: r.body.clone(),
+                    origin: origin.clone(),
+                },
+                None => ShardMsg::Push {
+                    users,
+                    body: r.body.clone(),
+                },
+            };
+            self.send_to_shard(shard, msg);
+        }
+    }
+
+    /// A full shard ring makes the reader wait for the shard, as a backend
+    /// worker does; once stopping, the push is dropped instead (the shard
+    /// may have exited).
+    fn send_to_shard(&mut self, shard: usize, mut msg: ShardMsg) {
+        loop {
+            match self.to_shards[shard].send(msg) {
+                Ok(()) => return,
+                Err(m) => {
+                    if self.stop.load(Ordering::Acquire) {
+                        self.metrics.records_dropped.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    msg = m;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+/// The id of the single entry of an `XREVRANGE … COUNT 1` reply.
+fn newest_id(v: &Value) -> Option<String> {
+    let first = conn::items(v)?.first()?;
+    let id = conn::items(first)?.first()?;
+    std::str::from_utf8(conn::bytes(id)?)
+        .ok()
+        .map(str::to_owned)
+}
+
+/// The entry lists of an XREAD reply: RESP2 `[[key, entries], …]` or a
+/// RESP3 map `{key: entries}`; nothing for a timeout (`Nil`).
+fn stream_entries(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Map(m) => m.iter().map(|(_, e)| e).collect(),
+        _ => conn::items(v)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| conn::items(s).and_then(|a| a.get(1)))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    fn fields(v: &[(&str, Vec<u8>)]) -> Vec<(Value, Value)> {
+        v.iter()
+            .map(|(k, v)| (bulk(k.as_bytes()), bulk(v)))
+            .collect()
+    }
+
+    /// A record built by `xadd`'s field layout decodes to what was sent,
+    /// and garbage in any field is a typed error, never a panic.
+    #[test]
+    fn records_decode_and_garbage_is_refused() {
+        let frame = pb::Frame {
+            request_id: 0,
+            body: Some(Body::Deliver(pb::Deliver { entries: vec![] })),
+        };
+        let body = frame.encode_to_vec();
+        let good = fields(&[
+            ("k", b"d".to_vec()),
+            ("u", b"alice\nbob".to_vec()),
+            ("c", b"d:alice:bob".to_vec()),
+            ("s", b"7".to_vec()),
+            ("o", b"alice\0phone".to_vec()),
+            ("b", body.clone()),
+        ]);
+        let refs: Vec<(&Value, &Value)> = good.iter().map(|(k, v)| (k, v)).collect();
+        let r = decode(&refs).unwrap();
+        assert_eq!(r.users, ["alice", "bob"]);
+        assert_eq!(
+            r.entry,
+            Some((
+                "d:alice:bob".into(),
+                7,
+                Some(("alice".into(), "phone".into()))
+            ))
+        );
+        let cases: Vec<Vec<(Value, Value)>> = vec![
+            fields(&[
+                ("k", b"x".to_vec()),
+                ("u", b"a".to_vec()),
+                ("b", body.clone()),
+            ]),
+            fields(&[
+                ("k", b"p".to_vec()),
+                ("u", b"a".to_vec()),
+                ("b", body.clone()),
+            ]),
+            fields(&[
+                ("k", b"p".to_vec()),
+                ("u", b"".to_vec()),
+                ("b", body.clone()),
+            ]),
+            fields(&[
+                ("k", b"p".to_vec()),
+                ("u", b"a".to_vec()),
+                ("b", b"\xff\xff\xff".to_vec()),
+            ]),
+            fields(&[
+                ("k", b"d".to_vec()),
+                ("u", b"a".to_vec()),
+                ("b", body.clone()),
+                ("c", b"c".to_vec()),
+                ("s", b"x".to_vec()),
+                ("o", b"".to_vec()),
+            ]),
+            fields(&[("u", b"a".to_vec())]),
+        ];
+        for c in cases {
+            let refs: Vec<(&Value, &Value)> = c.iter().map(|(k, v)| (k, v)).collect();
+            assert!(decode(&refs).is_err(), "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Node identity and membership.
+//!
+//! A node's id comes from the config, else from `<data_dir>/node-id`
+//! (generated and written there on the first start, so a restart keeps
+//! it). A live node holds a lease in Redis: the key `{n:<id>}:alive`, set
+//! with `PX node_lease_ms` and renewed every third of it, and its id in the
+//! set `tern:nodes` (for listing). Liveness is the key's existence, judged
+//! by Redis's clock alone, so the nodes' clocks need not agree.
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+};
+
+use parking_lot::RwLock;
+use redis::{RedisResult, Value, cmd};
+
+use super::{ClusterError, conn::Link};
+use crate::{
+    config::{Config, NODE_ID_BYTES_MAX, StoreKind, hostname_node_id},
+    metrics::ClusterMetrics,
+};
+
+/// The set of every node id that registered (members are removed once their
+/// lease is found gone).
+pub const NODES_KEY: &str = "tern:nodes";
+
+/// The lease key of node `id`.
+pub fn lease_key(id: &str) -> String {
+    format!("{{n:{id}}}:alive")
+}
+
+/// The name of the node id file in the data dir.
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// This node's id: `node_id` from the config; else, on the Redis store, the
+/// one kept in `<data_dir>/node-id` (generated and written on first use);
+/// else the hostname.
+pub fn resolve_node_id(cfg: &Config) -> Result<String, ClusterError> {
+    if !cfg.node_id.is_empty() {
+        return Ok(cfg.node_id.clone());
+    }
+    if cfg.backend.store != StoreKind::Redis {
+        return Ok(hostname_node_id());
+    }
+    kept_node_id(&cfg.backend.data_dir)
+}
+
+/// The node id kept in `dir/node-id`, created there if missing.
+pub fn kept_node_id(dir: &Path) -> Result<String, ClusterError> {
+    let path = dir.join(NODE_ID_FILE);
+    let io = |source| ClusterError::NodeIdFile {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id.is_empty()
+                || id.len() > NODE_ID_BYTES_MAX
+                || tern_protocol::ids::check_id(id).is_err()
+            {
+                return Err(ClusterError::BadNodeId(path));
+            }
+            Ok(id.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let id = format!("n-{:016x}", random_u64());
+            // Written to a temporary name and renamed: a crash never leaves
+            // a half-written id behind.
+            let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        // No entropy source: time and pid still make two nodes differ.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return t ^ (u64::from(std::process::id()) << 32);
+    }
+    u64::from_ne_bytes(b)
+}
+
+/// Takes or renews this node's lease (one pipeline).
+pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<()> {
+    let mut set = cmd("SET");
+    set.arg(lease_key(node))
+        .arg(unix_ms())
+        .arg("PX")
+        .arg(lease_ms);
+    let mut add = cmd("SADD");
+    add.arg(NODES_KEY).arg(node);
+    link.pipeline(vec![set, add]).map(drop)
+}
+
+/// Leaves: the lease and the listing go at once.
+pub(crate) fn leave(link: &mut Link, node: &str) -> RedisResult<()> {
+    let mut del = cmd("DEL");
+    del.arg(lease_key(node));
+    let mut rem = cmd("SREM");
+    rem.arg(NODES_KEY).arg(node);
+    link.pipeline(vec![del, rem]).map(drop)
+}
+
+/// The live nodes (`me` always included): the listed nodes whose lease
+/// key exists. Listed nodes without one are removed from the listing.
+pub(crate) fn live_nodes(link: &mut Link, me: &str) -> RedisResult<HashSet<Box<str>>> {
+    let listed = link.command(cmd("SMEMBERS").arg(NODES_KEY))?;
+    let ids: Vec<String> = super::conn::items(&listed)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| super::conn::bytes(v))
+        .filter_map(|b| std::str::from_utf8(b).ok())
+        .map(str::to_owned)
+        .collect();
+    let alive = exists_each(link, &ids)?;
+    let mut live: HashSet<Box<str>> = HashSet::with_capacity(ids.len() + 1);
+    let mut gone = Vec::new();
+    for (id, up) in ids.into_iter().zip(alive) {
+        if up {
+            live.insert(id.into_boxed_str());
+        } else {
+            gone.push(id);
+        }
+    }
+    if !gone.is_empty() {
+        // A node that comes back adds itself again with its next renewal.
+        let mut rem = cmd("SREM");
+        rem.arg(NODES_KEY).arg(&gone);
+        link.command(&rem)?;
+    }
+    live.insert(me.into());
+    Ok(live)
+}
+
+/// Whether each node's lease key exists (one pipeline).
+pub(crate) fn exists_each(link: &mut Link, nodes: &[impl AsRef<str>]) -> RedisResult<Vec<bool>> {
+    let cmds = nodes
+        .iter()
+        .map(|n| {
+            let mut c = cmd("EXISTS");
+            c.arg(lease_key(n.as_ref()));
+            c
+        })
+        .collect();
+    let replies = link.pipeline(cmds)?;
+    Ok(replies
+        .iter()
+        .map(|v| matches!(v, Value::Int(n) if *n > 0))
+        .collect())
+}
+
+/// This node's view of the live nodes, refreshed by the cluster thread and
+/// read by the backend workers (a read lock held for one lookup).
+#[derive(Debug)]
+pub struct NodeView {
+    me: Arc<str>,
+    live: RwLock<Arc<HashSet<Box<str>>>>,
+}
+
+impl NodeView {
+    /// A view that knows only `me`.
+    pub fn new(me: &str) -> Self {
+        Self {
+            me: me.into(),
+            live: RwLock::new(Arc::new(HashSet::from([me.into()]))),
+        }
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The live nodes now (a snapshot).
+    pub fn live(&self) -> Arc<HashSet<Box<str>>> {
+        self.live.read().clone()
+    }
+
+    /// Replaces the view.
+    pub fn replace(&self, live: HashSet<Box<str>>, metrics: &ClusterMetrics) {
+        metrics
+            .live_nodes
+            .store(live.len() as i64, Ordering::Relaxed);
+        *self.live.write() = Arc::new(live);
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A generated node id is kept: the second read returns the same id,
+    /// and a garbage file is a typed error, not a panic.
+    #[test]
+    fn node_id_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = kept_node_id(dir.path()).unwrap();
+        let b = kept_node_id(dir.path()).unwrap();
+        assert_eq!(a, b);
+        assert!(tern_protocol::ids::check_id(&a).is_ok(), "{a}");
+        std::fs::write(dir.path().join(NODE_ID_FILE), "not{an}id\n").unwrap();
+        assert!(matches!(
+            kept_node_id(dir.path()),
+            Err(ClusterError::BadNodeId(_))
+        ));
+    }
+}
