@@ -30,62 +30,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+/// A durable `redis-server` of the backend's test harness, with the route
+/// table reads these tests check.
+struct Redis(redis_harness::RedisServer);
 
 impl Redis {
     fn start() -> Self {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {bin} ({e}); install redis-server (bash scripts/test.sh does)")
-            });
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(mut s) = TcpStream::connect(addr) {
-                let mut buf = [0u8; 16];
-                if s.write_all(b"PING\r\n").is_ok()
-                    && s.read(&mut buf)
-                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-                {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
+        Self(redis_harness::RedisServer::start(
+            redis_harness::ServerOptions::DURABLE,
+        ))
     }
 
     fn url(&self) -> String {
-        format!("redis://{}", self.addr)
+        self.0.url()
     }
 
     fn conn(&self) -> redis::Connection {
@@ -123,13 +80,6 @@ impl Redis {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

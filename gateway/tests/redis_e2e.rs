@@ -4,91 +4,20 @@
 //! of the gateway. Fails (does not skip) when redis-server is missing: the
 //! test command installs it.
 
+#[path = "../../backend/tests/support/redis_harness.rs"]
+mod redis_harness;
 mod support;
-
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
 
 use support::{Client, Gateway, delivered_text};
 use tern_gateway::config::{Driver, StoreKind};
 use tern_protocol::pb::{self, frame::Body};
 
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {bin} ({e}); install redis-server (bash scripts/test.sh does)")
-            });
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(addr) {
-                let mut buf = [0u8; 16];
-                if s.write_all(b"PING\r\n").is_ok()
-                    && s.read(&mut buf)
-                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-                {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::yield_now();
-        }
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Through the Redis store: ack, delivery to an online peer, and after the
 /// gateway restarts, the messages are there for a sync.
 #[test]
 fn gateway_on_redis_delivers_and_keeps_messages() {
-    let redis = Redis::start();
-    let url = format!("redis://{}", redis.addr);
+    let redis = redis_harness::RedisServer::start(redis_harness::ServerOptions::DURABLE);
+    let url = redis.url();
     let on_redis = |c: &mut tern_gateway::config::Config| {
         c.backend.store = StoreKind::Redis;
         c.backend.redis_urls = vec![url.clone()];
