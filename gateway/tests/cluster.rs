@@ -224,17 +224,8 @@ fn one_to_one_push_crosses_nodes() {
             .is_none_or(|f| !is_text("across")(&f))
     );
     // Ephemeral pushes cross too: alice's typing reaches bob.
-    alice.send_frame(&pb::Frame {
-        request_id: 0,
-        body: Some(Body::Typing(pb::TypingRequest {
-            conversation_id: "d:alice:bob".into(),
-            typing: true,
-        })),
-    });
-    let t = bob.wait_push(|f| matches!(f.body, Some(Body::TypingEvent(_))));
-    let Some(Body::TypingEvent(t)) = t.body else {
-        unreachable!()
-    };
+    alice.typing("d:alice:bob");
+    let t = bob.wait_typing();
     assert_eq!((t.user_id.as_str(), t.typing), ("alice", true));
     // On close, the route goes (written by the node that held it).
     drop(bob);

@@ -435,17 +435,8 @@ fn presence_follows_connections_and_typing_is_pushed() {
         {
             let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
             befriend(&mut alice, &mut bob);
-            alice.send_frame(&pb::Frame {
-                request_id: 0,
-                body: Some(Body::Typing(pb::TypingRequest {
-                    conversation_id: "d:alice:bob".into(),
-                    typing: true,
-                })),
-            });
-            let t = bob.wait_push(|f| matches!(f.body, Some(Body::TypingEvent(_))));
-            let Some(Body::TypingEvent(t)) = t.body else {
-                unreachable!()
-            };
+            alice.typing("d:alice:bob");
+            let t = bob.wait_typing();
             assert_eq!((t.user_id.as_str(), t.typing), ("alice", true));
         }
         // alice's only connection closed: bob sees her go offline.

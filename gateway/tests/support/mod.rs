@@ -268,6 +268,28 @@ impl Client {
         }))
     }
 
+    /// Says "typing" in a conversation (a notice: no answer).
+    pub fn typing(&mut self, conversation_id: &str) {
+        self.send_frame(&pb::Frame {
+            request_id: 0,
+            body: Some(Body::Typing(pb::TypingRequest {
+                conversation_id: conversation_id.into(),
+                typing: true,
+            })),
+        });
+    }
+
+    /// Waits for the next typing push and returns its event.
+    pub fn wait_typing(&mut self) -> pb::TypingEvent {
+        match self
+            .wait_push(|f| matches!(f.body, Some(Body::TypingEvent(_))))
+            .body
+        {
+            Some(Body::TypingEvent(t)) => t,
+            _ => unreachable!("wait_push returned the frame it matched"),
+        }
+    }
+
     pub fn send_group_text(&mut self, group: &str, client_msg_id: &str, text: &str) -> pb::Frame {
         self.request(Body::Send(pb::Send {
             client_msg_id: client_msg_id.into(),
