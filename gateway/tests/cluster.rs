@@ -305,6 +305,9 @@ fn route_to_a_killed_node_is_ignored_and_cleaned() {
         assert!(Instant::now() < deadline, "n2's lease never lapsed");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The sender's node trusts the nodes in its view (refreshed every
+    // second): only once n2 has left that view are routes to it dead.
+    ns[0].wait_metric("tern_cluster_live_nodes 2");
     let (mut bob, _) = Client::login(ns[2].tcp, "bob", "phone");
     redis.wait_routes("bob", &[("laptop", "n2"), ("phone", "n3")]);
     let ack = alice.send_text("bob", "m1", "after the crash");
