@@ -5,201 +5,17 @@
 //! redis-server is missing: the test command installs it.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "support/cluster.rs"]
+mod cluster_support;
 #[path = "../../backend/tests/support/redis_harness.rs"]
 mod redis_harness;
 mod support;
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use support::{Client, SECRET, delivered_text};
+use cluster_support::{Node, Redis, WAIT, is_text, metric, nodes, records_out};
+use support::{Client, delivered_text};
 use tern_protocol::pb::{self, frame::Body};
-
-/// Bound of every wait in these tests.
-const WAIT: Duration = Duration::from_secs(15);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A durable `redis-server` of the backend's test harness, with the route
-/// table reads these tests check.
-struct Redis(redis_harness::RedisServer);
-
-impl Redis {
-    fn start() -> Self {
-        Self(redis_harness::RedisServer::start(
-            redis_harness::ServerOptions::DURABLE,
-        ))
-    }
-
-    fn url(&self) -> String {
-        self.0.url()
-    }
-
-    fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    /// The route hash of `user`: `(device, node)` sorted.
-    fn routes(&self, user: &str) -> Vec<(String, String)> {
-        let mut r: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(format!("{{u:{user}}}:rt"))
-            .query(&mut self.conn())
-            .unwrap();
-        r.sort();
-        r
-    }
-
-    /// Waits until `user`'s routes are exactly `want`.
-    fn wait_routes(&self, user: &str, want: &[(&str, &str)]) {
-        let want: Vec<(String, String)> = want
-            .iter()
-            .map(|(d, n)| ((*d).into(), (*n).into()))
-            .collect();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = self.routes(user);
-            if got == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "routes of {user}: {got:?}, want {want:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// A `tern serve --store redis` process.
-struct Node {
-    child: Child,
-    id: String,
-    tcp: SocketAddr,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    /// Starts node `id` on `redis` with a short lease (1 s, so a killed
-    /// node is dead to the others within the test's bounds).
-    fn start(redis: &Redis, id: &str) -> Self {
-        Self::start_with(redis, id, "")
-    }
-
-    /// Like [`Node::start`], with `extra` appended to its config file.
-    fn start_with(redis: &Redis, id: &str, extra: &str) -> Self {
-        Self::spawn(&[redis.url()], false, id, extra)
-    }
-
-    /// A node on the Redis at `urls` (Redis Cluster seeds when `cluster`).
-    fn spawn(urls: &[String], cluster: bool, id: &str, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tern.toml");
-        std::fs::write(
-            &config,
-            format!("[cluster]\nnode_lease_ms = 1000\nnodes_refresh_ms = 100\n{extra}"),
-        )
-        .unwrap();
-        let (tcp, ws, http) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--store", "redis", "--redis-url", &urls.join(",")])
-            .args(cluster.then_some("--redis-cluster"))
-            .args(["--listen", &format!("127.0.0.1:{tcp}")])
-            .args(["--ws-listen", &format!("127.0.0.1:{ws}")])
-            .args(["--http", &format!("127.0.0.1:{http}")])
-            .args(["--jwt-secret", SECRET, "--shards", "2", "--driver", "epoll"])
-            .args(["--node-id", id])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("TERN_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let node = Self {
-            child,
-            id: id.into(),
-            tcp: SocketAddr::from(([127, 0, 0, 1], tcp)),
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(node.tcp).is_err() {
-            assert!(Instant::now() < deadline, "node {id} did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        node
-    }
-
-    fn metrics(&self) -> String {
-        let Ok(mut s) = TcpStream::connect(self.http) else {
-            return String::new();
-        };
-        let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        text
-    }
-
-    /// Waits until /metrics has a line starting with `line`.
-    fn wait_metric(&self, line: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = self.metrics();
-            if text.lines().any(|l| l.starts_with(line)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no {line:?} in\n{text}",
-                self.id
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Starts `n` nodes and waits until each sees all of them live.
-fn nodes(redis: &Redis, n: usize) -> Vec<Node> {
-    let nodes: Vec<Node> = (1..=n)
-        .map(|i| Node::start(redis, &format!("n{i}")))
-        .collect();
-    for node in &nodes {
-        node.wait_metric(&format!("tern_cluster_live_nodes {n}"));
-    }
-    nodes
-}
-
-fn is_text(text: &'static str) -> impl Fn(&pb::Frame) -> bool {
-    move |f| delivered_text(f).is_some_and(|(_, _, t)| t == text)
-}
 
 /// 1:1 across nodes: alice on node 1 sends to bob on node 2, and bob gets
 /// the Deliver as a push (not by sync), once. Today's code stores it but
@@ -265,19 +81,6 @@ fn group_push_reaches_members_on_every_node() {
     // Two other nodes hold recipients: two records, whatever the members.
     assert_eq!(records_out(&ns[0]) - before, 2);
     assert!(!alice.pushes.iter().any(is_text("hello crew")));
-}
-
-fn records_out(node: &Node) -> u64 {
-    metric(node, "tern_cluster_records_sent_total")
-}
-
-/// The value of an unlabelled sample of `node`'s /metrics (0 if absent).
-fn metric(node: &Node, name: &str) -> u64 {
-    node.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// A route to a dead node: bob's phone and laptop are on node 2, which is
