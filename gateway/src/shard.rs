@@ -1163,6 +1163,7 @@ impl Shard {
             }),
             started: None,
             resume: true,
+            reply: None,
         }
     }
 
@@ -1467,6 +1468,7 @@ impl Shard {
             }),
             started: None,
             resume: false,
+            reply: None,
         };
         // Behind updates already waiting, never ahead of them.
         if self.blocked.borrow().is_empty() {
@@ -1653,6 +1655,7 @@ impl Shard {
                             frame,
                             started: is_send.then(Instant::now),
                             resume: false,
+                            reply: None,
                         };
                         if let Err(req) = self.send_backend(req) {
                             // Back-pressure: keep this request and the rest
