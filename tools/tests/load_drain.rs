@@ -76,7 +76,10 @@ fn chat_moves_off_a_draining_node_and_loses_nothing() {
     // every send acked, and its history check finds nothing lost,
     // duplicated or divergent after every device's final sync. Before,
     // tern-load closed kicked connections for good: sends were skipped and
-    // the moved devices never synced.
+    // the moved devices never synced. At 200 msg/s a kicked connection
+    // often has a send in flight (its ack dropped with the connection): the
+    // resend must then be acked once, as a duplicate of the stored one
+    // (`resent` was 1 in 2 of 3 runs here; the assertions hold either way).
     let redis = redis_harness::RedisServer::start(redis_harness::ServerOptions::DURABLE);
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let n1 = node(&redis.url(), "n1", d1.path());
@@ -103,7 +106,7 @@ fn chat_moves_off_a_draining_node_and_loses_nothing() {
             "--pairs",
             "10",
             "--rate",
-            "40",
+            "200",
             "--duration",
             "6",
             "--verify",
