@@ -1106,6 +1106,22 @@ impl<W: Write> Worker<W> {
         }
         self.inflight
             .retain(|_, p| !matches!(p, Pending::Sync { local, fin: false } if *local == i));
+        // A group being set up through this connection gets no more answers
+        // here: count it failed now rather than at the setup deadline.
+        let (plan, start) = (&self.spec.plan, self.spec.slot_start);
+        let before = self.inflight.len();
+        self.inflight.retain(|_, p| match p {
+            Pending::Setup { group, .. } => {
+                plan.slot_of(Role::Group {
+                    group: *group,
+                    member: 0,
+                }) != start + i as u32
+            }
+            _ => true,
+        });
+        let lost = (before - self.inflight.len()) as u32;
+        self.res.setup_errors += u64::from(lost);
+        self.setup_open = self.setup_open.saturating_sub(lost);
         self.res.kicked_shutdown += 1;
         let delay_ms = u64::from(retry_after_ms).min(KICK_RETRY_AFTER_MS_MAX)
             + rand::rng().random_range(0..=KICK_JITTER_MS_MAX);
