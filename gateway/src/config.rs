@@ -821,4 +821,31 @@ mod tests {
         let err = toml::from_str::<Config>("[session]\nheartbeat_intervall_ms = 5\n").unwrap_err();
         assert!(err.to_string().contains("heartbeat_intervall_ms"), "{err}");
     }
+    /// The node's kick rate is split over its shards without exceeding it
+    /// (the remainder to the first shards), except that every shard gets at
+    /// least 1/s; a zero rate and an inverted retry window are refused.
+    #[test]
+    fn drain_settings_split_and_validate() {
+        let mut c = Config::default();
+        c.shutdown.kick_rate_per_node = 100;
+        let rates: Vec<u32> = (0..3)
+            .map(|i| c.shutdown.kick_rate_of_shard(i, 3))
+            .collect();
+        assert_eq!(rates, [34, 33, 33]);
+        c.shutdown.kick_rate_per_node = 2;
+        let rates: Vec<u32> = (0..4)
+            .map(|i| c.shutdown.kick_rate_of_shard(i, 4))
+            .collect();
+        assert_eq!(rates, [1, 1, 1, 1]);
+        c.shutdown.kick_rate_per_node = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("shutdown.kick_rate_per_node"), "{err}");
+        c.shutdown.kick_rate_per_node = 10;
+        c.shutdown.retry_after_min_ms = 10;
+        c.shutdown.retry_after_max_ms = 9;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("shutdown.retry_after_max_ms"), "{err}");
+        c.shutdown.retry_after_max_ms = 10;
+        c.validate().unwrap();
+    }
 }
