@@ -2360,8 +2360,8 @@ const DRAIN_TICK_MS: u64 = 10;
 /// or the process deadline passes (the server stops the runtime then).
 ///
 /// The rate is a token bucket: credit accrues at `kick_rate` per second and
-/// holds at most one tick's worth (`kick_rate / 100`, at least 1), so in any
-/// window of `w` ms this shard sends at most `1 + kick_rate * (w + 10) / 1000`
+/// holds at most one tick's worth (`b = max(1, kick_rate / 100)` kicks), so
+/// in any window of `w` ms this shard sends at most `b + kick_rate * w / 1000`
 /// kicks, however late a tick runs or whenever a handoff arrives. Each kick
 /// carries its own `retry_after_ms`, uniform in the policy's window.
 async fn drain(shard: &Rc<Shard>, policy: DrainPolicy) {
@@ -2382,7 +2382,9 @@ async fn drain(shard: &Rc<Shard>, policy: DrainPolicy) {
             return;
         }
         let now = shard.now_ms();
-        credit_milli = (credit_milli + rate * now.saturating_sub(last)).min(burst_milli);
+        credit_milli = credit_milli
+            .saturating_add(rate.saturating_mul(now.saturating_sub(last)))
+            .min(burst_milli);
         last = now;
         let budget = (credit_milli / 1_000) as usize;
         let keys: Vec<u32> = shard
