@@ -939,6 +939,11 @@ impl Shard {
                 if c.generation != conn.generation {
                     return; // the connection is gone; the client will retry or sync
                 }
+                if let Some(kick) = as_kick(&body) {
+                    // The login check found the user banned.
+                    self.kick_conn(conn.key, c, &kick);
+                    return;
+                }
                 if is_send_ack {
                     self.metrics
                         .messages_sent
@@ -994,6 +999,10 @@ impl Shard {
                 });
             }
             ShardMsg::Push { users, body } => {
+                if let Some(kick) = as_kick(&body) {
+                    self.kick_devices(&users, &kick);
+                    return;
+                }
                 let now = self.now_ms();
                 self.each_device(&users, |_, key, c| {
                     self.make_room(key, c, body.len());
@@ -1011,6 +1020,89 @@ impl Shard {
                 });
             }
             ShardMsg::Drain => self.draining.set(true),
+        }
+    }
+
+    /// An operator's kick or a ban pushed by the backend: the devices of
+    /// `users` it names (all, or the one in `kick.message`: see
+    /// `tern_backend::domain` admin.rs) get a `Kick` and are closed once it
+    /// is written.
+    fn kick_devices(self: &Rc<Self>, users: &[String], kick: &pb::Kick) {
+        let index = self.users.borrow();
+        let mut conns = self.conns.borrow_mut();
+        for user in users {
+            let keys: SmallKeys = index.iter_hash(self.user_hash(user)).copied().collect();
+            for key in keys {
+                let Some(c) = conns.get_mut(key as usize) else {
+                    continue;
+                };
+                let named = kick.message.is_empty() || c.device() == Some(kick.message.as_str());
+                if c.user() == Some(user.as_str()) && named {
+                    self.kick_conn(key, c, kick);
+                }
+            }
+        }
+    }
+
+    /// Sends one connection a `Kick` (the session's own frame, with its
+    /// message for the reason) and closes it after its output is written.
+    fn kick_conn(self: &Rc<Self>, key: u32, c: &mut Conn, kick: &pb::Kick) {
+        let reason = pb::KickReason::try_from(kick.reason).unwrap_or(pb::KickReason::Admin);
+        info!(
+            shard = self.id,
+            user = c.user().unwrap_or(""),
+            device = c.device().unwrap_or(""),
+            reason = reason.as_str_name(),
+            "kicked"
+        );
+        c.session.kick(&self.cfg, self.now_ms(), reason, "");
+        self.flush(key, c);
+        if c.pending_out().is_empty() {
+            self.close_soon(c, CloseReason::Kicked);
+        } else {
+            // Closed by `on_writable` once the kick is out.
+            let _ = self.close_after_output(key, c, CloseReason::Kicked);
+        }
+    }
+
+    /// Asks the backend whether a device that just logged in belongs to a
+    /// banned user: a `Kick` request (server-only: no client can send one)
+    /// to the user's worker, queued before anything the device sends. The
+    /// answer is nothing, or a `Kick` BANNED (`kick_conn`). The shard never
+    /// reads the store itself. If the backend ring is full the check waits
+    /// in `blocked`, in order, like a presence update.
+    fn login_check(self: &Rc<Self>, key: u32, generation: u32, user: &str, device: &str) {
+        let req = BackendRequest {
+            from: ConnRef {
+                shard: self.id as u16,
+                key,
+                generation,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                admin: false,
+            },
+            frame: Box::new(pb::Frame {
+                request_id: 0,
+                body: Some(Body::Kick(pb::Kick::default())),
+            }),
+            started: None,
+            resume: false,
+            reply: None,
+        };
+        let req = if self.blocked.borrow().is_empty() {
+            match self.send_backend(req) {
+                Ok(()) => return,
+                Err(full) => full,
+            }
+        } else {
+            req
+        };
+        // `u32::MAX`: no connection is paused behind it.
+        self.blocked.borrow_mut().push_back((u32::MAX, 0, req));
+        if !self.unblocking.replace(true) {
+            monoio::spawn(unblock_loop(self.clone()));
         }
     }
 
@@ -1156,6 +1248,7 @@ impl Shard {
             caller: Caller {
                 user: user.to_owned(),
                 device: device.to_owned(),
+                admin: false,
             },
             frame: Box::new(pb::Frame {
                 request_id: 0,
@@ -1407,6 +1500,7 @@ impl Shard {
         let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
         self.flush(key, c);
         self.arm(key, c);
+        self.login_check(key, c.generation, &user, &device);
         if !resume.is_empty() {
             // Push what the device lacks after its resume cursors: a sync on
             // its behalf whose answer comes back as a tracked Deliver. Live
@@ -1458,6 +1552,7 @@ impl Shard {
             caller: Caller {
                 user: user.to_owned(),
                 device: String::new(),
+                admin: false,
             },
             frame: Box::new(pb::Frame {
                 request_id: 0,
@@ -1651,6 +1746,7 @@ impl Shard {
                             caller: Caller {
                                 user: user.to_string(),
                                 device: device.to_string(),
+                                admin: false,
                             },
                             frame,
                             started: is_send.then(Instant::now),
@@ -1690,6 +1786,23 @@ impl Shard {
             c.spill_mut().partial.extend_from_slice(rest);
         }
         Ingest::Continue
+    }
+}
+
+/// The `Kick` in an encoded push or reply frame, if it is one (request id
+/// 0, then field 120 `kick`: the frame starts with its tag bytes, so other
+/// frames are told apart without decoding).
+fn as_kick(frame: &[u8]) -> Option<pb::Kick> {
+    const KICK_TAG: [u8; 2] = [0xC2, 0x07]; // (120 << 3) | 2 as a varint
+    if !frame.starts_with(&KICK_TAG) {
+        return None;
+    }
+    match prost::Message::decode(frame) {
+        Ok(pb::Frame {
+            body: Some(Body::Kick(k)),
+            ..
+        }) => Some(k),
+        _ => None,
     }
 }
 

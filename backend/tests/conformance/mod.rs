@@ -106,6 +106,7 @@ impl World {
         Caller {
             user_id: user.to_owned(),
             device_id: format!("{user}-phone"),
+            admin: false,
         }
     }
 
@@ -1560,6 +1561,7 @@ pub fn sync_reaches_every_device_of_the_sender(f: Fixture) {
     let laptop = Caller {
         user_id: "alice".into(),
         device_id: "alice-laptop".into(),
+        admin: false,
     };
     let out = w
         .domain
