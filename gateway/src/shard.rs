@@ -107,6 +107,13 @@ pub enum ShardMsg {
     },
     /// Start draining: stop accepting, kick connections at a bounded rate.
     Drain,
+    /// The server API asks which devices of `user` this shard holds.
+    Devices {
+        /// The user (owned by this shard).
+        user: String,
+        /// Where the device ids go.
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// A connection moving to its owner shard after auth.
@@ -1020,6 +1027,15 @@ impl Shard {
                 });
             }
             ShardMsg::Drain => self.draining.set(true),
+            ShardMsg::Devices { user, reply } => {
+                let conns = self.conns.borrow();
+                let devices = self
+                    .devices_of(&conns, &user)
+                    .iter()
+                    .filter_map(|&k| conns.get(k as usize)?.device().map(str::to_owned))
+                    .collect();
+                let _ = reply.send(devices);
+            }
         }
     }
 
