@@ -255,11 +255,20 @@ fn a_broadcast_reaches_every_online_user_once() {
 }
 
 /// Proves a ban closes every device of the user with Kick BANNED, refuses
-/// each new login the same way (a request sent at once is refused, not
-/// served), and that after the unban a login stays and is served.
+/// each new login the same way (a message sent at once is refused, not
+/// stored: its group gets nothing), and that after the unban a login stays
+/// and is served.
 #[test]
 fn a_ban_kicks_every_device_and_refuses_logins_until_lifted() {
     let gw = gateway();
+    let (s, _) = call(
+        &gw,
+        "POST",
+        "/api/v1/groups",
+        json!({"owner": "carol", "name": "g", "group_id": "g1", "members": ["bob"]}),
+    );
+    assert_eq!(s, 200);
+    let (mut carol, _) = Client::login(gw.tcp, "carol", "phone");
     let (mut phone, _) = Client::login(gw.tcp, "bob", "phone");
     let (mut laptop, _) = Client::login(gw.tcp, "bob", "laptop");
     let (s, _) = gw.api(
@@ -282,19 +291,20 @@ fn a_ban_kicks_every_device_and_refuses_logins_until_lifted() {
     let (mut again, _) = Client::login(gw.tcp, "bob", "tablet");
     again.send_frame(&pb::Frame {
         request_id: 7,
-        body: Some(Body::Profile(pb::ProfileRequest {
-            user_id: "bob".into(),
+        body: Some(Body::Send(pb::Send {
+            client_msg_id: "while-banned".into(),
+            to: Some(pb::send::To::GroupId("g1".into())),
+            content: Some(support::text_content("spam")),
+            ..Default::default()
         })),
     });
     let f = again.wait_push(|f| kick_reason(f).is_some());
     assert_eq!(kick_reason(&f), Some(pb::KickReason::Banned));
     assert!(again.closed_within(Duration::from_secs(5)));
-    for f in &again.pushes {
-        assert!(
-            !matches!(f.body, Some(Body::ProfileResult(_))),
-            "a banned device was served: {f:?}"
-        );
-    }
+    assert!(
+        quiet_for(&mut carol, 500).is_none_or(|f| delivered_text(&f).is_none()),
+        "a banned device's message was stored"
+    );
     let (s, body) = gw.api(
         "DELETE",
         "/api/v1/users/bob/ban",
