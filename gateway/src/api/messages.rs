@@ -124,7 +124,7 @@ pub struct Media {
 }
 
 impl Media {
-    fn to_pb(self) -> Result<pb::MediaRef, ApiError> {
+    fn into_pb(self) -> Result<pb::MediaRef, ApiError> {
         if self.media_id.is_empty() || self.media_id.len() > 256 {
             return Err(ApiError::invalid("media.media_id: 1..=256 bytes"));
         }
@@ -145,22 +145,22 @@ impl Media {
 
 impl MessageContent {
     /// The wire form; the domain checks sizes.
-    pub fn to_pb(self) -> Result<pb::Content, ApiError> {
+    pub fn into_pb(self) -> Result<pb::Content, ApiError> {
         use pb::content::Kind;
         let kind = match self {
             Self::Text { text } => Kind::Text(pb::Text { text }),
             Self::Image { media } => Kind::Image(pb::Image {
-                media: Some(media.to_pb()?),
+                media: Some(media.into_pb()?),
             }),
             Self::File { media, name } => Kind::File(pb::File {
-                media: Some(media.to_pb()?),
+                media: Some(media.into_pb()?),
                 name,
             }),
             Self::Voice { media } => Kind::Voice(pb::Voice {
-                media: Some(media.to_pb()?),
+                media: Some(media.into_pb()?),
             }),
             Self::Video { media } => Kind::Video(pb::Video {
-                media: Some(media.to_pb()?),
+                media: Some(media.into_pb()?),
             }),
             Self::Location {
                 latitude,
@@ -237,7 +237,7 @@ async fn send_message(
         (None, Some(g)) => pb::send::To::GroupId(g),
         _ => return Err(ApiError::invalid("give exactly one of to_user, to_group")),
     };
-    let content = m.content.to_pb()?;
+    let content = m.content.into_pb()?;
     send_one(&state, &m.from, &m.request_id, to, content)
         .await
         .map(Json)
@@ -365,7 +365,7 @@ async fn send_batch(
         r.duplicate = true;
         return Ok(Json(r));
     }
-    let content = m.content.to_pb()?;
+    let content = m.content.into_pb()?;
     // All at once: the sender's worker stores them in as few batches (and
     // commits) as it takes.
     let mut calls = tokio::task::JoinSet::new();
@@ -499,7 +499,7 @@ async fn broadcast(
             "a broadcast is sent as one of [api_ops] system_users",
         ));
     }
-    let content = m.content.to_pb()?;
+    let content = m.content.into_pb()?;
     if let Some(original) = state.ops.recall("broadcast", &m.request_id) {
         let mut r: BroadcastAccepted = serde_json::from_value(original)
             .map_err(|e| ApiError::internal(format!("remembered answer: {e}")))?;
