@@ -626,3 +626,89 @@ fn history_presence_and_online_counts() {
     let (s, _) = gw.api("GET", "/api/v1/online", Some(USERS_ONLY), &Value::Null);
     assert_eq!(s, 403);
 }
+
+/// Proves the curl examples of docs/http-api.md work as written: each one
+/// is run with `sh` and the real curl, in document order, against a
+/// gateway with `$TERN_API_KEY` set (bob online on two devices first); each
+/// answers 2xx with a JSON body, and where the document shows the answer,
+/// the real one has the same top-level fields.
+#[test]
+fn the_documented_curl_examples_answer_as_documented() {
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        c.api.keys = vec![ApiKeyConfig {
+            name: "ops".into(),
+            key: KEY.into(),
+            scopes: vec!["admin".into()],
+        }];
+    });
+    let (_phone, _) = Client::login(gw.tcp, "bob", "phone");
+    let (_laptop, _) = Client::login(gw.tcp, "bob", "laptop");
+    let doc = include_str!("../../docs/http-api.md");
+    // (commands of a ```sh block, the ```json block shown after it).
+    let mut examples: Vec<(Vec<String>, Option<String>)> = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let fence = line.trim();
+        if fence != "```sh" && fence != "```json" {
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        if fence == "```json" {
+            if let Some((_, shown @ None)) = examples.last_mut() {
+                *shown = Some(block.join("\n"));
+            }
+            continue;
+        }
+        let mut commands = Vec::new();
+        let mut current = String::new();
+        for l in block {
+            if l.trim_start().starts_with('#') {
+                continue;
+            }
+            // A line goes on after a `\` or inside a single-quoted string.
+            match l.strip_suffix('\\') {
+                Some(part) => current.push_str(part),
+                None => {
+                    current.push_str(l);
+                    if current.matches('\'').count() % 2 == 1 {
+                        current.push('\n');
+                    } else {
+                        commands.push(std::mem::take(&mut current));
+                    }
+                }
+            }
+        }
+        examples.push((commands, None));
+    }
+    assert!(examples.len() >= 12, "found {} examples", examples.len());
+    let base = format!("http://{}", gw.http);
+    for (commands, shown) in examples {
+        let mut last = Value::Null;
+        for cmd in &commands {
+            assert!(cmd.trim_start().starts_with("curl "), "{cmd}");
+            let cmd = cmd.replace("http://127.0.0.1:7480", &base);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{cmd} -w '\\n%{{http_code}}'"))
+                .env("TERN_API_KEY", KEY)
+                .output()
+                .expect("sh and curl");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (body, status) = text
+                .rsplit_once('\n')
+                .unwrap_or_else(|| panic!("{cmd}\n→ {text:?}"));
+            assert!(status.starts_with('2'), "{cmd}\n→ {status} {body}");
+            last = serde_json::from_str(body).unwrap_or_else(|e| panic!("{cmd}\n→ {body}: {e}"));
+        }
+        if let Some(shown) = shown {
+            let shown: Value = serde_json::from_str(&shown)
+                .unwrap_or_else(|e| panic!("the document's JSON: {e}\n{shown}"));
+            let keys = |v: &Value| {
+                let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+                k.sort();
+                k
+            };
+            assert_eq!(keys(&last), keys(&shown), "{commands:?}\nserver: {last}");
+        }
+    }
+}
