@@ -1064,14 +1064,20 @@ impl Shard {
     /// message for the reason) and closes it after its output is written.
     fn kick_conn(self: &Rc<Self>, key: u32, c: &mut Conn, kick: &pb::Kick) {
         let reason = pb::KickReason::try_from(kick.reason).unwrap_or(pb::KickReason::Admin);
-        info!(
-            shard = self.id,
-            user = c.user().unwrap_or(""),
-            device = c.device().unwrap_or(""),
-            reason = reason.as_str_name(),
-            "kicked"
-        );
-        c.session.kick(&self.cfg, self.now_ms(), reason, "");
+        let now = self.now_ms();
+        // Rate-limited with the failed logins: a banned client that keeps
+        // reconnecting is one line a login.
+        if let Some(suppressed) = self.auth_log.borrow_mut().admit(now) {
+            info!(
+                shard = self.id,
+                user = c.user().unwrap_or(""),
+                device = c.device().unwrap_or(""),
+                reason = reason.as_str_name(),
+                suppressed,
+                "kicked"
+            );
+        }
+        c.session.kick(&self.cfg, now, reason, "");
         self.flush(key, c);
         if c.pending_out().is_empty() {
             self.close_soon(c, CloseReason::Kicked);

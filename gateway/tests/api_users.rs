@@ -378,8 +378,8 @@ fn a_kick_closes_one_device_or_all() {
     );
 }
 
-/// Proves profiles are created, updated and read; a user without one is a
-/// typed 404.
+/// Proves profiles are created, updated and read (a banned user's too); a
+/// user without one is a typed 404.
 #[test]
 fn profiles_are_created_updated_and_read() {
     let gw = gateway();
@@ -407,7 +407,19 @@ fn profiles_are_created_updated_and_read() {
         json!({"user_id": "dora", "nickname": "Dora", "avatar": "m:1", "bio": "hi"})
     );
     let (s, got) = call(&gw, "GET", "/api/v1/users/dora/profile", Value::Null);
+    assert_eq!((s, &got), (200, &p));
+    // A banned user's profile is still the operator's to read and change.
+    let (s, _) = call(&gw, "POST", "/api/v1/users/dora/ban", json!({}));
+    assert_eq!(s, 200);
+    let (s, got) = call(&gw, "GET", "/api/v1/users/dora/profile", Value::Null);
     assert_eq!((s, got), (200, p));
+    let (s, _) = call(
+        &gw,
+        "PUT",
+        "/api/v1/users/dora/profile",
+        json!({"bio": "banned"}),
+    );
+    assert_eq!(s, 200);
 }
 
 /// Proves an operator manages a group it is no member of: create for an

@@ -152,7 +152,7 @@ async fn create_group(
     };
     match state
         .backend
-        .call(&g.owner, Body::GroupCreate(create))
+        .call_admin(&g.owner, Body::GroupCreate(create))
         .await?
     {
         Some(Body::GroupInfoResult(pb::GroupInfoResult {

@@ -163,9 +163,10 @@ async fn put_profile(
         avatar: c.avatar,
         bio: c.bio,
     };
+    // As an operator: a banned user's profile can still be managed.
     state
         .backend
-        .call(&user_id, Body::ProfileUpdate(update))
+        .call_admin(&user_id, Body::ProfileUpdate(update))
         .await?;
     Ok(Json(read_profile(&state, &user_id).await?))
 }
@@ -174,7 +175,7 @@ async fn read_profile(state: &ApiState, user_id: &str) -> Result<Profile, ApiErr
     let ask = Body::Profile(pb::ProfileRequest {
         user_id: user_id.to_owned(),
     });
-    match state.backend.call(user_id, ask).await? {
+    match state.backend.call_admin(user_id, ask).await? {
         Some(Body::ProfileResult(r)) => {
             let p = r.profile.unwrap_or_default();
             Ok(Profile {
