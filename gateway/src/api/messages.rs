@@ -540,6 +540,9 @@ async fn broadcast(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+/// Retries of one broadcast message after a 5xx (full ring, timeout).
+const BROADCAST_RETRIES_MAX: u32 = 3;
+
 /// Sends a broadcast's messages, `rate` users a second: each second's
 /// users at once, then a wait for the rest of the second.
 async fn run_broadcast(
@@ -563,7 +566,19 @@ async fn run_broadcast(
                 content.clone(),
             );
             calls.spawn(async move {
-                send_one(&state, &from, &rid, pb::send::To::UserId(user), content).await
+                // A full ring or a slow backend is retried a few times: each
+                // message is idempotent by its client_msg_id.
+                let mut tries = 0;
+                loop {
+                    let to = pb::send::To::UserId(user.clone());
+                    match send_one(&state, &from, &rid, to, content.clone()).await {
+                        Err(e) if e.status.is_server_error() && tries < BROADCAST_RETRIES_MAX => {
+                            tries += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        other => return other,
+                    }
+                }
             });
         }
         while let Some(done) = calls.join_next().await {
