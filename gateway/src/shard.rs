@@ -1092,8 +1092,10 @@ impl Shard {
     /// to the user's worker, queued before anything the device sends. The
     /// answer is nothing, or a `Kick` BANNED (`kick_conn`). The shard never
     /// reads the store itself. If the backend ring is full the check waits
-    /// in `blocked`, in order, like a presence update.
-    fn login_check(self: &Rc<Self>, key: u32, generation: u32, user: &str, device: &str) {
+    /// in `blocked`, in order, like a presence update; if that line is full
+    /// too ([`PRESENCE_PENDING_MAX`]) it returns false: the login cannot be
+    /// checked, and the caller refuses it.
+    fn login_check(self: &Rc<Self>, key: u32, generation: u32, user: &str, device: &str) -> bool {
         let req = BackendRequest {
             from: ConnRef {
                 shard: self.id as u16,
@@ -1115,17 +1117,23 @@ impl Shard {
         };
         let req = if self.blocked.borrow().is_empty() {
             match self.send_backend(req) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(full) => full,
             }
         } else {
             req
         };
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= PRESENCE_PENDING_MAX {
+            return false;
+        }
         // `u32::MAX`: no connection is paused behind it.
-        self.blocked.borrow_mut().push_back((u32::MAX, 0, req));
+        blocked.push_back((u32::MAX, 0, req));
+        drop(blocked);
         if !self.unblocking.replace(true) {
             monoio::spawn(unblock_loop(self.clone()));
         }
+        true
     }
 
     /// Logs a failed login at `info`: the peer's address, the error code and
@@ -1522,7 +1530,14 @@ impl Shard {
         let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
         self.flush(key, c);
         self.arm(key, c);
-        self.login_check(key, c.generation, &user, &device);
+        if !self.login_check(key, c.generation, &user, &device) {
+            // Overloaded past every queue: a login that cannot be checked
+            // for a ban is refused; the client reconnects later.
+            c.session.kick(&self.cfg, now, pb::KickReason::Shutdown, "");
+            self.flush(key, c);
+            self.close_soon(c, CloseReason::Refused);
+            return;
+        }
         if !resume.is_empty() {
             // Push what the device lacks after its resume cursors: a sync on
             // its behalf whose answer comes back as a tracked Deliver. Live
