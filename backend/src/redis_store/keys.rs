@@ -139,6 +139,8 @@ pub struct UserKeys {
     pub presence: String,
     /// String: the chosen presence setting (prost bytes), kept until changed.
     pub presence_setting: String,
+    /// String: the ban (prost bytes), kept until lifted.
+    pub ban: String,
 }
 
 impl UserKeys {
@@ -155,6 +157,7 @@ impl UserKeys {
             profile: k("p"),
             presence: k("s"),
             presence_setting: k("ps"),
+            ban: k("ban"),
         })
     }
 }
