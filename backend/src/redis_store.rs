@@ -229,6 +229,14 @@ pub enum RedisStoreError {
     Config(String),
 }
 
+impl RedisStoreError {
+    /// The connection died under the call (EOF, reset, refused), as
+    /// opposed to a timeout, an error reply or bad data.
+    fn is_connection_dropped(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.is_connection_dropped() && !e.is_timeout())
+    }
+}
+
 impl From<RedisError> for RedisStoreError {
     fn from(e: RedisError) -> Self {
         Self::Redis(e)
@@ -308,9 +316,6 @@ impl RedisStore {
         &self.version
     }
 
-    /// Runs `f` on a pooled connection. A connection that saw an error is
-    /// dropped rather than reused: after a timeout or a cluster redirect
-    /// its state (pending replies, slot map) is not to be trusted.
     /// `GET`s one key of each user (`key` picks it from the user's keys) in
     /// one pipeline (split by slot in a cluster) and decodes each value.
     fn get_per_user<T: prost::Message + Default>(
@@ -333,11 +338,50 @@ impl RedisStore {
         vals.into_iter().map(|v| decode_opt::<T>(v, what)).collect()
     }
 
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+    /// Runs `f` on a pooled connection. A connection that saw an error is
+    /// dropped rather than reused: after a timeout or a cluster redirect its
+    /// state (pending replies, slot map) is not to be trusted.
+    ///
+    /// When a connection taken from the idle list turns out dead (the server
+    /// restarted while it was idle: EOF or reset, not a timeout), the other
+    /// idle connections are as old and are dropped too, and `f` runs once
+    /// more on a fresh connection. So the first call after a Redis restart
+    /// succeeds instead of failing on a socket that died with the old
+    /// server. Only for calls that are exact when repeated (reads, plain
+    /// puts and deletes, appends that all carry a dedup record);
+    /// [`RedisStore::with_conn_once`] is the rest.
+    fn with_conn<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
         let mut lease = self.pool.get()?;
         let r = f(lease.conn());
+        let Err(e) = r else { return r };
+        lease.discard();
+        if !(lease.reused && e.is_connection_dropped()) {
+            return Err(e);
+        }
+        drop(lease);
+        self.pool.drop_idle();
+        let mut fresh = self.pool.get()?;
+        let r = f(fresh.conn());
         if r.is_err() {
+            fresh.discard();
+        }
+        r
+    }
+
+    /// Like [`RedisStore::with_conn`] without the repeat: for calls whose
+    /// second run could differ from the first (a group change checks and
+    /// bumps a version; an append without a dedup record allocates a new
+    /// seq). A dead idle connection still clears the idle list, so the
+    /// caller's retry gets a fresh one.
+    fn with_conn_once<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+        let mut lease = self.pool.get()?;
+        let r = f(lease.conn());
+        if let Err(e) = &r {
             lease.discard();
+            if lease.reused && e.is_connection_dropped() {
+                drop(lease);
+                self.pool.drop_idle();
+            }
         }
         r
     }
@@ -462,30 +506,38 @@ impl RedisStore {
                 appends.add_once(append_cmd(&k, now_ms, item)?);
             }
         }
-        let replies = self.with_conn(|conn| {
-            // Index entries first: they must exist before the record they
-            // point to. One server executes a pipeline in order, so one
-            // round trip suffices; a cluster spreads it over nodes that
-            // execute independently, so there the index goes first, alone.
-            let replies = if index.is_empty() {
-                self.run(conn, &appends)?
-            } else if conn.is_cluster() {
+        // Index entries first: they must exist before the record they point
+        // to. One server executes a pipeline in order, so one round trip
+        // suffices; a cluster spreads it over nodes that execute
+        // independently, so there the index goes first, alone.
+        let (index, appends, skip) = if index.is_empty() || self.pool.is_cluster() {
+            (index, appends, 0)
+        } else {
+            let n = index.cmds.len();
+            let mut both = index;
+            both.extend(appends);
+            (Pipe::default(), both, n)
+        };
+        let batch = |conn: &mut Conn| {
+            if !index.is_empty() {
                 self.run(conn, &index)?;
-                self.run(conn, &appends)?
-            } else {
-                let n = index.cmds.len();
-                let mut both = index;
-                both.extend(appends);
-                let mut r = self.run(conn, &both)?;
-                r.drain(..n);
-                r
-            };
+            }
+            let mut replies = self.run(conn, &appends)?;
+            replies.drain(..skip);
             self.wait_durable(conn)?;
             replies
                 .iter()
                 .map(parse_append_reply)
                 .collect::<Result<Vec<_>>>()
-        })?;
+        };
+        // An append with a dedup record is exact when repeated (the second
+        // run answers the first's seq, as a duplicate); one without (a read
+        // mark, a recall) would take a second seq.
+        let replies = if items.iter().all(|i| i.dedup.is_some()) {
+            self.with_conn(batch)?
+        } else {
+            self.with_conn_once(batch)?
+        };
         if !new_index.is_empty() {
             let mut known = self.indexed.lock();
             if known.len() + new_index.len() > INDEXED_CACHE_ENTRIES_MAX {
@@ -569,7 +621,7 @@ impl RedisStore {
         }
         let mut pipe = Pipe::default();
         pipe.add_once(c);
-        self.with_conn(|conn| {
+        self.with_conn_once(|conn| {
             if !index.is_empty() {
                 self.run(conn, &index)?;
             }
@@ -651,7 +703,7 @@ impl RedisStore {
                 }
             }
         }
-        self.with_conn(|conn| {
+        self.with_conn_once(|conn| {
             // One function call per hash tag, each all or none. A single
             // server runs one call over the keys of every tag, so there the
             // whole call is all or none. A cluster cannot run one function
@@ -1596,6 +1648,14 @@ impl Conn {
         matches!(self, Self::Cluster(_))
     }
 
+    /// False once the client saw the connection fail (no round trip).
+    fn is_open(&self) -> bool {
+        match self {
+            Self::Single(c) => c.is_open(),
+            Self::Cluster(c) => c.is_open(),
+        }
+    }
+
     /// Runs a pipeline: one round trip (one per node in a cluster, all
     /// nodes written before any is read).
     fn query(&mut self, pipe: &Pipe) -> Result<Vec<Value>, RedisError> {
@@ -1735,9 +1795,15 @@ impl Pool {
         let mut s = self.state.lock();
         loop {
             if let Some(c) = s.idle.pop() {
+                if !c.is_open() {
+                    // Known broken (the client saw its socket fail): close it.
+                    s.open -= 1;
+                    continue;
+                }
                 return Ok(Lease {
                     pool: self,
                     conn: Some(c),
+                    reused: true,
                 });
             }
             if s.open < self.connections_max {
@@ -1748,6 +1814,7 @@ impl Pool {
                     Ok(c) => Ok(Lease {
                         pool: self,
                         conn: Some(c),
+                        reused: false,
                     }),
                     Err(e) => {
                         self.state.lock().open -= 1;
@@ -1760,6 +1827,21 @@ impl Pool {
                 return Err(RedisStoreError::PoolExhausted(self.pool_wait_ms));
             }
         }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.connector, Connector::Cluster(_))
+    }
+
+    /// Closes every idle connection: one of them was found dead, so the
+    /// server restarted (or the network dropped) while they were idle.
+    fn drop_idle(&self) {
+        let mut s = self.state.lock();
+        let n = s.idle.len();
+        s.idle.clear();
+        s.open -= n;
+        drop(s);
+        self.freed.notify_all();
     }
 
     fn connect(&self) -> Result<Conn> {
@@ -1779,6 +1861,9 @@ impl Pool {
 struct Lease<'a> {
     pool: &'a Pool,
     conn: Option<Conn>,
+    /// It came from the idle list (it may have died while idle), rather
+    /// than being made for this lease.
+    reused: bool,
 }
 
 impl Lease<'_> {

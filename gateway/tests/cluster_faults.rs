@@ -156,6 +156,45 @@ fn redis_restart_mid_chat_loses_nothing_and_pushes_resume() {
     bob.wait_push(is_text("after the restart"));
 }
 
+/// A quiet Redis restart: alice (node 1) and bob (node 2) chat, then Redis
+/// is stopped and restarted while nobody sends. Once the nodes' leases are
+/// back, the very first sends are acked at once (not refused with
+/// `INTERNAL` by a pooled connection that died with the old server) and
+/// pushed across nodes (not dropped by a worker's dead link). Before the
+/// store and the links retried a dead idle connection once, the first send
+/// after the restart failed and its push was lost.
+#[test]
+fn first_sends_after_a_quiet_redis_restart_are_acked_and_pushed() {
+    let mut redis = Redis::start();
+    let ns = nodes(&redis, 2);
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    let ack = alice.send_text("bob", "before", "before");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(is_text("before"));
+    redis.0.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    redis.0.restart();
+    for n in &ns {
+        wait_until(&format!("{}'s lease renewed", n.id), || {
+            redis::cmd("EXISTS")
+                .arg(format!("{{n:{}}}:alive", n.id))
+                .query::<i64>(&mut redis.conn())
+                .is_ok_and(|e| e == 1)
+        });
+        n.wait_metric("tern_cluster_live_nodes 2");
+    }
+    for (i, text) in ["first", "second", "third"].into_iter().enumerate() {
+        let ack = alice.send_text("bob", &format!("after-{i}"), text);
+        assert!(
+            matches!(ack.body, Some(Body::SendAck(_))),
+            "send {i} after the restart: {ack:?}"
+        );
+        bob.wait_push(is_text(text));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The chat and its checker
 // ---------------------------------------------------------------------------

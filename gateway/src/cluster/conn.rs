@@ -102,39 +102,65 @@ impl Link {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let r = match self.conn()? {
-            Conn::Single(c) => {
+        match &self.connector {
+            Connector::Single(..) => {
                 let mut p = redis::pipe();
                 p.ignore_errors();
                 for cmd in cmds {
                     p.add_command(cmd);
                 }
-                p.query(c)
+                self.run(|conn| match conn {
+                    Conn::Single(c) => p.query(c),
+                    Conn::Cluster(_) => unreachable!("a single-server connector makes Single"),
+                })
             }
-            Conn::Cluster(c) => {
+            Connector::Cluster(_) => {
                 let mut p = ClusterPipeline::with_capacity(cmds.len());
                 for cmd in cmds {
                     p.add_command(cmd);
                 }
-                p.query(c)
+                self.run(|conn| match conn {
+                    Conn::Cluster(c) => p.query(c),
+                    Conn::Single(_) => unreachable!("a cluster connector makes Cluster"),
+                })
             }
-        };
-        if r.is_err() {
-            self.conn = None;
         }
-        r
     }
 
     /// Runs one command.
     pub(crate) fn command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
-        let r = match self.conn()? {
+        self.run(|conn| match conn {
             Conn::Single(c) => c.req_command(cmd),
             Conn::Cluster(c) => c.req_command(cmd),
-        };
-        if r.is_err() {
-            self.conn = None;
+        })
+    }
+
+    /// Runs `f` on the connection, connecting first if there is none; any
+    /// error drops the connection. When a connection made before this call
+    /// turns out dead (EOF or reset: Redis restarted while it sat idle, as
+    /// a worker's link does between two remote pushes), `f` runs once more
+    /// on a fresh one, so the first push after a restart is not lost. Every
+    /// caller's commands are exact or harmless when repeated: reads, `SET`,
+    /// `SADD`, `HSET`, the conditional delete; a repeated `XADD` adds a
+    /// second record for the same entry, which the device drops by its seq.
+    fn run<T>(&mut self, mut f: impl FnMut(&mut Conn) -> RedisResult<T>) -> RedisResult<T> {
+        let reused = self.conn.is_some();
+        let r = f(self.conn()?);
+        match r {
+            Err(e) if reused && e.is_connection_dropped() && !e.is_timeout() => {
+                self.conn = None;
+                let r = f(self.conn()?);
+                if r.is_err() {
+                    self.conn = None;
+                }
+                r
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+            ok => ok,
         }
-        r
     }
 }
 
