@@ -195,6 +195,49 @@ fn first_sends_after_a_quiet_redis_restart_are_acked_and_pushed() {
     }
 }
 
+/// A device that stays connected while its node's lease lapses keeps its
+/// pushes. After a Redis restart the lease keys are gone (their TTL ran out
+/// while Redis was away) until each node renews its own, up to
+/// `node_lease_ms / 3` later; the test makes that state exactly by deleting
+/// node 2's lease key, while bob's phone stays connected to node 2 and
+/// alice (node 1) sends to him in a loop. Node 1 may find bob's route
+/// naming a node without a lease in that window; once node 2 has renewed,
+/// bob's route must name node 2 again and a new message must reach him as
+/// a push, without a reconnect. Today node 1 deletes the route and node 2
+/// never writes it back: bob gets no push from another node until he
+/// reconnects (sync still finds every message). Ignored until a node
+/// re-writes its routes when it finds its lease had lapsed (docs/cluster.md,
+/// Faults); the route writes are being reworked (routes through the
+/// workers' rings), which is where that belongs.
+#[test]
+#[ignore = "known gap: a node does not re-write its routes after its lease lapsed (docs/cluster.md, Faults)"]
+fn routes_of_connected_devices_survive_a_lapsed_lease() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 3);
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    let _: i64 = redis::cmd("DEL")
+        .arg("{n:n2}:alive")
+        .query(&mut redis.conn())
+        .unwrap();
+    let until = Instant::now() + Duration::from_millis(600);
+    let mut i = 0;
+    while Instant::now() < until {
+        let ack = alice.send_text("bob", &format!("race-{i}"), "during the lapse");
+        assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+        i += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for n in &ns {
+        n.wait_metric("tern_cluster_live_nodes 3");
+    }
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    let ack = alice.send_text("bob", "after", "after the lapse");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(is_text("after the lapse"));
+}
+
 // ---------------------------------------------------------------------------
 // The chat and its checker
 // ---------------------------------------------------------------------------
