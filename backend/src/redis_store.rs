@@ -28,7 +28,7 @@ use parking_lot::{Condvar, Mutex};
 use prost::Message as _;
 use redis::cluster::{ClusterClientBuilder, ClusterConnection, ClusterPipeline};
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
-use redis::{Cmd, ConnectionLike, RedisError, Value};
+use redis::{Cmd, ConnectionLike, RedisError, ServerErrorKind, Value};
 use tern_protocol::pb;
 
 use crate::store::{
@@ -1446,6 +1446,28 @@ fn per_node(v: Value) -> Vec<Value> {
     }
 }
 
+/// The indexes of a cluster pipeline's commands that a node refused with
+/// a redirect (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the command did
+/// not run there); `None` when the error is anything else or also holds
+/// another error.
+fn redirected(e: &RedisError) -> Option<HashSet<usize>> {
+    let errs = e.clone().into_server_errors()?;
+    errs.iter()
+        .map(|(i, se)| {
+            matches!(
+                se.kind(),
+                Some(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                )
+            )
+            .then_some(*i)
+        })
+        .collect()
+}
+
 fn is_function_missing(e: &RedisError) -> bool {
     e.to_string().contains("Function not found")
 }
@@ -1674,7 +1696,26 @@ impl Conn {
                 for cmd in &pipe.cmds {
                     p.add_command(cmd.clone());
                 }
-                p.query(c)
+                match p.query(c) {
+                    // The crate's sync cluster pipeline does not follow
+                    // redirects (redis 1.2: a node's MOVED/ASK/TRYAGAIN
+                    // reply comes back as an error of the pipeline), and it
+                    // drops the replies of the commands that ran. A
+                    // redirected command did not run, so when every command
+                    // that must not run twice is among those, the pipeline
+                    // is run again one command at a time: the single-command
+                    // path follows MOVED (refreshing the slot map) and ASK
+                    // (with ASKING), and waits out TRYAGAIN, with the
+                    // client's bounded retries. This happens only while a
+                    // slot moves.
+                    Err(e) => match redirected(&e) {
+                        Some(not_run) if pipe.once.iter().all(|i| not_run.contains(i)) => {
+                            pipe.cmds.iter().map(|cmd| c.req_command(cmd)).collect()
+                        }
+                        _ => Err(e),
+                    },
+                    ok => ok,
+                }
             }
         }
     }

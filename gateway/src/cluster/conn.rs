@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use redis::{
-    Cmd, ConnectionLike as _, RedisResult, Value,
+    Cmd, ConnectionLike as _, RedisResult, ServerErrorKind, Value,
     cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection, ClusterPipeline},
 };
 
@@ -120,7 +120,19 @@ impl Link {
                     p.add_command(cmd);
                 }
                 self.run(|conn| match conn {
-                    Conn::Cluster(c) => p.query(c),
+                    Conn::Cluster(c) => match p.query(c) {
+                        // The crate's sync cluster pipeline does not follow
+                        // redirects (redis 1.2: MOVED/ASK/TRYAGAIN come back
+                        // as an error of the pipeline, the other replies
+                        // lost). While a slot moves, run the commands one at
+                        // a time: that path follows MOVED and ASK and waits
+                        // out TRYAGAIN. Every caller's commands may run
+                        // twice (see `run`).
+                        Err(e) if is_redirect(&e) => {
+                            p.cmd_iter().map(|cmd| c.req_command(cmd)).collect()
+                        }
+                        r => r,
+                    },
                     Conn::Single(_) => unreachable!("a cluster connector makes Cluster"),
                 })
             }
@@ -162,6 +174,24 @@ impl Link {
             ok => ok,
         }
     }
+}
+
+/// A cluster pipeline's error made only of redirects (`MOVED`, `ASK`,
+/// `TRYAGAIN`, `CLUSTERDOWN`).
+fn is_redirect(e: &redis::RedisError) -> bool {
+    e.clone().into_server_errors().is_some_and(|errs| {
+        errs.iter().all(|(_, se)| {
+            matches!(
+                se.kind(),
+                Some(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                )
+            )
+        })
+    })
 }
 
 /// The bytes of a bulk or simple string reply.
