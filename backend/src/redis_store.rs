@@ -55,6 +55,17 @@ const RANGE_LIMIT_MAX: u64 = i64::MAX as u64;
 const PRESENCE_GRACE_MS: u64 = 60_000;
 /// Longest time a presence record is kept, whatever it asks for.
 const PRESENCE_TTL_MS_MAX: u64 = 7 * 24 * 3_600_000;
+/// Retries of one command on Redis Cluster (a redirect, `TRYAGAIN`, a
+/// lost node), each `TRYAGAIN` waiting a random 10 ms … min(200 ms,
+/// 10 ms·2^retry): a command that keeps getting `TRYAGAIN` (a slot half
+/// moved) fails within about 0.7 s. The `redis` crate's default (16
+/// retries, each waiting at least 1.28 s) held a backend worker, and every
+/// request queued behind it, for 20 s or more.
+pub const CLUSTER_RETRIES_MAX: u32 = 6;
+/// Shortest wait before a cluster retry, and the formula's factor.
+pub const CLUSTER_RETRY_WAIT_MS_MIN: u64 = 10;
+/// Longest wait before a cluster retry.
+pub const CLUSTER_RETRY_WAIT_MS_MAX: u64 = 200;
 /// Entries of the "already indexed" cache ([`RedisStore`]'s `indexed`);
 /// at about 100 bytes each, 100k entries is about 10 MB.
 const INDEXED_CACHE_ENTRIES_MAX: usize = 100_000;
@@ -1813,6 +1824,10 @@ impl Pool {
                     ClusterClientBuilder::new(urls.clone())
                         .connection_timeout(connect_timeout)
                         .response_timeout(io_timeout)
+                        .retries(CLUSTER_RETRIES_MAX)
+                        .min_retry_wait(CLUSTER_RETRY_WAIT_MS_MIN)
+                        .max_retry_wait(CLUSTER_RETRY_WAIT_MS_MAX)
+                        .retry_wait_formula(CLUSTER_RETRY_WAIT_MS_MIN, 2)
                         .build()?,
                 )
             }

@@ -359,6 +359,49 @@ fn pipelines_follow_ask_and_moved_during_a_slot_move() {
     }
 }
 
+/// A slot move never stalls a node: while the slot of alice and bob's 1:1
+/// conversation moves to another master one key per `MIGRATE` (its
+/// append function names keys on both masters, or one that does not exist
+/// yet: Redis answers `TRYAGAIN` until the slot settles), alice's sends to
+/// bob are answered (acked, or refused with `INTERNAL`) and carol's sends
+/// to dave, in a slot that does not move, are acked, at every step. With
+/// the `redis` crate's default retry policy for `TRYAGAIN` (16 retries,
+/// each waiting at least 1.28 s) one such send held the node's backend
+/// worker for 20 s or more, and every other request on the node waited
+/// behind it.
+#[test]
+fn a_slot_move_does_not_stall_other_requests() {
+    let cluster = redis_harness::RedisCluster::start(3, true);
+    let urls = cluster.urls();
+    let node = Node::spawn(&urls, true, "n1", "");
+    let (mut alice, _) = Client::login(node.tcp, "alice", "phone");
+    let (mut carol, _) = Client::login(node.tcp, "carol", "phone");
+    let ack = alice.send_text("bob", "a0", "first");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    let moving = cluster.slot_of("{c:d:alice:bob}:l");
+    assert_ne!(cluster.slot_of("{c:d:carol:dave}:l"), moving);
+    let mut step = 0;
+    let mut refused = 0;
+    let mut check = || {
+        step += 1;
+        let r = alice.send_text("bob", &format!("a{step}"), "during the move");
+        match &r.body {
+            Some(Body::SendAck(_)) => {}
+            Some(Body::Error(e)) if e.code == pb::ErrorCode::Internal as i32 => refused += 1,
+            other => panic!("step {step}: alice's send answered {other:?}"),
+        }
+        let r = carol.send_text("dave", &format!("c{step}"), "elsewhere");
+        assert!(
+            matches!(r.body, Some(Body::SendAck(_))),
+            "step {step}: {r:?}"
+        );
+    };
+    let to = (cluster.owner_of(moving) + 1) % 3;
+    cluster.move_slot(moving, to, 1, &mut check);
+    check();
+    eprintln!("{step} steps, {refused} of alice's sends refused during the move");
+}
+
 // ---------------------------------------------------------------------------
 // The chat and its checker
 // ---------------------------------------------------------------------------

@@ -37,9 +37,18 @@ impl Connector {
         timeout: Duration,
     ) -> Result<Self, ClusterError> {
         if cluster {
+            // The store's bounded retry policy (the crate's default waits
+            // 1.28 s or more per TRYAGAIN, 16 times).
+            use tern_backend::redis_store::{
+                CLUSTER_RETRIES_MAX, CLUSTER_RETRY_WAIT_MS_MAX, CLUSTER_RETRY_WAIT_MS_MIN,
+            };
             let c = ClusterClientBuilder::new(urls.to_vec())
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
+                .retries(CLUSTER_RETRIES_MAX)
+                .min_retry_wait(CLUSTER_RETRY_WAIT_MS_MIN)
+                .max_retry_wait(CLUSTER_RETRY_WAIT_MS_MAX)
+                .retry_wait_formula(CLUSTER_RETRY_WAIT_MS_MIN, 2)
                 .build()?;
             return Ok(Self::Cluster(c));
         }
