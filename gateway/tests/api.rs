@@ -46,14 +46,14 @@ fn keys_and_scopes_are_checked_before_anything_happens() {
     let gw = gateway();
     let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
     for (key, status, code) in [
-        (None, 401, "unauthorized"),
-        (Some("not-a-key-at-all-xxxx"), 401, "unauthorized"),
-        (Some(READ_KEY), 403, "forbidden"),
+        (None, 401, "AUTH_REQUIRED"),
+        (Some("not-a-key-at-all-xxxx"), 401, "AUTH_FAILED"),
+        (Some(READ_KEY), 403, "PERMISSION_DENIED"),
     ] {
         let (s, body) = gw.api("POST", "/api/v1/messages", key, &hello("r1"));
         assert_eq!(s, status, "{body}");
-        assert_eq!(body["error"]["code"], code, "{body}");
-        assert!(body["error"]["message"].is_string(), "{body}");
+        assert_eq!(body["code"], code, "{body}");
+        assert!(body["detail"].is_string(), "{body}");
     }
     // The 401 carries WWW-Authenticate.
     let (s, head, _) = gw.http("POST", "/api/v1/messages", &[], b"{}");
@@ -112,24 +112,24 @@ fn bad_bodies_get_typed_errors() {
     );
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (400, Some("invalid_argument")),
+        (s, body["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
         "{body}"
     );
     let mut extra = hello("r2");
     extra["colour"] = json!("red");
     let (s, body) = gw.api("POST", "/api/v1/messages", Some(ADMIN_KEY), &extra);
     assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (422, Some("invalid_argument")),
+        (s, body["code"].as_str()),
+        (422, Some("INVALID_ARGUMENT")),
         "{body}"
     );
     let mut both = hello("r3");
     both["to_group"] = json!("g1");
     let (s, body) = gw.api("POST", "/api/v1/messages", Some(ADMIN_KEY), &both);
     assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (400, Some("invalid_argument")),
+        (s, body["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
         "{body}"
     );
     let group = json!({
@@ -138,7 +138,7 @@ fn bad_bodies_get_typed_errors() {
     });
     let (s, body) = gw.api("POST", "/api/v1/messages", Some(ADMIN_KEY), &group);
     assert!(matches!(s, 403 | 404), "{s} {body}");
-    assert!(body["error"]["code"].is_string(), "{body}");
+    assert!(body["code"].is_string(), "{body}");
 }
 
 /// The OpenAPI document is served without a key and lists every route

@@ -83,10 +83,7 @@ fn a_system_sender_needs_no_friendship_and_sends_every_kind() {
         json!({"request_id": "r0", "from": "alice", "to_user": "bob",
                "content": {"type": "text", "text": "hi"}}),
     );
-    assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (403, Some("not_friends"))
-    );
+    assert_eq!((s, body["code"].as_str()), (403, Some("NOT_FRIENDS")));
     // A client's request never carries operator rights.
     let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
     let refused = alice.send_text("bob", "c0", "hi");
@@ -147,8 +144,8 @@ fn a_system_sender_needs_no_friendship_and_sends_every_kind() {
             json!({"request_id": "bad", "from": "system", "to_user": "bob", "content": content}),
         );
         assert_eq!(
-            (s, body["error"]["code"].as_str()),
-            (400, Some("invalid_argument")),
+            (s, body["code"].as_str()),
+            (400, Some("INVALID_ARGUMENT")),
             "{content}"
         );
     }
@@ -175,7 +172,7 @@ fn a_list_send_answers_per_recipient_and_replays_send_nothing() {
     assert_eq!(r[0]["to_user"], "bob");
     assert_eq!(r[0]["message"]["conversation_id"], "d:bob:system");
     assert_eq!(r[1]["message"]["conversation_id"], "d:carol:system");
-    assert_eq!(r[2]["error"]["code"], "invalid_argument", "to oneself");
+    assert_eq!(r[2]["error"]["code"], "INVALID_ARGUMENT", "to oneself");
     for c in [&mut bob, &mut carol] {
         let f = c.wait_push(|f| delivered_text(f).is_some());
         assert_eq!(delivered_text(&f).unwrap().2, "notice");
@@ -193,10 +190,7 @@ fn a_list_send_answers_per_recipient_and_replays_send_nothing() {
         json!({"request_id": "big", "from": "system", "to_users": ["a", "b", "c", "d"],
                "content": {"type": "text", "text": "x"}}),
     );
-    assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (400, Some("invalid_argument"))
-    );
+    assert_eq!((s, body["code"].as_str()), (400, Some("INVALID_ARGUMENT")));
 }
 
 /// Proves a broadcast reaches every user online on the node once (202 with
@@ -248,10 +242,7 @@ fn a_broadcast_reaches_every_online_user_once() {
         "/api/v1/broadcasts",
         json!({"request_id": "b2", "from": "alice", "content": {"type": "text", "text": "x"}}),
     );
-    assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (403, Some("permission_denied"))
-    );
+    assert_eq!((s, body["code"].as_str()), (403, Some("PERMISSION_DENIED")));
 }
 
 /// Proves a ban closes every device of the user with Kick BANNED, refuses
@@ -372,10 +363,7 @@ fn a_kick_closes_one_device_or_all() {
         "/api/v1/users/not%20an%20id/devices",
         Value::Null,
     );
-    assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (400, Some("invalid_argument"))
-    );
+    assert_eq!((s, body["code"].as_str()), (400, Some("INVALID_ARGUMENT")));
 }
 
 /// Proves profiles are created, updated and read (a banned user's too); a
@@ -384,10 +372,7 @@ fn a_kick_closes_one_device_or_all() {
 fn profiles_are_created_updated_and_read() {
     let gw = gateway();
     let (s, body) = call(&gw, "GET", "/api/v1/users/dora/profile", Value::Null);
-    assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((s, body["code"].as_str()), (404, Some("NOT_FOUND")));
     let (s, p) = call(
         &gw,
         "PUT",
@@ -445,10 +430,7 @@ fn an_operator_manages_groups_it_is_not_in() {
         "/api/v1/groups",
         json!({"owner": "alice", "name": "team", "group_id": "team1"}),
     );
-    assert_eq!(
-        (s, again["error"]["code"].as_str()),
-        (409, Some("already_exists"))
-    );
+    assert_eq!((s, again["code"].as_str()), (409, Some("ALREADY_EXISTS")));
     let (s, added) = call(
         &gw,
         "POST",
@@ -480,8 +462,8 @@ fn an_operator_manages_groups_it_is_not_in() {
         json!({"role": "member"}),
     );
     assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (400, Some("invalid_argument")),
+        (s, body["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
         "the owner's own role"
     );
     let (s, sent) = call(
@@ -506,10 +488,7 @@ fn an_operator_manages_groups_it_is_not_in() {
         "/api/v1/groups/team1/members/nobody",
         Value::Null,
     );
-    assert_eq!(
-        (s, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((s, body["code"].as_str()), (404, Some("NOT_FOUND")));
     for (method, path, body) in [
         (
             "POST",
@@ -525,18 +504,15 @@ fn an_operator_manages_groups_it_is_not_in() {
     ] {
         let (s, b) = call(&gw, method, path, body);
         assert_eq!(
-            (s, b["error"]["code"].as_str()),
-            (404, Some("not_found")),
+            (s, b["code"].as_str()),
+            (404, Some("NOT_FOUND")),
             "{method} {path}"
         );
     }
     let (s, _) = call(&gw, "DELETE", "/api/v1/groups/team1", Value::Null);
     assert_eq!(s, 200);
     let (s, b) = call(&gw, "DELETE", "/api/v1/groups/team1", Value::Null);
-    assert_eq!(
-        (s, b["error"]["code"].as_str()),
-        (410, Some("group_dissolved"))
-    );
+    assert_eq!((s, b["code"].as_str()), (410, Some("GROUP_DISSOLVED")));
 }
 
 /// Proves history pages backwards through any conversation, presence of
@@ -587,17 +563,14 @@ fn history_presence_and_online_counts() {
         "/api/v1/conversations/g:nope/messages",
         Value::Null,
     );
-    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!((s, b["code"].as_str()), (404, Some("NOT_FOUND")));
     let (s, b) = call(
         &gw,
         "GET",
         "/api/v1/conversations/bogus/messages",
         Value::Null,
     );
-    assert_eq!(
-        (s, b["error"]["code"].as_str()),
-        (400, Some("invalid_argument"))
-    );
+    assert_eq!((s, b["code"].as_str()), (400, Some("INVALID_ARGUMENT")));
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let p = loop {
@@ -618,10 +591,7 @@ fn history_presence_and_online_counts() {
     assert_eq!(p["presences"][1]["state"], "offline");
     let many: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
     let (s, b) = call(&gw, "POST", "/api/v1/presence", json!({"user_ids": many}));
-    assert_eq!(
-        (s, b["error"]["code"].as_str()),
-        (400, Some("invalid_argument"))
-    );
+    assert_eq!((s, b["code"].as_str()), (400, Some("INVALID_ARGUMENT")));
 
     let (s, online) = call(&gw, "GET", "/api/v1/online", Value::Null);
     assert_eq!(s, 200);

@@ -88,7 +88,7 @@ impl ApiBackend {
             Ok(Err(_)) => Err(ApiError::overloaded("the backend is stopping")),
             Err(_) => Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
+                "TIMEOUT",
                 "the backend did not answer in time; the call may still take effect",
             )),
         }

@@ -1,5 +1,5 @@
 //! The one error shape of the server API:
-//! `{"error": {"code": "not_found", "message": "…"}}` with an HTTP status
+//! `{"error": {"code": "NOT_FOUND", "message": "…"}}` with an HTTP status
 //! that follows the code. Codes are stable; messages are for people.
 
 use axum::{
@@ -15,7 +15,8 @@ use tern_protocol::pb;
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
-    /// Stable, lower snake case: what a service acts on.
+    /// Stable, upper snake case (the wire `ErrorCode` name where one
+    /// fits): what a service acts on.
     pub code: &'static str,
     /// What went wrong, for logs and people.
     pub message: String,
@@ -23,22 +24,35 @@ pub struct ApiError {
     pub retry_after_s: Option<u32>,
 }
 
-/// The body of every error answer.
+/// The body of every error answer: RFC 9457 problem details.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
+    /// Always `about:blank`: the status and `code` say what happened.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Stable code: `AUTH_REQUIRED`, `AUTH_FAILED`, `PERMISSION_DENIED`,
+    /// `NOT_FOUND`, `INVALID_ARGUMENT`, `NOT_MEMBER`, `OVERLOADED`, … (the
+    /// wire protocol's `ErrorCode` names where one fits).
+    pub code: String,
 }
 
-/// What an error answer says.
+/// One failed item of a call that answers per item (a send to a list).
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable code, e.g. `unauthorized`, `forbidden`, `not_found`,
-    /// `invalid_argument`, `not_member`, `overloaded`.
+    /// Stable code, as in [`ErrorBody::code`].
     pub code: String,
     /// Human-readable detail.
-    pub message: String,
+    pub detail: String,
 }
+
+/// The content type of an error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 impl ApiError {
     /// An error with `status` and `code`.
@@ -53,25 +67,25 @@ impl ApiError {
 
     /// 400 `invalid_argument`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+        Self::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
     }
 
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
 
     /// 503 `overloaded` with a `Retry-After`.
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self {
             retry_after_s: Some(1),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", message)
         }
     }
 
     /// 500 `internal`.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
     }
 
     /// The domain's typed error (a `pb::Error` answer), as the API says it.
@@ -80,22 +94,22 @@ impl ApiError {
         let code = C::try_from(e.code).unwrap_or(C::Unspecified);
         let (status, name) = match code {
             C::InvalidArgument | C::BadFrame | C::FrameTooLarge => {
-                (StatusCode::BAD_REQUEST, "invalid_argument")
+                (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")
             }
-            C::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            C::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-            C::NotMember => (StatusCode::FORBIDDEN, "not_member"),
-            C::Blocked => (StatusCode::FORBIDDEN, "blocked"),
-            C::NotFriends => (StatusCode::FORBIDDEN, "not_friends"),
-            C::RecallWindowPassed => (StatusCode::CONFLICT, "recall_window_passed"),
-            C::Muted => (StatusCode::FORBIDDEN, "muted"),
-            C::GroupDissolved => (StatusCode::GONE, "group_dissolved"),
-            C::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
-            C::LimitReached => (StatusCode::CONFLICT, "limit_reached"),
-            C::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            C::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            C::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            C::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            C::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+            C::NotMember => (StatusCode::FORBIDDEN, "NOT_MEMBER"),
+            C::Blocked => (StatusCode::FORBIDDEN, "BLOCKED"),
+            C::NotFriends => (StatusCode::FORBIDDEN, "NOT_FRIENDS"),
+            C::RecallWindowPassed => (StatusCode::CONFLICT, "RECALL_WINDOW_PASSED"),
+            C::Muted => (StatusCode::FORBIDDEN, "MUTED"),
+            C::GroupDissolved => (StatusCode::GONE, "GROUP_DISSOLVED"),
+            C::AlreadyExists => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+            C::LimitReached => (StatusCode::CONFLICT, "LIMIT_REACHED"),
+            C::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            C::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
+            C::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "TIMEOUT"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
         let retry = (e.retry_after_ms > 0).then(|| e.retry_after_ms.div_ceil(1000).max(1));
         Self {
@@ -108,12 +122,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.into(),
-                message: self.message,
-            },
+            kind: "about:blank",
+            title: self.status.canonical_reason().unwrap_or("Error").into(),
+            status: self.status.as_u16(),
+            detail: self.message,
+            code: self.code.into(),
         };
         let mut r = (self.status, Json(body)).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(s) = self.retry_after_s {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -132,9 +149,9 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         let status = r.status();
         let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "invalid_argument",
+            StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+            _ => "INVALID_ARGUMENT",
         };
         Self::new(status, code, r.body_text())
     }

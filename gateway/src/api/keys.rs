@@ -120,7 +120,7 @@ impl Authorized {
         }
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            "PERMISSION_DENIED",
             format!(
                 "API key {:?} lacks the {:?} scope",
                 self.key_name,
@@ -134,20 +134,21 @@ impl FromRequestParts<ApiState> for Authorized {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let unauthorized =
-            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_owned());
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
-        let key = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .ok_or_else(|| unauthorized("Authorization must be Bearer <api key>"))?;
+        // The wire protocol's codes: no credentials is AUTH_REQUIRED, wrong
+        // ones AUTH_FAILED.
+        let unauthorized = |code: &'static str, m: &str| {
+            ApiError::new(StatusCode::UNAUTHORIZED, code, m.to_owned())
+        };
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            unauthorized("AUTH_REQUIRED", "missing Authorization: Bearer <api key>")
+        })?;
+        let key = value.as_bytes().strip_prefix(b"Bearer ").ok_or_else(|| {
+            unauthorized("AUTH_REQUIRED", "Authorization must be Bearer <api key>")
+        })?;
         let k = state
             .keys
             .find(key)
-            .ok_or_else(|| unauthorized("unknown API key"))?;
+            .ok_or_else(|| unauthorized("AUTH_FAILED", "unknown API key"))?;
         Ok(Self {
             key_name: k.name.clone(),
             scopes: k.scopes,

@@ -409,7 +409,7 @@ async fn send_batch(
                     message: None,
                     error: Some(super::error::ErrorDetail {
                         code: e.code.into(),
-                        message: e.message,
+                        detail: e.message,
                     }),
                 }
             }
@@ -417,8 +417,8 @@ async fn send_batch(
                 to_user,
                 message: None,
                 error: Some(super::error::ErrorDetail {
-                    code: "internal".into(),
-                    message: "no outcome".into(),
+                    code: "INTERNAL".into(),
+                    detail: "no outcome".into(),
                 }),
             },
         })
@@ -495,7 +495,7 @@ async fn broadcast(
     if !state.ops.is_system(&m.from) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "permission_denied",
+            "PERMISSION_DENIED",
             "a broadcast is sent as one of [api_ops] system_users",
         ));
     }
