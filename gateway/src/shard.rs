@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     auth::Verifier,
-    bridge::{BackendRequest, Caller},
+    bridge::{BackendRequest, Caller, RouteChange},
     mailbox::{Doorbell, Receiver, Sender},
     metrics::{CloseReason, ShardMetrics},
     wheel::Wheel,
@@ -107,6 +107,14 @@ pub enum ShardMsg {
     },
     /// Start draining: stop accepting, kick connections at a bounded rate.
     Drain,
+    /// The device logged in on another node, which now holds its route:
+    /// kick this node's connection of it as displaced.
+    Displace {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+    },
 }
 
 /// A connection moving to its owner shard after auth.
@@ -192,8 +200,9 @@ pub struct ShardSetup {
     pub kick_rate: u32,
     /// Time origin shared by all shards.
     pub epoch: Instant,
-    /// Route changes to the cluster thread (the Redis store); `None` alone.
-    pub to_cluster: Option<crate::cluster::RouteSender>,
+    /// A member of a cluster (the Redis store): route changes go to the
+    /// backend workers.
+    pub cluster: bool,
 }
 
 /// Per-connection state, in the shard's slab. Kept small: an idle
@@ -467,8 +476,9 @@ struct Shard {
     id: usize,
     shards: usize,
     node_id: Arc<str>,
-    /// Route changes to the cluster thread (`None`: single node).
-    to_cluster: RefCell<Option<crate::cluster::RouteSender>>,
+    /// A member of a cluster: devices' route changes go to the backend
+    /// workers (false: single node, no routes).
+    cluster: bool,
     cfg: SessionConfig,
     verifier: Arc<Verifier>,
     metrics: Arc<ShardMetrics>,
@@ -640,7 +650,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         id: setup.id,
         shards: setup.shards,
         node_id: setup.node_id,
-        to_cluster: RefCell::new(setup.to_cluster),
+        cluster: setup.cluster,
         cfg: setup.session,
         verifier: setup.verifier,
         metrics: setup.metrics,
@@ -1011,6 +1021,36 @@ impl Shard {
                 });
             }
             ShardMsg::Drain => self.draining.set(true),
+            ShardMsg::Displace { user, device } => self.displace(&user, &device),
+        }
+    }
+
+    /// The same device logged in on another node: its connection here is
+    /// kicked as displaced, as by a second login here (see `welcome`), and
+    /// its close writes no route change (the route is the other node's).
+    /// If it was the user's last device here that counts toward presence,
+    /// this node says so (the worker finds the user online on the other
+    /// node, so friends see no OFFLINE).
+    fn displace(self: &Rc<Self>, user: &str, device: &str) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        let (mut others_counted, mut displaced_counted) = (false, false);
+        for other in self.devices_of(&conns, user) {
+            let old = &mut conns[other as usize];
+            if old.device() == Some(device) {
+                displaced_counted |= !old.quiet;
+                self.unindex_device(other, user);
+                old.session
+                    .kick(&self.cfg, now, pb::KickReason::Displaced, "");
+                self.flush(other, old);
+                self.close_soon(old, CloseReason::Displaced);
+            } else {
+                others_counted |= !old.quiet;
+            }
+        }
+        drop(conns);
+        if displaced_counted && !others_counted {
+            self.presence(user, pb::PresenceState::Offline);
         }
     }
 
@@ -1163,6 +1203,7 @@ impl Shard {
             }),
             started: None,
             resume: true,
+            route: None,
         }
     }
 
@@ -1170,7 +1211,7 @@ impl Shard {
     /// `blocked` (without pausing its connection). False if even that line
     /// is full ([`PRESENCE_PENDING_MAX`]): no resume is in flight then.
     fn queue_resume(self: &Rc<Self>, req: BackendRequest) -> bool {
-        let Err(req) = self.send_backend(req) else {
+        let Err(req) = self.send_backend_in_order(req) else {
             return true;
         };
         let mut blocked = self.blocked.borrow_mut();
@@ -1386,7 +1427,9 @@ impl Shard {
             }
         }
         conns[key as usize].ident = Some(format!("{user}\0{device}").into_boxed_str());
-        self.route_change(conns[key as usize].ident.as_deref(), true);
+        // Before Welcome: the device's first sync queues behind it in the
+        // same worker ring, so it runs once the route exists.
+        self.route_change(&user, &device, RouteChange::Up);
         conns[key as usize].quiet = quiet;
         self.index_device(&conns, key, &user);
         if !quiet && !others_counted {
@@ -1421,16 +1464,44 @@ impl Shard {
         }
     }
 
-    /// Tells the cluster thread a device logged in here (`up`) or left. A
-    /// full ring drops the change and counts it
-    /// (`tern_cluster_route_ring_full_total`): a lost login leaves the
-    /// device without pushes from other nodes until it reconnects (it syncs
-    /// then); a lost close leaves a route that the other nodes' pushes find
-    /// empty here.
-    fn route_change(&self, ident: Option<&str>, up: bool) {
-        if let (Some(tx), Some(ident)) = (self.to_cluster.borrow_mut().as_mut(), ident) {
-            tx.send(ident, up);
+    /// Tells the user's backend worker (cluster mode) that a device logged
+    /// in here or left, in order with the user's requests: a full backend
+    /// queue makes the change wait in `blocked`, like a presence update
+    /// (past [`PRESENCE_PENDING_MAX`] waiting it is dropped and counted in
+    /// `tern_presence_dropped_total`: a lost login leaves the device
+    /// without pushes from other nodes until it reconnects, and it syncs
+    /// then; a lost close leaves a route that other nodes' pushes find
+    /// empty here).
+    fn route_change(self: &Rc<Self>, user: &str, device: &str, change: RouteChange) {
+        if !self.cluster {
+            return;
         }
+        self.send_waiting(BackendRequest {
+            // Never answered.
+            from: ConnRef {
+                shard: self.id as u16,
+                key: u32::MAX,
+                generation: 0,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+            },
+            frame: Box::default(),
+            started: None,
+            resume: false,
+            route: Some(change),
+        });
+    }
+
+    /// Queues a request for the backend in order: behind the requests that
+    /// already wait for room (a connection's request never overtakes a
+    /// presence update or route change queued before it).
+    fn send_backend_in_order(&self, req: BackendRequest) -> Result<(), BackendRequest> {
+        if !self.blocked.borrow().is_empty() {
+            return Err(req);
+        }
+        self.send_backend(req)
     }
 
     /// Queues a request for the backend worker of its user (one worker per
@@ -1447,7 +1518,7 @@ impl Shard {
     /// user is never left shown online after going offline; past
     /// [`PRESENCE_PENDING_MAX`] waiting updates it is dropped and counted.
     fn presence(self: &Rc<Self>, user: &str, state: pb::PresenceState) {
-        let mut req = BackendRequest {
+        let req = BackendRequest {
             // No connection waits for the answer.
             from: ConnRef {
                 shard: self.id as u16,
@@ -1467,14 +1538,18 @@ impl Shard {
             }),
             started: None,
             resume: false,
+            route: None,
         };
-        // Behind updates already waiting, never ahead of them.
-        if self.blocked.borrow().is_empty() {
-            match self.send_backend(req) {
-                Ok(()) => return,
-                Err(full) => req = full,
-            }
-        }
+        self.send_waiting(req);
+    }
+
+    /// Sends a request no connection waits for (presence, route change);
+    /// if the backend queue is full it waits in `blocked`, in order; past
+    /// [`PRESENCE_PENDING_MAX`] waiting it is dropped and counted.
+    fn send_waiting(self: &Rc<Self>, req: BackendRequest) {
+        let Err(req) = self.send_backend_in_order(req) else {
+            return;
+        };
         let mut blocked = self.blocked.borrow_mut();
         if blocked.len() >= PRESENCE_PENDING_MAX {
             self.metrics
@@ -1653,8 +1728,9 @@ impl Shard {
                             frame,
                             started: is_send.then(Instant::now),
                             resume: false,
+                            route: None,
                         };
-                        if let Err(req) = self.send_backend(req) {
+                        if let Err(req) = self.send_backend_in_order(req) {
                             // Back-pressure: keep this request and the rest
                             // of the input; stop reading until there is room.
                             self.metrics
@@ -2248,7 +2324,7 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
         }
         if indexed {
             // A displaced connection's route is its successor's.
-            shard.route_change(c.ident.as_deref(), false);
+            shard.route_change(user, c.device().unwrap_or(""), RouteChange::Down);
         }
     }
     drop(conns);

@@ -105,18 +105,27 @@ pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<(
     link.pipeline(vec![set, add]).map(drop)
 }
 
-/// Leaves: the lease and the listing go at once.
+/// Leaves: the lease goes at once. The listing stays, so the next node to
+/// refresh its view finds the lease gone, claims the node and takes back
+/// any presence it still held (see [`live_nodes`]).
 pub(crate) fn leave(link: &mut Link, node: &str) -> RedisResult<()> {
     let mut del = cmd("DEL");
     del.arg(lease_key(node));
-    let mut rem = cmd("SREM");
-    rem.arg(NODES_KEY).arg(node);
-    link.pipeline(vec![del, rem]).map(drop)
+    link.command(&del).map(drop)
 }
 
+/// A set of node ids.
+pub type NodeSet = HashSet<Box<str>>;
+
 /// The live nodes (`me` always included): the listed nodes whose lease
-/// key exists. Listed nodes without one are removed from the listing.
-pub(crate) fn live_nodes(link: &mut Link, me: &str) -> RedisResult<HashSet<Box<str>>> {
+/// key exists; and the dead nodes this call claimed. Listed nodes without
+/// a lease are removed from the listing, one `SREM` each: the node whose
+/// `SREM` removed it (answered 1) claims it, so exactly one node reaps a
+/// dead node's presence.
+pub(crate) fn live_nodes(
+    link: &mut Link,
+    me: &str,
+) -> RedisResult<(NodeSet, Vec<Box<str>>)> {
     let listed = link.command(cmd("SMEMBERS").arg(NODES_KEY))?;
     let ids: Vec<String> = super::conn::items(&listed)
         .unwrap_or_default()
@@ -129,20 +138,35 @@ pub(crate) fn live_nodes(link: &mut Link, me: &str) -> RedisResult<HashSet<Box<s
     let mut live: HashSet<Box<str>> = HashSet::with_capacity(ids.len() + 1);
     let mut gone = Vec::new();
     for (id, up) in ids.into_iter().zip(alive) {
-        if up {
+        // This node never claims itself (its lease may have lapsed in a
+        // Redis blip; its next renewal brings it back).
+        if up || id == me {
             live.insert(id.into_boxed_str());
         } else {
             gone.push(id);
         }
     }
+    let mut claimed = Vec::new();
     if !gone.is_empty() {
         // A node that comes back adds itself again with its next renewal.
-        let mut rem = cmd("SREM");
-        rem.arg(NODES_KEY).arg(&gone);
-        link.command(&rem)?;
+        let cmds = gone
+            .iter()
+            .map(|id| {
+                let mut rem = cmd("SREM");
+                rem.arg(NODES_KEY).arg(id);
+                rem
+            })
+            .collect();
+        let replies = link.pipeline(cmds)?;
+        claimed = gone
+            .into_iter()
+            .zip(replies)
+            .filter(|(_, r)| matches!(r, Value::Int(1)))
+            .map(|(id, _)| id.into_boxed_str())
+            .collect();
     }
     live.insert(me.into());
-    Ok(live)
+    Ok((live, claimed))
 }
 
 /// Whether each node's lease key exists (one pipeline).
