@@ -122,10 +122,7 @@ pub type NodeSet = HashSet<Box<str>>;
 /// a lease are removed from the listing, one `SREM` each: the node whose
 /// `SREM` removed it (answered 1) claims it, so exactly one node reaps a
 /// dead node's presence.
-pub(crate) fn live_nodes(
-    link: &mut Link,
-    me: &str,
-) -> RedisResult<(NodeSet, Vec<Box<str>>)> {
+pub(crate) fn live_nodes(link: &mut Link, me: &str) -> RedisResult<(NodeSet, Vec<Box<str>>)> {
     let listed = link.command(cmd("SMEMBERS").arg(NODES_KEY))?;
     let ids: Vec<String> = super::conn::items(&listed)
         .unwrap_or_default()
