@@ -66,6 +66,10 @@ pub struct BackendRequest {
     /// A sync made on behalf of a connection after `Auth.resume_cursors`:
     /// its answer is pushed as a `Deliver` of the listed conversations.
     pub resume: bool,
+    /// A call of the server API (`crate::api`): the answer goes here instead
+    /// of to a connection (`from` is then unused). Boxed: one word in every
+    /// ring entry.
+    pub reply: Option<ApiReply>,
     /// Not a request but a route change of the caller's device (cluster
     /// mode): written by the worker before it handles the batch, never
     /// answered. Riding the user's ring, it stays in order with the user's
@@ -82,6 +86,10 @@ pub enum RouteChange {
     /// Closed: the route goes if it still names this node.
     Down,
 }
+
+/// Where a server API call waits for its answer (the reply body, or `None`
+/// for a fire-and-forget request that succeeded).
+pub type ApiReply = Box<tokio::sync::oneshot::Sender<Option<Body>>>;
 
 /// Something the backend wants pushed to connected devices.
 #[derive(Debug)]
@@ -263,7 +271,16 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             let all: Vec<&OutPush> = answers.iter().flat_map(|(_, p)| p.iter()).collect();
             remote.send(&all);
         }
-        for (req, (reply, pushes)) in batch.drain(..).zip(answers.drain(..)) {
+        for (mut req, (reply, pushes)) in batch.drain(..).zip(answers.drain(..)) {
+            if let Some(to) = req.reply.take() {
+                // A server API call: pushes first (as for a connection's
+                // send), then its answer; a caller that gave up is gone.
+                for p in pushes {
+                    route(&mut w.to_shards, shards, p, &w.stop);
+                }
+                let _ = to.send(reply);
+                continue;
+            }
             if req.resume {
                 // Always answered, even with nothing to push: the shard holds
                 // the connection's live pushes until its resume is answered.

@@ -42,6 +42,8 @@ pub struct Config {
     pub http: HttpSettings,
     /// Many nodes on one Redis (the Redis store only).
     pub cluster: ClusterSettings,
+    /// The server API for existing services (`/api/v1`, on the HTTP edge).
+    pub api: ApiSettings,
 }
 
 /// Where clients and operators connect.
@@ -520,6 +522,7 @@ impl Config {
             return invalid("node_id", "must be 1..=64 bytes of [A-Za-z0-9._@-]");
         }
         self.cluster.validate()?;
+        self.api.validate()?;
         Ok(())
     }
 }
@@ -767,5 +770,100 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("[session]\nheartbeat_intervall_ms = 5\n").unwrap_err();
         assert!(err.to_string().contains("heartbeat_intervall_ms"), "{err}");
+    }
+}
+
+// ---- [api]: the server API for existing services ----
+
+/// The server API (`/api/v1` on the HTTP edge, docs/http-api.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// The API keys services present (`Authorization: Bearer <key>`). No
+    /// key configured: every `/api/v1` call is 401. Default none.
+    pub keys: Vec<ApiKeyConfig>,
+    /// How long a call waits for the backend before 503. Default 5000.
+    pub backend_timeout_ms: u64,
+    /// Requests from the API queued to one backend worker at most; beyond,
+    /// 503 with `Retry-After`. Default 1024.
+    pub queue_entries_max: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            backend_timeout_ms: 5_000,
+            queue_entries_max: 1_024,
+        }
+    }
+}
+
+/// One API key and what it may do.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and metrics (never the key).
+    pub name: String,
+    /// The secret, at least 16 bytes. Prefer `TERN_API_KEY` (one key, all
+    /// scopes, named `env`) to a file.
+    pub key: String,
+    /// What it may call: `messages`, `users`, `groups`, `read`, `media`,
+    /// `admin` (everything).
+    pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// The scopes an API key may hold.
+pub const API_SCOPES: [&str; 6] = ["messages", "users", "groups", "read", "media", "admin"];
+
+/// Shortest API key, bytes.
+pub const API_KEY_BYTES_MIN: usize = 16;
+
+impl ApiSettings {
+    /// Checks keys and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        let mut names = std::collections::HashSet::new();
+        for k in &self.keys {
+            if k.name.is_empty() || !names.insert(k.name.as_str()) {
+                return invalid(
+                    "api.keys",
+                    format!("key names must be set and unique ({:?})", k.name),
+                );
+            }
+            if k.key.len() < API_KEY_BYTES_MIN {
+                return invalid(
+                    "api.keys",
+                    format!("key {:?} is shorter than {API_KEY_BYTES_MIN} bytes", k.name),
+                );
+            }
+            if let Some(bad) = k.scopes.iter().find(|s| !API_SCOPES.contains(&s.as_str())) {
+                return invalid(
+                    "api.keys",
+                    format!(
+                        "key {:?}: unknown scope {bad:?} (known: {})",
+                        k.name,
+                        API_SCOPES.join(", ")
+                    ),
+                );
+            }
+        }
+        if self.backend_timeout_ms == 0 || self.queue_entries_max == 0 {
+            return invalid(
+                "api",
+                "backend_timeout_ms and queue_entries_max must be > 0".into(),
+            );
+        }
+        Ok(())
     }
 }

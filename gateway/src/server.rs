@@ -169,6 +169,8 @@ impl Server {
         let mut worker_threads = Vec::new();
         let mut to_backend: Vec<Vec<Sender<bridge::BackendRequest>>> =
             (0..shards).map(|_| Vec::new()).collect();
+        // The server API's ring into each worker (crate::api::backend).
+        let mut api_rings = Vec::new();
         for w in 0..workers {
             let (setup_tx, setup_rx) = std::sync::mpsc::channel::<WorkerSetup>();
             let service = service.clone();
@@ -188,6 +190,9 @@ impl Server {
                 row.push(tx);
                 worker_inbox.push(rx);
             }
+            let (api_tx, api_rx) = mailbox::channel(cfg.api.queue_entries_max, bell.clone());
+            api_rings.push(api_tx);
+            worker_inbox.push(api_rx);
             let mut worker_to_shards = Vec::new();
             for (j, inbox) in inboxes.iter_mut().enumerate() {
                 let (tx, rx) =
@@ -250,10 +255,19 @@ impl Server {
         let ready = Arc::new(AtomicBool::new(true));
         let http = match cfg.listen.http {
             Some(addr) => {
+                let api = crate::api::ApiState {
+                    keys: Arc::new(crate::api::ApiKeys::new(&cfg.api.keys)),
+                    backend: Arc::new(crate::api::ApiBackend::new(
+                        std::mem::take(&mut api_rings),
+                        Duration::from_millis(cfg.api.backend_timeout_ms),
+                    )),
+                    node_id: node_id.as_str().into(),
+                };
                 let routes = http::router(HttpState {
                     metrics: metrics.clone(),
                     ready: ready.clone(),
-                });
+                })
+                .merge(crate::api::router(api));
                 Some(
                     HttpServer::start(addr, &cfg.http, routes, metrics.http.clone()).map_err(
                         |error| BindError {

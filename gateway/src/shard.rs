@@ -1204,6 +1204,7 @@ impl Shard {
             started: None,
             resume: true,
             route: None,
+            reply: None,
         }
     }
 
@@ -1491,6 +1492,7 @@ impl Shard {
             started: None,
             resume: false,
             route: Some(change),
+            reply: None,
         });
     }
 
@@ -1539,6 +1541,7 @@ impl Shard {
             started: None,
             resume: false,
             route: None,
+            reply: None,
         };
         self.send_waiting(req);
     }
@@ -1729,6 +1732,7 @@ impl Shard {
                             started: is_send.then(Instant::now),
                             resume: false,
                             route: None,
+                            reply: None,
                         };
                         if let Err(req) = self.send_backend_in_order(req) {
                             // Back-pressure: keep this request and the rest
