@@ -125,7 +125,8 @@ fn route_to_a_killed_node_is_ignored_and_cleaned() {
 
 /// Bad input on the channel: garbage added to a node's stream (wrong
 /// fields, a body that is not a frame, a kind that does not match its
-/// body) is counted and skipped, and the node keeps delivering.
+/// body, a displacement with bad ids) is counted and skipped, and the node
+/// keeps delivering.
 #[test]
 fn malformed_records_are_counted_and_skipped() {
     let redis = Redis::start();
@@ -134,7 +135,7 @@ fn malformed_records_are_counted_and_skipped() {
     let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
     redis.wait_routes("bob", &[("phone", "n2")]);
     let mut c = redis.conn();
-    let garbage: [&[&[u8]]; 4] = [
+    let garbage: [&[&[u8]]; 6] = [
         &[b"x", b"y"],
         &[b"k", b"d", b"u", b"bob", b"b", b"\xff\xff\xff\xff"],
         &[b"k", b"p", b"u", b"bob", b"b", b""],
@@ -150,6 +151,9 @@ fn malformed_records_are_counted_and_skipped() {
             b"b",
             b"\x08\x01",
         ],
+        // Displacements naming a bad device id, or two users.
+        &[b"k", b"x", b"u", b"bob", b"v", b"not an id"],
+        &[b"k", b"x", b"u", b"bob\nalice", b"v", b"phone"],
     ];
     for fields in garbage {
         redis::cmd("XADD")
@@ -159,7 +163,8 @@ fn malformed_records_are_counted_and_skipped() {
             .query::<String>(&mut c)
             .unwrap();
     }
-    ns[1].wait_metric("tern_cluster_records_malformed_total 4");
+    ns[1].wait_metric("tern_cluster_records_malformed_total 6");
+    ns[1].wait_metric("tern_cluster_displacements_received_total 0");
     let ack = alice.send_text("bob", "m1", "still here");
     assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
     bob.wait_push(is_text("still here"));

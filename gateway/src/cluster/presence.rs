@@ -31,7 +31,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::atomic::Ordering,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -100,27 +100,33 @@ pub enum Note<'a> {
 #[derive(Debug, Default)]
 pub struct Rechecks {
     users: Mutex<VecDeque<String>>,
+    /// `users.len()`, read without the lock by the workers between batches.
+    len: AtomicUsize,
 }
 
 impl Rechecks {
     /// Room left before [`RECHECK_USERS_MAX`].
     pub fn room(&self) -> usize {
-        RECHECK_USERS_MAX.saturating_sub(self.users.lock().len())
+        RECHECK_USERS_MAX.saturating_sub(self.len.load(Ordering::Acquire))
     }
 
-    /// Whether no user waits.
+    /// Whether no user waits (no lock taken).
     pub fn is_empty(&self) -> bool {
-        self.users.lock().is_empty()
+        self.len.load(Ordering::Acquire) == 0
     }
 
     fn push(&self, users: Vec<String>) {
-        self.users.lock().extend(users);
+        let mut q = self.users.lock();
+        q.extend(users);
+        self.len.store(q.len(), Ordering::Release);
     }
 
     fn take(&self, max: usize) -> Vec<String> {
         let mut q = self.users.lock();
         let n = q.len().min(max);
-        q.drain(..n).collect()
+        let taken = q.drain(..n).collect();
+        self.len.store(q.len(), Ordering::Release);
+        taken
     }
 
     fn put_back(&self, users: Vec<String>) {
@@ -128,6 +134,7 @@ impl Rechecks {
         for u in users.into_iter().rev() {
             q.push_front(u);
         }
+        self.len.store(q.len(), Ordering::Release);
     }
 }
 
