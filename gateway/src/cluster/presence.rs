@@ -371,3 +371,16 @@ pub(crate) fn reap_own_leftovers(
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gateway's presence node set is the key the Redis store checks
+    /// before it writes a "last device left" record.
+    #[test]
+    fn user_nodes_key_is_the_stores() {
+        let keys = tern_backend::redis_store::keys::UserKeys::new("alice").unwrap();
+        assert_eq!(user_nodes_key("alice"), keys.presence_nodes);
+    }
+}
