@@ -211,10 +211,33 @@ impl Default for ChatSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// Give up waiting and exit after this. Default 30000.
+    /// Give up waiting and exit after this. Default 30000. A drain of N
+    /// connections takes about N / `kick_rate_per_node` seconds: keep this
+    /// above that (connections still open at the deadline are closed
+    /// without a kick when the process exits).
     pub deadline_ms: u64,
-    /// Kick frames sent per second per shard while draining. Default 10000.
-    pub kick_rate_per_shard: u32,
+    /// `Kick{SHUTDOWN}` frames per second for the whole node while draining,
+    /// split evenly over the shards (each shard gets at least 1/s).
+    /// Default 5000: 100,000 connections drain in 20 s.
+    pub kick_rate_per_node: u32,
+    /// Each kick's `retry_after_ms` is drawn uniformly from
+    /// `retry_after_min_ms..=retry_after_max_ms`, so clients kicked in the
+    /// same instant come back spread over the window. Default 500.
+    pub retry_after_min_ms: u32,
+    /// Upper end of the `retry_after_ms` window; must be at least
+    /// `retry_after_min_ms`. Default 5000.
+    pub retry_after_max_ms: u32,
+}
+
+impl ShutdownConfig {
+    /// The kick rate of shard `id` of `shards`: the node's rate split
+    /// evenly (the remainder to the first shards), at least 1 per second.
+    pub fn kick_rate_of_shard(&self, id: usize, shards: usize) -> u32 {
+        let shards = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
+        let id = u32::try_from(id).unwrap_or(u32::MAX);
+        let extra = u32::from(id < self.kick_rate_per_node % shards);
+        (self.kick_rate_per_node / shards + extra).max(1)
+    }
 }
 
 /// Logs (to stderr).
@@ -337,7 +360,9 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             deadline_ms: 30_000,
-            kick_rate_per_shard: 10_000,
+            kick_rate_per_node: 5_000,
+            retry_after_min_ms: 500,
+            retry_after_max_ms: 5_000,
         }
     }
 }
@@ -476,6 +501,15 @@ impl Config {
         }
         if self.backend.workers == 0 || self.backend.batch_max == 0 {
             return invalid("backend.workers", "need at least one worker and batch of 1");
+        }
+        if self.shutdown.kick_rate_per_node == 0 {
+            return invalid("shutdown.kick_rate_per_node", "must be > 0");
+        }
+        if self.shutdown.retry_after_min_ms > self.shutdown.retry_after_max_ms {
+            return invalid(
+                "shutdown.retry_after_max_ms",
+                "must be at least shutdown.retry_after_min_ms",
+            );
         }
         if self.listen.accept_rate_per_shard == 0 {
             return invalid("listen.accept_rate_per_shard", "must be > 0");
@@ -770,6 +804,33 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("[session]\nheartbeat_intervall_ms = 5\n").unwrap_err();
         assert!(err.to_string().contains("heartbeat_intervall_ms"), "{err}");
+    }
+    /// The node's kick rate is split over its shards without exceeding it
+    /// (the remainder to the first shards), except that every shard gets at
+    /// least 1/s; a zero rate and an inverted retry window are refused.
+    #[test]
+    fn drain_settings_split_and_validate() {
+        let mut c = Config::default();
+        c.shutdown.kick_rate_per_node = 100;
+        let rates: Vec<u32> = (0..3)
+            .map(|i| c.shutdown.kick_rate_of_shard(i, 3))
+            .collect();
+        assert_eq!(rates, [34, 33, 33]);
+        c.shutdown.kick_rate_per_node = 2;
+        let rates: Vec<u32> = (0..4)
+            .map(|i| c.shutdown.kick_rate_of_shard(i, 4))
+            .collect();
+        assert_eq!(rates, [1, 1, 1, 1]);
+        c.shutdown.kick_rate_per_node = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("shutdown.kick_rate_per_node"), "{err}");
+        c.shutdown.kick_rate_per_node = 10;
+        c.shutdown.retry_after_min_ms = 10;
+        c.shutdown.retry_after_max_ms = 9;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("shutdown.retry_after_max_ms"), "{err}");
+        c.shutdown.retry_after_max_ms = 10;
+        c.validate().unwrap();
     }
 }
 

@@ -241,7 +241,11 @@ impl Server {
                 to_backend,
                 tcp_listener: tcp.next(),
                 ws_listener: ws.next(),
-                kick_rate: cfg.shutdown.kick_rate_per_shard,
+                drain: shard::DrainPolicy {
+                    kick_rate: cfg.shutdown.kick_rate_of_shard(id, shards),
+                    retry_after_min_ms: cfg.shutdown.retry_after_min_ms,
+                    retry_after_max_ms: cfg.shutdown.retry_after_max_ms,
+                },
                 epoch,
                 cluster: cluster.is_some(),
             };

@@ -24,6 +24,9 @@ use tern_gateway::{
 };
 use tern_tools::cli::record::parse_line;
 
+#[path = "../../backend/tests/support/redis_harness.rs"]
+mod redis_harness;
+
 const SECRET: &str = "cli-test-secret";
 /// How long any one expectation may take before the test fails.
 const WAIT: Duration = Duration::from_secs(20);
@@ -884,6 +887,56 @@ fn the_chat_reconnects_after_a_server_restart_and_catches_up() {
     alice.expect("bob: while you were away");
     gw.ok("bob", &["send", "--to", "alice", "welcome back"]);
     alice.expect("bob: welcome back");
+    alice.type_line("/quit");
+    assert_eq!(alice.wait_exit().code(), Some(0), "{}", alice.screen());
+}
+
+#[test]
+fn the_chat_moves_to_the_next_server_when_its_node_drains() {
+    // Proves the move off a draining node: two nodes on one Redis, the chat
+    // started with `--server n1,n2` logs in on n1; n1 drains (SHUTDOWN kick
+    // with a retry_after_ms), the chat waits, reconnects to n2 (the next
+    // entry, not n1 again), and shows a message sent there after the move.
+    let redis = redis_harness::RedisServer::start(redis_harness::ServerOptions::DURABLE);
+    let cluster_node = |id: &'static str| {
+        let url = redis.url();
+        move |c: &mut Config| {
+            c.backend.store = tern_gateway::config::StoreKind::Redis;
+            c.backend.redis_urls = vec![url];
+            c.node_id = id.into();
+            c.cluster.node_lease_ms = 1_000;
+            c.cluster.nodes_refresh_ms = 100;
+            c.shutdown.retry_after_min_ms = 100;
+            c.shutdown.retry_after_max_ms = 500;
+        }
+    };
+    let mut n1 = Gateway::start_with(cluster_node("n1"));
+    let n2 = Gateway::start_with(cluster_node("n2"));
+    n2.ok("bob", &["send", "--to", "alice", "before the move"]);
+    let servers = format!("{},{}", n1.tcp, n2.tcp);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern-cli"));
+    cmd.args([
+        "--server",
+        &servers,
+        "--jwt-secret",
+        SECRET,
+        "--user",
+        "alice",
+    ])
+    .env_remove("TERN_TOKEN")
+    .env_remove("TERN_DEVICE");
+    let mut alice = Pty::spawn(&mut cmd);
+    alice.expect("logged in as alice");
+    alice.type_line("/open bob");
+    alice.expect("before the move");
+    alice.expect("@bob> ");
+
+    n1.stop();
+    alice.expect("KICK_REASON_SHUTDOWN");
+    alice.expect("reconnecting in");
+    alice.expect(&format!("reconnected to {}", n2.tcp));
+    n2.ok("bob", &["send", "--to", "alice", "after the move"]);
+    alice.expect("bob: after the move");
     alice.type_line("/quit");
     assert_eq!(alice.wait_exit().code(), Some(0), "{}", alice.screen());
 }

@@ -105,13 +105,23 @@ pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<(
     link.pipeline(vec![set, add]).map(drop)
 }
 
-/// Leaves: the lease goes at once. The listing stays, so the next node to
-/// refresh its view finds the lease gone, claims the node and takes back
-/// any presence it still held (see [`live_nodes`]).
+/// Leaves: the lease goes at once, and the listing too if this node holds
+/// no user's presence any more (`{n:<node>}:pu` empty, as after a full
+/// drain). Otherwise it stays listed, so the next node to refresh its view
+/// finds the lease gone, claims the node and takes that presence back
+/// (see [`live_nodes`]).
 pub(crate) fn leave(link: &mut Link, node: &str) -> RedisResult<()> {
     let mut del = cmd("DEL");
     del.arg(lease_key(node));
-    link.command(&del).map(drop)
+    let mut left = cmd("SCARD");
+    left.arg(super::presence::node_users_key(node));
+    let replies = link.pipeline(vec![del, left])?;
+    if matches!(replies.get(1), Some(Value::Int(0))) {
+        let mut rem = cmd("SREM");
+        rem.arg(NODES_KEY).arg(node);
+        link.command(&rem)?;
+    }
+    Ok(())
 }
 
 /// A set of node ids.

@@ -271,3 +271,46 @@ pub fn synced_texts(f: &pb::Frame) -> Vec<String> {
         })
         .collect()
 }
+
+// ---- drain (cluster_drain.rs) ----------------------------------------------
+
+impl Node {
+    /// Sends SIGTERM (a clean stop: the node drains).
+    pub fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on the PID of a child this test started and has
+        // not reaped (the Child is still held).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// Waits (bounded by `wait`) for the process to exit; its status.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Redis {
+    /// Whether node `id` holds a lease or is listed in `tern:nodes`.
+    pub fn node_present(&self, id: &str) -> (bool, bool) {
+        let mut c = self.conn();
+        let lease: bool = redis::cmd("EXISTS")
+            .arg(format!("{{n:{id}}}:alive"))
+            .query(&mut c)
+            .unwrap();
+        let listed: bool = redis::cmd("SISMEMBER")
+            .arg("tern:nodes")
+            .arg(id)
+            .query(&mut c)
+            .unwrap();
+        (lease, listed)
+    }
+}

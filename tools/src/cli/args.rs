@@ -27,7 +27,9 @@ pub const HISTORY_LIMIT_DEFAULT: u32 = 20;
                   2 usage, 3 connection, 4 not available yet."
 )]
 pub struct Cli {
-    /// Gateway TCP address.
+    /// Gateway TCP address; several, comma-separated (`a:7400,b:7400`), are
+    /// tried in order, and the chat moves to the next one when its node
+    /// drains (a SHUTDOWN kick).
     #[arg(long, env = "TERN_SERVER", default_value = SERVER_DEFAULT, global = true, help_heading = "Login and output")]
     pub server: String,
     /// A token issued by your service (the JWT's `sub` is the user).

@@ -657,6 +657,9 @@ impl Chat {
         }
         let source = self.state.lock().token.clone()?;
         let cursors = old.cursors();
+        // A draining node's clients move on: the next server of the list.
+        let order = super::conn::reconnect_order(&old.options().server, old.server(), closed);
+        let servers: Vec<&str> = super::conn::server_list(&order).collect();
         for attempt in 0..RECONNECT_ATTEMPTS_MAX {
             let base = (RECONNECT_BACKOFF_MS_BASE << attempt).min(RECONNECT_BACKOFF_MS_MAX);
             let delay = closed.retry_after_ms() + rand::rng().random_range(0..=base);
@@ -669,6 +672,15 @@ impl Chat {
                 return None;
             }
             let mut opts = old.options().clone();
+            // Each attempt starts one entry further along the list (and
+            // falls through the rest of it when its first is down).
+            let first = attempt as usize % servers.len().max(1);
+            opts.server = servers[first..]
+                .iter()
+                .chain(&servers[..first])
+                .copied()
+                .collect::<Vec<_>>()
+                .join(",");
             match source.token() {
                 Ok(t) => opts.token = t,
                 Err(e) => {
@@ -689,7 +701,7 @@ impl Chat {
                         st.session = Some(s.clone());
                         st.generation
                     };
-                    self.say("reconnected".into());
+                    self.say(format!("reconnected to {}", s.server()));
                     match s.sync_all(0) {
                         Ok(out) => self.show_entries(&s, &out.entries),
                         Err(e) => self.error(&e),

@@ -403,6 +403,14 @@ pub struct WorkerResult {
     /// Storm: ms from the drop until the last dropped connection was live
     /// again (only when all came back).
     pub reconnect_all_ms: Option<u64>,
+    /// Connections kicked with `SHUTDOWN` (a node draining), each moved to
+    /// the next target.
+    pub kicked_shutdown: u64,
+    /// Kicked connections live again on another target (also counted in
+    /// `reconnected`).
+    pub moved: u64,
+    /// Unanswered sends resent after a move (same `client_msg_id`).
+    pub resent: u64,
     /// The operation log, with `--verify`.
     pub history: Option<History>,
 }

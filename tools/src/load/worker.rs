@@ -17,7 +17,10 @@
 //!
 //! A worker never talks to anything but its targets, and never retries a
 //! failed first connection (that is a result); only a storm's dropped
-//! connections reconnect.
+//! connections reconnect, and connections kicked with `SHUTDOWN` (a node
+//! draining): those wait the kick's `retry_after_ms` plus their own jitter,
+//! move to the next target of the list, resume from their cursors and
+//! resend their unanswered sends (same `client_msg_id`: idempotent).
 
 use std::{
     cmp::Reverse,
@@ -76,6 +79,10 @@ pub const RECONNECT_ATTEMPTS_MAX: u32 = 30;
 pub const RETRY_FIXED_MS: u64 = 100;
 /// Cap of the exponential backoff base (storm with jitter).
 pub const BACKOFF_CAP_MS: u64 = 30_000;
+/// Own jitter added to a `SHUTDOWN` kick's `retry_after_ms`: 0..=this ms.
+pub const KICK_JITTER_MS_MAX: u64 = 500;
+/// Largest `retry_after_ms` honoured (a hostile server cannot park us).
+pub const KICK_RETRY_AFTER_MS_MAX: u64 = 60_000;
 /// Entries of the operation log per worker (`--verify`).
 pub const HISTORY_ENTRIES_MAX: usize = 20_000_000;
 /// Token lifetime minted for load users.
@@ -222,6 +229,12 @@ struct Conn {
     attempt: u32,
     /// Storm: when this connection was dropped; 0 when it is not.
     dropped_at_ns: u64,
+    /// Added to the slot's target index: a kick with `SHUTDOWN` moves the
+    /// connection to the next target of the list.
+    target_shift: u32,
+    /// Kicked with `SHUTDOWN` and not yet live again: a failed attempt
+    /// tries the next target.
+    moving: bool,
     dev: Option<Box<Device>>,
 }
 
@@ -290,6 +303,10 @@ enum Pending {
         local: usize,
         sent_ns: u64,
         op: Option<usize>,
+        /// Index in `senders` and the sender's message number: enough to
+        /// resend it with the same `client_msg_id` after a move.
+        sender: usize,
+        n: u64,
     },
     Setup {
         group: u32,
@@ -354,6 +371,19 @@ struct Worker<W: Write> {
     /// each device is in it at most once (`Device::ack_queued`), so it is
     /// bounded by the worker's connections.
     ack_queue: VecDeque<(u64, usize)>,
+    /// Sends of connections kicked with `SHUTDOWN` that got no answer,
+    /// resent when the connection is live again (bounded by
+    /// `INFLIGHT_SENDS_MAX`: they were in `inflight`).
+    resend: Vec<Resend>,
+}
+
+/// An unanswered send of a moving connection.
+struct Resend {
+    local: usize,
+    sender: usize,
+    n: u64,
+    sent_ns: u64,
+    op: Option<usize>,
 }
 
 fn hist() -> Histogram<u64> {
@@ -433,6 +463,8 @@ impl<W: Write> Worker<W> {
                 first_done: false,
                 attempt: 0,
                 dropped_at_ns: 0,
+                target_shift: 0,
+                moving: false,
                 dev,
             });
             if let Some(to) = plan.send_target(slot) {
@@ -492,6 +524,7 @@ impl<W: Write> Worker<W> {
             payload,
             batching: None,
             ack_queue: VecDeque::new(),
+            resend: Vec::new(),
         })
     }
 
@@ -682,7 +715,11 @@ impl<W: Write> Worker<W> {
 
     fn open(&mut self, i: usize, now: u64) {
         let slot = self.slot(i);
-        let (src, dst) = (self.plan().source(slot), self.plan().target(slot));
+        let shift = self.conns[i].target_shift;
+        let (src, dst) = (
+            self.plan().source(slot),
+            self.plan().target(slot.wrapping_add(shift)),
+        );
         self.res.attempts += 1;
         let c = &mut self.conns[i];
         c.since_ns = now;
@@ -731,11 +768,28 @@ impl<W: Write> Worker<W> {
         match self.plan().proto {
             Proto::Tern => {
                 let rid = self.rid();
+                // A device coming back resumes from what it holds; the
+                // server pushes what it missed.
+                let resume_cursors = self.conns[i]
+                    .dev
+                    .as_ref()
+                    .map(|d| {
+                        d.cursors
+                            .iter()
+                            .filter(|(_, c)| c.contiguous > 0)
+                            .map(|(k, c)| pb::Cursor {
+                                conversation_id: k.clone(),
+                                seq: c.contiguous,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let auth = pb::Auth {
                     token: self.tokens[i].clone(),
                     device_id: device,
                     platform: pb::Platform::Bot as i32,
                     protocol_version: tern_protocol::PROTOCOL_VERSION,
+                    resume_cursors,
                     client_version: "tern-load".into(),
                     ..Default::default()
                 };
@@ -994,6 +1048,90 @@ impl<W: Write> Worker<W> {
             self.res.reconnected += 1;
             self.last_reconnect_ns = now;
         }
+        if std::mem::take(&mut c.moving) {
+            self.res.moved += 1;
+            self.resend_moved(i, now);
+        }
+    }
+
+    /// Resends the unanswered sends of connection `i` (kicked, now live on
+    /// another target) with their original `client_msg_id`s: a send the
+    /// old node stored is answered as a duplicate at its first seq.
+    fn resend_moved(&mut self, i: usize, now: u64) {
+        let mine: Vec<Resend> = {
+            let (mine, rest) = std::mem::take(&mut self.resend)
+                .into_iter()
+                .partition(|r| r.local == i);
+            self.resend = rest;
+            mine
+        };
+        for r in mine {
+            self.res.resent += 1;
+            let to = self.senders[r.sender].to.clone();
+            self.transmit(i, to, r.sender, r.n, r.sent_ns, r.op, now);
+        }
+    }
+
+    /// A `Kick` with `SHUTDOWN`: the node drains. Close, keep the
+    /// unanswered sends for resending, and reconnect to the next target
+    /// after `retry_after_ms` plus our own jitter.
+    fn moved_by_kick(&mut self, i: usize, retry_after_ms: u32, now: u64) {
+        self.close(i, "kick:shutdown", now);
+        let rids: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, p)| matches!(p, Pending::Send { local, .. } if *local == i))
+            .map(|(&rid, _)| rid)
+            .collect();
+        for rid in rids {
+            if let Some(Pending::Send {
+                local,
+                sent_ns,
+                op,
+                sender,
+                n,
+            }) = self.inflight.remove(&rid)
+            {
+                self.resend.push(Resend {
+                    local,
+                    sender,
+                    n,
+                    sent_ns,
+                    op,
+                });
+            }
+        }
+        if let Some(d) = self.conns[i].dev.as_mut() {
+            d.sync_rid = 0;
+        }
+        self.inflight
+            .retain(|_, p| !matches!(p, Pending::Sync { local, fin: false } if *local == i));
+        // A group being set up through this connection gets no more answers
+        // here: count it failed now rather than at the setup deadline.
+        let (plan, start) = (&self.spec.plan, self.spec.slot_start);
+        let before = self.inflight.len();
+        self.inflight.retain(|_, p| match p {
+            Pending::Setup { group, .. } => {
+                plan.slot_of(Role::Group {
+                    group: *group,
+                    member: 0,
+                }) != start + i as u32
+            }
+            _ => true,
+        });
+        let lost = (before - self.inflight.len()) as u32;
+        self.res.setup_errors += u64::from(lost);
+        self.setup_open = self.setup_open.saturating_sub(lost);
+        self.res.kicked_shutdown += 1;
+        let delay_ms = u64::from(retry_after_ms).min(KICK_RETRY_AFTER_MS_MAX)
+            + rand::rng().random_range(0..=KICK_JITTER_MS_MAX);
+        let c = &mut self.conns[i];
+        c.state = State::Pending;
+        c.dropped_at_ns = now;
+        c.attempt = 0;
+        c.moving = true;
+        c.target_shift = c.target_shift.wrapping_add(1);
+        self.retries.push(Reverse((now + delay_ms * 1_000_000, i)));
     }
 
     /// A connection attempt failed (before Live).
@@ -1009,6 +1147,10 @@ impl<W: Write> Worker<W> {
         if c.dropped_at_ns != 0 && c.attempt < RECONNECT_ATTEMPTS_MAX {
             self.res.reconnect_failures += 1;
             c.attempt += 1;
+            if c.moving {
+                // That target did not take us either: try the next one.
+                c.target_shift = c.target_shift.wrapping_add(1);
+            }
             let jitter_ms = u64::from(self.spec.plan.jitter_ms);
             let delay_ms = if jitter_ms == 0 {
                 RETRY_FIXED_MS
@@ -1153,6 +1295,14 @@ impl<W: Write> Worker<W> {
                     self.on_request_error(f.request_id, code, now);
                 }
             }
+            Body::Kick(k)
+                if k.reason == pb::KickReason::Shutdown as i32
+                    && self.plan().proto == Proto::Tern
+                    && self.conns[i].state == State::Live
+                    && !matches!(self.phase, Phase::FinalSync | Phase::Done) =>
+            {
+                self.moved_by_kick(i, k.retry_after_ms, now);
+            }
             Body::Kick(k) => {
                 let r = pb::KickReason::try_from(k.reason)
                     .map(|c| {
@@ -1168,7 +1318,10 @@ impl<W: Write> Worker<W> {
     }
 
     fn on_send_ack(&mut self, rid: u64, a: pb::SendAck, now: u64) {
-        let Some(Pending::Send { local, sent_ns, op }) = self.inflight.remove(&rid) else {
+        let Some(Pending::Send {
+            local, sent_ns, op, ..
+        }) = self.inflight.remove(&rid)
+        else {
             return;
         };
         self.last_activity_ns = now;
@@ -1624,32 +1777,57 @@ impl<W: Write> Worker<W> {
             if next < self.main_end_ns {
                 self.send_queue.push(Reverse((next, k)));
             }
-            self.send_one(local, to, seq, now);
+            self.send_one(local, to, k, seq, now);
         }
     }
 
-    fn send_one(&mut self, i: usize, to: SendTo, n: u64, now: u64) {
+    fn send_one(&mut self, i: usize, to: SendTo, sender: usize, n: u64, now: u64) {
         if self.conns[i].state != State::Live || self.inflight.len() >= INFLIGHT_SENDS_MAX {
             self.res.send_skipped += 1;
             return;
         }
         self.res.sent += 1;
+        let op = if self.plan().proto == Proto::Tern {
+            let slot = self.slot(i);
+            let cmid = format!("{}.{slot}.{n}", self.plan().run_id);
+            self.log_send(i, &cmid, &to, now)
+        } else {
+            None
+        };
+        self.transmit(i, to, sender, n, now, op, now);
+    }
+
+    /// Writes send number `n` of `sender` (first sent at `sent_ns`, logged
+    /// as `op`) on connection `i`: its `client_msg_id` is a function of the
+    /// slot and `n`, so a resend repeats it.
+    #[allow(clippy::too_many_arguments)]
+    fn transmit(
+        &mut self,
+        i: usize,
+        to: SendTo,
+        sender: usize,
+        n: u64,
+        sent_ns: u64,
+        op: Option<usize>,
+        now: u64,
+    ) {
         let proto = self.plan().proto;
         let mut payload = std::mem::take(&mut self.payload);
         payload.clear();
-        wire::stamp(now, self.plan().payload_bytes as usize, &mut payload);
+        wire::stamp(sent_ns, self.plan().payload_bytes as usize, &mut payload);
         match proto {
             Proto::Tern => {
                 let slot = self.slot(i);
                 let cmid = format!("{}.{slot}.{n}", self.plan().run_id);
                 let rid = self.rid();
-                let op = self.log_send(i, &cmid, &to, now);
                 self.inflight.insert(
                     rid,
                     Pending::Send {
                         local: i,
-                        sent_ns: now,
+                        sent_ns,
                         op,
+                        sender,
+                        n,
                     },
                 );
                 // The stamp is ASCII, so this is valid UTF-8.
@@ -1743,6 +1921,9 @@ impl<W: Write> Worker<W> {
         self.inflight
             .retain(|_, p| !matches!(p, Pending::Send { .. }));
         self.res.send_timeouts += (before - self.inflight.len()) as u64;
+        // Sends of a connection that never came back stay `Timeout` too.
+        self.res.send_timeouts += self.resend.len() as u64;
+        self.resend.clear();
         if !self.spec.plan.verify || self.spec.plan.proto != Proto::Tern {
             self.phase = Phase::Done;
             return;
@@ -1769,7 +1950,8 @@ impl<W: Write> Worker<W> {
             .inflight
             .values()
             .filter(|p| matches!(p, Pending::Send { .. }))
-            .count() as u64;
+            .count() as u64
+            + self.resend.len() as u64;
         if let Some(mut h) = self.history.take() {
             for i in 0..self.conns.len() {
                 let slot = self.slot(i);
