@@ -85,6 +85,9 @@ pub enum RouteChange {
     Up,
     /// Closed: the route goes if it still names this node.
     Down,
+    /// Still connected after this node's lease had lapsed: the route is
+    /// written back only if the device has none.
+    Restore,
 }
 
 /// Where a server API call waits for its answer (the reply body, or `None`
@@ -348,6 +351,7 @@ fn note_of(r: &BackendRequest) -> Option<Note<'_>> {
     match r.route {
         Some(RouteChange::Up) => return Some(Note::RouteUp { user, device }),
         Some(RouteChange::Down) => return Some(Note::RouteDown { user, device }),
+        Some(RouteChange::Restore) => return Some(Note::RouteRestore { user, device }),
         None => {}
     }
     let Some(Body::SetPresence(p)) = &r.frame.body else {

@@ -184,6 +184,9 @@ pub struct ClusterMetrics {
     pub presence_kept: AtomicU64,
     /// Users re-checked because their presence was on a node that died.
     pub presence_reaped: AtomicU64,
+    /// Renewals that found this node's own lease lapsed (its devices were
+    /// counted again).
+    pub lease_lapses: AtomicU64,
 }
 
 /// Counters of the HTTP edge, written by its connection tasks.
@@ -604,7 +607,12 @@ impl Collector for Metrics {
         }
         {
             let c = &self.cluster;
-            let rows: [(&str, &str, &AtomicU64); 11] = [
+            let rows: [(&str, &str, &AtomicU64); 12] = [
+                (
+                    "tern_cluster_lease_lapses",
+                    "Renewals that found this node's own lease lapsed (devices recounted)",
+                    &c.lease_lapses,
+                ),
                 (
                     "tern_cluster_route_writes",
                     "Route entries written to Redis",

@@ -107,6 +107,10 @@ pub enum ShardMsg {
     },
     /// Start draining: stop accepting, kick connections at a bounded rate.
     Drain,
+    /// This node's lease had lapsed: other nodes may have taken its users'
+    /// presence and routes. Send every device's route (if it has none) and
+    /// every user's presence again.
+    Recount,
     /// The device logged in on another node, which now holds its route:
     /// kick this node's connection of it as displaced.
     Displace {
@@ -1022,6 +1026,30 @@ impl Shard {
             }
             ShardMsg::Drain => self.draining.set(true),
             ShardMsg::Displace { user, device } => self.displace(&user, &device),
+            ShardMsg::Recount => self.recount(),
+        }
+    }
+
+    /// After this node's lease had lapsed: every live device's route is
+    /// written back if it has none, and every user with a device that
+    /// counts toward presence is said to be connected again (their friends
+    /// may have been told OFFLINE by the node that took this one for dead).
+    /// Through the workers' rings like any route change; bounded the same
+    /// way (a full waiting line drops and counts).
+    fn recount(self: &Rc<Self>) {
+        let devices: Vec<(String, String, bool)> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|(_, c)| c.closing.is_none())
+            .filter_map(|(_, c)| Some((c.user()?.to_owned(), c.device()?.to_owned(), !c.quiet)))
+            .collect();
+        let mut counted: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for (user, device, counts) in &devices {
+            self.route_change(user, device, RouteChange::Restore);
+            if *counts && counted.insert(user) {
+                self.presence(user, pb::PresenceState::Online);
+            }
         }
     }
 

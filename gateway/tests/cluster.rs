@@ -479,3 +479,32 @@ fn typing_and_chosen_presence_reach_devices_on_every_node() {
         bob.wait_push(is_presence("alice", pb::PresenceState::Away));
     }
 }
+
+/// A node that stalls past its lease is taken for dead, then recounts:
+/// alice's phone is on node 1, which is stopped (SIGSTOP) until node 2
+/// claims it and tells bob alice is OFFLINE; once node 1 runs again
+/// (SIGCONT) its next renewal finds its lease had lapsed, its shards count
+/// their devices again, and bob sees alice ONLINE, in a push and in a
+/// query. Before the recount she stayed OFFLINE while connected.
+#[test]
+fn a_node_whose_lease_lapsed_recounts_its_devices() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 2);
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    befriend(&mut alice, &mut bob, "alice", "bob");
+    let pid = libc::pid_t::try_from(ns[0].child.id()).unwrap();
+    // SAFETY: kill(2) on the PID of a child this test started and still
+    // holds (not reaped).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    bob.wait_push(is_presence("alice", pb::PresenceState::Offline));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    bob.wait_push(is_presence("alice", pb::PresenceState::Online));
+    ns[0].wait_metric("tern_cluster_lease_lapses_total 1");
+    assert_eq!(
+        presence_state(&mut bob, "alice"),
+        pb::PresenceState::Online as i32
+    );
+    redis.wait_routes("alice", &[("phone", "n1")]);
+}

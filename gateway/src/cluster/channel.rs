@@ -376,6 +376,7 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
 /// This node's channel reader (the `tern-channel` thread).
 #[derive(Debug)]
 pub(super) struct Consumer {
+    pub(super) view: Arc<NodeView>,
     pub(super) link: conn::Link,
     pub(super) node: String,
     pub(super) to_shards: Vec<Sender<ShardMsg>>,
@@ -391,6 +392,11 @@ impl Consumer {
         let mut last: Option<String> = None;
         let mut warned_at: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
+            if self.view.take_recount() {
+                for shard in 0..self.to_shards.len() {
+                    self.send_to_shard(shard, ShardMsg::Recount);
+                }
+            }
             // Start after the newest record already there: what was sent to
             // an earlier run of this node is for connections it no longer
             // holds (they resynced).

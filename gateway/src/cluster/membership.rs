@@ -10,7 +10,10 @@
 use std::{
     collections::HashSet,
     path::Path,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use parking_lot::RwLock;
@@ -93,16 +96,20 @@ fn random_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// Takes or renews this node's lease (one pipeline).
-pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<()> {
+/// Takes or renews this node's lease (one pipeline). Answers whether there
+/// was no lease to renew: at a renewal (not the first take), the lease had
+/// lapsed, and other nodes may have taken this node for dead meanwhile.
+pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<bool> {
     let mut set = cmd("SET");
     set.arg(lease_key(node))
         .arg(unix_ms())
         .arg("PX")
-        .arg(lease_ms);
+        .arg(lease_ms)
+        .arg("GET");
     let mut add = cmd("SADD");
     add.arg(NODES_KEY).arg(node);
-    link.pipeline(vec![set, add]).map(drop)
+    let replies = link.pipeline(vec![set, add])?;
+    Ok(matches!(replies.first(), Some(Value::Nil)))
 }
 
 /// Leaves: the lease goes at once, and the listing too if this node holds
@@ -199,6 +206,10 @@ pub(crate) fn exists_each(link: &mut Link, nodes: &[impl AsRef<str>]) -> RedisRe
 pub struct NodeView {
     me: Arc<str>,
     live: RwLock<Arc<HashSet<Box<str>>>>,
+    /// Set by the cluster thread when this node's lease had lapsed; taken
+    /// by the channel thread, which asks every shard to count its devices
+    /// again.
+    recount: AtomicBool,
 }
 
 impl NodeView {
@@ -207,7 +218,18 @@ impl NodeView {
         Self {
             me: me.into(),
             live: RwLock::new(Arc::new(HashSet::from([me.into()]))),
+            recount: AtomicBool::new(false),
         }
+    }
+
+    /// Asks for a recount (the lease had lapsed).
+    pub fn ask_recount(&self) {
+        self.recount.store(true, Ordering::Release);
+    }
+
+    /// Whether a recount was asked for since the last call.
+    pub fn take_recount(&self) -> bool {
+        self.recount.swap(false, Ordering::AcqRel)
     }
 
     /// This node's id.

@@ -116,6 +116,7 @@ impl Cluster {
         // of this id counted are this run's to re-check (none of them is
         // connected here yet).
         presence::reap_own_leftovers(&mut link, node_id, &rechecks, timeout * 10)?;
+        // The first take: no lease before is the normal case.
         membership::renew(&mut link, node_id, settings.node_lease_ms)?;
         let (live, dead) = membership::live_nodes(&mut link, node_id)?;
         view.replace(live, &metrics);
@@ -164,6 +165,7 @@ impl Cluster {
             .map(|b| mailbox::channel(cfg.shards.ring_entries_max, b.clone()))
             .unzip();
         let consumer = channel::Consumer {
+            view: view.clone(),
             link: connector.link(),
             node: node_id.to_owned(),
             to_shards,
@@ -260,10 +262,21 @@ impl ClusterThread<'_> {
             let now = Instant::now();
             if now >= next_renew {
                 next_renew = now + renew_every;
-                if let Err(e) =
-                    membership::renew(&mut self.link, self.node, self.settings.node_lease_ms)
-                {
-                    warn("lease renewal failed", &e);
+                match membership::renew(&mut self.link, self.node, self.settings.node_lease_ms) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        // Our lease had lapsed (a stall or a Redis blip
+                        // longer than the lease): another node may have
+                        // claimed this one and taken its users' presence
+                        // and routes. The shards count their devices again.
+                        self.metrics.lease_lapses.fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            node = self.node,
+                            "cluster: this node's lease had lapsed; recounting its devices"
+                        );
+                        self.view.ask_recount();
+                    }
+                    Err(e) => warn("lease renewal failed", &e),
                 }
             }
             if now >= next_refresh {

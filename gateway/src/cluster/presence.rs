@@ -75,6 +75,15 @@ pub enum Note<'a> {
         /// Device id.
         device: &'a str,
     },
+    /// A device still connected here after this node's lease had lapsed:
+    /// write its route only if it has none (another node may have cleaned
+    /// it; a route naming another node is a newer login there and stays).
+    RouteRestore {
+        /// User id.
+        user: &'a str,
+        /// Device id.
+        device: &'a str,
+    },
     /// A device left here: remove its route if it still names this node.
     RouteDown {
         /// User id.
@@ -164,6 +173,11 @@ impl RemoteRouter {
                 Note::RouteDown { user, device } => {
                     cmds.push(routes::del_if_node(user, device, &me));
                 }
+                Note::RouteRestore { user, device } => {
+                    let mut c = cmd("HSETNX");
+                    c.arg(routes::key(user)).arg(device).arg(&me);
+                    cmds.push(c);
+                }
                 Note::Connected { user } => {
                     let mut a = cmd("SADD");
                     a.arg(user_nodes_key(user)).arg(&me);
@@ -185,7 +199,12 @@ impl RemoteRouter {
         }
         let routes_n = notes
             .iter()
-            .filter(|n| matches!(n, Note::RouteUp { .. } | Note::RouteDown { .. }))
+            .filter(|n| {
+                matches!(
+                    n,
+                    Note::RouteUp { .. } | Note::RouteDown { .. } | Note::RouteRestore { .. }
+                )
+            })
             .count() as u64;
         let replies = match self.link.pipeline(cmds) {
             Ok(r) => r,
@@ -218,7 +237,7 @@ impl RemoteRouter {
                     }
                     false
                 }
-                Note::RouteDown { .. } => false,
+                Note::RouteDown { .. } | Note::RouteRestore { .. } => false,
                 Note::Connected { .. } => true,
                 Note::Disconnected { .. } => {
                     let elsewhere = conn::items(reply).unwrap_or_default().iter().any(|v| {
