@@ -32,9 +32,10 @@ use redis::{Cmd, ConnectionLike, RedisError, Value};
 use tern_protocol::pb;
 
 use crate::store::{
-    Append, AppendEffect, AppendRefused, Appended, ConvHead, FriendRecord, FriendRequestRecord,
-    GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord,
-    PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
+    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, FriendRecord,
+    FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
+    PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv,
+    ViewChange,
 };
 use keys::{ConvKeys, KeyError, PairKeys, UserKeys};
 
@@ -1195,6 +1196,29 @@ impl Store for RedisStore {
 
     fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>> {
         Ok(self.get_per_user(users, |k| &k.presence, "presence")?)
+    }
+
+    fn put_ban(&self, user: &str, ban: Option<&BanRecord>) -> StoreResult<()> {
+        let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let c = match ban {
+            Some(b) => {
+                let mut c = redis::cmd("SET");
+                c.arg(&k.ban).arg(b.encode_to_vec());
+                c
+            }
+            None => {
+                let mut c = redis::cmd("DEL");
+                c.arg(&k.ban);
+                c
+            }
+        };
+        self.one(c)?;
+        Ok(())
+    }
+
+    fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>> {
+        let mut got = self.get_per_user(&[user], |k| &k.ban, "ban")?;
+        Ok(got.pop().flatten())
     }
 }
 

@@ -50,6 +50,10 @@ pub struct Caller {
     pub user: String,
     /// The device it came from.
     pub device: String,
+    /// An operator's call through the server API (`crate::api`): the domain
+    /// lets it act without friendship or group membership. Set only by
+    /// `api::ApiBackend`; a connection's requests never carry it.
+    pub admin: bool,
 }
 
 /// One client request on its way to the backend.
@@ -390,6 +394,7 @@ fn set_offline(
                 Caller {
                     user,
                     device: String::new(),
+                    admin: false,
                 },
                 body,
             )

@@ -44,6 +44,8 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// The server API for existing services (`/api/v1`, on the HTTP edge).
     pub api: ApiSettings,
+    /// Operator calls of the server API: system senders, lists, broadcasts.
+    pub api_ops: ApiOpsSettings,
 }
 
 /// Where clients and operators connect.
@@ -557,6 +559,7 @@ impl Config {
         }
         self.cluster.validate()?;
         self.api.validate()?;
+        self.api_ops.validate()?;
         Ok(())
     }
 }
@@ -923,6 +926,66 @@ impl ApiSettings {
             return invalid(
                 "api",
                 "backend_timeout_ms and queue_entries_max must be > 0".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Operator calls of the server API (`[api_ops]`, docs/http-api.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiOpsSettings {
+    /// User ids a service may send as with operator rights (`from` of
+    /// `POST /api/v1/messages` and broadcasts): no friendship or group
+    /// membership needed. Other senders follow the chat rules. Also the
+    /// user group and ban calls act as (the first one). Default `["system"]`.
+    pub system_users: Vec<String>,
+    /// Recipients of one send to a list (`to_users`) at most; more is 400.
+    /// Default 1000.
+    pub recipients_max: usize,
+    /// Users one broadcast sends to per second at most (the rest wait).
+    /// Default 1000.
+    pub broadcast_users_per_second: u32,
+    /// Request ids of list sends and broadcasts remembered, for a replay to
+    /// get the original answer; the oldest are forgotten first. Default
+    /// 10000.
+    pub request_ids_max: usize,
+}
+
+impl Default for ApiOpsSettings {
+    fn default() -> Self {
+        Self {
+            system_users: vec!["system".into()],
+            recipients_max: 1_000,
+            broadcast_users_per_second: 1_000,
+            request_ids_max: 10_000,
+        }
+    }
+}
+
+impl ApiOpsSettings {
+    /// Checks the ids and bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        if self.system_users.is_empty()
+            || self
+                .system_users
+                .iter()
+                .any(|u| tern_protocol::ids::check_id(u).is_err())
+        {
+            return invalid(
+                "api_ops.system_users",
+                "give at least one valid user id".into(),
+            );
+        }
+        if self.recipients_max == 0
+            || self.broadcast_users_per_second == 0
+            || self.request_ids_max == 0
+        {
+            return invalid(
+                "api_ops",
+                "recipients_max, broadcast_users_per_second and request_ids_max must be > 0".into(),
             );
         }
         Ok(())

@@ -35,10 +35,12 @@ pub enum CloseReason {
     Error,
     /// The shard was full.
     Refused,
+    /// An operator kicked the device or banned its user (server API).
+    Kicked,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 9] = [
+    const ALL: [CloseReason; 10] = [
         Self::Peer,
         Self::Auth,
         Self::HeartbeatTimeout,
@@ -48,6 +50,7 @@ impl CloseReason {
         Self::Shutdown,
         Self::Error,
         Self::Refused,
+        Self::Kicked,
     ];
 
     fn label(self) -> &'static str {
@@ -61,6 +64,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::Error => "error",
             Self::Refused => "refused",
+            Self::Kicked => "kicked",
         }
     }
 }
@@ -98,7 +102,7 @@ pub struct ShardMetrics {
     /// Connections accepted.
     pub opened: AtomicU64,
     /// Connections closed, by [`CloseReason`].
-    pub closed: [AtomicU64; 9],
+    pub closed: [AtomicU64; 10],
     /// Auth attempts refused.
     pub auth_failures: AtomicU64,
     /// Frames and bytes from clients.

@@ -214,6 +214,13 @@ impl Server {
             worker_threads.push(handle);
         }
 
+        // The server API's ring into each shard (device listings).
+        let mut api_shard_rings = Vec::new();
+        for (j, inbox) in inboxes.iter_mut().enumerate() {
+            let (tx, rx) = mailbox::channel(API_SHARD_RING_ENTRIES, shard_bells[j].clone());
+            api_shard_rings.push(tx);
+            inbox.push(rx);
+        }
         let shard_node_id: Arc<str> = node_id.as_str().into();
         let mut tcp = tcp.into_iter();
         let mut ws = ws.into_iter();
@@ -266,6 +273,11 @@ impl Server {
                         Duration::from_millis(cfg.api.backend_timeout_ms),
                     )),
                     node_id: node_id.as_str().into(),
+                    ops: Arc::new(crate::api::ApiOps::new(
+                        cfg.api_ops.clone(),
+                        Some(Arc::new(metrics.clone())),
+                        std::mem::take(&mut api_shard_rings),
+                    )),
                 };
                 let routes = http::router(HttpState {
                     metrics: metrics.clone(),
@@ -486,3 +498,7 @@ fn store_label(cfg: &Config) -> String {
 fn addr_label(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }
+
+/// Entries of the server API's ring into each shard (device listings; a
+/// full ring is 503).
+const API_SHARD_RING_ENTRIES: usize = 64;

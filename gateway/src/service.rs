@@ -107,6 +107,12 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
             recipients,
             body: Body::PresenceEvent(event),
         },
+        // A push like any other, so it reaches the user's devices on every
+        // node; the owner shard closes the devices it names (shard.rs).
+        DomainEffect::Kick { user_id, kick } => Effect::Push {
+            recipients: Arc::from([user_id]),
+            body: Body::Kick(kick),
+        },
     }
 }
 
@@ -126,6 +132,7 @@ impl ChatService for BackendService {
                 caller: DomainCaller {
                     user_id: c.user,
                     device_id: c.device,
+                    admin: c.admin,
                 },
                 body,
             })

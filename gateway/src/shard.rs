@@ -119,6 +119,13 @@ pub enum ShardMsg {
         /// Device id.
         device: String,
     },
+    /// The server API asks which devices of `user` this shard holds.
+    Devices {
+        /// The user (owned by this shard).
+        user: String,
+        /// Where the device ids go.
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// A connection moving to its owner shard after auth.
@@ -953,6 +960,11 @@ impl Shard {
                 if c.generation != conn.generation {
                     return; // the connection is gone; the client will retry or sync
                 }
+                if let Some(kick) = as_kick(&body) {
+                    // The login check found the user banned.
+                    self.kick_conn(conn.key, c, &kick);
+                    return;
+                }
                 if is_send_ack {
                     self.metrics
                         .messages_sent
@@ -1008,6 +1020,10 @@ impl Shard {
                 });
             }
             ShardMsg::Push { users, body } => {
+                if let Some(kick) = as_kick(&body) {
+                    self.kick_devices(&users, &kick);
+                    return;
+                }
                 let now = self.now_ms();
                 self.each_device(&users, |_, key, c| {
                     self.make_room(key, c, body.len());
@@ -1025,6 +1041,15 @@ impl Shard {
                 });
             }
             ShardMsg::Drain => self.draining.set(true),
+            ShardMsg::Devices { user, reply } => {
+                let conns = self.conns.borrow();
+                let devices = self
+                    .devices_of(&conns, &user)
+                    .iter()
+                    .filter_map(|&k| conns.get(k as usize)?.device().map(str::to_owned))
+                    .collect();
+                let _ = reply.send(devices);
+            }
             ShardMsg::Displace { user, device } => self.displace(&user, &device),
             ShardMsg::Recount => self.recount(),
         }
@@ -1080,6 +1105,104 @@ impl Shard {
         if displaced_counted && !others_counted {
             self.presence(user, pb::PresenceState::Offline);
         }
+    }
+
+    /// An operator's kick or a ban pushed by the backend: the devices of
+    /// `users` it names (all, or the one in `kick.message`: see
+    /// `tern_backend::domain` admin.rs) get a `Kick` and are closed once it
+    /// is written.
+    fn kick_devices(self: &Rc<Self>, users: &[String], kick: &pb::Kick) {
+        let index = self.users.borrow();
+        let mut conns = self.conns.borrow_mut();
+        for user in users {
+            let keys: SmallKeys = index.iter_hash(self.user_hash(user)).copied().collect();
+            for key in keys {
+                let Some(c) = conns.get_mut(key as usize) else {
+                    continue;
+                };
+                let named = kick.message.is_empty() || c.device() == Some(kick.message.as_str());
+                if c.user() == Some(user.as_str()) && named {
+                    self.kick_conn(key, c, kick);
+                }
+            }
+        }
+    }
+
+    /// Sends one connection a `Kick` (the session's own frame, with its
+    /// message for the reason) and closes it after its output is written.
+    fn kick_conn(self: &Rc<Self>, key: u32, c: &mut Conn, kick: &pb::Kick) {
+        let reason = pb::KickReason::try_from(kick.reason).unwrap_or(pb::KickReason::Admin);
+        let now = self.now_ms();
+        // Rate-limited with the failed logins: a banned client that keeps
+        // reconnecting is one line a login.
+        if let Some(suppressed) = self.auth_log.borrow_mut().admit(now) {
+            info!(
+                shard = self.id,
+                user = c.user().unwrap_or(""),
+                device = c.device().unwrap_or(""),
+                reason = reason.as_str_name(),
+                suppressed,
+                "kicked"
+            );
+        }
+        c.session.kick(&self.cfg, now, reason, "");
+        self.flush(key, c);
+        if c.pending_out().is_empty() {
+            self.close_soon(c, CloseReason::Kicked);
+        } else {
+            // Closed by `on_writable` once the kick is out.
+            let _ = self.close_after_output(key, c, CloseReason::Kicked);
+        }
+    }
+
+    /// Asks the backend whether a device that just logged in belongs to a
+    /// banned user: a `Kick` request (server-only: no client can send one)
+    /// to the user's worker, queued before anything the device sends. The
+    /// answer is nothing, or a `Kick` BANNED (`kick_conn`). The shard never
+    /// reads the store itself. If the backend ring is full the check waits
+    /// in `blocked`, in order, like a presence update; if that line is full
+    /// too ([`PRESENCE_PENDING_MAX`]) it returns false: the login cannot be
+    /// checked, and the caller refuses it.
+    fn login_check(self: &Rc<Self>, key: u32, generation: u32, user: &str, device: &str) -> bool {
+        let req = BackendRequest {
+            from: ConnRef {
+                shard: self.id as u16,
+                key,
+                generation,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                admin: false,
+            },
+            frame: Box::new(pb::Frame {
+                request_id: 0,
+                body: Some(Body::Kick(pb::Kick::default())),
+            }),
+            started: None,
+            resume: false,
+            route: None,
+            reply: None,
+        };
+        let req = if self.blocked.borrow().is_empty() {
+            match self.send_backend(req) {
+                Ok(()) => return true,
+                Err(full) => full,
+            }
+        } else {
+            req
+        };
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= PRESENCE_PENDING_MAX {
+            return false;
+        }
+        // `u32::MAX`: no connection is paused behind it.
+        blocked.push_back((u32::MAX, 0, req));
+        drop(blocked);
+        if !self.unblocking.replace(true) {
+            monoio::spawn(unblock_loop(self.clone()));
+        }
+        true
     }
 
     /// Logs a failed login at `info`: the peer's address, the error code and
@@ -1224,6 +1347,7 @@ impl Shard {
             caller: Caller {
                 user: user.to_owned(),
                 device: device.to_owned(),
+                admin: false,
             },
             frame: Box::new(pb::Frame {
                 request_id: 0,
@@ -1478,6 +1602,14 @@ impl Shard {
         let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
         self.flush(key, c);
         self.arm(key, c);
+        if !self.login_check(key, c.generation, &user, &device) {
+            // Overloaded past every queue: a login that cannot be checked
+            // for a ban is refused; the client reconnects later.
+            c.session.kick(&self.cfg, now, pb::KickReason::Shutdown, "");
+            self.flush(key, c);
+            self.close_soon(c, CloseReason::Refused);
+            return;
+        }
         if !resume.is_empty() {
             // Push what the device lacks after its resume cursors: a sync on
             // its behalf whose answer comes back as a tracked Deliver. Live
@@ -1515,6 +1647,7 @@ impl Shard {
             caller: Caller {
                 user: user.to_owned(),
                 device: device.to_owned(),
+                admin: false,
             },
             frame: Box::default(),
             started: None,
@@ -1558,6 +1691,7 @@ impl Shard {
             caller: Caller {
                 user: user.to_owned(),
                 device: String::new(),
+                admin: false,
             },
             frame: Box::new(pb::Frame {
                 request_id: 0,
@@ -1755,6 +1889,7 @@ impl Shard {
                             caller: Caller {
                                 user: user.to_string(),
                                 device: device.to_string(),
+                                admin: false,
                             },
                             frame,
                             started: is_send.then(Instant::now),
@@ -1795,6 +1930,23 @@ impl Shard {
             c.spill_mut().partial.extend_from_slice(rest);
         }
         Ingest::Continue
+    }
+}
+
+/// The `Kick` in an encoded push or reply frame, if it is one (request id
+/// 0, then field 120 `kick`: the frame starts with its tag bytes, so other
+/// frames are told apart without decoding).
+fn as_kick(frame: &[u8]) -> Option<pb::Kick> {
+    const KICK_TAG: [u8; 2] = [0xC2, 0x07]; // (120 << 3) | 2 as a varint
+    if !frame.starts_with(&KICK_TAG) {
+        return None;
+    }
+    match prost::Message::decode(frame) {
+        Ok(pb::Frame {
+            body: Some(Body::Kick(k)),
+            ..
+        }) => Some(k),
+        _ => None,
     }
 }
 

@@ -144,6 +144,8 @@ pub struct UserKeys {
     /// gateway's docs/cluster.md). While it is not empty, a presence record
     /// saying the user's last device left is not written.
     pub presence_nodes: String,
+    /// String: the ban (prost bytes), kept until lifted.
+    pub ban: String,
 }
 
 impl UserKeys {
@@ -161,6 +163,7 @@ impl UserKeys {
             presence: k("s"),
             presence_setting: k("ps"),
             presence_nodes: k("pn"),
+            ban: k("ban"),
         })
     }
 }

@@ -43,6 +43,17 @@ impl ApiBackend {
     /// body (`None`: a fire-and-forget request that succeeded); a domain
     /// error is an [`ApiError`] with its code.
     pub async fn call(&self, user: &str, body: Body) -> Result<Option<Body>, ApiError> {
+        self.call_as(user, false, body).await
+    }
+
+    /// Runs `body` as the operator `user` (`admin`: no friendship or
+    /// membership needed, any group managed as its owner; see
+    /// `tern_backend::domain::Caller::admin`), or as the user (`!admin`).
+    pub async fn call_admin(&self, user: &str, body: Body) -> Result<Option<Body>, ApiError> {
+        self.call_as(user, true, body).await
+    }
+
+    async fn call_as(&self, user: &str, admin: bool, body: Body) -> Result<Option<Body>, ApiError> {
         if self.workers.is_empty() {
             return Err(ApiError::overloaded("no backend worker"));
         }
@@ -56,6 +67,7 @@ impl ApiBackend {
             caller: Caller {
                 user: user.to_owned(),
                 device: API_DEVICE.to_owned(),
+                admin,
             },
             frame: Box::new(pb::Frame {
                 request_id: 0,

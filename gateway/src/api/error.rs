@@ -31,7 +31,7 @@ pub struct ErrorBody {
 }
 
 /// What an error answer says.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable code, e.g. `unauthorized`, `forbidden`, `not_found`,
     /// `invalid_argument`, `not_member`, `overloaded`.

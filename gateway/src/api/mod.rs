@@ -18,8 +18,12 @@
 
 pub mod backend;
 pub mod error;
+pub mod groups;
 pub mod keys;
 pub mod messages;
+pub mod ops;
+pub mod reads;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -30,6 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub use backend::ApiBackend;
 pub use error::ApiError;
 pub use keys::{ApiKeys, Authorized, Scope};
+pub use ops::ApiOps;
 
 /// What every API handler reads.
 #[derive(Debug, Clone)]
@@ -40,6 +45,8 @@ pub struct ApiState {
     pub backend: Arc<ApiBackend>,
     /// This node's id.
     pub node_id: Arc<str>,
+    /// Operator calls: settings, counters, shard rings, replays.
+    pub ops: Arc<ApiOps>,
 }
 
 /// The document's frame: title, version, the security scheme. Paths come
@@ -73,6 +80,9 @@ impl utoipa::Modify for BearerKey {
 pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(Doc::openapi())
         .merge(messages::routes())
+        .merge(users::routes())
+        .merge(groups::routes())
+        .merge(reads::routes())
         .with_state(state)
         .split_for_parts();
     (router, doc)
@@ -98,6 +108,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         keys: Arc::new(ApiKeys::default()),
         backend: Arc::new(ApiBackend::new(Vec::new(), std::time::Duration::ZERO)),
         node_id: "".into(),
+        ops: Arc::new(ApiOps::new(Default::default(), None, Vec::new())),
     };
     routes(state).1
 }

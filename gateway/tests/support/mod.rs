@@ -52,7 +52,8 @@ impl Gateway {
         cfg.backend.data_dir = dir.path().to_path_buf();
         cfg.node_id = "test-node".into();
         tweak(&mut cfg);
-        let service = Arc::new(BackendService::open(&cfg.backend).unwrap());
+        // As `tern serve` opens it: the chat settings of `cfg` apply.
+        let service = Arc::new(BackendService::from_config(&cfg).unwrap());
         let server = Server::start(&cfg, service).unwrap();
         Self {
             tcp: server.tcp_addr.unwrap(),
