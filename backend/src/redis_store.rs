@@ -827,7 +827,21 @@ impl RedisStore {
     }
 }
 
-/// The `SET` that stores a presence record with its expiry.
+/// Writes a "last device left" presence record (`KEYS[1]`, value
+/// `ARGV[1]`, TTL `ARGV[2]` ms) only while no gateway node counts a device
+/// of the user (`KEYS[2]`, the user's presence node set, is empty).
+const PRESENCE_SET_IF_NO_NODE: &str = "if redis.call('SCARD', KEYS[2]) == 0 then \
+     return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 0";
+
+/// The command that stores a presence record with its expiry.
+///
+/// A record saying the user's last counting device left (`connected:
+/// false`) is written only while the user's presence node set is empty:
+/// with several gateway nodes, a device that connected on another node
+/// after this node decided "last" has already added that node to the set,
+/// and its ONLINE record must not be overwritten by this late OFFLINE. One
+/// script on the user's slot, so the check and the write are atomic. On a
+/// single node the set is empty here (the gateway removed itself first).
 fn presence_set(record: &PresenceRecord) -> Result<Cmd> {
     let k = UserKeys::new(&record.user_id)?;
     // A relative TTL (not PXAT): the record's times come from the
@@ -837,6 +851,16 @@ fn presence_set(record: &PresenceRecord) -> Result<Cmd> {
         .saturating_sub(record.updated_ms)
         .saturating_add(PRESENCE_GRACE_MS)
         .min(PRESENCE_TTL_MS_MAX);
+    if !record.connected {
+        let mut c = redis::cmd("EVAL");
+        c.arg(PRESENCE_SET_IF_NO_NODE)
+            .arg(2)
+            .arg(&k.presence)
+            .arg(&k.presence_nodes)
+            .arg(record.encode_to_vec())
+            .arg(ttl_ms);
+        return Ok(c);
+    }
     let mut c = redis::cmd("SET");
     c.arg(&k.presence)
         .arg(record.encode_to_vec())

@@ -581,15 +581,6 @@ pub struct ClusterSettings {
     pub node_lease_ms: u64,
     /// How often a node re-reads the list of live nodes. Default 1000.
     pub nodes_refresh_ms: u64,
-    /// Route changes (login, close) are written to Redis in one pipeline at
-    /// most this often. Default 5.
-    pub route_flush_ms: u64,
-    /// Route changes in one pipeline at most. Default 1024.
-    pub route_batch_max: usize,
-    /// Entries of each shard's route-change ring to the cluster thread; a
-    /// full ring drops the change and counts it
-    /// (`tern_cluster_route_ring_full_total`). Default 65536.
-    pub route_ring_entries_max: usize,
     /// Records kept in each node's delivery stream (`XADD MAXLEN ~`).
     /// Default 100000.
     pub channel_records_max: u64,
@@ -608,9 +599,6 @@ impl Default for ClusterSettings {
         Self {
             node_lease_ms: 10_000,
             nodes_refresh_ms: 1_000,
-            route_flush_ms: 5,
-            route_batch_max: 1_024,
-            route_ring_entries_max: 65_536,
             channel_records_max: 100_000,
             channel_read_batch_max: 256,
             channel_block_ms: 500,
@@ -633,13 +621,6 @@ impl ClusterSettings {
         }
         if self.nodes_refresh_ms == 0 || self.nodes_refresh_ms > self.node_lease_ms {
             return invalid("cluster.nodes_refresh_ms", "must be 1..=node_lease_ms");
-        }
-        if self.route_flush_ms == 0 || self.route_batch_max == 0 || self.route_ring_entries_max == 0
-        {
-            return invalid(
-                "cluster.route_flush_ms",
-                "flush interval, batch and ring must be > 0",
-            );
         }
         if self.channel_records_max == 0 || self.channel_read_batch_max == 0 {
             return invalid("cluster.channel_records_max", "must be > 0");

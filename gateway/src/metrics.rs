@@ -161,10 +161,9 @@ pub struct BackendMetrics {
 /// routing); all zero on the embedded store.
 #[derive(Debug, Default)]
 pub struct ClusterMetrics {
-    /// Route entries written to Redis (HSET and conditional HDEL).
+    /// Route entries written to Redis (set on login, conditional delete on
+    /// close), by the backend workers.
     pub route_writes: AtomicU64,
-    /// Route changes dropped because a shard's route ring was full.
-    pub route_ring_full: AtomicU64,
     /// Route pipelines that failed (Redis away); their changes are lost.
     pub route_write_errors: AtomicU64,
     /// Stale routes (naming a dead node) removed.
@@ -179,6 +178,19 @@ pub struct ClusterMetrics {
     pub records_dropped: AtomicU64,
     /// Live nodes in this node's view (itself included).
     pub live_nodes: AtomicI64,
+    /// Displacement records sent: a login here took the route of the same
+    /// device connected on another node.
+    pub displacements_sent: AtomicU64,
+    /// Displacement records received (a connection here to kick).
+    pub displacements_received: AtomicU64,
+    /// A user's last counting device here left while one was connected on
+    /// another live node: no OFFLINE.
+    pub presence_kept: AtomicU64,
+    /// Users re-checked because their presence was on a node that died.
+    pub presence_reaped: AtomicU64,
+    /// Renewals that found this node's own lease lapsed (its devices were
+    /// counted again).
+    pub lease_lapses: AtomicU64,
 }
 
 /// Counters of the HTTP edge, written by its connection tasks.
@@ -599,16 +611,36 @@ impl Collector for Metrics {
         }
         {
             let c = &self.cluster;
-            let rows: [(&str, &str, &AtomicU64); 8] = [
+            let rows: [(&str, &str, &AtomicU64); 12] = [
+                (
+                    "tern_cluster_lease_lapses",
+                    "Renewals that found this node's own lease lapsed (devices recounted)",
+                    &c.lease_lapses,
+                ),
                 (
                     "tern_cluster_route_writes",
                     "Route entries written to Redis",
                     &c.route_writes,
                 ),
                 (
-                    "tern_cluster_route_ring_full",
-                    "Route changes dropped: a shard's route ring was full",
-                    &c.route_ring_full,
+                    "tern_cluster_displacements_sent",
+                    "Displacement records sent to the node holding the same device",
+                    &c.displacements_sent,
+                ),
+                (
+                    "tern_cluster_displacements_received",
+                    "Displacement records received (a connection here kicked)",
+                    &c.displacements_received,
+                ),
+                (
+                    "tern_cluster_presence_kept",
+                    "Last device here left while the user is online on another node",
+                    &c.presence_kept,
+                ),
+                (
+                    "tern_cluster_presence_reaped",
+                    "Users re-checked after the node holding their presence died",
+                    &c.presence_reaped,
                 ),
                 (
                     "tern_cluster_route_write_errors",

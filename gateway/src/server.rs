@@ -134,13 +134,12 @@ impl Server {
                 }
             }
         }
-        // The node tier, on the Redis store: this node's lease, its route
-        // rings and delivery channel (see docs/cluster.md).
+        // The node tier, on the Redis store: this node's lease and delivery
+        // channel (see docs/cluster.md).
         let node_id = crate::cluster::membership::resolve_node_id(cfg)?;
-        let (cluster, mut route_rings, mut routers) = if cfg.backend.store == StoreKind::Redis {
+        let (cluster, mut routers) = if cfg.backend.store == StoreKind::Redis {
             let ClusterParts {
                 cluster,
-                route_rings,
                 shard_inboxes,
                 routers,
             } = Cluster::start(
@@ -154,13 +153,9 @@ impl Server {
             for (inbox, rx) in inboxes.iter_mut().zip(shard_inboxes) {
                 inbox.push(rx);
             }
-            (
-                Some(cluster),
-                route_rings.into_iter().map(Some).collect(),
-                routers.into_iter().map(Some).collect(),
-            )
+            (Some(cluster), routers.into_iter().map(Some).collect())
         } else {
-            (None, Vec::new(), Vec::new())
+            (None, Vec::new())
         };
         // Control rings (main thread → shard), for drain.
         let mut control = Vec::new();
@@ -259,7 +254,7 @@ impl Server {
                     retry_after_max_ms: cfg.shutdown.retry_after_max_ms,
                 },
                 epoch,
-                to_cluster: route_rings.get_mut(id).and_then(Option::take),
+                cluster: cluster.is_some(),
             };
             shard_threads.push(
                 std::thread::Builder::new()
@@ -352,8 +347,8 @@ impl Server {
             t.thread().unpark();
             let _ = t.join();
         }
-        // After the shards and workers: the route changes of the drain are
-        // written, then the node leaves.
+        // After the shards and workers (which wrote the route changes of
+        // the drain): the node leaves.
         if let Some(c) = self.cluster.take() {
             c.stop();
         }

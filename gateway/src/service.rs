@@ -52,7 +52,8 @@ impl BackendService {
         // Presence follows connections: the owner shard sets a user online
         // at their first device and offline at their last, so it needs no
         // lease here (the embedded store keeps presence in memory; it ends
-        // with the process). Multi-node presence will renew a lease instead.
+        // with the process). Across nodes the gateway's workers decide
+        // "first" and "last" from Redis (docs/cluster.md), still no lease.
         chat.presence_expiry_ms = PRESENCE_HELD_MS;
         Self::open_with(&cfg.backend, chat)
     }

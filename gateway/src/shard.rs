@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     auth::Verifier,
-    bridge::{BackendRequest, Caller},
+    bridge::{BackendRequest, Caller, RouteChange},
     mailbox::{Doorbell, Receiver, Sender},
     metrics::{CloseReason, ShardMetrics},
     wheel::Wheel,
@@ -107,6 +107,18 @@ pub enum ShardMsg {
     },
     /// Start draining: stop accepting, kick connections at a bounded rate.
     Drain,
+    /// This node's lease had lapsed: other nodes may have taken its users'
+    /// presence and routes. Send every device's route (if it has none) and
+    /// every user's presence again.
+    Recount,
+    /// The device logged in on another node, which now holds its route:
+    /// kick this node's connection of it as displaced.
+    Displace {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+    },
     /// The server API asks which devices of `user` this shard holds.
     Devices {
         /// The user (owned by this shard).
@@ -199,8 +211,9 @@ pub struct ShardSetup {
     pub drain: DrainPolicy,
     /// Time origin shared by all shards.
     pub epoch: Instant,
-    /// Route changes to the cluster thread (the Redis store); `None` alone.
-    pub to_cluster: Option<crate::cluster::RouteSender>,
+    /// A member of a cluster (the Redis store): route changes go to the
+    /// backend workers.
+    pub cluster: bool,
 }
 
 /// Per-connection state, in the shard's slab. Kept small: an idle
@@ -474,8 +487,9 @@ struct Shard {
     id: usize,
     shards: usize,
     node_id: Arc<str>,
-    /// Route changes to the cluster thread (`None`: single node).
-    to_cluster: RefCell<Option<crate::cluster::RouteSender>>,
+    /// A member of a cluster: devices' route changes go to the backend
+    /// workers (false: single node, no routes).
+    cluster: bool,
     cfg: SessionConfig,
     verifier: Arc<Verifier>,
     metrics: Arc<ShardMetrics>,
@@ -647,7 +661,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         id: setup.id,
         shards: setup.shards,
         node_id: setup.node_id,
-        to_cluster: RefCell::new(setup.to_cluster),
+        cluster: setup.cluster,
         cfg: setup.session,
         verifier: setup.verifier,
         metrics: setup.metrics,
@@ -1036,6 +1050,60 @@ impl Shard {
                     .collect();
                 let _ = reply.send(devices);
             }
+            ShardMsg::Displace { user, device } => self.displace(&user, &device),
+            ShardMsg::Recount => self.recount(),
+        }
+    }
+
+    /// After this node's lease had lapsed: every live device's route is
+    /// written back if it has none, and every user with a device that
+    /// counts toward presence is said to be connected again (their friends
+    /// may have been told OFFLINE by the node that took this one for dead).
+    /// Through the workers' rings like any route change; bounded the same
+    /// way (a full waiting line drops and counts).
+    fn recount(self: &Rc<Self>) {
+        let devices: Vec<(String, String, bool)> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|(_, c)| c.closing.is_none())
+            .filter_map(|(_, c)| Some((c.user()?.to_owned(), c.device()?.to_owned(), !c.quiet)))
+            .collect();
+        let mut counted: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for (user, device, counts) in &devices {
+            self.route_change(user, device, RouteChange::Restore);
+            if *counts && counted.insert(user) {
+                self.presence(user, pb::PresenceState::Online);
+            }
+        }
+    }
+
+    /// The same device logged in on another node: its connection here is
+    /// kicked as displaced, as by a second login here (see `welcome`), and
+    /// its close writes no route change (the route is the other node's).
+    /// If it was the user's last device here that counts toward presence,
+    /// this node says so (the worker finds the user online on the other
+    /// node, so friends see no OFFLINE).
+    fn displace(self: &Rc<Self>, user: &str, device: &str) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        let (mut others_counted, mut displaced_counted) = (false, false);
+        for other in self.devices_of(&conns, user) {
+            let old = &mut conns[other as usize];
+            if old.device() == Some(device) {
+                displaced_counted |= !old.quiet;
+                self.unindex_device(other, user);
+                old.session
+                    .kick(&self.cfg, now, pb::KickReason::Displaced, "");
+                self.flush(other, old);
+                self.close_soon(old, CloseReason::Displaced);
+            } else {
+                others_counted |= !old.quiet;
+            }
+        }
+        drop(conns);
+        if displaced_counted && !others_counted {
+            self.presence(user, pb::PresenceState::Offline);
         }
     }
 
@@ -1113,6 +1181,7 @@ impl Shard {
             }),
             started: None,
             resume: false,
+            route: None,
             reply: None,
         };
         let req = if self.blocked.borrow().is_empty() {
@@ -1286,6 +1355,7 @@ impl Shard {
             }),
             started: None,
             resume: true,
+            route: None,
             reply: None,
         }
     }
@@ -1294,7 +1364,7 @@ impl Shard {
     /// `blocked` (without pausing its connection). False if even that line
     /// is full ([`PRESENCE_PENDING_MAX`]): no resume is in flight then.
     fn queue_resume(self: &Rc<Self>, req: BackendRequest) -> bool {
-        let Err(req) = self.send_backend(req) else {
+        let Err(req) = self.send_backend_in_order(req) else {
             return true;
         };
         let mut blocked = self.blocked.borrow_mut();
@@ -1510,7 +1580,9 @@ impl Shard {
             }
         }
         conns[key as usize].ident = Some(format!("{user}\0{device}").into_boxed_str());
-        self.route_change(conns[key as usize].ident.as_deref(), true);
+        // Before Welcome: the device's first sync queues behind it in the
+        // same worker ring, so it runs once the route exists.
+        self.route_change(&user, &device, RouteChange::Up);
         conns[key as usize].quiet = quiet;
         self.index_device(&conns, key, &user);
         if !quiet && !others_counted {
@@ -1553,16 +1625,46 @@ impl Shard {
         }
     }
 
-    /// Tells the cluster thread a device logged in here (`up`) or left. A
-    /// full ring drops the change and counts it
-    /// (`tern_cluster_route_ring_full_total`): a lost login leaves the
-    /// device without pushes from other nodes until it reconnects (it syncs
-    /// then); a lost close leaves a route that the other nodes' pushes find
-    /// empty here.
-    fn route_change(&self, ident: Option<&str>, up: bool) {
-        if let (Some(tx), Some(ident)) = (self.to_cluster.borrow_mut().as_mut(), ident) {
-            tx.send(ident, up);
+    /// Tells the user's backend worker (cluster mode) that a device logged
+    /// in here or left, in order with the user's requests: a full backend
+    /// queue makes the change wait in `blocked`, like a presence update
+    /// (past [`PRESENCE_PENDING_MAX`] waiting it is dropped and counted in
+    /// `tern_presence_dropped_total`: a lost login leaves the device
+    /// without pushes from other nodes until it reconnects, and it syncs
+    /// then; a lost close leaves a route that other nodes' pushes find
+    /// empty here).
+    fn route_change(self: &Rc<Self>, user: &str, device: &str, change: RouteChange) {
+        if !self.cluster {
+            return;
         }
+        self.send_waiting(BackendRequest {
+            // Never answered.
+            from: ConnRef {
+                shard: self.id as u16,
+                key: u32::MAX,
+                generation: 0,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                admin: false,
+            },
+            frame: Box::default(),
+            started: None,
+            resume: false,
+            route: Some(change),
+            reply: None,
+        });
+    }
+
+    /// Queues a request for the backend in order: behind the requests that
+    /// already wait for room (a connection's request never overtakes a
+    /// presence update or route change queued before it).
+    fn send_backend_in_order(&self, req: BackendRequest) -> Result<(), BackendRequest> {
+        if !self.blocked.borrow().is_empty() {
+            return Err(req);
+        }
+        self.send_backend(req)
     }
 
     /// Queues a request for the backend worker of its user (one worker per
@@ -1579,7 +1681,7 @@ impl Shard {
     /// user is never left shown online after going offline; past
     /// [`PRESENCE_PENDING_MAX`] waiting updates it is dropped and counted.
     fn presence(self: &Rc<Self>, user: &str, state: pb::PresenceState) {
-        let mut req = BackendRequest {
+        let req = BackendRequest {
             // No connection waits for the answer.
             from: ConnRef {
                 shard: self.id as u16,
@@ -1600,15 +1702,19 @@ impl Shard {
             }),
             started: None,
             resume: false,
+            route: None,
             reply: None,
         };
-        // Behind updates already waiting, never ahead of them.
-        if self.blocked.borrow().is_empty() {
-            match self.send_backend(req) {
-                Ok(()) => return,
-                Err(full) => req = full,
-            }
-        }
+        self.send_waiting(req);
+    }
+
+    /// Sends a request no connection waits for (presence, route change);
+    /// if the backend queue is full it waits in `blocked`, in order; past
+    /// [`PRESENCE_PENDING_MAX`] waiting it is dropped and counted.
+    fn send_waiting(self: &Rc<Self>, req: BackendRequest) {
+        let Err(req) = self.send_backend_in_order(req) else {
+            return;
+        };
         let mut blocked = self.blocked.borrow_mut();
         if blocked.len() >= PRESENCE_PENDING_MAX {
             self.metrics
@@ -1788,9 +1894,10 @@ impl Shard {
                             frame,
                             started: is_send.then(Instant::now),
                             resume: false,
+                            route: None,
                             reply: None,
                         };
-                        if let Err(req) = self.send_backend(req) {
+                        if let Err(req) = self.send_backend_in_order(req) {
                             // Back-pressure: keep this request and the rest
                             // of the input; stop reading until there is room.
                             self.metrics
@@ -2401,7 +2508,7 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
         }
         if indexed {
             // A displaced connection's route is its successor's.
-            shard.route_change(c.ident.as_deref(), false);
+            shard.route_change(user, c.device().unwrap_or(""), RouteChange::Down);
         }
     }
     drop(conns);

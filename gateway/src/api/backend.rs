@@ -75,6 +75,7 @@ impl ApiBackend {
             }),
             started: None,
             resume: false,
+            route: None,
             reply: Some(Box::new(tx)),
         };
         let worker = owner_shard(user, self.workers.len());

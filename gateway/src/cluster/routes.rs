@@ -2,20 +2,27 @@
 //! `{u:<user>}:rt`, field = device id, value = node id (the hash tag puts
 //! it in the user's slot on Redis Cluster).
 //!
-//! Written by the cluster thread in batches (one pipeline per
-//! `route_flush_ms` or `route_batch_max` changes): `HSET` on login; on close
-//! a conditional delete (the script below), so a device that already
-//! logged in on another node keeps that node's route. Read by the backend
-//! workers, one pipeline of `HGETALL` per batch of pushes. A route naming a
-//! node whose lease lapsed is ignored and removed with the same conditional
-//! delete.
-
-use std::sync::atomic::Ordering;
+//! Written by the backend worker of the user (the one every request of the
+//! user goes to), in the pipeline it sends before it handles a batch
+//! ([`super::RemoteRouter::note`]): on login the script [`UP`] (set, and
+//! return the node named before, so that a device still connected on
+//! another node is displaced); on close a conditional delete
+//! ([`DEL_IF_NODE`]), so a device that already logged in on another node
+//! keeps that node's route. Both ride the worker's ring in order with the
+//! user's requests: the route exists before the device's first sync is
+//! answered, and the changes of one device keep their order. Read by the
+//! backend workers, one pipeline of `HGETALL` per batch of pushes. A route
+//! naming a node whose lease lapsed is ignored and removed with the same
+//! conditional delete.
 
 use redis::{Cmd, RedisResult, Value, cmd};
 
-use super::{RouteChange, conn::Link};
-use crate::metrics::ClusterMetrics;
+use super::conn::Link;
+
+/// Sets a route and returns the node it named before (nil if none):
+/// `KEYS[1]` the user's hash, `ARGV[1]` the device, `ARGV[2]` the node.
+const UP: &str = "local o = redis.call('HGET', KEYS[1], ARGV[1]) \
+     redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return o";
 
 /// Deletes a route only if it still names the given node:
 /// `KEYS[1]` the user's hash, `ARGV[1]` the device, `ARGV[2]` the node.
@@ -27,6 +34,14 @@ pub fn key(user: &str) -> String {
     format!("{{u:{user}}}:rt")
 }
 
+/// The command that names `node` as `device`'s route and answers the node
+/// named before (a bulk string) or nil.
+pub fn up(user: &str, device: &str, node: &str) -> Cmd {
+    let mut c = cmd("EVAL");
+    c.arg(UP).arg(1).arg(key(user)).arg(device).arg(node);
+    c
+}
+
 /// The command that removes `device`'s route of `user` if it names `node`.
 pub fn del_if_node(user: &str, device: &str, node: &str) -> Cmd {
     let mut c = cmd("EVAL");
@@ -36,33 +51,6 @@ pub fn del_if_node(user: &str, device: &str, node: &str) -> Cmd {
         .arg(device)
         .arg(node);
     c
-}
-
-/// Writes a batch of route changes of this node in one pipeline.
-pub(crate) fn write(
-    link: &mut Link,
-    node: &str,
-    batch: &[RouteChange],
-    metrics: &ClusterMetrics,
-) -> RedisResult<()> {
-    let cmds = batch
-        .iter()
-        .map(|c| {
-            let (user, device) = c.parts();
-            if c.up {
-                let mut h = cmd("HSET");
-                h.arg(key(user)).arg(device).arg(node);
-                h
-            } else {
-                del_if_node(user, device, node)
-            }
-        })
-        .collect();
-    link.pipeline(cmds)?;
-    metrics
-        .route_writes
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    Ok(())
 }
 
 /// The routes of each user, in order: `(device, node)` pairs. One pipeline.
