@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod error;
 pub mod keys;
+pub mod media;
 pub mod messages;
 
 use std::sync::Arc;
@@ -73,6 +74,7 @@ impl utoipa::Modify for BearerKey {
 pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(Doc::openapi())
         .merge(messages::routes())
+        .merge(media::routes())
         .with_state(state)
         .split_for_parts();
     (router, doc)
