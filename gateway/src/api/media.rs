@@ -452,6 +452,19 @@ async fn download(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Nothing served here may run as a page on the gateway's origin: files
+    // (which may be HTML or SVG) are attachments, and everything is
+    // sandboxed.
+    if meta.kind == Kind::File {
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
     // Objects never change under an id.
     h.insert(
         header::CACHE_CONTROL,
