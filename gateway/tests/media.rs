@@ -223,6 +223,13 @@ fn downloads_follow_the_conversation_the_media_was_sent_to() {
     assert_eq!(s, 404);
     let (s, _, _) = fetch(&gw, Some(MEDIA_KEY), "/api/v1/media/..%2F..%2Fetc");
     assert_eq!(s, 404);
+    // A multi-byte character across the id's 26th byte: 404, no panic.
+    let (s, _, _) = fetch(
+        &gw,
+        Some(MEDIA_KEY),
+        "/api/v1/media/aaaaaaaaaaaaaaaaaaaaaaaaa%C3%A9",
+    );
+    assert_eq!(s, 404);
 }
 
 /// Text claiming to be an image is 415; PNG magic over garbage is 400

@@ -131,12 +131,18 @@ pub fn new_id() -> String {
 /// True for a string that can be a media id (what [`new_id`] makes, with a
 /// variant suffix): anything else is refused before touching the disk.
 pub fn is_id(s: &str) -> bool {
-    let (base, suffix) = s.split_at(s.len().min(26));
-    base.len() == 26
-        && base
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
-        && matches!(suffix, "" | THUMB_SUFFIX | COMPRESSED_SUFFIX)
+    // Bytes, not `str` slicing: the 26th byte may fall inside a character.
+    let Some((base, suffix)) = s.as_bytes().split_at_checked(26) else {
+        return false;
+    };
+    base.iter()
+        .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(b))
+        && [
+            b"".as_slice(),
+            THUMB_SUFFIX.as_bytes(),
+            COMPRESSED_SUFFIX.as_bytes(),
+        ]
+        .contains(&suffix)
 }
 
 /// The suffix of a thumbnail's id.
@@ -147,4 +153,32 @@ pub const COMPRESSED_SUFFIX: &str = "_c";
 /// The media id a variant id belongs to (itself for an original).
 pub fn parent_of(id: &str) -> &str {
     &id[..id.len().min(26)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids come from URL paths: anything but what `new_id` makes (plus a
+    /// variant suffix) is refused without panicking, multi-byte characters
+    /// across the 26th byte included.
+    #[test]
+    fn only_generated_ids_pass() {
+        let id = new_id();
+        assert!(is_id(&id));
+        assert!(is_id(&format!("{id}{THUMB_SUFFIX}")));
+        assert!(is_id(&format!("{id}{COMPRESSED_SUFFIX}")));
+        assert_eq!(parent_of(&format!("{id}_t")), id);
+        for bad in [
+            "",
+            "short",
+            "../../../../../../etc/passwd",
+            &format!("{id}_x"),
+            &format!("{}é", &id[..25]),
+            &format!("{id}é"),
+            &id.to_uppercase(),
+        ] {
+            assert!(!is_id(bad), "{bad:?}");
+        }
+    }
 }
