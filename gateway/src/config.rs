@@ -46,6 +46,8 @@ pub struct Config {
     pub api: ApiSettings,
     /// Operator calls of the server API: system senders, lists, broadcasts.
     pub api_ops: ApiOpsSettings,
+    /// Media upload and download (`/api/v1/media`, on the HTTP edge).
+    pub media: MediaSettings,
 }
 
 /// Where clients and operators connect.
@@ -560,6 +562,7 @@ impl Config {
         self.cluster.validate()?;
         self.api.validate()?;
         self.api_ops.validate()?;
+        self.media.validate()?;
         Ok(())
     }
 }
@@ -989,5 +992,89 @@ impl ApiOpsSettings {
             );
         }
         Ok(())
+    }
+}
+
+// ---- [media]: upload and download of images, files, voice and video ----
+
+/// Media upload and download (`/api/v1/media`, docs/http-api.md "Media").
+/// Each limit is checked from `Content-Length` before the body is read and
+/// again while it streams to disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Where objects are kept. Default empty: `<backend.data_dir>/media`.
+    pub dir: Option<PathBuf>,
+    /// Largest image upload, bytes. Default 20 MiB.
+    pub image_bytes_max: u64,
+    /// Largest file upload, bytes. Default 100 MiB.
+    pub file_bytes_max: u64,
+    /// Largest voice upload, bytes. Default 10 MiB.
+    pub voice_bytes_max: u64,
+    /// Largest video upload, bytes. Default 200 MiB.
+    pub video_bytes_max: u64,
+    /// Most pixels (width × height) an image may declare; more is refused
+    /// from its header, before any pixel is decoded (decode bombs).
+    /// Default 40,000,000.
+    pub image_pixels_max: u64,
+    /// Longest edge of a thumbnail, pixels. Default 320.
+    pub thumbnail_edge_px: u32,
+    /// Longest edge of the compressed variant, pixels. Default 1600.
+    pub compressed_edge_px: u32,
+    /// JPEG quality of thumbnails and compressed variants, 1..=100. Default 80.
+    pub jpeg_quality: u8,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            image_bytes_max: 20 << 20,
+            file_bytes_max: 100 << 20,
+            voice_bytes_max: 10 << 20,
+            video_bytes_max: 200 << 20,
+            image_pixels_max: 40_000_000,
+            thumbnail_edge_px: 320,
+            compressed_edge_px: 1600,
+            jpeg_quality: 80,
+        }
+    }
+}
+
+impl MediaSettings {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.into(),
+            })
+        };
+        if [
+            self.image_bytes_max,
+            self.file_bytes_max,
+            self.voice_bytes_max,
+            self.video_bytes_max,
+            self.image_pixels_max,
+        ]
+        .contains(&0)
+        {
+            return invalid("media", "byte and pixel limits must be > 0");
+        }
+        if self.thumbnail_edge_px == 0 || self.compressed_edge_px < self.thumbnail_edge_px {
+            return invalid(
+                "media",
+                "thumbnail_edge_px must be > 0 and compressed_edge_px at least as large",
+            );
+        }
+        if !(1..=100).contains(&self.jpeg_quality) {
+            return invalid("media.jpeg_quality", "must be 1..=100");
+        }
+        Ok(())
+    }
+
+    /// The media directory for a store kept in `data_dir`.
+    pub fn dir_in(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("media"))
     }
 }

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod mailbox;
+pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod service;

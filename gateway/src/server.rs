@@ -266,6 +266,16 @@ impl Server {
         let ready = Arc::new(AtomicBool::new(true));
         let http = match cfg.listen.http {
             Some(addr) => {
+                let media = Arc::new(
+                    crate::api::media::MediaService::open(
+                        crate::media::MediaConfig {
+                            dir: cfg.media.dir_in(&cfg.backend.data_dir),
+                            settings: cfg.media.clone(),
+                        },
+                        verifier.clone(),
+                    )
+                    .context("opening the media store")?,
+                );
                 let api = crate::api::ApiState {
                     keys: Arc::new(crate::api::ApiKeys::new(&cfg.api.keys)),
                     backend: Arc::new(crate::api::ApiBackend::new(
@@ -283,7 +293,7 @@ impl Server {
                     metrics: metrics.clone(),
                     ready: ready.clone(),
                 })
-                .merge(crate::api::router(api));
+                .merge(crate::api::router(api).layer(axum::Extension(media)));
                 Some(
                     HttpServer::start(addr, &cfg.http, routes, metrics.http.clone()).map_err(
                         |error| BindError {

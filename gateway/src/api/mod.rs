@@ -20,6 +20,7 @@ pub mod backend;
 pub mod error;
 pub mod groups;
 pub mod keys;
+pub mod media;
 pub mod messages;
 pub mod ops;
 pub mod reads;
@@ -83,6 +84,7 @@ pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(users::routes())
         .merge(groups::routes())
         .merge(reads::routes())
+        .merge(media::routes())
         .with_state(state)
         .split_for_parts();
     (router, doc)

@@ -64,6 +64,11 @@ impl Gateway {
         }
     }
 
+    /// The gateway's `backend.data_dir`.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn token(user: &str) -> String {
         auth::mint_hs256(SECRET, user, 3600, None).unwrap()
     }

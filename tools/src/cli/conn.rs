@@ -89,7 +89,13 @@ pub struct ConnectOptions {
     pub request_timeout_ms: u64,
     /// Wait for the TCP connect, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Base URL of the gateway's HTTP edge (media upload), e.g.
+    /// `http://127.0.0.1:7480`.
+    pub http_url: String,
 }
+
+/// Default base URL of the HTTP edge (the gateway's default `listen.http`).
+pub const HTTP_URL_DEFAULT: &str = "http://127.0.0.1:7480";
 
 impl ConnectOptions {
     /// Options with the default timeouts and no resume cursors.
@@ -106,6 +112,7 @@ impl ConnectOptions {
             capabilities: Vec::new(),
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+            http_url: HTTP_URL_DEFAULT.to_owned(),
         }
     }
 }

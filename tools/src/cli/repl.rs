@@ -85,6 +85,7 @@ pub fn main(cli: &Cli) -> i32 {
             typing_seen: HashMap::new(),
         }),
         server: cli.server.clone(),
+        http_url: cli.http_url.clone(),
         timeout_ms: cli.timeout_ms,
         secret: Mutex::new(cli.jwt_secret.clone()),
         audience: cli.audience.clone(),
@@ -215,6 +216,8 @@ struct Chat {
     sink: Mutex<Box<dyn Sink>>,
     state: Mutex<State>,
     server: String,
+    /// The HTTP edge, for `/send-file`.
+    http_url: String,
     timeout_ms: u64,
     /// The development secret to mint tokens for `/login USER`.
     secret: Mutex<Option<String>>,
@@ -395,6 +398,7 @@ impl Chat {
         self.logout();
         let mut opts = ConnectOptions::new(self.server.clone(), source.token()?, device.clone());
         opts.request_timeout_ms = self.timeout_ms;
+        opts.http_url = self.http_url.clone();
         if !self.tty {
             // Lines piped in are a script: no online/offline for friends.
             opts.capabilities.push(PRESENCE_QUIET.to_owned());
