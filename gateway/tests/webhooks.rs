@@ -494,7 +494,10 @@ fn a_broken_event_receiver_never_stalls_chat() {
 }
 
 /// A queue of one event behind a hanging receiver: the rest is dropped and
-/// counted, and chat goes on.
+/// counted, and chat goes on. Shutdown does not wait for the hanging POST
+/// (60 s timeout, 5 attempts): after the grace its event and the queued one
+/// are counted as dropped, none as failed (they would be, 5 minutes later,
+/// if shutdown waited for the attempts to run out).
 #[test]
 fn a_full_event_queue_drops_and_counts() {
     let rx = Receiver::start(Mode::Hang);
@@ -513,6 +516,24 @@ fn a_full_event_queue_drops_and_counts() {
         assert!(matches!(r.body, Some(Body::SendAck(_))), "{r:?}");
     }
     wait_metric_at_least(&gw, "tern_webhook_events_dropped_total", 1);
+    drop(alice);
+    let mut gw = gw;
+    let server = gw.server.take().unwrap();
+    let metrics = server.metrics.webhooks.clone();
+    let dropped = metrics.events_dropped.load(Ordering::Relaxed);
+    server.shutdown();
+    // The POST in flight and the event queued behind it (more may have come
+    // from the logout: the offline events).
+    assert!(
+        metrics.events_dropped.load(Ordering::Relaxed) >= dropped + 2,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics.events_failed.load(Ordering::Relaxed),
+        0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics.events_queue_depth.load(Ordering::Relaxed), 0);
 }
 
 /// A hook that rejects "spam" and rewrites "darn": the rejected sender gets

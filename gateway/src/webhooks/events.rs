@@ -372,8 +372,16 @@ struct Feed {
 impl Feed {
     async fn run(mut self, mut stop: watch::Receiver<bool>, grace: Duration) {
         loop {
-            while self.posts.len() >= self.in_flight {
-                self.posts.join_next().await;
+            // Room for one more POST, or the stop: a hanging receiver must
+            // not hold up a shutdown.
+            let room = async {
+                while self.posts.len() >= self.in_flight {
+                    self.posts.join_next().await;
+                }
+            };
+            tokio::select! {
+                () = room => {}
+                _ = stop.changed() => break,
             }
             let first = tokio::select! {
                 e = self.rx.recv() => e,
