@@ -590,8 +590,44 @@ fn before_send_rejects_and_rewrites() {
     assert!(matches!(r.body, Some(Body::SendAck(_))), "{r:?}");
     bob.wait_push(|f| delivered_text(f).is_some_and(|(_, _, t)| t == "d**n it"));
 
-    // Only the rewritten message is stored.
-    assert_eq!(texts(&history(&mut bob, "d:alice:bob")), ["oh d**n"]);
+    // Pipelined (likely one batch): each answer is the one for its own
+    // request, the rejected one between two stored ones.
+    for (id, text) in [(101, "first"), (102, "more spam"), (103, "last")] {
+        alice.send_frame(&pb::Frame {
+            request_id: id,
+            body: Some(Body::Send(pb::Send {
+                client_msg_id: format!("p{id}"),
+                to: Some(pb::send::To::UserId("bob".into())),
+                content: Some(support::text_content(text)),
+                ..Default::default()
+            })),
+        });
+    }
+    let mut answers = HashMap::new();
+    while answers.len() < 3 {
+        let f = alice.next_frame().expect("three answers");
+        if f.request_id >= 101 {
+            answers.insert(f.request_id, f.body);
+        }
+    }
+    assert!(
+        matches!(answers[&101], Some(Body::SendAck(_))),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(&answers[&102], Some(Body::Error(e)) if e.code == pb::ErrorCode::ContentRejected as i32),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(answers[&103], Some(Body::SendAck(_))),
+        "{answers:?}"
+    );
+
+    // Only what the hook let through is stored, the rewrite as rewritten.
+    assert_eq!(
+        texts(&history(&mut bob, "d:alice:bob")),
+        ["oh d**n", "first", "last"]
+    );
     let seen = hook.requests();
     assert!(seen.iter().any(|r| {
         r.json()["messages"][0]
@@ -606,7 +642,7 @@ fn before_send_rejects_and_rewrites() {
     }
     assert_eq!(
         metric(&gw, "tern_webhook_before_send_total{outcome=\"rejected\"}"),
-        1
+        2
     );
     assert_eq!(
         metric(&gw, "tern_webhook_before_send_total{outcome=\"rewritten\"}"),
