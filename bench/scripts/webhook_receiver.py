@@ -14,6 +14,10 @@ counts = {"posts": 0, "events": 0, "before_send": 0, "bad_signature": 0}
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as Tern's client expects
+    # One write per response, sent at once: without these, headers and body
+    # go out as separate small writes and Nagle + delayed ACK add ~40 ms.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
