@@ -162,6 +162,9 @@ pub struct WorkerSetup {
     pub stop: Arc<AtomicBool>,
     /// Pushes to devices on other nodes (the Redis store); `None` alone.
     pub remote: Option<RemoteRouter>,
+    /// Webhooks around each batch (`crate::webhooks`); `None` when none is
+    /// configured.
+    pub webhooks: Option<crate::webhooks::WorkerHooks>,
 }
 
 /// Runs a backend worker on the current thread until `stop` is set and its
@@ -258,7 +261,14 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 )
             })
             .collect();
-        let answers = service.handle_batch(unix_ms(), calls);
+        let answers = match w.webhooks.as_mut() {
+            // Before-send, then the domain, then the after-events.
+            Some(hooks) => {
+                let from_api: Vec<bool> = batch.iter().map(|r| r.reply.is_some()).collect();
+                crate::webhooks::handle_batch(hooks, &*service, unix_ms(), calls, &from_api)
+            }
+            None => service.handle_batch(unix_ms(), calls),
+        };
         w.metrics
             .batch_latency
             .observe_us(started.elapsed().as_micros() as u64);

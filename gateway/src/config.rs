@@ -48,6 +48,8 @@ pub struct Config {
     pub api_ops: ApiOpsSettings,
     /// Media upload and download (`/api/v1/media`, on the HTTP edge).
     pub media: MediaSettings,
+    /// Webhooks: the before-send hook and the after-event feed.
+    pub webhooks: WebhookSettings,
 }
 
 /// Where clients and operators connect.
@@ -563,6 +565,7 @@ impl Config {
         self.api.validate()?;
         self.api_ops.validate()?;
         self.media.validate()?;
+        self.webhooks.validate()?;
         Ok(())
     }
 }
@@ -1076,5 +1079,157 @@ impl MediaSettings {
     /// The media directory for a store kept in `data_dir`.
     pub fn dir_in(&self, data_dir: &std::path::Path) -> PathBuf {
         self.dir.clone().unwrap_or_else(|| data_dir.join("media"))
+    }
+}
+
+// ---- [webhooks]: before-send hook and after-event feed ----
+
+/// Webhooks to existing services (docs/http-api.md, "Webhooks"): a
+/// synchronous before-send hook that may allow, reject or rewrite each
+/// message, and an asynchronous feed of events (messages stored, recalled,
+/// read; group and friend changes; users online and offline). Both off
+/// while their URL is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// The HMAC-SHA256 key that signs every webhook request (events and
+    /// before-send). Required when a URL is set. Default empty.
+    pub secret: String,
+    /// Where each batch of sends is POSTed before it is stored (`http://`
+    /// only). Empty: no before-send hook. Default empty.
+    pub before_send_url: String,
+    /// The whole before-send call (connect, request, answer) must finish
+    /// within this; a batch of sends waits at most this long. Default 500.
+    pub before_send_timeout_ms: u64,
+    /// What a send becomes when the hook times out, fails, answers non-2xx
+    /// or garbage: `open` (stored as it is) or `closed` (refused with
+    /// `INTERNAL`). Default `open`.
+    pub before_send_failure: FailurePolicy,
+    /// Largest before-send answer read, bytes; a longer one is garbage.
+    /// Default 1048576.
+    pub before_send_response_bytes_max: usize,
+    /// Where events are POSTed (`http://` only). Empty: no events. Default
+    /// empty.
+    pub events_url: String,
+    /// Events waiting for delivery at most; beyond, new events are dropped
+    /// and counted (`tern_webhook_events_dropped_total`): a slow receiver
+    /// never blocks chat. Default 10000.
+    pub events_queue_max: usize,
+    /// Events in one POST at most. Default 100.
+    pub events_per_post_max: usize,
+    /// POSTs in flight at once at most. Default 4.
+    pub events_posts_in_flight_max: usize,
+    /// One delivery attempt (connect, request, answer) must finish within
+    /// this. Default 5000.
+    pub events_timeout_ms: u64,
+    /// Attempts per POST, the first included; then its events are counted
+    /// as failed. Default 5.
+    pub events_attempts_max: u32,
+    /// Wait before the first retry; doubled each retry up to
+    /// `events_retry_max_ms`. Default 500.
+    pub events_retry_initial_ms: u64,
+    /// Longest wait between two attempts. Default 30000.
+    pub events_retry_max_ms: u64,
+    /// At shutdown, how long POSTs in flight may still finish; what is left
+    /// is dropped and counted. Default 2000.
+    pub events_shutdown_grace_ms: u64,
+}
+
+/// What a failed before-send call means for the sends it covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Store the sends as they are.
+    Open,
+    /// Refuse them (`INTERNAL`, retryable).
+    Closed,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secret: String::new(),
+            before_send_url: String::new(),
+            before_send_timeout_ms: 500,
+            before_send_failure: FailurePolicy::Open,
+            before_send_response_bytes_max: 1 << 20,
+            events_url: String::new(),
+            events_queue_max: 10_000,
+            events_per_post_max: 100,
+            events_posts_in_flight_max: 4,
+            events_timeout_ms: 5_000,
+            events_attempts_max: 5,
+            events_retry_initial_ms: 500,
+            events_retry_max_ms: 30_000,
+            events_shutdown_grace_ms: 2_000,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// Checks URLs, the secret and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        for (name, url) in [
+            ("webhooks.before_send_url", &self.before_send_url),
+            ("webhooks.events_url", &self.events_url),
+        ] {
+            if url.is_empty() {
+                continue;
+            }
+            let ok = url.starts_with("http://")
+                && url
+                    .parse::<hyper::Uri>()
+                    .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+            if !ok {
+                return invalid(
+                    name,
+                    format!(
+                        "{url:?} is not an http:// URL (https is not built in: put a TLS proxy on loopback in front)"
+                    ),
+                );
+            }
+            if self.secret.is_empty() {
+                return invalid(
+                    "webhooks.secret",
+                    format!("{name} needs a secret to sign with"),
+                );
+            }
+        }
+        for (name, v) in [
+            (
+                "webhooks.before_send_timeout_ms",
+                self.before_send_timeout_ms,
+            ),
+            ("webhooks.events_timeout_ms", self.events_timeout_ms),
+            (
+                "webhooks.events_attempts_max",
+                u64::from(self.events_attempts_max),
+            ),
+            ("webhooks.events_queue_max", self.events_queue_max as u64),
+            (
+                "webhooks.events_per_post_max",
+                self.events_per_post_max as u64,
+            ),
+            (
+                "webhooks.events_posts_in_flight_max",
+                self.events_posts_in_flight_max as u64,
+            ),
+            (
+                "webhooks.before_send_response_bytes_max",
+                self.before_send_response_bytes_max as u64,
+            ),
+        ] {
+            if v == 0 {
+                return invalid(name, "must be at least 1".into());
+            }
+        }
+        if self.events_retry_initial_ms > self.events_retry_max_ms {
+            return invalid(
+                "webhooks.events_retry_initial_ms",
+                "must not exceed events_retry_max_ms".into(),
+            );
+        }
+        Ok(())
     }
 }

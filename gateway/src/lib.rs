@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod shard;
+pub mod webhooks;
 pub mod wheel;
 pub mod ws;

@@ -246,6 +246,35 @@ impl HttpMetrics {
     }
 }
 
+/// Counters of the webhooks (`crate::webhooks`): the before-send outcomes
+/// per message, written by the backend workers, and the after-event
+/// delivery, written by the webhook thread and (enqueue, drop) the workers.
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    /// Sends the before-send hook allowed.
+    pub before_allowed: AtomicU64,
+    /// Sends it rejected (the client got `CONTENT_REJECTED`).
+    pub before_rejected: AtomicU64,
+    /// Sends it rewrote.
+    pub before_rewritten: AtomicU64,
+    /// Sends stored as they were because the hook failed (fail-open).
+    pub before_failed_open: AtomicU64,
+    /// Sends refused because the hook failed (fail-closed).
+    pub before_failed_closed: AtomicU64,
+    /// Time of one before-send call (one per batch with sends).
+    pub before_latency: LatencyHistogram,
+    /// Events delivered (a 2xx answer to their POST).
+    pub events_delivered: AtomicU64,
+    /// Attempts repeated after a failed one (per POST, not per event).
+    pub events_retried: AtomicU64,
+    /// Events dropped: the queue was full, or left at shutdown.
+    pub events_dropped: AtomicU64,
+    /// Events given up after the last attempt.
+    pub events_failed: AtomicU64,
+    /// Events waiting in the queue (sampled).
+    pub events_queue_depth: AtomicI64,
+}
+
 /// Everything `/metrics` shows; registered once, read at scrape.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -257,6 +286,8 @@ pub struct Metrics {
     pub http: Arc<HttpMetrics>,
     /// The node tier.
     pub cluster: Arc<ClusterMetrics>,
+    /// Webhooks (before-send and after-events).
+    pub webhooks: Arc<WebhookMetrics>,
 }
 
 impl Metrics {
@@ -269,6 +300,7 @@ impl Metrics {
             backend: Arc::new(BackendMetrics::default()),
             http: Arc::new(HttpMetrics::default()),
             cluster: Arc::new(ClusterMetrics::default()),
+            webhooks: Arc::new(WebhookMetrics::default()),
         }
     }
 
@@ -682,6 +714,65 @@ impl Collector for Metrics {
                 "Live nodes in this node's view, itself included",
                 None,
                 c.live_nodes.load(Relaxed),
+            )?;
+        }
+        {
+            let w = &self.webhooks;
+            {
+                let mut d = enc.encode_descriptor(
+                    "tern_webhook_before_send",
+                    "Sends seen by the before-send hook, by outcome",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (outcome, v) in [
+                    ("allowed", &w.before_allowed),
+                    ("rejected", &w.before_rejected),
+                    ("rewritten", &w.before_rewritten),
+                    ("failed_open", &w.before_failed_open),
+                    ("failed_closed", &w.before_failed_closed),
+                ] {
+                    ConstCounter::new(v.load(Relaxed))
+                        .encode(d.encode_family(&[("outcome", outcome)])?)?;
+                }
+            }
+            let rows: [(&str, &str, &AtomicU64); 4] = [
+                (
+                    "tern_webhook_events_delivered",
+                    "Webhook events delivered (2xx)",
+                    &w.events_delivered,
+                ),
+                (
+                    "tern_webhook_events_retried",
+                    "Webhook POSTs attempted again after a failure",
+                    &w.events_retried,
+                ),
+                (
+                    "tern_webhook_events_dropped",
+                    "Webhook events dropped: queue full, or left at shutdown",
+                    &w.events_dropped,
+                ),
+                (
+                    "tern_webhook_events_failed",
+                    "Webhook events given up after the last attempt",
+                    &w.events_failed,
+                ),
+            ];
+            for (name, help, v) in rows {
+                counter(enc, name, help, None, v.load(Relaxed))?;
+            }
+            gauge(
+                enc,
+                "tern_webhook_events_queue_depth",
+                "Webhook events waiting for delivery",
+                None,
+                w.events_queue_depth.load(Relaxed),
+            )?;
+            histogram(
+                enc,
+                "tern_webhook_before_send_latency",
+                "One before-send call (one per batch with sends)",
+                &[&w.before_latency],
             )?;
         }
         {

@@ -43,6 +43,8 @@ pub struct Server {
     http: Option<HttpServer>,
     /// The node tier (Redis store only).
     cluster: Option<Cluster>,
+    /// The after-event webhook thread, if configured.
+    events: Option<crate::webhooks::EventFeed>,
     /// This node's id (configured, or kept in the data dir).
     pub node_id: String,
     /// Counters of every shard and worker.
@@ -164,6 +166,10 @@ impl Server {
             control.push(tx);
             inbox.push(rx);
         }
+        // Webhooks: the after-event thread, before the workers that feed it.
+        let events =
+            crate::webhooks::EventFeed::start(&cfg.webhooks, &node_id, metrics.webhooks.clone())
+                .context("starting the webhook thread")?;
         // Workers: spawned first so their doorbells can unpark them.
         let stop_workers = Arc::new(AtomicBool::new(false));
         let mut worker_threads = Vec::new();
@@ -209,6 +215,7 @@ impl Server {
                     metrics: metrics.backend.clone(),
                     stop: stop_workers.clone(),
                     remote: routers.get_mut(w).and_then(Option::take),
+                    webhooks: worker_hooks(cfg, &node_id, w, events.as_ref(), &metrics)?,
                 })
                 .map_err(|_| anyhow::anyhow!("backend worker {w} died at start"))?;
             worker_threads.push(handle);
@@ -326,6 +333,7 @@ impl Server {
             ready,
             http,
             cluster,
+            events,
             node_id,
             metrics,
             tcp_addr,
@@ -357,6 +365,10 @@ impl Server {
             t.thread().unpark();
             let _ = t.join();
         }
+        // After the workers, which feed it: what is queued gets its grace.
+        if let Some(events) = self.events.take() {
+            events.stop();
+        }
         // After the shards and workers (which wrote the route changes of
         // the drain): the node leaves.
         if let Some(c) = self.cluster.take() {
@@ -367,6 +379,31 @@ impl Server {
             http.stop();
         }
     }
+}
+
+/// Worker `w`'s webhooks: its own before-send client and a handle on the
+/// event queue; `None` when no webhook is configured.
+fn worker_hooks(
+    cfg: &Config,
+    node_id: &str,
+    w: usize,
+    events: Option<&crate::webhooks::EventFeed>,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<crate::webhooks::WorkerHooks>> {
+    let before_send = crate::webhooks::BeforeSend::new(
+        &cfg.webhooks,
+        cfg.session.text_bytes_max,
+        format!("{node_id}.{}.w{w}", crate::webhooks::unix_s()),
+        metrics.webhooks.clone(),
+    )
+    .context("starting the before-send hook")?;
+    let events = events.and_then(crate::webhooks::EventFeed::sink);
+    Ok(
+        (before_send.is_some() || events.is_some()).then_some(crate::webhooks::WorkerHooks {
+            before_send,
+            events,
+        }),
+    )
 }
 
 /// The client listeners (TCP and WebSocket), bound once each.

@@ -210,7 +210,7 @@ fn first_sends_after_a_quiet_redis_restart_are_acked_and_pushed() {
 /// Faults); the route writes are being reworked (routes through the
 /// workers' rings), which is where that belongs.
 #[test]
-#[ignore = "known gap: a node does not re-write its routes after its lease lapsed (docs/cluster.md, Faults)"]
+
 fn routes_of_connected_devices_survive_a_lapsed_lease() {
     let redis = Redis::start();
     let ns = nodes(&redis, 3);
