@@ -165,6 +165,22 @@ impl Link {
     /// `SADD`, `HSET`, the conditional delete; a repeated `XADD` adds a
     /// second record for the same entry, which the device drops by its seq.
     fn run<T>(&mut self, mut f: impl FnMut(&mut Conn) -> RedisResult<T>) -> RedisResult<T> {
+        // A blocking socket call interrupted by a signal (EINTR; seen about
+        // once in 20 node starts) is not a failure of Redis: run it again on
+        // a fresh connection, a bounded number of times.
+        let mut interrupted = 0;
+        loop {
+            match self.run_once(&mut f) {
+                Err(e) if is_interrupted(&e) && interrupted < INTERRUPTED_RETRIES_MAX => {
+                    self.conn = None;
+                    interrupted += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn run_once<T>(&mut self, f: &mut impl FnMut(&mut Conn) -> RedisResult<T>) -> RedisResult<T> {
         let reused = self.conn.is_some();
         let r = f(self.conn()?);
         match r {
@@ -183,6 +199,22 @@ impl Link {
             ok => ok,
         }
     }
+}
+
+/// Times a call interrupted by a signal is run again.
+const INTERRUPTED_RETRIES_MAX: u32 = 3;
+
+/// Whether `e` is an interrupted system call (`EINTR`).
+fn is_interrupted(e: &redis::RedisError) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::Interrupted;
+        }
+        source = s.source();
+    }
+    e.is_io_error() && e.to_string().contains("os error 4")
 }
 
 /// A cluster pipeline's error made only of redirects (`MOVED`, `ASK`,
@@ -233,5 +265,20 @@ pub(crate) fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
             }
             Some(a.chunks_exact(2).map(|p| (&p[0], &p[1])).collect())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An EINTR from a socket call is told apart from a real failure (a
+    /// refused connection, a timeout), so only it is run again.
+    #[test]
+    fn only_an_interrupted_call_is_retried() {
+        let e = |k| redis::RedisError::from(std::io::Error::from(k));
+        assert!(is_interrupted(&e(std::io::ErrorKind::Interrupted)));
+        assert!(!is_interrupted(&e(std::io::ErrorKind::ConnectionRefused)));
+        assert!(!is_interrupted(&e(std::io::ErrorKind::TimedOut)));
     }
 }
