@@ -204,17 +204,12 @@ impl Link {
 /// Times a call interrupted by a signal is run again.
 const INTERRUPTED_RETRIES_MAX: u32 = 3;
 
-/// Whether `e` is an interrupted system call (`EINTR`).
+/// Whether `e` is an interrupted system call (`EINTR`). The crate keeps
+/// the `io::Error` behind an `Arc` it does not expose (redis 1.2), so this
+/// reads the message: the OS's (`os error 4`) or std's for the kind.
 fn is_interrupted(e: &redis::RedisError) -> bool {
-    use std::error::Error as _;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::Interrupted;
-        }
-        source = s.source();
-    }
-    e.is_io_error() && e.to_string().contains("os error 4")
+    let text = e.to_string();
+    e.is_io_error() && (text.contains("(os error 4)") || text.contains("operation interrupted"))
 }
 
 /// A cluster pipeline's error made only of redirects (`MOVED`, `ASK`,
@@ -278,6 +273,9 @@ mod tests {
     fn only_an_interrupted_call_is_retried() {
         let e = |k| redis::RedisError::from(std::io::Error::from(k));
         assert!(is_interrupted(&e(std::io::ErrorKind::Interrupted)));
+        assert!(is_interrupted(&redis::RedisError::from(
+            std::io::Error::from_raw_os_error(libc::EINTR)
+        )));
         assert!(!is_interrupted(&e(std::io::ErrorKind::ConnectionRefused)));
         assert!(!is_interrupted(&e(std::io::ErrorKind::TimedOut)));
     }
