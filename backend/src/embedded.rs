@@ -33,7 +33,7 @@ use prost::Message as _;
 use tern_protocol::pb;
 
 use crate::store::{
-    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, FriendRecord,
+    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials, FriendRecord,
     FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
     PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv,
     ViewChange,
@@ -130,6 +130,8 @@ struct Keyspaces {
     presence_setting: SingleWriterTxKeyspace,
     /// `user` → encoded [`BanRecord`].
     ban: SingleWriterTxKeyspace,
+    /// `user` → PHC string of the password hash (local accounts).
+    credential: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -159,6 +161,7 @@ impl EmbeddedStore {
             block: open("block")?,
             presence_setting: open("presence_setting")?,
             ban: open("ban")?,
+            credential: open("credential")?,
         };
         Ok(Self {
             db,
@@ -529,6 +532,35 @@ impl Store for EmbeddedStore {
 
     fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>> {
         self.get(&self.ks.ban, user.as_bytes())
+    }
+}
+
+impl Credentials for EmbeddedStore {
+    fn credential(&self, user: &str) -> StoreResult<Option<String>> {
+        self.ks
+            .credential
+            .get(user.as_bytes())
+            .map_err(backend)?
+            .map(|v| {
+                String::from_utf8(v.to_vec())
+                    .map_err(|_| StoreError::Corrupt(format!("credential of {user} is not UTF-8")))
+            })
+            .transpose()
+    }
+
+    fn create_credential(&self, user: &str, phc: &str) -> StoreResult<bool> {
+        // One writer at a time: the check and the insert are one step.
+        let mut tx = self.write_tx();
+        if tx
+            .get(&self.ks.credential, user.as_bytes())
+            .map_err(backend)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        tx.insert(&self.ks.credential, user.as_bytes(), phc.as_bytes());
+        tx.commit().map_err(backend)?;
+        Ok(true)
     }
 }
 

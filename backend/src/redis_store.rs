@@ -32,7 +32,7 @@ use redis::{Cmd, ConnectionLike, RedisError, ServerErrorKind, Value};
 use tern_protocol::pb;
 
 use crate::store::{
-    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, FriendRecord,
+    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials, FriendRecord,
     FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
     PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv,
     ViewChange,
@@ -1282,6 +1282,31 @@ impl Store for RedisStore {
     fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>> {
         let mut got = self.get_per_user(&[user], |k| &k.ban, "ban")?;
         Ok(got.pop().flatten())
+    }
+}
+
+impl Credentials for RedisStore {
+    fn credential(&self, user: &str) -> StoreResult<Option<String>> {
+        let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("GET");
+        c.arg(&k.credential);
+        match self.one(c)? {
+            Value::Nil => Ok(None),
+            Value::BulkString(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(format!("credential of {user} is not UTF-8"))),
+            other => Err(StoreError::Corrupt(format!(
+                "credential of {user}: unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    fn create_credential(&self, user: &str, phc: &str) -> StoreResult<bool> {
+        let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("SET");
+        c.arg(&k.credential).arg(phc).arg("NX");
+        // OK when set, nil when the key existed.
+        Ok(!matches!(self.one(c)?, Value::Nil))
     }
 }
 

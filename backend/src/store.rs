@@ -349,6 +349,23 @@ pub trait Store: Send + Sync {
 }
 
 // ---------------------------------------------------------------------------
+// Credentials of local accounts
+// ---------------------------------------------------------------------------
+
+/// The password hashes of local accounts: one small record per user, the
+/// PHC string of its argon2id hash (`$argon2id$v=19$m=…`). Kept next to the
+/// chat data (the embedded database, or Redis for many nodes) but read and
+/// written by the HTTP edge directly, never through the chat workers.
+pub trait Credentials: Send + Sync {
+    /// `user`'s password hash, if the user registered.
+    fn credential(&self, user: &str) -> StoreResult<Option<String>>;
+
+    /// Stores `phc` as `user`'s hash durably unless `user` already has one:
+    /// `false` (and nothing written) when it does.
+    fn create_credential(&self, user: &str, phc: &str) -> StoreResult<bool>;
+}
+
+// ---------------------------------------------------------------------------
 // Appends
 // ---------------------------------------------------------------------------
 

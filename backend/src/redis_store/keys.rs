@@ -146,6 +146,8 @@ pub struct UserKeys {
     pub presence_nodes: String,
     /// String: the ban (prost bytes), kept until lifted.
     pub ban: String,
+    /// String: the PHC string of the local account's password hash.
+    pub credential: String,
 }
 
 impl UserKeys {
@@ -164,6 +166,7 @@ impl UserKeys {
             presence_setting: k("ps"),
             presence_nodes: k("pn"),
             ban: k("ban"),
+            credential: k("pw"),
         })
     }
 }
