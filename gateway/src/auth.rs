@@ -1,15 +1,27 @@
-//! Token verification: JWTs issued by the service in front of Tern.
+//! Token verification: JWTs issued by the service in front of Tern, by an
+//! identity provider that publishes a JWKS, or by Tern's local accounts.
 //!
 //! The algorithm is pinned by configuration (a token naming another one is
 //! refused, so an HS256 secret can never be confused with a public key);
-//! `exp` is required, `nbf` and `aud` are checked when present/configured;
-//! `sub` is the user id and must be a valid Tern id.
+//! `exp` is required, `nbf` is checked when present and `aud`/`iss` when
+//! configured; `sub` is the user id and must be a valid Tern id.
+//!
+//! With a JWKS (`auth.jwks_file` / `auth.jwks_url`), a token whose header
+//! names a `kid` is verified with that key of the JWKS, its algorithm
+//! pinned per key ([`jwks`]); an unknown `kid` is refused. A token without
+//! a `kid` (or any token, without a JWKS) is verified with the configured
+//! secret or PEM key, when one is configured.
+
+pub mod jwks;
+
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tern_protocol::{ids, pb::ErrorCode};
 
 use crate::config::AuthConfig;
+use jwks::{Jwks, JwksSource};
 
 /// The claims Tern reads.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,6 +36,16 @@ pub struct Claims {
     /// Audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+}
+
+/// What verification reads of the claims (`aud` may be a string or a list;
+/// the validation checks it).
+#[derive(Debug, Deserialize)]
+struct Subject {
+    sub: String,
 }
 
 /// Why a token was refused.
@@ -62,25 +84,81 @@ pub enum KeyError {
     /// RS256/EdDSA without a key file, or an unreadable one.
     #[error("{0} needs auth.public_key_file: {1}")]
     PublicKey(&'static str, String),
+    /// The JWKS could not be read.
+    #[error(transparent)]
+    Jwks(#[from] jwks::JwksError),
+    /// The private key tokens are signed with (local accounts).
+    #[error("accounts.signing_key_file: {0}")]
+    SigningKey(String),
 }
 
 /// Verifies tokens; one per process, shared read-only by the shards.
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    /// The configured secret or PEM key, if any.
+    fixed: Option<(DecodingKey, Validation)>,
+    /// The issuer's JWKS, if configured.
+    jwks: Option<Jwks>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("algorithms", &self.validation.algorithms)
+            .field("algorithms", &self.fixed.as_ref().map(|f| &f.1.algorithms))
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
 
+/// The checks every key shares: leeway, nbf, and `aud`/`iss` when set.
+fn base_validation(cfg: &AuthConfig, alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = cfg.leeway_secs;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &cfg.audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = &cfg.issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
 impl Verifier {
-    /// Builds the verifier the configuration describes.
+    /// Builds the verifier the configuration describes (reading the JWKS
+    /// once, and starting its refresh thread, when one is configured).
     pub fn new(cfg: &AuthConfig) -> Result<Self, KeyError> {
+        let source = match (&cfg.jwks_file, &cfg.jwks_url) {
+            (Some(p), _) => Some(JwksSource::File(p.clone())),
+            (None, Some(u)) => Some(JwksSource::Url(u.clone())),
+            (None, None) => None,
+        };
+        let jwks = match source {
+            Some(source) => Some(Jwks::start(
+                source,
+                base_validation(cfg, Algorithm::RS256),
+                Duration::from_secs(cfg.jwks_refresh_secs.max(1)),
+                Duration::from_secs(cfg.jwks_refresh_min_secs),
+            )?),
+            None => None,
+        };
+        // With a JWKS, the fixed key is optional: an HS256 config without a
+        // secret means "JWKS tokens only".
+        let fixed = match Self::fixed_key(cfg) {
+            Ok(k) => Some(k),
+            Err(KeyError::NoSecret) if jwks.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Self { fixed, jwks })
+    }
+
+    fn fixed_key(cfg: &AuthConfig) -> Result<(DecodingKey, Validation), KeyError> {
         let (alg, key) = match cfg.algorithm.as_str() {
             "HS256" => {
                 if cfg.jwt_secret.is_empty() {
@@ -105,33 +183,109 @@ impl Verifier {
             }
             other => return Err(KeyError::Algorithm(other.into())),
         };
-        let mut validation = Validation::new(alg);
-        validation.leeway = cfg.leeway_secs;
-        validation.validate_nbf = true;
-        match &cfg.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-            }
-            None => {
-                validation.validate_aud = false;
-                validation.set_required_spec_claims(&["exp", "sub"]);
-            }
-        }
-        Ok(Self { key, validation })
+        Ok((key, base_validation(cfg, alg)))
     }
 
-    /// Verifies `token` and returns its user id.
+    /// The `kid`s of the JWKS snapshot the shards see now (empty without a
+    /// JWKS).
+    pub fn jwks_kids(&self) -> Vec<String> {
+        self.jwks.as_ref().map(Jwks::kids).unwrap_or_default()
+    }
+
+    /// Verifies `token` and returns its user id. Never blocks: the JWKS is
+    /// an in-memory snapshot.
     pub fn verify(&self, token: &str) -> Result<String, AuthError> {
-        use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let sub = match (header.kid.as_deref(), &self.jwks) {
+            (Some(kid), Some(jwks)) => jwks
+                .with_key(kid, |k| decode(token, &k.key, &k.validation))
+                .unwrap_or_else(|| Err(AuthError::Invalid(format!("unknown key id {kid:?}"))))?,
+            _ => match &self.fixed {
+                Some((key, validation)) => decode(token, key, validation)?,
+                None => {
+                    return Err(AuthError::Invalid(
+                        "a token without a kid, and no auth.jwt_secret or public key".into(),
+                    ));
+                }
             },
-        )?;
-        ids::check_id(&data.claims.sub).map_err(AuthError::BadSubject)?;
-        Ok(data.claims.sub)
+        };
+        ids::check_id(&sub).map_err(AuthError::BadSubject)?;
+        Ok(sub)
+    }
+}
+
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<String, AuthError> {
+    use jsonwebtoken::errors::ErrorKind;
+    jsonwebtoken::decode::<Subject>(token, key, validation)
+        .map(|d| d.claims.sub)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })
+}
+
+/// Signs the tokens local accounts issue: HS256 with `auth.jwt_secret`, or
+/// RS256/EdDSA with `accounts.signing_key_file` (the private half of
+/// `auth.public_key_file`), so the shards verify them like any other token.
+pub struct Signer {
+    alg: Algorithm,
+    key: EncodingKey,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("alg", &self.alg).finish()
+    }
+}
+
+impl Signer {
+    /// The signer for `cfg`'s pinned algorithm.
+    pub fn new(cfg: &AuthConfig, key_file: Option<&std::path::Path>) -> Result<Self, KeyError> {
+        let pem = || {
+            let path = key_file.ok_or_else(|| {
+                KeyError::SigningKey(format!("{} needs a PEM private key", cfg.algorithm))
+            })?;
+            std::fs::read(path)
+                .map_err(|e| KeyError::SigningKey(format!("{}: {e}", path.display())))
+        };
+        let bad = |e: jsonwebtoken::errors::Error| KeyError::SigningKey(e.to_string());
+        let (alg, key) = match cfg.algorithm.as_str() {
+            "HS256" if cfg.jwt_secret.is_empty() => return Err(KeyError::NoSecret),
+            "HS256" => (
+                Algorithm::HS256,
+                EncodingKey::from_secret(cfg.jwt_secret.as_bytes()),
+            ),
+            "RS256" => (
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(&pem()?).map_err(bad)?,
+            ),
+            "EdDSA" => (
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(&pem()?).map_err(bad)?,
+            ),
+            other => return Err(KeyError::Algorithm(other.into())),
+        };
+        Ok(Self {
+            alg,
+            key,
+            audience: cfg.audience.clone(),
+            issuer: cfg.issuer.clone(),
+        })
+    }
+
+    /// A token for `user`, valid for `ttl_secs`.
+    pub fn mint(&self, user: &str, ttl_secs: u64) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = Claims {
+            sub: user.into(),
+            exp: jsonwebtoken::get_current_timestamp() + ttl_secs,
+            nbf: None,
+            aud: self.audience.clone(),
+            iss: self.issuer.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key)
     }
 }
 
@@ -157,6 +311,7 @@ pub fn mint_hs256(
         exp: now + ttl_secs,
         nbf: None,
         aud: audience.map(Into::into),
+        iss: None,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -193,6 +348,7 @@ mod tests {
             exp: now - 3600,
             nbf: None,
             aud: None,
+            iss: None,
         };
         let key = EncodingKey::from_secret(b"s3cret");
         let old = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
@@ -208,6 +364,7 @@ mod tests {
                 exp: now + 60,
                 nbf: None,
                 aud: None,
+                iss: None,
             },
             &key,
         )
@@ -251,6 +408,7 @@ mod tests {
             exp: now + 60,
             nbf: None,
             aud: None,
+            iss: None,
         };
         for (alg, name, private, public) in [
             (
