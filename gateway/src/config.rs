@@ -50,6 +50,8 @@ pub struct Config {
     pub media: MediaSettings,
     /// Webhooks: the before-send hook and the after-event feed.
     pub webhooks: WebhookSettings,
+    /// Local accounts: register and log in with a password (off by default).
+    pub accounts: AccountsSettings,
 }
 
 /// Where clients and operators connect.
@@ -137,6 +139,19 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp`/`nbf`, seconds. Default 30.
     pub leeway_secs: u64,
+    /// Required `iss`, when set (every token, JWKS or not). Default none.
+    pub issuer: Option<String>,
+    /// A JWKS file of the issuer's public keys: a token naming a `kid` is
+    /// verified with that key (RS256, EdDSA or ES256, pinned per key).
+    /// Default none.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS fetched over `http://` (like `jwks_file`; not both). Default none.
+    pub jwks_url: Option<String>,
+    /// The JWKS is read again every this many seconds. Default 300.
+    pub jwks_refresh_secs: u64,
+    /// An unknown `kid` reads the JWKS again, at most once per this many
+    /// seconds. Default 10.
+    pub jwks_refresh_min_secs: u64,
 }
 
 /// Protocol bounds and timers of every session (see `tern_protocol::session`).
@@ -316,6 +331,11 @@ impl Default for AuthConfig {
             public_key_file: None,
             audience: None,
             leeway_secs: 30,
+            issuer: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            jwks_refresh_min_secs: 10,
         }
     }
 }
@@ -548,6 +568,18 @@ impl Config {
         if !matches!(self.auth.algorithm.as_str(), "HS256" | "RS256" | "EdDSA") {
             return invalid("auth.algorithm", "must be HS256, RS256 or EdDSA");
         }
+        if self.auth.jwks_file.is_some() && self.auth.jwks_url.is_some() {
+            return invalid("auth.jwks_url", "set jwks_file or jwks_url, not both");
+        }
+        if let Some(url) = &self.auth.jwks_url {
+            if !url.starts_with("http://") {
+                return invalid("auth.jwks_url", "must be an http:// URL");
+            }
+        }
+        if self.auth.jwks_refresh_secs == 0 {
+            return invalid("auth.jwks_refresh_secs", "must be at least 1");
+        }
+        self.accounts.validate()?;
         self.http.validate()?;
         if self.backend.store == StoreKind::Embedded && self.cluster != ClusterSettings::default() {
             return invalid(
@@ -1229,6 +1261,107 @@ impl WebhookSettings {
                 "webhooks.events_retry_initial_ms",
                 "must not exceed events_retry_max_ms".into(),
             );
+        }
+        Ok(())
+    }
+}
+
+/// Local accounts (`/api/v1/accounts`): users register with a password and
+/// log in for a Tern token, for deployments without an identity provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountsSettings {
+    /// Serve register and login. Default false (both answer 404).
+    pub enabled: bool,
+    /// Shortest password, characters. Default 12.
+    pub password_chars_min: usize,
+    /// Longest password, bytes. Default 256.
+    pub password_bytes_max: usize,
+    /// Lifetime of a token login issues, seconds. Default 86400.
+    pub token_ttl_secs: u64,
+    /// Register and login attempts per client IP per minute. Default 20.
+    pub attempts_per_ip_per_minute: u32,
+    /// Login attempts per user id per minute. Default 10.
+    pub attempts_per_user_per_minute: u32,
+    /// IPs and user ids the attempt counters remember at most; full: new
+    /// ones are refused (429) until a minute passes. Default 100000.
+    pub tracked_max: usize,
+    /// Password hashes computed at once (each takes `argon2_memory_kib`).
+    /// Default 2.
+    pub hashing_concurrency: usize,
+    /// argon2id memory, KiB. Default 19456 (OWASP).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations. Default 2 (OWASP).
+    pub argon2_iterations: u32,
+    /// PEM private key to sign tokens with when `auth.algorithm` is RS256 or
+    /// EdDSA; with HS256 tokens are signed with `auth.jwt_secret`.
+    /// Default none.
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl Default for AccountsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            password_chars_min: 12,
+            password_bytes_max: 256,
+            token_ttl_secs: 86_400,
+            attempts_per_ip_per_minute: 20,
+            attempts_per_user_per_minute: 10,
+            tracked_max: 100_000,
+            hashing_concurrency: 2,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            signing_key_file: None,
+        }
+    }
+}
+
+impl AccountsSettings {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.into(),
+            })
+        };
+        for (name, v) in [
+            (
+                "accounts.password_chars_min",
+                self.password_chars_min as u64,
+            ),
+            ("accounts.token_ttl_secs", self.token_ttl_secs),
+            (
+                "accounts.attempts_per_ip_per_minute",
+                u64::from(self.attempts_per_ip_per_minute),
+            ),
+            (
+                "accounts.attempts_per_user_per_minute",
+                u64::from(self.attempts_per_user_per_minute),
+            ),
+            ("accounts.tracked_max", self.tracked_max as u64),
+            (
+                "accounts.hashing_concurrency",
+                self.hashing_concurrency as u64,
+            ),
+            (
+                "accounts.argon2_iterations",
+                u64::from(self.argon2_iterations),
+            ),
+        ] {
+            if v == 0 {
+                return invalid(name, "must be at least 1");
+            }
+        }
+        if self.password_bytes_max < self.password_chars_min || self.password_bytes_max > 4096 {
+            return invalid(
+                "accounts.password_bytes_max",
+                "must be at least password_chars_min and at most 4096",
+            );
+        }
+        if self.argon2_memory_kib < 64 {
+            return invalid("accounts.argon2_memory_kib", "must be at least 64");
         }
         Ok(())
     }

@@ -291,8 +291,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             // A stop, or the server gone: stop accepting.
             _ = stop.changed() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 warn!(error = %e, "http accept failed; pausing accepts");
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -307,6 +307,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             stream,
+            peer,
             shared.clone(),
             stop.clone(),
             permit,
@@ -332,6 +333,7 @@ fn refuse(stream: TcpStream) {
 /// stops. `_permit` returns its slot of `connections_max` when dropped.
 async fn serve_connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
@@ -348,6 +350,7 @@ async fn serve_connection(
         activity: activity.clone(),
         request_timeout: Duration::from_millis(shared.settings.request_timeout_ms),
         metrics: metrics.clone(),
+        peer,
     };
     let conn = shared.http1.serve_connection(io, service);
     tokio::pin!(conn);
@@ -539,6 +542,8 @@ struct ConnService {
     activity: Arc<Activity>,
     request_timeout: Duration,
     metrics: Arc<HttpMetrics>,
+    /// The client's address, as `ConnectInfo` for handlers that limit per IP.
+    peer: std::net::SocketAddr,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -548,7 +553,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = BoxFuture<Result<Response, Infallible>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let guard = InFlight::new(self.activity.clone());
         let fut = self.inner.call(req);
         let (limit, metrics) = (self.request_timeout, self.metrics.clone());
