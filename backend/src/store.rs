@@ -356,7 +356,7 @@ pub trait Store: Send + Sync {
 /// PHC string of its argon2id hash (`$argon2id$v=19$m=…`). Kept next to the
 /// chat data (the embedded database, or Redis for many nodes) but read and
 /// written by the HTTP edge directly, never through the chat workers.
-pub trait Credentials: Send + Sync {
+pub trait Credentials: Send + Sync + std::fmt::Debug {
     /// `user`'s password hash, if the user registered.
     fn credential(&self, user: &str) -> StoreResult<Option<String>>;
 

@@ -140,6 +140,12 @@ pub trait ChatService: Send + Sync + 'static {
     /// Called about every [`TICK_MS`]: pushes due to time passing (typing
     /// that expired).
     fn tick(&self, now_unix_ms: u64) -> Vec<Effect>;
+
+    /// The password hashes of local accounts (`api::accounts`), read and
+    /// written by the HTTP edge directly; `None` when the service has none.
+    fn credentials(&self) -> Option<Arc<dyn tern_backend::store::Credentials>> {
+        None
+    }
 }
 
 /// How often a worker calls [`ChatService::tick`].

@@ -58,6 +58,23 @@ pub struct Server {
     deadline: Duration,
 }
 
+/// Local accounts (`[accounts] enabled`): over the service's store,
+/// signing with the `[auth]` key.
+fn accounts(
+    cfg: &Config,
+    service: &Arc<dyn ChatService>,
+) -> anyhow::Result<Arc<crate::api::accounts::Accounts>> {
+    let store = service
+        .credentials()
+        .context("[accounts] enabled, but this chat service keeps no credentials")?;
+    let signer = crate::auth::Signer::new(&cfg.auth, cfg.accounts.signing_key_file.as_deref())
+        .context("[accounts] signing key")?;
+    Ok(Arc::new(
+        crate::api::accounts::Accounts::new(cfg.accounts.clone(), store, signer)
+            .context("[accounts]")?,
+    ))
+}
+
 /// The session settings of the config, in the protocol crate's terms.
 pub fn session_config(cfg: &Config) -> SessionConfig {
     let s = &cfg.session;
@@ -296,11 +313,15 @@ impl Server {
                         std::mem::take(&mut api_shard_rings),
                     )),
                 };
+                let mut api_router = crate::api::router(api).layer(axum::Extension(media));
+                if cfg.accounts.enabled {
+                    api_router = api_router.layer(axum::Extension(accounts(cfg, &service)?));
+                }
                 let routes = http::router(HttpState {
                     metrics: metrics.clone(),
                     ready: ready.clone(),
                 })
-                .merge(crate::api::router(api).layer(axum::Extension(media)));
+                .merge(api_router);
                 Some(
                     HttpServer::start(addr, &cfg.http, routes, metrics.http.clone()).map_err(
                         |error| BindError {

@@ -9,7 +9,7 @@ use tern_backend::{
     domain::{Caller as DomainCaller, Domain, Effect as DomainEffect, Request},
     embedded::EmbeddedStore,
     redis_store::{RedisConfig, RedisNodes, RedisStore},
-    store::Store,
+    store::{Credentials, Store},
 };
 use tern_protocol::pb::frame::Body;
 
@@ -26,6 +26,8 @@ const PRESENCE_HELD_MS: u64 = 365 * 24 * 3600 * 1000;
 #[derive(Debug)]
 pub struct BackendService {
     domain: Domain,
+    /// The same store, for local accounts' password hashes.
+    credentials: Arc<dyn Credentials>,
 }
 
 impl BackendService {
@@ -61,10 +63,11 @@ impl BackendService {
     fn open_with(settings: &BackendSettings, chat: DomainConfig) -> anyhow::Result<Self> {
         chat.validate()
             .map_err(|e| anyhow::anyhow!("chat settings: {e}"))?;
-        let store: Arc<dyn Store> = match settings.store {
+        let (store, credentials): (Arc<dyn Store>, Arc<dyn Credentials>) = match settings.store {
             StoreKind::Embedded => {
                 std::fs::create_dir_all(&settings.data_dir)?;
-                Arc::new(EmbeddedStore::open(&settings.data_dir)?)
+                let s = Arc::new(EmbeddedStore::open(&settings.data_dir)?);
+                (s.clone(), s)
             }
             StoreKind::Redis => {
                 let nodes = if settings.redis_cluster {
@@ -77,11 +80,13 @@ impl BackendService {
                     };
                     RedisNodes::Single(url.clone())
                 };
-                Arc::new(RedisStore::open(RedisConfig::new(nodes))?)
+                let s = Arc::new(RedisStore::open(RedisConfig::new(nodes))?);
+                (s.clone(), s)
             }
         };
         Ok(Self {
             domain: Domain::new(store, chat),
+            credentials,
         })
     }
 }
@@ -117,6 +122,10 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
 }
 
 impl ChatService for BackendService {
+    fn credentials(&self) -> Option<Arc<dyn Credentials>> {
+        Some(self.credentials.clone())
+    }
+
     fn handle_batch(&self, now_unix_ms: u64, batch: Vec<(Caller, Body)>) -> Vec<Answer> {
         // The sending device has its SendAck; its copy of the delivery is
         // skipped.

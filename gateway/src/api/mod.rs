@@ -16,6 +16,7 @@
 //! `utoipa_axum`, which puts each handler in the router and in the OpenAPI
 //! document at once, so a route cannot be missing from the document.
 
+pub mod accounts;
 pub mod backend;
 pub mod error;
 pub mod groups;
@@ -85,6 +86,7 @@ pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(groups::routes())
         .merge(reads::routes())
         .merge(media::routes())
+        .merge(accounts::routes())
         .with_state(state)
         .split_for_parts();
     (router, doc)
