@@ -286,3 +286,23 @@ fn every_conformance_case_is_in_the_macro() {
         );
     }
 }
+
+#[test]
+fn credentials_are_created_once_and_survive_reopen() {
+    // Proves on the on-disk store: a local account's hash is stored once
+    // (a second create writes nothing and says so) and is still there
+    // after a close and reopen.
+    use tern_backend::store::Credentials;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.credential("alice").unwrap(), None);
+        assert!(store.create_credential("alice", "$argon2id$one").unwrap());
+        assert!(!store.create_credential("alice", "$argon2id$two").unwrap());
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.credential("alice").unwrap().as_deref(),
+        Some("$argon2id$one")
+    );
+}

@@ -564,3 +564,24 @@ fn a_last_device_presence_waits_while_a_gateway_node_counts_the_user() {
     store.put_presence(&offline).unwrap();
     assert_eq!(store.presences(&["alice"]).unwrap(), [Some(offline)]);
 }
+
+#[test]
+fn credentials_are_created_once_and_read_back() {
+    // Proves on a real redis-server: a local account's hash is stored once
+    // (a second create for the id writes nothing and says so), read back
+    // as stored, and an unknown user has none.
+    use tern_backend::store::Credentials;
+    let server = RedisServer::start(ServerOptions::DURABLE);
+    let store = open(&server);
+    assert_eq!(store.credential("alice").unwrap(), None);
+    assert!(store.create_credential("alice", "$argon2id$one").unwrap());
+    assert!(!store.create_credential("alice", "$argon2id$two").unwrap());
+    assert_eq!(
+        store.credential("alice").unwrap().as_deref(),
+        Some("$argon2id$one")
+    );
+    assert!(
+        store.credential("a:b").is_err(),
+        "invalid ids are typed errors"
+    );
+}
