@@ -10,14 +10,15 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use support::{Client, Gateway, WAIT};
 use tern_gateway::{auth::Claims, config::Driver};
@@ -26,6 +27,7 @@ use tern_protocol::pb::{self, ErrorCode, frame::Body};
 const ED1: &str = include_str!("keys/ed.pem");
 const ED2: &str = include_str!("keys/ed2.pem");
 const RSA: &str = include_str!("keys/rsa.pem");
+const EC: &str = include_str!("keys/ec.pem");
 const RSA_PUB: &str = include_str!("keys/rsa.pub");
 const JWKS_V1: &str = include_str!("keys/jwks-v1.json");
 const JWKS_V2: &str = include_str!("keys/jwks-v2.json");
@@ -72,7 +74,7 @@ fn ed(pem: &str) -> EncodingKey {
 struct JwksServer {
     addr: SocketAddr,
     body: Arc<Mutex<String>>,
-    fetches: Arc<Mutex<u32>>,
+    fetches: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -83,7 +85,7 @@ impl JwksServer {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let body = Arc::new(Mutex::new(body.to_owned()));
-        let fetches = Arc::new(Mutex::new(0));
+        let fetches = Arc::new(AtomicU32::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (b, f, s) = (body.clone(), fetches.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -104,8 +106,8 @@ impl JwksServer {
                         break;
                     }
                 }
-                let text = b.lock().unwrap().clone();
-                *f.lock().unwrap() += 1;
+                let text = b.lock().clone();
+                f.fetch_add(1, Ordering::Relaxed);
                 let mut stream = reader.into_inner();
                 let _ = write!(
                     stream,
@@ -124,11 +126,11 @@ impl JwksServer {
     }
 
     fn serve(&self, body: &str) {
-        *self.body.lock().unwrap() = body.to_owned();
+        *self.body.lock() = body.to_owned();
     }
 
     fn fetches(&self) -> u32 {
-        *self.fetches.lock().unwrap()
+        self.fetches.load(Ordering::Relaxed)
     }
 }
 
@@ -163,7 +165,7 @@ fn accepted_eventually(addr: SocketAddr, token: &str) -> pb::Welcome {
 
 #[test]
 fn jwks_keys_are_chosen_by_kid_and_follow_rotation() {
-    // Proves: with auth.jwks_url, EdDSA and RS256 tokens verify with the
+    // Proves: with auth.jwks_url, EdDSA, RS256 and ES256 tokens verify with the
     // key their kid names; an unknown kid, alg none, and HS256 tokens made
     // with a public key or a JWKS `oct` key are refused with AUTH_FAILED;
     // after the issuer rotates (the test's HTTP server swaps the JWKS), a
@@ -184,6 +186,9 @@ fn jwks_keys_are_chosen_by_kid_and_follow_rotation() {
     let rs1 = signed(Algorithm::RS256, Some("rsa-1"), &rsa, "bob");
     assert_eq!(auth(gw.tcp, &ed1).unwrap().user_id, "alice");
     assert_eq!(auth(gw.tcp, &rs1).unwrap().user_id, "bob");
+    let ec = EncodingKey::from_ec_pem(EC.as_bytes()).unwrap();
+    let es1 = signed(Algorithm::ES256, Some("ec-1"), &ec, "frank");
+    assert_eq!(auth(gw.tcp, &es1).unwrap().user_id, "frank");
 
     // The key of another kid does not verify (kid ed-1, signed by ed2).
     let wrong_key = signed(Algorithm::EdDSA, Some("ed-1"), &ed(ED2), "alice");
@@ -223,6 +228,7 @@ fn jwks_keys_are_chosen_by_kid_and_follow_rotation() {
     assert!(jwks.fetches() >= 2);
     assert_eq!(auth(gw.tcp, &ed1), Err(ErrorCode::AuthFailed));
     assert_eq!(auth(gw.tcp, &rs1), Err(ErrorCode::AuthFailed));
+    assert_eq!(auth(gw.tcp, &es1), Err(ErrorCode::AuthFailed));
     // A symmetric JWK is never a verification key.
     let oct = signed(
         Algorithm::HS256,

@@ -19,7 +19,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -28,6 +28,7 @@ use argon2::{
     password_hash::{SaltString, rand_core::OsRng},
 };
 use axum::{Extension, Json, extract::ConnectInfo, http::StatusCode};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tern_backend::store::Credentials;
 use tokio::sync::Semaphore;
@@ -118,10 +119,7 @@ impl Accounts {
     /// 429 when `key` used up its attempts this window.
     fn count(&self, key: LimitKey, per_window: u32) -> Result<(), ApiError> {
         let now = Instant::now();
-        let mut limits = self
-            .limits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut limits = self.limits.lock();
         limits.hit(key, per_window, now).map_err(|wait| {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
