@@ -1,6 +1,7 @@
 //! Typed configuration of `tern serve`: built-in defaults, then a TOML file,
-//! then `TERN_*` environment variables and command-line flags (both through
-//! clap), later ones winning. `tern config` prints the effective result.
+//! then the `TERN_<SECTION>_<KEY>` environment variables (one per key, see
+//! [`Config::load`]), then command-line flags (and the variables clap reads
+//! for them), later ones winning. `tern config` prints the effective result.
 //!
 //! Every default sits beside its setting, in [`DEFAULT_TOML`] (printed by
 //! `tern config --defaults`) and in the `Default` impls below; a test keeps
@@ -405,6 +406,28 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// A `TERN_*` variable that names no config key (a typo must not be
+    /// silently ignored).
+    #[error(
+        "unknown environment variable {var}: no config key is called that (key `section.key` \
+         is TERN_SECTION_KEY, listed by `tern config --defaults`; the other variables are {reserved})"
+    )]
+    EnvUnknown {
+        /// The variable.
+        var: String,
+        /// The variables the command line reads itself.
+        reserved: String,
+    },
+    /// A `TERN_*` variable whose value does not fit its key.
+    #[error("environment variable {var} (config key {key}): {why}")]
+    EnvValue {
+        /// The variable.
+        var: String,
+        /// The key, as `section.key`.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// The HS256 secret of `tern serve --dev` (and `tern token --dev`). Public
@@ -761,6 +784,282 @@ pub fn hostname_node_id() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "tern".into())
+}
+
+// ---- the environment overlay: every key is also `TERN_<SECTION>_<KEY>` ----
+//
+// The keys are not listed by hand: they are the leaves of the defaults'
+// `toml::Value` tree (plus the optional keys, absent from that tree, that
+// DEFAULT_TOML documents as commented-out `# key = example` lines), so a key
+// added to a section struct and to DEFAULT_TOML gets its variable for free.
+
+/// The prefix of every Tern environment variable.
+pub const ENV_PREFIX: &str = "TERN_";
+
+/// Variables of the other Tern tools (`tern-cli`), read by them and not by
+/// `tern serve`, which therefore ignores them rather than refusing them as
+/// unknown keys: an operator's shell may well set both.
+pub const ENV_OF_OTHER_TOOLS: [&str; 5] = [
+    "TERN_SERVER",
+    "TERN_TOKEN",
+    "TERN_HTTP_URL",
+    "TERN_USER",
+    "TERN_DEVICE",
+];
+
+/// One config key and its environment variable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvKey {
+    /// The key's path: `["node_id"]`, `["http", "body_bytes_max"]`.
+    pub path: Vec<String>,
+    /// `TERN_` and the path joined by `_`, upper case.
+    pub var: String,
+    /// The default value (for an optional key: the documented example),
+    /// whose TOML type the variable is parsed with.
+    pub default: toml::Value,
+}
+
+impl EnvKey {
+    /// The key as written in messages: `http.body_bytes_max`.
+    pub fn dotted(&self) -> String {
+        self.path.join(".")
+    }
+}
+
+/// Every key of [`Config`] with its variable, in DEFAULT_TOML's order where
+/// it has one.
+pub fn env_keys() -> Vec<EnvKey> {
+    // Serializing plain structs of strings, numbers and options cannot fail.
+    let toml::Value::Table(mut tree) =
+        toml::Value::try_from(Config::default()).expect("config serializes")
+    else {
+        unreachable!("a struct serializes to a table");
+    };
+    for (section, key, example) in commented_keys() {
+        let table = match section {
+            Some(s) => match tree.get_mut(&s) {
+                Some(toml::Value::Table(t)) => t,
+                _ => continue,
+            },
+            None => &mut tree,
+        };
+        table.entry(key).or_insert(example);
+    }
+    let mut keys = Vec::new();
+    walk_keys(&mut Vec::new(), &tree, &mut keys);
+    keys
+}
+
+fn walk_keys(path: &mut Vec<String>, table: &toml::Table, out: &mut Vec<EnvKey>) {
+    for (name, value) in table {
+        path.push(name.clone());
+        match value {
+            toml::Value::Table(t) => walk_keys(path, t, out),
+            v => out.push(EnvKey {
+                var: format!("{ENV_PREFIX}{}", path.join("_").to_uppercase()),
+                path: path.clone(),
+                default: v.clone(),
+            }),
+        }
+        path.pop();
+    }
+}
+
+/// The `# key = example` lines of DEFAULT_TOML: optional keys, unset by
+/// default, with their section (`None`: top level).
+fn commented_keys() -> Vec<(Option<String>, String, toml::Value)> {
+    let mut section = None;
+    let mut out = Vec::new();
+    for line in DEFAULT_TOML.lines() {
+        if let Some(name) = section_header(line) {
+            section = Some(name);
+        } else if let Some(rest) = line.strip_prefix("# ")
+            && let Some((key, _)) = key_of(rest)
+            && let Ok(mut t) = toml::from_str::<toml::Table>(rest)
+            && let Some(v) = t.remove(key)
+        {
+            out.push((section.clone(), key.to_owned(), v));
+        }
+    }
+    out
+}
+
+/// `[name]` at the start of a line (a comment may follow).
+fn section_header(line: &str) -> Option<String> {
+    let rest = line.strip_prefix('[')?;
+    let end = rest.find(']')?;
+    Some(rest[..end].trim().to_owned())
+}
+
+/// The bare key of a `key = value` line, and the rest after `=`.
+fn key_of(line: &str) -> Option<(&str, &str)> {
+    let (key, rest) = line.split_once('=')?;
+    let key = key.trim_end();
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    bare.then_some((key, rest))
+}
+
+/// DEFAULT_TOML with each key's environment variable added to its comment:
+/// what `tern config --defaults` prints.
+pub fn defaults_with_env() -> String {
+    let vars: std::collections::HashMap<String, String> = env_keys()
+        .into_iter()
+        .map(|k| (k.dotted(), k.var))
+        .collect();
+    let mut section: Option<String> = None;
+    let mut out = String::with_capacity(DEFAULT_TOML.len() * 2);
+    for line in DEFAULT_TOML.lines() {
+        if let Some(name) = section_header(line) {
+            section = Some(name);
+        }
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        let var = key_of(body).and_then(|(key, _)| {
+            let dotted = section
+                .as_ref()
+                .map_or_else(|| key.to_owned(), |s| format!("{s}.{key}"));
+            vars.get(&dotted)
+        });
+        out.push_str(line);
+        if let Some(var) = var {
+            // A value's own comment ends the line, so the variable can follow
+            // it; `#` inside a quoted value (none today) would still parse.
+            out.push_str(if line.contains(" # ") || body.contains(" # ") {
+                "   env "
+            } else {
+                "  # env "
+            });
+            out.push_str(var);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl Config {
+    /// Loads the configuration: the defaults, then the file at `path` if
+    /// any, then the `TERN_*` variables among `vars` (name, value), each
+    /// parsed with its key's TOML type. A `TERN_*` variable that names no
+    /// key and is not in `reserved` (the variables the command line reads
+    /// itself, and [`ENV_OF_OTHER_TOOLS`]) is refused by name, and so is a
+    /// value that does not fit its key. Command-line flags go on top of the
+    /// result; [`Config::validate`] is left to the caller.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+        reserved: &[&str],
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                    path: path.into(),
+                    error,
+                })?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|error| ConfigError::Parse {
+                        path: path.into(),
+                        error,
+                    })?;
+                // The file alone first, so that its errors name the file.
+                toml::Value::Table(table.clone())
+                    .try_into::<Self>()
+                    .map_err(|error| ConfigError::Parse {
+                        path: path.into(),
+                        error,
+                    })?;
+                table
+            }
+            None => toml::Table::new(),
+        };
+        let keys = env_keys();
+        let mut vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .filter(|(name, _)| {
+                !reserved.contains(&name.as_str()) || keys.iter().any(|k| &k.var == name)
+            })
+            .filter(|(name, _)| !ENV_OF_OTHER_TOOLS.contains(&name.as_str()))
+            .collect();
+        // Sorted, so that with several bad variables the same one is named
+        // first whatever the environment's order.
+        vars.sort();
+        for (name, text) in vars {
+            let Some(key) = keys.iter().find(|k| k.var == name) else {
+                return Err(ConfigError::EnvUnknown {
+                    var: name,
+                    reserved: reserved.join(", "),
+                });
+            };
+            let value = env_value(&key.default, &text).map_err(|why| ConfigError::EnvValue {
+                var: name.clone(),
+                key: key.dotted(),
+                why,
+            })?;
+            // The value alone against the schema (other keys at their
+            // defaults): a type or range serde checks is named by variable.
+            let mut alone = toml::Table::new();
+            insert_at(&mut alone, &key.path, value.clone());
+            toml::Value::Table(alone)
+                .try_into::<Self>()
+                .map_err(|e| ConfigError::EnvValue {
+                    var: name.clone(),
+                    key: key.dotted(),
+                    why: e.message().trim().to_owned(),
+                })?;
+            insert_at(&mut table, &key.path, value);
+        }
+        toml::Value::Table(table)
+            .try_into::<Self>()
+            .map_err(|e| ConfigError::EnvValue {
+                var: "TERN_*".into(),
+                key: "(several)".into(),
+                why: e.message().trim().to_owned(),
+            })
+    }
+}
+
+/// Parses a variable's text with the TOML type of `default`: a string as it
+/// is (no quotes), anything else as a TOML value (`8192`, `true`,
+/// `["a", "b"]`, `[{ name = "x", … }]`).
+fn env_value(default: &toml::Value, text: &str) -> Result<toml::Value, String> {
+    if let toml::Value::String(_) = default {
+        return Ok(toml::Value::String(text.to_owned()));
+    }
+    let mut doc: toml::Table = toml::from_str(&format!("v = {text}"))
+        .map_err(|_| format!("{text:?} is not a TOML {}", default.type_str()))?;
+    let value = doc.remove("v").unwrap_or(toml::Value::Boolean(false));
+    if std::mem::discriminant(&value) != std::mem::discriminant(default) {
+        return Err(format!(
+            "{text:?} is a {}, the key takes a {}",
+            value.type_str(),
+            default.type_str()
+        ));
+    }
+    Ok(value)
+}
+
+/// Sets `path` in `table`, creating the tables on the way (a section the
+/// file left out) and replacing what was there.
+fn insert_at(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, sections)) = path.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for s in sections {
+        let entry = t
+            .entry(s.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            unreachable!("made a table just above");
+        };
+        t = next;
+    }
+    t.insert(last.clone(), value);
 }
 
 #[cfg(test)]
