@@ -142,9 +142,7 @@ struct TokenArgs {
 
 impl Overrides {
     fn resolve(&self) -> anyhow::Result<Config> {
-        let reserved = flag_env_vars();
-        let reserved: Vec<&str> = reserved.iter().map(String::as_str).collect();
-        let mut cfg = Config::load(self.config.as_deref(), tern_env_vars()?, &reserved)?;
+        let mut cfg = load_config(self.config.as_deref())?;
         if let Some(v) = self.listen {
             cfg.listen.tcp = Some(v);
         }
@@ -197,6 +195,14 @@ impl Overrides {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The defaults, the config file if any, then this process's
+/// `TERN_<SECTION>_<KEY>` variables (flags go on top; not yet validated).
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let reserved = flag_env_vars();
+    let reserved: Vec<&str> = reserved.iter().map(String::as_str).collect();
+    Ok(Config::load(path, tern_env_vars()?, &reserved)?)
 }
 
 /// The variables clap reads for flags of any subcommand (`TERN_CONFIG`,
@@ -309,8 +315,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let secret = match (&t.jwt_secret, &t.config, t.dev) {
                 (Some(s), _, _) => s.clone(),
                 (None, _, true) => DEV_JWT_SECRET.to_owned(),
-                (None, Some(path), false) => Config::from_file(path)?.auth.jwt_secret,
-                (None, None, false) => String::new(),
+                // The config file and the key variables, as `serve` reads
+                // them (`TERN_AUTH_JWT_SECRET` too).
+                (None, path, false) => load_config(path.as_deref())?.auth.jwt_secret,
             };
             anyhow::ensure!(
                 !secret.is_empty(),

@@ -284,3 +284,31 @@ fn defaults_print_every_key_with_its_variable() {
         );
     }
 }
+
+// Proves `tern token` takes its secret from the key variable
+// TERN_AUTH_JWT_SECRET as `tern serve` would, and refuses a misspelt one.
+#[test]
+fn token_reads_the_secret_variable() {
+    let out = tern(
+        &["token", "--user", "alice"],
+        &[("TERN_AUTH_JWT_SECRET", "a secret of the service")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let verifier = tern_gateway::auth::Verifier::new(&config::AuthConfig {
+        jwt_secret: "a secret of the service".into(),
+        ..config::AuthConfig::default()
+    })
+    .unwrap();
+    assert!(verifier.verify(token.trim()).is_ok());
+    let out = tern(
+        &["token", "--user", "alice"],
+        &[("TERN_AUTH_JWT_SECRT", "x")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TERN_AUTH_JWT_SECRT"));
+}
