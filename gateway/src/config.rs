@@ -472,16 +472,10 @@ impl Config {
         Ok(())
     }
 
-    /// Reads a TOML file over the defaults.
+    /// Reads a TOML file over the defaults (no environment: see
+    /// [`Config::load`]).
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.into(),
-            error,
-        })?;
-        toml::from_str(&text).map_err(|error| ConfigError::Parse {
-            path: path.into(),
-            error,
-        })
+        Self::load(Some(path), [], &[])
     }
 
     /// The effective config as TOML.
@@ -874,7 +868,7 @@ fn commented_keys() -> Vec<(Option<String>, String, toml::Value)> {
         if let Some(name) = section_header(line) {
             section = Some(name);
         } else if let Some(rest) = line.strip_prefix("# ")
-            && let Some((key, _)) = key_of(rest)
+            && let Some(key) = key_of(rest)
             && let Ok(mut t) = toml::from_str::<toml::Table>(rest)
             && let Some(v) = t.remove(key)
         {
@@ -891,15 +885,15 @@ fn section_header(line: &str) -> Option<String> {
     Some(rest[..end].trim().to_owned())
 }
 
-/// The bare key of a `key = value` line, and the rest after `=`.
-fn key_of(line: &str) -> Option<(&str, &str)> {
-    let (key, rest) = line.split_once('=')?;
+/// The bare key of a `key = value` line (prose in a comment has none).
+fn key_of(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once('=')?;
     let key = key.trim_end();
     let bare = !key.is_empty()
         && key
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    bare.then_some((key, rest))
+    bare.then_some(key)
 }
 
 /// DEFAULT_TOML with each key's environment variable added to its comment:
@@ -916,7 +910,7 @@ pub fn defaults_with_env() -> String {
             section = Some(name);
         }
         let body = line.strip_prefix("# ").unwrap_or(line);
-        let var = key_of(body).and_then(|(key, _)| {
+        let var = key_of(body).and_then(|key| {
             let dotted = section
                 .as_ref()
                 .map_or_else(|| key.to_owned(), |s| format!("{s}.{key}"));
@@ -1029,7 +1023,9 @@ fn env_value(default: &toml::Value, text: &str) -> Result<toml::Value, String> {
     }
     let mut doc: toml::Table = toml::from_str(&format!("v = {text}"))
         .map_err(|_| format!("{text:?} is not a TOML {}", default.type_str()))?;
-    let value = doc.remove("v").unwrap_or(toml::Value::Boolean(false));
+    let value = doc
+        .remove("v")
+        .ok_or_else(|| format!("{text:?} is not a TOML {}", default.type_str()))?;
     if std::mem::discriminant(&value) != std::mem::discriminant(default) {
         return Err(format!(
             "{text:?} is a {}, the key takes a {}",
