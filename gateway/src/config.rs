@@ -951,19 +951,14 @@ impl Config {
                     path: path.into(),
                     error,
                 })?;
-                let table: toml::Table =
-                    toml::from_str(&text).map_err(|error| ConfigError::Parse {
-                        path: path.into(),
-                        error,
-                    })?;
-                // The file alone first, so that its errors name the file.
-                toml::Value::Table(table.clone())
-                    .try_into::<Self>()
-                    .map_err(|error| ConfigError::Parse {
-                        path: path.into(),
-                        error,
-                    })?;
-                table
+                // The file alone first, from its text: its errors name the
+                // file and carry the line (a `toml::Value` has no spans).
+                let parse = |error| ConfigError::Parse {
+                    path: path.into(),
+                    error,
+                };
+                toml::from_str::<Self>(&text).map_err(parse)?;
+                toml::from_str::<toml::Table>(&text).map_err(parse)?
             }
             None => toml::Table::new(),
         };

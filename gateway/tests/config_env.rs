@@ -312,3 +312,22 @@ fn token_reads_the_secret_variable() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TERN_AUTH_JWT_SECRT"));
 }
+
+// Proves a bad key in the config file is still reported with the file and
+// its line, although the file is now merged with the environment as a TOML
+// tree (which has no positions) before it is read into the config.
+#[test]
+fn a_bad_file_key_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tern.toml");
+    std::fs::write(&file, "[session]\nheartbeat_intervall_ms = 5\n").unwrap();
+    let out = tern(
+        &["config", "--config", file.to_str().unwrap()],
+        &[("TERN_HTTP_BODY_BYTES_MAX", "2048")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("tern.toml"), "{err}");
+    assert!(err.contains("heartbeat_intervall_ms"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
