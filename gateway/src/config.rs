@@ -409,12 +409,14 @@ pub enum ConfigError {
     /// A `TERN_*` variable that names no config key (a typo must not be
     /// silently ignored).
     #[error(
-        "unknown environment variable {var}: no config key is called that (key `section.key` \
+        "unknown environment variable {var}: no config key is called that{hint} (key `section.key` \
          is TERN_SECTION_KEY, listed by `tern config --defaults`; the other variables are {reserved})"
     )]
     EnvUnknown {
         /// The variable.
         var: String,
+        /// `; did you mean TERN_…?` when a key's variable is a typo away.
+        hint: String,
         /// The variables the command line reads itself.
         reserved: String,
     },
@@ -976,8 +978,15 @@ impl Config {
         vars.sort();
         for (name, text) in vars {
             let Some(key) = keys.iter().find(|k| k.var == name) else {
+                let hint = keys
+                    .iter()
+                    .map(|k| (edit_distance(&k.var, &name), &k.var))
+                    .filter(|(d, _)| *d <= 2)
+                    .min()
+                    .map_or_else(String::new, |(_, v)| format!("; did you mean {v}?"));
                 return Err(ConfigError::EnvUnknown {
                     var: name,
+                    hint,
                     reserved: reserved.join(", "),
                 });
             };
@@ -1007,6 +1016,25 @@ impl Config {
                 why: e.message().trim().to_owned(),
             })
     }
+}
+
+/// Levenshtein distance of two variable names (short, operator-given: the
+/// quadratic table is a few hundred cells).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(ca != cb));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// Parses a variable's text with the TOML type of `default`: a string as it

@@ -209,6 +209,10 @@ fn unknown_variables_and_bad_values_are_refused_by_name() {
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("TERN_HTTP_BODY_BYTE_MAX"), "{err}");
         assert!(err.contains("unknown environment variable"), "{err}");
+        assert!(
+            err.contains("did you mean TERN_HTTP_BODY_BYTES_MAX?"),
+            "{err}"
+        );
     }
     for (var, text) in [
         ("TERN_HTTP_BODY_BYTES_MAX", "lots"),
