@@ -918,16 +918,18 @@ pub fn defaults_with_env() -> String {
                 .map_or_else(|| key.to_owned(), |s| format!("{s}.{key}"));
             vars.get(&dotted)
         });
-        out.push_str(line);
-        if let Some(var) = var {
-            // A value's own comment ends the line, so the variable can follow
-            // it; `#` inside a quoted value (none today) would still parse.
-            out.push_str(if line.contains(" # ") || body.contains(" # ") {
-                "   env "
-            } else {
-                "  # env "
-            });
-            out.push_str(var);
+        match var {
+            // After the line's own comment when it has one (the line still
+            // parses with the text added), else in a comment of its own.
+            Some(var) => {
+                let after = format!("{line}   env {var}");
+                if line.starts_with('#') || toml::from_str::<toml::Table>(&after).is_ok() {
+                    out.push_str(&after);
+                } else {
+                    out.push_str(&format!("{line}  # env {var}"));
+                }
+            }
+            None => out.push_str(line),
         }
         out.push('\n');
     }
