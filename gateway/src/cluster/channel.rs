@@ -51,7 +51,7 @@ use crate::{
     config::ClusterSettings,
     mailbox::Sender,
     metrics::ClusterMetrics,
-    shard::{ShardMsg, owner_shard},
+    msg::{ShardMsg, owner_shard},
 };
 
 /// The delivery stream of node `id`.

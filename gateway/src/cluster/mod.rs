@@ -42,7 +42,7 @@ use crate::{
     config::{ClusterSettings, Config},
     mailbox::{self, Doorbell, Receiver},
     metrics::ClusterMetrics,
-    shard::ShardMsg,
+    msg::ShardMsg,
 };
 
 /// Why the node tier could not start or work.
