@@ -24,7 +24,7 @@
 use std::{
     cell::{Cell, RefCell},
     io,
-    os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
@@ -41,9 +41,10 @@ use tern_protocol::{
 };
 use tracing::{debug, info, warn};
 
+use self::accept::accept_loop;
 pub use self::drain::DrainPolicy;
 use self::drain::drain;
-use self::sock::{new_epoll, recv_nonblocking, send_nonblocking, set_nonblocking};
+use self::sock::{new_epoll, recv_nonblocking, send_nonblocking};
 pub use crate::msg::{ConnRef, Handoff, PRESENCE_QUIET, ShardMsg, Transport, owner_shard};
 use crate::{
     auth::Verifier,
@@ -54,6 +55,7 @@ use crate::{
     ws,
 };
 
+mod accept;
 mod drain;
 mod sock;
 
@@ -1683,83 +1685,6 @@ enum Ingest {
         request: Box<BackendRequest>,
         rest: Vec<u8>,
     },
-}
-
-/// Accepts connections at a bounded rate and starts their readers.
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, transport: Transport, rate: u32) {
-    // Token bucket: `rate` per second, refilled every 10 ms.
-    let per_tick = (rate / 100).max(1);
-    let mut tokens = per_tick;
-    let mut refill_at = Instant::now() + Duration::from_millis(10);
-    loop {
-        if shard.draining.get() {
-            return;
-        }
-        if tokens == 0 {
-            let now = Instant::now();
-            if now < refill_at {
-                monoio::time::sleep(refill_at - now).await;
-            }
-            refill_at = Instant::now() + Duration::from_millis(10);
-            tokens = per_tick;
-        }
-        let (stream, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(_) if shard.draining.get() => return,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        tokens -= 1;
-        shard
-            .metrics
-            .opened
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        shard
-            .metrics
-            .connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if shard.conns.borrow().len() >= shard.connections_max || shard.draining.get() {
-            shard.metrics.closed(CloseReason::Refused);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        // The socket leaves monoio (deregistered on the epoll driver) and
-        // joins the shard's epoll set.
-        // SAFETY: `into_raw_fd` hands over sole ownership of the descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
-        if set_nonblocking(fd.as_raw_fd()).is_err() {
-            shard.metrics.closed(CloseReason::Error);
-            continue;
-        }
-        let now = shard.now_ms();
-        let generation = shard.next_gen();
-        let conn = Conn {
-            generation,
-            fd,
-            paused: false,
-            touched: false,
-            backlogged: false,
-            session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
-            ident: None,
-            spill: None,
-            transport,
-            timer_at: u64::MAX,
-            closing: None,
-            quiet: false,
-        };
-        let mut conns = shard.conns.borrow_mut();
-        let key = conns.insert(conn) as u32;
-        if shard.register(key, &conns[key as usize]).is_err() {
-            conns.remove(key as usize);
-            shard.metrics.closed(CloseReason::Error);
-            continue;
-        }
-        shard.arm(key, &mut conns[key as usize]);
-    }
 }
 
 /// What one read from the socket gave.
