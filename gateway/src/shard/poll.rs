@@ -12,7 +12,8 @@ use std::{
 use monoio::net::TcpStream;
 
 use super::{
-    EPOLL_BATCH_MAX, Read, Shard, TIMER_YIELD_MS, after_ingest, finish, read_and_ingest,
+    EPOLL_BATCH_MAX, Shard, TIMER_YIELD_MS, finish,
+    ingest::{Read, after_ingest, read_and_ingest},
     sock::send_nonblocking,
 };
 use crate::metrics::CloseReason;

@@ -10,7 +10,7 @@ use std::{
 
 use tern_protocol::{codec, session};
 
-use super::{Conn, Ingest, Shard};
+use super::{Conn, Shard, ingest::Ingest};
 use crate::{metrics::CloseReason, msg::Transport, ws};
 
 impl Shard {
