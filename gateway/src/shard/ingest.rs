@@ -17,7 +17,9 @@ use tern_protocol::{
 };
 use tracing::{debug, info};
 
-use super::{CONN_FRAMES_PER_TURN_MAX, Conn, Shard, finish, sock::recv_nonblocking, unblock_loop};
+use super::{
+    CONN_FRAMES_PER_TURN_MAX, Conn, Shard, backend::unblock_loop, finish, sock::recv_nonblocking,
+};
 use crate::{
     bridge::{BackendRequest, Caller},
     metrics::CloseReason,
