@@ -20,6 +20,28 @@
 //! connection whose socket is full asks for write readiness until it drains.
 //! An idle connection is therefore its slab entry, its kernel socket and its
 //! epoll registration (kernel memory), nothing else.
+//!
+//! Which file holds what (all one thread; `Shard` and `Conn` are here):
+//! - `mod.rs`: `ShardSetup`, `Conn`, `Shard`, the shard's bounds, `run`
+//!   (start-up and its tasks), the wheel's tick loop, `finish` (removing a
+//!   closed connection);
+//! - `accept.rs`: the rate-limited accept loop;
+//! - `poll.rs`: the poll loop served in turns, the backlog, readable and
+//!   writable sockets;
+//! - `ingest.rs`: reading into the shared buffer, feeding sessions,
+//!   `after_ingest`, the failed-login log limit;
+//! - `inbox.rs`: `ShardMsg` handling in batches, pushes (`push_to`), kicks,
+//!   and the resume gate (`Resume`);
+//! - `handoff.rs`: adopting a connection after auth, `welcome`,
+//!   displacement, the device index;
+//! - `backend.rs`: requests to the backend workers (in order, `blocked`
+//!   and its retry loop), presence, route changes, login check, recount;
+//! - `drain.rs`: `DrainPolicy` and the rate-limited drain;
+//! - `sock.rs`: the ordered write path, the epoll set, non-blocking
+//!   `send`/`recv`.
+//!
+//! What crosses threads to a shard (`ShardMsg`, `Handoff`, `ConnRef`,
+//! `owner_shard`) lives in [`crate::msg`] and is re-exported here.
 
 use std::{
     cell::{Cell, RefCell},
@@ -39,13 +61,15 @@ use tern_protocol::{
 };
 use tracing::{debug, info};
 
-use self::accept::accept_loop;
 pub use self::drain::DrainPolicy;
-use self::drain::drain;
-use self::inbox::{Resume, inbox_loop};
-use self::ingest::{AUTH_LOG_LINES_PER_SECOND_MAX, LogLimiter, close_reason};
-use self::poll::poll_loop;
-use self::sock::new_epoll;
+use self::{
+    accept::accept_loop,
+    drain::drain,
+    inbox::{Resume, inbox_loop},
+    ingest::{AUTH_LOG_LINES_PER_SECOND_MAX, LogLimiter, close_reason},
+    poll::poll_loop,
+    sock::new_epoll,
+};
 pub use crate::msg::{ConnRef, Handoff, PRESENCE_QUIET, ShardMsg, Transport, owner_shard};
 use crate::{
     auth::Verifier,
