@@ -37,6 +37,8 @@ impl Shard {
 /// timers run, whatever one socket keeps sending (DESIGN invariant 7). With
 /// nothing ready it waits (through monoio) for the epoll set to be readable
 /// or for the backlog to fill.
+///
+/// [`CONN_FRAMES_PER_TURN_MAX`]: super::CONN_FRAMES_PER_TURN_MAX
 pub(super) async fn poll_loop(shard: Rc<Shard>) {
     let epfd = shard.epoll.as_raw_fd();
     // SAFETY: the epoll fd lives as long as the shard; the wrapper never
