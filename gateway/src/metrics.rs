@@ -175,6 +175,14 @@ pub struct ClusterMetrics {
     pub records_dropped: AtomicU64,
     /// Live nodes in this node's view (itself included).
     pub live_nodes: AtomicI64,
+    /// Recipients whose routes the workers' route caches answered.
+    pub route_cache_hits: AtomicU64,
+    /// Recipients whose routes were read from Redis (not cached, expired,
+    /// or named by the route log).
+    pub route_cache_misses: AtomicU64,
+    /// Times a worker's route cache started again (log trimmed past its
+    /// cursor, too far behind, first use).
+    pub route_cache_resets: AtomicU64,
 }
 
 /// Counters of the HTTP edge, written by its connection tasks.
@@ -595,7 +603,7 @@ impl Collector for Metrics {
         }
         {
             let c = &self.cluster;
-            let rows: [(&str, &str, &AtomicU64); 8] = [
+            let rows: [(&str, &str, &AtomicU64); 11] = [
                 (
                     "tern_cluster_route_writes",
                     "Route entries written to Redis",
@@ -635,6 +643,21 @@ impl Collector for Metrics {
                     "tern_cluster_records_dropped",
                     "Remote pushes given up (Redis away; recipients sync)",
                     &c.records_dropped,
+                ),
+                (
+                    "tern_cluster_route_cache_hits",
+                    "Recipients whose routes a worker's route cache answered",
+                    &c.route_cache_hits,
+                ),
+                (
+                    "tern_cluster_route_cache_misses",
+                    "Recipients whose routes were read from Redis",
+                    &c.route_cache_misses,
+                ),
+                (
+                    "tern_cluster_route_cache_resets",
+                    "Times a worker's route cache was emptied to start again",
+                    &c.route_cache_resets,
                 ),
             ];
             for (name, help, v) in rows {

@@ -41,7 +41,7 @@ use tern_protocol::{
 };
 use tracing::warn;
 
-use super::{NodeView, conn, membership, routes};
+use super::{NodeView, conn, membership, route_cache::RouteCache, routes};
 use crate::{
     config::ClusterSettings,
     mailbox::Sender,
@@ -90,6 +90,8 @@ pub struct EntryMeta {
 pub struct RemoteRouter {
     link: conn::Link,
     view: Arc<NodeView>,
+    /// The worker's route cache; `None` when `route_cache_entries_max` is 0.
+    cache: Option<RouteCache>,
     records_max: u64,
     metrics: Arc<ClusterMetrics>,
 }
@@ -104,6 +106,7 @@ impl RemoteRouter {
         Self {
             link,
             view,
+            cache: RouteCache::new(settings),
             records_max: settings.channel_records_max,
             metrics,
         }
@@ -140,7 +143,10 @@ impl RemoteRouter {
             .map(String::as_str)
             .filter(|u| seen.insert(u))
             .collect();
-        let routes = routes::read(&mut self.link, &users)?;
+        let routes = match self.cache.as_mut() {
+            Some(cache) => cache.read(&mut self.link, &users, &self.metrics)?,
+            None => routes::read(&mut self.link, &users)?,
+        };
         let live = self.view.live();
         let mut nodes_of: HashMap<&str, Vec<String>> = HashMap::new();
         let mut unknown: Vec<(&str, String, String)> = Vec::new();
@@ -173,6 +179,9 @@ impl RemoteRouter {
                     push_unique(nodes_of.entry(user).or_default(), node.clone());
                 } else {
                     cleanup.push(routes::del_if_node(user, device, node));
+                    if let Some(cache) = self.cache.as_mut() {
+                        cache.forget(user);
+                    }
                 }
             }
         }

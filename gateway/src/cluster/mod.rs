@@ -6,6 +6,8 @@
 //! - [`routes`]: the route table `(user, device) → node` — written from the
 //!   shards' route rings in batches by the cluster thread, read by the
 //!   backend workers.
+//! - [`route_cache`]: each worker's cache of the route table, kept true by
+//!   the route log every route write appends to.
 //! - [`channel`]: the per-node delivery stream — records written by the
 //!   backend workers ([`RemoteRouter`]), consumed by this node's channel
 //!   thread and turned into [`ShardMsg`]s for its shards.
@@ -18,6 +20,7 @@
 pub mod channel;
 mod conn;
 pub mod membership;
+pub mod route_cache;
 pub mod routes;
 
 use std::{

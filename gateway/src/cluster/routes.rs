@@ -8,13 +8,14 @@
 //! logged in on another node keeps that node's route. Read by the backend
 //! workers, one pipeline of `HGETALL` per batch of pushes. A route naming a
 //! node whose lease lapsed is ignored and removed with the same conditional
-//! delete.
+//! delete. Every write that gives users a route also appends them to the
+//! route log that keeps the workers' route caches true (`route_cache.rs`).
 
 use std::sync::atomic::Ordering;
 
 use redis::{Cmd, RedisResult, Value, cmd};
 
-use super::{RouteChange, conn::Link};
+use super::{RouteChange, conn::Link, route_cache};
 use crate::metrics::ClusterMetrics;
 
 /// Deletes a route only if it still names the given node:
@@ -38,14 +39,23 @@ pub fn del_if_node(user: &str, device: &str, node: &str) -> Cmd {
     c
 }
 
-/// Writes a batch of route changes of this node in one pipeline.
+/// Writes a batch of route changes of this node in one pipeline, then
+/// appends the users given a route to the route log (the caches'
+/// invalidation, `route_cache.rs`): in the same pipeline after the `HSET`s
+/// on one Redis (a connection's commands run in order), in a second round
+/// trip on Redis Cluster (the log and the hashes are on different
+/// primaries). Returns once both are in Redis: a caller that answers the
+/// device's first sync after this keeps every cache correct.
 pub(crate) fn write(
     link: &mut Link,
     node: &str,
     batch: &[RouteChange],
     metrics: &ClusterMetrics,
 ) -> RedisResult<()> {
-    let cmds = batch
+    let mut ups: Vec<&str> = batch.iter().filter(|c| c.up).map(|c| c.parts().0).collect();
+    ups.sort_unstable();
+    ups.dedup();
+    let mut cmds: Vec<Cmd> = batch
         .iter()
         .map(|c| {
             let (user, device) = c.parts();
@@ -58,30 +68,52 @@ pub(crate) fn write(
             }
         })
         .collect();
-    link.pipeline(cmds)?;
+    let log = (!ups.is_empty()).then(|| route_cache::log_append(&ups));
+    match log {
+        Some(log) if link.in_order() => {
+            cmds.push(log);
+            check_log(&link.pipeline(cmds)?)?;
+        }
+        Some(log) => {
+            link.pipeline(cmds)?;
+            link.command(&log)?;
+        }
+        None => {
+            link.pipeline(cmds)?;
+        }
+    }
     metrics
         .route_writes
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     Ok(())
 }
 
+/// A failed log append fails the write: a route the caches were not told of
+/// could be missed by them (docs/cluster.md, "Route cache").
+fn check_log(replies: &[Value]) -> RedisResult<()> {
+    match replies.last() {
+        Some(Value::ServerError(e)) => Err(e.clone().into()),
+        _ => Ok(()),
+    }
+}
+
+/// The command that reads the routes of `user`.
+pub(crate) fn hgetall(user: &str) -> Cmd {
+    let mut c = cmd("HGETALL");
+    c.arg(key(user));
+    c
+}
+
 /// The routes of each user, in order: `(device, node)` pairs. One pipeline.
 /// A reply that is not a hash (a server error on one key) reads as no
 /// routes for that user.
 pub(crate) fn read(link: &mut Link, users: &[&str]) -> RedisResult<Vec<Vec<(String, String)>>> {
-    let cmds = users
-        .iter()
-        .map(|u| {
-            let mut c = cmd("HGETALL");
-            c.arg(key(u));
-            c
-        })
-        .collect();
+    let cmds = users.iter().map(|u| hgetall(u)).collect();
     let replies = link.pipeline(cmds)?;
     Ok(replies.iter().map(parse_hash).collect())
 }
 
-fn parse_hash(v: &Value) -> Vec<(String, String)> {
+pub(crate) fn parse_hash(v: &Value) -> Vec<(String, String)> {
     let Some(pairs) = super::conn::pairs(v) else {
         return Vec::new();
     };

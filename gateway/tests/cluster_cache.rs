@@ -1,0 +1,139 @@
+//! The backend workers' route cache (user → nodes, docs/cluster.md "Route
+//! cache") over real `tern serve --store redis` processes on a real
+//! `redis-server`: members that log in elsewhere, or come online, between
+//! two group messages are still pushed every message (the route log makes
+//! the sender's worker forget them), and repeated sends with no login in
+//! between are answered from the cache. Every wait is bounded.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "support/cluster.rs"]
+mod cluster_support;
+#[path = "../../backend/tests/support/redis_harness.rs"]
+mod redis_harness;
+mod support;
+
+use cluster_support::{Redis, is_text, metric, nodes};
+use support::Client;
+use tern_protocol::pb::{self, frame::Body};
+
+const HITS: &str = "tern_cluster_route_cache_hits_total";
+const MISSES: &str = "tern_cluster_route_cache_misses_total";
+
+/// Members move between nodes while the sender's node has them cached:
+/// alice (n1) sends to a group after every move (a member switching nodes,
+/// an offline member coming online, a member adding a device on another
+/// node) and each member device gets every push. With the cache filled and
+/// no route log (or a log nobody reads), the second message would go only
+/// to the nodes cached at the first — dave would get nothing, bob's push
+/// would go to n2 — and the waits below would time out. Two sends with no
+/// move in between are answered from the cache: the hit count rises by at
+/// least the four recipients and the misses do not move.
+#[test]
+fn members_moving_between_nodes_get_every_push_and_repeats_hit() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 3);
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (bob_n2, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let (mut carol, _) = Client::login(ns[2].tcp, "carol", "phone");
+    let r = alice.request(Body::GroupCreate(pb::GroupCreate {
+        group_id: "crew".into(),
+        name: "Crew".into(),
+        members: vec!["bob".into(), "carol".into(), "dave".into()],
+        ..Default::default()
+    }));
+    assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    redis.wait_routes("carol", &[("phone", "n3")]);
+    let mut bob = bob_n2;
+    let ack = alice.send_group_text("crew", "g1", "one");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(is_text("one"));
+    carol.wait_push(is_text("one"));
+
+    // The same send again, nothing moved: every recipient from the cache
+    // (alice, bob, carol, and dave online nowhere).
+    let (hits, misses) = (metric(&ns[0], HITS), metric(&ns[0], MISSES));
+    let ack = alice.send_group_text("crew", "g2", "two");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(is_text("two"));
+    carol.wait_push(is_text("two"));
+    assert!(metric(&ns[0], HITS) >= hits + 4, "hits did not rise by 4");
+    assert_eq!(metric(&ns[0], MISSES), misses, "a repeat read Redis");
+
+    // Moves: bob n2 → n3, dave comes online on n2, carol adds a tablet on
+    // n1 (the sender's node: local delivery) and a laptop on n2.
+    drop(bob);
+    redis.wait_routes("bob", &[]);
+    let (mut bob, _) = Client::login(ns[2].tcp, "bob", "phone");
+    let (mut dave, _) = Client::login(ns[1].tcp, "dave", "phone");
+    let (mut carol_tablet, _) = Client::login(ns[0].tcp, "carol", "tablet");
+    let (mut carol_laptop, _) = Client::login(ns[1].tcp, "carol", "laptop");
+    redis.wait_routes("bob", &[("phone", "n3")]);
+    redis.wait_routes("dave", &[("phone", "n2")]);
+    redis.wait_routes(
+        "carol",
+        &[("laptop", "n2"), ("phone", "n3"), ("tablet", "n1")],
+    );
+    let misses = metric(&ns[0], MISSES);
+    let ack = alice.send_group_text("crew", "g3", "three");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    for c in [
+        &mut bob,
+        &mut dave,
+        &mut carol,
+        &mut carol_tablet,
+        &mut carol_laptop,
+    ] {
+        c.wait_push(is_text("three"));
+    }
+    // The moved users were read again.
+    assert!(
+        metric(&ns[0], MISSES) >= misses + 3,
+        "moved users not re-read"
+    );
+
+    // Move back and round again: bob n3 → n1 → n2, each time one send.
+    for (round, node) in [(0, 0), (1, 1)] {
+        drop(bob);
+        redis.wait_routes("bob", &[]);
+        let (b, _) = Client::login(ns[node].tcp, "bob", "phone");
+        bob = b;
+        redis.wait_routes("bob", &[("phone", &format!("n{}", node + 1))]);
+        let text: &'static str = ["four", "five"][round];
+        let ack = alice.send_group_text("crew", &format!("r{round}"), text);
+        assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+        for c in [&mut bob, &mut dave, &mut carol, &mut carol_laptop] {
+            c.wait_push(is_text(text));
+        }
+    }
+}
+
+/// `route_cache_entries_max = 0` turns the cache off: every recipient of
+/// every send is a Redis read, nothing is counted as a hit, and pushes still
+/// cross nodes.
+#[test]
+fn cache_off_reads_every_route() {
+    let redis = Redis::start();
+    let ns: Vec<_> = (1..=2)
+        .map(|i| {
+            cluster_support::Node::start_with(
+                &redis,
+                &format!("n{i}"),
+                "route_cache_entries_max = 0\n",
+            )
+        })
+        .collect();
+    for n in &ns {
+        n.wait_metric("tern_cluster_live_nodes 2");
+    }
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    for (id, text) in [("m1", "first"), ("m2", "second")] {
+        let ack = alice.send_text("bob", id, text);
+        assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+        bob.wait_push(is_text(text));
+    }
+    assert_eq!(metric(&ns[0], HITS), 0);
+    assert_eq!(metric(&ns[0], MISSES), 0);
+}
