@@ -18,6 +18,7 @@ use tern_protocol::pb::{self, frame::Body};
 
 const HITS: &str = "tern_cluster_route_cache_hits_total";
 const MISSES: &str = "tern_cluster_route_cache_misses_total";
+const RESETS: &str = "tern_cluster_route_cache_resets_total";
 
 /// Members move between nodes while the sender's node has them cached:
 /// alice (n1) sends to a group after every move (a member switching nodes,
@@ -136,4 +137,106 @@ fn cache_off_reads_every_route() {
     }
     assert_eq!(metric(&ns[0], HITS), 0);
     assert_eq!(metric(&ns[0], MISSES), 0);
+}
+
+/// The route log lost (deleted here; trimmed past a worker's cursor is the
+/// same to the reader): the sender's worker no longer finds the entry its
+/// cursor names, so it empties its cache and reads every route again — dave,
+/// cached as online nowhere, logs in on n2 after the log is gone and still
+/// gets the next push; the reset is counted.
+#[test]
+fn a_lost_route_log_empties_the_cache() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 2);
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let r = alice.request(Body::GroupCreate(pb::GroupCreate {
+        group_id: "crew".into(),
+        name: "Crew".into(),
+        members: vec!["bob".into(), "dave".into()],
+        ..Default::default()
+    }));
+    assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    // Two sends: the first takes a cursor, the second fills the cache.
+    for (id, text) in [("g1", "one"), ("g2", "two")] {
+        let ack = alice.send_group_text("crew", id, text);
+        assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+        bob.wait_push(is_text(text));
+    }
+    let resets = metric(&ns[0], RESETS);
+    let _: i64 = redis::cmd("DEL")
+        .arg("tern:rt:log")
+        .query(&mut redis.conn())
+        .unwrap();
+    let (mut dave, _) = Client::login(ns[1].tcp, "dave", "phone");
+    redis.wait_routes("dave", &[("phone", "n2")]);
+    let ack = alice.send_group_text("crew", "g3", "three");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    dave.wait_push(is_text("three"));
+    bob.wait_push(is_text("three"));
+    assert!(metric(&ns[0], RESETS) > resets, "no reset counted");
+}
+
+/// The same on a 3-master Redis Cluster, where the route log and the route
+/// hashes are on different primaries (the write appends to the log only
+/// after its `HSET`s answered): dave, cached as online nowhere, logs in on
+/// n2 and gets the next push; a repeat send is answered from the cache.
+#[test]
+fn cache_holds_on_redis_cluster() {
+    let cluster = redis_harness::RedisCluster::start(3, true);
+    let urls = cluster.urls();
+    let ns: Vec<_> = (1..=2)
+        .map(|i| cluster_support::Node::spawn(&urls, true, &format!("n{i}"), ""))
+        .collect();
+    for n in &ns {
+        n.wait_metric("tern_cluster_live_nodes 2");
+    }
+    let mut c = redis::cluster::ClusterClient::new(urls.clone())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut wait_route = |user: &str| {
+        let deadline = std::time::Instant::now() + cluster_support::WAIT;
+        loop {
+            let r: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(format!("{{u:{user}}}:rt"))
+                .query(&mut c)
+                .unwrap();
+            if r == [("phone".to_owned(), "n2".to_owned())] {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{user}: {r:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let r = alice.request(Body::GroupCreate(pb::GroupCreate {
+        group_id: "crew".into(),
+        name: "Crew".into(),
+        members: vec!["bob".into(), "dave".into()],
+        ..Default::default()
+    }));
+    assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
+    wait_route("bob");
+    for (id, text) in [("g1", "one"), ("g2", "two")] {
+        let ack = alice.send_group_text("crew", id, text);
+        assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+        bob.wait_push(is_text(text));
+    }
+    let hits = metric(&ns[0], HITS);
+    let ack = alice.send_group_text("crew", "g3", "three");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(is_text("three"));
+    assert!(
+        metric(&ns[0], HITS) >= hits + 3,
+        "repeat not from the cache"
+    );
+    let (mut dave, _) = Client::login(ns[1].tcp, "dave", "phone");
+    wait_route("dave");
+    let ack = alice.send_group_text("crew", "g4", "four");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    dave.wait_push(is_text("four"));
+    bob.wait_push(is_text("four"));
 }
