@@ -38,7 +38,12 @@ pub const METRICS_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Everything a scenario run takes on the command line.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// Gateway (or peer) addresses, comma-separated or repeated.
+    /// Gateway (or peer) addresses, comma-separated or repeated. Devices are
+    /// spread round robin by slot: slot i connects to target i mod N, slots
+    /// counted pairs first (user a's devices, then b's), then group members,
+    /// then idle connections. So with 2 targets and --devices 1 every 1:1
+    /// pair has its sides on different nodes, with --devices 2 each user has
+    /// a device on both, and a group's members spread over every target.
     #[arg(long, value_delimiter = ',', required = true)]
     pub target: Vec<SocketAddr>,
     /// HS256 secret the gateway verifies tokens with.

@@ -500,4 +500,47 @@ mod tests {
         assert_eq!(pairs.len(), 4);
         assert!(pairs.values().all(|&n| n == 2));
     }
+
+    #[test]
+    fn devices_spread_over_targets_round_robin() {
+        // Proves the spread `--target` documents: slot i on target i mod N,
+        // so with two targets and one device per user every 1:1 pair's sides
+        // are on different targets (the cross-node chat of
+        // bench/scripts/cluster.sh), with two devices each user is on both,
+        // and a group's members cover every target.
+        let mut p = plan();
+        p.devices = 1;
+        for pair in 0..p.pairs {
+            let a = p.slot_of(Role::Pair {
+                pair,
+                side: 0,
+                device: 0,
+            });
+            let b = p.slot_of(Role::Pair {
+                pair,
+                side: 1,
+                device: 0,
+            });
+            assert_ne!(p.target(a), p.target(b), "pair {pair} on one target");
+        }
+        let p = plan();
+        for side in 0..2 {
+            let t: Vec<SocketAddr> = (0..2)
+                .map(|device| {
+                    p.target(p.slot_of(Role::Pair {
+                        pair: 1,
+                        side,
+                        device,
+                    }))
+                })
+                .collect();
+            assert_ne!(t[0], t[1], "a user's two devices on one target");
+        }
+        for group in 0..p.groups {
+            let targets: std::collections::BTreeSet<SocketAddr> = (0..p.group_size)
+                .map(|member| p.target(p.slot_of(Role::Group { group, member })))
+                .collect();
+            assert_eq!(targets.len(), p.targets.len(), "group {group}");
+        }
+    }
 }
