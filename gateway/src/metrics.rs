@@ -183,6 +183,9 @@ pub struct ClusterMetrics {
     /// Times a worker's route cache started again (log trimmed past its
     /// cursor, too far behind, first use).
     pub route_cache_resets: AtomicU64,
+    /// Time a worker spent reading the routes of one batch's recipients
+    /// (cache and Redis), before its records are written.
+    pub route_read_latency: LatencyHistogram,
 }
 
 /// Counters of the HTTP edge, written by its connection tasks.
@@ -663,6 +666,12 @@ impl Collector for Metrics {
             for (name, help, v) in rows {
                 counter(enc, name, help, None, v.load(Relaxed))?;
             }
+            histogram(
+                enc,
+                "tern_cluster_route_read_latency",
+                "A worker's route read for one batch (cache and Redis)",
+                &[&c.route_read_latency],
+            )?;
             gauge(
                 enc,
                 "tern_cluster_live_nodes",

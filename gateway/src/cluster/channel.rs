@@ -143,10 +143,14 @@ impl RemoteRouter {
             .map(String::as_str)
             .filter(|u| seen.insert(u))
             .collect();
+        let started = Instant::now();
         let routes = match self.cache.as_mut() {
             Some(cache) => cache.read(&mut self.link, &users, &self.metrics)?,
             None => routes::read(&mut self.link, &users)?,
         };
+        self.metrics
+            .route_read_latency
+            .observe_us(started.elapsed().as_micros() as u64);
         let live = self.view.live();
         let mut nodes_of: HashMap<&str, Vec<String>> = HashMap::new();
         let mut unknown: Vec<(&str, String, String)> = Vec::new();
