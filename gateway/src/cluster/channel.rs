@@ -152,11 +152,12 @@ impl RemoteRouter {
             .route_read_latency
             .observe_us(started.elapsed().as_micros() as u64);
         let live = self.view.live();
-        let mut nodes_of: HashMap<&str, Vec<String>> = HashMap::new();
-        let mut unknown: Vec<(&str, String, String)> = Vec::new();
-        for (user, devices) in users.iter().zip(routes) {
-            for (device, node) in devices {
-                if node == me {
+        // Borrowed from `routes`: no string is copied per recipient.
+        let mut nodes_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut unknown: Vec<(&str, &str, &str)> = Vec::new();
+        for (user, devices) in users.iter().zip(&routes) {
+            for (device, node) in devices.iter() {
+                if *node == me {
                     continue;
                 }
                 if live.contains(node.as_str()) {
@@ -169,7 +170,7 @@ impl RemoteRouter {
         // Nodes the view does not list may have just joined: ask Redis.
         let mut cleanup = Vec::new();
         if !unknown.is_empty() {
-            let mut nodes: Vec<&str> = unknown.iter().map(|(_, _, n)| n.as_str()).collect();
+            let mut nodes: Vec<&str> = unknown.iter().map(|(_, _, n)| *n).collect();
             nodes.sort_unstable();
             nodes.dedup();
             let alive = membership::exists_each(&mut self.link, &nodes)?;
@@ -179,8 +180,8 @@ impl RemoteRouter {
                 .filter_map(|(n, a)| a.then_some(*n))
                 .collect();
             for (user, device, node) in &unknown {
-                if alive.contains(node.as_str()) {
-                    push_unique(nodes_of.entry(user).or_default(), node.clone());
+                if alive.contains(node) {
+                    push_unique(nodes_of.entry(user).or_default(), node);
                 } else {
                     cleanup.push(routes::del_if_node(user, device, node));
                     if let Some(cache) = self.cache.as_mut() {
@@ -221,7 +222,7 @@ impl RemoteRouter {
     }
 }
 
-fn push_unique(v: &mut Vec<String>, node: String) {
+fn push_unique<'a>(v: &mut Vec<&'a str>, node: &'a str) {
     if !v.contains(&node) {
         v.push(node);
     }

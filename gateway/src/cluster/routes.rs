@@ -15,7 +15,11 @@ use std::sync::atomic::Ordering;
 
 use redis::{Cmd, RedisResult, Value, cmd};
 
-use super::{RouteChange, conn::Link, route_cache};
+use super::{
+    RouteChange,
+    conn::Link,
+    route_cache::{self, Routes},
+};
 use crate::metrics::ClusterMetrics;
 
 /// Deletes a route only if it still names the given node:
@@ -107,15 +111,15 @@ pub(crate) fn hgetall(user: &str) -> Cmd {
 /// The routes of each user, in order: `(device, node)` pairs. One pipeline.
 /// A reply that is not a hash (a server error on one key) reads as no
 /// routes for that user.
-pub(crate) fn read(link: &mut Link, users: &[&str]) -> RedisResult<Vec<Vec<(String, String)>>> {
+pub(crate) fn read(link: &mut Link, users: &[&str]) -> RedisResult<Vec<Routes>> {
     let cmds = users.iter().map(|u| hgetall(u)).collect();
     let replies = link.pipeline(cmds)?;
     Ok(replies.iter().map(parse_hash).collect())
 }
 
-pub(crate) fn parse_hash(v: &Value) -> Vec<(String, String)> {
+pub(crate) fn parse_hash(v: &Value) -> Routes {
     let Some(pairs) = super::conn::pairs(v) else {
-        return Vec::new();
+        return Routes::default();
     };
     pairs
         .into_iter()
