@@ -92,7 +92,7 @@ redis_mem() { # used_memory summed over the Redis primaries, bytes
 
 # ---- CPU ----
 
-declare -A CPU0
+declare -A CPU0 CPU_LAST # CPU_LAST: taken just before a process was killed
 cpu_mark() { # remember every process's CPU time now
   local i p
   for i in "${!NODE_PIDS[@]}"; do CPU0[n$i]=$(cpu_ms "${NODE_PIDS[$i]}"); done
@@ -101,7 +101,8 @@ cpu_mark() { # remember every process's CPU time now
 cpu_report() { # LABEL UNITS UNIT_NAME: CPU ms of each process since cpu_mark, and per unit
   local label=$1 units=$2 what=$3 i p d nodes=0 redis=0 line=""
   for i in "${!NODE_PIDS[@]}"; do
-    d=$(( $(cpu_ms "${NODE_PIDS[$i]}") - ${CPU0[n$i]:-0} )); nodes=$((nodes + d)); line+=" n$i=${d}ms"
+    d=$(cpu_ms "${NODE_PIDS[$i]}"); [ "$d" = 0 ] && d=${CPU_LAST[n$i]:-0}
+    d=$((d - ${CPU0[n$i]:-0})); nodes=$((nodes + d)); line+=" n$i=${d}ms"
   done
   for p in "${!REDIS_PIDS[@]}"; do
     d=$(( $(cpu_ms "${REDIS_PIDS[$p]}") - ${CPU0[r$p]:-0} )); redis=$((redis + d)); line+=" redis$((p + 1))=${d}ms"
@@ -214,8 +215,10 @@ scenario_kill() {
   lpid=$!; PIDS+=("$lpid")
   # Kill once the load is sending (a third into its duration, after the ramp).
   sleep $(( PAIRS * 2 / RAMP + 2 + SECS / 3 ))
-  local held; held=$(metric "${NODE_HTTP[$victim]}" tern_connections_active)
+  local held; held=$(metric "${NODE_HTTP[$victim]}" tern_connections)
+  CPU_LAST[n$victim]=$(cpu_ms "${NODE_PIDS[$victim]}")
   kill -9 "${NODE_PIDS[$victim]}"
+  wait "${NODE_PIDS[$victim]}" 2>/dev/null || true
   echo "killed n$victim (-9) holding ${held} connections at $(date +%T.%N)"
   wait "$lpid" || true
   cpu_report kill "$(jq .sent "$RUN/kill.json")" message

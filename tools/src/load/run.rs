@@ -146,6 +146,13 @@ pub struct LoadArgs {
     /// 0: ack at the end of every read batch.
     #[arg(long, default_value_t = 50)]
     pub ack_delay_ms: u32,
+    /// A connection the server closes during the run (e.g. its node was
+    /// killed) reconnects to the next --target address (then the one after
+    /// on each failed attempt) and syncs what it missed; the report counts
+    /// `dropped`, `reconnected` and `reconnect_all_ms` (first drop → last
+    /// back).
+    #[arg(long)]
+    pub reconnect: bool,
     /// Prefix of every id (default: random).
     #[arg(long)]
     pub run_id: Option<String>,
@@ -216,6 +223,7 @@ impl LoadArgs {
             drain_ms: self.drain_ms,
             payload_bytes: self.payload_bytes.max(32),
             ack_delay_ms: self.ack_delay_ms,
+            reconnect: self.reconnect,
         };
         if plan.slots() > u64::from(u32::MAX) {
             bail!("too many connections in one run");

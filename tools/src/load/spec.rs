@@ -100,6 +100,10 @@ pub struct Plan {
     pub payload_bytes: u32,
     /// Longest a device holds back its `deliver_ack`, ms; 0: per read batch.
     pub ack_delay_ms: u32,
+    /// A connection the server closes during the run (a killed node) opens
+    /// again, on the slot's next target, and syncs what it missed.
+    #[serde(default)]
+    pub reconnect: bool,
 }
 
 /// Users per chatting pair.
@@ -215,9 +219,16 @@ impl Plan {
         format!("{}-g{group}", self.run_id)
     }
 
-    /// The target of a slot.
+    /// The target of a slot: round robin by slot.
     pub fn target(&self, slot: u32) -> SocketAddr {
-        self.targets[slot as usize % self.targets.len()]
+        self.target_after(slot, 0)
+    }
+
+    /// The target of a slot that has moved `moves` times (reconnected after
+    /// the server closed it, or failed to reconnect): the next address of
+    /// the list each time, so a slot leaves a dead node for the one after.
+    pub fn target_after(&self, slot: u32, moves: u32) -> SocketAddr {
+        self.targets[(slot as usize + moves as usize) % self.targets.len()]
     }
 
     /// The source address of a slot: rotates so that every (source, target)
@@ -441,6 +452,7 @@ mod tests {
             drain_ms: 1000,
             payload_bytes: 32,
             ack_delay_ms: 0,
+            reconnect: false,
         }
     }
 
@@ -542,5 +554,9 @@ mod tests {
                 .collect();
             assert_eq!(targets.len(), p.targets.len(), "group {group}");
         }
+        // A slot that moves goes to the next address, and wraps.
+        assert_eq!(p.target_after(0, 0), p.targets[0]);
+        assert_eq!(p.target_after(0, 1), p.targets[1]);
+        assert_eq!(p.target_after(1, 1), p.targets[0]);
     }
 }

@@ -222,6 +222,8 @@ struct Conn {
     attempt: u32,
     /// Storm: when this connection was dropped; 0 when it is not.
     dropped_at_ns: u64,
+    /// `--reconnect`: how many times this slot moved to the next target.
+    moves: u32,
     dev: Option<Box<Device>>,
 }
 
@@ -433,6 +435,7 @@ impl<W: Write> Worker<W> {
                 first_done: false,
                 attempt: 0,
                 dropped_at_ns: 0,
+                moves: 0,
                 dev,
             });
             if let Some(to) = plan.send_target(slot) {
@@ -682,7 +685,11 @@ impl<W: Write> Worker<W> {
 
     fn open(&mut self, i: usize, now: u64) {
         let slot = self.slot(i);
-        let (src, dst) = (self.plan().source(slot), self.plan().target(slot));
+        let moves = self.conns[i].moves;
+        let (src, dst) = (
+            self.plan().source(slot),
+            self.plan().target_after(slot, moves),
+        );
         self.res.attempts += 1;
         let c = &mut self.conns[i];
         c.since_ns = now;
@@ -993,7 +1000,26 @@ impl<W: Write> Worker<W> {
             c.attempt = 0;
             self.res.reconnected += 1;
             self.last_reconnect_ns = now;
+            if self.spec.plan.reconnect {
+                self.catch_up(i, now);
+            }
         }
+    }
+
+    /// `--reconnect`: a device back after its server closed it syncs every
+    /// conversation it knows from its cursor (what was sent while it was
+    /// away), as a client does after a reconnect.
+    fn catch_up(&mut self, i: usize, now: u64) {
+        if let Some(d) = self.conns[i].dev.as_mut() {
+            // A sync asked on the closed connection will never be answered.
+            d.sync_rid = 0;
+            for c in d.cursors.values_mut() {
+                if c.gap_since_ns == 0 {
+                    c.gap_since_ns = now;
+                }
+            }
+        }
+        self.sync_gaps(i, now, 0);
     }
 
     /// A connection attempt failed (before Live).
@@ -1009,6 +1035,10 @@ impl<W: Write> Worker<W> {
         if c.dropped_at_ns != 0 && c.attempt < RECONNECT_ATTEMPTS_MAX {
             self.res.reconnect_failures += 1;
             c.attempt += 1;
+            if self.spec.plan.reconnect {
+                // That address did not answer: try the next one.
+                c.moves += 1;
+            }
             let jitter_ms = u64::from(self.spec.plan.jitter_ms);
             let delay_ms = if jitter_ms == 0 {
                 RETRY_FIXED_MS
@@ -1036,6 +1066,20 @@ impl<W: Write> Worker<W> {
             .entry(reason.to_string())
             .or_default() += 1;
         self.conns[i].state = State::Dead;
+        if self.spec.plan.reconnect && matches!(self.phase, Phase::Main | Phase::Drain) {
+            // Its server went away: reconnect to the next target.
+            self.res.dropped += 1;
+            if self.storm_drop_ns == 0 {
+                self.storm_drop_ns = now;
+            }
+            let c = &mut self.conns[i];
+            c.state = State::Pending;
+            c.dropped_at_ns = now;
+            c.attempt = 0;
+            c.moves += 1;
+            self.retries
+                .push(Reverse((now + RETRY_FIXED_MS * 1_000_000, i)));
+        }
     }
 
     fn drop_sock(&mut self, i: usize) {
