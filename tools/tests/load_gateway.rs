@@ -305,3 +305,67 @@ fn connections_spread_over_two_gateways_and_source_addresses() {
         "{r}"
     );
 }
+
+#[test]
+fn reconnect_moves_connections_of_a_stopped_gateway_to_the_next_target() {
+    // Proves `--reconnect`: with `--target A,B`, stopping B while the load
+    // holds its connections sends each of them to the next target (A), and
+    // the report counts them dropped and back (B's 10 of 20), with every
+    // connection held at the end and A having accepted all 20.
+    let a = Gateway::start();
+    let mut b = Gateway::start();
+    let targets = format!("{},{}", a.tcp, b.tcp);
+    let metrics = format!("http://{}/metrics", a.http);
+    let b_http = b.http;
+    let load = {
+        let (targets, metrics) = (targets.clone(), metrics.clone());
+        std::thread::spawn(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_tern-load"))
+                .arg("idle")
+                .args(["--target", &targets, "--jwt-secret", SECRET])
+                .args(["--json", "--quiet", "--conns", "20", "--hold", "6"])
+                .args(["--reconnect", "--metrics", &metrics])
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stdout).trim())
+                    .unwrap_or(Value::Null),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    // Wait (bounded) until B holds its half, then stop it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !scrape(b_http).lines().any(|l| l == "tern_connections 10") {
+        assert!(std::time::Instant::now() < deadline, "B never held 10");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if let Some(s) = b.server.take() {
+        s.shutdown();
+    }
+    let (code, r, err) = load.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (n(&r, "dropped"), n(&r, "reconnected"), n(&r, "held")),
+        (10, 10, 20),
+        "{r}"
+    );
+    assert_eq!(
+        r["metrics_delta"]["tern_connections_opened_total"].as_f64(),
+        Some(20.0),
+        "{r}"
+    );
+}
+
+/// The text of `GET /metrics` (empty if the gateway does not answer).
+fn scrape(http: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
