@@ -307,6 +307,7 @@ fn connections_spread_over_two_gateways_and_source_addresses() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // polls the gateway's /metrics from the test thread
 fn reconnect_moves_connections_of_a_stopped_gateway_to_the_next_target() {
     // Proves `--reconnect`: with `--target A,B`, stopping B while the load
     // holds its connections sends each of them to the next target (A), and
