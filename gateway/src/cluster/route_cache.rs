@@ -319,7 +319,6 @@ fn short_reply() -> redis::RedisError {
 
 #[cfg(test)]
 #[path = "../../../backend/tests/support/redis_harness.rs"]
-#[allow(dead_code, clippy::disallowed_methods)]
 mod redis_harness;
 
 #[cfg(test)]
