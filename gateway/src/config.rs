@@ -563,7 +563,7 @@ pub struct ClusterSettings {
     pub redis_timeout_ms: u64,
     /// Users each backend worker keeps in its route cache (user → the
     /// nodes of their devices, kept true by the route log; docs/cluster.md,
-    /// "Route cache"); a full cache is emptied. About 100 B per offline
+    /// "Route cache"); a full cache is emptied. About 150 B per offline
     /// user, more per route held. 0 reads every recipient's routes on every
     /// batch. Default 100000.
     pub route_cache_entries_max: usize,
