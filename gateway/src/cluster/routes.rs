@@ -79,8 +79,11 @@ pub(crate) fn write(
             check_log(&link.pipeline(cmds)?)?;
         }
         Some(log) => {
-            link.pipeline(cmds)?;
+            // Appended even if some `HSET` failed: a route that did land
+            // must not go unannounced to the caches.
+            let written = link.pipeline(cmds);
             link.command(&log)?;
+            written?;
         }
         None => {
             link.pipeline(cmds)?;
