@@ -16,6 +16,12 @@ use cluster_support::{Redis, is_text, metric, nodes};
 use support::Client;
 use tern_protocol::pb::{self, frame::Body};
 
+/// Members online nowhere, so that a group's batches are big enough for the
+/// cache (`route_cache::BATCH_USERS_MIN` = 16 distinct recipients).
+fn padding() -> Vec<String> {
+    (0..16).map(|i| format!("quiet{i}")).collect()
+}
+
 const HITS: &str = "tern_cluster_route_cache_hits_total";
 const MISSES: &str = "tern_cluster_route_cache_misses_total";
 const RESETS: &str = "tern_cluster_route_cache_resets_total";
@@ -28,7 +34,7 @@ const RESETS: &str = "tern_cluster_route_cache_resets_total";
 /// to the nodes cached at the first — dave would get nothing, bob's push
 /// would go to n2 — and the waits below would time out. Two sends with no
 /// move in between are answered from the cache: the hit count rises by at
-/// least the four recipients and the misses do not move.
+/// least the 20 recipients and the misses do not move.
 #[test]
 fn members_moving_between_nodes_get_every_push_and_repeats_hit() {
     let redis = Redis::start();
@@ -39,7 +45,7 @@ fn members_moving_between_nodes_get_every_push_and_repeats_hit() {
     let r = alice.request(Body::GroupCreate(pb::GroupCreate {
         group_id: "crew".into(),
         name: "Crew".into(),
-        members: vec!["bob".into(), "carol".into(), "dave".into()],
+        members: [vec!["bob".into(), "carol".into(), "dave".into()], padding()].concat(),
         ..Default::default()
     }));
     assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
@@ -52,13 +58,13 @@ fn members_moving_between_nodes_get_every_push_and_repeats_hit() {
     carol.wait_push(is_text("one"));
 
     // The same send again, nothing moved: every recipient from the cache
-    // (alice, bob, carol, and dave online nowhere).
+    // (alice, bob, carol, and dave and the padding online nowhere).
     let (hits, misses) = (metric(&ns[0], HITS), metric(&ns[0], MISSES));
     let ack = alice.send_group_text("crew", "g2", "two");
     assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
     bob.wait_push(is_text("two"));
     carol.wait_push(is_text("two"));
-    assert!(metric(&ns[0], HITS) >= hits + 4, "hits did not rise by 4");
+    assert!(metric(&ns[0], HITS) >= hits + 20, "hits did not rise by 20");
     assert_eq!(metric(&ns[0], MISSES), misses, "a repeat read Redis");
 
     // Moves: bob n2 → n3, dave comes online on n2, carol adds a tablet on
@@ -111,7 +117,8 @@ fn members_moving_between_nodes_get_every_push_and_repeats_hit() {
 
 /// `route_cache_entries_max = 0` turns the cache off: every recipient of
 /// every send is a Redis read, nothing is counted as a hit, and pushes still
-/// cross nodes.
+/// cross nodes (1:1 batches are below `BATCH_USERS_MIN` and never use the
+/// cache anyway; the group here is above it).
 #[test]
 fn cache_off_reads_every_route() {
     let redis = Redis::start();
@@ -129,12 +136,22 @@ fn cache_off_reads_every_route() {
     }
     let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
     let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let r = alice.request(Body::GroupCreate(pb::GroupCreate {
+        group_id: "crew".into(),
+        name: "Crew".into(),
+        members: [vec!["bob".into()], padding()].concat(),
+        ..Default::default()
+    }));
+    assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
     redis.wait_routes("bob", &[("phone", "n2")]);
-    for (id, text) in [("m1", "first"), ("m2", "second")] {
-        let ack = alice.send_text("bob", id, text);
+    for (id, text) in [("m1", "first"), ("m2", "second"), ("m3", "third")] {
+        let ack = alice.send_group_text("crew", id, text);
         assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
         bob.wait_push(is_text(text));
     }
+    let ack = alice.send_text("bob", "d1", "direct");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(is_text("direct"));
     assert_eq!(metric(&ns[0], HITS), 0);
     assert_eq!(metric(&ns[0], MISSES), 0);
 }
@@ -153,7 +170,7 @@ fn a_lost_route_log_empties_the_cache() {
     let r = alice.request(Body::GroupCreate(pb::GroupCreate {
         group_id: "crew".into(),
         name: "Crew".into(),
-        members: vec!["bob".into(), "dave".into()],
+        members: [vec!["bob".into(), "dave".into()], padding()].concat(),
         ..Default::default()
     }));
     assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
@@ -215,7 +232,7 @@ fn cache_holds_on_redis_cluster() {
     let r = alice.request(Body::GroupCreate(pb::GroupCreate {
         group_id: "crew".into(),
         name: "Crew".into(),
-        members: vec!["bob".into(), "dave".into()],
+        members: [vec!["bob".into(), "dave".into()], padding()].concat(),
         ..Default::default()
     }));
     assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
@@ -230,7 +247,7 @@ fn cache_holds_on_redis_cluster() {
     assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
     bob.wait_push(is_text("three"));
     assert!(
-        metric(&ns[0], HITS) >= hits + 3,
+        metric(&ns[0], HITS) >= hits + 19,
         "repeat not from the cache"
     );
     let (mut dave, _) = Client::login(ns[1].tcp, "dave", "phone");

@@ -41,7 +41,11 @@ use tern_protocol::{
 };
 use tracing::warn;
 
-use super::{NodeView, conn, membership, route_cache::RouteCache, routes};
+use super::{
+    NodeView, conn, membership,
+    route_cache::{self, RouteCache},
+    routes,
+};
 use crate::{
     config::ClusterSettings,
     mailbox::Sender,
@@ -145,8 +149,10 @@ impl RemoteRouter {
             .collect();
         let started = Instant::now();
         let routes = match self.cache.as_mut() {
-            Some(cache) => cache.read(&mut self.link, &users, &self.metrics)?,
-            None => routes::read(&mut self.link, &users)?,
+            Some(cache) if users.len() >= route_cache::BATCH_USERS_MIN => {
+                cache.read(&mut self.link, &users, &self.metrics)?
+            }
+            _ => routes::read(&mut self.link, &users)?,
         };
         self.metrics
             .route_read_latency

@@ -58,6 +58,13 @@ use crate::{config::ClusterSettings, metrics::ClusterMetrics};
 /// The route log: a stream of the users given a route, for the caches.
 pub const LOG_KEY: &str = "tern:rt:log";
 
+/// Distinct recipients a batch needs before its routes go through the
+/// cache: a smaller batch (1:1 chat) reads them directly, one round trip of
+/// a few `HGETALL`s, cheaper than the log read (measured: 57 µs direct vs
+/// 76 µs through a warm cache for 2 users). Skipping the cache never makes
+/// it wrong: the log is read from the cursor whenever it is used.
+pub const BATCH_USERS_MIN: usize = 16;
+
 /// Entries the route log keeps (`XADD MAXLEN ~`): a worker that falls
 /// further behind than this starts its cache again.
 pub const LOG_ENTRIES_MAX: u64 = 1_024;
@@ -355,7 +362,7 @@ mod tests {
         let connector = Connector::new(&[server.url()], false, Duration::from_secs(10)).unwrap();
         let mut link = connector.link();
         let metrics = ClusterMetrics::default();
-        for g in [1_000usize, 10_000] {
+        for g in [2usize, 1_000, 10_000] {
             let users: Vec<String> = (0..g).map(|i| format!("m{g}-{i}")).collect();
             let seed = users
                 .iter()
@@ -393,7 +400,10 @@ mod tests {
                 (cpu_ms(pid) - cpu) * 1000 / u64::from(reps),
             );
             assert_eq!(direct, cached, "G = {g}");
-            assert_eq!(cached.iter().filter(|r| !r.is_empty()).count(), g / 10);
+            assert_eq!(
+                cached.iter().filter(|r| !r.is_empty()).count(),
+                g.div_ceil(10)
+            );
             println!(
                 "G = {g}: route read per message: no cache {off:?} (Redis CPU {off_cpu} us), \
                  warm cache {on:?} (Redis CPU {on_cpu} us)"
