@@ -23,7 +23,8 @@ if [ -n "${BIN:-}" ]; then TERN=$BIN/tern; LOAD=$BIN/tern-load; fi
 NODES=${NODES:-3}; REDIS=${REDIS:-single}; SHARDS=${SHARDS:-1}; SECS=${SECS:-10}
 PAIRS=${PAIRS:-1000}; RAMP=${RAMP:-5000}; HOLD=${HOLD:-5}
 SCENARIO=${1:-}; shift || true
-RUN="$(mktemp -d "${TMPDIR:-/tmp}/tern-cluster.XXXXXX")"; DIRS+=("$RUN")
+RUN="$(mktemp -d "${TMPDIR:-/tmp}/tern-cluster.XXXXXX")"
+if [ -n "${KEEP:-}" ]; then echo "keeping $RUN" >&2; else DIRS+=("$RUN"); fi
 build
 
 # ---- processes ----
@@ -43,16 +44,28 @@ start_redis_any() {
 
 NODE_PIDS=(); NODE_TCP=(); NODE_HTTP=()
 start_node() { # I: node nI, its config and data under $RUN/nI
-  local i=$1 dir="$RUN/n$1" tcp ws http
+  local i=$1 dir="$RUN/n$1" tcp ws http attempt
   mkdir -p "$dir"
   printf '[cluster]\n%s\n' "${CLUSTER_TOML:-}" >"$dir/tern.toml"
-  alloc_port tcp; alloc_port ws; alloc_port http
-  TERN_LOG=warn "$TERN" serve --config "$dir/tern.toml" --store redis --redis-url "$REDIS_URLS" \
-    "${REDIS_ARGS[@]}" --node-id "n$i" --data-dir "$dir" --jwt-secret "$SECRET" --shards "$SHARDS" \
-    --listen "127.0.0.1:$tcp" --ws-listen "127.0.0.1:$ws" --http "127.0.0.1:$http" >"$dir/tern.log" 2>&1 &
-  LAST_PID=$!; PIDS+=("$LAST_PID")
-  NODE_PIDS[$i]=$LAST_PID; NODE_TCP[$i]=127.0.0.1:$tcp; NODE_HTTP[$i]=127.0.0.1:$http
-  wait_port 127.0.0.1 "$tcp"
+  for attempt in 1 2; do
+    alloc_port tcp; alloc_port ws; alloc_port http
+    TERN_LOG=warn "$TERN" serve --config "$dir/tern.toml" --store redis --redis-url "$REDIS_URLS" \
+      "${REDIS_ARGS[@]}" --node-id "n$i" --data-dir "$dir" --jwt-secret "$SECRET" --shards "$SHARDS" \
+      --listen "127.0.0.1:$tcp" --ws-listen "127.0.0.1:$ws" --http "127.0.0.1:$http" >>"$dir/tern.log" 2>&1 &
+    LAST_PID=$!; PIDS+=("$LAST_PID")
+    NODE_PIDS[$i]=$LAST_PID; NODE_TCP[$i]=127.0.0.1:$tcp; NODE_HTTP[$i]=127.0.0.1:$http
+    # Up once it listens and is still alive (bounded: 10 s).
+    for _ in $(seq 1 200); do
+      kill -0 "$LAST_PID" 2>/dev/null || break
+      (exec 3<>"/dev/tcp/127.0.0.1/$tcp") 2>/dev/null && kill -0 "$LAST_PID" 2>/dev/null && return 0
+      sleep 0.05
+    done
+    # Said out loud, not hidden by the retry: a start that failed is a finding.
+    echo "node n$i did not start (attempt $attempt); its log says:" >&2
+    tail -3 "$dir/tern.log" >&2
+    kill "$LAST_PID" 2>/dev/null || true
+  done
+  exit 1
 }
 
 metric() { # HTTP NAME: an unlabelled sample of one node's /metrics (0 if absent)
@@ -64,12 +77,15 @@ metric_sum() { # NAME [NODE...]: summed over the given nodes (default: all start
   echo "$s"
 }
 wait_live() { # N: until every started node sees N live nodes (bounded: 15 s)
-  local i
+  local i ok
   for i in "${!NODE_HTTP[@]}"; do
+    ok=""
     for _ in $(seq 1 150); do
-      [ "$(metric "${NODE_HTTP[$i]}" tern_cluster_live_nodes)" = "$1" ] && break
+      [ "$(metric "${NODE_HTTP[$i]}" tern_cluster_live_nodes)" = "$1" ] && { ok=1; break; }
       sleep 0.1
     done
+    [ -n "$ok" ] && kill -0 "${NODE_PIDS[$i]}" 2>/dev/null ||
+      { echo "node n$i is gone or never saw $1 live nodes (log: $RUN/n$i/tern.log)" >&2; exit 1; }
   done
 }
 targets() { # [NODE...]: their client addresses, comma-separated (default: all)
@@ -109,7 +125,7 @@ cpu_report() { # LABEL UNITS UNIT_NAME: CPU ms of each process since cpu_mark, a
   done
   echo "cpu [$label]:$line"
   awk -v l="$label" -v n="$nodes" -v r="$redis" -v u="$units" -v w="$what" 'BEGIN {
-    if (u > 0) printf "cpu per %s [%s]: nodes %.1f us, redis %.1f us (%d %ss)\n", w, l, n * 1000 / u, r * 1000 / u, u, w }'
+    if (u > 0) printf "cpu per %s [%s]: nodes %.1f us, redis %.1f us (%d of them)\n", w, l, n * 1000 / u, r * 1000 / u, u }'
 }
 
 # ---- scenarios ----
@@ -233,16 +249,24 @@ stop_nodes() { # SIGTERM every node started so far, by PID; wait for each
   NODE_PIDS=(); NODE_TCP=(); NODE_HTTP=()
 }
 
-hist_mean_us() { # NAME: mean of a histogram summed over the nodes, us (and its count)
+route_read_buckets() { # the route read histogram of every node, summed: "<=bound:count" cumulative
+  local i
+  for i in "${!NODE_HTTP[@]}"; do curl -s --max-time 2 "http://${NODE_HTTP[$i]}/metrics"; done |
+    awk -F'[{}"]' '/^tern_cluster_route_read_latency_seconds_bucket/ { split($5, v, " "); c[$3] += v[1]; if (!($3 in seen)) { seen[$3] = 1; order[n++] = $3 } }
+      END { for (k = 0; k < n; k++) printf "<=%s:%d ", order[k], c[order[k]] }'
+}
+
+route_read_per() { # MESSAGES: the workers' route read time summed over the nodes, per message
   local sum count
-  sum=$(metric_sum "${1}_seconds_sum"); count=$(metric_sum "${1}_seconds_count")
-  awk -v s="$sum" -v c="$count" 'BEGIN { if (c > 0) printf "%.0f us over %d batches", s * 1e6 / c, c; else print "no batches" }'
+  sum=$(metric_sum tern_cluster_route_read_latency_seconds_sum)
+  count=$(metric_sum tern_cluster_route_read_latency_seconds_count)
+  awk -v s="$sum" -v c="$count" -v m="$1" 'BEGIN { if (m > 0) printf "%.0f us (%d reads)", s * 1e6 / m, c; else print "-" }'
 }
 
 scenario_routecost() { # G RATE: the route read of a G-member group message, cache off then on
   local g=${1:?routecost G RATE} rate=${2:?routecost G RATE} i mode extra=${CLUSTER_TOML:-}
   start_redis_any
-  printf '%-6s %8s %10s %34s %10s %12s\n' cache sent delivered "route read per batch (mean)" hgetall hgetall_us
+  printf '%-6s %8s %10s %28s %10s %12s\n' cache sent delivered "route read per message" hgetall hgetall_us >"$RUN/routecost.txt"
   for mode in off on; do
     if [ "$mode" = off ]; then CLUSTER_TOML="route_cache_entries_max = 0
 $extra"; else CLUSTER_TOML=$extra; fi
@@ -258,11 +282,14 @@ $extra"; else CLUSTER_TOML=$extra; fi
         awk -F'[:=,]' '/^cmdstat_hgetall:/ { print $3, $5 }')
       calls=$((calls + ${c:-0})); usec=$((usec + ${u:-0}))
     done
-    printf '%-6s %8s %10s %34s %10s %12s\n' "$mode" "$(jq .sent "$RUN/route-$mode.json")" \
-      "$(jq .delivered "$RUN/route-$mode.json")" "$(hist_mean_us tern_cluster_route_read_latency)" "$calls" "$usec"
-    echo "route cache: hits $(metric_sum tern_cluster_route_cache_hits_total), misses $(metric_sum tern_cluster_route_cache_misses_total), resets $(metric_sum tern_cluster_route_cache_resets_total)"
+    local sent; sent=$(jq .sent "$RUN/route-$mode.json")
+    printf '%-6s %8s %10s %28s %10s %12s\n' "$mode" "$sent" \
+      "$(jq .delivered "$RUN/route-$mode.json")" "$(route_read_per "$sent")" "$calls" "$usec" >>"$RUN/routecost.txt"
+    echo "route reads by latency, all nodes (cumulative): $(route_read_buckets)"
+    echo "route cache $mode: hits $(metric_sum tern_cluster_route_cache_hits_total), misses $(metric_sum tern_cluster_route_cache_misses_total), resets $(metric_sum tern_cluster_route_cache_resets_total)"
     stop_nodes
   done
+  cat "$RUN/routecost.txt"
 }
 
 case "$SCENARIO" in
