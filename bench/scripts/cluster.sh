@@ -23,6 +23,18 @@ if [ -n "${BIN:-}" ]; then TERN=$BIN/tern; LOAD=$BIN/tern-load; fi
 NODES=${NODES:-3}; REDIS=${REDIS:-single}; SHARDS=${SHARDS:-1}; SECS=${SECS:-10}
 PAIRS=${PAIRS:-1000}; RAMP=${RAMP:-5000}; HOLD=${HOLD:-5}
 SCENARIO=${1:-}; shift || true
+# On exit: stop what was started in reverse order (the load, then the nodes,
+# which leave the cluster cleanly, then Redis), each by PID, then the
+# shared cleanup (lib.sh) removes the temp dir.
+stop_reverse() {
+  local k p
+  for ((k = ${#PIDS[@]} - 1; k >= 0; k--)); do
+    p=${PIDS[$k]}
+    kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+  done
+  true
+}
+trap 'stop_reverse; cleanup' EXIT
 RUN="$(mktemp -d "${TMPDIR:-/tmp}/tern-cluster.XXXXXX")"
 if [ -n "${KEEP:-}" ]; then echo "keeping $RUN" >&2; else DIRS+=("$RUN"); fi
 build

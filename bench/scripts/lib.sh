@@ -29,6 +29,7 @@ cleanup() {
   for d in "${DIRS[@]:-}"; do
     [ -n "$d" ] && rm -rf "$d"
   done
+  true # an empty DIRS must not make the script's exit status 1
 }
 trap cleanup EXIT
 
