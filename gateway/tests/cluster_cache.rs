@@ -257,3 +257,52 @@ fn cache_holds_on_redis_cluster() {
     dave.wait_push(is_text("four"));
     bob.wait_push(is_text("four"));
 }
+
+/// Bad input in the route log (an entry without `u`, one with a `u` that is
+/// not UTF-8) is never trusted: the reading worker empties its cache and
+/// starts again (a reset is counted), nothing panics, and members keep
+/// getting every push — dave, who logs in right after the garbage, too.
+#[test]
+fn garbage_in_the_route_log_resets_the_cache() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 2);
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let r = alice.request(Body::GroupCreate(pb::GroupCreate {
+        group_id: "crew".into(),
+        name: "Crew".into(),
+        members: [vec!["bob".into(), "dave".into()], padding()].concat(),
+        ..Default::default()
+    }));
+    assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    let mut c = redis.conn();
+    let garbage: [&[&[u8]]; 2] = [&[b"x", b"y"], &[b"u", b"\xff\xfe"]];
+    for (round, fields) in garbage.into_iter().enumerate() {
+        // Warm: the first send takes a cursor (after a reset), the second
+        // fills the cache.
+        for k in 0..2 {
+            let text = format!("warm{round}.{k}");
+            let ack = alice.send_group_text("crew", &text, &text);
+            assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+            bob.wait_push(|f| support::delivered_text(f).is_some_and(|(_, _, t)| t == text));
+        }
+        let resets = metric(&ns[0], RESETS);
+        let mut x = redis::cmd("XADD");
+        x.arg("tern:rt:log").arg("*");
+        for f in fields {
+            x.arg(*f);
+        }
+        let _: String = x.query(&mut c).unwrap();
+        let (mut dave, _) = Client::login(ns[1].tcp, "dave", "phone");
+        redis.wait_routes("dave", &[("phone", "n2")]);
+        let text: &'static str = ["after.x", "after.bad.utf-8"][round];
+        let ack = alice.send_group_text("crew", text, text);
+        assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+        dave.wait_push(is_text(text));
+        bob.wait_push(is_text(text));
+        assert_eq!(metric(&ns[0], RESETS), resets + 1, "garbage not refused");
+        drop(dave);
+        redis.wait_routes("dave", &[]);
+    }
+}
