@@ -94,8 +94,10 @@ pub type Routes = Arc<[(String, String)]>;
 #[derive(Debug)]
 pub struct RouteCache {
     entries: HashMap<Box<str>, Cached>,
-    /// Id of an entry of the log every kept entry was filled after; `None`
-    /// when the cache must start again (then `entries` is empty).
+    /// Id of the last log entry applied: every kept entry has had every
+    /// invalidation up to it applied, and the entries after it are still to
+    /// be read. `None` when the cache must start again (then `entries` is
+    /// empty).
     cursor: Option<String>,
     entries_max: usize,
     ttl: Duration,
@@ -126,16 +128,6 @@ impl RouteCache {
             entries_max: settings.route_cache_entries_max,
             ttl: Duration::from_millis(settings.route_cache_ttl_ms),
         })
-    }
-
-    /// Users cached now.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Forgets `user` (its routes were just cleaned up).
