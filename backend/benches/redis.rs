@@ -81,6 +81,7 @@ fn caller(user: &str) -> Caller {
     Caller {
         user_id: user.to_owned(),
         device_id: "bench".to_owned(),
+        admin: false,
     }
 }
 

@@ -58,7 +58,7 @@ impl Bed {
             None => pb::send::To::UserId(format!("peer{}", self.n as usize % DIRECT_CONVS)),
         };
         Request {
-            caller: Caller { user_id: from.to_owned(), device_id: "bench".to_owned() },
+            caller: Caller { user_id: from.to_owned(), device_id: "bench".to_owned(), admin: false },
             body: Body::Send(pb::Send {
                 client_msg_id: format!("b{}", self.n),
                 to: Some(to),
@@ -175,6 +175,7 @@ fn sync_1000(c: &mut Criterion) {
     let bob = Caller {
         user_id: "bob".into(),
         device_id: "bench".into(),
+        admin: false,
     };
     let mut g = c.benchmark_group("sync");
     g.sample_size(30);
@@ -219,6 +220,7 @@ fn group_bed() -> Bed {
     let owner = Caller {
         user_id: "u0".into(),
         device_id: "bench".into(),
+        admin: false,
     };
     let out = bed.domain.handle(
         &owner,

@@ -33,9 +33,10 @@ use prost::Message as _;
 use tern_protocol::pb;
 
 use crate::store::{
-    Append, AppendEffect, AppendRefused, Appended, ConvHead, FriendRecord, FriendRequestRecord,
-    GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord,
-    PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
+    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, FriendRecord,
+    FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
+    PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv,
+    ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -127,6 +128,8 @@ struct Keyspaces {
     block: SingleWriterTxKeyspace,
     /// `user` → encoded [`PresenceSetting`].
     presence_setting: SingleWriterTxKeyspace,
+    /// `user` → encoded [`BanRecord`].
+    ban: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -155,6 +158,7 @@ impl EmbeddedStore {
             freq_in: open("freq_in")?,
             block: open("block")?,
             presence_setting: open("presence_setting")?,
+            ban: open("ban")?,
         };
         Ok(Self {
             db,
@@ -512,6 +516,19 @@ impl Store for EmbeddedStore {
             .iter()
             .map(|u| self.get(&self.ks.presence_setting, u.as_bytes()))
             .collect()
+    }
+
+    fn put_ban(&self, user: &str, ban: Option<&BanRecord>) -> StoreResult<()> {
+        let mut tx = self.write_tx();
+        match ban {
+            Some(b) => tx.insert(&self.ks.ban, user.as_bytes(), b.encode_to_vec()),
+            None => tx.remove(&self.ks.ban, user.as_bytes()),
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>> {
+        self.get(&self.ks.ban, user.as_bytes())
     }
 }
 

@@ -28,13 +28,14 @@ use parking_lot::{Condvar, Mutex};
 use prost::Message as _;
 use redis::cluster::{ClusterClientBuilder, ClusterConnection, ClusterPipeline};
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
-use redis::{Cmd, ConnectionLike, RedisError, Value};
+use redis::{Cmd, ConnectionLike, RedisError, ServerErrorKind, Value};
 use tern_protocol::pb;
 
 use crate::store::{
-    Append, AppendEffect, AppendRefused, Appended, ConvHead, FriendRecord, FriendRequestRecord,
-    GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord,
-    PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv, ViewChange,
+    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, FriendRecord,
+    FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
+    PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv,
+    ViewChange,
 };
 use keys::{ConvKeys, KeyError, PairKeys, UserKeys};
 
@@ -55,6 +56,17 @@ const RANGE_LIMIT_MAX: u64 = i64::MAX as u64;
 const PRESENCE_GRACE_MS: u64 = 60_000;
 /// Longest time a presence record is kept, whatever it asks for.
 const PRESENCE_TTL_MS_MAX: u64 = 7 * 24 * 3_600_000;
+/// Retries of one command on Redis Cluster (a redirect, `TRYAGAIN`, a
+/// lost node), each `TRYAGAIN` waiting a random 10 ms … min(200 ms,
+/// 10 ms·2^retry): a command that keeps getting `TRYAGAIN` (a slot half
+/// moved) fails within about 0.7 s. The `redis` crate's default (16
+/// retries, each waiting at least 1.28 s) held a backend worker, and every
+/// request queued behind it, for 20 s or more.
+pub const CLUSTER_RETRIES_MAX: u32 = 6;
+/// Shortest wait before a cluster retry, and the formula's factor.
+pub const CLUSTER_RETRY_WAIT_MS_MIN: u64 = 10;
+/// Longest wait before a cluster retry.
+pub const CLUSTER_RETRY_WAIT_MS_MAX: u64 = 200;
 /// Entries of the "already indexed" cache ([`RedisStore`]'s `indexed`);
 /// at about 100 bytes each, 100k entries is about 10 MB.
 const INDEXED_CACHE_ENTRIES_MAX: usize = 100_000;
@@ -229,6 +241,14 @@ pub enum RedisStoreError {
     Config(String),
 }
 
+impl RedisStoreError {
+    /// The connection died under the call (EOF, reset, refused), as
+    /// opposed to a timeout, an error reply or bad data.
+    fn is_connection_dropped(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.is_connection_dropped() && !e.is_timeout())
+    }
+}
+
 impl From<RedisError> for RedisStoreError {
     fn from(e: RedisError) -> Self {
         Self::Redis(e)
@@ -308,9 +328,6 @@ impl RedisStore {
         &self.version
     }
 
-    /// Runs `f` on a pooled connection. A connection that saw an error is
-    /// dropped rather than reused: after a timeout or a cluster redirect
-    /// its state (pending replies, slot map) is not to be trusted.
     /// `GET`s one key of each user (`key` picks it from the user's keys) in
     /// one pipeline (split by slot in a cluster) and decodes each value.
     fn get_per_user<T: prost::Message + Default>(
@@ -333,11 +350,50 @@ impl RedisStore {
         vals.into_iter().map(|v| decode_opt::<T>(v, what)).collect()
     }
 
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+    /// Runs `f` on a pooled connection. A connection that saw an error is
+    /// dropped rather than reused: after a timeout or a cluster redirect its
+    /// state (pending replies, slot map) is not to be trusted.
+    ///
+    /// When a connection taken from the idle list turns out dead (the server
+    /// restarted while it was idle: EOF or reset, not a timeout), the other
+    /// idle connections are as old and are dropped too, and `f` runs once
+    /// more on a fresh connection. So the first call after a Redis restart
+    /// succeeds instead of failing on a socket that died with the old
+    /// server. Only for calls that are exact when repeated (reads, plain
+    /// puts and deletes, appends that all carry a dedup record);
+    /// [`RedisStore::with_conn_once`] is the rest.
+    fn with_conn<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
         let mut lease = self.pool.get()?;
         let r = f(lease.conn());
+        let Err(e) = r else { return r };
+        lease.discard();
+        if !(lease.reused && e.is_connection_dropped()) {
+            return Err(e);
+        }
+        drop(lease);
+        self.pool.drop_idle();
+        let mut fresh = self.pool.get()?;
+        let r = f(fresh.conn());
         if r.is_err() {
+            fresh.discard();
+        }
+        r
+    }
+
+    /// Like [`RedisStore::with_conn`] without the repeat: for calls whose
+    /// second run could differ from the first (a group change checks and
+    /// bumps a version; an append without a dedup record allocates a new
+    /// seq). A dead idle connection still clears the idle list, so the
+    /// caller's retry gets a fresh one.
+    fn with_conn_once<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
+        let mut lease = self.pool.get()?;
+        let r = f(lease.conn());
+        if let Err(e) = &r {
             lease.discard();
+            if lease.reused && e.is_connection_dropped() {
+                drop(lease);
+                self.pool.drop_idle();
+            }
         }
         r
     }
@@ -462,30 +518,38 @@ impl RedisStore {
                 appends.add_once(append_cmd(&k, now_ms, item)?);
             }
         }
-        let replies = self.with_conn(|conn| {
-            // Index entries first: they must exist before the record they
-            // point to. One server executes a pipeline in order, so one
-            // round trip suffices; a cluster spreads it over nodes that
-            // execute independently, so there the index goes first, alone.
-            let replies = if index.is_empty() {
-                self.run(conn, &appends)?
-            } else if conn.is_cluster() {
+        // Index entries first: they must exist before the record they point
+        // to. One server executes a pipeline in order, so one round trip
+        // suffices; a cluster spreads it over nodes that execute
+        // independently, so there the index goes first, alone.
+        let (index, appends, skip) = if index.is_empty() || self.pool.is_cluster() {
+            (index, appends, 0)
+        } else {
+            let n = index.cmds.len();
+            let mut both = index;
+            both.extend(appends);
+            (Pipe::default(), both, n)
+        };
+        let batch = |conn: &mut Conn| {
+            if !index.is_empty() {
                 self.run(conn, &index)?;
-                self.run(conn, &appends)?
-            } else {
-                let n = index.cmds.len();
-                let mut both = index;
-                both.extend(appends);
-                let mut r = self.run(conn, &both)?;
-                r.drain(..n);
-                r
-            };
+            }
+            let mut replies = self.run(conn, &appends)?;
+            replies.drain(..skip);
             self.wait_durable(conn)?;
             replies
                 .iter()
                 .map(parse_append_reply)
                 .collect::<Result<Vec<_>>>()
-        })?;
+        };
+        // An append with a dedup record is exact when repeated (the second
+        // run answers the first's seq, as a duplicate); one without (a read
+        // mark, a recall) would take a second seq.
+        let replies = if items.iter().all(|i| i.dedup.is_some()) {
+            self.with_conn(batch)?
+        } else {
+            self.with_conn_once(batch)?
+        };
         if !new_index.is_empty() {
             let mut known = self.indexed.lock();
             if known.len() + new_index.len() > INDEXED_CACHE_ENTRIES_MAX {
@@ -569,7 +633,7 @@ impl RedisStore {
         }
         let mut pipe = Pipe::default();
         pipe.add_once(c);
-        self.with_conn(|conn| {
+        self.with_conn_once(|conn| {
             if !index.is_empty() {
                 self.run(conn, &index)?;
             }
@@ -651,7 +715,7 @@ impl RedisStore {
                 }
             }
         }
-        self.with_conn(|conn| {
+        self.with_conn_once(|conn| {
             // One function call per hash tag, each all or none. A single
             // server runs one call over the keys of every tag, so there the
             // whole call is all or none. A cluster cannot run one function
@@ -763,7 +827,21 @@ impl RedisStore {
     }
 }
 
-/// The `SET` that stores a presence record with its expiry.
+/// Writes a "last device left" presence record (`KEYS[1]`, value
+/// `ARGV[1]`, TTL `ARGV[2]` ms) only while no gateway node counts a device
+/// of the user (`KEYS[2]`, the user's presence node set, is empty).
+const PRESENCE_SET_IF_NO_NODE: &str = "if redis.call('SCARD', KEYS[2]) == 0 then \
+     return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 0";
+
+/// The command that stores a presence record with its expiry.
+///
+/// A record saying the user's last counting device left (`connected:
+/// false`) is written only while the user's presence node set is empty:
+/// with several gateway nodes, a device that connected on another node
+/// after this node decided "last" has already added that node to the set,
+/// and its ONLINE record must not be overwritten by this late OFFLINE. One
+/// script on the user's slot, so the check and the write are atomic. On a
+/// single node the set is empty here (the gateway removed itself first).
 fn presence_set(record: &PresenceRecord) -> Result<Cmd> {
     let k = UserKeys::new(&record.user_id)?;
     // A relative TTL (not PXAT): the record's times come from the
@@ -773,6 +851,16 @@ fn presence_set(record: &PresenceRecord) -> Result<Cmd> {
         .saturating_sub(record.updated_ms)
         .saturating_add(PRESENCE_GRACE_MS)
         .min(PRESENCE_TTL_MS_MAX);
+    if !record.connected {
+        let mut c = redis::cmd("EVAL");
+        c.arg(PRESENCE_SET_IF_NO_NODE)
+            .arg(2)
+            .arg(&k.presence)
+            .arg(&k.presence_nodes)
+            .arg(record.encode_to_vec())
+            .arg(ttl_ms);
+        return Ok(c);
+    }
     let mut c = redis::cmd("SET");
     c.arg(&k.presence)
         .arg(record.encode_to_vec())
@@ -1172,6 +1260,29 @@ impl Store for RedisStore {
     fn presences(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceRecord>>> {
         Ok(self.get_per_user(users, |k| &k.presence, "presence")?)
     }
+
+    fn put_ban(&self, user: &str, ban: Option<&BanRecord>) -> StoreResult<()> {
+        let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let c = match ban {
+            Some(b) => {
+                let mut c = redis::cmd("SET");
+                c.arg(&k.ban).arg(b.encode_to_vec());
+                c
+            }
+            None => {
+                let mut c = redis::cmd("DEL");
+                c.arg(&k.ban);
+                c
+            }
+        };
+        self.one(c)?;
+        Ok(())
+    }
+
+    fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>> {
+        let mut got = self.get_per_user(&[user], |k| &k.ban, "ban")?;
+        Ok(got.pop().flatten())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1394,6 +1505,28 @@ fn per_node(v: Value) -> Vec<Value> {
     }
 }
 
+/// The indexes of a cluster pipeline's commands that a node refused with
+/// a redirect (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the command did
+/// not run there); `None` when the error is anything else or also holds
+/// another error.
+fn redirected(e: &RedisError) -> Option<HashSet<usize>> {
+    let errs = e.clone().into_server_errors()?;
+    errs.iter()
+        .map(|(i, se)| {
+            matches!(
+                se.kind(),
+                Some(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                )
+            )
+            .then_some(*i)
+        })
+        .collect()
+}
+
 fn is_function_missing(e: &RedisError) -> bool {
     e.to_string().contains("Function not found")
 }
@@ -1596,6 +1729,14 @@ impl Conn {
         matches!(self, Self::Cluster(_))
     }
 
+    /// False once the client saw the connection fail (no round trip).
+    fn is_open(&self) -> bool {
+        match self {
+            Self::Single(c) => c.is_open(),
+            Self::Cluster(c) => c.is_open(),
+        }
+    }
+
     /// Runs a pipeline: one round trip (one per node in a cluster, all
     /// nodes written before any is read).
     fn query(&mut self, pipe: &Pipe) -> Result<Vec<Value>, RedisError> {
@@ -1614,7 +1755,26 @@ impl Conn {
                 for cmd in &pipe.cmds {
                     p.add_command(cmd.clone());
                 }
-                p.query(c)
+                match p.query(c) {
+                    // The crate's sync cluster pipeline does not follow
+                    // redirects (redis 1.2: a node's MOVED/ASK/TRYAGAIN
+                    // reply comes back as an error of the pipeline), and it
+                    // drops the replies of the commands that ran. A
+                    // redirected command did not run, so when every command
+                    // that must not run twice is among those, the pipeline
+                    // is run again one command at a time: the single-command
+                    // path follows MOVED (refreshing the slot map) and ASK
+                    // (with ASKING), and waits out TRYAGAIN, with the
+                    // client's bounded retries. This happens only while a
+                    // slot moves.
+                    Err(e) => match redirected(&e) {
+                        Some(not_run) if pipe.once.iter().all(|i| not_run.contains(i)) => {
+                            pipe.cmds.iter().map(|cmd| c.req_command(cmd)).collect()
+                        }
+                        _ => Err(e),
+                    },
+                    ok => ok,
+                }
             }
         }
     }
@@ -1712,6 +1872,10 @@ impl Pool {
                     ClusterClientBuilder::new(urls.clone())
                         .connection_timeout(connect_timeout)
                         .response_timeout(io_timeout)
+                        .retries(CLUSTER_RETRIES_MAX)
+                        .min_retry_wait(CLUSTER_RETRY_WAIT_MS_MIN)
+                        .max_retry_wait(CLUSTER_RETRY_WAIT_MS_MAX)
+                        .retry_wait_formula(CLUSTER_RETRY_WAIT_MS_MIN, 2)
                         .build()?,
                 )
             }
@@ -1735,9 +1899,15 @@ impl Pool {
         let mut s = self.state.lock();
         loop {
             if let Some(c) = s.idle.pop() {
+                if !c.is_open() {
+                    // Known broken (the client saw its socket fail): close it.
+                    s.open -= 1;
+                    continue;
+                }
                 return Ok(Lease {
                     pool: self,
                     conn: Some(c),
+                    reused: true,
                 });
             }
             if s.open < self.connections_max {
@@ -1748,6 +1918,7 @@ impl Pool {
                     Ok(c) => Ok(Lease {
                         pool: self,
                         conn: Some(c),
+                        reused: false,
                     }),
                     Err(e) => {
                         self.state.lock().open -= 1;
@@ -1760,6 +1931,21 @@ impl Pool {
                 return Err(RedisStoreError::PoolExhausted(self.pool_wait_ms));
             }
         }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.connector, Connector::Cluster(_))
+    }
+
+    /// Closes every idle connection: one of them was found dead, so the
+    /// server restarted (or the network dropped) while they were idle.
+    fn drop_idle(&self) {
+        let mut s = self.state.lock();
+        let n = s.idle.len();
+        s.idle.clear();
+        s.open -= n;
+        drop(s);
+        self.freed.notify_all();
     }
 
     fn connect(&self) -> Result<Conn> {
@@ -1779,6 +1965,9 @@ impl Pool {
 struct Lease<'a> {
     pool: &'a Pool,
     conn: Option<Conn>,
+    /// It came from the idle list (it may have died while idle), rather
+    /// than being made for this lease.
+    reused: bool,
 }
 
 impl Lease<'_> {

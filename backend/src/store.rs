@@ -337,6 +337,15 @@ pub trait Store: Send + Sync {
     /// One read for all of them (a login storm asks for every user logging
     /// in).
     fn presence_settings(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceSetting>>>;
+
+    // ---- bans (durable) -----------------------------------------------------
+
+    /// Bans `user` (`Some`, replacing an earlier ban) or lifts the ban
+    /// (`None`), durably.
+    fn put_ban(&self, user: &str, ban: Option<&BanRecord>) -> StoreResult<()>;
+
+    /// `user`'s ban, if banned.
+    fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>>;
 }
 
 // ---------------------------------------------------------------------------
@@ -734,4 +743,16 @@ pub struct PresenceSetting {
     /// When it was chosen.
     #[prost(uint64, tag = "3")]
     pub updated_ms: u64,
+}
+
+/// A ban set by an operator (the server API): the user's devices are
+/// kicked and their logins refused until it is lifted.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BanRecord {
+    /// Why, for the operator and the kicked devices.
+    #[prost(string, tag = "1")]
+    pub reason: String,
+    /// When it was set.
+    #[prost(uint64, tag = "2")]
+    pub since_ms: u64,
 }

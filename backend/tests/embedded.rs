@@ -39,6 +39,7 @@ fn data_survives_close_and_reopen() {
     let alice = Caller {
         user_id: "alice".into(),
         device_id: "p".into(),
+        admin: false,
     };
     let t = 1_700_000_000_000;
     {
@@ -100,6 +101,7 @@ fn a_presence_setting_survives_a_restart() {
     let alice = Caller {
         user_id: "alice".into(),
         device_id: "p".into(),
+        admin: false,
     };
     let t = 1_700_000_000_000;
     let busy = |text: &str| {
@@ -195,6 +197,7 @@ fn sigkill_loses_no_acknowledged_message() {
     let sender = Caller {
         user_id: "writer".into(),
         device_id: "w".into(),
+        admin: false,
     };
     for (conv, max) in max_seq {
         let peer = conv
@@ -232,6 +235,7 @@ fn kill_test_writer_process() {
     let caller = Caller {
         user_id: "writer".into(),
         device_id: "w".into(),
+        admin: false,
     };
     let mut out = std::io::stdout().lock();
     let mut n: u64 = 0;

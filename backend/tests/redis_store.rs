@@ -522,3 +522,45 @@ fn sigkill_in_the_middle_of_a_send_stream_loses_no_ack() {
     assert_eq!(ids.len() as u64, tried);
     assert!(log.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
 }
+
+#[test]
+fn a_last_device_presence_waits_while_a_gateway_node_counts_the_user() {
+    // Proves the cross-node presence rule of the Redis store: a record
+    // saying the user's last device left (`connected: false`) is not
+    // written while the user's presence node set (kept by the gateways,
+    // `{u:<user>}:pn`) names a node — a device connected there after
+    // another node decided "last" — and is written once the set is empty.
+    // Before the rule, the late OFFLINE overwrote the newer ONLINE.
+    let server = RedisServer::start(ServerOptions::EPHEMERAL);
+    let store = open(&server);
+    let record =
+        |state: pb::PresenceState, connected: bool, at: u64| tern_backend::store::PresenceRecord {
+            user_id: "alice".into(),
+            state: state as i32,
+            text: String::new(),
+            updated_ms: at,
+            expires_at_ms: at + 60_000,
+            connected,
+        };
+    let online = record(pb::PresenceState::Online, true, 10);
+    store.put_presence(&online).unwrap();
+    let mut c = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("SADD")
+        .arg("{u:alice}:pn")
+        .arg("n2")
+        .query::<i64>(&mut c)
+        .unwrap();
+    let offline = record(pb::PresenceState::Offline, false, 20);
+    store.put_presences(std::slice::from_ref(&offline)).unwrap();
+    assert_eq!(store.presences(&["alice"]).unwrap(), [Some(online)]);
+    redis::cmd("SREM")
+        .arg("{u:alice}:pn")
+        .arg("n2")
+        .query::<i64>(&mut c)
+        .unwrap();
+    store.put_presence(&offline).unwrap();
+    assert_eq!(store.presences(&["alice"]).unwrap(), [Some(offline)]);
+}

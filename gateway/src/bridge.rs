@@ -8,10 +8,15 @@
 //! grouped by their owner shard, so a fan-out to 10,000 members is one ring
 //! item per shard, not 10,000.
 //!
-//! On the Redis store a worker also has a [`RemoteRouter`]: after a batch
-//! committed, the pushes for devices on other nodes go to those nodes'
-//! delivery streams (one record per push and node) before any SendAck of
-//! the batch is released.
+//! On the Redis store a worker also has a [`RemoteRouter`]: before a batch
+//! is handled, its node bookkeeping (route changes, and the presence
+//! updates the shards send for a user's first and last device here) is
+//! written in one pipeline, so a device's route exists before its first
+//! sync (queued behind it) is answered; after the batch committed, the
+//! pushes for devices on other nodes go to those nodes' delivery streams
+//! (one record per push and node) before any SendAck of the batch is
+//! released. Between batches it re-checks the users whose presence was on
+//! a node that died, and sets OFFLINE those online nowhere else.
 
 use std::{
     sync::{
@@ -30,7 +35,7 @@ use tern_protocol::{
 
 use crate::{
     cluster::{
-        RemoteRouter,
+        Note, RemoteRouter,
         channel::{EntryMeta, OutPush},
     },
     mailbox::{Doorbell, Receiver, Sender},
@@ -45,6 +50,10 @@ pub struct Caller {
     pub user: String,
     /// The device it came from.
     pub device: String,
+    /// An operator's call through the server API (`crate::api`): the domain
+    /// lets it act without friendship or group membership. Set only by
+    /// `api::ApiBackend`; a connection's requests never carry it.
+    pub admin: bool,
 }
 
 /// One client request on its way to the backend.
@@ -61,7 +70,33 @@ pub struct BackendRequest {
     /// A sync made on behalf of a connection after `Auth.resume_cursors`:
     /// its answer is pushed as a `Deliver` of the listed conversations.
     pub resume: bool,
+    /// A call of the server API (`crate::api`): the answer goes here instead
+    /// of to a connection (`from` is then unused). Boxed: one word in every
+    /// ring entry.
+    pub reply: Option<ApiReply>,
+    /// Not a request but a route change of the caller's device (cluster
+    /// mode): written by the worker before it handles the batch, never
+    /// answered. Riding the user's ring, it stays in order with the user's
+    /// requests and the device's other route changes.
+    pub route: Option<RouteChange>,
 }
+
+/// A device logged in on this node or left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Logged in: the route names this node (and displaces the device on
+    /// the node it named before).
+    Up,
+    /// Closed: the route goes if it still names this node.
+    Down,
+    /// Still connected after this node's lease had lapsed: the route is
+    /// written back only if the device has none.
+    Restore,
+}
+
+/// Where a server API call waits for its answer (the reply body, or `None`
+/// for a fire-and-forget request that succeeded).
+pub type ApiReply = Box<tokio::sync::oneshot::Sender<Option<Body>>>;
 
 /// Something the backend wants pushed to connected devices.
 #[derive(Debug)]
@@ -127,6 +162,9 @@ pub struct WorkerSetup {
     pub stop: Arc<AtomicBool>,
     /// Pushes to devices on other nodes (the Redis store); `None` alone.
     pub remote: Option<RemoteRouter>,
+    /// Webhooks around each batch (`crate::webhooks`); `None` when none is
+    /// configured.
+    pub webhooks: Option<crate::webhooks::WorkerHooks>,
 }
 
 /// Runs a backend worker on the current thread until `stop` is set and its
@@ -135,7 +173,23 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
     let shards = w.to_shards.len();
     let mut batch: Vec<BackendRequest> = Vec::with_capacity(w.batch_max);
     let mut next_tick = Instant::now();
+    let mut next_recheck = Instant::now();
     loop {
+        // Users whose presence was on a dead node: a bounded chunk between
+        // two batches, so chat traffic keeps flowing meanwhile.
+        if let Some(remote) = w.remote.as_mut() {
+            if remote.rechecks_pending() && Instant::now() >= next_recheck {
+                match remote.rechecked() {
+                    Ok(users) => {
+                        set_offline(users, &*service, remote, &mut w.to_shards, &w.stop);
+                    }
+                    Err(e) => {
+                        next_recheck = Instant::now() + std::time::Duration::from_millis(TICK_MS);
+                        tracing::warn!(error = %e, "cluster: presence re-check failed");
+                    }
+                }
+            }
+        }
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + std::time::Duration::from_millis(TICK_MS);
             let pushes: Vec<OutPush> = service.tick(unix_ms()).into_iter().map(encode).collect();
@@ -167,11 +221,25 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             if w.stop.load(Ordering::Acquire) {
                 return;
             }
+            let rechecks = w
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.rechecks_pending() && Instant::now() >= next_recheck);
             w.bell.prepare_sleep();
-            if w.inbox.iter().all(Receiver::is_empty) && !w.stop.load(Ordering::Acquire) {
+            if w.inbox.iter().all(Receiver::is_empty)
+                && !w.stop.load(Ordering::Acquire)
+                && !rechecks
+            {
                 std::thread::park_timeout(std::time::Duration::from_millis(100));
             }
             w.bell.awake();
+            continue;
+        }
+        match w.remote.as_mut() {
+            Some(remote) => node_bookkeeping(remote, &mut batch),
+            None => batch.retain(|r| r.route.is_none()),
+        }
+        if batch.is_empty() {
             continue;
         }
         let started = Instant::now();
@@ -193,7 +261,14 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 )
             })
             .collect();
-        let answers = service.handle_batch(unix_ms(), calls);
+        let answers = match w.webhooks.as_mut() {
+            // Before-send, then the domain, then the after-events.
+            Some(hooks) => {
+                let from_api: Vec<bool> = batch.iter().map(|r| r.reply.is_some()).collect();
+                crate::webhooks::handle_batch(hooks, &*service, unix_ms(), calls, &from_api)
+            }
+            None => service.handle_batch(unix_ms(), calls),
+        };
         w.metrics
             .batch_latency
             .observe_us(started.elapsed().as_micros() as u64);
@@ -213,7 +288,16 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             let all: Vec<&OutPush> = answers.iter().flat_map(|(_, p)| p.iter()).collect();
             remote.send(&all);
         }
-        for (req, (reply, pushes)) in batch.drain(..).zip(answers.drain(..)) {
+        for (mut req, (reply, pushes)) in batch.drain(..).zip(answers.drain(..)) {
+            if let Some(to) = req.reply.take() {
+                // A server API call: pushes first (as for a connection's
+                // send), then its answer; a caller that gave up is gone.
+                for p in pushes {
+                    route(&mut w.to_shards, shards, p, &w.stop);
+                }
+                let _ = to.send(reply);
+                continue;
+            }
             if req.resume {
                 // Always answered, even with nothing to push: the shard holds
                 // the connection's live pushes until its resume is answered.
@@ -243,6 +327,99 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg, &w.stop);
             }
         }
+    }
+}
+
+/// Writes the node bookkeeping of a batch (one pipeline) and removes from
+/// it what the domain must not see: route changes, and the `Disconnected`
+/// of a user still online on another live node.
+fn node_bookkeeping(remote: &mut RemoteRouter, batch: &mut Vec<BackendRequest>) {
+    let drop: Vec<bool> = {
+        let notes: Vec<(usize, Note<'_>)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| note_of(r).map(|n| (i, n)))
+            .collect();
+        if notes.is_empty() {
+            return;
+        }
+        let keep = remote.note(&notes.iter().map(|(_, n)| *n).collect::<Vec<_>>());
+        let mut drop = vec![false; batch.len()];
+        for ((i, _), keep) in notes.iter().zip(keep) {
+            drop[*i] = !keep;
+        }
+        drop
+    };
+    let mut i = 0;
+    batch.retain(|_| {
+        i += 1;
+        !drop[i - 1]
+    });
+}
+
+/// The node bookkeeping a request carries: a route change, or the
+/// gateway's presence update (a caller without a device, as the domain
+/// tells them apart) for a user's first or last counting device here.
+fn note_of(r: &BackendRequest) -> Option<Note<'_>> {
+    let (user, device) = (r.caller.user.as_str(), r.caller.device.as_str());
+    match r.route {
+        Some(RouteChange::Up) => return Some(Note::RouteUp { user, device }),
+        Some(RouteChange::Down) => return Some(Note::RouteDown { user, device }),
+        Some(RouteChange::Restore) => return Some(Note::RouteRestore { user, device }),
+        None => {}
+    }
+    let Some(Body::SetPresence(p)) = &r.frame.body else {
+        return None;
+    };
+    if !device.is_empty() {
+        return None;
+    }
+    match pb::PresenceState::try_from(p.state) {
+        Ok(pb::PresenceState::Online) => Some(Note::Connected { user }),
+        Ok(pb::PresenceState::Offline) => Some(Note::Disconnected { user }),
+        _ => None,
+    }
+}
+
+/// Sets `users` OFFLINE (the gateway's "last device left", in one domain
+/// batch) and pushes the result to their friends wherever they are.
+fn set_offline(
+    users: Vec<String>,
+    service: &dyn ChatService,
+    remote: &mut RemoteRouter,
+    to_shards: &mut [Sender<ShardMsg>],
+    stop: &AtomicBool,
+) {
+    if users.is_empty() {
+        return;
+    }
+    let calls = users
+        .into_iter()
+        .map(|user| {
+            let body = Body::SetPresence(pb::SetPresenceRequest {
+                state: pb::PresenceState::Offline as i32,
+                text: String::new(),
+            });
+            (
+                Caller {
+                    user,
+                    device: String::new(),
+                    admin: false,
+                },
+                body,
+            )
+        })
+        .collect();
+    let pushes: Vec<OutPush> = service
+        .handle_batch(unix_ms(), calls)
+        .into_iter()
+        .flat_map(|a| a.effects)
+        .map(encode)
+        .collect();
+    remote.send(&pushes.iter().collect::<Vec<_>>());
+    let shards = to_shards.len();
+    for p in pushes {
+        route(to_shards, shards, p, stop);
     }
 }
 

@@ -42,6 +42,14 @@ pub struct Config {
     pub http: HttpSettings,
     /// Many nodes on one Redis (the Redis store only).
     pub cluster: ClusterSettings,
+    /// The server API for existing services (`/api/v1`, on the HTTP edge).
+    pub api: ApiSettings,
+    /// Operator calls of the server API: system senders, lists, broadcasts.
+    pub api_ops: ApiOpsSettings,
+    /// Media upload and download (`/api/v1/media`, on the HTTP edge).
+    pub media: MediaSettings,
+    /// Webhooks: the before-send hook and the after-event feed.
+    pub webhooks: WebhookSettings,
 }
 
 /// Where clients and operators connect.
@@ -209,10 +217,33 @@ impl Default for ChatSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// Give up waiting and exit after this. Default 30000.
+    /// Give up waiting and exit after this. Default 30000. A drain of N
+    /// connections takes about N / `kick_rate_per_node` seconds: keep this
+    /// above that (connections still open at the deadline are closed
+    /// without a kick when the process exits).
     pub deadline_ms: u64,
-    /// Kick frames sent per second per shard while draining. Default 10000.
-    pub kick_rate_per_shard: u32,
+    /// `Kick{SHUTDOWN}` frames per second for the whole node while draining,
+    /// split evenly over the shards (each shard gets at least 1/s).
+    /// Default 5000: 100,000 connections drain in 20 s.
+    pub kick_rate_per_node: u32,
+    /// Each kick's `retry_after_ms` is drawn uniformly from
+    /// `retry_after_min_ms..=retry_after_max_ms`, so clients kicked in the
+    /// same instant come back spread over the window. Default 500.
+    pub retry_after_min_ms: u32,
+    /// Upper end of the `retry_after_ms` window; must be at least
+    /// `retry_after_min_ms`. Default 5000.
+    pub retry_after_max_ms: u32,
+}
+
+impl ShutdownConfig {
+    /// The kick rate of shard `id` of `shards`: the node's rate split
+    /// evenly (the remainder to the first shards), at least 1 per second.
+    pub fn kick_rate_of_shard(&self, id: usize, shards: usize) -> u32 {
+        let shards = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
+        let id = u32::try_from(id).unwrap_or(u32::MAX);
+        let extra = u32::from(id < self.kick_rate_per_node % shards);
+        (self.kick_rate_per_node / shards + extra).max(1)
+    }
 }
 
 /// Logs (to stderr).
@@ -335,7 +366,9 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             deadline_ms: 30_000,
-            kick_rate_per_shard: 10_000,
+            kick_rate_per_node: 5_000,
+            retry_after_min_ms: 500,
+            retry_after_max_ms: 5_000,
         }
     }
 }
@@ -475,6 +508,15 @@ impl Config {
         if self.backend.workers == 0 || self.backend.batch_max == 0 {
             return invalid("backend.workers", "need at least one worker and batch of 1");
         }
+        if self.shutdown.kick_rate_per_node == 0 {
+            return invalid("shutdown.kick_rate_per_node", "must be > 0");
+        }
+        if self.shutdown.retry_after_min_ms > self.shutdown.retry_after_max_ms {
+            return invalid(
+                "shutdown.retry_after_max_ms",
+                "must be at least shutdown.retry_after_min_ms",
+            );
+        }
         if self.listen.accept_rate_per_shard == 0 {
             return invalid("listen.accept_rate_per_shard", "must be > 0");
         }
@@ -520,6 +562,10 @@ impl Config {
             return invalid("node_id", "must be 1..=64 bytes of [A-Za-z0-9._@-]");
         }
         self.cluster.validate()?;
+        self.api.validate()?;
+        self.api_ops.validate()?;
+        self.media.validate()?;
+        self.webhooks.validate()?;
         Ok(())
     }
 }
@@ -541,15 +587,6 @@ pub struct ClusterSettings {
     pub node_lease_ms: u64,
     /// How often a node re-reads the list of live nodes. Default 1000.
     pub nodes_refresh_ms: u64,
-    /// Route changes (login, close) are written to Redis in one pipeline at
-    /// most this often. Default 5.
-    pub route_flush_ms: u64,
-    /// Route changes in one pipeline at most. Default 1024.
-    pub route_batch_max: usize,
-    /// Entries of each shard's route-change ring to the cluster thread; a
-    /// full ring drops the change and counts it
-    /// (`tern_cluster_route_ring_full_total`). Default 65536.
-    pub route_ring_entries_max: usize,
     /// Records kept in each node's delivery stream (`XADD MAXLEN ~`).
     /// Default 100000.
     pub channel_records_max: u64,
@@ -578,9 +615,6 @@ impl Default for ClusterSettings {
         Self {
             node_lease_ms: 10_000,
             nodes_refresh_ms: 1_000,
-            route_flush_ms: 5,
-            route_batch_max: 1_024,
-            route_ring_entries_max: 65_536,
             channel_records_max: 100_000,
             channel_read_batch_max: 256,
             channel_block_ms: 500,
@@ -605,13 +639,6 @@ impl ClusterSettings {
         }
         if self.nodes_refresh_ms == 0 || self.nodes_refresh_ms > self.node_lease_ms {
             return invalid("cluster.nodes_refresh_ms", "must be 1..=node_lease_ms");
-        }
-        if self.route_flush_ms == 0 || self.route_batch_max == 0 || self.route_ring_entries_max == 0
-        {
-            return invalid(
-                "cluster.route_flush_ms",
-                "flush interval, batch and ring must be > 0",
-            );
         }
         if self.channel_records_max == 0 || self.channel_read_batch_max == 0 {
             return invalid("cluster.channel_records_max", "must be > 0");
@@ -804,5 +831,423 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("[session]\nheartbeat_intervall_ms = 5\n").unwrap_err();
         assert!(err.to_string().contains("heartbeat_intervall_ms"), "{err}");
+    }
+    /// The node's kick rate is split over its shards without exceeding it
+    /// (the remainder to the first shards), except that every shard gets at
+    /// least 1/s; a zero rate and an inverted retry window are refused.
+    #[test]
+    fn drain_settings_split_and_validate() {
+        let mut c = Config::default();
+        c.shutdown.kick_rate_per_node = 100;
+        let rates: Vec<u32> = (0..3)
+            .map(|i| c.shutdown.kick_rate_of_shard(i, 3))
+            .collect();
+        assert_eq!(rates, [34, 33, 33]);
+        c.shutdown.kick_rate_per_node = 2;
+        let rates: Vec<u32> = (0..4)
+            .map(|i| c.shutdown.kick_rate_of_shard(i, 4))
+            .collect();
+        assert_eq!(rates, [1, 1, 1, 1]);
+        c.shutdown.kick_rate_per_node = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("shutdown.kick_rate_per_node"), "{err}");
+        c.shutdown.kick_rate_per_node = 10;
+        c.shutdown.retry_after_min_ms = 10;
+        c.shutdown.retry_after_max_ms = 9;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("shutdown.retry_after_max_ms"), "{err}");
+        c.shutdown.retry_after_max_ms = 10;
+        c.validate().unwrap();
+    }
+}
+
+// ---- [api]: the server API for existing services ----
+
+/// The server API (`/api/v1` on the HTTP edge, docs/http-api.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// The API keys services present (`Authorization: Bearer <key>`). No
+    /// key configured: every `/api/v1` call is 401. Default none.
+    pub keys: Vec<ApiKeyConfig>,
+    /// How long a call waits for the backend before 503. Default 5000.
+    pub backend_timeout_ms: u64,
+    /// Requests from the API queued to one backend worker at most; beyond,
+    /// 503 with `Retry-After`. Default 1024.
+    pub queue_entries_max: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            backend_timeout_ms: 5_000,
+            queue_entries_max: 1_024,
+        }
+    }
+}
+
+/// One API key and what it may do.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and metrics (never the key).
+    pub name: String,
+    /// The secret, at least 16 bytes. Prefer `TERN_API_KEY` (one key, all
+    /// scopes, named `env`) to a file.
+    pub key: String,
+    /// What it may call: `messages`, `users`, `groups`, `read`, `media`,
+    /// `admin` (everything).
+    pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// The scopes an API key may hold.
+pub const API_SCOPES: [&str; 6] = ["messages", "users", "groups", "read", "media", "admin"];
+
+/// Shortest API key, bytes.
+pub const API_KEY_BYTES_MIN: usize = 16;
+
+impl ApiSettings {
+    /// Checks keys and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        let mut names = std::collections::HashSet::new();
+        for k in &self.keys {
+            if k.name.is_empty() || !names.insert(k.name.as_str()) {
+                return invalid(
+                    "api.keys",
+                    format!("key names must be set and unique ({:?})", k.name),
+                );
+            }
+            if k.key.len() < API_KEY_BYTES_MIN {
+                return invalid(
+                    "api.keys",
+                    format!("key {:?} is shorter than {API_KEY_BYTES_MIN} bytes", k.name),
+                );
+            }
+            if let Some(bad) = k.scopes.iter().find(|s| !API_SCOPES.contains(&s.as_str())) {
+                return invalid(
+                    "api.keys",
+                    format!(
+                        "key {:?}: unknown scope {bad:?} (known: {})",
+                        k.name,
+                        API_SCOPES.join(", ")
+                    ),
+                );
+            }
+        }
+        if self.backend_timeout_ms == 0 || self.queue_entries_max == 0 {
+            return invalid(
+                "api",
+                "backend_timeout_ms and queue_entries_max must be > 0".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Operator calls of the server API (`[api_ops]`, docs/http-api.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiOpsSettings {
+    /// User ids a service may send as with operator rights (`from` of
+    /// `POST /api/v1/messages` and broadcasts): no friendship or group
+    /// membership needed. Other senders follow the chat rules. Also the
+    /// user group and ban calls act as (the first one). Default `["system"]`.
+    pub system_users: Vec<String>,
+    /// Recipients of one send to a list (`to_users`) at most; more is 400.
+    /// Default 1000.
+    pub recipients_max: usize,
+    /// Users one broadcast sends to per second at most (the rest wait).
+    /// Default 1000.
+    pub broadcast_users_per_second: u32,
+    /// Request ids of list sends and broadcasts remembered, for a replay to
+    /// get the original answer; the oldest are forgotten first. Default
+    /// 10000.
+    pub request_ids_max: usize,
+}
+
+impl Default for ApiOpsSettings {
+    fn default() -> Self {
+        Self {
+            system_users: vec!["system".into()],
+            recipients_max: 1_000,
+            broadcast_users_per_second: 1_000,
+            request_ids_max: 10_000,
+        }
+    }
+}
+
+impl ApiOpsSettings {
+    /// Checks the ids and bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        if self.system_users.is_empty()
+            || self
+                .system_users
+                .iter()
+                .any(|u| tern_protocol::ids::check_id(u).is_err())
+        {
+            return invalid(
+                "api_ops.system_users",
+                "give at least one valid user id".into(),
+            );
+        }
+        if self.recipients_max == 0
+            || self.broadcast_users_per_second == 0
+            || self.request_ids_max == 0
+        {
+            return invalid(
+                "api_ops",
+                "recipients_max, broadcast_users_per_second and request_ids_max must be > 0".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+// ---- [media]: upload and download of images, files, voice and video ----
+
+/// Media upload and download (`/api/v1/media`, docs/http-api.md "Media").
+/// Each limit is checked from `Content-Length` before the body is read and
+/// again while it streams to disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Where objects are kept. Default empty: `<backend.data_dir>/media`.
+    pub dir: Option<PathBuf>,
+    /// Largest image upload, bytes. Default 20 MiB.
+    pub image_bytes_max: u64,
+    /// Largest file upload, bytes. Default 100 MiB.
+    pub file_bytes_max: u64,
+    /// Largest voice upload, bytes. Default 10 MiB.
+    pub voice_bytes_max: u64,
+    /// Largest video upload, bytes. Default 200 MiB.
+    pub video_bytes_max: u64,
+    /// Most pixels (width × height) an image may declare; more is refused
+    /// from its header, before any pixel is decoded (decode bombs).
+    /// Default 40,000,000.
+    pub image_pixels_max: u64,
+    /// Longest edge of a thumbnail, pixels. Default 320.
+    pub thumbnail_edge_px: u32,
+    /// Longest edge of the compressed variant, pixels. Default 1600.
+    pub compressed_edge_px: u32,
+    /// JPEG quality of thumbnails and compressed variants, 1..=100. Default 80.
+    pub jpeg_quality: u8,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            image_bytes_max: 20 << 20,
+            file_bytes_max: 100 << 20,
+            voice_bytes_max: 10 << 20,
+            video_bytes_max: 200 << 20,
+            image_pixels_max: 40_000_000,
+            thumbnail_edge_px: 320,
+            compressed_edge_px: 1600,
+            jpeg_quality: 80,
+        }
+    }
+}
+
+impl MediaSettings {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.into(),
+            })
+        };
+        if [
+            self.image_bytes_max,
+            self.file_bytes_max,
+            self.voice_bytes_max,
+            self.video_bytes_max,
+            self.image_pixels_max,
+        ]
+        .contains(&0)
+        {
+            return invalid("media", "byte and pixel limits must be > 0");
+        }
+        if self.thumbnail_edge_px == 0 || self.compressed_edge_px < self.thumbnail_edge_px {
+            return invalid(
+                "media",
+                "thumbnail_edge_px must be > 0 and compressed_edge_px at least as large",
+            );
+        }
+        if !(1..=100).contains(&self.jpeg_quality) {
+            return invalid("media.jpeg_quality", "must be 1..=100");
+        }
+        Ok(())
+    }
+
+    /// The media directory for a store kept in `data_dir`.
+    pub fn dir_in(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("media"))
+    }
+}
+
+// ---- [webhooks]: before-send hook and after-event feed ----
+
+/// Webhooks to existing services (docs/http-api.md, "Webhooks"): a
+/// synchronous before-send hook that may allow, reject or rewrite each
+/// message, and an asynchronous feed of events (messages stored, recalled,
+/// read; group and friend changes; users online and offline). Both off
+/// while their URL is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// The HMAC-SHA256 key that signs every webhook request (events and
+    /// before-send). Required when a URL is set. Default empty.
+    pub secret: String,
+    /// Where each batch of sends is POSTed before it is stored (`http://`
+    /// only). Empty: no before-send hook. Default empty.
+    pub before_send_url: String,
+    /// The whole before-send call (connect, request, answer) must finish
+    /// within this; a batch of sends waits at most this long. Default 500.
+    pub before_send_timeout_ms: u64,
+    /// What a send becomes when the hook times out, fails, answers non-2xx
+    /// or garbage: `open` (stored as it is) or `closed` (refused with
+    /// `INTERNAL`). Default `open`.
+    pub before_send_failure: FailurePolicy,
+    /// Largest before-send answer read, bytes; a longer one is garbage.
+    /// Default 1048576.
+    pub before_send_response_bytes_max: usize,
+    /// Where events are POSTed (`http://` only). Empty: no events. Default
+    /// empty.
+    pub events_url: String,
+    /// Events waiting for delivery at most; beyond, new events are dropped
+    /// and counted (`tern_webhook_events_dropped_total`): a slow receiver
+    /// never blocks chat. Default 10000.
+    pub events_queue_max: usize,
+    /// Events in one POST at most. Default 100.
+    pub events_per_post_max: usize,
+    /// POSTs in flight at once at most. Default 4.
+    pub events_posts_in_flight_max: usize,
+    /// One delivery attempt (connect, request, answer) must finish within
+    /// this. Default 5000.
+    pub events_timeout_ms: u64,
+    /// Attempts per POST, the first included; then its events are counted
+    /// as failed. Default 5.
+    pub events_attempts_max: u32,
+    /// Wait before the first retry; doubled each retry up to
+    /// `events_retry_max_ms`. Default 500.
+    pub events_retry_initial_ms: u64,
+    /// Longest wait between two attempts. Default 30000.
+    pub events_retry_max_ms: u64,
+    /// At shutdown, how long POSTs in flight may still finish; what is left
+    /// is dropped and counted. Default 2000.
+    pub events_shutdown_grace_ms: u64,
+}
+
+/// What a failed before-send call means for the sends it covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Store the sends as they are.
+    Open,
+    /// Refuse them (`INTERNAL`, retryable).
+    Closed,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secret: String::new(),
+            before_send_url: String::new(),
+            before_send_timeout_ms: 500,
+            before_send_failure: FailurePolicy::Open,
+            before_send_response_bytes_max: 1 << 20,
+            events_url: String::new(),
+            events_queue_max: 10_000,
+            events_per_post_max: 100,
+            events_posts_in_flight_max: 4,
+            events_timeout_ms: 5_000,
+            events_attempts_max: 5,
+            events_retry_initial_ms: 500,
+            events_retry_max_ms: 30_000,
+            events_shutdown_grace_ms: 2_000,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// Checks URLs, the secret and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        for (name, url) in [
+            ("webhooks.before_send_url", &self.before_send_url),
+            ("webhooks.events_url", &self.events_url),
+        ] {
+            if url.is_empty() {
+                continue;
+            }
+            let ok = url.starts_with("http://")
+                && url
+                    .parse::<hyper::Uri>()
+                    .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+            if !ok {
+                return invalid(
+                    name,
+                    format!(
+                        "{url:?} is not an http:// URL (https is not built in: put a TLS proxy on loopback in front)"
+                    ),
+                );
+            }
+            if self.secret.is_empty() {
+                return invalid(
+                    "webhooks.secret",
+                    format!("{name} needs a secret to sign with"),
+                );
+            }
+        }
+        for (name, v) in [
+            (
+                "webhooks.before_send_timeout_ms",
+                self.before_send_timeout_ms,
+            ),
+            ("webhooks.events_timeout_ms", self.events_timeout_ms),
+            (
+                "webhooks.events_attempts_max",
+                u64::from(self.events_attempts_max),
+            ),
+            ("webhooks.events_queue_max", self.events_queue_max as u64),
+            (
+                "webhooks.events_per_post_max",
+                self.events_per_post_max as u64,
+            ),
+            (
+                "webhooks.events_posts_in_flight_max",
+                self.events_posts_in_flight_max as u64,
+            ),
+            (
+                "webhooks.before_send_response_bytes_max",
+                self.before_send_response_bytes_max as u64,
+            ),
+        ] {
+            if v == 0 {
+                return invalid(name, "must be at least 1".into());
+            }
+        }
+        if self.events_retry_initial_ms > self.events_retry_max_ms {
+            return invalid(
+                "webhooks.events_retry_initial_ms",
+                "must not exceed events_retry_max_ms".into(),
+            );
+        }
+        Ok(())
     }
 }

@@ -68,6 +68,11 @@ use crate::{
     metrics::{HttpMetrics, HttpTimeout, Metrics},
 };
 
+/// Requests under this path are not held to `[http] body_bytes_max`: their
+/// routes apply limits of their own, before reading and while streaming
+/// (media uploads, `api::media`).
+pub const OWN_BODY_LIMIT_PREFIX: &str = "/api/v1/media";
+
 /// State the built-in routes read.
 #[derive(Debug, Clone)]
 pub struct HttpState {
@@ -195,11 +200,25 @@ impl HttpServer {
             .min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
         let connections = Arc::new(Semaphore::new(connections_max as usize));
         let body_max = settings.body_bytes_max;
-        let router = router
+        // Routes under OWN_BODY_LIMIT_PREFIX hold their bodies to limits of
+        // their own (media uploads); every other route gets `body_max`.
+        let own = router.clone();
+        let limited = router
             // axum's extractors (Bytes, Json, ...) stop at this ...
             .layer(DefaultBodyLimit::max(body_max))
             // ... and every body, streamed or not, at this: 413.
             .layer(RequestBodyLimitLayer::new(body_max));
+        let router =
+            Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
+                use tower::ServiceExt as _;
+                let own_limit = req.uri().path().starts_with(OWN_BODY_LIMIT_PREFIX);
+                let route = if own_limit {
+                    own.clone()
+                } else {
+                    limited.clone()
+                };
+                route.oneshot(req)
+            }));
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())

@@ -7,19 +7,23 @@
 //! - [`wheel`]: the per-shard timing wheel behind every connection deadline.
 //! - [`metrics`], [`http`]: per-shard counters and the HTTP edge.
 //! - [`cluster`]: the node tier on Redis (membership, routes, node channel).
+//! - [`api`]: the server API for existing services (`/api/v1`, OpenAPI).
 //!
 //! The gateway never blocks a shard thread: storage work happens on backend
 //! worker threads.
 
+pub mod api;
 pub mod auth;
 pub mod bridge;
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod mailbox;
+pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod shard;
+pub mod webhooks;
 pub mod wheel;
 pub mod ws;

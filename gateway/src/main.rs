@@ -95,6 +95,10 @@ struct Overrides {
     /// HS256 secret for client tokens.
     #[arg(long, env = "TERN_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// A server API key with every scope, named `env` (more keys and
+    /// scopes: `[[api.keys]]` in the config file).
+    #[arg(long, env = "TERN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Number of shards (0: one per core).
     #[arg(long, env = "TERN_SHARDS")]
     shards: Option<usize>,
@@ -164,6 +168,13 @@ impl Overrides {
         }
         if let Some(v) = &self.jwt_secret {
             cfg.auth.jwt_secret = v.clone();
+        }
+        if let Some(v) = &self.api_key {
+            cfg.api.keys.push(tern_gateway::config::ApiKeyConfig {
+                name: "env".into(),
+                key: v.clone(),
+                scopes: vec!["admin".into()],
+            });
         }
         if let Some(v) = self.shards {
             cfg.shards.count = v;

@@ -35,10 +35,12 @@ pub enum CloseReason {
     Error,
     /// The shard was full.
     Refused,
+    /// An operator kicked the device or banned its user (server API).
+    Kicked,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 9] = [
+    const ALL: [CloseReason; 10] = [
         Self::Peer,
         Self::Auth,
         Self::HeartbeatTimeout,
@@ -48,6 +50,7 @@ impl CloseReason {
         Self::Shutdown,
         Self::Error,
         Self::Refused,
+        Self::Kicked,
     ];
 
     fn label(self) -> &'static str {
@@ -61,6 +64,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::Error => "error",
             Self::Refused => "refused",
+            Self::Kicked => "kicked",
         }
     }
 }
@@ -98,7 +102,7 @@ pub struct ShardMetrics {
     /// Connections accepted.
     pub opened: AtomicU64,
     /// Connections closed, by [`CloseReason`].
-    pub closed: [AtomicU64; 9],
+    pub closed: [AtomicU64; 10],
     /// Auth attempts refused.
     pub auth_failures: AtomicU64,
     /// Frames and bytes from clients.
@@ -157,10 +161,9 @@ pub struct BackendMetrics {
 /// routing); all zero on the embedded store.
 #[derive(Debug, Default)]
 pub struct ClusterMetrics {
-    /// Route entries written to Redis (HSET and conditional HDEL).
+    /// Route entries written to Redis (set on login, conditional delete on
+    /// close), by the backend workers.
     pub route_writes: AtomicU64,
-    /// Route changes dropped because a shard's route ring was full.
-    pub route_ring_full: AtomicU64,
     /// Route pipelines that failed (Redis away); their changes are lost.
     pub route_write_errors: AtomicU64,
     /// Stale routes (naming a dead node) removed.
@@ -175,6 +178,19 @@ pub struct ClusterMetrics {
     pub records_dropped: AtomicU64,
     /// Live nodes in this node's view (itself included).
     pub live_nodes: AtomicI64,
+    /// Displacement records sent: a login here took the route of the same
+    /// device connected on another node.
+    pub displacements_sent: AtomicU64,
+    /// Displacement records received (a connection here to kick).
+    pub displacements_received: AtomicU64,
+    /// A user's last counting device here left while one was connected on
+    /// another live node: no OFFLINE.
+    pub presence_kept: AtomicU64,
+    /// Users re-checked because their presence was on a node that died.
+    pub presence_reaped: AtomicU64,
+    /// Renewals that found this node's own lease lapsed (its devices were
+    /// counted again).
+    pub lease_lapses: AtomicU64,
     /// Recipients whose routes the workers' route caches answered.
     pub route_cache_hits: AtomicU64,
     /// Recipients whose routes were read from Redis (not cached, expired,
@@ -241,6 +257,35 @@ impl HttpMetrics {
     }
 }
 
+/// Counters of the webhooks (`crate::webhooks`): the before-send outcomes
+/// per message, written by the backend workers, and the after-event
+/// delivery, written by the webhook thread and (enqueue, drop) the workers.
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    /// Sends the before-send hook allowed.
+    pub before_allowed: AtomicU64,
+    /// Sends it rejected (the client got `CONTENT_REJECTED`).
+    pub before_rejected: AtomicU64,
+    /// Sends it rewrote.
+    pub before_rewritten: AtomicU64,
+    /// Sends stored as they were because the hook failed (fail-open).
+    pub before_failed_open: AtomicU64,
+    /// Sends refused because the hook failed (fail-closed).
+    pub before_failed_closed: AtomicU64,
+    /// Time of one before-send call (one per batch with sends).
+    pub before_latency: LatencyHistogram,
+    /// Events delivered (a 2xx answer to their POST).
+    pub events_delivered: AtomicU64,
+    /// Attempts repeated after a failed one (per POST, not per event).
+    pub events_retried: AtomicU64,
+    /// Events dropped: the queue was full, or left at shutdown.
+    pub events_dropped: AtomicU64,
+    /// Events given up after the last attempt.
+    pub events_failed: AtomicU64,
+    /// Events waiting in the queue (sampled).
+    pub events_queue_depth: AtomicI64,
+}
+
 /// Everything `/metrics` shows; registered once, read at scrape.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -252,6 +297,8 @@ pub struct Metrics {
     pub http: Arc<HttpMetrics>,
     /// The node tier.
     pub cluster: Arc<ClusterMetrics>,
+    /// Webhooks (before-send and after-events).
+    pub webhooks: Arc<WebhookMetrics>,
 }
 
 impl Metrics {
@@ -264,6 +311,7 @@ impl Metrics {
             backend: Arc::new(BackendMetrics::default()),
             http: Arc::new(HttpMetrics::default()),
             cluster: Arc::new(ClusterMetrics::default()),
+            webhooks: Arc::new(WebhookMetrics::default()),
         }
     }
 
@@ -606,16 +654,36 @@ impl Collector for Metrics {
         }
         {
             let c = &self.cluster;
-            let rows: [(&str, &str, &AtomicU64); 11] = [
+            let rows: [(&str, &str, &AtomicU64); 15] = [
+                (
+                    "tern_cluster_lease_lapses",
+                    "Renewals that found this node's own lease lapsed (devices recounted)",
+                    &c.lease_lapses,
+                ),
                 (
                     "tern_cluster_route_writes",
                     "Route entries written to Redis",
                     &c.route_writes,
                 ),
                 (
-                    "tern_cluster_route_ring_full",
-                    "Route changes dropped: a shard's route ring was full",
-                    &c.route_ring_full,
+                    "tern_cluster_displacements_sent",
+                    "Displacement records sent to the node holding the same device",
+                    &c.displacements_sent,
+                ),
+                (
+                    "tern_cluster_displacements_received",
+                    "Displacement records received (a connection here kicked)",
+                    &c.displacements_received,
+                ),
+                (
+                    "tern_cluster_presence_kept",
+                    "Last device here left while the user is online on another node",
+                    &c.presence_kept,
+                ),
+                (
+                    "tern_cluster_presence_reaped",
+                    "Users re-checked after the node holding their presence died",
+                    &c.presence_reaped,
                 ),
                 (
                     "tern_cluster_route_write_errors",
@@ -678,6 +746,65 @@ impl Collector for Metrics {
                 "Live nodes in this node's view, itself included",
                 None,
                 c.live_nodes.load(Relaxed),
+            )?;
+        }
+        {
+            let w = &self.webhooks;
+            {
+                let mut d = enc.encode_descriptor(
+                    "tern_webhook_before_send",
+                    "Sends seen by the before-send hook, by outcome",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (outcome, v) in [
+                    ("allowed", &w.before_allowed),
+                    ("rejected", &w.before_rejected),
+                    ("rewritten", &w.before_rewritten),
+                    ("failed_open", &w.before_failed_open),
+                    ("failed_closed", &w.before_failed_closed),
+                ] {
+                    ConstCounter::new(v.load(Relaxed))
+                        .encode(d.encode_family(&[("outcome", outcome)])?)?;
+                }
+            }
+            let rows: [(&str, &str, &AtomicU64); 4] = [
+                (
+                    "tern_webhook_events_delivered",
+                    "Webhook events delivered (2xx)",
+                    &w.events_delivered,
+                ),
+                (
+                    "tern_webhook_events_retried",
+                    "Webhook POSTs attempted again after a failure",
+                    &w.events_retried,
+                ),
+                (
+                    "tern_webhook_events_dropped",
+                    "Webhook events dropped: queue full, or left at shutdown",
+                    &w.events_dropped,
+                ),
+                (
+                    "tern_webhook_events_failed",
+                    "Webhook events given up after the last attempt",
+                    &w.events_failed,
+                ),
+            ];
+            for (name, help, v) in rows {
+                counter(enc, name, help, None, v.load(Relaxed))?;
+            }
+            gauge(
+                enc,
+                "tern_webhook_events_queue_depth",
+                "Webhook events waiting for delivery",
+                None,
+                w.events_queue_depth.load(Relaxed),
+            )?;
+            histogram(
+                enc,
+                "tern_webhook_before_send_latency",
+                "One before-send call (one per batch with sends)",
+                &[&w.before_latency],
             )?;
         }
         {

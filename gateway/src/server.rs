@@ -43,6 +43,8 @@ pub struct Server {
     http: Option<HttpServer>,
     /// The node tier (Redis store only).
     cluster: Option<Cluster>,
+    /// The after-event webhook thread, if configured.
+    events: Option<crate::webhooks::EventFeed>,
     /// This node's id (configured, or kept in the data dir).
     pub node_id: String,
     /// Counters of every shard and worker.
@@ -134,13 +136,12 @@ impl Server {
                 }
             }
         }
-        // The node tier, on the Redis store: this node's lease, its route
-        // rings and delivery channel (see docs/cluster.md).
+        // The node tier, on the Redis store: this node's lease and delivery
+        // channel (see docs/cluster.md).
         let node_id = crate::cluster::membership::resolve_node_id(cfg)?;
-        let (cluster, mut route_rings, mut routers) = if cfg.backend.store == StoreKind::Redis {
+        let (cluster, mut routers) = if cfg.backend.store == StoreKind::Redis {
             let ClusterParts {
                 cluster,
-                route_rings,
                 shard_inboxes,
                 routers,
             } = Cluster::start(
@@ -154,13 +155,9 @@ impl Server {
             for (inbox, rx) in inboxes.iter_mut().zip(shard_inboxes) {
                 inbox.push(rx);
             }
-            (
-                Some(cluster),
-                route_rings.into_iter().map(Some).collect(),
-                routers.into_iter().map(Some).collect(),
-            )
+            (Some(cluster), routers.into_iter().map(Some).collect())
         } else {
-            (None, Vec::new(), Vec::new())
+            (None, Vec::new())
         };
         // Control rings (main thread → shard), for drain.
         let mut control = Vec::new();
@@ -169,11 +166,17 @@ impl Server {
             control.push(tx);
             inbox.push(rx);
         }
+        // Webhooks: the after-event thread, before the workers that feed it.
+        let events =
+            crate::webhooks::EventFeed::start(&cfg.webhooks, &node_id, metrics.webhooks.clone())
+                .context("starting the webhook thread")?;
         // Workers: spawned first so their doorbells can unpark them.
         let stop_workers = Arc::new(AtomicBool::new(false));
         let mut worker_threads = Vec::new();
         let mut to_backend: Vec<Vec<Sender<bridge::BackendRequest>>> =
             (0..shards).map(|_| Vec::new()).collect();
+        // The server API's ring into each worker (crate::api::backend).
+        let mut api_rings = Vec::new();
         for w in 0..workers {
             let (setup_tx, setup_rx) = std::sync::mpsc::channel::<WorkerSetup>();
             let service = service.clone();
@@ -193,6 +196,9 @@ impl Server {
                 row.push(tx);
                 worker_inbox.push(rx);
             }
+            let (api_tx, api_rx) = mailbox::channel(cfg.api.queue_entries_max, bell.clone());
+            api_rings.push(api_tx);
+            worker_inbox.push(api_rx);
             let mut worker_to_shards = Vec::new();
             for (j, inbox) in inboxes.iter_mut().enumerate() {
                 let (tx, rx) =
@@ -209,11 +215,19 @@ impl Server {
                     metrics: metrics.backend.clone(),
                     stop: stop_workers.clone(),
                     remote: routers.get_mut(w).and_then(Option::take),
+                    webhooks: worker_hooks(cfg, &node_id, w, events.as_ref(), &metrics)?,
                 })
                 .map_err(|_| anyhow::anyhow!("backend worker {w} died at start"))?;
             worker_threads.push(handle);
         }
 
+        // The server API's ring into each shard (device listings).
+        let mut api_shard_rings = Vec::new();
+        for (j, inbox) in inboxes.iter_mut().enumerate() {
+            let (tx, rx) = mailbox::channel(API_SHARD_RING_ENTRIES, shard_bells[j].clone());
+            api_shard_rings.push(tx);
+            inbox.push(rx);
+        }
         let shard_node_id: Arc<str> = node_id.as_str().into();
         let mut tcp = tcp.into_iter();
         let mut ws = ws.into_iter();
@@ -241,9 +255,13 @@ impl Server {
                 to_backend,
                 tcp_listener: tcp.next(),
                 ws_listener: ws.next(),
-                kick_rate: cfg.shutdown.kick_rate_per_shard,
+                drain: shard::DrainPolicy {
+                    kick_rate: cfg.shutdown.kick_rate_of_shard(id, shards),
+                    retry_after_min_ms: cfg.shutdown.retry_after_min_ms,
+                    retry_after_max_ms: cfg.shutdown.retry_after_max_ms,
+                },
                 epoch,
-                to_cluster: route_rings.get_mut(id).and_then(Option::take),
+                cluster: cluster.is_some(),
             };
             shard_threads.push(
                 std::thread::Builder::new()
@@ -255,10 +273,34 @@ impl Server {
         let ready = Arc::new(AtomicBool::new(true));
         let http = match cfg.listen.http {
             Some(addr) => {
+                let media = Arc::new(
+                    crate::api::media::MediaService::open(
+                        crate::media::MediaConfig {
+                            dir: cfg.media.dir_in(&cfg.backend.data_dir),
+                            settings: cfg.media.clone(),
+                        },
+                        verifier.clone(),
+                    )
+                    .context("opening the media store")?,
+                );
+                let api = crate::api::ApiState {
+                    keys: Arc::new(crate::api::ApiKeys::new(&cfg.api.keys)),
+                    backend: Arc::new(crate::api::ApiBackend::new(
+                        std::mem::take(&mut api_rings),
+                        Duration::from_millis(cfg.api.backend_timeout_ms),
+                    )),
+                    node_id: node_id.as_str().into(),
+                    ops: Arc::new(crate::api::ApiOps::new(
+                        cfg.api_ops.clone(),
+                        Some(Arc::new(metrics.clone())),
+                        std::mem::take(&mut api_shard_rings),
+                    )),
+                };
                 let routes = http::router(HttpState {
                     metrics: metrics.clone(),
                     ready: ready.clone(),
-                });
+                })
+                .merge(crate::api::router(api).layer(axum::Extension(media)));
                 Some(
                     HttpServer::start(addr, &cfg.http, routes, metrics.http.clone()).map_err(
                         |error| BindError {
@@ -291,6 +333,7 @@ impl Server {
             ready,
             http,
             cluster,
+            events,
             node_id,
             metrics,
             tcp_addr,
@@ -322,8 +365,12 @@ impl Server {
             t.thread().unpark();
             let _ = t.join();
         }
-        // After the shards and workers: the route changes of the drain are
-        // written, then the node leaves.
+        // After the workers, which feed it: what is queued gets its grace.
+        if let Some(events) = self.events.take() {
+            events.stop();
+        }
+        // After the shards and workers (which wrote the route changes of
+        // the drain): the node leaves.
         if let Some(c) = self.cluster.take() {
             c.stop();
         }
@@ -332,6 +379,31 @@ impl Server {
             http.stop();
         }
     }
+}
+
+/// Worker `w`'s webhooks: its own before-send client and a handle on the
+/// event queue; `None` when no webhook is configured.
+fn worker_hooks(
+    cfg: &Config,
+    node_id: &str,
+    w: usize,
+    events: Option<&crate::webhooks::EventFeed>,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<crate::webhooks::WorkerHooks>> {
+    let before_send = crate::webhooks::BeforeSend::new(
+        &cfg.webhooks,
+        cfg.session.text_bytes_max,
+        format!("{node_id}.{}.w{w}", crate::webhooks::unix_s()),
+        metrics.webhooks.clone(),
+    )
+    .context("starting the before-send hook")?;
+    let events = events.and_then(crate::webhooks::EventFeed::sink);
+    Ok(
+        (before_send.is_some() || events.is_some()).then_some(crate::webhooks::WorkerHooks {
+            before_send,
+            events,
+        }),
+    )
 }
 
 /// The client listeners (TCP and WebSocket), bound once each.
@@ -473,3 +545,7 @@ fn store_label(cfg: &Config) -> String {
 fn addr_label(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }
+
+/// Entries of the server API's ring into each shard (device listings; a
+/// full ring is 503).
+const API_SHARD_RING_ENTRIES: usize = 64;

@@ -52,7 +52,8 @@ impl BackendService {
         // Presence follows connections: the owner shard sets a user online
         // at their first device and offline at their last, so it needs no
         // lease here (the embedded store keeps presence in memory; it ends
-        // with the process). Multi-node presence will renew a lease instead.
+        // with the process). Across nodes the gateway's workers decide
+        // "first" and "last" from Redis (docs/cluster.md), still no lease.
         chat.presence_expiry_ms = PRESENCE_HELD_MS;
         Self::open_with(&cfg.backend, chat)
     }
@@ -106,6 +107,12 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
             recipients,
             body: Body::PresenceEvent(event),
         },
+        // A push like any other, so it reaches the user's devices on every
+        // node; the owner shard closes the devices it names (shard.rs).
+        DomainEffect::Kick { user_id, kick } => Effect::Push {
+            recipients: Arc::from([user_id]),
+            body: Body::Kick(kick),
+        },
     }
 }
 
@@ -125,6 +132,7 @@ impl ChatService for BackendService {
                 caller: DomainCaller {
                     user_id: c.user,
                     device_id: c.device,
+                    admin: c.admin,
                 },
                 body,
             })

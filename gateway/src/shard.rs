@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     auth::Verifier,
-    bridge::{BackendRequest, Caller},
+    bridge::{BackendRequest, Caller, RouteChange},
     mailbox::{Doorbell, Receiver, Sender},
     metrics::{CloseReason, ShardMetrics},
     wheel::Wheel,
@@ -107,6 +107,25 @@ pub enum ShardMsg {
     },
     /// Start draining: stop accepting, kick connections at a bounded rate.
     Drain,
+    /// This node's lease had lapsed: other nodes may have taken its users'
+    /// presence and routes. Send every device's route (if it has none) and
+    /// every user's presence again.
+    Recount,
+    /// The device logged in on another node, which now holds its route:
+    /// kick this node's connection of it as displaced.
+    Displace {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+    },
+    /// The server API asks which devices of `user` this shard holds.
+    Devices {
+        /// The user (owned by this shard).
+        user: String,
+        /// Where the device ids go.
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// A connection moving to its owner shard after auth.
@@ -188,12 +207,13 @@ pub struct ShardSetup {
     pub tcp_listener: Option<std::net::TcpListener>,
     /// The WebSocket listener.
     pub ws_listener: Option<std::net::TcpListener>,
-    /// Kick frames per second while draining.
-    pub kick_rate: u32,
+    /// How this shard drains (kick rate, `retry_after_ms` window).
+    pub drain: DrainPolicy,
     /// Time origin shared by all shards.
     pub epoch: Instant,
-    /// Route changes to the cluster thread (the Redis store); `None` alone.
-    pub to_cluster: Option<crate::cluster::RouteSender>,
+    /// A member of a cluster (the Redis store): route changes go to the
+    /// backend workers.
+    pub cluster: bool,
 }
 
 /// Per-connection state, in the shard's slab. Kept small: an idle
@@ -467,8 +487,9 @@ struct Shard {
     id: usize,
     shards: usize,
     node_id: Arc<str>,
-    /// Route changes to the cluster thread (`None`: single node).
-    to_cluster: RefCell<Option<crate::cluster::RouteSender>>,
+    /// A member of a cluster: devices' route changes go to the backend
+    /// workers (false: single node, no routes).
+    cluster: bool,
     cfg: SessionConfig,
     verifier: Arc<Verifier>,
     metrics: Arc<ShardMetrics>,
@@ -640,7 +661,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         id: setup.id,
         shards: setup.shards,
         node_id: setup.node_id,
-        to_cluster: RefCell::new(setup.to_cluster),
+        cluster: setup.cluster,
         cfg: setup.session,
         verifier: setup.verifier,
         metrics: setup.metrics,
@@ -698,7 +719,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
     drop(listener_fds);
-    drain(&shard, setup.kick_rate).await;
+    drain(&shard, setup.drain).await;
     Ok(())
 }
 
@@ -939,6 +960,11 @@ impl Shard {
                 if c.generation != conn.generation {
                     return; // the connection is gone; the client will retry or sync
                 }
+                if let Some(kick) = as_kick(&body) {
+                    // The login check found the user banned.
+                    self.kick_conn(conn.key, c, &kick);
+                    return;
+                }
                 if is_send_ack {
                     self.metrics
                         .messages_sent
@@ -994,6 +1020,10 @@ impl Shard {
                 });
             }
             ShardMsg::Push { users, body } => {
+                if let Some(kick) = as_kick(&body) {
+                    self.kick_devices(&users, &kick);
+                    return;
+                }
                 let now = self.now_ms();
                 self.each_device(&users, |_, key, c| {
                     self.make_room(key, c, body.len());
@@ -1011,7 +1041,168 @@ impl Shard {
                 });
             }
             ShardMsg::Drain => self.draining.set(true),
+            ShardMsg::Devices { user, reply } => {
+                let conns = self.conns.borrow();
+                let devices = self
+                    .devices_of(&conns, &user)
+                    .iter()
+                    .filter_map(|&k| conns.get(k as usize)?.device().map(str::to_owned))
+                    .collect();
+                let _ = reply.send(devices);
+            }
+            ShardMsg::Displace { user, device } => self.displace(&user, &device),
+            ShardMsg::Recount => self.recount(),
         }
+    }
+
+    /// After this node's lease had lapsed: every live device's route is
+    /// written back if it has none, and every user with a device that
+    /// counts toward presence is said to be connected again (their friends
+    /// may have been told OFFLINE by the node that took this one for dead).
+    /// Through the workers' rings like any route change; bounded the same
+    /// way (a full waiting line drops and counts).
+    fn recount(self: &Rc<Self>) {
+        let devices: Vec<(String, String, bool)> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|(_, c)| c.closing.is_none())
+            .filter_map(|(_, c)| Some((c.user()?.to_owned(), c.device()?.to_owned(), !c.quiet)))
+            .collect();
+        let mut counted: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for (user, device, counts) in &devices {
+            self.route_change(user, device, RouteChange::Restore);
+            if *counts && counted.insert(user) {
+                self.presence(user, pb::PresenceState::Online);
+            }
+        }
+    }
+
+    /// The same device logged in on another node: its connection here is
+    /// kicked as displaced, as by a second login here (see `welcome`), and
+    /// its close writes no route change (the route is the other node's).
+    /// If it was the user's last device here that counts toward presence,
+    /// this node says so (the worker finds the user online on the other
+    /// node, so friends see no OFFLINE).
+    fn displace(self: &Rc<Self>, user: &str, device: &str) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        let (mut others_counted, mut displaced_counted) = (false, false);
+        for other in self.devices_of(&conns, user) {
+            let old = &mut conns[other as usize];
+            if old.device() == Some(device) {
+                displaced_counted |= !old.quiet;
+                self.unindex_device(other, user);
+                old.session
+                    .kick(&self.cfg, now, pb::KickReason::Displaced, "");
+                self.flush(other, old);
+                self.close_soon(old, CloseReason::Displaced);
+            } else {
+                others_counted |= !old.quiet;
+            }
+        }
+        drop(conns);
+        if displaced_counted && !others_counted {
+            self.presence(user, pb::PresenceState::Offline);
+        }
+    }
+
+    /// An operator's kick or a ban pushed by the backend: the devices of
+    /// `users` it names (all, or the one in `kick.message`: see
+    /// `tern_backend::domain` admin.rs) get a `Kick` and are closed once it
+    /// is written.
+    fn kick_devices(self: &Rc<Self>, users: &[String], kick: &pb::Kick) {
+        let index = self.users.borrow();
+        let mut conns = self.conns.borrow_mut();
+        for user in users {
+            let keys: SmallKeys = index.iter_hash(self.user_hash(user)).copied().collect();
+            for key in keys {
+                let Some(c) = conns.get_mut(key as usize) else {
+                    continue;
+                };
+                let named = kick.message.is_empty() || c.device() == Some(kick.message.as_str());
+                if c.user() == Some(user.as_str()) && named {
+                    self.kick_conn(key, c, kick);
+                }
+            }
+        }
+    }
+
+    /// Sends one connection a `Kick` (the session's own frame, with its
+    /// message for the reason) and closes it after its output is written.
+    fn kick_conn(self: &Rc<Self>, key: u32, c: &mut Conn, kick: &pb::Kick) {
+        let reason = pb::KickReason::try_from(kick.reason).unwrap_or(pb::KickReason::Admin);
+        let now = self.now_ms();
+        // Rate-limited with the failed logins: a banned client that keeps
+        // reconnecting is one line a login.
+        if let Some(suppressed) = self.auth_log.borrow_mut().admit(now) {
+            info!(
+                shard = self.id,
+                user = c.user().unwrap_or(""),
+                device = c.device().unwrap_or(""),
+                reason = reason.as_str_name(),
+                suppressed,
+                "kicked"
+            );
+        }
+        c.session.kick(&self.cfg, now, reason, "");
+        self.flush(key, c);
+        if c.pending_out().is_empty() {
+            self.close_soon(c, CloseReason::Kicked);
+        } else {
+            // Closed by `on_writable` once the kick is out.
+            let _ = self.close_after_output(key, c, CloseReason::Kicked);
+        }
+    }
+
+    /// Asks the backend whether a device that just logged in belongs to a
+    /// banned user: a `Kick` request (server-only: no client can send one)
+    /// to the user's worker, queued before anything the device sends. The
+    /// answer is nothing, or a `Kick` BANNED (`kick_conn`). The shard never
+    /// reads the store itself. If the backend ring is full the check waits
+    /// in `blocked`, in order, like a presence update; if that line is full
+    /// too ([`PRESENCE_PENDING_MAX`]) it returns false: the login cannot be
+    /// checked, and the caller refuses it.
+    fn login_check(self: &Rc<Self>, key: u32, generation: u32, user: &str, device: &str) -> bool {
+        let req = BackendRequest {
+            from: ConnRef {
+                shard: self.id as u16,
+                key,
+                generation,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                admin: false,
+            },
+            frame: Box::new(pb::Frame {
+                request_id: 0,
+                body: Some(Body::Kick(pb::Kick::default())),
+            }),
+            started: None,
+            resume: false,
+            route: None,
+            reply: None,
+        };
+        let req = if self.blocked.borrow().is_empty() {
+            match self.send_backend(req) {
+                Ok(()) => return true,
+                Err(full) => full,
+            }
+        } else {
+            req
+        };
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= PRESENCE_PENDING_MAX {
+            return false;
+        }
+        // `u32::MAX`: no connection is paused behind it.
+        blocked.push_back((u32::MAX, 0, req));
+        drop(blocked);
+        if !self.unblocking.replace(true) {
+            monoio::spawn(unblock_loop(self.clone()));
+        }
+        true
     }
 
     /// Logs a failed login at `info`: the peer's address, the error code and
@@ -1156,6 +1347,7 @@ impl Shard {
             caller: Caller {
                 user: user.to_owned(),
                 device: device.to_owned(),
+                admin: false,
             },
             frame: Box::new(pb::Frame {
                 request_id: 0,
@@ -1163,6 +1355,8 @@ impl Shard {
             }),
             started: None,
             resume: true,
+            route: None,
+            reply: None,
         }
     }
 
@@ -1170,7 +1364,7 @@ impl Shard {
     /// `blocked` (without pausing its connection). False if even that line
     /// is full ([`PRESENCE_PENDING_MAX`]): no resume is in flight then.
     fn queue_resume(self: &Rc<Self>, req: BackendRequest) -> bool {
-        let Err(req) = self.send_backend(req) else {
+        let Err(req) = self.send_backend_in_order(req) else {
             return true;
         };
         let mut blocked = self.blocked.borrow_mut();
@@ -1386,7 +1580,9 @@ impl Shard {
             }
         }
         conns[key as usize].ident = Some(format!("{user}\0{device}").into_boxed_str());
-        self.route_change(conns[key as usize].ident.as_deref(), true);
+        // Before Welcome: the device's first sync queues behind it in the
+        // same worker ring, so it runs once the route exists.
+        self.route_change(&user, &device, RouteChange::Up);
         conns[key as usize].quiet = quiet;
         self.index_device(&conns, key, &user);
         if !quiet && !others_counted {
@@ -1406,6 +1602,14 @@ impl Shard {
         let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
         self.flush(key, c);
         self.arm(key, c);
+        if !self.login_check(key, c.generation, &user, &device) {
+            // Overloaded past every queue: a login that cannot be checked
+            // for a ban is refused; the client reconnects later.
+            c.session.kick(&self.cfg, now, pb::KickReason::Shutdown, "");
+            self.flush(key, c);
+            self.close_soon(c, CloseReason::Refused);
+            return;
+        }
         if !resume.is_empty() {
             // Push what the device lacks after its resume cursors: a sync on
             // its behalf whose answer comes back as a tracked Deliver. Live
@@ -1421,16 +1625,46 @@ impl Shard {
         }
     }
 
-    /// Tells the cluster thread a device logged in here (`up`) or left. A
-    /// full ring drops the change and counts it
-    /// (`tern_cluster_route_ring_full_total`): a lost login leaves the
-    /// device without pushes from other nodes until it reconnects (it syncs
-    /// then); a lost close leaves a route that the other nodes' pushes find
-    /// empty here.
-    fn route_change(&self, ident: Option<&str>, up: bool) {
-        if let (Some(tx), Some(ident)) = (self.to_cluster.borrow_mut().as_mut(), ident) {
-            tx.send(ident, up);
+    /// Tells the user's backend worker (cluster mode) that a device logged
+    /// in here or left, in order with the user's requests: a full backend
+    /// queue makes the change wait in `blocked`, like a presence update
+    /// (past [`PRESENCE_PENDING_MAX`] waiting it is dropped and counted in
+    /// `tern_presence_dropped_total`: a lost login leaves the device
+    /// without pushes from other nodes until it reconnects, and it syncs
+    /// then; a lost close leaves a route that other nodes' pushes find
+    /// empty here).
+    fn route_change(self: &Rc<Self>, user: &str, device: &str, change: RouteChange) {
+        if !self.cluster {
+            return;
         }
+        self.send_waiting(BackendRequest {
+            // Never answered.
+            from: ConnRef {
+                shard: self.id as u16,
+                key: u32::MAX,
+                generation: 0,
+            },
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                admin: false,
+            },
+            frame: Box::default(),
+            started: None,
+            resume: false,
+            route: Some(change),
+            reply: None,
+        });
+    }
+
+    /// Queues a request for the backend in order: behind the requests that
+    /// already wait for room (a connection's request never overtakes a
+    /// presence update or route change queued before it).
+    fn send_backend_in_order(&self, req: BackendRequest) -> Result<(), BackendRequest> {
+        if !self.blocked.borrow().is_empty() {
+            return Err(req);
+        }
+        self.send_backend(req)
     }
 
     /// Queues a request for the backend worker of its user (one worker per
@@ -1447,7 +1681,7 @@ impl Shard {
     /// user is never left shown online after going offline; past
     /// [`PRESENCE_PENDING_MAX`] waiting updates it is dropped and counted.
     fn presence(self: &Rc<Self>, user: &str, state: pb::PresenceState) {
-        let mut req = BackendRequest {
+        let req = BackendRequest {
             // No connection waits for the answer.
             from: ConnRef {
                 shard: self.id as u16,
@@ -1457,6 +1691,7 @@ impl Shard {
             caller: Caller {
                 user: user.to_owned(),
                 device: String::new(),
+                admin: false,
             },
             frame: Box::new(pb::Frame {
                 request_id: 0,
@@ -1467,14 +1702,19 @@ impl Shard {
             }),
             started: None,
             resume: false,
+            route: None,
+            reply: None,
         };
-        // Behind updates already waiting, never ahead of them.
-        if self.blocked.borrow().is_empty() {
-            match self.send_backend(req) {
-                Ok(()) => return,
-                Err(full) => req = full,
-            }
-        }
+        self.send_waiting(req);
+    }
+
+    /// Sends a request no connection waits for (presence, route change);
+    /// if the backend queue is full it waits in `blocked`, in order; past
+    /// [`PRESENCE_PENDING_MAX`] waiting it is dropped and counted.
+    fn send_waiting(self: &Rc<Self>, req: BackendRequest) {
+        let Err(req) = self.send_backend_in_order(req) else {
+            return;
+        };
         let mut blocked = self.blocked.borrow_mut();
         if blocked.len() >= PRESENCE_PENDING_MAX {
             self.metrics
@@ -1649,12 +1889,15 @@ impl Shard {
                             caller: Caller {
                                 user: user.to_string(),
                                 device: device.to_string(),
+                                admin: false,
                             },
                             frame,
                             started: is_send.then(Instant::now),
                             resume: false,
+                            route: None,
+                            reply: None,
                         };
-                        if let Err(req) = self.send_backend(req) {
+                        if let Err(req) = self.send_backend_in_order(req) {
                             // Back-pressure: keep this request and the rest
                             // of the input; stop reading until there is room.
                             self.metrics
@@ -1687,6 +1930,23 @@ impl Shard {
             c.spill_mut().partial.extend_from_slice(rest);
         }
         Ingest::Continue
+    }
+}
+
+/// The `Kick` in an encoded push or reply frame, if it is one (request id
+/// 0, then field 120 `kick`: the frame starts with its tag bytes, so other
+/// frames are told apart without decoding).
+fn as_kick(frame: &[u8]) -> Option<pb::Kick> {
+    const KICK_TAG: [u8; 2] = [0xC2, 0x07]; // (120 << 3) | 2 as a varint
+    if !frame.starts_with(&KICK_TAG) {
+        return None;
+    }
+    match prost::Message::decode(frame) {
+        Ok(pb::Frame {
+            body: Some(Body::Kick(k)),
+            ..
+        }) => Some(k),
+        _ => None,
     }
 }
 
@@ -2248,7 +2508,7 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
         }
         if indexed {
             // A displaced connection's route is its successor's.
-            shard.route_change(c.ident.as_deref(), false);
+            shard.route_change(user, c.device().unwrap_or(""), RouteChange::Down);
         }
     }
     drop(conns);
@@ -2341,23 +2601,60 @@ async fn inbox_loop(shard: Rc<Shard>, bell: Arc<Doorbell>) {
     }
 }
 
+/// How a shard drains: its share of the node's kick rate and the window
+/// each kick's `retry_after_ms` is drawn from (`[shutdown]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainPolicy {
+    /// `Kick{SHUTDOWN}` frames per second from this shard (≥ 1).
+    pub kick_rate: u32,
+    /// Lowest `retry_after_ms` a kick carries.
+    pub retry_after_min_ms: u32,
+    /// Highest `retry_after_ms` a kick carries (≥ the lowest).
+    pub retry_after_max_ms: u32,
+}
+
+/// How often the drain wakes to kick (and re-checks for an empty shard).
+const DRAIN_TICK_MS: u64 = 10;
+
 /// Kicks every connection (at a bounded rate) and waits until they are gone
 /// or the process deadline passes (the server stops the runtime then).
-async fn drain(shard: &Rc<Shard>, kick_rate: u32) {
-    let per_tick = (kick_rate / 100).max(1) as usize;
+///
+/// The rate is a token bucket: credit accrues at `kick_rate` per second and
+/// holds at most one tick's worth (`b = max(1, kick_rate / 100)` kicks), so
+/// in any window of `w` ms this shard sends at most `b + kick_rate * w / 1000`
+/// kicks, however late a tick runs or whenever a handoff arrives. Each kick
+/// carries its own `retry_after_ms`, uniform in the policy's window.
+async fn drain(shard: &Rc<Shard>, policy: DrainPolicy) {
+    let rate = u64::from(policy.kick_rate.max(1));
+    // Credit in thousandths of a kick: `rate * elapsed_ms` adds exactly.
+    let burst_milli = (rate * DRAIN_TICK_MS).max(1_000);
+    let mut credit_milli = burst_milli;
+    let mut last = shard.now_ms();
+    // Seeded per shard and start: two nodes draining at once draw apart.
+    let mut rng = JitterRng::new(Shard::server_time_ms() ^ ((shard.id as u64) << 48));
+    let span = u64::from(
+        policy
+            .retry_after_max_ms
+            .saturating_sub(policy.retry_after_min_ms),
+    ) + 1;
     loop {
         if shard.conns.borrow().is_empty() {
             return;
         }
+        let now = shard.now_ms();
+        credit_milli = credit_milli
+            .saturating_add(rate.saturating_mul(now.saturating_sub(last)))
+            .min(burst_milli);
+        last = now;
+        let budget = (credit_milli / 1_000) as usize;
         let keys: Vec<u32> = shard
             .conns
             .borrow()
             .iter()
             .filter(|(_, c)| c.closing.is_none())
             .map(|(k, _)| k as u32)
-            .take(per_tick)
+            .take(budget)
             .collect();
-        let now = shard.now_ms();
         {
             let mut conns = shard.conns.borrow_mut();
             for key in keys {
@@ -2365,13 +2662,34 @@ async fn drain(shard: &Rc<Shard>, kick_rate: u32) {
                 if c.closing.is_some() {
                     continue;
                 }
+                // `span` ≤ 2^32, so the draw fits the window's u32 range.
+                let retry = policy.retry_after_min_ms + (rng.next() % span) as u32;
                 c.session
-                    .kick(&shard.cfg, now, pb::KickReason::Shutdown, "");
+                    .kick_after(&shard.cfg, now, pb::KickReason::Shutdown, "", retry);
+                credit_milli -= 1_000;
                 shard.flush(key, c);
                 shard.close_soon(c, CloseReason::Shutdown);
             }
         }
-        monoio::time::sleep(Duration::from_millis(10)).await;
+        monoio::time::sleep(Duration::from_millis(DRAIN_TICK_MS)).await;
+    }
+}
+
+/// splitmix64: a small, well-spread generator for the drain's jitter (no
+/// need for a cryptographic one; the values only spread reconnects).
+struct JitterRng(u64);
+
+impl JitterRng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 

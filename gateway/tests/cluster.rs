@@ -13,7 +13,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{Node, Redis, WAIT, is_text, metric, nodes, records_out};
+use cluster_support::{
+    Node, Redis, WAIT, befriend, is_presence, is_text, metric, nodes, presence_state, records_out,
+    synced_texts,
+};
 use support::{Client, delivered_text};
 use tern_protocol::pb::{self, frame::Body};
 
@@ -122,7 +125,8 @@ fn route_to_a_killed_node_is_ignored_and_cleaned() {
 
 /// Bad input on the channel: garbage added to a node's stream (wrong
 /// fields, a body that is not a frame, a kind that does not match its
-/// body) is counted and skipped, and the node keeps delivering.
+/// body, a displacement with bad ids) is counted and skipped, and the node
+/// keeps delivering.
 #[test]
 fn malformed_records_are_counted_and_skipped() {
     let redis = Redis::start();
@@ -131,7 +135,7 @@ fn malformed_records_are_counted_and_skipped() {
     let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
     redis.wait_routes("bob", &[("phone", "n2")]);
     let mut c = redis.conn();
-    let garbage: [&[&[u8]]; 4] = [
+    let garbage: [&[&[u8]]; 6] = [
         &[b"x", b"y"],
         &[b"k", b"d", b"u", b"bob", b"b", b"\xff\xff\xff\xff"],
         &[b"k", b"p", b"u", b"bob", b"b", b""],
@@ -147,6 +151,9 @@ fn malformed_records_are_counted_and_skipped() {
             b"b",
             b"\x08\x01",
         ],
+        // Displacements naming a bad device id, or two users.
+        &[b"k", b"x", b"u", b"bob", b"v", b"not an id"],
+        &[b"k", b"x", b"u", b"bob\nalice", b"v", b"phone"],
     ];
     for fields in garbage {
         redis::cmd("XADD")
@@ -156,7 +163,8 @@ fn malformed_records_are_counted_and_skipped() {
             .query::<String>(&mut c)
             .unwrap();
     }
-    ns[1].wait_metric("tern_cluster_records_malformed_total 4");
+    ns[1].wait_metric("tern_cluster_records_malformed_total 6");
+    ns[1].wait_metric("tern_cluster_displacements_received_total 0");
     let ack = alice.send_text("bob", "m1", "still here");
     assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
     bob.wait_push(is_text("still here"));
@@ -196,38 +204,44 @@ fn drain_ends_when_answers_outnumber_a_ring() {
     node.kill9();
 }
 
-/// The route ring's bound has its defined outcome: with one slot and a
-/// cluster thread that drains it once a second, a burst of logins overflows
-/// it; the overflow is counted (`tern_cluster_route_ring_full_total`), the
-/// logins themselves succeed, and the change that fit is written.
+/// Route changes ride the backend queue: with a one-slot queue and one
+/// shard, a burst of logins from several threads finds it full; the route
+/// changes wait in order with the presence updates (none is dropped), so
+/// every device's route is written, and every one is removed again when
+/// the devices close.
 #[test]
-fn a_full_route_ring_drops_and_counts() {
+fn route_changes_wait_behind_a_full_backend_queue() {
     let redis = Redis::start();
     let node = Node::start_with(
         &redis,
         "n1",
-        "route_ring_entries_max = 1\nroute_flush_ms = 1000\n[shards]\ncount = 1\n",
+        "[shards]\ncount = 1\n[backend]\nqueue_entries_max = 1\n",
     );
-    let clients: Vec<Client> = (0..5)
-        .map(|i| Client::login(node.tcp, &format!("u{i}"), "d").0)
-        .collect();
-    // Every change is either written or counted as dropped.
-    let deadline = Instant::now() + WAIT;
-    let (written, full) = loop {
-        let (w, f) = (
-            metric(&node, "tern_cluster_route_writes_total"),
-            metric(&node, "tern_cluster_route_ring_full_total"),
-        );
-        if w + f == 5 {
-            break (w, f);
+    let tcp = node.tcp;
+    let clients: Vec<Client> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..10)
+                        .map(|i| Client::login(tcp, &format!("u{t}x{i}"), "d").0)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    for t in 0..4 {
+        for i in 0..10 {
+            redis.wait_routes(&format!("u{t}x{i}"), &[("d", "n1")]);
         }
-        assert!(Instant::now() < deadline, "writes {w} + dropped {f} != 5");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(full >= 1, "no overflow counted");
-    let routes: usize = (0..5).map(|i| redis.routes(&format!("u{i}")).len()).sum();
-    assert_eq!(routes as u64, written);
+    }
     drop(clients);
+    for t in 0..4 {
+        for i in 0..10 {
+            redis.wait_routes(&format!("u{t}x{i}"), &[]);
+        }
+    }
+    node.wait_metric("tern_presence_dropped_total 0");
 }
 
 /// On a 3-master Redis Cluster (keys of a user, of a node, spread over
@@ -266,4 +280,231 @@ fn one_to_one_push_crosses_nodes_on_redis_cluster() {
         assert!(Instant::now() < deadline, "bob's route never removed");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// No gap after login: a message committed on node 1 for bob while bob's
+/// device is logging in on node 2 is either in the answer to his first
+/// sync or pushed to him. Each attempt logs a new device of bob in, sends
+/// its sync at once, and has alice send after a delay swept over 0–10 ms,
+/// so some commit lands between bob's sync and the moment his route
+/// existed before the fix (it was written by the cluster thread up to
+/// 5 ms + a round trip after Welcome): such a message was neither synced
+/// nor pushed, and the wait for its push timed out.
+#[test]
+fn a_message_during_login_is_synced_or_pushed() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 2);
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    for attempt in 0..40u32 {
+        let text = format!("m{attempt}");
+        let (mut bob, _) = Client::login(ns[1].tcp, "bob", &format!("d{attempt}"));
+        let sync_id = 1_000 + u64::from(attempt);
+        bob.send_frame(&pb::Frame {
+            request_id: sync_id,
+            body: Some(Body::Sync(pb::SyncRequest::default())),
+        });
+        std::thread::sleep(Duration::from_micros(u64::from(attempt % 20) * 500));
+        let ack = alice.send_text("bob", &text, &text);
+        assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+        let deadline = Instant::now() + WAIT;
+        let synced = loop {
+            let f = bob
+                .read_frame_until(deadline)
+                .expect("sync answer before deadline");
+            if f.request_id == sync_id {
+                break f;
+            }
+            bob.pushes.push(f);
+        };
+        if synced_texts(&synced).contains(&text) {
+            continue;
+        }
+        // Not in the sync: committed after it, so it must be pushed.
+        bob.wait_push(|f| delivered_text(f).is_some_and(|(_, _, t)| t == text));
+    }
+}
+
+/// Presence across nodes: alice's friend bob (node 3) sees her ONLINE when
+/// her phone logs in on node 1; no OFFLINE when the phone closes while her
+/// laptop is connected on node 2 (node 1 counts it as kept, and bob's
+/// query still reads ONLINE); OFFLINE when the laptop closes too. Before
+/// the fix node 1 pushed OFFLINE when her phone closed.
+#[test]
+fn presence_is_online_while_any_node_holds_a_device() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 3);
+    let (mut bob, _) = Client::login(ns[2].tcp, "bob", "phone");
+    {
+        let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+        befriend(&mut alice, &mut bob, "alice", "bob");
+    }
+    bob.wait_push(is_presence("alice", pb::PresenceState::Offline));
+    let (phone, _) = Client::login(ns[0].tcp, "alice", "phone");
+    bob.wait_push(is_presence("alice", pb::PresenceState::Online));
+    let (laptop, _) = Client::login(ns[1].tcp, "alice", "laptop");
+    // Node 2 counted the laptop (its ONLINE reaches bob again); a phone
+    // closing before that is a real race: friends may see OFFLINE, then
+    // ONLINE again.
+    bob.wait_push(is_presence("alice", pb::PresenceState::Online));
+    redis.wait_routes("alice", &[("laptop", "n2"), ("phone", "n1")]);
+    drop(phone);
+    // Until node 1 has handled the close: it counts the presence as kept,
+    // or (before the fix) bob gets an OFFLINE.
+    let offline = is_presence("alice", pb::PresenceState::Offline);
+    let deadline = Instant::now() + WAIT;
+    while metric(&ns[0], "tern_cluster_presence_kept_total") == 0
+        && !bob.pushes.iter().any(&offline)
+    {
+        assert!(Instant::now() < deadline, "node 1 never handled the close");
+        if let Some(f) = bob.read_frame_until(Instant::now() + Duration::from_millis(20)) {
+            bob.pushes.push(f);
+        }
+    }
+    assert_eq!(
+        presence_state(&mut bob, "alice"),
+        pb::PresenceState::Online as i32
+    );
+    assert!(
+        !bob.pushes
+            .iter()
+            .any(is_presence("alice", pb::PresenceState::Offline)),
+        "{:?}; users re-checked after a node death: {:?}",
+        bob.pushes,
+        ns.iter()
+            .map(|n| metric(n, "tern_cluster_presence_reaped_total"))
+            .collect::<Vec<_>>()
+    );
+    drop(laptop);
+    bob.wait_push(is_presence("alice", pb::PresenceState::Offline));
+    assert_eq!(
+        presence_state(&mut bob, "alice"),
+        pb::PresenceState::Offline as i32
+    );
+}
+
+/// A killed node's devices stop counting: alice's only device is on node
+/// 2, which is killed (-9); once its lease lapses (1 s here) a live node
+/// claims it, re-checks the users it held, and bob (node 3) gets alice's
+/// OFFLINE. Before the fix nothing ever said so.
+#[test]
+fn presence_of_a_killed_node_goes_offline() {
+    let redis = Redis::start();
+    let mut ns = nodes(&redis, 3);
+    let (mut bob, _) = Client::login(ns[2].tcp, "bob", "phone");
+    let (mut alice, _) = Client::login(ns[1].tcp, "alice", "laptop");
+    befriend(&mut alice, &mut bob, "alice", "bob");
+    assert_eq!(
+        presence_state(&mut bob, "alice"),
+        pb::PresenceState::Online as i32
+    );
+    ns[1].kill9();
+    drop(alice);
+    bob.wait_push(is_presence("alice", pb::PresenceState::Offline));
+    let reaped = metric(&ns[0], "tern_cluster_presence_reaped_total")
+        + metric(&ns[2], "tern_cluster_presence_reaped_total");
+    assert!(reaped >= 1, "no node re-checked alice");
+}
+
+/// Displacement across nodes: bob's phone on node 1, then the same device
+/// logs in on node 2: the node 1 connection gets `Kick { DISPLACED }` and
+/// is closed, the route ends naming node 2 (node 1's close leaves it), and
+/// alice's messages sent before and after reach the node 2 client exactly
+/// once (the one before by its sync, the one after by push). Before the
+/// fix both connections stayed open and the node 1 close could remove the
+/// new route.
+#[test]
+fn same_device_on_another_node_is_displaced() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 3);
+    let (mut alice, _) = Client::login(ns[2].tcp, "alice", "phone");
+    let (mut old, _) = Client::login(ns[0].tcp, "bob", "phone");
+    redis.wait_routes("bob", &[("phone", "n1")]);
+    let ack = alice.send_text("bob", "m1", "before");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    old.wait_push(is_text("before"));
+    let (mut new, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let kick = old.wait_push(|f| matches!(f.body, Some(Body::Kick(_))));
+    let Some(Body::Kick(k)) = kick.body else {
+        unreachable!()
+    };
+    assert_eq!(k.reason, pb::KickReason::Displaced as i32);
+    assert!(
+        old.closed_within(WAIT),
+        "the displaced connection stayed open"
+    );
+    ns[1].wait_metric("tern_cluster_displacements_sent_total 1");
+    ns[0].wait_metric("tern_cluster_displacements_received_total 1");
+    ns[0].wait_metric("tern_connections 0");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    let ack = alice.send_text("bob", "m2", "after");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    new.wait_push(is_text("after"));
+    let r = new.request(Body::Sync(pb::SyncRequest::default()));
+    let mut texts = synced_texts(&r);
+    texts.sort();
+    assert_eq!(texts, ["after", "before"]);
+    // Exactly once by push: "after" once, "before" never.
+    let _ = new.read_frame_until(Instant::now() + Duration::from_millis(300));
+    assert!(
+        !new.pushes.iter().any(is_text("before")),
+        "{:?}",
+        new.pushes
+    );
+    assert!(!new.pushes.iter().any(is_text("after")), "{:?}", new.pushes);
+    assert_eq!(redis.routes("bob"), [("phone".into(), "n2".into())]);
+}
+
+/// Ephemeral pushes of a user on node 1 reach their friend's devices on
+/// nodes 2 and 3: alice's typing, and the presence she chooses (AWAY).
+#[test]
+fn typing_and_chosen_presence_reach_devices_on_every_node() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 3);
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob_phone, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let (mut bob_laptop, _) = Client::login(ns[2].tcp, "bob", "laptop");
+    befriend(&mut alice, &mut bob_phone, "alice", "bob");
+    redis.wait_routes("bob", &[("laptop", "n3"), ("phone", "n2")]);
+    alice.typing("d:alice:bob");
+    for bob in [&mut bob_phone, &mut bob_laptop] {
+        let t = bob.wait_typing();
+        assert_eq!((t.user_id.as_str(), t.typing), ("alice", true));
+    }
+    let r = alice.request(Body::SetPresence(pb::SetPresenceRequest {
+        state: pb::PresenceState::Away as i32,
+        text: "lunch".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    for bob in [&mut bob_phone, &mut bob_laptop] {
+        bob.wait_push(is_presence("alice", pb::PresenceState::Away));
+    }
+}
+
+/// A node that stalls past its lease is taken for dead, then recounts:
+/// alice's phone is on node 1, which is stopped (SIGSTOP) until node 2
+/// claims it and tells bob alice is OFFLINE; once node 1 runs again
+/// (SIGCONT) its next renewal finds its lease had lapsed, its shards count
+/// their devices again, and bob sees alice ONLINE, in a push and in a
+/// query. Before the recount she stayed OFFLINE while connected.
+#[test]
+fn a_node_whose_lease_lapsed_recounts_its_devices() {
+    let redis = Redis::start();
+    let ns = nodes(&redis, 2);
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    befriend(&mut alice, &mut bob, "alice", "bob");
+    let pid = libc::pid_t::try_from(ns[0].child.id()).unwrap();
+    // SAFETY: kill(2) on the PID of a child this test started and still
+    // holds (not reaped).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    bob.wait_push(is_presence("alice", pb::PresenceState::Offline));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    bob.wait_push(is_presence("alice", pb::PresenceState::Online));
+    ns[0].wait_metric("tern_cluster_lease_lapses_total 1");
+    assert_eq!(
+        presence_state(&mut bob, "alice"),
+        pb::PresenceState::Online as i32
+    );
+    redis.wait_routes("alice", &[("phone", "n1")]);
 }

@@ -723,6 +723,19 @@ impl Session {
     /// `redirect` (empty: same address) and drain. Does nothing to a session
     /// that is already closing.
     pub fn kick(&mut self, cfg: &SessionConfig, now_ms: u64, reason: KickReason, redirect: &str) {
+        self.kick_after(cfg, now_ms, reason, redirect, 0);
+    }
+
+    /// [`Session::kick`] with `Kick.retry_after_ms`: how long the client
+    /// should wait before it reconnects (a draining node spreads these).
+    pub fn kick_after(
+        &mut self,
+        cfg: &SessionConfig,
+        now_ms: u64,
+        reason: KickReason,
+        redirect: &str,
+        retry_after_ms: u32,
+    ) {
         if self.is_closing() {
             return;
         }
@@ -730,7 +743,7 @@ impl Session {
             reason: reason as i32,
             message: kick_message(reason).to_owned(),
             redirect: redirect.to_owned(),
-            retry_after_ms: 0,
+            retry_after_ms,
         };
         self.close_with(
             cfg,

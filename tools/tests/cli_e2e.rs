@@ -24,6 +24,9 @@ use tern_gateway::{
 };
 use tern_tools::cli::record::parse_line;
 
+#[path = "../../backend/tests/support/redis_harness.rs"]
+mod redis_harness;
+
 const SECRET: &str = "cli-test-secret";
 /// How long any one expectation may take before the test fails.
 const WAIT: Duration = Duration::from_secs(20);
@@ -32,6 +35,8 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Gateway {
     server: Option<Server>,
     tcp: SocketAddr,
+    /// The HTTP edge (media uploads).
+    http: SocketAddr,
     cfg: Config,
     _dir: tempfile::TempDir,
 }
@@ -46,7 +51,7 @@ impl Gateway {
         let mut cfg = Config::default();
         cfg.listen.tcp = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         cfg.listen.ws = None;
-        cfg.listen.http = None;
+        cfg.listen.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         cfg.shards.count = 2;
         cfg.shards.driver = Driver::Epoll;
         cfg.auth.jwt_secret = SECRET.into();
@@ -57,6 +62,7 @@ impl Gateway {
         let server = Self::serve(&cfg);
         Self {
             tcp: server.tcp_addr.unwrap(),
+            http: server.http_addr.unwrap(),
             server: Some(server),
             cfg,
             _dir: dir,
@@ -80,6 +86,7 @@ impl Gateway {
         self.stop();
         let mut cfg = self.cfg.clone();
         cfg.listen.tcp = Some(self.tcp);
+        cfg.listen.http = Some(self.http);
         self.server = Some(Self::serve(&cfg));
     }
 
@@ -93,6 +100,8 @@ impl Gateway {
             SECRET,
             "--user",
             user,
+            "--http",
+            &format!("http://{}", self.http),
         ])
         .args(args)
         .env_remove("TERN_TOKEN")
@@ -404,6 +413,68 @@ fn a_bare_conversation_name_means_the_same_for_every_command() {
 }
 
 #[test]
+fn send_file_uploads_an_image_and_bob_sees_and_fetches_its_media_ref() {
+    // Proves `send-file`: alice uploads a PNG over the HTTP edge and sends
+    // it as an image message (the record carries conv and seq); bob's
+    // history shows kind=image with the media id and the sniffed type, bob
+    // fetches the bytes by naming that message, and a text file named .png
+    // is refused by the server's sniffing (exit 1, MEDIA_UNSUPPORTED_MEDIA_TYPE).
+    let gw = Gateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pic = dir.path().join("cat.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .save(&pic)
+        .unwrap();
+    let sent = gw.ok(
+        "alice",
+        &["send-file", "--to", "bob", pic.to_str().unwrap()],
+    );
+    let sent = of_kind(&sent, "sent")[0].clone();
+    let (conv, seq) = (sent.get("conv").to_owned(), sent.get("seq").to_owned());
+
+    let hist = gw.ok("bob", &["history", "--conv", "alice"]);
+    let entry = of_kind(&hist, "entry")
+        .into_iter()
+        .find(|e| e.get("seq") == seq)
+        .unwrap()
+        .clone();
+    assert!(entry.has("kind", "image"), "{entry:?}");
+    assert!(entry.has("mime", "image/png"), "{entry:?}");
+    let media = entry.get("media").to_owned();
+
+    let token = tern_gateway::auth::mint_hs256(SECRET, "bob", 60, None).unwrap();
+    let mut s = std::net::TcpStream::connect(gw.http).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET /api/v1/media/{media}?conversation_id={conv}&seq={seq} HTTP/1.0\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.0 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(answer.ends_with(&std::fs::read(&pic).unwrap()));
+
+    let fake = dir.path().join("fake.png");
+    std::fs::write(&fake, "not a picture").unwrap();
+    let r = gw.run(
+        "alice",
+        &["send-file", "--to", "bob", fake.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("MEDIA_UNSUPPORTED_MEDIA_TYPE"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn typed_errors_exit_non_zero_with_the_code_name() {
     // Proves the exit-code contract: a server refusal (sending to a group
     // you are not in, a bad token) exits 1 with its ERROR_CODE_* name on
@@ -449,14 +520,17 @@ fn typed_errors_exit_non_zero_with_the_code_name() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("CLI_USAGE"), "{}", r.stderr);
 
+    // The media API's refusal (an empty upload) exits 1 with MEDIA_*.
     let file = tempfile::NamedTempFile::new().unwrap();
     let r = gw.run(
         "alice",
         &["send-file", "--to", "bob", file.path().to_str().unwrap()],
     );
-    assert_eq!(r.code, 4);
-    assert!(r.stderr.contains("CLI_NOT_AVAILABLE"), "{}", r.stderr);
-    assert!(r.stderr.contains("not available yet"), "{}", r.stderr);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("MEDIA_INVALID_ARGUMENT"), "{}", r.stderr);
+    let r = gw.run("alice", &["send-file", "--to", "bob", "/no/such/file.png"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("CLI_USAGE"), "{}", r.stderr);
 
     // A port nobody listens on: bind one, note it, close it.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -884,6 +958,56 @@ fn the_chat_reconnects_after_a_server_restart_and_catches_up() {
     alice.expect("bob: while you were away");
     gw.ok("bob", &["send", "--to", "alice", "welcome back"]);
     alice.expect("bob: welcome back");
+    alice.type_line("/quit");
+    assert_eq!(alice.wait_exit().code(), Some(0), "{}", alice.screen());
+}
+
+#[test]
+fn the_chat_moves_to_the_next_server_when_its_node_drains() {
+    // Proves the move off a draining node: two nodes on one Redis, the chat
+    // started with `--server n1,n2` logs in on n1; n1 drains (SHUTDOWN kick
+    // with a retry_after_ms), the chat waits, reconnects to n2 (the next
+    // entry, not n1 again), and shows a message sent there after the move.
+    let redis = redis_harness::RedisServer::start(redis_harness::ServerOptions::DURABLE);
+    let cluster_node = |id: &'static str| {
+        let url = redis.url();
+        move |c: &mut Config| {
+            c.backend.store = tern_gateway::config::StoreKind::Redis;
+            c.backend.redis_urls = vec![url];
+            c.node_id = id.into();
+            c.cluster.node_lease_ms = 1_000;
+            c.cluster.nodes_refresh_ms = 100;
+            c.shutdown.retry_after_min_ms = 100;
+            c.shutdown.retry_after_max_ms = 500;
+        }
+    };
+    let mut n1 = Gateway::start_with(cluster_node("n1"));
+    let n2 = Gateway::start_with(cluster_node("n2"));
+    n2.ok("bob", &["send", "--to", "alice", "before the move"]);
+    let servers = format!("{},{}", n1.tcp, n2.tcp);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern-cli"));
+    cmd.args([
+        "--server",
+        &servers,
+        "--jwt-secret",
+        SECRET,
+        "--user",
+        "alice",
+    ])
+    .env_remove("TERN_TOKEN")
+    .env_remove("TERN_DEVICE");
+    let mut alice = Pty::spawn(&mut cmd);
+    alice.expect("logged in as alice");
+    alice.type_line("/open bob");
+    alice.expect("before the move");
+    alice.expect("@bob> ");
+
+    n1.stop();
+    alice.expect("KICK_REASON_SHUTDOWN");
+    alice.expect("reconnecting in");
+    alice.expect(&format!("reconnected to {}", n2.tcp));
+    n2.ok("bob", &["send", "--to", "alice", "after the move"]);
+    alice.expect("bob: after the move");
     alice.type_line("/quit");
     assert_eq!(alice.wait_exit().code(), Some(0), "{}", alice.screen());
 }

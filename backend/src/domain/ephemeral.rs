@@ -20,9 +20,14 @@ use crate::store::{PresenceRecord, PresenceSetting};
 /// What one `set_presence` asks for.
 #[derive(Debug)]
 enum PresenceAsk {
-    /// The gateway: the user's first device that counts connected.
+    /// The gateway: the user's first device that counts connected. On
+    /// several gateway nodes, the first on its node (so possibly not the
+    /// first overall: ONLINE again is harmless).
     Connected,
-    /// The gateway: the user's last device that counts left.
+    /// The gateway: the user's last device that counts left. On several
+    /// gateway nodes, sent only when no other live node holds one (the
+    /// gateway checks its presence sets in Redis first; docs/cluster.md),
+    /// or when the node holding the last one died.
     Disconnected,
     /// The user chose a state (and text), kept until changed.
     Choose {

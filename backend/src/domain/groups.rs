@@ -48,9 +48,26 @@ impl Domain {
             .ok_or(DomainError::NotMember)
     }
 
+    /// The caller's standing in a group: their membership, or for an
+    /// operator (`Caller::admin`) a stand-in with the owner's rank that is
+    /// never stored.
+    fn acting_member(&self, group_id: &str, me: &Caller) -> Result<MemberRecord, DomainError> {
+        if me.admin {
+            return Ok(MemberRecord {
+                user_id: me.user_id.clone(),
+                role: OWNER,
+                nickname: String::new(),
+                joined_ms: 0,
+                muted_until_ms: 0,
+                remark: String::new(),
+            });
+        }
+        self.member_of_group(group_id, &me.user_id)
+    }
+
     /// The caller's membership, which must be admin or owner.
-    fn admin_of(&self, group_id: &str, user: &str) -> Result<MemberRecord, DomainError> {
-        let m = self.member_of_group(group_id, user)?;
+    fn admin_of(&self, group_id: &str, me: &Caller) -> Result<MemberRecord, DomainError> {
+        let m = self.acting_member(group_id, me)?;
         if rank(m.role) < rank(ADMIN) {
             return Err(DomainError::PermissionDenied("admins and the owner only"));
         }
@@ -395,7 +412,7 @@ impl Domain {
     ) -> Handled {
         check_id("user_id", &req.user_id)?;
         self.live_group(&req.group_id)?;
-        self.admin_of(&req.group_id, &me.user_id)?;
+        self.admin_of(&req.group_id, me)?;
         if self
             .store
             .join_request(&req.group_id, &req.user_id)?
@@ -424,7 +441,7 @@ impl Domain {
             check_id("user_ids", u)?;
         }
         let meta = self.live_group(&req.group_id)?;
-        let inviter = self.member_of_group(&req.group_id, &me.user_id)?;
+        let inviter = self.acting_member(&req.group_id, me)?;
         // Members may invite into open groups only; elsewhere inviting is how
         // admins let people in, so it is theirs.
         let open = meta.join_policy == pb::JoinPolicy::Open as i32;
@@ -500,7 +517,7 @@ impl Domain {
             ));
         }
         self.remove_member(me, now_ms, &req.group_id, &req.user_id, |meta, d| {
-            let mine = d.admin_of(&meta.group_id, &me.user_id)?;
+            let mine = d.admin_of(&meta.group_id, me)?;
             let target = d
                 .store
                 .group_member(&meta.group_id, &req.user_id)?
@@ -568,7 +585,7 @@ impl Domain {
         req: pb::GroupDissolve,
     ) -> Handled {
         let (_, seqs, effects) = self.change_group(me, now_ms, &req.group_id, |meta| {
-            let mine = self.member_of_group(&meta.group_id, &me.user_id)?;
+            let mine = self.acting_member(&meta.group_id, me)?;
             if mine.role != OWNER {
                 return Err(DomainError::PermissionDenied("only the owner may dissolve"));
             }
@@ -607,7 +624,7 @@ impl Domain {
         apply: impl Fn(&mut GroupMeta) -> Ev,
     ) -> Handled {
         let (_, seqs, effects) = self.change_group(me, now_ms, group_id, |meta| {
-            self.admin_of(&meta.group_id, &me.user_id)?;
+            self.admin_of(&meta.group_id, me)?;
             let mut change = unchanged(meta);
             let ev = apply(&mut change.meta);
             change.entries.push(event(me, now_ms, ev));
@@ -726,9 +743,22 @@ impl Domain {
             }
         };
         let (_, seqs, effects) = self.change_group(me, now_ms, &req.group_id, |meta| {
-            let mut mine = self.member_of_group(&meta.group_id, &me.user_id)?;
+            let mut mine = self.acting_member(&meta.group_id, me)?;
             if mine.role != OWNER {
                 return Err(DomainError::PermissionDenied("only the owner sets roles"));
+            }
+            if me.admin {
+                // An operator hands ownership over from the owner, not from
+                // itself (it is no member).
+                if req.user_id == meta.owner {
+                    return Err(DomainError::InvalidArgument(
+                        "make another member the owner instead".into(),
+                    ));
+                }
+                mine = self
+                    .store
+                    .group_member(&meta.group_id, &meta.owner)?
+                    .ok_or_else(|| DomainError::Internal("the owner is no member".into()))?;
             }
             if req.user_id == me.user_id {
                 return Err(DomainError::InvalidArgument(
@@ -756,7 +786,7 @@ impl Domain {
                     me,
                     now_ms,
                     Ev::RoleChanged(pb::RoleChanged {
-                        user_id: me.user_id.clone(),
+                        user_id: mine.user_id.clone(),
                         role: ADMIN,
                     }),
                 ));
@@ -779,7 +809,7 @@ impl Domain {
             check_id("user_id", &req.user_id)?;
         }
         let (_, seqs, effects) = self.change_group(me, now_ms, &req.group_id, |meta| {
-            let mine = self.admin_of(&meta.group_id, &me.user_id)?;
+            let mine = self.admin_of(&meta.group_id, me)?;
             let mut change = unchanged(meta);
             let ev = if req.user_id.is_empty() {
                 change.meta.muted_all = req.duration_ms > 0;

@@ -15,6 +15,7 @@
 //! conversation list), `groups`, `social` (friends, profiles, blocks),
 //! `ephemeral` (typing and presence).
 
+mod admin;
 mod ephemeral;
 mod groups;
 mod messages;
@@ -44,6 +45,11 @@ pub struct Caller {
     /// The device id from `Auth`; empty when the gateway speaks for the
     /// user's connections ([`Caller::connection`]).
     pub device_id: String,
+    /// An operator acting through the server API: may send without
+    /// friendship or membership, manage any group as if its owner, read any
+    /// conversation, ban and kick. Only the gateway's API path sets it;
+    /// nothing a client sends can (see docs/http-api.md).
+    pub admin: bool,
 }
 
 impl Caller {
@@ -55,6 +61,7 @@ impl Caller {
         Self {
             user_id: user.to_owned(),
             device_id: String::new(),
+            admin: false,
         }
     }
 
@@ -123,6 +130,14 @@ pub enum Effect {
         /// The event.
         event: pb::PresenceEvent,
     },
+    /// Close devices of `user_id` with `kick` (an operator's kick or ban):
+    /// every device, or only `kick.device_id` when set.
+    Kick {
+        /// The user.
+        user_id: String,
+        /// The frame the devices get before they are closed.
+        kick: pb::Kick,
+    },
 }
 
 impl Outcome {
@@ -177,6 +192,11 @@ pub struct Domain {
     id_seed: u64,
     /// Makes generated group ids unique within this process.
     id_counter: AtomicU64,
+    /// Users found banned (by a ban here or a login check): their requests
+    /// are refused without a store read. See `admin.rs`.
+    banned: admin::BannedCache,
+    /// Users online on this node (for broadcasts). See `admin.rs`.
+    online: admin::OnlineUsers,
 }
 
 impl std::fmt::Debug for Domain {
@@ -202,6 +222,8 @@ impl Domain {
             typing: Mutex::new(HashMap::new()),
             id_seed,
             id_counter: AtomicU64::new(0),
+            banned: admin::BannedCache::default(),
+            online: admin::OnlineUsers::default(),
         }
     }
 
@@ -247,6 +269,10 @@ impl Domain {
         let mut checks = DirectReadAhead::new(&requests);
         for (i, req) in requests.into_iter().enumerate() {
             let Request { caller, body } = req;
+            if let Err(e) = self.check_not_banned(&caller, &body) {
+                outcomes[i] = Some(Outcome::error(&e));
+                continue;
+            }
             match body {
                 Body::Send(send) => {
                     match self.prepare_send(&caller, now_ms, send, checks.checks_for(self, i)) {
@@ -255,7 +281,12 @@ impl Domain {
                         Err(e) => outcomes[i] = Some(Outcome::error(&e)),
                     }
                 }
-                Body::SetPresence(r) => presences.push((i, caller, r)),
+                Body::SetPresence(r) => {
+                    if caller.is_connection() {
+                        self.online.note(&caller.user_id, r.state);
+                    }
+                    presences.push((i, caller, r));
+                }
                 body => {
                     self.flush_sends(now_ms, &mut pending, &mut outcomes);
                     self.flush_presences(now_ms, &mut presences, &mut outcomes);
@@ -297,6 +328,7 @@ impl Domain {
             Body::Conversations(r) => self.conversations(me, r),
             Body::Typing(r) => self.typing(me, now_ms, r),
             Body::SetPresence(r) => self.set_presence(me, now_ms, r),
+            Body::PresenceQuery(r) if me.admin && r.user_ids.is_empty() => self.online_users(),
             Body::PresenceQuery(r) => self.presence_query(me, now_ms, r),
             Body::FriendRequest(r) => self.friend_request(me, now_ms, r),
             Body::FriendAccept(r) => self.friend_accept(me, now_ms, r),
@@ -325,6 +357,10 @@ impl Domain {
             Body::GroupMute(r) => self.group_mute(me, now_ms, r),
             Body::GroupSetPolicy(r) => self.group_set_policy(me, now_ms, r),
             Body::GroupList(_) => self.group_list(me),
+            // Server-only: a client's never passes validation. From the API
+            // (admin) it bans, unbans or kicks; from the gateway (not
+            // admin) it is the login check of a connection.
+            Body::Kick(r) => self.kick_op(me, now_ms, r),
             // Session frames (auth, ping, deliver_ack) belong to the gateway;
             // server-only frames never reach here from a validated client.
             _ => Err(DomainError::InvalidArgument("not a backend request".into())),

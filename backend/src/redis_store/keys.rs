@@ -139,6 +139,13 @@ pub struct UserKeys {
     pub presence: String,
     /// String: the chosen presence setting (prost bytes), kept until changed.
     pub presence_setting: String,
+    /// Set: the gateway nodes where the user has a device that counts
+    /// toward presence, kept by the gateway's backend workers (see the
+    /// gateway's docs/cluster.md). While it is not empty, a presence record
+    /// saying the user's last device left is not written.
+    pub presence_nodes: String,
+    /// String: the ban (prost bytes), kept until lifted.
+    pub ban: String,
 }
 
 impl UserKeys {
@@ -155,6 +162,8 @@ impl UserKeys {
             profile: k("p"),
             presence: k("s"),
             presence_setting: k("ps"),
+            presence_nodes: k("pn"),
+            ban: k("ban"),
         })
     }
 }

@@ -106,6 +106,7 @@ impl World {
         Caller {
             user_id: user.to_owned(),
             device_id: format!("{user}-phone"),
+            admin: false,
         }
     }
 
@@ -1560,6 +1561,7 @@ pub fn sync_reaches_every_device_of_the_sender(f: Fixture) {
     let laptop = Caller {
         user_id: "alice".into(),
         device_id: "alice-laptop".into(),
+        admin: false,
     };
     let out = w
         .domain
@@ -4127,6 +4129,261 @@ pub fn auth_non_friends_refused_when_policy_says_so(f: Fixture) {
 // The list
 // ---------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------
+// Operators (the server API): bans, kicks, rights
+// ---------------------------------------------------------------------------
+
+fn operator(user: &str) -> Caller {
+    Caller {
+        user_id: user.to_owned(),
+        device_id: "api".to_owned(),
+        admin: true,
+    }
+}
+
+fn error_code(out: &Outcome) -> Option<pb::ErrorCode> {
+    match &out.reply {
+        Some(Body::Error(e)) => Some(e.code()),
+        _ => None,
+    }
+}
+
+fn operator_kick(reason: pb::KickReason, message: &str) -> Body {
+    Body::Kick(pb::Kick {
+        reason: reason as i32,
+        message: message.to_owned(),
+        ..Default::default()
+    })
+}
+
+/// Proves a ban is stored (both stores), kicks every device, makes the
+/// login check answer `Kick` BANNED and later requests of the user be
+/// refused; an unban clears both.
+pub fn admin_ban_kicks_refuses_and_unban_lifts(f: Fixture) {
+    let w = World::new(f);
+    let t = w.now();
+    let out = w.domain.handle(
+        &operator("bob"),
+        t,
+        operator_kick(pb::KickReason::Banned, "spam"),
+    );
+    assert!(matches!(out.reply, Some(Body::Ok(_))), "{out:?}");
+    assert!(
+        matches!(&out.effects[..], [Effect::Kick { user_id, kick }]
+            if user_id == "bob" && kick.reason == pb::KickReason::Banned as i32 && kick.message.is_empty()),
+        "{out:?}"
+    );
+    let ban = w.store().ban("bob").unwrap().expect("stored");
+    assert_eq!((ban.reason.as_str(), ban.since_ms), ("spam", t));
+    // The gateway's login check of a device.
+    let check = w.call("bob", operator_kick(pb::KickReason::Unspecified, ""));
+    assert!(
+        matches!(&check.reply, Some(Body::Kick(k)) if k.reason == pb::KickReason::Banned as i32),
+        "{check:?}"
+    );
+    let refused = w.call(
+        "bob",
+        Body::Profile(pb::ProfileRequest {
+            user_id: "bob".into(),
+        }),
+    );
+    assert_eq!(error_code(&refused), Some(pb::ErrorCode::PermissionDenied));
+    let out = w.domain.handle(
+        &operator("bob"),
+        w.now(),
+        operator_kick(pb::KickReason::Unspecified, ""),
+    );
+    assert!(matches!(out.reply, Some(Body::Ok(_))), "{out:?}");
+    assert!(w.store().ban("bob").unwrap().is_none());
+    let check = w.call("bob", operator_kick(pb::KickReason::Unspecified, ""));
+    assert_eq!(check.reply, None, "not banned: no answer");
+    let served = w.call(
+        "bob",
+        Body::Profile(pb::ProfileRequest {
+            user_id: "bob".into(),
+        }),
+    );
+    assert!(
+        matches!(served.reply, Some(Body::ProfileResult(_))),
+        "{served:?}"
+    );
+}
+
+/// Proves an operator kick names one device (or none: all) and stores
+/// nothing; a kick reason an operator may not use is refused.
+pub fn admin_kick_names_a_device(f: Fixture) {
+    let w = World::new(f);
+    let out = w.domain.handle(
+        &operator("bob"),
+        w.now(),
+        operator_kick(pb::KickReason::Admin, "phone"),
+    );
+    assert!(
+        matches!(&out.effects[..], [Effect::Kick { kick, .. }]
+            if kick.reason == pb::KickReason::Admin as i32 && kick.message == "phone"),
+        "{out:?}"
+    );
+    assert!(w.store().ban("bob").unwrap().is_none());
+    let bad = w.domain.handle(
+        &operator("bob"),
+        w.now(),
+        operator_kick(pb::KickReason::Shutdown, ""),
+    );
+    assert_eq!(error_code(&bad), Some(pb::ErrorCode::InvalidArgument));
+}
+
+/// Proves an operator sends 1:1 without friendship under the friends-only
+/// policy, sends into a group it is not in, manages that group as its
+/// owner would (invite, role, kick, dissolve) and reads its history; the
+/// same calls from a plain caller are refused.
+pub fn admin_acts_without_friendship_or_membership(f: Fixture) {
+    let w = World::with_config(
+        f,
+        Config {
+            allow_non_friend_messages: false,
+            ..Config::default()
+        },
+    );
+    let sys = operator("system");
+    let send = |to: pb::send::To, id: &str| {
+        Body::Send(pb::Send {
+            client_msg_id: id.into(),
+            to: Some(to),
+            content: Some(pb::Content {
+                kind: Some(pb::content::Kind::Text(pb::Text { text: "hi".into() })),
+            }),
+            ..Default::default()
+        })
+    };
+    let refused = w.call("system", send(pb::send::To::UserId("bob".into()), "m0"));
+    assert_eq!(error_code(&refused), Some(pb::ErrorCode::NotFriends));
+    let out = w.domain.handle(
+        &sys,
+        w.now(),
+        send(pb::send::To::UserId("bob".into()), "m1"),
+    );
+    assert!(matches!(out.reply, Some(Body::SendAck(_))), "{out:?}");
+    let created = w.call(
+        "alice",
+        Body::GroupCreate(pb::GroupCreate {
+            group_id: "g1".into(),
+            name: "g".into(),
+            members: vec!["bob".into()],
+            ..Default::default()
+        }),
+    );
+    assert!(
+        matches!(created.reply, Some(Body::GroupInfoResult(_))),
+        "{created:?}"
+    );
+    let not_member = w.call("system", send(pb::send::To::GroupId("g1".into()), "m2"));
+    assert_eq!(error_code(&not_member), Some(pb::ErrorCode::NotMember));
+    let out = w.domain.handle(
+        &sys,
+        w.now(),
+        send(pb::send::To::GroupId("g1".into()), "m3"),
+    );
+    assert!(matches!(out.reply, Some(Body::SendAck(_))), "{out:?}");
+    let invite = Body::GroupInvite(pb::GroupInvite {
+        group_id: "g1".into(),
+        user_ids: vec!["carol".into()],
+    });
+    assert_eq!(
+        error_code(&w.call("system", invite.clone())),
+        Some(pb::ErrorCode::NotMember)
+    );
+    let ok = |out: Outcome| assert!(matches!(out.reply, Some(Body::Ok(_))), "{out:?}");
+    ok(w.domain.handle(&sys, w.now(), invite));
+    ok(w.domain.handle(
+        &sys,
+        w.now(),
+        Body::GroupSetRole(pb::GroupSetRole {
+            group_id: "g1".into(),
+            user_id: "carol".into(),
+            role: pb::GroupRole::Owner as i32,
+        }),
+    ));
+    let alice = w.store().group_member("g1", "alice").unwrap().unwrap();
+    assert_eq!(
+        alice.role,
+        pb::GroupRole::Admin as i32,
+        "the old owner is an admin"
+    );
+    assert_eq!(w.store().group("g1").unwrap().unwrap().owner, "carol");
+    assert!(
+        w.store().group_member("g1", "system").unwrap().is_none(),
+        "never a member"
+    );
+    ok(w.domain.handle(
+        &sys,
+        w.now(),
+        Body::GroupKick(pb::GroupKick {
+            group_id: "g1".into(),
+            user_id: "bob".into(),
+        }),
+    ));
+    let history = w.domain.handle(
+        &sys,
+        w.now(),
+        Body::History(pb::HistoryRequest {
+            conversation_id: "g:g1".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(
+        matches!(&history.reply, Some(Body::HistoryResult(h)) if h.entries.len() >= 4),
+        "{history:?}"
+    );
+    ok(w.domain.handle(
+        &sys,
+        w.now(),
+        Body::GroupDissolve(pb::GroupDissolve {
+            group_id: "g1".into(),
+        }),
+    ));
+    let unknown = w.domain.handle(
+        &sys,
+        w.now(),
+        Body::GroupDissolve(pb::GroupDissolve {
+            group_id: "nope".into(),
+        }),
+    );
+    assert_eq!(error_code(&unknown), Some(pb::ErrorCode::NotFound));
+}
+
+/// Proves the online users an operator lists follow the gateway's
+/// presence updates (a user's own presence choice does not add them).
+pub fn admin_lists_online_users(f: Fixture) {
+    let w = World::new(f);
+    w.connection("bob", true);
+    w.connection("carol", true);
+    w.connection("carol", false);
+    w.connection("dave", true);
+    let list = |w: &World| match w
+        .domain
+        .handle(
+            &operator("system"),
+            w.now(),
+            Body::PresenceQuery(pb::PresenceQuery::default()),
+        )
+        .reply
+    {
+        Some(Body::PresenceResult(r)) => r
+            .presences
+            .into_iter()
+            .map(|p| p.user_id)
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(list(&w), ["bob", "dave"]);
+    // A plain caller's empty query is an empty answer, as before.
+    let plain = w.call("bob", Body::PresenceQuery(pb::PresenceQuery::default()));
+    assert!(
+        matches!(&plain.reply, Some(Body::PresenceResult(r)) if r.presences.is_empty()),
+        "{plain:?}"
+    );
+}
+
 /// Expands to one `#[test]` per conformance case, each on a fresh store
 /// from `$make` (a `fn() -> conformance::Fixture`).
 #[macro_export]
@@ -4213,6 +4470,10 @@ macro_rules! conformance_tests {
             auth_owner_cannot_leave,
             auth_blocked_user_cannot_message,
             auth_non_friends_refused_when_policy_says_so,
+            admin_ban_kicks_refuses_and_unban_lifts,
+            admin_kick_names_a_device,
+            admin_acts_without_friendship_or_membership,
+            admin_lists_online_users,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

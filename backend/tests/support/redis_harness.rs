@@ -327,6 +327,124 @@ impl RedisCluster {
         self.wait_ok();
     }
 
+    /// The hash slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let s = self.nodes[0]
+            .command(&["CLUSTER", "KEYSLOT", key])
+            .expect("CLUSTER KEYSLOT");
+        s.parse().expect("a slot number")
+    }
+
+    /// Index (into [`RedisCluster::nodes_mut`]) of the master serving
+    /// `slot`, as the first node's `CLUSTER NODES` says.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        let text = self.nodes[0]
+            .command(&["CLUSTER", "NODES"])
+            .expect("CLUSTER NODES");
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() < 9 || !f[2].contains("master") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                    _ => false, // an open migration: [slot->-id]
+                }
+            });
+            if serves {
+                let port: u16 = f[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("ip:port@bus in CLUSTER NODES");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("the owner is one of ours");
+            }
+        }
+        panic!("no master serves slot {slot}:\n{text}");
+    }
+
+    /// Moves `slot` from its owner to master `to` while the cluster serves
+    /// traffic, the way `redis-cli --cluster reshard` does: `SETSLOT
+    /// IMPORTING` on `to`, `SETSLOT MIGRATING` on the owner, then `MIGRATE`
+    /// of the slot's keys `keys_per_step` at a time, calling `between` after
+    /// each step (so clients meet the half-moved slot: `ASK` redirects, and
+    /// `TRYAGAIN` for a multi-key command whose keys are split), and last
+    /// `SETSLOT NODE` on `to`, the old owner and the rest (`MOVED` from
+    /// then on). Returns how many keys moved. A slot already on `to` moves
+    /// nothing.
+    pub fn move_slot(
+        &self,
+        slot: u16,
+        to: usize,
+        keys_per_step: usize,
+        mut between: impl FnMut(),
+    ) -> usize {
+        let from = self.owner_of(slot);
+        if from == to {
+            return 0;
+        }
+        let id = |i: usize| {
+            self.nodes[i]
+                .command(&["CLUSTER", "MYID"])
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let slot_s = slot.to_string();
+        self.nodes[to]
+            .command(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id])
+            .expect("SETSLOT IMPORTING");
+        self.nodes[from]
+            .command(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id])
+            .expect("SETSLOT MIGRATING");
+        between();
+        let mut conn = redis::Client::open(self.nodes[from].url())
+            .expect("a redis url")
+            .get_connection()
+            .expect("connect to the slot's owner");
+        let mut moved = 0;
+        // Bounded: every step moves at least one key or ends the loop, and
+        // the slot holds a finite number of keys that only the test adds.
+        for _ in 0..100_000 {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(keys_per_step.max(1))
+                .query(&mut conn)
+                .expect("CLUSTER GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(self.nodes[to].port)
+                .arg("")
+                .arg(0)
+                .arg(5_000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut conn)
+                .expect("MIGRATE");
+            moved += keys.len();
+            between();
+        }
+        // The new owner first, then the old one, then the others (the
+        // order `redis-cli` uses, so no node is left pointing nowhere).
+        let mut order = vec![to, from];
+        order.extend((0..self.nodes.len()).filter(|i| *i != to && *i != from));
+        for i in order {
+            self.nodes[i]
+                .command(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id])
+                .expect("SETSLOT NODE");
+        }
+        moved
+    }
+
     fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_millis(CLUSTER_OK_TIMEOUT_MS);
         for n in &self.nodes {

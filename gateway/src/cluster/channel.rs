@@ -12,6 +12,11 @@
 //! - for `d`: `c` the conversation id, `s` its seq, `o` the sending
 //!   `user\0device` (it has the SendAck and gets no copy) or empty.
 //!
+//! A third kind, `x`, displaces a device: `u` one user id, `v` the device
+//! id, no body. The same device logged in on the sending node, whose
+//! route named this one: this node kicks its connection of that device
+//! (`Kick { reason: DISPLACED }`, as for a second login on one node).
+//!
 //! A record that does not decode is counted
 //! (`tern_cluster_records_malformed_total`) and skipped.
 //!
@@ -43,6 +48,7 @@ use tracing::warn;
 
 use super::{
     NodeView, conn, membership,
+    presence::Rechecks,
     route_cache::{self, RouteCache},
     routes,
 };
@@ -92,12 +98,15 @@ pub struct EntryMeta {
 /// in two pipelines (three when a route names a node not in the view).
 #[derive(Debug)]
 pub struct RemoteRouter {
-    link: conn::Link,
-    view: Arc<NodeView>,
+    pub(super) link: conn::Link,
+    pub(super) view: Arc<NodeView>,
     /// The worker's route cache; `None` when `route_cache_entries_max` is 0.
-    cache: Option<RouteCache>,
-    records_max: u64,
-    metrics: Arc<ClusterMetrics>,
+    pub(super) cache: Option<RouteCache>,
+    pub(super) records_max: u64,
+    pub(super) metrics: Arc<ClusterMetrics>,
+    /// Users whose presence was on a dead node (filled by the cluster
+    /// thread, emptied by the workers).
+    pub(super) rechecks: Arc<Rechecks>,
 }
 
 impl RemoteRouter {
@@ -106,6 +115,7 @@ impl RemoteRouter {
         view: Arc<NodeView>,
         settings: &ClusterSettings,
         metrics: Arc<ClusterMetrics>,
+        rechecks: Arc<Rechecks>,
     ) -> Self {
         Self {
             link,
@@ -113,6 +123,7 @@ impl RemoteRouter {
             cache: RouteCache::new(settings),
             records_max: settings.channel_records_max,
             metrics,
+            rechecks,
         }
     }
 
@@ -256,6 +267,24 @@ fn xadd(node: &str, records_max: u64, p: &OutPush, users: &[&str]) -> Cmd {
     c
 }
 
+/// A displacement record for `node`'s stream: `user`'s `device` logged in
+/// on the sending node.
+pub(super) fn xadd_displace(node: &str, records_max: u64, user: &str, device: &str) -> Cmd {
+    let mut c = cmd("XADD");
+    c.arg(stream_key(node))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(records_max)
+        .arg("*")
+        .arg("k")
+        .arg("x")
+        .arg("u")
+        .arg(user)
+        .arg("v")
+        .arg(device);
+    c
+}
+
 /// Why a record of the stream was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -276,13 +305,23 @@ pub type RecordEntry = (String, u64, Option<(String, String)>);
 
 /// A record, decoded and checked.
 #[derive(Debug, PartialEq)]
-pub struct Record {
-    /// The recipients on this node.
-    pub users: Vec<String>,
-    /// The encoded `Frame`.
-    pub body: Bytes,
-    /// `Some((conversation, seq, origin))` for a stored entry.
-    pub entry: Option<RecordEntry>,
+pub enum Record {
+    /// `k = d` or `p`: a push to the recipients on this node.
+    Push {
+        /// The recipients on this node.
+        users: Vec<String>,
+        /// The encoded `Frame`.
+        body: Bytes,
+        /// `Some((conversation, seq, origin))` for a stored entry.
+        entry: Option<RecordEntry>,
+    },
+    /// `k = x`: kick this node's connection of `user`'s `device`.
+    Displace {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+    },
 }
 
 /// Decodes a record's fields. Never panics; allocates only what Redis
@@ -299,6 +338,16 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
         get(name).and_then(|b| std::str::from_utf8(b).map_err(|_| RecordError::Invalid(name)))
     };
     let kind = get("k")?;
+    if kind == b"x" {
+        let user = text("u")?;
+        let device = text("v")?;
+        tern_protocol::ids::check_id(user).map_err(|_| RecordError::Invalid("u"))?;
+        tern_protocol::ids::check_id(device).map_err(|_| RecordError::Invalid("v"))?;
+        return Ok(Record::Displace {
+            user: user.to_owned(),
+            device: device.to_owned(),
+        });
+    }
     let users = text("u")?;
     if users.is_empty() || users.bytes().filter(|&b| b == b'\n').count() >= RECORD_RECIPIENTS_MAX {
         return Err(RecordError::Invalid("u"));
@@ -318,7 +367,7 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
     }
     let body = Bytes::copy_from_slice(body);
     match kind {
-        b"p" if !is_deliver => Ok(Record {
+        b"p" if !is_deliver => Ok(Record::Push {
             users,
             body,
             entry: None,
@@ -335,7 +384,7 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
                     Some((u.to_owned(), d.to_owned()))
                 }
             };
-            Ok(Record {
+            Ok(Record::Push {
                 users,
                 body,
                 entry: Some((conv, seq, origin)),
@@ -348,6 +397,7 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
 /// This node's channel reader (the `tern-channel` thread).
 #[derive(Debug)]
 pub(super) struct Consumer {
+    pub(super) view: Arc<NodeView>,
     pub(super) link: conn::Link,
     pub(super) node: String,
     pub(super) to_shards: Vec<Sender<ShardMsg>>,
@@ -363,6 +413,11 @@ impl Consumer {
         let mut last: Option<String> = None;
         let mut warned_at: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
+            if self.view.take_recount() {
+                for shard in 0..self.to_shards.len() {
+                    self.send_to_shard(shard, ShardMsg::Recount);
+                }
+            }
             // Start after the newest record already there: what was sent to
             // an earlier run of this node is for connections it no longer
             // holds (they resynced).
@@ -447,11 +502,22 @@ impl Consumer {
     /// One shard message per owner shard of the record's recipients.
     fn dispatch(&mut self, r: Record) {
         let shards = self.to_shards.len();
+        let (users, body, entry) = match r {
+            Record::Push { users, body, entry } => (users, body, entry),
+            Record::Displace { user, device } => {
+                self.metrics
+                    .displacements_received
+                    .fetch_add(1, Ordering::Relaxed);
+                let shard = owner_shard(&user, shards);
+                self.send_to_shard(shard, ShardMsg::Displace { user, device });
+                return;
+            }
+        };
         let mut groups: Vec<Vec<String>> = (0..shards).map(|_| Vec::new()).collect();
-        for u in r.users {
+        for u in users {
             groups[owner_shard(&u, shards)].push(u);
         }
-        let entry = r.entry.map(|(conv, seq, origin)| {
+        let entry = entry.map(|(conv, seq, origin)| {
             let cursors: Arc<[(ConvKey, u64)]> = Arc::new([(ConvKey::of(&conv), seq)]);
             (cursors, origin.map(Arc::new))
         });
@@ -464,12 +530,12 @@ impl Consumer {
                 Some((cursors, origin)) => ShardMsg::Deliver {
                     users,
                     cursors: cursors.clone(),
-                    body: r.body.clone(),
+                    body: body.clone(),
                     origin: origin.clone(),
                 },
                 None => ShardMsg::Push {
                     users,
-                    body: r.body.clone(),
+                    body: body.clone(),
                 },
             };
             self.send_to_shard(shard, msg);
@@ -550,15 +616,30 @@ mod tests {
             ("b", body.clone()),
         ]);
         let refs: Vec<(&Value, &Value)> = good.iter().map(|(k, v)| (k, v)).collect();
-        let r = decode(&refs).unwrap();
-        assert_eq!(r.users, ["alice", "bob"]);
+        let Record::Push { users, entry, .. } = decode(&refs).unwrap() else {
+            panic!("not a push");
+        };
+        assert_eq!(users, ["alice", "bob"]);
         assert_eq!(
-            r.entry,
+            entry,
             Some((
                 "d:alice:bob".into(),
                 7,
                 Some(("alice".into(), "phone".into()))
             ))
+        );
+        let x = fields(&[
+            ("k", b"x".to_vec()),
+            ("u", b"alice".to_vec()),
+            ("v", b"phone".to_vec()),
+        ]);
+        let refs: Vec<(&Value, &Value)> = x.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(
+            decode(&refs),
+            Ok(Record::Displace {
+                user: "alice".into(),
+                device: "phone".into()
+            })
         );
         let cases: Vec<Vec<(Value, Value)>> = vec![
             fields(&[
@@ -590,6 +671,17 @@ mod tests {
                 ("o", b"".to_vec()),
             ]),
             fields(&[("u", b"a".to_vec())]),
+            fields(&[
+                ("k", b"x".to_vec()),
+                ("u", b"a\nb".to_vec()),
+                ("v", b"d".to_vec()),
+            ]),
+            fields(&[
+                ("k", b"x".to_vec()),
+                ("u", b"a".to_vec()),
+                ("v", b"".to_vec()),
+            ]),
+            fields(&[("k", b"x".to_vec()), ("u", b"a".to_vec())]),
         ];
         for c in cases {
             let refs: Vec<(&Value, &Value)> = c.iter().map(|(k, v)| (k, v)).collect();

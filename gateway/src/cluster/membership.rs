@@ -10,7 +10,10 @@
 use std::{
     collections::HashSet,
     path::Path,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use parking_lot::RwLock;
@@ -93,30 +96,50 @@ fn random_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// Takes or renews this node's lease (one pipeline).
-pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<()> {
+/// Takes or renews this node's lease (one pipeline). Answers whether there
+/// was no lease to renew: at a renewal (not the first take), the lease had
+/// lapsed, and other nodes may have taken this node for dead meanwhile.
+pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<bool> {
     let mut set = cmd("SET");
     set.arg(lease_key(node))
         .arg(unix_ms())
         .arg("PX")
-        .arg(lease_ms);
+        .arg(lease_ms)
+        .arg("GET");
     let mut add = cmd("SADD");
     add.arg(NODES_KEY).arg(node);
-    link.pipeline(vec![set, add]).map(drop)
+    let replies = link.pipeline(vec![set, add])?;
+    Ok(matches!(replies.first(), Some(Value::Nil)))
 }
 
-/// Leaves: the lease and the listing go at once.
+/// Leaves: the lease goes at once, and the listing too if this node holds
+/// no user's presence any more (`{n:<node>}:pu` empty, as after a full
+/// drain). Otherwise it stays listed, so the next node to refresh its view
+/// finds the lease gone, claims the node and takes that presence back
+/// (see [`live_nodes`]).
 pub(crate) fn leave(link: &mut Link, node: &str) -> RedisResult<()> {
     let mut del = cmd("DEL");
     del.arg(lease_key(node));
-    let mut rem = cmd("SREM");
-    rem.arg(NODES_KEY).arg(node);
-    link.pipeline(vec![del, rem]).map(drop)
+    let mut left = cmd("SCARD");
+    left.arg(super::presence::node_users_key(node));
+    let replies = link.pipeline(vec![del, left])?;
+    if matches!(replies.get(1), Some(Value::Int(0))) {
+        let mut rem = cmd("SREM");
+        rem.arg(NODES_KEY).arg(node);
+        link.command(&rem)?;
+    }
+    Ok(())
 }
 
+/// A set of node ids.
+pub type NodeSet = HashSet<Box<str>>;
+
 /// The live nodes (`me` always included): the listed nodes whose lease
-/// key exists. Listed nodes without one are removed from the listing.
-pub(crate) fn live_nodes(link: &mut Link, me: &str) -> RedisResult<HashSet<Box<str>>> {
+/// key exists; and the dead nodes this call claimed. Listed nodes without
+/// a lease are removed from the listing, one `SREM` each: the node whose
+/// `SREM` removed it (answered 1) claims it, so exactly one node reaps a
+/// dead node's presence.
+pub(crate) fn live_nodes(link: &mut Link, me: &str) -> RedisResult<(NodeSet, Vec<Box<str>>)> {
     let listed = link.command(cmd("SMEMBERS").arg(NODES_KEY))?;
     let ids: Vec<String> = super::conn::items(&listed)
         .unwrap_or_default()
@@ -129,20 +152,35 @@ pub(crate) fn live_nodes(link: &mut Link, me: &str) -> RedisResult<HashSet<Box<s
     let mut live: HashSet<Box<str>> = HashSet::with_capacity(ids.len() + 1);
     let mut gone = Vec::new();
     for (id, up) in ids.into_iter().zip(alive) {
-        if up {
+        // This node never claims itself (its lease may have lapsed in a
+        // Redis blip; its next renewal brings it back).
+        if up || id == me {
             live.insert(id.into_boxed_str());
         } else {
             gone.push(id);
         }
     }
+    let mut claimed = Vec::new();
     if !gone.is_empty() {
         // A node that comes back adds itself again with its next renewal.
-        let mut rem = cmd("SREM");
-        rem.arg(NODES_KEY).arg(&gone);
-        link.command(&rem)?;
+        let cmds = gone
+            .iter()
+            .map(|id| {
+                let mut rem = cmd("SREM");
+                rem.arg(NODES_KEY).arg(id);
+                rem
+            })
+            .collect();
+        let replies = link.pipeline(cmds)?;
+        claimed = gone
+            .into_iter()
+            .zip(replies)
+            .filter(|(_, r)| matches!(r, Value::Int(1)))
+            .map(|(id, _)| id.into_boxed_str())
+            .collect();
     }
     live.insert(me.into());
-    Ok(live)
+    Ok((live, claimed))
 }
 
 /// Whether each node's lease key exists (one pipeline).
@@ -168,6 +206,10 @@ pub(crate) fn exists_each(link: &mut Link, nodes: &[impl AsRef<str>]) -> RedisRe
 pub struct NodeView {
     me: Arc<str>,
     live: RwLock<Arc<HashSet<Box<str>>>>,
+    /// Set by the cluster thread when this node's lease had lapsed; taken
+    /// by the channel thread, which asks every shard to count its devices
+    /// again.
+    recount: AtomicBool,
 }
 
 impl NodeView {
@@ -176,7 +218,18 @@ impl NodeView {
         Self {
             me: me.into(),
             live: RwLock::new(Arc::new(HashSet::from([me.into()]))),
+            recount: AtomicBool::new(false),
         }
+    }
+
+    /// Asks for a recount (the lease had lapsed).
+    pub fn ask_recount(&self) {
+        self.recount.store(true, Ordering::Release);
+    }
+
+    /// Whether a recount was asked for since the last call.
+    pub fn take_recount(&self) -> bool {
+        self.recount.swap(false, Ordering::AcqRel)
     }
 
     /// This node's id.

@@ -3,23 +3,27 @@
 //!
 //! - [`membership`]: the node's id, its lease in Redis, the view of live
 //!   nodes.
-//! - [`routes`]: the route table `(user, device) → node` — written from the
-//!   shards' route rings in batches by the cluster thread, read by the
-//!   backend workers.
+//! - [`routes`]: the route table `(user, device) → node` — written and read
+//!   by the backend workers (a device's route changes ride its user's
+//!   worker ring, in order with its requests).
 //! - [`route_cache`]: each worker's cache of the route table, kept true by
 //!   the route log every route write appends to.
+//! - [`presence`]: which nodes hold a user's counting devices, the node
+//!   bookkeeping a worker does before a batch ([`RemoteRouter::note`]), and
+//!   the re-check of users whose node died.
 //! - [`channel`]: the per-node delivery stream — records written by the
 //!   backend workers ([`RemoteRouter`]), consumed by this node's channel
 //!   thread and turned into [`ShardMsg`]s for its shards.
 //!
 //! Imports go one way: `bridge` and `server` use this module; it uses only
 //! the public message types of `shard` ([`ShardMsg`], `owner_shard`). It
-//! never runs on a shard thread: a shard only pushes a [`RouteChange`] into
-//! a bounded ring.
+//! never runs on a shard thread: a shard's route and presence changes reach
+//! it through the backend worker rings.
 
 pub mod channel;
 mod conn;
 pub mod membership;
+pub mod presence;
 pub mod route_cache;
 pub mod routes;
 
@@ -34,11 +38,12 @@ use std::{
 
 pub use channel::RemoteRouter;
 pub use membership::NodeView;
+pub use presence::Note;
 use tracing::warn;
 
 use crate::{
     config::{ClusterSettings, Config},
-    mailbox::{self, Doorbell, Receiver, Sender},
+    mailbox::{self, Doorbell, Receiver},
     metrics::ClusterMetrics,
     shard::ShardMsg,
 };
@@ -68,49 +73,9 @@ pub enum ClusterError {
     Spawn(std::io::Error),
 }
 
-/// A device logged in on this node (`up`) or left it. Sent by the owner
-/// shard of the user, so the changes of one device arrive in order.
-#[derive(Debug)]
-pub struct RouteChange {
-    /// `user\0device` (the shard's own identity string, cloned: one
-    /// allocation per change).
-    pub ident: Box<str>,
-    /// Logged in (true) or closed (false).
-    pub up: bool,
-}
-
-impl RouteChange {
-    /// The user and device ids.
-    pub fn parts(&self) -> (&str, &str) {
-        self.ident.split_once('\0').unwrap_or((&self.ident, ""))
-    }
-}
-
-/// A shard's end of its route ring to the cluster thread.
-#[derive(Debug)]
-pub struct RouteSender {
-    ring: Sender<RouteChange>,
-    metrics: Arc<ClusterMetrics>,
-}
-
-impl RouteSender {
-    /// Queues a route change (`ident` is `user\0device`). Never blocks: a
-    /// full ring drops the change and counts it
-    /// (`tern_cluster_route_ring_full_total`).
-    pub fn send(&mut self, ident: &str, up: bool) {
-        let change = RouteChange {
-            ident: ident.into(),
-            up,
-        };
-        // No doorbell: the cluster thread polls every `route_flush_ms`.
-        if self.ring.send_quiet(change).is_err() {
-            self.metrics.route_ring_full.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// The node tier of a running gateway: the cluster thread (lease, view of
-/// live nodes, route writes) and the channel thread (this node's stream).
+/// live nodes, reaping the presence of dead nodes) and the channel thread
+/// (this node's stream).
 #[derive(Debug)]
 pub struct Cluster {
     /// This node's view of the live nodes.
@@ -124,8 +89,6 @@ pub struct Cluster {
 pub struct ClusterParts {
     /// The running node tier.
     pub cluster: Cluster,
-    /// One route ring per shard, indexed by shard id.
-    pub route_rings: Vec<RouteSender>,
     /// One ring per shard from the channel thread, indexed by shard id: to
     /// be added to each shard's inbox.
     pub shard_inboxes: Vec<Receiver<ShardMsg>>,
@@ -135,8 +98,9 @@ pub struct ClusterParts {
 
 impl Cluster {
     /// Registers this node (its first lease and view are taken before this
-    /// returns: a Redis that cannot be reached fails the start) and starts
-    /// the cluster and channel threads.
+    /// returns: a Redis that cannot be reached fails the start), takes back
+    /// the presence an earlier run of this node id left in Redis, and
+    /// starts the cluster and channel threads.
     pub fn start(
         cfg: &Config,
         node_id: &str,
@@ -149,9 +113,16 @@ impl Cluster {
         let connector =
             conn::Connector::new(&cfg.backend.redis_urls, cfg.backend.redis_cluster, timeout)?;
         let view = Arc::new(NodeView::new(node_id));
+        let rechecks = Arc::new(presence::Rechecks::default());
         let mut link = connector.link();
+        // Before the lease and before any client: the users an earlier run
+        // of this id counted are this run's to re-check (none of them is
+        // connected here yet).
+        presence::reap_own_leftovers(&mut link, node_id, &rechecks, timeout * 10)?;
+        // The first take: no lease before is the normal case.
         membership::renew(&mut link, node_id, settings.node_lease_ms)?;
-        view.replace(membership::live_nodes(&mut link, node_id)?, &metrics);
+        let (live, dead) = membership::live_nodes(&mut link, node_id)?;
+        view.replace(live, &metrics);
         if view.live().len() > 1 {
             // Other nodes learn of this one at their next view refresh; a
             // node alone in its view reads no routes, so clients are taken
@@ -165,41 +136,31 @@ impl Cluster {
         }
         let stop = Arc::new(AtomicBool::new(false));
 
-        // The cluster thread: spawned first so its handle can back the
-        // rings' doorbell. It polls its rings every `route_flush_ms` and
-        // never sleeps on the doorbell, so a shard's push never wakes it.
-        let (setup_tx, setup_rx) = std::sync::mpsc::channel::<Vec<Receiver<RouteChange>>>();
         let t = {
-            let (view, stop, metrics, settings) = (
+            let (view, stop, metrics, settings, rechecks) = (
                 view.clone(),
                 stop.clone(),
                 metrics.clone(),
                 settings.clone(),
+                rechecks.clone(),
             );
             let node = node_id.to_owned();
             std::thread::Builder::new()
                 .name("tern-cluster".into())
                 .spawn(move || {
-                    if let Ok(rings) = setup_rx.recv() {
-                        run_cluster_thread(link, &node, rings, &view, &settings, &metrics, &stop);
-                    }
+                    let mut t = ClusterThread {
+                        link,
+                        node: &node,
+                        view: &view,
+                        settings: &settings,
+                        metrics: &metrics,
+                        rechecks: &rechecks,
+                        dead,
+                    };
+                    t.run(&stop);
                 })
                 .map_err(ClusterError::Spawn)?
         };
-        let bell = Doorbell::thread(t.thread().clone());
-        let (route_rings, rx): (Vec<_>, Vec<_>) = shard_bells
-            .iter()
-            .map(|_| {
-                let (ring, rx) = mailbox::channel(settings.route_ring_entries_max, bell.clone());
-                let tx = RouteSender {
-                    ring,
-                    metrics: metrics.clone(),
-                };
-                (tx, rx)
-            })
-            .unzip();
-        // The thread waits for exactly this message.
-        let _ = setup_tx.send(rx);
         let mut threads = vec![t];
 
         let (to_shards, shard_inboxes): (Vec<_>, Vec<_>) = shard_bells
@@ -207,6 +168,7 @@ impl Cluster {
             .map(|b| mailbox::channel(cfg.shards.ring_entries_max, b.clone()))
             .unzip();
         let consumer = channel::Consumer {
+            view: view.clone(),
             link: connector.link(),
             node: node_id.to_owned(),
             to_shards,
@@ -221,7 +183,15 @@ impl Cluster {
                 .map_err(ClusterError::Spawn)?,
         );
         let routers = (0..workers)
-            .map(|_| RemoteRouter::new(connector.link(), view.clone(), &settings, metrics.clone()))
+            .map(|_| {
+                RemoteRouter::new(
+                    connector.link(),
+                    view.clone(),
+                    &settings,
+                    metrics.clone(),
+                    rechecks.clone(),
+                )
+            })
             .collect();
         Ok(ClusterParts {
             cluster: Self {
@@ -229,15 +199,15 @@ impl Cluster {
                 stop,
                 threads,
             },
-            route_rings,
             shard_inboxes,
             routers,
         })
     }
 
-    /// Stops the threads: the cluster thread writes the route changes still
-    /// queued, then leaves (its lease and node entry are deleted, so the
-    /// others see it gone at once rather than after its lease).
+    /// Stops the threads (after the workers, which wrote the route changes
+    /// of the drain): the cluster thread leaves (its lease is deleted, so
+    /// the others see it gone at once rather than after its lease, and the
+    /// first to notice takes back whatever presence it still held).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
@@ -247,69 +217,105 @@ impl Cluster {
     }
 }
 
-/// The cluster thread: renews the lease, refreshes the view, writes route
-/// changes in batches. Returns once `stop` is set and the rings are empty.
-fn run_cluster_thread(
-    mut link: conn::Link,
-    node: &str,
-    mut rings: Vec<Receiver<RouteChange>>,
-    view: &NodeView,
-    settings: &ClusterSettings,
-    metrics: &ClusterMetrics,
-    stop: &AtomicBool,
-) {
-    let renew_every = Duration::from_millis((settings.node_lease_ms / 3).max(1));
-    let refresh_every = Duration::from_millis(settings.nodes_refresh_ms);
-    let flush_every = Duration::from_millis(settings.route_flush_ms);
-    let mut next_renew = Instant::now() + renew_every;
-    let mut next_refresh = Instant::now() + refresh_every;
-    let mut batch: Vec<RouteChange> = Vec::with_capacity(settings.route_batch_max);
-    let mut warned_at: Option<Instant> = None;
-    let mut warn = |what: &str, e: &redis::RedisError| {
-        // At most one line per 10 s: Redis away is one cause, not many.
-        if warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            warned_at = Some(Instant::now());
-            warn!(error = %e, "cluster: {what}");
-        }
-    };
-    loop {
-        let now = Instant::now();
-        if now >= next_renew {
-            next_renew = now + renew_every;
-            if let Err(e) = membership::renew(&mut link, node, settings.node_lease_ms) {
-                warn("lease renewal failed", &e);
+/// Dead nodes' users taken per turn of the cluster thread at most, so a
+/// big dead node never delays the lease renewal by more than a few round
+/// trips.
+const REAP_USERS_PER_TURN_MAX: usize = 8 * presence::REAP_CHUNK_USERS_MAX;
+
+/// How often the cluster thread wakes: lease, view and reaping are checked
+/// this often.
+const CLUSTER_TURN_MS: u64 = 20;
+
+/// The cluster thread: renews the lease, refreshes the view, and reaps the
+/// presence of the dead nodes this node claimed.
+struct ClusterThread<'a> {
+    link: conn::Link,
+    node: &'a str,
+    view: &'a NodeView,
+    settings: &'a ClusterSettings,
+    metrics: &'a ClusterMetrics,
+    rechecks: &'a presence::Rechecks,
+    /// Dead nodes this node claimed whose user sets are not empty yet.
+    dead: Vec<Box<str>>,
+}
+
+impl ClusterThread<'_> {
+    /// Returns once `stop` is set (after leaving).
+    fn run(&mut self, stop: &AtomicBool) {
+        let renew_every = Duration::from_millis((self.settings.node_lease_ms / 3).max(1));
+        let refresh_every = Duration::from_millis(self.settings.nodes_refresh_ms);
+        let turn = Duration::from_millis(CLUSTER_TURN_MS.min(self.settings.nodes_refresh_ms));
+        let mut next_renew = Instant::now() + renew_every;
+        let mut next_refresh = Instant::now() + refresh_every;
+        let mut warned_at: Option<Instant> = None;
+        let mut warn = |what: &str, e: &redis::RedisError| {
+            // At most one line per 10 s: Redis away is one cause, not many.
+            if warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                warned_at = Some(Instant::now());
+                warn!(error = %e, "cluster: {what}");
             }
-        }
-        if now >= next_refresh {
-            next_refresh = now + refresh_every;
-            match membership::live_nodes(&mut link, node) {
-                Ok(live) => view.replace(live, metrics),
-                Err(e) => warn("reading the live nodes failed", &e),
-            }
-        }
-        // Drain the rings in batches of at most `route_batch_max`.
+        };
         loop {
-            for rx in &mut rings {
-                while batch.len() < settings.route_batch_max {
-                    let Some(c) = rx.recv() else { break };
-                    batch.push(c);
+            if stop.load(Ordering::Acquire) {
+                if let Err(e) = membership::leave(&mut self.link, self.node) {
+                    warn("leaving failed", &e);
+                }
+                return;
+            }
+            let now = Instant::now();
+            if now >= next_renew {
+                next_renew = now + renew_every;
+                match membership::renew(&mut self.link, self.node, self.settings.node_lease_ms) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        // Our lease had lapsed (a stall or a Redis blip
+                        // longer than the lease): another node may have
+                        // claimed this one and taken its users' presence
+                        // and routes. The shards count their devices again.
+                        self.metrics.lease_lapses.fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            node = self.node,
+                            "cluster: this node's lease had lapsed; recounting its devices"
+                        );
+                        self.view.ask_recount();
+                    }
+                    Err(e) => warn("lease renewal failed", &e),
                 }
             }
-            if batch.is_empty() {
-                break;
+            if now >= next_refresh {
+                next_refresh = now + refresh_every;
+                match membership::live_nodes(&mut self.link, self.node) {
+                    Ok((live, dead)) => {
+                        self.view.replace(live, self.metrics);
+                        self.dead.extend(dead);
+                    }
+                    Err(e) => warn("reading the live nodes failed", &e),
+                }
             }
-            if let Err(e) = routes::write(&mut link, node, &batch, metrics) {
-                metrics.route_write_errors.fetch_add(1, Ordering::Relaxed);
-                warn("route write failed", &e);
+            if let Err(e) = self.reap_some() {
+                warn("reaping a dead node's presence failed", &e);
             }
-            batch.clear();
+            std::thread::park_timeout(turn);
         }
-        if stop.load(Ordering::Acquire) && rings.iter().all(Receiver::is_empty) {
-            if let Err(e) = membership::leave(&mut link, node) {
-                warn("leaving failed", &e);
+    }
+
+    /// Takes up to [`REAP_USERS_PER_TURN_MAX`] users of the claimed dead
+    /// nodes into the re-check queue (while it has room).
+    fn reap_some(&mut self) -> redis::RedisResult<()> {
+        let mut budget = REAP_USERS_PER_TURN_MAX;
+        while let Some(node) = self.dead.last() {
+            let want = presence::REAP_CHUNK_USERS_MAX
+                .min(budget)
+                .min(self.rechecks.room());
+            if want == 0 {
+                return Ok(());
             }
-            return;
+            let got = presence::reap(&mut self.link, node, want, self.rechecks)?;
+            budget -= got;
+            if got < want {
+                self.dead.pop();
+            }
         }
-        std::thread::park_timeout(flush_every);
+        Ok(())
     }
 }

@@ -6,7 +6,8 @@
 //! `HGETALL`s for a 10,000-member group). With it a batch reads only the
 //! users it has not cached, plus the **route log**, `tern:rt:log`: a Redis
 //! stream to which every route write appends the users it gave a route
-//! (one entry per route pipeline, `u` = the users joined by `\n`). A
+//! (one entry per worker batch that logs a device in or restores its
+//! route, `u` = the users joined by `\n`). A
 //! worker reads the log from its cursor in the same pipeline as its
 //! misses and forgets every user the log names.
 //!
@@ -14,11 +15,14 @@
 //!
 //! The rule the cache must keep: a route written before the device's first
 //! sync was answered is seen by every routing of a message committed after
-//! that sync. Let `H` be the route's `HSET` and `I` its log append, `H`
-//! before `I` (one in-order pipeline on one Redis, or a second round trip
-//! after the first answered on Redis Cluster: [`super::routes::write`]).
-//! Both finish before the route write returns, so before the first sync —
-//! the condition the uncached read needs too. A worker routing a message
+//! that sync. Let `H` be the route's `HSET` (the `UP` script of a login,
+//! the `HSETNX` of a restore) and `I` its log append, `H` before `I` (one
+//! in-order pipeline on one Redis, or a second round trip after the first
+//! answered on Redis Cluster: [`super::RemoteRouter::note`], run by the
+//! user's backend worker before it handles the batch). Both finish before
+//! `note` returns, so before the device's first sync is answered (it is
+//! behind the route change in the same worker's ring) — the condition the
+//! uncached read needs too. A worker routing a message
 //! committed later reads the log (`X`) after the commit, so after `I`:
 //! - if its cached entry for the user was filled before `H`, `I` lies after
 //!   the cursor the entry was filled under and `X` returns it: the entry is
@@ -36,12 +40,13 @@
 //!
 //! A route removed (`down`, or a dead node) is not logged: a stale entry
 //! then sends one record to a node that finds nobody, until the entry's
-//! `route_cache_ttl_ms` ends.
+//! `route_cache_ttl_ms` ends. A displacement (the same device logging in
+//! on another node) is the new node's `UP`, so it is logged.
 //!
 //! Bounds: at most `route_cache_entries_max` users per worker (a full cache
 //! is emptied: the simplest bound, and a cold batch costs what no cache
 //! costs); the log keeps about [`LOG_ENTRIES_MAX`] entries
-//! (`XADD MAXLEN ~`), each naming at most `route_batch_max` users; one read
+//! (`XADD MAXLEN ~`), each naming at most `backend.batch_max` users; one read
 //! takes at most [`LOG_READ_MAX`]` + 1` entries.
 
 use std::{

@@ -212,3 +212,105 @@ pub fn metric(node: &Node, name: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// `a` asks `b` to be friends and `b` accepts (presence goes to friends
+/// only); `a_id` and `b_id` are their user ids.
+pub fn befriend(
+    a: &mut super::support::Client,
+    b: &mut super::support::Client,
+    a_id: &str,
+    b_id: &str,
+) {
+    use tern_protocol::pb::frame::Body;
+    let r = a.request(Body::FriendRequest(pb::FriendRequestSend {
+        user_id: b_id.into(),
+        message: "hi".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    let r = b.request(Body::FriendAccept(pb::FriendAccept {
+        user_id: a_id.into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+}
+
+/// Whether `f` is a presence push saying `user` is in `state`.
+pub fn is_presence(user: &'static str, state: pb::PresenceState) -> impl Fn(&pb::Frame) -> bool {
+    move |f| match &f.body {
+        Some(pb::frame::Body::PresenceEvent(p)) => p
+            .presence
+            .as_ref()
+            .is_some_and(|p| p.user_id == user && p.state == state as i32),
+        _ => false,
+    }
+}
+
+/// `user`'s presence state as `c` reads it (a `PresenceQuery`).
+pub fn presence_state(c: &mut super::support::Client, user: &str) -> i32 {
+    let r = c.request(pb::frame::Body::PresenceQuery(pb::PresenceQuery {
+        user_ids: vec![user.into()],
+    }));
+    let Some(pb::frame::Body::PresenceResult(p)) = r.body else {
+        panic!("{r:?}")
+    };
+    p.presences[0].state
+}
+
+/// The texts of the message entries of a `SyncResult` answer.
+pub fn synced_texts(f: &pb::Frame) -> Vec<String> {
+    let Some(pb::frame::Body::SyncResult(r)) = &f.body else {
+        panic!("not a sync result: {f:?}")
+    };
+    r.entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::entry::Body::Message(m)) => match m.content.as_ref()?.kind.as_ref()? {
+                pb::content::Kind::Text(t) => Some(t.text.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+// ---- drain (cluster_drain.rs) ----------------------------------------------
+
+impl Node {
+    /// Sends SIGTERM (a clean stop: the node drains).
+    pub fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on the PID of a child this test started and has
+        // not reaped (the Child is still held).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// Waits (bounded by `wait`) for the process to exit; its status.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Redis {
+    /// Whether node `id` holds a lease or is listed in `tern:nodes`.
+    pub fn node_present(&self, id: &str) -> (bool, bool) {
+        let mut c = self.conn();
+        let lease: bool = redis::cmd("EXISTS")
+            .arg(format!("{{n:{id}}}:alive"))
+            .query(&mut c)
+            .unwrap();
+        let listed: bool = redis::cmd("SISMEMBER")
+            .arg("tern:nodes")
+            .arg(id)
+            .query(&mut c)
+            .unwrap();
+        (lease, listed)
+    }
+}

@@ -52,7 +52,8 @@ impl Gateway {
         cfg.backend.data_dir = dir.path().to_path_buf();
         cfg.node_id = "test-node".into();
         tweak(&mut cfg);
-        let service = Arc::new(BackendService::open(&cfg.backend).unwrap());
+        // As `tern serve` opens it: the chat settings of `cfg` apply.
+        let service = Arc::new(BackendService::from_config(&cfg).unwrap());
         let server = Server::start(&cfg, service).unwrap();
         Self {
             tcp: server.tcp_addr.unwrap(),
@@ -61,6 +62,11 @@ impl Gateway {
             server: Some(server),
             _dir: dir,
         }
+    }
+
+    /// The gateway's `backend.data_dir`.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn token(user: &str) -> String {
@@ -100,6 +106,88 @@ impl Gateway {
             .unwrap_or_default();
         (status, body)
     }
+}
+
+impl Gateway {
+    /// One HTTP/1.0 request with `headers` and `body`: (status, headers
+    /// lower-cased as `name: value` lines, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
+        http_request(self.http, method, path, headers, body)
+    }
+
+    /// A server API call with `key` (none: no Authorization header) and a
+    /// JSON body (`Value::Null`: no body): (status, JSON answer or Null).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        json: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        api_request(self.http, method, path, key, json)
+    }
+}
+
+/// One HTTP/1.0 request to `addr`: (status, head lines lower-cased, body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: x\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer (401, 413) before reading the body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head, raw[split..].to_vec())
+}
+
+/// A server API call to `addr` (see [`Gateway::api`]).
+pub fn api_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    json: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let body = if json.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(json).unwrap()
+    };
+    let (status, _, answer) = http_request(addr, method, path, &headers, &body);
+    let value = serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null);
+    (status, value)
 }
 
 impl Drop for Gateway {

@@ -27,7 +27,9 @@ pub const HISTORY_LIMIT_DEFAULT: u32 = 20;
                   2 usage, 3 connection, 4 not available yet."
 )]
 pub struct Cli {
-    /// Gateway TCP address.
+    /// Gateway TCP address; several, comma-separated (`a:7400,b:7400`), are
+    /// tried in order, and the chat moves to the next one when its node
+    /// drains (a SHUTDOWN kick).
     #[arg(long, env = "TERN_SERVER", default_value = SERVER_DEFAULT, global = true, help_heading = "Login and output")]
     pub server: String,
     /// A token issued by your service (the JWT's `sub` is the user).
@@ -39,6 +41,9 @@ pub struct Cli {
         help_heading = "Login and output"
     )]
     pub token: Option<String>,
+    /// Base URL of the gateway's HTTP edge, for media uploads (`send-file`).
+    #[arg(long = "http", env = "TERN_HTTP_URL", default_value = super::conn::HTTP_URL_DEFAULT, global = true, help_heading = "Login and output")]
+    pub http_url: String,
     /// The user to mint a development token for (with --jwt-secret).
     // Its own id: subcommands have positional `user` arguments, and a global
     // argument sharing their id would take their values.
@@ -113,7 +118,7 @@ pub enum Command {
 pub enum SharedCommand {
     /// Send a text (emoji are text). `@user` words mention, `@all` mentions all.
     Send(SendArgs),
-    /// Send a file or an image (needs the media API: not available yet).
+    /// Upload a file or an image (png, jpg, gif, webp) over HTTP (--http) and send it.
     SendFile(SendFileArgs),
     /// A page of a conversation's history, oldest first.
     History(HistoryArgs),
@@ -189,6 +194,9 @@ pub struct SendFileArgs {
     /// The recipient.
     #[command(flatten)]
     pub to: ToArgs,
+    /// Your own client message id (makes a rerun of the script idempotent).
+    #[arg(long = "id", value_name = "CLIENT_MSG_ID")]
+    pub client_msg_id: Option<String>,
     /// The file or image to send.
     pub path: std::path::PathBuf,
 }

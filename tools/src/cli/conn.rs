@@ -74,7 +74,8 @@ const AUTH_REQUEST_ID: u64 = 1;
 /// How to reach and log in to a server.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// `host:port` of the gateway's TCP listener.
+    /// `host:port` of the gateway's TCP listener; several, comma-separated
+    /// (`a:7400,b:7400`), are tried in order until one connects.
     pub server: String,
     /// A JWT whose `sub` is the user.
     pub token: String,
@@ -88,7 +89,13 @@ pub struct ConnectOptions {
     pub request_timeout_ms: u64,
     /// Wait for the TCP connect, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Base URL of the gateway's HTTP edge (media upload), e.g.
+    /// `http://127.0.0.1:7480`.
+    pub http_url: String,
 }
+
+/// Default base URL of the HTTP edge (the gateway's default `listen.http`).
+pub const HTTP_URL_DEFAULT: &str = "http://127.0.0.1:7480";
 
 impl ConnectOptions {
     /// Options with the default timeouts and no resume cursors.
@@ -105,6 +112,7 @@ impl ConnectOptions {
             capabilities: Vec::new(),
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+            http_url: HTTP_URL_DEFAULT.to_owned(),
         }
     }
 }
@@ -215,6 +223,8 @@ pub struct Connection {
     shared: Arc<Shared>,
     events: Mutex<Receiver<Event>>,
     welcome: pb::Welcome,
+    /// The entry of `ConnectOptions::server` that took the connection.
+    server: String,
     request_timeout: Duration,
     threads: Vec<JoinHandle<()>>,
 }
@@ -252,7 +262,7 @@ impl Connection {
     /// Connects, authenticates and starts the reader and heartbeat threads.
     pub fn open(opts: &ConnectOptions) -> Result<Self, ClientError> {
         let request_timeout = Duration::from_millis(opts.request_timeout_ms.max(1));
-        let stream = dial(
+        let (stream, server) = dial(
             &opts.server,
             Duration::from_millis(opts.connect_timeout_ms.max(1)),
         )?;
@@ -347,6 +357,7 @@ impl Connection {
             shared,
             events: Mutex::new(rx),
             welcome,
+            server,
             request_timeout,
             threads,
         })
@@ -355,6 +366,12 @@ impl Connection {
     /// The server's `Welcome`.
     pub fn welcome(&self) -> &pb::Welcome {
         &self.welcome
+    }
+
+    /// The address this connection went to (one entry of the options'
+    /// `server` list).
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// Sends a request and waits for its answer. A server `error` becomes
@@ -488,7 +505,24 @@ impl Shared {
     }
 }
 
-fn dial(server: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
+/// Connects to the first entry of the comma-separated `servers` that
+/// takes the connection; returns it with that entry. The error names the
+/// last entry tried.
+fn dial(servers: &str, timeout: Duration) -> Result<(TcpStream, String), ClientError> {
+    let mut last = None;
+    for server in server_list(servers) {
+        match dial_one(server, timeout) {
+            Ok(s) => return Ok((s, server.to_owned())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Connect {
+        addr: servers.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no server address given"),
+    }))
+}
+
+fn dial_one(server: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
     let connect_err = |source| ClientError::Connect {
         addr: server.to_owned(),
         source,
@@ -505,6 +539,40 @@ fn dial(server: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
         }
     }
     Err(connect_err(last))
+}
+
+/// The non-empty entries of a comma-separated server list.
+pub fn server_list(servers: &str) -> impl Iterator<Item = &str> {
+    servers.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The server list to reconnect with after `closed` ended a connection to
+/// `current` (protocol.md 3.6): after a `SHUTDOWN` kick, the kick's
+/// `redirect` first (when it is a `host:port`), then the entries after
+/// `current`, `current` last (its node is draining); after anything else,
+/// `current` first (it may only have blipped), then the others.
+pub fn reconnect_order(servers: &str, current: &str, closed: &Closed) -> String {
+    let list: Vec<&str> = server_list(servers).collect();
+    let at = list.iter().position(|s| *s == current).unwrap_or(0);
+    let shutdown = closed
+        .kick
+        .as_ref()
+        .is_some_and(|k| k.reason == pb::KickReason::Shutdown as i32);
+    let mut order: Vec<&str> = Vec::with_capacity(list.len() + 1);
+    if shutdown {
+        if let Some(k) = &closed.kick
+            && !k.redirect.is_empty()
+            && !k.redirect.contains("://")
+        {
+            order.push(k.redirect.as_str());
+        }
+        order.extend(list.iter().cycle().skip(at + 1).take(list.len()));
+    } else {
+        order.extend(list.iter().cycle().skip(at).take(list.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    order.retain(|s| seen.insert(*s));
+    order.join(",")
 }
 
 enum ReadError {
@@ -825,5 +893,40 @@ mod tests {
         let closed = next_closed(&c);
         assert_eq!(closed.cause, CloseCause::HeartbeatLost);
         assert!(closed.may_reconnect());
+    }
+    #[test]
+    fn a_shutdown_kick_moves_to_the_next_server_and_a_blip_retries_the_same() {
+        // Proves the reconnect order: after SHUTDOWN the kick's redirect
+        // first, then the entries after the current one, the draining one
+        // last; after a plain loss the current one first; a URL redirect
+        // (WebSocket) is not a TCP address and is skipped.
+        let kick = |redirect: &str| Closed {
+            cause: CloseCause::Eof,
+            kick: Some(pb::Kick {
+                reason: pb::KickReason::Shutdown as i32,
+                redirect: redirect.into(),
+                ..Default::default()
+            }),
+            error: None,
+        };
+        let list = "a:1, b:2,c:3";
+        assert_eq!(reconnect_order(list, "b:2", &kick("")), "c:3,a:1,b:2");
+        assert_eq!(reconnect_order(list, "c:3", &kick("")), "a:1,b:2,c:3");
+        assert_eq!(
+            reconnect_order(list, "a:1", &kick("d:4")),
+            "d:4,b:2,c:3,a:1"
+        );
+        assert_eq!(reconnect_order(list, "a:1", &kick("c:3")), "c:3,b:2,a:1");
+        assert_eq!(
+            reconnect_order(list, "a:1", &kick("ws://x/")),
+            "b:2,c:3,a:1"
+        );
+        let lost = Closed {
+            cause: CloseCause::Eof,
+            kick: None,
+            error: None,
+        };
+        assert_eq!(reconnect_order(list, "b:2", &lost), "b:2,c:3,a:1");
+        assert_eq!(reconnect_order("a:1", "a:1", &kick("")), "a:1");
     }
 }

@@ -15,7 +15,7 @@ pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code: no usable connection (connect, I/O, timeout, closed, protocol).
 pub const EXIT_CONNECTION: i32 = 3;
-/// Exit code: the feature is not available yet (media upload).
+/// Exit code: the feature is not available on this server.
 pub const EXIT_NOT_AVAILABLE: i32 = 4;
 
 /// Why a client operation failed.
@@ -83,6 +83,16 @@ pub enum ClientError {
     /// A development token could not be minted.
     #[error("cannot mint a token: {0}")]
     Token(#[from] jsonwebtoken::errors::Error),
+    /// The media API refused an upload (its HTTP status and stable code).
+    #[error("media upload refused ({status} {code}): {message}")]
+    Media {
+        /// The HTTP status.
+        status: u16,
+        /// The API's error code, e.g. `PAYLOAD_TOO_LARGE`, `UNSUPPORTED_MEDIA_TYPE`.
+        code: String,
+        /// Its message.
+        message: String,
+    },
     /// The interactive client is not logged in.
     #[error("not logged in: /login USER --jwt-secret S, or /login --token T")]
     NotConnected,
@@ -106,13 +116,14 @@ impl ClientError {
             Self::NotAvailable(_) => "CLI_NOT_AVAILABLE".into(),
             Self::Token(_) => "CLI_TOKEN".into(),
             Self::NotConnected => "CLI_NOT_CONNECTED".into(),
+            Self::Media { code, .. } => format!("MEDIA_{}", code.to_ascii_uppercase()),
         }
     }
 
     /// The process exit code for this error (see the `EXIT_*` constants).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Server { .. } => EXIT_REFUSED,
+            Self::Server { .. } | Self::Media { .. } => EXIT_REFUSED,
             Self::Usage(_)
             | Self::FrameTooLarge { .. }
             | Self::TextTooLong { .. }

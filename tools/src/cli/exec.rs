@@ -78,8 +78,16 @@ pub fn run(ctx: &Context<'_>, cmd: &SharedCommand) -> Result<Vec<Item>, ClientEr
             let msg = text_message(&target, a)?;
             Ok(vec![Item::Sent(s.send(msg)?)])
         }
-        // Whoever it is for, it cannot be sent yet: say that first.
-        SharedCommand::SendFile(a) => Err(file_not_available(&a.path)),
+        SharedCommand::SendFile(a) => {
+            file_exists(&a.path)?;
+            let target = ctx.target(&a.to)?;
+            let client_msg_id = match &a.client_msg_id {
+                Some(id) => checked(id, "client message id")?,
+                None => new_client_msg_id(),
+            };
+            let msg = super::media::upload_message(s, &target, &a.path, client_msg_id)?;
+            Ok(vec![Item::Sent(s.send(msg)?)])
+        }
         SharedCommand::History(a) => {
             let conv = ctx.conversation(a.conv.as_ref())?;
             history(s, &conv, a.before.unwrap_or(0), a.limit)
@@ -273,15 +281,16 @@ fn is_peer(s: &Session, user: &str) -> Result<bool, ClientError> {
     Ok(head(s, &conv)?.is_some())
 }
 
-/// The error of `send-file`: the media API does not exist yet. A missing
-/// file is said first, since that is the user's to fix either way.
-pub fn file_not_available(path: &std::path::Path) -> ClientError {
+/// `send-file`'s first check: a missing file is a usage error, said before
+/// any upload.
+pub fn file_exists(path: &std::path::Path) -> Result<(), ClientError> {
     if !path.is_file() {
-        return ClientError::Usage(format!("{}: no such file", path.display()));
+        return Err(ClientError::Usage(format!(
+            "{}: no such file",
+            path.display()
+        )));
     }
-    ClientError::NotAvailable(
-        "sending files and images needs the media upload API, which the server does not have yet",
-    )
+    Ok(())
 }
 
 /// Builds the `Send` of a text: `@user` words (and `--mention`) become

@@ -176,7 +176,12 @@ fn content(m: &pb::Message) -> String {
     }
     let size = |md: &Option<pb::MediaRef>| {
         let md = md.clone().unwrap_or_default();
-        format!("{}, {}", clean(&md.mime), bytes(md.size_bytes))
+        format!(
+            "{}, {}, media {}",
+            clean(&md.mime),
+            bytes(md.size_bytes),
+            clean(&md.media_id)
+        )
     };
     match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
         Some(Kind::Text(t)) => clean_multiline(&t.text),

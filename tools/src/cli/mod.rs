@@ -27,6 +27,7 @@ pub mod cursors;
 pub mod error;
 pub mod exec;
 pub mod human;
+pub mod media;
 pub mod record;
 pub mod repl;
 pub mod script;

@@ -85,6 +85,7 @@ pub fn main(cli: &Cli) -> i32 {
             typing_seen: HashMap::new(),
         }),
         server: cli.server.clone(),
+        http_url: cli.http_url.clone(),
         timeout_ms: cli.timeout_ms,
         secret: Mutex::new(cli.jwt_secret.clone()),
         audience: cli.audience.clone(),
@@ -215,6 +216,8 @@ struct Chat {
     sink: Mutex<Box<dyn Sink>>,
     state: Mutex<State>,
     server: String,
+    /// The HTTP edge, for `/send-file`.
+    http_url: String,
     timeout_ms: u64,
     /// The development secret to mint tokens for `/login USER`.
     secret: Mutex<Option<String>>,
@@ -395,6 +398,7 @@ impl Chat {
         self.logout();
         let mut opts = ConnectOptions::new(self.server.clone(), source.token()?, device.clone());
         opts.request_timeout_ms = self.timeout_ms;
+        opts.http_url = self.http_url.clone();
         if !self.tty {
             // Lines piped in are a script: no online/offline for friends.
             opts.capabilities.push(PRESENCE_QUIET.to_owned());
@@ -657,6 +661,9 @@ impl Chat {
         }
         let source = self.state.lock().token.clone()?;
         let cursors = old.cursors();
+        // A draining node's clients move on: the next server of the list.
+        let order = super::conn::reconnect_order(&old.options().server, old.server(), closed);
+        let servers: Vec<&str> = super::conn::server_list(&order).collect();
         for attempt in 0..RECONNECT_ATTEMPTS_MAX {
             let base = (RECONNECT_BACKOFF_MS_BASE << attempt).min(RECONNECT_BACKOFF_MS_MAX);
             let delay = closed.retry_after_ms() + rand::rng().random_range(0..=base);
@@ -669,6 +676,15 @@ impl Chat {
                 return None;
             }
             let mut opts = old.options().clone();
+            // Each attempt starts one entry further along the list (and
+            // falls through the rest of it when its first is down).
+            let first = attempt as usize % servers.len().max(1);
+            opts.server = servers[first..]
+                .iter()
+                .chain(&servers[..first])
+                .copied()
+                .collect::<Vec<_>>()
+                .join(",");
             match source.token() {
                 Ok(t) => opts.token = t,
                 Err(e) => {
@@ -689,7 +705,7 @@ impl Chat {
                         st.session = Some(s.clone());
                         st.generation
                     };
-                    self.say("reconnected".into());
+                    self.say(format!("reconnected to {}", s.server()));
                     match s.sync_all(0) {
                         Ok(out) => self.show_entries(&s, &out.entries),
                         Err(e) => self.error(&e),

@@ -108,6 +108,7 @@ pub fn connect_options(cli: &Cli, token: String, device_default: &str) -> Connec
             .unwrap_or_else(|| device_default.to_owned()),
     );
     o.request_timeout_ms = cli.timeout_ms;
+    o.http_url = cli.http_url.clone();
     o.capabilities.push(PRESENCE_QUIET.to_owned());
     o
 }
@@ -139,8 +140,8 @@ fn run(cli: &Cli, out: &Output) -> Result<(), ClientError> {
         Some(Command::Listen { count, for_ms }) => listen(cli, out, *count, *for_ms),
         Some(Command::Shared(cmd)) => {
             if let super::args::SharedCommand::SendFile(a) = cmd {
-                // Said before connecting: no server has the media API yet.
-                return Err(exec::file_not_available(&a.path));
+                // Said before connecting: the user's to fix either way.
+                exec::file_exists(&a.path)?;
             }
             let session = login(cli, SCRIPT_DEVICE_DEFAULT)?;
             let items = exec::run(

@@ -131,6 +131,12 @@ impl Session {
         &self.opts
     }
 
+    /// The server address this session is connected to (one entry of the
+    /// options' list).
+    pub fn server(&self) -> &str {
+        self.conn.server()
+    }
+
     /// A copy of the cursors (for a reconnect, or to show).
     pub fn cursors(&self) -> Cursors {
         self.cursors.lock().clone()

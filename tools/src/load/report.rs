@@ -117,9 +117,10 @@ pub struct Report {
     pub pongs: u64,
     /// Group setup failures.
     pub setup_errors: u64,
-    /// Storm: dropped.
+    /// Dropped: by a storm, or moving to another target (a `SHUTDOWN`
+    /// kick; a server close with `--reconnect`).
     pub dropped: u64,
-    /// Storm: back.
+    /// Dropped and back.
     pub reconnected: u64,
     /// Storm: failed attempts (retried).
     pub reconnect_failures: u64,
@@ -128,6 +129,13 @@ pub struct Report {
     pub reconnect_all_ms: Option<u64>,
     /// Storm: drop → live again.
     pub reconnect: Latency,
+    /// Connections kicked with `SHUTDOWN` by a draining node.
+    pub kicked_shutdown: u64,
+    /// Moving connections (kicked, or closed with `--reconnect`) live again
+    /// on another target.
+    pub moved: u64,
+    /// Unanswered sends resent after a move.
+    pub resent: u64,
     /// Gateway RSS before the run, bytes (sum over `--gateway-pid`).
     pub gateway_rss_before_bytes: Option<u64>,
     /// Gateway RSS with every connection held, bytes.
@@ -201,6 +209,9 @@ pub fn merge(plan: &Plan, workers: u64, results: Vec<WorkerResult>) -> Report {
         r.dropped += w.dropped;
         r.reconnected += w.reconnected;
         r.reconnect_failures += w.reconnect_failures;
+        r.kicked_shutdown += w.kicked_shutdown;
+        r.moved += w.moved;
+        r.resent += w.resent;
         match w.reconnect_all_ms {
             Some(ms) => r.reconnect_all_ms = Some(r.reconnect_all_ms.unwrap_or(0).max(ms)),
             None if w.dropped > 0 => all_back = false,
@@ -342,6 +353,15 @@ pub fn human(r: &Report) -> String {
             ),
         );
         row("drop → live", lat(&r.reconnect));
+    }
+    if r.kicked_shutdown > 0 {
+        row(
+            "drained",
+            format!(
+                "{} kicked (SHUTDOWN), {} moved to another target, {} sends resent",
+                r.kicked_shutdown, r.moved, r.resent
+            ),
+        );
     }
     if let Some(v) = &r.verify {
         row(

@@ -405,15 +405,24 @@ pub struct WorkerResult {
     pub delivered_main: u64,
     /// Group setup requests that failed.
     pub setup_errors: u64,
-    /// Storm: connections dropped.
+    /// Connections dropped: by a storm, or moving to another target (a
+    /// `SHUTDOWN` kick; a server close with `--reconnect`).
     pub dropped: u64,
-    /// Storm: dropped connections live again.
+    /// Dropped connections live again.
     pub reconnected: u64,
     /// Storm: reconnect attempts that failed (and were retried).
     pub reconnect_failures: u64,
     /// Storm: ms from the drop until the last dropped connection was live
     /// again (only when all came back).
     pub reconnect_all_ms: Option<u64>,
+    /// Connections kicked with `SHUTDOWN` (a node draining), each moved to
+    /// the next target.
+    pub kicked_shutdown: u64,
+    /// Moving connections (kicked, or closed with `--reconnect`) live again
+    /// on another target (also counted in `reconnected`).
+    pub moved: u64,
+    /// Unanswered sends resent after a move (same `client_msg_id`).
+    pub resent: u64,
     /// The operation log, with `--verify`.
     pub history: Option<History>,
 }

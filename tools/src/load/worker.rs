@@ -17,7 +17,12 @@
 //!
 //! A worker never talks to anything but its targets, and never retries a
 //! failed first connection (that is a result); only a storm's dropped
-//! connections reconnect.
+//! connections reconnect, and connections that *move*: kicked with
+//! `SHUTDOWN` (a node draining; they wait the kick's `retry_after_ms` plus
+//! their own jitter) or, with `--reconnect`, closed by their server. A move
+//! goes to the next target of the list, resumes from the cursors, syncs
+//! them, and resends the unanswered sends (same `client_msg_id`:
+//! idempotent).
 
 use std::{
     cmp::Reverse,
@@ -76,6 +81,10 @@ pub const RECONNECT_ATTEMPTS_MAX: u32 = 30;
 pub const RETRY_FIXED_MS: u64 = 100;
 /// Cap of the exponential backoff base (storm with jitter).
 pub const BACKOFF_CAP_MS: u64 = 30_000;
+/// Own jitter added to a `SHUTDOWN` kick's `retry_after_ms`: 0..=this ms.
+pub const KICK_JITTER_MS_MAX: u64 = 500;
+/// Largest `retry_after_ms` honoured (a hostile server cannot park us).
+pub const KICK_RETRY_AFTER_MS_MAX: u64 = 60_000;
 /// Entries of the operation log per worker (`--verify`).
 pub const HISTORY_ENTRIES_MAX: usize = 20_000_000;
 /// Token lifetime minted for load users.
@@ -222,8 +231,14 @@ struct Conn {
     attempt: u32,
     /// Storm: when this connection was dropped; 0 when it is not.
     dropped_at_ns: u64,
-    /// `--reconnect`: how many times this slot moved to the next target.
+    /// Moves to the next target so far (a kick with `SHUTDOWN`, a server
+    /// close with `--reconnect`, and each failed attempt while moving):
+    /// added to the slot's target index.
     moves: u32,
+    /// Left its target (kicked with `SHUTDOWN`, or closed by its server with
+    /// `--reconnect`) and not yet live again: a failed attempt tries the
+    /// next target, and once live it catches up.
+    moving: bool,
     dev: Option<Box<Device>>,
 }
 
@@ -292,6 +307,10 @@ enum Pending {
         local: usize,
         sent_ns: u64,
         op: Option<usize>,
+        /// Index in `senders` and the sender's message number: enough to
+        /// resend it with the same `client_msg_id` after a move.
+        sender: usize,
+        n: u64,
     },
     Setup {
         group: u32,
@@ -356,6 +375,19 @@ struct Worker<W: Write> {
     /// each device is in it at most once (`Device::ack_queued`), so it is
     /// bounded by the worker's connections.
     ack_queue: VecDeque<(u64, usize)>,
+    /// Sends of connections kicked with `SHUTDOWN` that got no answer,
+    /// resent when the connection is live again (bounded by
+    /// `INFLIGHT_SENDS_MAX`: they were in `inflight`).
+    resend: Vec<Resend>,
+}
+
+/// An unanswered send of a moving connection.
+struct Resend {
+    local: usize,
+    sender: usize,
+    n: u64,
+    sent_ns: u64,
+    op: Option<usize>,
 }
 
 fn hist() -> Histogram<u64> {
@@ -436,6 +468,7 @@ impl<W: Write> Worker<W> {
                 attempt: 0,
                 dropped_at_ns: 0,
                 moves: 0,
+                moving: false,
                 dev,
             });
             if let Some(to) = plan.send_target(slot) {
@@ -495,6 +528,7 @@ impl<W: Write> Worker<W> {
             payload,
             batching: None,
             ack_queue: VecDeque::new(),
+            resend: Vec::new(),
         })
     }
 
@@ -738,11 +772,28 @@ impl<W: Write> Worker<W> {
         match self.plan().proto {
             Proto::Tern => {
                 let rid = self.rid();
+                // A device coming back resumes from what it holds; the
+                // server pushes what it missed.
+                let resume_cursors = self.conns[i]
+                    .dev
+                    .as_ref()
+                    .map(|d| {
+                        d.cursors
+                            .iter()
+                            .filter(|(_, c)| c.contiguous > 0)
+                            .map(|(k, c)| pb::Cursor {
+                                conversation_id: k.clone(),
+                                seq: c.contiguous,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let auth = pb::Auth {
                     token: self.tokens[i].clone(),
                     device_id: device,
                     platform: pb::Platform::Bot as i32,
                     protocol_version: tern_protocol::PROTOCOL_VERSION,
+                    resume_cursors,
                     client_version: "tern-load".into(),
                     ..Default::default()
                 };
@@ -1000,19 +1051,23 @@ impl<W: Write> Worker<W> {
             c.attempt = 0;
             self.res.reconnected += 1;
             self.last_reconnect_ns = now;
-            if self.spec.plan.reconnect {
-                self.catch_up(i, now);
-            }
+        }
+        if std::mem::take(&mut c.moving) {
+            self.res.moved += 1;
+            self.catch_up(i, now);
         }
     }
 
-    /// `--reconnect`: a device back after its server closed it syncs every
-    /// conversation it knows from its cursor (what was sent while it was
-    /// away), as a client does after a reconnect.
+    /// A connection that left its target (a kick with `SHUTDOWN`, or its
+    /// server closed it with `--reconnect`) is live again on another one: it
+    /// catches up as a client does after a reconnect (docs/protocol.md
+    /// §7.3). It authenticated with its cursors as `resume_cursors` (the
+    /// server pushes what follows them), now syncs every conversation it
+    /// knows from its cursor, and resends its unanswered sends with their
+    /// original `client_msg_id`s (a send the old node stored is answered as
+    /// a duplicate at its first seq).
     fn catch_up(&mut self, i: usize, now: u64) {
         if let Some(d) = self.conns[i].dev.as_mut() {
-            // A sync asked on the closed connection will never be answered.
-            d.sync_rid = 0;
             for c in d.cursors.values_mut() {
                 if c.gap_since_ns == 0 {
                     c.gap_since_ns = now;
@@ -1020,6 +1075,92 @@ impl<W: Write> Worker<W> {
             }
         }
         self.sync_gaps(i, now, 0);
+        let mine: Vec<Resend> = {
+            let (mine, rest) = std::mem::take(&mut self.resend)
+                .into_iter()
+                .partition(|r| r.local == i);
+            self.resend = rest;
+            mine
+        };
+        for r in mine {
+            self.res.resent += 1;
+            let to = self.senders[r.sender].to.clone();
+            self.transmit(i, to, r.sender, r.n, r.sent_ns, r.op, now);
+        }
+    }
+
+    /// A `Kick` with `SHUTDOWN`: the node drains. Leave for the next target
+    /// after the kick's `retry_after_ms` plus our own jitter.
+    fn moved_by_kick(&mut self, i: usize, retry_after_ms: u32, now: u64) {
+        self.end_live(i, "kick:shutdown");
+        self.res.kicked_shutdown += 1;
+        let delay_ms = u64::from(retry_after_ms).min(KICK_RETRY_AFTER_MS_MAX)
+            + rand::rng().random_range(0..=KICK_JITTER_MS_MAX);
+        self.leave(i, delay_ms, now);
+    }
+
+    /// Connection `i` (no longer live) leaves its target for the next one
+    /// of the list, in `delay_ms`: its unanswered sends are kept for
+    /// resending, its pending syncs forgotten (never answered now), a group
+    /// set up through it counted failed; it counts as dropped until it is
+    /// live again ([`Self::catch_up`] then).
+    fn leave(&mut self, i: usize, delay_ms: u64, now: u64) {
+        let rids: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, p)| matches!(p, Pending::Send { local, .. } if *local == i))
+            .map(|(&rid, _)| rid)
+            .collect();
+        for rid in rids {
+            if let Some(Pending::Send {
+                local,
+                sent_ns,
+                op,
+                sender,
+                n,
+            }) = self.inflight.remove(&rid)
+            {
+                self.resend.push(Resend {
+                    local,
+                    sender,
+                    n,
+                    sent_ns,
+                    op,
+                });
+            }
+        }
+        if let Some(d) = self.conns[i].dev.as_mut() {
+            d.sync_rid = 0;
+        }
+        self.inflight
+            .retain(|_, p| !matches!(p, Pending::Sync { local, fin: false } if *local == i));
+        // A group being set up through this connection gets no more answers
+        // here: count it failed now rather than at the setup deadline.
+        let (plan, start) = (&self.spec.plan, self.spec.slot_start);
+        let before = self.inflight.len();
+        self.inflight.retain(|_, p| match p {
+            Pending::Setup { group, .. } => {
+                plan.slot_of(Role::Group {
+                    group: *group,
+                    member: 0,
+                }) != start + i as u32
+            }
+            _ => true,
+        });
+        let lost = (before - self.inflight.len()) as u32;
+        self.res.setup_errors += u64::from(lost);
+        self.setup_open = self.setup_open.saturating_sub(lost);
+        self.res.dropped += 1;
+        if self.storm_drop_ns == 0 {
+            self.storm_drop_ns = now;
+        }
+        let c = &mut self.conns[i];
+        c.state = State::Pending;
+        c.dropped_at_ns = now;
+        c.attempt = 0;
+        c.moving = true;
+        c.moves = c.moves.wrapping_add(1);
+        self.retries.push(Reverse((now + delay_ms * 1_000_000, i)));
     }
 
     /// A connection attempt failed (before Live).
@@ -1035,9 +1176,9 @@ impl<W: Write> Worker<W> {
         if c.dropped_at_ns != 0 && c.attempt < RECONNECT_ATTEMPTS_MAX {
             self.res.reconnect_failures += 1;
             c.attempt += 1;
-            if self.spec.plan.reconnect {
-                // That address did not answer: try the next one.
-                c.moves += 1;
+            if c.moving {
+                // That target did not take us either: try the next one.
+                c.moves = c.moves.wrapping_add(1);
             }
             let jitter_ms = u64::from(self.spec.plan.jitter_ms);
             let delay_ms = if jitter_ms == 0 {
@@ -1053,11 +1194,20 @@ impl<W: Write> Worker<W> {
         }
     }
 
-    /// A live connection ended.
+    /// A live connection ended. With `--reconnect`, during the workload,
+    /// it leaves for the next target (its server went away).
     fn close(&mut self, i: usize, reason: &str, now: u64) {
         if self.conns[i].state != State::Live {
             return self.fail(i, reason, now);
         }
+        self.end_live(i, reason);
+        if self.spec.plan.reconnect && matches!(self.phase, Phase::Main | Phase::Drain) {
+            self.leave(i, RETRY_FIXED_MS, now);
+        }
+    }
+
+    /// Closes live connection `i` for `reason` (counted); it is `Dead`.
+    fn end_live(&mut self, i: usize, reason: &str) {
         self.drop_sock(i);
         self.live -= 1;
         *self
@@ -1066,20 +1216,6 @@ impl<W: Write> Worker<W> {
             .entry(reason.to_string())
             .or_default() += 1;
         self.conns[i].state = State::Dead;
-        if self.spec.plan.reconnect && matches!(self.phase, Phase::Main | Phase::Drain) {
-            // Its server went away: reconnect to the next target.
-            self.res.dropped += 1;
-            if self.storm_drop_ns == 0 {
-                self.storm_drop_ns = now;
-            }
-            let c = &mut self.conns[i];
-            c.state = State::Pending;
-            c.dropped_at_ns = now;
-            c.attempt = 0;
-            c.moves += 1;
-            self.retries
-                .push(Reverse((now + RETRY_FIXED_MS * 1_000_000, i)));
-        }
     }
 
     fn drop_sock(&mut self, i: usize) {
@@ -1197,6 +1333,14 @@ impl<W: Write> Worker<W> {
                     self.on_request_error(f.request_id, code, now);
                 }
             }
+            Body::Kick(k)
+                if k.reason == pb::KickReason::Shutdown as i32
+                    && self.plan().proto == Proto::Tern
+                    && self.conns[i].state == State::Live
+                    && !matches!(self.phase, Phase::FinalSync | Phase::Done) =>
+            {
+                self.moved_by_kick(i, k.retry_after_ms, now);
+            }
             Body::Kick(k) => {
                 let r = pb::KickReason::try_from(k.reason)
                     .map(|c| {
@@ -1212,7 +1356,10 @@ impl<W: Write> Worker<W> {
     }
 
     fn on_send_ack(&mut self, rid: u64, a: pb::SendAck, now: u64) {
-        let Some(Pending::Send { local, sent_ns, op }) = self.inflight.remove(&rid) else {
+        let Some(Pending::Send {
+            local, sent_ns, op, ..
+        }) = self.inflight.remove(&rid)
+        else {
             return;
         };
         self.last_activity_ns = now;
@@ -1668,32 +1815,57 @@ impl<W: Write> Worker<W> {
             if next < self.main_end_ns {
                 self.send_queue.push(Reverse((next, k)));
             }
-            self.send_one(local, to, seq, now);
+            self.send_one(local, to, k, seq, now);
         }
     }
 
-    fn send_one(&mut self, i: usize, to: SendTo, n: u64, now: u64) {
+    fn send_one(&mut self, i: usize, to: SendTo, sender: usize, n: u64, now: u64) {
         if self.conns[i].state != State::Live || self.inflight.len() >= INFLIGHT_SENDS_MAX {
             self.res.send_skipped += 1;
             return;
         }
         self.res.sent += 1;
+        let op = if self.plan().proto == Proto::Tern {
+            let slot = self.slot(i);
+            let cmid = format!("{}.{slot}.{n}", self.plan().run_id);
+            self.log_send(i, &cmid, &to, now)
+        } else {
+            None
+        };
+        self.transmit(i, to, sender, n, now, op, now);
+    }
+
+    /// Writes send number `n` of `sender` (first sent at `sent_ns`, logged
+    /// as `op`) on connection `i`: its `client_msg_id` is a function of the
+    /// slot and `n`, so a resend repeats it.
+    #[allow(clippy::too_many_arguments)]
+    fn transmit(
+        &mut self,
+        i: usize,
+        to: SendTo,
+        sender: usize,
+        n: u64,
+        sent_ns: u64,
+        op: Option<usize>,
+        now: u64,
+    ) {
         let proto = self.plan().proto;
         let mut payload = std::mem::take(&mut self.payload);
         payload.clear();
-        wire::stamp(now, self.plan().payload_bytes as usize, &mut payload);
+        wire::stamp(sent_ns, self.plan().payload_bytes as usize, &mut payload);
         match proto {
             Proto::Tern => {
                 let slot = self.slot(i);
                 let cmid = format!("{}.{slot}.{n}", self.plan().run_id);
                 let rid = self.rid();
-                let op = self.log_send(i, &cmid, &to, now);
                 self.inflight.insert(
                     rid,
                     Pending::Send {
                         local: i,
-                        sent_ns: now,
+                        sent_ns,
                         op,
+                        sender,
+                        n,
                     },
                 );
                 // The stamp is ASCII, so this is valid UTF-8.
@@ -1787,6 +1959,9 @@ impl<W: Write> Worker<W> {
         self.inflight
             .retain(|_, p| !matches!(p, Pending::Send { .. }));
         self.res.send_timeouts += (before - self.inflight.len()) as u64;
+        // Sends of a connection that never came back stay `Timeout` too.
+        self.res.send_timeouts += self.resend.len() as u64;
+        self.resend.clear();
         if !self.spec.plan.verify || self.spec.plan.proto != Proto::Tern {
             self.phase = Phase::Done;
             return;
@@ -1813,7 +1988,8 @@ impl<W: Write> Worker<W> {
             .inflight
             .values()
             .filter(|p| matches!(p, Pending::Send { .. }))
-            .count() as u64;
+            .count() as u64
+            + self.resend.len() as u64;
         if let Some(mut h) = self.history.take() {
             for i in 0..self.conns.len() {
                 let slot = self.slot(i);

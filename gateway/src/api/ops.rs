@@ -1,0 +1,146 @@
+//! What the operator calls share: the `[api_ops]` settings, the counters
+//! the online counts come from, and the remembered answers of list sends
+//! and broadcasts (so a replayed request id gets the original answer).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{ApiBackend, ApiError};
+use crate::{
+    config::ApiOpsSettings,
+    mailbox::Sender,
+    metrics::Metrics,
+    shard::{ShardMsg, owner_shard},
+};
+use tern_protocol::pb::frame::Body;
+
+/// Operator-call state of the API.
+#[derive(Debug)]
+pub struct ApiOps {
+    /// The settings.
+    pub settings: ApiOpsSettings,
+    /// This node's counters (connections per shard); `None` for the
+    /// document-only state.
+    pub metrics: Option<Arc<Metrics>>,
+    /// A ring into each shard (index = shard).
+    shards: Vec<Mutex<Sender<ShardMsg>>>,
+    remembered: Mutex<Remembered>,
+}
+
+/// Answers by `(call, request id)`, the oldest forgotten first past
+/// `request_ids_max`.
+#[derive(Debug, Default)]
+struct Remembered {
+    answers: HashMap<(&'static str, String), serde_json::Value>,
+    order: VecDeque<(&'static str, String)>,
+}
+
+impl ApiOps {
+    /// With `settings`, this node's `metrics` and a ring into each shard.
+    pub fn new(
+        settings: ApiOpsSettings,
+        metrics: Option<Arc<Metrics>>,
+        shards: Vec<Sender<ShardMsg>>,
+    ) -> Self {
+        Self {
+            settings,
+            metrics,
+            shards: shards.into_iter().map(Mutex::new).collect(),
+            remembered: Mutex::new(Remembered::default()),
+        }
+    }
+
+    /// The devices of `user` connected to this node, asked of its owner
+    /// shard (which holds all of them), sorted.
+    pub async fn devices(
+        &self,
+        user: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<String>, ApiError> {
+        if self.shards.is_empty() {
+            return Err(ApiError::overloaded("no shard"));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = ShardMsg::Devices {
+            user: user.to_owned(),
+            reply: tx,
+        };
+        let shard = owner_shard(user, self.shards.len());
+        if self.shards[shard].lock().send(msg).is_err() {
+            return Err(ApiError::overloaded("the shard queue is full"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(mut devices)) => {
+                devices.sort_unstable();
+                Ok(devices)
+            }
+            Ok(Err(_)) => Err(ApiError::overloaded("the shard is stopping")),
+            Err(_) => Err(ApiError::overloaded("the shard did not answer in time")),
+        }
+    }
+
+    /// Whether `user` is one of the configured system senders.
+    pub fn is_system(&self, user: &str) -> bool {
+        self.settings.system_users.iter().any(|u| u == user)
+    }
+
+    /// The user operator calls act as (group changes, bans): the first
+    /// system user.
+    pub fn operator(&self) -> &str {
+        self.settings
+            .system_users
+            .first()
+            .map_or("system", String::as_str)
+    }
+
+    /// Runs `body` as `from`: with operator rights if `from` is a system
+    /// user, else under the chat rules as that user.
+    pub async fn call_from(
+        &self,
+        backend: &ApiBackend,
+        from: &str,
+        body: Body,
+    ) -> Result<Option<Body>, ApiError> {
+        if self.is_system(from) {
+            backend.call_admin(from, body).await
+        } else {
+            backend.call(from, body).await
+        }
+    }
+
+    /// The answer given to `request_id` of `call` before, if remembered.
+    pub fn recall(&self, call: &'static str, request_id: &str) -> Option<serde_json::Value> {
+        self.remembered
+            .lock()
+            .answers
+            .get(&(call, request_id.to_owned()))
+            .cloned()
+    }
+
+    /// Remembers the answer to `request_id` of `call`.
+    pub fn remember(&self, call: &'static str, request_id: &str, answer: serde_json::Value) {
+        let mut r = self.remembered.lock();
+        let key = (call, request_id.to_owned());
+        if r.answers.insert(key.clone(), answer).is_none() {
+            r.order.push_back(key);
+        }
+        while r.order.len() > self.settings.request_ids_max {
+            if let Some(old) = r.order.pop_front() {
+                r.answers.remove(&old);
+            }
+        }
+    }
+}
+
+/// Checks a request id: 1..=64 bytes of the id alphabet (it becomes each
+/// message's `client_msg_id`).
+pub fn check_request_id(id: &str) -> Result<(), ApiError> {
+    tern_protocol::ids::check_id(id).map_err(|e| ApiError::invalid(format!("request_id: {e}")))
+}
+
+/// Checks a user id from a path or body.
+pub fn check_user(what: &str, id: &str) -> Result<(), ApiError> {
+    tern_protocol::ids::check_id(id).map_err(|e| ApiError::invalid(format!("{what}: {e}")))
+}

@@ -1,0 +1,341 @@
+//! Users (scope `users`): profiles, bans, kicks, a user's online devices.
+//!
+//! Users are not registered in Tern (the identity service issues their
+//! tokens), so any valid user id may be banned or given a profile; a user
+//! "exists" for `GET .../profile` once a profile was stored.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use serde::{Deserialize, Serialize};
+use tern_protocol::pb::{self, frame::Body};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{
+    ApiError, ApiState, Authorized, Scope,
+    error::ErrorBody,
+    ops::{check_user, check_user as check_device},
+};
+
+/// The user routes.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_profile, put_profile))
+        .routes(routes!(ban, unban))
+        .routes(routes!(kick))
+        .routes(routes!(devices))
+}
+
+/// A user's profile.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Profile {
+    /// The user.
+    pub user_id: String,
+    /// Display name.
+    pub nickname: String,
+    /// A URL or media id.
+    pub avatar: String,
+    /// Free text.
+    pub bio: String,
+}
+
+/// Fields to change; those left out keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileChange {
+    /// Display name.
+    #[serde(default)]
+    pub nickname: Option<String>,
+    /// A URL or media id.
+    #[serde(default)]
+    pub avatar: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub bio: Option<String>,
+}
+
+/// A ban to set.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BanRequest {
+    /// Why (kept with the ban, for operators).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A kick to make.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KickRequest {
+    /// Only this device; left out: every device of the user.
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+/// What a user-state call did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserState {
+    /// The user.
+    pub user_id: String,
+    /// Whether the user is banned now.
+    pub banned: bool,
+}
+
+/// What a kick did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Kicked {
+    /// The user.
+    pub user_id: String,
+    /// The devices connected to this node that the kick closes (devices on
+    /// other nodes get it too, through the cluster's delivery channel).
+    pub devices: Vec<String>,
+}
+
+/// The devices of a user connected to this node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Devices {
+    /// The user.
+    pub user_id: String,
+    /// This node.
+    pub node_id: String,
+    /// Device ids, sorted.
+    pub devices: Vec<String>,
+}
+
+/// A user's profile.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/profile",
+    tag = "users",
+    params(("user_id" = String, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The profile", body = Profile),
+        (status = 400, description = "Bad user id", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
+        (status = 404, description = "No profile stored for this user", body = ErrorBody),
+    ),
+)]
+async fn get_profile(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(user_id): Path<String>,
+) -> Result<Json<Profile>, ApiError> {
+    auth.require(Scope::Users)?;
+    check_user("user_id", &user_id)?;
+    let p = read_profile(&state, &user_id).await?;
+    if p.nickname.is_empty() && p.avatar.is_empty() && p.bio.is_empty() {
+        return Err(ApiError::not_found(format!("no profile for {user_id:?}")));
+    }
+    Ok(Json(p))
+}
+
+/// Create or update a user's profile.
+///
+/// Stored as if the user changed it from a device. Answers the profile as
+/// stored.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{user_id}/profile",
+    tag = "users",
+    params(("user_id" = String, Path, description = "The user")),
+    request_body = ProfileChange,
+    responses(
+        (status = 200, description = "The profile as stored", body = Profile),
+        (status = 400, description = "Bad user id or a field too long", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
+    ),
+)]
+async fn put_profile(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(user_id): Path<String>,
+    body: Result<Json<ProfileChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Profile>, ApiError> {
+    auth.require(Scope::Users)?;
+    check_user("user_id", &user_id)?;
+    let Json(c) = body?;
+    let update = pb::ProfileUpdate {
+        nickname: c.nickname,
+        avatar: c.avatar,
+        bio: c.bio,
+    };
+    // As an operator: a banned user's profile can still be managed.
+    state
+        .backend
+        .call_admin(&user_id, Body::ProfileUpdate(update))
+        .await?;
+    Ok(Json(read_profile(&state, &user_id).await?))
+}
+
+async fn read_profile(state: &ApiState, user_id: &str) -> Result<Profile, ApiError> {
+    let ask = Body::Profile(pb::ProfileRequest {
+        user_id: user_id.to_owned(),
+    });
+    match state.backend.call_admin(user_id, ask).await? {
+        Some(Body::ProfileResult(r)) => {
+            let p = r.profile.unwrap_or_default();
+            Ok(Profile {
+                user_id: user_id.to_owned(),
+                nickname: p.nickname,
+                avatar: p.avatar,
+                bio: p.bio,
+            })
+        }
+        other => Err(ApiError::internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Ban a user.
+///
+/// Stored durably; every device of the user (on every node) gets a `Kick`
+/// with reason `BANNED` and is closed; later logins get `Kick` `BANNED`
+/// right after `Welcome` and are closed, and any request the device sent
+/// meanwhile is refused, until the ban is lifted.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/ban",
+    tag = "users",
+    params(("user_id" = String, Path, description = "The user")),
+    request_body = BanRequest,
+    responses(
+        (status = 200, description = "Banned", body = UserState),
+        (status = 400, description = "Bad user id or reason too long", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
+    ),
+)]
+async fn ban(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(user_id): Path<String>,
+    body: Result<Json<BanRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<UserState>, ApiError> {
+    auth.require(Scope::Users)?;
+    check_user("user_id", &user_id)?;
+    let Json(b) = body?;
+    let kick = pb::Kick {
+        reason: pb::KickReason::Banned as i32,
+        message: b.reason,
+        ..Default::default()
+    };
+    // Runs on the user's own worker, in order with their requests.
+    state.backend.call_admin(&user_id, Body::Kick(kick)).await?;
+    tracing::warn!(user = %user_id, key = %auth.key_name, "user banned");
+    Ok(Json(UserState {
+        user_id,
+        banned: true,
+    }))
+}
+
+/// Lift a user's ban.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user_id}/ban",
+    tag = "users",
+    params(("user_id" = String, Path, description = "The user")),
+    responses(
+        (status = 200, description = "Not banned (any more)", body = UserState),
+        (status = 400, description = "Bad user id", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
+    ),
+)]
+async fn unban(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(user_id): Path<String>,
+) -> Result<Json<UserState>, ApiError> {
+    auth.require(Scope::Users)?;
+    check_user("user_id", &user_id)?;
+    let lift = pb::Kick {
+        reason: pb::KickReason::Unspecified as i32,
+        ..Default::default()
+    };
+    state.backend.call_admin(&user_id, Body::Kick(lift)).await?;
+    tracing::info!(user = %user_id, key = %auth.key_name, "user unbanned");
+    Ok(Json(UserState {
+        user_id,
+        banned: false,
+    }))
+}
+
+/// Kick one device of a user, or all.
+///
+/// The devices get a `Kick` with reason `ADMIN` and are closed once it is
+/// written. They may log in again (ban the user to keep them out).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user_id}/kick",
+    tag = "users",
+    params(("user_id" = String, Path, description = "The user")),
+    request_body = KickRequest,
+    responses(
+        (status = 200, description = "Kicked", body = Kicked),
+        (status = 400, description = "Bad user or device id", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
+    ),
+)]
+async fn kick(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(user_id): Path<String>,
+    body: Result<Json<KickRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Kicked>, ApiError> {
+    auth.require(Scope::Users)?;
+    check_user("user_id", &user_id)?;
+    let Json(k) = body?;
+    let device = k.device_id.unwrap_or_default();
+    if !device.is_empty() {
+        check_device("device_id", &device)?;
+    }
+    let mut devices = state.ops.devices(&user_id, state_timeout(&state)).await?;
+    if !device.is_empty() {
+        devices.retain(|d| *d == device);
+    }
+    let kick = pb::Kick {
+        reason: pb::KickReason::Admin as i32,
+        message: device,
+        ..Default::default()
+    };
+    state.backend.call_admin(&user_id, Body::Kick(kick)).await?;
+    tracing::info!(user = %user_id, key = %auth.key_name, ?devices, "user kicked");
+    Ok(Json(Kicked { user_id, devices }))
+}
+
+/// The devices of a user connected to this node.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/devices",
+    tag = "users",
+    params(("user_id" = String, Path, description = "The user")),
+    responses(
+        (status = 200, description = "Connected devices (empty: none here)", body = Devices),
+        (status = 400, description = "Bad user id", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
+    ),
+)]
+async fn devices(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(user_id): Path<String>,
+) -> Result<Json<Devices>, ApiError> {
+    auth.require(Scope::Users)?;
+    check_user("user_id", &user_id)?;
+    let devices = state.ops.devices(&user_id, state_timeout(&state)).await?;
+    Ok(Json(Devices {
+        user_id,
+        node_id: state.node_id.to_string(),
+        devices,
+    }))
+}
+
+/// How long a shard may take to answer.
+fn state_timeout(_state: &ApiState) -> std::time::Duration {
+    std::time::Duration::from_secs(2)
+}

@@ -1,0 +1,184 @@
+//! Media: what an upload is allowed to be, and where it is kept.
+//!
+//! An upload streams to a temporary file under the media directory while its
+//! size is counted against the limit of its kind and its SHA-256 computed;
+//! its type is then sniffed from its first bytes ([`sniff`]), never taken
+//! from the client. An image is measured from its header, refused when it
+//! declares more pixels than allowed, and only then decoded, under
+//! `image::Limits`, into a thumbnail and a compressed variant ([`images`]).
+//! Each object is renamed into place and its metadata written last
+//! ([`store`]), so an object without metadata never becomes visible.
+//!
+//! This module does no HTTP and no access control: `api::media` does both.
+//! It never runs on a shard thread.
+
+pub mod images;
+pub mod sniff;
+pub mod store;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use store::{DiskStore, Meta};
+
+/// What a client says it uploads; decides the size limit and which sniffed
+/// types are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A picture: PNG, JPEG, GIF or WebP (what we can decode for thumbnails).
+    Image,
+    /// Any file.
+    File,
+    /// Audio (`audio/*` by its bytes).
+    Voice,
+    /// Video (`video/*` by its bytes).
+    Video,
+    /// A thumbnail or compressed variant the server made.
+    Variant,
+}
+
+impl Kind {
+    /// From the `kind` query parameter.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "image" => Some(Self::Image),
+            "file" => Some(Self::File),
+            "voice" => Some(Self::Voice),
+            "video" => Some(Self::Video),
+            _ => None,
+        }
+    }
+}
+
+/// Why an upload was refused or failed. Each maps to one API error code.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// Bigger than the limit of its kind (client).
+    #[error("{kind:?} uploads are limited to {max} bytes")]
+    TooLarge {
+        /// The kind.
+        kind: Kind,
+        /// Its limit, bytes.
+        max: u64,
+    },
+    /// The bytes are not of the kind claimed (client).
+    #[error("the bytes are {found}, not {kind:?}")]
+    WrongType {
+        /// The kind claimed.
+        kind: Kind,
+        /// The type sniffed, or "unknown".
+        found: String,
+    },
+    /// The image declares more pixels than allowed (client; decode bomb).
+    #[error("the image declares {width}x{height} pixels, more than {max}")]
+    TooManyPixels {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The limit, pixels.
+        max: u64,
+    },
+    /// The image's header is right but its data is not (client).
+    #[error("the image cannot be decoded: {0}")]
+    BadImage(String),
+    /// Empty upload (client).
+    #[error("the upload is empty")]
+    Empty,
+    /// The disk failed (internal).
+    #[error("media store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The limits and sizes the module applies (from `[media]`).
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Where objects live.
+    pub dir: PathBuf,
+    /// The `[media]` section.
+    pub settings: crate::config::MediaSettings,
+}
+
+impl MediaConfig {
+    /// The byte limit of `kind`.
+    pub fn bytes_max(&self, kind: Kind) -> u64 {
+        let s = &self.settings;
+        match kind {
+            Kind::Image => s.image_bytes_max,
+            Kind::File => s.file_bytes_max,
+            Kind::Voice => s.voice_bytes_max,
+            Kind::Video => s.video_bytes_max,
+            Kind::Variant => 0,
+        }
+    }
+}
+
+/// A new media id: 26 characters of base32 (lower case) from 128 random
+/// bits, so ids cannot be guessed or enumerated.
+pub fn new_id() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bits: u128 = rand::random();
+    let mut id = String::with_capacity(26);
+    for _ in 0..26 {
+        id.push(ALPHABET[(bits & 31) as usize] as char);
+        bits >>= 5;
+    }
+    id
+}
+
+/// True for a string that can be a media id (what [`new_id`] makes, with a
+/// variant suffix): anything else is refused before touching the disk.
+pub fn is_id(s: &str) -> bool {
+    // Bytes, not `str` slicing: the 26th byte may fall inside a character.
+    let Some((base, suffix)) = s.as_bytes().split_at_checked(26) else {
+        return false;
+    };
+    base.iter()
+        .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(b))
+        && [
+            b"".as_slice(),
+            THUMB_SUFFIX.as_bytes(),
+            COMPRESSED_SUFFIX.as_bytes(),
+        ]
+        .contains(&suffix)
+}
+
+/// The suffix of a thumbnail's id.
+pub const THUMB_SUFFIX: &str = "_t";
+/// The suffix of a compressed variant's id.
+pub const COMPRESSED_SUFFIX: &str = "_c";
+
+/// The media id a variant id belongs to (itself for an original).
+pub fn parent_of(id: &str) -> &str {
+    &id[..id.len().min(26)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids come from URL paths: anything but what `new_id` makes (plus a
+    /// variant suffix) is refused without panicking, multi-byte characters
+    /// across the 26th byte included.
+    #[test]
+    fn only_generated_ids_pass() {
+        let id = new_id();
+        assert!(is_id(&id));
+        assert!(is_id(&format!("{id}{THUMB_SUFFIX}")));
+        assert!(is_id(&format!("{id}{COMPRESSED_SUFFIX}")));
+        assert_eq!(parent_of(&format!("{id}_t")), id);
+        for bad in [
+            "",
+            "short",
+            "../../../../../../etc/passwd",
+            &format!("{id}_x"),
+            &format!("{}é", &id[..25]),
+            &format!("{id}é"),
+            &id.to_uppercase(),
+        ] {
+            assert!(!is_id(bad), "{bad:?}");
+        }
+    }
+}
