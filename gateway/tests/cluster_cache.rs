@@ -306,3 +306,66 @@ fn garbage_in_the_route_log_resets_the_cache() {
         redis.wait_routes("dave", &[]);
     }
 }
+
+/// A route written back after a lapsed lease (the recount's restore) is
+/// announced in the route log like a login: bob's phone stays connected on
+/// n2 (of three nodes) while n2 is stopped (SIGSTOP) past its lease; n1 routes a group
+/// message, finds bob's route naming a dead node and removes it, and the
+/// next message caches bob as online nowhere (cache TTL 60 s here, beyond
+/// every wait). After SIGCONT n2 finds its lease lapsed and restores bob's
+/// route (`HSETNX`); the next message must reach bob. Without the restore's
+/// log entry n1 keeps its "nowhere" entry and bob's push never comes.
+#[test]
+fn a_route_restored_after_a_lapsed_lease_reaches_the_caches() {
+    let redis = Redis::start();
+    // Three nodes: a node alone in its view reads no routes, so n1 needs a
+    // live n3 to route (and clean) while n2 is stopped.
+    let ns: Vec<_> = (1..=3)
+        .map(|i| {
+            cluster_support::Node::start_with(
+                &redis,
+                &format!("n{i}"),
+                "route_cache_ttl_ms = 60000\n",
+            )
+        })
+        .collect();
+    for n in &ns {
+        n.wait_metric("tern_cluster_live_nodes 3");
+    }
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    let r = alice.request(Body::GroupCreate(pb::GroupCreate {
+        group_id: "crew".into(),
+        name: "Crew".into(),
+        members: [vec!["bob".into()], padding()].concat(),
+        ..Default::default()
+    }));
+    assert!(matches!(r.body, Some(Body::GroupInfoResult(_))), "{r:?}");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    // The first send takes a cursor, the second fills the cache.
+    for (id, text) in [("g1", "one"), ("g2", "two")] {
+        let ack = alice.send_group_text("crew", id, text);
+        assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+        bob.wait_push(is_text(text));
+    }
+    let pid = libc::pid_t::try_from(ns[1].child.id()).unwrap();
+    // SAFETY: kill(2) on the PID of a child this test started and still
+    // holds (not reaped).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    ns[0].wait_metric("tern_cluster_live_nodes 2");
+    // Routing finds bob's route naming a dead node: removed (and forgotten).
+    let ack = alice.send_group_text("crew", "g3", "while n2 is stopped");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    redis.wait_routes("bob", &[]);
+    // Bob read again: online nowhere, cached so.
+    let ack = alice.send_group_text("crew", "g4", "bob cached nowhere");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    ns[1].wait_metric("tern_cluster_lease_lapses_total 1");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    ns[0].wait_metric("tern_cluster_live_nodes 3");
+    let ack = alice.send_group_text("crew", "g5", "after the restore");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(is_text("after the restore"));
+}
