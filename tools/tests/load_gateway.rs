@@ -309,15 +309,19 @@ fn connections_spread_over_two_gateways_and_source_addresses() {
 #[test]
 #[allow(clippy::disallowed_methods)] // polls the gateway's /metrics from the test thread
 fn reconnect_moves_connections_of_a_stopped_gateway_to_the_next_target() {
-    // Proves `--reconnect`: with `--target A,B`, stopping B while the load
-    // holds its connections sends each of them to the next target (A), and
-    // the report counts them dropped and back (B's 10 of 20), with every
-    // connection held at the end and A having accepted all 20.
+    // Proves `--reconnect`: with `--target A,P`, where P is a TCP relay to a
+    // second gateway B, closing P (every relayed socket shut, the listener
+    // gone: what clients of a killed node see, with no `SHUTDOWN` kick)
+    // while the load holds its connections sends each of them to the next
+    // target (A), and the report counts them dropped and back (P's 10 of
+    // 20), none kicked, every connection held at the end and A having
+    // accepted all 20. (Stopping B itself would drain it: its clients are
+    // kicked with `SHUTDOWN`, the move `tools/tests/load_drain.rs` proves.)
     let a = Gateway::start();
-    let mut b = Gateway::start();
-    let targets = format!("{},{}", a.tcp, b.tcp);
+    let b = Gateway::start();
+    let relay = Relay::start(b.tcp);
+    let targets = format!("{},{}", a.tcp, relay.addr);
     let metrics = format!("http://{}/metrics", a.http);
-    let b_http = b.http;
     let load = {
         let (targets, metrics) = (targets.clone(), metrics.clone());
         std::thread::spawn(move || {
@@ -336,15 +340,13 @@ fn reconnect_moves_connections_of_a_stopped_gateway_to_the_next_target() {
             )
         })
     };
-    // Wait (bounded) until B holds its half, then stop it.
+    // Wait (bounded) until B holds its half through the relay, then close it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !scrape(b_http).lines().any(|l| l == "tern_connections 10") {
+    while !scrape(b.http).lines().any(|l| l == "tern_connections 10") {
         assert!(std::time::Instant::now() < deadline, "B never held 10");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    if let Some(s) = b.server.take() {
-        s.shutdown();
-    }
+    relay.close();
     let (code, r, err) = load.join().unwrap();
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -352,11 +354,77 @@ fn reconnect_moves_connections_of_a_stopped_gateway_to_the_next_target() {
         (10, 10, 20),
         "{r}"
     );
+    assert_eq!((n(&r, "moved"), n(&r, "kicked_shutdown")), (10, 0), "{r}");
     assert_eq!(
         r["metrics_delta"]["tern_connections_opened_total"].as_f64(),
         Some(20.0),
         "{r}"
     );
+}
+
+/// A TCP relay on a loopback port to `upstream`, one thread per direction
+/// per connection; [`Relay::close`] shuts every relayed socket and stops
+/// listening, as a node that vanished.
+struct Relay {
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    socks: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    accept: std::thread::JoinHandle<()>,
+}
+
+impl Relay {
+    fn start(upstream: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let socks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let (stop, socks) = (stop.clone(), socks.clone());
+            std::thread::spawn(move || {
+                // Ends when `stop` is set (polled every 10 ms); the listener
+                // is dropped with this thread.
+                while !stop.load(Ordering::Acquire) {
+                    let Ok((down, _)) = listener.accept() else {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    };
+                    let Ok(up) = std::net::TcpStream::connect(upstream) else {
+                        continue;
+                    };
+                    down.set_nonblocking(false).unwrap();
+                    let mut list = socks.lock().unwrap();
+                    list.push(down.try_clone().unwrap());
+                    list.push(up.try_clone().unwrap());
+                    for (mut from, mut to) in [
+                        (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                        (up, down),
+                    ] {
+                        // Ends when either side closes (or `close` shuts both).
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            stop,
+            socks,
+            accept,
+        }
+    }
+
+    fn close(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.accept.join();
+        for s in self.socks.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// The text of `GET /metrics` (empty if the gateway does not answer).
