@@ -368,23 +368,24 @@ fn reconnect_moves_connections_of_a_stopped_gateway_to_the_next_target() {
 struct Relay {
     addr: SocketAddr,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    socks: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
     accept: std::thread::JoinHandle<()>,
 }
 
 impl Relay {
+    #[allow(clippy::disallowed_methods)] // the accept loop polls every 10 ms
     fn start(upstream: SocketAddr) -> Self {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let socks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let accept = {
-            let (stop, socks) = (stop.clone(), socks.clone());
+            let stop = stop.clone();
             std::thread::spawn(move || {
-                // Ends when `stop` is set (polled every 10 ms); the listener
-                // is dropped with this thread.
+                // Every relayed socket, both sides: shut when `stop` is set
+                // (polled every 10 ms); the listener is dropped with this
+                // thread.
+                let mut socks = Vec::new();
                 while !stop.load(Ordering::Acquire) {
                     let Ok((down, _)) = listener.accept() else {
                         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -394,36 +395,30 @@ impl Relay {
                         continue;
                     };
                     down.set_nonblocking(false).unwrap();
-                    let mut list = socks.lock().unwrap();
-                    list.push(down.try_clone().unwrap());
-                    list.push(up.try_clone().unwrap());
+                    socks.push(down.try_clone().unwrap());
+                    socks.push(up.try_clone().unwrap());
                     for (mut from, mut to) in [
                         (down.try_clone().unwrap(), up.try_clone().unwrap()),
                         (up, down),
                     ] {
-                        // Ends when either side closes (or `close` shuts both).
+                        // Ends when either side closes (or the stop shuts both).
                         std::thread::spawn(move || {
                             let _ = std::io::copy(&mut from, &mut to);
                             let _ = to.shutdown(std::net::Shutdown::Both);
                         });
                     }
                 }
+                for s in socks {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
             })
         };
-        Self {
-            addr,
-            stop,
-            socks,
-            accept,
-        }
+        Self { addr, stop, accept }
     }
 
     fn close(self) {
         self.stop.store(true, std::sync::atomic::Ordering::Release);
         let _ = self.accept.join();
-        for s in self.socks.lock().unwrap().drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
     }
 }
 
