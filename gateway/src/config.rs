@@ -617,6 +617,16 @@ pub struct ClusterSettings {
     /// Timeout of one Redis round trip of the cluster threads and of the
     /// workers' route reads. Default 2000.
     pub redis_timeout_ms: u64,
+    /// Users each backend worker keeps in its route cache (user → the
+    /// nodes of their devices, kept true by the route log; docs/cluster.md,
+    /// "Route cache"); a full cache is emptied. About 150 B per offline
+    /// user, more per route held. 0 reads every recipient's routes on every
+    /// batch. Default 100000.
+    pub route_cache_entries_max: usize,
+    /// How long a cached entry is used. Not needed for correctness (logins
+    /// are logged); it bounds how long a removed route still costs a record
+    /// to a node that finds nobody. Default 10000.
+    pub route_cache_ttl_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -628,6 +638,8 @@ impl Default for ClusterSettings {
             channel_read_batch_max: 256,
             channel_block_ms: 500,
             redis_timeout_ms: 2_000,
+            route_cache_entries_max: 100_000,
+            route_cache_ttl_ms: 10_000,
         }
     }
 }
@@ -654,6 +666,12 @@ impl ClusterSettings {
             return invalid(
                 "cluster.redis_timeout_ms",
                 "must be > channel_block_ms > 0 (an XREAD blocks that long)",
+            );
+        }
+        if self.route_cache_entries_max > 0 && self.route_cache_ttl_ms == 0 {
+            return invalid(
+                "cluster.route_cache_ttl_ms",
+                "must be > 0 (or route_cache_entries_max = 0 to disable the cache)",
             );
         }
         Ok(())
