@@ -29,6 +29,7 @@ cleanup() {
   for d in "${DIRS[@]:-}"; do
     [ -n "$d" ] && rm -rf "$d"
   done
+  true # an empty DIRS must not make the script's exit status 1
 }
 trap cleanup EXIT
 
@@ -96,4 +97,60 @@ start_redis() { # PORT: one redis-server with the durability the store requires
 # machine line for the record
 machine() {
   echo "$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(date -u +%Y-%m-%d)"
+}
+
+# ---- many nodes (bench/scripts/cluster.sh) ----
+
+NEXT_PORT=${PORT_BASE:-27500}
+# alloc_port VAR: sets VAR to the next loopback port at or above PORT_BASE
+# (27500) where nothing listens (below the ephemeral range, see the top).
+alloc_port() {
+  while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do NEXT_PORT=$((NEXT_PORT + 1)); done
+  printf -v "$1" '%s' "$NEXT_PORT"
+  NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ms PID: user + system CPU time of the process so far, ms (from
+# /proc/PID/stat fields 14 and 15; 0 once the process is gone).
+cpu_ms() {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  s=${s##*) } # the command name may hold spaces; fields restart after it
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $(( (${12} + ${13}) * 1000 / CLK_TCK ))
+}
+
+# start_redis_at DIR PORT [ARGS...]: a durable redis-server (AOF,
+# appendfsync always) with its data in DIR -> sets LAST_PID
+start_redis_at() {
+  local dir=$1 port=$2; shift 2
+  need_pkg redis-server redis-server
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
+    --dir "$dir" "$@" >"$dir/redis.log" 2>&1 &
+  LAST_PID=$!; PIDS+=("$LAST_PID")
+  wait_port 127.0.0.1 "$port"
+}
+
+# start_redis_cluster DIR MASTERS: MASTERS durable redis-servers in Redis
+# Cluster mode under DIR/r1.., slots spread, no replicas -> sets REDIS_PORTS
+# and REDIS_PIDS
+start_redis_cluster() {
+  local dir=$1 n=$2 i p addrs=()
+  REDIS_PORTS=(); REDIS_PIDS=()
+  for i in $(seq 1 "$n"); do
+    alloc_port p
+    start_redis_at "$dir/r$i" "$p" --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 5000
+    REDIS_PORTS+=("$p"); REDIS_PIDS+=("$LAST_PID"); addrs+=("127.0.0.1:$p")
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1
+  for p in "${REDIS_PORTS[@]}"; do
+    for _ in $(seq 1 100); do
+      redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' && break
+      sleep 0.1
+    done
+  done
 }

@@ -40,7 +40,7 @@ use crate::{
     },
     mailbox::{Doorbell, Receiver, Sender},
     metrics::BackendMetrics,
-    shard::{ConnRef, ShardMsg, owner_shard},
+    msg::{ConnRef, ShardMsg, owner_shard},
 };
 
 /// Who sent a request.

@@ -1,6 +1,7 @@
 //! Typed configuration of `tern serve`: built-in defaults, then a TOML file,
-//! then `TERN_*` environment variables and command-line flags (both through
-//! clap), later ones winning. `tern config` prints the effective result.
+//! then the `TERN_<SECTION>_<KEY>` environment variables (one per key, see
+//! [`Config::load`]), then command-line flags (and the variables clap reads
+//! for them), later ones winning. `tern config` prints the effective result.
 //!
 //! Every default sits beside its setting, in [`DEFAULT_TOML`] (printed by
 //! `tern config --defaults`) and in the `Default` impls below; a test keeps
@@ -425,6 +426,30 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// A `TERN_*` variable that names no config key (a typo must not be
+    /// silently ignored).
+    #[error(
+        "unknown environment variable {var}: no config key is called that{hint} (key `section.key` \
+         is TERN_SECTION_KEY, listed by `tern config --defaults`; the other variables are {reserved})"
+    )]
+    EnvUnknown {
+        /// The variable.
+        var: String,
+        /// `; did you mean TERN_…?` when a key's variable is a typo away.
+        hint: String,
+        /// The variables the command line reads itself.
+        reserved: String,
+    },
+    /// A `TERN_*` variable whose value does not fit its key.
+    #[error("environment variable {var} (config key {key}): {why}")]
+    EnvValue {
+        /// The variable.
+        var: String,
+        /// The key, as `section.key`.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// The HS256 secret of `tern serve --dev` (and `tern token --dev`). Public
@@ -469,16 +494,10 @@ impl Config {
         Ok(())
     }
 
-    /// Reads a TOML file over the defaults.
+    /// Reads a TOML file over the defaults (no environment: see
+    /// [`Config::load`]).
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.into(),
-            error,
-        })?;
-        toml::from_str(&text).map_err(|error| ConfigError::Parse {
-            path: path.into(),
-            error,
-        })
+        Self::load(Some(path), [], &[])
     }
 
     /// The effective config as TOML.
@@ -630,6 +649,16 @@ pub struct ClusterSettings {
     /// Timeout of one Redis round trip of the cluster threads and of the
     /// workers' route reads. Default 2000.
     pub redis_timeout_ms: u64,
+    /// Users each backend worker keeps in its route cache (user → the
+    /// nodes of their devices, kept true by the route log; docs/cluster.md,
+    /// "Route cache"); a full cache is emptied. About 150 B per offline
+    /// user, more per route held. 0 reads every recipient's routes on every
+    /// batch. Default 100000.
+    pub route_cache_entries_max: usize,
+    /// How long a cached entry is used. Not needed for correctness (logins
+    /// are logged); it bounds how long a removed route still costs a record
+    /// to a node that finds nobody. Default 10000.
+    pub route_cache_ttl_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -641,6 +670,8 @@ impl Default for ClusterSettings {
             channel_read_batch_max: 256,
             channel_block_ms: 500,
             redis_timeout_ms: 2_000,
+            route_cache_entries_max: 100_000,
+            route_cache_ttl_ms: 10_000,
         }
     }
 }
@@ -667,6 +698,12 @@ impl ClusterSettings {
             return invalid(
                 "cluster.redis_timeout_ms",
                 "must be > channel_block_ms > 0 (an XREAD blocks that long)",
+            );
+        }
+        if self.route_cache_entries_max > 0 && self.route_cache_ttl_ms == 0 {
+            return invalid(
+                "cluster.route_cache_ttl_ms",
+                "must be > 0 (or route_cache_entries_max = 0 to disable the cache)",
             );
         }
         Ok(())
@@ -793,6 +830,307 @@ pub fn hostname_node_id() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "tern".into())
+}
+
+// ---- the environment overlay: every key is also `TERN_<SECTION>_<KEY>` ----
+//
+// The keys are not listed by hand: they are the leaves of the defaults'
+// `toml::Value` tree (plus the optional keys, absent from that tree, that
+// DEFAULT_TOML documents as commented-out `# key = example` lines), so a key
+// added to a section struct and to DEFAULT_TOML gets its variable for free.
+
+/// The prefix of every Tern environment variable.
+pub const ENV_PREFIX: &str = "TERN_";
+
+/// Variables of the other Tern tools (`tern-cli`), read by them and not by
+/// `tern serve`, which therefore ignores them rather than refusing them as
+/// unknown keys: an operator's shell may well set both.
+pub const ENV_OF_OTHER_TOOLS: [&str; 5] = [
+    "TERN_SERVER",
+    "TERN_TOKEN",
+    "TERN_HTTP_URL",
+    "TERN_USER",
+    "TERN_DEVICE",
+];
+
+/// One config key and its environment variable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvKey {
+    /// The key's path: `["node_id"]`, `["http", "body_bytes_max"]`.
+    pub path: Vec<String>,
+    /// `TERN_` and the path joined by `_`, upper case.
+    pub var: String,
+    /// The default value (for an optional key: the documented example),
+    /// whose TOML type the variable is parsed with.
+    pub default: toml::Value,
+}
+
+impl EnvKey {
+    /// The key as written in messages: `http.body_bytes_max`.
+    pub fn dotted(&self) -> String {
+        self.path.join(".")
+    }
+}
+
+/// Every key of [`Config`] with its variable, in DEFAULT_TOML's order where
+/// it has one.
+pub fn env_keys() -> Vec<EnvKey> {
+    // Serializing plain structs of strings, numbers and options cannot fail.
+    let toml::Value::Table(mut tree) =
+        toml::Value::try_from(Config::default()).expect("config serializes")
+    else {
+        unreachable!("a struct serializes to a table");
+    };
+    for (section, key, example) in commented_keys() {
+        let table = match section {
+            Some(s) => match tree.get_mut(&s) {
+                Some(toml::Value::Table(t)) => t,
+                _ => continue,
+            },
+            None => &mut tree,
+        };
+        table.entry(key).or_insert(example);
+    }
+    let mut keys = Vec::new();
+    walk_keys(&mut Vec::new(), &tree, &mut keys);
+    keys
+}
+
+fn walk_keys(path: &mut Vec<String>, table: &toml::Table, out: &mut Vec<EnvKey>) {
+    for (name, value) in table {
+        path.push(name.clone());
+        match value {
+            toml::Value::Table(t) => walk_keys(path, t, out),
+            v => out.push(EnvKey {
+                var: format!("{ENV_PREFIX}{}", path.join("_").to_uppercase()),
+                path: path.clone(),
+                default: v.clone(),
+            }),
+        }
+        path.pop();
+    }
+}
+
+/// The `# key = example` lines of DEFAULT_TOML: optional keys, unset by
+/// default, with their section (`None`: top level).
+fn commented_keys() -> Vec<(Option<String>, String, toml::Value)> {
+    let mut section = None;
+    let mut out = Vec::new();
+    for line in DEFAULT_TOML.lines() {
+        if let Some(name) = section_header(line) {
+            section = Some(name);
+        } else if let Some(rest) = line.strip_prefix("# ")
+            && let Some(key) = key_of(rest)
+            && let Ok(mut t) = toml::from_str::<toml::Table>(rest)
+            && let Some(v) = t.remove(key)
+        {
+            out.push((section.clone(), key.to_owned(), v));
+        }
+    }
+    out
+}
+
+/// `[name]` at the start of a line (a comment may follow).
+fn section_header(line: &str) -> Option<String> {
+    let rest = line.strip_prefix('[')?;
+    let end = rest.find(']')?;
+    Some(rest[..end].trim().to_owned())
+}
+
+/// The bare key of a `key = value` line (prose in a comment has none).
+fn key_of(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim_end();
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    bare.then_some(key)
+}
+
+/// DEFAULT_TOML with each key's environment variable added to its comment:
+/// what `tern config --defaults` prints.
+pub fn defaults_with_env() -> String {
+    let vars: std::collections::HashMap<String, String> = env_keys()
+        .into_iter()
+        .map(|k| (k.dotted(), k.var))
+        .collect();
+    let mut section: Option<String> = None;
+    let mut out = String::with_capacity(DEFAULT_TOML.len() * 2);
+    for line in DEFAULT_TOML.lines() {
+        if let Some(name) = section_header(line) {
+            section = Some(name);
+        }
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        let var = key_of(body).and_then(|key| {
+            let dotted = section
+                .as_ref()
+                .map_or_else(|| key.to_owned(), |s| format!("{s}.{key}"));
+            vars.get(&dotted)
+        });
+        match var {
+            // After the line's own comment when it has one (the line still
+            // parses with the text added), else in a comment of its own.
+            Some(var) => {
+                let after = format!("{line}   env {var}");
+                if line.starts_with('#') || toml::from_str::<toml::Table>(&after).is_ok() {
+                    out.push_str(&after);
+                } else {
+                    out.push_str(&format!("{line}  # env {var}"));
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl Config {
+    /// Loads the configuration: the defaults, then the file at `path` if
+    /// any, then the `TERN_*` variables among `vars` (name, value), each
+    /// parsed with its key's TOML type. A `TERN_*` variable that names no
+    /// key and is not in `reserved` (the variables the command line reads
+    /// itself, and [`ENV_OF_OTHER_TOOLS`]) is refused by name, and so is a
+    /// value that does not fit its key. Command-line flags go on top of the
+    /// result; [`Config::validate`] is left to the caller.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+        reserved: &[&str],
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                    path: path.into(),
+                    error,
+                })?;
+                // The file alone first, from its text: its errors name the
+                // file and carry the line (a `toml::Value` has no spans).
+                let parse = |error| ConfigError::Parse {
+                    path: path.into(),
+                    error,
+                };
+                toml::from_str::<Self>(&text).map_err(parse)?;
+                toml::from_str::<toml::Table>(&text).map_err(parse)?
+            }
+            None => toml::Table::new(),
+        };
+        let keys = env_keys();
+        let mut vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .filter(|(name, _)| {
+                !reserved.contains(&name.as_str()) || keys.iter().any(|k| &k.var == name)
+            })
+            .filter(|(name, _)| !ENV_OF_OTHER_TOOLS.contains(&name.as_str()))
+            .collect();
+        // Sorted, so that with several bad variables the same one is named
+        // first whatever the environment's order.
+        vars.sort();
+        for (name, text) in vars {
+            let Some(key) = keys.iter().find(|k| k.var == name) else {
+                let hint = keys
+                    .iter()
+                    .map(|k| (edit_distance(&k.var, &name), &k.var))
+                    .filter(|(d, _)| *d <= 2)
+                    .min()
+                    .map_or_else(String::new, |(_, v)| format!("; did you mean {v}?"));
+                return Err(ConfigError::EnvUnknown {
+                    var: name,
+                    hint,
+                    reserved: reserved.join(", "),
+                });
+            };
+            let value = env_value(&key.default, &text).map_err(|why| ConfigError::EnvValue {
+                var: name.clone(),
+                key: key.dotted(),
+                why,
+            })?;
+            // The value alone against the schema (other keys at their
+            // defaults): a type or range serde checks is named by variable.
+            let mut alone = toml::Table::new();
+            insert_at(&mut alone, &key.path, value.clone());
+            toml::Value::Table(alone)
+                .try_into::<Self>()
+                .map_err(|e| ConfigError::EnvValue {
+                    var: name.clone(),
+                    key: key.dotted(),
+                    why: e.message().trim().to_owned(),
+                })?;
+            insert_at(&mut table, &key.path, value);
+        }
+        toml::Value::Table(table)
+            .try_into::<Self>()
+            .map_err(|e| ConfigError::EnvValue {
+                var: "TERN_*".into(),
+                key: "(several)".into(),
+                why: e.message().trim().to_owned(),
+            })
+    }
+}
+
+/// Levenshtein distance of two variable names (short, operator-given: the
+/// quadratic table is a few hundred cells).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(ca != cb));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// Parses a variable's text with the TOML type of `default`: a string as it
+/// is (no quotes), anything else as a TOML value (`8192`, `true`,
+/// `["a", "b"]`, `[{ name = "x", … }]`).
+fn env_value(default: &toml::Value, text: &str) -> Result<toml::Value, String> {
+    if let toml::Value::String(_) = default {
+        return Ok(toml::Value::String(text.to_owned()));
+    }
+    let mut doc: toml::Table = toml::from_str(&format!("v = {text}"))
+        .map_err(|_| format!("{text:?} is not a TOML {}", default.type_str()))?;
+    let value = doc
+        .remove("v")
+        .ok_or_else(|| format!("{text:?} is not a TOML {}", default.type_str()))?;
+    if std::mem::discriminant(&value) != std::mem::discriminant(default) {
+        return Err(format!(
+            "{text:?} is a {}, the key takes a {}",
+            value.type_str(),
+            default.type_str()
+        ));
+    }
+    Ok(value)
+}
+
+/// Sets `path` in `table`, creating the tables on the way (a section the
+/// file left out) and replacing what was there.
+fn insert_at(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, sections)) = path.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for s in sections {
+        let entry = t
+            .entry(s.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            unreachable!("made a table just above");
+        };
+        t = next;
+    }
+    t.insert(last.clone(), value);
 }
 
 #[cfg(test)]

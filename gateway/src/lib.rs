@@ -4,6 +4,9 @@
 //!
 //! - [`config`]: typed configuration and its documented defaults.
 //! - [`auth`]: JWT verification (algorithm pinned) and dev tokens.
+//! - [`msg`]: what crosses threads to a shard (`ShardMsg`, `Handoff`,
+//!   `ConnRef`, `owner_shard`), shared by the shard, `bridge`, `cluster` and
+//!   `api`.
 //! - [`wheel`]: the per-shard timing wheel behind every connection deadline.
 //! - [`metrics`], [`http`]: per-shard counters and the HTTP edge.
 //! - [`cluster`]: the node tier on Redis (membership, routes, node channel).
@@ -21,6 +24,7 @@ pub mod http;
 pub mod mailbox;
 pub mod media;
 pub mod metrics;
+pub mod msg;
 pub mod server;
 pub mod service;
 pub mod shard;

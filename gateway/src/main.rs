@@ -20,7 +20,7 @@ use clap::{
 };
 use tern_gateway::{
     auth,
-    config::{self, Config, DEFAULT_TOML, DEV_JWT_SECRET, Driver, LogFormat, StoreKind},
+    config::{self, Config, DEV_JWT_SECRET, Driver, LogFormat, StoreKind},
     server::{Listeners, Server},
     service::BackendService,
 };
@@ -45,7 +45,7 @@ enum Command {
     /// Run the gateway (embedded store by default; no Redis needed).
     Serve(Overrides),
     /// Print the effective configuration as TOML (`--defaults`: the
-    /// commented defaults file).
+    /// commented defaults file, with each key's `TERN_*` variable).
     Config {
         #[command(flatten)]
         overrides: Overrides,
@@ -57,7 +57,8 @@ enum Command {
     Token(TokenArgs),
 }
 
-/// Settings that flags and `TERN_*` variables override (over `--config`).
+/// Settings that flags and their `TERN_*` variables override, over the
+/// config file and the generic `TERN_<SECTION>_<KEY>` variables.
 /// `--help` shows each one's built-in default (added from
 /// `Config::default()` by [`with_defaults`]).
 #[derive(Args, Debug, Default)]
@@ -141,10 +142,7 @@ struct TokenArgs {
 
 impl Overrides {
     fn resolve(&self) -> anyhow::Result<Config> {
-        let mut cfg = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
+        let mut cfg = load_config(self.config.as_deref())?;
         if let Some(v) = self.listen {
             cfg.listen.tcp = Some(v);
         }
@@ -197,6 +195,54 @@ impl Overrides {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The defaults, the config file if any, then this process's
+/// `TERN_<SECTION>_<KEY>` variables (flags go on top; not yet validated).
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let reserved = flag_env_vars();
+    let reserved: Vec<&str> = reserved.iter().map(String::as_str).collect();
+    Ok(Config::load(path, tern_env_vars()?, &reserved)?)
+}
+
+/// The variables clap reads for flags of any subcommand (`TERN_CONFIG`,
+/// `TERN_DEV`, `TERN_LOG`, `TERN_LISTEN`, …): not config keys, so the
+/// generic overlay leaves them to clap. Where one is also a key's variable
+/// (`TERN_NODE_ID`, `TERN_LOG_FORMAT`) both read the same value into the
+/// same key.
+fn flag_env_vars() -> Vec<String> {
+    let cmd = Cli::command();
+    let mut vars: Vec<String> = cmd
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments())
+        .filter_map(|arg| arg.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect();
+    vars.sort();
+    vars.dedup();
+    vars
+}
+
+/// The `TERN_*` variables of this process; one that is not UTF-8 is an
+/// error naming it.
+fn tern_env_vars() -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        if !name
+            .as_encoded_bytes()
+            .starts_with(config::ENV_PREFIX.as_bytes())
+        {
+            continue;
+        }
+        let name = name
+            .into_string()
+            .map_err(|n| anyhow::anyhow!("environment variable {n:?} is not UTF-8"))?;
+        let value = value
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("environment variable {name}: value is not UTF-8"))?;
+        out.push((name, value));
+    }
+    Ok(out)
 }
 
 /// Appends `[default: …]` to the help of every `serve`/`config` flag that
@@ -259,7 +305,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             defaults,
         } => {
             if defaults {
-                print!("{DEFAULT_TOML}");
+                print!("{}", config::defaults_with_env());
             } else {
                 print!("{}", overrides.resolve()?.to_toml());
             }
@@ -269,8 +315,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let secret = match (&t.jwt_secret, &t.config, t.dev) {
                 (Some(s), _, _) => s.clone(),
                 (None, _, true) => DEV_JWT_SECRET.to_owned(),
-                (None, Some(path), false) => Config::from_file(path)?.auth.jwt_secret,
-                (None, None, false) => String::new(),
+                // The config file and the key variables, as `serve` reads
+                // them (`TERN_AUTH_JWT_SECRET` too).
+                (None, path, false) => load_config(path.as_deref())?.auth.jwt_secret,
             };
             anyhow::ensure!(
                 !secret.is_empty(),

@@ -191,6 +191,17 @@ pub struct ClusterMetrics {
     /// Renewals that found this node's own lease lapsed (its devices were
     /// counted again).
     pub lease_lapses: AtomicU64,
+    /// Recipients whose routes the workers' route caches answered.
+    pub route_cache_hits: AtomicU64,
+    /// Recipients whose routes were read from Redis (not cached, expired,
+    /// or named by the route log).
+    pub route_cache_misses: AtomicU64,
+    /// Times a worker's route cache started again (log trimmed past its
+    /// cursor, too far behind, first use).
+    pub route_cache_resets: AtomicU64,
+    /// Time a worker spent reading the routes of one batch's recipients
+    /// (cache and Redis), before its records are written.
+    pub route_read_latency: LatencyHistogram,
 }
 
 /// Counters of the HTTP edge, written by its connection tasks.
@@ -643,7 +654,7 @@ impl Collector for Metrics {
         }
         {
             let c = &self.cluster;
-            let rows: [(&str, &str, &AtomicU64); 12] = [
+            let rows: [(&str, &str, &AtomicU64); 15] = [
                 (
                     "tern_cluster_lease_lapses",
                     "Renewals that found this node's own lease lapsed (devices recounted)",
@@ -704,10 +715,31 @@ impl Collector for Metrics {
                     "Remote pushes given up (Redis away; recipients sync)",
                     &c.records_dropped,
                 ),
+                (
+                    "tern_cluster_route_cache_hits",
+                    "Recipients whose routes a worker's route cache answered",
+                    &c.route_cache_hits,
+                ),
+                (
+                    "tern_cluster_route_cache_misses",
+                    "Recipients whose routes were read from Redis",
+                    &c.route_cache_misses,
+                ),
+                (
+                    "tern_cluster_route_cache_resets",
+                    "Times a worker's route cache was emptied to start again",
+                    &c.route_cache_resets,
+                ),
             ];
             for (name, help, v) in rows {
                 counter(enc, name, help, None, v.load(Relaxed))?;
             }
+            histogram(
+                enc,
+                "tern_cluster_route_read_latency",
+                "A worker's route read for one batch (cache and Redis)",
+                &[&c.route_read_latency],
+            )?;
             gauge(
                 enc,
                 "tern_cluster_live_nodes",

@@ -28,7 +28,8 @@ use crate::{
     http::{self, HttpServer, HttpState},
     mailbox::{self, Doorbell, Sender},
     metrics::Metrics,
-    shard::{self, ShardMsg, ShardSetup},
+    msg::ShardMsg,
+    shard::{self, ShardSetup},
 };
 
 /// A running gateway.

@@ -305,3 +305,131 @@ fn connections_spread_over_two_gateways_and_source_addresses() {
         "{r}"
     );
 }
+
+#[test]
+#[allow(clippy::disallowed_methods)] // polls the gateway's /metrics from the test thread
+fn reconnect_moves_connections_of_a_stopped_gateway_to_the_next_target() {
+    // Proves `--reconnect`: with `--target A,P`, where P is a TCP relay to a
+    // second gateway B, closing P (every relayed socket shut, the listener
+    // gone: what clients of a killed node see, with no `SHUTDOWN` kick)
+    // while the load holds its connections sends each of them to the next
+    // target (A), and the report counts them dropped and back (P's 10 of
+    // 20), none kicked, every connection held at the end and A having
+    // accepted all 20. (Stopping B itself would drain it: its clients are
+    // kicked with `SHUTDOWN`, the move `tools/tests/load_drain.rs` proves.)
+    let a = Gateway::start();
+    let b = Gateway::start();
+    let relay = Relay::start(b.tcp);
+    let targets = format!("{},{}", a.tcp, relay.addr);
+    let metrics = format!("http://{}/metrics", a.http);
+    let load = {
+        let (targets, metrics) = (targets.clone(), metrics.clone());
+        std::thread::spawn(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_tern-load"))
+                .arg("idle")
+                .args(["--target", &targets, "--jwt-secret", SECRET])
+                .args(["--json", "--quiet", "--conns", "20", "--hold", "6"])
+                .args(["--reconnect", "--metrics", &metrics])
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stdout).trim())
+                    .unwrap_or(Value::Null),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    // Wait (bounded) until B holds its half through the relay, then close it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !scrape(b.http).lines().any(|l| l == "tern_connections 10") {
+        assert!(std::time::Instant::now() < deadline, "B never held 10");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    relay.close();
+    let (code, r, err) = load.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (n(&r, "dropped"), n(&r, "reconnected"), n(&r, "held")),
+        (10, 10, 20),
+        "{r}"
+    );
+    assert_eq!((n(&r, "moved"), n(&r, "kicked_shutdown")), (10, 0), "{r}");
+    assert_eq!(
+        r["metrics_delta"]["tern_connections_opened_total"].as_f64(),
+        Some(20.0),
+        "{r}"
+    );
+}
+
+/// A TCP relay on a loopback port to `upstream`, one thread per direction
+/// per connection; [`Relay::close`] shuts every relayed socket and stops
+/// listening, as a node that vanished.
+struct Relay {
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    accept: std::thread::JoinHandle<()>,
+}
+
+impl Relay {
+    #[allow(clippy::disallowed_methods)] // the accept loop polls every 10 ms
+    fn start(upstream: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accept = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Every relayed socket, both sides: shut when `stop` is set
+                // (polled every 10 ms); the listener is dropped with this
+                // thread.
+                let mut socks = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    let Ok((down, _)) = listener.accept() else {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    };
+                    let Ok(up) = std::net::TcpStream::connect(upstream) else {
+                        continue;
+                    };
+                    down.set_nonblocking(false).unwrap();
+                    socks.push(down.try_clone().unwrap());
+                    socks.push(up.try_clone().unwrap());
+                    for (mut from, mut to) in [
+                        (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                        (up, down),
+                    ] {
+                        // Ends when either side closes (or the stop shuts both).
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+                for s in socks {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            })
+        };
+        Self { addr, stop, accept }
+    }
+
+    fn close(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.accept.join();
+    }
+}
+
+/// The text of `GET /metrics` (empty if the gateway does not answer).
+fn scrape(http: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}

@@ -14,7 +14,7 @@ use super::ApiError;
 use crate::{
     bridge::{BackendRequest, Caller},
     mailbox::Sender,
-    shard::{ConnRef, owner_shard},
+    msg::{ConnRef, owner_shard},
 };
 
 /// The device name a call acts from when it acts as a user (a user's other

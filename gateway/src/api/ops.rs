@@ -12,7 +12,7 @@ use crate::{
     config::ApiOpsSettings,
     mailbox::Sender,
     metrics::Metrics,
-    shard::{ShardMsg, owner_shard},
+    msg::{ShardMsg, owner_shard},
 };
 use tern_protocol::pb::frame::Body;
 

@@ -46,12 +46,17 @@ use tern_protocol::{
 };
 use tracing::warn;
 
-use super::{NodeView, conn, membership, presence::Rechecks, routes};
+use super::{
+    NodeView, conn, membership,
+    presence::Rechecks,
+    route_cache::{self, RouteCache},
+    routes,
+};
 use crate::{
     config::ClusterSettings,
     mailbox::Sender,
     metrics::ClusterMetrics,
-    shard::{ShardMsg, owner_shard},
+    msg::{ShardMsg, owner_shard},
 };
 
 /// The delivery stream of node `id`.
@@ -95,6 +100,8 @@ pub struct EntryMeta {
 pub struct RemoteRouter {
     pub(super) link: conn::Link,
     pub(super) view: Arc<NodeView>,
+    /// The worker's route cache; `None` when `route_cache_entries_max` is 0.
+    pub(super) cache: Option<RouteCache>,
     pub(super) records_max: u64,
     pub(super) metrics: Arc<ClusterMetrics>,
     /// Users whose presence was on a dead node (filled by the cluster
@@ -113,6 +120,7 @@ impl RemoteRouter {
         Self {
             link,
             view,
+            cache: RouteCache::new(settings),
             records_max: settings.channel_records_max,
             metrics,
             rechecks,
@@ -150,13 +158,23 @@ impl RemoteRouter {
             .map(String::as_str)
             .filter(|u| seen.insert(u))
             .collect();
-        let routes = routes::read(&mut self.link, &users)?;
+        let started = Instant::now();
+        let routes = match self.cache.as_mut() {
+            Some(cache) if users.len() >= route_cache::BATCH_USERS_MIN => {
+                cache.read(&mut self.link, &users, &self.metrics)?
+            }
+            _ => routes::read(&mut self.link, &users)?,
+        };
+        self.metrics
+            .route_read_latency
+            .observe_us(started.elapsed().as_micros() as u64);
         let live = self.view.live();
-        let mut nodes_of: HashMap<&str, Vec<String>> = HashMap::new();
-        let mut unknown: Vec<(&str, String, String)> = Vec::new();
-        for (user, devices) in users.iter().zip(routes) {
-            for (device, node) in devices {
-                if node == me {
+        // Borrowed from `routes`: no string is copied per recipient.
+        let mut nodes_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut unknown: Vec<(&str, &str, &str)> = Vec::new();
+        for (user, devices) in users.iter().zip(&routes) {
+            for (device, node) in devices.iter() {
+                if *node == me {
                     continue;
                 }
                 if live.contains(node.as_str()) {
@@ -169,7 +187,7 @@ impl RemoteRouter {
         // Nodes the view does not list may have just joined: ask Redis.
         let mut cleanup = Vec::new();
         if !unknown.is_empty() {
-            let mut nodes: Vec<&str> = unknown.iter().map(|(_, _, n)| n.as_str()).collect();
+            let mut nodes: Vec<&str> = unknown.iter().map(|(_, _, n)| *n).collect();
             nodes.sort_unstable();
             nodes.dedup();
             let alive = membership::exists_each(&mut self.link, &nodes)?;
@@ -179,10 +197,13 @@ impl RemoteRouter {
                 .filter_map(|(n, a)| a.then_some(*n))
                 .collect();
             for (user, device, node) in &unknown {
-                if alive.contains(node.as_str()) {
-                    push_unique(nodes_of.entry(user).or_default(), node.clone());
+                if alive.contains(node) {
+                    push_unique(nodes_of.entry(user).or_default(), node);
                 } else {
                     cleanup.push(routes::del_if_node(user, device, node));
+                    if let Some(cache) = self.cache.as_mut() {
+                        cache.forget(user);
+                    }
                 }
             }
         }
@@ -218,7 +239,7 @@ impl RemoteRouter {
     }
 }
 
-fn push_unique(v: &mut Vec<String>, node: String) {
+fn push_unique<'a>(v: &mut Vec<&'a str>, node: &'a str) {
     if !v.contains(&node) {
         v.push(node);
     }

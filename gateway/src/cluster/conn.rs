@@ -148,6 +148,12 @@ impl Link {
         }
     }
 
+    /// Whether the commands of one pipeline run in their order (one
+    /// server); on Redis Cluster they run on several primaries at once.
+    pub(crate) fn in_order(&self) -> bool {
+        matches!(self.connector, Connector::Single(..))
+    }
+
     /// Runs one command.
     pub(crate) fn command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         self.run(|conn| match conn {

@@ -6,6 +6,8 @@
 //! - [`routes`]: the route table `(user, device) → node` — written and read
 //!   by the backend workers (a device's route changes ride its user's
 //!   worker ring, in order with its requests).
+//! - [`route_cache`]: each worker's cache of the route table, kept true by
+//!   the route log every route write appends to.
 //! - [`presence`]: which nodes hold a user's counting devices, the node
 //!   bookkeeping a worker does before a batch ([`RemoteRouter::note`]), and
 //!   the re-check of users whose node died.
@@ -22,6 +24,7 @@ pub mod channel;
 mod conn;
 pub mod membership;
 pub mod presence;
+pub mod route_cache;
 pub mod routes;
 
 use std::{
@@ -42,7 +45,7 @@ use crate::{
     config::{ClusterSettings, Config},
     mailbox::{self, Doorbell, Receiver},
     metrics::ClusterMetrics,
-    shard::ShardMsg,
+    msg::ShardMsg,
 };
 
 /// Why the node tier could not start or work.

@@ -38,7 +38,7 @@ use std::{
 use parking_lot::Mutex;
 use redis::{Cmd, RedisResult, Value, cmd};
 
-use super::{RemoteRouter, channel, conn, conn::Link, routes};
+use super::{RemoteRouter, channel, conn, conn::Link, route_cache, routes};
 
 /// Users one `SPOP` of a dead node's set takes at most (one pipeline of
 /// `SREM`s follows it).
@@ -148,8 +148,9 @@ impl Rechecks {
 }
 
 impl RemoteRouter {
-    /// Does a batch's node bookkeeping in one pipeline (and one more when a
-    /// login displaces a device connected on another node). Answers, per
+    /// Does a batch's node bookkeeping in one pipeline (one more for the
+    /// route log on Redis Cluster, and one more when a login displaces a
+    /// device connected on another node). Answers, per
     /// note, whether the domain must still handle it: a `Connected`, and a
     /// `Disconnected` of a user with no counting device on another live
     /// node; never a route change.
@@ -206,7 +207,58 @@ impl RemoteRouter {
                 )
             })
             .count() as u64;
-        let replies = match self.link.pipeline(cmds) {
+        // The users this batch may give a route, for the route log that
+        // keeps the workers' route caches true (docs/cluster.md, "Route
+        // cache"): appended after their `HSET`s and before this returns,
+        // so before the device's first sync is answered (it is behind this
+        // batch in the worker's ring).
+        let mut given: Vec<&str> = notes
+            .iter()
+            .filter_map(|n| match *n {
+                Note::RouteUp { user, .. } | Note::RouteRestore { user, .. } => Some(user),
+                _ => None,
+            })
+            .collect();
+        given.sort_unstable();
+        given.dedup();
+        let log = (!given.is_empty()).then(|| route_cache::log_append(&given));
+        // On one Redis a connection's commands run in order: the log entry
+        // rides the same pipeline, after the route writes. On Redis Cluster
+        // the log and the hashes are on different primaries, so it is sent
+        // once the pipeline answered.
+        let log_at = match &log {
+            Some(l) if self.link.in_order() => {
+                cmds.push(l.clone());
+                Some(cmds.len() - 1)
+            }
+            _ => None,
+        };
+        let written = self.link.pipeline(cmds);
+        let logged = match (&written, &log, log_at) {
+            (Ok(replies), _, Some(i)) => match replies.get(i) {
+                Some(Value::ServerError(e)) => Err(redis::RedisError::from(e.clone())),
+                Some(_) => Ok(()),
+                None => Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "route log: pipeline answered fewer replies than commands",
+                ))),
+            },
+            // Redis Cluster, or a failed pipeline some of whose writes may
+            // have landed: a route that landed must not go unannounced.
+            (_, Some(l), _) => self.link.command(l).map(drop),
+            (_, None, _) => Ok(()),
+        };
+        if let Err(e) = &logged {
+            // The caches could miss these routes until their entries' TTL
+            // ends (counted as a failed route write).
+            if written.is_ok() {
+                self.metrics
+                    .route_write_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(error = %e, "cluster: route log append failed");
+        }
+        let replies = match written {
             Ok(r) => r,
             Err(e) => {
                 if routes_n > 0 {

@@ -13,11 +13,14 @@
 //! answered, and the changes of one device keep their order. Read by the
 //! backend workers, one pipeline of `HGETALL` per batch of pushes. A route
 //! naming a node whose lease lapsed is ignored and removed with the same
-//! conditional delete.
+//! conditional delete. Every write that gives a user a route (`UP`, the
+//! `HSETNX` of a restore) also appends the user to the route log that keeps
+//! the workers' route caches true (`route_cache.rs`), before the write
+//! returns.
 
 use redis::{Cmd, RedisResult, Value, cmd};
 
-use super::conn::Link;
+use super::{conn::Link, route_cache::Routes};
 
 /// Sets a route and returns the node it named before (nil if none):
 /// `KEYS[1]` the user's hash, `ARGV[1]` the device, `ARGV[2]` the node.
@@ -53,25 +56,25 @@ pub fn del_if_node(user: &str, device: &str, node: &str) -> Cmd {
     c
 }
 
+/// The command that reads the routes of `user`.
+pub(crate) fn hgetall(user: &str) -> Cmd {
+    let mut c = cmd("HGETALL");
+    c.arg(key(user));
+    c
+}
+
 /// The routes of each user, in order: `(device, node)` pairs. One pipeline.
 /// A reply that is not a hash (a server error on one key) reads as no
 /// routes for that user.
-pub(crate) fn read(link: &mut Link, users: &[&str]) -> RedisResult<Vec<Vec<(String, String)>>> {
-    let cmds = users
-        .iter()
-        .map(|u| {
-            let mut c = cmd("HGETALL");
-            c.arg(key(u));
-            c
-        })
-        .collect();
+pub(crate) fn read(link: &mut Link, users: &[&str]) -> RedisResult<Vec<Routes>> {
+    let cmds = users.iter().map(|u| hgetall(u)).collect();
     let replies = link.pipeline(cmds)?;
     Ok(replies.iter().map(parse_hash).collect())
 }
 
-fn parse_hash(v: &Value) -> Vec<(String, String)> {
+pub(crate) fn parse_hash(v: &Value) -> Routes {
     let Some(pairs) = super::conn::pairs(v) else {
-        return Vec::new();
+        return Routes::default();
     };
     pairs
         .into_iter()

@@ -117,9 +117,10 @@ pub struct Report {
     pub pongs: u64,
     /// Group setup failures.
     pub setup_errors: u64,
-    /// Storm: dropped.
+    /// Dropped: by a storm, or moving to another target (a `SHUTDOWN`
+    /// kick; a server close with `--reconnect`).
     pub dropped: u64,
-    /// Storm: back.
+    /// Dropped and back.
     pub reconnected: u64,
     /// Storm: failed attempts (retried).
     pub reconnect_failures: u64,
@@ -130,7 +131,8 @@ pub struct Report {
     pub reconnect: Latency,
     /// Connections kicked with `SHUTDOWN` by a draining node.
     pub kicked_shutdown: u64,
-    /// Kicked connections live again on another target.
+    /// Moving connections (kicked, or closed with `--reconnect`) live again
+    /// on another target.
     pub moved: u64,
     /// Unanswered sends resent after a move.
     pub resent: u64,

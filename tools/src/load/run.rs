@@ -38,7 +38,12 @@ pub const METRICS_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Everything a scenario run takes on the command line.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// Gateway (or peer) addresses, comma-separated or repeated.
+    /// Gateway (or peer) addresses, comma-separated or repeated. Devices are
+    /// spread round robin by slot: slot i connects to target i mod N, slots
+    /// counted pairs first (user a's devices, then b's), then group members,
+    /// then idle connections. So with 2 targets and --devices 1 every 1:1
+    /// pair has its sides on different nodes, with --devices 2 each user has
+    /// a device on both, and a group's members spread over every target.
     #[arg(long, value_delimiter = ',', required = true)]
     pub target: Vec<SocketAddr>,
     /// HS256 secret the gateway verifies tokens with.
@@ -141,6 +146,13 @@ pub struct LoadArgs {
     /// 0: ack at the end of every read batch.
     #[arg(long, default_value_t = 50)]
     pub ack_delay_ms: u32,
+    /// A connection the server closes during the run (e.g. its node was
+    /// killed) reconnects to the next --target address (then the one after
+    /// on each failed attempt) and syncs what it missed; the report counts
+    /// `dropped`, `reconnected` and `reconnect_all_ms` (first drop → last
+    /// back).
+    #[arg(long)]
+    pub reconnect: bool,
     /// Prefix of every id (default: random).
     #[arg(long)]
     pub run_id: Option<String>,
@@ -211,6 +223,7 @@ impl LoadArgs {
             drain_ms: self.drain_ms,
             payload_bytes: self.payload_bytes.max(32),
             ack_delay_ms: self.ack_delay_ms,
+            reconnect: self.reconnect,
         };
         if plan.slots() > u64::from(u32::MAX) {
             bail!("too many connections in one run");

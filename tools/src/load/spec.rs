@@ -100,6 +100,10 @@ pub struct Plan {
     pub payload_bytes: u32,
     /// Longest a device holds back its `deliver_ack`, ms; 0: per read batch.
     pub ack_delay_ms: u32,
+    /// A connection the server closes during the run (a killed node) opens
+    /// again, on the slot's next target, and syncs what it missed.
+    #[serde(default)]
+    pub reconnect: bool,
 }
 
 /// Users per chatting pair.
@@ -215,9 +219,16 @@ impl Plan {
         format!("{}-g{group}", self.run_id)
     }
 
-    /// The target of a slot.
+    /// The target of a slot: round robin by slot.
     pub fn target(&self, slot: u32) -> SocketAddr {
-        self.targets[slot as usize % self.targets.len()]
+        self.target_after(slot, 0)
+    }
+
+    /// The target of a slot that has moved `moves` times (reconnected after
+    /// the server closed it, or failed to reconnect): the next address of
+    /// the list each time, so a slot leaves a dead node for the one after.
+    pub fn target_after(&self, slot: u32, moves: u32) -> SocketAddr {
+        self.targets[(slot as usize + moves as usize) % self.targets.len()]
     }
 
     /// The source address of a slot: rotates so that every (source, target)
@@ -394,9 +405,10 @@ pub struct WorkerResult {
     pub delivered_main: u64,
     /// Group setup requests that failed.
     pub setup_errors: u64,
-    /// Storm: connections dropped.
+    /// Connections dropped: by a storm, or moving to another target (a
+    /// `SHUTDOWN` kick; a server close with `--reconnect`).
     pub dropped: u64,
-    /// Storm: dropped connections live again.
+    /// Dropped connections live again.
     pub reconnected: u64,
     /// Storm: reconnect attempts that failed (and were retried).
     pub reconnect_failures: u64,
@@ -406,8 +418,8 @@ pub struct WorkerResult {
     /// Connections kicked with `SHUTDOWN` (a node draining), each moved to
     /// the next target.
     pub kicked_shutdown: u64,
-    /// Kicked connections live again on another target (also counted in
-    /// `reconnected`).
+    /// Moving connections (kicked, or closed with `--reconnect`) live again
+    /// on another target (also counted in `reconnected`).
     pub moved: u64,
     /// Unanswered sends resent after a move (same `client_msg_id`).
     pub resent: u64,
@@ -449,6 +461,7 @@ mod tests {
             drain_ms: 1000,
             payload_bytes: 32,
             ack_delay_ms: 0,
+            reconnect: false,
         }
     }
 
@@ -507,5 +520,52 @@ mod tests {
         }
         assert_eq!(pairs.len(), 4);
         assert!(pairs.values().all(|&n| n == 2));
+    }
+
+    #[test]
+    fn devices_spread_over_targets_round_robin() {
+        // Proves the spread `--target` documents: slot i on target i mod N,
+        // so with two targets and one device per user every 1:1 pair's sides
+        // are on different targets (the cross-node chat of
+        // bench/scripts/cluster.sh), with two devices each user is on both,
+        // and a group's members cover every target.
+        let mut p = plan();
+        p.devices = 1;
+        for pair in 0..p.pairs {
+            let a = p.slot_of(Role::Pair {
+                pair,
+                side: 0,
+                device: 0,
+            });
+            let b = p.slot_of(Role::Pair {
+                pair,
+                side: 1,
+                device: 0,
+            });
+            assert_ne!(p.target(a), p.target(b), "pair {pair} on one target");
+        }
+        let p = plan();
+        for side in 0..2 {
+            let t: Vec<SocketAddr> = (0..2)
+                .map(|device| {
+                    p.target(p.slot_of(Role::Pair {
+                        pair: 1,
+                        side,
+                        device,
+                    }))
+                })
+                .collect();
+            assert_ne!(t[0], t[1], "a user's two devices on one target");
+        }
+        for group in 0..p.groups {
+            let targets: std::collections::BTreeSet<SocketAddr> = (0..p.group_size)
+                .map(|member| p.target(p.slot_of(Role::Group { group, member })))
+                .collect();
+            assert_eq!(targets.len(), p.targets.len(), "group {group}");
+        }
+        // A slot that moves goes to the next address, and wraps.
+        assert_eq!(p.target_after(0, 0), p.targets[0]);
+        assert_eq!(p.target_after(0, 1), p.targets[1]);
+        assert_eq!(p.target_after(1, 1), p.targets[0]);
     }
 }

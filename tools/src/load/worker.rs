@@ -17,10 +17,12 @@
 //!
 //! A worker never talks to anything but its targets, and never retries a
 //! failed first connection (that is a result); only a storm's dropped
-//! connections reconnect, and connections kicked with `SHUTDOWN` (a node
-//! draining): those wait the kick's `retry_after_ms` plus their own jitter,
-//! move to the next target of the list, resume from their cursors and
-//! resend their unanswered sends (same `client_msg_id`: idempotent).
+//! connections reconnect, and connections that *move*: kicked with
+//! `SHUTDOWN` (a node draining; they wait the kick's `retry_after_ms` plus
+//! their own jitter) or, with `--reconnect`, closed by their server. A move
+//! goes to the next target of the list, resumes from the cursors, syncs
+//! them, and resends the unanswered sends (same `client_msg_id`:
+//! idempotent).
 
 use std::{
     cmp::Reverse,
@@ -229,11 +231,13 @@ struct Conn {
     attempt: u32,
     /// Storm: when this connection was dropped; 0 when it is not.
     dropped_at_ns: u64,
-    /// Added to the slot's target index: a kick with `SHUTDOWN` moves the
-    /// connection to the next target of the list.
-    target_shift: u32,
-    /// Kicked with `SHUTDOWN` and not yet live again: a failed attempt
-    /// tries the next target.
+    /// Moves to the next target so far (a kick with `SHUTDOWN`, a server
+    /// close with `--reconnect`, and each failed attempt while moving):
+    /// added to the slot's target index.
+    moves: u32,
+    /// Left its target (kicked with `SHUTDOWN`, or closed by its server with
+    /// `--reconnect`) and not yet live again: a failed attempt tries the
+    /// next target, and once live it catches up.
     moving: bool,
     dev: Option<Box<Device>>,
 }
@@ -463,7 +467,7 @@ impl<W: Write> Worker<W> {
                 first_done: false,
                 attempt: 0,
                 dropped_at_ns: 0,
-                target_shift: 0,
+                moves: 0,
                 moving: false,
                 dev,
             });
@@ -715,10 +719,10 @@ impl<W: Write> Worker<W> {
 
     fn open(&mut self, i: usize, now: u64) {
         let slot = self.slot(i);
-        let shift = self.conns[i].target_shift;
+        let moves = self.conns[i].moves;
         let (src, dst) = (
             self.plan().source(slot),
-            self.plan().target(slot.wrapping_add(shift)),
+            self.plan().target_after(slot, moves),
         );
         self.res.attempts += 1;
         let c = &mut self.conns[i];
@@ -1050,14 +1054,27 @@ impl<W: Write> Worker<W> {
         }
         if std::mem::take(&mut c.moving) {
             self.res.moved += 1;
-            self.resend_moved(i, now);
+            self.catch_up(i, now);
         }
     }
 
-    /// Resends the unanswered sends of connection `i` (kicked, now live on
-    /// another target) with their original `client_msg_id`s: a send the
-    /// old node stored is answered as a duplicate at its first seq.
-    fn resend_moved(&mut self, i: usize, now: u64) {
+    /// A connection that left its target (a kick with `SHUTDOWN`, or its
+    /// server closed it with `--reconnect`) is live again on another one: it
+    /// catches up as a client does after a reconnect (docs/protocol.md
+    /// §7.3). It authenticated with its cursors as `resume_cursors` (the
+    /// server pushes what follows them), now syncs every conversation it
+    /// knows from its cursor, and resends its unanswered sends with their
+    /// original `client_msg_id`s (a send the old node stored is answered as
+    /// a duplicate at its first seq).
+    fn catch_up(&mut self, i: usize, now: u64) {
+        if let Some(d) = self.conns[i].dev.as_mut() {
+            for c in d.cursors.values_mut() {
+                if c.gap_since_ns == 0 {
+                    c.gap_since_ns = now;
+                }
+            }
+        }
+        self.sync_gaps(i, now, 0);
         let mine: Vec<Resend> = {
             let (mine, rest) = std::mem::take(&mut self.resend)
                 .into_iter()
@@ -1072,11 +1089,22 @@ impl<W: Write> Worker<W> {
         }
     }
 
-    /// A `Kick` with `SHUTDOWN`: the node drains. Close, keep the
-    /// unanswered sends for resending, and reconnect to the next target
-    /// after `retry_after_ms` plus our own jitter.
+    /// A `Kick` with `SHUTDOWN`: the node drains. Leave for the next target
+    /// after the kick's `retry_after_ms` plus our own jitter.
     fn moved_by_kick(&mut self, i: usize, retry_after_ms: u32, now: u64) {
-        self.close(i, "kick:shutdown", now);
+        self.end_live(i, "kick:shutdown");
+        self.res.kicked_shutdown += 1;
+        let delay_ms = u64::from(retry_after_ms).min(KICK_RETRY_AFTER_MS_MAX)
+            + rand::rng().random_range(0..=KICK_JITTER_MS_MAX);
+        self.leave(i, delay_ms, now);
+    }
+
+    /// Connection `i` (no longer live) leaves its target for the next one
+    /// of the list, in `delay_ms`: its unanswered sends are kept for
+    /// resending, its pending syncs forgotten (never answered now), a group
+    /// set up through it counted failed; it counts as dropped until it is
+    /// live again ([`Self::catch_up`] then).
+    fn leave(&mut self, i: usize, delay_ms: u64, now: u64) {
         let rids: Vec<u64> = self
             .inflight
             .iter()
@@ -1122,15 +1150,16 @@ impl<W: Write> Worker<W> {
         let lost = (before - self.inflight.len()) as u32;
         self.res.setup_errors += u64::from(lost);
         self.setup_open = self.setup_open.saturating_sub(lost);
-        self.res.kicked_shutdown += 1;
-        let delay_ms = u64::from(retry_after_ms).min(KICK_RETRY_AFTER_MS_MAX)
-            + rand::rng().random_range(0..=KICK_JITTER_MS_MAX);
+        self.res.dropped += 1;
+        if self.storm_drop_ns == 0 {
+            self.storm_drop_ns = now;
+        }
         let c = &mut self.conns[i];
         c.state = State::Pending;
         c.dropped_at_ns = now;
         c.attempt = 0;
         c.moving = true;
-        c.target_shift = c.target_shift.wrapping_add(1);
+        c.moves = c.moves.wrapping_add(1);
         self.retries.push(Reverse((now + delay_ms * 1_000_000, i)));
     }
 
@@ -1149,7 +1178,7 @@ impl<W: Write> Worker<W> {
             c.attempt += 1;
             if c.moving {
                 // That target did not take us either: try the next one.
-                c.target_shift = c.target_shift.wrapping_add(1);
+                c.moves = c.moves.wrapping_add(1);
             }
             let jitter_ms = u64::from(self.spec.plan.jitter_ms);
             let delay_ms = if jitter_ms == 0 {
@@ -1165,11 +1194,20 @@ impl<W: Write> Worker<W> {
         }
     }
 
-    /// A live connection ended.
+    /// A live connection ended. With `--reconnect`, during the workload,
+    /// it leaves for the next target (its server went away).
     fn close(&mut self, i: usize, reason: &str, now: u64) {
         if self.conns[i].state != State::Live {
             return self.fail(i, reason, now);
         }
+        self.end_live(i, reason);
+        if self.spec.plan.reconnect && matches!(self.phase, Phase::Main | Phase::Drain) {
+            self.leave(i, RETRY_FIXED_MS, now);
+        }
+    }
+
+    /// Closes live connection `i` for `reason` (counted); it is `Dead`.
+    fn end_live(&mut self, i: usize, reason: &str) {
         self.drop_sock(i);
         self.live -= 1;
         *self

@@ -1,0 +1,136 @@
+//! What crosses threads to a shard: the messages of its inbox (`ShardMsg`),
+//! the connection handed to its owner shard after auth (`Handoff`), the
+//! cross-thread name of a connection (`ConnRef`), and `owner_shard`, the
+//! plain function that picks a user's shard. The shard, the backend workers
+//! (`bridge`), the node tier (`cluster`) and the server API (`api`) all
+//! import these from here, so none of them imports the shard's internals
+//! (and `bridge` and `shard` do not import each other).
+
+use std::{os::fd::OwnedFd, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use tern_protocol::{
+    pb,
+    session::{ConvKey, Session},
+};
+
+/// Identifies a connection across threads: shard, slab key, generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    /// The shard that holds it.
+    pub shard: u16,
+    /// Its slab key on that shard.
+    pub key: u32,
+    /// Distinguishes reuses of the same slab key.
+    pub generation: u32,
+}
+
+/// What arrives in a shard's inbox.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A connection that authenticated on another shard, for its owner.
+    Handoff(Box<Handoff>),
+    /// The backend's answer to one request: an encoded `Frame` body.
+    Reply {
+        /// Who asked.
+        conn: ConnRef,
+        /// The response frame, encoded (no length prefix).
+        body: Bytes,
+        /// When the request left the connection, for a `send`.
+        send_started: Option<Instant>,
+        /// The answer is a SendAck.
+        is_send_ack: bool,
+    },
+    /// Entries one connection lacked after its `Auth.resume_cursors`: an
+    /// encoded `Deliver`, tracked in its ack window.
+    Resume {
+        /// The connection that authenticated.
+        conn: ConnRef,
+        /// `(conversation, newest seq)` per conversation in the frame.
+        cursors: Arc<[(ConvKey, u64)]>,
+        /// The encoded `Deliver` frame body.
+        body: Bytes,
+    },
+    /// Push stored entries to every device of `users` held by this shard.
+    Deliver {
+        /// Recipients owned by this shard.
+        users: Arc<[String]>,
+        /// `(conversation, newest seq)` the frame carries, for the ack window.
+        cursors: Arc<[(ConvKey, u64)]>,
+        /// An encoded `Deliver` frame body, shared by every recipient.
+        body: Bytes,
+        /// The device that sent it (it has the SendAck; it gets no copy).
+        origin: Option<Arc<(String, String)>>,
+    },
+    /// An ephemeral push (typing, presence, server events): no ack window.
+    Push {
+        /// Recipients owned by this shard.
+        users: Arc<[String]>,
+        /// An encoded `Frame` body.
+        body: Bytes,
+    },
+    /// Start draining: stop accepting, kick connections at a bounded rate.
+    Drain,
+    /// This node's lease had lapsed: other nodes may have taken its users'
+    /// presence and routes. Send every device's route (if it has none) and
+    /// every user's presence again.
+    Recount,
+    /// The device logged in on another node, which now holds its route:
+    /// kick this node's connection of it as displaced.
+    Displace {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+    },
+    /// The server API asks which devices of `user` this shard holds.
+    Devices {
+        /// The user (owned by this shard).
+        user: String,
+        /// Where the device ids go.
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
+}
+
+/// A connection moving to its owner shard after auth.
+#[derive(Debug)]
+pub struct Handoff {
+    pub(crate) fd: OwnedFd,
+    pub(crate) session: Session,
+    pub(crate) partial: Vec<u8>,
+    pub(crate) user: Box<str>,
+    pub(crate) device: Box<str>,
+    pub(crate) transport: Transport,
+    /// `Auth.resume_cursors`: what to push after Welcome.
+    pub(crate) resume: Vec<pb::Cursor>,
+    /// Authenticated with [`PRESENCE_QUIET`]: does not count toward presence.
+    pub(crate) quiet: bool,
+}
+
+/// The `Auth.capabilities` name of a connection that does not count toward
+/// its user's presence (scripts, one-shot tools): it causes no ONLINE at
+/// welcome and no OFFLINE at close, and receives pushes as usual.
+pub const PRESENCE_QUIET: &str = "presence-quiet";
+
+/// How frames are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Varint length prefix per frame.
+    Tcp,
+    /// One binary WebSocket message per frame (after the HTTP upgrade).
+    WebSocket,
+    /// A WebSocket connection still in its HTTP upgrade.
+    WebSocketUpgrade,
+}
+
+/// The owner shard of a user: a plain function of the user id.
+pub fn owner_shard(user: &str, shards: usize) -> usize {
+    // FNV-1a: stable across processes and releases (std's hasher is not
+    // promised to be), cheap, and good enough to spread ids.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}

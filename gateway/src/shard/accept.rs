@@ -1,0 +1,98 @@
+//! Accepting: each listener's loop takes connections at a bounded rate (the
+//! listener pauses beyond it), refuses them past `connections_max` or while
+//! draining, and registers each one in the shard's epoll set.
+
+use std::{
+    os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use monoio::net::TcpListener;
+use tern_protocol::session::Session;
+use tracing::warn;
+
+use super::{Conn, Shard, sock::set_nonblocking};
+use crate::{metrics::CloseReason, msg::Transport};
+
+/// Accepts connections at a bounded rate and starts their readers.
+pub(super) async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    transport: Transport,
+    rate: u32,
+) {
+    // Token bucket: `rate` per second, refilled every 10 ms.
+    let per_tick = (rate / 100).max(1);
+    let mut tokens = per_tick;
+    let mut refill_at = Instant::now() + Duration::from_millis(10);
+    loop {
+        if shard.draining.get() {
+            return;
+        }
+        if tokens == 0 {
+            let now = Instant::now();
+            if now < refill_at {
+                monoio::time::sleep(refill_at - now).await;
+            }
+            refill_at = Instant::now() + Duration::from_millis(10);
+            tokens = per_tick;
+        }
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) if shard.draining.get() => return,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokens -= 1;
+        shard
+            .metrics
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard
+            .metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if shard.conns.borrow().len() >= shard.connections_max || shard.draining.get() {
+            shard.metrics.closed(CloseReason::Refused);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        // The socket leaves monoio (deregistered on the epoll driver) and
+        // joins the shard's epoll set.
+        // SAFETY: `into_raw_fd` hands over sole ownership of the descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+        if set_nonblocking(fd.as_raw_fd()).is_err() {
+            shard.metrics.closed(CloseReason::Error);
+            continue;
+        }
+        let now = shard.now_ms();
+        let generation = shard.next_gen();
+        let conn = Conn {
+            generation,
+            fd,
+            paused: false,
+            touched: false,
+            backlogged: false,
+            session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
+            ident: None,
+            spill: None,
+            transport,
+            timer_at: u64::MAX,
+            closing: None,
+            quiet: false,
+        };
+        let mut conns = shard.conns.borrow_mut();
+        let key = conns.insert(conn) as u32;
+        if shard.register(key, &conns[key as usize]).is_err() {
+            conns.remove(key as usize);
+            shard.metrics.closed(CloseReason::Error);
+            continue;
+        }
+        shard.arm(key, &mut conns[key as usize]);
+    }
+}

@@ -1,0 +1,220 @@
+//! A connection arriving on its owner shard after auth (`adopt`, `welcome`):
+//! registered, indexed by user (the device index: one 4-byte slot per device,
+//! `each_device`, `devices_of`), and an older connection of the same device
+//! displaced — here, or when the device logged in on another node
+//! (`displace`).
+
+use std::rc::Rc;
+
+use slab::Slab;
+use tern_protocol::{pb, session::AuthOk};
+use tracing::warn;
+
+use super::{Conn, Shard, SmallKeys, inbox::Resume, ingest::after_ingest};
+use crate::{bridge::RouteChange, metrics::CloseReason, msg::Handoff};
+
+impl Shard {
+    /// The same device logged in on another node: its connection here is
+    /// kicked as displaced, as by a second login here (see `welcome`), and
+    /// its close writes no route change (the route is the other node's).
+    /// If it was the user's last device here that counts toward presence,
+    /// this node says so (the worker finds the user online on the other
+    /// node, so friends see no OFFLINE).
+    pub(super) fn displace(self: &Rc<Self>, user: &str, device: &str) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        let (mut others_counted, mut displaced_counted) = (false, false);
+        for other in self.devices_of(&conns, user) {
+            let old = &mut conns[other as usize];
+            if old.device() == Some(device) {
+                displaced_counted |= !old.quiet;
+                self.unindex_device(other, user);
+                old.session
+                    .kick(&self.cfg, now, pb::KickReason::Displaced, "");
+                self.flush(other, old);
+                self.close_soon(old, CloseReason::Displaced);
+            } else {
+                others_counted |= !old.quiet;
+            }
+        }
+        drop(conns);
+        if displaced_counted && !others_counted {
+            self.presence(user, pb::PresenceState::Offline);
+        }
+    }
+
+    /// Calls `f(user, key, conn)` for every connection of `users` that this
+    /// shard holds.
+    pub(super) fn each_device(&self, users: &[String], mut f: impl FnMut(&str, u32, &mut Conn)) {
+        let index = self.users.borrow();
+        let mut conns = self.conns.borrow_mut();
+        for user in users {
+            for &key in index.iter_hash(self.user_hash(user)) {
+                if let Some(c) = conns.get_mut(key as usize)
+                    && c.user() == Some(user.as_str())
+                {
+                    f(user, key, c);
+                }
+            }
+        }
+    }
+
+    pub(super) fn user_hash(&self, user: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.user_hasher, user)
+    }
+
+    /// Adds `key` (a live, authenticated connection in `conns`) to the
+    /// device index.
+    fn index_device(&self, conns: &Slab<Conn>, key: u32, user: &str) {
+        let rehash = |k: &u32| {
+            // Every indexed key is a live connection with an identity: keys
+            // leave the index before their slab entry goes.
+            self.user_hash(conns.get(*k as usize).and_then(Conn::user).unwrap_or(""))
+        };
+        self.users
+            .borrow_mut()
+            .insert_unique(self.user_hash(user), key, rehash);
+    }
+
+    /// Removes `key` from the device index. True if it was there.
+    pub(super) fn unindex_device(&self, key: u32, user: &str) -> bool {
+        match self
+            .users
+            .borrow_mut()
+            .find_entry(self.user_hash(user), |k| *k == key)
+        {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Slab keys of `user`'s indexed devices on this shard.
+    pub(super) fn devices_of(&self, conns: &Slab<Conn>, user: &str) -> SmallKeys {
+        self.users
+            .borrow()
+            .iter_hash(self.user_hash(user))
+            .copied()
+            .filter(|k| conns.get(*k as usize).and_then(Conn::user) == Some(user))
+            .collect()
+    }
+
+    /// A connection handed over by another shard after auth: register it
+    /// here, welcome it, and start its reader.
+    pub(super) fn adopt(self: &Rc<Self>, h: Handoff) {
+        let conn = Conn {
+            generation: self.next_gen(),
+            fd: h.fd,
+            paused: false,
+            touched: false,
+            backlogged: false,
+            session: h.session,
+            ident: None,
+            spill: None,
+            transport: h.transport,
+            timer_at: u64::MAX,
+            closing: None,
+            quiet: false,
+        };
+        let key = self.conns.borrow_mut().insert(conn) as u32;
+        let generation = self.conns.borrow()[key as usize].generation;
+        if let Err(e) = self.register(key, &self.conns.borrow()[key as usize]) {
+            warn!(error = %e, "adopting a connection failed");
+            self.conns.borrow_mut().remove(key as usize);
+            return;
+        }
+        self.metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.welcome(key, h.user, h.device, h.resume, h.quiet);
+        // Bytes that came with the handoff (frames pipelined after auth).
+        let partial = self.conns.borrow_mut()[key as usize].take_partial();
+        let partial = [partial, h.partial].concat();
+        if !partial.is_empty() {
+            let outcome = self.ingest(key, &partial);
+            after_ingest(self, key, generation, outcome);
+        }
+    }
+
+    pub(super) fn next_gen(&self) -> u32 {
+        let g = self.next_generation.get();
+        self.next_generation.set(g.wrapping_add(1).max(1));
+        g
+    }
+
+    /// Registers an authenticated connection on its owner shard (this one),
+    /// displaces an older connection of the same device, queues Welcome.
+    pub(super) fn welcome(
+        self: &Rc<Self>,
+        key: u32,
+        user: Box<str>,
+        device: Box<str>,
+        resume: Vec<pb::Cursor>,
+        quiet: bool,
+    ) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        // Devices that count toward presence ([`PRESENCE_QUIET`] ones do not).
+        let (mut others_counted, mut displaced_counted) = (false, false);
+        for other in self.devices_of(&conns, &user) {
+            let old = &mut conns[other as usize];
+            if old.device() == Some(&*device) {
+                // Displaced: out of the index now; its close follows.
+                displaced_counted |= !old.quiet;
+                self.unindex_device(other, &user);
+                old.session
+                    .kick(&self.cfg, now, pb::KickReason::Displaced, "");
+                self.flush(other, old);
+                self.close_soon(old, CloseReason::Displaced);
+            } else {
+                others_counted |= !old.quiet;
+            }
+        }
+        conns[key as usize].ident = Some(format!("{user}\0{device}").into_boxed_str());
+        // Before Welcome: the device's first sync queues behind it in the
+        // same worker ring, so it runs once the route exists.
+        self.route_change(&user, &device, RouteChange::Up);
+        conns[key as usize].quiet = quiet;
+        self.index_device(&conns, key, &user);
+        if !quiet && !others_counted {
+            self.presence(&user, pb::PresenceState::Online);
+        } else if quiet && displaced_counted && !others_counted {
+            // A quiet login took the place of the only counted device.
+            self.presence(&user, pb::PresenceState::Offline);
+        }
+        let c = &mut conns[key as usize];
+        let ok = AuthOk {
+            user_id: &user,
+            device_id: &device,
+            node_id: &self.node_id,
+            unix_ms: Self::server_time_ms(),
+        };
+        // The session is Authenticating: it emitted the Authenticate event.
+        let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
+        self.flush(key, c);
+        self.arm(key, c);
+        if !self.login_check(key, c.generation, &user, &device) {
+            // Overloaded past every queue: a login that cannot be checked
+            // for a ban is refused; the client reconnects later.
+            c.session.kick(&self.cfg, now, pb::KickReason::Shutdown, "");
+            self.flush(key, c);
+            self.close_soon(c, CloseReason::Refused);
+            return;
+        }
+        if !resume.is_empty() {
+            // Push what the device lacks after its resume cursors: a sync on
+            // its behalf whose answer comes back as a tracked Deliver. Live
+            // pushes in the listed conversations wait for it (`Resume`). If
+            // the backend queue is full the request waits for room; if even
+            // that line is full, there is no resume: live pushes flow as they
+            // come and the device's own sync after Welcome covers the rest.
+            let state = Resume::new(&resume);
+            let req = self.resume_request(key, c.generation, &user, &device, resume);
+            if self.queue_resume(req) {
+                c.spill_mut().resume = Some(Box::new(state));
+            }
+        }
+    }
+}
