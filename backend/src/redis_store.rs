@@ -1533,8 +1533,8 @@ fn per_node(v: Value) -> Vec<Value> {
 /// The indexes of a cluster pipeline's commands that a node refused with
 /// a redirect (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the command did
 /// not run there); `None` when the error is anything else or also holds
-/// another error.
-fn redirected(e: &RedisError) -> Option<HashSet<usize>> {
+/// another error. The gateway's cluster links use it too.
+pub fn redirected(e: &RedisError) -> Option<HashSet<usize>> {
     let errs = e.clone().into_server_errors()?;
     errs.iter()
         .map(|(i, se)| {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use redis::{
-    Cmd, ConnectionLike as _, RedisResult, ServerErrorKind, Value,
+    Cmd, ConnectionLike as _, RedisResult, Value,
     cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection, ClusterPipeline},
 };
 
@@ -137,7 +137,7 @@ impl Link {
                         // a time: that path follows MOVED and ASK and waits
                         // out TRYAGAIN. Every caller's commands may run
                         // twice (see `run`).
-                        Err(e) if is_redirect(&e) => {
+                        Err(e) if tern_backend::redis_store::redirected(&e).is_some() => {
                             p.cmd_iter().map(|cmd| c.req_command(cmd)).collect()
                         }
                         r => r,
@@ -216,24 +216,6 @@ const INTERRUPTED_RETRIES_MAX: u32 = 3;
 fn is_interrupted(e: &redis::RedisError) -> bool {
     let text = e.to_string();
     e.is_io_error() && (text.contains("(os error 4)") || text.contains("operation interrupted"))
-}
-
-/// A cluster pipeline's error made only of redirects (`MOVED`, `ASK`,
-/// `TRYAGAIN`, `CLUSTERDOWN`).
-fn is_redirect(e: &redis::RedisError) -> bool {
-    e.clone().into_server_errors().is_some_and(|errs| {
-        errs.iter().all(|(_, se)| {
-            matches!(
-                se.kind(),
-                Some(
-                    ServerErrorKind::Moved
-                        | ServerErrorKind::Ask
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::ClusterDown
-                )
-            )
-        })
-    })
 }
 
 /// The bytes of a bulk or simple string reply.
