@@ -81,6 +81,34 @@ pub struct BackendRequest {
     pub route: Option<RouteChange>,
 }
 
+impl BackendRequest {
+    /// A request of `user`'s `device` (never an operator's), answered to
+    /// `from`; the rest is set by the few callers that need it.
+    pub fn new(from: ConnRef, user: &str, device: &str, frame: Box<pb::Frame>) -> Self {
+        Self {
+            from,
+            caller: Caller {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                admin: false,
+            },
+            frame,
+            started: None,
+            resume: false,
+            reply: None,
+            route: None,
+        }
+    }
+
+    /// A frame (request id 0) that carries `body`.
+    pub fn frame(body: Body) -> Box<pb::Frame> {
+        Box::new(pb::Frame {
+            request_id: 0,
+            body: Some(body),
+        })
+    }
+}
+
 /// A device logged in on this node or left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteChange {

@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tern_protocol::pb::{self, frame::Body};
+use tern_protocol::pb::frame::Body;
 
 use super::ApiError;
 use crate::{
-    bridge::{BackendRequest, Caller},
+    bridge::BackendRequest,
     mailbox::Sender,
     msg::{ConnRef, owner_shard},
 };
@@ -58,26 +58,15 @@ impl ApiBackend {
             return Err(ApiError::overloaded("no backend worker"));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let req = BackendRequest {
-            from: ConnRef {
-                shard: 0,
-                key: 0,
-                generation: 0,
-            },
-            caller: Caller {
-                user: user.to_owned(),
-                device: API_DEVICE.to_owned(),
-                admin,
-            },
-            frame: Box::new(pb::Frame {
-                request_id: 0,
-                body: Some(body),
-            }),
-            started: None,
-            resume: false,
-            route: None,
-            reply: Some(Box::new(tx)),
+        // `from` is unused: the answer goes to `reply`.
+        let from = ConnRef {
+            shard: 0,
+            key: 0,
+            generation: 0,
         };
+        let mut req = BackendRequest::new(from, user, API_DEVICE, BackendRequest::frame(body));
+        req.caller.admin = admin;
+        req.reply = Some(Box::new(tx));
         let worker = owner_shard(user, self.workers.len());
         if self.workers[worker].lock().send(req).is_err() {
             return Err(ApiError::overloaded("the backend queue is full"));

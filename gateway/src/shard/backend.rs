@@ -9,8 +9,8 @@ use tern_protocol::pb::{self, frame::Body};
 
 use super::{PRESENCE_PENDING_MAX, Shard, ingest::after_ingest};
 use crate::{
-    bridge::{BackendRequest, Caller, RouteChange},
-    msg::{ConnRef, owner_shard},
+    bridge::{BackendRequest, RouteChange},
+    msg::owner_shard,
 };
 
 impl Shard {
@@ -52,26 +52,12 @@ impl Shard {
         user: &str,
         device: &str,
     ) -> bool {
-        let req = BackendRequest {
-            from: ConnRef {
-                shard: self.id as u16,
-                key,
-                generation,
-            },
-            caller: Caller {
-                user: user.to_owned(),
-                device: device.to_owned(),
-                admin: false,
-            },
-            frame: Box::new(pb::Frame {
-                request_id: 0,
-                body: Some(Body::Kick(pb::Kick::default())),
-            }),
-            started: None,
-            resume: false,
-            route: None,
-            reply: None,
-        };
+        let req = BackendRequest::new(
+            self.conn_ref(key, generation),
+            user,
+            device,
+            BackendRequest::frame(Body::Kick(pb::Kick::default())),
+        );
         let req = if self.blocked.borrow().is_empty() {
             match self.send_backend(req) {
                 Ok(()) => return true,
@@ -105,24 +91,10 @@ impl Shard {
         if !self.cluster {
             return;
         }
-        self.send_waiting(BackendRequest {
-            // Never answered.
-            from: ConnRef {
-                shard: self.id as u16,
-                key: u32::MAX,
-                generation: 0,
-            },
-            caller: Caller {
-                user: user.to_owned(),
-                device: device.to_owned(),
-                admin: false,
-            },
-            frame: Box::default(),
-            started: None,
-            resume: false,
-            route: Some(change),
-            reply: None,
-        });
+        // Never answered; carries no request.
+        let mut req = BackendRequest::new(self.unanswered(), user, device, Box::default());
+        req.route = Some(change);
+        self.send_waiting(req);
     }
 
     /// Queues a request for the backend in order: behind the requests that
@@ -149,30 +121,17 @@ impl Shard {
     /// user is never left shown online after going offline; past
     /// [`PRESENCE_PENDING_MAX`] waiting updates it is dropped and counted.
     pub(super) fn presence(self: &Rc<Self>, user: &str, state: pb::PresenceState) {
-        let req = BackendRequest {
-            // No connection waits for the answer.
-            from: ConnRef {
-                shard: self.id as u16,
-                key: u32::MAX,
-                generation: 0,
-            },
-            caller: Caller {
-                user: user.to_owned(),
-                device: String::new(),
-                admin: false,
-            },
-            frame: Box::new(pb::Frame {
-                request_id: 0,
-                body: Some(Body::SetPresence(pb::SetPresenceRequest {
-                    state: state as i32,
-                    text: String::new(),
-                })),
-            }),
-            started: None,
-            resume: false,
-            route: None,
-            reply: None,
-        };
+        // No connection waits for the answer; no device: the gateway's own
+        // update, as the domain tells them apart.
+        let req = BackendRequest::new(
+            self.unanswered(),
+            user,
+            "",
+            BackendRequest::frame(Body::SetPresence(pb::SetPresenceRequest {
+                state: state as i32,
+                text: String::new(),
+            })),
+        );
         self.send_waiting(req);
     }
 

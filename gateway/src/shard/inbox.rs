@@ -19,7 +19,7 @@ use super::{
     poll::Turn,
 };
 use crate::{
-    bridge::{BackendRequest, Caller},
+    bridge::BackendRequest,
     mailbox::Doorbell,
     metrics::CloseReason,
     msg::{ConnRef, ShardMsg},
@@ -448,26 +448,14 @@ impl Shard {
         device: &str,
         cursors: Vec<pb::Cursor>,
     ) -> BackendRequest {
-        BackendRequest {
-            from: ConnRef {
-                shard: self.id as u16,
-                key,
-                generation,
-            },
-            caller: Caller {
-                user: user.to_owned(),
-                device: device.to_owned(),
-                admin: false,
-            },
-            frame: Box::new(pb::Frame {
-                request_id: 0,
-                body: Some(Body::Sync(pb::SyncRequest { cursors, limit: 0 })),
-            }),
-            started: None,
-            resume: true,
-            route: None,
-            reply: None,
-        }
+        let mut req = BackendRequest::new(
+            self.conn_ref(key, generation),
+            user,
+            device,
+            BackendRequest::frame(Body::Sync(pb::SyncRequest { cursors, limit: 0 })),
+        );
+        req.resume = true;
+        req
     }
 
     /// Queues a resume sync; if the backend queue is full it waits in

@@ -21,9 +21,9 @@ use super::{
     CONN_FRAMES_PER_TURN_MAX, Conn, Shard, backend::unblock_loop, finish, sock::recv_nonblocking,
 };
 use crate::{
-    bridge::{BackendRequest, Caller},
+    bridge::BackendRequest,
     metrics::CloseReason,
-    msg::{ConnRef, Handoff, PRESENCE_QUIET, ShardMsg, Transport, owner_shard},
+    msg::{Handoff, PRESENCE_QUIET, ShardMsg, Transport, owner_shard},
     ws,
 };
 
@@ -255,23 +255,13 @@ impl Shard {
                             continue;
                         };
                         let is_send = matches!(frame.body, Some(Body::Send(_)));
-                        let req = BackendRequest {
-                            from: ConnRef {
-                                shard: self.id as u16,
-                                key,
-                                generation: c.generation,
-                            },
-                            caller: Caller {
-                                user: user.to_string(),
-                                device: device.to_string(),
-                                admin: false,
-                            },
+                        let mut req = BackendRequest::new(
+                            self.conn_ref(key, c.generation),
+                            user,
+                            device,
                             frame,
-                            started: is_send.then(Instant::now),
-                            resume: false,
-                            route: None,
-                            reply: None,
-                        };
+                        );
+                        req.started = is_send.then(Instant::now);
                         if let Err(req) = self.send_backend_in_order(req) {
                             // Back-pressure: keep this request and the rest
                             // of the input; stop reading until there is room.

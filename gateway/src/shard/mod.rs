@@ -434,6 +434,21 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
 }
 
 impl Shard {
+    /// This shard's connection `key` of `generation`, as answers find it.
+    fn conn_ref(&self, key: u32, generation: u32) -> ConnRef {
+        ConnRef {
+            shard: self.id as u16,
+            key,
+            generation,
+        }
+    }
+
+    /// Where a request no connection waits for is "answered": nowhere
+    /// (no slab key is `u32::MAX`).
+    fn unanswered(&self) -> ConnRef {
+        self.conn_ref(u32::MAX, 0)
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
