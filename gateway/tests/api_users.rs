@@ -204,13 +204,18 @@ fn a_broadcast_reaches_every_online_user_once() {
     let req = json!({"request_id": "b1", "from": "system",
                      "content": {"type": "text", "text": "we restart at 10"}});
     // Presence is set by the backend after login: wait until both count.
+    // Each probe has its own request id: a repeated one would answer the
+    // first probe's count forever (the broadcast is idempotent).
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut probe = 0;
     let accepted = loop {
+        probe += 1;
         let (s, a) = call(
             &gw,
             "POST",
             "/api/v1/broadcasts",
-            json!({"request_id": "probe", "from": "system", "content": {"type": "text", "text": "probe"}}),
+            json!({"request_id": format!("probe-{probe}"), "from": "system",
+                   "content": {"type": "text", "text": "probe"}}),
         );
         assert_eq!(s, 202, "{a}");
         if a["recipients"] == 2 || Instant::now() > deadline {
