@@ -58,25 +58,7 @@ impl Shard {
             device,
             BackendRequest::frame(Body::Kick(pb::Kick::default())),
         );
-        let req = if self.blocked.borrow().is_empty() {
-            match self.send_backend(req) {
-                Ok(()) => return true,
-                Err(full) => full,
-            }
-        } else {
-            req
-        };
-        let mut blocked = self.blocked.borrow_mut();
-        if blocked.len() >= PRESENCE_PENDING_MAX {
-            return false;
-        }
-        // `u32::MAX`: no connection is paused behind it.
-        blocked.push_back((u32::MAX, 0, req));
-        drop(blocked);
-        if !self.unblocking.replace(true) {
-            monoio::spawn(unblock_loop(self.clone()));
-        }
-        true
+        self.send_or_wait(req)
     }
 
     /// Tells the user's backend worker (cluster mode) that a device logged
@@ -139,15 +121,24 @@ impl Shard {
     /// if the backend queue is full it waits in `blocked`, in order; past
     /// [`PRESENCE_PENDING_MAX`] waiting it is dropped and counted.
     fn send_waiting(self: &Rc<Self>, req: BackendRequest) {
-        let Err(req) = self.send_backend_in_order(req) else {
-            return;
-        };
-        let mut blocked = self.blocked.borrow_mut();
-        if blocked.len() >= PRESENCE_PENDING_MAX {
+        if !self.send_or_wait(req) {
             self.metrics
                 .presence_dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return;
+        }
+    }
+
+    /// Queues `req` for the backend in order; if the queue is full (or
+    /// others already wait) it waits in `blocked`, without pausing any
+    /// connection. False if even that line is full
+    /// ([`PRESENCE_PENDING_MAX`]): `req` is dropped.
+    pub(super) fn send_or_wait(self: &Rc<Self>, req: BackendRequest) -> bool {
+        let Err(req) = self.send_backend_in_order(req) else {
+            return true;
+        };
+        let mut blocked = self.blocked.borrow_mut();
+        if blocked.len() >= PRESENCE_PENDING_MAX {
+            return false;
         }
         // No connection waits for it: the retry finds no slab entry at
         // `u32::MAX` to resume.
@@ -156,6 +147,7 @@ impl Shard {
         if !self.unblocking.replace(true) {
             monoio::spawn(unblock_loop(self.clone()));
         }
+        true
     }
 }
 

@@ -14,10 +14,7 @@ use tern_protocol::{
 };
 use tracing::info;
 
-use super::{
-    Conn, INBOX_BATCH_MAX, PRESENCE_PENDING_MAX, Shard, SmallKeys, backend::unblock_loop,
-    poll::Turn,
-};
+use super::{Conn, INBOX_BATCH_MAX, Shard, SmallKeys, poll::Turn};
 use crate::{
     bridge::BackendRequest,
     mailbox::Doorbell,
@@ -460,23 +457,9 @@ impl Shard {
 
     /// Queues a resume sync; if the backend queue is full it waits in
     /// `blocked` (without pausing its connection). False if even that line
-    /// is full ([`PRESENCE_PENDING_MAX`]): no resume is in flight then.
+    /// is full ([`super::PRESENCE_PENDING_MAX`]): no resume is in flight then.
     pub(super) fn queue_resume(self: &Rc<Self>, req: BackendRequest) -> bool {
-        let Err(req) = self.send_backend_in_order(req) else {
-            return true;
-        };
-        let mut blocked = self.blocked.borrow_mut();
-        if blocked.len() >= PRESENCE_PENDING_MAX {
-            return false;
-        }
-        // No connection is paused for it: the retry finds no slab entry at
-        // `u32::MAX` to resume.
-        blocked.push_back((u32::MAX, 0, req));
-        drop(blocked);
-        if !self.unblocking.replace(true) {
-            monoio::spawn(unblock_loop(self.clone()));
-        }
-        true
+        self.send_or_wait(req)
     }
 
     /// Handles up to [`INBOX_BATCH_MAX`] inbox items, then writes every
