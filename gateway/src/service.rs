@@ -113,7 +113,7 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
             body: Body::PresenceEvent(event),
         },
         // A push like any other, so it reaches the user's devices on every
-        // node; the owner shard closes the devices it names (shard.rs).
+        // node; the owner shard closes the devices it names (shard/inbox.rs, `kick_devices`).
         DomainEffect::Kick { user_id, kick } => Effect::Push {
             recipients: Arc::from([user_id]),
             body: Body::Kick(kick),
