@@ -11,6 +11,7 @@
 //! - [`metrics`], [`http`]: per-shard counters and the HTTP edge.
 //! - [`cluster`]: the node tier on Redis (membership, routes, node channel).
 //! - [`api`]: the server API for existing services (`/api/v1`, OpenAPI).
+//! - [`reload`]: SIGHUP reloads of what lives in files.
 //!
 //! The gateway never blocks a shard thread: storage work happens on backend
 //! worker threads.
@@ -25,6 +26,7 @@ pub mod mailbox;
 pub mod media;
 pub mod metrics;
 pub mod msg;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod shard;

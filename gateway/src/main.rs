@@ -345,9 +345,11 @@ fn serve(overrides: &Overrides) -> anyhow::Result<()> {
     // Catch SIGTERM/SIGINT before anything starts: a signal that arrives
     // while the store opens or the shards start is then a drain once they
     // run, not the default action (killed mid-start, a failed exit status).
+    // SIGHUP reloads what lives in files (`tern_gateway::reload`).
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])?;
     let listeners = Listeners::bind(&cfg)?;
     let service = Arc::new(open_store(&cfg)?);
@@ -355,9 +357,15 @@ fn serve(overrides: &Overrides) -> anyhow::Result<()> {
     if overrides.dev {
         print_dev_banner(server.tcp_addr);
     }
-    // Wait for SIGTERM or SIGINT, then drain.
-    if let Some(sig) = signals.forever().next() {
+    // Reload on each SIGHUP; drain on SIGTERM or SIGINT.
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            let failed = tern_gateway::reload::reload_all();
+            tracing::info!(failed, "SIGHUP: reload done");
+            continue;
+        }
         tracing::info!(signal = sig, "draining");
+        break;
     }
     server.shutdown();
     tracing::info!("stopped");

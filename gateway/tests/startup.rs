@@ -213,6 +213,30 @@ fn second_serve_on_the_same_addresses_fails_at_bind() {
 
 /// Two servers on different ports but one data dir: the second says that
 /// another tern uses that data dir (fjall's lock), once, and exits non-zero.
+/// SIGHUP reloads (`tern_gateway::reload`) instead of ending the process
+/// (its default action): the server logs the reload, still serves, and a
+/// SIGTERM after it drains with success.
+#[test]
+fn sighup_reloads_and_keeps_serving() {
+    let dir = tmp();
+    let ports = free_ports::<3>();
+    let mut tern = Tern::serve(dir.path(), ports, &["--data-dir", "d"]);
+    tern.wait_serving();
+    let pid = i32::try_from(tern.child.id()).unwrap();
+    // SAFETY: kill with a pid of our own child and a valid signal.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let ok = tern.pump_until(START_WAIT, |t| t.stderr.contains("SIGHUP: reload done"));
+    assert!(ok, "no reload logged:\n{}", tern.stderr);
+    assert!(
+        tern.status.is_none(),
+        "tern exited on SIGHUP: {:?}",
+        tern.status
+    );
+    std::net::TcpStream::connect(addr(ports[0])).expect("still listening after SIGHUP");
+    let status = tern.terminate();
+    assert!(status.success(), "{status}\n{}", tern.stderr);
+}
+
 #[test]
 fn a_data_dir_in_use_is_named() {
     let dir = tmp();
