@@ -1283,6 +1283,10 @@ impl Store for RedisStore {
         let mut got = self.get_per_user(&[user], |k| &k.ban, "ban")?;
         Ok(got.pop().flatten())
     }
+
+    fn bans(&self, users: &[&str]) -> StoreResult<Vec<Option<BanRecord>>> {
+        Ok(self.get_per_user(users, |k| &k.ban, "ban")?)
+    }
 }
 
 impl Credentials for RedisStore {

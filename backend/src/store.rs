@@ -346,6 +346,11 @@ pub trait Store: Send + Sync {
 
     /// `user`'s ban, if banned.
     fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>>;
+
+    /// Each user's ban, in order (a login storm's checks in one read).
+    fn bans(&self, users: &[&str]) -> StoreResult<Vec<Option<BanRecord>>> {
+        users.iter().map(|u| self.ban(u)).collect()
+    }
 }
 
 // ---------------------------------------------------------------------------

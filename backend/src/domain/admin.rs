@@ -185,21 +185,66 @@ impl Domain {
     /// is banned: no answer if not; a `Kick` BANNED for the device if so
     /// (the gateway closes it after writing the kick).
     fn login_check(&self, me: &Caller) -> Handled {
-        match self.store.ban(&me.user_id)? {
+        let ban = self.store.ban(&me.user_id)?;
+        Ok(self.login_answer(&me.user_id, ban))
+    }
+
+    /// Several login checks (`(index, caller)` of a batch) with one store
+    /// read of their bans; each index gets its outcome in `outcomes`.
+    pub(super) fn flush_login_checks(
+        &self,
+        pending: &mut Vec<(usize, Caller)>,
+        outcomes: &mut [Option<Outcome>],
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut users = Vec::with_capacity(pending.len());
+        for (i, me) in pending.drain(..) {
+            match check_id("user_id", &me.user_id) {
+                Ok(()) => users.push((i, me.user_id)),
+                Err(e) => outcomes[i] = Some(Outcome::error(&e)),
+            }
+        }
+        let ids: Vec<&str> = users.iter().map(|(_, u)| u.as_str()).collect();
+        match self.store.bans(&ids) {
+            Ok(bans) if bans.len() == users.len() => {
+                for ((i, user), ban) in users.iter().zip(bans) {
+                    outcomes[*i] = Some(self.login_answer(user, ban));
+                }
+            }
+            Ok(_) => {
+                let e = DomainError::Internal("store answered the wrong number of bans".into());
+                for (i, _) in &users {
+                    outcomes[*i] = Some(Outcome::error(&e));
+                }
+            }
+            Err(e) => {
+                let e = DomainError::from(e);
+                for (i, _) in &users {
+                    outcomes[*i] = Some(Outcome::error(&e));
+                }
+            }
+        }
+    }
+
+    /// A login check's answer for `user` with this ban record.
+    fn login_answer(&self, user: &str, ban: Option<BanRecord>) -> Outcome {
+        match ban {
             None => {
-                self.banned.remove(&me.user_id);
-                Ok(Outcome {
+                self.banned.remove(user);
+                Outcome {
                     reply: None,
                     effects: Vec::new(),
-                })
+                }
             }
             Some(ban) => {
-                self.banned.insert(&me.user_id);
-                Ok(Outcome::reply(Body::Kick(pb::Kick {
+                self.banned.insert(user);
+                Outcome::reply(Body::Kick(pb::Kick {
                     reason: pb::KickReason::Banned as i32,
                     message: ban.reason,
                     ..Default::default()
-                })))
+                }))
             }
         }
     }

@@ -266,11 +266,25 @@ impl Domain {
         // Presence updates neither read nor write messages: they wait and go
         // to the store together (and do not split the sends' group commit).
         let mut presences = Vec::new();
+        // Login checks (a device's user banned?) read one record each: they
+        // wait and are read together too (a login storm is a login check
+        // and a presence update per device, which would otherwise split
+        // each other's batches), but before any later request of a device,
+        // whose ban check needs their answer.
+        let mut logins = Vec::new();
         let mut checks = DirectReadAhead::new(&requests);
         for (i, req) in requests.into_iter().enumerate() {
             let Request { caller, body } = req;
+            let login_check = matches!(body, Body::Kick(_)) && !caller.admin;
+            if !login_check && !(matches!(body, Body::SetPresence(_)) && caller.is_connection()) {
+                self.flush_login_checks(&mut logins, &mut outcomes);
+            }
             if let Err(e) = self.check_not_banned(&caller, &body) {
                 outcomes[i] = Some(Outcome::error(&e));
+                continue;
+            }
+            if login_check {
+                logins.push((i, caller));
                 continue;
             }
             match body {
@@ -295,6 +309,7 @@ impl Domain {
                 }
             }
         }
+        self.flush_login_checks(&mut logins, &mut outcomes);
         self.flush_sends(now_ms, &mut pending, &mut outcomes);
         self.flush_presences(now_ms, &mut presences, &mut outcomes);
         outcomes

@@ -4209,6 +4209,69 @@ pub fn admin_ban_kicks_refuses_and_unban_lifts(f: Fixture) {
     );
 }
 
+/// Proves a login storm's batch (per device: the gateway's presence update
+/// and the device's login check, interleaved) answers every login check
+/// from one read of the bans, in order: the banned user's device gets its
+/// `Kick` BANNED, the others nothing, everyone's presence is stored, and a
+/// request of the banned user later in the same batch is refused (its
+/// login check was answered first).
+pub fn admin_login_checks_of_a_storm_batch(f: Fixture) {
+    let w = World::new(f);
+    let out = w.domain.handle(
+        &operator("bob"),
+        w.now(),
+        operator_kick(pb::KickReason::Banned, "spam"),
+    );
+    assert!(matches!(out.reply, Some(Body::Ok(_))), "{out:?}");
+    let users = ["alice", "bob", "carol", "dave"];
+    let mut reqs = Vec::new();
+    for u in users {
+        reqs.push(Request {
+            caller: Caller::connection(u),
+            body: Body::SetPresence(pb::SetPresenceRequest {
+                state: pb::PresenceState::Online as i32,
+                text: String::new(),
+            }),
+        });
+        reqs.push(Request {
+            caller: World::caller(u),
+            body: operator_kick(pb::KickReason::Unspecified, ""),
+        });
+    }
+    reqs.push(Request {
+        caller: World::caller("bob"),
+        body: Body::Profile(pb::ProfileRequest {
+            user_id: "bob".into(),
+        }),
+    });
+    let out = w.domain.handle_batch(w.now(), reqs);
+    assert_eq!(out.len(), 9);
+    for (k, u) in users.iter().enumerate() {
+        assert!(
+            matches!(out[2 * k].reply, Some(Body::Ok(_))),
+            "{u}: {:?}",
+            out[2 * k]
+        );
+        let check = &out[2 * k + 1];
+        if *u == "bob" {
+            assert!(
+                matches!(&check.reply, Some(Body::Kick(k)) if k.reason == pb::KickReason::Banned as i32 && k.message == "spam"),
+                "{check:?}"
+            );
+        } else {
+            assert_eq!(check.reply, None, "{u} is not banned: {check:?}");
+        }
+    }
+    assert_eq!(error_code(&out[8]), Some(pb::ErrorCode::PermissionDenied));
+    let stored = w.store().presences(&users).unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|p| p.as_ref().is_some_and(|p| p.connected)),
+        "{stored:?}"
+    );
+}
+
 /// Proves an operator kick names one device (or none: all) and stores
 /// nothing; a kick reason an operator may not use is refused.
 pub fn admin_kick_names_a_device(f: Fixture) {
@@ -4471,6 +4534,7 @@ macro_rules! conformance_tests {
             auth_blocked_user_cannot_message,
             auth_non_friends_refused_when_policy_says_so,
             admin_ban_kicks_refuses_and_unban_lifts,
+            admin_login_checks_of_a_storm_batch,
             admin_kick_names_a_device,
             admin_acts_without_friendship_or_membership,
             admin_lists_online_users,
