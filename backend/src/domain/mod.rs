@@ -276,7 +276,8 @@ impl Domain {
         for (i, req) in requests.into_iter().enumerate() {
             let Request { caller, body } = req;
             let login_check = matches!(body, Body::Kick(_)) && !caller.admin;
-            if !login_check && !(matches!(body, Body::SetPresence(_)) && caller.is_connection()) {
+            let gateway_presence = matches!(body, Body::SetPresence(_)) && caller.is_connection();
+            if !(login_check || gateway_presence) {
                 self.flush_login_checks(&mut logins, &mut outcomes);
             }
             if let Err(e) = self.check_not_banned(&caller, &body) {
