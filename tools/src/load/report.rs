@@ -103,6 +103,9 @@ pub struct Report {
     pub acked_per_s: f64,
     /// Deliveries received (first arrival per device).
     pub delivered: u64,
+    /// Entries received for the first time by a device, stamped by this
+    /// run or not (with `--idle-acks`, what idle recipients got).
+    pub entries_received: u64,
     /// Retransmitted pushes of messages already held.
     pub pushes_repeated: u64,
     /// Deliveries per second during the main phase.
@@ -201,6 +204,7 @@ pub fn merge(plan: &Plan, workers: u64, results: Vec<WorkerResult>) -> Report {
         r.send_timeouts += w.send_timeouts;
         r.send_skipped += w.send_skipped;
         r.delivered += w.delivered;
+        r.entries_received += w.entries;
         r.pushes_repeated += w.redelivered;
         delivered_main += w.delivered_main;
         r.pings += w.pings;

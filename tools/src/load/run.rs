@@ -153,6 +153,12 @@ pub struct LoadArgs {
     /// back).
     #[arg(long)]
     pub reconnect: bool,
+    /// Idle connections ack their pushes (a cumulative `deliver_ack`, as
+    /// chatting devices do) and count every entry they get in
+    /// `entries_received`: the recipients of messages sent by something
+    /// else, e.g. the server API (bench/scripts/push_api.sh).
+    #[arg(long)]
+    pub idle_acks: bool,
     /// Prefix of every id (default: random).
     #[arg(long)]
     pub run_id: Option<String>,
@@ -224,6 +230,7 @@ impl LoadArgs {
             payload_bytes: self.payload_bytes.max(32),
             ack_delay_ms: self.ack_delay_ms,
             reconnect: self.reconnect,
+            idle_acks: self.idle_acks,
         };
         if plan.slots() > u64::from(u32::MAX) {
             bail!("too many connections in one run");

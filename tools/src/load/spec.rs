@@ -104,6 +104,11 @@ pub struct Plan {
     /// again, on the slot's next target, and syncs what it missed.
     #[serde(default)]
     pub reconnect: bool,
+    /// Idle connections ack their pushes and count every entry they get
+    /// (`entries_received`), stamped or not: the recipients of sends made
+    /// by something else (the server API under an HTTP load tool).
+    #[serde(default)]
+    pub idle_acks: bool,
 }
 
 /// Users per chatting pair.
@@ -403,6 +408,8 @@ pub struct WorkerResult {
     pub redelivered: u64,
     /// Deliveries received during the main phase only (for deliveries/s).
     pub delivered_main: u64,
+    /// Entries that reached a device for the first time, stamped or not.
+    pub entries: u64,
     /// Group setup requests that failed.
     pub setup_errors: u64,
     /// Connections dropped: by a storm, or moving to another target (a
@@ -462,6 +469,7 @@ mod tests {
             payload_bytes: 32,
             ack_delay_ms: 0,
             reconnect: false,
+            idle_acks: false,
         }
     }
 

@@ -453,7 +453,7 @@ impl<W: Write> Worker<W> {
                     &key,
                 )?);
             }
-            let dev = (!matches!(plan.role(slot), Role::Idle { .. }))
+            let dev = (plan.idle_acks || !matches!(plan.role(slot), Role::Idle { .. }))
                 .then(|| Box::new(Device::default()));
             conns.push(Conn {
                 state: State::Pending,
@@ -1444,6 +1444,9 @@ impl<W: Write> Worker<W> {
             }
             None => true,
         };
+        if fresh && via != Via::Ack {
+            self.res.entries += 1;
+        }
         if via != Via::Ack
             && let Some(ts) = stamp
         {
