@@ -14,6 +14,7 @@ use tern_gateway::{
 };
 
 const SECRET: &str = "load-test-secret";
+const API_KEY: &str = "load-test-api-key-0123";
 
 /// A gateway on an ephemeral loopback port, stopped on drop.
 struct Gateway {
@@ -36,6 +37,11 @@ impl Gateway {
         cfg.backend.data_dir = dir.path().to_path_buf();
         cfg.node_id = "load-test".into();
         cfg.shutdown.deadline_ms = 2_000;
+        cfg.api.keys.push(tern_gateway::config::ApiKeyConfig {
+            name: "test".into(),
+            key: API_KEY.into(),
+            scopes: vec!["messages".into()],
+        });
         let service = Arc::new(BackendService::open(&cfg.backend).unwrap());
         let server = Server::start(&cfg, service).unwrap();
         Self {
@@ -124,6 +130,90 @@ fn idle_holds_every_connection_and_reports_memory() {
         "{r}"
     );
     assert_eq!(n(&r, "connect_count"), 50);
+}
+
+/// POSTs one text message from `system` to `to` through the server API;
+/// the HTTP status line.
+fn api_send(http: SocketAddr, request_id: &str, to: &str) -> String {
+    use std::io::{Read, Write};
+    let body = format!(
+        r#"{{"request_id": "{request_id}", "from": "system", "to_user": "{to}", "content": {{"type": "text", "text": "hi"}}}}"#
+    );
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    write!(
+        s,
+        "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// `tern-load idle` with `extra` arguments (run id `ia`, 2 connections held
+/// 4 s) while the server API sends 300 messages to the first connection's
+/// user; its report and the gateway's /metrics after.
+fn idle_under_api_sends(extra: &[&str]) -> (Value, String) {
+    let gw = Gateway::start();
+    let tcp = gw.tcp.to_string();
+    let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    let load = std::thread::spawn(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_tern-load"))
+            .args(["idle", "--target", &tcp, "--jwt-secret", SECRET])
+            .args(["--conns", "2", "--hold", "4", "--run-id", "ia"])
+            .args(["--json", "--quiet"])
+            .args(&extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    });
+    // Both recipients connected (bounded: 10 s).
+    let connected = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        scrape(gw.http)
+            .lines()
+            .filter(|l| l.starts_with("tern_shard_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+            >= 2
+    });
+    assert!(connected, "{}", scrape(gw.http));
+    for k in 0..300 {
+        let status = api_send(gw.http, &format!("r{k}"), "ia-i0");
+        assert!(status.contains(" 200 "), "send {k}: {status}");
+    }
+    let (code, stdout, err) = load.join().unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    (r, scrape(gw.http))
+}
+
+#[test]
+fn idle_acks_ack_and_count_what_the_server_api_sends() {
+    // Proves `--idle-acks`: idle connections ack what someone else (the
+    // server API here, no stamp of this run) pushes to them and count it in
+    // `entries_received`: 300 messages to one user, more than the server's
+    // unacked window of 256, all arrive by push, none skipped for a full
+    // window. Without the flag the same run stops at the window (the
+    // baseline that shows the check can fail).
+    let (r, metrics) = idle_under_api_sends(&["--idle-acks"]);
+    assert_eq!(n(&r, "entries_received"), 300, "{r}");
+    assert!(
+        metrics.contains("tern_deliveries_window_full_total 0"),
+        "{metrics}"
+    );
+    let (r, metrics) = idle_under_api_sends(&[]);
+    assert!(n(&r, "entries_received") < 300, "{r}");
+    assert!(
+        !metrics.contains("tern_deliveries_window_full_total 0"),
+        "{metrics}"
+    );
 }
 
 #[test]
