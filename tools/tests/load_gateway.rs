@@ -154,6 +154,7 @@ fn api_send(http: SocketAddr, request_id: &str, to: &str) -> String {
 /// `tern-load idle` with `extra` arguments (run id `ia`, 2 connections held
 /// 4 s) while the server API sends 300 messages to the first connection's
 /// user; its report and the gateway's /metrics after.
+#[allow(clippy::disallowed_methods)] // a test thread polls /metrics
 fn idle_under_api_sends(extra: &[&str]) -> (Value, String) {
     let gw = Gateway::start();
     let tcp = gw.tcp.to_string();
