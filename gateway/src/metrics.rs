@@ -191,6 +191,9 @@ pub struct ClusterMetrics {
     /// Renewals that found this node's own lease lapsed (its devices were
     /// counted again).
     pub lease_lapses: AtomicU64,
+    /// Renewals that found this node id's lease renewed by another live
+    /// process (two nodes configured with one id).
+    pub node_id_conflicts: AtomicU64,
     /// Recipients whose routes the workers' route caches answered.
     pub route_cache_hits: AtomicU64,
     /// Recipients whose routes were read from Redis (not cached, expired,
@@ -654,11 +657,16 @@ impl Collector for Metrics {
         }
         {
             let c = &self.cluster;
-            let rows: [(&str, &str, &AtomicU64); 15] = [
+            let rows: [(&str, &str, &AtomicU64); 16] = [
                 (
                     "tern_cluster_lease_lapses",
                     "Renewals that found this node's own lease lapsed (devices recounted)",
                     &c.lease_lapses,
+                ),
+                (
+                    "tern_cluster_node_id_conflicts",
+                    "Renewals that found this node id's lease renewed by another live process",
+                    &c.node_id_conflicts,
                 ),
                 (
                     "tern_cluster_route_writes",

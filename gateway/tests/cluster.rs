@@ -508,3 +508,93 @@ fn a_node_whose_lease_lapsed_recounts_its_devices() {
     );
     redis.wait_routes("alice", &[("phone", "n1")]);
 }
+
+/// `tern serve` with node id `id` on `redis`, data in `dir`, info logs to
+/// `dir/tern.log` (a twin of a harness node, or a restart of one).
+fn serve_as(redis: &Redis, id: &str, dir: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("tern.log")).unwrap();
+    let port = || cluster_support::free_port().to_string();
+    std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--store", "redis", "--redis-url", &redis.url()])
+        .args(["--listen", &format!("127.0.0.1:{}", port())])
+        .args(["--ws-listen", &format!("127.0.0.1:{}", port())])
+        .args(["--http", &format!("127.0.0.1:{}", port())])
+        .args(["--jwt-secret", "cluster-test-secret", "--node-id", id])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("TERN_CLUSTER_NODE_LEASE_MS", "1000")
+        .env("TERN_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Two processes started with one node id would share its lease, routes
+/// and stream, each reaping the other's presence: the second is refused at
+/// start, naming the id, while the first (renewing its lease) keeps
+/// serving. Before the lease named its run, the second simply took it.
+#[test]
+fn a_second_node_with_the_same_id_is_refused() {
+    let redis = Redis::start();
+    let first = Node::start(&redis, "twin");
+    first.wait_metric("tern_cluster_live_nodes 1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = serve_as(&redis, "twin", dir.path());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the twin is still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(dir.path().join("tern.log")).unwrap();
+    assert!(!status.success(), "{status}\n{log}");
+    assert!(log.contains("node id twin is in use"), "{log}");
+    assert_eq!(metric(&first, "tern_cluster_node_id_conflicts_total"), 0);
+    let (_c, welcome) = Client::login(first.tcp, "alice", "phone");
+    assert_eq!(welcome.node_id, "twin");
+}
+
+/// A node killed with -9 and started again on its data dir takes its own
+/// lease back at once (the data dir names the run that held it), instead
+/// of waiting for it to expire like a stranger with its id would.
+#[test]
+fn a_killed_node_takes_its_own_lease_back_at_once() {
+    use redis::Commands;
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = serve_as(&redis, "phoenix", dir.path());
+    let key = "{n:phoenix}:alive";
+    let deadline = Instant::now() + WAIT;
+    while !redis.conn().exists::<_, bool>(key).unwrap() {
+        assert!(Instant::now() < deadline, "no lease");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    let held: String = redis.conn().get(key).unwrap();
+    let mut again = serve_as(&redis, "phoenix", dir.path());
+    // Serving (its lease renewed by the new run) while the old run's value
+    // would still be there had it waited.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now: Option<String> = redis.conn().get(key).unwrap();
+        if now
+            .as_deref()
+            .is_some_and(|v| v.split(':').next() != held.split(':').next())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restart did not take its lease"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(dir.path().join("tern.log")).unwrap();
+    assert!(!log.contains("waiting up to"), "{log}");
+    let _ = again.kill();
+    let _ = again.wait();
+}

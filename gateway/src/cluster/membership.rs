@@ -5,7 +5,10 @@
 //! it). A live node holds a lease in Redis: the key `{n:<id>}:alive`, set
 //! with `PX node_lease_ms` and renewed every third of it, and its id in the
 //! set `tern:nodes` (for listing). Liveness is the key's existence, judged
-//! by Redis's clock alone, so the nodes' clocks need not agree.
+//! by Redis's clock alone, so the nodes' clocks need not agree. The lease's
+//! value names the run holding it ([`Lease`]), so a second live process
+//! started with the same node id is refused at start, and noticed (logged,
+//! counted) if it appears later.
 
 use std::{
     collections::HashSet,
@@ -14,6 +17,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use parking_lot::RwLock;
@@ -96,20 +100,142 @@ fn random_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// Takes or renews this node's lease (one pipeline). Answers whether there
-/// was no lease to renew: at a renewal (not the first take), the lease had
-/// lapsed, and other nodes may have taken this node for dead meanwhile.
-pub(crate) fn renew(link: &mut Link, node: &str, lease_ms: u64) -> RedisResult<bool> {
-    let mut set = cmd("SET");
-    set.arg(lease_key(node))
-        .arg(unix_ms())
-        .arg("PX")
-        .arg(lease_ms)
-        .arg("GET");
-    let mut add = cmd("SADD");
-    add.arg(NODES_KEY).arg(node);
-    let replies = link.pipeline(vec![set, add])?;
-    Ok(matches!(replies.first(), Some(Value::Nil)))
+/// The file in the data dir naming the run that last held this node's
+/// lease (so a restart after `kill -9` takes its own lease back at once).
+pub const INCARNATION_FILE: &str = "node-incarnation";
+
+/// This process's hold on its node id's lease. The lease's value is
+/// `<incarnation>:<unix ms>`: a random id of this run, then the time of the
+/// last renewal, so a renewal by another process with the same node id is
+/// told apart from this run's own.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    node: String,
+    lease_ms: u64,
+    incarnation: String,
+}
+
+/// What a renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// Our own lease, renewed.
+    Held,
+    /// No lease: it had lapsed (a stall or a Redis blip longer than the
+    /// lease), and other nodes may have taken this node for dead meanwhile.
+    Lapsed,
+    /// The lease held another run's incarnation: a second live process
+    /// has this node id.
+    Twin,
+}
+
+impl Lease {
+    /// Takes the lease of `node` for this run. Free, or held by the run
+    /// named in `data_dir` (this node's earlier run, killed before its lease
+    /// expired): taken at once. Held by another run: waits until it expires
+    /// (a dead run of this id that used another data dir) or is renewed (a
+    /// live one: [`ClusterError::NodeIdInUse`]), at most a lease and a
+    /// third. This run is recorded in `data_dir` first.
+    pub(crate) fn claim(
+        link: &mut Link,
+        node: &str,
+        lease_ms: u64,
+        data_dir: &Path,
+    ) -> Result<Self, ClusterError> {
+        let lease = Self {
+            node: node.to_owned(),
+            lease_ms,
+            incarnation: format!("{:016x}", random_u64()),
+        };
+        let file = data_dir.join(INCARNATION_FILE);
+        let earlier = std::fs::read_to_string(&file).ok();
+        let earlier = earlier.as_deref().map(str::trim);
+        // This run is named before it may hold the lease, so a kill at any
+        // moment after leaves a file that names the lease's holder. Best
+        // effort: without the file a restart waits out the lease.
+        let tmp = data_dir.join(format!("{INCARNATION_FILE}.tmp"));
+        if std::fs::write(&tmp, format!("{}\n", lease.incarnation))
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .is_err()
+        {
+            tracing::warn!(file = %file.display(), "cluster: cannot record this run in the data dir; a restart will wait for its lease to expire");
+        }
+        let key = lease_key(node);
+        let mut waited: Option<(Instant, String)> = None;
+        loop {
+            let mut set = cmd("SET");
+            set.arg(&key)
+                .arg(lease.value())
+                .arg("PX")
+                .arg(lease_ms)
+                .arg("NX");
+            if !matches!(link.command(&set)?, Value::Nil) {
+                break;
+            }
+            let held = match link.command(cmd("GET").arg(&key))? {
+                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                // Expired between the two calls: try again.
+                _ => continue,
+            };
+            let holder = held.split(':').next().unwrap_or_default();
+            if Some(holder) == earlier {
+                // This node's earlier run: ours to take over.
+                let mut take = cmd("SET");
+                take.arg(&key).arg(lease.value()).arg("PX").arg(lease_ms);
+                link.command(&take)?;
+                break;
+            }
+            match &waited {
+                None => {
+                    tracing::info!(
+                        node,
+                        "cluster: this node id's lease is held by another run; waiting up to {} ms for it to expire",
+                        lease_ms + lease_ms / 3
+                    );
+                    waited = Some((Instant::now(), held));
+                }
+                Some((_, first)) if *first != held => {
+                    return Err(ClusterError::NodeIdInUse(node.to_owned()));
+                }
+                Some((since, _))
+                    if since.elapsed() > Duration::from_millis(lease_ms + lease_ms / 3) =>
+                {
+                    // Held all along without a renewal: a lease without an
+                    // expiry (set by hand?) is not waited for forever.
+                    return Err(ClusterError::NodeIdInUse(node.to_owned()));
+                }
+                Some(_) => {}
+            }
+            std::thread::park_timeout(Duration::from_millis((lease_ms / 10).max(10)));
+        }
+        let mut add = cmd("SADD");
+        add.arg(NODES_KEY).arg(node);
+        link.command(&add)?;
+        Ok(lease)
+    }
+
+    fn value(&self) -> String {
+        format!("{}:{}", self.incarnation, unix_ms())
+    }
+
+    /// Renews the lease (one pipeline) and says what it replaced.
+    pub(crate) fn renew(&self, link: &mut Link) -> RedisResult<Renewal> {
+        let mut set = cmd("SET");
+        set.arg(lease_key(&self.node))
+            .arg(self.value())
+            .arg("PX")
+            .arg(self.lease_ms)
+            .arg("GET");
+        let mut add = cmd("SADD");
+        add.arg(NODES_KEY).arg(&self.node);
+        let replies = link.pipeline(vec![set, add])?;
+        Ok(match replies.first() {
+            Some(Value::BulkString(b)) if !b.starts_with(self.incarnation.as_bytes()) => {
+                Renewal::Twin
+            }
+            Some(Value::Nil) => Renewal::Lapsed,
+            _ => Renewal::Held,
+        })
+    }
 }
 
 /// Leaves: the lease goes at once, and the listing too if this node holds

@@ -71,6 +71,11 @@ pub enum ClusterError {
     /// A thread could not be spawned.
     #[error("spawning a cluster thread: {0}")]
     Spawn(std::io::Error),
+    /// Another live process renews the lease of this node id.
+    #[error(
+        "node id {0} is in use by another live node (its lease in Redis was renewed while this one waited): give every node its own id (--node-id, or leave it unset to use the one kept in the data dir)"
+    )]
+    NodeIdInUse(String),
 }
 
 /// The node tier of a running gateway: the cluster thread (lease, view of
@@ -115,12 +120,17 @@ impl Cluster {
         let view = Arc::new(NodeView::new(node_id));
         let rechecks = Arc::new(presence::Rechecks::default());
         let mut link = connector.link();
-        // Before the lease and before any client: the users an earlier run
-        // of this id counted are this run's to re-check (none of them is
-        // connected here yet).
+        // The lease first: a second live process with this id is refused
+        // before it touches anything of the first's.
+        let lease = membership::Lease::claim(
+            &mut link,
+            node_id,
+            settings.node_lease_ms,
+            &cfg.backend.data_dir,
+        )?;
+        // Before any client: the users an earlier run of this id counted
+        // are this run's to re-check (none of them is connected here yet).
         presence::reap_own_leftovers(&mut link, node_id, &rechecks, timeout * 10)?;
-        // The first take: no lease before is the normal case.
-        membership::renew(&mut link, node_id, settings.node_lease_ms)?;
         let (live, dead) = membership::live_nodes(&mut link, node_id)?;
         view.replace(live, &metrics);
         if view.live().len() > 1 {
@@ -149,6 +159,7 @@ impl Cluster {
                 .name("tern-cluster".into())
                 .spawn(move || {
                     let mut t = ClusterThread {
+                        lease,
                         link,
                         node: &node,
                         view: &view,
@@ -229,6 +240,7 @@ const CLUSTER_TURN_MS: u64 = 20;
 /// The cluster thread: renews the lease, refreshes the view, and reaps the
 /// presence of the dead nodes this node claimed.
 struct ClusterThread<'a> {
+    lease: membership::Lease,
     link: conn::Link,
     node: &'a str,
     view: &'a NodeView,
@@ -265,9 +277,18 @@ impl ClusterThread<'_> {
             let now = Instant::now();
             if now >= next_renew {
                 next_renew = now + renew_every;
-                match membership::renew(&mut self.link, self.node, self.settings.node_lease_ms) {
-                    Ok(false) => {}
-                    Ok(true) => {
+                match self.lease.renew(&mut self.link) {
+                    Ok(membership::Renewal::Held) => {}
+                    Ok(membership::Renewal::Twin) => {
+                        self.metrics
+                            .node_id_conflicts
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            node = self.node,
+                            "cluster: another live process renews this node id's lease; give every node its own id"
+                        );
+                    }
+                    Ok(membership::Renewal::Lapsed) => {
                         // Our lease had lapsed (a stall or a Redis blip
                         // longer than the lease): another node may have
                         // claimed this one and taken its users' presence
