@@ -598,3 +598,27 @@ fn a_killed_node_takes_its_own_lease_back_at_once() {
     let _ = again.kill();
     let _ = again.wait();
 }
+
+/// A node killed with -9 leaves its delivery stream behind; the node that
+/// claims it deletes the stream once its users are re-checked (before, the
+/// stream stayed in Redis for good, up to `channel_records_max` records).
+#[test]
+fn a_dead_nodes_stream_is_deleted_once_claimed() {
+    use redis::Commands;
+    let redis = Redis::start();
+    let mut ns = nodes(&redis, 2);
+    let (mut alice, _) = Client::login(ns[0].tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(ns[1].tcp, "bob", "phone");
+    redis.wait_routes("bob", &[("phone", "n2")]);
+    alice.send_text("bob", "m1", "into n2's stream");
+    bob.wait_push(is_text("into n2's stream"));
+    let stream = "{n:n2}:ch";
+    assert!(redis.conn().exists::<_, bool>(stream).unwrap());
+    ns[1].kill9();
+    let deadline = Instant::now() + WAIT;
+    while redis.conn().exists::<_, bool>(stream).unwrap() {
+        assert!(Instant::now() < deadline, "n2's stream is still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ns[0].wait_metric("tern_cluster_live_nodes 1");
+}

@@ -269,6 +269,21 @@ fn xadd(node: &str, records_max: u64, p: &OutPush, users: &[&str]) -> Cmd {
 
 /// A displacement record for `node`'s stream: `user`'s `device` logged in
 /// on the sending node.
+/// Deletes the stream of `node` if its lease is gone (one script: the two
+/// keys share the node's hash tag). A claimed dead node's records are for
+/// connections that no longer exist; records sent after it (to routes not
+/// cleaned yet) start a new stream, bounded like any other.
+pub(super) fn delete_if_dead(link: &mut super::conn::Link, node: &str) -> redis::RedisResult<()> {
+    let mut c = cmd("EVAL");
+    c.arg(
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('DEL', KEYS[2]) end return 0",
+    )
+    .arg(2)
+    .arg(super::membership::lease_key(node))
+    .arg(stream_key(node));
+    link.command(&c).map(|_| ())
+}
+
 pub(super) fn xadd_displace(node: &str, records_max: u64, user: &str, device: &str) -> Cmd {
     let mut c = cmd("XADD");
     c.arg(stream_key(node))

@@ -334,6 +334,9 @@ impl ClusterThread<'_> {
             let got = presence::reap(&mut self.link, node, want, self.rechecks)?;
             budget -= got;
             if got < want {
+                // Its users are re-checked: its stream goes too (unless the
+                // node came back meanwhile).
+                channel::delete_if_dead(&mut self.link, node)?;
                 self.dead.pop();
             }
         }
