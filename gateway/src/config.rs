@@ -506,6 +506,17 @@ impl Config {
         toml::to_string_pretty(self).expect("config serializes")
     }
 
+    /// [`Config::to_toml`] with every secret replaced by
+    /// `<redacted: N bytes>` (what `tern config` prints): string values of
+    /// keys named like a secret (`*secret*`, `*password*`, `key`, `*token*`)
+    /// and the password of any URL (`redis://user:pass@host`). By key name,
+    /// so settings added later are covered without a list to keep.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut v = toml::Value::try_from(self).expect("config serializes");
+        redact(&mut v, "");
+        toml::to_string_pretty(&v).expect("config serializes")
+    }
+
     /// The number of shards to run: `shards.count`, or one per core.
     pub fn shard_count(&self) -> usize {
         match self.shards.count {
@@ -1133,8 +1144,82 @@ fn insert_at(table: &mut toml::Table, path: &[String], value: toml::Value) {
     t.insert(last.clone(), value);
 }
 
+/// Redacts the secrets under `v` (see [`Config::to_toml_redacted`]); `name`
+/// is the key `v` is the value of.
+fn redact(v: &mut toml::Value, name: &str) {
+    let secret_name = {
+        let n = name.to_ascii_lowercase();
+        n.contains("secret") || n.contains("password") || n.contains("token") || n == "key"
+    };
+    match v {
+        toml::Value::String(s) if secret_name && !s.is_empty() => {
+            *s = format!("<redacted: {} bytes>", s.len());
+        }
+        toml::Value::String(s) => {
+            // scheme://user:password@host… → scheme://user:<redacted>@host…
+            if let Some(scheme_end) = s.find("://") {
+                let rest = &s[scheme_end + 3..];
+                let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                if let Some(at) = rest[..auth_end].rfind('@')
+                    && let Some(colon) = rest[..at].find(':')
+                {
+                    let start = scheme_end + 3 + colon + 1;
+                    let end = scheme_end + 3 + at;
+                    s.replace_range(start..end, "<redacted>");
+                }
+            }
+        }
+        toml::Value::Array(items) => {
+            for item in items {
+                redact(item, name);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                redact(item, k);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// `tern config` shows no secret: the JWT secret, API keys, the
+    /// webhook secret and a Redis URL's password are replaced, everything
+    /// else is printed as is.
+    #[test]
+    fn printed_config_redacts_secrets() {
+        let mut cfg = Config::default();
+        cfg.auth.jwt_secret = "jwt-s3cret-value".into();
+        cfg.api.keys.push(ApiKeyConfig {
+            name: "crm".into(),
+            key: "api-k3y-0123456789".into(),
+            scopes: vec!["messages".into()],
+        });
+        cfg.webhooks.secret = "hook-s3cret".into();
+        cfg.backend.redis_urls = vec!["redis://tern:redis-pa55@10.0.0.1:6379/0".into()];
+        let text = cfg.to_toml_redacted();
+        for secret in [
+            "jwt-s3cret-value",
+            "api-k3y-0123456789",
+            "hook-s3cret",
+            "redis-pa55",
+        ] {
+            assert!(!text.contains(secret), "{secret} in\n{text}");
+        }
+        assert!(text.contains("<redacted: 16 bytes>"), "{text}");
+        assert!(
+            text.contains("redis://tern:<redacted>@10.0.0.1:6379/0"),
+            "{text}"
+        );
+        assert!(text.contains("name = \"crm\""), "{text}");
+        // Nothing else changes: the redacted text parses back to the same
+        // config but for the secrets.
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.shards, cfg.shards);
+    }
     use super::*;
 
     /// The commented default file and the `Default` impls say the same thing.

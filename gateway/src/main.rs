@@ -44,7 +44,7 @@ struct Cli {
 enum Command {
     /// Run the gateway (embedded store by default; no Redis needed).
     Serve(Overrides),
-    /// Print the effective configuration as TOML (`--defaults`: the
+    /// Print the effective configuration as TOML, secrets redacted (`--defaults`: the
     /// commented defaults file, with each key's `TERN_*` variable).
     Config {
         #[command(flatten)]
@@ -307,7 +307,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             if defaults {
                 print!("{}", config::defaults_with_env());
             } else {
-                print!("{}", overrides.resolve()?.to_toml());
+                print!("{}", overrides.resolve()?.to_toml_redacted());
             }
             Ok(())
         }
