@@ -226,6 +226,12 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
+        Self::from_stream(stream)
+    }
+
+    /// A client over a stream connected elsewhere (e.g. from another
+    /// loopback source address).
+    pub fn from_stream(stream: TcpStream) -> Self {
         Self {
             stream,
             buf: Vec::new(),
