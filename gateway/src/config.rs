@@ -1804,6 +1804,22 @@ impl Default for LimitsSettings {
 }
 
 impl LimitsSettings {
+    /// Every limit off (rates 0, no flapping ban, no kick): for test
+    /// harnesses whose clients flood on purpose (fairness, back-pressure,
+    /// slow consumers) and turn on only the limit they test.
+    pub fn off() -> Self {
+        Self {
+            requests_per_connection_per_second: 0,
+            messages_per_connection_per_second: 0,
+            messages_per_user_per_second: 0,
+            logins_per_user_per_minute: 0,
+            connections_per_ip_per_second: 0,
+            flap_connects_max: 0,
+            refusals_before_kick: 0,
+            ..Self::default()
+        }
+    }
+
     /// Checks the ranges of the `[limits]` settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, why: &str| {
