@@ -1186,6 +1186,41 @@ mod tests {
         assert!(cfg.validate().unwrap_err().to_string().contains("node_id"));
     }
 
+    /// Bad `[limits]` and `[lists]` values are refused by key name: an
+    /// inverted kick window, a burst of 0 with its rate on, an entry that is
+    /// not an address or network.
+    #[test]
+    fn limits_and_lists_are_checked_by_name() {
+        let mut c = Config::default();
+        c.limits.kick_retry_after_min_ms = 10;
+        c.limits.kick_retry_after_max_ms = 9;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.kick_retry_after_max_ms"), "{err}");
+        let mut c = Config::default();
+        c.limits.messages_per_user_burst = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.messages_per_user_burst"), "{err}");
+        c.limits.messages_per_user_per_second = 0;
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.lists.http_deny = vec!["10.0.0.0/8".into(), "10.0.0.300".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("lists.http_deny") && err.contains("10.0.0.300"),
+            "{err}"
+        );
+        c.lists.http_deny = vec!["10.0.0.0/8".into(), "2001:db8::1".into()];
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.limits.ip_exempt = vec!["loopback".into()];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.ip_exempt")
+        );
+    }
+
     /// A typo in a key is an error naming it, not a silently ignored setting.
     #[test]
     fn unknown_keys_are_refused() {

@@ -247,6 +247,29 @@ fn a_flood_from_one_ip_is_throttled_while_another_ip_chats() {
     assert_eq!(support::delivered_text(&push).unwrap().2, "hello dave");
 }
 
+/// Proves a WebSocket client over its IP's connection rate is told so in
+/// HTTP terms: `429 Too Many Requests` with a `Retry-After`, then closed.
+#[test]
+fn a_websocket_connection_over_the_ip_rate_gets_429() {
+    let gw = gateway(|c| {
+        c.shards.count = 1;
+        c.limits.connections_per_ip_per_second = 1;
+        c.limits.connections_per_ip_burst = 1;
+        c.limits.ip_exempt = Vec::new();
+    });
+    let _first = connect_from([127, 0, 0, 2], gw.ws).unwrap();
+    let mut second = connect_from([127, 0, 0, 2], gw.ws).unwrap();
+    second.set_read_timeout(Some(WAIT)).unwrap();
+    let mut text = String::new();
+    let _ = second.read_to_string(&mut text);
+    assert!(
+        text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{text:?}"
+    );
+    assert!(text.contains("retry-after: 1\r\n"), "{text:?}");
+    gw.wait_metric("tern_rate_limited_total{limit=\"ip_connections\"} 1\n");
+}
+
 /// Proves a denied CIDR is refused right after accept, before anything is
 /// allocated for the connection: each connection from 127.0.0.2 is closed
 /// without a byte, the list refusals are counted, and neither the opened

@@ -490,6 +490,8 @@ mod tests {
     fn sizes_of_the_alternatives() {
         let direct = std::mem::size_of::<governor::DefaultDirectRateLimiter>();
         let cell = std::mem::size_of::<governor::state::InMemoryState>();
+        let ours = std::mem::size_of::<Limiter<u64>>();
+        eprintln!("direct limiter {direct} B, its cell {cell} B, a shard's keyed limiter {ours} B");
         assert_eq!(cell, 8);
         assert!(direct > cell, "direct limiter {direct} B");
         assert_eq!(std::mem::size_of::<(u64, Nanos)>(), 16);
