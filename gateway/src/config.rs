@@ -1765,14 +1765,14 @@ pub struct LimitsSettings {
     /// Requests a connection may send at once. Default 200 (a sync of many
     /// conversations after a reconnect).
     pub requests_per_connection_burst: u32,
-    /// Messages (sends) per connection per second. Default 10.
+    /// Messages (sends) per connection per second. Default 20.
     pub messages_per_connection_per_second: u32,
-    /// Messages a connection may send at once. Default 50.
+    /// Messages a connection may send at once. Default 100.
     pub messages_per_connection_burst: u32,
     /// Messages per user per second, all its devices together (counted on
-    /// the user's owner shard, where all its devices are). Default 20.
+    /// the user's owner shard, where all its devices are). Default 30.
     pub messages_per_user_per_second: u32,
-    /// Messages a user may send at once. Default 100.
+    /// Messages a user may send at once. Default 200.
     pub messages_per_user_burst: u32,
     /// Logins per user per minute, all devices together. Default 60.
     pub logins_per_user_per_minute: u32,
@@ -1817,10 +1817,10 @@ impl Default for LimitsSettings {
         Self {
             requests_per_connection_per_second: 50,
             requests_per_connection_burst: 200,
-            messages_per_connection_per_second: 10,
-            messages_per_connection_burst: 50,
-            messages_per_user_per_second: 20,
-            messages_per_user_burst: 100,
+            messages_per_connection_per_second: 20,
+            messages_per_connection_burst: 100,
+            messages_per_user_per_second: 30,
+            messages_per_user_burst: 200,
             logins_per_user_per_minute: 60,
             logins_per_user_burst: 30,
             connections_per_ip_per_second: 200,
