@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use slab::Slab;
 use tern_protocol::{pb, session::AuthOk};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Conn, Shard, SmallKeys, inbox::Resume, ingest::after_ingest};
 use crate::{bridge::RouteChange, limits::Limit, metrics::CloseReason, msg::Handoff};
@@ -150,6 +150,16 @@ impl Shard {
         let Err((limit, retry_after_ms)) = verdict else {
             return false;
         };
+        if self.auth_log.borrow_mut().admit(now).is_some() {
+            info!(
+                shard = self.id,
+                user,
+                device,
+                limit = limit.label(),
+                retry_after_ms,
+                "login refused: rate limit"
+            );
+        }
         let reason = if limit == Limit::Flapping {
             "this device reconnects too often; wait retry_after_ms"
         } else {

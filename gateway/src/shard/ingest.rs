@@ -286,6 +286,18 @@ impl Shard {
                                 continue;
                             }
                             Verdict::Kick { retry_after_ms } => {
+                                // Logged at the failed-login lines' bounded
+                                // rate (a flood of abusers is one line a
+                                // tenth of a second at most).
+                                if self.auth_log.borrow_mut().admit(now).is_some() {
+                                    info!(
+                                        shard = self.id,
+                                        user,
+                                        device,
+                                        retry_after_ms,
+                                        "kicked: repeated rate-limit refusals"
+                                    );
+                                }
                                 c.session.kick_after(
                                     &self.cfg,
                                     now,
