@@ -53,6 +53,12 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// Local accounts: register and log in with a password (off by default).
     pub accounts: AccountsSettings,
+    /// Rate limits of the client listeners: requests, messages, logins,
+    /// connections per IP, flapping (docs/security.md).
+    pub limits: LimitsSettings,
+    /// Allow and deny lists by IP/CIDR, for the client listeners and the
+    /// HTTP edge (docs/security.md).
+    pub lists: ListsSettings,
 }
 
 /// Where clients and operators connect.
@@ -628,6 +634,8 @@ impl Config {
         self.api_ops.validate()?;
         self.media.validate()?;
         self.webhooks.validate()?;
+        self.limits.validate()?;
+        self.lists.validate()?;
         Ok(())
     }
 }
@@ -1263,6 +1271,41 @@ mod tests {
         assert!(cfg.validate().unwrap_err().to_string().contains("node_id"));
     }
 
+    /// Bad `[limits]` and `[lists]` values are refused by key name: an
+    /// inverted kick window, a burst of 0 with its rate on, an entry that is
+    /// not an address or network.
+    #[test]
+    fn limits_and_lists_are_checked_by_name() {
+        let mut c = Config::default();
+        c.limits.kick_retry_after_min_ms = 10;
+        c.limits.kick_retry_after_max_ms = 9;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.kick_retry_after_max_ms"), "{err}");
+        let mut c = Config::default();
+        c.limits.messages_per_user_burst = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.messages_per_user_burst"), "{err}");
+        c.limits.messages_per_user_per_second = 0;
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.lists.http_deny = vec!["10.0.0.0/8".into(), "10.0.0.300".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("lists.http_deny") && err.contains("10.0.0.300"),
+            "{err}"
+        );
+        c.lists.http_deny = vec!["10.0.0.0/8".into(), "2001:db8::1".into()];
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.limits.ip_exempt = vec!["loopback".into()];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.ip_exempt")
+        );
+    }
+
     /// A typo in a key is an error naming it, not a silently ignored setting.
     #[test]
     fn unknown_keys_are_refused() {
@@ -1785,6 +1828,233 @@ impl AccountsSettings {
         }
         if self.argon2_memory_kib < 64 {
             return invalid("accounts.argon2_memory_kib", "must be at least 64");
+        }
+        Ok(())
+    }
+}
+
+// ---- [limits] and [lists]: edge protection (docs/security.md) ----
+
+/// Rate limits of the client listeners. Each rate is a GCRA (governor): a
+/// steady `*_per_second` (or `*_per_minute`) with a `*_burst` allowed at
+/// once; a rate of 0 turns that limit off. Over a limit a request is
+/// answered `RATE_LIMITED` with `retry_after_ms` and nothing is stored.
+/// The defaults are several times what a person, or a client syncing
+/// after a reconnect, does (docs/security.md says why each).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Requests (every kind, typing notices included) per connection per
+    /// second. Default 50.
+    pub requests_per_connection_per_second: u32,
+    /// Requests a connection may send at once. Default 200 (a sync of many
+    /// conversations after a reconnect).
+    pub requests_per_connection_burst: u32,
+    /// Messages (sends) per connection per second. Default 20.
+    pub messages_per_connection_per_second: u32,
+    /// Messages a connection may send at once. Default 100.
+    pub messages_per_connection_burst: u32,
+    /// Messages per user per second, all its devices together (counted on
+    /// the user's owner shard, where all its devices are). Default 30.
+    pub messages_per_user_per_second: u32,
+    /// Messages a user may send at once. Default 200.
+    pub messages_per_user_burst: u32,
+    /// Logins per user per minute, all devices together. Default 60.
+    pub logins_per_user_per_minute: u32,
+    /// Logins a user may make at once. Default 30.
+    pub logins_per_user_burst: u32,
+    /// New connections per source IP per second, counted per shard (a node
+    /// of N shards admits up to N times this). Default 200.
+    pub connections_per_ip_per_second: u32,
+    /// New connections a source IP may open at once, per shard. Default 1000.
+    pub connections_per_ip_burst: u32,
+    /// Source networks the per-IP connection limit does not apply to (a
+    /// load balancer, the load harness on loopback). Default loopback.
+    pub ip_exempt: Vec<String>,
+    /// Logins of one user and device within `flap_window_ms` beyond which
+    /// it is flapping and refused for `flap_ban_ms`; 0 turns it off.
+    /// Default 15 (EMQX's default).
+    pub flap_connects_max: u32,
+    /// The flapping window. Default 60000.
+    pub flap_window_ms: u64,
+    /// How long a flapping device is refused. Default 300000.
+    pub flap_ban_ms: u64,
+    /// Refusals (`RATE_LIMITED`) of one connection within `abuse_window_ms`
+    /// beyond which it is kicked (`Kick{RATE_LIMITED}`); 0 never kicks.
+    /// Default 20.
+    pub refusals_before_kick: u32,
+    /// The window of `refusals_before_kick`. Default 10000.
+    pub abuse_window_ms: u64,
+    /// A rate kick's `retry_after_ms` is uniform in
+    /// `kick_retry_after_min_ms..=kick_retry_after_max_ms`. Default 5000.
+    pub kick_retry_after_min_ms: u32,
+    /// Upper end of that window. Default 30000.
+    pub kick_retry_after_max_ms: u32,
+    /// Keys (connections, users, IPs) each limiter of a shard tracks at
+    /// most; idle ones are forgotten every second. Full: a new IP is
+    /// refused until room frees up; a new connection or user is not
+    /// limited meanwhile (counted). Default 100000.
+    pub tracked_max: usize,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_connection_per_second: 50,
+            requests_per_connection_burst: 200,
+            messages_per_connection_per_second: 20,
+            messages_per_connection_burst: 100,
+            messages_per_user_per_second: 30,
+            messages_per_user_burst: 200,
+            logins_per_user_per_minute: 60,
+            logins_per_user_burst: 30,
+            connections_per_ip_per_second: 200,
+            connections_per_ip_burst: 1_000,
+            ip_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            flap_connects_max: 15,
+            flap_window_ms: 60_000,
+            flap_ban_ms: 300_000,
+            refusals_before_kick: 20,
+            abuse_window_ms: 10_000,
+            kick_retry_after_min_ms: 5_000,
+            kick_retry_after_max_ms: 30_000,
+            tracked_max: 100_000,
+        }
+    }
+}
+
+impl LimitsSettings {
+    /// Every limit off (rates 0, no flapping ban, no kick): for test
+    /// harnesses whose clients flood on purpose (fairness, back-pressure,
+    /// slow consumers) and turn on only the limit they test.
+    pub fn off() -> Self {
+        Self {
+            requests_per_connection_per_second: 0,
+            messages_per_connection_per_second: 0,
+            messages_per_user_per_second: 0,
+            logins_per_user_per_minute: 0,
+            connections_per_ip_per_second: 0,
+            flap_connects_max: 0,
+            refusals_before_kick: 0,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the ranges of the `[limits]` settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.into(),
+            })
+        };
+        for (name, rate, burst) in [
+            (
+                "limits.requests_per_connection_burst",
+                self.requests_per_connection_per_second,
+                self.requests_per_connection_burst,
+            ),
+            (
+                "limits.messages_per_connection_burst",
+                self.messages_per_connection_per_second,
+                self.messages_per_connection_burst,
+            ),
+            (
+                "limits.messages_per_user_burst",
+                self.messages_per_user_per_second,
+                self.messages_per_user_burst,
+            ),
+            (
+                "limits.logins_per_user_burst",
+                self.logins_per_user_per_minute,
+                self.logins_per_user_burst,
+            ),
+            (
+                "limits.connections_per_ip_burst",
+                self.connections_per_ip_per_second,
+                self.connections_per_ip_burst,
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                return invalid(name, "must be at least 1 while its rate is on");
+            }
+        }
+        if self.flap_connects_max > 0 && (self.flap_window_ms == 0 || self.flap_ban_ms == 0) {
+            return invalid(
+                "limits.flap_window_ms",
+                "flap_window_ms and flap_ban_ms must be > 0 while flap_connects_max is",
+            );
+        }
+        if self.flap_ban_ms > u64::from(u32::MAX) {
+            return invalid("limits.flap_ban_ms", "must fit retry_after_ms (u32)");
+        }
+        if self.refusals_before_kick > 0 && self.abuse_window_ms == 0 {
+            return invalid("limits.abuse_window_ms", "must be > 0");
+        }
+        if self.kick_retry_after_min_ms > self.kick_retry_after_max_ms {
+            return invalid(
+                "limits.kick_retry_after_max_ms",
+                "must be at least limits.kick_retry_after_min_ms",
+            );
+        }
+        if self.tracked_max == 0 {
+            return invalid("limits.tracked_max", "must be at least 1");
+        }
+        if let Err(e) = crate::limits::parse_nets(&self.ip_exempt) {
+            return Err(ConfigError::Invalid {
+                name: "limits.ip_exempt",
+                why: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Allow and deny lists by IP or CIDR (`10.0.0.0/8`, `2001:db8::/32`, or a
+/// single address), checked right after accept, before anything is
+/// allocated for the connection. A listed deny always wins; a non-empty
+/// allow list admits only what it lists. The files (one entry per line,
+/// `#` comments) are read at start and again on SIGHUP, and add to the
+/// inline lists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListsSettings {
+    /// Client listeners (TCP, WebSocket): only these networks. Default
+    /// empty (any).
+    pub allow: Vec<String>,
+    /// Client listeners: never these networks. Default empty.
+    pub deny: Vec<String>,
+    /// A file of more client `allow` entries. Default none.
+    pub allow_file: Option<PathBuf>,
+    /// A file of more client `deny` entries. Default none.
+    pub deny_file: Option<PathBuf>,
+    /// The HTTP edge (API, `/metrics`, `/healthz`, `/readyz`): only these
+    /// networks. Default empty (any).
+    pub http_allow: Vec<String>,
+    /// The HTTP edge: never these networks. Default empty.
+    pub http_deny: Vec<String>,
+    /// A file of more HTTP `allow` entries. Default none.
+    pub http_allow_file: Option<PathBuf>,
+    /// A file of more HTTP `deny` entries. Default none.
+    pub http_deny_file: Option<PathBuf>,
+}
+
+impl ListsSettings {
+    /// Checks that every inline entry parses (the files are read, and
+    /// checked, when the server starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, list) in [
+            ("lists.allow", &self.allow),
+            ("lists.deny", &self.deny),
+            ("lists.http_allow", &self.http_allow),
+            ("lists.http_deny", &self.http_deny),
+        ] {
+            if let Err(e) = crate::limits::parse_nets(list) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    why: e.to_string(),
+                });
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 //!
 //! | limit (`[http]`) | outcome |
 //! |---|---|
+//! | `[lists] http_allow`, `http_deny` | a refused address is closed at once, before anything is read (every route: API, metrics, health) |
 //! | `connections_max` | one more connection is accepted, answered 503 (best effort) and closed at once |
 //! | `header_bytes_max` | 431 and close (hyper's `max_header_size`, and its read buffer) |
 //! | `body_bytes_max` | 413 |
@@ -164,6 +165,8 @@ struct Shared {
     settings: HttpSettings,
     metrics: Arc<HttpMetrics>,
     connections: Arc<Semaphore>,
+    /// Allow/deny lists by IP (`[lists] http_*`), when configured.
+    lists: Option<Arc<crate::limits::EdgeLists>>,
 }
 
 impl HttpServer {
@@ -175,6 +178,18 @@ impl HttpServer {
         settings: &HttpSettings,
         router: Router,
         metrics: Arc<HttpMetrics>,
+    ) -> io::Result<Self> {
+        Self::start_with_lists(addr, settings, router, metrics, None)
+    }
+
+    /// [`HttpServer::start`] with allow/deny lists: a connection from an
+    /// address they refuse is closed right after accept, for every route.
+    pub fn start_with_lists(
+        addr: SocketAddr,
+        settings: &HttpSettings,
+        router: Router,
+        metrics: Arc<HttpMetrics>,
+        lists: Option<Arc<crate::limits::EdgeLists>>,
     ) -> io::Result<Self> {
         settings
             .validate()
@@ -238,6 +253,7 @@ impl HttpServer {
             settings: settings.clone(),
             metrics,
             connections: connections.clone(),
+            lists,
         });
         let (stop, stop_rx) = watch::channel(false);
         runtime.spawn(accept_loop(listener, shared, stop_rx));
@@ -299,6 +315,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 continue;
             }
         };
+        if let Some(lists) = &shared.lists
+            && !lists.admits(crate::limits::Edge::Http, peer.ip())
+        {
+            // Refused by the lists (counted there): closed, nothing read.
+            drop(stream);
+            continue;
+        }
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
             refuse(stream);

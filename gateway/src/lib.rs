@@ -12,6 +12,8 @@
 //! - [`cluster`]: the node tier on Redis (membership, routes, node channel).
 //! - [`api`]: the server API for existing services (`/api/v1`, OpenAPI).
 //! - [`reload`]: SIGHUP reloads of what lives in files.
+//! - [`limits`]: allow/deny lists by IP/CIDR, refusal counters, jitter
+//!   (the shards' rate limiters are in `shard/limits.rs`).
 //!
 //! The gateway never blocks a shard thread: storage work happens on backend
 //! worker threads.
@@ -22,6 +24,7 @@ pub mod bridge;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod mailbox;
 pub mod media;
 pub mod metrics;

@@ -37,10 +37,12 @@ pub enum CloseReason {
     Refused,
     /// An operator kicked the device or banned its user (server API).
     Kicked,
+    /// Kicked for repeated rate-limit refusals (`[limits]`).
+    RateLimited,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 10] = [
+    const ALL: [CloseReason; 11] = [
         Self::Peer,
         Self::Auth,
         Self::HeartbeatTimeout,
@@ -51,6 +53,7 @@ impl CloseReason {
         Self::Error,
         Self::Refused,
         Self::Kicked,
+        Self::RateLimited,
     ];
 
     fn label(self) -> &'static str {
@@ -65,6 +68,7 @@ impl CloseReason {
             Self::Error => "error",
             Self::Refused => "refused",
             Self::Kicked => "kicked",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -102,7 +106,7 @@ pub struct ShardMetrics {
     /// Connections accepted.
     pub opened: AtomicU64,
     /// Connections closed, by [`CloseReason`].
-    pub closed: [AtomicU64; 10],
+    pub closed: [AtomicU64; 11],
     /// Auth attempts refused.
     pub auth_failures: AtomicU64,
     /// Frames and bytes from clients.
@@ -302,6 +306,8 @@ pub struct Metrics {
     pub cluster: Arc<ClusterMetrics>,
     /// Webhooks (before-send and after-events).
     pub webhooks: Arc<WebhookMetrics>,
+    /// Rate limits and allow/deny lists (`crate::limits`).
+    pub limits: Arc<crate::limits::LimitMetrics>,
 }
 
 impl Metrics {
@@ -315,6 +321,7 @@ impl Metrics {
             http: Arc::new(HttpMetrics::default()),
             cluster: Arc::new(ClusterMetrics::default()),
             webhooks: Arc::new(WebhookMetrics::default()),
+            limits: Arc::new(crate::limits::LimitMetrics::default()),
         }
     }
 
@@ -621,6 +628,7 @@ impl Collector for Metrics {
             "Backend batch handling incl. durable commit",
             &[&b.batch_latency],
         )?;
+        self.limits.encode(enc)?;
         let h = &self.http;
         gauge(
             enc,

@@ -122,6 +122,21 @@ impl Server {
         let workers = cfg.backend.workers;
         let metrics = Metrics::new(shards);
         let epoch = Instant::now();
+        // Allow/deny lists: read now (a bad entry or file stops the start),
+        // again on every SIGHUP (a bad one then keeps the lists in force).
+        let lists = Arc::new(
+            crate::limits::EdgeLists::load(&cfg.lists, metrics.limits.clone())
+                .context("[lists]")?,
+        );
+        {
+            // A weak handle: a server stopped in-process (tests, embedders)
+            // leaves a reloader that does nothing.
+            let lists = Arc::downgrade(&lists);
+            crate::reload::on_hup("lists", move || match lists.upgrade() {
+                Some(l) => l.reload().map_err(anyhow::Error::from),
+                None => Ok(()),
+            });
+        }
         let driver = resolve_driver(cfg.shards.driver);
 
         // Every shard accepts on the same socket: one descriptor each
@@ -280,6 +295,9 @@ impl Server {
                 },
                 epoch,
                 cluster: cluster.is_some(),
+                limits: cfg.limits.clone(),
+                limit_metrics: metrics.limits.clone(),
+                lists: lists.clone(),
             };
             shard_threads.push(
                 std::thread::Builder::new()
@@ -324,13 +342,18 @@ impl Server {
                 })
                 .merge(api_router);
                 Some(
-                    HttpServer::start(addr, &cfg.http, routes, metrics.http.clone()).map_err(
-                        |error| BindError {
-                            listener: "HTTP",
-                            addr,
-                            error,
-                        },
-                    )?,
+                    HttpServer::start_with_lists(
+                        addr,
+                        &cfg.http,
+                        routes,
+                        metrics.http.clone(),
+                        Some(lists.clone()),
+                    )
+                    .map_err(|error| BindError {
+                        listener: "HTTP",
+                        addr,
+                        error,
+                    })?,
                 )
             }
             None => None,

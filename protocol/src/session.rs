@@ -667,11 +667,28 @@ impl Session {
         code: ErrorCode,
         reason: &str,
     ) -> Result<(), SessionError> {
+        self.handle_auth_refused(cfg, now_ms, code, reason, 0)
+    }
+
+    /// [`Session::handle_auth_err`] with `Error.retry_after_ms`: the login
+    /// is refused for now (e.g. `RATE_LIMITED`: too many logins or
+    /// reconnects) and may be tried again after that long.
+    pub fn handle_auth_refused(
+        &mut self,
+        cfg: &SessionConfig,
+        now_ms: u64,
+        code: ErrorCode,
+        reason: &str,
+        retry_after_ms: u32,
+    ) -> Result<(), SessionError> {
         let Lifecycle::Authenticating { request_id, .. } = self.state else {
             return Err(SessionError::NotAuthenticating);
         };
-        let refusal = Refusal::new(code, reason.to_owned());
-        self.close_with_refusal(cfg, now_ms, request_id, refusal, CloseReason::AuthRejected);
+        let mut frame = Refusal::new(code, reason.to_owned()).into_frame(request_id);
+        if let Some(Body::Error(e)) = frame.body.as_mut() {
+            e.retry_after_ms = retry_after_ms;
+        }
+        self.close_with(cfg, now_ms, CloseReason::AuthRejected, &[frame]);
         Ok(())
     }
 
@@ -1379,6 +1396,7 @@ fn kick_message(reason: KickReason) -> &'static str {
         KickReason::SlowConsumer => "the client did not read fast enough",
         KickReason::HeartbeatTimeout => "no heartbeat within the deadline",
         KickReason::TokenExpired => "the token expired; reconnect with a fresh one",
+        KickReason::RateLimited => "too many requests over the rate limit; reconnect later",
     }
 }
 

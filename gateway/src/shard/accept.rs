@@ -1,5 +1,7 @@
 //! Accepting: each listener's loop takes connections at a bounded rate (the
-//! listener pauses beyond it), refuses them past `connections_max` or while
+//! listener pauses beyond it), closes at once those the allow/deny lists
+//! refuse (before anything is allocated or counted for them), refuses those
+//! over their IP's rate (`[limits]`), past `connections_max` or while
 //! draining, and registers each one in the shard's epoll set.
 
 use std::{
@@ -9,11 +11,18 @@ use std::{
 };
 
 use monoio::net::TcpListener;
-use tern_protocol::session::Session;
+use tern_protocol::{
+    codec,
+    pb::{self, frame::Body},
+    session::Session,
+};
 use tracing::warn;
 
-use super::{Conn, Shard, sock::set_nonblocking};
-use crate::{metrics::CloseReason, msg::Transport};
+use super::{
+    Conn, Shard,
+    sock::{send_nonblocking, set_nonblocking},
+};
+use crate::{limits::Edge, metrics::CloseReason, msg::Transport};
 
 /// Accepts connections at a bounded rate and starts their readers.
 pub(super) async fn accept_loop(
@@ -38,7 +47,7 @@ pub(super) async fn accept_loop(
             refill_at = Instant::now() + Duration::from_millis(10);
             tokens = per_tick;
         }
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(_) if shard.draining.get() => return,
             Err(e) => {
@@ -49,6 +58,16 @@ pub(super) async fn accept_loop(
             }
         };
         tokens -= 1;
+        if !shard.lists.admits(Edge::Client, peer.ip()) {
+            // Denied: closed here; no `Conn`, no session, not counted as
+            // opened (`tern_list_refused_total` counts it).
+            drop(stream);
+            continue;
+        }
+        if let Err(retry_after_ms) = shard.limits.check_accept(peer.ip(), shard.epoch.elapsed()) {
+            refuse_rate_limited(stream, transport, retry_after_ms);
+            continue;
+        }
         shard
             .metrics
             .opened
@@ -95,4 +114,36 @@ pub(super) async fn accept_loop(
         }
         shard.arm(key, &mut conns[key as usize]);
     }
+}
+
+/// Tells a connection refused by its IP's rate why, best effort (one
+/// non-blocking send, which a fresh socket takes), and closes it: a TCP
+/// client gets `Error{RATE_LIMITED}` with `retry_after_ms` (request id 0:
+/// about the connection), a WebSocket client an HTTP 429 with
+/// `Retry-After` (seconds, rounded up). Nothing else is kept for it.
+fn refuse_rate_limited(stream: monoio::net::TcpStream, transport: Transport, retry_after_ms: u32) {
+    // SAFETY: `into_raw_fd` hands over sole ownership of the descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+    // Deliberate allocation: one short answer, freed before the next accept.
+    let mut out = Vec::with_capacity(128);
+    if transport == Transport::Tcp {
+        let frame = pb::Frame {
+            request_id: 0,
+            body: Some(Body::Error(pb::Error {
+                code: pb::ErrorCode::RateLimited as i32,
+                reason: "too many new connections from this address".into(),
+                retry_after_ms,
+            })),
+        };
+        codec::encode_frame(&frame, &mut out);
+    } else {
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 429 Too Many Requests\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                retry_after_ms.div_ceil(1000)
+            )
+            .as_bytes(),
+        );
+    }
+    let _ = send_nonblocking(fd.as_raw_fd(), &out);
 }

@@ -8,10 +8,10 @@ use std::rc::Rc;
 
 use slab::Slab;
 use tern_protocol::{pb, session::AuthOk};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Conn, Shard, SmallKeys, inbox::Resume, ingest::after_ingest};
-use crate::{bridge::RouteChange, metrics::CloseReason, msg::Handoff};
+use crate::{bridge::RouteChange, limits::Limit, metrics::CloseReason, msg::Handoff};
 
 impl Shard {
     /// The same device logged in on another node: its connection here is
@@ -138,6 +138,48 @@ impl Shard {
         }
     }
 
+    /// The login rate of the user and the flapping count of the device
+    /// (`[limits]`), checked before anything is set up for the login: over
+    /// either, `auth` is answered `RATE_LIMITED` with `retry_after_ms` and
+    /// the connection closes. True if it was refused.
+    fn refuse_login(self: &Rc<Self>, key: u32, user: &str, device: &str, now: u64) -> bool {
+        let user_device = std::hash::BuildHasher::hash_one(&self.user_hasher, (user, device));
+        let verdict =
+            self.limits
+                .check_login(self.user_hash(user), user_device, self.epoch.elapsed());
+        let Err((limit, retry_after_ms)) = verdict else {
+            return false;
+        };
+        if self.auth_log.borrow_mut().admit(now).is_some() {
+            info!(
+                shard = self.id,
+                user,
+                device,
+                limit = limit.label(),
+                retry_after_ms,
+                "login refused: rate limit"
+            );
+        }
+        let reason = if limit == Limit::Flapping {
+            "this device reconnects too often; wait retry_after_ms"
+        } else {
+            "too many logins of this user; wait retry_after_ms"
+        };
+        let mut conns = self.conns.borrow_mut();
+        let c = &mut conns[key as usize];
+        // The session is Authenticating: it emitted the Authenticate event.
+        let _ = c.session.handle_auth_refused(
+            &self.cfg,
+            now,
+            pb::ErrorCode::RateLimited,
+            reason,
+            retry_after_ms,
+        );
+        self.flush(key, c);
+        self.close_soon(c, CloseReason::RateLimited);
+        true
+    }
+
     pub(super) fn next_gen(&self) -> u32 {
         let g = self.next_generation.get();
         self.next_generation.set(g.wrapping_add(1).max(1));
@@ -155,6 +197,9 @@ impl Shard {
         quiet: bool,
     ) {
         let now = self.now_ms();
+        if self.refuse_login(key, &user, &device, now) {
+            return;
+        }
         let mut conns = self.conns.borrow_mut();
         // Devices that count toward presence ([`PRESENCE_QUIET`] ones do not).
         let (mut others_counted, mut displaced_counted) = (false, false);
@@ -198,7 +243,9 @@ impl Shard {
         if !self.login_check(key, c.generation, &user, &device) {
             // Overloaded past every queue: a login that cannot be checked
             // for a ban is refused; the client reconnects later.
-            c.session.kick(&self.cfg, now, pb::KickReason::Shutdown, "");
+            let retry = self.limits.kick_retry_after_ms();
+            c.session
+                .kick_after(&self.cfg, now, pb::KickReason::Shutdown, "", retry);
             self.flush(key, c);
             self.close_soon(c, CloseReason::Refused);
             return;

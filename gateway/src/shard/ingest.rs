@@ -18,10 +18,15 @@ use tern_protocol::{
 use tracing::{debug, info};
 
 use super::{
-    CONN_FRAMES_PER_TURN_MAX, Conn, Shard, backend::unblock_loop, finish, sock::recv_nonblocking,
+    CONN_FRAMES_PER_TURN_MAX, Conn, Shard,
+    backend::unblock_loop,
+    finish,
+    limits::{self, Verdict},
+    sock::recv_nonblocking,
 };
 use crate::{
     bridge::BackendRequest,
+    limits::Limit,
     metrics::CloseReason,
     msg::{Handoff, PRESENCE_QUIET, ShardMsg, Transport, owner_shard},
     ws,
@@ -255,6 +260,54 @@ impl Shard {
                             continue;
                         };
                         let is_send = matches!(frame.body, Some(Body::Send(_)));
+                        let verdict = self.limits.check_request(
+                            limits::conn_id(key, c.generation),
+                            self.user_hash(user),
+                            is_send,
+                            self.epoch.elapsed(),
+                        );
+                        match verdict {
+                            Verdict::Pass => {}
+                            Verdict::Refuse {
+                                retry_after_ms,
+                                limit,
+                            } => {
+                                // Nothing leaves for the backend: nothing is
+                                // stored, and the same request (a send with
+                                // the same client_msg_id) may come again.
+                                // A notice (typing, request_id 0) is dropped.
+                                if frame.request_id != 0 {
+                                    let _ = c.session.queue_frame(
+                                        &self.cfg,
+                                        now,
+                                        &rate_limited(frame.request_id, limit, retry_after_ms),
+                                    );
+                                }
+                                continue;
+                            }
+                            Verdict::Kick { retry_after_ms } => {
+                                // Logged at the failed-login lines' bounded
+                                // rate (a flood of abusers is one line a
+                                // tenth of a second at most).
+                                if self.auth_log.borrow_mut().admit(now).is_some() {
+                                    info!(
+                                        shard = self.id,
+                                        user,
+                                        device,
+                                        retry_after_ms,
+                                        "kicked: repeated rate-limit refusals"
+                                    );
+                                }
+                                c.session.kick_after(
+                                    &self.cfg,
+                                    now,
+                                    pb::KickReason::RateLimited,
+                                    "",
+                                    retry_after_ms,
+                                );
+                                continue;
+                            }
+                        }
                         let mut req = BackendRequest::new(
                             self.conn_ref(key, c.generation),
                             user,
@@ -298,6 +351,18 @@ impl Shard {
     }
 }
 
+/// The answer to a request over a rate limit.
+fn rate_limited(request_id: u64, limit: Limit, retry_after_ms: u32) -> pb::Frame {
+    pb::Frame {
+        request_id,
+        body: Some(Body::Error(pb::Error {
+            code: pb::ErrorCode::RateLimited as i32,
+            reason: format!("over the {} rate limit", limit.label()),
+            retry_after_ms,
+        })),
+    }
+}
+
 /// The metrics label for why a session closed.
 pub(super) fn close_reason(session: &Session) -> CloseReason {
     use session::CloseReason as S;
@@ -311,6 +376,7 @@ pub(super) fn close_reason(session: &Session) -> CloseReason {
             CloseReason::SlowConsumer
         }
         Some(S::Kicked(pb::KickReason::Displaced)) => CloseReason::Displaced,
+        Some(S::Kicked(pb::KickReason::RateLimited)) => CloseReason::RateLimited,
         Some(S::Kicked(_)) => CloseReason::Shutdown,
         Some(S::PeerClosed) | None => CloseReason::Peer,
     }

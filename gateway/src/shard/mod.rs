@@ -67,6 +67,7 @@ use self::{
     drain::drain,
     inbox::{Resume, inbox_loop},
     ingest::{AUTH_LOG_LINES_PER_SECOND_MAX, LogLimiter, close_reason},
+    limits::ShardLimits,
     poll::poll_loop,
     sock::new_epoll,
 };
@@ -85,6 +86,7 @@ mod drain;
 mod handoff;
 mod inbox;
 mod ingest;
+mod limits;
 mod poll;
 mod sock;
 
@@ -131,6 +133,13 @@ pub struct ShardSetup {
     /// A member of a cluster (the Redis store): route changes go to the
     /// backend workers.
     pub cluster: bool,
+    /// Rate limits (`[limits]`); each shard counts on its own.
+    pub limits: crate::config::LimitsSettings,
+    /// Where refusals are counted.
+    pub limit_metrics: Arc<crate::limits::LimitMetrics>,
+    /// The allow/deny lists of the client listeners (shared, swapped whole
+    /// on SIGHUP).
+    pub lists: Arc<crate::limits::EdgeLists>,
 }
 
 /// Per-connection state, in the shard's slab. Kept small: an idle
@@ -293,6 +302,10 @@ struct Shard {
     auth_log: RefCell<LogLimiter>,
     /// Inbound rings: from every other shard and every backend worker.
     inbox: RefCell<Vec<Receiver<ShardMsg>>>,
+    /// Rate limiters of this shard (`limits.rs`).
+    limits: ShardLimits,
+    /// Allow/deny lists, checked at accept.
+    lists: Arc<crate::limits::EdgeLists>,
 }
 
 /// Slab keys of one user's devices (inline for up to four).
@@ -303,6 +316,8 @@ type SmallKeys = smallvec::SmallVec<[u32; 4]>;
 /// update is dropped and counted (`tern_presence_dropped_total`).
 const PRESENCE_PENDING_MAX: usize = 65_536;
 
+/// How often the rate limiters forget idle keys and ended bans.
+const LIMITS_SWEEP_MS: u64 = 1_000;
 /// Wheel granularity: deadlines fire within this of their time.
 const WHEEL_TICK_MS: u64 = 50;
 /// Wheel buckets (one turn = 4096 × 50 ms ≈ 205 s).
@@ -396,6 +411,12 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         poll_waker: Cell::new(None),
         auth_log: RefCell::new(LogLimiter::new(1_000, AUTH_LOG_LINES_PER_SECOND_MAX)),
         inbox: RefCell::new(setup.inbox),
+        limits: ShardLimits::new(
+            &setup.limits,
+            setup.limit_metrics,
+            Shard::server_time_ms() ^ ((setup.id as u64) << 48),
+        ),
+        lists: setup.lists,
     });
     debug!(shard = shard.id, driver, "shard started");
     // A descriptor of each listening socket kept here for the drain's
@@ -527,9 +548,14 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
 /// Drives the wheel: fires due deadlines every tick.
 async fn tick_loop(shard: Rc<Shard>) {
     let mut due = Vec::new();
+    let mut swept_ms = 0;
     loop {
         monoio::time::sleep(Duration::from_millis(WHEEL_TICK_MS)).await;
         let now = shard.now_ms();
+        if now.saturating_sub(swept_ms) >= LIMITS_SWEEP_MS {
+            swept_ms = now;
+            shard.limits.housekeep(shard.epoch.elapsed());
+        }
         let suppressed = shard.auth_log.borrow_mut().take_expired(now);
         if suppressed > 0 {
             info!(

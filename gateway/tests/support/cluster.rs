@@ -91,6 +91,12 @@ pub struct Node {
     pub _dir: tempfile::TempDir,
 }
 
+/// A `[limits]` section with every rate limit off.
+const LIMITS_OFF: &str = "[limits]\nrequests_per_connection_per_second = 0\n\
+    messages_per_connection_per_second = 0\nmessages_per_user_per_second = 0\n\
+    logins_per_user_per_minute = 0\nconnections_per_ip_per_second = 0\n\
+    flap_connects_max = 0\nrefusals_before_kick = 0\n";
+
 impl Node {
     /// Starts node `id` on `redis` with a short lease (1 s, so a killed
     /// node is dead to the others within the test's bounds).
@@ -109,7 +115,10 @@ impl Node {
         let config = dir.path().join("tern.toml");
         std::fs::write(
             &config,
-            format!("[cluster]\nnode_lease_ms = 1000\nnodes_refresh_ms = 100\n{extra}"),
+            // The rate limits are off: the tests send and reconnect as fast
+            // as they can (gateway/tests/limits.rs tests the limits). First,
+            // so that `extra`'s bare keys stay in [cluster].
+            format!("{LIMITS_OFF}[cluster]\nnode_lease_ms = 1000\nnodes_refresh_ms = 100\n{extra}"),
         )
         .unwrap();
         let (tcp, ws, http) = (free_port(), free_port(), free_port());

@@ -51,6 +51,10 @@ impl Gateway {
         cfg.auth.jwt_secret = SECRET.into();
         cfg.backend.data_dir = dir.path().to_path_buf();
         cfg.node_id = "test-node".into();
+        // Tests flood on purpose (fairness, back-pressure, slow consumers):
+        // the rate limits are off unless a test turns one on
+        // (gateway/tests/limits.rs).
+        cfg.limits = tern_gateway::config::LimitsSettings::off();
         tweak(&mut cfg);
         // As `tern serve` opens it: the chat settings of `cfg` apply.
         let service = Arc::new(BackendService::from_config(&cfg).unwrap());
@@ -226,6 +230,12 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
+        Self::from_stream(stream)
+    }
+
+    /// A client over a stream connected elsewhere (e.g. from another
+    /// loopback source address).
+    pub fn from_stream(stream: TcpStream) -> Self {
         Self {
             stream,
             buf: Vec::new(),
