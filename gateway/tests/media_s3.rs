@@ -32,7 +32,12 @@ static SERIAL: parking_lot::Mutex<()> = parking_lot::const_mutex(());
 /// A gateway whose media store is `bucket` on `moto`, with short S3
 /// timeouts (a stopped store answers within a second or two).
 fn gateway(moto: &Moto, bucket: &str) -> Gateway {
-    let (endpoint, bucket) = (moto.endpoint(), bucket.to_owned());
+    gateway_at(moto.endpoint(), bucket)
+}
+
+/// A gateway whose media store is `bucket` at `endpoint`.
+fn gateway_at(endpoint: String, bucket: &str) -> Gateway {
+    let bucket = bucket.to_owned();
     Gateway::start_with(Driver::Epoll, move |c: &mut Config| {
         c.api.keys = vec![ApiKeyConfig {
             name: "cms".into(),
@@ -286,6 +291,39 @@ fn a_missing_bucket_is_a_typed_502() {
         String::from_utf8_lossy(&body)
     );
     assert_eq!(gw.http_get("/healthz").0, 200);
+}
+
+/// Proves an S3 endpoint that takes connections but never answers (a
+/// listening socket nobody accepts from) makes an upload and a download
+/// answer 503 MEDIA_STORE_UNAVAILABLE once `s3_request_timeout_ms` passes,
+/// instead of hanging the request (the client gives up after 10 s).
+#[test]
+fn a_store_that_never_answers_is_a_503_not_a_hung_request() {
+    let _one_at_a_time = SERIAL.lock();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        c.media.store = MediaStoreKind::S3;
+        c.media.s3_endpoint = endpoint;
+        c.media.s3_bucket = BUCKET.into();
+        c.media.s3_path_style = true;
+        c.media.s3_access_key_id = "id".into();
+        c.media.s3_secret_access_key = "secret".into();
+        c.media.s3_request_timeout_ms = 1000;
+    });
+    let alice_t = Gateway::token("alice");
+    let (s, _, v) = upload(&gw, &alice_t, "file", b"into the void");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (503, Some("MEDIA_STORE_UNAVAILABLE")),
+        "{v}"
+    );
+    let (s, _, body) = fetch(&gw, &alice_t, "/api/v1/media/aaaaaaaaaaaaaaaaaaaaaaaaaa");
+    assert_eq!(
+        (s, json(&body)["code"].as_str()),
+        (503, Some("MEDIA_STORE_UNAVAILABLE"))
+    );
+    drop(silent);
 }
 
 /// (resident now, peak since the last reset) of this process, bytes.
