@@ -1248,6 +1248,31 @@ mod tests {
         assert!(err.to_string().contains("nonsense"), "{err}");
     }
 
+    /// `store = "s3"` needs a bucket, an http(s) endpoint if any, and
+    /// both halves of a static key or neither; each refusal names its key.
+    #[test]
+    fn s3_media_settings_are_checked_by_name() {
+        let mut c = Config::default();
+        c.media.store = MediaStoreKind::S3;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("media.s3_bucket"), "{err}");
+        c.media.s3_bucket = "chat-media".into();
+        c.validate().unwrap();
+        c.media.s3_endpoint = "minio:9000".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("media.s3_endpoint"), "{err}");
+        c.media.s3_endpoint = "http://127.0.0.1:9000".into();
+        c.media.s3_access_key_id = "id".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("media.s3_access_key_id"), "{err}");
+        c.media.s3_secret_access_key = "secret".into();
+        c.validate().unwrap();
+        // The disk store ignores the s3_* keys.
+        c.media.store = MediaStoreKind::Disk;
+        c.media.s3_bucket.clear();
+        c.validate().unwrap();
+    }
+
     /// The backend limits are checked, named by their key.
     #[test]
     fn zero_backend_limits_are_refused_by_name() {
@@ -1524,6 +1549,47 @@ pub struct MediaSettings {
     pub compressed_edge_px: u32,
     /// JPEG quality of thumbnails and compressed variants, 1..=100. Default 80.
     pub jpeg_quality: u8,
+    /// Where objects are kept: `disk` (default: `dir`) or `s3` (an
+    /// S3-compatible bucket; uploads are still received into `dir/tmp`).
+    pub store: MediaStoreKind,
+    /// S3 endpoint URL (`https://…`, or `http://…` for a local MinIO).
+    /// Default empty: AWS S3 of `s3_region`.
+    pub s3_endpoint: String,
+    /// S3 region (request signing). Default `us-east-1`.
+    pub s3_region: String,
+    /// The bucket. Required with `store = "s3"`; it must exist.
+    pub s3_bucket: String,
+    /// Key prefix in the bucket: objects are `<prefix>/<id>`. Default
+    /// `media`; empty: at the bucket's root.
+    pub s3_key_prefix: String,
+    /// Access key id. Default empty: the AWS credential chain (instance
+    /// or container role, web identity).
+    pub s3_access_key_id: String,
+    /// Secret access key; prefer `TERN_MEDIA_S3_SECRET_ACCESS_KEY`.
+    pub s3_secret_access_key: String,
+    /// Path-style addressing (`<endpoint>/<bucket>/<key>`), as MinIO and
+    /// most self-hosted stores want. Default false: virtual-hosted
+    /// (`<bucket>.<endpoint host>/<key>`), as AWS recommends.
+    pub s3_path_style: bool,
+    /// Connecting to S3 must succeed within this. Default 3000.
+    pub s3_connect_timeout_ms: u64,
+    /// Each S3 call (retries included; for a download, until its first
+    /// byte) must finish within this, and a download whose bytes stop
+    /// coming for this long is cut. Default 30000.
+    pub s3_request_timeout_ms: u64,
+    /// Retries of a failed S3 call (5xx, connection errors), with backoff,
+    /// within `s3_request_timeout_ms`. Default 2.
+    pub s3_retries_max: u32,
+}
+
+/// Where media objects are kept (`[media] store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaStoreKind {
+    /// Files under `[media] dir`.
+    Disk,
+    /// An S3-compatible bucket (`[media] s3_*`).
+    S3,
 }
 
 impl Default for MediaSettings {
@@ -1538,6 +1604,17 @@ impl Default for MediaSettings {
             thumbnail_edge_px: 320,
             compressed_edge_px: 1600,
             jpeg_quality: 80,
+            store: MediaStoreKind::Disk,
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_bucket: String::new(),
+            s3_key_prefix: "media".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            s3_path_style: false,
+            s3_connect_timeout_ms: 3000,
+            s3_request_timeout_ms: 30000,
+            s3_retries_max: 2,
         }
     }
 }
@@ -1570,6 +1647,29 @@ impl MediaSettings {
         }
         if !(1..=100).contains(&self.jpeg_quality) {
             return invalid("media.jpeg_quality", "must be 1..=100");
+        }
+        if self.store == MediaStoreKind::S3 {
+            if self.s3_bucket.is_empty() {
+                return invalid("media.s3_bucket", "is required with store = \"s3\"");
+            }
+            if !(self.s3_endpoint.is_empty()
+                || self.s3_endpoint.starts_with("https://")
+                || self.s3_endpoint.starts_with("http://"))
+            {
+                return invalid("media.s3_endpoint", "must be an http:// or https:// URL");
+            }
+            if self.s3_access_key_id.is_empty() != self.s3_secret_access_key.is_empty() {
+                return invalid(
+                    "media.s3_access_key_id",
+                    "s3_access_key_id and s3_secret_access_key go together",
+                );
+            }
+            if self.s3_connect_timeout_ms == 0 || self.s3_request_timeout_ms == 0 {
+                return invalid(
+                    "media",
+                    "s3_connect_timeout_ms and s3_request_timeout_ms must be > 0",
+                );
+            }
         }
         Ok(())
     }

@@ -16,6 +16,11 @@
 //! (`http::OWN_BODY_LIMIT_PREFIX`): an upload is held to the limit of its
 //! kind instead, from `Content-Length` before the body is read and while it
 //! streams to disk, so no upload is ever held in memory whole.
+//!
+//! Where objects are kept is the [`Store`]'s business (local disk or an
+//! S3-compatible bucket): a failing S3 is 503 `MEDIA_STORE_UNAVAILABLE`
+//! (cannot be reached, no answer in time) or 502 `MEDIA_STORE_ERROR` (it
+//! answered with an error); the cause is logged, never sent to the caller.
 
 use std::sync::Arc;
 
@@ -38,8 +43,8 @@ use super::{ApiError, ApiState, Authorized, Scope, error::ErrorBody};
 use crate::{
     auth::Verifier,
     media::{
-        self, COMPRESSED_SUFFIX, DiskStore, Kind, MediaConfig, MediaError, Meta, THUMB_SUFFIX,
-        images, sniff, store::VariantMeta,
+        self, COMPRESSED_SUFFIX, Kind, MediaConfig, MediaError, Meta, Store, StoreError,
+        THUMB_SUFFIX, images, sniff, store::VariantMeta,
     },
 };
 
@@ -50,15 +55,25 @@ pub struct MediaService {
     /// Limits and where objects live.
     pub config: MediaConfig,
     /// The objects.
-    pub store: DiskStore,
+    pub store: Store,
     /// Verifies user tokens.
     pub verifier: Arc<Verifier>,
 }
 
 impl MediaService {
-    /// Opens the store in `config.dir`.
-    pub fn open(config: MediaConfig, verifier: Arc<Verifier>) -> std::io::Result<Self> {
-        let store = DiskStore::open(&config.dir)?;
+    /// Opens the store `config` names (temporary files in `config.dir`).
+    pub fn open(config: MediaConfig, verifier: Arc<Verifier>) -> Result<Self, StoreError> {
+        let store = Store::open(&config.dir, &config.settings)?;
+        let s = &config.settings;
+        match &store {
+            Store::Disk(_) => tracing::info!(dir = %config.dir.display(), "media on local disk"),
+            Store::S3(_) => tracing::info!(
+                endpoint = %s.s3_endpoint,
+                bucket = %s.s3_bucket,
+                prefix = %s.s3_key_prefix,
+                "media in an S3 bucket"
+            ),
+        }
         Ok(Self {
             config,
             store,
@@ -209,8 +224,46 @@ impl From<MediaError> for ApiError {
             }
             MediaError::BadImage(_) => Self::new(StatusCode::BAD_REQUEST, "BAD_IMAGE", message),
             MediaError::Empty => Self::invalid(message),
-            MediaError::Io(_) => Self::internal(message),
+            MediaError::Io(_) | MediaError::Store(StoreError::Io(_)) => Self::internal(message),
+            MediaError::Store(StoreError::Unavailable(cause)) => {
+                store_failure_logged(&cause);
+                Self {
+                    retry_after_s: Some(1),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "MEDIA_STORE_UNAVAILABLE",
+                        "the media store cannot be reached; retry later",
+                    )
+                }
+            }
+            MediaError::Store(StoreError::Failed(cause)) => {
+                store_failure_logged(&cause);
+                Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "MEDIA_STORE_ERROR",
+                    "the media store answered with an error",
+                )
+            }
         }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        MediaError::from(e).into()
+    }
+}
+
+/// Logs why the store failed (its endpoint and bucket are the operator's
+/// business, not the caller's), at most once a second.
+fn store_failure_logged(cause: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_S: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_S.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(%cause, "media store failed");
     }
 }
 
@@ -237,6 +290,8 @@ fn service(ext: Option<Extension<Arc<MediaService>>>) -> Result<Arc<MediaService
         (status = 403, description = "The key lacks the `media` scope", body = ErrorBody),
         (status = 413, description = "Larger than the limit of its kind (`too_large`)", body = ErrorBody),
         (status = 415, description = "The bytes are not of the kind claimed (`unsupported_media_type`)", body = ErrorBody),
+        (status = 502, description = "The media store (S3) answered with an error (`MEDIA_STORE_ERROR`)", body = ErrorBody),
+        (status = 503, description = "The media store (S3) cannot be reached (`MEDIA_STORE_UNAVAILABLE`)", body = ErrorBody),
     ),
 )]
 async fn upload(
@@ -315,11 +370,8 @@ async fn receive(
         None
     };
 
-    let id = media::new_id();
-    let store = &svc.store;
-    store.place(tmp, &id).await.map_err(MediaError::from)?;
     let mut meta = Meta {
-        media_id: id.clone(),
+        media_id: media::new_id(),
         kind,
         mime,
         size_bytes: size,
@@ -330,25 +382,64 @@ async fn receive(
         thumbnail: None,
         compressed: None,
     };
+    // What was stored before a failure goes again (it has no metadata, so
+    // it would never be served, but it would take room) — in the
+    // background: the answer does not wait on a store that is failing.
+    let mut stored = Vec::with_capacity(3);
+    let result = store_upload(&svc.store, tmp, &mut meta, processed, &mut stored).await;
+    if result.is_err() && !stored.is_empty() {
+        let store = svc.store.clone();
+        tokio::spawn(async move {
+            for id in &stored {
+                store.remove(id).await;
+            }
+        });
+    }
+    result?;
+    Ok(meta)
+}
+
+/// Stores the upload at `tmp`, its variants, and last its metadata, noting
+/// in `stored` each object stored.
+async fn store_upload(
+    store: &Store,
+    tmp: &std::path::Path,
+    meta: &mut Meta,
+    processed: Option<images::Processed>,
+    stored: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let id = meta.media_id.clone();
+    store.put(tmp, &id).await?;
+    stored.push(id.clone());
     if let Some(p) = processed {
         meta.width = p.width;
         meta.height = p.height;
-        let put = async |suffix: &str, v: images::Variant| {
+        for (suffix, v) in [
+            (THUMB_SUFFIX, p.thumbnail),
+            (COMPRESSED_SUFFIX, p.compressed),
+        ] {
             let vid = format!("{id}{suffix}");
-            store.put(&vid, &v.jpeg).await.map_err(MediaError::from)?;
-            Ok::<_, ApiError>(VariantMeta {
+            let vtmp = store.write_temp(&v.jpeg).await?;
+            if let Err(e) = store.put(&vtmp, &vid).await {
+                let _ = tokio::fs::remove_file(&vtmp).await;
+                return Err(e);
+            }
+            stored.push(vid.clone());
+            let variant = VariantMeta {
                 media_id: vid,
                 mime: "image/jpeg".into(),
                 size_bytes: v.jpeg.len() as u64,
                 width: v.width,
                 height: v.height,
-            })
-        };
-        meta.thumbnail = Some(put(THUMB_SUFFIX, p.thumbnail).await?);
-        meta.compressed = Some(put(COMPRESSED_SUFFIX, p.compressed).await?);
+            };
+            if suffix == THUMB_SUFFIX {
+                meta.thumbnail = Some(variant);
+            } else {
+                meta.compressed = Some(variant);
+            }
+        }
     }
-    store.publish(&meta).await.map_err(MediaError::from)?;
-    Ok(meta)
+    store.publish(meta).await
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -384,6 +475,8 @@ pub struct DownloadQuery {
         (status = 401, description = "No valid API key or user token", body = ErrorBody),
         (status = 403, description = "Not the uploader and no message named (`forbidden`), or not a member of its conversation (`not_member`)", body = ErrorBody),
         (status = 404, description = "No such media, or the named message does not carry it", body = ErrorBody),
+        (status = 502, description = "The media store (S3) answered with an error (`MEDIA_STORE_ERROR`)", body = ErrorBody),
+        (status = 503, description = "The media store (S3) cannot be reached (`MEDIA_STORE_UNAVAILABLE`)", body = ErrorBody),
     ),
 )]
 async fn download(
@@ -400,21 +493,16 @@ async fn download(
         return Err(not_found());
     }
     let parent = media::parent_of(&media_id);
-    let meta = svc
-        .store
-        .meta(parent)
-        .await
-        .map_err(MediaError::from)?
-        .ok_or_else(not_found)?;
-    let (mime, size) = if media_id == parent {
-        (meta.mime.clone(), meta.size_bytes)
+    let meta = svc.store.meta(parent).await?.ok_or_else(not_found)?;
+    let mime = if media_id == parent {
+        meta.mime.clone()
     } else {
         let v = [&meta.thumbnail, &meta.compressed]
             .into_iter()
             .flatten()
             .find(|v| v.media_id == media_id)
             .ok_or_else(not_found)?;
-        (v.mime.clone(), v.size_bytes)
+        v.mime.clone()
     };
     if let Caller::User(user) = &caller
         && *user != meta.owner
@@ -434,14 +522,11 @@ async fn download(
             )));
         }
     }
-    let file = tokio::fs::File::open(svc.store.object_path(&media_id))
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => not_found(),
-            _ => MediaError::from(e).into(),
-        })?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    let mut r = Response::new(body);
+    // Streamed from the store as the client takes it: never whole in
+    // memory.
+    let object = svc.store.get(&media_id).await?.ok_or_else(not_found)?;
+    let size = object.size_bytes;
+    let mut r = Response::new(Body::from_stream(object.stream));
     let h = r.headers_mut();
     let ct = HeaderValue::from_str(&mime)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));

@@ -6,8 +6,9 @@
 //! from the client. An image is measured from its header, refused when it
 //! declares more pixels than allowed, and only then decoded, under
 //! `image::Limits`, into a thumbnail and a compressed variant ([`images`]).
-//! Each object is renamed into place and its metadata written last
-//! ([`store`]), so an object without metadata never becomes visible.
+//! Each object then goes to the [`Store`] — local disk, or an S3-compatible
+//! bucket — and its metadata last ([`store`]), so an object without
+//! metadata never becomes visible.
 //!
 //! This module does no HTTP and no access control: `api::media` does both.
 //! It never runs on a shard thread.
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use store::{DiskStore, Meta};
+pub use store::{DiskStore, Meta, Object, S3Store, Store, StoreError};
 
 /// What a client says it uploads; decides the size limit and which sniffed
 /// types are accepted.
@@ -87,15 +88,18 @@ pub enum MediaError {
     /// Empty upload (client).
     #[error("the upload is empty")]
     Empty,
-    /// The disk failed (internal).
+    /// The local disk failed (internal).
     #[error("media store: {0}")]
     Io(#[from] std::io::Error),
+    /// The store failed (internal, or its backend: S3 down or failing).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The limits and sizes the module applies (from `[media]`).
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
-    /// Where objects live.
+    /// Where objects live on disk, and temporary files in any case.
     pub dir: PathBuf,
     /// The `[media]` section.
     pub settings: crate::config::MediaSettings,

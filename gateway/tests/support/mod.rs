@@ -418,3 +418,209 @@ pub fn delivered_text(f: &pb::Frame) -> Option<(String, u64, String)> {
     };
     Some((e.conversation_id.clone(), e.seq, t.text.clone()))
 }
+
+// ---- moto: a real S3-compatible server for the media store (media_s3.rs) ----
+
+/// A `moto_server` (moto's S3, from PyPI) on a free loopback port, started
+/// for one test and stopped by its PID on drop. Where moto comes from: see
+/// [`moto_server_binary`].
+pub struct Moto {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl Moto {
+    /// Starts moto and waits (bounded) until it answers. Panics, never
+    /// skips, when it cannot be started.
+    pub fn start() -> Self {
+        let bin = moto_server_binary();
+        let port = free_port();
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut moto = Self {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && moto.s3("GET", "/").0 == 200 {
+                return moto;
+            }
+            if let Some(status) = moto
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("{} exited at start: {status}", bin.display());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto did not answer on port {port} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its URL, for `media.s3_endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One unsigned S3 request (moto does not check signatures):
+    /// (status, body).
+    pub fn s3(&self, method: &str, path: &str) -> (u16, String) {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
+            self.port
+        );
+        if s.write_all(head.as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Creates `bucket`.
+    pub fn create_bucket(&self, bucket: &str) {
+        let (status, body) = self.s3("PUT", &format!("/{bucket}"));
+        assert_eq!(status, 200, "creating bucket {bucket}: {body}");
+    }
+
+    /// The keys in `bucket` with their sizes, listed through moto's S3 API
+    /// (ListObjectsV2; a test bucket holds far fewer than a page of 1000).
+    pub fn list(&self, bucket: &str) -> Vec<(String, u64)> {
+        let (status, xml) = self.s3("GET", &format!("/{bucket}?list-type=2"));
+        assert_eq!(status, 200, "listing {bucket}: {xml}");
+        let tag = |s: &str, name: &str| -> Option<String> {
+            let open = format!("<{name}>");
+            let start = s.find(&open)? + open.len();
+            let end = s[start..].find(&format!("</{name}>"))? + start;
+            Some(s[start..end].to_owned())
+        };
+        xml.split("<Contents>")
+            .skip(1)
+            .map(|c| {
+                let key = tag(c, "Key").expect("a Key in Contents");
+                let size = tag(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
+                (key, size)
+            })
+            .collect()
+    }
+
+    /// Stops moto (SIGKILL to its PID, then reaps it): S3 is down.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The venv `scripts/test.sh` installs moto into (Debian's python3 is
+/// externally managed: pip installs only into a venv):
+/// `$TERN_TEST_VENV`, else `$XDG_CACHE_HOME/tern-test-venv`, else
+/// `~/.cache/tern-test-venv`.
+pub fn test_venv() -> std::path::PathBuf {
+    if let Some(v) = std::env::var_os("TERN_TEST_VENV") {
+        return v.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                .join(".cache")
+        });
+    cache.join("tern-test-venv")
+}
+
+/// Where `moto_server` is: `$TERN_MOTO_SERVER` (what `scripts/test.sh`
+/// found or installed), the test venv, or `PATH`. Missing: under `CI=true`
+/// the test fails (CI must run it, and `scripts/test.sh` installs it);
+/// elsewhere it is installed into the test venv once (`pip install
+/// 'moto[server]'`, a minute or so) and the test goes on.
+pub fn moto_server_binary() -> std::path::PathBuf {
+    static INSTALL: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+    let _one_at_a_time = INSTALL.lock();
+    if let Some(p) = std::env::var_os("TERN_MOTO_SERVER") {
+        return p.into();
+    }
+    let venv = test_venv();
+    let in_venv = venv.join("bin").join("moto_server");
+    if in_venv.exists() {
+        return in_venv;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.is_file())
+    });
+    if let Some(p) = on_path {
+        return p;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "moto_server (PyPI moto[server]) is missing: `bash scripts/test.sh` installs it into {} \
+         (the S3 media tests never skip in CI)",
+        venv.display()
+    );
+    eprintln!(
+        "installing moto[server] into {} for the S3 media tests (once)",
+        venv.display()
+    );
+    let run = |cmd: &mut std::process::Command| {
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        assert!(
+            status.success(),
+            "{cmd:?} failed ({status}); on Debian: apt-get install python3-venv, or run scripts/test.sh"
+        );
+    };
+    run(std::process::Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv));
+    run(
+        std::process::Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "-q",
+            "moto[server]>=5,<6",
+        ]),
+    );
+    in_venv
+}
