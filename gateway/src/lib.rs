@@ -12,6 +12,7 @@
 //! - [`cluster`]: the node tier on Redis (membership, routes, node channel).
 //! - [`api`]: the server API for existing services (`/api/v1`, OpenAPI).
 //! - [`reload`]: SIGHUP reloads of what lives in files.
+//! - [`filter`]: the sensitive-word filter on client sends and group texts.
 //!
 //! The gateway never blocks a shard thread: storage work happens on backend
 //! worker threads.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod bridge;
 pub mod cluster;
 pub mod config;
+pub mod filter;
 pub mod http;
 pub mod mailbox;
 pub mod media;
