@@ -199,6 +199,9 @@ pub struct WorkerSetup {
     /// Webhooks around each batch (`crate::webhooks`); `None` when none is
     /// configured.
     pub webhooks: Option<crate::webhooks::WorkerHooks>,
+    /// The content filter (`crate::filter`), shared by the workers; `None`
+    /// when no word list is configured.
+    pub filter: Option<Arc<crate::filter::ContentFilter>>,
 }
 
 /// Runs a backend worker on the current thread until `stop` is set and its
@@ -295,14 +298,21 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 )
             })
             .collect();
-        let answers = match w.webhooks.as_mut() {
-            // Before-send, then the domain, then the after-events.
-            Some(hooks) => {
-                let from_api: Vec<bool> = batch.iter().map(|r| r.reply.is_some()).collect();
-                crate::webhooks::handle_batch(hooks, &*service, unix_ms(), calls, &from_api)
-            }
-            None => service.handle_batch(unix_ms(), calls),
-        };
+        // The content filter, then before-send, then the domain, then the
+        // after-events. Server API calls (`from_api`) skip both checks.
+        let from_api: Vec<bool> = batch.iter().map(|r| r.reply.is_some()).collect();
+        let hooks = &mut w.webhooks;
+        let answers = crate::filter::handle_batch(
+            w.filter.as_deref(),
+            calls,
+            &from_api,
+            |calls, from_api| match hooks.as_mut() {
+                Some(hooks) => {
+                    crate::webhooks::handle_batch(hooks, &*service, unix_ms(), calls, from_api)
+                }
+                None => service.handle_batch(unix_ms(), calls),
+            },
+        );
         w.metrics
             .batch_latency
             .observe_us(started.elapsed().as_micros() as u64);

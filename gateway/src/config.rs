@@ -59,6 +59,8 @@ pub struct Config {
     /// Allow and deny lists by IP/CIDR, for the client listeners and the
     /// HTTP edge (docs/security.md).
     pub lists: ListsSettings,
+    /// The sensitive-word filter on client sends and group texts.
+    pub filter: FilterSettings,
 }
 
 /// Where clients and operators connect.
@@ -636,6 +638,7 @@ impl Config {
         self.webhooks.validate()?;
         self.limits.validate()?;
         self.lists.validate()?;
+        self.filter.validate()?;
         Ok(())
     }
 }
@@ -2155,6 +2158,61 @@ impl ListsSettings {
                     why: e.to_string(),
                 });
             }
+        }
+        Ok(())
+    }
+}
+
+/// The sensitive-word filter (`crate::filter`, docs/security.md "Content
+/// filter"): word lists checked on every client send's text and on group
+/// names and announcements, before the store. Off while `word_files` is
+/// empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterSettings {
+    /// Word list files, UTF-8, one word or phrase per line, optionally
+    /// followed by a tab and its policy (`reject` or `mask`); blank lines
+    /// and lines starting with `#` are skipped. Read at start (an error
+    /// names the file and line) and again on SIGHUP. Default none: no
+    /// filter.
+    pub word_files: Vec<PathBuf>,
+    /// The policy of a word whose line names none: `reject` (the request is
+    /// refused with `CONTENT_REJECTED`) or `mask` (each character of the
+    /// word is stored and delivered as `*`). Default `reject`.
+    pub default_policy: FilterPolicy,
+    /// Words in all lists together at most; a list with more fails the
+    /// start (or the reload, which keeps the old lists). Default 200000.
+    pub words_max: usize,
+}
+
+/// What a listed word does to a request that contains it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterPolicy {
+    /// Refuse the request (`CONTENT_REJECTED`); nothing is stored.
+    Reject,
+    /// Store and deliver it with each character of the word replaced by `*`.
+    Mask,
+}
+
+impl Default for FilterSettings {
+    fn default() -> Self {
+        Self {
+            word_files: Vec::new(),
+            default_policy: FilterPolicy::Reject,
+            words_max: 200_000,
+        }
+    }
+}
+
+impl FilterSettings {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.words_max == 0 {
+            return Err(ConfigError::Invalid {
+                name: "filter.words_max",
+                why: "must be at least 1".into(),
+            });
         }
         Ok(())
     }

@@ -14,6 +14,7 @@
 //! - [`reload`]: SIGHUP reloads of what lives in files.
 //! - [`limits`]: allow/deny lists by IP/CIDR, refusal counters, jitter
 //!   (the shards' rate limiters are in `shard/limits.rs`).
+//! - [`filter`]: the sensitive-word filter on client sends and group texts.
 //!
 //! The gateway never blocks a shard thread: storage work happens on backend
 //! worker threads.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod bridge;
 pub mod cluster;
 pub mod config;
+pub mod filter;
 pub mod http;
 pub mod limits;
 pub mod mailbox;

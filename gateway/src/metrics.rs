@@ -293,6 +293,18 @@ pub struct WebhookMetrics {
     pub events_queue_depth: AtomicI64,
 }
 
+/// Counters of the content filter (`crate::filter`), written by the backend
+/// workers; the word count by whoever loads the lists (start, SIGHUP).
+#[derive(Debug, Default)]
+pub struct FilterMetrics {
+    /// Client requests refused for a listed word (`CONTENT_REJECTED`).
+    pub rejected: AtomicU64,
+    /// Client requests stored with listed words masked.
+    pub masked: AtomicU64,
+    /// Words in the lists in force.
+    pub words: AtomicI64,
+}
+
 /// Everything `/metrics` shows; registered once, read at scrape.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -308,6 +320,8 @@ pub struct Metrics {
     pub webhooks: Arc<WebhookMetrics>,
     /// Rate limits and allow/deny lists (`crate::limits`).
     pub limits: Arc<crate::limits::LimitMetrics>,
+    /// The content filter.
+    pub filter: Arc<FilterMetrics>,
 }
 
 impl Metrics {
@@ -322,6 +336,7 @@ impl Metrics {
             cluster: Arc::new(ClusterMetrics::default()),
             webhooks: Arc::new(WebhookMetrics::default()),
             limits: Arc::new(crate::limits::LimitMetrics::default()),
+            filter: Arc::new(FilterMetrics::default()),
         }
     }
 
@@ -821,6 +836,28 @@ impl Collector for Metrics {
                 "tern_webhook_before_send_latency",
                 "One before-send call (one per batch with sends)",
                 &[&w.before_latency],
+            )?;
+        }
+        {
+            let f = &self.filter;
+            {
+                let mut d = enc.encode_descriptor(
+                    "tern_content_filter",
+                    "Client requests (sends, group names and announcements) the content filter changed, by outcome",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (outcome, v) in [("rejected", &f.rejected), ("masked", &f.masked)] {
+                    ConstCounter::new(v.load(Relaxed))
+                        .encode(d.encode_family(&[("outcome", outcome)])?)?;
+                }
+            }
+            gauge(
+                enc,
+                "tern_content_filter_words",
+                "Words in the content filter's lists in force",
+                None,
+                f.words.load(Relaxed),
             )?;
         }
         {

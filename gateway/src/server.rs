@@ -121,6 +121,10 @@ impl Server {
         let shards = cfg.shard_count();
         let workers = cfg.backend.workers;
         let metrics = Metrics::new(shards);
+        // The word lists are read before anything starts (a bad line stops
+        // the start, naming its file and line); reloaded on SIGHUP.
+        let filter = crate::filter::ContentFilter::start(&cfg.filter, metrics.filter.clone())
+            .context("content filter")?;
         let epoch = Instant::now();
         // Allow/deny lists: read now (a bad entry or file stops the start),
         // again on every SIGHUP (a bad one then keeps the lists in force).
@@ -249,6 +253,7 @@ impl Server {
                     stop: stop_workers.clone(),
                     remote: routers.get_mut(w).and_then(Option::take),
                     webhooks: worker_hooks(cfg, &node_id, w, events.as_ref(), &metrics)?,
+                    filter: filter.clone(),
                 })
                 .map_err(|_| anyhow::anyhow!("backend worker {w} died at start"))?;
             worker_threads.push(handle);

@@ -3,10 +3,17 @@
 //! (tungstenite's `FrameHeader`), never a per-connection `WebSocket<S>`
 //! with buffers of its own.
 //!
-//! One binary message carries one Tern frame. Text messages and fragmented
-//! messages are refused (close 1003); clients send each frame as one binary
-//! message. Pings are answered with pongs; a valid close is echoed (an
-//! invalid one is answered with 1002) and ends the connection.
+//! One binary message carries one Tern frame. A message may come in
+//! fragments (RFC 6455 5.4): the caller keeps the message being reassembled
+//! (`decode_message`'s `message`, `None` while no message is partial) and
+//! control frames may come between its fragments; the whole message stays
+//! within the frame limit, checked at each fragment's header before its
+//! payload is buffered (close 1009). A continuation without a start, a new
+//! data message inside a fragmented one, a fragmented control frame or a
+//! reserved bit is a protocol error (1002). Text messages are refused (1003):
+//! a Tern frame is protobuf, which is not UTF-8. Pings are answered with
+//! pongs; a valid close is echoed (an invalid one is answered with 1002) and
+//! ends the connection.
 
 use std::io::Cursor;
 
@@ -100,10 +107,18 @@ fn http_error(status: u16, why: &str) -> Vec<u8> {
 /// What one WebSocket frame from a client was.
 #[derive(Debug)]
 pub enum WsDecoded {
-    /// A binary message: its unmasked payload is one Tern frame body.
+    /// A whole binary message (unfragmented, or the last fragment of one):
+    /// its unmasked payload is one Tern frame body.
     Frame {
-        /// The payload (a copy, unmasked).
+        /// The payload (unmasked; for a fragmented message, the message
+        /// taken out of the caller's `message`).
         body: Vec<u8>,
+        /// Bytes of input used.
+        consumed: usize,
+    },
+    /// A fragment of a message that is not complete yet: its payload was
+    /// added to the caller's `message`.
+    Fragment {
         /// Bytes of input used.
         consumed: usize,
     },
@@ -120,66 +135,179 @@ pub enum WsDecoded {
     NeedMore,
 }
 
-/// Why a WebSocket frame was refused.
+/// Why a WebSocket frame was refused; [`WsError::close_code`] is the status
+/// the connection is closed with.
 #[derive(Debug, thiserror::Error)]
 pub enum WsError {
-    /// The header could not be parsed.
+    /// The header could not be parsed, or has a reserved opcode.
     #[error("bad websocket frame header")]
     BadHeader,
     /// Client frames must be masked (RFC 6455 5.1).
     #[error("unmasked client frame")]
     Unmasked,
-    /// The payload is larger than the frame limit.
-    #[error("websocket payload of {0} bytes is larger than the frame limit")]
+    /// The payload, or a fragmented message so far, is larger than the
+    /// frame limit (control frames: 125 bytes).
+    #[error("websocket message of {0} bytes is larger than the limit")]
     TooLarge(u64),
-    /// Text, continuation or reserved opcodes, or a fragmented message.
-    #[error("unsupported websocket frame: only whole binary messages carry frames")]
-    Unsupported,
+    /// A reserved bit is set, and no extension was negotiated (RFC 6455 5.2).
+    #[error("websocket frame with a reserved bit set")]
+    ReservedBits,
+    /// A text message: Tern frames travel in binary messages.
+    #[error("websocket text message: Tern frames travel in binary messages")]
+    Text,
+    /// A continuation frame while no fragmented message was started.
+    #[error("websocket continuation frame without a message to continue")]
+    StrayContinuation,
+    /// A new data message started before the fragmented one ended.
+    #[error("websocket data frame inside a fragmented message")]
+    Interleaved,
+    /// A control frame without FIN: control frames are never fragmented.
+    #[error("fragmented websocket control frame")]
+    FragmentedControl,
+}
+
+impl WsError {
+    /// The close status this error is answered with: 1009 (message too
+    /// big), 1003 (unsupported data: text), 1002 (protocol error) for the
+    /// rest.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::TooLarge(_) => 1009,
+            Self::Text => 1003,
+            _ => 1002,
+        }
+    }
 }
 
 /// Decodes one client frame from `buf`, checking the payload length against
 /// `frame_bytes_max` before anything is copied.
-pub fn decode_message(buf: &[u8], frame_bytes_max: usize) -> Result<WsDecoded, WsError> {
+///
+/// `message` is the fragmented message being reassembled: `None` while
+/// there is none. A first fragment sets it, each continuation adds to it
+/// (never past `frame_bytes_max` in length or capacity), the last one takes
+/// it out again as a [`WsDecoded::Frame`].
+pub fn decode_message(
+    buf: &[u8],
+    frame_bytes_max: usize,
+    message: &mut Option<Vec<u8>>,
+) -> Result<WsDecoded, WsError> {
     let mut cursor = Cursor::new(buf);
     let (header, len) = match FrameHeader::parse(&mut cursor) {
         Ok(Some(h)) => h,
         Ok(None) => return Ok(WsDecoded::NeedMore),
         Err(_) => return Err(WsError::BadHeader),
     };
+    if header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(WsError::ReservedBits);
+    }
     let max = frame_bytes_max as u64;
-    let is_control = matches!(header.opcode, OpCode::Control(_));
-    if (is_control && len > 125) || (!is_control && len > max) {
-        return Err(WsError::TooLarge(len));
+    // Everything the header alone decides, before a byte of payload is
+    // looked at or kept.
+    match header.opcode {
+        // FrameHeader::parse refuses reserved opcodes already.
+        OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+            return Err(WsError::BadHeader);
+        }
+        OpCode::Control(_) => {
+            if !header.is_final {
+                return Err(WsError::FragmentedControl);
+            }
+            if len > 125 {
+                return Err(WsError::TooLarge(len));
+            }
+        }
+        OpCode::Data(Data::Continue) => {
+            let Some(so_far) = message.as_ref() else {
+                return Err(WsError::StrayContinuation);
+            };
+            let total = (so_far.len() as u64).saturating_add(len);
+            if total > max {
+                return Err(WsError::TooLarge(total));
+            }
+        }
+        OpCode::Data(_) if message.is_some() => return Err(WsError::Interleaved),
+        OpCode::Data(Data::Binary) => {
+            if len > max {
+                return Err(WsError::TooLarge(len));
+            }
+        }
+        OpCode::Data(Data::Text) => return Err(WsError::Text),
     }
     let Some(mask) = header.mask else {
         return Err(WsError::Unmasked);
     };
     let start = cursor.position() as usize;
-    // `len` is at most frame_bytes_max here, so this cannot overflow.
+    // `len` is at most frame_bytes_max (or 125) here, so this cannot
+    // overflow.
     let end = start + len as usize;
     if buf.len() < end {
         return Ok(WsDecoded::NeedMore);
     }
-    let mut payload = buf[start..end].to_vec();
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i & 3];
-    }
+    let payload = &buf[start..end];
     match header.opcode {
         OpCode::Data(Data::Binary) if header.is_final => Ok(WsDecoded::Frame {
-            body: payload,
+            body: unmasked(payload, mask, Vec::with_capacity(payload.len())),
             consumed: end,
         }),
-        OpCode::Control(Control::Ping) => Ok(WsDecoded::Control {
-            consumed: end,
-            reply: Some(server_frame(OpCode::Control(Control::Pong), &payload)),
+        OpCode::Data(Data::Binary) => {
+            // Deliberate allocation: a fragmented message is kept only
+            // while it is partial, and never beyond the frame limit.
+            let mut m = Vec::new();
+            grow_within(&mut m, payload.len(), frame_bytes_max);
+            *message = Some(unmasked(payload, mask, m));
+            Ok(WsDecoded::Fragment { consumed: end })
+        }
+        OpCode::Data(_) => {
+            // A continuation: checked above that a message is partial and
+            // that this fragment keeps it within the limit.
+            let Some(mut m) = message.take() else {
+                return Err(WsError::StrayContinuation);
+            };
+            grow_within(&mut m, payload.len(), frame_bytes_max);
+            let m = unmasked(payload, mask, m);
+            if header.is_final {
+                return Ok(WsDecoded::Frame {
+                    body: m,
+                    consumed: end,
+                });
+            }
+            *message = Some(m);
+            Ok(WsDecoded::Fragment { consumed: end })
+        }
+        OpCode::Control(control) => Ok(control_frame(
+            control,
+            &unmasked(payload, mask, Vec::new()),
+            end,
+        )),
+    }
+}
+
+/// Appends `payload` unmasked to `out`.
+fn unmasked(payload: &[u8], mask: [u8; 4], mut out: Vec<u8>) -> Vec<u8> {
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// Makes room for `more` bytes in a message that stays within `max`:
+/// doubling (so many small fragments cost amortized linear copying), but
+/// never reserving past `max`.
+fn grow_within(m: &mut Vec<u8>, more: usize, max: usize) {
+    let need = m.len() + more;
+    if need > m.capacity() {
+        let target = need.max(m.capacity().saturating_mul(2)).min(max.max(need));
+        m.reserve_exact(target - m.len());
+    }
+}
+
+/// What a control frame with `payload` (at most 125 bytes) asks for.
+fn control_frame(control: Control, payload: &[u8], consumed: usize) -> WsDecoded {
+    match control {
+        Control::Ping => WsDecoded::Control {
+            consumed,
+            reply: Some(server_frame(OpCode::Control(Control::Pong), payload)),
             close: false,
-        }),
-        OpCode::Control(Control::Pong) => Ok(WsDecoded::Control {
-            consumed: end,
-            reply: None,
-            close: false,
-        }),
-        OpCode::Control(Control::Close) => {
+        },
+        Control::Close => {
             // Echo a valid status code (first two bytes), as RFC 6455 5.5.1
             // asks; an invalid close (a 1-byte payload, a reserved or
             // unassigned code, a reason that is not UTF-8) is answered with
@@ -201,13 +329,19 @@ pub fn decode_message(buf: &[u8], frame_bytes_max: usize) -> Result<WsDecoded, W
                 Some(code) => close_frame(code),
                 None => server_frame(OpCode::Control(Control::Close), &[]),
             };
-            Ok(WsDecoded::Control {
-                consumed: end,
+            WsDecoded::Control {
+                consumed,
                 reply: Some(reply),
                 close: true,
-            })
+            }
         }
-        _ => Err(WsError::Unsupported),
+        // A pong (unsolicited ones included, RFC 6455 5.5.3) asks nothing;
+        // reserved opcodes were refused with the header.
+        Control::Pong | Control::Reserved(_) => WsDecoded::Control {
+            consumed,
+            reply: None,
+            close: false,
+        },
     }
 }
 
@@ -229,7 +363,8 @@ pub fn upgrade_abandoned_response(timed_out: bool) -> Vec<u8> {
     }
 }
 
-/// A close frame with status 1003 (unsupported data) or 1009 (too big).
+/// A close frame with `code`: 1002 (protocol error), 1003 (unsupported
+/// data), 1009 (too big), or the peer's own code echoed.
 pub fn close_frame(code: u16) -> Vec<u8> {
     server_frame(OpCode::Control(Control::Close), &code.to_be_bytes())
 }
@@ -279,6 +414,11 @@ mod tests {
         out
     }
 
+    /// Decodes with no fragmented message in progress.
+    fn decode(buf: &[u8], max: usize) -> Result<WsDecoded, WsError> {
+        decode_message(buf, max, &mut None)
+    }
+
     /// The RFC 6455 sample key gives the RFC's accept value; a missing key,
     /// a wrong version or a foreign origin get HTTP errors.
     #[test]
@@ -304,12 +444,12 @@ mod tests {
     }
 
     /// Binary frames unmask to their payload; partial input needs more;
-    /// oversized, unmasked, text and fragmented frames are refused; ping
-    /// gets a pong and close is echoed.
+    /// oversized, unmasked and text frames are refused; ping gets a pong and
+    /// close is echoed.
     #[test]
     fn frames_decode_and_bad_ones_are_typed() {
         let f = client_frame(OpCode::Data(Data::Binary), true, b"hello");
-        match decode_message(&f, 64).unwrap() {
+        match decode(&f, 64).unwrap() {
             WsDecoded::Frame { body, consumed } => {
                 assert_eq!(body, b"hello");
                 assert_eq!(consumed, f.len());
@@ -317,38 +457,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            decode_message(&f[..f.len() - 1], 64),
+            decode(&f[..f.len() - 1], 64),
             Ok(WsDecoded::NeedMore)
         ));
-        assert!(matches!(
-            decode_message(&f[..1], 64),
-            Ok(WsDecoded::NeedMore)
-        ));
+        assert!(matches!(decode(&f[..1], 64), Ok(WsDecoded::NeedMore)));
         let big = client_frame(OpCode::Data(Data::Binary), true, &[0; 100]);
         assert!(matches!(
-            decode_message(&big[..10], 64),
+            decode(&big[..10], 64),
             Err(WsError::TooLarge(100))
         ));
         let text = client_frame(OpCode::Data(Data::Text), true, b"hi");
-        assert!(matches!(
-            decode_message(&text, 64),
-            Err(WsError::Unsupported)
-        ));
-        let frag = client_frame(OpCode::Data(Data::Binary), false, b"hi");
-        assert!(matches!(
-            decode_message(&frag, 64),
-            Err(WsError::Unsupported)
-        ));
+        assert!(matches!(decode(&text, 64), Err(WsError::Text)));
         let mut unmasked = Vec::new();
         encode_binary_header(2, &mut unmasked);
         unmasked.extend_from_slice(b"hi");
-        assert!(matches!(
-            decode_message(&unmasked, 64),
-            Err(WsError::Unmasked)
-        ));
+        assert!(matches!(decode(&unmasked, 64), Err(WsError::Unmasked)));
         let ping = client_frame(OpCode::Control(Control::Ping), true, b"p");
         assert!(matches!(
-            decode_message(&ping, 64),
+            decode(&ping, 64),
             Ok(WsDecoded::Control {
                 reply: Some(_),
                 close: false,
@@ -361,9 +487,103 @@ mod tests {
             &1000u16.to_be_bytes(),
         );
         assert!(matches!(
-            decode_message(&close, 64),
+            decode(&close, 64),
             Ok(WsDecoded::Control { close: true, .. })
         ));
+    }
+
+    /// A fragmented binary message is reassembled across a ping between
+    /// its fragments; its total is held to the limit at each fragment's
+    /// header (1009 before the payload arrives); a stray continuation, a new
+    /// data frame inside the message, a fragmented control frame and a
+    /// reserved bit are protocol errors (1002); text is 1003.
+    #[test]
+    fn fragments_reassemble_within_the_limit() {
+        let mut m = None;
+        let first = client_frame(OpCode::Data(Data::Binary), false, b"he");
+        assert!(matches!(
+            decode_message(&first, 8, &mut m),
+            Ok(WsDecoded::Fragment { consumed }) if consumed == first.len()
+        ));
+        assert_eq!(m.as_deref(), Some(&b"he"[..]));
+        let ping = client_frame(OpCode::Control(Control::Ping), true, b"p");
+        assert!(matches!(
+            decode_message(&ping, 8, &mut m),
+            Ok(WsDecoded::Control { reply: Some(_), .. })
+        ));
+        let mid = client_frame(OpCode::Data(Data::Continue), false, b"ll");
+        assert!(matches!(
+            decode_message(&mid, 8, &mut m),
+            Ok(WsDecoded::Fragment { .. })
+        ));
+        let last = client_frame(OpCode::Data(Data::Continue), true, b"o");
+        match decode_message(&last, 8, &mut m).unwrap() {
+            WsDecoded::Frame { body, .. } => assert_eq!(body, b"hello"),
+            other => panic!("{other:?}"),
+        }
+        assert!(m.is_none(), "the message is gone once whole");
+        // An empty first fragment starts a message too.
+        let empty = client_frame(OpCode::Data(Data::Binary), false, b"");
+        assert!(matches!(
+            decode_message(&empty, 8, &mut m),
+            Ok(WsDecoded::Fragment { .. })
+        ));
+        assert!(m.as_ref().is_some_and(Vec::is_empty));
+        // Over the limit in total: refused from the header alone.
+        let mut m = Some(b"1234567".to_vec());
+        let over = client_frame(OpCode::Data(Data::Continue), false, b"89");
+        let err = decode_message(&over[..6], 8, &mut m).unwrap_err();
+        assert!(matches!(err, WsError::TooLarge(9)), "{err:?}");
+        assert_eq!(err.close_code(), 1009);
+        // A message of exactly the limit passes, its capacity within it.
+        let mut m = Some(b"1234567".to_vec());
+        let fits = client_frame(OpCode::Data(Data::Continue), true, b"8");
+        match decode_message(&fits, 8, &mut m).unwrap() {
+            WsDecoded::Frame { body, .. } => {
+                assert_eq!(body.len(), 8);
+                assert!(body.capacity() <= 8, "{}", body.capacity());
+            }
+            other => panic!("{other:?}"),
+        }
+        let code = |r: Result<WsDecoded, WsError>| r.unwrap_err().close_code();
+        let cont = client_frame(OpCode::Data(Data::Continue), true, b"x");
+        assert_eq!(code(decode_message(&cont, 8, &mut None)), 1002);
+        let bin = client_frame(OpCode::Data(Data::Binary), true, b"x");
+        assert_eq!(code(decode_message(&bin, 8, &mut Some(Vec::new()))), 1002);
+        let text = client_frame(OpCode::Data(Data::Text), false, b"x");
+        assert_eq!(code(decode_message(&text, 8, &mut Some(Vec::new()))), 1002);
+        assert_eq!(code(decode_message(&text, 8, &mut None)), 1003);
+        let ping = client_frame(OpCode::Control(Control::Ping), false, b"p");
+        assert_eq!(code(decode_message(&ping, 8, &mut None)), 1002);
+        let mut rsv = client_frame(OpCode::Data(Data::Binary), true, b"x");
+        rsv[0] |= 0x40;
+        assert_eq!(code(decode_message(&rsv, 8, &mut None)), 1002);
+    }
+
+    /// Many one-byte fragments grow the message by doubling, never past the
+    /// limit.
+    #[test]
+    fn many_small_fragments_grow_by_doubling_within_the_limit() {
+        let max = 1000;
+        let mut m = None;
+        let first = client_frame(OpCode::Data(Data::Binary), false, b"a");
+        decode_message(&first, max, &mut m).unwrap();
+        let mut grows = 0;
+        let mut cap = m.as_ref().map_or(0, Vec::capacity);
+        for _ in 1..max - 1 {
+            let f = client_frame(OpCode::Data(Data::Continue), false, b"a");
+            decode_message(&f, max, &mut m).unwrap();
+            let now = m.as_ref().map_or(0, Vec::capacity);
+            grows += usize::from(now != cap);
+            cap = now;
+            assert!(cap <= max, "{cap}");
+        }
+        assert!(grows <= 12, "{grows} reallocations");
+        let last = client_frame(OpCode::Data(Data::Continue), true, b"a");
+        match decode_message(&last, max, &mut m).unwrap() {
+            WsDecoded::Frame { body, .. } => assert_eq!(body.len(), max),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A valid close code is echoed; an empty close gets an empty close; a
@@ -373,7 +593,7 @@ mod tests {
     fn invalid_close_codes_get_protocol_error() {
         let answer = |payload: &[u8]| {
             let f = client_frame(OpCode::Control(Control::Close), true, payload);
-            match decode_message(&f, 64).unwrap() {
+            match decode(&f, 64).unwrap() {
                 WsDecoded::Control {
                     reply: Some(r),
                     close: true,

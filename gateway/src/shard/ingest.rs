@@ -143,9 +143,14 @@ impl Shard {
                     Ok(_) => Ok(None),
                     Err(e) => Err(e),
                 },
-                Transport::WebSocket => match ws::decode_message(&data[pos..], max) {
+                Transport::WebSocket => match ws_decode(c, &data[pos..], max) {
                     Ok(ws::WsDecoded::Frame { body, consumed }) => {
                         Ok(Some((codec::decode_client_body(&body, max), consumed)))
+                    }
+                    Ok(ws::WsDecoded::Fragment { consumed }) => {
+                        // Kept in the spill until its last fragment.
+                        pos += consumed;
+                        continue;
                     }
                     Ok(ws::WsDecoded::Control {
                         consumed,
@@ -164,14 +169,10 @@ impl Shard {
                     Ok(ws::WsDecoded::NeedMore) => Ok(None),
                     Err(e) => {
                         // A WebSocket protocol error: close with a status
-                        // (1009 too big, 1002 otherwise) and no Tern frame.
+                        // (1009 too big, 1003 text, 1002 otherwise) and no
+                        // Tern frame.
                         debug!(error = %e, "bad websocket frame");
-                        let code = if matches!(e, ws::WsError::TooLarge(_)) {
-                            1009
-                        } else {
-                            1002
-                        };
-                        self.write_raw(key, c, &ws::close_frame(code));
+                        self.write_raw(key, c, &ws::close_frame(e.close_code()));
                         return self.close_after_output(key, c, CloseReason::BadInput);
                     }
                 },
@@ -361,6 +362,21 @@ fn rate_limited(request_id: u64, limit: Limit, retry_after_ms: u32) -> pb::Frame
             retry_after_ms,
         })),
     }
+}
+
+/// Decodes one WebSocket frame of `c`. A fragmented message lives in the
+/// connection's spill only while it is partial: taken out for the call, put
+/// back if still partial, and the spill freed once nothing else is in it.
+fn ws_decode(c: &mut Conn, buf: &[u8], max: usize) -> Result<ws::WsDecoded, ws::WsError> {
+    let mut message = c.spill.as_mut().and_then(|s| s.ws_message.take());
+    let was_partial = message.is_some();
+    let decoded = ws::decode_message(buf, max, &mut message);
+    match message {
+        Some(m) => c.spill_mut().ws_message = Some(m),
+        None if was_partial => c.tidy(),
+        None => {}
+    }
+    decoded
 }
 
 /// The metrics label for why a session closed.

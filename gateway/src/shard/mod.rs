@@ -181,6 +181,8 @@ struct Spill {
     /// The ordering state of a resume (`Auth.resume_cursors`), while its
     /// sync is in flight and for a short while after its answer.
     resume: Option<Box<Resume>>,
+    /// A fragmented WebSocket message, while it is partial (`ws.rs`).
+    ws_message: Option<Vec<u8>>,
 }
 
 impl Conn {
@@ -224,13 +226,15 @@ impl Conn {
         }
     }
 
-    /// Frees the spill buffers once both are empty and no resume is kept.
+    /// Frees the spill buffers once both are empty and no resume or
+    /// partial WebSocket message is kept.
     fn tidy(&mut self) {
-        if self
-            .spill
-            .as_ref()
-            .is_some_and(|s| s.partial.is_empty() && s.pending_out.is_empty() && s.resume.is_none())
-        {
+        if self.spill.as_ref().is_some_and(|s| {
+            s.partial.is_empty()
+                && s.pending_out.is_empty()
+                && s.resume.is_none()
+                && s.ws_message.is_none()
+        }) {
             self.spill = None;
         }
     }
