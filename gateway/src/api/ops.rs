@@ -94,7 +94,11 @@ impl ApiOps {
         let mut answers = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if shard.lock().send(ShardMsg::OnlineUsers { reply: tx }).is_err() {
+            if shard
+                .lock()
+                .send(ShardMsg::OnlineUsers { reply: tx })
+                .is_err()
+            {
                 return Err(ApiError::overloaded("a shard queue is full"));
             }
             answers.push(rx);
