@@ -90,6 +90,15 @@ pub enum ShardMsg {
         /// Where the device ids go.
         reply: tokio::sync::oneshot::Sender<Vec<String>>,
     },
+    /// The server API asks which users this shard holds with a device that
+    /// counts toward presence (not [`PRESENCE_QUIET`]): a broadcast's
+    /// recipients. The node keeps no other list of them.
+    OnlineUsers {
+        /// Where the user ids go: one per such device, in no order (a
+        /// user with two devices is named twice; the API sorts and
+        /// deduplicates off the shard thread).
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// A connection moving to its owner shard after auth.

@@ -250,6 +250,73 @@ fn a_broadcast_reaches_every_online_user_once() {
     assert_eq!((s, body["code"].as_str()), (403, Some("PERMISSION_DENIED")));
 }
 
+/// Proves a broadcast goes to the users the shards hold with a device that
+/// counts toward presence, once each, on every device: with 3 shards
+/// (users spread over them), a user with a normal and a presence-quiet
+/// device is one recipient and both devices get the message, a user whose
+/// only device is presence-quiet is no recipient and gets nothing, and a
+/// user with two devices is counted once. No probing: a device counts from
+/// its Welcome on, since the shards answer, not the presence updates.
+#[test]
+fn a_broadcast_counts_each_user_once_and_skips_quiet_only_users() {
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        c.shards.count = 3;
+        c.api.keys = vec![ApiKeyConfig {
+            name: "ops".into(),
+            key: KEY.into(),
+            scopes: vec!["admin".into()],
+        }];
+    });
+    let (mut bob_phone, _) = Client::login(gw.tcp, "bob", "phone");
+    let mut bob_tool = login_quiet(&gw, "bob", "tool");
+    let (mut carol_phone, _) = Client::login(gw.tcp, "carol", "phone");
+    let (mut carol_laptop, _) = Client::login(gw.tcp, "carol", "laptop");
+    let (mut erin, _) = Client::login(gw.tcp, "erin", "phone");
+    let mut dave = login_quiet(&gw, "dave", "tool");
+    let (s, accepted) = call(
+        &gw,
+        "POST",
+        "/api/v1/broadcasts",
+        json!({"request_id": "b-quiet", "from": "system",
+               "content": {"type": "text", "text": "maintenance"}}),
+    );
+    assert_eq!(s, 202, "{accepted}");
+    // bob, carol, erin: not dave, and not carol twice.
+    assert_eq!(accepted["recipients"], 3, "{accepted}");
+    for c in [
+        &mut bob_phone,
+        &mut bob_tool,
+        &mut carol_phone,
+        &mut carol_laptop,
+        &mut erin,
+    ] {
+        let f = c.wait_push(|f| delivered_text(f).is_some());
+        assert_eq!(delivered_text(&f).unwrap().2, "maintenance");
+    }
+    assert!(
+        quiet_for(&mut dave, 1000).is_none_or(|f| delivered(&f).is_none()),
+        "a presence-quiet-only user got the broadcast"
+    );
+}
+
+/// Logs `user` in on `device` with the `presence-quiet` capability.
+fn login_quiet(gw: &Gateway, user: &str, device: &str) -> Client {
+    let mut c = Client::connect(gw.tcp);
+    let reply = c.request(Body::Auth(pb::Auth {
+        token: Gateway::token(user),
+        device_id: device.into(),
+        protocol_version: 1,
+        platform: pb::Platform::Cli as i32,
+        capabilities: vec!["presence-quiet".into()],
+        ..Default::default()
+    }));
+    assert!(
+        matches!(reply.body, Some(Body::Welcome(_))),
+        "expected welcome, got {reply:?}"
+    );
+    c
+}
+
 /// Proves a ban closes every device of the user with Kick BANNED, refuses
 /// each new login the same way (a message sent at once is refused, not
 /// stored: its group gets nothing), and that after the unban a login stays

@@ -39,36 +39,6 @@ use crate::store::BanRecord;
 /// are still enforced at every login, from the store).
 pub const BANNED_CACHE_USERS_MAX: usize = 100_000;
 
-/// Users online on this node: those the gateway reported ONLINE (their
-/// first device that counts toward presence connected) and not OFFLINE
-/// since. Bounded by the node's connections. What a broadcast goes to.
-#[derive(Debug, Default)]
-pub(super) struct OnlineUsers {
-    users: Mutex<HashSet<String>>,
-}
-
-impl OnlineUsers {
-    /// The gateway's presence update for `user`.
-    pub(super) fn note(&self, user: &str, state: i32) {
-        let mut users = self.users.lock();
-        if state == pb::PresenceState::Offline as i32 {
-            users.remove(user);
-        } else if !users.contains(user) {
-            users.insert(user.to_owned());
-        }
-    }
-
-    fn list(&self, max: usize) -> Vec<String> {
-        let users = self.users.lock();
-        let mut list: Vec<String> = users.iter().take(max).cloned().collect();
-        list.sort_unstable();
-        list
-    }
-}
-
-/// Users one online listing names at most.
-pub const ONLINE_LIST_USERS_MAX: usize = 1_000_000;
-
 /// The users this domain found banned.
 #[derive(Debug, Default)]
 pub(super) struct BannedCache {
@@ -155,24 +125,6 @@ impl Domain {
                 "an operator kicks with ADMIN or BANNED".into(),
             )),
         }
-    }
-
-    /// An operator's `PresenceQuery` with no user ids: every user online on
-    /// this node (see [`OnlineUsers`]), as ONLINE presences, sorted.
-    pub(super) fn online_users(&self) -> Handled {
-        let presences = self
-            .online
-            .list(ONLINE_LIST_USERS_MAX)
-            .into_iter()
-            .map(|user_id| pb::Presence {
-                user_id,
-                state: pb::PresenceState::Online as i32,
-                ..Default::default()
-            })
-            .collect();
-        Ok(Outcome::reply(Body::PresenceResult(pb::PresenceResult {
-            presences,
-        })))
     }
 
     /// Whether `user` is banned, from the store (the API's user view).

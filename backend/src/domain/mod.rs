@@ -195,8 +195,6 @@ pub struct Domain {
     /// Users found banned (by a ban here or a login check): their requests
     /// are refused without a store read. See `admin.rs`.
     banned: admin::BannedCache,
-    /// Users online on this node (for broadcasts). See `admin.rs`.
-    online: admin::OnlineUsers,
 }
 
 impl std::fmt::Debug for Domain {
@@ -223,7 +221,6 @@ impl Domain {
             id_seed,
             id_counter: AtomicU64::new(0),
             banned: admin::BannedCache::default(),
-            online: admin::OnlineUsers::default(),
         }
     }
 
@@ -296,12 +293,7 @@ impl Domain {
                         Err(e) => outcomes[i] = Some(Outcome::error(&e)),
                     }
                 }
-                Body::SetPresence(r) => {
-                    if caller.is_connection() {
-                        self.online.note(&caller.user_id, r.state);
-                    }
-                    presences.push((i, caller, r));
-                }
+                Body::SetPresence(r) => presences.push((i, caller, r)),
                 body => {
                     self.flush_sends(now_ms, &mut pending, &mut outcomes);
                     self.flush_presences(now_ms, &mut presences, &mut outcomes);
@@ -344,7 +336,6 @@ impl Domain {
             Body::Conversations(r) => self.conversations(me, r),
             Body::Typing(r) => self.typing(me, now_ms, r),
             Body::SetPresence(r) => self.set_presence(me, now_ms, r),
-            Body::PresenceQuery(r) if me.admin && r.user_ids.is_empty() => self.online_users(),
             Body::PresenceQuery(r) => self.presence_query(me, now_ms, r),
             Body::FriendRequest(r) => self.friend_request(me, now_ms, r),
             Body::FriendAccept(r) => self.friend_accept(me, now_ms, r),

@@ -506,19 +506,8 @@ async fn broadcast(
         r.duplicate = true;
         return Ok((StatusCode::ACCEPTED, Json(r)));
     }
-    let online = match state
-        .backend
-        .call_admin(&m.from, Body::PresenceQuery(pb::PresenceQuery::default()))
-        .await?
-    {
-        Some(Body::PresenceResult(r)) => r.presences,
-        other => return Err(ApiError::internal(format!("unexpected answer {other:?}"))),
-    };
-    let users: Vec<String> = online
-        .into_iter()
-        .map(|p| p.user_id)
-        .filter(|u| *u != m.from)
-        .collect();
+    let mut users = state.ops.online_users(SHARDS_ANSWER_TIMEOUT).await?;
+    users.retain(|u| *u != m.from);
     let rate = state.ops.settings.broadcast_users_per_second.max(1) as usize;
     let accepted = BroadcastAccepted {
         request_id: m.request_id.clone(),
@@ -539,6 +528,10 @@ async fn broadcast(
     ));
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
+
+/// How long a broadcast waits for the shards to name their online users
+/// (503 past it).
+const SHARDS_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Retries of one broadcast message after a 5xx (full ring, timeout).
 const BROADCAST_RETRIES_MAX: u32 = 3;

@@ -81,6 +81,42 @@ impl ApiOps {
         }
     }
 
+    /// The users with a device connected to this node that counts toward
+    /// presence (not `presence-quiet`), asked of every shard with one
+    /// deadline for all; sorted, each once. What a broadcast goes to.
+    pub async fn online_users(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<String>, ApiError> {
+        if self.shards.is_empty() {
+            return Err(ApiError::overloaded("no shard"));
+        }
+        let mut answers = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if shard
+                .lock()
+                .send(ShardMsg::OnlineUsers { reply: tx })
+                .is_err()
+            {
+                return Err(ApiError::overloaded("a shard queue is full"));
+            }
+            answers.push(rx);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut users = Vec::new();
+        for rx in answers {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(mut some)) => users.append(&mut some),
+                Ok(Err(_)) => return Err(ApiError::overloaded("a shard is stopping")),
+                Err(_) => return Err(ApiError::overloaded("a shard did not answer in time")),
+            }
+        }
+        users.sort_unstable();
+        users.dedup();
+        Ok(users)
+    }
+
     /// Whether `user` is one of the configured system senders.
     pub fn is_system(&self, user: &str) -> bool {
         self.settings.system_users.iter().any(|u| u == user)

@@ -286,6 +286,19 @@ impl Shard {
                     .collect();
                 let _ = reply.send(devices);
             }
+            ShardMsg::OnlineUsers { reply } => {
+                // One pass over the device index: indexed devices are the
+                // welcomed ones not displaced or finished, as the presence
+                // updates this shard sends count them.
+                let index = self.users.borrow();
+                let conns = self.conns.borrow();
+                let users = index
+                    .iter()
+                    .filter_map(|&k| conns.get(k as usize).filter(|c| !c.quiet)?.user())
+                    .map(str::to_owned)
+                    .collect();
+                let _ = reply.send(users);
+            }
             ShardMsg::Displace { user, device } => self.displace(&user, &device),
             ShardMsg::Recount => self.recount(),
         }
