@@ -167,17 +167,25 @@ fn repeated_abuse_is_kicked_with_a_reason_and_retry_after() {
         c.limits.kick_retry_after_max_ms = 4_000;
     });
     let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
+    // All ten in one write: the server kicks and closes after the fourth,
+    // and a write after that close would fail (broken pipe) on a busy
+    // machine where the server is quicker than the test.
+    let mut burst = Vec::new();
     for i in 0..10u64 {
-        alice.send_frame(&pb::Frame {
-            request_id: 100 + i,
-            body: Some(Body::Send(pb::Send {
-                client_msg_id: format!("x{i}"),
-                to: Some(pb::send::To::UserId("bob".into())),
-                content: Some(text_content("spam")),
-                ..Default::default()
-            })),
-        });
+        tern_protocol::codec::encode_frame(
+            &pb::Frame {
+                request_id: 100 + i,
+                body: Some(Body::Send(pb::Send {
+                    client_msg_id: format!("x{i}"),
+                    to: Some(pb::send::To::UserId("bob".into())),
+                    content: Some(text_content("spam")),
+                    ..Default::default()
+                })),
+            },
+            &mut burst,
+        );
     }
+    alice.send_raw(&burst).unwrap();
     let (mut limited, mut kick) = (0, None);
     while let Some(f) = alice.next_frame() {
         match f.body {
