@@ -413,7 +413,7 @@ impl Keys {
         if let Some(old) = self.0.load().as_deref() {
             if let Some(lost) = old.ids().find(|id| !ring.ids().any(|n| n == *id)) {
                 return Err(format!(
-                    "key {lost:?} is missing: records sealed with it would become unreadable (remove a key only with a restart, after re-sealing)"
+                    "key {lost:?} is missing: records sealed with it would become unreadable (a key leaves the ring only with a restart)"
                 ));
             }
         }

@@ -34,6 +34,8 @@ use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use tern_backend::seal::Keys;
+
 use super::{ApiError, ApiState, Authorized, Scope, error::ErrorBody};
 use crate::{
     auth::Verifier,
@@ -53,6 +55,8 @@ pub struct MediaService {
     pub store: DiskStore,
     /// Verifies user tokens.
     pub verifier: Arc<Verifier>,
+    /// Seals objects at rest (empty: stored in clear).
+    pub keys: Arc<Keys>,
 }
 
 impl MediaService {
@@ -63,7 +67,14 @@ impl MediaService {
             config,
             store,
             verifier,
+            keys: Keys::new(None),
         })
+    }
+
+    /// Seals new objects with `keys` (and opens sealed ones with it).
+    pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.keys = keys;
+        self
     }
 }
 
@@ -209,7 +220,7 @@ impl From<MediaError> for ApiError {
             }
             MediaError::BadImage(_) => Self::new(StatusCode::BAD_REQUEST, "BAD_IMAGE", message),
             MediaError::Empty => Self::invalid(message),
-            MediaError::Io(_) => Self::internal(message),
+            MediaError::Io(_) | MediaError::Sealed(_) => Self::internal(message),
         }
     }
 }
@@ -317,7 +328,27 @@ async fn receive(
 
     let id = media::new_id();
     let store = &svc.store;
-    store.place(tmp, &id).await.map_err(MediaError::from)?;
+    // Encryption at rest: the checked upload is sealed into a second
+    // temporary file, which is what the store places; the clear one goes.
+    let ring = svc.keys.load_full();
+    match ring.as_deref() {
+        Some(ring) => {
+            let sealed = store.temp_path();
+            let placed = async {
+                media::seal::seal_file(ring, &id, tmp, &sealed).await?;
+                store.place(&sealed, &id).await
+            }
+            .await;
+            if placed.is_err() {
+                let _ = tokio::fs::remove_file(&sealed).await;
+            }
+            placed.map_err(MediaError::from)?;
+            tokio::fs::remove_file(tmp)
+                .await
+                .map_err(MediaError::from)?;
+        }
+        None => store.place(tmp, &id).await.map_err(MediaError::from)?,
+    }
     let mut meta = Meta {
         media_id: id.clone(),
         kind,
@@ -329,13 +360,22 @@ async fn receive(
         owner: caller.owner(),
         thumbnail: None,
         compressed: None,
+        sealed: ring.is_some(),
     };
     if let Some(p) = processed {
         meta.width = p.width;
         meta.height = p.height;
         let put = async |suffix: &str, v: images::Variant| {
             let vid = format!("{id}{suffix}");
-            store.put(&vid, &v.jpeg).await.map_err(MediaError::from)?;
+            match ring.as_deref() {
+                Some(ring) => {
+                    store
+                        .put(&vid, &media::seal::seal_bytes(ring, &vid, &v.jpeg))
+                        .await
+                }
+                None => store.put(&vid, &v.jpeg).await,
+            }
+            .map_err(MediaError::from)?;
             Ok::<_, ApiError>(VariantMeta {
                 media_id: vid,
                 mime: "image/jpeg".into(),
@@ -440,7 +480,18 @@ async fn download(
             std::io::ErrorKind::NotFound => not_found(),
             _ => MediaError::from(e).into(),
         })?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let body = if meta.sealed {
+        let ring = svc.keys.load_full();
+        let stream = media::seal::open_stream(ring.as_deref(), &media_id, file)
+            .await
+            .map_err(|e| match e {
+                media::seal::OpenError::Io(e) => MediaError::Io(e),
+                media::seal::OpenError::Sealed(e) => MediaError::Sealed(e),
+            })?;
+        Body::from_stream(stream)
+    } else {
+        Body::from_stream(tokio_util::io::ReaderStream::new(file))
+    };
     let mut r = Response::new(body);
     let h = r.headers_mut();
     let ct = HeaderValue::from_str(&mime)

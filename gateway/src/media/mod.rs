@@ -7,12 +7,15 @@
 //! declares more pixels than allowed, and only then decoded, under
 //! `image::Limits`, into a thumbnail and a compressed variant ([`images`]).
 //! Each object is renamed into place and its metadata written last
-//! ([`store`]), so an object without metadata never becomes visible.
+//! ([`store`]), so an object without metadata never becomes visible. With
+//! encryption at rest on, objects are sealed before they are placed and
+//! opened while they stream out ([`seal`]).
 //!
 //! This module does no HTTP and no access control: `api::media` does both.
 //! It never runs on a shard thread.
 
 pub mod images;
+pub mod seal;
 pub mod sniff;
 pub mod store;
 
@@ -90,6 +93,10 @@ pub enum MediaError {
     /// The disk failed (internal).
     #[error("media store: {0}")]
     Io(#[from] std::io::Error),
+    /// A sealed object cannot be opened: its key is not in the key ring,
+    /// or it fails authentication (internal).
+    #[error("media store: {0}")]
+    Sealed(#[from] tern_backend::seal::SealError),
 }
 
 /// The limits and sizes the module applies (from `[media]`).
