@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use fjall::{
     KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
@@ -32,6 +33,7 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use tern_protocol::pb;
 
+use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
     Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials, FriendRecord,
     FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
@@ -53,6 +55,8 @@ const PRESENCE_RECORDS_MAX: usize = 1_000_000;
 pub struct EmbeddedStore {
     db: SingleWriterTxDatabase,
     ks: Keyspaces,
+    /// Seals message contents in the log (empty: stored in clear).
+    keys: Arc<Keys>,
     presence: Mutex<HashMap<Box<str>, HeldPresence>>,
 }
 
@@ -99,7 +103,8 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 struct Keyspaces {
-    /// `conv \0 seq_be` → encoded `pb::Entry` (with seq set).
+    /// `conv \0 seq_be` → encoded `pb::Entry` (with seq set), its message
+    /// content sealed when keys are set (`crate::seal::encode_entry`).
     log: SingleWriterTxKeyspace,
     /// `conv` → encoded [`ConvHead`].
     head: SingleWriterTxKeyspace,
@@ -166,8 +171,17 @@ impl EmbeddedStore {
         Ok(Self {
             db,
             ks,
+            keys: Arc::default(),
             presence: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Seals the message contents it writes from now on with `keys` (and
+    /// opens sealed ones with it); contents stored in clear stay readable.
+    /// Without it (the default) contents are stored in clear.
+    pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// A durable write transaction: `commit` fsyncs the journal.
@@ -210,10 +224,11 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<Vec<Result<Appended, AppendRefused>>> {
         let mut tx = self.write_tx();
         let ks = &self.ks;
+        let ring = self.keys.load();
         purge_dedup(&mut tx, ks, now_ms)?;
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            out.push(append_one(&mut tx, ks, now_ms, item)?);
+            out.push(append_one(&mut tx, ks, ring.as_deref(), now_ms, item)?);
         }
         tx.commit().map_err(backend)?;
         Ok(out)
@@ -256,11 +271,12 @@ impl Store for EmbeddedStore {
             return Ok(Vec::new());
         }
         let snap = self.db.read_tx();
+        let ring = self.keys.load();
         let range = log_key(conversation, from_seq)..=log_key(conversation, to_seq);
         let mut out = Vec::new();
         for guard in snap.range(&self.ks.log, range).take(limit) {
             let (_, v) = guard.into_inner().map_err(backend)?;
-            out.push(decode(&v)?);
+            out.push(seal::decode_entry(ring.as_deref(), conversation, &v)?);
         }
         Ok(out)
     }
@@ -315,6 +331,7 @@ impl Store for EmbeddedStore {
         change: &GroupChange,
     ) -> StoreResult<Result<Vec<u64>, GroupConflict>> {
         let ks = &self.ks;
+        let ring = self.keys.load();
         let mut tx = self.write_tx();
         let gid = change.group_id.as_str();
         let current: Option<GroupMeta> = tx_get(&tx, &ks.group, gid.as_bytes())?;
@@ -346,6 +363,7 @@ impl Store for EmbeddedStore {
             seqs.push(write_entry(
                 &mut tx,
                 ks,
+                ring.as_deref(),
                 &conv,
                 &mut head,
                 entry.clone(),
@@ -571,6 +589,7 @@ impl Credentials for EmbeddedStore {
 fn append_one(
     tx: &mut SingleWriterWriteTx<'_>,
     ks: &Keyspaces,
+    keys: Option<&KeyRing>,
     now_ms: u64,
     item: &Append,
 ) -> StoreResult<Result<Appended, AppendRefused>> {
@@ -606,7 +625,12 @@ fn append_one(
         AppendEffect::None => {}
         AppendEffect::Recall { seq } => {
             let key = log_key(conv, *seq);
-            let target: Option<pb::Entry> = tx_get(tx, &ks.log, &key)?;
+            // The content is dropped, so it is never opened: a recall works
+            // without the key a sealed content was written with.
+            let target = match tx.get(&ks.log, &key).map_err(backend)? {
+                Some(v) => Some(seal::decode_entry_without_content(&v)?),
+                None => None,
+            };
             match target {
                 Some(mut e) => match &mut e.body {
                     Some(pb::entry::Body::Message(m)) if !m.recalled => {
@@ -634,7 +658,15 @@ fn append_one(
         }
     }
     let mut head: ConvHead = tx_get(tx, &ks.head, conv.as_bytes())?.unwrap_or_default();
-    let seq = write_entry(tx, ks, conv, &mut head, item.entry.clone(), item.activity);
+    let seq = write_entry(
+        tx,
+        ks,
+        keys,
+        conv,
+        &mut head,
+        item.entry.clone(),
+        item.activity,
+    );
     tx.insert(&ks.head, conv.as_bytes().to_vec(), head.encode_to_vec());
     if let Some((key, e)) = recalled {
         tx.insert(&ks.log, key, e.encode_to_vec());
@@ -673,6 +705,7 @@ fn append_one(
 fn write_entry(
     tx: &mut SingleWriterWriteTx<'_>,
     ks: &Keyspaces,
+    keys: Option<&KeyRing>,
     conv: &str,
     head: &mut ConvHead,
     mut entry: pb::Entry,
@@ -686,7 +719,11 @@ fn write_entry(
     if activity {
         head.last_activity_ms = entry.time_ms;
     }
-    tx.insert(&ks.log, log_key(conv, seq), entry.encode_to_vec());
+    tx.insert(
+        &ks.log,
+        log_key(conv, seq),
+        seal::encode_entry(keys, conv, entry),
+    );
     seq
 }
 

@@ -5,6 +5,8 @@
 //!   gateway calls), authorization included.
 //! - [`store`]: the [`Store`] trait the domain runs on, and its records.
 //! - [`embedded`]: the on-disk store (fjall).
+//! - [`seal`]: encryption at rest (the key ring, sealed message bodies
+//!   both stores write, and the STREAM sealing of media objects).
 //! - [`config`], [`error`]: settings with defaults, typed domain errors.
 //!
 //! Never does network I/O to clients; the gateway calls into it from backend
@@ -15,6 +17,7 @@ pub mod domain;
 pub mod embedded;
 pub mod error;
 pub mod redis_store;
+pub mod seal;
 pub mod store;
 
 pub use config::Config;

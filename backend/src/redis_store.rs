@@ -22,6 +22,7 @@
 pub mod keys;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -31,6 +32,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{Cmd, ConnectionLike, RedisError, ServerErrorKind, Value};
 use tern_protocol::pb;
 
+use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
     Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials, FriendRecord,
     FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
@@ -283,6 +285,8 @@ pub struct RedisStore {
     /// a steady 1:1 chat costs no index write (and in a cluster, no second
     /// round trip). Cleared when full.
     indexed: Mutex<HashSet<String>>,
+    /// Seals message contents before they reach Redis (empty: in clear).
+    keys: Arc<Keys>,
 }
 
 impl RedisStore {
@@ -320,7 +324,18 @@ impl RedisStore {
             wait: config.wait,
             version,
             indexed: Mutex::new(HashSet::new()),
+            keys: Arc::default(),
         })
+    }
+
+    /// Seals the message contents it writes from now on with `keys` (and
+    /// opens sealed ones with it); contents stored in clear stay readable.
+    /// Without it (the default) contents are stored in clear. Sealing
+    /// happens here, before the functions run: they never see a content,
+    /// and recall drops it without opening it.
+    pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// The server's version (the lowest over a cluster's primaries).
@@ -505,6 +520,7 @@ impl RedisStore {
         let mut appends = Pipe::default();
         let mut new_index: HashSet<String> = HashSet::new();
         {
+            let ring = self.keys.load();
             let known = self.indexed.lock();
             for item in items {
                 let k = ConvKeys::new(&item.conversation)?;
@@ -515,7 +531,7 @@ impl RedisStore {
                         index.add(zadd_lex(&uk.convs, &item.conversation));
                     }
                 }
-                appends.add_once(append_cmd(&k, now_ms, item)?);
+                appends.add_once(append_cmd(&k, ring.as_deref(), now_ms, item)?);
             }
         }
         // Index entries first: they must exist before the record they point
@@ -603,8 +619,10 @@ impl RedisStore {
             c.arg(u);
         }
         c.arg(n_entries);
+        let ring = self.keys.load();
         for e in &change.entries {
-            c.arg(stored_entry(e)).arg(e.time_ms);
+            c.arg(stored_entry(ring.as_deref(), &conversation, e))
+                .arg(e.time_ms);
         }
         c.arg(change.views.len());
         for v in &change.views {
@@ -955,11 +973,12 @@ impl Store for RedisStore {
             return Err(RedisStoreError::Reply(format!("tern_range_v1 answered {v:?}")).into());
         };
         let first_seq = from_seq.max(1);
+        let ring = self.keys.load();
         let mut out = Vec::with_capacity(vals.len());
         for (i, v) in vals.into_iter().enumerate() {
             let seq = first_seq + i as u64;
             if let Some(bytes) = opt_bytes(v)? {
-                out.push(load_entry(conversation, seq, &bytes)?);
+                out.push(load_entry(ring.as_deref(), conversation, seq, &bytes)?);
             }
         }
         Ok(out)
@@ -1319,7 +1338,7 @@ impl Credentials for RedisStore {
 // ---------------------------------------------------------------------------
 
 /// The FCALL of one append item.
-fn append_cmd(k: &ConvKeys, now_ms: u64, item: &Append) -> Result<Cmd> {
+fn append_cmd(k: &ConvKeys, keys: Option<&KeyRing>, now_ms: u64, item: &Append) -> Result<Cmd> {
     let mut c = redis::cmd("FCALL");
     c.arg("tern_append_v1").arg(6);
     c.arg(&k.head)
@@ -1335,7 +1354,7 @@ fn append_cmd(k: &ConvKeys, now_ms: u64, item: &Append) -> Result<Cmd> {
         None => c.arg(&k.members),
     };
     c.arg(now_ms)
-        .arg(stored_entry(&item.entry))
+        .arg(stored_entry(keys, &item.conversation, &item.entry))
         .arg(item.entry.time_ms);
     c.arg(if item.activity { "1" } else { "0" });
     match &item.dedup {
@@ -1387,19 +1406,27 @@ fn parse_append_reply(v: &Value) -> Result<Result<Appended, AppendRefused>> {
 
 /// An entry as stored: without `seq` and `conversation_id`, which the store
 /// owns and sets again on read (proto3 omits the zero and the empty string,
-/// so the stored bytes do not repeat the key).
-fn stored_entry(e: &pb::Entry) -> Vec<u8> {
+/// so the stored bytes do not repeat the key); its content sealed when
+/// `keys` are set ([`seal::encode_entry`]).
+fn stored_entry(keys: Option<&KeyRing>, conversation: &str, e: &pb::Entry) -> Vec<u8> {
     // One clone per append, to clear two fields without touching the
     // caller's entry; the encoding allocates anyway.
     let mut e = e.clone();
     e.seq = 0;
     e.conversation_id.clear();
-    e.encode_to_vec()
+    seal::encode_entry(keys, conversation, e)
 }
 
-fn load_entry(conversation: &str, seq: u64, bytes: &[u8]) -> Result<pb::Entry> {
-    let mut e = pb::Entry::decode(bytes)
-        .map_err(|e| RedisStoreError::Corrupt(format!("entry {conversation}#{seq}: {e}")))?;
+fn load_entry(
+    keys: Option<&KeyRing>,
+    conversation: &str,
+    seq: u64,
+    bytes: &[u8],
+) -> StoreResult<pb::Entry> {
+    let mut e = seal::decode_entry(keys, conversation, bytes).map_err(|e| match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("entry {conversation}#{seq}: {m}")),
+        other => other,
+    })?;
     e.seq = seq;
     e.conversation_id = conversation.to_owned();
     Ok(e)

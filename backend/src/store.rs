@@ -111,6 +111,10 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// A sealed record could not be opened: its key is not in the key
+    /// ring, or it fails authentication (see `crate::seal`).
+    #[error(transparent)]
+    Sealed(#[from] crate::seal::SealError),
 }
 
 /// The result of a store call.

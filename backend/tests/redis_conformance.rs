@@ -1,7 +1,8 @@
 //! The shared conformance suite (`conformance/mod.rs`, the same cases the
-//! embedded store passes) against the Redis store, twice: on one real
+//! embedded store passes) against the Redis store, three times: on one real
 //! `redis-server` with `appendonly yes`, `appendfsync always` (the
-//! production setting, checked by `require_durable`), and on a real
+//! production setting, checked by `require_durable`), again there with
+//! encryption at rest on, and on a real
 //! 3-master Redis Cluster. Every case gets its own fresh server(s) on free
 //! loopback ports, killed when the case ends.
 
@@ -24,6 +25,27 @@ mod single {
         let server = RedisServer::start(ServerOptions::DURABLE);
         let config = RedisConfig::new(RedisNodes::Single(server.url()));
         let store = RedisStore::open(config).expect("open the redis store");
+        conformance::Fixture::new(Arc::new(store), server)
+    }
+
+    conformance_tests!(make);
+}
+
+/// Cases against one durable server with encryption at rest on: message
+/// contents reach Redis sealed, and the Redis functions (recall rewrites,
+/// ranges) work on them unchanged.
+mod sealed {
+    use super::*;
+    use redis_harness::{RedisServer, ServerOptions};
+    use tern_backend::seal::{KeyRing, Keys};
+
+    fn make() -> conformance::Fixture {
+        let server = RedisServer::start(ServerOptions::DURABLE);
+        let config = RedisConfig::new(RedisNodes::Single(server.url()));
+        let ring = KeyRing::new(vec![("k1".into(), [7; 32])], "k1").expect("key ring");
+        let store = RedisStore::open(config)
+            .expect("open the redis store")
+            .with_keys(Keys::new(Some(ring)));
         conformance::Fixture::new(Arc::new(store), server)
     }
 

@@ -61,6 +61,8 @@ pub struct Config {
     pub lists: ListsSettings,
     /// The sensitive-word filter on client sends and group texts.
     pub filter: FilterSettings,
+    /// Encryption at rest of message contents and media (off by default).
+    pub encryption: EncryptionSettings,
 }
 
 /// Where clients and operators connect.
@@ -2215,5 +2217,43 @@ impl FilterSettings {
             });
         }
         Ok(())
+    }
+}
+
+// ---- [encryption]: encryption at rest ----
+
+/// Encryption at rest (docs/security.md, "Encryption at rest"): message
+/// contents in either store and media objects are sealed with
+/// XChaCha20-Poly1305 under the current key of a key file; every key of the
+/// file still opens what it sealed. Off (everything stored in clear) while
+/// no key file is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// The key file: lines `id = <base64 of 32 random bytes>`, optionally
+    /// `current = <id>` (else the first key is current), `#` comments.
+    /// Re-read on SIGHUP (keys may be added and `current` changed; a key
+    /// still in use may not be removed then). Default none: off.
+    pub keys_file: Option<PathBuf>,
+}
+
+impl EncryptionSettings {
+    /// The key ring of `keys_file` (`None` when unset), shared by whoever
+    /// seals with it; registers a SIGHUP reloader that re-reads the file.
+    /// The error is one line naming the file (and the line at fault).
+    pub fn load_keys(&self) -> anyhow::Result<std::sync::Arc<tern_backend::seal::Keys>> {
+        use tern_backend::seal::{KeyRing, Keys};
+        let Some(path) = self.keys_file.clone() else {
+            return Ok(Keys::new(None));
+        };
+        let keys = Keys::new(Some(KeyRing::load(&path)?));
+        let shared = keys.clone();
+        crate::reload::on_hup("encryption", move || {
+            let ring = KeyRing::load(&path)?;
+            shared
+                .replace(ring)
+                .map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))
+        });
+        Ok(keys)
     }
 }

@@ -322,7 +322,8 @@ impl Server {
                         },
                         verifier.clone(),
                     )
-                    .context("opening the media store")?,
+                    .context("opening the media store")?
+                    .with_keys(cfg.encryption.load_keys()?),
                 );
                 let api = crate::api::ApiState {
                     keys: Arc::new(crate::api::ApiKeys::new(&cfg.api.keys)),

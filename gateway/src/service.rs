@@ -9,6 +9,7 @@ use tern_backend::{
     domain::{Caller as DomainCaller, Domain, Effect as DomainEffect, Request},
     embedded::EmbeddedStore,
     redis_store::{RedisConfig, RedisNodes, RedisStore},
+    seal::Keys,
     store::{Credentials, Store},
 };
 use tern_protocol::pb::frame::Body;
@@ -32,13 +33,14 @@ pub struct BackendService {
 
 impl BackendService {
     /// Opens the configured store (the embedded one in `settings.data_dir`,
-    /// created if missing, or Redis) with the default chat settings.
+    /// created if missing, or Redis) with the default chat settings and no
+    /// encryption at rest.
     pub fn open(settings: &BackendSettings) -> anyhow::Result<Self> {
         let chat = DomainConfig {
             presence_expiry_ms: PRESENCE_HELD_MS,
             ..DomainConfig::default()
         };
-        Self::open_with(settings, chat)
+        Self::open_with(settings, chat, Keys::new(None))
     }
 
     /// Opens the embedded store with the chat settings of `cfg`.
@@ -57,16 +59,22 @@ impl BackendService {
         // with the process). Across nodes the gateway's workers decide
         // "first" and "last" from Redis (docs/cluster.md), still no lease.
         chat.presence_expiry_ms = PRESENCE_HELD_MS;
-        Self::open_with(&cfg.backend, chat)
+        // Keys first: a bad key file is refused before the store opens.
+        let keys = cfg.encryption.load_keys()?;
+        Self::open_with(&cfg.backend, chat, keys)
     }
 
-    fn open_with(settings: &BackendSettings, chat: DomainConfig) -> anyhow::Result<Self> {
+    fn open_with(
+        settings: &BackendSettings,
+        chat: DomainConfig,
+        keys: Arc<Keys>,
+    ) -> anyhow::Result<Self> {
         chat.validate()
             .map_err(|e| anyhow::anyhow!("chat settings: {e}"))?;
         let (store, credentials): (Arc<dyn Store>, Arc<dyn Credentials>) = match settings.store {
             StoreKind::Embedded => {
                 std::fs::create_dir_all(&settings.data_dir)?;
-                let s = Arc::new(EmbeddedStore::open(&settings.data_dir)?);
+                let s = Arc::new(EmbeddedStore::open(&settings.data_dir)?.with_keys(keys));
                 (s.clone(), s)
             }
             StoreKind::Redis => {
@@ -80,7 +88,7 @@ impl BackendService {
                     };
                     RedisNodes::Single(url.clone())
                 };
-                let s = Arc::new(RedisStore::open(RedisConfig::new(nodes))?);
+                let s = Arc::new(RedisStore::open(RedisConfig::new(nodes))?.with_keys(keys));
                 (s.clone(), s)
             }
         };

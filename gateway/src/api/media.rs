@@ -39,6 +39,8 @@ use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use tern_backend::seal::Keys;
+
 use super::{ApiError, ApiState, Authorized, Scope, error::ErrorBody};
 use crate::{
     auth::Verifier,
@@ -58,6 +60,8 @@ pub struct MediaService {
     pub store: Store,
     /// Verifies user tokens.
     pub verifier: Arc<Verifier>,
+    /// Seals objects at rest (empty: stored in clear).
+    pub keys: Arc<Keys>,
 }
 
 impl MediaService {
@@ -78,7 +82,14 @@ impl MediaService {
             config,
             store,
             verifier,
+            keys: Keys::new(None),
         })
+    }
+
+    /// Seals new objects with `keys` (and opens sealed ones with it).
+    pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.keys = keys;
+        self
     }
 }
 
@@ -224,7 +235,9 @@ impl From<MediaError> for ApiError {
             }
             MediaError::BadImage(_) => Self::new(StatusCode::BAD_REQUEST, "BAD_IMAGE", message),
             MediaError::Empty => Self::invalid(message),
-            MediaError::Io(_) | MediaError::Store(StoreError::Io(_)) => Self::internal(message),
+            MediaError::Io(_) | MediaError::Sealed(_) | MediaError::Store(StoreError::Io(_)) => {
+                Self::internal(message)
+            }
             MediaError::Store(StoreError::Unavailable(cause)) => {
                 store_failure_logged(&cause);
                 Self {
@@ -370,6 +383,7 @@ async fn receive(
         None
     };
 
+    let ring = svc.keys.load_full();
     let mut meta = Meta {
         media_id: media::new_id(),
         kind,
@@ -381,12 +395,21 @@ async fn receive(
         owner: caller.owner(),
         thumbnail: None,
         compressed: None,
+        sealed: ring.is_some(),
     };
     // What was stored before a failure goes again (it has no metadata, so
     // it would never be served, but it would take room) — in the
     // background: the answer does not wait on a store that is failing.
     let mut stored = Vec::with_capacity(3);
-    let result = store_upload(&svc.store, tmp, &mut meta, processed, &mut stored).await;
+    let result = store_upload(
+        &svc.store,
+        ring.as_deref(),
+        tmp,
+        &mut meta,
+        processed,
+        &mut stored,
+    )
+    .await;
     if result.is_err() && !stored.is_empty() {
         let store = svc.store.clone();
         tokio::spawn(async move {
@@ -403,13 +426,32 @@ async fn receive(
 /// in `stored` each object stored.
 async fn store_upload(
     store: &Store,
+    ring: Option<&tern_backend::seal::KeyRing>,
     tmp: &std::path::Path,
     meta: &mut Meta,
     processed: Option<images::Processed>,
     stored: &mut Vec<String>,
-) -> Result<(), StoreError> {
+) -> Result<(), MediaError> {
     let id = meta.media_id.clone();
-    store.put(tmp, &id).await?;
+    match ring {
+        // Encryption at rest: the checked upload is sealed into a second
+        // temporary file, which is what the store takes; the clear one goes.
+        Some(ring) => {
+            let sealed = store.temp_path();
+            let put = async {
+                media::seal::seal_file(ring, &id, tmp, &sealed).await?;
+                store.put(&sealed, &id).await?;
+                Ok::<_, MediaError>(())
+            }
+            .await;
+            if put.is_err() {
+                let _ = tokio::fs::remove_file(&sealed).await;
+            }
+            put?;
+            tokio::fs::remove_file(tmp).await?;
+        }
+        None => store.put(tmp, &id).await?,
+    }
     stored.push(id.clone());
     if let Some(p) = processed {
         meta.width = p.width;
@@ -419,10 +461,17 @@ async fn store_upload(
             (COMPRESSED_SUFFIX, p.compressed),
         ] {
             let vid = format!("{id}{suffix}");
-            let vtmp = store.write_temp(&v.jpeg).await?;
+            let vtmp = match ring {
+                Some(ring) => {
+                    store
+                        .write_temp(&media::seal::seal_bytes(ring, &vid, &v.jpeg))
+                        .await?
+                }
+                None => store.write_temp(&v.jpeg).await?,
+            };
             if let Err(e) = store.put(&vtmp, &vid).await {
                 let _ = tokio::fs::remove_file(&vtmp).await;
-                return Err(e);
+                return Err(e.into());
             }
             stored.push(vid.clone());
             let variant = VariantMeta {
@@ -439,7 +488,7 @@ async fn store_upload(
             }
         }
     }
-    store.publish(meta).await
+    Ok(store.publish(meta).await?)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -494,15 +543,17 @@ async fn download(
     }
     let parent = media::parent_of(&media_id);
     let meta = svc.store.meta(parent).await?.ok_or_else(not_found)?;
-    let mime = if media_id == parent {
-        meta.mime.clone()
+    // The size is the object's as uploaded (a sealed object is stored
+    // longer).
+    let (mime, size) = if media_id == parent {
+        (meta.mime.clone(), meta.size_bytes)
     } else {
         let v = [&meta.thumbnail, &meta.compressed]
             .into_iter()
             .flatten()
             .find(|v| v.media_id == media_id)
             .ok_or_else(not_found)?;
-        v.mime.clone()
+        (v.mime.clone(), v.size_bytes)
     };
     if let Caller::User(user) = &caller
         && *user != meta.owner
@@ -522,11 +573,23 @@ async fn download(
             )));
         }
     }
-    // Streamed from the store as the client takes it: never whole in
-    // memory.
+    // Streamed from the store as the client takes it (and opened on the
+    // way when sealed): never whole in memory.
     let object = svc.store.get(&media_id).await?.ok_or_else(not_found)?;
-    let size = object.size_bytes;
-    let mut r = Response::new(Body::from_stream(object.stream));
+    let body = if meta.sealed {
+        let ring = svc.keys.load_full();
+        let reader = tokio_util::io::StreamReader::new(object.stream);
+        let stream = media::seal::open_stream(ring.as_deref(), &media_id, reader)
+            .await
+            .map_err(|e| match e {
+                media::seal::OpenError::Io(e) => MediaError::Io(e),
+                media::seal::OpenError::Sealed(e) => MediaError::Sealed(e),
+            })?;
+        Body::from_stream(stream)
+    } else {
+        Body::from_stream(object.stream)
+    };
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     let ct = HeaderValue::from_str(&mime)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));

@@ -8,12 +8,15 @@
 //! `image::Limits`, into a thumbnail and a compressed variant ([`images`]).
 //! Each object then goes to the [`Store`] — local disk, or an S3-compatible
 //! bucket — and its metadata last ([`store`]), so an object without
-//! metadata never becomes visible.
+//! metadata never becomes visible. With encryption at rest on, objects are
+//! sealed before they go to the store and opened while they stream out
+//! ([`seal`]).
 //!
 //! This module does no HTTP and no access control: `api::media` does both.
 //! It never runs on a shard thread.
 
 pub mod images;
+pub mod seal;
 pub mod sniff;
 pub mod store;
 
@@ -94,6 +97,10 @@ pub enum MediaError {
     /// The store failed (internal, or its backend: S3 down or failing).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A sealed object cannot be opened: its key is not in the key ring,
+    /// or it fails authentication (internal).
+    #[error("media store: {0}")]
+    Sealed(#[from] tern_backend::seal::SealError),
 }
 
 /// The limits and sizes the module applies (from `[media]`).

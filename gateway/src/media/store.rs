@@ -70,6 +70,10 @@ pub struct Meta {
     pub thumbnail: Option<VariantMeta>,
     /// The compressed variant's id, if one was made.
     pub compressed: Option<VariantMeta>,
+    /// The object and its variants are sealed (encryption at rest,
+    /// `super::seal`). Absent in metadata written before it existed: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
 }
 
 /// A variant as listed in its original's metadata.
