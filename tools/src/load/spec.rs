@@ -104,6 +104,10 @@ pub struct Plan {
     /// again, on the slot's next target, and syncs what it missed.
     #[serde(default)]
     pub reconnect: bool,
+    /// Tern over TLS (the gateway's `listen.tls`), with these client
+    /// settings; `None`: plain TCP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// Users per chatting pair.
@@ -462,6 +466,7 @@ mod tests {
             payload_bytes: 32,
             ack_delay_ms: 0,
             reconnect: false,
+            tls: None,
         }
     }
 
