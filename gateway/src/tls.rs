@@ -445,3 +445,117 @@ fn encode(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+    use crate::config::TlsSettings;
+
+    /// A server for a fresh self-signed `localhost` certificate, and a
+    /// rustls client that trusts it.
+    fn pair(dir: &Path) -> (Arc<TlsServer>, rustls::ClientConnection) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, signing_key.serialize_pem()).unwrap();
+        let server = TlsServer::load(&TlsSettings {
+            cert_file: Some(c),
+            key_file: Some(k),
+            ..TlsSettings::default()
+        })
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = rustls::ClientConnection::new(
+            Arc::new(config),
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        (server, client)
+    }
+
+    /// The client's pending TLS bytes.
+    fn client_out(client: &mut rustls::ClientConnection) -> Vec<u8> {
+        let mut out = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// The handshake and application data survive arriving one byte at a
+    /// time (every record, and the handshake messages joined across them,
+    /// incomplete at every read but the last): the server keeps only the
+    /// incomplete bytes between reads, in a buffer freed once a read ends
+    /// on a record boundary, and the plaintext comes out whole, in order.
+    /// The server's answer, sealed by `encrypt`, reads back at the client.
+    #[test]
+    fn records_split_into_single_bytes_are_reassembled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, mut client) = pair(dir.path());
+        let mut conn = server.accept(u64::MAX).unwrap();
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        let mut rounds = 0;
+        while client.is_handshaking() {
+            rounds += 1;
+            assert!(rounds < 10, "the handshake does not finish");
+            for b in client_out(&mut client) {
+                conn.read(&mut [b], &mut plain, &mut out).unwrap();
+            }
+            client.read_tls(&mut &out[..]).unwrap();
+            client.process_new_packets().unwrap();
+            out.clear();
+        }
+        client
+            .writer()
+            .write_all(b"hello, one byte at a time")
+            .unwrap();
+        for b in client_out(&mut client) {
+            conn.read(&mut [b], &mut plain, &mut out).unwrap();
+        }
+        assert!(conn.is_live());
+        assert_eq!(plain, b"hello, one byte at a time");
+        assert_eq!(
+            conn.partial_in.capacity(),
+            0,
+            "a whole record keeps nothing"
+        );
+
+        out.clear();
+        conn.encrypt(b"welcome", &mut out).unwrap();
+        client.read_tls(&mut &out[..]).unwrap();
+        client.process_new_packets().unwrap();
+        let mut answer = [0u8; 7];
+        client.reader().read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"welcome");
+    }
+
+    /// Garbage where a ClientHello should be is a typed error with the
+    /// alert to send, not a panic; encrypting before the handshake is
+    /// refused.
+    #[test]
+    fn garbage_is_an_error_with_an_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, _) = pair(dir.path());
+        let mut conn = server.accept(0).unwrap();
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        assert!(matches!(
+            conn.encrypt(b"x", &mut out),
+            Err(TlsError::NotLive)
+        ));
+        let mut garbage = *b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let err = conn.read(&mut garbage, &mut plain, &mut out);
+        assert!(matches!(err, Err(TlsError::Protocol(_))), "{err:?}");
+        assert_eq!(out.first(), Some(&0x15), "an alert record: {out:?}");
+        assert!(plain.is_empty());
+    }
+}
