@@ -63,6 +63,8 @@ pub struct Config {
     pub filter: FilterSettings,
     /// Encryption at rest of message contents and media (off by default).
     pub encryption: EncryptionSettings,
+    /// TLS of the `listen.tls` and `listen.wss` listeners.
+    pub tls: TlsSettings,
 }
 
 /// Where clients and operators connect.
@@ -80,6 +82,14 @@ pub struct ListenConfig {
     /// HTTP: `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:7480`.
     #[serde(deserialize_with = "de_addr")]
     pub http: Option<SocketAddr>,
+    /// TCP clients over TLS (the same frames inside TLS records), with the
+    /// `[tls]` certificate. Default none.
+    #[serde(deserialize_with = "de_addr")]
+    pub tls: Option<SocketAddr>,
+    /// WebSocket clients over TLS (`wss://`: the upgrade after the TLS
+    /// handshake), with the `[tls]` certificate. Default none.
+    #[serde(deserialize_with = "de_addr")]
+    pub wss: Option<SocketAddr>,
     /// Listen backlog of each listener. Default 4096.
     pub backlog: u32,
     /// Accepts per second per shard before accepting pauses (absorbs
@@ -315,6 +325,8 @@ impl Default for ListenConfig {
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7400))),
             ws: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
+            tls: None,
+            wss: None,
             backlog: 4096,
             accept_rate_per_shard: 20_000,
             ws_origins: Vec::new(),
@@ -492,6 +504,8 @@ impl Config {
             ("listen.tcp", self.listen.tcp),
             ("listen.ws", self.listen.ws),
             ("listen.http", self.listen.http),
+            ("listen.tls", self.listen.tls),
+            ("listen.wss", self.listen.wss),
         ] {
             if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
                 return refuse(format!(
@@ -620,6 +634,8 @@ impl Config {
             return invalid("auth.jwks_refresh_secs", "must be at least 1");
         }
         self.accounts.validate()?;
+        self.tls
+            .validate(self.listen.tls.is_some() || self.listen.wss.is_some())?;
         self.http.validate()?;
         if self.backend.store == StoreKind::Embedded && self.cluster != ClusterSettings::default() {
             return invalid(
@@ -1831,6 +1847,79 @@ impl WebhookSettings {
             return invalid(
                 "webhooks.events_retry_initial_ms",
                 "must not exceed events_retry_max_ms".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+// ---- [tls]: the TLS client listeners ----
+
+/// TLS of the client listeners `listen.tls` and `listen.wss` (rustls; see
+/// docs/security.md, "TLS"). The files are read at start and again on
+/// SIGHUP: new handshakes then use the new certificate, live connections
+/// keep theirs, and files that do not load leave the old ones in use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first. Required by a TLS listener.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf. Never logged.
+    pub key_file: Option<PathBuf>,
+    /// The oldest TLS version offered: `1.2` (1.2 and 1.3) or `1.3`. TLS
+    /// 1.0 and 1.1 are never offered. Default `1.2`.
+    pub min_version: TlsVersion,
+    /// A TLS connection whose handshake has not completed this long after
+    /// accept is closed (the auth deadline, counted from accept too, still
+    /// applies after it). Default 10000.
+    pub handshake_timeout_ms: u64,
+}
+
+/// The oldest TLS version the listeners accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            min_version: TlsVersion::V1_2,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl TlsSettings {
+    /// Checks the settings; `listening`: a TLS listener is configured, so
+    /// both files are required.
+    pub fn validate(&self, listening: bool) -> Result<(), ConfigError> {
+        let invalid = |name, why: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                why: why.into(),
+            })
+        };
+        if self.handshake_timeout_ms == 0 {
+            return invalid("tls.handshake_timeout_ms", "must be > 0");
+        }
+        if listening && self.cert_file.is_none() {
+            return invalid(
+                "tls.cert_file",
+                "listen.tls or listen.wss is set: a TLS listener needs a certificate chain",
+            );
+        }
+        if listening && self.key_file.is_none() {
+            return invalid(
+                "tls.key_file",
+                "listen.tls or listen.wss is set: a TLS listener needs a private key",
             );
         }
         Ok(())

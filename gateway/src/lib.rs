@@ -35,6 +35,7 @@ pub mod reload;
 pub mod server;
 pub mod service;
 pub mod shard;
+pub mod tls;
 pub mod webhooks;
 pub mod wheel;
 pub mod ws;

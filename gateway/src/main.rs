@@ -78,6 +78,13 @@ struct Overrides {
     /// WebSocket client listener: ip:port or host:port.
     #[arg(long, env = "TERN_WS_LISTEN", value_name = "ADDR", value_parser = config::resolve_addr)]
     ws_listen: Option<SocketAddr>,
+    /// TCP-over-TLS client listener: ip:port or host:port (needs
+    /// `[tls] cert_file` and `key_file`).
+    #[arg(long, env = "TERN_TLS_LISTEN", value_name = "ADDR", value_parser = config::resolve_addr)]
+    tls_listen: Option<SocketAddr>,
+    /// WebSocket-over-TLS (wss://) client listener: ip:port or host:port.
+    #[arg(long, env = "TERN_WSS_LISTEN", value_name = "ADDR", value_parser = config::resolve_addr)]
+    wss_listen: Option<SocketAddr>,
     /// HTTP address for /metrics, /healthz, /readyz: ip:port or host:port.
     #[arg(long, env = "TERN_HTTP", value_name = "ADDR", value_parser = config::resolve_addr)]
     http: Option<SocketAddr>,
@@ -148,6 +155,12 @@ impl Overrides {
         }
         if let Some(v) = self.ws_listen {
             cfg.listen.ws = Some(v);
+        }
+        if let Some(v) = self.tls_listen {
+            cfg.listen.tls = Some(v);
+        }
+        if let Some(v) = self.wss_listen {
+            cfg.listen.wss = Some(v);
         }
         if let Some(v) = self.http {
             cfg.listen.http = Some(v);
@@ -254,6 +267,8 @@ fn with_defaults(cmd: clap::Command) -> clap::Command {
     let defaults = [
         ("listen", addr(d.listen.tcp)),
         ("ws_listen", addr(d.listen.ws)),
+        ("tls_listen", addr(d.listen.tls)),
+        ("wss_listen", addr(d.listen.wss)),
         ("http", addr(d.listen.http)),
         ("data_dir", d.backend.data_dir.display().to_string()),
         ("store", "embedded".to_owned()),

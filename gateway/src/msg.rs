@@ -114,6 +114,8 @@ pub struct Handoff {
     pub(crate) resume: Vec<pb::Cursor>,
     /// Authenticated with [`PRESENCE_QUIET`]: does not count toward presence.
     pub(crate) quiet: bool,
+    /// A TLS connection's record layer (keys, sequence numbers).
+    pub(crate) tls: Option<Box<crate::tls::TlsConn>>,
 }
 
 /// The `Auth.capabilities` name of a connection that does not count toward

@@ -54,6 +54,10 @@ pub struct Server {
     pub tcp_addr: Option<SocketAddr>,
     /// Where WebSocket clients connect.
     pub ws_addr: Option<SocketAddr>,
+    /// Where TCP clients connect over TLS.
+    pub tls_addr: Option<SocketAddr>,
+    /// Where WebSocket clients connect over TLS (wss).
+    pub wss_addr: Option<SocketAddr>,
     /// Where `/metrics` is served.
     pub http_addr: Option<SocketAddr>,
     deadline: Duration,
@@ -151,6 +155,19 @@ impl Server {
         let ws_addr = listeners.ws_addr();
         let tcp = listeners.tcp_per_shard(shards)?;
         let ws = listeners.ws_per_shard(shards)?;
+        let (tls_addr, wss_addr) = (listeners.tls_addr(), listeners.wss_addr());
+        let tls_tcp = per_shard(listeners.tls.as_ref(), shards)?;
+        let tls_ws = per_shard(listeners.wss.as_ref(), shards)?;
+        // The TLS configuration, shared by the shards; SIGHUP re-reads its
+        // files (new handshakes get the new certificate).
+        let tls = if tls_addr.is_some() || wss_addr.is_some() {
+            let tls = crate::tls::TlsServer::load(&cfg.tls)?;
+            let reloaded = tls.clone();
+            crate::reload::on_hup("tls", move || Ok(reloaded.reload()?));
+            Some(tls)
+        } else {
+            None
+        };
 
         // Doorbells and rings.
         let shard_bells: Vec<_> = (0..shards)
@@ -269,6 +286,8 @@ impl Server {
         let shard_node_id: Arc<str> = node_id.as_str().into();
         let mut tcp = tcp.into_iter();
         let mut ws = ws.into_iter();
+        let mut tls_tcp = tls_tcp.into_iter();
+        let mut tls_ws = tls_ws.into_iter();
         let mut shard_threads = Vec::new();
         for (id, ((inbox, to), to_backend)) in inboxes
             .into_iter()
@@ -293,6 +312,9 @@ impl Server {
                 to_backend,
                 tcp_listener: tcp.next(),
                 ws_listener: ws.next(),
+                tls_listener: tls_tcp.next(),
+                wss_listener: tls_ws.next(),
+                tls: tls.clone(),
                 drain: shard::DrainPolicy {
                     kick_rate: cfg.shutdown.kick_rate_of_shard(id, shards),
                     retry_after_min_ms: cfg.shutdown.retry_after_min_ms,
@@ -369,6 +391,8 @@ impl Server {
             store = %store_label(cfg),
             tcp = %addr_label(tcp_addr),
             ws = %addr_label(ws_addr),
+            tls = %addr_label(tls_addr),
+            wss = %addr_label(wss_addr),
             http = %addr_label(http_addr),
             shards,
             driver = %driver.label(),
@@ -389,6 +413,8 @@ impl Server {
             metrics,
             tcp_addr,
             ws_addr,
+            tls_addr,
+            wss_addr,
             http_addr,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
         })
@@ -467,13 +493,17 @@ fn worker_hooks(
 pub struct Listeners {
     tcp: Option<std::net::TcpListener>,
     ws: Option<std::net::TcpListener>,
+    /// TCP over TLS.
+    tls: Option<std::net::TcpListener>,
+    /// WebSocket over TLS.
+    wss: Option<std::net::TcpListener>,
 }
 
 /// A listener that could not be bound; says which one, where, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{listener} listener {addr}: {}", bind_reason(.error))]
 pub struct BindError {
-    /// `TCP` or `WebSocket`.
+    /// `TCP`, `WebSocket`, `TLS` or `WebSocket TLS`.
     pub listener: &'static str,
     /// The address asked for.
     pub addr: SocketAddr,
@@ -490,7 +520,19 @@ impl Listeners {
         Ok(Self {
             tcp: bind_one("TCP", cfg.listen.tcp, backlog)?,
             ws: bind_one("WebSocket", cfg.listen.ws, backlog)?,
+            tls: bind_one("TLS", cfg.listen.tls, backlog)?,
+            wss: bind_one("WebSocket TLS", cfg.listen.wss, backlog)?,
         })
+    }
+
+    /// The bound TCP-over-TLS address.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound WebSocket-over-TLS address.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound TCP address (the real port when the config said 0).

@@ -5,3 +5,6 @@ pub mod cli;
 
 /// `tern-load`: the c1m load harness (worker processes, scenarios, history checker).
 pub mod load;
+
+/// TLS client settings (`--tls`, `--ca`, `--insecure`) of both tools.
+pub mod tls;

@@ -2,7 +2,9 @@
 //! listener pauses beyond it), closes at once those the allow/deny lists
 //! refuse (before anything is allocated or counted for them), refuses those
 //! over their IP's rate (`[limits]`), past `connections_max` or while
-//! draining, and registers each one in the shard's epoll set.
+//! draining, and registers each one in the shard's epoll set. A TLS
+//! listener's connections start with their TLS record layer (the handshake
+//! then runs on the shard as their bytes arrive, `shard/tls.rs`).
 
 use std::{
     os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
@@ -19,18 +21,28 @@ use tern_protocol::{
 use tracing::warn;
 
 use super::{
-    Conn, Shard,
+    Conn, Shard, Spill,
     sock::{send_nonblocking, set_nonblocking},
 };
 use crate::{limits::Edge, metrics::CloseReason, msg::Transport};
 
+/// What one listener's connections are.
+pub(super) struct Listener {
+    /// How frames are carried.
+    pub(super) transport: Transport,
+    /// Inside TLS (the shard's `tls` configuration).
+    pub(super) secure: bool,
+    /// Accepts per second.
+    pub(super) rate: u32,
+}
+
 /// Accepts connections at a bounded rate and starts their readers.
-pub(super) async fn accept_loop(
-    shard: Rc<Shard>,
-    listener: TcpListener,
-    transport: Transport,
-    rate: u32,
-) {
+pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, what: Listener) {
+    let Listener {
+        transport,
+        secure,
+        rate,
+    } = what;
     // Token bucket: `rate` per second, refilled every 10 ms.
     let per_tick = (rate / 100).max(1);
     let mut tokens = per_tick;
@@ -90,6 +102,30 @@ pub(super) async fn accept_loop(
             continue;
         }
         let now = shard.now_ms();
+        let spill = match (secure, shard.tls.as_ref()) {
+            (false, _) => None,
+            (true, Some(tls)) => {
+                match tls.accept(now.saturating_add(tls.handshake_timeout_ms())) {
+                    // Deliberate allocation: a TLS connection's record layer
+                    // lives in its spill for the connection's life.
+                    Ok(t) => Some(Box::new(Spill {
+                        tls: Some(Box::new(t)),
+                        ..Spill::default()
+                    })),
+                    Err(e) => {
+                        warn!(error = %e, "TLS connection refused");
+                        shard.metrics.closed(CloseReason::Error);
+                        continue;
+                    }
+                }
+            }
+            // Not reached: the server starts a TLS listener only with a
+            // TLS configuration. Refused rather than served in clear.
+            (true, None) => {
+                shard.metrics.closed(CloseReason::Error);
+                continue;
+            }
+        };
         let generation = shard.next_gen();
         let conn = Conn {
             generation,
@@ -99,7 +135,7 @@ pub(super) async fn accept_loop(
             backlogged: false,
             session: Session::new(&shard.cfg, now, u64::from(generation) ^ now),
             ident: None,
-            spill: None,
+            spill,
             transport,
             timer_at: u64::MAX,
             closing: None,

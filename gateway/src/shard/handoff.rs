@@ -10,7 +10,7 @@ use slab::Slab;
 use tern_protocol::{pb, session::AuthOk};
 use tracing::{info, warn};
 
-use super::{Conn, Shard, SmallKeys, inbox::Resume, ingest::after_ingest};
+use super::{Conn, Shard, SmallKeys, Spill, inbox::Resume, ingest::after_ingest};
 use crate::{bridge::RouteChange, limits::Limit, metrics::CloseReason, msg::Handoff};
 
 impl Shard {
@@ -112,7 +112,13 @@ impl Shard {
             backlogged: false,
             session: h.session,
             ident: None,
-            spill: None,
+            // A TLS connection keeps its record layer in its spill.
+            spill: h.tls.map(|tls| {
+                Box::new(Spill {
+                    tls: Some(tls),
+                    ..Spill::default()
+                })
+            }),
             transport: h.transport,
             timer_at: u64::MAX,
             closing: None,

@@ -445,6 +445,13 @@ pub(super) fn read_and_ingest(shard: &Rc<Shard>, key: u32, fd: RawFd) -> Read {
         .metrics
         .bytes_in
         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    let secure = shard.conns.borrow()[key as usize]
+        .spill
+        .as_ref()
+        .is_some_and(|s| s.tls.is_some());
+    if secure {
+        return super::tls::read_tls(shard, key, &mut buf[..n]);
+    }
     let mut conns = shard.conns.borrow_mut();
     let c = &mut conns[key as usize];
     let mut partial = c.take_partial();
@@ -517,8 +524,11 @@ pub(super) fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut out
                     fd,
                     session,
                     transport,
+                    spill,
                     ..
                 } = conn;
+                // A TLS connection's record layer moves with it.
+                let tls = spill.and_then(|s| s.tls);
                 // SAFETY: both descriptors are alive; DEL ignores the event.
                 unsafe {
                     libc::epoll_ctl(
@@ -537,6 +547,7 @@ pub(super) fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut out
                     transport,
                     resume,
                     quiet,
+                    tls,
                 });
                 let mut to = shard.to_shards.borrow_mut();
                 let tx = to[owner].as_mut().expect("a ring to every other shard");

@@ -38,7 +38,10 @@
 //!   and its retry loop), presence, route changes, login check, recount;
 //! - `drain.rs`: `DrainPolicy` and the rate-limited drain;
 //! - `sock.rs`: the ordered write path, the epoll set, non-blocking
-//!   `send`/`recv`.
+//!   `send`/`recv`;
+//! - `tls.rs`: a TLS connection's reads (decrypted from the shared read
+//!   buffer) and its handshake deadline; writes are sealed in `sock.rs`
+//!   (the record layer itself is [`crate::tls`]).
 //!
 //! What crosses threads to a shard (`ShardMsg`, `Handoff`, `ConnRef`,
 //! `owner_shard`) lives in [`crate::msg`] and is re-exported here.
@@ -77,6 +80,7 @@ use crate::{
     bridge::{BackendRequest, RouteChange},
     mailbox::{Doorbell, Receiver, Sender},
     metrics::{CloseReason, ShardMetrics},
+    tls::TlsConn,
     wheel::Wheel,
 };
 
@@ -89,6 +93,7 @@ mod ingest;
 mod limits;
 mod poll;
 mod sock;
+mod tls;
 
 /// Everything a shard thread is started with.
 #[derive(Debug)]
@@ -126,6 +131,12 @@ pub struct ShardSetup {
     pub tcp_listener: Option<std::net::TcpListener>,
     /// The WebSocket listener.
     pub ws_listener: Option<std::net::TcpListener>,
+    /// The TCP-over-TLS listener.
+    pub tls_listener: Option<std::net::TcpListener>,
+    /// The WebSocket-over-TLS listener.
+    pub wss_listener: Option<std::net::TcpListener>,
+    /// The TLS configuration (set when a TLS listener is).
+    pub tls: Option<Arc<crate::tls::TlsServer>>,
     /// How this shard drains (kick rate, `retry_after_ms` window).
     pub drain: DrainPolicy,
     /// Time origin shared by all shards.
@@ -183,6 +194,10 @@ struct Spill {
     resume: Option<Box<Resume>>,
     /// A fragmented WebSocket message, while it is partial (`ws.rs`).
     ws_message: Option<Vec<u8>>,
+    /// A TLS connection's record layer, for its whole life: a TLS
+    /// connection always has a spill (64 B) besides its rustls state, so a
+    /// plain one's slab entry stays as small as it was.
+    tls: Option<Box<TlsConn>>,
 }
 
 impl Conn {
@@ -234,9 +249,24 @@ impl Conn {
                 && s.pending_out.is_empty()
                 && s.resume.is_none()
                 && s.ws_message.is_none()
+                && s.tls.is_none()
         }) {
             self.spill = None;
         }
+    }
+
+    /// The TLS record layer of a connection from a TLS listener.
+    fn tls_mut(&mut self) -> Option<&mut TlsConn> {
+        self.spill.as_mut().and_then(|s| s.tls.as_deref_mut())
+    }
+
+    /// A TLS connection still in its handshake: nothing can be written to
+    /// it yet (the session's frames wait in its outbox).
+    fn tls_handshaking(&self) -> bool {
+        self.spill
+            .as_ref()
+            .and_then(|s| s.tls.as_ref())
+            .is_some_and(|t| !t.is_live())
     }
 
     fn resume_mut(&mut self) -> Option<&mut Resume> {
@@ -272,6 +302,13 @@ struct Shard {
     ws_origins: Vec<String>,
     read_buf: RefCell<Vec<u8>>,
     write_buf: RefCell<Vec<u8>>,
+    /// The TLS configuration new TLS connections start with.
+    tls: Option<Arc<crate::tls::TlsServer>>,
+    /// Shared by the TLS connections: the plaintext of one read (allocated
+    /// on the first TLS read, then kept).
+    tls_plain: RefCell<Vec<u8>>,
+    /// Shared by the TLS connections: records sealed for one write.
+    tls_out: RefCell<Vec<u8>>,
     conns: RefCell<Slab<Conn>>,
     next_generation: Cell<u32>,
     /// user → slab keys of its devices on this shard: one 4-byte slot per
@@ -399,6 +436,9 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         ws_origins: setup.ws_origins,
         read_buf: RefCell::new(vec![0; setup.read_buffer_bytes]),
         write_buf: RefCell::new(Vec::with_capacity(setup.read_buffer_bytes)),
+        tls: setup.tls,
+        tls_plain: RefCell::new(Vec::new()),
+        tls_out: RefCell::new(Vec::new()),
         conns: RefCell::new(Slab::with_capacity(slab_reserve(setup.connections_max))),
         next_generation: Cell::new(1),
         users: RefCell::new(HashTable::new()),
@@ -428,14 +468,21 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
     // shutdown can end this shard's accept task (closing its descriptor)
     // first, and a raw fd number could by then name someone else's socket.
     let mut listener_fds: Vec<OwnedFd> = Vec::new();
-    for (l, transport) in [
-        (setup.tcp_listener, Transport::Tcp),
-        (setup.ws_listener, Transport::WebSocketUpgrade),
+    for (l, transport, secure) in [
+        (setup.tcp_listener, Transport::Tcp, false),
+        (setup.ws_listener, Transport::WebSocketUpgrade, false),
+        (setup.tls_listener, Transport::Tcp, true),
+        (setup.wss_listener, Transport::WebSocketUpgrade, true),
     ] {
         if let Some(l) = l {
             listener_fds.push(l.try_clone()?.into());
             let l = TcpListener::from_std(l)?;
-            monoio::spawn(accept_loop(shard.clone(), l, transport, setup.accept_rate));
+            let listener = accept::Listener {
+                transport,
+                secure,
+                rate: setup.accept_rate,
+            };
+            monoio::spawn(accept_loop(shard.clone(), l, listener));
         }
     }
     monoio::spawn(tick_loop(shard.clone()));
@@ -493,10 +540,12 @@ impl Shard {
             .filter(|r| !r.in_flight)
             .map(|r| r.fence_until_ms);
         let session = conn.session.poll_timeout(&self.cfg);
-        let at = match (session, fence) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let handshake = conn
+            .spill
+            .as_ref()
+            .and_then(|s| s.tls.as_ref())
+            .and_then(|t| t.handshake_deadline_ms());
+        let at = [session, fence, handshake].into_iter().flatten().min();
         if let Some(at) = at {
             if at < conn.timer_at {
                 conn.timer_at = at;
@@ -577,6 +626,11 @@ async fn tick_loop(shard: Rc<Shard>) {
                 continue;
             }
             c.timer_at = u64::MAX;
+            if tls::handshake_expired(c, now) {
+                // Nothing can be said before the handshake: just closed.
+                shard.close_soon(c, CloseReason::Auth);
+                continue;
+            }
             c.session.handle_timeout(&shard.cfg, now);
             c.expire_resume(now);
             shard.flush(key, c);

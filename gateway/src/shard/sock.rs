@@ -1,6 +1,9 @@
 //! The shard's sockets: the one ordered write path (`flush`, `send_ordered`,
 //! raw writes, closing after output), the epoll set (`interest`, `register`,
-//! `new_epoll`, tokens) and the non-blocking `send`/`recv` calls.
+//! `new_epoll`, tokens) and the non-blocking `send`/`recv` calls. On a TLS
+//! connection the write path seals bytes into TLS records (in the shard's
+//! shared `tls_out` buffer) just before they go to the socket, so what is
+//! kept pending is always wire bytes, in wire order.
 
 use std::{
     io,
@@ -19,6 +22,9 @@ impl Shard {
     pub(super) fn flush(self: &Rc<Self>, key: u32, conn: &mut Conn) {
         if !conn.pending_out().is_empty() {
             return; // waiting for write readiness; order of bytes is kept
+        }
+        if conn.tls_handshaking() {
+            return; // the frames wait in the outbox until the handshake is done
         }
         if conn.transport == Transport::WebSocketUpgrade {
             // No WebSocket yet: the session's frames (its auth-timeout error,
@@ -59,9 +65,22 @@ impl Shard {
             self.metrics
                 .frames_out
                 .fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
-            let sent = send_nonblocking(fd, &buf);
+            let mut sealed = self.tls_out.borrow_mut();
+            let wire: &[u8] = match conn.tls_mut() {
+                Some(tls) => {
+                    sealed.clear();
+                    if tls.encrypt(&buf, &mut sealed).is_err() {
+                        drop(sealed);
+                        self.close_soon(conn, CloseReason::Error);
+                        return;
+                    }
+                    &sealed[..]
+                }
+                None => &buf[..],
+            };
+            let sent = send_nonblocking(fd, wire);
             match sent {
-                Ok(n) if n == buf.len() => {
+                Ok(n) if n == wire.len() => {
                     self.metrics
                         .bytes_out
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -72,11 +91,13 @@ impl Shard {
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     // A deliberate allocation: only a connection whose socket
                     // buffer is full keeps its unsent bytes.
-                    conn.spill_mut().pending_out = buf[n..].to_vec();
+                    conn.spill_mut().pending_out = wire[n..].to_vec();
+                    drop(sealed);
                     self.interest(key, conn);
                     return;
                 }
                 Err(_) => {
+                    drop(sealed);
                     self.close_soon(conn, CloseReason::Error);
                     return;
                 }
@@ -92,11 +113,31 @@ impl Shard {
         self.send_ordered(key, conn, bytes);
     }
 
-    /// The one ordered output path: bytes go to the socket only when nothing
-    /// is pending; a short write keeps the rest pending (written on write
-    /// readiness, before anything later). Pending bytes beyond
-    /// `outbox_bytes_max` make the connection a slow consumer.
+    /// The one ordered output path for bytes outside the session's frames
+    /// (WebSocket control frames, HTTP answers): sealed into TLS records
+    /// first on a TLS connection (dropped before its handshake is done:
+    /// nothing can be said to that peer yet), then [`Self::send_wire`].
     pub(super) fn send_ordered(&self, key: u32, conn: &mut Conn, bytes: &[u8]) {
+        let Some(tls) = conn.tls_mut() else {
+            return self.send_wire(key, conn, bytes);
+        };
+        if !tls.is_live() {
+            return;
+        }
+        let mut sealed = self.tls_out.borrow_mut();
+        sealed.clear();
+        if tls.encrypt(bytes, &mut sealed).is_err() {
+            drop(sealed);
+            return self.close_soon(conn, CloseReason::Error);
+        }
+        self.send_wire(key, conn, &sealed);
+    }
+
+    /// Wire bytes (already sealed on a TLS connection) go to the socket only
+    /// when nothing is pending; a short write keeps the rest pending
+    /// (written on write readiness, before anything later). Pending bytes
+    /// beyond `outbox_bytes_max` make the connection a slow consumer.
+    pub(super) fn send_wire(&self, key: u32, conn: &mut Conn, bytes: &[u8]) {
         if !conn.pending_out().is_empty() {
             if conn.pending_out().len().saturating_add(bytes.len()) > self.cfg.outbox_bytes_max {
                 self.close_soon(conn, CloseReason::SlowConsumer);

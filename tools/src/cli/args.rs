@@ -85,9 +85,36 @@ pub struct Cli {
     /// Wait for each answer this long, in milliseconds.
     #[arg(long, default_value_t = REQUEST_TIMEOUT_MS_DEFAULT, global = true, help_heading = "Login and output")]
     pub timeout_ms: u64,
+    /// Connect over TLS (the gateway's `--tls-listen` address as --server).
+    #[arg(long, global = true, help_heading = "Login and output")]
+    pub tls: bool,
+    /// With --tls: PEM CA certificates to trust [default: the system's bundle].
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Login and output"
+    )]
+    pub ca: Option<std::path::PathBuf>,
+    /// With --tls: trust any certificate (tests against a self-signed
+    /// gateway only: no protection against an active attacker).
+    #[arg(long, global = true, help_heading = "Login and output")]
+    pub insecure: bool,
     /// What to do [default: chat].
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The TLS settings of `--tls`, `--ca` and `--insecure` (`None`: plain
+    /// TCP).
+    pub fn tls_options(&self) -> Option<crate::tls::TlsOptions> {
+        self.tls.then(|| crate::tls::TlsOptions {
+            ca_file: self.ca.clone(),
+            insecure: self.insecure,
+            server_name: None,
+        })
+    }
 }
 
 /// Top-level commands.

@@ -1,4 +1,6 @@
-//! One TCP connection to a Tern gateway, on blocking sockets and two threads.
+//! One TCP connection to a Tern gateway, on blocking sockets and two threads,
+//! in clear or inside TLS ([`ConnectOptions::tls`]: the gateway's
+//! `--tls-listen`; see [`Wire`]).
 //!
 //! - [`Connection::open`] connects, sends `auth` and waits for `Welcome` on
 //!   the calling thread; a refusal is the server's typed error.
@@ -92,6 +94,8 @@ pub struct ConnectOptions {
     /// Base URL of the gateway's HTTP edge (media upload), e.g.
     /// `http://127.0.0.1:7480`.
     pub http_url: String,
+    /// Connect over TLS with these settings (`--tls`); `None`: plain TCP.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// Default base URL of the HTTP edge (the gateway's default `listen.http`).
@@ -113,6 +117,7 @@ impl ConnectOptions {
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
             http_url: HTTP_URL_DEFAULT.to_owned(),
+            tls: None,
         }
     }
 }
@@ -233,7 +238,7 @@ pub struct Connection {
 struct Shared {
     /// For shutdown from any thread.
     socket: TcpStream,
-    writer: Mutex<TcpStream>,
+    writer: Mutex<Wire>,
     pending: Mutex<Pending>,
     next_request: AtomicU64,
     /// Milliseconds since `epoch` when the last frame arrived.
@@ -269,6 +274,26 @@ impl Connection {
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(request_timeout))?;
         stream.set_read_timeout(Some(request_timeout))?;
+        let wire = match &opts.tls {
+            None => Wire::plain(stream.try_clone()?),
+            Some(tls) => {
+                let config = tls
+                    .client_config()
+                    .map_err(|e| ClientError::Usage(format!("--tls: {e:#}")))?;
+                let name = tls
+                    .server_name(&server)
+                    .map_err(|e| ClientError::Usage(format!("--tls: {e:#}")))?;
+                let conn = rustls::ClientConnection::new(config, name)
+                    .map_err(|e| ClientError::Protocol(format!("TLS: {e}")))?;
+                Wire::tls(stream.try_clone()?, conn).map_err(|e| match e {
+                    e if is_timeout(&e) => ClientError::Timeout(opts.request_timeout_ms),
+                    e => ClientError::Connect {
+                        addr: server.clone(),
+                        source: e,
+                    },
+                })?
+            }
+        };
 
         let auth = pb::Frame {
             request_id: AUTH_REQUEST_ID,
@@ -284,12 +309,12 @@ impl Connection {
         };
         let mut out = Vec::new();
         codec::encode_frame(&auth, &mut out);
-        (&stream).write_all(&out)?;
+        wire.write_all(&out)?;
 
         // The handshake runs here, before any thread exists: nothing but the
         // answer to `auth` can arrive first.
         let mut buf = Vec::new();
-        let frame = match read_frame(&stream, &mut buf) {
+        let frame = match read_frame(&wire, &mut buf) {
             Ok(Some(f)) => f,
             Ok(None) => {
                 return Err(ClientError::Closed(
@@ -323,7 +348,7 @@ impl Connection {
         let epoch = Instant::now();
         let shared = Arc::new(Shared {
             socket: stream.try_clone()?,
-            writer: Mutex::new(stream.try_clone()?),
+            writer: Mutex::new(wire.clone()),
             pending: Mutex::new(Pending::default()),
             next_request: AtomicU64::new(AUTH_REQUEST_ID + 1),
             last_rx_ms: AtomicU64::new(0),
@@ -342,7 +367,7 @@ impl Connection {
         threads.push(
             std::thread::Builder::new()
                 .name("tern-cli-reader".into())
-                .spawn(move || read_loop(&reader_shared, stream, buf, &tx))?,
+                .spawn(move || read_loop(&reader_shared, wire, buf, &tx))?,
         );
         let interval = Duration::from_millis(
             u64::from(welcome.heartbeat_interval_ms).max(HEARTBEAT_INTERVAL_MS_MIN),
@@ -494,7 +519,7 @@ impl Shared {
         // One buffer per frame: a cli sends at human speed.
         let mut out = Vec::with_capacity(len + codec::PREFIX_BYTES_MAX);
         codec::encode_frame(frame, &mut out);
-        let mut w = self.writer.lock();
+        let w = self.writer.lock();
         w.write_all(&out)?;
         Ok(())
     }
@@ -598,8 +623,87 @@ fn take_frame(buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, codec::DecodeError
     }
 }
 
+/// The byte stream under the frames: the TCP socket, or TLS over it. The
+/// TLS state is shared by the reader thread and the writers (behind a
+/// mutex held only while bytes are handed over, never during a blocking
+/// socket read, so a write never waits for the server to speak).
+#[derive(Debug, Clone)]
+pub struct Wire {
+    sock: Arc<TcpStream>,
+    tls: Option<Arc<Mutex<rustls::ClientConnection>>>,
+}
+
+impl Wire {
+    fn plain(sock: TcpStream) -> Self {
+        Self {
+            sock: Arc::new(sock),
+            tls: None,
+        }
+    }
+
+    /// Runs the TLS handshake of `conn` over `sock` (with its timeouts).
+    fn tls(sock: TcpStream, mut conn: rustls::ClientConnection) -> std::io::Result<Self> {
+        let mut s = &sock;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut s)?;
+        }
+        Ok(Self {
+            sock: Arc::new(sock),
+            tls: Some(Arc::new(Mutex::new(conn))),
+        })
+    }
+
+    /// Writes all of `bytes` (sealed first over TLS).
+    fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(tls) = &self.tls else {
+            return (&*self.sock).write_all(bytes);
+        };
+        let mut conn = tls.lock();
+        conn.writer().write_all(bytes)?;
+        let mut s = &*self.sock;
+        while conn.wants_write() {
+            conn.write_tls(&mut s)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what is there (at least one byte, or 0 at EOF).
+    fn read(&self, out: &mut [u8]) -> std::io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            return (&*self.sock).read(out);
+        };
+        let mut raw = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            {
+                let mut conn = tls.lock();
+                match conn.reader().read(out) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // Not under the lock: this read blocks until the server speaks.
+            let n = (&*self.sock).read(&mut raw)?;
+            if n == 0 {
+                return Ok(0); // closed without close_notify: EOF all the same
+            }
+            let mut conn = tls.lock();
+            let mut rest = &raw[..n];
+            while !rest.is_empty() {
+                conn.read_tls(&mut rest)?;
+                conn.process_new_packets()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            }
+            let mut s = &*self.sock;
+            while conn.wants_write() {
+                conn.write_tls(&mut s)?;
+            }
+        }
+    }
+}
+
 /// Reads until one frame is whole; `None` at EOF. `buf` keeps what follows.
-fn read_frame(mut stream: &TcpStream, buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, ReadError> {
+fn read_frame(stream: &Wire, buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, ReadError> {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
         if let Some(f) = take_frame(buf).map_err(ReadError::Decode)? {
@@ -614,7 +718,7 @@ fn read_frame(mut stream: &TcpStream, buf: &mut Vec<u8>) -> Result<Option<pb::Fr
     }
 }
 
-fn read_loop(shared: &Shared, stream: TcpStream, mut buf: Vec<u8>, tx: &SyncSender<Event>) {
+fn read_loop(shared: &Shared, stream: Wire, mut buf: Vec<u8>, tx: &SyncSender<Event>) {
     let mut kick = None;
     let mut error = None;
     let cause = loop {
@@ -776,7 +880,7 @@ mod tests {
         std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
             let mut buf = Vec::new();
-            let Ok(Some(f)) = read_frame(&s, &mut buf) else {
+            let Ok(Some(f)) = read_frame(&Wire::plain(s.try_clone().unwrap()), &mut buf) else {
                 return;
             };
             assert!(matches!(f.body, Some(Body::Auth(_))), "auth comes first");
@@ -825,7 +929,7 @@ mod tests {
         let opts = fake_server(|s| {
             write(&s, &welcome(30_000));
             let mut buf = Vec::new();
-            let _ = read_frame(&s, &mut buf); // the request below
+            let _ = read_frame(&Wire::plain(s.try_clone().unwrap()), &mut buf); // the request below
             (&s).write_all(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01])
                 .unwrap();
             std::thread::sleep(Duration::from_secs(2));
@@ -885,7 +989,7 @@ mod tests {
             write(&s, &welcome(50));
             // Read the pings, answer nothing.
             let mut buf = Vec::new();
-            while let Ok(Some(f)) = read_frame(&s, &mut buf) {
+            while let Ok(Some(f)) = read_frame(&Wire::plain(s.try_clone().unwrap()), &mut buf) {
                 assert!(matches!(f.body, Some(Body::Ping(_))), "{f:?}");
             }
         });

@@ -86,6 +86,7 @@ pub fn main(cli: &Cli) -> i32 {
         }),
         server: cli.server.clone(),
         http_url: cli.http_url.clone(),
+        tls: cli.tls_options(),
         timeout_ms: cli.timeout_ms,
         secret: Mutex::new(cli.jwt_secret.clone()),
         audience: cli.audience.clone(),
@@ -218,6 +219,8 @@ struct Chat {
     server: String,
     /// The HTTP edge, for `/send-file`.
     http_url: String,
+    /// `--tls`: connect over TLS with these settings.
+    tls: Option<crate::tls::TlsOptions>,
     timeout_ms: u64,
     /// The development secret to mint tokens for `/login USER`.
     secret: Mutex<Option<String>>,
@@ -399,6 +402,7 @@ impl Chat {
         let mut opts = ConnectOptions::new(self.server.clone(), source.token()?, device.clone());
         opts.request_timeout_ms = self.timeout_ms;
         opts.http_url = self.http_url.clone();
+        opts.tls = self.tls.clone();
         if !self.tty {
             // Lines piped in are a script: no online/offline for friends.
             opts.capabilities.push(PRESENCE_QUIET.to_owned());

@@ -109,6 +109,7 @@ pub fn connect_options(cli: &Cli, token: String, device_default: &str) -> Connec
     );
     o.request_timeout_ms = cli.timeout_ms;
     o.http_url = cli.http_url.clone();
+    o.tls = cli.tls_options();
     o.capabilities.push(PRESENCE_QUIET.to_owned());
     o
 }

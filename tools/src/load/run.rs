@@ -162,6 +162,22 @@ pub struct LoadArgs {
     /// Prefix of every id (default: random).
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Connect over TLS (the targets are the gateway's `--tls-listen`
+    /// addresses; Tern only).
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: PEM CA certificates to trust (default: the system's
+    /// bundle).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<std::path::PathBuf>,
+    /// With --tls: trust any certificate (benchmarks against a self-signed
+    /// gateway; no protection against an active attacker).
+    #[arg(long, requires = "tls")]
+    pub insecure: bool,
+    /// With --tls: the name the certificate must carry (default: the
+    /// target's IP address).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub tls_server_name: Option<String>,
 }
 
 impl LoadArgs {
@@ -231,7 +247,19 @@ impl LoadArgs {
             ack_delay_ms: self.ack_delay_ms,
             reconnect: self.reconnect,
             idle_acks: self.idle_acks,
+            tls: self.tls.then(|| crate::tls::TlsOptions {
+                ca_file: self.ca.clone(),
+                insecure: self.insecure,
+                server_name: self.tls_server_name.clone(),
+            }),
         };
+        if plan.tls.is_some() && self.proto != Proto::Tern {
+            bail!("--tls is for Tern targets (the gateway's --tls-listen)");
+        }
+        if let Some(t) = &plan.tls {
+            // Checked here, once, so a bad CA file is one clear error.
+            t.client_config()?;
+        }
         if plan.slots() > u64::from(u32::MAX) {
             bail!("too many connections in one run");
         }

@@ -109,6 +109,10 @@ pub struct Plan {
     /// by something else (the server API under an HTTP load tool).
     #[serde(default)]
     pub idle_acks: bool,
+    /// Tern over TLS (the gateway's `listen.tls`), with these client
+    /// settings; `None`: plain TCP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// Users per chatting pair.
@@ -470,6 +474,7 @@ mod tests {
             ack_delay_ms: 0,
             reconnect: false,
             idle_acks: false,
+            tls: None,
         }
     }
 

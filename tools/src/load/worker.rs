@@ -126,6 +126,9 @@ pub enum WorkerError {
     /// A token could not be minted.
     #[error("token: {0}")]
     Token(#[from] jsonwebtoken::errors::Error),
+    /// The TLS client settings do not load (CA file).
+    #[error("tls: {0}")]
+    Tls(String),
     /// Writing to the parent failed.
     #[error("report: {0}")]
     Report(#[from] serde_json::Error),
@@ -240,6 +243,9 @@ struct Conn {
     /// next target, and once live it catches up.
     moving: bool,
     dev: Option<Box<Device>>,
+    /// `--tls`: the connection's TLS client (rustls' buffered connection:
+    /// a load client, not the gateway, so its buffers do not matter).
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 /// Per-device state of a slot that takes part in conversations.
@@ -338,6 +344,10 @@ struct Worker<W: Write> {
     conns: Vec<Conn>,
     tokens: Vec<String>,
     buf: Vec<u8>,
+    /// `--tls`: the client configuration every connection starts from.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// `--tls`: decrypted bytes of one read (shared by all connections).
+    plain: Vec<u8>,
     phase: Phase,
     next_open: usize,
     connect_start_ns: u64,
@@ -470,6 +480,7 @@ impl<W: Write> Worker<W> {
                 moves: 0,
                 moving: false,
                 dev,
+                tls: None,
             });
             if let Some(to) = plan.send_target(slot) {
                 let rate = plan.rate_per_sender(slot);
@@ -484,6 +495,13 @@ impl<W: Write> Worker<W> {
             }
         }
         let history = plan.verify.then(History::default);
+        let tls = match &plan.tls {
+            Some(t) => Some(
+                t.client_config()
+                    .map_err(|e| WorkerError::Tls(format!("{e:#}")))?,
+            ),
+            None => None,
+        };
         let mut payload = Vec::new();
         wire::stamp(0, plan.payload_bytes as usize, &mut payload);
         Ok(Self {
@@ -499,6 +517,8 @@ impl<W: Write> Worker<W> {
             conns,
             tokens,
             buf: vec![0; READ_BUFFER_BYTES],
+            tls,
+            plain: Vec::new(),
             phase: Phase::Connect,
             next_open: 0,
             connect_start_ns: 0,
@@ -729,6 +749,14 @@ impl<W: Write> Worker<W> {
         c.since_ns = now;
         c.rbuf = Vec::new();
         c.wbuf = Vec::new();
+        c.tls = None;
+        if let (Some(config), Some(opts)) = (&self.tls, &self.spec.plan.tls) {
+            let name = opts.server_name(&dst.to_string());
+            match name.and_then(|n| Ok(rustls::ClientConnection::new(config.clone(), n)?)) {
+                Ok(t) => c.tls = Some(Box::new(t)),
+                Err(e) => return self.fail(i, &format!("tls:{e}"), now),
+            }
+        }
         match connect(src, dst) {
             Ok(mut sock) => {
                 let reg = self.poll.registry().register(
@@ -814,6 +842,12 @@ impl<W: Write> Worker<W> {
         if c.state == State::Connecting {
             return;
         }
+        if let Some(tls) = c.tls.as_mut() {
+            return match tls_flush(tls, sock, &mut c.wbuf) {
+                Ok(()) => {}
+                Err(r) => self.close(i, &r, now),
+            };
+        }
         let mut done = 0;
         let mut err = None;
         while done < c.wbuf.len() {
@@ -883,7 +917,12 @@ impl<W: Write> Worker<W> {
             match sock.read(&mut buf) {
                 Ok(0) => end = Some("eof".into()),
                 Ok(n) => {
-                    if let Err(e) = self.take_bytes(i, &buf[..n], now) {
+                    let taken = if self.conns[i].tls.is_some() {
+                        self.take_tls_bytes(i, &buf[..n], now)
+                    } else {
+                        self.take_bytes(i, &buf[..n], now)
+                    };
+                    if let Err(e) = taken {
                         end = Some(e);
                     }
                     // Edge-triggered epoll reports data that arrives after
@@ -920,6 +959,40 @@ impl<W: Write> Worker<W> {
                 self.fail(i, &r, now);
             }
         }
+    }
+
+    /// `--tls`: ciphertext just read goes through the connection's TLS
+    /// client; the plaintext it gives is handled as a plain read's bytes.
+    fn take_tls_bytes(&mut self, i: usize, data: &[u8], now: u64) -> Result<(), String> {
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        let read = (|| {
+            let Some(tls) = self.conns[i].tls.as_mut() else {
+                return Ok(());
+            };
+            let mut rest = data;
+            while !rest.is_empty() {
+                tls.read_tls(&mut rest).map_err(|e| format!("tls:{e}"))?;
+                tls.process_new_packets().map_err(|e| format!("tls:{e}"))?;
+                let mut chunk = [0u8; 16 * 1024];
+                loop {
+                    match tls.reader().read(&mut chunk) {
+                        Ok(0) => return Err("eof".to_string()),
+                        Ok(n) => plain.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(format!("tls:{e}")),
+                    }
+                }
+            }
+            Ok(())
+        })();
+        let taken = match read {
+            Ok(()) if plain.is_empty() => Ok(()),
+            Ok(()) => self.take_bytes(i, &plain, now),
+            Err(e) => Err(e),
+        };
+        self.plain = plain;
+        taken
     }
 
     /// Handles the whole frames of `data` (just read) after any partial frame
@@ -1226,6 +1299,7 @@ impl<W: Write> Worker<W> {
         let c = &mut self.conns[i];
         c.rbuf = Vec::new();
         c.wbuf = Vec::new();
+        c.tls = None;
     }
 
     fn reconnect_due(&mut self, now: u64) {
@@ -2059,6 +2133,36 @@ pub fn reason_of(e: &io::Error) -> String {
 
 /// Opens a non-blocking TCP connection from `src` (port chosen at connect
 /// time, `IP_BIND_ADDRESS_NO_PORT`) to `dst`.
+/// `--tls`: hands the connection's queued plaintext (`wbuf`) to its TLS
+/// client and writes the records it has to the socket, as far as the socket
+/// takes them; what the TLS client cannot take yet stays in `wbuf`.
+fn tls_flush(
+    tls: &mut rustls::ClientConnection,
+    sock: &mut TcpStream,
+    wbuf: &mut Vec<u8>,
+) -> Result<(), String> {
+    if !wbuf.is_empty() {
+        let n = tls.writer().write(wbuf).map_err(|e| format!("tls:{e}"))?;
+        wbuf.drain(..n);
+        if wbuf.is_empty() && wbuf.capacity() > 4096 {
+            *wbuf = Vec::new();
+        }
+    }
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(0) => return Err("write_zero".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(reason_of(&e)),
+        }
+    }
+    if wbuf.len() > WRITE_BUFFER_BYTES_MAX {
+        return Err("write_buffer_full".into());
+    }
+    Ok(())
+}
+
 pub fn connect(src: Option<Ipv4Addr>, dst: SocketAddr) -> io::Result<TcpStream> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
