@@ -19,10 +19,10 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # in CI. Debian 13's python3 is "externally managed" (PEP 668): pip may not
 # install into it, so moto goes into a venv of its own, created once and
 # reused (the tests look there too). One already on PATH is used as it is.
-venv="${TERN_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-test-venv}"
+venv="${MOTO_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-test-venv}"
 moto=""
-if [ -n "${TERN_MOTO_SERVER:-}" ]; then
-  moto="$TERN_MOTO_SERVER"
+if [ -n "${MOTO_SERVER_BIN:-}" ]; then
+  moto="$MOTO_SERVER_BIN"
 elif [ -x "$venv/bin/moto_server" ]; then
   moto="$venv/bin/moto_server"
 elif command -v moto_server >/dev/null 2>&1; then
@@ -46,7 +46,9 @@ if [ -z "$moto" ]; then
   "$venv/bin/pip" install -q 'moto[server]>=5,<6'
   moto="$venv/bin/moto_server"
 fi
-export TERN_MOTO_SERVER="$moto"
+# Not a TERN_* name: `tern serve` refuses TERN_ variables it does not know,
+# and the tests start it with their environment.
+export MOTO_SERVER_BIN="$moto"
 # The Debian package starts a system redis on 6379; the tests never use it
 # (each test starts its own server on a free loopback port).
 

@@ -553,10 +553,10 @@ pub fn free_port() -> u16 {
 
 /// The venv `scripts/test.sh` installs moto into (Debian's python3 is
 /// externally managed: pip installs only into a venv):
-/// `$TERN_TEST_VENV`, else `$XDG_CACHE_HOME/tern-test-venv`, else
+/// `$MOTO_VENV`, else `$XDG_CACHE_HOME/tern-test-venv`, else
 /// `~/.cache/tern-test-venv`.
 pub fn test_venv() -> std::path::PathBuf {
-    if let Some(v) = std::env::var_os("TERN_TEST_VENV") {
+    if let Some(v) = std::env::var_os("MOTO_VENV") {
         return v.into();
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
@@ -568,7 +568,7 @@ pub fn test_venv() -> std::path::PathBuf {
     cache.join("tern-test-venv")
 }
 
-/// Where `moto_server` is: `$TERN_MOTO_SERVER` (what `scripts/test.sh`
+/// Where `moto_server` is: `$MOTO_SERVER_BIN` (what `scripts/test.sh`
 /// found or installed), the test venv, or `PATH`. Missing: under `CI=true`
 /// the test fails (CI must run it, and `scripts/test.sh` installs it);
 /// elsewhere it is installed into the test venv once (`pip install
@@ -576,7 +576,7 @@ pub fn test_venv() -> std::path::PathBuf {
 pub fn moto_server_binary() -> std::path::PathBuf {
     static INSTALL: parking_lot::Mutex<()> = parking_lot::const_mutex(());
     let _one_at_a_time = INSTALL.lock();
-    if let Some(p) = std::env::var_os("TERN_MOTO_SERVER") {
+    if let Some(p) = std::env::var_os("MOTO_SERVER_BIN") {
         return p.into();
     }
     let venv = test_venv();
