@@ -159,6 +159,32 @@ pub struct Answer {
     pub effects: Vec<Effect>,
 }
 
+/// The answers of a batch some of whose calls were refused before the
+/// backend (`refused[i]` is the error body of call i, or `None` if it
+/// passed): a refused call gets its error, each passed one the next of
+/// `passed_answers` (one per passed call, in order). Used by the content
+/// filter and the before-send webhook.
+pub fn merge_refused(refused: Vec<Option<Body>>, passed_answers: Vec<Answer>) -> Vec<Answer> {
+    let mut passed = passed_answers.into_iter();
+    refused
+        .into_iter()
+        .map(|r| match r {
+            Some(error) => Answer {
+                reply: Some(error),
+                effects: Vec::new(),
+            },
+            None => passed.next().unwrap_or_else(|| Answer {
+                reply: Some(Body::Error(pb::Error {
+                    code: pb::ErrorCode::Internal as i32,
+                    reason: "no answer from the backend".into(),
+                    retry_after_ms: 0,
+                })),
+                effects: Vec::new(),
+            }),
+        })
+        .collect()
+}
+
 /// The chat backend as the gateway sees it: a batch in, one answer per
 /// request out, in order. Implemented over `tern_backend` in `server.rs`.
 pub trait ChatService: Send + Sync + 'static {

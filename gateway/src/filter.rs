@@ -223,30 +223,12 @@ pub fn handle_batch(
             passed_api.push(from_api.get(i).copied().unwrap_or(false));
         }
     }
-    let mut answers = if passed.is_empty() {
+    let answers = if passed.is_empty() {
         Vec::new()
     } else {
         inner(passed, &passed_api)
-    }
-    .into_iter();
-    refused
-        .into_iter()
-        .map(|r| match r {
-            Some(error) => Answer {
-                reply: Some(error),
-                effects: Vec::new(),
-            },
-            // One answer per passed call, in order.
-            None => answers.next().unwrap_or_else(|| Answer {
-                reply: Some(Body::Error(pb::Error {
-                    code: pb::ErrorCode::Internal as i32,
-                    reason: "no answer from the backend".into(),
-                    retry_after_ms: 0,
-                })),
-                effects: Vec::new(),
-            }),
-        })
-        .collect()
+    };
+    crate::bridge::merge_refused(refused, answers)
 }
 
 /// What the filter made of one request.

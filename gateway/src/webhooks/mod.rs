@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use tern_protocol::pb::{self, frame::Body};
+use tern_protocol::pb::frame::Body;
 
 pub use before_send::BeforeSend;
 pub use events::{EventFeed, EventSink};
@@ -148,30 +148,12 @@ pub fn handle_batch(
             .filter(|(_, r)| r.is_none())
             .map(|(c, _)| c)
             .collect();
-        let mut domain = if passed.is_empty() {
+        let domain = if passed.is_empty() {
             Vec::new()
         } else {
             service.handle_batch(now_unix_ms, passed)
-        }
-        .into_iter();
-        refused
-            .into_iter()
-            .map(|r| match r {
-                Some(error) => Answer {
-                    reply: Some(error),
-                    effects: Vec::new(),
-                },
-                // One domain answer per passed call, in order.
-                None => domain.next().unwrap_or_else(|| Answer {
-                    reply: Some(Body::Error(pb::Error {
-                        code: pb::ErrorCode::Internal as i32,
-                        reason: "no answer from the backend".into(),
-                        retry_after_ms: 0,
-                    })),
-                    effects: Vec::new(),
-                }),
-            })
-            .collect()
+        };
+        crate::bridge::merge_refused(refused, domain)
     };
     if let Some(sink) = hooks.events.as_ref() {
         sink.collect(now_unix_ms, &presence, &answers);
