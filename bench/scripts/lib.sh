@@ -66,6 +66,18 @@ start_tern() {
   wait_port 127.0.0.1 "$port"
 }
 
+# tls_cert: a throwaway self-signed P-256 certificate for localhost and
+# 127.0.0.1 in a temp dir (removed on exit), named to every `tern serve`
+# started after it through TERN_TLS_CERT_FILE / TERN_TLS_KEY_FILE.
+tls_cert() {
+  need_pkg openssl openssl
+  CERT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tern-tls.XXXXXX")"; DIRS+=("$CERT_DIR")
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$CERT_DIR/key.pem" -out "$CERT_DIR/cert.pem" 2>/dev/null
+  export TERN_TLS_CERT_FILE="$CERT_DIR/cert.pem" TERN_TLS_KEY_FILE="$CERT_DIR/key.pem"
+}
+
 need_pkg() { # binary package
   command -v "$1" >/dev/null && return
   echo "installing $2 (Debian package)" >&2

@@ -9,12 +9,7 @@
 source "$(dirname "$0")/lib.sh"
 N=${1:-10000}; HOLD=${2:-15}; RAMP=${3:-2000}
 build
-need_pkg openssl openssl
-CERT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tern-tls.XXXXXX")"; DIRS+=("$CERT_DIR")
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$CERT_DIR/key.pem" -out "$CERT_DIR/cert.pem" 2>/dev/null
-export TERN_TLS_CERT_FILE="$CERT_DIR/cert.pem" TERN_TLS_KEY_FILE="$CERT_DIR/key.pem"
+tls_cert
 row() { # label port tls_flag
   local label=$1 port=$2
   local http=$((port + 80))

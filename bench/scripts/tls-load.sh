@@ -10,12 +10,7 @@
 source "$(dirname "$0")/lib.sh"
 PAIRS=${1:-1000}; SECS=${2:-10}; RATE=${3:-1000}; G=${4:-1000}; GRATE=${5:-300}
 build
-need_pkg openssl openssl
-CERT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tern-tls.XXXXXX")"; DIRS+=("$CERT_DIR")
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$CERT_DIR/key.pem" -out "$CERT_DIR/cert.pem" 2>/dev/null
-export TERN_TLS_CERT_FILE="$CERT_DIR/cert.pem" TERN_TLS_KEY_FILE="$CERT_DIR/key.pem"
+tls_cert
 PORT=27700
 TERN_EXTRA=(--tls-listen "127.0.0.1:$((PORT + 2))")
 start_tern "$PORT" "$((PORT + 80))" 2
