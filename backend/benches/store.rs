@@ -71,6 +71,8 @@ impl Bed {
                 mentions: Vec::new(),
                 mention_all: false,
                 reply_to_seq: 0,
+                streaming: false,
+                thread_root_seq: 0,
             }),
         }
     }

@@ -68,6 +68,30 @@ pub struct Config {
     /// Groups whose member lists are cached for fan-out, at most. Default
     /// 10 000.
     pub member_cache_groups_max: u32,
+    /// How long after sending the sender may edit a message; 0: no edits at
+    /// all. Default 24 h.
+    pub edit_window_ms: u64,
+    /// Most edits of one message (a bot streaming a reply edits it many
+    /// times). Default 1 000.
+    pub edits_per_message_max: u32,
+    // ---- search (issue 19; docs/backend.md, "Search") ----
+    /// Whether `search` is served (and messages indexed). Turn it off where
+    /// message contents are encrypted at rest and the index, which holds
+    /// their words in clear, must not exist: `search` is then answered
+    /// with `ERROR_CODE_SEARCH_DISABLED`. Default true.
+    pub search_enabled: bool,
+    /// Largest page of a `search` answer, in messages. Default 50.
+    pub search_page_max: u32,
+    /// Candidate messages one `search` request examines at most (each a
+    /// point read of the log); a page ends early with a cursor when they
+    /// are used up. Default 1 000.
+    pub search_scan_max: u32,
+    /// How long a call rings a participant who does not answer; then they
+    /// are MISSED (and a call nobody answered ends MISSED). Default 30 000.
+    pub call_ring_timeout_ms: u64,
+    /// Calls in progress this domain instance (one gateway node) holds at
+    /// most; an invite beyond gets `LIMIT_REACHED`. Default 10 000.
+    pub calls_max: u32,
 }
 
 impl Default for Config {
@@ -94,6 +118,13 @@ impl Default for Config {
             long_text_bytes_max: 4_096,
             typing_states_max: 100_000,
             member_cache_groups_max: 10_000,
+            edit_window_ms: DAY_MS,
+            edits_per_message_max: 1_000,
+            search_enabled: true,
+            search_page_max: 50,
+            search_scan_max: 1_000,
+            call_ring_timeout_ms: 30_000,
+            calls_max: 10_000,
         }
     }
 }
@@ -129,6 +160,8 @@ impl Config {
             ("sync_cursors_max", self.sync_cursors_max),
             ("short_text_bytes_max", self.short_text_bytes_max),
             ("long_text_bytes_max", self.long_text_bytes_max),
+            ("search_page_max", self.search_page_max),
+            ("search_scan_max", self.search_scan_max),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

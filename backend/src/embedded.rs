@@ -5,12 +5,32 @@
 //! Why fjall and not redb: docs/design/embedded-store.md (durable batched
 //! appends were ~3x faster on this workload, and appends are the hot path).
 //!
-//! Durability: every write transaction commits with
+//! Durability: anything a method returned `Ok` for survives a process kill
+//! or a machine crash: every write transaction commits with
 //! [`fjall::PersistMode::SyncAll`] (the journal is fsynced before `commit`
-//! returns), so anything a method returned `Ok` for survives a process kill
-//! or a machine crash. [`Store::append_batch`] makes a whole batch durable
-//! with one fsync (group commit). Presence is kept in memory only: it is
-//! ephemeral by definition and a restart means everyone reconnects.
+//! returns), except the appends of messages, which are pipelined (below).
+//! [`Store::append_batch`] makes a whole batch durable with one fsync (group
+//! commit). Presence is kept in memory only: it is ephemeral by definition
+//! and a restart means everyone reconnects.
+//!
+//! Pipelined group commit: a batch of plain appends (no recall or read
+//! effect) is committed without an fsync inside fjall's writer lock and
+//! made durable by `persist` just after it, outside the lock, so the next
+//! batch (another backend worker's) prepares meanwhile instead of waiting
+//! for the fsync. `append_batch` returns only after that fsync, so acks
+//! still follow durability; and until it is done the batch's conversations
+//! are marked *unsynced* with their last durable head: [`Store::heads`] and
+//! [`Store::entries`] show nothing past it, so a seq is never visible
+//! before it is durable (a crash before the fsync may lose such a seq, and
+//! reuse it, but nobody has seen or been acked it).
+//!
+//! Append caches: conversation heads and the existence of user-conversation
+//! records are kept in memory for the append path (filled only after a
+//! commit, so they hold only committed state), which saves the head read
+//! and the two record reads of a 1:1 send. Every other write transaction
+//! (`write_tx`) empties them, so a write path that moves a head or touches
+//! those records (group changes, or one added later) can never leave a
+//! stale head behind: a stale head would reuse a seq.
 //!
 //! This module never decides chat policy (see `crate::store`) and never
 //! talks to the network.
@@ -20,10 +40,12 @@
 //! scan of `a\0` sees exactly the records of `a`. Sequence numbers are
 //! big-endian so that byte order is numeric order.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{
     KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
@@ -35,10 +57,10 @@ use tern_protocol::pb;
 
 use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
-    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials, FriendRecord,
-    FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
-    PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv,
-    ViewChange,
+    Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials,
+    FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord,
+    MemberRecord, PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult,
+    ThreadStat, TodoRecord, UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -51,6 +73,17 @@ const DEDUP_PURGE_PER_BATCH_MAX: usize = 1024;
 /// is best-effort by design).
 const PRESENCE_RECORDS_MAX: usize = 1_000_000;
 
+/// Conversation heads kept by the append cache, at most (~80 B each); a
+/// full cache starts over (misses read the store).
+const HEADS_CACHED_MAX: usize = 262_144;
+
+/// User-conversation records the append cache knows to exist, at most
+/// (~60 B each); a full set starts over.
+const UCONVS_CACHED_MAX: usize = 262_144;
+
+/// One result per item of an append batch.
+type AppendResults = Vec<Result<Appended, AppendRefused>>;
+
 /// The embedded store. Cheap to share: wrap it in an `Arc`.
 pub struct EmbeddedStore {
     db: SingleWriterTxDatabase,
@@ -58,6 +91,84 @@ pub struct EmbeddedStore {
     /// Seals message contents in the log (empty: stored in clear).
     keys: Arc<Keys>,
     presence: Mutex<HashMap<Box<str>, HeldPresence>>,
+    /// The free-space reserve of the data dir's filesystem.
+    disk: DiskReserve,
+    /// The append path's caches; held by `append_batch` from before its
+    /// write transaction until the caches hold what it committed, so the
+    /// next batch always starts from them (see the module doc).
+    append: Mutex<AppendCache>,
+    /// Bumped by every write transaction but `append_batch`'s, inside
+    /// fjall's writer lock: the append cache is valid only while it is
+    /// unchanged.
+    writes_other: AtomicU64,
+    /// Conversations with appends committed but not yet fsynced, with their
+    /// last durable head: what readers see of them until the fsync.
+    unsynced: Mutex<HashMap<Box<str>, Unsynced>>,
+}
+
+/// The append path's caches (see the module doc), as of the last commit.
+#[derive(Debug, Default)]
+struct AppendCache {
+    /// `writes_other` when the cache was filled.
+    generation: u64,
+    /// conversation → its head (durable or not: the next seq follows it).
+    heads: HashMap<Box<str>, ConvHead>,
+    /// `user \0 conv` keys of user-conversation records that exist (they
+    /// are never deleted).
+    uconvs: HashSet<Box<[u8]>>,
+}
+
+/// A conversation with appends committed but not yet fsynced.
+#[derive(Debug, Clone, Copy)]
+struct Unsynced {
+    /// Its head before the first of those appends: durable.
+    durable: ConvHead,
+    /// Batches still to be fsynced that appended to it.
+    batches: u32,
+}
+
+/// What one `append_batch` did, for the head writes, the caches and the
+/// unsynced marks.
+#[derive(Debug, Default)]
+struct BatchWrites {
+    /// conversation → (head before the batch, head after it). Each head is
+    /// written once per batch, however many items went to it.
+    heads: HashMap<String, (ConvHead, ConvHead)>,
+    /// Keys of user-conversation records seen or created.
+    uconvs: Vec<Vec<u8>>,
+}
+
+/// Writes are refused ([`StoreError::Full`]) while the filesystem of the
+/// store's directory has less than `free_min_bytes` free: fjall treats a
+/// failed journal write (ENOSPC) as fatal and refuses every later write
+/// until the process restarts, so the store stops short of it and resumes
+/// by itself once space returns. One `statvfs` per commit. 0: off.
+#[derive(Debug)]
+struct DiskReserve {
+    dir: std::path::PathBuf,
+    free_min_bytes: u64,
+}
+
+impl DiskReserve {
+    fn check(&self) -> StoreResult<()> {
+        if self.free_min_bytes == 0 {
+            return Ok(());
+        }
+        let Ok(st) = nix::sys::statvfs::statvfs(&self.dir) else {
+            // The probe failed: let fjall meet whatever is wrong.
+            return Ok(());
+        };
+        #[allow(clippy::unnecessary_cast)] // their widths differ by platform
+        let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+        if free < self.free_min_bytes {
+            return Err(StoreError::Full(format!(
+                "{free} bytes free under {}, {} reserved",
+                self.dir.display(),
+                self.free_min_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A presence record as the table holds it: every online user has one, so
@@ -137,6 +248,26 @@ struct Keyspaces {
     ban: SingleWriterTxKeyspace,
     /// `user` → PHC string of the password hash (local accounts).
     credential: SingleWriterTxKeyspace,
+    // ---- search (issue 19) ----
+    /// `conv \0 token \0 seq_be` → empty: the search index's postings
+    /// (tokens in clear: docs/security.md, "What is stored in clear").
+    search: SingleWriterTxKeyspace,
+    /// `conv` → seq_be: the index mark (the log is indexed up to it).
+    search_mark: SingleWriterTxKeyspace,
+    /// `conv \0 r seq_be` (a message's reactions) or `conv \0 p` (the
+    /// conversation's pins) → the domain's record bytes
+    /// (`crate::store::Annotation`).
+    annot: SingleWriterTxKeyspace,
+    /// `conv \0 root_be seq_be` → empty: the thread index (replies not
+    /// recalled, per root).
+    thread: SingleWriterTxKeyspace,
+    /// `user \0 conv \0 root_be` → seq_be: thread read marks.
+    thread_read: SingleWriterTxKeyspace,
+    /// `conv \0 seq_be` → encoded [`TodoRecord`].
+    todo: SingleWriterTxKeyspace,
+    /// `user \0 conv \0 seq_be` → empty: the user's open to-dos (a
+    /// superset, see [`Store::set_todo_open`]).
+    todo_open: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -167,13 +298,42 @@ impl EmbeddedStore {
             presence_setting: open("presence_setting")?,
             ban: open("ban")?,
             credential: open("credential")?,
+            search: open("search")?,
+            search_mark: open("search_mark")?,
+            annot: open("annot")?,
+            thread: open("thread")?,
+            thread_read: open("thread_read")?,
+            todo: open("todo")?,
+            todo_open: open("todo_open")?,
+        };
+        let disk = DiskReserve {
+            dir: dir.to_path_buf(),
+            free_min_bytes: 0,
         };
         Ok(Self {
             db,
             ks,
             keys: Arc::default(),
             presence: Mutex::new(HashMap::new()),
+            disk,
+            append: Mutex::new(AppendCache::default()),
+            writes_other: AtomicU64::new(0),
+            unsynced: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Refuses writes with [`StoreError::Full`] (nothing written) while the
+    /// data dir's filesystem has fewer than `bytes` free (0, the default:
+    /// never). See `DiskReserve`.
+    pub fn with_disk_free_min(mut self, bytes: u64) -> Self {
+        self.disk.free_min_bytes = bytes;
+        self
+    }
+
+    /// Commits `tx` durably, unless the disk is below its reserve.
+    fn commit(&self, tx: SingleWriterWriteTx<'_>) -> StoreResult<()> {
+        self.disk.check()?;
+        tx.commit().map_err(backend)
     }
 
     /// Seals the message contents it writes from now on with `keys` (and
@@ -184,9 +344,140 @@ impl EmbeddedStore {
         self
     }
 
-    /// A durable write transaction: `commit` fsyncs the journal.
+    /// A durable write transaction: `commit` fsyncs the journal. Empties
+    /// the append cache (by bumping `writes_other` inside the writer lock),
+    /// since this write may move a head: every write but `append_batch`
+    /// goes through here.
     fn write_tx(&self) -> SingleWriterWriteTx<'_> {
-        self.db.write_tx().durability(Some(PersistMode::SyncAll))
+        let tx = self.db.write_tx().durability(Some(PersistMode::SyncAll));
+        self.writes_other.fetch_add(1, Ordering::AcqRel);
+        tx
+    }
+
+    /// Marks the conversations `batch` appended to as unsynced (before its
+    /// commit makes them visible).
+    fn mark_unsynced(&self, batch: &BatchWrites) {
+        let mut unsynced = self.unsynced.lock();
+        for (conv, (before, _)) in &batch.heads {
+            unsynced
+                .entry(conv.as_str().into())
+                .or_insert(Unsynced {
+                    durable: *before,
+                    batches: 0,
+                })
+                .batches += 1;
+        }
+    }
+
+    /// Takes back the marks of [`Self::mark_unsynced`] (after the fsync, or
+    /// a commit that failed).
+    fn unmark_unsynced(&self, batch: &BatchWrites) {
+        let mut unsynced = self.unsynced.lock();
+        for conv in batch.heads.keys() {
+            if let Some(u) = unsynced.get_mut(conv.as_str()) {
+                u.batches = u.batches.saturating_sub(1);
+                if u.batches == 0 {
+                    unsynced.remove(conv.as_str());
+                }
+            }
+        }
+    }
+
+    /// The last durable head of `conv` if it has unsynced appends.
+    fn durable_head(&self, conv: &str) -> Option<ConvHead> {
+        let unsynced = self.unsynced.lock();
+        if unsynced.is_empty() {
+            return None;
+        }
+        unsynced.get(conv).map(|u| u.durable)
+    }
+
+    /// The first stage of `append_batch`: everything up to the commit, and
+    /// the append cache updated. A pipelined batch (plain appends) comes
+    /// back committed but not fsynced, its conversations marked unsynced:
+    /// [`Self::sync_appends`] finishes it. Any other batch is durable.
+    fn commit_appends(
+        &self,
+        now_ms: u64,
+        items: &[Append],
+    ) -> StoreResult<(AppendResults, Option<BatchWrites>)> {
+        // Plain appends are pipelined (module doc); a recall or a read mark
+        // changes existing records, which no watermark hides: such a batch
+        // is fsynced inside the lock as before.
+        let pipelined = items.iter().all(|i| matches!(i.effect, AppendEffect::None));
+        // Below the disk reserve nothing is written (see `DiskReserve`).
+        self.disk.check()?;
+        let ks = &self.ks;
+        let ring = self.keys.load();
+        let mut cache = self.append.lock();
+        let mut tx = self
+            .db
+            .write_tx()
+            .durability((!pipelined).then_some(PersistMode::SyncAll));
+        let generation = self.writes_other.load(Ordering::Acquire);
+        if cache.generation != generation {
+            cache.heads.clear();
+            cache.uconvs.clear();
+            cache.generation = generation;
+        }
+        purge_dedup(&mut tx, ks, now_ms)?;
+        let mut batch = BatchWrites::default();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(append_one(
+                &mut tx,
+                ks,
+                ring.as_deref(),
+                now_ms,
+                item,
+                &cache,
+                &mut batch,
+            )?);
+        }
+        for (conv, (_, after)) in &batch.heads {
+            tx.insert(&ks.head, conv.as_bytes().to_vec(), after.encode_to_vec());
+        }
+        if pipelined {
+            self.mark_unsynced(&batch);
+        }
+        if let Err(e) = tx.commit() {
+            if pipelined {
+                self.unmark_unsynced(&batch);
+            }
+            // What the failed commit left is unknown: read it again.
+            cache.heads.clear();
+            cache.uconvs.clear();
+            return Err(backend(e));
+        }
+        if cache.heads.len() + batch.heads.len() > HEADS_CACHED_MAX {
+            cache.heads.clear();
+        }
+        for (conv, (_, after)) in &batch.heads {
+            cache.heads.insert(conv.as_str().into(), *after);
+        }
+        if cache.uconvs.len() + batch.uconvs.len() > UCONVS_CACHED_MAX {
+            cache.uconvs.clear();
+        }
+        for key in std::mem::take(&mut batch.uconvs) {
+            cache.uconvs.insert(key.into_boxed_slice());
+        }
+        // The next batch may prepare (and commit) while this one fsyncs.
+        drop(cache);
+        Ok((out, pipelined.then_some(batch)))
+    }
+
+    /// The second stage of a pipelined `append_batch`: the fsync (when
+    /// anything is to be acked), then the unsynced marks go. Also covers
+    /// every commit before it (the journal is one sequential file): a
+    /// duplicate found in another worker's unsynced batch is durable when
+    /// this returns too. On failure the marks stay: fjall refuses every
+    /// later write, and what the batch committed is never shown.
+    fn sync_appends(&self, batch: &BatchWrites, acks: bool) -> StoreResult<()> {
+        if acks {
+            self.db.persist(PersistMode::SyncAll).map_err(backend)?;
+        }
+        self.unmark_unsynced(batch);
+        Ok(())
     }
 
     fn get<M: prost::Message + Default>(
@@ -222,15 +513,10 @@ impl Store for EmbeddedStore {
         now_ms: u64,
         items: &[Append],
     ) -> StoreResult<Vec<Result<Appended, AppendRefused>>> {
-        let mut tx = self.write_tx();
-        let ks = &self.ks;
-        let ring = self.keys.load();
-        purge_dedup(&mut tx, ks, now_ms)?;
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            out.push(append_one(&mut tx, ks, ring.as_deref(), now_ms, item)?);
+        let (out, unsynced) = self.commit_appends(now_ms, items)?;
+        if let Some(batch) = unsynced {
+            self.sync_appends(&batch, out.iter().any(Result::is_ok))?;
         }
-        tx.commit().map_err(backend)?;
         Ok(out)
     }
 
@@ -246,7 +532,15 @@ impl Store for EmbeddedStore {
             return Ok(None);
         };
         let (seq, time_ms, expires_at_ms) = decode_dedup(&v)?;
-        Ok((expires_at_ms > now_ms).then_some(Appended {
+        if expires_at_ms <= now_ms {
+            return Ok(None);
+        }
+        // The record may be of a batch still being fsynced (another
+        // worker's): the original ack is answered only once it is durable.
+        if self.durable_head(conversation).is_some_and(|h| h.seq < seq) {
+            self.db.persist(PersistMode::SyncAll).map_err(backend)?;
+        }
+        Ok(Some(Appended {
             seq,
             time_ms,
             duplicate: true,
@@ -256,7 +550,12 @@ impl Store for EmbeddedStore {
     fn heads(&self, conversations: &[&str]) -> StoreResult<Vec<ConvHead>> {
         conversations
             .iter()
-            .map(|c| Ok(self.get(&self.ks.head, c.as_bytes())?.unwrap_or_default()))
+            .map(|c| {
+                // Store first, marks second: an unsynced head read here was
+                // marked before its commit, and is unmarked only once durable.
+                let stored = self.get(&self.ks.head, c.as_bytes())?.unwrap_or_default();
+                Ok(self.durable_head(c).unwrap_or(stored))
+            })
             .collect()
     }
 
@@ -277,6 +576,11 @@ impl Store for EmbeddedStore {
         for guard in snap.range(&self.ks.log, range).take(limit) {
             let (_, v) = guard.into_inner().map_err(backend)?;
             out.push(seal::decode_entry(ring.as_deref(), conversation, &v)?);
+        }
+        // Read first, marks second (as in `heads`): nothing past the last
+        // durable head is shown.
+        if let Some(durable) = self.durable_head(conversation) {
+            out.retain(|e| e.seq <= durable.seq);
         }
         Ok(out)
     }
@@ -399,7 +703,7 @@ impl Store for EmbeddedStore {
                 }
             }
         }
-        tx.commit().map_err(backend)?;
+        self.commit(tx)?;
         Ok(Ok(seqs))
     }
 
@@ -435,7 +739,7 @@ impl Store for EmbeddedStore {
                 SocialOp::DeleteBlock { user, other } => tx.remove(&ks.block, key2(user, other)),
             }
         }
-        tx.commit().map_err(backend)
+        self.commit(tx)
     }
 
     fn profile(&self, user_id: &str) -> StoreResult<Option<pb::Profile>> {
@@ -528,7 +832,7 @@ impl Store for EmbeddedStore {
             ),
             None => tx.remove(&self.ks.presence_setting, user.as_bytes()),
         }
-        tx.commit().map_err(backend)?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -545,11 +849,260 @@ impl Store for EmbeddedStore {
             Some(b) => tx.insert(&self.ks.ban, user.as_bytes(), b.encode_to_vec()),
             None => tx.remove(&self.ks.ban, user.as_bytes()),
         }
-        tx.commit().map_err(backend)
+        self.commit(tx)
     }
 
     fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>> {
         self.get(&self.ks.ban, user.as_bytes())
+    }
+
+    fn edit_dedup_lookup(
+        &self,
+        conversation: &str,
+        sender: &str,
+        client_edit_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<Appended>> {
+        // Kept apart from message ids as `append_one` writes it.
+        self.dedup_lookup(conversation, sender, &format!("e:{client_edit_id}"), now_ms)
+    }
+
+    fn annotations(
+        &self,
+        conversation: &str,
+        keys: &[Annotation],
+    ) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        keys.iter()
+            .map(|k| {
+                Ok(self
+                    .ks
+                    .annot
+                    .get(annot_key(conversation, *k))
+                    .map_err(backend)?
+                    .map(|v| v.to_vec()))
+            })
+            .collect()
+    }
+    fn thread_stats(
+        &self,
+        conversation: &str,
+        roots: &[(u64, u64)],
+    ) -> StoreResult<Vec<ThreadStat>> {
+        let snap = self.db.read_tx();
+        let mut out = Vec::with_capacity(roots.len());
+        for &(root, after_seq) in roots {
+            let range =
+                thread_key(conversation, root, 0)..=thread_key(conversation, root, u64::MAX);
+            let mut stat = ThreadStat::default();
+            // Counting walks the thread's keys (small, no values): a thread
+            // of 10,000 replies is 10,000 keys of ~30 bytes.
+            for guard in snap.range(&self.ks.thread, range) {
+                let seq = thread_key_seq(&guard.key().map_err(backend)?)?;
+                stat.replies += 1;
+                if seq > after_seq {
+                    stat.after += 1;
+                }
+                stat.last_seq = stat.last_seq.max(seq);
+            }
+            out.push(stat);
+        }
+        Ok(out)
+    }
+
+    fn thread_replies(
+        &self,
+        conversation: &str,
+        root: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<u64>> {
+        let upper = if before_seq == 0 {
+            Bound::Included(thread_key(conversation, root, u64::MAX))
+        } else {
+            Bound::Excluded(thread_key(conversation, root, before_seq))
+        };
+        let lower = Bound::Included(thread_key(conversation, root, 0));
+        let snap = self.db.read_tx();
+        let mut out = Vec::new();
+        for guard in snap
+            .range(&self.ks.thread, (lower, upper))
+            .rev()
+            .take(limit)
+        {
+            out.push(thread_key_seq(&guard.key().map_err(backend)?)?);
+        }
+        Ok(out)
+    }
+
+    fn thread_read_marks(
+        &self,
+        user: &str,
+        conversation: &str,
+        roots: &[u64],
+    ) -> StoreResult<Vec<u64>> {
+        let snap = self.db.read_tx();
+        roots
+            .iter()
+            .map(|&root| {
+                let v = snap
+                    .get(
+                        &self.ks.thread_read,
+                        thread_read_key(user, conversation, root),
+                    )
+                    .map_err(backend)?;
+                v.map_or(Ok(0), |v| be_u64(&v))
+            })
+            .collect()
+    }
+
+    fn mark_thread_read(
+        &self,
+        user: &str,
+        conversation: &str,
+        root: u64,
+        up_to_seq: u64,
+    ) -> StoreResult<()> {
+        let key = thread_read_key(user, conversation, root);
+        let mut tx = self.write_tx();
+        let old = match tx.get(&self.ks.thread_read, &key).map_err(backend)? {
+            Some(v) => be_u64(&v)?,
+            None => 0,
+        };
+        if old >= up_to_seq {
+            return Ok(());
+        }
+        tx.insert(&self.ks.thread_read, key, up_to_seq.to_be_bytes().to_vec());
+        self.commit(tx)
+    }
+
+    fn todo(&self, conversation: &str, seq: u64) -> StoreResult<Option<TodoRecord>> {
+        self.get(&self.ks.todo, &log_key(conversation, seq))
+    }
+
+    fn set_todo_open(
+        &self,
+        user: &str,
+        conversation: &str,
+        seq: u64,
+        open: bool,
+    ) -> StoreResult<()> {
+        let key = todo_open_key(user, conversation, seq);
+        let mut tx = self.write_tx();
+        if open {
+            tx.insert(&self.ks.todo_open, key, Vec::new());
+        } else {
+            tx.remove(&self.ks.todo_open, key);
+        }
+        self.commit(tx)
+    }
+
+    fn todo_index(
+        &self,
+        user: &str,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let start = match after {
+            None => Bound::Included(prefix(user)),
+            Some((conv, seq)) => Bound::Excluded(todo_open_key(user, conv, seq)),
+        };
+        let end = Bound::Excluded(prefix_end(user));
+        let snap = self.db.read_tx();
+        let mut out = Vec::new();
+        let skip = user.len() + 1;
+        for guard in snap.range(&self.ks.todo_open, (start, end)).take(limit) {
+            let key = guard.key().map_err(backend)?;
+            // `user \0 conv \0 seq_be`: the conversation is between the
+            // user's separator and the 9 bytes of `\0 seq_be`.
+            let corrupt = || StoreError::Corrupt("to-do index key".into());
+            let body = key.get(skip..).ok_or_else(corrupt)?;
+            let split = body.len().checked_sub(9).ok_or_else(corrupt)?;
+            let conv = std::str::from_utf8(&body[..split]).map_err(|_| corrupt())?;
+            out.push((conv.to_owned(), be_u64(&body[split + 1..])?));
+        }
+        Ok(out)
+    }
+
+    // ---- search (issue 19) ----
+
+    fn search_indexed(&self, conversation: &str) -> StoreResult<u64> {
+        let v = self
+            .ks
+            .search_mark
+            .get(conversation.as_bytes())
+            .map_err(backend)?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    fn search_index(
+        &self,
+        conversation: &str,
+        postings: &[(String, u64)],
+        upto_seq: u64,
+    ) -> StoreResult<()> {
+        // Not `write_tx`: the index moves no head and touches no record of
+        // the append cache. Not fsynced: the index is derived from the log,
+        // and a write lost in a crash leaves the mark behind, so it is done
+        // again (docs/backend.md, "Search").
+        let mut tx = self.db.write_tx().durability(None);
+        let mark = tx
+            .get(&self.ks.search_mark, conversation.as_bytes())
+            .map_err(backend)?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map_or(0, u64::from_be_bytes);
+        for (token, seq) in postings {
+            tx.insert(&self.ks.search, search_key(conversation, token, *seq), []);
+        }
+        if upto_seq > mark {
+            tx.insert(
+                &self.ks.search_mark,
+                conversation.as_bytes(),
+                upto_seq.to_be_bytes(),
+            );
+        }
+        self.commit(tx)
+    }
+
+    fn search_conversations(&self, after: &str, limit: usize) -> StoreResult<Option<Vec<String>>> {
+        let snap = self.db.read_tx();
+        let mut out = Vec::new();
+        let range = (Bound::Excluded(after.as_bytes().to_vec()), Bound::Unbounded);
+        for guard in snap.range(&self.ks.head, range).take(limit) {
+            let (k, _) = guard.into_inner().map_err(backend)?;
+            let conv = String::from_utf8(k.to_vec())
+                .map_err(|_| StoreError::Corrupt("a head key is not UTF-8".into()))?;
+            out.push(conv);
+        }
+        Ok(Some(out))
+    }
+
+    fn search_postings(
+        &self,
+        conversation: &str,
+        token: &str,
+        from_seq: u64,
+        to_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<u64>> {
+        if from_seq > to_seq || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let snap = self.db.read_tx();
+        let range =
+            search_key(conversation, token, from_seq)..=search_key(conversation, token, to_seq);
+        let mut out = Vec::new();
+        for guard in snap.range(&self.ks.search, range).rev().take(limit) {
+            let (k, _) = guard.into_inner().map_err(backend)?;
+            let seq = k
+                .len()
+                .checked_sub(8)
+                .and_then(|at| <[u8; 8]>::try_from(&k[at..]).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt("search posting key".into()))?;
+            out.push(seq);
+        }
+        Ok(out)
     }
 }
 
@@ -577,7 +1130,7 @@ impl Credentials for EmbeddedStore {
             return Ok(false);
         }
         tx.insert(&self.ks.credential, user.as_bytes(), phc.as_bytes());
-        tx.commit().map_err(backend)?;
+        self.commit(tx)?;
         Ok(true)
     }
 }
@@ -586,18 +1139,24 @@ impl Credentials for EmbeddedStore {
 // Appends inside one write transaction
 // ---------------------------------------------------------------------------
 
+/// One item of `append_batch`. The conversation's head comes from `batch`
+/// (an earlier item of the batch), else the append cache, else the store;
+/// the caller writes `batch.heads` once at the end.
 fn append_one(
     tx: &mut SingleWriterWriteTx<'_>,
     ks: &Keyspaces,
     keys: Option<&KeyRing>,
     now_ms: u64,
     item: &Append,
+    cached: &AppendCache,
+    batch: &mut BatchWrites,
 ) -> StoreResult<Result<Appended, AppendRefused>> {
     let conv = item.conversation.as_str();
-    let dedup_key = item
-        .dedup
-        .as_ref()
-        .map(|d| key3(conv, &d.sender, &d.client_msg_id));
+    let dedup_key = item.dedup.as_ref().map(|d| match &item.effect {
+        // An edit's id, kept apart from message ids: `:` is in no id.
+        AppendEffect::Edit { .. } => key3(conv, &d.sender, &format!("e:{}", d.client_msg_id)),
+        _ => key3(conv, &d.sender, &d.client_msg_id),
+    });
     if let Some(k) = &dedup_key {
         if let Some(v) = tx.get(&ks.dedup, k).map_err(backend)? {
             let (seq, time_ms, expires_at_ms) = decode_dedup(&v)?;
@@ -621,6 +1180,12 @@ fn append_one(
     // Check the effect before writing anything, so a refusal writes nothing.
     let mut recalled: Option<(Vec<u8>, pb::Entry)> = None;
     let mut reader: Option<(Vec<u8>, UserConv)> = None;
+    let mut edited: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut annotated: Option<(Vec<u8>, &[u8])> = None;
+    // A recalled thread reply leaves its thread's index.
+    let mut unthreaded: Option<Vec<u8>> = None;
+    let mut threaded: Option<u64> = None;
+    let mut todo: Option<(Vec<u8>, TodoRecord)> = None;
     match &item.effect {
         AppendEffect::None => {}
         AppendEffect::Recall { seq } => {
@@ -634,6 +1199,9 @@ fn append_one(
             match target {
                 Some(mut e) => match &mut e.body {
                     Some(pb::entry::Body::Message(m)) if !m.recalled => {
+                        if m.thread_root_seq > 0 {
+                            unthreaded = Some(thread_key(conv, m.thread_root_seq, *seq));
+                        }
                         m.recalled = true;
                         m.content = None;
                         // A recalled message mentions nobody any more.
@@ -656,26 +1224,121 @@ fn append_one(
                 _ => return Ok(Err(AppendRefused::ReadNotAdvanced)),
             }
         }
+        AppendEffect::Edit {
+            expect_edit_count,
+            message,
+        } => {
+            let key = log_key(conv, message.seq);
+            // Only the flags are compared: the content is replaced, so it is
+            // never opened.
+            let target = match tx.get(&ks.log, &key).map_err(backend)? {
+                Some(v) => Some(seal::decode_entry_without_content(&v)?),
+                None => None,
+            };
+            match target.and_then(|e| e.body) {
+                Some(pb::entry::Body::Message(m))
+                    if !m.recalled && m.edit_count == *expect_edit_count =>
+                {
+                    let mut e = pb::Entry::clone(message);
+                    e.conversation_id = conv.to_owned();
+                    edited = Some((key, seal::encode_entry(keys, conv, e)));
+                }
+                _ => return Ok(Err(AppendRefused::NotEditable)),
+            }
+        }
+        AppendEffect::Annotate {
+            key,
+            seq,
+            live_message,
+            expect,
+            new,
+        } => {
+            if *live_message {
+                // Only the flags are read: the content is never opened.
+                let target = match tx.get(&ks.log, log_key(conv, *seq)).map_err(backend)? {
+                    Some(v) => Some(seal::decode_entry_without_content(&v)?),
+                    None => None,
+                };
+                if !matches!(
+                    target.and_then(|e| e.body),
+                    Some(pb::entry::Body::Message(m)) if !m.recalled
+                ) {
+                    return Ok(Err(AppendRefused::AnnotationChanged));
+                }
+            }
+            let k = annot_key(conv, *key);
+            let now = tx.get(&ks.annot, &k).map_err(backend)?;
+            if now.as_deref().unwrap_or_default() != expect.as_slice() {
+                return Ok(Err(AppendRefused::AnnotationChanged));
+            }
+            annotated = Some((k, new.as_slice()));
+        }
+        AppendEffect::ThreadReply { root_seq } => {
+            let target = match tx.get(&ks.log, log_key(conv, *root_seq)).map_err(backend)? {
+                Some(v) => Some(seal::decode_entry_without_content(&v)?),
+                None => None,
+            };
+            match target.and_then(|e| e.body) {
+                Some(pb::entry::Body::Message(m)) if !m.recalled && m.thread_root_seq == 0 => {
+                    threaded = Some(*root_seq);
+                }
+                _ => return Ok(Err(AppendRefused::NotThreadable)),
+            }
+        }
+        AppendEffect::Todo {
+            seq,
+            expect_version,
+            record,
+        } => {
+            let key = log_key(conv, *seq);
+            let version = tx_get::<TodoRecord>(tx, &ks.todo, &key)?.map_or(0, |r| r.version);
+            if version != *expect_version {
+                return Ok(Err(AppendRefused::TodoChanged));
+            }
+            let mut r = TodoRecord::clone(record);
+            r.version = expect_version + 1;
+            todo = Some((key, r));
+        }
     }
-    let mut head: ConvHead = tx_get(tx, &ks.head, conv.as_bytes())?.unwrap_or_default();
-    let seq = write_entry(
-        tx,
-        ks,
-        keys,
-        conv,
-        &mut head,
-        item.entry.clone(),
-        item.activity,
-    );
-    tx.insert(&ks.head, conv.as_bytes().to_vec(), head.encode_to_vec());
+    let head = match batch.heads.entry(conv.to_owned()) {
+        MapEntry::Occupied(o) => &mut o.into_mut().1,
+        MapEntry::Vacant(v) => {
+            let before = match cached.heads.get(conv) {
+                Some(h) => *h,
+                None => tx_get(tx, &ks.head, conv.as_bytes())?.unwrap_or_default(),
+            };
+            &mut v.insert((before, before)).1
+        }
+    };
+    let seq = write_entry(tx, ks, keys, conv, head, item.entry.clone(), item.activity);
     if let Some((key, e)) = recalled {
         tx.insert(&ks.log, key, e.encode_to_vec());
     }
     if let Some((key, uc)) = reader {
         tx.insert(&ks.uconv, key, uc.encode_to_vec());
     }
+    if let Some((key, bytes)) = edited {
+        tx.insert(&ks.log, key, bytes);
+    }
+    match annotated {
+        Some((key, [])) => tx.remove(&ks.annot, key),
+        Some((key, bytes)) => tx.insert(&ks.annot, key, bytes),
+        None => {}
+    }
+    if let Some(key) = unthreaded {
+        tx.remove(&ks.thread, key);
+    }
+    if let Some(root) = threaded {
+        tx.insert(&ks.thread, thread_key(conv, root, seq), Vec::new());
+    }
+    if let Some((key, r)) = todo {
+        tx.insert(&ks.todo, key, r.encode_to_vec());
+    }
     for user in &item.participants {
         let key = key2(user, conv);
+        if cached.uconvs.contains(key.as_slice()) {
+            continue;
+        }
         if !tx.contains_key(&ks.uconv, &key).map_err(backend)? {
             let uc = UserConv {
                 conversation_id: conv.to_owned(),
@@ -683,8 +1346,9 @@ fn append_one(
                 visible_to_seq: 0,
                 read_seq: 0,
             };
-            tx.insert(&ks.uconv, key, uc.encode_to_vec());
+            tx.insert(&ks.uconv, key.clone(), uc.encode_to_vec());
         }
+        batch.uconvs.push(key);
     }
     let time_ms = item.entry.time_ms;
     if let (Some(k), Some(d)) = (dedup_key, &item.dedup) {
@@ -794,10 +1458,68 @@ fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
     k
 }
 
+/// `conv \0 token \0 seq_be`: a posting of the search index. Tokens
+/// hold no control character (`domain::search::tokens`).
+fn search_key(conv: &str, token: &str, seq: u64) -> Vec<u8> {
+    let mut k = key2(conv, token);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn log_key(conv: &str, seq: u64) -> Vec<u8> {
     let mut k = prefix(conv);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The key of an annotation record: `conv \0 r seq_be` or `conv \0 p`.
+fn annot_key(conv: &str, key: Annotation) -> Vec<u8> {
+    let mut k = prefix(conv);
+    match key {
+        Annotation::Reactions(seq) => {
+            k.push(b'r');
+            k.extend_from_slice(&seq.to_be_bytes());
+        }
+        Annotation::Pins => k.push(b'p'),
+    }
+    k
+}
+
+/// `conv \0 root_be seq_be`: a reply in the thread index.
+fn thread_key(conv: &str, root: u64, seq: u64) -> Vec<u8> {
+    let mut k = log_key(conv, root);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The reply seq of a [`thread_key`] (its last 8 bytes).
+fn thread_key_seq(key: &[u8]) -> StoreResult<u64> {
+    let at = key
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| StoreError::Corrupt("thread index key".into()))?;
+    be_u64(&key[at..])
+}
+
+/// `user \0 conv \0 root_be`: a thread read mark.
+fn thread_read_key(user: &str, conv: &str, root: u64) -> Vec<u8> {
+    let mut k = key2(user, conv);
+    k.push(0);
+    k.extend_from_slice(&root.to_be_bytes());
+    k
+}
+
+/// `user \0 conv \0 seq_be`: an open to-do of the user.
+fn todo_open_key(user: &str, conv: &str, seq: u64) -> Vec<u8> {
+    thread_read_key(user, conv, seq)
+}
+
+/// A big-endian u64 value.
+fn be_u64(v: &[u8]) -> StoreResult<u64> {
+    v.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("expected 8 bytes".into()))
 }
 
 fn encode_dedup(seq: u64, time_ms: u64, expires_at_ms: u64) -> Vec<u8> {
@@ -872,4 +1594,85 @@ impl OpenError {
 
 fn backend(e: fjall::Error) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DedupKey;
+
+    fn send(conv: &str, cmid: &str) -> Append {
+        Append {
+            conversation: conv.into(),
+            entry: pb::Entry {
+                sender: "a".into(),
+                client_msg_id: cmid.into(),
+                time_ms: 1,
+                body: Some(pb::entry::Body::Message(pb::Message::default())),
+                ..Default::default()
+            },
+            activity: true,
+            dedup: Some(DedupKey {
+                sender: "a".into(),
+                client_msg_id: cmid.into(),
+                expires_at_ms: u64::MAX,
+            }),
+            member_of: None,
+            effect: AppendEffect::None,
+            participants: vec!["a".into(), "b".into()],
+        }
+    }
+
+    fn shown(store: &EmbeddedStore, conv: &str) -> (u64, Vec<u64>) {
+        let head = store.heads(&[conv]).unwrap()[0].seq;
+        let seqs = store
+            .entries(conv, 1, u64::MAX, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        (head, seqs)
+    }
+
+    #[test]
+    fn a_pipelined_batch_is_shown_only_after_its_fsync() {
+        // Proves the durable watermark deterministically, stopping between
+        // the two stages of a pipelined append_batch: while two batches
+        // are committed but not fsynced, heads and entries show the
+        // conversation as it was before them (the next batch still takes
+        // the next seq); once the later one is fsynced the earlier still
+        // hides both; once both are, both seqs show.
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let conv = "d:a:b";
+        store.append_batch(1, &[send(conv, "m1")]).unwrap();
+        let (out2, b2) = store.commit_appends(1, &[send(conv, "m2")]).unwrap();
+        let (out3, b3) = store.commit_appends(1, &[send(conv, "m3")]).unwrap();
+        let seq = |out: &[Result<Appended, AppendRefused>]| out[0].map(|a| a.seq);
+        assert_eq!((seq(&out2), seq(&out3)), (Ok(2), Ok(3)));
+        let (b2, b3) = (b2.expect("pipelined"), b3.expect("pipelined"));
+        assert_eq!(shown(&store, conv), (1, vec![1]), "unsynced seqs shown");
+        store.sync_appends(&b3, true).unwrap();
+        assert_eq!(shown(&store, conv), (1, vec![1]), "seq 2 not yet durable");
+        store.sync_appends(&b2, true).unwrap();
+        assert_eq!(shown(&store, conv), (3, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_batch_with_a_recall_is_durable_at_commit() {
+        // Proves a batch that changes an existing record (a recall) is not
+        // pipelined: its first stage already made it durable and visible,
+        // with nothing left to sync.
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let conv = "d:a:b";
+        store.append_batch(1, &[send(conv, "m1")]).unwrap();
+        let mut recall = send(conv, "r1");
+        recall.dedup = None;
+        recall.effect = AppendEffect::Recall { seq: 1 };
+        let (out, unsynced) = store.commit_appends(1, &[recall]).unwrap();
+        assert!(out[0].is_ok(), "{out:?}");
+        assert!(unsynced.is_none());
+        assert_eq!(shown(&store, conv), (2, vec![1, 2]));
+    }
 }

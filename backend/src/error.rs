@@ -47,10 +47,35 @@ pub enum DomainError {
     /// The group is full, or another count limit was hit.
     #[error("limit reached: {0}")]
     LimitReached(&'static str),
+    /// The edit window of the message has passed (or edits are off).
+    #[error("edit window passed")]
+    EditWindowPassed,
+    /// Search is turned off on this server (`Config::search_enabled`).
+    #[error("search is disabled on this server")]
+    SearchDisabled,
+    /// The call has ended, or no call has this id here.
+    #[error("the call has ended")]
+    CallEnded,
+    /// The caller (or the user signalled to) does not take part in the call.
+    #[error("not in this call")]
+    NotInCall,
+    /// The message was recalled (a thread reply or a to-do on it).
+    #[error("message recalled")]
+    MessageRecalled,
+    /// A to-do's assignee is not a member of the conversation.
+    #[error("assignee not a member: {0}")]
+    AssigneeNotMember(String),
     /// The store failed, or a group kept changing under us.
     #[error("internal: {0}")]
     Internal(String),
+    /// The store cannot take writes now (its disk is below the free-space
+    /// reserve); nothing was done. Retry later: sends are idempotent.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
+
+/// `retry_after_ms` of an [`DomainError::Overloaded`] answer.
+pub const OVERLOADED_RETRY_AFTER_MS: u32 = 1_000;
 
 impl DomainError {
     /// The wire code of this error.
@@ -67,7 +92,14 @@ impl DomainError {
             Self::GroupDissolved => pb::ErrorCode::GroupDissolved,
             Self::AlreadyExists(_) => pb::ErrorCode::AlreadyExists,
             Self::LimitReached(_) => pb::ErrorCode::LimitReached,
+            Self::EditWindowPassed => pb::ErrorCode::EditWindowPassed,
+            Self::SearchDisabled => pb::ErrorCode::SearchDisabled,
+            Self::CallEnded => pb::ErrorCode::CallEnded,
+            Self::NotInCall => pb::ErrorCode::NotInCall,
+            Self::MessageRecalled => pb::ErrorCode::MessageRecalled,
+            Self::AssigneeNotMember(_) => pb::ErrorCode::AssigneeNotMember,
             Self::Internal(_) => pb::ErrorCode::Internal,
+            Self::Overloaded(_) => pb::ErrorCode::Overloaded,
         }
     }
 
@@ -83,6 +115,7 @@ impl DomainError {
                 | Self::NotFriends
                 | Self::Muted
                 | Self::GroupDissolved
+                | Self::MessageRecalled
         )
     }
 
@@ -90,19 +123,27 @@ impl DomainError {
     pub fn to_pb(&self) -> pb::Error {
         let reason = match self {
             Self::Internal(_) => "internal error".to_owned(),
+            Self::Overloaded(_) => "storage full: nothing was stored, retry later".to_owned(),
             other => other.to_string(),
+        };
+        let retry_after_ms = match self {
+            Self::Overloaded(_) => OVERLOADED_RETRY_AFTER_MS,
+            _ => 0,
         };
         pb::Error {
             code: self.code() as i32,
             reason,
-            retry_after_ms: 0,
+            retry_after_ms,
         }
     }
 }
 
 impl From<StoreError> for DomainError {
     fn from(e: StoreError) -> Self {
-        Self::Internal(e.to_string())
+        match e {
+            StoreError::Full(why) => Self::Overloaded(why),
+            other => Self::Internal(other.to_string()),
+        }
     }
 }
 

@@ -34,10 +34,10 @@ use tern_protocol::pb;
 
 use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
-    Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials, FriendRecord,
-    FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord,
-    PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult, UserConv,
-    ViewChange,
+    Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials,
+    FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord,
+    MemberRecord, PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult,
+    ThreadStat, TodoRecord, UserConv, ViewChange,
 };
 use keys::{ConvKeys, KeyError, PairKeys, UserKeys};
 
@@ -1306,7 +1306,359 @@ impl Store for RedisStore {
     fn bans(&self, users: &[&str]) -> StoreResult<Vec<Option<BanRecord>>> {
         Ok(self.get_per_user(users, |k| &k.ban, "ban")?)
     }
+
+    fn annotations(
+        &self,
+        conversation: &str,
+        keys: &[Annotation],
+    ) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HMGET");
+        c.arg(&k.annotations);
+        for key in keys {
+            c.arg(keys::annotation_field(*key));
+        }
+        let Value::Array(values) = self.one(c)? else {
+            return Err(RedisStoreError::Reply("HMGET answered no array".into()).into());
+        };
+        if values.len() != keys.len() {
+            return Err(RedisStoreError::Reply("HMGET answered the wrong count".into()).into());
+        }
+        Ok(values
+            .into_iter()
+            .map(opt_bytes)
+            .collect::<Result<Vec<_>>>()?)
+    }
+
+    fn edit_dedup_lookup(
+        &self,
+        conversation: &str,
+        sender: &str,
+        client_edit_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<Appended>> {
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let field =
+            keys::edit_dedup_field(sender, client_edit_id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HGET");
+        c.arg(&k.dedup).arg(field);
+        let Some(rec) = opt_bytes(self.one(c)?)? else {
+            return Ok(None);
+        };
+        let (seq, time_ms, expires_at_ms) = parse_dedup(&rec)?;
+        Ok((expires_at_ms > now_ms).then_some(Appended {
+            seq,
+            time_ms,
+            duplicate: true,
+        }))
+    }
+
+    fn entries_at(&self, conversation: &str, seqs: &[u64]) -> StoreResult<Vec<pb::Entry>> {
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Only seqs up to the head are shown, as `tern_range_v1` does (an
+        // entry past the head cannot exist: seqs are allocated first).
+        let mut c = redis::cmd("HMGET");
+        c.arg(&k.log);
+        for s in seqs {
+            c.arg(*s);
+        }
+        let v = self.one(c)?;
+        let Value::Array(vals) = v else {
+            return Err(RedisStoreError::Reply(format!("HMGET answered {v:?}")).into());
+        };
+        let ring = self.keys.load();
+        let mut out = Vec::with_capacity(vals.len());
+        for (seq, v) in seqs.iter().zip(vals) {
+            if let Some(bytes) = opt_bytes(v)? {
+                out.push(load_entry(ring.as_deref(), conversation, *seq, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn thread_stats(
+        &self,
+        conversation: &str,
+        roots: &[(u64, u64)],
+    ) -> StoreResult<Vec<ThreadStat>> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        // One pipeline, three commands per root, all O(log n) on one slot.
+        let mut p = Pipe::default();
+        for &(root, after_seq) in roots {
+            let first = format!("[{}", keys::thread_member(root, 0));
+            let end = format!("[{}", keys::thread_member(root, u64::MAX));
+            let mut c = redis::cmd("ZLEXCOUNT");
+            c.arg(&k.threads).arg(&first).arg(&end);
+            p.add(c);
+            let mut c = redis::cmd("ZLEXCOUNT");
+            c.arg(&k.threads)
+                .arg(format!("({}", keys::thread_member(root, after_seq)))
+                .arg(&end);
+            p.add(c);
+            let mut c = redis::cmd("ZREVRANGEBYLEX");
+            c.arg(&k.threads)
+                .arg(&end)
+                .arg(&first)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1);
+            p.add(c);
+        }
+        let vals = self.with_conn(|conn| self.run(conn, &p))?;
+        if vals.len() != roots.len() * 3 {
+            return Err(RedisStoreError::Reply("thread stats: short pipeline reply".into()).into());
+        }
+        let mut out = Vec::with_capacity(roots.len());
+        for chunk in vals.chunks(3) {
+            let last = as_strings(chunk[2].clone())?;
+            out.push(ThreadStat {
+                replies: as_u64(&chunk[0])?,
+                after: as_u64(&chunk[1])?,
+                last_seq: match last.first() {
+                    Some(m) => thread_member_seq(m)?,
+                    None => 0,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn thread_replies(
+        &self,
+        conversation: &str,
+        root: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<u64>> {
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let upper = if before_seq == 0 {
+            format!("[{}", keys::thread_member(root, u64::MAX))
+        } else {
+            format!("({}", keys::thread_member(root, before_seq))
+        };
+        let mut c = redis::cmd("ZREVRANGEBYLEX");
+        c.arg(&k.threads)
+            .arg(upper)
+            .arg(format!("[{}", keys::thread_member(root, 0)))
+            .arg("LIMIT")
+            .arg(0)
+            .arg((limit as u64).min(RANGE_LIMIT_MAX));
+        let members = as_strings(self.one(c)?)?;
+        Ok(members
+            .iter()
+            .map(|m| thread_member_seq(m))
+            .collect::<Result<Vec<_>>>()?)
+    }
+
+    fn thread_read_marks(
+        &self,
+        user: &str,
+        conversation: &str,
+        roots: &[u64],
+    ) -> StoreResult<Vec<u64>> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("ZMSCORE");
+        c.arg(&uk.thread_reads);
+        for &root in roots {
+            c.arg(keys::user_item(conversation, root));
+        }
+        let Value::Array(vals) = self.one(c)? else {
+            return Err(RedisStoreError::Reply("ZMSCORE answered no array".into()).into());
+        };
+        Ok(vals
+            .iter()
+            .map(|v| match v {
+                Value::Nil => Ok(0),
+                Value::Double(d) => Ok(*d as u64),
+                other => as_u64(other),
+            })
+            .collect::<Result<Vec<_>>>()?)
+    }
+
+    fn mark_thread_read(
+        &self,
+        user: &str,
+        conversation: &str,
+        root: u64,
+        up_to_seq: u64,
+    ) -> StoreResult<()> {
+        ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        // GT: the mark only moves forward, atomically (Redis >= 6.2).
+        let mut c = redis::cmd("ZADD");
+        c.arg(&uk.thread_reads)
+            .arg("GT")
+            .arg(up_to_seq)
+            .arg(keys::user_item(conversation, root));
+        self.one(c)?;
+        Ok(())
+    }
+
+    fn todo(&self, conversation: &str, seq: u64) -> StoreResult<Option<TodoRecord>> {
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HGET");
+        c.arg(&k.todos).arg(seq);
+        let Some(v) = opt_bytes(self.one(c)?)? else {
+            return Ok(None);
+        };
+        // `<version>:<record>`; the record carries the version too.
+        let corrupt = || RedisStoreError::Corrupt("to-do record".into());
+        let at = v.iter().position(|&b| b == b':').ok_or_else(corrupt)?;
+        let mut r = TodoRecord::decode(&v[at + 1..]).map_err(|_| corrupt())?;
+        r.version = std::str::from_utf8(&v[..at])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(corrupt)?;
+        Ok(Some(r))
+    }
+
+    fn set_todo_open(
+        &self,
+        user: &str,
+        conversation: &str,
+        seq: u64,
+        open: bool,
+    ) -> StoreResult<()> {
+        ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let item = keys::user_item(conversation, seq);
+        let c = if open {
+            zadd_lex(&uk.todos_open, &item)
+        } else {
+            let mut c = redis::cmd("ZREM");
+            c.arg(&uk.todos_open).arg(item);
+            c
+        };
+        self.one(c)?;
+        Ok(())
+    }
+
+    fn todo_index(
+        &self,
+        user: &str,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let uk = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = match after {
+            None => "-".to_owned(),
+            Some((conv, seq)) => format!("({}", keys::user_item(conv, seq)),
+        };
+        let mut c = redis::cmd("ZRANGEBYLEX");
+        c.arg(&uk.todos_open)
+            .arg(start)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg((limit as u64).min(RANGE_LIMIT_MAX));
+        let items = as_strings(self.one(c)?)?;
+        items
+            .iter()
+            .map(|i| {
+                keys::parse_user_item(i)
+                    .map(|(c, s)| (c.to_owned(), s))
+                    .ok_or_else(|| RedisStoreError::Corrupt("to-do index member".into()).into())
+            })
+            .collect()
+    }
+
+    // ---- search (issue 19; docs/redis.md, "Search") ----
+
+    fn search_indexed(&self, conversation: &str) -> StoreResult<u64> {
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("ZSCORE");
+        c.arg(&k.search_mark).arg("m");
+        Ok(opt_u64(&self.one(c)?)?.unwrap_or(0))
+    }
+
+    fn search_index(
+        &self,
+        conversation: &str,
+        postings: &[(String, u64)],
+        upto_seq: u64,
+    ) -> StoreResult<()> {
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let mut by_token: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+        for (token, seq) in postings {
+            by_token.entry(token.as_str()).or_default().push(*seq);
+        }
+        // Postings first, the mark last: a pipeline cut short leaves the
+        // mark behind, and the postings are written again (ZADD is
+        // idempotent). All keys share the conversation's hash tag.
+        let mut p = Pipe::default();
+        for (token, seqs) in by_token {
+            let key = k.search_postings(token);
+            let mut z = redis::cmd("ZADD");
+            z.arg(&key);
+            for s in seqs {
+                z.arg(s).arg(s);
+            }
+            p.add(z);
+            // Keep the newest postings only: a bound on memory per token.
+            let mut trim = redis::cmd("ZREMRANGEBYRANK");
+            trim.arg(&key)
+                .arg(0)
+                .arg(-(SEARCH_POSTINGS_PER_TOKEN_MAX as i64) - 1);
+            p.add(trim);
+        }
+        let mut mark = redis::cmd("ZADD");
+        mark.arg(&k.search_mark).arg("GT").arg(upto_seq).arg("m");
+        p.add(mark);
+        self.with_conn(|conn| self.run(conn, &p))?;
+        Ok(())
+    }
+
+    fn search_postings(
+        &self,
+        conversation: &str,
+        token: &str,
+        from_seq: u64,
+        to_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<u64>> {
+        if from_seq > to_seq || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let k = ConvKeys::new(conversation).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("ZREVRANGEBYSCORE");
+        c.arg(k.search_postings(token))
+            .arg(to_seq)
+            .arg(from_seq)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        let Value::Array(members) = self.one(c)? else {
+            return Err(
+                RedisStoreError::Reply("ZREVRANGEBYSCORE answered a non-array".into()).into(),
+            );
+        };
+        Ok(members.iter().map(as_u64).collect::<Result<Vec<_>>>()?)
+    }
 }
+
+/// Postings kept per (conversation, token) in Redis: the newest 100 000
+/// messages holding a token are found by it; older ones only through a rarer
+/// word of the same query (docs/redis.md, "Search").
+pub const SEARCH_POSTINGS_PER_TOKEN_MAX: usize = 100_000;
 
 impl Credentials for RedisStore {
     fn credential(&self, user: &str) -> StoreResult<Option<String>> {
@@ -1340,7 +1692,9 @@ impl Credentials for RedisStore {
 /// The FCALL of one append item.
 fn append_cmd(k: &ConvKeys, keys: Option<&KeyRing>, now_ms: u64, item: &Append) -> Result<Cmd> {
     let mut c = redis::cmd("FCALL");
-    c.arg("tern_append_v1").arg(6);
+    // Keys 7 and 8 are the thread index and the to-dos (read by effects h,
+    // t and r), key 9 the annotations (read by effect a only).
+    c.arg("tern_append_v1").arg(9);
     c.arg(&k.head)
         .arg(&k.log)
         .arg(&k.dedup)
@@ -1353,15 +1707,19 @@ fn append_cmd(k: &ConvKeys, keys: Option<&KeyRing>, now_ms: u64, item: &Append) 
         Some(m) => c.arg(ConvKeys::group(&m.group_id)?.members),
         None => c.arg(&k.members),
     };
+    c.arg(&k.threads).arg(&k.todos).arg(&k.annotations);
     c.arg(now_ms)
         .arg(stored_entry(keys, &item.conversation, &item.entry))
         .arg(item.entry.time_ms);
     c.arg(if item.activity { "1" } else { "0" });
-    match &item.dedup {
-        Some(d) => c
+    match (&item.dedup, &item.effect) {
+        (Some(d), AppendEffect::Edit { .. }) => c
+            .arg(keys::edit_dedup_field(&d.sender, &d.client_msg_id)?)
+            .arg(d.expires_at_ms),
+        (Some(d), _) => c
             .arg(keys::dedup_field(&d.sender, &d.client_msg_id)?)
             .arg(d.expires_at_ms),
-        None => c.arg("").arg(0),
+        (None, _) => c.arg("").arg(0),
     };
     match &item.member_of {
         Some(m) => {
@@ -1377,8 +1735,44 @@ fn append_cmd(k: &ConvKeys, keys: Option<&KeyRing>, now_ms: u64, item: &Append) 
             keys::id("user", user_id)?;
             c.arg("d").arg(*up_to_seq).arg(user_id)
         }
+        AppendEffect::Edit {
+            expect_edit_count,
+            message,
+        } => c.arg("e").arg(message.seq).arg(*expect_edit_count),
+        AppendEffect::Annotate {
+            seq, live_message, ..
+        } => c
+            .arg("a")
+            .arg(*seq)
+            .arg(if *live_message { "1" } else { "0" }),
+        AppendEffect::ThreadReply { root_seq } => c.arg("h").arg(*root_seq).arg(""),
+        AppendEffect::Todo {
+            seq,
+            expect_version,
+            ..
+        } => c.arg("t").arg(*seq).arg(*expect_version),
     };
     c.arg(DEDUP_PURGE_PER_APPEND_MAX);
+    match &item.effect {
+        // The message as it is after the edit, sealed for its own context,
+        // before the participants (the function reads it at a fixed place).
+        AppendEffect::Edit { message, .. } => {
+            c.arg(stored_entry(keys, &item.conversation, message));
+        }
+        // The record's field, its expected bytes and its new bytes, likewise.
+        AppendEffect::Annotate {
+            key, expect, new, ..
+        } => {
+            c.arg(keys::annotation_field(*key))
+                .arg(expect.as_slice())
+                .arg(new.as_slice());
+        }
+        _ => {}
+    }
+    if let AppendEffect::Todo { record, .. } = &item.effect {
+        // At the same fixed place as an edit's message.
+        c.arg(record.encode_to_vec());
+    }
     for p in &item.participants {
         keys::id("user", p)?;
         c.arg(p);
@@ -1400,6 +1794,10 @@ fn parse_append_reply(v: &Value) -> Result<Result<Appended, AppendRefused>> {
         Some(1) => Ok(Err(AppendRefused::NotMember)),
         Some(2) => Ok(Err(AppendRefused::NotRecallable)),
         Some(3) => Ok(Err(AppendRefused::ReadNotAdvanced)),
+        Some(4) => Ok(Err(AppendRefused::NotEditable)),
+        Some(5) => Ok(Err(AppendRefused::NotThreadable)),
+        Some(6) => Ok(Err(AppendRefused::TodoChanged)),
+        Some(7) => Ok(Err(AppendRefused::AnnotationChanged)),
         _ => Err(bad()),
     }
 }
@@ -1467,6 +1865,13 @@ fn parse_dedup(b: &[u8]) -> Result<(u64, u64, u64)> {
         return Err(corrupt());
     };
     Ok((seq?, t?, exp?))
+}
+
+/// The reply seq of a thread index member (`keys::thread_member`).
+fn thread_member_seq(m: &str) -> Result<u64> {
+    m.rsplit_once(':')
+        .and_then(|(_, s)| s.parse().ok())
+        .ok_or_else(|| RedisStoreError::Corrupt("thread index member".into()))
 }
 
 fn zadd_lex(key: &str, member: &str) -> Cmd {

@@ -815,6 +815,12 @@ mod tests {
                 mention_all: false,
                 reply_to_seq: 3,
                 recalled: false,
+                edit_count: 0,
+                edited_at_ms: 0,
+                reactions: vec![],
+                streaming: false,
+                thread_root_seq: 0,
+                thread: None,
             })),
         }
     }

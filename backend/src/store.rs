@@ -98,6 +98,27 @@
 //!   `presence_setting_applies_whenever_a_device_is_connected`.
 //! - Recall also clears the message's mentions ([`AppendEffect::Recall`]).
 //!   Conformance case `recall_takes_the_mentions_back`.
+//! - [`AppendEffect::Edit`] and [`AppendRefused::NotEditable`]: message edit
+//!   (issue 17), a compare-and-set of the message with the `Edited` entry's
+//!   append; an edit's dedup record is kept apart from messages' ones.
+//!   Conformance cases `edit_*`.
+//! - [`Store::search_indexed`], [`Store::search_index`] and
+//!   [`Store::search_postings`] (required): the search index (issue 19),
+//!   postings of tokens per conversation beside the log, and the mark up to
+//!   which the log is indexed. Conformance cases `search_*`.
+//! - [`Store::search_conversations`] (with a default that answers `None`):
+//!   lets the indexer bring every index up to its log at start. Conformance
+//!   case `search_index_all_catches_up_what_the_store_lists`.
+//! - [`AppendEffect::Annotate`], [`AppendRefused::AnnotationChanged`] and
+//!   [`Store::annotations`]: reactions and pins (issue 19), a record per
+//!   message (its reactions) and per conversation (its pins) kept beside
+//!   the log and changed by a compare-and-set with the entry's append.
+//!   Conformance cases `reaction_*` and `pin_*`.
+//! - Threads and to-dos (issue 19): [`AppendEffect::ThreadReply`] (and
+//!   recall taking a reply out of its thread), [`AppendEffect::Todo`],
+//!   [`AppendRefused::NotThreadable`], [`AppendRefused::TodoChanged`],
+//!   and the thread and to-do reads and indexes ([`Store::thread_stats`]
+//!   and the methods after it). Conformance cases `thread_*` and `todo_*`.
 
 use tern_protocol::pb;
 
@@ -111,6 +132,10 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The store's disk is below its free-space reserve: nothing was
+    /// written; the same write succeeds once space returns.
+    #[error("storage full: {0}")]
+    Full(String),
     /// A sealed record could not be opened: its key is not in the key
     /// ring, or it fails authentication (see `crate::seal`).
     #[error(transparent)]
@@ -355,6 +380,167 @@ pub trait Store: Send + Sync {
     fn bans(&self, users: &[&str]) -> StoreResult<Vec<Option<BanRecord>>> {
         users.iter().map(|u| self.ban(u)).collect()
     }
+
+    // ---- message edit (added after the first version) ----------------------
+
+    /// The dedup record of the edit `(conversation, sender, client_edit_id)`
+    /// (as written by an [`AppendEffect::Edit`] item with a dedup key), if
+    /// one is kept with `expires_at_ms > now_ms`: like
+    /// [`Store::dedup_lookup`] for messages. The domain asks it when an
+    /// edit is refused, so that a retry of an edit that was stored gets its
+    /// first answer even after the window passed or the message was
+    /// recalled. The default answers `None`: implement it.
+    fn edit_dedup_lookup(
+        &self,
+        conversation: &str,
+        sender: &str,
+        client_edit_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<Appended>> {
+        let _ = (conversation, sender, client_edit_id, now_ms);
+        Ok(None)
+    }
+
+    // ---- reactions and pins (added after the first version) ---------------
+
+    /// The annotation records `keys` of `conversation` (as written by
+    /// [`AppendEffect::Annotate`]), in order; `None` where there is none.
+    /// The bytes are the domain's; the store never reads them.
+    fn annotations(
+        &self,
+        conversation: &str,
+        keys: &[Annotation],
+    ) -> StoreResult<Vec<Option<Vec<u8>>>>;
+
+    // ---- threads and to-dos (issue 19) -------------------------------------
+
+    /// The entries of `conversation` at `seqs`, in the order of `seqs`;
+    /// seqs with no entry are absent. The default reads them one by one
+    /// with [`Store::entries`]; a networked store reads them in one trip.
+    fn entries_at(&self, conversation: &str, seqs: &[u64]) -> StoreResult<Vec<pb::Entry>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for &s in seqs {
+            out.extend(self.entries(conversation, s, s, 1)?);
+        }
+        Ok(out)
+    }
+
+    /// For each `(root, after_seq)` of `roots`, in order: the thread under
+    /// the message at `root` of `conversation` as its index holds it (the
+    /// replies appended with [`AppendEffect::ThreadReply`] and not
+    /// recalled): how many, how many have `seq > after_seq`, and the newest.
+    fn thread_stats(
+        &self,
+        conversation: &str,
+        roots: &[(u64, u64)],
+    ) -> StoreResult<Vec<ThreadStat>>;
+
+    /// Seqs of the replies in the thread under `root` with `seq <
+    /// before_seq` (0: no bound), newest first, at most `limit`.
+    fn thread_replies(
+        &self,
+        conversation: &str,
+        root: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<u64>>;
+
+    /// `user`'s read marks of the threads under `roots` of `conversation`,
+    /// in order (0: none).
+    fn thread_read_marks(
+        &self,
+        user: &str,
+        conversation: &str,
+        roots: &[u64],
+    ) -> StoreResult<Vec<u64>>;
+
+    /// Moves `user`'s read mark of the thread under `root` to `up_to_seq`
+    /// if that is past it (atomically: a mark never moves back), durably.
+    fn mark_thread_read(
+        &self,
+        user: &str,
+        conversation: &str,
+        root: u64,
+        up_to_seq: u64,
+    ) -> StoreResult<()>;
+
+    /// The to-do made from the message at `seq` of `conversation`, if any
+    /// (as the last [`AppendEffect::Todo`] wrote it).
+    fn todo(&self, conversation: &str, seq: u64) -> StoreResult<Option<TodoRecord>>;
+
+    /// Adds (`open`) or removes the to-do `(conversation, seq)` in `user`'s
+    /// index of open to-dos, durably; idempotent. The domain keeps the
+    /// index a superset of the user's open to-dos (added before the to-do
+    /// opens for them, removed after it closes) and checks every record it
+    /// lists.
+    fn set_todo_open(
+        &self,
+        user: &str,
+        conversation: &str,
+        seq: u64,
+        open: bool,
+    ) -> StoreResult<()>;
+
+    /// `user`'s index of open to-dos after `(conversation, seq)` (`None`:
+    /// from the start), in increasing (conversation bytes, seq), at most
+    /// `limit`.
+    fn todo_index(
+        &self,
+        user: &str,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, u64)>>;
+
+    // ---- search (issue 19; docs/backend.md, "Search") ------------------------
+
+    /// The seq up to which `conversation`'s search index holds its log: the
+    /// index mark (0: nothing indexed yet, or no index).
+    fn search_indexed(&self, conversation: &str) -> StoreResult<u64>;
+
+    /// Adds `postings`, `(token, seq)` pairs, to `conversation`'s search
+    /// index and moves its index mark up to `upto_seq` (never down), in one
+    /// atomic step. Idempotent: the same postings again change nothing. The
+    /// index is derived from the log, so a store may make this write
+    /// durable lazily: a lost write leaves the mark behind and is done
+    /// again from the log.
+    fn search_index(
+        &self,
+        conversation: &str,
+        postings: &[(String, u64)],
+        upto_seq: u64,
+    ) -> StoreResult<()>;
+
+    /// Up to `limit` conversation ids greater than `after` (byte order;
+    /// empty: from the first), in increasing order: every conversation with
+    /// a log, so that the indexer can bring every index up to its log at
+    /// start. `None`: the store cannot list them cheaply (the default; the
+    /// Redis store), and indexes are then caught up when a conversation is
+    /// written to or searched.
+    fn search_conversations(&self, after: &str, limit: usize) -> StoreResult<Option<Vec<String>>> {
+        let _ = (after, limit);
+        Ok(None)
+    }
+
+    /// The seqs indexed under `token` in `conversation` with `from_seq <=
+    /// seq <= to_seq`, in decreasing order, at most `limit` (the highest).
+    fn search_postings(
+        &self,
+        conversation: &str,
+        token: &str,
+        from_seq: u64,
+        to_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<u64>>;
+}
+
+/// An annotation record of a conversation: data about its log kept beside
+/// it (one record each), changed only by [`AppendEffect::Annotate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Annotation {
+    /// The reactions on the message at this seq.
+    Reactions(u64),
+    /// The conversation's pinned messages.
+    Pins,
 }
 
 // ---------------------------------------------------------------------------
@@ -419,8 +605,10 @@ pub struct MemberOf {
     pub user_id: String,
 }
 
-/// A change to existing data, made atomically with an append.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A change to existing data, made atomically with an append. (Not `Eq`
+/// since [`AppendEffect::Edit`] holds an entry, whose content may hold a
+/// float.)
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum AppendEffect {
     /// Nothing besides the append.
     #[default]
@@ -444,6 +632,65 @@ pub enum AppendEffect {
         user_id: String,
         /// The new read cursor.
         up_to_seq: u64,
+    },
+    /// Edit: the entry at `message.seq` of the same conversation must be a
+    /// `Message` with `recalled == false` and `edit_count == expect_edit_count`,
+    /// else [`AppendRefused::NotEditable`] (the domain reads it again and
+    /// decides again). The store then writes `message` (the whole entry,
+    /// with its `seq` and `conversation_id`) in its place, its content
+    /// sealed like any message content.
+    ///
+    /// The item's dedup record, if any, is an edit's:
+    /// `(conversation, sender, client_edit_id)` with
+    /// [`DedupKey::client_msg_id`] holding the `client_edit_id`, kept
+    /// apart from messages' records (an edit id never matches a message id).
+    Edit {
+        /// The message's `edit_count` as the domain read it.
+        expect_edit_count: u32,
+        /// The message's entry as it is after the edit. Boxed: an effect is
+        /// small otherwise.
+        message: Box<pb::Entry>,
+    },
+    /// Annotate: the record `key` of the same conversation must hold
+    /// exactly `expect` (empty: no record), and, when `live_message`, the
+    /// entry at `seq` must be a `Message` that is not recalled; else
+    /// [`AppendRefused::AnnotationChanged`] (the domain reads both again and
+    /// decides again). The store then writes `new` as the record (empty:
+    /// deletes it).
+    Annotate {
+        /// The record.
+        key: Annotation,
+        /// The message the change is about.
+        seq: u64,
+        /// Whether that message must exist and not be recalled.
+        live_message: bool,
+        /// The record's bytes as the domain read them.
+        expect: Vec<u8>,
+        /// The record's bytes after the change.
+        new: Vec<u8>,
+    },
+    /// A thread reply (the entry is a `Message` with `thread_root_seq ==
+    /// root_seq`): the entry at `root_seq` of the same conversation must be
+    /// a `Message` that is not recalled and is not itself a thread reply,
+    /// else [`AppendRefused::NotThreadable`]. The store adds the new seq to
+    /// the thread's index ([`Store::thread_stats`]). A later
+    /// [`AppendEffect::Recall`] of the reply takes it out of the index.
+    ThreadReply {
+        /// The thread's root message.
+        root_seq: u64,
+    },
+    /// A to-do change: the to-do record of the message at `seq` of the
+    /// same conversation must have `version == expect_version` (0: no
+    /// record), else [`AppendRefused::TodoChanged`] (the domain reads it
+    /// again and decides again). The store then writes `record` with
+    /// `version = expect_version + 1`.
+    Todo {
+        /// The message the to-do is about.
+        seq: u64,
+        /// The record's version as the domain read it (0: none).
+        expect_version: u32,
+        /// The record after the change. Boxed: an effect is small otherwise.
+        record: Box<TodoRecord>,
     },
 }
 
@@ -471,6 +718,43 @@ pub enum AppendRefused {
     /// already at or past `up_to_seq`.
     #[error("the read cursor did not advance")]
     ReadNotAdvanced,
+    /// The edit target is missing, not a message, recalled, or was edited
+    /// since the domain read it.
+    #[error("the message changed or cannot be edited")]
+    NotEditable,
+    /// An annotation's record changed since the domain read it, or its
+    /// message is gone or recalled.
+    #[error("the annotation or its message changed")]
+    AnnotationChanged,
+    /// The thread root is missing, not a message, recalled, or itself a
+    /// thread reply.
+    #[error("the message takes no thread replies")]
+    NotThreadable,
+    /// The to-do record changed since the domain read it.
+    #[error("the to-do changed")]
+    TodoChanged,
+}
+
+/// One thread as its index holds it (see [`Store::thread_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadStat {
+    /// Replies not recalled.
+    pub replies: u64,
+    /// Of them, those with a seq past the `after_seq` asked.
+    pub after: u64,
+    /// The newest of them; 0: none.
+    pub last_seq: u64,
+}
+
+/// A to-do as the store keeps it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TodoRecord {
+    /// The to-do as clients see it.
+    #[prost(message, optional, tag = "1")]
+    pub todo: Option<pb::Todo>,
+    /// Incremented by every [`AppendEffect::Todo`]; 1 after creation.
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
 }
 
 /// The newest point of a conversation's log.

@@ -20,7 +20,7 @@ use tern_backend::store::StoreError;
 use tern_backend::{Caller, Config, Domain, EmbeddedStore, Store};
 use tern_protocol::pb;
 
-use conformance::{To, ack, send_body, text_of};
+use conformance::{To, ack, edit_body, send_body, text_of};
 
 const CONV: &str = "d:alice:bob";
 const T0: u64 = 1_700_000_000_000;
@@ -136,6 +136,7 @@ fn rotation(o: &dyn Opener) {
             conversation_id: CONV.into(),
             before_seq: 0,
             limit: 10,
+            thread_root_seq: 0,
         }),
     );
     match out.reply {
@@ -187,6 +188,44 @@ fn recall_needs_no_key(o: &dyn Opener) {
         panic!("not a message: {e:?}");
     };
     assert!(m.recalled && m.content.is_none());
+}
+
+fn edit_is_sealed(o: &dyn Opener) {
+    let s = o.open(ring(&["k1"], "k1"));
+    assert_eq!(send(&s, "c1", "draft"), 1);
+    let d = Domain::new(s.clone(), Config::default());
+    let alice = Caller {
+        user_id: "alice".into(),
+        device_id: "phone".into(),
+        admin: false,
+    };
+    let out = d.handle(&alice, T0 + 1, edit_body(CONV, 1, "e1", "final", false));
+    assert!(matches!(out.reply, Some(pb::frame::Body::Ok(_))), "{out:?}");
+    assert_eq!(read(&s, 1).unwrap(), "final");
+    drop(d);
+    drop(s);
+    // Without keys the edited message names its key: its new content was
+    // sealed, not written in clear; the `Edited` entry holds no content.
+    let s = o.open(None);
+    assert_missing_key(read(&s, 1), "k1");
+    let e = &s.entries(CONV, 2, 2, 1).expect("read")[0];
+    assert!(
+        matches!(&e.body, Some(pb::entry::Body::Edited(x)) if x.content.is_none()),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn embedded_edited_content_is_sealed() {
+    // Proves an edit's new content is sealed at rest on the embedded store:
+    // it reads with the key and names the key without it.
+    edit_is_sealed(&embedded());
+}
+
+#[test]
+fn redis_edited_content_is_sealed() {
+    // Proves the same on a real redis-server.
+    edit_is_sealed(&redis());
 }
 
 #[test]

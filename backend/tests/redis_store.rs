@@ -40,6 +40,12 @@ fn text_entry(sender: &str, text: &str, time_ms: u64) -> pb::Entry {
             mention_all: false,
             reply_to_seq: 0,
             recalled: false,
+            edit_count: 0,
+            edited_at_ms: 0,
+            reactions: vec![],
+            streaming: false,
+            thread_root_seq: 0,
+            thread: None,
         })),
         ..Default::default()
     }

@@ -39,6 +39,10 @@ pub struct Claims {
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// Issued at, seconds since the epoch (a logged-out device's older
+    /// tokens are refused by it; docs/protocol.md, "Devices").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// What verification reads of the claims (`aud` may be a string or a list;
@@ -46,6 +50,17 @@ pub struct Claims {
 #[derive(Debug, Deserialize)]
 struct Subject {
     sub: String,
+    #[serde(default)]
+    iat: Option<u64>,
+}
+
+/// What a verified login token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The user id (`sub`).
+    pub user: String,
+    /// `iat`, seconds since the epoch, if the token has one.
+    pub issued_at: Option<u64>,
 }
 
 /// Why a token was refused.
@@ -90,6 +105,9 @@ pub enum KeyError {
     /// The private key tokens are signed with (local accounts).
     #[error("accounts.signing_key_file: {0}")]
     SigningKey(String),
+    /// The roots an https `jwks_url` is verified against.
+    #[error("auth.jwks_ca_file: {0}")]
+    JwksRoots(#[from] crate::outbound::RootsError),
 }
 
 /// Verifies tokens; one per process, shared read-only by the shards.
@@ -136,7 +154,10 @@ impl Verifier {
     pub fn new(cfg: &AuthConfig) -> Result<Self, KeyError> {
         let source = match (&cfg.jwks_file, &cfg.jwks_url) {
             (Some(p), _) => Some(JwksSource::File(p.clone())),
-            (None, Some(u)) => Some(JwksSource::Url(u.clone())),
+            (None, Some(u)) => Some(JwksSource::Url(
+                u.clone(),
+                crate::outbound::Roots::load(cfg.jwks_ca_file.as_deref())?,
+            )),
             (None, None) => None,
         };
         let jwks = match source {
@@ -195,6 +216,11 @@ impl Verifier {
     /// Verifies `token` and returns its user id. Never blocks: the JWKS is
     /// an in-memory snapshot.
     pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+        self.verify_login(token).map(|v| v.user)
+    }
+
+    /// [`Verifier::verify`], with the token's `iat` beside the user id.
+    pub fn verify_login(&self, token: &str) -> Result<Verified, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let sub = match (header.kid.as_deref(), &self.jwks) {
@@ -210,15 +236,18 @@ impl Verifier {
                 }
             },
         };
-        ids::check_id(&sub).map_err(AuthError::BadSubject)?;
-        Ok(sub)
+        ids::check_id(&sub.sub).map_err(AuthError::BadSubject)?;
+        Ok(Verified {
+            user: sub.sub,
+            issued_at: sub.iat,
+        })
     }
 }
 
-fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<String, AuthError> {
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Subject, AuthError> {
     use jsonwebtoken::errors::ErrorKind;
     jsonwebtoken::decode::<Subject>(token, key, validation)
-        .map(|d| d.claims.sub)
+        .map(|d| d.claims)
         .map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),
@@ -284,6 +313,7 @@ impl Signer {
             nbf: None,
             aud: self.audience.clone(),
             iss: self.issuer.clone(),
+            iat: Some(jsonwebtoken::get_current_timestamp()),
         };
         jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key)
     }
@@ -312,6 +342,7 @@ pub fn mint_hs256(
         nbf: None,
         aud: audience.map(Into::into),
         iss: None,
+        iat: Some(now),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -349,6 +380,7 @@ mod tests {
             nbf: None,
             aud: None,
             iss: None,
+            iat: None,
         };
         let key = EncodingKey::from_secret(b"s3cret");
         let old = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
@@ -365,6 +397,7 @@ mod tests {
                 nbf: None,
                 aud: None,
                 iss: None,
+                iat: None,
             },
             &key,
         )
@@ -409,6 +442,7 @@ mod tests {
             nbf: None,
             aud: None,
             iss: None,
+            iat: None,
         };
         for (alg, name, private, public) in [
             (

@@ -65,6 +65,12 @@ pub struct Config {
     pub encryption: EncryptionSettings,
     /// TLS of the `listen.tls` and `listen.wss` listeners.
     pub tls: TlsSettings,
+    /// Message edit: the window and the edits a message may have.
+    pub edit: EditSettings,
+    /// Full-text search (issue 19): on or off, the indexer's interval.
+    pub search: SearchSettings,
+    /// Login policies per platform class and remote logout.
+    pub login: LoginSettings,
 }
 
 /// Where clients and operators connect.
@@ -120,6 +126,14 @@ pub struct ShardConfig {
     pub ring_entries_max: usize,
     /// Size of each shard's shared read buffer, in bytes. Default 65536.
     pub read_buffer_bytes: usize,
+    /// Provided buffers of each shard's ring on the io_uring data path: a
+    /// power of two, 1..=32768. Receives take one each and give it back
+    /// once their bytes are fed; when all are taken, receives wait
+    /// (back-pressure, the bytes stay in the sockets). Default 128.
+    pub uring_buffers: u16,
+    /// Size of each provided buffer, in bytes (one receive reads at most
+    /// this). Resident only once written. Default 16384.
+    pub uring_buffer_bytes: u32,
 }
 
 /// The I/O driver of the shards.
@@ -166,8 +180,12 @@ pub struct AuthConfig {
     /// verified with that key (RS256, EdDSA or ES256, pinned per key).
     /// Default none.
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS fetched over `http://` (like `jwks_file`; not both). Default none.
+    /// A JWKS fetched over `http://` or `https://` (like `jwks_file`; not
+    /// both). Default none.
     pub jwks_url: Option<String>,
+    /// PEM roots that an `https://` `jwks_url` is verified against (a
+    /// private CA), instead of the system's. Default none: system roots.
+    pub jwks_ca_file: Option<PathBuf>,
     /// The JWKS is read again every this many seconds. Default 300.
     pub jwks_refresh_secs: u64,
     /// An unknown `kid` reads the JWKS again, at most once per this many
@@ -227,6 +245,12 @@ pub struct BackendSettings {
     /// Largest page of a `sync` or `history` answer, in entries; announced
     /// to clients in `Welcome.limits`. Default 200.
     pub page_entries_max: u32,
+    /// Embedded store: while the data dir's filesystem has fewer free bytes
+    /// than this, writes are refused with `ERROR_CODE_OVERLOADED` (nothing
+    /// stored; `retry_after_ms` 1000) instead of reaching the disk, where a
+    /// failed write would stop the store until a restart
+    /// (docs/reliability.md, "Disk full"). 0: off. Default 67108864 (64 MiB).
+    pub disk_free_min_bytes: u64,
 }
 
 /// Chat policy (the backend's settings an operator usually changes).
@@ -238,6 +262,12 @@ pub struct ChatSettings {
     pub recall_window_ms: u64,
     /// Whether users who are not friends may message each other. Default true.
     pub allow_non_friend_messages: bool,
+    /// How long a call rings a participant who does not answer before they
+    /// are MISSED (docs/protocol.md, "Calls"). Default 30000.
+    pub call_ring_timeout_ms: u64,
+    /// Calls in progress a node holds at most; an invite beyond gets
+    /// `LIMIT_REACHED`. Default 10000.
+    pub calls_max: u32,
 }
 
 impl Default for ChatSettings {
@@ -245,6 +275,8 @@ impl Default for ChatSettings {
         Self {
             recall_window_ms: 120_000,
             allow_non_friend_messages: true,
+            call_ring_timeout_ms: 30_000,
+            calls_max: 10_000,
         }
     }
 }
@@ -342,6 +374,8 @@ impl Default for ShardConfig {
             connections_max: 1_000_000,
             ring_entries_max: 2_048,
             read_buffer_bytes: 65_536,
+            uring_buffers: 128,
+            uring_buffer_bytes: 16_384,
         }
     }
 }
@@ -357,6 +391,7 @@ impl Default for AuthConfig {
             issuer: None,
             jwks_file: None,
             jwks_url: None,
+            jwks_ca_file: None,
             jwks_refresh_secs: 300,
             jwks_refresh_min_secs: 10,
         }
@@ -401,6 +436,7 @@ impl Default for BackendSettings {
             queue_entries_max: 2_048,
             group_members_max: 10_000,
             page_entries_max: 200,
+            disk_free_min_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -573,6 +609,12 @@ impl Config {
                 "must hold at least one largest frame",
             );
         }
+        if !self.shards.uring_buffers.is_power_of_two() || self.shards.uring_buffers > 32_768 {
+            return invalid("shards.uring_buffers", "must be a power of two up to 32768");
+        }
+        if !(256..=1 << 20).contains(&self.shards.uring_buffer_bytes) {
+            return invalid("shards.uring_buffer_bytes", "must be 256..=1048576");
+        }
         if self.shards.read_buffer_bytes < 4096 {
             return invalid("shards.read_buffer_bytes", "must be at least 4096");
         }
@@ -626,8 +668,8 @@ impl Config {
             return invalid("auth.jwks_url", "set jwks_file or jwks_url, not both");
         }
         if let Some(url) = &self.auth.jwks_url {
-            if !url.starts_with("http://") {
-                return invalid("auth.jwks_url", "must be an http:// URL");
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid("auth.jwks_url", "must be an http:// or https:// URL");
             }
         }
         if self.auth.jwks_refresh_secs == 0 {
@@ -1212,6 +1254,169 @@ fn redact(v: &mut toml::Value, name: &str) {
     }
 }
 
+/// Message edit (docs/protocol.md, "Edit"): only the sender edits, within
+/// the window, at most so many times per message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EditSettings {
+    /// How long after sending the sender may edit a message, in seconds;
+    /// 0: no edits at all (`EDIT_WINDOW_PASSED`). Default 86400 (24 h).
+    pub window_secs: u64,
+    /// Edits one message may have (a bot streaming a reply edits it once
+    /// per step); beyond: `LIMIT_REACHED`. Default 1000.
+    pub max_edits_per_message: u32,
+}
+
+impl Default for EditSettings {
+    fn default() -> Self {
+        Self {
+            window_secs: 86_400,
+            max_edits_per_message: 1_000,
+        }
+    }
+}
+
+impl EditSettings {
+    /// The window in milliseconds, as the chat domain takes it.
+    pub fn window_ms(&self) -> u64 {
+        self.window_secs.saturating_mul(1_000)
+    }
+}
+
+/// Login policies (docs/protocol.md, "Devices and login policies"): how
+/// many connections of one user each platform class may hold on a node,
+/// and how long a logged-out device stays refused. The defaults keep the
+/// behaviour without policies: any number of devices per class (a second
+/// login of the same device id still displaces the first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginSettings {
+    /// Connections of one user on `ios` and `android` together; a login
+    /// past it kicks the class's oldest connection
+    /// (`KICK_REASON_LOGIN_POLICY`). 0: no limit. Default 0.
+    pub mobile_devices_max: u32,
+    /// The same for `desktop`. Default 0.
+    pub desktop_devices_max: u32,
+    /// The same for `web`. Default 0.
+    pub web_devices_max: u32,
+    /// The same for `cli`. Default 0.
+    pub cli_devices_max: u32,
+    /// The same for `bot`. Default 0.
+    pub bot_devices_max: u32,
+    /// The same for logins that name no platform. Default 0.
+    pub other_devices_max: u32,
+    /// After a device is logged out, its logins with a token issued (`iat`)
+    /// no later than the logout (or with no `iat`) are refused
+    /// (`DEVICE_LOGGED_OUT`) for this long. 0: never refused. Default
+    /// 86400000 (24 h; set it to your tokens' lifetime).
+    pub logged_out_block_ms: u64,
+    /// Logged-out devices each shard remembers; past it the oldest is
+    /// forgotten (its device may log in again with its old token).
+    /// Default 10000.
+    pub logged_out_max: u32,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        Self {
+            mobile_devices_max: 0,
+            desktop_devices_max: 0,
+            web_devices_max: 0,
+            cli_devices_max: 0,
+            bot_devices_max: 0,
+            other_devices_max: 0,
+            logged_out_block_ms: 86_400_000,
+            logged_out_max: 10_000,
+        }
+    }
+}
+
+/// A class of platforms that shares one limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformClass {
+    /// `ios` and `android`.
+    Mobile,
+    /// `desktop`.
+    Desktop,
+    /// `web`.
+    Web,
+    /// `cli`.
+    Cli,
+    /// `bot`.
+    Bot,
+    /// No platform named.
+    Other,
+}
+
+impl PlatformClass {
+    /// The class of `platform`.
+    pub fn of(platform: tern_protocol::pb::Platform) -> Self {
+        use tern_protocol::pb::Platform as P;
+        match platform {
+            P::Ios | P::Android => Self::Mobile,
+            P::Desktop => Self::Desktop,
+            P::Web => Self::Web,
+            P::Cli => Self::Cli,
+            P::Bot => Self::Bot,
+            P::Unspecified => Self::Other,
+        }
+    }
+
+    /// Its name in the config and in kick messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mobile => "mobile",
+            Self::Desktop => "desktop",
+            Self::Web => "web",
+            Self::Cli => "cli",
+            Self::Bot => "bot",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl LoginSettings {
+    /// The most connections `class` may hold per user on a node (0: no
+    /// limit).
+    pub fn devices_max(&self, class: PlatformClass) -> u32 {
+        match class {
+            PlatformClass::Mobile => self.mobile_devices_max,
+            PlatformClass::Desktop => self.desktop_devices_max,
+            PlatformClass::Web => self.web_devices_max,
+            PlatformClass::Cli => self.cli_devices_max,
+            PlatformClass::Bot => self.bot_devices_max,
+            PlatformClass::Other => self.other_devices_max,
+        }
+    }
+}
+
+/// Full-text search (docs/protocol.md, "Search"; docs/backend.md,
+/// "Search"): an index of message words beside the store, filled after
+/// each commit by an indexer thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    /// Serve `search` and keep the index. The index holds the words of
+    /// every message in clear, encrypted at rest or not (docs/security.md):
+    /// turn it off where that must not be; `search` is then answered with
+    /// `SEARCH_DISABLED`. Default true.
+    pub enabled: bool,
+    /// How often the indexer thread indexes the conversations written to
+    /// since its last turn, in milliseconds: the most a new message waits
+    /// to be in the index (a search indexes what it reads first, so results
+    /// never miss a message). Default 200.
+    pub index_interval_ms: u64,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            index_interval_ms: 200,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -1715,7 +1920,7 @@ pub struct WebhookSettings {
     /// before-send). Required when a URL is set. Default empty.
     pub secret: String,
     /// Where each batch of sends is POSTed before it is stored (`http://`
-    /// only). Empty: no before-send hook. Default empty.
+    /// or `https://`). Empty: no before-send hook. Default empty.
     pub before_send_url: String,
     /// The whole before-send call (connect, request, answer) must finish
     /// within this; a batch of sends waits at most this long. Default 500.
@@ -1727,8 +1932,8 @@ pub struct WebhookSettings {
     /// Largest before-send answer read, bytes; a longer one is garbage.
     /// Default 1048576.
     pub before_send_response_bytes_max: usize,
-    /// Where events are POSTed (`http://` only). Empty: no events. Default
-    /// empty.
+    /// Where events are POSTed (`http://` or `https://`). Empty: no
+    /// events. Default empty.
     pub events_url: String,
     /// Events waiting for delivery at most; beyond, new events are dropped
     /// and counted (`tern_webhook_events_dropped_total`): a slow receiver
@@ -1752,6 +1957,9 @@ pub struct WebhookSettings {
     /// At shutdown, how long POSTs in flight may still finish; what is left
     /// is dropped and counted. Default 2000.
     pub events_shutdown_grace_ms: u64,
+    /// PEM roots that `https://` webhook URLs are verified against (a
+    /// private CA), instead of the system's. Default none: system roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What a failed before-send call means for the sends it covered.
@@ -1781,6 +1989,7 @@ impl Default for WebhookSettings {
             events_retry_initial_ms: 500,
             events_retry_max_ms: 30_000,
             events_shutdown_grace_ms: 2_000,
+            ca_file: None,
         }
     }
 }
@@ -1796,16 +2005,14 @@ impl WebhookSettings {
             if url.is_empty() {
                 continue;
             }
-            let ok = url.starts_with("http://")
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
                 && url
                     .parse::<hyper::Uri>()
                     .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
             if !ok {
                 return invalid(
                     name,
-                    format!(
-                        "{url:?} is not an http:// URL (https is not built in: put a TLS proxy on loopback in front)"
-                    ),
+                    format!("{url:?} is not an http:// or https:// URL with a host"),
                 );
             }
             if self.secret.is_empty() {

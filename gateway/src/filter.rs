@@ -2,7 +2,7 @@
 //! checked on the backend worker, before the before-send webhook and the
 //! store, on what clients write for others to read:
 //!
-//! - a `Send`'s text (`Text.text`), a file's name (`File.name`) and a
+//! - a `Send`'s (or an `EditRequest`'s) text (`Text.text`), a file's name (`File.name`) and a
 //!   location's `name` and `address`: every human-readable string of a
 //!   message; `Custom` is the application's opaque bytes, media fields are
 //!   ids and types, and neither is looked at;
@@ -361,9 +361,10 @@ impl Words {
     /// module doc), masking them in place unless one of them is rejected.
     pub fn screen_body(&self, body: &mut Body) -> Screened {
         let (fields, reason): ([Option<&mut String>; 2], &'static str) = match body {
-            Body::Send(s) => {
+            // An edit's new content is screened like a send's.
+            Body::Send(pb::Send { content, .. }) | Body::Edit(pb::EditRequest { content, .. }) => {
                 let reason = "the message contains a word that is not allowed here";
-                match s.content.as_mut().and_then(|c| c.kind.as_mut()) {
+                match content.as_mut().and_then(|c| c.kind.as_mut()) {
                     Some(pb::content::Kind::Text(t)) => ([Some(&mut t.text), None], reason),
                     Some(pb::content::Kind::File(f)) => ([Some(&mut f.name), None], reason),
                     Some(pb::content::Kind::Location(l)) => {
@@ -599,6 +600,22 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(w.screen_body(&mut custom), Screened::Clean);
+        let mut edit = Body::Edit(pb::EditRequest {
+            content: Some(pb::Content {
+                kind: Some(pb::content::Kind::Text(pb::Text {
+                    text: "no spam".into(),
+                })),
+            }),
+            ..Default::default()
+        });
+        assert_eq!(w.screen_body(&mut edit), Screened::Masked);
+        let Body::Edit(e) = edit else { unreachable!() };
+        assert_eq!(
+            e.content.and_then(|c| c.kind),
+            Some(pb::content::Kind::Text(pb::Text {
+                text: "no ****".into()
+            }))
+        );
     }
 
     /// A list file: comments, blank lines, a byte order mark, CRLF line

@@ -349,7 +349,8 @@ pub struct LimitMetrics {
     /// HTTP connections refused by the lists.
     pub http_denied: AtomicU64,
     /// Checks let through untracked because a limiter was full
-    /// (`limits.tracked_max`).
+    /// (`limits.tracked_max`), and login counts forgotten because a login
+    /// limiter's fixed table needed the slot (`shard/limits.rs`).
     pub untracked: AtomicU64,
 }
 
@@ -397,7 +398,7 @@ impl LimitMetrics {
             ),
             (
                 "tern_rate_limit_untracked",
-                "Checks let through because a limiter tracked limits.tracked_max keys",
+                "Checks let through because a limiter tracked limits.tracked_max keys, or login counts a full login table forgot",
                 &self.untracked,
             ),
         ] {

@@ -370,7 +370,7 @@ fn serve(overrides: &Overrides) -> anyhow::Result<()> {
     let service = Arc::new(open_store(&cfg)?);
     let server = Server::start_on(&cfg, listeners, service)?;
     if overrides.dev {
-        print_dev_banner(server.tcp_addr);
+        print_dev_banner(server.tcp_addr, server.http_addr, !cfg.api.keys.is_empty());
     }
     // Reload on each SIGHUP; drain on SIGTERM or SIGINT.
     for sig in signals.forever() {
@@ -438,8 +438,9 @@ fn init_logs(log: &config::LogConfig) {
     }
 }
 
-/// The development-mode notice, with the exact commands to chat.
-fn print_dev_banner(tcp: Option<SocketAddr>) {
+/// The development-mode notice, with the page to open and the exact
+/// commands to chat.
+fn print_dev_banner(tcp: Option<SocketAddr>, http: Option<SocketAddr>, api_key: bool) {
     let cli = tern_cli_path();
     let server = match tcp {
         Some(a) if a.to_string() == "127.0.0.1:7400" => String::new(),
@@ -447,6 +448,21 @@ fn print_dev_banner(tcp: Option<SocketAddr>) {
         None => " --server (no TCP listener!)".to_owned(),
     };
     let line = "=".repeat(72);
+    let page = match http {
+        Some(a) => {
+            let admin = if api_key {
+                format!("Admin console: http://{a}/admin (sign in with your API key).")
+            } else {
+                format!("Admin console: http://{a}/admin (start with --api-key K to sign in).")
+            };
+            format!(
+                "Chat in a browser: open http://{a}/ in two windows, sign in as alice\n\
+                 and as bob (any user id works in development mode).\n{admin}\n\n\
+                 Or chat in terminals:\n"
+            )
+        }
+        None => "Chat as alice and as bob, each in a terminal of its own:\n".to_owned(),
+    };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -454,7 +470,7 @@ fn print_dev_banner(tcp: Option<SocketAddr>) {
          DEVELOPMENT MODE: tokens are signed with the public secret \"{DEV_JWT_SECRET}\",\n\
          so anyone who can reach this server can log in as anyone. Never expose it.\n\
          \n\
-         Chat as alice and as bob, each in a terminal of its own:\n\
+         {page}\
          \n    {cli}{server} --user alice --jwt-secret {DEV_JWT_SECRET}\
          \n    {cli}{server} --user bob --jwt-secret {DEV_JWT_SECRET}\n\
          \n\

@@ -109,6 +109,8 @@ pub struct ShardMetrics {
     pub closed: [AtomicU64; 11],
     /// Auth attempts refused.
     pub auth_failures: AtomicU64,
+    /// Logins welcomed (a `Welcome` queued on the owner shard).
+    pub logins: AtomicU64,
     /// Frames and bytes from clients.
     pub frames_in: AtomicU64,
     /// Bytes from clients.
@@ -136,6 +138,10 @@ pub struct ShardMetrics {
     pub backend_backpressure: AtomicU64,
     /// Items waiting in this shard's inbound rings (sampled).
     pub inbox_depth: AtomicI64,
+    /// Completions reaped by the io_uring data path.
+    pub uring_completions: AtomicU64,
+    /// Receives that found the provided buffers all taken (io_uring path).
+    pub uring_enobufs: AtomicU64,
     /// Send → SendAck latency as seen by the gateway.
     pub send_ack_latency: LatencyHistogram,
 }
@@ -322,6 +328,10 @@ pub struct Metrics {
     pub limits: Arc<crate::limits::LimitMetrics>,
     /// The content filter.
     pub filter: Arc<FilterMetrics>,
+    /// The served TLS certificate's notAfter, Unix seconds, kept by
+    /// `crate::tls::TlsServer`; 0 (no TLS listener, or unreadable): the
+    /// gauge is left out.
+    pub tls_cert_expiry: Arc<AtomicI64>,
 }
 
 impl Metrics {
@@ -337,6 +347,7 @@ impl Metrics {
             webhooks: Arc::new(WebhookMetrics::default()),
             limits: Arc::new(crate::limits::LimitMetrics::default()),
             filter: Arc::new(FilterMetrics::default()),
+            tls_cert_expiry: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -518,6 +529,13 @@ impl Collector for Metrics {
         )?;
         counter(
             enc,
+            "tern_logins",
+            "Logins welcomed",
+            None,
+            s(|m| &m.logins),
+        )?;
+        counter(
+            enc,
             "tern_received_frames",
             "Frames received from clients",
             None,
@@ -599,6 +617,20 @@ impl Collector for Metrics {
             "Reads paused: backend queue full",
             None,
             s(|m| &m.backend_backpressure),
+        )?;
+        counter(
+            enc,
+            "tern_uring_completions",
+            "Completions reaped by the io_uring data path",
+            None,
+            s(|m| &m.uring_completions),
+        )?;
+        counter(
+            enc,
+            "tern_uring_buffers_exhausted",
+            "Receives that found every provided buffer taken (back-pressure)",
+            None,
+            s(|m| &m.uring_enobufs),
         )?;
         shard_gauge(
             enc,
@@ -859,6 +891,15 @@ impl Collector for Metrics {
                 None,
                 f.words.load(Relaxed),
             )?;
+        }
+        let expiry = self.tls_cert_expiry.load(Relaxed);
+        if expiry != 0 {
+            ConstGauge::new(expiry).encode(enc.encode_descriptor(
+                "tern_tls_cert_expiry_timestamp",
+                "notAfter of the TLS certificate served to new handshakes, Unix seconds",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?)?;
         }
         {
             let mut d = enc.encode_descriptor(

@@ -87,8 +87,16 @@ pub enum ShardMsg {
     Devices {
         /// The user (owned by this shard).
         user: String,
-        /// Where the device ids go.
-        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+        /// Where the devices go.
+        reply: tokio::sync::oneshot::Sender<Vec<DeviceEntry>>,
+    },
+    /// The server API logs out one device of `user` (owned by this shard):
+    /// kicked with `LOGGED_OUT` and remembered as logged out.
+    Logout {
+        /// The user and the device, `user\0device`.
+        ident: Box<str>,
+        /// Whether the device was connected here.
+        reply: tokio::sync::oneshot::Sender<bool>,
     },
     /// The server API asks which users this shard holds with a device that
     /// counts toward presence (not [`PRESENCE_QUIET`]): a broadcast's
@@ -116,6 +124,33 @@ pub struct Handoff {
     pub(crate) quiet: bool,
     /// A TLS connection's record layer (keys, sequence numbers).
     pub(crate) tls: Option<Box<crate::tls::TlsConn>>,
+    /// What the login said of its device.
+    pub(crate) login: LoginInfo,
+}
+
+/// What a login said of its device, for the device list and the login
+/// policies (docs/protocol.md, "Devices and login policies").
+#[derive(Debug, Clone, Default)]
+pub struct LoginInfo {
+    /// `Auth.platform`.
+    pub platform: pb::Platform,
+    /// `Auth.client_version` (bounded by the session's label limit).
+    pub client_version: Box<str>,
+    /// The token's `iat`, seconds since the epoch.
+    pub issued_at: Option<u64>,
+}
+
+/// One device of a user on this node, as the server API lists it.
+#[derive(Debug, Clone)]
+pub struct DeviceEntry {
+    /// Its device id.
+    pub device_id: String,
+    /// Its platform.
+    pub platform: pb::Platform,
+    /// When it logged in, Unix milliseconds.
+    pub login_time_ms: u64,
+    /// Its client version.
+    pub client_version: String,
 }
 
 /// The `Auth.capabilities` name of a connection that does not count toward

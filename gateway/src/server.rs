@@ -145,7 +145,7 @@ impl Server {
                 None => Ok(()),
             });
         }
-        let driver = resolve_driver(cfg.shards.driver);
+        let (driver, uring_path, why) = resolve_driver(cfg.shards.driver)?;
 
         // Every shard accepts on the same socket: one descriptor each
         // (`try_clone`), so a shard's drain `shutdown()` stops accepting for
@@ -161,7 +161,8 @@ impl Server {
         // The TLS configuration, shared by the shards; SIGHUP re-reads its
         // files (new handshakes get the new certificate).
         let tls = if tls_addr.is_some() || wss_addr.is_some() {
-            let tls = crate::tls::TlsServer::load(&cfg.tls)?;
+            let tls =
+                crate::tls::TlsServer::load_reporting(&cfg.tls, metrics.tls_cert_expiry.clone())?;
             let reloaded = tls.clone();
             crate::reload::on_hup("tls", move || Ok(reloaded.reload()?));
             Some(tls)
@@ -323,13 +324,16 @@ impl Server {
                 epoch,
                 cluster: cluster.is_some(),
                 limits: cfg.limits.clone(),
+                login: cfg.login.clone(),
                 limit_metrics: metrics.limits.clone(),
                 lists: lists.clone(),
+                uring_buffers: cfg.shards.uring_buffers,
+                uring_buffer_bytes: cfg.shards.uring_buffer_bytes,
             };
             shard_threads.push(
                 std::thread::Builder::new()
                     .name(format!("tern-shard-{id}"))
-                    .spawn(move || shard::run(setup, driver))?,
+                    .spawn(move || shard::run(setup, driver, uring_path))?,
             );
         }
 
@@ -368,7 +372,11 @@ impl Server {
                     metrics: metrics.clone(),
                     ready: ready.clone(),
                 })
-                .merge(api_router);
+                .merge(api_router)
+                // The web chat page and admin console (docs/web.md).
+                .merge(crate::web::router(crate::web::WebState::new(
+                    cfg, ws_addr, wss_addr,
+                )));
                 Some(
                     HttpServer::start_with_lists(
                         addr,
@@ -396,6 +404,8 @@ impl Server {
             http = %addr_label(http_addr),
             shards,
             driver = %driver.label(),
+            data_path = %if uring_path { "io_uring" } else { "epoll" },
+            why,
             workers,
             node = %node_id,
             "tern serving"
@@ -610,16 +620,44 @@ fn bind_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// The driver the shards run: `auto` is decided here, once, so the start
-/// line says what runs.
-fn resolve_driver(driver: Driver) -> Driver {
-    match driver {
-        Driver::Auto if monoio::utils::detect_uring() => Driver::Uring,
-        Driver::Auto => {
-            info!("io_uring unavailable; shards use epoll");
-            Driver::Epoll
+/// The driver the shards run, whether their data path is io_uring, and why:
+/// `auto` is decided here, once, so the start line says which data path
+/// runs. `auto` keeps the epoll data path (on monoio's io_uring runtime
+/// where the kernel has it): the io_uring data path becomes the default
+/// only once it has measured at least as good (docs/benchmarks.md,
+/// "io_uring data path"). `uring` runs the io_uring data path, which needs
+/// a ring (`io_uring_setup` fails with ENOSYS without io_uring, EPERM under
+/// a seccomp profile), provided buffer rings and multishot receives, all
+/// probed ([`shard::probe_uring`]); without them it refuses to start.
+fn resolve_driver(driver: Driver) -> std::io::Result<(Driver, bool, String)> {
+    let probe = || {
+        if !monoio::utils::detect_uring() {
+            return Err("io_uring_setup failed (not in this kernel, or forbidden)".to_owned());
         }
-        d => d,
+        shard::probe_uring().map_err(|e| e.to_string())
+    };
+    match driver {
+        Driver::Auto if monoio::utils::detect_uring() => Ok((
+            Driver::Uring,
+            false,
+            "auto: the io_uring data path is opt-in (--driver uring) until measured".into(),
+        )),
+        Driver::Auto => {
+            let why = "io_uring_setup failed (not in this kernel, or forbidden)";
+            info!(%why, "io_uring unavailable; shards use the epoll data path");
+            Ok((
+                Driver::Epoll,
+                false,
+                format!("auto: io_uring unavailable ({why})"),
+            ))
+        }
+        Driver::Uring => match probe() {
+            Ok(()) => Ok((Driver::Uring, true, "configured".into())),
+            Err(why) => Err(std::io::Error::other(format!(
+                "driver io_uring: io_uring unavailable ({why}); use --driver epoll or auto"
+            ))),
+        },
+        Driver::Epoll => Ok((Driver::Epoll, false, "configured".into())),
     }
 }
 

@@ -3,6 +3,7 @@
 //! bridge's answers; holds no state of its own.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tern_backend::{
     config::Config as DomainConfig,
@@ -26,7 +27,7 @@ const PRESENCE_HELD_MS: u64 = 365 * 24 * 3600 * 1000;
 /// The chat backend the gateway runs.
 #[derive(Debug)]
 pub struct BackendService {
-    domain: Domain,
+    domain: Arc<Domain>,
     /// The same store, for local accounts' password hashes.
     credentials: Arc<dyn Credentials>,
 }
@@ -50,6 +51,11 @@ impl BackendService {
             allow_non_friend_messages: cfg.chat.allow_non_friend_messages,
             group_members_max: cfg.backend.group_members_max,
             page_entries_max: cfg.backend.page_entries_max,
+            edit_window_ms: cfg.edit.window_ms(),
+            edits_per_message_max: cfg.edit.max_edits_per_message,
+            search_enabled: cfg.search.enabled,
+            call_ring_timeout_ms: cfg.chat.call_ring_timeout_ms,
+            calls_max: cfg.chat.calls_max,
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);
@@ -61,7 +67,45 @@ impl BackendService {
         chat.presence_expiry_ms = PRESENCE_HELD_MS;
         // Keys first: a bad key file is refused before the store opens.
         let keys = cfg.encryption.load_keys()?;
-        Self::open_with(&cfg.backend, chat, keys)
+        let service = Self::open_with(&cfg.backend, chat, keys)?;
+        if cfg.search.enabled {
+            service.spawn_indexer(Duration::from_millis(cfg.search.index_interval_ms.max(1)))?;
+        }
+        Ok(service)
+    }
+
+    /// Starts the search indexer thread (`tern-search`): every `interval`
+    /// it indexes the conversations written to since its last turn
+    /// (docs/backend.md, "Search"). It holds the domain weakly and ends
+    /// with the service.
+    fn spawn_indexer(&self, interval: Duration) -> anyhow::Result<()> {
+        let domain = Arc::downgrade(&self.domain);
+        std::thread::Builder::new()
+            .name("tern-search".into())
+            .spawn(move || {
+                // First every index the store can list, up to its log (an
+                // index that is new, or behind after a crash or an upgrade).
+                if let Some(domain) = domain.upgrade() {
+                    match domain.search_index_all() {
+                        Ok(read) => tracing::info!(entries = read, "search index caught up with the log"),
+                        Err(e) => tracing::warn!(error = %e, "search indexer: the start-up catch-up failed"),
+                    }
+                }
+                loop {
+                    // Its own thread, not a shard's or a worker's: it waits
+                    // between turns (spurious wake-ups only make a turn early).
+                    std::thread::park_timeout(interval);
+                    let Some(domain) = domain.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = domain.search_index_pending() {
+                        // The next search of those conversations indexes
+                        // them; nothing is lost.
+                        tracing::warn!(error = %e, "search indexer: a turn failed");
+                    }
+                }
+            })?;
+        Ok(())
     }
 
     fn open_with(
@@ -74,7 +118,11 @@ impl BackendService {
         let (store, credentials): (Arc<dyn Store>, Arc<dyn Credentials>) = match settings.store {
             StoreKind::Embedded => {
                 std::fs::create_dir_all(&settings.data_dir)?;
-                let s = Arc::new(EmbeddedStore::open(&settings.data_dir)?.with_keys(keys));
+                let s = Arc::new(
+                    EmbeddedStore::open(&settings.data_dir)?
+                        .with_keys(keys)
+                        .with_disk_free_min(settings.disk_free_min_bytes),
+                );
                 (s.clone(), s)
             }
             StoreKind::Redis => {
@@ -93,7 +141,7 @@ impl BackendService {
             }
         };
         Ok(Self {
-            domain: Domain::new(store, chat),
+            domain: Arc::new(Domain::new(store, chat)),
             credentials,
         })
     }
@@ -120,6 +168,9 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
             recipients,
             body: Body::PresenceEvent(event),
         },
+        // Call signalling: pushed to every device of the participants, on
+        // every node (docs/protocol.md, "Calls").
+        DomainEffect::Call { recipients, body } => Effect::Push { recipients, body },
         // A push like any other, so it reaches the user's devices on every
         // node; the owner shard closes the devices it names (shard/inbox.rs, `kick_devices`).
         DomainEffect::Kick { user_id, kick } => Effect::Push {

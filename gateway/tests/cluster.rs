@@ -622,3 +622,64 @@ fn a_dead_nodes_stream_is_deleted_once_claimed() {
     }
     ns[0].wait_metric("tern_cluster_live_nodes 1");
 }
+
+/// Logs `user` in on `device` as an iOS phone (the `[login]` mobile class).
+fn login_phone(addr: std::net::SocketAddr, user: &str, device: &str) -> Client {
+    let mut c = Client::connect(addr);
+    let r = c.request(Body::Auth(pb::Auth {
+        token: support::Gateway::token(user),
+        device_id: device.into(),
+        protocol_version: 1,
+        platform: pb::Platform::Ios as i32,
+        ..Default::default()
+    }));
+    assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
+    c
+}
+
+/// With `[login] mobile_devices_max = 1` on every node (docs/protocol.md,
+/// "Devices and login policies"): the same device logging in on another
+/// node is still DISPLACED across nodes (the policy does not turn it into a
+/// policy kick, nor kick anything else); a second phone on the same node
+/// kicks the older one with LOGIN_POLICY; each node lists the devices it
+/// holds. Class limits are counted per node (a phone on each node stays).
+#[test]
+fn login_policies_keep_displacement_across_nodes() {
+    let redis = Redis::start();
+    let policy = "\n[login]\nmobile_devices_max = 1\n";
+    let ns: Vec<Node> = ["n1", "n2"]
+        .iter()
+        .map(|id| Node::start_with(&redis, id, policy))
+        .collect();
+    let mut old = login_phone(ns[0].tcp, "bob", "phone");
+    redis.wait_routes("bob", &[("phone", "n1")]);
+    let mut new = login_phone(ns[1].tcp, "bob", "phone");
+    let kick = old.wait_push(|f| matches!(f.body, Some(Body::Kick(_))));
+    let Some(Body::Kick(k)) = kick.body else {
+        unreachable!()
+    };
+    assert_eq!(k.reason, pb::KickReason::Displaced as i32);
+    assert!(old.closed_within(WAIT));
+    redis.wait_routes("bob", &[("phone", "n2")]);
+
+    // Another phone on n1: alone in its class there, it stays.
+    let mut other = login_phone(ns[0].tcp, "bob", "phone-2");
+    let list = |c: &mut Client| -> Vec<String> {
+        match c.request(Body::DeviceList(pb::DeviceListRequest {})).body {
+            Some(Body::DeviceListResult(r)) => r.devices.into_iter().map(|d| d.device_id).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(list(&mut other), ["phone-2"]);
+    assert_eq!(list(&mut new), ["phone"]);
+    // A third phone on n2: the older phone there is kicked by the policy.
+    let _third = login_phone(ns[1].tcp, "bob", "phone-3");
+    let kick = new.wait_push(|f| matches!(f.body, Some(Body::Kick(_))));
+    let Some(Body::Kick(k)) = kick.body else {
+        unreachable!()
+    };
+    assert_eq!(k.reason, pb::KickReason::LoginPolicy as i32);
+    assert!(new.closed_within(WAIT));
+    redis.wait_routes("bob", &[("phone-2", "n1"), ("phone-3", "n2")]);
+    assert_eq!(list(&mut other), ["phone-2"]);
+}

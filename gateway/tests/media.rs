@@ -232,6 +232,89 @@ fn downloads_follow_the_conversation_the_media_was_sent_to() {
     assert_eq!(s, 404);
 }
 
+/// An avatar: alice uploads an image and sets it as her profile's avatar;
+/// bob (not the uploader, sharing no conversation) downloads it and its
+/// thumbnail by naming her (`?avatar_of=alice`); naming another user, or
+/// naming alice after she set another avatar, is 404; a file upload set as
+/// the avatar is not served this way, nor is alice's image once bob sets it
+/// as his own avatar (an avatar republishes only its user's uploads).
+#[test]
+fn an_avatar_is_served_to_anyone_who_names_its_user() {
+    let gw = gateway();
+    let (alice_t, bob_t) = (Gateway::token("alice"), Gateway::token("bob"));
+    let (_, m) = upload(&gw, &alice_t, "image", "image/png", &png(64, 64));
+    let id = m["media_id"].as_str().unwrap().to_owned();
+    let thumb = m["thumbnail"]["media_id"].as_str().unwrap().to_owned();
+    let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
+    let set_avatar = |alice: &mut Client, avatar: &str| {
+        let r = alice.request(Body::ProfileUpdate(pb::ProfileUpdate {
+            avatar: Some(avatar.into()),
+            ..Default::default()
+        }));
+        assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    };
+    set_avatar(&mut alice, &id);
+
+    let (s, _, body) = fetch(
+        &gw,
+        Some(&bob_t),
+        &format!("/api/v1/media/{id}?avatar_of=alice"),
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        fetch(
+            &gw,
+            Some(&bob_t),
+            &format!("/api/v1/media/{thumb}?avatar_of=alice")
+        )
+        .0,
+        200
+    );
+    let (s, _, body) = fetch(
+        &gw,
+        Some(&bob_t),
+        &format!("/api/v1/media/{id}?avatar_of=carol"),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((s, code(&v)), (404, "NOT_FOUND"), "{v}");
+
+    let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
+    set_avatar(&mut bob, &id);
+    assert_eq!(
+        fetch(
+            &gw,
+            Some(&Gateway::token("carol")),
+            &format!("/api/v1/media/{id}?avatar_of=bob")
+        )
+        .0,
+        404
+    );
+
+    set_avatar(&mut alice, "https://example.com/me.png");
+    assert_eq!(
+        fetch(
+            &gw,
+            Some(&bob_t),
+            &format!("/api/v1/media/{id}?avatar_of=alice")
+        )
+        .0,
+        404
+    );
+
+    let (_, f) = upload(&gw, &alice_t, "file", "text/plain", b"secret notes");
+    let file = f["media_id"].as_str().unwrap().to_owned();
+    set_avatar(&mut alice, &file);
+    assert_eq!(
+        fetch(
+            &gw,
+            Some(&bob_t),
+            &format!("/api/v1/media/{file}?avatar_of=alice")
+        )
+        .0,
+        404
+    );
+}
+
 /// Text claiming to be an image is 415; PNG magic over garbage is 400
 /// bad_image; a voice upload that is not audio is 415; a file is taken as
 /// anything (its sniffed type recorded) and always served as an attachment

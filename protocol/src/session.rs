@@ -1397,6 +1397,8 @@ fn kick_message(reason: KickReason) -> &'static str {
         KickReason::HeartbeatTimeout => "no heartbeat within the deadline",
         KickReason::TokenExpired => "the token expired; reconnect with a fresh one",
         KickReason::RateLimited => "too many requests over the rate limit; reconnect later",
+        KickReason::LoginPolicy => "a newer login of this platform class took this one's place",
+        KickReason::LoggedOut => "logged out from another device; log in again",
     }
 }
 

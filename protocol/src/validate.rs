@@ -50,6 +50,11 @@ pub struct ClientLimits {
     pub capabilities_max: usize,
 }
 
+/// `SearchRequest.query`, in bytes (docs/protocol.md, "Search").
+pub const SEARCH_QUERY_BYTES_MAX: usize = 256;
+/// `SearchRequest.cursor`, in bytes: a seq and a conversation id.
+pub const SEARCH_CURSOR_BYTES_MAX: usize = 256;
+
 /// Default for [`ClientLimits::text_bytes_max`] (docs/protocol.md section 2).
 pub const TEXT_BYTES_MAX_DEFAULT: usize = 16 * 1024;
 /// Default for [`ClientLimits::token_bytes_max`].
@@ -75,8 +80,17 @@ pub const CURSORS_MAX_DEFAULT: usize = 1_000;
 /// Default for [`ClientLimits::seqs_max`]; the backend's `read_by_seqs_max`
 /// has the same default.
 pub const SEQS_MAX_DEFAULT: usize = 100;
+/// Most assignees of one to-do (`TodoRequest.assignees`, duplicates
+/// included), as docs/protocol.md states.
+pub const TODO_ASSIGNEES_MAX: usize = 20;
 /// Default for [`ClientLimits::capabilities_max`].
 pub const CAPABILITIES_MAX_DEFAULT: usize = 32;
+/// Largest `CallSignal.payload` (an SDP or an ICE candidate), in bytes
+/// (docs/protocol.md, "Calls"): a typical SDP is 2 to 6 KiB.
+pub const CALL_SIGNAL_BYTES_MAX: usize = 16 * 1024;
+/// Participants of one call, the caller included (docs/protocol.md,
+/// "Calls"): `CallAction.invitees` holds at most one less.
+pub const CALL_PARTICIPANTS_MAX: usize = 8;
 
 impl Default for ClientLimits {
     fn default() -> Self {
@@ -199,6 +213,24 @@ pub fn body_kind(body: &Body) -> (&'static str, Sender) {
         Body::GroupJoinDecision(_) => ("group_join_decision", Request),
         Body::GroupSetPolicy(_) => ("group_set_policy", Request),
         Body::GroupList(_) => ("group_list", Request),
+        Body::Edit(_) => ("edit", Request),
+        Body::Search(_) => ("search", Request),
+        Body::DeviceList(_) => ("device_list", Request),
+        Body::DeviceLogout(_) => ("device_logout", Request),
+        Body::Call(_) => ("call", Request),
+        Body::CallSignal(_) => ("call_signal", Request),
+        Body::DeviceListResult(_) => ("device_list_result", Server),
+        Body::CallEvent(_) => ("call_event", Server),
+        Body::CallSignalEvent(_) => ("call_signal_event", Server),
+        Body::React(_) => ("react", Request),
+        Body::Pin(_) => ("pin", Request),
+        Body::Pins(_) => ("pins", Request),
+        Body::ThreadRead(_) => ("thread_read", Request),
+        Body::ThreadInfo(_) => ("thread_info", Request),
+        Body::Todo(_) => ("todo", Request),
+        Body::TodoList(_) => ("todo_list", Request),
+        Body::ThreadInfoResult(_) => ("thread_info_result", Server),
+        Body::TodoListResult(_) => ("todo_list_result", Server),
         Body::Welcome(_) => ("welcome", Server),
         Body::Pong(_) => ("pong", Server),
         Body::SendAck(_) => ("send_ack", Server),
@@ -220,7 +252,29 @@ pub fn body_kind(body: &Body) -> (&'static str, Sender) {
         Body::Ok(_) => ("ok", Server),
         Body::Error(_) => ("error", Server),
         Body::Kick(_) => ("kick", Server),
+        Body::SearchResult(_) => ("search_result", Server),
+        Body::PinsResult(_) => ("pins_result", Server),
     }
+}
+
+/// Longest reaction string (`ReactRequest.emoji`), in bytes.
+pub const REACTION_BYTES_MAX: usize = 32;
+
+/// Checks a reaction string: 1 to [`REACTION_BYTES_MAX`] bytes with no
+/// whitespace and no control characters (an emoji, possibly several code
+/// points joined, or a short code such as `:+1:`). The error says why, to
+/// follow a field name.
+pub fn check_reaction(emoji: &str) -> Result<(), &'static str> {
+    if emoji.is_empty() {
+        return Err("is empty");
+    }
+    if emoji.len() > REACTION_BYTES_MAX {
+        return Err("is longer than 32 bytes");
+    }
+    if emoji.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("holds whitespace or a control character");
+    }
+    Ok(())
 }
 
 /// Checks a frame a client sent. `Ok(())` means its shape is valid; the
@@ -377,6 +431,43 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
             c.join_policy("group_set_policy.join_policy", m.join_policy)
         }
         Body::GroupList(_) => Ok(()),
+        Body::Edit(m) => c.edit(m),
+        Body::Search(m) => c.search(m),
+        Body::DeviceList(_) => Ok(()),
+        Body::DeviceLogout(m) => c.id("device_logout.device_id", &m.device_id),
+        Body::Call(m) => c.call(m),
+        Body::CallSignal(m) => c.call_signal(m),
+        Body::React(m) => {
+            c.conv("react.conversation_id", &m.conversation_id)?;
+            c.seq("react.seq", m.seq)?;
+            check_reaction(&m.emoji).map_err(|why| Refusal::invalid(format!("react.emoji {why}")))
+        }
+        Body::Pin(m) => {
+            c.conv("pin.conversation_id", &m.conversation_id)?;
+            c.seq("pin.seq", m.seq)
+        }
+        Body::Pins(m) => c.conv("pins.conversation_id", &m.conversation_id),
+        Body::ThreadRead(m) => {
+            c.conv("thread_read.conversation_id", &m.conversation_id)?;
+            c.seq("thread_read.root_seq", m.root_seq)?;
+            c.seq("thread_read.up_to_seq", m.up_to_seq)
+        }
+        Body::ThreadInfo(m) => {
+            c.conv("thread_info.conversation_id", &m.conversation_id)?;
+            c.non_empty("thread_info.root_seqs", &m.root_seqs)?;
+            c.list_len("thread_info.root_seqs", &m.root_seqs, c.l.seqs_max)?;
+            m.root_seqs
+                .iter()
+                .try_for_each(|&s| c.seq("thread_info.root_seqs", s))
+        }
+        Body::Todo(m) => c.todo(m),
+        Body::TodoList(m) => match &m.after {
+            Some(a) => {
+                c.conv("todo_list.after.conversation_id", &a.conversation_id)?;
+                c.seq("todo_list.after.seq", a.seq)
+            }
+            None => Ok(()),
+        },
         // Refused above already; listed so that this match stays exhaustive.
         Body::Welcome(_)
         | Body::Pong(_)
@@ -396,9 +487,15 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
         | Body::GroupInfoResult(_)
         | Body::GroupMembersResult(_)
         | Body::GroupListResult(_)
+        | Body::DeviceListResult(_)
+        | Body::CallEvent(_)
+        | Body::CallSignalEvent(_)
         | Body::Ok(_)
         | Body::Error(_)
-        | Body::Kick(_) => Err(server_only(name)),
+        | Body::Kick(_)
+        | Body::PinsResult(_)
+        | Body::SearchResult(_) => Err(server_only(name)),
+        Body::ThreadInfoResult(_) | Body::TodoListResult(_) => Err(server_only(name)),
     }
 }
 
@@ -452,6 +549,87 @@ impl Checker<'_> {
         self.ids("send.mentions", &m.mentions, self.l.mentions_max)
         // reply_to_seq: 0 means "not a reply"; any other value is looked up
         // by the backend.
+    }
+
+    fn edit(&self, m: &pb::EditRequest) -> Result<(), Refusal> {
+        self.conv("edit.conversation_id", &m.conversation_id)?;
+        self.seq("edit.seq", m.seq)?;
+        self.id("edit.client_edit_id", &m.client_edit_id)?;
+        let Some(content) = &m.content else {
+            return Err(Refusal::invalid("edit.content is missing"));
+        };
+        // The same checks as a send's content; the reason names the field
+        // as `edit.content…`.
+        self.content(content).map_err(|mut r| {
+            if let Some(rest) = r.reason.strip_prefix("send.") {
+                r.reason = Cow::Owned(format!("edit.{rest}"));
+            }
+            r
+        })
+    }
+
+    fn todo(&self, m: &pb::TodoRequest) -> Result<(), Refusal> {
+        self.conv("todo.conversation_id", &m.conversation_id)?;
+        self.seq("todo.seq", m.seq)?;
+        match pb::TodoAction::try_from(m.action) {
+            Ok(pb::TodoAction::Create) => {
+                self.non_empty("todo.assignees", &m.assignees)?;
+                self.ids("todo.assignees", &m.assignees, TODO_ASSIGNEES_MAX)
+            }
+            Ok(pb::TodoAction::Done | pb::TodoAction::Undo) => {
+                if m.assignees.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Refusal::invalid("todo.assignees is for create only"))
+                }
+            }
+            Ok(pb::TodoAction::Unspecified) | Err(_) => Err(Refusal::invalid(format!(
+                "todo.action {} is not create, done or undo",
+                m.action
+            ))),
+        }
+    }
+
+    fn call(&self, m: &pb::CallAction) -> Result<(), Refusal> {
+        use pb::CallActionKind as K;
+        match K::try_from(m.kind) {
+            Ok(K::Invite) => {
+                self.conv("call.conversation_id", &m.conversation_id)?;
+                self.ids("call.invitees", &m.invitees, CALL_PARTICIPANTS_MAX - 1)?;
+                if !m.call_id.is_empty() {
+                    return Err(Refusal::invalid("call.call_id must be empty for INVITE"));
+                }
+                Ok(())
+            }
+            Ok(K::Accept | K::Reject | K::Cancel | K::Hangup) => {
+                self.id("call.call_id", &m.call_id)
+            }
+            Ok(K::Unspecified) | Err(_) => Err(bad_enum("call.kind", m.kind)),
+        }
+    }
+
+    fn call_signal(&self, m: &pb::CallSignal) -> Result<(), Refusal> {
+        self.id("call_signal.call_id", &m.call_id)?;
+        self.id("call_signal.to_user_id", &m.to_user_id)?;
+        self.optional_id("call_signal.to_device_id", &m.to_device_id)?;
+        match pb::CallSignalKind::try_from(m.kind) {
+            Ok(pb::CallSignalKind::Unspecified) | Err(_) => {
+                return Err(bad_enum("call_signal.kind", m.kind));
+            }
+            Ok(_) => {}
+        }
+        self.non_empty_text("call_signal.payload", &m.payload, CALL_SIGNAL_BYTES_MAX)
+    }
+
+    fn search(&self, m: &pb::SearchRequest) -> Result<(), Refusal> {
+        // An empty query (or one of punctuation only) is the backend's to
+        // refuse: it knows what a word is.
+        self.text("search.query", &m.query, SEARCH_QUERY_BYTES_MAX)?;
+        if !m.conversation_id.is_empty() {
+            self.conv("search.conversation_id", &m.conversation_id)?;
+        }
+        self.optional_id("search.sender", &m.sender)?;
+        self.text("search.cursor", &m.cursor, SEARCH_CURSOR_BYTES_MAX)
     }
 
     fn content(&self, c: &pb::Content) -> Result<(), Refusal> {
@@ -1247,6 +1425,168 @@ mod tests {
                 Body::GroupList(pb::GroupListRequest {}),
                 "",
             ),
+            (
+                Body::Edit(pb::EditRequest {
+                    conversation_id: "d:alice:bob".into(),
+                    seq: 3,
+                    client_edit_id: "e1".into(),
+                    content: text_send("new").content,
+                    streaming: true,
+                }),
+                Body::Edit(pb::EditRequest {
+                    conversation_id: "d:alice:bob".into(),
+                    seq: 3,
+                    client_edit_id: "e1".into(),
+                    content: text_send("").content,
+                    streaming: false,
+                }),
+                "edit.content.text",
+            ),
+            (
+                Body::React(pb::ReactRequest {
+                    conversation_id: "d:alice:bob".into(),
+                    seq: 3,
+                    emoji: "\u{1f44d}".into(),
+                    remove: false,
+                }),
+                Body::React(pb::ReactRequest {
+                    conversation_id: "d:alice:bob".into(),
+                    seq: 3,
+                    emoji: "thumbs up".into(),
+                    remove: false,
+                }),
+                "react.emoji",
+            ),
+            (
+                Body::Pin(pb::PinRequest {
+                    conversation_id: "g:g1".into(),
+                    seq: 3,
+                    unpin: false,
+                }),
+                Body::Pin(pb::PinRequest {
+                    conversation_id: "g:g1".into(),
+                    seq: 0,
+                    unpin: true,
+                }),
+                "pin.seq",
+            ),
+            (
+                Body::Pins(pb::PinListRequest {
+                    conversation_id: "g:g1".into(),
+                }),
+                Body::Pins(pb::PinListRequest {
+                    conversation_id: "g:".into(),
+                }),
+                "pins.conversation_id",
+            ),
+            (
+                Body::ThreadRead(pb::ThreadReadRequest {
+                    conversation_id: "d:alice:bob".into(),
+                    root_seq: 3,
+                    up_to_seq: 5,
+                }),
+                Body::ThreadRead(pb::ThreadReadRequest {
+                    conversation_id: "d:alice:bob".into(),
+                    root_seq: 0,
+                    up_to_seq: 5,
+                }),
+                "thread_read.root_seq",
+            ),
+            (
+                Body::ThreadInfo(pb::ThreadInfoRequest {
+                    conversation_id: "g:g1".into(),
+                    root_seqs: vec![3],
+                }),
+                Body::ThreadInfo(pb::ThreadInfoRequest {
+                    conversation_id: "g:g1".into(),
+                    root_seqs: vec![1; SEQS_MAX_DEFAULT + 1],
+                }),
+                "thread_info.root_seqs",
+            ),
+            (
+                Body::Todo(pb::TodoRequest {
+                    conversation_id: "g:g1".into(),
+                    seq: 3,
+                    action: pb::TodoAction::Create as i32,
+                    assignees: vec!["bob".into()],
+                }),
+                Body::Todo(pb::TodoRequest {
+                    conversation_id: "g:g1".into(),
+                    seq: 3,
+                    action: pb::TodoAction::Create as i32,
+                    assignees: (0..=TODO_ASSIGNEES_MAX).map(|i| format!("u{i}")).collect(),
+                }),
+                "todo.assignees",
+            ),
+            (
+                Body::TodoList(pb::TodoListRequest {
+                    limit: 10,
+                    after: None,
+                }),
+                Body::TodoList(pb::TodoListRequest {
+                    limit: 10,
+                    after: Some(pb::Cursor {
+                        conversation_id: "x".into(),
+                        seq: 1,
+                    }),
+                }),
+                "todo_list.after.conversation_id",
+            ),
+            (
+                Body::DeviceList(pb::DeviceListRequest {}),
+                Body::DeviceList(pb::DeviceListRequest {}),
+                "",
+            ),
+            (
+                Body::DeviceLogout(pb::DeviceLogout {
+                    device_id: "phone".into(),
+                }),
+                Body::DeviceLogout(pb::DeviceLogout {
+                    device_id: String::new(),
+                }),
+                "device_logout.device_id",
+            ),
+            (
+                Body::Call(pb::CallAction {
+                    kind: pb::CallActionKind::Accept as i32,
+                    call_id: "c1".into(),
+                    ..Default::default()
+                }),
+                Body::Call(pb::CallAction {
+                    kind: pb::CallActionKind::Accept as i32,
+                    call_id: String::new(),
+                    ..Default::default()
+                }),
+                "call.call_id",
+            ),
+            (
+                Body::CallSignal(pb::CallSignal {
+                    call_id: "c1".into(),
+                    to_user_id: "bob".into(),
+                    kind: pb::CallSignalKind::Offer as i32,
+                    payload: "v=0".into(),
+                    ..Default::default()
+                }),
+                Body::CallSignal(pb::CallSignal {
+                    call_id: "c1".into(),
+                    to_user_id: "bob".into(),
+                    kind: pb::CallSignalKind::Offer as i32,
+                    payload: "v".repeat(CALL_SIGNAL_BYTES_MAX + 1),
+                    ..Default::default()
+                }),
+                "call_signal.payload",
+            ),
+            (
+                Body::Search(pb::SearchRequest {
+                    query: "\"*\" OR -x:".into(),
+                    ..Default::default()
+                }),
+                Body::Search(pb::SearchRequest {
+                    query: "a".repeat(SEARCH_QUERY_BYTES_MAX + 1),
+                    ..Default::default()
+                }),
+                "search.query",
+            ),
         ]
     }
 
@@ -1274,9 +1614,28 @@ mod tests {
         }
         assert_eq!(
             seen.len(),
-            40,
-            "client variants in the schema (tags 10..=66): {seen:?}"
+            53,
+            "client variants in the schema (tags 10..=67, 70..=81): {seen:?}"
         );
+    }
+
+    #[test]
+    fn reaction_strings() {
+        // Proves the reaction rule: emoji (joined ones too) and short codes
+        // pass; empty, over 32 bytes, whitespace and control characters do not.
+        for ok in [
+            "\u{1f44d}",
+            "\u{2764}\u{fe0f}",
+            "\u{1f469}\u{200d}\u{1f4bb}",
+            ":+1:",
+            "ok",
+        ] {
+            assert_eq!(check_reaction(ok), Ok(()), "{ok:?}");
+        }
+        let long = "\u{1f600}".repeat(9);
+        for bad in ["", " ", "a b", "\n", "\u{7}", long.as_str()] {
+            assert!(check_reaction(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -146,6 +146,12 @@ fn entry() -> impl Strategy<Value = pb::Entry> {
                     mention_all,
                     reply_to_seq,
                     recalled,
+                    edit_count: 0,
+                    edited_at_ms: 0,
+                    reactions: vec![],
+                    streaming: false,
+                    thread_root_seq: 0,
+                    thread: None,
                 })
             }
         ),
@@ -231,6 +237,8 @@ fn client_body() -> impl Strategy<Value = Body> {
                     mentions,
                     mention_all,
                     reply_to_seq: 0,
+                    streaming: false,
+                    thread_root_seq: 0,
                 })
             }),
         cursors().prop_map(|cursors| Body::DeliverAck(pb::DeliverAck { cursors })),
@@ -241,6 +249,7 @@ fn client_body() -> impl Strategy<Value = Body> {
                 conversation_id: c,
                 before_seq,
                 limit,
+                thread_root_seq: 0,
             })
         }),
         (id(), any::<bool>()).prop_map(|(c, typing)| {

@@ -1,4 +1,7 @@
-//! Shared client code of `tern-cli` and `tern-load`.
+//! Shared client code of `tern-cli`, `tern-load` and `tern-bot`.
+
+/// `tern-bot`: LLM bots on an OpenAI-compatible API (on `cli`'s session).
+pub mod bot;
 
 /// `tern-cli`: the terminal chat client (interactive and scripted).
 pub mod cli;

@@ -254,6 +254,276 @@ fn alice_sends_to_bob_and_bobs_history_sync_and_list_show_it() {
 }
 
 #[test]
+fn tern_cli_speaks_websocket() {
+    // Proves `--server ws://…`: alice sends over the gateway's WebSocket
+    // listener (a text long enough for a 16-bit WebSocket length) and bob,
+    // also over WebSocket, reads it back whole with `history`; a ws://
+    // address where nothing listens fails to connect (exit 3), and one that
+    // is not a URL is a usage error.
+    let gw = Gateway::start_with(|c| c.listen.ws = Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+    let ws = format!(
+        "ws://{}/",
+        gw.server.as_ref().unwrap().ws_addr.expect("a ws listener")
+    );
+    let cli = |user: &str, server: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tern-cli"))
+            .args(["--server", server, "--jwt-secret", SECRET, "--user", user])
+            .args(args)
+            .env_remove("TERN_TOKEN")
+            .env_remove("TERN_DEVICE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
+    let long = "websocket ".repeat(300);
+    let sent = cli("alice", &ws, &["send", "--to", "bob", long.trim_end()]);
+    assert_eq!(sent.code, 0, "{}", sent.stderr);
+    assert_eq!(of_kind(&sent.records(), "sent")[0].get("seq"), "1");
+    let history = cli("bob", &ws, &["history", "--conv", "alice"]);
+    assert_eq!(history.code, 0, "{}", history.stderr);
+    let recs = history.records();
+    let entries = of_kind(&recs, "entry");
+    assert_eq!(entries.len(), 1, "{recs:?}");
+    assert_eq!(entries[0].get("text"), long.trim_end());
+
+    let nobody = format!("ws://127.0.0.1:{}/", support_free_port());
+    assert_eq!(cli("alice", &nobody, &["sync"]).code, 3);
+    assert_ne!(cli("alice", "ws://host:port/", &["sync"]).code, 0);
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn support_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn edit_changes_the_message_and_history_shows_it_edited() {
+    // Proves the scripted `edit`: alice's edit answers `ok op=edit` with the
+    // `edited` entry's seq; bob's history shows the message at its seq with
+    // the new text and its edit count, then the edit entry naming it; bob
+    // editing alice's message exits 1 with ERROR_CODE_PERMISSION_DENIED.
+    let gw = Gateway::start();
+    gw.ok("alice", &["send", "--to", "bob", "helo"]);
+    let ok = gw.ok("alice", &["edit", "--conv", "bob", "1", "hello", "bob"]);
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert_eq!((ok[0].kind.as_str(), ok[0].get("op")), ("ok", "edit"));
+    assert_eq!(ok[0].get("seq"), "2");
+    let history = gw.ok("bob", &["history", "--conv", "alice"]);
+    let entries = of_kind(&history, "entry");
+    assert_eq!(entries.len(), 2, "{history:?}");
+    assert_eq!(
+        (
+            entries[0].get("seq"),
+            entries[0].get("text"),
+            entries[0].get("edits")
+        ),
+        ("1", "hello bob", "1")
+    );
+    assert_eq!(
+        (entries[1].get("kind"), entries[1].get("target")),
+        ("edit", "1")
+    );
+    let r = gw.run("bob", &["edit", "--conv", "alice", "1", "mine now"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_PERMISSION_DENIED"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn reactions_and_pins_from_scripts_and_the_chat() {
+    // Proves the scripted `react`, `unreact`, `pin`, `unpin` and `pins`:
+    // each answers `ok op=…` with its entry's seq (0 when nothing changed),
+    // bob's history shows the message with its reaction totals and the
+    // reaction and pin entries, `pins` lists the pin; a bad reaction string
+    // is a usage error (exit 2) before any round trip; then the same as
+    // slash commands in the interactive chat (`/react`, `/pin`, `/pins`).
+    let gw = Gateway::start();
+    gw.ok("alice", &["send", "--to", "bob", "ship it?"]);
+    let ok = gw.ok("bob", &["react", "--conv", "alice", "1", "\u{1f44d}"]);
+    assert_eq!((ok[0].get("op"), ok[0].get("seq")), ("react", "2"));
+    let ok = gw.ok("alice", &["react", "--conv", "bob", "1", "\u{1f44d}"]);
+    assert_eq!(ok[0].get("seq"), "3");
+    let ok = gw.ok("alice", &["react", "--conv", "bob", "1", "\u{1f44d}"]);
+    assert_eq!(ok[0].get("seq"), "0", "already there: nothing changes");
+    let ok = gw.ok("alice", &["unreact", "--conv", "bob", "1", "\u{1f44d}"]);
+    assert_eq!((ok[0].get("op"), ok[0].get("seq")), ("unreact", "4"));
+    let ok = gw.ok("bob", &["pin", "--conv", "alice", "1"]);
+    assert_eq!((ok[0].get("op"), ok[0].get("seq")), ("pin", "5"));
+    let listed = gw.ok("alice", &["pins", "--conv", "bob"]);
+    let pins = of_kind(&listed, "pin");
+    assert_eq!(pins.len(), 1);
+    assert_eq!((pins[0].get("seq"), pins[0].get("by")), ("1", "bob"));
+    let history = gw.ok("bob", &["history", "--conv", "alice"]);
+    let entries = of_kind(&history, "entry");
+    assert_eq!(entries.len(), 5, "{history:?}");
+    assert_eq!(entries[0].get("reactions"), "\u{1f44d}=1");
+    assert_eq!(
+        (entries[1].get("kind"), entries[1].get("target")),
+        ("reaction", "1")
+    );
+    assert_eq!(
+        (entries[4].get("kind"), entries[4].get("target")),
+        ("pin", "1")
+    );
+    let r = gw.run("bob", &["react", "--conv", "alice", "1", "thumbs up"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let ok = gw.ok("bob", &["unpin", "--conv", "alice", "1"]);
+    assert_eq!((ok[0].get("op"), ok[0].get("seq")), ("unpin", "6"));
+    assert!(of_kind(&gw.ok("alice", &["pins", "--conv", "bob"]), "pin").is_empty());
+
+    let mut alice = Pty::spawn(&mut gw.cli("alice", &[]));
+    alice.expect("logged in as alice");
+    alice.type_line("/open bob");
+    alice.expect("@bob> ");
+    alice.type_line("/react 1 \u{2764}\u{fe0f}");
+    alice.expect("\u{2713} react (log entry 7)");
+    alice.type_line("/pin 1");
+    alice.expect("\u{2713} pin (log entry 8)");
+    alice.type_line("/pins");
+    alice.expect("pinned by alice");
+    alice.type_line("/unreact 1 \u{2764}\u{fe0f}");
+    alice.expect("\u{2713} unreact (log entry 9)");
+    alice.type_line("/unpin 1");
+    alice.expect("\u{2713} unpin (log entry 10)");
+    alice.type_line("/quit");
+    assert_eq!(alice.wait_exit().code(), Some(0), "{}", alice.screen());
+}
+
+#[test]
+fn threads_and_todos_from_the_command_line() {
+    // Proves the scripted `thread`, `threadlog`, `todo`, `done` and `todos`:
+    // bob's thread reply is stored under alice's message; alice's
+    // `threadlog` lists it with the thread's unread count and marks it read
+    // (a second look shows 0 unread); history shows the root's reply count;
+    // a to-do for bob is listed until he marks it done; alice (not an
+    // assignee) marking it exits 1 with PERMISSION_DENIED; a reply under a
+    // recalled message exits 1 with MESSAGE_RECALLED.
+    let gw = Gateway::start();
+    gw.ok("alice", &["send", "--to", "bob", "plan?"]);
+    let sent = gw.ok("bob", &["thread", "--conv", "alice", "1", "friday", "noon"]);
+    assert_eq!((sent[0].kind.as_str(), sent[0].get("seq")), ("sent", "2"));
+    let log = gw.ok("alice", &["threadlog", "--conv", "bob", "1"]);
+    let entries = of_kind(&log, "entry");
+    assert_eq!(entries.len(), 1, "{log:?}");
+    assert_eq!(
+        (
+            entries[0].get("seq"),
+            entries[0].get("thread"),
+            entries[0].get("text")
+        ),
+        ("2", "1", "friday noon")
+    );
+    let thread = of_kind(&log, "thread");
+    assert_eq!(
+        (thread[0].get("replies"), thread[0].get("unread")),
+        ("1", "1"),
+        "{log:?}"
+    );
+    let again = gw.ok("alice", &["threadlog", "--conv", "bob", "1"]);
+    assert_eq!(of_kind(&again, "thread")[0].get("unread"), "0");
+    let history = gw.ok("alice", &["history", "--conv", "bob"]);
+    assert_eq!(of_kind(&history, "entry")[0].get("replies"), "1");
+
+    let ok = gw.ok("alice", &["todo", "--conv", "bob", "1", "bob"]);
+    assert_eq!((ok[0].get("op"), ok[0].get("seq")), ("todo", "3"));
+    let todos = gw.ok("bob", &["todos"]);
+    let todos = of_kind(&todos, "todo");
+    assert_eq!(todos.len(), 1);
+    assert_eq!(
+        (todos[0].get("conv"), todos[0].get("seq")),
+        ("d:alice:bob", "1")
+    );
+    let r = gw.run("alice", &["done", "--conv", "bob", "1"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_PERMISSION_DENIED"),
+        "{}",
+        r.stderr
+    );
+    gw.ok("bob", &["done", "--conv", "alice", "1"]);
+    assert!(of_kind(&gw.ok("bob", &["todos"]), "todo").is_empty());
+
+    gw.ok("alice", &["recall", "--conv", "bob", "1"]);
+    let r = gw.run("bob", &["thread", "--conv", "alice", "1", "late"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_MESSAGE_RECALLED"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn search_from_a_script_and_from_the_chat() {
+    // Proves `search`: scripted, it prints the matching entries of the
+    // user's conversations (conversations in id order, newest first),
+    // Chinese included; `--from` and `--conv` filter; `--limit` pages end
+    // with a `more cursor=` record that `--cursor` continues; a query of
+    // punctuation only exits 1 with ERROR_CODE_INVALID_ARGUMENT. In the
+    // chat, `/search` prints the matching message as a chat line.
+    let gw = Gateway::start();
+    gw.ok("alice", &["send", "--to", "bob", "hello bob 你好世界"]);
+    gw.ok("bob", &["send", "--to", "alice", "Hello alice"]);
+    gw.ok("alice", &["send", "--to", "carol", "hello carol"]);
+    let at = |recs: &[Rec]| -> Vec<(String, String)> {
+        of_kind(recs, "entry")
+            .iter()
+            .map(|e| (e.get("conv").to_owned(), e.get("seq").to_owned()))
+            .collect()
+    };
+    let pair = |c: &str, s: &str| (c.to_owned(), s.to_owned());
+    let all = gw.ok("alice", &["search", "hello"]);
+    assert_eq!(
+        at(&all),
+        [
+            pair("d:alice:bob", "2"),
+            pair("d:alice:bob", "1"),
+            pair("d:alice:carol", "1")
+        ]
+    );
+    assert!(of_kind(&all, "more").is_empty(), "{all:?}");
+    let cjk = gw.ok("bob", &["search", "世界"]);
+    assert_eq!(of_kind(&cjk, "entry")[0].get("text"), "hello bob 你好世界");
+    assert_eq!(at(&cjk).len(), 1);
+    let from = gw.ok("alice", &["search", "--from", "bob", "hello"]);
+    assert_eq!(at(&from), [pair("d:alice:bob", "2")]);
+    let conv = gw.ok("alice", &["search", "--conv", "carol", "hello"]);
+    assert_eq!(at(&conv), [pair("d:alice:carol", "1")]);
+    let page = gw.ok("alice", &["search", "--limit", "2", "hello"]);
+    assert_eq!(at(&page).len(), 2);
+    let more = of_kind(&page, "more");
+    let cursor = more.first().map(|m| m.get("cursor")).expect("a cursor");
+    let next = gw.ok(
+        "alice",
+        &["search", "--limit", "2", "--cursor", cursor, "hello"],
+    );
+    assert_eq!(at(&next), [pair("d:alice:carol", "1")]);
+    let r = gw.run("alice", &["search", "***"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_INVALID_ARGUMENT"),
+        "{}",
+        r.stderr
+    );
+
+    let mut alice = Pty::spawn(&mut gw.cli("alice", &[]));
+    alice.expect("tern> ");
+    alice.type_line("/search 你好");
+    alice.expect("alice: hello bob 你好世界");
+    alice.type_line("/quit");
+    let status = alice.wait_exit();
+    assert_eq!(status.code(), Some(0), "screen:\n{}", alice.screen());
+}
+
+#[test]
 fn a_resend_with_the_same_id_is_stored_once() {
     // Proves `send --id` makes a script's rerun idempotent: the same seq
     // comes back marked duplicate and history holds one message.
@@ -703,6 +973,111 @@ fn interactive_chat_through_a_pty() {
     alice.type_line("/quit");
     let status = alice.wait_exit();
     assert_eq!(status.code(), Some(0), "screen:\n{}", alice.screen());
+}
+
+#[test]
+fn calls_and_devices_from_scripts() {
+    // Proves the scripted `call`, `accept`, `hangup`, `devices` and
+    // `logout`: bob's listener sees the call ring, his answer and the end,
+    // then the call's record entry; bob's history shows it (`kind=call
+    // outcome=completed`); accepting the ended call exits 1 with
+    // ERROR_CODE_CALL_ENDED; `devices` lists bob's listener and the asking
+    // run (current); `logout` closes the listener with
+    // KICK_REASON_LOGGED_OUT, and logging out a device that is not
+    // connected exits 1 with ERROR_CODE_NOT_FOUND.
+    let gw = Gateway::start();
+    let mut bob = Lines::spawn(
+        gw.cli(
+            "bob",
+            &["--device", "bob-listen", "listen", "--for-ms", "30000"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    );
+    bob.wait_for(|l| l.starts_with("ready user=bob"));
+    let ok = gw.ok("alice", &["call", "bob"]);
+    assert_eq!((ok[0].kind.as_str(), ok[0].get("op")), ("ok", "call"));
+    let id = ok[0].get("id").to_owned();
+    assert!(!id.is_empty(), "{ok:?}");
+    bob.wait_for(|l| l.starts_with("call ") && l.contains("event=ringing") && l.contains(&id));
+    gw.ok("bob", &["accept", &id]);
+    bob.wait_for(|l| l.starts_with("call ") && l.contains("event=accepted"));
+    let ok = gw.ok("alice", &["hangup", &id]);
+    assert_eq!(ok[0].get("op"), "hangup");
+    bob.wait_for(|l| l.contains("event=ended") && l.contains("outcome=completed"));
+    bob.wait_for(|l| l.starts_with("entry ") && l.contains("kind=call"));
+    let history = gw.ok("bob", &["history", "--conv", "alice"]);
+    let calls: Vec<_> = of_kind(&history, "entry")
+        .into_iter()
+        .filter(|e| e.has("kind", "call"))
+        .collect();
+    assert_eq!(calls.len(), 1, "{history:?}");
+    assert_eq!(
+        (
+            calls[0].get("call"),
+            calls[0].get("outcome"),
+            calls[0].get("answered")
+        ),
+        (id.as_str(), "completed", "bob")
+    );
+    let r = gw.run("bob", &["accept", &id]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("ERROR_CODE_CALL_ENDED"), "{}", r.stderr);
+
+    let devices = gw.ok("bob", &["devices"]);
+    let devices = of_kind(&devices, "device");
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    assert_eq!(
+        (
+            devices[0].get("device"),
+            devices[0].get("platform"),
+            devices[0].get("current")
+        ),
+        ("bob-listen", "cli", "false")
+    );
+    assert_eq!(devices[1].get("current"), "true");
+    let ok = gw.ok("bob", &["logout", "bob-listen"]);
+    assert_eq!(ok[0].get("op"), "device_logout");
+    let closed = bob.wait_for(|l| l.starts_with("closed"));
+    assert!(closed.contains("KICK_REASON_LOGGED_OUT"), "{closed}");
+    let r = gw.run("bob", &["logout", "bob-listen"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("ERROR_CODE_NOT_FOUND"), "{}", r.stderr);
+}
+
+#[test]
+fn interactive_call_accept_and_hangup() {
+    // Proves the chat's `/call USER`, `/accept` and `/hangup` on real
+    // terminals: bob's screen shows alice calling, `/accept` (no id: the
+    // call he is rung for) answers it, alice sees the answer, her `/hangup`
+    // ends it on both screens with the call's record line; `/devices` shows
+    // the chat's own device.
+    let gw = Gateway::start();
+    let mut bob = Pty::spawn(&mut gw.cli("bob", &[]));
+    bob.expect("logged in as bob");
+    let mut alice = Pty::spawn(&mut gw.cli("alice", &[]));
+    alice.expect("logged in as alice");
+    alice.expect("tern> ");
+    alice.type_line("/call bob");
+    alice.expect("calling bob");
+    bob.expect("alice is calling you");
+    bob.type_line("/accept");
+    alice.expect("bob answered");
+    alice.type_line("/hangup");
+    alice.expect("ended: completed");
+    bob.expect("ended: completed");
+    bob.expect("alice called bob: 0m");
+    alice.type_line("/devices");
+    alice.expect("(this one) (cli)");
+    alice.type_line("/quit");
+    assert_eq!(
+        alice.wait_exit().code(),
+        Some(0),
+        "screen:\n{}",
+        alice.screen()
+    );
+    bob.type_line("/quit");
+    assert_eq!(bob.wait_exit().code(), Some(0), "screen:\n{}", bob.screen());
 }
 
 /// A child whose stdout is read line by line on a thread.

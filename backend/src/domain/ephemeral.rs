@@ -92,8 +92,9 @@ impl Domain {
     }
 
     /// Expires typing states not repeated within `typing_expiry_ms`: returns
-    /// a `typing = false` push for each. The gateway calls it every second
-    /// or so.
+    /// a `typing = false` push for each; and calls' rings unanswered within
+    /// `call_ring_timeout_ms` (`calls.rs`). The gateway calls it every
+    /// second or so.
     pub fn poll_expired(&self, now_ms: u64) -> Vec<Effect> {
         let mut out = Vec::new();
         self.typing.lock().retain(|(user, conv), state| {
@@ -110,6 +111,7 @@ impl Domain {
             });
             false
         });
+        self.expire_calls(now_ms, &mut out);
         out
     }
 

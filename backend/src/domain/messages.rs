@@ -146,12 +146,12 @@ pub(super) enum Active {
 }
 
 /// The part of a conversation's log a caller may read.
-struct View {
-    conv: String,
+pub(super) struct View {
+    pub(super) conv: String,
     /// First visible seq.
-    from: u64,
+    pub(super) from: u64,
     /// Last visible seq (the head for current participants).
-    to: u64,
+    pub(super) to: u64,
 }
 
 impl Domain {
@@ -284,6 +284,16 @@ impl Domain {
                 ));
             }
         }
+        // A thread reply: its root must be a message the sender can see
+        // that takes replies (the store checks it again atomically).
+        let effect = if send.thread_root_seq > 0 {
+            self.check_thread_root(me, &conv, send.thread_root_seq)?;
+            AppendEffect::ThreadReply {
+                root_seq: send.thread_root_seq,
+            }
+        } else {
+            AppendEffect::None
+        };
         let mut entry = Domain::entry(
             me,
             now_ms,
@@ -293,6 +303,12 @@ impl Domain {
                 mention_all,
                 reply_to_seq: send.reply_to_seq,
                 recalled: false,
+                edit_count: 0,
+                edited_at_ms: 0,
+                reactions: vec![],
+                streaming: send.streaming,
+                thread_root_seq: send.thread_root_seq,
+                thread: None,
             }),
         );
         entry.client_msg_id = send.client_msg_id.clone();
@@ -307,7 +323,7 @@ impl Domain {
             activity: true,
             dedup: Some(dedup),
             member_of,
-            effect: AppendEffect::None,
+            effect,
             participants,
         };
         Ok(PreparedSend { append, recipients })
@@ -324,40 +340,48 @@ impl Domain {
         if pending.is_empty() {
             return;
         }
-        let batch: Vec<(usize, PreparedSend)> = std::mem::take(pending);
-        let appends: Vec<Append> = batch.iter().map(|(_, p)| p.append.clone()).collect();
+        // The appends are moved out, not copied (an entry holds the whole
+        // content), and moved on into the deliveries.
+        let (slots, appends): (Vec<(usize, Recipients)>, Vec<Append>) = std::mem::take(pending)
+            .into_iter()
+            .map(|(i, p)| ((i, p.recipients), p.append))
+            .unzip();
         match self.store.append_batch(now_ms, &appends) {
             Err(e) => {
                 let e = DomainError::from(e);
-                for (i, _) in batch {
+                for (i, _) in slots {
                     outcomes[i] = Some(Outcome::error(&e));
                 }
             }
             Ok(results) => {
-                for ((i, p), result) in batch.into_iter().zip(results) {
+                for (((i, recipients), append), result) in
+                    slots.into_iter().zip(appends).zip(results)
+                {
                     outcomes[i] = Some(match result {
                         Err(AppendRefused::NotMember) => Outcome::error(&DomainError::NotMember),
+                        // The root was recalled since it was checked.
+                        Err(AppendRefused::NotThreadable) => {
+                            Outcome::error(&DomainError::MessageRecalled)
+                        }
                         Err(other) => {
                             Outcome::error(&DomainError::Internal(format!("send refused: {other}")))
                         }
                         Ok(done) => {
-                            let mut entry = p.append.entry;
+                            let mut entry = append.entry;
                             let ack = pb::SendAck {
                                 client_msg_id: std::mem::take(&mut entry.client_msg_id),
-                                conversation_id: p.append.conversation.clone(),
+                                conversation_id: append.conversation.clone(),
                                 seq: done.seq,
                                 server_time_ms: done.time_ms,
                                 duplicate: done.duplicate,
                             };
                             let mut effects = Vec::new();
                             if !done.duplicate {
+                                self.mark_own_thread_reply(&append.conversation, &entry, done.seq);
                                 entry.client_msg_id = ack.client_msg_id.clone();
                                 entry.seq = done.seq;
-                                entry.conversation_id = p.append.conversation;
-                                effects.push(Effect::Deliver {
-                                    entry,
-                                    recipients: p.recipients,
-                                });
+                                entry.conversation_id = append.conversation;
+                                effects.push(Effect::Deliver { entry, recipients });
                             }
                             Outcome::with(Body::SendAck(ack), effects)
                         }
@@ -367,7 +391,7 @@ impl Domain {
         }
     }
 
-    fn check_content(&self, content: Option<&pb::Content>) -> Result<(), DomainError> {
+    pub(super) fn check_content(&self, content: Option<&pb::Content>) -> Result<(), DomainError> {
         let invalid = |s: &str| Err(DomainError::InvalidArgument(s.into()));
         let Some(content) = content else {
             return invalid("content is missing");
@@ -499,7 +523,7 @@ impl Domain {
     // ---- access -------------------------------------------------------------
 
     /// The newest seq of `conv` (0: empty).
-    fn head_seq(&self, conv: &str) -> Result<u64, DomainError> {
+    pub(super) fn head_seq(&self, conv: &str) -> Result<u64, DomainError> {
         let heads = self.store.heads(&[conv])?;
         let head = heads
             .first()
@@ -544,7 +568,7 @@ impl Domain {
     /// The part of `conv` the caller may read: participants of a 1:1
     /// conversation see all of it; group members see from when they joined
     /// (or from the start if the group shows history) until they left.
-    fn view(&self, me: &str, conv: &ConversationId) -> Result<View, DomainError> {
+    pub(super) fn view(&self, me: &str, conv: &ConversationId) -> Result<View, DomainError> {
         let conv_s = conv.to_string();
         let uc = self.store.user_conv(me, &conv_s)?;
         let uc = match (conv, uc) {
@@ -566,6 +590,16 @@ impl Domain {
             from: uc.visible_from_seq.max(1),
             to: visible_head(&uc, head),
         })
+    }
+
+    /// The seqs of `conv` the caller may read, `(from, to)` (see `view`).
+    pub(super) fn view_range(
+        &self,
+        me: &str,
+        conv: &ConversationId,
+    ) -> Result<(u64, u64), DomainError> {
+        let v = self.view(me, conv)?;
+        Ok((v.from, v.to))
     }
 
     // ---- sync and history ----------------------------------------------------
@@ -611,28 +645,42 @@ impl Domain {
             }
             result.entries.extend(got);
         }
+        self.serve_edits(&mut result.entries)?;
+        self.serve_reactions(&mut result.entries)?;
         Ok(Outcome::reply(Body::SyncResult(result)))
+    }
+
+    /// The part of `conv` the caller may read: [`Domain::view`], or all of
+    /// it for an operator.
+    pub(super) fn read_view(
+        &self,
+        me: &Caller,
+        conv: &ConversationId,
+    ) -> Result<View, DomainError> {
+        if !me.admin {
+            return self.view(&me.user_id, conv);
+        }
+        // An operator reads the whole log of any conversation.
+        if let ConversationId::Group(gid) = conv {
+            self.store
+                .group(gid)?
+                .ok_or(DomainError::NotFound("no such group"))?;
+        }
+        let conv_s = conv.to_string();
+        let head = self.head_seq(&conv_s)?;
+        Ok(View {
+            conv: conv_s,
+            from: 1,
+            to: head,
+        })
     }
 
     pub(super) fn history(&self, me: &Caller, req: pb::HistoryRequest) -> Handled {
         let conv = parse_conv(&req.conversation_id)?;
-        let view = if me.admin {
-            // An operator reads the whole log of any conversation.
-            if let ConversationId::Group(gid) = &conv {
-                self.store
-                    .group(gid)?
-                    .ok_or(DomainError::NotFound("no such group"))?;
-            }
-            let conv_s = conv.to_string();
-            let head = self.head_seq(&conv_s)?;
-            View {
-                conv: conv_s,
-                from: 1,
-                to: head,
-            }
-        } else {
-            self.view(&me.user_id, &conv)?
-        };
+        if req.thread_root_seq > 0 {
+            return self.thread_history(me, &conv, &req);
+        }
+        let view = self.read_view(me, &conv)?;
         let limit = page(req.limit, self.config.page_entries_max) as u64;
         let upper = if req.before_seq == 0 {
             view.to
@@ -645,9 +693,12 @@ impl Domain {
             )));
         }
         let lower = view.from.max(upper.saturating_sub(limit - 1));
-        let entries = self
+        let mut entries = self
             .store
             .entries(&view.conv, lower, upper, limit as usize)?;
+        self.serve_edits(&mut entries)?;
+        self.serve_reactions(&mut entries)?;
+        self.serve_thread_summaries(&view.conv, &mut entries)?;
         let more = lower > view.from;
         Ok(Outcome::reply(Body::HistoryResult(pb::HistoryResult {
             entries,
@@ -791,6 +842,14 @@ impl Domain {
             Err(AppendRefused::NotRecallable | AppendRefused::ReadNotAdvanced) => {
                 Ok(Outcome::ok(0))
             }
+            Err(
+                AppendRefused::NotEditable
+                | AppendRefused::AnnotationChanged
+                | AppendRefused::NotThreadable
+                | AppendRefused::TodoChanged,
+            ) => Err(DomainError::Internal(
+                "an edit's, annotation's, thread's or to-do's refusal for another append".into(),
+            )),
             Ok(done) => {
                 let mut entry = append.entry;
                 entry.seq = done.seq;
@@ -956,6 +1015,11 @@ impl Domain {
             self.store.entries(&uc.conversation_id, to, to, 1)?
         };
         let (mut unread, mut mentioned) = (0u64, false);
+        let mut entries = entries;
+        if let Some(last) = entries.last_mut() {
+            self.serve_edits(std::slice::from_mut(last))?;
+            self.serve_reactions(std::slice::from_mut(last))?;
+        }
         for e in &entries {
             if e.seq < lo || e.sender == me {
                 continue;

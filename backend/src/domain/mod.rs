@@ -13,17 +13,24 @@
 //!
 //! Submodules: `messages` (send, sync, history, recall, read, read-by,
 //! conversation list), `groups`, `social` (friends, profiles, blocks),
-//! `ephemeral` (typing and presence).
+//! `ephemeral` (typing and presence), `edit`, `react` (reactions and
+//! pins), `threads` and `todos` (issue 19).
 
 mod admin;
+mod calls;
+mod edit;
 mod ephemeral;
 mod groups;
 mod messages;
+mod react;
+pub mod search;
 mod social;
+mod threads;
+mod todos;
 
 use messages::{DirectChecks, DirectReadAhead, Prepared};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +137,14 @@ pub enum Effect {
         /// The event.
         event: pb::PresenceEvent,
     },
+    /// A call's signalling (`CallEvent`, `CallSignalEvent`): push `body` to
+    /// every device of `recipients` (docs/protocol.md, "Calls").
+    Call {
+        /// Users whose devices get it.
+        recipients: Recipients,
+        /// The frame body.
+        body: Body,
+    },
     /// Close devices of `user_id` with `kick` (an operator's kick or ban):
     /// every device, or only `kick.device_id` when set.
     Kick {
@@ -188,6 +203,8 @@ pub struct Domain {
     member_cache: Mutex<HashMap<String, (u64, Recipients)>>,
     /// (typist, conversation) → typing state, for server-side expiry.
     typing: Mutex<HashMap<(String, String), ephemeral::TypingState>>,
+    /// Calls in progress, by id (`calls.rs`).
+    calls: Mutex<calls::Calls>,
     /// Makes generated group ids unique across processes.
     id_seed: u64,
     /// Makes generated group ids unique within this process.
@@ -195,6 +212,9 @@ pub struct Domain {
     /// Users found banned (by a ban here or a login check): their requests
     /// are refused without a store read. See `admin.rs`.
     banned: admin::BannedCache,
+    /// Conversations with messages or edits not yet handed to the search
+    /// indexer (bounded: `search::PENDING_CONVERSATIONS_MAX`).
+    search_pending: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Domain {
@@ -218,9 +238,11 @@ impl Domain {
             config,
             member_cache: Mutex::new(HashMap::new()),
             typing: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
             id_seed,
             id_counter: AtomicU64::new(0),
             banned: admin::BannedCache::default(),
+            search_pending: Mutex::new(HashSet::new()),
         }
     }
 
@@ -305,12 +327,14 @@ impl Domain {
         self.flush_login_checks(&mut logins, &mut outcomes);
         self.flush_sends(now_ms, &mut pending, &mut outcomes);
         self.flush_presences(now_ms, &mut presences, &mut outcomes);
-        outcomes
+        let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             // Every index got an outcome above: errors at once, sends at a
             // flush, everything else when dispatched.
             .map(|o| o.unwrap_or_else(|| Outcome::error(&DomainError::Internal("lost".into()))))
-            .collect()
+            .collect();
+        self.search_note(&outcomes);
+        outcomes
     }
 
     fn dispatch(&self, caller: &Caller, now_ms: u64, body: Body) -> Handled {
@@ -364,6 +388,19 @@ impl Domain {
             Body::GroupMute(r) => self.group_mute(me, now_ms, r),
             Body::GroupSetPolicy(r) => self.group_set_policy(me, now_ms, r),
             Body::GroupList(_) => self.group_list(me),
+            Body::Edit(r) => self.edit(me, now_ms, r),
+            Body::Search(r) => self.search(me, r),
+            Body::Call(r) => self.call(me, now_ms, r),
+            Body::CallSignal(r) => self.call_signal(me, r),
+            // Reactions and pins (react.rs).
+            Body::React(r) => self.react(me, now_ms, r),
+            Body::Pin(r) => self.pin(me, now_ms, r),
+            Body::Pins(r) => self.pins(me, r),
+            // Threads and to-dos (issue 19).
+            Body::ThreadRead(r) => self.thread_read(me, r),
+            Body::ThreadInfo(r) => self.thread_info(me, r),
+            Body::Todo(r) => self.todo(me, now_ms, r),
+            Body::TodoList(r) => self.todo_list(me, r),
             // Server-only: a client's never passes validation. From the API
             // (admin) it bans, unbans or kicks; from the gateway (not
             // admin) it is the login check of a connection.

@@ -75,6 +75,21 @@ pub struct ConvKeys {
     pub group_meta: String,
     /// Hash: user → join request record (groups only).
     pub join_requests: String,
+    // ---- search (issue 19) ----
+    /// Sorted set, one member `m`: the search index mark as its score (the
+    /// log is indexed up to it; `ZADD GT` only raises it).
+    pub search_mark: String,
+    /// `{c:<conv>}:sx:` — prefix of the postings of each token (see
+    /// [`ConvKeys::search_postings`]).
+    search_prefix: String,
+    /// Hash: annotation records (`crate::store::Annotation`): `r:<seq>` →
+    /// the reactions on that message, `p` → the pins (the domain's bytes).
+    pub annotations: String,
+    /// Sorted set, all scores 0: the thread index, one member
+    /// [`thread_member`] per reply that is not recalled.
+    pub threads: String,
+    /// Hash: message seq → `<version>:<to-do record (prost bytes)>`.
+    pub todos: String,
 }
 
 impl ConvKeys {
@@ -115,7 +130,21 @@ impl ConvKeys {
             group_version: k("v"),
             group_meta: k("g"),
             join_requests: k("j"),
+            search_mark: k("sxm"),
+            search_prefix: k("sx:"),
+            annotations: k("a"),
+            threads: k("t"),
+            todos: k("td"),
         }
+    }
+
+    /// Sorted set: the seqs (score and member) of the messages of this
+    /// conversation holding `token`, the newest
+    /// `SEARCH_POSTINGS_PER_TOKEN_MAX` of them. The token comes after the
+    /// hash tag and the role, so whatever it holds it cannot move the key to
+    /// another slot or onto another role's key.
+    pub fn search_postings(&self, token: &str) -> String {
+        format!("{}{token}", self.search_prefix)
     }
 }
 
@@ -148,6 +177,12 @@ pub struct UserKeys {
     pub ban: String,
     /// String: the PHC string of the local account's password hash.
     pub credential: String,
+    /// Sorted set: [`user_item`] of (conversation, thread root) → the
+    /// user's read mark of that thread (the score).
+    pub thread_reads: String,
+    /// Sorted set, all scores 0: [`user_item`] of every to-do that may be
+    /// open for the user (a superset, see `Store::set_todo_open`).
+    pub todos_open: String,
 }
 
 impl UserKeys {
@@ -167,6 +202,8 @@ impl UserKeys {
             presence_nodes: k("pn"),
             ban: k("ban"),
             credential: k("pw"),
+            thread_reads: k("tr"),
+            todos_open: k("to"),
         })
     }
 }
@@ -211,6 +248,41 @@ pub fn dedup_field(sender: &str, client_msg_id: &str) -> Result<String, KeyError
     id("sender", sender)?;
     id("client message", client_msg_id)?;
     Ok(format!("{sender}:{client_msg_id}"))
+}
+
+/// The dedup field of an edit: `<sender>:e:<client_edit_id>`, which no
+/// message's field (one `:` only) can equal.
+pub fn edit_dedup_field(sender: &str, client_edit_id: &str) -> Result<String, KeyError> {
+    id("sender", sender)?;
+    id("client edit", client_edit_id)?;
+    Ok(format!("{sender}:e:{client_edit_id}"))
+}
+
+/// The field of an annotation record in [`ConvKeys::annotations`].
+pub fn annotation_field(key: crate::store::Annotation) -> String {
+    match key {
+        crate::store::Annotation::Reactions(seq) => format!("r:{seq}"),
+        crate::store::Annotation::Pins => "p".to_owned(),
+    }
+}
+
+/// A member of a conversation's thread index: `<root>:<seq>`, both 20
+/// digits, so byte order is (root, seq) order (tern.lua builds the same).
+pub fn thread_member(root: u64, seq: u64) -> String {
+    format!("{root:020}:{seq:020}")
+}
+
+/// A member of a user's per-conversation index: `<conversation>!<seq>`
+/// with 20 digits. `!` sorts below every id character, so byte order is
+/// (conversation, seq) order, as in the embedded store.
+pub fn user_item(conversation: &str, seq: u64) -> String {
+    format!("{conversation}!{seq:020}")
+}
+
+/// The (conversation, seq) of a [`user_item`].
+pub fn parse_user_item(item: &str) -> Option<(&str, u64)> {
+    let (conv, seq) = item.rsplit_once('!')?;
+    Some((conv, seq.parse().ok()?))
 }
 
 /// The hash tag of a key built here (between its first `{` and `}`).

@@ -18,7 +18,8 @@
 -- The function names carry a version: an incompatible change gets new
 -- names, so two versions of Tern can share a cluster during a rollout.
 
-local OK, NOT_MEMBER, NOT_RECALLABLE, READ_NOT_ADVANCED = 0, 1, 2, 3
+local OK, NOT_MEMBER, NOT_RECALLABLE, READ_NOT_ADVANCED, NOT_EDITABLE = 0, 1, 2, 3, 4
+local NOT_THREADABLE, TODO_CHANGED, ANNOTATION_CHANGED = 5, 6, 7
 local CONFLICT = -1
 local HMGET_FIELDS_MAX = 1000
 
@@ -130,6 +131,71 @@ local function recall_entry(e)
   return table.concat(out)
 end
 
+-- Entry (tern.v1.Entry) whose body is a Message (field 10): whether it is
+-- not recalled (field 5) and was edited exactly `count` times (field 6).
+-- The last occurrence of a field wins, as in protobuf.
+local function editable(e, count)
+  local fs = fields(e)
+  if not fs then return false end
+  local found = false
+  local recalled, edits = 0, 0
+  for _, f in ipairs(fs) do
+    if f[1] == 10 and f[2] == 2 then
+      local m = string.sub(e, f[6], f[7])
+      local ms = fields(m)
+      if not ms then return false end
+      found = true
+      recalled, edits = 0, 0
+      for _, g in ipairs(ms) do
+        if g[1] == 5 and g[2] == 0 then
+          recalled = read_varint(m, g[4])
+        elseif g[1] == 6 and g[2] == 0 then
+          edits = read_varint(m, g[4])
+        end
+      end
+    end
+  end
+  return found and recalled == 0 and edits == count
+end
+
+-- Entry (tern.v1.Entry) whose body is a Message (field 10): whether it is
+-- one, whether it is recalled (field 5), and its thread root (field 11, 0
+-- when it is not a thread reply). The last occurrence of a field wins.
+local function message_thread(e)
+  local fs = fields(e)
+  if not fs then return false, 0, 0 end
+  local found, recalled, root = false, 0, 0
+  for _, f in ipairs(fs) do
+    if f[1] == 10 and f[2] == 2 then
+      local m = string.sub(e, f[6], f[7])
+      local ms = fields(m)
+      if not ms then return false, 0, 0 end
+      found, recalled, root = true, 0, 0
+      for _, g in ipairs(ms) do
+        if g[1] == 5 and g[2] == 0 then
+          recalled = read_varint(m, g[4])
+        elseif g[1] == 11 and g[2] == 0 then
+          root = read_varint(m, g[4])
+        end
+      end
+    end
+  end
+  return found, recalled, root
+end
+
+-- The thread index member of reply `seq` under `root` (keys.rs
+-- thread_member builds the same).
+local function thread_member(root, seq)
+  return string.format('%020d:%020d', root, seq)
+end
+
+-- Entry (tern.v1.Entry): whether its body is a Message (field 10) that is
+-- not recalled (field 5).
+local function live_message(e)
+  local found, recalled = message_thread(e)
+  return found and recalled == 0
+end
+
 -- ---- appends -------------------------------------------------------------
 
 -- Appends one entry; the caller checked that `head` exists or not.
@@ -146,10 +212,17 @@ local function push_entry(head, log, entry, time_ms, activity)
 end
 
 -- tern_append_v1: one item of Store::append_batch.
--- KEYS: head, log, dedup, dedup_expiry, user_convs, members
+-- KEYS: head, log, dedup, dedup_expiry, user_convs, members,
+--       [threads, todos] (callers before threads and to-dos pass 6 keys),
+--       [annotations: read by effect a only]
 -- ARGV: now_ms, entry, time_ms, activity (1|0), dedup_field (''),
---       expires_at_ms, member_user (''), effect (n|r|d), effect_seq,
---       reader, purge_max, participants...
+--       expires_at_ms, member_user (''), effect (n|r|d|e|h|t|a), effect_seq
+--       (for h: the thread root), reader (for e: the expected edit count;
+--       for t: the expected to-do version; for a: 1 when the message at
+--       effect_seq must be live), purge_max,
+--       [for e: the edited message entry; for t: the to-do record],
+--       [for a: the annotation field, its expected bytes ('' for none),
+--       its new bytes ('' deletes it)], participants...
 -- Returns {code, seq, time_ms, duplicate}.
 local function append(keys, args)
   local head, log, dedup, dedupx, ucs, members =
@@ -178,17 +251,49 @@ local function append(keys, args)
     return { NOT_MEMBER }
   end
   -- 3. effect checks
-  local recalled, reader_rec
+  local recalled, reader_rec, edited, afield, unthread, thread_root, todo
+  local first_participant = 12
   if effect == 'r' then
     local old = redis.call('HGET', log, eseq)
-    if old then recalled = recall_entry(old) end
+    if old then
+      recalled = recall_entry(old)
+      local _, _, root = message_thread(old)
+      if root > 0 then unthread = thread_member(root, tonumber(eseq)) end
+    end
     if not recalled then return { NOT_RECALLABLE } end
+  elseif effect == 'h' then
+    local old = redis.call('HGET', log, eseq)
+    if not old then return { NOT_THREADABLE } end
+    local found, rec, root = message_thread(old)
+    if not found or rec ~= 0 or root ~= 0 then return { NOT_THREADABLE } end
+    thread_root = tonumber(eseq)
+  elseif effect == 't' then
+    local cur = redis.call('HGET', keys[8], eseq)
+    local v = 0
+    if cur then v = tonumber(string.match(cur, '^(%d+):')) end
+    if v ~= tonumber(reader) then return { TODO_CHANGED } end
+    todo = itoa(v + 1) .. ':' .. args[12]
+    first_participant = 13
   elseif effect == 'd' then
     local rec = redis.call('HGET', ucs, reader)
     if not rec then return { READ_NOT_ADVANCED } end
     local f, t, r = parse_uc(rec)
     if r >= tonumber(eseq) then return { READ_NOT_ADVANCED } end
     reader_rec = f .. ':' .. t .. ':' .. eseq
+  elseif effect == 'e' then
+    local old = redis.call('HGET', log, eseq)
+    if not old or not editable(old, tonumber(reader)) then return { NOT_EDITABLE } end
+    edited = args[12]
+    first_participant = 13
+  elseif effect == 'a' then
+    if reader == '1' then
+      local old = redis.call('HGET', log, eseq)
+      if not old or not live_message(old) then return { ANNOTATION_CHANGED } end
+    end
+    afield = args[12]
+    local now_rec = redis.call('HGET', keys[9], afield)
+    if (now_rec or '') ~= args[13] then return { ANNOTATION_CHANGED } end
+    first_participant = 15
   end
   -- 4. the entry (nothing was written before this point)
   local seq = push_entry(head, log, entry, time_ms, activity)
@@ -197,9 +302,24 @@ local function append(keys, args)
     redis.call('HSET', log, eseq, recalled)
   elseif reader_rec then
     redis.call('HSET', ucs, reader, reader_rec)
+  elseif edited then
+    redis.call('HSET', log, eseq, edited)
+  elseif afield then
+    if args[14] == '' then
+      redis.call('HDEL', keys[9], afield)
+    else
+      redis.call('HSET', keys[9], afield, args[14])
+    end
+  elseif thread_root then
+    redis.call('ZADD', keys[7], 0, thread_member(thread_root, seq))
+  elseif todo then
+    redis.call('HSET', keys[8], eseq, todo)
+  end
+  if unthread then
+    redis.call('ZREM', keys[7], unthread)
   end
   -- 6. participants
-  for i = 12, #args do
+  for i = first_participant, #args do
     redis.call('HSETNX', ucs, args[i], '1:0:0')
   end
   -- 7. dedup record, and a bounded purge of expired ones

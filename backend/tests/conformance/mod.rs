@@ -37,9 +37,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use tern_backend::store::{
-    Append, AppendEffect, AppendRefused, DedupKey, FriendRecord, FriendRequestRecord, GroupChange,
-    GroupMeta, MemberOf, MemberRecord, PresenceRecord, PresenceSetting, SocialOp, Store, UserConv,
-    ViewChange,
+    Annotation, Append, AppendEffect, AppendRefused, DedupKey, FriendRecord, FriendRequestRecord,
+    GroupChange, GroupMeta, MemberOf, MemberRecord, PresenceRecord, PresenceSetting, SocialOp,
+    Store, UserConv, ViewChange,
 };
 use tern_backend::{Caller, Config, Domain, Effect, Outcome, Request};
 use tern_protocol::pb;
@@ -222,6 +222,7 @@ impl World {
                     conversation_id: conv.into(),
                     before_seq: before,
                     limit: 0,
+                    thread_root_seq: 0,
                 }),
             );
             let Some(Body::HistoryResult(r)) = out.reply else {
@@ -370,6 +371,8 @@ pub fn send_body(cmid: &str, to: To<'_>, text: &str) -> Body {
         mentions: Vec::new(),
         mention_all: false,
         reply_to_seq: 0,
+        streaming: false,
+        thread_root_seq: 0,
     })
 }
 
@@ -467,6 +470,12 @@ fn msg_entry(sender: &str, cmid: &str, time_ms: u64, text: &str) -> pb::Entry {
             mention_all: false,
             reply_to_seq: 0,
             recalled: false,
+            edit_count: 0,
+            edited_at_ms: 0,
+            reactions: vec![],
+            streaming: false,
+            thread_root_seq: 0,
+            thread: None,
         })),
     }
 }
@@ -1188,6 +1197,8 @@ pub fn send_with_reply_and_mentions_is_stored(f: Fixture) {
             mentions: strings(&["bob", "bob", "carol"]),
             mention_all: false,
             reply_to_seq: first.seq,
+            streaming: false,
+            thread_root_seq: 0,
         }),
     );
     let seq = ack(&out).seq;
@@ -1448,6 +1459,7 @@ pub fn history_pages_backwards(f: Fixture) {
                 conversation_id: AB.into(),
                 before_seq: before,
                 limit,
+                thread_root_seq: 0,
             }),
         );
         let Some(Body::HistoryResult(r)) = out.reply else {
@@ -1473,6 +1485,7 @@ pub fn history_pages_backwards(f: Fixture) {
             conversation_id: AB.into(),
             before_seq: 0,
             limit: 50,
+            thread_root_seq: 0,
         }),
     );
     let Some(Body::HistoryResult(r)) = out.reply else {
@@ -2878,6 +2891,7 @@ pub fn non_members_cannot_read_or_write(f: Fixture) {
             conversation_id: c.into(),
             before_seq: 0,
             limit: 0,
+            thread_root_seq: 0,
         })
     };
     assert_eq!(w.err("eve", hist(G)), nm);
@@ -3678,6 +3692,8 @@ fn hostile_body(r: &mut Rng) -> Body {
             mentions: ids(r),
             mention_all: r.next() % 2 == 0,
             reply_to_seq: r.num(),
+            streaming: false,
+            thread_root_seq: 0,
         }),
         1 => Body::Sync(pb::SyncRequest {
             cursors: (0..r.next() % 3)
@@ -3692,6 +3708,7 @@ fn hostile_body(r: &mut Rng) -> Body {
             conversation_id: r.conv(),
             before_seq: r.num(),
             limit: r.small(),
+            thread_root_seq: 0,
         }),
         3 => Body::Recall(pb::RecallRequest {
             conversation_id: r.conv(),
@@ -3829,6 +3846,7 @@ fn history_body(conv: &str) -> Body {
         conversation_id: conv.into(),
         before_seq: 0,
         limit: 0,
+        thread_root_seq: 0,
     })
 }
 
@@ -4435,6 +4453,2207 @@ pub fn empty_presence_query_lists_nobody(f: Fixture) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// ---- message edit ----
+// ---------------------------------------------------------------------------
+
+pub fn edit_body(conv: &str, seq: u64, id: &str, text: &str, streaming: bool) -> Body {
+    Body::Edit(pb::EditRequest {
+        conversation_id: conv.into(),
+        seq,
+        client_edit_id: id.into(),
+        content: Some(text_content(text)),
+        streaming,
+    })
+}
+
+/// The message at `seq` of `entries`.
+#[track_caller]
+fn message_at(entries: &[pb::Entry], seq: u64) -> pb::Message {
+    match entries.iter().find(|e| e.seq == seq).map(|e| &e.body) {
+        Some(Some(pb::entry::Body::Message(m))) => m.clone(),
+        other => panic!("no message at {seq}: {other:?}"),
+    }
+}
+
+/// The `Edited` bodies among `entries`, in order.
+fn edits_in(entries: &[pb::Entry]) -> Vec<pb::Edited> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::entry::Body::Edited(x)) => Some(x.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn text_in(c: Option<&pb::Content>) -> Option<&str> {
+    match c?.kind.as_ref()? {
+        pb::content::Kind::Text(t) => Some(&t.text),
+        _ => None,
+    }
+}
+
+pub fn edit_by_sender_is_stored_pushed_and_served(f: Fixture) {
+    // Proves a sender's edit appends an `Edited` entry that is pushed to both
+    // users with the new content, and that history and a fresh sync serve
+    // the message at its original seq with the latest content, its edit
+    // count and time, followed by the `Edited` entry (served with content).
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "helo").seq;
+    w.send_dm("bob", "alice", "what?");
+    let at = w.now();
+    let out = w.ok("alice", edit_body(AB, s, "e1", "hello", false));
+    let seq = ok_seq(&out);
+    assert_eq!(seq, 3, "the Edited entry is the next entry of the log");
+    let d = deliveries(&out.effects);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, strings(&["alice", "bob"]));
+    assert_eq!(d[0].0.seq, seq);
+    assert_eq!(d[0].0.sender, "alice");
+    assert_eq!(
+        d[0].0.body,
+        Some(pb::entry::Body::Edited(pb::Edited {
+            seq: s,
+            content: Some(text_content("hello")),
+            edit_count: 1,
+            streaming: false,
+        }))
+    );
+    for user in ["alice", "bob"] {
+        let h = w.history(user, AB);
+        assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        let m = message_at(&h, s);
+        assert_eq!(text_in(m.content.as_ref()), Some("hello"));
+        assert_eq!((m.edit_count, m.edited_at_ms, m.streaming), (1, at, false));
+        let x = edits_in(&h);
+        assert_eq!(x.len(), 1);
+        assert_eq!((x[0].seq, x[0].edit_count), (s, 1));
+        assert_eq!(text_in(x[0].content.as_ref()), Some("hello"));
+    }
+    let synced = w.sync_all("bob");
+    assert_eq!(texts(&synced), ["hello", "what?"]);
+    assert_eq!(edits_in(&synced).len(), 1);
+    assert_eq!(
+        w.summary("bob", AB).unread,
+        1,
+        "alice's message, once: an edit is not a new message"
+    );
+}
+
+pub fn edit_by_someone_else_is_refused(f: Fixture) {
+    // Proves only the sender edits: the peer of a 1:1 chat, a group member,
+    // the group's owner and admins all get PERMISSION_DENIED, a non-member
+    // NOT_MEMBER, and the message stays as sent.
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "mine").seq;
+    let denied = pb::ErrorCode::PermissionDenied;
+    assert_eq!(w.err("bob", edit_body(AB, s, "e1", "yours", false)), denied);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    let g = w.send_group("bob", "team", "bob's").seq;
+    for user in ["alice", "carol"] {
+        assert_eq!(w.err(user, edit_body(G, g, "e2", "x", false)), denied);
+    }
+    assert_eq!(
+        w.err("dave", edit_body(G, g, "e3", "x", false)),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(texts(&w.history("bob", AB)), ["mine"]);
+    assert_eq!(texts(&w.history("bob", G)), ["bob's"]);
+}
+
+pub fn edit_after_window_is_refused(f: Fixture) {
+    // Proves the edit window: at the window's end the edit passes, one ms
+    // later EDIT_WINDOW_PASSED; and a window of 0 allows no edit at all.
+    let w = World::new(f);
+    let window = w.domain.config().edit_window_ms;
+    let s = w.send_dm("alice", "bob", "one").seq;
+    let t = w.send_dm("alice", "bob", "two").seq;
+    w.advance(window - 2);
+    w.ok("alice", edit_body(AB, s, "e1", "uno", false));
+    w.ok("alice", edit_body(AB, t, "e2", "dos", false));
+    assert_eq!(
+        w.err("alice", edit_body(AB, s, "e3", "eins", false)),
+        pb::ErrorCode::EditWindowPassed
+    );
+    assert_eq!(texts(&w.history("bob", AB)), ["uno", "dos"]);
+}
+
+pub fn edit_window_zero_turns_edits_off(f: Fixture) {
+    // Proves `edit_window_ms = 0` refuses every edit, even at once.
+    let w = World::with_config(
+        f,
+        Config {
+            edit_window_ms: 0,
+            ..Config::default()
+        },
+    );
+    let s = w.send_dm("alice", "bob", "one").seq;
+    w.advance(0);
+    assert_eq!(
+        w.err("alice", edit_body(AB, s, "e1", "uno", false)),
+        pb::ErrorCode::EditWindowPassed
+    );
+}
+
+pub fn edit_of_recalled_message_is_refused(f: Fixture) {
+    // Proves a recalled message cannot be edited (NOT_FOUND), and that the
+    // content of an edit made before the recall is not served after it.
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "secret").seq;
+    w.ok("alice", edit_body(AB, s, "e1", "secret 2", false));
+    w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: AB.into(),
+            seq: s,
+        }),
+    );
+    assert_eq!(
+        w.err("alice", edit_body(AB, s, "e2", "back", false)),
+        pb::ErrorCode::NotFound
+    );
+    let h = w.history("bob", AB);
+    let m = message_at(&h, s);
+    assert!(m.recalled);
+    assert_eq!(m.content, None);
+    let x = edits_in(&h);
+    assert_eq!(x.len(), 1);
+    assert_eq!(
+        x[0].content, None,
+        "the recall took the edit's content back"
+    );
+    assert!(
+        edits_in(&w.sync_all("bob"))
+            .iter()
+            .all(|x| x.content.is_none())
+    );
+}
+
+pub fn edit_retry_is_idempotent(f: Fixture) {
+    // Proves an edit resent with the same client_edit_id answers the first
+    // seq and changes nothing (no new entry, no push, the count stays), also
+    // after the window has passed (within the dedup window); a new id is a
+    // new edit; and an edit id equal to a message's client_msg_id is not
+    // taken for that message.
+    let w = World::with_config(
+        f,
+        Config {
+            edit_window_ms: 60_000,
+            ..Config::default()
+        },
+    );
+    let sent = w.ok("alice", send_body("same-id", To::User("bob"), "v0"));
+    let s = ack(&sent).seq;
+    let first = ok_seq(&w.ok("alice", edit_body(AB, s, "same-id", "v1", false)));
+    assert_ne!(first, s, "the edit id did not match the message id");
+    let again = w.ok("alice", edit_body(AB, s, "same-id", "v1", false));
+    assert_eq!(ok_seq(&again), first);
+    assert!(again.effects.is_empty(), "a retry pushes nothing");
+    let head = w.store().heads(&[AB]).unwrap()[0].seq;
+    assert_eq!(head, first);
+    let m = message_at(&w.history("bob", AB), s);
+    assert_eq!(m.edit_count, 1);
+    w.advance(w.domain.config().edit_window_ms + 1);
+    let late = w.ok("alice", edit_body(AB, s, "same-id", "v1", false));
+    assert_eq!(ok_seq(&late), first, "a late retry still gets its answer");
+    assert_eq!(
+        w.err("alice", edit_body(AB, s, "new-id", "v2", false)),
+        pb::ErrorCode::EditWindowPassed
+    );
+    // The message's own resend is still answered as the message.
+    let resend = ack(&w.ok("alice", send_body("same-id", To::User("bob"), "v0")));
+    assert_eq!((resend.seq, resend.duplicate), (s, true));
+}
+
+pub fn edit_in_group_reaches_every_member(f: Fixture) {
+    // Proves a group edit is pushed to every member, a member who syncs
+    // later sees the latest text at the original seq, and a muted member
+    // cannot edit (MUTED).
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let s = w.send_group("bob", "team", "draft").seq;
+    let out = w.ok("bob", edit_body(G, s, "e1", "final", false));
+    let d = deliveries(&out.effects);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, strings(&["alice", "bob", "carol"]));
+    let synced = w.sync_all("carol");
+    assert_eq!(
+        text_in(message_at(&synced, s).content.as_ref()),
+        Some("final")
+    );
+    w.ok(
+        "alice",
+        Body::GroupMute(pb::GroupMute {
+            group_id: "team".into(),
+            user_id: "bob".into(),
+            duration_ms: 60_000,
+        }),
+    );
+    assert_eq!(
+        w.err("bob", edit_body(G, s, "e2", "again", false)),
+        pb::ErrorCode::Muted
+    );
+}
+
+pub fn edit_streaming_is_set_then_cleared(f: Fixture) {
+    // Proves the streaming flow: a send with `streaming` stores the message
+    // streaming, edits with `streaming` keep it and the final edit clears
+    // it; every edit counts and the served text is the last one.
+    let w = World::new(f);
+    let mut body = send_body("r1", To::User("alice"), "The");
+    if let Body::Send(s) = &mut body {
+        s.streaming = true;
+    }
+    let s = ack(&w.ok("bot", body)).seq;
+    let conv = "d:alice:bot";
+    let m = message_at(&w.history("alice", conv), s);
+    assert!(m.streaming);
+    assert_eq!(m.edit_count, 0);
+    let out = w.ok("bot", edit_body(conv, s, "r1-1", "The answer", true));
+    let d = deliveries(&out.effects);
+    assert!(matches!(
+        &d[0].0.body,
+        Some(pb::entry::Body::Edited(x)) if x.streaming && x.edit_count == 1
+    ));
+    assert!(message_at(&w.history("alice", conv), s).streaming);
+    w.ok(
+        "bot",
+        edit_body(conv, s, "r1-2", "The answer is 42.", false),
+    );
+    let m = message_at(&w.history("alice", conv), s);
+    assert!(!m.streaming);
+    assert_eq!(m.edit_count, 2);
+    assert_eq!(text_in(m.content.as_ref()), Some("The answer is 42."));
+}
+
+pub fn edit_checks_kind_size_target_and_count(f: Fixture) {
+    // Proves an edit must keep the content's kind and size limits
+    // (INVALID_ARGUMENT), name a message (NOT_FOUND for a seq past the head
+    // or an entry that is not a message), and stop at
+    // `edits_per_message_max` (LIMIT_REACHED).
+    let w = World::with_config(
+        f,
+        Config {
+            edits_per_message_max: 2,
+            ..Config::default()
+        },
+    );
+    let s = w.send_dm("alice", "bob", "text").seq;
+    let mut image = edit_body(AB, s, "e1", "x", false);
+    if let Body::Edit(e) = &mut image {
+        e.content = Some(pb::Content {
+            kind: Some(pb::content::Kind::Location(pb::Location {
+                latitude: 1.0,
+                longitude: 2.0,
+                ..Default::default()
+            })),
+        });
+    }
+    let invalid = pb::ErrorCode::InvalidArgument;
+    assert_eq!(w.err("alice", image), invalid);
+    let long = "x".repeat(w.domain.config().text_bytes_max as usize + 1);
+    assert_eq!(
+        w.err("alice", edit_body(AB, s, "e2", &long, false)),
+        invalid
+    );
+    assert_eq!(w.err("alice", edit_body(AB, s, "e3", "", false)), invalid);
+    let read = ok_seq(&w.read("bob", AB, s));
+    assert_eq!(
+        w.err("alice", edit_body(AB, read, "e4", "x", false)),
+        pb::ErrorCode::NotFound
+    );
+    assert_eq!(
+        w.err("alice", edit_body(AB, 99, "e5", "x", false)),
+        pb::ErrorCode::NotFound
+    );
+    w.ok("alice", edit_body(AB, s, "e6", "one", false));
+    w.ok("alice", edit_body(AB, s, "e7", "two", false));
+    assert_eq!(
+        w.err("alice", edit_body(AB, s, "e8", "three", false)),
+        pb::ErrorCode::LimitReached
+    );
+    assert_eq!(texts(&w.history("bob", AB)), ["two"]);
+}
+
+pub fn store_edit_effect_is_compare_and_set(f: Fixture) {
+    // Proves the store's edit effect rewrites the message only while its
+    // edit count is the one expected and it is not recalled, appends nothing
+    // otherwise, and answers a dedup'd repeat as a duplicate.
+    let s = f.store;
+    s.append_batch(T0, &[plain_append("d:a:b", "a", "x", T0)])
+        .unwrap();
+    let original = s.entries("d:a:b", 1, 1, 1).unwrap().remove(0);
+    let edit = |expect: u32, count: u32, text: &str, id: &str| {
+        let mut message = original.clone();
+        if let Some(pb::entry::Body::Message(m)) = &mut message.body {
+            m.content = Some(text_content(text));
+            m.edit_count = count;
+            m.edited_at_ms = T0 + 1;
+        }
+        Append {
+            conversation: "d:a:b".into(),
+            entry: pb::Entry {
+                sender: "a".into(),
+                time_ms: T0 + 1,
+                body: Some(pb::entry::Body::Edited(pb::Edited {
+                    seq: 1,
+                    content: None,
+                    edit_count: count,
+                    streaming: false,
+                })),
+                ..Default::default()
+            },
+            activity: false,
+            dedup: Some(DedupKey {
+                sender: "a".into(),
+                client_msg_id: id.into(),
+                expires_at_ms: T0 + 1_000,
+            }),
+            member_of: None,
+            effect: AppendEffect::Edit {
+                expect_edit_count: expect,
+                message: Box::new(message),
+            },
+            participants: vec![],
+        }
+    };
+    let r = s.append_batch(T0 + 1, &[edit(0, 1, "y", "e1")]).unwrap();
+    assert_eq!((r[0].unwrap().seq, r[0].unwrap().duplicate), (2, false));
+    let r = s
+        .append_batch(T0 + 2, &[edit(0, 1, "z", "e2"), edit(1, 2, "w", "e1")])
+        .unwrap();
+    assert_eq!(r[0], Err(AppendRefused::NotEditable), "stale count");
+    assert_eq!((r[1].unwrap().seq, r[1].unwrap().duplicate), (2, true));
+    assert_eq!(s.heads(&["d:a:b"]).unwrap()[0].seq, 2);
+    let e = s.entries("d:a:b", 1, 1, 1).unwrap().remove(0);
+    let Some(pb::entry::Body::Message(m)) = &e.body else {
+        panic!("{e:?}")
+    };
+    assert_eq!(text_in(m.content.as_ref()), Some("y"));
+    assert_eq!(m.edit_count, 1);
+    assert_eq!(e.client_msg_id, "x", "everything else is kept");
+    assert_eq!(
+        s.edit_dedup_lookup("d:a:b", "a", "e1", T0 + 2).unwrap(),
+        Some(tern_backend::store::Appended {
+            seq: 2,
+            time_ms: T0 + 1,
+            duplicate: true
+        })
+    );
+    assert_eq!(s.dedup_lookup("d:a:b", "a", "e1", T0 + 2).unwrap(), None);
+    // Not a message: nothing to edit.
+    let mut wrong = edit(1, 2, "v", "e3");
+    if let AppendEffect::Edit { message, .. } = &mut wrong.effect {
+        message.seq = 2;
+    }
+    assert_eq!(
+        s.append_batch(T0 + 3, &[wrong]).unwrap()[0],
+        Err(AppendRefused::NotEditable)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// ---- reactions and pins (issue 19) ----
+// ---------------------------------------------------------------------------
+
+pub fn react_body(conv: &str, seq: u64, emoji: &str, remove: bool) -> Body {
+    Body::React(pb::ReactRequest {
+        conversation_id: conv.into(),
+        seq,
+        emoji: emoji.into(),
+        remove,
+    })
+}
+
+pub fn pin_body(conv: &str, seq: u64, unpin: bool) -> Body {
+    Body::Pin(pb::PinRequest {
+        conversation_id: conv.into(),
+        seq,
+        unpin,
+    })
+}
+
+fn recall_body(conv: &str, seq: u64) -> Body {
+    Body::Recall(pb::RecallRequest {
+        conversation_id: conv.into(),
+        seq,
+    })
+}
+
+const THUMBS: &str = "\u{1f44d}";
+const HEART: &str = "\u{2764}\u{fe0f}";
+
+/// `(emoji, count, users)` of a message's reactions.
+fn reactions_of(m: &pb::Message) -> Vec<(String, u32, Vec<String>)> {
+    m.reactions
+        .iter()
+        .map(|k| (k.emoji.clone(), k.count, k.users.clone()))
+        .collect()
+}
+
+/// The pins `user` is shown in `conv`, as `(seq, pinned_by)`.
+#[track_caller]
+fn pins_of(w: &World, user: &str, conv: &str) -> Vec<(u64, String)> {
+    let out = w.ok(
+        user,
+        Body::Pins(pb::PinListRequest {
+            conversation_id: conv.into(),
+        }),
+    );
+    match out.reply {
+        Some(Body::PinsResult(r)) => {
+            assert_eq!(r.conversation_id, conv);
+            r.pins.into_iter().map(|p| (p.seq, p.pinned_by)).collect()
+        }
+        other => panic!("expected pins, got {other:?}"),
+    }
+}
+
+pub fn reaction_is_pushed_counted_once_and_served(f: Fixture) {
+    // Proves a reaction appends a `reaction` entry pushed to both users of a
+    // 1:1 chat; history and a fresh sync serve the message with its totals
+    // (kind, count, who, in order) and the entries in order; adding a
+    // reaction twice or removing one you do not have is `ok` with seq 0 and
+    // no push; removing the last one of a kind drops the kind; a sync from
+    // a cursor gets the later changes; reactions are not unread messages.
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "lunch?").seq;
+    let out = w.ok("bob", react_body(AB, s, THUMBS, false));
+    let seq = ok_seq(&out);
+    assert_eq!(seq, 2);
+    let d = deliveries(&out.effects);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, strings(&["alice", "bob"]));
+    assert_eq!((d[0].0.seq, d[0].0.sender.as_str()), (2, "bob"));
+    assert_eq!(
+        d[0].0.body,
+        Some(pb::entry::Body::Reaction(pb::ReactionChange {
+            seq: s,
+            emoji: THUMBS.into(),
+            removed: false,
+        }))
+    );
+    w.ok("alice", react_body(AB, s, THUMBS, false));
+    w.ok("alice", react_body(AB, s, HEART, false));
+    // Again: nothing changes, nothing is appended or pushed.
+    let again = w.ok("bob", react_body(AB, s, THUMBS, false));
+    assert_eq!(ok_seq(&again), 0);
+    assert!(again.effects.is_empty());
+    let none = w.ok("bob", react_body(AB, s, HEART, true));
+    assert_eq!(ok_seq(&none), 0);
+    assert!(none.effects.is_empty());
+    let want = vec![
+        (THUMBS.to_owned(), 2, strings(&["bob", "alice"])),
+        (HEART.to_owned(), 1, strings(&["alice"])),
+    ];
+    for user in ["alice", "bob"] {
+        let h = w.history(user, AB);
+        assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(reactions_of(&message_at(&h, s)), want, "{user}");
+    }
+    let synced = w.sync_all("bob");
+    assert_eq!(reactions_of(&message_at(&synced, s)), want);
+    let changes: Vec<_> = synced
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::entry::Body::Reaction(r)) => Some((e.sender.clone(), r.emoji.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("bob".to_owned(), THUMBS.to_owned()),
+            ("alice".to_owned(), THUMBS.to_owned()),
+            ("alice".to_owned(), HEART.to_owned())
+        ]
+    );
+    // Take back: the heart was alice's only, so the kind goes.
+    let out = w.ok("alice", react_body(AB, s, HEART, true));
+    assert_eq!(ok_seq(&out), 5);
+    let out = w.ok("bob", react_body(AB, s, THUMBS, true));
+    assert_eq!(
+        deliveries(&out.effects)[0].0.body,
+        Some(pb::entry::Body::Reaction(pb::ReactionChange {
+            seq: s,
+            emoji: THUMBS.into(),
+            removed: true,
+        }))
+    );
+    let h = w.history("bob", AB);
+    assert_eq!(
+        reactions_of(&message_at(&h, s)),
+        [(THUMBS.to_owned(), 1, strings(&["alice"]))]
+    );
+    // A sync that holds the message already gets only the changes after it.
+    let later = w.sync(
+        "alice",
+        &[pb::Cursor {
+            conversation_id: AB.into(),
+            seq: 4,
+        }],
+        0,
+    );
+    assert_eq!(
+        later.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [5, 6]
+    );
+    assert_eq!(w.summary("bob", AB).unread, 1, "only alice's message");
+}
+
+pub fn reaction_in_group_reaches_members_and_respects_visibility(f: Fixture) {
+    // Proves in a group a member's reaction is pushed to every member, and
+    // that a reaction on what the caller cannot see is refused with a typed
+    // error and changes nothing: not a member (NOT_MEMBER), a message from
+    // before the caller joined a group that hides history, a seq past the
+    // head, a seq of an entry that is not a message, a recalled message (all
+    // NOT_FOUND), and a muted member (MUTED).
+    let w = World::new(f);
+    w.create_group_with("alice", "team", &["bob"], pb::JoinPolicy::Open, false);
+    let old = w.send_group("alice", "team", "before carol").seq;
+    w.ok(
+        "alice",
+        Body::GroupInvite(pb::GroupInvite {
+            group_id: "team".into(),
+            user_ids: strings(&["carol"]),
+        }),
+    );
+    let s = w.send_group("bob", "team", "after carol").seq;
+    let out = w.ok("carol", react_body(G, s, THUMBS, false));
+    assert_eq!(
+        deliveries(&out.effects)[0].1,
+        strings(&["alice", "bob", "carol"])
+    );
+    let gone = w.send_group("bob", "team", "oops").seq;
+    w.ok("bob", recall_body(G, gone));
+    let head = w.store().heads(&[G]).unwrap()[0].seq;
+    let not_found = pb::ErrorCode::NotFound;
+    assert_eq!(
+        w.err("dave", react_body(G, s, THUMBS, false)),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(w.err("carol", react_body(G, old, THUMBS, false)), not_found);
+    assert_eq!(
+        w.err("carol", react_body(G, head + 1, THUMBS, false)),
+        not_found
+    );
+    assert_eq!(w.err("alice", react_body(G, 1, THUMBS, false)), not_found);
+    assert_eq!(
+        w.err("carol", react_body(G, gone, THUMBS, false)),
+        not_found
+    );
+    assert_eq!(w.err("alice", react_body(G, gone, THUMBS, true)), not_found);
+    w.ok(
+        "alice",
+        Body::GroupMute(pb::GroupMute {
+            group_id: "team".into(),
+            user_id: "bob".into(),
+            duration_ms: 60_000,
+        }),
+    );
+    let head = w.store().heads(&[G]).unwrap()[0].seq;
+    assert_eq!(
+        w.err("bob", react_body(G, s, HEART, false)),
+        pb::ErrorCode::Muted
+    );
+    assert_eq!(
+        w.store().heads(&[G]).unwrap()[0].seq,
+        head,
+        "nothing appended"
+    );
+    let h = w.history("alice", G);
+    assert!(message_at(&h, old).reactions.is_empty());
+    assert!(message_at(&h, gone).reactions.is_empty());
+    assert_eq!(
+        reactions_of(&message_at(&h, s)),
+        [(THUMBS.to_owned(), 1, strings(&["carol"]))]
+    );
+    // A 1:1 chat between users one of whom blocked the other: BLOCKED.
+    let d = w.send_dm("alice", "bob", "hi").seq;
+    w.ok(
+        "bob",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "alice".into(),
+            blocked: true,
+        }),
+    );
+    assert_eq!(
+        w.err("alice", react_body(AB, d, THUMBS, false)),
+        pb::ErrorCode::Blocked
+    );
+}
+
+pub fn reaction_limits_and_bad_strings_are_refused(f: Fixture) {
+    // Proves the documented limits: a reaction string that is empty, over 32
+    // bytes or holds whitespace is INVALID_ARGUMENT; the 21st kind on one
+    // message and the 101st user of one kind are LIMIT_REACHED; each refusal
+    // changes nothing.
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "x").seq;
+    let long = "\u{1f600}".repeat(9);
+    for bad in ["", "a b", "\t", long.as_str()] {
+        assert_eq!(
+            w.err("bob", react_body(AB, s, bad, false)),
+            pb::ErrorCode::InvalidArgument,
+            "{bad:?}"
+        );
+    }
+    for i in 0..20 {
+        w.ok("bob", react_body(AB, s, &format!(":k{i}:"), false));
+    }
+    assert_eq!(
+        w.err("alice", react_body(AB, s, ":k20:", false)),
+        pb::ErrorCode::LimitReached
+    );
+    // An existing kind still takes another user.
+    w.ok("alice", react_body(AB, s, ":k3:", false));
+    let m = message_at(&w.history("alice", AB), s);
+    assert_eq!(m.reactions.len(), 20);
+    let members: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    w.create_group("alice", "team", &refs);
+    let g = w.send_group("alice", "team", "vote").seq;
+    for u in &members[..100] {
+        w.ok(u, react_body(G, g, THUMBS, false));
+    }
+    let head = w.store().heads(&[G]).unwrap()[0].seq;
+    assert_eq!(
+        w.err("u100", react_body(G, g, THUMBS, false)),
+        pb::ErrorCode::LimitReached
+    );
+    assert_eq!(w.store().heads(&[G]).unwrap()[0].seq, head);
+    let m = message_at(&w.history("alice", G), g);
+    assert_eq!((m.reactions.len(), m.reactions[0].count), (1, 100));
+    assert_eq!(m.reactions[0].users.len(), 100);
+}
+
+pub fn pin_and_unpin_are_pushed_and_listed(f: Fixture) {
+    // Proves either user of a 1:1 chat pins a message: a `pin` entry is
+    // pushed to both and the pin is listed (newest first, with who pinned
+    // it); pinning a pinned message and unpinning one that is not pinned are
+    // `ok` with seq 0; a recalled message cannot be pinned (NOT_FOUND) but
+    // its pin can be taken off; no such seq is NOT_FOUND; a stranger gets
+    // NOT_MEMBER.
+    let w = World::new(f);
+    let a = w.send_dm("alice", "bob", "address").seq;
+    let b = w.send_dm("alice", "bob", "time").seq;
+    let out = w.ok("bob", pin_body(AB, a, false));
+    assert_eq!(ok_seq(&out), 3);
+    let d = deliveries(&out.effects);
+    assert_eq!(d[0].1, strings(&["alice", "bob"]));
+    assert_eq!(
+        d[0].0.body,
+        Some(pb::entry::Body::Pin(pb::PinChange {
+            seq: a,
+            unpinned: false
+        }))
+    );
+    w.ok("alice", pin_body(AB, b, false));
+    let again = w.ok("alice", pin_body(AB, a, false));
+    assert_eq!((ok_seq(&again), again.effects.len()), (0, 0));
+    let want = vec![(b, "alice".to_owned()), (a, "bob".to_owned())];
+    assert_eq!(pins_of(&w, "alice", AB), want);
+    assert_eq!(pins_of(&w, "bob", AB), want);
+    w.ok("alice", recall_body(AB, b));
+    assert_eq!(pins_of(&w, "bob", AB), want, "a recall leaves the pin");
+    let head = w.store().heads(&[AB]).unwrap()[0].seq;
+    assert_eq!(
+        w.err("alice", pin_body(AB, head + 1, false)),
+        pb::ErrorCode::NotFound
+    );
+    let c = w.send_dm("bob", "alice", "later").seq;
+    w.ok("bob", recall_body(AB, c));
+    assert_eq!(
+        w.err("bob", pin_body(AB, c, false)),
+        pb::ErrorCode::NotFound
+    );
+    assert_eq!(
+        w.err("carol", pin_body(AB, a, false)),
+        pb::ErrorCode::NotMember
+    );
+    let out = w.ok("bob", pin_body(AB, b, true));
+    assert!(ok_seq(&out) > 0, "the recalled message's pin comes off");
+    let none = w.ok("bob", pin_body(AB, b, true));
+    assert_eq!((ok_seq(&none), none.effects.len()), (0, 0));
+    assert_eq!(pins_of(&w, "alice", AB), [(a, "bob".to_owned())]);
+    let pins_in_log = w
+        .sync_all("alice")
+        .iter()
+        .filter(|e| matches!(e.body, Some(pb::entry::Body::Pin(_))))
+        .count();
+    assert_eq!(pins_in_log, 3, "pin, pin, unpin");
+}
+
+pub fn pin_in_group_needs_an_admin_and_is_bounded(f: Fixture) {
+    // Proves in a group only the owner and admins pin or unpin (a member
+    // gets PERMISSION_DENIED and nothing changes); a member who joined a
+    // group hiding history is not shown pins of messages before their join;
+    // the 51st pin is LIMIT_REACHED.
+    let w = World::new(f);
+    w.create_group_with(
+        "alice",
+        "team",
+        &["bob", "carol"],
+        pb::JoinPolicy::Open,
+        false,
+    );
+    w.ok("alice", role_body("team", "carol", pb::GroupRole::Admin));
+    let first = w.send_group("bob", "team", "first").seq;
+    let head = w.store().heads(&[G]).unwrap()[0].seq;
+    assert_eq!(
+        w.err("bob", pin_body(G, first, false)),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert_eq!(w.store().heads(&[G]).unwrap()[0].seq, head);
+    w.ok("carol", pin_body(G, first, false));
+    w.ok(
+        "alice",
+        Body::GroupInvite(pb::GroupInvite {
+            group_id: "team".into(),
+            user_ids: strings(&["dave"]),
+        }),
+    );
+    let mut seqs = vec![first];
+    for i in 1..50 {
+        let s = w.send_group("bob", "team", &format!("m{i}")).seq;
+        w.ok("alice", pin_body(G, s, false));
+        seqs.push(s);
+    }
+    let extra = w.send_group("bob", "team", "one too many").seq;
+    assert_eq!(
+        w.err("alice", pin_body(G, extra, false)),
+        pb::ErrorCode::LimitReached
+    );
+    assert_eq!(pins_of(&w, "bob", G).len(), 50);
+    let dave = pins_of(&w, "dave", G);
+    assert_eq!(
+        dave.len(),
+        49,
+        "the pin of a message before dave joined is hidden"
+    );
+    assert!(dave.iter().all(|(s, _)| *s != first));
+    assert_eq!(
+        w.err("bob", pin_body(G, first, true)),
+        pb::ErrorCode::PermissionDenied
+    );
+    w.ok("alice", pin_body(G, first, true));
+    w.ok("alice", pin_body(G, extra, false));
+    assert_eq!(pins_of(&w, "bob", G)[0], (extra, "alice".to_owned()));
+}
+
+pub fn store_annotate_effect_is_compare_and_set(f: Fixture) {
+    // Proves the store's annotate effect writes the record only while it
+    // holds the bytes expected (and, when asked, the message is live),
+    // appends nothing otherwise, and deletes the record when the new bytes
+    // are empty.
+    let s = f.store;
+    s.append_batch(T0, &[plain_append("d:a:b", "a", "x", T0)])
+        .unwrap();
+    let key = Annotation::Reactions(1);
+    let annotate = |seq: u64, live: bool, expect: &[u8], new: &[u8]| Append {
+        conversation: "d:a:b".into(),
+        entry: pb::Entry {
+            sender: "b".into(),
+            time_ms: T0 + 1,
+            body: Some(pb::entry::Body::Reaction(pb::ReactionChange {
+                seq,
+                emoji: "x".into(),
+                removed: false,
+            })),
+            ..Default::default()
+        },
+        activity: false,
+        dedup: None,
+        member_of: None,
+        effect: AppendEffect::Annotate {
+            key,
+            seq,
+            live_message: live,
+            expect: expect.to_vec(),
+            new: new.to_vec(),
+        },
+        participants: vec![],
+    };
+    assert_eq!(s.annotations("d:a:b", &[key]).unwrap(), [None]);
+    let r = s
+        .append_batch(T0 + 1, &[annotate(1, true, b"", b"one")])
+        .unwrap();
+    assert_eq!(r[0].unwrap().seq, 2);
+    let r = s
+        .append_batch(
+            T0 + 2,
+            &[
+                annotate(1, true, b"", b"two"),
+                annotate(2, true, b"one", b"two"),
+                annotate(1, true, b"one", b"two"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(r[0], Err(AppendRefused::AnnotationChanged), "stale bytes");
+    assert_eq!(r[1], Err(AppendRefused::AnnotationChanged), "not a message");
+    assert_eq!(r[2].unwrap().seq, 3);
+    assert_eq!(s.heads(&["d:a:b"]).unwrap()[0].seq, 3);
+    assert_eq!(
+        s.annotations("d:a:b", &[key, Annotation::Pins]).unwrap(),
+        [Some(b"two".to_vec()), None]
+    );
+    let r = s
+        .append_batch(T0 + 3, &[annotate(1, false, b"two", b"")])
+        .unwrap();
+    assert_eq!(r[0].unwrap().seq, 4);
+    assert_eq!(s.annotations("d:a:b", &[key]).unwrap(), [None]);
+}
+
+// ---------------------------------------------------------------------------
+// Threads and to-dos (issue 19)
+// ---------------------------------------------------------------------------
+
+/// A thread reply in `group` under `root`.
+#[track_caller]
+fn thread_reply(w: &World, from: &str, to: To<'_>, root: u64, text: &str) -> Outcome {
+    let cmid = w.next_cmid();
+    let Body::Send(mut s) = send_body(&cmid, to, text) else {
+        unreachable!()
+    };
+    s.thread_root_seq = root;
+    w.call(from, Body::Send(s))
+}
+
+/// One page of a thread.
+#[track_caller]
+fn thread_page(
+    w: &World,
+    user: &str,
+    conv: &str,
+    root: u64,
+    before: u64,
+    limit: u32,
+) -> pb::HistoryResult {
+    let out = w.ok(
+        user,
+        Body::History(pb::HistoryRequest {
+            conversation_id: conv.into(),
+            before_seq: before,
+            limit,
+            thread_root_seq: root,
+        }),
+    );
+    match out.reply {
+        Some(Body::HistoryResult(r)) => r,
+        other => panic!("expected a history result, got {other:?}"),
+    }
+}
+
+/// `user`'s view of the threads under `roots`.
+#[track_caller]
+fn thread_info(w: &World, user: &str, conv: &str, roots: &[u64]) -> Vec<pb::ThreadInfo> {
+    let out = w.ok(
+        user,
+        Body::ThreadInfo(pb::ThreadInfoRequest {
+            conversation_id: conv.into(),
+            root_seqs: roots.to_vec(),
+        }),
+    );
+    match out.reply {
+        Some(Body::ThreadInfoResult(r)) => r.threads,
+        other => panic!("expected thread info, got {other:?}"),
+    }
+}
+
+fn thread_read_body(conv: &str, root: u64, up_to: u64) -> Body {
+    Body::ThreadRead(pb::ThreadReadRequest {
+        conversation_id: conv.into(),
+        root_seq: root,
+        up_to_seq: up_to,
+    })
+}
+
+fn todo_body(conv: &str, seq: u64, action: pb::TodoAction, assignees: &[&str]) -> Body {
+    Body::Todo(pb::TodoRequest {
+        conversation_id: conv.into(),
+        seq,
+        action: action as i32,
+        assignees: strings(assignees),
+    })
+}
+
+#[track_caller]
+fn todo_list(w: &World, user: &str, after: Option<pb::Cursor>, limit: u32) -> pb::TodoListResult {
+    match w
+        .ok(user, Body::TodoList(pb::TodoListRequest { limit, after }))
+        .reply
+    {
+        Some(Body::TodoListResult(r)) => r,
+        other => panic!("expected a to-do list, got {other:?}"),
+    }
+}
+
+fn head_of(w: &World, conv: &str) -> u64 {
+    w.store().heads(&[conv]).expect("heads")[0].seq
+}
+
+fn summary_of(entries: &[pb::Entry], seq: u64) -> Option<pb::ThreadSummary> {
+    message_at(entries, seq).thread
+}
+
+pub fn thread_replies_are_log_entries_with_summary_and_history(f: Fixture) {
+    // Proves a thread reply is a message of the parent conversation's log
+    // carrying thread_root_seq, pushed to every member and synced to a
+    // device that was offline; history serves the root with its summary
+    // (reply count, last reply) and pages the thread newest page first.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let root = w.send_group("alice", "team", "lunch?").seq;
+    w.send_group("carol", "team", "unrelated");
+    let r1 = ack(&thread_reply(&w, "bob", To::Group("team"), root, "yes")).seq;
+    let out = thread_reply(&w, "carol", To::Group("team"), root, "me too");
+    let r2 = ack(&out).seq;
+    let d = deliveries(&out.effects);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, strings(&["alice", "bob", "carol"]));
+    assert!(matches!(&d[0].0.body, Some(pb::entry::Body::Message(m)) if m.thread_root_seq == root));
+    w.send_group("alice", "team", "after");
+    let r3 = ack(&thread_reply(&w, "alice", To::Group("team"), root, "noon")).seq;
+
+    let h = w.history("bob", G);
+    assert_eq!(
+        summary_of(&h, root),
+        Some(pb::ThreadSummary {
+            reply_count: 3,
+            last_reply_seq: r3,
+        })
+    );
+    assert_eq!(message_at(&h, r1).thread_root_seq, root);
+    assert_eq!(summary_of(&h, r1), None, "a reply has no thread of its own");
+
+    let p = thread_page(&w, "bob", G, root, 0, 2);
+    assert_eq!(
+        p.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [r2, r3]
+    );
+    assert!(p.more);
+    let p = thread_page(&w, "bob", G, root, r2, 2);
+    assert_eq!(p.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [r1]);
+    assert_eq!(texts(&p.entries), ["yes"]);
+    assert!(!p.more);
+
+    // A device that was offline gets the replies by sync, in log order.
+    let synced = w.sync_all("bob");
+    let replies: Vec<u64> = synced
+        .iter()
+        .filter(
+            |e| matches!(&e.body, Some(pb::entry::Body::Message(m)) if m.thread_root_seq == root),
+        )
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(replies, [r1, r2, r3]);
+
+    // 1:1 chats have threads too.
+    let s = w.send_dm("alice", "bob", "q").seq;
+    ack(&thread_reply(&w, "bob", To::User("alice"), s, "a"));
+    assert_eq!(
+        summary_of(&w.history("alice", AB), s).map(|t| t.reply_count),
+        Some(1)
+    );
+}
+
+pub fn thread_unread_per_reader(f: Fixture) {
+    // Proves each reader has a read mark per thread: unread counts the
+    // replies after it, a reader's own reply moves their mark, the mark only
+    // moves forward, and every device of the reader sees it.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let root = w.send_group("alice", "team", "plan").seq;
+    let r1 = ack(&thread_reply(&w, "bob", To::Group("team"), root, "a")).seq;
+    let r2 = ack(&thread_reply(&w, "carol", To::Group("team"), root, "b")).seq;
+    let other = w.send_group("alice", "team", "no thread").seq;
+
+    let t = &thread_info(&w, "alice", G, &[root, other])[..];
+    assert_eq!(t.len(), 2);
+    assert_eq!((t[0].root_seq, t[0].read_seq, t[0].unread), (root, 0, 2));
+    assert_eq!(
+        t[0].summary.map(|s| (s.reply_count, s.last_reply_seq)),
+        Some((2, r2))
+    );
+    assert_eq!((t[1].root_seq, t[1].unread), (other, 0));
+    let t = thread_info(&w, "bob", G, &[root]);
+    assert_eq!(
+        (t[0].read_seq, t[0].unread),
+        (r1, 1),
+        "bob's own reply is read"
+    );
+
+    assert_eq!(ok_seq(&w.ok("alice", thread_read_body(G, root, r1))), 0);
+    assert_eq!(thread_info(&w, "alice", G, &[root])[0].unread, 1);
+    w.ok("alice", thread_read_body(G, root, r2));
+    w.ok("alice", thread_read_body(G, root, r1));
+    let t = thread_info(&w, "alice", G, &[root]);
+    assert_eq!(
+        (t[0].read_seq, t[0].unread),
+        (r2, 0),
+        "a mark never moves back"
+    );
+    let later = ack(&thread_reply(&w, "bob", To::Group("team"), root, "c")).seq;
+    let t = thread_info(&w, "alice", G, &[root]);
+    assert_eq!((t[0].read_seq, t[0].unread), (r2, 1));
+    assert_eq!(t[0].summary.map(|s| s.last_reply_seq), Some(later));
+
+    // Bad marks change nothing.
+    let bad = pb::ErrorCode::InvalidArgument;
+    assert_eq!(w.err("alice", thread_read_body(G, root, root)), bad);
+    assert_eq!(w.err("alice", thread_read_body(G, root, later + 100)), bad);
+    assert_eq!(
+        w.err("dave", thread_read_body(G, root, later)),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(thread_info(&w, "alice", G, &[root])[0].read_seq, r2);
+}
+
+pub fn thread_reply_bad_input_is_refused(f: Fixture) {
+    // Proves a thread reply to a recalled, missing, non-message, unseen or
+    // non-root message gets a typed error and stores nothing.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let root = w.send_group("alice", "team", "x").seq;
+    let reply = ack(&thread_reply(&w, "bob", To::Group("team"), root, "r")).seq;
+    let gone = w.send_group("alice", "team", "gone").seq;
+    let tomb = ok_seq(&w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: G.into(),
+            seq: gone,
+        }),
+    ));
+    // carol joins without history: she does not see `root`.
+    w.ok(
+        "carol",
+        Body::GroupJoin(pb::GroupJoin {
+            group_id: "team".into(),
+            message: String::new(),
+        }),
+    );
+    let head = head_of(&w, G);
+    let code = |user: &str, root: u64| {
+        let out = thread_reply(&w, user, To::Group("team"), root, "no");
+        match out.reply {
+            Some(Body::Error(e)) => e.code(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    };
+    assert_eq!(code("bob", gone), pb::ErrorCode::MessageRecalled);
+    assert_eq!(code("bob", head + 5), pb::ErrorCode::NotFound);
+    assert_eq!(
+        code("bob", tomb),
+        pb::ErrorCode::NotFound,
+        "a recall entry is no message"
+    );
+    assert_eq!(code("carol", root), pb::ErrorCode::NotFound, "unseen");
+    assert_eq!(
+        code("bob", reply),
+        pb::ErrorCode::InvalidArgument,
+        "threads do not nest"
+    );
+    assert_eq!(code("dave", root), pb::ErrorCode::NotMember);
+    assert_eq!(head_of(&w, G), head, "nothing was stored");
+    let t = thread_info(&w, "alice", G, &[root, gone]);
+    assert_eq!(t[0].summary.map(|s| s.reply_count), Some(1));
+    assert_eq!(t[1].summary.map(|s| s.reply_count), Some(0));
+    assert_eq!(
+        w.err(
+            "carol",
+            Body::History(pb::HistoryRequest {
+                conversation_id: G.into(),
+                before_seq: 0,
+                limit: 0,
+                thread_root_seq: root,
+            })
+        ),
+        pb::ErrorCode::NotFound,
+        "an unseen thread's history"
+    );
+}
+
+pub fn thread_recall_of_a_reply_updates_the_summary(f: Fixture) {
+    // Proves recalling a thread reply takes it out of the thread: the
+    // summary's count and last reply go back, thread history skips it, and
+    // the recall entry reaches every member like any recall.
+    let w = World::new(f);
+    let root = w.send_dm("alice", "bob", "q").seq;
+    let r1 = ack(&thread_reply(&w, "bob", To::User("alice"), root, "a1")).seq;
+    let r2 = ack(&thread_reply(&w, "bob", To::User("alice"), root, "a2")).seq;
+    let out = w.ok(
+        "bob",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: AB.into(),
+            seq: r2,
+        }),
+    );
+    assert_eq!(deliveries(&out.effects)[0].1, strings(&["alice", "bob"]));
+    let h = w.history("alice", AB);
+    assert_eq!(
+        summary_of(&h, root),
+        Some(pb::ThreadSummary {
+            reply_count: 1,
+            last_reply_seq: r1,
+        })
+    );
+    let p = thread_page(&w, "alice", AB, root, 0, 0);
+    assert_eq!(p.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [r1]);
+    w.ok(
+        "bob",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: AB.into(),
+            seq: r1,
+        }),
+    );
+    assert_eq!(summary_of(&w.history("alice", AB), root), None);
+    // A recalled root keeps its replies readable but takes no new ones.
+    let r3 = ack(&thread_reply(&w, "bob", To::User("alice"), root, "a3")).seq;
+    w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: AB.into(),
+            seq: root,
+        }),
+    );
+    let p = thread_page(&w, "bob", AB, root, 0, 0);
+    assert_eq!(p.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [r3]);
+    let out = thread_reply(&w, "bob", To::User("alice"), root, "a4");
+    assert!(
+        matches!(out.reply, Some(Body::Error(e)) if e.code() == pb::ErrorCode::MessageRecalled)
+    );
+}
+
+pub fn todo_create_done_undo_and_list(f: Fixture) {
+    // Proves a message becomes a to-do for some members: a `todo` entry is
+    // pushed to every member, each assignee lists it as open until they
+    // mark it done (for themself), undo opens it again, and every device
+    // converges on the entries by sync.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol", "dave"]);
+    let s = w.send_group("alice", "team", "ship it").seq;
+    let out = w.ok(
+        "alice",
+        todo_body(G, s, pb::TodoAction::Create, &["bob", "carol", "bob"]),
+    );
+    let created = ok_seq(&out);
+    let d = deliveries(&out.effects);
+    assert_eq!(d[0].1, strings(&["alice", "bob", "carol", "dave"]));
+    assert_eq!(
+        d[0].0.body,
+        Some(pb::entry::Body::Todo(pb::TodoEvent {
+            seq: s,
+            action: pb::TodoAction::Create as i32,
+            assignees: strings(&["bob", "carol"]),
+        }))
+    );
+    for user in ["bob", "carol"] {
+        let l = todo_list(&w, user, None, 0);
+        assert_eq!(l.todos.len(), 1, "{user}");
+        let t = &l.todos[0];
+        assert_eq!(
+            (t.conversation_id.as_str(), t.seq, t.creator.as_str()),
+            (G, s, "alice")
+        );
+        assert_eq!(t.assignees.len(), 2);
+        assert!(l.next.is_none());
+    }
+    assert!(todo_list(&w, "dave", None, 0).todos.is_empty());
+
+    let done = ok_seq(&w.ok("bob", todo_body(G, s, pb::TodoAction::Done, &[])));
+    assert!(done > created);
+    assert!(todo_list(&w, "bob", None, 0).todos.is_empty());
+    let carol = todo_list(&w, "carol", None, 0).todos;
+    assert_eq!(carol.len(), 1, "done is per assignee");
+    assert!(
+        carol[0]
+            .assignees
+            .iter()
+            .any(|a| a.user_id == "bob" && a.done && a.done_ms > 0)
+    );
+    assert_eq!(
+        ok_seq(&w.ok("bob", todo_body(G, s, pb::TodoAction::Done, &[]))),
+        0,
+        "already done"
+    );
+    let undo = ok_seq(&w.ok("bob", todo_body(G, s, pb::TodoAction::Undo, &[])));
+    assert!(undo > done);
+    assert_eq!(todo_list(&w, "bob", None, 0).todos.len(), 1);
+
+    let actions: Vec<(String, i32)> = w
+        .sync_all("carol")
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::entry::Body::Todo(t)) if t.seq == s => Some((e.sender.clone(), t.action)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("alice".to_owned(), pb::TodoAction::Create as i32),
+            ("bob".to_owned(), pb::TodoAction::Done as i32),
+            ("bob".to_owned(), pb::TodoAction::Undo as i32),
+        ]
+    );
+}
+
+pub fn todo_bad_input_is_refused(f: Fixture) {
+    // Proves a to-do for a non-member, too many assignees, on a recalled or
+    // missing message, twice on one message, and done by a non-assignee or
+    // a non-member each get a typed error and change nothing.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let s = w.send_group("alice", "team", "task").seq;
+    let gone = w.send_group("alice", "team", "gone").seq;
+    w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: G.into(),
+            seq: gone,
+        }),
+    );
+    let head = head_of(&w, G);
+    let create = pb::TodoAction::Create;
+    assert_eq!(
+        w.err("alice", todo_body(G, s, create, &["bob", "zed"])),
+        pb::ErrorCode::AssigneeNotMember
+    );
+    let many: Vec<String> = (0..21).map(|i| format!("u{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(
+        w.err("alice", todo_body(G, s, create, &many)),
+        pb::ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        w.err("alice", todo_body(G, s, create, &[])),
+        pb::ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        w.err("alice", todo_body(G, gone, create, &["bob"])),
+        pb::ErrorCode::MessageRecalled
+    );
+    assert_eq!(
+        w.err("alice", todo_body(G, head + 9, create, &["bob"])),
+        pb::ErrorCode::NotFound
+    );
+    assert_eq!(
+        w.err("zed", todo_body(G, s, create, &["bob"])),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(
+        w.err("bob", todo_body(G, s, pb::TodoAction::Done, &[])),
+        pb::ErrorCode::NotFound
+    );
+    assert_eq!(head_of(&w, G), head, "nothing was stored");
+    assert!(todo_list(&w, "bob", None, 0).todos.is_empty());
+
+    w.ok("alice", todo_body(G, s, create, &["bob"]));
+    assert_eq!(
+        w.err("bob", todo_body(G, s, create, &["alice"])),
+        pb::ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        w.err("alice", todo_body(G, s, pb::TodoAction::Done, &[])),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        w.err("zed", todo_body(G, s, pb::TodoAction::Done, &[])),
+        pb::ErrorCode::NotMember
+    );
+    let l = todo_list(&w, "bob", None, 0);
+    assert_eq!(l.todos.len(), 1);
+    assert!(l.todos[0].assignees.iter().all(|a| !a.done));
+    // In a 1:1 chat only its two users can be assignees.
+    let d = w.send_dm("alice", "bob", "dm task").seq;
+    assert_eq!(
+        w.err("alice", todo_body(AB, d, create, &["carol"])),
+        pb::ErrorCode::AssigneeNotMember
+    );
+    w.ok("alice", todo_body(AB, d, create, &["alice", "bob"]));
+    assert_eq!(todo_list(&w, "alice", None, 0).todos.len(), 1);
+}
+
+pub fn todo_list_pages(f: Fixture) {
+    // Proves "my open to-dos" pages in (conversation, seq) order with a
+    // cursor, bounded by the page size.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let s = w.send_group("alice", "team", &format!("t{i}")).seq;
+        w.ok("alice", todo_body(G, s, pb::TodoAction::Create, &["bob"]));
+        seqs.push(s);
+    }
+    let dm = w.send_dm("alice", "bob", "t3").seq;
+    w.ok("alice", todo_body(AB, dm, pb::TodoAction::Create, &["bob"]));
+    let mut got = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let l = todo_list(&w, "bob", after.take(), 3);
+        assert!(l.todos.len() <= 3);
+        got.extend(l.todos.iter().map(|t| (t.conversation_id.clone(), t.seq)));
+        match l.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut want = vec![(AB.to_owned(), dm)];
+    want.extend(seqs.iter().map(|&s| (G.to_owned(), s)));
+    assert_eq!(got, want);
+}
+
+pub fn store_thread_index_and_todo_effects(f: Fixture) {
+    // Proves the store side: a thread reply appends only under a message
+    // that is not recalled and not itself a reply, the index answers counts
+    // and pages, recall takes a reply out, and a to-do write is a
+    // compare-and-set on its version.
+    let s = f.store;
+    let conv = "d:x:y";
+    let reply = |root: u64, cmid: &str| {
+        let mut a = plain_append(conv, "x", cmid, T0);
+        if let Some(pb::entry::Body::Message(m)) = &mut a.entry.body {
+            m.thread_root_seq = root;
+        }
+        a.effect = AppendEffect::ThreadReply { root_seq: root };
+        a
+    };
+    let r = s
+        .append_batch(
+            T0,
+            &[
+                plain_append(conv, "x", "root", T0),
+                reply(1, "a"),
+                reply(1, "b"),
+            ],
+        )
+        .unwrap();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    let r = s
+        .append_batch(T0, &[reply(2, "c"), reply(9, "d"), reply(1, "e")])
+        .unwrap();
+    assert_eq!(r[0], Err(AppendRefused::NotThreadable), "under a reply");
+    assert_eq!(r[1], Err(AppendRefused::NotThreadable), "missing root");
+    assert_eq!(r[2].map(|a| a.seq), Ok(4));
+    let st = s.thread_stats(conv, &[(1, 2), (2, 0), (7, 0)]).unwrap();
+    assert_eq!((st[0].replies, st[0].after, st[0].last_seq), (3, 2, 4));
+    assert_eq!(st[1].replies, 0);
+    assert_eq!(st[2].replies, 0);
+    assert_eq!(s.thread_replies(conv, 1, 0, 2).unwrap(), [4, 3]);
+    assert_eq!(s.thread_replies(conv, 1, 3, 10).unwrap(), [2]);
+    let mut recall = plain_append(conv, "x", "", T0);
+    recall.dedup = None;
+    recall.effect = AppendEffect::Recall { seq: 4 };
+    assert!(s.append_batch(T0, &[recall]).unwrap()[0].is_ok());
+    let st = s.thread_stats(conv, &[(1, 0)]).unwrap();
+    assert_eq!((st[0].replies, st[0].last_seq), (2, 3));
+    let got = s.entries_at(conv, &[3, 99, 1]).unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 1]);
+
+    s.mark_thread_read("x", conv, 1, 3).unwrap();
+    s.mark_thread_read("x", conv, 1, 2).unwrap();
+    assert_eq!(s.thread_read_marks("x", conv, &[1, 2]).unwrap(), [3, 0]);
+
+    let todo = |version: u32| {
+        let mut a = plain_append(conv, "x", "", T0);
+        a.dedup = None;
+        a.entry.body = Some(pb::entry::Body::Todo(pb::TodoEvent {
+            seq: 1,
+            action: 1,
+            assignees: vec![],
+        }));
+        a.effect = AppendEffect::Todo {
+            seq: 1,
+            expect_version: version,
+            record: Box::new(tern_backend::store::TodoRecord {
+                todo: Some(pb::Todo {
+                    conversation_id: conv.into(),
+                    seq: 1,
+                    creator: format!("v{version}"),
+                    ..Default::default()
+                }),
+                version: 0,
+            }),
+        };
+        a
+    };
+    let r = s.append_batch(T0, &[todo(0), todo(0), todo(1)]).unwrap();
+    assert!(r[0].is_ok());
+    assert_eq!(r[1], Err(AppendRefused::TodoChanged));
+    assert!(r[2].is_ok());
+    let rec = s.todo(conv, 1).unwrap().expect("record");
+    assert_eq!(
+        (rec.version, rec.todo.map(|t| t.creator)),
+        (2, Some("v1".to_owned()))
+    );
+    assert_eq!(s.todo(conv, 2).unwrap(), None);
+
+    s.set_todo_open("x", conv, 5, true).unwrap();
+    s.set_todo_open("x", "g:a", 1, true).unwrap();
+    s.set_todo_open("x", conv, 1, true).unwrap();
+    s.set_todo_open("x", conv, 1, true).unwrap();
+    s.set_todo_open("xx", conv, 1, true).unwrap();
+    let all = s.todo_index("x", None, 10).unwrap();
+    assert_eq!(
+        all,
+        [
+            (conv.to_owned(), 1),
+            (conv.to_owned(), 5),
+            ("g:a".to_owned(), 1)
+        ]
+    );
+    assert_eq!(
+        s.todo_index("x", Some((conv, 1)), 1).unwrap(),
+        [(conv.to_owned(), 5)]
+    );
+    s.set_todo_open("x", conv, 5, false).unwrap();
+    assert_eq!(
+        s.todo_index("x", Some((conv, 1)), 10).unwrap(),
+        [("g:a".to_owned(), 1)]
+    );
+}
+
+// ---- calls (docs/protocol.md, "Calls") ----
+
+pub fn invite_body(conv: &str, invitees: &[&str]) -> Body {
+    Body::Call(pb::CallAction {
+        kind: pb::CallActionKind::Invite as i32,
+        call_id: String::new(),
+        conversation_id: conv.into(),
+        invitees: strings(invitees),
+        video: false,
+    })
+}
+
+pub fn call_body(kind: pb::CallActionKind, id: &str) -> Body {
+    Body::Call(pb::CallAction {
+        kind: kind as i32,
+        call_id: id.into(),
+        ..Default::default()
+    })
+}
+
+pub fn signal_body(id: &str, to: &str, payload: &str) -> Body {
+    Body::CallSignal(pb::CallSignal {
+        call_id: id.into(),
+        to_user_id: to.into(),
+        to_device_id: String::new(),
+        kind: pb::CallSignalKind::Offer as i32,
+        payload: payload.into(),
+    })
+}
+
+fn ok_id(out: &Outcome) -> String {
+    match &out.reply {
+        Some(Body::Ok(o)) => o.id.clone(),
+        other => panic!("expected ok, got {other:?}"),
+    }
+}
+
+/// The call pushes of `effects`: (event or signal body, sorted recipients).
+fn call_pushes(effects: &[Effect]) -> Vec<(Body, Vec<String>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Call { recipients, body } => {
+                let mut r = recipients.to_vec();
+                r.sort();
+                Some((body.clone(), r))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn call_event_kinds(effects: &[Effect]) -> Vec<pb::CallEventKind> {
+    call_pushes(effects)
+        .into_iter()
+        .filter_map(|(b, _)| match b {
+            Body::CallEvent(e) => Some(e.kind()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn call_records(entries: &[pb::Entry]) -> Vec<pb::CallRecord> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::entry::Body::CallRecord(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn call_ring_accept_signal_hangup_records_the_call(f: Fixture) {
+    // Proves a 1:1 call end to end in the domain: the invite answers `ok`
+    // with the call id and rings both users' devices (bob rung, alice's
+    // other devices told); bob's accept pushes ACCEPTED (with his device,
+    // so his other devices stop ringing); SDP is relayed to bob only; bob's
+    // hang-up ends it: LEFT and ENDED (COMPLETED, duration from the answer)
+    // to both, and a `CallRecord` entry appended to the conversation that
+    // both users read in history and sync. The ended call then refuses an
+    // accept and a signal with CALL_ENDED.
+    let w = World::new(f);
+    let started = w.now();
+    let out = w.ok("alice", invite_body(AB, &[]));
+    let id = ok_id(&out);
+    assert!(!id.is_empty());
+    let pushes = call_pushes(&out.effects);
+    assert_eq!(pushes.len(), 1);
+    let Body::CallEvent(ring) = &pushes[0].0 else {
+        panic!("{pushes:?}")
+    };
+    assert_eq!(pushes[0].1, strings(&["alice", "bob"]));
+    assert_eq!(ring.kind(), pb::CallEventKind::Ringing);
+    assert_eq!(
+        (ring.caller_id.as_str(), ring.conversation_id.as_str()),
+        ("alice", AB)
+    );
+    assert_eq!(ring.participants, strings(&["alice", "bob"]));
+
+    let out = w.ok("bob", call_body(pb::CallActionKind::Accept, &id));
+    let pushes = call_pushes(&out.effects);
+    let Body::CallEvent(acc) = &pushes[0].0 else {
+        panic!("{pushes:?}")
+    };
+    assert_eq!(acc.kind(), pb::CallEventKind::Accepted);
+    assert_eq!(
+        (acc.user_id.as_str(), acc.device_id.as_str()),
+        ("bob", "bob-phone")
+    );
+    assert_eq!(pushes[0].1, strings(&["alice", "bob"]));
+    let answered_at = w.now() - 1;
+
+    let out = w.ok("alice", signal_body(&id, "bob", "v=0 offer"));
+    let pushes = call_pushes(&out.effects);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].1, strings(&["bob"]));
+    let Body::CallSignalEvent(sig) = &pushes[0].0 else {
+        panic!("{pushes:?}")
+    };
+    assert_eq!(
+        (sig.from_user_id.as_str(), sig.payload.as_str()),
+        ("alice", "v=0 offer")
+    );
+    w.ok("bob", signal_body(&id, "alice", "v=0 answer"));
+
+    w.advance(5_000);
+    let ended_at = w.now();
+    let out = w.ok("bob", call_body(pb::CallActionKind::Hangup, &id));
+    assert_eq!(
+        call_event_kinds(&out.effects),
+        [pb::CallEventKind::Left, pb::CallEventKind::Ended]
+    );
+    let d = deliveries(&out.effects);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, strings(&["alice", "bob"]));
+    assert_eq!(ok_seq(&out), d[0].0.seq);
+    assert_eq!(d[0].0.sender, "alice", "the record is the caller's entry");
+    let want = pb::CallRecord {
+        call_id: id.clone(),
+        outcome: pb::CallOutcome::Completed as i32,
+        participants: strings(&["alice", "bob"]),
+        answered: strings(&["bob"]),
+        video: false,
+        started_ms: started,
+        duration_ms: ended_at - answered_at,
+    };
+    for user in ["alice", "bob"] {
+        assert_eq!(
+            call_records(&w.history(user, AB)),
+            std::slice::from_ref(&want)
+        );
+        assert_eq!(call_records(&w.sync_all(user)), std::slice::from_ref(&want));
+    }
+    assert_eq!(
+        w.err("bob", call_body(pb::CallActionKind::Accept, &id)),
+        pb::ErrorCode::CallEnded
+    );
+    assert_eq!(
+        w.err("alice", signal_body(&id, "bob", "late")),
+        pb::ErrorCode::CallEnded
+    );
+}
+
+pub fn call_unanswered_rejected_or_cancelled_ends_with_that_outcome(f: Fixture) {
+    // Proves the other three endings, each with its record: a ring nobody
+    // answers becomes MISSED once `call_ring_timeout_ms` passed (poll_expired
+    // pushes MISSED then ENDED, not before); bob declining ends REJECTED;
+    // alice hanging up before an answer ends CANCELLED; records carry no
+    // duration and nobody answered.
+    let w = World::new(f);
+    let timeout = w.domain.config().call_ring_timeout_ms;
+    let id = ok_id(&w.ok("alice", invite_body(AB, &[])));
+    w.advance(timeout - 10);
+    assert!(call_pushes(&w.domain.poll_expired(w.now())).is_empty());
+    w.advance(10);
+    let expired = w.domain.poll_expired(w.now());
+    assert_eq!(
+        call_event_kinds(&expired),
+        [pb::CallEventKind::Missed, pb::CallEventKind::Ended]
+    );
+    assert_eq!(deliveries(&expired).len(), 1);
+    assert_eq!(
+        w.err("bob", call_body(pb::CallActionKind::Accept, &id)),
+        pb::ErrorCode::CallEnded
+    );
+
+    let id2 = ok_id(&w.ok("alice", invite_body(AB, &[])));
+    let out = w.ok("bob", call_body(pb::CallActionKind::Reject, &id2));
+    assert_eq!(
+        call_event_kinds(&out.effects),
+        [pb::CallEventKind::Rejected, pb::CallEventKind::Ended]
+    );
+    let id3 = ok_id(&w.ok("alice", invite_body(AB, &[])));
+    assert_eq!(
+        w.err("bob", call_body(pb::CallActionKind::Cancel, &id3)),
+        pb::ErrorCode::PermissionDenied,
+        "only the caller cancels"
+    );
+    w.ok("alice", call_body(pb::CallActionKind::Cancel, &id3));
+
+    let records = call_records(&w.history("bob", AB));
+    let outcomes: Vec<_> = records
+        .iter()
+        .map(|r| (r.call_id.clone(), r.outcome()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (id, pb::CallOutcome::Missed),
+            (id2, pb::CallOutcome::Rejected),
+            (id3, pb::CallOutcome::Cancelled)
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.duration_ms == 0 && r.answered.is_empty())
+    );
+    assert!(w.domain.poll_expired(w.now() + timeout).is_empty());
+}
+
+pub fn group_call_rings_members_and_ends_when_one_is_left(f: Fixture) {
+    // Proves a group call: the invite rings every other member (or only the
+    // named invitees); one answers, one declines; when the caller leaves,
+    // one participant is left and the call ends COMPLETED with its record in
+    // the group's log for every member. A group larger than the participant
+    // limit needs named invitees (LIMIT_REACHED otherwise), and an invitee
+    // who is not a member is INVALID_ARGUMENT.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob", "carol"]);
+    let out = w.ok("alice", invite_body(G, &[]));
+    let id = ok_id(&out);
+    let pushes = call_pushes(&out.effects);
+    assert_eq!(pushes[0].1, strings(&["alice", "bob", "carol"]));
+    w.ok("bob", call_body(pb::CallActionKind::Accept, &id));
+    w.ok("carol", call_body(pb::CallActionKind::Reject, &id));
+    let out = w.ok("alice", call_body(pb::CallActionKind::Hangup, &id));
+    assert_eq!(
+        call_event_kinds(&out.effects),
+        [pb::CallEventKind::Left, pb::CallEventKind::Ended]
+    );
+    for user in ["alice", "bob", "carol"] {
+        let r = call_records(&w.history(user, G));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].outcome(), pb::CallOutcome::Completed);
+        assert_eq!(r[0].answered, strings(&["bob"]));
+    }
+
+    let many: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    w.create_group("alice", "big", &refs);
+    assert_eq!(
+        w.err("alice", invite_body("g:big", &[])),
+        pb::ErrorCode::LimitReached
+    );
+    let out = w.ok("alice", invite_body("g:big", &["m1", "m2"]));
+    assert_eq!(
+        call_pushes(&out.effects)[0].1,
+        strings(&["alice", "m1", "m2"])
+    );
+    assert_eq!(
+        w.err("alice", invite_body("g:big", &["bob"])),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+pub fn call_bad_input_gets_typed_errors_and_changes_nothing(f: Fixture) {
+    // Proves each bad call request is refused with its code, pushes nothing
+    // and writes nothing: a non-member calling a group (NOT_MEMBER) or a
+    // third user calling into a 1:1 chat (NOT_MEMBER); a blocked peer
+    // (BLOCKED); signalling from or to someone not in the call
+    // (NOT_IN_CALL); an SDP over the limit (INVALID_ARGUMENT); an accept by
+    // someone not rung (NOT_IN_CALL) or of an unknown call (CALL_ENDED);
+    // the call itself goes on.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let heads = |w: &World| (w.history("alice", AB).len(), w.history("alice", G).len());
+    let before = heads(&w);
+    assert_eq!(w.err("dave", invite_body(G, &[])), pb::ErrorCode::NotMember);
+    assert_eq!(
+        w.err("carol", invite_body(AB, &[])),
+        pb::ErrorCode::NotMember
+    );
+    let id = ok_id(&w.ok("alice", invite_body(AB, &[])));
+    assert_eq!(
+        w.err("carol", signal_body(&id, "bob", "x")),
+        pb::ErrorCode::NotInCall
+    );
+    assert_eq!(
+        w.err("alice", signal_body(&id, "carol", "x")),
+        pb::ErrorCode::NotInCall
+    );
+    let big = "a".repeat(tern_protocol::validate::CALL_SIGNAL_BYTES_MAX + 1);
+    assert_eq!(
+        w.err("alice", signal_body(&id, "bob", &big)),
+        pb::ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        w.err("carol", call_body(pb::CallActionKind::Accept, &id)),
+        pb::ErrorCode::NotInCall
+    );
+    assert_eq!(
+        w.err("bob", call_body(pb::CallActionKind::Accept, "c-none")),
+        pb::ErrorCode::CallEnded
+    );
+    assert_eq!(heads(&w), before, "nothing written");
+    // The call goes on: bob can still answer.
+    w.ok("bob", call_body(pb::CallActionKind::Accept, &id));
+    w.ok(
+        "bob",
+        Body::FriendBlock(pb::FriendBlock {
+            user_id: "alice".into(),
+            blocked: true,
+        }),
+    );
+    assert_eq!(w.err("alice", invite_body(AB, &[])), pb::ErrorCode::Blocked);
+}
+
+// ---------------------------------------------------------------------------
+// ---- search (issue 19) ----
+// ---------------------------------------------------------------------------
+
+/// A search request for `query` with every other field at its default.
+pub fn search_req(query: &str) -> pb::SearchRequest {
+    pb::SearchRequest {
+        query: query.into(),
+        ..Default::default()
+    }
+}
+
+impl World {
+    /// One page of `user`'s search: its entries and cursor.
+    #[track_caller]
+    pub fn search(&self, user: &str, req: pb::SearchRequest) -> (Vec<pb::Entry>, String) {
+        match self.ok(user, Body::Search(req)).reply {
+            Some(Body::SearchResult(r)) => (r.entries, r.cursor),
+            other => panic!("expected a search result, got {other:?}"),
+        }
+    }
+
+    /// Every result of `user`'s search, page after page (at most 100 pages).
+    #[track_caller]
+    pub fn search_all(&self, user: &str, mut req: pb::SearchRequest) -> Vec<pb::Entry> {
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            let (page, cursor) = self.search(user, req.clone());
+            all.extend(page);
+            if cursor.is_empty() {
+                return all;
+            }
+            req.cursor = cursor;
+        }
+        panic!("a search did not end within 100 pages");
+    }
+
+    /// `(conversation, seq)` of every result of `user`'s search for `query`.
+    #[track_caller]
+    pub fn found(&self, user: &str, query: &str) -> Vec<(String, u64)> {
+        self.search_all(user, search_req(query))
+            .into_iter()
+            .map(|e| (e.conversation_id, e.seq))
+            .collect()
+    }
+}
+
+fn at(conv: &str, seqs: &[u64]) -> Vec<(String, u64)> {
+    seqs.iter().map(|s| (conv.to_owned(), *s)).collect()
+}
+
+pub fn search_finds_every_word_case_folded_newest_first(f: Fixture) {
+    // Proves a message matches when it holds every query word, whatever
+    // the case; results come newest first with their whole entry; a word
+    // nobody wrote finds nothing; and the results hold the latest text.
+    let w = World::new(f);
+    let a = w.send_dm("alice", "bob", "Hello World").seq;
+    let b = w.send_dm("bob", "alice", "hello there, Alice!").seq;
+    w.send_dm("alice", "bob", "goodbye world");
+    assert_eq!(w.found("bob", "HELLO"), at(AB, &[b, a]));
+    assert_eq!(w.found("alice", "world hello"), at(AB, &[a]));
+    assert_eq!(w.found("alice", "hello nobody"), at(AB, &[]));
+    let (page, cursor) = w.search("alice", search_req("there"));
+    assert_eq!(texts(&page), ["hello there, Alice!"]);
+    assert_eq!(page[0].sender, "bob");
+    assert!(cursor.is_empty(), "a complete search has no cursor");
+}
+
+pub fn search_finds_chinese_by_character_pairs(f: Fixture) {
+    // Proves text without spaces is searchable: any run of two or more
+    // characters of the message finds it, one character finds it, a pair
+    // that is not in it does not, and Latin words inside it stay words.
+    let w = World::new(f);
+    let s = w
+        .send_dm("alice", "bob", "我们明天去北京开会，带上Rust书")
+        .seq;
+    let t = w.send_dm("bob", "alice", "北京天气很好").seq;
+    assert_eq!(w.found("bob", "北京"), at(AB, &[t, s]));
+    assert_eq!(w.found("bob", "明天去北京"), at(AB, &[s]));
+    assert_eq!(w.found("bob", "北京 开会"), at(AB, &[s]));
+    assert_eq!(w.found("bob", "会"), at(AB, &[s]));
+    assert_eq!(w.found("bob", "rust"), at(AB, &[s]));
+    assert_eq!(w.found("bob", "京北"), at(AB, &[]));
+    assert_eq!(
+        w.found("bob", "明天开会"),
+        at(AB, &[]),
+        "明天开会 is not in it"
+    );
+}
+
+pub fn search_returns_only_what_the_user_may_read(f: Fixture) {
+    // Proves results are limited to what the caller may read: a member who
+    // joined a group without history finds only messages from their join
+    // on, a kicked member nothing after the kick, a non-member nothing (and
+    // NOT_MEMBER naming the group), nobody another pair's 1:1 messages.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let old = w.send_group("alice", "team", "secret plan").seq;
+    w.ok(
+        "alice",
+        Body::GroupInvite(pb::GroupInvite {
+            group_id: "team".into(),
+            user_ids: strings(&["carol"]),
+        }),
+    );
+    let new = w.send_group("bob", "team", "plan two").seq;
+    w.ok("alice", kick_body("team", "bob"));
+    let after_kick = w.send_group("alice", "team", "plan three").seq;
+    let dm = w.send_dm("alice", "dave", "plan for dave").seq;
+    assert_eq!(w.found("alice", "plan"), {
+        let mut v = at("d:alice:dave", &[dm]);
+        v.extend(at(G, &[after_kick, new, old]));
+        v
+    });
+    assert_eq!(w.found("carol", "plan"), at(G, &[after_kick, new]));
+    assert_eq!(w.found("bob", "plan"), at(G, &[new, old]));
+    assert_eq!(w.found("dave", "plan"), at("d:alice:dave", &[dm]));
+    assert_eq!(w.found("erin", "plan"), at(G, &[]));
+    let mut only_team = search_req("plan");
+    only_team.conversation_id = G.into();
+    assert_eq!(
+        w.err("dave", Body::Search(only_team.clone())),
+        pb::ErrorCode::NotMember
+    );
+    let mut other_pair = search_req("plan");
+    other_pair.conversation_id = "d:alice:dave".into();
+    assert_eq!(
+        w.err("bob", Body::Search(other_pair)),
+        pb::ErrorCode::NotMember
+    );
+    let got: Vec<u64> = w
+        .search_all("carol", only_team)
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(got, [after_kick, new]);
+}
+
+pub fn search_never_returns_recalled_and_matches_edits_by_latest_text(f: Fixture) {
+    // Proves a recalled message is never found (recalled before or after
+    // it was indexed), and an edited one is found by its latest text only,
+    // served with that text (edited before or after it was indexed).
+    let w = World::new(f);
+    let early = w.send_dm("alice", "bob", "draft alpha").seq;
+    let gone = w.send_dm("alice", "bob", "oops gamma").seq;
+    w.domain.search_index_pending().expect("index");
+    w.ok("alice", edit_body(AB, early, "e1", "final beta", false));
+    w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: AB.into(),
+            seq: gone,
+        }),
+    );
+    let late = w.send_dm("alice", "bob", "second alpha").seq;
+    w.ok("alice", edit_body(AB, late, "e2", "second delta", false));
+    let never = w.send_dm("alice", "bob", "quick gamma").seq;
+    w.ok(
+        "alice",
+        Body::Recall(pb::RecallRequest {
+            conversation_id: AB.into(),
+            seq: never,
+        }),
+    );
+    assert_eq!(w.found("bob", "alpha"), at(AB, &[]));
+    assert_eq!(w.found("bob", "gamma"), at(AB, &[]));
+    assert_eq!(w.found("bob", "beta"), at(AB, &[early]));
+    assert_eq!(w.found("bob", "delta"), at(AB, &[late]));
+    assert_eq!(w.found("bob", "second"), at(AB, &[late]));
+    let (page, _) = w.search("bob", search_req("beta"));
+    assert_eq!(texts(&page), ["final beta"]);
+    w.domain.search_index_pending().expect("index");
+    assert_eq!(w.found("bob", "alpha"), at(AB, &[]));
+    assert_eq!(w.found("bob", "beta"), at(AB, &[early]));
+}
+
+pub fn search_filters_by_sender_time_and_conversation(f: Fixture) {
+    // Proves the sender filter, the time range (from inclusive, to
+    // exclusive) and the conversation filter, alone and together.
+    let w = World::new(f);
+    w.create_group("alice", "team", &["bob"]);
+    let t0 = w.now();
+    let a1 = w.send_dm("alice", "bob", "report one").seq;
+    let b1 = w.send_dm("bob", "alice", "report two").seq;
+    w.advance(1_000);
+    let t1 = w.now();
+    let g1 = w.send_group("bob", "team", "report three").seq;
+    let a2 = w.send_dm("alice", "bob", "report four").seq;
+    let mut r = search_req("report");
+    r.sender = "bob".into();
+    let got: Vec<_> = w
+        .search_all("alice", r.clone())
+        .into_iter()
+        .map(|e| (e.conversation_id, e.seq))
+        .collect();
+    let mut want = at(AB, &[b1]);
+    want.extend(at(G, &[g1]));
+    assert_eq!(got, want);
+    r.conversation_id = AB.into();
+    assert_eq!(texts(&w.search_all("alice", r)), ["report two"]);
+    let mut r = search_req("report");
+    r.from_ms = t1;
+    let got: Vec<_> = w
+        .search_all("bob", r.clone())
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(got, [a2, g1]);
+    r.from_ms = t0;
+    r.to_ms = t1;
+    let got: Vec<_> = w.search_all("bob", r).iter().map(|e| e.seq).collect();
+    assert_eq!(got, [b1, a1]);
+}
+
+pub fn search_pages_with_a_cursor(f: Fixture) {
+    // Proves paging: pages of `limit` in order, across conversations,
+    // each result once, the last page without a cursor; a tiny candidate
+    // budget gives short pages with cursors that still reach every result;
+    // the page size is capped by the server.
+    let w = World::with_config(
+        f,
+        Config {
+            search_page_max: 4,
+            ..Config::default()
+        },
+    );
+    w.create_group("alice", "team", &["bob"]);
+    let mut want = Vec::new();
+    for i in 0..5 {
+        want.push((
+            AB.to_owned(),
+            w.send_dm("alice", "bob", &format!("item {i}")).seq,
+        ));
+    }
+    for i in 0..3 {
+        w.send_dm("alice", "bob", &format!("other {i}"));
+        want.push((
+            G.to_owned(),
+            w.send_group("bob", "team", &format!("item g{i}")).seq,
+        ));
+    }
+    // Newest first within a conversation, conversations in id order.
+    want[..5].reverse();
+    want[5..].reverse();
+    let mut r = search_req("item");
+    r.limit = 3;
+    let mut pages = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let (page, cursor) = w.search("bob", r.clone());
+        pages.push(page.len());
+        got.extend(page.into_iter().map(|e| (e.conversation_id, e.seq)));
+        if cursor.is_empty() {
+            break;
+        }
+        r.cursor = cursor;
+    }
+    assert_eq!(got, want);
+    assert_eq!(pages[0], 3);
+    r.cursor.clear();
+    r.limit = 100;
+    assert_eq!(w.search("bob", r).0.len(), 4, "capped at search_page_max");
+
+    let w2 = World::with_config(
+        Fixture::new(w.store().clone(), ()),
+        Config {
+            search_scan_max: 2,
+            ..Config::default()
+        },
+    );
+    assert_eq!(
+        w2.found("bob", "item"),
+        want,
+        "short pages reach everything"
+    );
+}
+
+pub fn search_bad_input_is_a_typed_error_or_nothing(f: Fixture) {
+    // Proves hostile queries change nothing and never fail untyped: an
+    // empty query, one of query syntax only, a forged cursor, a bad
+    // conversation id are INVALID_ARGUMENT; syntax characters around words
+    // are ignored; a very long word is cut and still finds its message;
+    // the log is unchanged after all of it.
+    let w = World::new(f);
+    let s = w.send_dm("alice", "bob", "quote \"this\" * star").seq;
+    let long = "x".repeat(200);
+    let l = w.send_dm("alice", "bob", &long).seq;
+    let invalid = pb::ErrorCode::InvalidArgument;
+    for q in [
+        "",
+        "   ",
+        "\"*\"",
+        "* OR -:",
+        "()[]{}\\",
+        "'; DROP TABLE --",
+    ] {
+        let code = match w.call("bob", Body::Search(search_req(q))).reply {
+            Some(Body::Error(e)) => e.code(),
+            Some(Body::SearchResult(r)) => {
+                assert!(r.entries.is_empty(), "{q:?}");
+                continue;
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code, invalid, "{q:?}");
+    }
+    assert_eq!(w.found("bob", "\"quote\" +star* -this"), at(AB, &[s]));
+    assert_eq!(
+        w.found("bob", "quote OR nothing"),
+        at(AB, &[]),
+        "OR is a word like any other"
+    );
+    assert_eq!(w.found("bob", &"x".repeat(250)), at(AB, &[l]));
+    assert_eq!(
+        w.err("bob", Body::Search(search_req(&"y".repeat(1000)))),
+        invalid,
+        "longer than the query limit"
+    );
+    for cursor in ["x", "1", "abc/d:alice:bob", "5/not a conv", "5/g:"] {
+        let mut r = search_req("quote");
+        r.cursor = cursor.into();
+        assert_eq!(w.err("bob", Body::Search(r)), invalid, "{cursor:?}");
+    }
+    let mut r = search_req("quote");
+    r.conversation_id = "nonsense".into();
+    assert_eq!(w.err("bob", Body::Search(r)), invalid);
+    let head = w.store().heads(&[AB]).unwrap()[0].seq;
+    assert_eq!(head, l, "searching wrote nothing to the log");
+}
+
+pub fn search_disabled_is_refused(f: Fixture) {
+    // Proves `search_enabled = false` answers SEARCH_DISABLED and indexes
+    // nothing.
+    let w = World::with_config(
+        f,
+        Config {
+            search_enabled: false,
+            ..Config::default()
+        },
+    );
+    w.send_dm("alice", "bob", "hello");
+    assert_eq!(w.domain.search_index_pending().unwrap(), 0);
+    assert_eq!(w.store().search_indexed(AB).unwrap(), 0);
+    assert_eq!(
+        w.err("bob", Body::Search(search_req("hello"))),
+        pb::ErrorCode::SearchDisabled
+    );
+}
+
+pub fn search_index_follows_the_log_from_its_mark(f: Fixture) {
+    // Proves the indexer: nothing is indexed at the send (the ack does not
+    // wait), `search_index_pending` indexes the written conversations up to
+    // their heads, and a search indexes what the indexer has not yet.
+    let w = World::new(f);
+    w.send_dm("alice", "bob", "one apple");
+    w.send_dm("bob", "alice", "two apples");
+    assert_eq!(w.store().search_indexed(AB).unwrap(), 0);
+    assert_eq!(w.domain.search_index_pending().unwrap(), 2);
+    assert_eq!(w.store().search_indexed(AB).unwrap(), 2);
+    assert_eq!(
+        w.store().search_postings(AB, "apple", 1, 2, 10).unwrap(),
+        [1]
+    );
+    assert_eq!(w.domain.search_index_pending().unwrap(), 0, "nothing new");
+    let s = w.send_dm("alice", "bob", "three apple").seq;
+    assert_eq!(w.found("bob", "apple"), at(AB, &[s, 1]));
+    assert_eq!(w.store().search_indexed(AB).unwrap(), s);
+}
+
+pub fn search_index_all_catches_up_what_the_store_lists(f: Fixture) {
+    // Proves the start-up catch-up: a store that lists its conversations
+    // gets every index up to its log (as after an index was lost); one that
+    // cannot (None) reads nothing and still serves searches (caught up
+    // then).
+    let w = World::new(f);
+    w.send_dm("alice", "bob", "one pear");
+    w.create_group("alice", "team", &["bob"]);
+    let g = w.send_group("bob", "team", "two pears").seq;
+    let listed = w.store().search_conversations("", 10).unwrap();
+    let read = w.domain.search_index_all().unwrap();
+    match listed {
+        Some(convs) => {
+            assert_eq!(convs, strings(&[AB, G]));
+            assert!(read >= 2, "{read}");
+            assert_eq!(w.store().search_indexed(AB).unwrap(), 1);
+            assert_eq!(w.store().search_indexed(G).unwrap(), g);
+            let after = w.store().search_conversations(AB, 10).unwrap();
+            assert_eq!(after, Some(strings(&[G])));
+        }
+        None => assert_eq!(read, 0),
+    }
+    assert_eq!(w.found("alice", "pears"), at(G, &[g]));
+}
+
+pub fn store_search_postings_and_mark(f: Fixture) {
+    // Proves the store's index contract: postings read newest first within
+    // the seq range and limit, per conversation and token; writes are
+    // idempotent; the mark only moves up.
+    let st = f.store;
+    let p = |t: &str, s: u64| (t.to_owned(), s);
+    st.search_index(AB, &[p("a", 1), p("a", 3), p("b", 3), p("a", 7)], 7)
+        .unwrap();
+    st.search_index(G, &[p("a", 2)], 2).unwrap();
+    assert_eq!(st.search_postings(AB, "a", 1, 100, 10).unwrap(), [7, 3, 1]);
+    assert_eq!(st.search_postings(AB, "a", 2, 7, 10).unwrap(), [7, 3]);
+    assert_eq!(st.search_postings(AB, "a", 1, 6, 1).unwrap(), [3]);
+    assert_eq!(st.search_postings(AB, "b", 1, 100, 10).unwrap(), [3]);
+    assert!(st.search_postings(AB, "ab", 1, 100, 10).unwrap().is_empty());
+    assert!(st.search_postings(AB, "a", 5, 4, 10).unwrap().is_empty());
+    assert_eq!(st.search_postings(G, "a", 1, 100, 10).unwrap(), [2]);
+    assert_eq!(st.search_indexed(AB).unwrap(), 7);
+    st.search_index(AB, &[p("a", 3)], 3).unwrap();
+    assert_eq!(
+        st.search_indexed(AB).unwrap(),
+        7,
+        "the mark never moves down"
+    );
+    assert_eq!(st.search_postings(AB, "a", 1, 100, 10).unwrap(), [7, 3, 1]);
+    assert_eq!(st.search_indexed("d:x:y").unwrap(), 0);
+}
+
 /// Expands to one `#[test]` per conformance case, each on a fresh store
 /// from `$make` (a `fn() -> conformance::Fixture`).
 #[macro_export]
@@ -4526,6 +6745,46 @@ macro_rules! conformance_tests {
             admin_kick_names_a_device,
             admin_acts_without_friendship_or_membership,
             empty_presence_query_lists_nobody,
+            store_edit_effect_is_compare_and_set,
+            edit_by_sender_is_stored_pushed_and_served,
+            edit_by_someone_else_is_refused,
+            edit_after_window_is_refused,
+            edit_window_zero_turns_edits_off,
+            edit_of_recalled_message_is_refused,
+            edit_retry_is_idempotent,
+            edit_in_group_reaches_every_member,
+            edit_streaming_is_set_then_cleared,
+            edit_checks_kind_size_target_and_count,
+            // ---- search (issue 19) ----
+            search_finds_every_word_case_folded_newest_first,
+            search_finds_chinese_by_character_pairs,
+            search_returns_only_what_the_user_may_read,
+            search_never_returns_recalled_and_matches_edits_by_latest_text,
+            search_filters_by_sender_time_and_conversation,
+            search_pages_with_a_cursor,
+            search_bad_input_is_a_typed_error_or_nothing,
+            search_disabled_is_refused,
+            search_index_follows_the_log_from_its_mark,
+            store_search_postings_and_mark,
+            search_index_all_catches_up_what_the_store_lists,
+            call_ring_accept_signal_hangup_records_the_call,
+            call_unanswered_rejected_or_cancelled_ends_with_that_outcome,
+            group_call_rings_members_and_ends_when_one_is_left,
+            call_bad_input_gets_typed_errors_and_changes_nothing,
+            thread_replies_are_log_entries_with_summary_and_history,
+            thread_unread_per_reader,
+            thread_reply_bad_input_is_refused,
+            thread_recall_of_a_reply_updates_the_summary,
+            todo_create_done_undo_and_list,
+            todo_bad_input_is_refused,
+            todo_list_pages,
+            store_thread_index_and_todo_effects,
+            store_annotate_effect_is_compare_and_set,
+            reaction_is_pushed_counted_once_and_served,
+            reaction_in_group_reaches_members_and_respects_visibility,
+            reaction_limits_and_bad_strings_are_refused,
+            pin_and_unpin_are_pushed_and_listed,
+            pin_in_group_needs_an_admin_and_is_bounded,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

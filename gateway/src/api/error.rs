@@ -102,6 +102,7 @@ impl ApiError {
             C::Blocked => (StatusCode::FORBIDDEN, "BLOCKED"),
             C::NotFriends => (StatusCode::FORBIDDEN, "NOT_FRIENDS"),
             C::RecallWindowPassed => (StatusCode::CONFLICT, "RECALL_WINDOW_PASSED"),
+            C::EditWindowPassed => (StatusCode::CONFLICT, "EDIT_WINDOW_PASSED"),
             C::Muted => (StatusCode::FORBIDDEN, "MUTED"),
             C::GroupDissolved => (StatusCode::GONE, "GROUP_DISSOLVED"),
             C::AlreadyExists => (StatusCode::CONFLICT, "ALREADY_EXISTS"),

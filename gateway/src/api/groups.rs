@@ -23,6 +23,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(add_members))
         .routes(routes!(remove_member))
         .routes(routes!(set_role))
+        .routes(routes!(get_group))
 }
 
 /// Who may join without an invitation.
@@ -293,6 +294,170 @@ async fn set_role(
         role: role as i32,
     });
     change(&state, group_id, body).await
+}
+
+/// A group as an operator sees it: its settings and one page of members.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupDetail {
+    /// Its id.
+    pub group_id: String,
+    /// Its conversation (`g:<group_id>`).
+    pub conversation_id: String,
+    /// Display name.
+    pub name: String,
+    /// The announcement; empty for none.
+    pub announcement: String,
+    /// The owner.
+    pub owner: String,
+    /// Members, owner included.
+    pub member_count: u32,
+    /// Who may join.
+    pub join_policy: JoinPolicy,
+    /// New members see messages from before they joined.
+    pub history_visible: bool,
+    /// Only admins and the owner may send.
+    pub muted_all: bool,
+    /// Dissolved groups keep their log.
+    pub dissolved: bool,
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+    /// Members in user id order, after `after` (at most the server's page).
+    pub members: Vec<Member>,
+    /// More members follow: ask again with `after` = the last `user_id`.
+    pub more: bool,
+}
+
+/// One member of a group.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Member {
+    /// The user.
+    pub user_id: String,
+    /// `member`, `admin` or `owner`.
+    pub role: String,
+    /// Their nickname in the group; empty for none.
+    pub nickname: String,
+    /// When they joined (ms since the epoch).
+    pub joined_ms: u64,
+    /// Muted until then (ms since the epoch); 0: not muted.
+    pub muted_until_ms: u64,
+}
+
+/// Where a member page starts.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct MembersPage {
+    /// Members after this user id; left out: from the first.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// A group's settings and members (the admin console's group view).
+///
+/// The settings are read by the first of `[api_ops] system_users`, the
+/// members as the owner; a dissolved group is answered too
+/// (`dissolved: true`, no members).
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups/{group_id}",
+    tag = "groups",
+    params(("group_id" = String, Path, description = "The group"), MembersPage),
+    responses(
+        (status = 200, description = "The group and a page of members", body = GroupDetail),
+        (status = 400, description = "A malformed group or user id", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `groups` scope", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
+async fn get_group(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(group_id): Path<String>,
+    page: Result<axum::extract::Query<MembersPage>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<GroupDetail>, ApiError> {
+    auth.require(Scope::Groups)?;
+    check_user("group_id", &group_id)?;
+    let after = page
+        .map_err(|e| ApiError::invalid(e.body_text()))?
+        .0
+        .after
+        .unwrap_or_default();
+    if !after.is_empty() {
+        check_user("after", &after)?;
+    }
+    let operator = state.ops.operator();
+    let info = match state
+        .backend
+        .call_admin(
+            operator,
+            Body::GroupInfo(pb::GroupInfoRequest {
+                group_id: group_id.clone(),
+            }),
+        )
+        .await?
+    {
+        Some(Body::GroupInfoResult(pb::GroupInfoResult {
+            info: Some(info), ..
+        })) => info,
+        other => return Err(ApiError::internal(format!("unexpected answer {other:?}"))),
+    };
+    // Members are read as the owner (the domain serves them to members
+    // only); a dissolved group has none left to list.
+    let page = if info.dissolved {
+        pb::GroupMembersResult::default()
+    } else {
+        match state
+            .backend
+            .call_admin(
+                &info.owner,
+                Body::GroupMembers(pb::GroupMembersRequest {
+                    group_id: group_id.clone(),
+                    after_user_id: after,
+                    limit: 0,
+                }),
+            )
+            .await?
+        {
+            Some(Body::GroupMembersResult(page)) => page,
+            other => return Err(ApiError::internal(format!("unexpected answer {other:?}"))),
+        }
+    };
+    let role = |r: i32| match pb::GroupRole::try_from(r) {
+        Ok(pb::GroupRole::Owner) => "owner",
+        Ok(pb::GroupRole::Admin) => "admin",
+        _ => "member",
+    };
+    let join_policy = match pb::JoinPolicy::try_from(info.join_policy) {
+        Ok(pb::JoinPolicy::Approval) => JoinPolicy::Approval,
+        Ok(pb::JoinPolicy::InviteOnly) => JoinPolicy::InviteOnly,
+        _ => JoinPolicy::Open,
+    };
+    Ok(Json(GroupDetail {
+        conversation_id: format!("g:{}", info.group_id),
+        group_id: info.group_id,
+        name: info.name,
+        announcement: info.announcement,
+        owner: info.owner,
+        member_count: info.member_count,
+        join_policy,
+        history_visible: info.history_visible,
+        muted_all: info.muted_all,
+        dissolved: info.dissolved,
+        created_ms: info.created_ms,
+        members: page
+            .members
+            .into_iter()
+            .map(|m| Member {
+                role: role(m.role).to_owned(),
+                user_id: m.user_id,
+                nickname: m.nickname,
+                joined_ms: m.joined_ms,
+                muted_until_ms: m.muted_until_ms,
+            })
+            .collect(),
+        more: page.more,
+    }))
 }
 
 /// Runs a group change as the operator.

@@ -10,7 +10,10 @@
 //! entry as the downloader through the backend, so the domain's own rule
 //! (only members read a conversation) decides, and the entry must reference
 //! the media. No signed URLs: a URL that works for anyone who holds it
-//! would outlive a member's removal from the group.
+//! would outlive a member's removal from the group. An image that is a
+//! user's avatar (`Profile.avatar` holds its media id, and that user
+//! uploaded it) is named by that user instead (`?avatar_of=…`): profiles
+//! are public, so is the avatar, until its owner sets another.
 //!
 //! The body limit of `[http]` does not apply under `/api/v1/media`
 //! (`http::OWN_BODY_LIMIT_PREFIX`): an upload is held to the limit of its
@@ -507,13 +510,16 @@ pub struct DownloadQuery {
     pub conversation_id: Option<String>,
     /// The message's sequence in it.
     pub seq: Option<u64>,
+    /// Or the user whose profile's avatar is this (image) media.
+    pub avatar_of: Option<String>,
 }
 
 /// Download media (an original, a thumbnail or a compressed variant).
 ///
 /// A service key with the `media` scope and the uploader may always
 /// download; anyone else names the message that carries the media with
-/// `conversation_id` and `seq`, and must be able to read that conversation.
+/// `conversation_id` and `seq`, and must be able to read that conversation,
+/// or names the user whose avatar the image is with `avatar_of`.
 #[utoipa::path(
     get,
     path = "/api/v1/media/{media_id}",
@@ -523,7 +529,7 @@ pub struct DownloadQuery {
         (status = 200, description = "The bytes, with their sniffed `Content-Type`", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 401, description = "No valid API key or user token", body = ErrorBody),
         (status = 403, description = "Not the uploader and no message named (`forbidden`), or not a member of its conversation (`not_member`)", body = ErrorBody),
-        (status = 404, description = "No such media, or the named message does not carry it", body = ErrorBody),
+        (status = 404, description = "No such media, or the named message (or user's avatar) is not it", body = ErrorBody),
         (status = 502, description = "The media store (S3) answered with an error (`MEDIA_STORE_ERROR`)", body = ErrorBody),
         (status = 503, description = "The media store (S3) cannot be reached (`MEDIA_STORE_UNAVAILABLE`)", body = ErrorBody),
     ),
@@ -558,12 +564,25 @@ async fn download(
     if let Caller::User(user) = &caller
         && *user != meta.owner
     {
+        if let Some(of) = q.avatar_of {
+            // Only an image `of` uploaded: an avatar never republishes
+            // media that came to its user in a conversation.
+            if meta.kind != Kind::Image
+                || meta.owner != of
+                || !is_avatar_of(&state, user, of.clone(), parent).await?
+            {
+                return Err(ApiError::not_found(format!(
+                    "media {parent:?} is not the avatar of {of:?}"
+                )));
+            }
+            return serve(&svc, &meta, &media_id, mime, size).await;
+        }
         let (Some(conversation_id), Some(seq)) = (q.conversation_id, q.seq) else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "PERMISSION_DENIED",
                 "only the uploader may fetch media without naming the message that carries it \
-                 (?conversation_id=…&seq=…)",
+                 (?conversation_id=…&seq=…), or the user whose avatar it is (?avatar_of=…)",
             ));
         };
         let carried = carried_by(&state, user, conversation_id, seq, parent).await?;
@@ -573,13 +592,26 @@ async fn download(
             )));
         }
     }
+    serve(&svc, &meta, &media_id, mime, size).await
+}
+
+/// The bytes of `media_id` (the original or a variant of `meta`), with the
+/// headers every download carries.
+async fn serve(
+    svc: &MediaService,
+    meta: &Meta,
+    media_id: &str,
+    mime: String,
+    size: u64,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("no media {media_id:?}"));
     // Streamed from the store as the client takes it (and opened on the
     // way when sealed): never whole in memory.
-    let object = svc.store.get(&media_id).await?.ok_or_else(not_found)?;
+    let object = svc.store.get(media_id).await?.ok_or_else(not_found)?;
     let body = if meta.sealed {
         let ring = svc.keys.load_full();
         let reader = tokio_util::io::StreamReader::new(object.stream);
-        let stream = media::seal::open_stream(ring.as_deref(), &media_id, reader)
+        let stream = media::seal::open_stream(ring.as_deref(), media_id, reader)
             .await
             .map_err(|e| match e {
                 media::seal::OpenError::Io(e) => MediaError::Io(e),
@@ -621,6 +653,21 @@ async fn download(
     Ok(r)
 }
 
+/// Reads the profile of `of` as `user` and tells whether its avatar is
+/// media `id` (an original: a variant goes with it).
+async fn is_avatar_of(
+    state: &ApiState,
+    user: &str,
+    of: String,
+    id: &str,
+) -> Result<bool, ApiError> {
+    let req = pb::ProfileRequest { user_id: of };
+    match state.backend.call(user, PbBody::Profile(req)).await? {
+        Some(PbBody::ProfileResult(r)) => Ok(r.profile.is_some_and(|p| p.avatar == id)),
+        _ => Err(ApiError::internal("unexpected answer to a profile request")),
+    }
+}
+
 /// Reads entry `seq` of `conversation_id` as `user` (the domain refuses a
 /// non-member) and tells whether its message carries media `id`.
 async fn carried_by(
@@ -634,6 +681,7 @@ async fn carried_by(
         conversation_id,
         before_seq: seq.saturating_add(1),
         limit: 1,
+        thread_root_seq: 0,
     };
     let Some(PbBody::HistoryResult(page)) = state.backend.call(user, PbBody::History(req)).await?
     else {

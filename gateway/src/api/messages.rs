@@ -1,11 +1,16 @@
 //! `POST /api/v1/messages` (one user or group), `POST
-//! /api/v1/messages/batch` (a list of users, a result each) and `POST
+//! /api/v1/messages/batch` (a list of users, a result each), `POST
 //! /api/v1/broadcasts` (every user online on this node, at a bounded
-//! rate). A `from` listed in `[api_ops] system_users` sends with operator
+//! rate) and `PATCH /api/v1/conversations/{id}/messages/{seq}` (an edit,
+//! as the message's sender). A `from` listed in `[api_ops] system_users` sends with operator
 //! rights (no friendship or membership needed); any other `from` follows
 //! the chat rules as that user.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
 use serde::{Deserialize, Serialize};
 use tern_protocol::pb::{self, frame::Body};
 use utoipa::ToSchema;
@@ -23,6 +28,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(send_message))
         .routes(routes!(send_batch))
         .routes(routes!(broadcast))
+        .routes(routes!(edit_message))
 }
 
 /// A message to send.
@@ -268,6 +274,91 @@ async fn send_one(
             server_time_ms: ack.server_time_ms,
             duplicate: ack.duplicate,
         }),
+        other => Err(ApiError::internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// An edit of a message, made as its sender.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    /// Makes the call idempotent: a retry with the same `request_id` (and
+    /// the same `from` and conversation) changes nothing and answers the
+    /// first `edit_seq`. 1..=64 bytes.
+    pub request_id: String,
+    /// The message's sender: only the sender edits a message.
+    pub from: String,
+    /// The new content, of the same kind as the message's.
+    pub content: MessageContent,
+    /// More edits follow (a reply still being written); false or left out:
+    /// this is the final text.
+    #[serde(default)]
+    pub streaming: bool,
+}
+
+/// Where an edit was stored.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EditedMessage {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The edited message's seq.
+    pub seq: u64,
+    /// The seq of the `edited` entry this edit appended (for a retried
+    /// `request_id`, the first one's).
+    pub edit_seq: u64,
+}
+
+/// Edit a message as its sender.
+///
+/// The same rules as a client's `edit` (docs/protocol.md, "Edit"): only the
+/// sender, within the edit window, not a recalled message, the same kind of
+/// content. The message is rewritten in place and an `edited` entry is
+/// pushed to every device of the conversation.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/conversations/{conversation_id}/messages/{seq}",
+    tag = "messages",
+    params(
+        ("conversation_id" = String, Path, description = "`d:<a>:<b>` or `g:<group>`"),
+        ("seq" = u64, Path, description = "The message's seq"),
+    ),
+    request_body = EditMessage,
+    responses(
+        (status = 200, description = "Edited (or a retry of an earlier call)", body = EditedMessage),
+        (status = 400, description = "Invalid argument (also: another kind of content)", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `messages` scope, or `from` is not the message's sender or may not write there", body = ErrorBody),
+        (status = 404, description = "No message at this seq, or it was recalled", body = ErrorBody),
+        (status = 409, description = "`EDIT_WINDOW_PASSED`, or `LIMIT_REACHED` (edits of this message)", body = ErrorBody),
+        (status = 503, description = "Overloaded or stopping; retry after `Retry-After`", body = ErrorBody),
+    ),
+)]
+async fn edit_message(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path((conversation_id, seq)): Path<(String, u64)>,
+    body: Result<Json<EditMessage>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<EditedMessage>, ApiError> {
+    auth.require(Scope::Messages)?;
+    let Json(m) = body?;
+    check_user("from", &m.from)?;
+    let edit = pb::EditRequest {
+        conversation_id: conversation_id.clone(),
+        seq,
+        client_edit_id: m.request_id,
+        content: Some(m.content.into_pb()?),
+        streaming: m.streaming,
+    };
+    match state
+        .ops
+        .call_from(&state.backend, &m.from, Body::Edit(edit))
+        .await?
+    {
+        Some(Body::Ok(ok)) => Ok(Json(EditedMessage {
+            conversation_id,
+            seq,
+            edit_seq: ok.seq,
+        })),
         other => Err(ApiError::internal(format!("unexpected answer {other:?}"))),
     }
 }

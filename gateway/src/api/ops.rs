@@ -12,7 +12,7 @@ use crate::{
     config::ApiOpsSettings,
     mailbox::Sender,
     metrics::Metrics,
-    msg::{ShardMsg, owner_shard},
+    msg::{DeviceEntry, ShardMsg, owner_shard},
 };
 use tern_protocol::pb::frame::Body;
 
@@ -59,23 +59,64 @@ impl ApiOps {
         user: &str,
         timeout: std::time::Duration,
     ) -> Result<Vec<String>, ApiError> {
-        if self.shards.is_empty() {
-            return Err(ApiError::overloaded("no shard"));
-        }
+        let mut devices: Vec<String> = self
+            .device_entries(user, timeout)
+            .await?
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect();
+        devices.sort_unstable();
+        Ok(devices)
+    }
+
+    /// The devices of `user` connected to this node with what they said at
+    /// login, oldest login first.
+    pub async fn device_entries(
+        &self,
+        user: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<DeviceEntry>, ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let msg = ShardMsg::Devices {
             user: user.to_owned(),
             reply: tx,
         };
+        self.ask_owner(user, msg, rx, timeout).await
+    }
+
+    /// Logs out `device` of `user` on this node (kicked with `LOGGED_OUT`,
+    /// its older tokens refused): true if it was connected here.
+    pub async fn logout(
+        &self,
+        user: &str,
+        device: &str,
+        timeout: std::time::Duration,
+    ) -> Result<bool, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = ShardMsg::Logout {
+            ident: format!("{user}\0{device}").into_boxed_str(),
+            reply: tx,
+        };
+        self.ask_owner(user, msg, rx, timeout).await
+    }
+
+    /// Sends `msg` to `user`'s owner shard and waits for its answer.
+    async fn ask_owner<T>(
+        &self,
+        user: &str,
+        msg: ShardMsg,
+        rx: tokio::sync::oneshot::Receiver<T>,
+        timeout: std::time::Duration,
+    ) -> Result<T, ApiError> {
+        if self.shards.is_empty() {
+            return Err(ApiError::overloaded("no shard"));
+        }
         let shard = owner_shard(user, self.shards.len());
         if self.shards[shard].lock().send(msg).is_err() {
             return Err(ApiError::overloaded("the shard queue is full"));
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(mut devices)) => {
-                devices.sort_unstable();
-                Ok(devices)
-            }
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(ApiError::overloaded("the shard is stopping")),
             Err(_) => Err(ApiError::overloaded("the shard did not answer in time")),
         }

@@ -39,8 +39,10 @@ pub struct History {
     pub conversation_id: String,
     /// Entries in increasing seq: `{seq, sender, sender_device,
     /// client_msg_id, time_ms, type, ...}` where `type` is `message` (with
-    /// `content`, `mentions`, `reply_to_seq`, `recalled`), `recalled` (with
-    /// `recalled_seq`), `read` (with `up_to_seq`) or `group_event`.
+    /// `content`, `mentions`, `reply_to_seq`, `recalled`, `edit_count`,
+    /// `edited_at_ms`, `streaming`), `recalled` (with `recalled_seq`),
+    /// `edited` (with `edited_seq`, `content`, `edit_count`, `streaming`),
+    /// `read` (with `up_to_seq`) or `group_event`.
     #[schema(value_type = Vec<Object>)]
     pub entries: Vec<Value>,
     /// Older entries exist: ask again with `before_seq` = `next_before_seq`.
@@ -130,6 +132,7 @@ async fn history(
         conversation_id: conversation_id.clone(),
         before_seq: page.before_seq.unwrap_or(0),
         limit: page.limit.unwrap_or(0),
+        thread_root_seq: 0,
     });
     match state.backend.call_admin(state.ops.operator(), ask).await? {
         Some(Body::HistoryResult(r)) => Ok(Json(History {
@@ -231,6 +234,16 @@ fn presence_name(state: i32) -> &'static str {
     }
 }
 
+/// A to-do action's JSON name.
+pub(crate) fn todo_action_name(action: i32) -> &'static str {
+    match pb::TodoAction::try_from(action) {
+        Ok(pb::TodoAction::Create) => "create",
+        Ok(pb::TodoAction::Done) => "done",
+        Ok(pb::TodoAction::Undo) => "undo",
+        _ => "unspecified",
+    }
+}
+
 /// A log entry as JSON.
 fn entry_json(e: pb::Entry) -> Value {
     let mut v = json!({
@@ -248,16 +261,75 @@ fn entry_json(e: pb::Entry) -> Value {
             "mention_all": m.mention_all,
             "reply_to_seq": m.reply_to_seq,
             "recalled": m.recalled,
+            "edit_count": m.edit_count,
+            "edited_at_ms": m.edited_at_ms,
+            "streaming": m.streaming,
+            "reactions": m.reactions.iter().map(|k| json!({
+                "emoji": k.emoji,
+                "count": k.count,
+                "users": k.users,
+            })).collect::<Vec<_>>(),
+            "thread_root_seq": m.thread_root_seq,
+            "thread": m.thread.map_or(Value::Null, |t| json!({
+                "reply_count": t.reply_count,
+                "last_reply_seq": t.last_reply_seq,
+            })),
         }),
         Some(pb::entry::Body::Recalled(r)) => json!({"type": "recalled", "recalled_seq": r.seq}),
+        Some(pb::entry::Body::Edited(x)) => json!({
+            "type": "edited",
+            "edited_seq": x.seq,
+            "content": x.content.map_or(Value::Null, content_json),
+            "edit_count": x.edit_count,
+            "streaming": x.streaming,
+        }),
         Some(pb::entry::Body::Read(r)) => json!({"type": "read", "up_to_seq": r.up_to_seq}),
         Some(pb::entry::Body::GroupEvent(_)) => json!({"type": "group_event"}),
+        Some(pb::entry::Body::CallRecord(c)) => json!({
+            "type": "call_record",
+            "call_id": c.call_id,
+            "outcome": call_outcome_name(c.outcome),
+            "participants": c.participants,
+            "answered": c.answered,
+            "video": c.video,
+            "started_ms": c.started_ms,
+            "duration_ms": c.duration_ms,
+        }),
+        Some(pb::entry::Body::Reaction(r)) => json!({
+            "type": "reaction",
+            "reaction_seq": r.seq,
+            "emoji": r.emoji,
+            "removed": r.removed,
+        }),
+        Some(pb::entry::Body::Pin(p)) => json!({
+            "type": "pin",
+            "pin_seq": p.seq,
+            "unpinned": p.unpinned,
+        }),
+        Some(pb::entry::Body::Todo(t)) => json!({
+            "type": "todo",
+            "todo_seq": t.seq,
+            "action": todo_action_name(t.action),
+            "assignees": t.assignees,
+        }),
         None => json!({"type": "unknown"}),
     };
     if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
         obj.extend(more);
     }
     v
+}
+
+/// A call's outcome as the API names it: `completed`, `missed`, `rejected`,
+/// `cancelled` (or `unspecified`).
+pub(crate) fn call_outcome_name(o: i32) -> &'static str {
+    match pb::CallOutcome::try_from(o).unwrap_or_default() {
+        pb::CallOutcome::Unspecified => "unspecified",
+        pb::CallOutcome::Completed => "completed",
+        pb::CallOutcome::Missed => "missed",
+        pb::CallOutcome::Rejected => "rejected",
+        pb::CallOutcome::Cancelled => "cancelled",
+    }
 }
 
 /// Message content as JSON, in the shape `POST /api/v1/messages` takes.

@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(ban, unban))
         .routes(routes!(kick))
         .routes(routes!(devices))
+        .routes(routes!(logout_device))
 }
 
 /// A user's profile.
@@ -102,6 +103,34 @@ pub struct Devices {
     pub node_id: String,
     /// Device ids, sorted.
     pub devices: Vec<String>,
+    /// The same devices with what they said at login, oldest login first
+    /// (at most 256).
+    pub details: Vec<DeviceDetail>,
+}
+
+/// One connected device.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceDetail {
+    /// The device id.
+    pub device_id: String,
+    /// `Auth.platform`: `ios`, `android`, `web`, `desktop`, `cli`, `bot`
+    /// or `unspecified`.
+    pub platform: String,
+    /// The node that holds its connection.
+    pub node_id: String,
+    /// When it logged in, Unix milliseconds.
+    pub login_time_ms: u64,
+    /// `Auth.client_version`.
+    pub client_version: String,
+}
+
+/// What a logout did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoggedOut {
+    /// The user.
+    pub user_id: String,
+    /// The device, kicked with `LOGGED_OUT`.
+    pub device_id: String,
 }
 
 /// A user's profile.
@@ -327,12 +356,85 @@ async fn devices(
 ) -> Result<Json<Devices>, ApiError> {
     auth.require(Scope::Users)?;
     check_user("user_id", &user_id)?;
-    let devices = state.ops.devices(&user_id, state_timeout(&state)).await?;
+    let entries = state
+        .ops
+        .device_entries(&user_id, state_timeout(&state))
+        .await?;
+    let mut devices: Vec<String> = entries.iter().map(|d| d.device_id.clone()).collect();
+    devices.sort_unstable();
+    let details = entries
+        .into_iter()
+        .map(|d| DeviceDetail {
+            device_id: d.device_id,
+            platform: platform_name(d.platform).to_owned(),
+            node_id: state.node_id.to_string(),
+            login_time_ms: d.login_time_ms,
+            client_version: d.client_version,
+        })
+        .collect();
     Ok(Json(Devices {
         user_id,
         node_id: state.node_id.to_string(),
         devices,
+        details,
     }))
+}
+
+/// Log out one device of a user.
+///
+/// The device gets a `Kick` with reason `LOGGED_OUT` and is closed once it
+/// is written; its logins with a token issued no later than now are refused
+/// (`DEVICE_LOGGED_OUT`) for `[login] logged_out_block_ms`
+/// (docs/protocol.md, "Devices and login policies"). Only a device connected
+/// to this node is found.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user_id}/devices/{device_id}",
+    tag = "users",
+    params(
+        ("user_id" = String, Path, description = "The user"),
+        ("device_id" = String, Path, description = "The device"),
+    ),
+    responses(
+        (status = 200, description = "Logged out", body = LoggedOut),
+        (status = 400, description = "Bad user or device id", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
+        (status = 404, description = "The device is not connected to this node", body = ErrorBody),
+    ),
+)]
+async fn logout_device(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path((user_id, device_id)): Path<(String, String)>,
+) -> Result<Json<LoggedOut>, ApiError> {
+    auth.require(Scope::Users)?;
+    check_user("user_id", &user_id)?;
+    check_device("device_id", &device_id)?;
+    let found = state
+        .ops
+        .logout(&user_id, &device_id, state_timeout(&state))
+        .await?;
+    if !found {
+        return Err(ApiError::not_found(format!(
+            "device {device_id:?} of {user_id:?} is not connected to this node"
+        )));
+    }
+    tracing::info!(user = %user_id, device = %device_id, key = %auth.key_name, "device logged out");
+    Ok(Json(LoggedOut { user_id, device_id }))
+}
+
+/// The lower-case name of a platform, as the API shows it.
+fn platform_name(p: pb::Platform) -> &'static str {
+    match p {
+        pb::Platform::Unspecified => "unspecified",
+        pb::Platform::Ios => "ios",
+        pb::Platform::Android => "android",
+        pb::Platform::Web => "web",
+        pb::Platform::Desktop => "desktop",
+        pb::Platform::Cli => "cli",
+        pb::Platform::Bot => "bot",
+    }
 }
 
 /// How long a shard may take to answer.

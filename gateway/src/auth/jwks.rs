@@ -44,8 +44,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum JwksSource {
     /// A local file.
     File(PathBuf),
-    /// An `http://` URL.
-    Url(String),
+    /// An `http://` or `https://` URL; https is verified against the roots.
+    Url(String, crate::outbound::Roots),
 }
 
 /// One usable key: its decoding key and the validation pinned to its
@@ -103,7 +103,7 @@ impl JwksSource {
     fn name(&self) -> String {
         match self {
             Self::File(p) => p.display().to_string(),
-            Self::Url(u) => u.clone(),
+            Self::Url(u, _) => u.clone(),
         }
     }
 
@@ -123,9 +123,10 @@ impl JwksSource {
                 }
                 Ok(text)
             }
-            Self::Url(url) => {
+            Self::Url(url, roots) => {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .timeout_global(Some(FETCH_TIMEOUT))
+                    .tls_config(roots.ureq_tls())
                     .build()
                     .into();
                 let mut answer = agent.get(url).call().map_err(|e| err(e.to_string()))?;
@@ -219,7 +220,7 @@ impl Jwks {
         let (keys, retry) = match (first, &source) {
             (Ok(keys), _) => (keys, false),
             (Err(e), JwksSource::File(_)) => return Err(e),
-            (Err(e), JwksSource::Url(_)) => {
+            (Err(e), JwksSource::Url(..)) => {
                 warn!(error = %e, "JWKS not available yet; every kid is unknown until it is");
                 (KeySet::new(), true)
             }

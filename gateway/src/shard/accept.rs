@@ -77,7 +77,13 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, what: L
             continue;
         }
         if let Err(retry_after_ms) = shard.limits.check_accept(peer.ip(), shard.epoch.elapsed()) {
-            refuse_rate_limited(stream, transport, retry_after_ms);
+            refuse(
+                stream,
+                transport,
+                secure,
+                Refusal::RateLimited,
+                retry_after_ms,
+            );
             continue;
         }
         shard
@@ -90,6 +96,16 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, what: L
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if shard.conns.borrow().len() >= shard.connections_max || shard.draining.get() {
             shard.metrics.closed(CloseReason::Refused);
+            // Jittered, so that the clients refused in one storm do not all
+            // come back at the same moment.
+            let retry_after_ms = shard.limits.kick_retry_after_ms();
+            refuse(
+                stream,
+                transport,
+                secure,
+                Refusal::Overloaded,
+                retry_after_ms,
+            );
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -139,11 +155,12 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, what: L
             transport,
             timer_at: u64::MAX,
             closing: None,
+            io: 0,
             quiet: false,
         };
         let mut conns = shard.conns.borrow_mut();
         let key = conns.insert(conn) as u32;
-        if shard.register(key, &conns[key as usize]).is_err() {
+        if shard.register(key, &mut conns[key as usize]).is_err() {
             conns.remove(key as usize);
             shard.metrics.closed(CloseReason::Error);
             continue;
@@ -152,22 +169,55 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, what: L
     }
 }
 
-/// Tells a connection refused by its IP's rate why, best effort (one
-/// non-blocking send, which a fresh socket takes), and closes it: a TCP
-/// client gets `Error{RATE_LIMITED}` with `retry_after_ms` (request id 0:
-/// about the connection), a WebSocket client an HTTP 429 with
-/// `Retry-After` (seconds, rounded up). Nothing else is kept for it.
-fn refuse_rate_limited(stream: monoio::net::TcpStream, transport: Transport, retry_after_ms: u32) {
+/// Why a connection is refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Its source IP is over `limits.connections_per_ip_*`: the exact wait.
+    RateLimited,
+    /// The shard holds `shards.connections_max` connections, or is draining:
+    /// a wait drawn from the `[limits]` kick window.
+    Overloaded,
+}
+
+/// Tells a connection refused at accept why, best effort (one non-blocking
+/// send, which a fresh socket takes), and closes it: a TCP client gets
+/// `Error{RATE_LIMITED}` or `Error{OVERLOADED}` with `retry_after_ms`
+/// (request id 0: about the connection), a WebSocket client an HTTP 429 or
+/// 503 with `Retry-After` (seconds, rounded up). A TLS listener's client is
+/// closed without a word: nothing can be said to it before a handshake.
+/// Nothing else is kept for it.
+fn refuse(
+    stream: monoio::net::TcpStream,
+    transport: Transport,
+    secure: bool,
+    why: Refusal,
+    retry_after_ms: u32,
+) {
     // SAFETY: `into_raw_fd` hands over sole ownership of the descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+    if secure {
+        return;
+    }
+    let (code, reason, status) = match why {
+        Refusal::RateLimited => (
+            pb::ErrorCode::RateLimited,
+            "too many new connections from this address",
+            "429 Too Many Requests",
+        ),
+        Refusal::Overloaded => (
+            pb::ErrorCode::Overloaded,
+            "the server holds all the connections it can; reconnect later",
+            "503 Service Unavailable",
+        ),
+    };
     // Deliberate allocation: one short answer, freed before the next accept.
     let mut out = Vec::with_capacity(128);
     if transport == Transport::Tcp {
         let frame = pb::Frame {
             request_id: 0,
             body: Some(Body::Error(pb::Error {
-                code: pb::ErrorCode::RateLimited as i32,
-                reason: "too many new connections from this address".into(),
+                code: code as i32,
+                reason: reason.into(),
                 retry_after_ms,
             })),
         };
@@ -175,7 +225,7 @@ fn refuse_rate_limited(stream: monoio::net::TcpStream, transport: Transport, ret
     } else {
         out.extend_from_slice(
             format!(
-                "HTTP/1.1 429 Too Many Requests\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                "HTTP/1.1 {status}\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
                 retry_after_ms.div_ceil(1000)
             )
             .as_bytes(),

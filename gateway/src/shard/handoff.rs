@@ -11,7 +11,12 @@ use tern_protocol::{pb, session::AuthOk};
 use tracing::{info, warn};
 
 use super::{Conn, Shard, SmallKeys, Spill, inbox::Resume, ingest::after_ingest};
-use crate::{bridge::RouteChange, limits::Limit, metrics::CloseReason, msg::Handoff};
+use crate::{
+    bridge::RouteChange,
+    limits::Limit,
+    metrics::CloseReason,
+    msg::{Handoff, LoginInfo},
+};
 
 impl Shard {
     /// The same device logged in on another node: its connection here is
@@ -122,11 +127,13 @@ impl Shard {
             transport: h.transport,
             timer_at: u64::MAX,
             closing: None,
+            io: 0,
             quiet: false,
         };
         let key = self.conns.borrow_mut().insert(conn) as u32;
         let generation = self.conns.borrow()[key as usize].generation;
-        if let Err(e) = self.register(key, &self.conns.borrow()[key as usize]) {
+        let registered = self.register(key, &mut self.conns.borrow_mut()[key as usize]);
+        if let Err(e) = registered {
             warn!(error = %e, "adopting a connection failed");
             self.conns.borrow_mut().remove(key as usize);
             return;
@@ -134,7 +141,7 @@ impl Shard {
         self.metrics
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.welcome(key, h.user, h.device, h.resume, h.quiet);
+        self.welcome(key, h.user, h.device, h.resume, h.quiet, h.login);
         // Bytes that came with the handoff (frames pipelined after auth).
         let partial = self.conns.borrow_mut()[key as usize].take_partial();
         let partial = [partial, h.partial].concat();
@@ -201,9 +208,13 @@ impl Shard {
         device: Box<str>,
         resume: Vec<pb::Cursor>,
         quiet: bool,
+        login: LoginInfo,
     ) {
         let now = self.now_ms();
         if self.refuse_login(key, &user, &device, now) {
+            return;
+        }
+        if self.refuse_logged_out(key, &user, &device, &login, now) {
             return;
         }
         let mut conns = self.conns.borrow_mut();
@@ -223,7 +234,15 @@ impl Shard {
                 others_counted |= !old.quiet;
             }
         }
-        conns[key as usize].ident = Some(format!("{user}\0{device}").into_boxed_str());
+        // The platform class's limit (`[login]`): its oldest others kicked.
+        self.enforce_login_policy(&mut conns, key, &user, login.platform);
+        conns[key as usize].ident = Some(super::devices::ident(
+            &user,
+            &device,
+            &login,
+            Self::server_time_ms(),
+            self.logins_seen.replace(self.logins_seen.get() + 1),
+        ));
         // Before Welcome: the device's first sync queues behind it in the
         // same worker ring, so it runs once the route exists.
         self.route_change(&user, &device, RouteChange::Up);
@@ -244,6 +263,9 @@ impl Shard {
         };
         // The session is Authenticating: it emitted the Authenticate event.
         let _ = c.session.handle_auth_ok(&self.cfg, now, ok);
+        self.metrics
+            .logins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.flush(key, c);
         self.arm(key, c);
         if !self.login_check(key, c.generation, &user, &device) {

@@ -278,13 +278,11 @@ impl Shard {
             }
             ShardMsg::Drain => self.draining.set(true),
             ShardMsg::Devices { user, reply } => {
-                let conns = self.conns.borrow();
-                let devices = self
-                    .devices_of(&conns, &user)
-                    .iter()
-                    .filter_map(|&k| conns.get(k as usize)?.device().map(str::to_owned))
-                    .collect();
-                let _ = reply.send(devices);
+                let _ = reply.send(self.devices_for_api(&user));
+            }
+            ShardMsg::Logout { ident, reply } => {
+                let (user, device) = ident.split_once('\0').unwrap_or((&ident, ""));
+                let _ = reply.send(self.logout(user, device));
             }
             ShardMsg::OnlineUsers { reply } => {
                 // One pass over the device index: indexed devices are the
@@ -327,7 +325,7 @@ impl Shard {
 
     /// Sends one connection a `Kick` (the session's own frame, with its
     /// message for the reason) and closes it after its output is written.
-    fn kick_conn(self: &Rc<Self>, key: u32, c: &mut Conn, kick: &pb::Kick) {
+    pub(super) fn kick_conn(self: &Rc<Self>, key: u32, c: &mut Conn, kick: &pb::Kick) {
         let reason = pb::KickReason::try_from(kick.reason).unwrap_or(pb::KickReason::Admin);
         let now = self.now_ms();
         // Rate-limited with the failed logins: a banned client that keeps

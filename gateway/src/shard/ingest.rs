@@ -28,7 +28,7 @@ use crate::{
     bridge::BackendRequest,
     limits::Limit,
     metrics::CloseReason,
-    msg::{Handoff, PRESENCE_QUIET, ShardMsg, Transport, owner_shard},
+    msg::{Handoff, LoginInfo, PRESENCE_QUIET, ShardMsg, Transport, owner_shard},
     ws,
 };
 
@@ -226,13 +226,18 @@ impl Shard {
             while let Some(ev) = c.session.poll_event() {
                 match ev {
                     session::Event::Authenticate(auth) => {
-                        let verdict = self.verifier.verify(&auth.token);
+                        let verdict = self.verifier.verify_login(&auth.token);
                         match verdict {
-                            Ok(user) => {
+                            Ok(crate::auth::Verified { user, issued_at }) => {
                                 let owner = owner_shard(&user, self.shards);
                                 let rest = data[pos..].to_vec();
                                 let auth = *auth;
                                 let quiet = auth.capabilities.iter().any(|c| c == PRESENCE_QUIET);
+                                let login = LoginInfo {
+                                    platform: auth.platform,
+                                    client_version: auth.client_version.into(),
+                                    issued_at,
+                                };
                                 return Ingest::Authenticated {
                                     owner,
                                     user: user.into(),
@@ -240,6 +245,7 @@ impl Shard {
                                     rest,
                                     resume: auth.resume_cursors,
                                     quiet,
+                                    login: Box::new(login),
                                 };
                             }
                             Err(e) => {
@@ -308,6 +314,19 @@ impl Shard {
                                 );
                                 continue;
                             }
+                        }
+                        if matches!(
+                            frame.body,
+                            Some(Body::DeviceList(_) | Body::DeviceLogout(_))
+                        ) {
+                            // Answered here (all the user's devices on this
+                            // node are on this shard), once this feed lets
+                            // go of the connections: a task per such rare
+                            // request (`devices.rs`).
+                            let shard = self.clone();
+                            let from = self.conn_ref(key, c.generation);
+                            monoio::spawn(async move { shard.device_request(from, frame) });
+                            continue;
                         }
                         let mut req = BackendRequest::new(
                             self.conn_ref(key, c.generation),
@@ -411,6 +430,7 @@ pub(super) enum Ingest {
         rest: Vec<u8>,
         resume: Vec<pb::Cursor>,
         quiet: bool,
+        login: Box<LoginInfo>,
     },
     Blocked {
         request: Box<BackendRequest>,
@@ -445,22 +465,29 @@ pub(super) fn read_and_ingest(shard: &Rc<Shard>, key: u32, fd: RawFd) -> Read {
         .metrics
         .bytes_in
         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    ingest_read(shard, key, &mut buf[..n])
+}
+
+/// Feeds what one read gave (`incoming`: in the shard's read buffer, or in a
+/// provided buffer of the io_uring path) to the connection: decrypted first
+/// on a TLS connection; only an incomplete frame is copied out.
+pub(super) fn ingest_read(shard: &Rc<Shard>, key: u32, incoming: &mut [u8]) -> Read {
     let secure = shard.conns.borrow()[key as usize]
         .spill
         .as_ref()
         .is_some_and(|s| s.tls.is_some());
     if secure {
-        return super::tls::read_tls(shard, key, &mut buf[..n]);
+        return super::tls::read_tls(shard, key, incoming);
     }
     let mut conns = shard.conns.borrow_mut();
     let c = &mut conns[key as usize];
     let mut partial = c.take_partial();
     if partial.is_empty() {
         drop(conns);
-        return Read::Ingested(shard.ingest(key, &buf[..n]));
+        return Read::Ingested(shard.ingest(key, incoming));
     }
     // Complete the partial frame: append and feed the whole.
-    partial.extend_from_slice(&buf[..n]);
+    partial.extend_from_slice(incoming);
     drop(conns);
     Read::Ingested(shard.ingest(key, &partial))
 }
@@ -503,10 +530,11 @@ pub(super) fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut out
                 rest,
                 resume,
                 quiet,
+                login,
             } => {
                 if owner == shard.id {
                     shard.conns.borrow_mut()[key as usize].set_partial(rest);
-                    shard.welcome(key, user, device, resume, quiet);
+                    shard.welcome(key, user, device, resume, quiet, *login);
                     let partial = shard.conns.borrow_mut()[key as usize].take_partial();
                     if partial.is_empty() {
                         return;
@@ -516,6 +544,21 @@ pub(super) fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut out
                 }
                 // Move to the owner shard: the fd travels over the ring.
                 let conn = shard.conns.borrow_mut().remove(key as usize);
+                if shard.uring.is_some() {
+                    // Nothing queued on this ring may name its descriptor
+                    // once it belongs to another shard.
+                    shard.uring_forget(key, &conn);
+                }
+                if shard.uring.is_some() && Shard::uring_busy(&conn) {
+                    // Not reached in practice: before auth a connection's
+                    // recv is single-shot (done: its bytes are being fed)
+                    // and its writes direct; only a socket that did not
+                    // take a handshake answer keeps bytes here. Those cannot
+                    // follow it to another ring in order: closed, the client
+                    // logs in again.
+                    shard.metrics.closed(CloseReason::Error);
+                    return;
+                }
                 shard
                     .metrics
                     .connections
@@ -548,6 +591,7 @@ pub(super) fn after_ingest(shard: &Rc<Shard>, key: u32, generation: u32, mut out
                     resume,
                     quiet,
                     tls,
+                    login: *login,
                 });
                 let mut to = shard.to_shards.borrow_mut();
                 let tx = to[owner].as_mut().expect("a ring to every other shard");

@@ -17,6 +17,16 @@
 //! connection that sent nothing for a burst period has none, so an idle
 //! connection costs nothing here. Every map is bounded by
 //! `limits.tracked_max` and swept every second (`housekeep`).
+//!
+//! The two login limiters (logins per user, flapping per device) are
+//! different: every login takes a cell, which stays seconds (the flapping
+//! cell 4 s with the defaults), so a login storm would fill a map with one
+//! cell per connection, and the map's growth and the pages it leaves behind
+//! would cost every connection of the storm ~100 B. They keep their cells
+//! in a [`RecentCells`] table instead: a fixed number of slots allocated
+//! once, where a new key takes a free slot or, with none free, the slot of
+//! the key nearest to its fresh state (a device that logged in once, long
+//! before) — a key near its limit has the most state and stays.
 
 use std::{
     cell::{Cell, RefCell},
@@ -106,6 +116,159 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for LocalStore<K> {
     }
 }
 
+/// Slots of one set of a [`RecentCells`] table: a key lives in one set
+/// (two cache lines), found by a scan of its slots.
+const SET_SLOTS: usize = 8;
+
+/// Slots of each login limiter's [`RecentCells`] table per shard (16 B
+/// each: 64 KiB). A login storm keeps a cell per login for seconds; more
+/// logins than this within that time only evict cells of keys that are far
+/// from their limit (each such cell holds one or two logins).
+const LOGIN_CELLS: usize = 4096;
+
+/// A GCRA state store of a fixed size, for keys that are rarely near their
+/// limit: `(key, theoretical arrival time)` slots in sets of
+/// [`SET_SLOTS`], allocated once. A slot whose time has passed is free (a
+/// cell at or before `now` limits exactly like no cell). A key not found
+/// takes a free slot of its set or, with none free, the slot with the
+/// earliest time: the key nearest to fresh, whose count is forgotten
+/// (counted in `tern_rate_limit_untracked_total`). Nothing is swept,
+/// nothing grows, nothing is freed: the table costs the same for 10 logins
+/// and for 10 million.
+#[derive(Debug, Clone)]
+pub(super) struct RecentCells(Rc<RecentInner>);
+
+#[derive(Debug)]
+struct RecentInner {
+    /// `[key, tat in ns of shard time]`; `LOGIN_CELLS` slots, zeroed (free).
+    slots: RefCell<Box<[[u64; 2]]>>,
+    clock: ShardClock,
+    metrics: Arc<LimitMetrics>,
+}
+
+impl RecentCells {
+    /// A table of `slots` (a power of two, at least [`SET_SLOTS`]).
+    fn new(slots: usize, clock: &ShardClock, metrics: Arc<LimitMetrics>) -> Self {
+        assert!(
+            slots.is_power_of_two() && slots >= SET_SLOTS,
+            "{slots} slots"
+        );
+        // Deliberate allocation: the table's one allocation, for its life.
+        Self(Rc::new(RecentInner {
+            slots: RefCell::new(vec![[0u64; 2]; slots].into_boxed_slice()),
+            clock: clock.clone(),
+            metrics,
+        }))
+    }
+
+    /// The first slot of `key`'s set.
+    fn set_of(key: u64, slots: usize) -> usize {
+        // Keys are hashes already; the multiply spreads their high bits.
+        let mixed = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        (mixed as usize & (slots / SET_SLOTS - 1)) * SET_SLOTS
+    }
+
+    fn now_ns(&self) -> u64 {
+        Nanos::from(self.0.clock.now()).as_u64()
+    }
+
+    /// Forgets `key` (it starts fresh).
+    fn forget(&self, key: u64) {
+        let mut slots = self.0.slots.borrow_mut();
+        let at = Self::set_of(key, slots.len());
+        for slot in &mut slots[at..at + SET_SLOTS] {
+            if slot[0] == key {
+                slot[1] = 0; // free: a time long passed
+            }
+        }
+    }
+
+    /// Keys with a cell that is not fresh.
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        let now = self.now_ns();
+        self.0.slots.borrow().iter().filter(|s| s[1] > now).count()
+    }
+}
+
+impl StateStore for RecentCells {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let now = self.now_ns();
+        let mut slots = self.0.slots.borrow_mut();
+        let at = Self::set_of(*key, slots.len());
+        let set = &mut slots[at..at + SET_SLOTS];
+        // At most one slot of a set holds a key with a time still to come
+        // (a key is only inserted where it has none such).
+        if let Some(slot) = set.iter_mut().find(|s| s[0] == *key && s[1] > now) {
+            let (out, next) = f(Some(Nanos::from(slot[1])))?;
+            slot[1] = next.as_u64();
+            return Ok(out);
+        }
+        let (out, next) = f(None)?;
+        // `SET_SLOTS` > 0: a set always has a slot with a least time.
+        let victim = set
+            .iter_mut()
+            .min_by_key(|s| s[1])
+            .expect("a set has slots");
+        if victim[1] > now {
+            self.0
+                .metrics
+                .untracked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        *victim = [*key, next.as_u64()];
+        Ok(out)
+    }
+}
+
+/// A login limit (per user, or per user and device): governor's GCRA over a
+/// [`RecentCells`] table of [`LOGIN_CELLS`] slots.
+struct LoginLimiter {
+    gcra: RateLimiter<u64, RecentCells, ShardClock, NoOpMiddleware<Duration>>,
+    cells: RecentCells,
+    clock: ShardClock,
+}
+
+impl LoginLimiter {
+    /// `burst` cells, one back every `period`; `None` when `burst` is 0 or
+    /// the period is zero (the limit is off).
+    fn new(
+        period: Duration,
+        burst: u32,
+        clock: &ShardClock,
+        metrics: &Arc<LimitMetrics>,
+    ) -> Option<Self> {
+        let burst = NonZeroU32::new(burst)?;
+        let quota = Quota::with_period(period)?.allow_burst(burst);
+        let cells = RecentCells::new(LOGIN_CELLS, clock, metrics.clone());
+        Some(Self {
+            gcra: RateLimiter::new(quota, cells.clone(), clock.clone()),
+            cells,
+            clock: clock.clone(),
+        })
+    }
+
+    /// `Pass`, or `Wait(ms)` until `key` conforms again (never `Full`: a
+    /// new key evicts the one nearest to fresh).
+    fn check(&self, key: u64) -> Check {
+        match self.gcra.check_key(&key) {
+            Ok(_) => Check::Pass,
+            Err(not_until) => Check::Wait(wait_ms(not_until.wait_time_from(self.clock.now()))),
+        }
+    }
+}
+
+/// A wait in whole milliseconds, rounded up, at least 1.
+fn wait_ms(wait: Duration) -> u32 {
+    let ms = wait.as_micros().div_ceil(1000).max(1);
+    u32::try_from(ms).unwrap_or(u32::MAX)
+}
+
 /// One keyed limit: governor's GCRA over a [`LocalStore`], bounded.
 struct Limiter<K: Hash + Eq + Clone> {
     gcra: RateLimiter<K, LocalStore<K>, ShardClock, NoOpMiddleware<Duration>>,
@@ -158,11 +321,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         }
         match self.gcra.check_key(key) {
             Ok(_) => Check::Pass,
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                let ms = wait.as_micros().div_ceil(1000).max(1);
-                Check::Wait(u32::try_from(ms).unwrap_or(u32::MAX))
-            }
+            Err(not_until) => Check::Wait(wait_ms(not_until.wait_time_from(self.clock.now()))),
         }
     }
 
@@ -220,10 +379,11 @@ pub(super) struct ShardLimits {
     conn_requests: Option<Limiter<u64>>,
     conn_messages: Option<Limiter<u64>>,
     user_messages: Option<Limiter<u64>>,
-    user_logins: Option<Limiter<u64>>,
+    /// Logins per user (a fixed table: see the module doc).
+    user_logins: Option<LoginLimiter>,
     ip_connects: Option<Limiter<IpAddr>>,
-    /// Logins per user and device (the flapping count).
-    flaps: Option<Limiter<u64>>,
+    /// Logins per user and device (the flapping count; a fixed table).
+    flaps: Option<LoginLimiter>,
     /// Refusals per connection (the abuse count).
     abuse: Option<Limiter<u64>>,
     /// Flapping devices (user and device hash) → end of their ban, ms.
@@ -270,14 +430,14 @@ impl ShardLimits {
                 &clock,
                 max,
             ),
-            user_logins: Limiter::new(per_minute, s.logins_per_user_burst, &clock, max),
+            user_logins: LoginLimiter::new(per_minute, s.logins_per_user_burst, &clock, &metrics),
             ip_connects: Limiter::per_second(
                 s.connections_per_ip_per_second,
                 s.connections_per_ip_burst,
                 &clock,
                 max,
             ),
-            flaps: Limiter::new(flap_period, s.flap_connects_max, &clock, max),
+            flaps: LoginLimiter::new(flap_period, s.flap_connects_max, &clock, &metrics),
             abuse: Limiter::new(abuse_period, s.refusals_before_kick, &clock, max),
             banned: RefCell::new(HashMap::new()),
             // Checked by `LimitsSettings::validate`.
@@ -400,7 +560,7 @@ impl ShardLimits {
                     self.banned.borrow_mut().remove(&user_device);
                     None
                 }
-                None => match flaps.check(&user_device) {
+                None => match flaps.check(user_device) {
                     Check::Wait(_) => self.ban(flaps, user_device, now_ms),
                     Check::Pass | Check::Full => None,
                 },
@@ -414,7 +574,7 @@ impl ShardLimits {
             }
         }
         if let Some(l) = &self.user_logins
-            && let Check::Wait(ms) = l.check(&user)
+            && let Check::Wait(ms) = l.check(user)
         {
             self.metrics.limited(Limit::UserLogins);
             return Err((Limit::UserLogins, ms));
@@ -424,7 +584,7 @@ impl ShardLimits {
 
     /// Starts a ban of `user_device`; its end, unless the ban list is full
     /// (then the device is not banned: counted as untracked).
-    fn ban(&self, flaps: &Limiter<u64>, user_device: u64, now_ms: u64) -> Option<u64> {
+    fn ban(&self, flaps: &LoginLimiter, user_device: u64, now_ms: u64) -> Option<u64> {
         let mut banned = self.banned.borrow_mut();
         if banned.len() >= self.tracked_max {
             banned.retain(|_, until| *until > now_ms);
@@ -436,7 +596,7 @@ impl ShardLimits {
             return None;
         }
         // After the ban the device starts with a fresh count.
-        flaps.forget(&user_device);
+        flaps.cells.forget(user_device);
         let until = now_ms.saturating_add(self.flap_ban_ms);
         banned.insert(user_device, until);
         self.metrics
@@ -453,10 +613,9 @@ impl ShardLimits {
             &self.conn_requests,
             &self.conn_messages,
             &self.user_messages,
-            &self.user_logins,
-            &self.flaps,
             &self.abuse,
         ];
+        // The login limiters' tables need no sweep: a passed time is free.
         for l in limiters.into_iter().flatten() {
             l.housekeep();
         }
@@ -607,6 +766,60 @@ mod tests {
         assert!((5_000..=5_500).contains(&retry), "{retry}");
         assert_eq!(l.check_login(1, 12, ms(5_010)), Ok(()));
         assert_eq!(l.check_login(1, 11, ms(10_010)), Ok(()));
+    }
+
+    /// The login at which a device that logs in every `every_ms` is first
+    /// refused for flapping, with time in steps of 500 µs; with `storm`,
+    /// another device (each once, of a user of its own) logs in at every
+    /// step (2,000 a second) on the same shard, and every storm login must
+    /// pass (the fixed table forgets, it never refuses wrongly).
+    fn flapping_login_under_a_storm(l: &ShardLimits, every_ms: u64, storm: bool) -> u32 {
+        let step_us = 500;
+        let mut keys = Jitter::new(99);
+        let (mut t_us, mut next_flap_us, mut logins) = (0u64, 0u64, 0u32);
+        loop {
+            if t_us >= next_flap_us {
+                logins += 1;
+                if l.check_login(7, 77, Duration::from_micros(t_us)).is_err() {
+                    return logins;
+                }
+                assert!(logins < 1_000, "never refused");
+                next_flap_us += every_ms * 1_000;
+            }
+            if storm {
+                let (user, device) = (keys.next_u64(), keys.next_u64());
+                let verdict = l.check_login(user, device, Duration::from_micros(t_us));
+                assert_eq!(verdict, Ok(()), "a storm login at {t_us} µs");
+            }
+            t_us += step_us;
+        }
+    }
+
+    /// The login limiters keep a fixed table: a storm of 2,000 logins a
+    /// second of distinct devices (8 times what the table holds within a
+    /// flapping cell's 4 s) refuses none of them, leaves the table at its
+    /// size (evictions counted as untracked), and a device in a reconnect
+    /// loop (every 500 ms) is still refused at the same login as on a quiet
+    /// shard: its cell, the furthest from fresh, is never the one evicted.
+    #[test]
+    fn a_login_storm_keeps_a_fixed_table_and_still_catches_a_flapping_device() {
+        let quiet = limits(|_| {});
+        let expected = flapping_login_under_a_storm(&quiet, 500, false);
+        assert!((15..=20).contains(&expected), "{expected}");
+        let metrics = Arc::new(LimitMetrics::default());
+        let busy = ShardLimits::new(&LimitsSettings::default(), metrics.clone(), 1);
+        assert_eq!(flapping_login_under_a_storm(&busy, 500, true), expected);
+        let flaps = &busy.flaps.as_ref().unwrap().cells;
+        assert_eq!(
+            flaps.0.slots.borrow().len(),
+            LOGIN_CELLS,
+            "the table never grows"
+        );
+        assert!(flaps.live() <= LOGIN_CELLS);
+        assert!(
+            metrics.untracked.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "the storm overflowed the table"
+        );
     }
 
     /// Connections per IP: the burst, then refused with the wait; exempt

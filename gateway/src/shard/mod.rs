@@ -86,6 +86,7 @@ use crate::{
 
 mod accept;
 mod backend;
+mod devices;
 mod drain;
 mod handoff;
 mod inbox;
@@ -94,6 +95,9 @@ mod limits;
 mod poll;
 mod sock;
 mod tls;
+mod uring;
+
+pub use self::uring::{Unavailable as UringUnavailable, probe as probe_uring};
 
 /// Everything a shard thread is started with.
 #[derive(Debug)]
@@ -151,6 +155,13 @@ pub struct ShardSetup {
     /// The allow/deny lists of the client listeners (shared, swapped whole
     /// on SIGHUP).
     pub lists: Arc<crate::limits::EdgeLists>,
+    /// Provided buffers of the io_uring data path (`[shards]`): how many
+    /// (a power of two) and their size.
+    pub uring_buffers: u16,
+    /// The size of each provided buffer, in bytes.
+    pub uring_buffer_bytes: u32,
+    /// Login policies and remote logout (`[login]`).
+    pub login: crate::config::LoginSettings,
 }
 
 /// Per-connection state, in the shard's slab. Kept small: an idle
@@ -180,6 +191,8 @@ struct Conn {
     transport: Transport,
     /// Why it is closing, once decided.
     closing: Option<CloseReason>,
+    /// What it has in flight on the shard's ring (io_uring path; `uring.rs`).
+    io: u8,
 }
 
 /// A connection's rarely needed buffers.
@@ -208,10 +221,8 @@ impl Conn {
     }
 
     fn device(&self) -> Option<&str> {
-        self.ident
-            .as_deref()
-            .and_then(|s| s.split_once('\0'))
-            .map(|(_, d)| d)
+        // `user\0device\0<login meta>` (`devices.rs`).
+        self.ident.as_deref().and_then(|s| s.split('\0').nth(1))
     }
 
     fn pending_out(&self) -> &[u8] {
@@ -347,6 +358,14 @@ struct Shard {
     limits: ShardLimits,
     /// Allow/deny lists, checked at accept.
     lists: Arc<crate::limits::EdgeLists>,
+    /// The io_uring data path's ring (`None`: the epoll path).
+    uring: Option<uring::Uring>,
+    /// Login policies and remote logout (`[login]`; `devices.rs`).
+    login: crate::config::LoginSettings,
+    /// Devices logged out recently (bounded by `login.logged_out_max`).
+    logged_out: RefCell<devices::LoggedOut>,
+    /// Logins welcomed here: orders the logins of one millisecond.
+    logins_seen: Cell<u64>,
 }
 
 /// Slab keys of one user's devices (inline for up to four).
@@ -397,8 +416,12 @@ fn slab_reserve(connections_max: usize) -> usize {
 }
 
 /// Runs shard `setup.id` on the current thread until it has drained.
-pub fn run(setup: ShardSetup, driver: crate::config::Driver) -> io::Result<()> {
+/// `uring_path`: the io_uring data path (`shard/uring.rs`; only with the
+/// io_uring driver), else the epoll data path.
+pub fn run(setup: ShardSetup, driver: crate::config::Driver, uring_path: bool) -> io::Result<()> {
     use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+    // `auto` is decided once by the server (`server::resolve_driver`),
+    // which also probes what the io_uring data path needs.
     let use_uring = match driver {
         crate::config::Driver::Uring => true,
         crate::config::Driver::Epoll => false,
@@ -409,7 +432,7 @@ pub fn run(setup: ShardSetup, driver: crate::config::Driver) -> io::Result<()> {
             .with_entries(4096)
             .enable_timer()
             .build()?;
-        rt.block_on(shard_main(setup, "io_uring"))
+        rt.block_on(shard_main(setup, "io_uring", uring_path))
     } else {
         if driver == crate::config::Driver::Auto {
             info!("io_uring unavailable; shard uses epoll");
@@ -417,12 +440,23 @@ pub fn run(setup: ShardSetup, driver: crate::config::Driver) -> io::Result<()> {
         let mut rt = RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()
             .build()?;
-        rt.block_on(shard_main(setup, "epoll"))
+        rt.block_on(shard_main(setup, "epoll", false))
     }
 }
 
-async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
+async fn shard_main(setup: ShardSetup, driver: &'static str, uring_path: bool) -> io::Result<()> {
     let now = setup.epoch.elapsed().as_millis() as u64;
+    let uring = if uring_path {
+        match uring::Uring::new(setup.uring_buffers, setup.uring_buffer_bytes) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::error!(shard = setup.id, error = %e, "the shard's io_uring ring failed");
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let shard = Rc::new(Shard {
         id: setup.id,
         shards: setup.shards,
@@ -461,6 +495,10 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
             Shard::server_time_ms() ^ ((setup.id as u64) << 48),
         ),
         lists: setup.lists,
+        uring,
+        login: setup.login,
+        logged_out: RefCell::new(devices::LoggedOut::default()),
+        logins_seen: Cell::new(0),
     });
     debug!(shard = shard.id, driver, "shard started");
     // A descriptor of each listening socket kept here for the drain's
@@ -486,7 +524,11 @@ async fn shard_main(setup: ShardSetup, driver: &'static str) -> io::Result<()> {
         }
     }
     monoio::spawn(tick_loop(shard.clone()));
-    monoio::spawn(poll_loop(shard.clone()));
+    if shard.uring.is_some() {
+        monoio::spawn(uring::uring_loop(shard.clone()));
+    } else {
+        monoio::spawn(poll_loop(shard.clone()));
+    }
     monoio::spawn(inbox_loop(shard.clone(), setup.bell));
     // Run until told to drain (the inbox loop sets `draining`).
     while !shard.draining.get() {
@@ -564,7 +606,13 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
     if c.generation != generation {
         return; // moved away (handoff) or already finished
     }
-    let c = conns.remove(key as usize);
+    let mut c = conns.remove(key as usize);
+    if shard.uring.is_some() {
+        // Its queued bytes go out now (as the epoll path writes them before
+        // it sees the end); its ring operations end before its fd closes.
+        shard.uring_write_now(&mut c);
+        shard.uring_forget(key, &c);
+    }
     if let Some(user) = c.user() {
         // A displaced connection left the index when it was displaced: the
         // user is still online on the device that displaced it.

@@ -96,7 +96,7 @@ pub(super) async fn poll_loop(shard: Rc<Shard>) {
 }
 
 /// Feeds each backlogged connection its next budget of buffered frames.
-fn serve_backlog(shard: &Rc<Shard>, due: &mut Vec<(u32, u32)>) {
+pub(super) fn serve_backlog(shard: &Rc<Shard>, due: &mut Vec<(u32, u32)>) {
     for (key, generation) in due.drain(..) {
         let partial = {
             let mut conns = shard.conns.borrow_mut();
@@ -109,11 +109,21 @@ fn serve_backlog(shard: &Rc<Shard>, due: &mut Vec<(u32, u32)>) {
             c.backlogged = false;
             c.take_partial()
         };
-        if partial.is_empty() {
-            continue;
+        if !partial.is_empty() {
+            let outcome = shard.ingest(key, &partial);
+            after_ingest(shard, key, generation, outcome);
         }
-        let outcome = shard.ingest(key, &partial);
-        after_ingest(shard, key, generation, outcome);
+        if shard.uring.is_some() {
+            // Its buffered input is used up: its receive is armed again
+            // (the epoll path's level-triggered interest needs nothing).
+            let mut conns = shard.conns.borrow_mut();
+            if let Some(c) = conns
+                .get_mut(key as usize)
+                .filter(|c| c.generation == generation)
+            {
+                shard.interest(key, c);
+            }
+        }
     }
 }
 

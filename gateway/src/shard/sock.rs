@@ -20,7 +20,11 @@ impl Shard {
     /// Writes what the session has to send. Returns false if the socket is
     /// broken (the reader will see it and close).
     pub(super) fn flush(self: &Rc<Self>, key: u32, conn: &mut Conn) {
-        if !conn.pending_out().is_empty() {
+        // On the io_uring path an authenticated connection's bytes queue
+        // behind what is pending, in order, and go with the turn's
+        // submissions (`uring.rs`).
+        let queued = self.uring_path(conn);
+        if !queued && !conn.pending_out().is_empty() {
             return; // waiting for write readiness; order of bytes is kept
         }
         if conn.tls_handshaking() {
@@ -78,6 +82,13 @@ impl Shard {
                 }
                 None => &buf[..],
             };
+            if queued {
+                self.uring_send(key, conn, wire);
+                if conn.closing.is_some() {
+                    return;
+                }
+                continue;
+            }
             let sent = send_nonblocking(fd, wire);
             match sent {
                 Ok(n) if n == wire.len() => {
@@ -138,6 +149,9 @@ impl Shard {
     /// (written on write readiness, before anything later). Pending bytes
     /// beyond `outbox_bytes_max` make the connection a slow consumer.
     pub(super) fn send_wire(&self, key: u32, conn: &mut Conn, bytes: &[u8]) {
+        if self.uring_path(conn) {
+            return self.uring_send(key, conn, bytes);
+        }
         if !conn.pending_out().is_empty() {
             if conn.pending_out().len().saturating_add(bytes.len()) > self.cfg.outbox_bytes_max {
                 self.close_soon(conn, CloseReason::SlowConsumer);
@@ -170,7 +184,7 @@ impl Shard {
         conn: &mut Conn,
         reason: CloseReason,
     ) -> Ingest {
-        if conn.pending_out().is_empty() {
+        if conn.pending_out().is_empty() && !self.uring_sending(conn) {
             return Ingest::Close(reason);
         }
         conn.closing.get_or_insert(reason);
@@ -197,14 +211,21 @@ impl Shard {
         if conn.closing.is_none() {
             conn.closing = Some(reason);
         }
+        if self.uring_close_later(conn, reason) {
+            return; // its queued bytes go first (`uring.rs`)
+        }
         // SAFETY: shutdown on a descriptor this connection owns; errors
         // (already shut) are harmless.
         unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
     /// Tells epoll what this connection waits for: input unless paused,
-    /// write readiness while bytes are pending.
-    pub(super) fn interest(&self, key: u32, conn: &Conn) {
+    /// write readiness while bytes are pending (on the io_uring path: arms
+    /// or cancels its `recv`, queues its pending bytes).
+    pub(super) fn interest(&self, key: u32, conn: &mut Conn) {
+        if self.uring.is_some() {
+            return self.uring_interest(key, conn);
+        }
         let mut events = 0u32;
         if !conn.paused {
             events |= libc::EPOLLIN as u32;
@@ -228,7 +249,11 @@ impl Shard {
     }
 
     /// Adds a connection's socket to the epoll set.
-    pub(super) fn register(&self, key: u32, conn: &Conn) -> io::Result<()> {
+    pub(super) fn register(&self, key: u32, conn: &mut Conn) -> io::Result<()> {
+        if self.uring.is_some() {
+            self.uring_interest(key, conn);
+            return Ok(());
+        }
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: token(key, conn.generation),

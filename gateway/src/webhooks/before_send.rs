@@ -1,9 +1,13 @@
 //! The before-send hook: one signed POST per batch with all of its client
-//! sends, answered with one verdict per send, within a deadline.
+//! sends and edits, answered with one verdict per message, within a
+//! deadline. An edit is new content as much as a send is: it passes the
+//! same hook before it is stored.
 //!
 //! Request body:
-//! `{"type": "before_send", "messages": [{"from", "device", "to_user" | "to_group",
-//! "client_msg_id", "content", "mentions", "mention_all", "reply_to_seq"}, …]}`.
+//! `{"type": "before_send", "messages": [{"kind": "send", "from", "device",
+//! "to_user" | "to_group", "client_msg_id", "content", "mentions",
+//! "mention_all", "reply_to_seq"} | {"kind": "edit", "from", "device",
+//! "conversation_id", "seq", "client_edit_id", "content", "streaming"}, …]}`.
 //! Answer (2xx): `{"results": [{"action": "allow"} | {"action": "reject",
 //! "reason": "…"} | {"action": "rewrite", "text": "…"}, …]}`, one per
 //! message, in order. Anything else is a failure and follows the policy.
@@ -83,12 +87,13 @@ impl BeforeSend {
             .before_send_url
             .parse()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tls = super::tls_config(cfg)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         // The pool's idle timer needs the runtime; the client is built
         // inside it.
-        let client = rt.block_on(async { super::client() });
+        let client = rt.block_on(async { super::client(tls) });
         Ok(Some(Self {
             rt,
             client,
@@ -105,16 +110,17 @@ impl BeforeSend {
         }))
     }
 
-    /// Asks the hook about the client sends of `calls` (one POST), rewrites
-    /// their text in place, and returns, per call, the error answer of those
-    /// refused (rejected, or failed closed).
+    /// Asks the hook about the client sends and edits of `calls` (one
+    /// POST), rewrites their text in place, and returns, per call, the error
+    /// answer of those refused (rejected, or failed closed).
     pub fn check(&mut self, calls: &mut [(Caller, Body)], from_api: &[bool]) -> Vec<Option<Body>> {
         let mut out: Vec<Option<Body>> = vec![None; calls.len()];
         let sends: Vec<usize> = calls
             .iter()
             .enumerate()
             .filter(|(i, (_, b))| {
-                matches!(b, Body::Send(_)) && !from_api.get(*i).copied().unwrap_or(false)
+                matches!(b, Body::Send(_) | Body::Edit(_))
+                    && !from_api.get(*i).copied().unwrap_or(false)
             })
             .map(|(i, _)| i)
             .collect();
@@ -150,10 +156,15 @@ impl BeforeSend {
                         }
                         Verdict::Rewrite { text } => {
                             m.before_rewritten.fetch_add(1, Relaxed);
-                            if let Body::Send(s) = &mut calls[i].1 {
-                                s.content = Some(pb::Content {
-                                    kind: Some(pb::content::Kind::Text(pb::Text { text })),
-                                });
+                            let content = Some(pb::Content {
+                                kind: Some(pb::content::Kind::Text(pb::Text { text })),
+                            });
+                            match &mut calls[i].1 {
+                                Body::Send(s) => s.content = content,
+                                // An edit keeps its message's kind: a rewrite
+                                // of a non-text one is refused by the domain.
+                                Body::Edit(e) => e.content = content,
+                                _ => {}
                             }
                         }
                     }
@@ -232,12 +243,26 @@ impl BeforeSend {
     }
 }
 
-/// A send as the hook sees it.
+/// A send or an edit as the hook sees it.
 fn message_json((caller, body): &(Caller, Body)) -> Value {
-    let Body::Send(s) = body else {
-        return Value::Null;
+    let s = match body {
+        Body::Send(s) => s,
+        Body::Edit(e) => {
+            return json!({
+                "kind": "edit",
+                "from": caller.user,
+                "device": caller.device,
+                "conversation_id": e.conversation_id,
+                "seq": e.seq,
+                "client_edit_id": e.client_edit_id,
+                "content": e.content.as_ref().map_or(Value::Null, content_json),
+                "streaming": e.streaming,
+            });
+        }
+        _ => return Value::Null,
     };
     let mut m = json!({
+        "kind": "send",
         "from": caller.user,
         "device": caller.device,
         "client_msg_id": s.client_msg_id,

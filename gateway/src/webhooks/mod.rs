@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tern_protocol::pb::frame::Body;
 
@@ -31,6 +32,7 @@ pub use before_send::BeforeSend;
 pub use events::{EventFeed, EventSink};
 
 use crate::bridge::{Answer, Caller, ChatService};
+use crate::config::WebhookSettings;
 
 /// The hooks a backend worker runs around each batch.
 #[derive(Debug, Default)]
@@ -60,16 +62,32 @@ pub enum HookError {
     Garbage(String),
 }
 
-/// hyper's pooled HTTP/1.1 client (plain `http://`).
-pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// hyper's pooled HTTP/1.1 client, `http://` or `https://`.
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A client with keep-alive to the hook, for a runtime of this thread.
-pub(crate) fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+/// A client with keep-alive to the hook, for a runtime of this thread;
+/// `https://` URLs are verified against `tls` (crate::outbound).
+pub(crate) fn client(tls: rustls::ClientConfig) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    // The TLS connector sees the URL's scheme; the TCP one must let it.
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector)
+}
+
+/// The TLS client configuration of `[webhooks] ca_file` (system roots
+/// without one).
+pub(crate) fn tls_config(cfg: &WebhookSettings) -> std::io::Result<rustls::ClientConfig> {
+    crate::outbound::Roots::load(cfg.ca_file.as_deref())
+        .and_then(|r| r.client_config())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
 }
 
 /// POSTs `body` (JSON) with `headers`; reads at most `answer_bytes_max`

@@ -624,3 +624,23 @@ pub fn moto_server_binary() -> std::path::PathBuf {
     );
     in_venv
 }
+
+/// An identity for a test's own https server: a self-signed certificate
+/// for `127.0.0.1` and `localhost`, as a rustls server configuration, and
+/// its PEM written to `dir` (the `ca_file` a client trusts it by).
+pub fn https_identity(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, std::path::PathBuf) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let pem = dir.join("server-ca.pem");
+    std::fs::write(&pem, cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    (Arc::new(config), pem)
+}

@@ -27,7 +27,8 @@ pub const HISTORY_LIMIT_DEFAULT: u32 = 20;
                   2 usage, 3 connection, 4 not available yet."
 )]
 pub struct Cli {
-    /// Gateway TCP address; several, comma-separated (`a:7400,b:7400`), are
+    /// Gateway TCP address, or WebSocket URL (`ws://host:7401/`,
+    /// `wss://host/`); several, comma-separated (`a:7400,b:7400`), are
     /// tried in order, and the chat moves to the next one when its node
     /// drains (a SHUTDOWN kick).
     #[arg(long, env = "TERN_SERVER", default_value = SERVER_DEFAULT, global = true, help_heading = "Login and output")]
@@ -155,6 +156,31 @@ pub enum SharedCommand {
     Convs(ConvsArgs),
     /// Recall a message by its seq.
     Recall(RecallArgs),
+    /// Edit one of your messages: its seq, then the new text.
+    Edit(EditArgs),
+    /// Search the text of your conversations' messages (all words must match).
+    Search(SearchArgs),
+    /// Reply in the thread under a message: its seq, then the text.
+    Thread(ThreadArgs),
+    /// A page of the thread under a message (oldest first), with its
+    /// summary and your unread count; marks the thread read.
+    Threadlog(ThreadlogArgs),
+    /// Turn a message into a to-do for some members: its seq, then users.
+    Todo(TodoArgs),
+    /// Mark a to-do of yours done (or open again with --undo).
+    Done(DoneArgs),
+    /// Your open to-dos.
+    Todos(TodosArgs),
+    /// React to a message: its seq, then the reaction (an emoji).
+    React(ReactArgs),
+    /// Take your reaction back: the message's seq, then the reaction.
+    Unreact(ReactArgs),
+    /// Pin a message of the conversation (groups: admins and the owner).
+    Pin(PinArgs),
+    /// Unpin a message.
+    Unpin(PinArgs),
+    /// List the conversation's pinned messages.
+    Pins(PinsArgs),
     /// Mark a conversation read (up to SEQ, default its newest entry).
     Read(ReadArgs),
     /// How many read the given messages.
@@ -168,6 +194,18 @@ pub enum SharedCommand {
     Profile(ProfileArgs),
     /// Measure the round trip to the server.
     Ping,
+    /// Your connected devices: platform, node, login time, client version.
+    Devices,
+    /// Log out one of your other devices (it is kicked and must log in again).
+    Logout(LogoutArgs),
+    /// Call a user or a group (default: the open conversation): rings them.
+    Call(CallArgs),
+    /// Answer the call you are rung for (the latest one, or CALL_ID).
+    Accept(CallIdArgs),
+    /// Decline the call you are rung for (the latest one, or CALL_ID).
+    Reject(CallIdArgs),
+    /// Leave the call (as its caller before anyone answered: cancel it).
+    Hangup(CallIdArgs),
     /// Friends: add, accept, reject, delete, list, requests, remark, block, unblock.
     #[command(subcommand)]
     Friend(FriendCommand),
@@ -273,6 +311,178 @@ pub struct RecallArgs {
     pub conv: Option<String>,
     /// The message's seq.
     pub seq: u64,
+}
+
+/// `edit`.
+#[derive(Args, Debug, Clone)]
+pub struct EditArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// Your own client edit id (makes a rerun of the script idempotent).
+    #[arg(long = "id", value_name = "CLIENT_EDIT_ID")]
+    pub client_edit_id: Option<String>,
+    /// More edits follow (the message shows as being written).
+    #[arg(long)]
+    pub streaming: bool,
+    /// The message's seq.
+    pub seq: u64,
+    /// The new text; several words are joined with spaces.
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    pub text: Vec<String>,
+}
+
+/// `react` and `unreact`.
+#[derive(Args, Debug, Clone)]
+pub struct ReactArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// The message's seq.
+    pub seq: u64,
+    /// The reaction: an emoji, or a short code such as `:+1:` (at most 32
+    /// bytes, no spaces).
+    #[arg(allow_hyphen_values = true)]
+    pub emoji: String,
+}
+
+/// `pin` and `unpin`.
+#[derive(Args, Debug, Clone)]
+pub struct PinArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// The message's seq.
+    pub seq: u64,
+}
+
+/// `pins`.
+#[derive(Args, Debug, Clone)]
+pub struct PinsArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+}
+
+/// `thread`.
+#[derive(Args, Debug, Clone)]
+pub struct ThreadArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// Your own client message id (makes a rerun of the script idempotent).
+    #[arg(long = "id", value_name = "CLIENT_MSG_ID")]
+    pub client_msg_id: Option<String>,
+    /// The seq of the thread's root message.
+    pub seq: u64,
+    /// The text; several words are joined with spaces.
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    pub text: Vec<String>,
+}
+
+/// `threadlog`.
+#[derive(Args, Debug, Clone)]
+pub struct ThreadlogArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// At most this many replies (capped by the server's page size).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Replies before this seq (the `more before=` of the previous page).
+    #[arg(long)]
+    pub before: Option<u64>,
+    /// The seq of the thread's root message.
+    pub seq: u64,
+}
+
+/// `todo`.
+#[derive(Args, Debug, Clone)]
+pub struct TodoArgs {
+    /// The conversation (default: the open one).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// The message's seq.
+    pub seq: u64,
+    /// Who should do it (1 to 20 members).
+    #[arg(required = true, num_args = 1..)]
+    pub users: Vec<String>,
+}
+
+/// `done`.
+#[derive(Args, Debug, Clone)]
+pub struct DoneArgs {
+    /// The conversation (default: the open one; `todos` prints it).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// Open it again instead.
+    #[arg(long)]
+    pub undo: bool,
+    /// The to-do's message seq.
+    pub seq: u64,
+}
+
+/// `todos`.
+#[derive(Args, Debug, Clone)]
+pub struct TodosArgs {
+    /// At most this many (the server's page is at most 100).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+/// `call`.
+#[derive(Args, Debug, Clone)]
+pub struct CallArgs {
+    /// Whom: a user, `#group`, or a conversation id (default: the open one).
+    pub target: Option<String>,
+    /// A video call (else audio).
+    #[arg(long)]
+    pub video: bool,
+    /// In a group: ring only these members (repeat or comma-separate).
+    #[arg(long = "invite", value_delimiter = ',')]
+    pub invitees: Vec<String>,
+}
+
+/// `accept`, `reject`, `hangup`.
+#[derive(Args, Debug, Clone)]
+pub struct CallIdArgs {
+    /// The call (default: the latest one this chat saw).
+    pub call_id: Option<String>,
+}
+
+/// `logout`.
+#[derive(Args, Debug, Clone)]
+pub struct LogoutArgs {
+    /// The device id (see `devices`). Not named `device`: that is the
+    /// global `--device` of this run's own login.
+    #[arg(value_name = "DEVICE")]
+    pub device_id: String,
+}
+
+/// `search`.
+#[derive(Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// Only this conversation (default: all of yours).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// Only messages of this sender.
+    #[arg(long, value_name = "USER")]
+    pub from: Option<String>,
+    /// Only messages sent at or after this time (Unix ms).
+    #[arg(long, value_name = "UNIX_MS")]
+    pub since_ms: Option<u64>,
+    /// Only messages sent before this time (Unix ms).
+    #[arg(long, value_name = "UNIX_MS")]
+    pub until_ms: Option<u64>,
+    /// At most this many results (capped by the server: 50).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Continue a search where the last page said `more cursor=...`.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// The words to find; several are joined with spaces.
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    pub text: Vec<String>,
 }
 
 /// `read`.

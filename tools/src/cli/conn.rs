@@ -1,6 +1,7 @@
-//! One TCP connection to a Tern gateway, on blocking sockets and two threads,
-//! in clear or inside TLS ([`ConnectOptions::tls`]: the gateway's
-//! `--tls-listen`; see [`Wire`]).
+//! One connection to a Tern gateway, on blocking sockets and two threads:
+//! TCP in clear or inside TLS ([`ConnectOptions::tls`]: the gateway's
+//! `--tls-listen`), or WebSocket (a server entry `ws://host:port/path`, or
+//! `wss://…` over TLS; [`super::ws`]). See [`Wire`].
 //!
 //! - [`Connection::open`] connects, sends `auth` and waits for `Welcome` on
 //!   the calling thread; a refusal is the server's typed error.
@@ -76,8 +77,9 @@ const AUTH_REQUEST_ID: u64 = 1;
 /// How to reach and log in to a server.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// `host:port` of the gateway's TCP listener; several, comma-separated
-    /// (`a:7400,b:7400`), are tried in order until one connects.
+    /// `host:port` of the gateway's TCP listener, or `ws://host:port/path`
+    /// (`wss://…`) of its WebSocket one; several, comma-separated
+    /// (`a:7400,ws://b:7401`), are tried in order until one connects.
     pub server: String,
     /// A JWT whose `sub` is the user.
     pub token: String,
@@ -95,7 +97,11 @@ pub struct ConnectOptions {
     /// `http://127.0.0.1:7480`.
     pub http_url: String,
     /// Connect over TLS with these settings (`--tls`); `None`: plain TCP.
+    /// A `wss://` entry always uses TLS: these settings, or the defaults
+    /// (the system's CAs) when `None`.
     pub tls: Option<crate::tls::TlsOptions>,
+    /// `Auth.platform` (`tern-bot` logs in as `PLATFORM_BOT`).
+    pub platform: pb::Platform,
 }
 
 /// Default base URL of the HTTP edge (the gateway's default `listen.http`).
@@ -118,6 +124,7 @@ impl ConnectOptions {
             connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
             http_url: HTTP_URL_DEFAULT.to_owned(),
             tls: None,
+            platform: pb::Platform::Cli,
         }
     }
 }
@@ -191,14 +198,21 @@ impl Closed {
 
     /// Whether reconnecting makes sense (protocol.md 3.4, 3.6): not after a
     /// local close, a displacement (the two would displace each other
-    /// forever), a ban, or a refused token.
+    /// forever), a login-policy kick or a logout (the user chose another
+    /// device), a ban, or a refused token.
     pub fn may_reconnect(&self) -> bool {
         if self.cause == CloseCause::Local {
             return false;
         }
         if let Some(k) = &self.kick {
             let reason = pb::KickReason::try_from(k.reason).unwrap_or(pb::KickReason::Unspecified);
-            if matches!(reason, pb::KickReason::Displaced | pb::KickReason::Banned) {
+            if matches!(
+                reason,
+                pb::KickReason::Displaced
+                    | pb::KickReason::Banned
+                    | pb::KickReason::LoginPolicy
+                    | pb::KickReason::LoggedOut
+            ) {
                 return false;
             }
         }
@@ -206,7 +220,9 @@ impl Closed {
             let code = pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified);
             if matches!(
                 code,
-                pb::ErrorCode::AuthFailed | pb::ErrorCode::UnsupportedVersion
+                pb::ErrorCode::AuthFailed
+                    | pb::ErrorCode::UnsupportedVersion
+                    | pb::ErrorCode::DeviceLoggedOut
             ) {
                 return false;
             }
@@ -267,21 +283,29 @@ impl Connection {
     /// Connects, authenticates and starts the reader and heartbeat threads.
     pub fn open(opts: &ConnectOptions) -> Result<Self, ClientError> {
         let request_timeout = Duration::from_millis(opts.request_timeout_ms.max(1));
-        let (stream, server) = dial(
+        let (stream, server, ws) = dial(
             &opts.server,
             Duration::from_millis(opts.connect_timeout_ms.max(1)),
         )?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(request_timeout))?;
         stream.set_read_timeout(Some(request_timeout))?;
-        let wire = match &opts.tls {
+        // TCP entries follow `--tls`; a WebSocket entry its scheme.
+        let tls = match &ws {
+            None => opts.tls.clone(),
+            Some(url) => url.tls.then(|| opts.tls.clone().unwrap_or_default()),
+        };
+        let host_port = ws
+            .as_ref()
+            .map_or_else(|| server.clone(), super::ws::WsUrl::addr);
+        let mut wire = match &tls {
             None => Wire::plain(stream.try_clone()?),
             Some(tls) => {
                 let config = tls
                     .client_config()
                     .map_err(|e| ClientError::Usage(format!("--tls: {e:#}")))?;
                 let name = tls
-                    .server_name(&server)
+                    .server_name(&host_port)
                     .map_err(|e| ClientError::Usage(format!("--tls: {e:#}")))?;
                 let conn = rustls::ClientConnection::new(config, name)
                     .map_err(|e| ClientError::Protocol(format!("TLS: {e}")))?;
@@ -294,13 +318,26 @@ impl Connection {
                 })?
             }
         };
+        // Bytes the server sent after its upgrade response.
+        let mut buf = Vec::new();
+        if let Some(url) = &ws {
+            buf = ws_upgrade(&wire, url).map_err(|e| match e {
+                ReadError::Io(e) if is_timeout(&e) => ClientError::Timeout(opts.request_timeout_ms),
+                ReadError::Io(e) => ClientError::Connect {
+                    addr: server.clone(),
+                    source: e,
+                },
+                other => ClientError::Protocol(other.to_string()),
+            })?;
+            wire.ws = true;
+        }
 
         let auth = pb::Frame {
             request_id: AUTH_REQUEST_ID,
             body: Some(Body::Auth(pb::Auth {
                 token: opts.token.clone(),
                 device_id: opts.device_id.clone(),
-                platform: pb::Platform::Cli as i32,
+                platform: opts.platform as i32,
                 protocol_version: tern_protocol::PROTOCOL_VERSION,
                 capabilities: opts.capabilities.clone(),
                 resume_cursors: opts.resume_cursors.clone(),
@@ -308,13 +345,13 @@ impl Connection {
             })),
         };
         let mut out = Vec::new();
-        codec::encode_frame(&auth, &mut out);
+        wire.encode(&auth, &mut out);
         wire.write_all(&out)?;
 
         // The handshake runs here, before any thread exists: nothing but the
         // answer to `auth` can arrive first.
-        let mut buf = Vec::new();
-        let frame = match read_frame(&wire, &mut buf) {
+        let mut message = None;
+        let frame = match next_frame(&wire, &mut buf, &mut message, |b| wire.write_all(b)) {
             Ok(Some(f)) => f,
             Ok(None) => {
                 return Err(ClientError::Closed(
@@ -325,7 +362,7 @@ impl Connection {
                 return Err(ClientError::Timeout(opts.request_timeout_ms));
             }
             Err(ReadError::Io(e)) => return Err(ClientError::Io(e)),
-            Err(ReadError::Decode(e)) => return Err(ClientError::Protocol(e.to_string())),
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
         let welcome = match frame.body {
             Some(Body::Welcome(w)) => w,
@@ -367,7 +404,7 @@ impl Connection {
         threads.push(
             std::thread::Builder::new()
                 .name("tern-cli-reader".into())
-                .spawn(move || read_loop(&reader_shared, wire, buf, &tx))?,
+                .spawn(move || read_loop(&reader_shared, wire, buf, message, &tx))?,
         );
         let interval = Duration::from_millis(
             u64::from(welcome.heartbeat_interval_ms).max(HEARTBEAT_INTERVAL_MS_MIN),
@@ -516,10 +553,11 @@ impl Shared {
                 max: self.frame_bytes_max,
             });
         }
-        // One buffer per frame: a cli sends at human speed.
-        let mut out = Vec::with_capacity(len + codec::PREFIX_BYTES_MAX);
-        codec::encode_frame(frame, &mut out);
+        // One buffer per frame: a cli sends at human speed. (The prefix and
+        // a WebSocket header are at most 14 bytes.)
+        let mut out = Vec::with_capacity(len + 14);
         let w = self.writer.lock();
+        w.encode(frame, &mut out);
         w.write_all(&out)?;
         Ok(())
     }
@@ -531,13 +569,27 @@ impl Shared {
 }
 
 /// Connects to the first entry of the comma-separated `servers` that
-/// takes the connection; returns it with that entry. The error names the
-/// last entry tried.
-fn dial(servers: &str, timeout: Duration) -> Result<(TcpStream, String), ClientError> {
+/// takes the connection; returns it with that entry (and its WebSocket URL
+/// when it is one). The error names the last entry tried.
+fn dial(
+    servers: &str,
+    timeout: Duration,
+) -> Result<(TcpStream, String, Option<super::ws::WsUrl>), ClientError> {
     let mut last = None;
     for server in server_list(servers) {
-        match dial_one(server, timeout) {
-            Ok(s) => return Ok((s, server.to_owned())),
+        let ws = match super::ws::WsUrl::parse(server) {
+            None => None,
+            Some(Ok(url)) => Some(url),
+            Some(Err(e)) => {
+                last = Some(ClientError::Usage(e));
+                continue;
+            }
+        };
+        let addr = ws
+            .as_ref()
+            .map_or_else(|| server.to_owned(), super::ws::WsUrl::addr);
+        match dial_one(&addr, timeout) {
+            Ok(s) => return Ok((s, server.to_owned(), ws)),
             Err(e) => last = Some(e),
         }
     }
@@ -600,9 +652,17 @@ pub fn reconnect_order(servers: &str, current: &str, closed: &Closed) -> String 
     order.join(",")
 }
 
+#[derive(Debug, thiserror::Error)]
 enum ReadError {
+    #[error("{0}")]
     Io(std::io::Error),
+    #[error("{0}")]
     Decode(codec::DecodeError),
+    #[error("{0}")]
+    Ws(super::ws::WsError),
+    /// The WebSocket upgrade was refused or answered wrongly.
+    #[error("{0}")]
+    Upgrade(String),
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -631,6 +691,9 @@ fn take_frame(buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, codec::DecodeError
 pub struct Wire {
     sock: Arc<TcpStream>,
     tls: Option<Arc<Mutex<rustls::ClientConnection>>>,
+    /// Frames are WebSocket binary messages (after the upgrade), not
+    /// length-prefixed.
+    ws: bool,
 }
 
 impl Wire {
@@ -638,6 +701,18 @@ impl Wire {
         Self {
             sock: Arc::new(sock),
             tls: None,
+            ws: false,
+        }
+    }
+
+    /// Appends `frame` as this wire carries it: length-prefixed, or one
+    /// masked WebSocket binary message.
+    fn encode(&self, frame: &pb::Frame, out: &mut Vec<u8>) {
+        if self.ws {
+            let body = frame.encode_to_vec();
+            super::ws::encode_binary(&body, out);
+        } else {
+            codec::encode_frame(frame, out);
         }
     }
 
@@ -650,6 +725,7 @@ impl Wire {
         Ok(Self {
             sock: Arc::new(sock),
             tls: Some(Arc::new(Mutex::new(conn))),
+            ws: false,
         })
     }
 
@@ -702,11 +778,77 @@ impl Wire {
     }
 }
 
-/// Reads until one frame is whole; `None` at EOF. `buf` keeps what follows.
-fn read_frame(stream: &Wire, buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, ReadError> {
+/// Sends the WebSocket upgrade for `url` and reads the answer; returns
+/// what the server sent after it (WebSocket data).
+fn ws_upgrade(wire: &Wire, url: &super::ws::WsUrl) -> Result<Vec<u8>, ReadError> {
+    use super::ws::UpgradeAnswer;
+    let key = super::ws::new_key();
+    wire.write_all(&url.upgrade_request(&key))
+        .map_err(ReadError::Io)?;
+    let mut buf = Vec::new();
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
-        if let Some(f) = take_frame(buf).map_err(ReadError::Decode)? {
+        match super::ws::check_upgrade(&buf, &key).map_err(ReadError::Upgrade)? {
+            UpgradeAnswer::Switched { consumed } => {
+                buf.drain(..consumed);
+                return Ok(buf);
+            }
+            UpgradeAnswer::NeedMore => {}
+        }
+        match wire.read(&mut chunk) {
+            Ok(0) => {
+                return Err(ReadError::Upgrade(
+                    "the server closed the connection during the WebSocket upgrade".into(),
+                ));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
+/// Reads until one frame is whole; `None` at EOF. `buf` keeps what follows.
+#[cfg(test)]
+fn read_frame(stream: &Wire, buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, ReadError> {
+    next_frame(stream, buf, &mut None, |b| stream.write_all(b))
+}
+
+/// Reads until one frame is whole; `None` at EOF (or a WebSocket close).
+/// `buf` keeps the bytes that follow, `message` a WebSocket message not
+/// yet whole; `write` sends the answers to WebSocket pings and closes.
+fn next_frame(
+    stream: &Wire,
+    buf: &mut Vec<u8>,
+    message: &mut Option<Vec<u8>>,
+    write: impl Fn(&[u8]) -> std::io::Result<()>,
+) -> Result<Option<pb::Frame>, ReadError> {
+    use super::ws::{self, Taken};
+    use tungstenite::protocol::frame::coding::{Control, OpCode};
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        if stream.ws {
+            let mut out = Vec::new();
+            match ws::take(buf, message, INCOMING_FRAME_BYTES_MAX).map_err(ReadError::Ws)? {
+                Taken::Message(body) => {
+                    return codec::decode_body(&body, INCOMING_FRAME_BYTES_MAX)
+                        .map(Some)
+                        .map_err(ReadError::Decode);
+                }
+                Taken::Nothing => continue,
+                Taken::Ping(payload) => {
+                    ws::encode(OpCode::Control(Control::Pong), &payload, &mut out);
+                    write(&out).map_err(ReadError::Io)?;
+                    continue;
+                }
+                Taken::Close => {
+                    ws::encode(OpCode::Control(Control::Close), &[], &mut out);
+                    let _ = write(&out);
+                    return Ok(None);
+                }
+                Taken::NeedMore => {}
+            }
+        } else if let Some(f) = take_frame(buf).map_err(ReadError::Decode)? {
             return Ok(Some(f));
         }
         match stream.read(&mut chunk) {
@@ -718,18 +860,26 @@ fn read_frame(stream: &Wire, buf: &mut Vec<u8>) -> Result<Option<pb::Frame>, Rea
     }
 }
 
-fn read_loop(shared: &Shared, stream: Wire, mut buf: Vec<u8>, tx: &SyncSender<Event>) {
+fn read_loop(
+    shared: &Shared,
+    stream: Wire,
+    mut buf: Vec<u8>,
+    mut message: Option<Vec<u8>>,
+    tx: &SyncSender<Event>,
+) {
     let mut kick = None;
     let mut error = None;
+    // Pongs and close echoes go in order with the frames the writers send.
+    let write = |b: &[u8]| shared.writer.lock().write_all(b);
     let cause = loop {
-        match read_frame(&stream, &mut buf) {
+        match next_frame(&stream, &mut buf, &mut message, write) {
             Ok(Some(frame)) => {
                 shared.last_rx_ms.store(shared.now_ms(), Ordering::Relaxed);
                 dispatch(shared, frame, tx, &mut kick, &mut error);
             }
             Ok(None) => break CloseCause::Eof,
             Err(ReadError::Io(e)) => break CloseCause::Io(e.to_string()),
-            Err(ReadError::Decode(e)) => break CloseCause::BadFrame(e.to_string()),
+            Err(e) => break CloseCause::BadFrame(e.to_string()),
         }
     };
     let cause = if shared.local_close.load(Ordering::Relaxed) {

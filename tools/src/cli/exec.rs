@@ -27,6 +27,8 @@ pub struct Context<'a> {
     pub session: &'a Session,
     /// The chat's open conversation; `None` in scripts.
     pub open: Option<&'a Target>,
+    /// The chat's current call (rung for, or in); `None` in scripts.
+    pub call: Option<&'a str>,
 }
 
 impl Context<'_> {
@@ -54,6 +56,17 @@ impl Context<'_> {
         self.open.cloned().ok_or_else(|| {
             ClientError::Usage("name the recipient: --to USER, --group GROUP or --conv CONV".into())
         })
+    }
+
+    /// The call named by `id`, else the chat's current one.
+    fn call_id(&self, id: Option<&String>) -> Result<String, ClientError> {
+        match (id, self.call) {
+            (Some(id), _) => checked(id, "call id"),
+            (None, Some(id)) => Ok(id.to_owned()),
+            (None, None) => Err(ClientError::Usage(
+                "name the call: its id (from `ok op=call id=…` or a call event)".into(),
+            )),
+        }
     }
 
     /// The conversation id named by `conv` (as [`resolve`] reads it), else
@@ -142,6 +155,197 @@ pub fn run(ctx: &Context<'_>, cmd: &SharedCommand) -> Result<Vec<Item>, ClientEr
                 })),
             )
         }
+        SharedCommand::Search(a) => {
+            let conversation_id = match &a.conv {
+                Some(c) => resolve(s, c)?.conversation(s.me())?,
+                None => String::new(),
+            };
+            let r = expect_body!(
+                s.request(Body::Search(pb::SearchRequest {
+                    query: words(&a.text),
+                    conversation_id,
+                    sender: a.from.as_deref().map(user).transpose()?.unwrap_or_default(),
+                    from_ms: a.since_ms.unwrap_or(0),
+                    to_ms: a.until_ms.unwrap_or(0),
+                    limit: a.limit,
+                    cursor: a.cursor.clone().unwrap_or_default(),
+                })),
+                SearchResult
+            )?;
+            let mut items: Vec<Item> = r.entries.into_iter().map(Item::Entry).collect();
+            if !r.cursor.is_empty() {
+                items.push(Item::More {
+                    flag: "cursor",
+                    value: r.cursor,
+                });
+            }
+            Ok(items)
+        }
+        SharedCommand::Devices => {
+            let r = expect_body!(
+                s.request(Body::DeviceList(pb::DeviceListRequest {})),
+                DeviceListResult
+            )?;
+            Ok(r.devices.into_iter().map(Item::Device).collect())
+        }
+        SharedCommand::Logout(a) => ok(
+            "device_logout",
+            s.request(Body::DeviceLogout(pb::DeviceLogout {
+                device_id: checked(&a.device_id, "device id")?,
+            })),
+        ),
+        SharedCommand::Call(a) => {
+            let conversation_id = ctx.conversation(a.target.as_ref())?;
+            ok(
+                "call",
+                s.request(Body::Call(pb::CallAction {
+                    kind: pb::CallActionKind::Invite as i32,
+                    call_id: String::new(),
+                    conversation_id,
+                    invitees: a
+                        .invitees
+                        .iter()
+                        .map(|u| user(u))
+                        .collect::<Result<_, _>>()?,
+                    video: a.video,
+                })),
+            )
+        }
+        SharedCommand::Accept(a) | SharedCommand::Reject(a) | SharedCommand::Hangup(a) => {
+            let (op, kind) = match cmd {
+                SharedCommand::Accept(_) => ("accept", pb::CallActionKind::Accept),
+                SharedCommand::Reject(_) => ("reject", pb::CallActionKind::Reject),
+                _ => ("hangup", pb::CallActionKind::Hangup),
+            };
+            ok(
+                op,
+                s.request(Body::Call(pb::CallAction {
+                    kind: kind as i32,
+                    call_id: ctx.call_id(a.call_id.as_ref())?,
+                    ..Default::default()
+                })),
+            )
+        }
+        SharedCommand::Edit(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            let client_edit_id = match &a.client_edit_id {
+                Some(id) => checked(id, "client edit id")?,
+                None => new_client_msg_id(),
+            };
+            ok(
+                "edit",
+                s.request(Body::Edit(pb::EditRequest {
+                    conversation_id: conv,
+                    seq: a.seq,
+                    client_edit_id,
+                    content: Some(pb::Content {
+                        kind: Some(pb::content::Kind::Text(pb::Text {
+                            text: words(&a.text),
+                        })),
+                    }),
+                    streaming: a.streaming,
+                })),
+            )
+        }
+        SharedCommand::React(a) | SharedCommand::Unreact(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            let remove = matches!(cmd, SharedCommand::Unreact(_));
+            tern_protocol::validate::check_reaction(&a.emoji)
+                .map_err(|why| ClientError::Usage(format!("the reaction {why}")))?;
+            ok(
+                if remove { "unreact" } else { "react" },
+                s.request(Body::React(pb::ReactRequest {
+                    conversation_id: conv,
+                    seq: a.seq,
+                    emoji: a.emoji.clone(),
+                    remove,
+                })),
+            )
+        }
+        SharedCommand::Pin(a) | SharedCommand::Unpin(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            let unpin = matches!(cmd, SharedCommand::Unpin(_));
+            ok(
+                if unpin { "unpin" } else { "pin" },
+                s.request(Body::Pin(pb::PinRequest {
+                    conversation_id: conv,
+                    seq: a.seq,
+                    unpin,
+                })),
+            )
+        }
+        SharedCommand::Pins(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            let r = expect_body!(
+                s.request(Body::Pins(pb::PinListRequest {
+                    conversation_id: conv,
+                })),
+                PinsResult
+            )?;
+            Ok(r.pins
+                .into_iter()
+                .map(|pin| Item::Pin {
+                    conv: r.conversation_id.clone(),
+                    pin,
+                })
+                .collect())
+        }
+        SharedCommand::Thread(a) => {
+            let target = ctx.target(&ToArgs {
+                conv: a.conv.clone(),
+                ..ToArgs::default()
+            })?;
+            let send = SendArgs {
+                to: ToArgs::default(),
+                mentions: Vec::new(),
+                mention_all: false,
+                reply_to: None,
+                client_msg_id: a.client_msg_id.clone(),
+                text: a.text.clone(),
+            };
+            let mut msg = text_message(&target, &send)?;
+            msg.thread_root_seq = a.seq;
+            Ok(vec![Item::Sent(s.send(msg)?)])
+        }
+        SharedCommand::Threadlog(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            thread_log(s, &conv, a.seq, a.before.unwrap_or(0), a.limit)
+        }
+        SharedCommand::Todo(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            let users = a
+                .users
+                .iter()
+                .map(|u| checked(u.strip_prefix('@').unwrap_or(u), "assignee"))
+                .collect::<Result<Vec<_>, _>>()?;
+            ok(
+                "todo",
+                s.request(Body::Todo(pb::TodoRequest {
+                    conversation_id: conv,
+                    seq: a.seq,
+                    action: pb::TodoAction::Create as i32,
+                    assignees: users,
+                })),
+            )
+        }
+        SharedCommand::Done(a) => {
+            let conv = ctx.conversation(a.conv.as_ref())?;
+            let action = if a.undo {
+                pb::TodoAction::Undo
+            } else {
+                pb::TodoAction::Done
+            };
+            ok(
+                if a.undo { "undo" } else { "done" },
+                s.request(Body::Todo(pb::TodoRequest {
+                    conversation_id: conv,
+                    seq: a.seq,
+                    action: action as i32,
+                    assignees: Vec::new(),
+                })),
+            )
+        }
+        SharedCommand::Todos(a) => todos(s, a.limit),
         SharedCommand::Read(a) => {
             let conv = ctx.conversation(a.conv.as_ref())?;
             let up_to = match a.seq {
@@ -331,6 +535,8 @@ pub fn text_message(target: &Target, a: &SendArgs) -> Result<pb::Send, ClientErr
         mentions: if in_group { mentions } else { Vec::new() },
         mention_all: in_group && (a.mention_all || all_in_text),
         reply_to_seq: a.reply_to.unwrap_or(0),
+        streaming: false,
+        thread_root_seq: 0,
     })
 }
 
@@ -361,6 +567,7 @@ pub fn history(s: &Session, conv: &str, before: u64, limit: u32) -> Result<Vec<I
             conversation_id: conv.to_owned(),
             before_seq: before,
             limit,
+            thread_root_seq: 0,
         })),
         HistoryResult
     )?;
@@ -377,6 +584,90 @@ pub fn history(s: &Session, conv: &str, before: u64, limit: u32) -> Result<Vec<I
     Ok(items)
 }
 
+/// One page of the thread under `root` (oldest first), where the next page
+/// starts, and the thread's summary with the caller's unread count as it
+/// was before this page marked the thread read.
+pub fn thread_log(
+    s: &Session,
+    conv: &str,
+    root: u64,
+    before: u64,
+    limit: u32,
+) -> Result<Vec<Item>, ClientError> {
+    let r = expect_body!(
+        s.request(Body::History(pb::HistoryRequest {
+            conversation_id: conv.to_owned(),
+            before_seq: before,
+            limit,
+            thread_root_seq: root,
+        })),
+        HistoryResult
+    )?;
+    let info = expect_body!(
+        s.request(Body::ThreadInfo(pb::ThreadInfoRequest {
+            conversation_id: conv.to_owned(),
+            root_seqs: vec![root],
+        })),
+        ThreadInfoResult
+    )?;
+    let first = r.entries.first().map(|e| e.seq);
+    let last = r.entries.last().map(|e| e.seq);
+    let mut items: Vec<Item> = r.entries.into_iter().map(Item::Entry).collect();
+    if r.more
+        && let Some(first) = first
+    {
+        items.push(Item::More {
+            flag: "before",
+            value: first.to_string(),
+        });
+    }
+    items.extend(info.threads.into_iter().map(|t| Item::Thread {
+        conv: conv.to_owned(),
+        info: t,
+    }));
+    // Shown is read (the newest page only: an older page moves nothing).
+    if let (0, Some(last)) = (before, last) {
+        expect_body!(
+            s.request(Body::ThreadRead(pb::ThreadReadRequest {
+                conversation_id: conv.to_owned(),
+                root_seq: root,
+                up_to_seq: last,
+            })),
+            Ok
+        )?;
+    }
+    Ok(items)
+}
+
+/// Pages of the caller's open to-dos, at most `limit` in all.
+pub fn todos(s: &Session, limit: u32) -> Result<Vec<Item>, ClientError> {
+    // Each page asks for what is still wanted; a page may hold fewer
+    // to-dos than asked (the server skips stale index entries), so the
+    // pages are bounded too.
+    const PAGES_MAX: usize = 20;
+    let mut items = Vec::new();
+    let mut after = None;
+    for _ in 0..PAGES_MAX {
+        let want = limit.saturating_sub(items.len() as u32);
+        if want == 0 {
+            break;
+        }
+        let r = expect_body!(
+            s.request(Body::TodoList(pb::TodoListRequest {
+                limit: want.min(100),
+                after: after.take(),
+            })),
+            TodoListResult
+        )?;
+        items.extend(r.todos.into_iter().map(Item::Todo));
+        match r.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    Ok(items)
+}
+
 /// The newest seq of a conversation (`None`: empty).
 pub fn head(s: &Session, conv: &str) -> Result<Option<u64>, ClientError> {
     let r = expect_body!(
@@ -384,6 +675,7 @@ pub fn head(s: &Session, conv: &str) -> Result<Option<u64>, ClientError> {
             conversation_id: conv.to_owned(),
             before_seq: 0,
             limit: 1,
+            thread_root_seq: 0,
         })),
         HistoryResult
     )?;

@@ -63,6 +63,26 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
             }
             s
         }
+        Item::Call(c) => call_event(me, c),
+        Item::CallSignal(c) => format!(
+            "  (call {}: {} bytes of signalling from {})",
+            clean(&c.call_id),
+            c.payload.len(),
+            clean(&c.from_user_id)
+        ),
+        Item::Device(d) => format!(
+            "  {}{} ({}) on {} since {}{}",
+            clean(&d.device_id),
+            if d.current { " (this one)" } else { "" },
+            super::record::platform_word(d.platform),
+            clean(&d.node_id),
+            time(d.login_time_ms),
+            if d.client_version.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", clean(&d.client_version))
+            },
+        ),
         Item::Member { member, .. } => {
             let mut s = format!("  {} ({})", clean(&member.user_id), role_word(member.role));
             if !member.nickname.is_empty() {
@@ -75,6 +95,13 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
         }
         Item::Presence(p) => presence(p),
         Item::ReadBy { conv, item } => read_by(me, conv, item),
+        Item::Pin { conv, pin } => format!(
+            "📌 [{}:{}] pinned by {} at {}",
+            target::label(me, conv),
+            pin.seq,
+            clean(&pin.pinned_by),
+            time(pin.pinned_at_ms)
+        ),
         Item::Typing(t) => format!(
             "… {} {} in {}",
             clean(&t.user_id),
@@ -94,6 +121,24 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
         Item::Closed(why) => format!("! {}", clean(why)),
         Item::More { flag, value } if *flag == "sync" => format!("(sync stopped short: {value})"),
         Item::More { flag, value } => format!("(more: --{flag} {value})"),
+        Item::Thread { conv, info } => {
+            let summary = info.summary.unwrap_or_default();
+            format!(
+                "[{}:{}] thread: {} replies, {} unread",
+                target::label(me, conv),
+                info.root_seq,
+                summary.reply_count,
+                info.unread
+            )
+        }
+        Item::Todo(t) => format!(
+            "☐ [{}:{}] to-do from {} (/done --conv {} {})",
+            target::label(me, &t.conversation_id),
+            t.seq,
+            clean(&t.creator),
+            t.conversation_id,
+            t.seq
+        ),
         Item::Ok { op, ok } => {
             let mut s = format!("✓ {}", op.replace('_', " "));
             if !ok.id.is_empty() {
@@ -129,20 +174,75 @@ pub fn entry(me: &str, e: &pb::Entry) -> Option<String> {
     Some(match &e.body {
         Some(Body::Message(m)) => {
             let mut s = format!("{head} {who}: ");
+            if m.thread_root_seq != 0 {
+                s.push_str(&format!("(thread {}) ", m.thread_root_seq));
+            }
             if m.reply_to_seq != 0 {
                 s.push_str(&format!("(↪ {}) ", m.reply_to_seq));
             }
             s.push_str(&content(m));
+            s.push_str(edit_mark(m.edit_count, m.streaming, m.recalled));
+            if let Some(t) = &m.thread {
+                s.push_str(&format!(
+                    "  [{} in thread: /threadlog {}]",
+                    t.reply_count, e.seq
+                ));
+            }
+            if !m.reactions.is_empty() {
+                let kinds: Vec<String> = m
+                    .reactions
+                    .iter()
+                    .map(|k| format!("{} {}", clean(&k.emoji), k.count))
+                    .collect();
+                s.push_str(&format!("  [{}]", kinds.join(" · ")));
+            }
             if mentions(me, e, m) {
                 s.push_str("  ← mentions you");
             }
             s
         }
         Some(Body::Recalled(r)) => format!("{head} * {who} recalled message {}", r.seq),
+        Some(Body::Edited(x)) => {
+            let shown = pb::Message {
+                content: x.content.clone(),
+                ..Default::default()
+            };
+            format!(
+                "{head} * {who} edited message {}: {}{}",
+                x.seq,
+                content(&shown),
+                edit_mark(x.edit_count, x.streaming, false)
+            )
+        }
         // This user's own read marks (from any device) say nothing new here.
         Some(Body::Read(_)) if e.sender == me => return None,
         Some(Body::Read(r)) => format!("{head} ✓✓ {who} read up to {}", r.up_to_seq),
         Some(Body::GroupEvent(g)) => format!("{head} * {who} {}", group_event(g)),
+        Some(Body::CallRecord(c)) => format!("{head} * {}", call_record(&who, c)),
+        Some(Body::Todo(t)) => match pb::TodoAction::try_from(t.action) {
+            Ok(pb::TodoAction::Create) => format!(
+                "{head} * {who} made message {} a to-do for {}",
+                t.seq,
+                t.assignees
+                    .iter()
+                    .map(|a| clean(a))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok(pb::TodoAction::Done) => format!("{head} * {who} finished to-do {}", t.seq),
+            _ => format!("{head} * {who} reopened to-do {}", t.seq),
+        },
+        Some(Body::Reaction(r)) => format!(
+            "{head} * {who} {} {} on message {}",
+            if r.removed { "took back" } else { "reacted" },
+            clean(&r.emoji),
+            r.seq
+        ),
+        Some(Body::Pin(p)) => format!(
+            "{head} * {who} {} message {}",
+            if p.unpinned { "unpinned" } else { "pinned" },
+            p.seq
+        ),
         None => format!("{head} {who}: (an entry this client does not know)"),
     })
 }
@@ -166,6 +266,17 @@ fn read_by(me: &str, conv: &str, r: &pb::ReadBy) -> String {
         (false, n, all) if n >= all => format!("{head} ✓✓ read by all {all}"),
         (false, 0, all) => format!("{head} read by none of {all}"),
         (false, n, all) => format!("{head} read by {n} of {all}"),
+    }
+}
+
+/// How a message shows that it was edited, or that its sender is still
+/// writing it: `  (edited)`, `  (writing…)`, or nothing.
+fn edit_mark(edit_count: u32, streaming: bool, recalled: bool) -> &'static str {
+    match (recalled, streaming, edit_count) {
+        (true, _, _) => "",
+        (false, true, _) => "  (writing…)",
+        (false, false, 0) => "",
+        (false, false, _) => "  (edited)",
     }
 }
 
@@ -388,6 +499,56 @@ fn ellipsize(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// A call event as a line for people.
+fn call_event(me: &str, c: &pb::CallEvent) -> String {
+    let who = clean(&c.user_id);
+    let id = clean(&c.call_id);
+    let kind = pb::CallEventKind::try_from(c.kind).unwrap_or_default();
+    match kind {
+        pb::CallEventKind::Ringing if c.caller_id == me => {
+            let others: Vec<String> = c.participants.iter().skip(1).map(|u| clean(u)).collect();
+            format!(
+                "📞 calling {} … (call {id}; /hangup to cancel)",
+                others.join(", ")
+            )
+        }
+        pb::CallEventKind::Ringing => format!(
+            "📞 {who} is calling you in {} (call {id}): /accept or /reject",
+            target::label(me, &c.conversation_id)
+        ),
+        pb::CallEventKind::Accepted if c.user_id == me => {
+            format!("📞 answered on {} (call {id})", clean(&c.device_id))
+        }
+        pb::CallEventKind::Accepted => format!("📞 {who} answered (call {id})"),
+        pb::CallEventKind::Rejected => format!("📞 {who} declined (call {id})"),
+        pb::CallEventKind::Missed => format!("📞 {who} did not answer (call {id})"),
+        pb::CallEventKind::Left => format!("📞 {who} left (call {id})"),
+        pb::CallEventKind::Ended => format!(
+            "📞 call {id} ended: {}",
+            super::record::call_outcome_word(c.outcome)
+        ),
+        pb::CallEventKind::Unspecified => format!("📞 call {id} changed"),
+    }
+}
+
+/// A call's record as a sentence: `alice called bob, carol: 1m05s` or
+/// `alice called bob: missed`.
+fn call_record(who: &str, c: &pb::CallRecord) -> String {
+    let others: Vec<String> = c.participants.iter().skip(1).map(|u| clean(u)).collect();
+    let how = match pb::CallOutcome::try_from(c.outcome).unwrap_or_default() {
+        pb::CallOutcome::Completed => {
+            let s = c.duration_ms / 1_000;
+            format!("{}m{:02}s", s / 60, s % 60)
+        }
+        pb::CallOutcome::Missed => "missed".to_owned(),
+        pb::CallOutcome::Rejected => "declined".to_owned(),
+        pb::CallOutcome::Cancelled => "cancelled".to_owned(),
+        pb::CallOutcome::Unspecified => "ended".to_owned(),
+    };
+    let kind = if c.video { "video-called" } else { "called" };
+    format!("{who} {kind} {}: {how}", others.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +615,94 @@ mod tests {
             &mentioning("alice", &["alice"], false, false)
         ));
         assert!(!says("bob", &mentioning("alice", &["bob"], true, true)));
+    }
+
+    #[test]
+    fn reactions_and_pins_read_as_sentences() {
+        // Proves a reaction entry reads `* bob reacted 👍 on message 3` (or
+        // `took back`), a pin entry `* alice pinned message 3`, and a
+        // message with reactions ends with its totals.
+        let react = |removed| pb::Entry {
+            body: Some(pb::entry::Body::Reaction(pb::ReactionChange {
+                seq: 3,
+                emoji: "\u{1f44d}".into(),
+                removed,
+            })),
+            ..text_entry("bob", "")
+        };
+        let line = entry("alice", &react(false)).unwrap();
+        assert!(
+            line.ends_with("* bob reacted \u{1f44d} on message 3"),
+            "{line}"
+        );
+        let line = entry("alice", &react(true)).unwrap();
+        assert!(
+            line.ends_with("* bob took back \u{1f44d} on message 3"),
+            "{line}"
+        );
+        let pin = pb::Entry {
+            body: Some(pb::entry::Body::Pin(pb::PinChange {
+                seq: 3,
+                unpinned: false,
+            })),
+            ..text_entry("alice", "")
+        };
+        let line = entry("bob", &pin).unwrap();
+        assert!(line.ends_with("* alice pinned message 3"), "{line}");
+        let mut m = text_entry("alice", "ship it?");
+        if let Some(pb::entry::Body::Message(x)) = &mut m.body {
+            for (emoji, count) in [("\u{1f44d}", 2), (":tada:", 1)] {
+                x.reactions.push(pb::ReactionSummary {
+                    emoji: emoji.into(),
+                    count,
+                    users: Vec::new(),
+                });
+            }
+        }
+        let line = entry("bob", &m).unwrap();
+        assert!(
+            line.ends_with("ship it?  [\u{1f44d} 2 \u{b7} :tada: 1]"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn edits_show_as_such() {
+        // Proves an edit entry reads `* alice edited message 3: new text`, a
+        // message edited before ends with `(edited)` and one still being
+        // written (streaming) with `(writing…)` instead.
+        let edit = pb::Entry {
+            seq: 4,
+            body: Some(pb::entry::Body::Edited(pb::Edited {
+                seq: 3,
+                content: Some(pb::Content {
+                    kind: Some(pb::content::Kind::Text(pb::Text {
+                        text: "new text".into(),
+                    })),
+                }),
+                edit_count: 1,
+                streaming: false,
+            })),
+            ..text_entry("alice", "")
+        };
+        let line = entry("bob", &edit).unwrap();
+        assert!(
+            line.ends_with("* alice edited message 3: new text  (edited)"),
+            "{line}"
+        );
+        let mut m = text_entry("alice", "The answer");
+        if let Some(pb::entry::Body::Message(x)) = &mut m.body {
+            x.edit_count = 2;
+        }
+        assert!(entry("bob", &m).unwrap().ends_with("The answer  (edited)"));
+        if let Some(pb::entry::Body::Message(x)) = &mut m.body {
+            x.streaming = true;
+        }
+        assert!(
+            entry("bob", &m)
+                .unwrap()
+                .ends_with("The answer  (writing…)")
+        );
     }
 
     #[test]

@@ -34,5 +34,6 @@ pub mod script;
 pub mod session;
 pub mod target;
 pub mod token;
+pub mod ws;
 
 pub use error::ClientError;

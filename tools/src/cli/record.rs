@@ -54,6 +54,12 @@ pub enum Item {
         /// You in it, when a member.
         me: Option<pb::GroupMember>,
     },
+    /// A call changed (pushed).
+    Call(pb::CallEvent),
+    /// SDP or ICE relayed in a call (pushed).
+    CallSignal(pb::CallSignalEvent),
+    /// One of your connected devices (`devices`).
+    Device(pb::DeviceInfo),
     /// A member of a group.
     Member {
         /// The group id.
@@ -72,6 +78,22 @@ pub enum Item {
         /// The counts.
         item: pb::ReadBy,
     },
+    /// A pinned message.
+    Pin {
+        /// The conversation.
+        conv: String,
+        /// The pin.
+        pin: pb::Pin,
+    },
+    /// A thread's summary and the caller's unread count.
+    Thread {
+        /// The conversation.
+        conv: String,
+        /// The thread.
+        info: pb::ThreadInfo,
+    },
+    /// An open to-do of the caller's.
+    Todo(pb::Todo),
     /// A request succeeded.
     Ok {
         /// What was done (`friend_add`, `group_kick`, …).
@@ -346,6 +368,13 @@ impl Item {
                 }
                 r
             }
+            Self::Device(d) => Record::new("device")
+                .s("device", &d.device_id)
+                .s("platform", platform_word(d.platform))
+                .s("node", &d.node_id)
+                .n("login", d.login_time_ms)
+                .s("client", &d.client_version)
+                .b("current", d.current),
             Self::Member { group, member } => Record::new("member")
                 .s("group", group)
                 .s("user", &member.user_id)
@@ -374,10 +403,72 @@ impl Item {
                 .n("seq", item.seq)
                 .n("read", u64::from(item.read_count))
                 .n("members", u64::from(item.member_count)),
+            Self::Thread { conv, info } => {
+                let summary = info.summary.unwrap_or_default();
+                Record::new("thread")
+                    .s("conv", conv)
+                    .n("root", info.root_seq)
+                    .n("replies", u64::from(summary.reply_count))
+                    .n("last", summary.last_reply_seq)
+                    .n("read_seq", info.read_seq)
+                    .n("unread", u64::from(info.unread))
+            }
+            Self::Todo(t) => {
+                let open: Vec<String> = t
+                    .assignees
+                    .iter()
+                    .filter(|a| !a.done)
+                    .map(|a| a.user_id.clone())
+                    .collect();
+                let done: Vec<String> = t
+                    .assignees
+                    .iter()
+                    .filter(|a| a.done)
+                    .map(|a| a.user_id.clone())
+                    .collect();
+                Record::new("todo")
+                    .s("conv", &t.conversation_id)
+                    .n("seq", t.seq)
+                    .s("creator", &t.creator)
+                    .n("created", t.created_ms)
+                    .list("open", &open)
+                    .list("done", &done)
+            }
+            Self::Pin { conv, pin } => Record::new("pin")
+                .s("conv", conv)
+                .n("seq", pin.seq)
+                .s("by", &pin.pinned_by)
+                .n("time", pin.pinned_at_ms),
             Self::Ok { op, ok } => Record::new("ok")
                 .s("op", *op)
                 .n("seq", ok.seq)
                 .s_opt("id", &ok.id),
+            Self::Call(c) => Record::new("call")
+                .s("call", &c.call_id)
+                .s("event", call_event_word(c.kind))
+                .s("conv", &c.conversation_id)
+                .s("user", &c.user_id)
+                .s_opt("device", &c.device_id)
+                .s("caller", &c.caller_id)
+                .list("participants", &c.participants)
+                .b("video", c.video)
+                .s("outcome", call_outcome_word(c.outcome))
+                .n("duration", c.duration_ms),
+            Self::CallSignal(c) => Record::new("signal")
+                .s("call", &c.call_id)
+                .s("from", &c.from_user_id)
+                .s("from_device", &c.from_device_id)
+                .s_opt("to_device", &c.to_device_id)
+                .s(
+                    "kind",
+                    match pb::CallSignalKind::try_from(c.kind).unwrap_or_default() {
+                        pb::CallSignalKind::Offer => "offer",
+                        pb::CallSignalKind::Answer => "answer",
+                        pb::CallSignalKind::Ice => "ice",
+                        pb::CallSignalKind::Unspecified => "unspecified",
+                    },
+                )
+                .n("bytes", c.payload.len() as u64),
             Self::Typing(t) => Record::new("typing")
                 .s("conv", &t.conversation_id)
                 .s("user", &t.user_id)
@@ -438,10 +529,81 @@ fn entry_record(e: &pb::Entry) -> Record {
             if m.reply_to_seq != 0 {
                 r = r.n("reply_to", m.reply_to_seq);
             }
+            if m.edit_count != 0 {
+                r = r.n("edits", u64::from(m.edit_count));
+            }
+            if m.streaming {
+                r = r.b("streaming", true);
+            }
+            if !m.reactions.is_empty() {
+                let kinds: Vec<String> = m
+                    .reactions
+                    .iter()
+                    .map(|k| format!("{}={}", k.emoji, k.count))
+                    .collect();
+                r = r.list("reactions", &kinds);
+            }
+            if m.thread_root_seq != 0 {
+                r = r.n("thread", m.thread_root_seq);
+            }
+            if let Some(t) = &m.thread {
+                r = r
+                    .n("replies", u64::from(t.reply_count))
+                    .n("last_reply", t.last_reply_seq);
+            }
         }
         Some(pb::entry::Body::Recalled(x)) => r = r.s("kind", "recall").n("target", x.seq),
+        Some(pb::entry::Body::Edited(x)) => {
+            r = r
+                .s("kind", "edit")
+                .n("target", x.seq)
+                .n("edits", u64::from(x.edit_count));
+            if let Some(pb::content::Kind::Text(t)) =
+                x.content.as_ref().and_then(|c| c.kind.as_ref())
+            {
+                r = r.s("text", &t.text);
+            }
+            if x.streaming {
+                r = r.b("streaming", true);
+            }
+        }
         Some(pb::entry::Body::Read(x)) => r = r.s("kind", "read").n("up_to", x.up_to_seq),
+        Some(pb::entry::Body::Reaction(x)) => {
+            r = r
+                .s("kind", "reaction")
+                .n("target", x.seq)
+                .s("emoji", &x.emoji)
+                .b("removed", x.removed);
+        }
+        Some(pb::entry::Body::Pin(x)) => {
+            r = r
+                .s("kind", "pin")
+                .n("target", x.seq)
+                .b("unpinned", x.unpinned);
+        }
         Some(pb::entry::Body::GroupEvent(g)) => r = group_event_fields(r.s("kind", "group"), g),
+        Some(pb::entry::Body::Todo(t)) => {
+            let action = match pb::TodoAction::try_from(t.action) {
+                Ok(pb::TodoAction::Create) => "create",
+                Ok(pb::TodoAction::Done) => "done",
+                Ok(pb::TodoAction::Undo) => "undo",
+                _ => "unknown",
+            };
+            r = r.s("kind", "todo").n("target", t.seq).s("action", action);
+            if !t.assignees.is_empty() {
+                r = r.list("assignees", &t.assignees);
+            }
+        }
+        Some(pb::entry::Body::CallRecord(c)) => {
+            r = r
+                .s("kind", "call")
+                .s("call", &c.call_id)
+                .s("outcome", call_outcome_word(c.outcome))
+                .list("participants", &c.participants)
+                .list("answered", &c.answered)
+                .b("video", c.video)
+                .n("duration", c.duration_ms);
+        }
         None => r = r.s("kind", "unknown"),
     }
     r
@@ -531,6 +693,43 @@ fn event_record(e: &pb::ServerEvent) -> Record {
             .s("user", &q.user_id)
             .s("message", &q.message),
         None => r.s("kind", "unknown"),
+    }
+}
+
+/// The lower-case name of a call event.
+pub fn call_event_word(k: i32) -> &'static str {
+    match pb::CallEventKind::try_from(k).unwrap_or_default() {
+        pb::CallEventKind::Unspecified => "unspecified",
+        pb::CallEventKind::Ringing => "ringing",
+        pb::CallEventKind::Accepted => "accepted",
+        pb::CallEventKind::Rejected => "rejected",
+        pb::CallEventKind::Missed => "missed",
+        pb::CallEventKind::Left => "left",
+        pb::CallEventKind::Ended => "ended",
+    }
+}
+
+/// The lower-case name of a call outcome.
+pub fn call_outcome_word(o: i32) -> &'static str {
+    match pb::CallOutcome::try_from(o).unwrap_or_default() {
+        pb::CallOutcome::Unspecified => "unspecified",
+        pb::CallOutcome::Completed => "completed",
+        pb::CallOutcome::Missed => "missed",
+        pb::CallOutcome::Rejected => "rejected",
+        pb::CallOutcome::Cancelled => "cancelled",
+    }
+}
+
+/// The lower-case name of a platform.
+pub fn platform_word(p: i32) -> &'static str {
+    match pb::Platform::try_from(p).unwrap_or_default() {
+        pb::Platform::Unspecified => "unspecified",
+        pb::Platform::Ios => "ios",
+        pb::Platform::Android => "android",
+        pb::Platform::Web => "web",
+        pb::Platform::Desktop => "desktop",
+        pb::Platform::Cli => "cli",
+        pb::Platform::Bot => "bot",
     }
 }
 

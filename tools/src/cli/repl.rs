@@ -83,6 +83,7 @@ pub fn main(cli: &Cli) -> i32 {
             open: None,
             autoread: true,
             typing_seen: HashMap::new(),
+            call: None,
         }),
         server: cli.server.clone(),
         http_url: cli.http_url.clone(),
@@ -241,6 +242,9 @@ struct State {
     autoread: bool,
     /// When "is typing" was last shown, per (conversation, user).
     typing_seen: HashMap<(String, String), Instant>,
+    /// The latest call this chat started or was rung for, until it ends:
+    /// what `/accept`, `/reject` and `/hangup` act on by default.
+    call: Option<String>,
 }
 
 impl Chat {
@@ -367,13 +371,20 @@ impl Chat {
             }
             ReplCommand::Shared(c) => {
                 let (session, open) = self.session()?;
+                let call = self.state.lock().call.clone();
                 let items = exec::run(
                     &Context {
                         session: &session,
                         open: open.as_ref(),
+                        call: call.as_deref(),
                     },
                     &c,
                 )?;
+                for item in &items {
+                    if let Item::Ok { op: "call", ok } = item {
+                        self.state.lock().call = Some(ok.id.clone());
+                    }
+                }
                 if items.is_empty() {
                     self.say("(none)".into());
                 }
@@ -543,6 +554,12 @@ impl Chat {
                 mention_all: msg.mention_all,
                 reply_to_seq: msg.reply_to_seq,
                 recalled: false,
+                edit_count: 0,
+                edited_at_ms: 0,
+                reactions: vec![],
+                streaming: false,
+                thread_root_seq: 0,
+                thread: None,
             })),
         };
         if let Some(line) = human::entry(session.me(), &entry) {
@@ -601,6 +618,21 @@ impl Chat {
                     self.show(me, &Item::Typing(t));
                 }
             }
+            Pushed::Call(c) => {
+                {
+                    let mut st = self.state.lock();
+                    let kind = pb::CallEventKind::try_from(c.kind).unwrap_or_default();
+                    if kind == pb::CallEventKind::Ringing {
+                        st.call = Some(c.call_id.clone());
+                    } else if kind == pb::CallEventKind::Ended
+                        && st.call.as_deref() == Some(c.call_id.as_str())
+                    {
+                        st.call = None;
+                    }
+                }
+                self.show(me, &Item::Call(c));
+            }
+            Pushed::CallSignal(c) => self.show(me, &Item::CallSignal(c)),
             Pushed::Presence(p) => self.show(me, &Item::Presence(p)),
             Pushed::Event(e) => self.show(me, &Item::Event(e)),
             Pushed::Error(e) => self.show(me, &Item::PushError(e)),

@@ -149,6 +149,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), ClientError> {
                 &Context {
                     session: &session,
                     open: None,
+                    call: None,
                 },
                 cmd,
             )?;
@@ -194,6 +195,8 @@ fn listen(
             None => continue,
             Some(Pushed::Entries(es)) => es.into_iter().map(Item::Entry).collect(),
             Some(Pushed::Typing(t)) => vec![Item::Typing(t)],
+            Some(Pushed::Call(c)) => vec![Item::Call(c)],
+            Some(Pushed::CallSignal(c)) => vec![Item::CallSignal(c)],
             Some(Pushed::Presence(p)) => vec![Item::Presence(p)],
             Some(Pushed::Event(e)) => vec![Item::Event(e)],
             Some(Pushed::Error(e)) => vec![Item::PushError(e)],

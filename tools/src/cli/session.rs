@@ -70,6 +70,10 @@ pub enum Pushed {
     Entries(Vec<pb::Entry>),
     /// Someone types or stopped typing.
     Typing(pb::TypingEvent),
+    /// A call you take part in changed.
+    Call(pb::CallEvent),
+    /// SDP or ICE relayed to you in a call.
+    CallSignal(pb::CallSignalEvent),
     /// A friend's or group peer's presence changed.
     Presence(pb::Presence),
     /// A change to this user outside a conversation log.
@@ -281,6 +285,8 @@ impl Session {
         Ok(Some(match frame.body {
             Some(Body::Deliver(d)) => Pushed::Entries(self.apply_deliver(d)?),
             Some(Body::TypingEvent(t)) => Pushed::Typing(t),
+            Some(Body::CallEvent(c)) => Pushed::Call(c),
+            Some(Body::CallSignalEvent(c)) => Pushed::CallSignal(c),
             Some(Body::PresenceEvent(p)) => match p.presence {
                 Some(p) => Pushed::Presence(p),
                 None => Pushed::Entries(Vec::new()),

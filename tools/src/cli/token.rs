@@ -61,6 +61,8 @@ struct Claims<'a> {
     exp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
+    /// Issued at: a logged-out device's older tokens are refused by it.
+    iat: u64,
 }
 
 /// Mints an HS256 token for `user`, valid for `ttl_secs`.
@@ -81,6 +83,7 @@ pub fn mint_hs256(
         sub: user,
         exp: jsonwebtoken::get_current_timestamp().saturating_add(ttl_secs),
         aud: audience,
+        iat: jsonwebtoken::get_current_timestamp(),
     };
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -10,7 +10,7 @@
 //!
 //! What counts as what:
 //! - **lost**: an acked message missing from the final log of a device that
-//!   takes part in its conversation (counted once per message; `lost_copies`
+//!   takes part in its conversation and finished its final sync (counted once per message; `lost_copies`
 //!   counts the devices).
 //! - **duplicated**: one `(sender, client_msg_id)` stored at more than one seq.
 //! - **divergent**: two devices (or an ack and a device) disagree about which
@@ -239,7 +239,14 @@ pub fn check(h: &History) -> Verdict {
                 d.user, d.device
             ));
         }
-        let held = final_has.entry((&d.user, &d.device)).or_default();
+        // An unsynced device's log is cut short: what it lacks is unknown,
+        // not lost (the verdict is unclean through `devices_unsynced`).
+        let mut none = HashSet::new();
+        let held = if d.synced {
+            final_has.entry((&d.user, &d.device)).or_default()
+        } else {
+            &mut none
+        };
         for e in &d.entries {
             held.insert((&e.conv, e.seq));
             let here = (e.sender.as_str(), e.cmid.as_str());
@@ -588,6 +595,20 @@ mod tests {
             (v.gaps, v.gaps_filled, v.gaps_filled_by_final_sync),
             (1, 0, 0)
         );
+        assert!(!v.clean());
+    }
+
+    #[test]
+    fn an_unsynced_device_is_unsynced_not_lossy() {
+        // Proves a device whose final sync did not finish (its log cut
+        // short) makes the verdict unclean as unsynced, without counting
+        // what its short log lacks as lost: only a finished log can show a
+        // loss.
+        let mut h = clean();
+        h.devices[1].entries.retain(|e| e.seq == 1);
+        h.devices[1].synced = false;
+        let v = check(&h);
+        assert_eq!((v.lost, v.devices_unsynced), (0, 1), "{v:?}");
         assert!(!v.clean());
     }
 

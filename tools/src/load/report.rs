@@ -97,6 +97,8 @@ pub struct Report {
     pub send_failed: u64,
     /// Unanswered.
     pub send_timeouts: u64,
+    /// Failed sends by error code.
+    pub send_fail_codes: BTreeMap<String, u64>,
     /// Skipped (sender not live, or in-flight full).
     pub send_skipped: u64,
     /// Messages per second acked in the main phase.
@@ -139,6 +141,19 @@ pub struct Report {
     pub moved: u64,
     /// Unanswered sends resent after a move.
     pub resent: u64,
+    /// Live connections closed because the server stopped answering (a
+    /// ping unanswered for an interval, or 1.5 intervals of silence — at
+    /// least one interval + 1 s — whichever came first).
+    pub silent_closes: u64,
+    /// Longest last-byte-received → close time of those, ms: the most it
+    /// took a client to notice a stopped server.
+    pub silent_detect_max_ms: u64,
+    /// `--stall` devices that stopped reading.
+    pub stalled: u64,
+    /// Of those, closed by their server while not reading.
+    pub stall_closed: u64,
+    /// Longest stop-reading → closed time, ms.
+    pub stall_close_max_ms: u64,
     /// Gateway RSS before the run, bytes (sum over `--gateway-pid`).
     pub gateway_rss_before_bytes: Option<u64>,
     /// Gateway RSS with every connection held, bytes.
@@ -202,6 +217,9 @@ pub fn merge(plan: &Plan, workers: u64, results: Vec<WorkerResult>) -> Report {
         r.acked += w.acked;
         r.send_failed += w.send_failed;
         r.send_timeouts += w.send_timeouts;
+        for (k, v) in w.send_fail_codes {
+            *r.send_fail_codes.entry(k).or_default() += v;
+        }
         r.send_skipped += w.send_skipped;
         r.delivered += w.delivered;
         r.entries_received += w.entries;
@@ -216,6 +234,11 @@ pub fn merge(plan: &Plan, workers: u64, results: Vec<WorkerResult>) -> Report {
         r.kicked_shutdown += w.kicked_shutdown;
         r.moved += w.moved;
         r.resent += w.resent;
+        r.silent_closes += w.silent_closes;
+        r.silent_detect_max_ms = r.silent_detect_max_ms.max(w.silent_detect_max_ms);
+        r.stalled += w.stalled;
+        r.stall_closed += w.stall_closed;
+        r.stall_close_max_ms = r.stall_close_max_ms.max(w.stall_close_max_ms);
         match w.reconnect_all_ms {
             Some(ms) => r.reconnect_all_ms = Some(r.reconnect_all_ms.unwrap_or(0).max(ms)),
             None if w.dropped > 0 => all_back = false,
@@ -357,6 +380,24 @@ pub fn human(r: &Report) -> String {
             ),
         );
         row("drop → live", lat(&r.reconnect));
+    }
+    if r.silent_closes > 0 {
+        row(
+            "silent server",
+            format!(
+                "{} connections closed after the server's silence, noticed at most {} ms after its last word",
+                r.silent_closes, r.silent_detect_max_ms
+            ),
+        );
+    }
+    if r.stalled > 0 {
+        row(
+            "stalled readers",
+            format!(
+                "{} stopped reading, {} closed by the server (at most {} ms after)",
+                r.stalled, r.stall_closed, r.stall_close_max_ms
+            ),
+        );
     }
     if r.kicked_shutdown > 0 {
         row(

@@ -103,9 +103,12 @@ pub struct LoadArgs {
     /// Storm: fraction of connections dropped at once.
     #[arg(long, default_value_t = 0.5)]
     pub fraction: f64,
-    /// Storm: seconds into the hold at which the drop happens.
-    #[arg(long, default_value_t = 2)]
-    pub storm_at: u32,
+    /// Storm: seconds into the hold at which the drop happens (default 2).
+    /// Given to `chat`, drops `--fraction` of the chatting devices at once at
+    /// that second: they reconnect (see `--jitter-ms`), resume from their
+    /// cursors and resend what was unanswered.
+    #[arg(long)]
+    pub storm_at: Option<u32>,
     /// Storm: 0 reconnects at once (retry every 100 ms); N > 0 waits a random
     /// 0..N ms first and retries with full-jitter exponential backoff.
     #[arg(long, default_value_t = 0)]
@@ -159,6 +162,23 @@ pub struct LoadArgs {
     /// else, e.g. the server API (bench/scripts/push_api.sh).
     #[arg(long)]
     pub idle_acks: bool,
+    /// Chat: this many devices (device 0 of side b of the first pairs) stop
+    /// reading at `--stall-at` s into the run while still writing (their
+    /// sends, and full-page sync requests of their conversation): slow
+    /// consumers the server's outbox bound should close. Their own latencies
+    /// are left out of the histograms; with `--reconnect` they come back and
+    /// read again. They read again at the end of the main phase regardless.
+    #[arg(long, default_value_t = 0)]
+    pub stall: u32,
+    /// Chat: seconds into the main phase at which the `--stall` devices stop
+    /// reading.
+    #[arg(long, default_value_t = 2)]
+    pub stall_at: u32,
+    /// The control run of `--stall`: the same devices write the same
+    /// requests from `--stall-at` on but keep reading, so comparing the two
+    /// runs isolates what not reading costs the other clients.
+    #[arg(long, requires = "stall")]
+    pub stall_reads: bool,
     /// Prefix of every id (default: random).
     #[arg(long)]
     pub run_id: Option<String>,
@@ -232,12 +252,12 @@ impl LoadArgs {
             group_senders: self.group_senders,
             group_rate: self.group_rate.unwrap_or(self.rate),
             duration_s,
-            storm_fraction: if scenario == Scenario::Storm {
-                self.fraction
-            } else {
-                0.0
+            storm_fraction: match scenario {
+                Scenario::Storm => self.fraction,
+                Scenario::Chat if self.storm_at.is_some() => self.fraction,
+                _ => 0.0,
             },
-            storm_at_s: self.storm_at.min(duration_s),
+            storm_at_s: self.storm_at.unwrap_or(2).min(duration_s),
             jitter_ms: self.jitter_ms,
             verify: self.verify,
             peer_heartbeat_ms: self.heartbeat_ms.max(1000),
@@ -252,6 +272,13 @@ impl LoadArgs {
                 insecure: self.insecure,
                 server_name: self.tls_server_name.clone(),
             }),
+            stall_devices: if scenario == Scenario::Chat {
+                self.stall.min(pairs)
+            } else {
+                0
+            },
+            stall_at_s: self.stall_at.min(duration_s),
+            stall_reads: self.stall_reads,
         };
         if plan.tls.is_some() && self.proto != Proto::Tern {
             bail!("--tls is for Tern targets (the gateway's --tls-listen)");

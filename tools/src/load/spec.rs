@@ -113,6 +113,17 @@ pub struct Plan {
     /// settings; `None`: plain TCP.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsOptions>,
+    /// Chat: devices that stop reading at `stall_at_s` (a slow consumer):
+    /// device 0 of side b of pairs `0..stall_devices`.
+    #[serde(default)]
+    pub stall_devices: u32,
+    /// Chat: seconds into the main phase at which they stop reading.
+    #[serde(default)]
+    pub stall_at_s: u32,
+    /// The control run of `--stall`: the same devices write the same
+    /// requests from the same moment but keep reading.
+    #[serde(default)]
+    pub stall_reads: bool,
 }
 
 /// Users per chatting pair.
@@ -278,6 +289,11 @@ impl Plan {
         }
     }
 
+    /// Whether the slot's device stops reading at `stall_at_s` (`--stall`).
+    pub fn stalls(&self, slot: u32) -> bool {
+        matches!(self.role(slot), Role::Pair { pair, side: 1, device: 0 } if pair < self.stall_devices)
+    }
+
     /// The conversations a slot's device takes part in (for the checker).
     pub fn conversations(&self, slot: u32) -> Vec<String> {
         match self.role(slot) {
@@ -402,6 +418,9 @@ pub struct WorkerResult {
     pub send_failed: u64,
     /// Sends with no answer by the end of the drain.
     pub send_timeouts: u64,
+    /// Failed sends by error code (`internal`, `unavailable`, …).
+    #[serde(default)]
+    pub send_fail_codes: BTreeMap<String, u64>,
     /// Sends skipped because the sender was not live or in-flight was full.
     pub send_skipped: u64,
     /// Deliveries of measured messages received during the main phase and
@@ -434,6 +453,26 @@ pub struct WorkerResult {
     pub moved: u64,
     /// Unanswered sends resent after a move (same `client_msg_id`).
     pub resent: u64,
+    /// Live connections closed because their server stopped answering: a
+    /// ping unanswered for an interval (`pong_timeout`), or nothing received
+    /// for the silence limit (`silent`: 1.5 heartbeat intervals, at least
+    /// 1 s more than one), whichever came first.
+    #[serde(default)]
+    pub silent_closes: u64,
+    /// The longest time from the last byte received to such a close, ms:
+    /// an upper bound of how long after the server stopped the client
+    /// noticed.
+    #[serde(default)]
+    pub silent_detect_max_ms: u64,
+    /// Devices that stopped reading (`--stall`).
+    #[serde(default)]
+    pub stalled: u64,
+    /// Of those, how many their server closed while they did not read.
+    #[serde(default)]
+    pub stall_closed: u64,
+    /// The longest time from stopping to read to that close, ms.
+    #[serde(default)]
+    pub stall_close_max_ms: u64,
     /// The operation log, with `--verify`.
     pub history: Option<History>,
 }
@@ -475,6 +514,9 @@ mod tests {
             reconnect: false,
             idle_acks: false,
             tls: None,
+            stall_devices: 0,
+            stall_at_s: 0,
+            stall_reads: false,
         }
     }
 

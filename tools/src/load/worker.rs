@@ -100,6 +100,20 @@ pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
 /// the server never stalls on us (lowered to half the window a Welcome
 /// announces).
 pub const ACK_PENDING_FRAMES_MAX: u32 = 32;
+/// Silence (nothing received) after which a live connection is taken for
+/// dead, in % of the heartbeat interval: a healthy server answers every ping
+/// within the interval, so 150 % notices a stopped server within 1.5
+/// intervals of its last word (issue 15).
+pub const SILENCE_PCT: u64 = 150;
+/// ...but never less than one interval plus this, so a pong delayed by a
+/// busy machine is not taken for a dead server at short intervals.
+pub const SILENCE_SLACK_MS_MIN: u64 = 1_000;
+/// Full-page sync requests a stalled device (`--stall`) writes per sweep
+/// (128 a second), while its own write buffer holds less than
+/// [`STALL_WBUF_BYTES_MAX`].
+pub const STALL_SYNCS_PER_SWEEP: usize = 32;
+/// A stalled device writes no more while this much is unwritten.
+pub const STALL_WBUF_BYTES_MAX: usize = 64 * 1024;
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -203,6 +217,19 @@ pub enum Phase {
     Done,
 }
 
+/// A `--stall` device's slow-consumer episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    /// Not a stalling device.
+    Never,
+    /// Will stop reading at `stall_at_s`.
+    Planned,
+    /// Not reading since this instant (ns); still writing.
+    Since(u64),
+    /// Read again (closed by its server, or the main phase ended).
+    Over,
+}
+
 /// The life of one connection slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -243,6 +270,10 @@ struct Conn {
     /// next target, and once live it catches up.
     moving: bool,
     dev: Option<Box<Device>>,
+    /// When the last bytes came from the server (the silence rule).
+    last_rx_ns: u64,
+    /// `--stall`: this device's slow-consumer episode.
+    stall: Stall,
     /// `--tls`: the connection's TLS client (rustls' buffered connection:
     /// a load client, not the gateway, so its buffers do not matter).
     tls: Option<Box<rustls::ClientConnection>>,
@@ -480,6 +511,12 @@ impl<W: Write> Worker<W> {
                 moves: 0,
                 moving: false,
                 dev,
+                last_rx_ns: 0,
+                stall: if plan.stalls(slot) {
+                    Stall::Planned
+                } else {
+                    Stall::Never
+                },
                 tls: None,
             });
             if let Some(to) = plan.send_target(slot) {
@@ -611,7 +648,9 @@ impl<W: Write> Worker<W> {
                 Phase::Main => {
                     self.send_due(now);
                     self.storm(now);
+                    self.stall_start(now);
                     if now >= self.main_end_ns {
+                        self.stall_end(now);
                         self.res.held = self.live;
                         self.res.main_ms = (now - self.main_start_ns) / 1_000_000;
                         self.phase = Phase::Drain;
@@ -747,6 +786,7 @@ impl<W: Write> Worker<W> {
         self.res.attempts += 1;
         let c = &mut self.conns[i];
         c.since_ns = now;
+        c.last_rx_ns = now;
         c.rbuf = Vec::new();
         c.wbuf = Vec::new();
         c.tls = None;
@@ -896,6 +936,16 @@ impl<W: Write> Worker<W> {
     /// `closing`: the event said the peer closed or errored, so read on to
     /// the end rather than stop at a short read.
     fn on_readable(&mut self, i: usize, closing: bool, now: u64) {
+        if let Stall::Since(_) = self.conns[i].stall
+            && !self.spec.plan.stall_reads
+        {
+            // A slow consumer reads nothing; it only notices its server
+            // closing it (`close` counts that).
+            if closing {
+                self.close(i, "stalled:closed", now);
+            }
+            return;
+        }
         let mut end: Option<String> = None;
         {
             let c = &mut self.conns[i];
@@ -917,6 +967,7 @@ impl<W: Write> Worker<W> {
             match sock.read(&mut buf) {
                 Ok(0) => end = Some("eof".into()),
                 Ok(n) => {
+                    self.conns[i].last_rx_ns = now;
                     let taken = if self.conns[i].tls.is_some() {
                         self.take_tls_bytes(i, &buf[..n], now)
                     } else {
@@ -1270,6 +1321,16 @@ impl<W: Write> Worker<W> {
     /// A live connection ended. With `--reconnect`, during the workload,
     /// it leaves for the next target (its server went away).
     fn close(&mut self, i: usize, reason: &str, now: u64) {
+        if let Stall::Since(since) = self.conns[i].stall {
+            // Whatever the socket said (EOF, reset, a failed write): the
+            // server closed a device that stopped reading.
+            self.conns[i].stall = Stall::Over;
+            self.res.stall_closed += 1;
+            self.res.stall_close_max_ms = self
+                .res
+                .stall_close_max_ms
+                .max(now.saturating_sub(since) / 1_000_000);
+        }
         if self.conns[i].state != State::Live {
             return self.fail(i, reason, now);
         }
@@ -1328,8 +1389,32 @@ impl<W: Write> Worker<W> {
                 }
                 State::Live => {
                     let c = &self.conns[i];
-                    if c.ping_sent_ns != 0 && now - c.ping_sent_ns > c.hb_ms * 1_000_000 {
-                        self.close(i, "pong_timeout", now);
+                    if let Stall::Since(_) = c.stall {
+                        self.stall_writes(i, now);
+                        continue;
+                    }
+                    // The server stopped answering: a ping unanswered for
+                    // an interval, or nothing at all for the silence limit,
+                    // whichever comes first.
+                    // Less one sweep: the sweep that finds it is at most one
+                    // interval late, so the close lands within 1.5 intervals.
+                    let silence_ms = (c.hb_ms * SILENCE_PCT / 100)
+                        .saturating_sub(SWEEP_INTERVAL_MS)
+                        .max(c.hb_ms + SILENCE_SLACK_MS_MIN);
+                    let silent_ns = now.saturating_sub(c.last_rx_ns);
+                    let dead = if c.ping_sent_ns != 0 && now - c.ping_sent_ns > c.hb_ms * 1_000_000
+                    {
+                        Some("pong_timeout")
+                    } else if silent_ns > silence_ms * 1_000_000 {
+                        Some("silent")
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = dead {
+                        self.res.silent_closes += 1;
+                        self.res.silent_detect_max_ms =
+                            self.res.silent_detect_max_ms.max(silent_ns / 1_000_000);
+                        self.close(i, reason, now);
                         continue;
                     }
                     if now >= c.next_ping_ns {
@@ -1438,7 +1523,10 @@ impl<W: Write> Worker<W> {
         };
         self.last_activity_ns = now;
         self.res.acked += 1;
-        self.ack_h.saturating_record((now - sent_ns) / 1000);
+        if self.conns[local].stall == Stall::Never {
+            // A `--stall` device's own latencies are not the others'.
+            self.ack_h.saturating_record((now - sent_ns) / 1000);
+        }
         if let Some(h) = &mut self.history
             && let Some(op) = op.and_then(|k| h.sends.get_mut(k))
         {
@@ -1456,6 +1544,7 @@ impl<W: Write> Worker<W> {
         match self.inflight.remove(&rid) {
             Some(Pending::Send { op, .. }) => {
                 self.res.send_failed += 1;
+                *self.res.send_fail_codes.entry(code.clone()).or_default() += 1;
                 self.last_activity_ns = now;
                 if let Some(h) = &mut self.history
                     && let Some(op) = op.and_then(|k| h.sends.get_mut(k))
@@ -1530,8 +1619,10 @@ impl<W: Write> Worker<W> {
                 if self.phase == Phase::Main {
                     self.res.delivered_main += 1;
                 }
-                self.deliver_h
-                    .saturating_record(now.saturating_sub(ts) / 1000);
+                if self.conns[i].stall == Stall::Never {
+                    self.deliver_h
+                        .saturating_record(now.saturating_sub(ts) / 1000);
+                }
             } else {
                 self.res.redelivered += 1;
             }
@@ -2001,15 +2092,27 @@ impl<W: Write> Worker<W> {
         {
             return;
         }
+        let (jitter_ms, tern) = (u64::from(plan.jitter_ms), plan.proto == Proto::Tern);
+        let per_mille = (plan.storm_fraction.min(1.0) * 1000.0) as u64;
         self.storm_done = true;
         self.storm_drop_ns = now;
-        let jitter_ms = u64::from(plan.jitter_ms);
-        let per_mille = (plan.storm_fraction.min(1.0) * 1000.0) as u64;
         let slot_start = self.spec.slot_start;
         for i in 0..self.conns.len() {
             let slot = u64::from(slot_start) + i as u64;
             // A fixed spread over slots: (slot * a prime) mod 1000.
             if self.conns[i].state != State::Live || (slot * 7919) % 1000 >= per_mille {
+                continue;
+            }
+            let delay = if jitter_ms == 0 {
+                0
+            } else {
+                rand::rng().random_range(0..=jitter_ms)
+            };
+            if tern && self.conns[i].dev.is_some() {
+                // A chatting device comes back as after a server close:
+                // resumes from its cursors, resends what was unanswered.
+                self.end_live(i, "storm");
+                self.leave(i, delay, now);
                 continue;
             }
             self.drop_sock(i);
@@ -2019,13 +2122,72 @@ impl<W: Write> Worker<W> {
             c.state = State::Pending;
             c.dropped_at_ns = now;
             c.attempt = 0;
-            let delay = if jitter_ms == 0 {
-                0
-            } else {
-                rand::rng().random_range(0..=jitter_ms)
-            };
             self.retries.push(Reverse((now + delay * 1_000_000, i)));
         }
+    }
+
+    /// `--stall`: at `stall_at_s` into the main phase, the stalling devices
+    /// stop reading (they still write: see [`Self::stall_writes`]).
+    fn stall_start(&mut self, now: u64) {
+        let plan = &self.spec.plan;
+        if plan.stall_devices == 0
+            || now < self.main_start_ns + u64::from(plan.stall_at_s) * 1_000_000_000
+        {
+            return;
+        }
+        for i in 0..self.conns.len() {
+            let c = &mut self.conns[i];
+            if c.stall == Stall::Planned && c.state == State::Live {
+                c.stall = Stall::Since(now);
+                self.res.stalled += 1;
+                self.stall_writes(i, now);
+            }
+        }
+    }
+
+    /// At the end of the main phase, devices still stalled read again (what
+    /// waits in their socket is then read as a late batch).
+    fn stall_end(&mut self, now: u64) {
+        for i in 0..self.conns.len() {
+            let c = &mut self.conns[i];
+            match c.stall {
+                Stall::Since(_) => {
+                    c.stall = Stall::Over;
+                    if c.sock.is_some() {
+                        self.on_readable(i, false, now);
+                    }
+                }
+                Stall::Planned => c.stall = Stall::Over,
+                Stall::Never | Stall::Over => {}
+            }
+        }
+    }
+
+    /// A stalled device keeps writing as a client whose reading stopped but
+    /// whose requests go on would: full-page syncs of its conversation from
+    /// the start, whose answers pile up in its server's outbox (not in
+    /// `inflight`: nobody reads them). Bounded per sweep and by its own
+    /// unwritten bytes.
+    fn stall_writes(&mut self, i: usize, now: u64) {
+        if self.conns[i].wbuf.len() >= STALL_WBUF_BYTES_MAX {
+            return self.flush(i, now);
+        }
+        let Some(conv) = self.spec.plan.conversations(self.slot(i)).pop() else {
+            return;
+        };
+        for _ in 0..STALL_SYNCS_PER_SWEEP {
+            let rid = self.rid();
+            let cursors = vec![pb::Cursor {
+                conversation_id: conv.clone(),
+                seq: 0,
+            }];
+            frame(
+                rid,
+                Body::Sync(pb::SyncRequest { cursors, limit: 0 }),
+                &mut self.conns[i].wbuf,
+            );
+        }
+        self.flush(i, now);
     }
 
     fn end_drain(&mut self, now: u64) {
