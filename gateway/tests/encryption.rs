@@ -322,15 +322,7 @@ impl Serve {
             ),
         )
         .unwrap();
-        let ports: Vec<u16> = (0..3)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            })
-            .collect();
+        let ports: Vec<u16> = (0..3).map(|_| tern_testkit::free_port()).collect();
         let log = dir.join("stderr.log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
             .arg("serve")

@@ -175,12 +175,8 @@ impl Tern {
     /// `tern serve --config <dir>/tern.toml` on free loopback ports, the
     /// file holding `config`.
     fn serve(dir: &Path, config: &str) -> Self {
-        let ports: Vec<TcpListener> = (0..3)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let addr = |i: usize| ports[i].local_addr().unwrap().to_string();
-        let (tcp, ws, http) = (addr(0), addr(1), addr(2));
-        drop(ports);
+        let addr = || format!("127.0.0.1:{}", tern_testkit::free_port());
+        let (tcp, ws, http) = (addr(), addr(), addr());
         let file = dir.join("tern.toml");
         std::fs::write(&file, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))

@@ -387,13 +387,8 @@ impl Drop for Tern {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Ports from below the ephemeral range: see [`tern_testkit::free_port`].
+use tern_testkit::free_port;
 
 /// Proves a SIGHUP to a running `tern` re-reads the client deny file:
 /// 127.0.0.2 logs in, its address is written to the file, and after the

@@ -33,12 +33,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `N` loopback addresses whose ports were free a moment ago.
+/// `N` loopback addresses for a `tern` to listen on ([`tern_testkit::free_port`]).
 fn free_addrs<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap())
+    std::array::from_fn(|_| SocketAddr::from(([127, 0, 0, 1], tern_testkit::free_port())))
 }
 
 /// A `tern serve` process; its stderr collected line by line; killed on drop

@@ -24,12 +24,9 @@ use tern_protocol::pb::{self, frame::Body};
 /// How long a process may take to start or to exit.
 const START_WAIT: Duration = Duration::from_secs(30);
 
-/// `n` loopback ports that were free a moment ago.
+/// `N` loopback ports for a `tern` to listen on ([`tern_testkit::free_port`]).
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+    std::array::from_fn(|_| tern_testkit::free_port())
 }
 
 fn addr(port: u16) -> String {

@@ -539,13 +539,9 @@ impl Drop for Tern {
     }
 }
 
-/// `N` loopback ports that were free a moment ago (held together while
-/// picked, so they differ).
+/// `N` loopback ports for a `tern` to listen on ([`tern_testkit::free_port`]).
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+    std::array::from_fn(|_| tern_testkit::free_port())
 }
 
 /// SIGHUP re-reads the certificate files of a running `tern` (set through

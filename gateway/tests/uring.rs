@@ -193,12 +193,9 @@ fn a_close_with_io_in_flight_does_not_disturb_the_next_connection() {
     assert!(matches!(pong.body, Some(Body::Pong(_))), "{pong:?}");
 }
 
-/// `n` loopback ports that were free a moment ago.
+/// `N` loopback ports for a `tern` to listen on ([`tern_testkit::free_port`]).
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+    std::array::from_fn(|_| tern_testkit::free_port())
 }
 
 /// Installs a seccomp filter in the calling (child) process that fails

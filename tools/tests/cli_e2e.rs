@@ -287,18 +287,9 @@ fn tern_cli_speaks_websocket() {
     assert_eq!(entries.len(), 1, "{recs:?}");
     assert_eq!(entries[0].get("text"), long.trim_end());
 
-    let nobody = format!("ws://127.0.0.1:{}/", support_free_port());
+    let nobody = format!("ws://127.0.0.1:{}/", tern_testkit::free_port());
     assert_eq!(cli("alice", &nobody, &["sync"]).code, 3);
     assert_ne!(cli("alice", "ws://host:port/", &["sync"]).code, 0);
-}
-
-/// A loopback port nothing listens on (bound, then released).
-fn support_free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -802,11 +793,8 @@ fn typed_errors_exit_non_zero_with_the_code_name() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("CLI_USAGE"), "{}", r.stderr);
 
-    // A port nobody listens on: bind one, note it, close it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nobody listens on.
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], tern_testkit::free_port()));
     let r = Run::from(
         Command::new(env!("CARGO_BIN_EXE_tern-cli"))
             .args([

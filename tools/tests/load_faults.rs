@@ -119,14 +119,8 @@ impl Drop for GatewayProc {
     }
 }
 
-/// A free loopback port (bound, read, released: the child binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Ports from below the ephemeral range: see [`tern_testkit::free_port`].
+use tern_testkit::free_port;
 
 /// The sum of every sample of `name` (with or without labels) on `http`'s
 /// /metrics (0 if absent or unreachable).

@@ -484,13 +484,8 @@ fn binary(env: &str, name: &str) -> PathBuf {
     );
 }
 
-/// A loopback port that was free a moment ago (bound, then released).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr()
-        .expect("local addr of a bound listener")
-        .port()
-}
+/// Ports from below the ephemeral range: see [`tern_testkit::free_port`].
+use tern_testkit::free_port;
 
 fn log_tail(path: &Path) -> String {
     let log = std::fs::read(path).unwrap_or_default();

@@ -21,13 +21,8 @@ use tern_protocol::pb;
 /// Bound of every wait in the cluster tests.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Ports from below the ephemeral range: see [`tern_testkit::free_port`].
+pub use tern_testkit::free_port;
 
 /// A durable `redis-server` of the backend's test harness, with the route
 /// table reads these tests check.

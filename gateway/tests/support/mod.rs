@@ -542,14 +542,8 @@ impl Drop for Moto {
     }
 }
 
-/// A loopback port free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Ports from below the ephemeral range: see [`tern_testkit::free_port`].
+pub use tern_testkit::free_port;
 
 /// The venv `scripts/test.sh` installs moto into (Debian's python3 is
 /// externally managed: pip installs only into a venv):
