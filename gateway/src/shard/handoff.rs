@@ -242,6 +242,7 @@ impl Shard {
             &login,
             Self::server_time_ms(),
             self.logins_seen.replace(self.logins_seen.get() + 1),
+            &mut self.client_versions.borrow_mut(),
         ));
         // Before Welcome: the device's first sync queues behind it in the
         // same worker ring, so it runs once the route exists.

@@ -364,6 +364,9 @@ struct Shard {
     login: crate::config::LoginSettings,
     /// Devices logged out recently (bounded by `login.logged_out_max`).
     logged_out: RefCell<devices::LoggedOut>,
+    /// Client versions named at login, each kept once (the identity
+    /// strings name them by index).
+    client_versions: RefCell<devices::ClientVersions>,
     /// Logins welcomed here: orders the logins of one millisecond.
     logins_seen: Cell<u64>,
 }
@@ -498,6 +501,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str, uring_path: bool) -
         uring,
         login: setup.login,
         logged_out: RefCell::new(devices::LoggedOut::default()),
+        client_versions: RefCell::new(devices::ClientVersions::default()),
         logins_seen: Cell::new(0),
     });
     debug!(shard = shard.id, driver, "shard started");
