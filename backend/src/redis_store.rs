@@ -585,7 +585,7 @@ impl RedisStore {
         let mut index = Pipe::default();
         let n_entries = change.entries.len();
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_group_v1").arg(8);
+        c.arg("tern_group_v2").arg(8);
         c.arg(&k.group_version)
             .arg(&k.group_meta)
             .arg(&k.members)
@@ -659,7 +659,7 @@ impl RedisStore {
             self.wait_durable(conn)?;
             let Some(Value::Array(fields)) = reply.first() else {
                 return Err(RedisStoreError::Reply(format!(
-                    "tern_group_v1 answered {reply:?}"
+                    "tern_group_v2 answered {reply:?}"
                 )));
             };
             let code = fields.first().map(as_i64).transpose()?;
@@ -670,7 +670,7 @@ impl RedisStore {
                     .map(as_u64)
                     .collect::<Result<Vec<_>>>()?)),
                 _ => Err(RedisStoreError::Reply(format!(
-                    "tern_group_v1 answered {fields:?}"
+                    "tern_group_v2 answered {fields:?}"
                 ))),
             }
         })
@@ -964,13 +964,13 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_range_v1").arg(2).arg(&k.head).arg(&k.log);
+        c.arg("tern_range_v2").arg(2).arg(&k.head).arg(&k.log);
         c.arg(from_seq)
             .arg(to_seq)
             .arg((limit as u64).min(RANGE_LIMIT_MAX));
         let v = self.one(c)?;
         let Value::Array(vals) = v else {
-            return Err(RedisStoreError::Reply(format!("tern_range_v1 answered {v:?}")).into());
+            return Err(RedisStoreError::Reply(format!("tern_range_v2 answered {v:?}")).into());
         };
         let first_seq = from_seq.max(1);
         let ring = self.keys.load();
@@ -1038,7 +1038,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_members_v1")
+        c.arg("tern_members_v2")
             .arg(2)
             .arg(&k.member_order)
             .arg(&k.members);
@@ -1046,7 +1046,7 @@ impl Store for RedisStore {
             .arg((limit as u64).min(RANGE_LIMIT_MAX));
         let v = self.one(c)?;
         let Value::Array(vals) = v else {
-            return Err(RedisStoreError::Reply(format!("tern_members_v1 answered {v:?}")).into());
+            return Err(RedisStoreError::Reply(format!("tern_members_v2 answered {v:?}")).into());
         };
         let mut out = Vec::with_capacity(vals.len());
         for v in vals {
@@ -1361,7 +1361,7 @@ impl Store for RedisStore {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        // Only seqs up to the head are shown, as `tern_range_v1` does (an
+        // Only seqs up to the head are shown, as `tern_range_v2` does (an
         // entry past the head cannot exist: seqs are allocated first).
         let mut c = redis::cmd("HMGET");
         c.arg(&k.log);
@@ -1694,7 +1694,7 @@ fn append_cmd(k: &ConvKeys, keys: Option<&KeyRing>, now_ms: u64, item: &Append) 
     let mut c = redis::cmd("FCALL");
     // Keys 7 and 8 are the thread index and the to-dos (read by effects h,
     // t and r), key 9 the annotations (read by effect a only).
-    c.arg("tern_append_v1").arg(9);
+    c.arg("tern_append_v2").arg(9);
     c.arg(&k.head)
         .arg(&k.log)
         .arg(&k.dedup)
@@ -1781,7 +1781,7 @@ fn append_cmd(k: &ConvKeys, keys: Option<&KeyRing>, now_ms: u64, item: &Append) 
 }
 
 fn parse_append_reply(v: &Value) -> Result<Result<Appended, AppendRefused>> {
-    let bad = || RedisStoreError::Reply(format!("tern_append_v1 answered {v:?}"));
+    let bad = || RedisStoreError::Reply(format!("tern_append_v2 answered {v:?}"));
     let Value::Array(f) = v else {
         return Err(bad());
     };
@@ -1852,7 +1852,7 @@ fn parse_user_conv(conversation: &str, b: &[u8]) -> Result<UserConv> {
     })
 }
 
-/// A dedup record: `<seq>:<time_ms>:<expires_at_ms>` (as `tern_append_v1`
+/// A dedup record: `<seq>:<time_ms>:<expires_at_ms>` (as `tern_append_v2`
 /// writes it).
 fn parse_dedup(b: &[u8]) -> Result<(u64, u64, u64)> {
     let corrupt =
@@ -2124,7 +2124,7 @@ enum Write {
     SRem(String),
 }
 
-/// The writes to the keys of one hash tag, for one `tern_writes_v1` call.
+/// The writes to the keys of one hash tag, for one `tern_writes_v2` call.
 #[derive(Debug)]
 struct WriteGroup {
     tag: String,
@@ -2147,7 +2147,7 @@ impl WriteGroup {
 
     fn command(&self) -> Cmd {
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_writes_v1").arg(self.keys.len());
+        c.arg("tern_writes_v2").arg(self.keys.len());
         for k in &self.keys {
             c.arg(k);
         }
