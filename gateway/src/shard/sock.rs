@@ -318,6 +318,31 @@ pub(super) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<u
     }
 }
 
+/// The peer has closed its side and everything it sent before was read:
+/// the next read would be the end of the stream. Peeks one byte, consumes
+/// nothing; false when bytes are waiting, when nothing is, or on an error.
+pub(super) fn peer_closed(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: a one-byte peek into a live local.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return true;
+        }
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return false;
+    }
+}
+
 fn token(key: u32, generation: u32) -> u64 {
     (u64::from(key) << 32) | u64::from(generation)
 }
