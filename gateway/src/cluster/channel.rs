@@ -694,6 +694,49 @@ mod tests {
             .collect()
     }
 
+    /// A room record (`k = r`) decodes to its room and frame; one whose
+    /// room id is not an id, or whose frame is not a `RoomDeliver` with
+    /// request id 0, is a typed error.
+    #[test]
+    fn room_records_decode_and_garbage_is_refused() {
+        let deliver = pb::Frame {
+            request_id: 0,
+            body: Some(Body::RoomDeliver(pb::RoomDeliver { entry: None })),
+        }
+        .encode_to_vec();
+        let other = pb::Frame {
+            request_id: 0,
+            body: Some(Body::Deliver(pb::Deliver { entries: vec![] })),
+        }
+        .encode_to_vec();
+        let good = fields(&[
+            ("k", b"r".to_vec()),
+            ("r", b"lobby".to_vec()),
+            ("b", deliver.clone()),
+        ]);
+        let refs: Vec<(&Value, &Value)> = good.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(
+            decode(&refs),
+            Ok(Record::Room {
+                room: "lobby".into(),
+                body: Bytes::from(deliver.clone()),
+            })
+        );
+        for (room, body, why) in [
+            (&b"a:b"[..], deliver.clone(), RecordError::Invalid("r")),
+            (&b""[..], deliver.clone(), RecordError::Invalid("r")),
+            (&b"lobby"[..], other, RecordError::Invalid("b")),
+            (&b"lobby"[..], b"\xff\xff".to_vec(), RecordError::Invalid("b")),
+        ] {
+            let f = fields(&[("k", b"r".to_vec()), ("r", room.to_vec()), ("b", body)]);
+            let refs: Vec<(&Value, &Value)> = f.iter().map(|(k, v)| (k, v)).collect();
+            assert_eq!(decode(&refs), Err(why));
+        }
+        let f = fields(&[("k", b"r".to_vec()), ("b", deliver)]);
+        let refs: Vec<(&Value, &Value)> = f.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(decode(&refs), Err(RecordError::Missing("r")));
+    }
+
     /// A record built by `xadd`'s field layout decodes to what was sent,
     /// and garbage in any field is a typed error, never a panic.
     #[test]
