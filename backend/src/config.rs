@@ -92,6 +92,10 @@ pub struct Config {
     /// Calls in progress this domain instance (one gateway node) holds at
     /// most; an invite beyond gets `LIMIT_REACHED`. Default 10 000.
     pub calls_max: u32,
+    // ---- rooms (issue 19; docs/protocol.md, "Rooms") ----
+    /// Messages a room keeps (its recent window): each post drops the one
+    /// this far back; `room_history` serves no older one. Default 200.
+    pub room_recent_max: u32,
 }
 
 impl Default for Config {
@@ -125,6 +129,7 @@ impl Default for Config {
             search_scan_max: 1_000,
             call_ring_timeout_ms: 30_000,
             calls_max: 10_000,
+            room_recent_max: 200,
         }
     }
 }
@@ -162,6 +167,7 @@ impl Config {
             ("long_text_bytes_max", self.long_text_bytes_max),
             ("search_page_max", self.search_page_max),
             ("search_scan_max", self.search_scan_max),
+            ("room_recent_max", self.room_recent_max),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

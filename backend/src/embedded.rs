@@ -59,8 +59,8 @@ use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
     Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials,
     FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord,
-    MemberRecord, PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult,
-    ThreadStat, TodoRecord, UserConv, ViewChange,
+    MemberRecord, PresenceRecord, PresenceSetting, RoomRecord, SocialOp, Store, StoreError,
+    StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -268,6 +268,15 @@ struct Keyspaces {
     /// `user \0 conv \0 seq_be` → empty: the user's open to-dos (a
     /// superset, see [`Store::set_todo_open`]).
     todo_open: SingleWriterTxKeyspace,
+    // ---- rooms (issue 19) ----
+    /// `room` → encoded [`RoomRecord`].
+    room: SingleWriterTxKeyspace,
+    /// `room` → seq_be: the room's newest seq.
+    room_head: SingleWriterTxKeyspace,
+    /// `room \0 seq_be` → encoded `pb::Entry` (sealed like a log entry):
+    /// the newest `keep` messages (older ones are removed by the append
+    /// that pushes them out).
+    room_log: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -305,6 +314,9 @@ impl EmbeddedStore {
             thread_read: open("thread_read")?,
             todo: open("todo")?,
             todo_open: open("todo_open")?,
+            room: open("room")?,
+            room_head: open("room_head")?,
+            room_log: open("room_log")?,
         };
         let disk = DiskReserve {
             dir: dir.to_path_buf(),
@@ -973,6 +985,95 @@ impl Store for EmbeddedStore {
         }
         tx.insert(&self.ks.thread_read, key, up_to_seq.to_be_bytes().to_vec());
         self.commit(tx)
+    }
+
+    fn room_create(&self, room: &RoomRecord) -> StoreResult<bool> {
+        let mut tx = self.write_tx();
+        let id = room.room_id.as_bytes();
+        if tx.get(&self.ks.room, id).map_err(backend)?.is_some() {
+            return Ok(false);
+        }
+        tx.insert(&self.ks.room, id.to_vec(), room.encode_to_vec());
+        self.commit(tx)?;
+        Ok(true)
+    }
+
+    fn room(&self, room_id: &str) -> StoreResult<Option<(RoomRecord, u64)>> {
+        let snap = self.db.read_tx();
+        let Some(v) = snap.get(&self.ks.room, room_id).map_err(backend)? else {
+            return Ok(None);
+        };
+        let head = match snap.get(&self.ks.room_head, room_id).map_err(backend)? {
+            Some(h) => be_u64(&h)?,
+            None => 0,
+        };
+        Ok(Some((decode(&v)?, head)))
+    }
+
+    fn room_append(
+        &self,
+        room_id: &str,
+        mut entry: pb::Entry,
+        keep: usize,
+    ) -> StoreResult<Option<u64>> {
+        let conv = tern_protocol::ids::room_conversation(room_id);
+        let ring = self.keys.load();
+        // One writer at a time (fjall's single-writer transaction): the
+        // head read here is the one this commit moves.
+        let mut tx = self.write_tx();
+        if tx.get(&self.ks.room, room_id).map_err(backend)?.is_none() {
+            return Ok(None);
+        }
+        let head = match tx.get(&self.ks.room_head, room_id).map_err(backend)? {
+            Some(h) => be_u64(&h)?,
+            None => 0,
+        };
+        let seq = head + 1;
+        entry.seq = seq;
+        entry.conversation_id.clone_from(&conv);
+        let bytes = seal::encode_entry(ring.as_deref(), &conv, entry);
+        tx.insert(&self.ks.room_log, log_key(room_id, seq), bytes);
+        // The ring: the entry `keep` back falls out (one removal per
+        // append keeps it at `keep` while `keep` stays the same; a reader
+        // also stops at `keep` back, for a `keep` that shrank).
+        if let Some(old) = seq.checked_sub(keep as u64).filter(|&s| s > 0) {
+            tx.remove(&self.ks.room_log, log_key(room_id, old));
+        }
+        tx.insert(
+            &self.ks.room_head,
+            room_id.as_bytes().to_vec(),
+            seq.to_be_bytes().to_vec(),
+        );
+        self.commit(tx)?;
+        Ok(Some(seq))
+    }
+
+    fn room_recent(
+        &self,
+        room_id: &str,
+        before_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<pb::Entry>> {
+        let conv = tern_protocol::ids::room_conversation(room_id);
+        let ring = self.keys.load();
+        let upper = if before_seq == 0 {
+            Bound::Excluded(prefix_end(room_id))
+        } else {
+            Bound::Excluded(log_key(room_id, before_seq))
+        };
+        let lower = Bound::Included(log_key(room_id, 0));
+        let snap = self.db.read_tx();
+        let mut out = Vec::new();
+        for guard in snap
+            .range(&self.ks.room_log, (lower, upper))
+            .rev()
+            .take(limit)
+        {
+            let (_, v) = guard.into_inner().map_err(backend)?;
+            out.push(seal::decode_entry(ring.as_deref(), &conv, &v)?);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     fn todo(&self, conversation: &str, seq: u64) -> StoreResult<Option<TodoRecord>> {

@@ -65,6 +65,9 @@ pub enum DomainError {
     /// A to-do's assignee is not a member of the conversation.
     #[error("assignee not a member: {0}")]
     AssigneeNotMember(String),
+    /// Only the owner and admins post in this broadcast channel.
+    #[error("only the owner and admins post in this broadcast channel")]
+    BroadcastOnly,
     /// The store failed, or a group kept changing under us.
     #[error("internal: {0}")]
     Internal(String),
@@ -98,6 +101,7 @@ impl DomainError {
             Self::NotInCall => pb::ErrorCode::NotInCall,
             Self::MessageRecalled => pb::ErrorCode::MessageRecalled,
             Self::AssigneeNotMember(_) => pb::ErrorCode::AssigneeNotMember,
+            Self::BroadcastOnly => pb::ErrorCode::BroadcastOnly,
             Self::Internal(_) => pb::ErrorCode::Internal,
             Self::Overloaded(_) => pb::ErrorCode::Overloaded,
         }
@@ -116,6 +120,7 @@ impl DomainError {
                 | Self::Muted
                 | Self::GroupDissolved
                 | Self::MessageRecalled
+                | Self::BroadcastOnly
         )
     }
 

@@ -36,10 +36,10 @@ use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
     Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials,
     FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord,
-    MemberRecord, PresenceRecord, PresenceSetting, SocialOp, Store, StoreError, StoreResult,
-    ThreadStat, TodoRecord, UserConv, ViewChange,
+    MemberRecord, PresenceRecord, PresenceSetting, RoomRecord, SocialOp, Store, StoreError,
+    StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
 };
-use keys::{ConvKeys, KeyError, PairKeys, UserKeys};
+use keys::{ConvKeys, KeyError, PairKeys, RoomKeys, UserKeys};
 
 /// The Redis function library, loaded (with `REPLACE`) at open.
 const LIBRARY: &str = include_str!("redis_store/tern.lua");
@@ -1508,6 +1508,116 @@ impl Store for RedisStore {
             .arg(keys::user_item(conversation, root));
         self.one(c)?;
         Ok(())
+    }
+
+    fn room_create(&self, room: &RoomRecord) -> StoreResult<bool> {
+        let k = RoomKeys::new(&room.room_id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("SET");
+        c.arg(&k.meta).arg(room.encode_to_vec()).arg("NX");
+        // `SET NX` answers OK or nil: repeating it after a dropped
+        // connection answers nil for a write that did happen, so run once.
+        let mut p = Pipe::default();
+        p.add_once(c);
+        let v = self.with_conn_once(|conn| {
+            let v = first(self.run(conn, &p)?)?;
+            self.wait_durable(conn)?;
+            Ok(v)
+        })?;
+        Ok(!matches!(v, Value::Nil))
+    }
+
+    fn room(&self, room_id: &str) -> StoreResult<Option<(RoomRecord, u64)>> {
+        let k = RoomKeys::new(room_id).map_err(RedisStoreError::from)?;
+        let mut p = Pipe::default();
+        let mut meta = redis::cmd("GET");
+        meta.arg(&k.meta);
+        let mut head = redis::cmd("GET");
+        head.arg(&k.head);
+        p.add(meta);
+        p.add(head);
+        let mut vals = self.with_conn(|conn| self.run(conn, &p))?.into_iter();
+        let (Some(meta), Some(head)) = (vals.next(), vals.next()) else {
+            return Err(RedisStoreError::Reply("room: two replies expected".into()).into());
+        };
+        let Some(meta) = decode_opt::<RoomRecord>(meta, "room record")? else {
+            return Ok(None);
+        };
+        let head = match opt_bytes(head)? {
+            Some(b) => std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| RedisStoreError::Corrupt("room head".into()))?,
+            None => 0,
+        };
+        Ok(Some((meta, head)))
+    }
+
+    fn room_append(
+        &self,
+        room_id: &str,
+        mut entry: pb::Entry,
+        keep: usize,
+    ) -> StoreResult<Option<u64>> {
+        let k = RoomKeys::new(room_id).map_err(RedisStoreError::from)?;
+        let conv = tern_protocol::ids::room_conversation(room_id);
+        // Stored without its seq (the function appends it) and without the
+        // conversation id (the key names it).
+        entry.seq = 0;
+        entry.conversation_id = String::new();
+        let ring = self.keys.load();
+        let bytes = seal::encode_entry(ring.as_deref(), &conv, entry);
+        let mut c = redis::cmd("FCALL");
+        c.arg("tern_room_post_v2")
+            .arg(3)
+            .arg(&k.meta)
+            .arg(&k.head)
+            .arg(&k.recent)
+            .arg(bytes)
+            .arg(keep.max(1));
+        let mut p = Pipe::default();
+        p.add_once(c);
+        let v = self.with_conn_once(|conn| {
+            let v = first(self.run(conn, &p)?)?;
+            self.wait_durable(conn)?;
+            Ok(v)
+        })?;
+        match as_u64(&v)? {
+            0 => Ok(None),
+            seq => Ok(Some(seq)),
+        }
+    }
+
+    fn room_recent(
+        &self,
+        room_id: &str,
+        before_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<pb::Entry>> {
+        let k = RoomKeys::new(room_id).map_err(RedisStoreError::from)?;
+        let conv = tern_protocol::ids::room_conversation(room_id);
+        // The list holds at most the kept window (trimmed by every post):
+        // read it whole and pick here.
+        let mut c = redis::cmd("LRANGE");
+        c.arg(&k.recent).arg(0).arg(-1);
+        let Value::Array(vals) = self.one(c)? else {
+            return Err(RedisStoreError::Reply("LRANGE answered no array".into()).into());
+        };
+        let ring = self.keys.load();
+        let mut out = Vec::new();
+        for v in vals {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(bytes) = opt_bytes(v)? else { continue };
+            let mut e = seal::decode_entry(ring.as_deref(), &conv, &bytes)?;
+            if before_seq != 0 && e.seq >= before_seq {
+                continue;
+            }
+            e.conversation_id.clone_from(&conv);
+            out.push(e);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     fn todo(&self, conversation: &str, seq: u64) -> StoreResult<Option<TodoRecord>> {

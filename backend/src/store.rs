@@ -119,6 +119,10 @@
 //!   [`AppendRefused::NotThreadable`], [`AppendRefused::TodoChanged`],
 //!   and the thread and to-do reads and indexes ([`Store::thread_stats`]
 //!   and the methods after it). Conformance cases `thread_*` and `todo_*`.
+//! - Rooms (issue 19): [`RoomRecord`], [`Store::room_create`],
+//!   [`Store::room`], [`Store::room_append`] (a per-room seq and a ring
+//!   of the newest messages) and [`Store::room_recent`]. Conformance cases
+//!   `room_*`.
 
 use tern_protocol::pb;
 
@@ -491,6 +495,33 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<(String, u64)>>;
 
+    // ---- rooms (issue 19; docs/backend.md, "Rooms") ----------------------
+
+    /// Stores `room` unless a room with its id exists, durably. True if it
+    /// was stored; false (nothing written) if the id was taken.
+    fn room_create(&self, room: &RoomRecord) -> StoreResult<bool>;
+
+    /// A room's record and its newest seq (0: nothing posted yet).
+    fn room(&self, room_id: &str) -> StoreResult<Option<(RoomRecord, u64)>>;
+
+    /// Appends `entry` (its `seq` and `conversation_id` are set by the
+    /// store: the room's next seq, from 1, never reused; `r:<room>`) to the
+    /// room's recent messages and keeps only the newest `keep` of them, in
+    /// one durable step. The new seq, or `None` (nothing written) if the
+    /// room does not exist.
+    fn room_append(&self, room_id: &str, entry: pb::Entry, keep: usize)
+    -> StoreResult<Option<u64>>;
+
+    /// The room's kept messages with a seq below `before_seq` (0: any), the
+    /// newest `limit` of them, oldest first. Only the newest `keep` (as the
+    /// last [`Store::room_append`] was given) are ever returned.
+    fn room_recent(
+        &self,
+        room_id: &str,
+        before_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<pb::Entry>>;
+
     // ---- search (issue 19; docs/backend.md, "Search") ------------------------
 
     /// The seq up to which `conversation`'s search index holds its log: the
@@ -744,6 +775,30 @@ pub struct ThreadStat {
     pub after: u64,
     /// The newest of them; 0: none.
     pub last_seq: u64,
+}
+
+/// A room or broadcast channel (issue 19). Its members are not stored:
+/// joining a room subscribes a connection in the gateway's memory.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RoomRecord {
+    /// The room id (without the `r:` prefix).
+    #[prost(string, tag = "1")]
+    pub room_id: String,
+    /// Display name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Chat or broadcast.
+    #[prost(enumeration = "pb::RoomKind", tag = "3")]
+    pub kind: i32,
+    /// The creator.
+    #[prost(string, tag = "4")]
+    pub owner: String,
+    /// Who may post in a broadcast channel besides the owner.
+    #[prost(string, repeated, tag = "5")]
+    pub admins: Vec<String>,
+    /// Creation time.
+    #[prost(uint64, tag = "6")]
+    pub created_ms: u64,
 }
 
 /// A to-do as the store keeps it.

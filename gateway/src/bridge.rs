@@ -40,7 +40,7 @@ use crate::{
     },
     mailbox::{Doorbell, Receiver, Sender},
     metrics::BackendMetrics,
-    msg::{ConnRef, ShardMsg, owner_shard},
+    msg::{ConnRef, RoomChange, ShardMsg, owner_shard},
 };
 
 /// Who sent a request.
@@ -144,6 +144,15 @@ pub enum Effect {
     Push {
         /// User ids.
         recipients: Arc<[String]>,
+        /// The frame body to push (request id 0).
+        body: Body,
+    },
+    /// A room message (`RoomDeliver`) for every connection that joined
+    /// `room`: one shard message per shard, one record per other node
+    /// (docs/protocol.md, "Rooms"); the shards know the members.
+    Room {
+        /// The room id.
+        room: Arc<str>,
         /// The frame body to push (request id 0).
         body: Body,
     },
@@ -306,6 +315,9 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             continue;
         }
         let started = Instant::now();
+        // Room joins and leaves change a shard's subscriptions when their
+        // answers reach it: which requests they were, before the bodies go.
+        let rooms: Vec<Option<(Box<str>, bool)>> = batch.iter().map(room_request).collect();
         let calls = batch
             .iter_mut()
             .map(|r| {
@@ -358,7 +370,8 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             let all: Vec<&OutPush> = answers.iter().flat_map(|(_, p)| p.iter()).collect();
             remote.send(&all);
         }
-        for (mut req, (reply, pushes)) in batch.drain(..).zip(answers.drain(..)) {
+        for ((mut req, (reply, pushes)), room) in batch.drain(..).zip(answers.drain(..)).zip(rooms)
+        {
             if let Some(to) = req.reply.take() {
                 // A server API call: pushes first (as for a connection's
                 // send), then its answer; a caller that gave up is gone.
@@ -382,6 +395,25 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             for p in pushes {
                 route(&mut w.to_shards, shards, p, &w.stop);
             }
+            if let (Some(reply), Some((room, join))) = (&reply, room) {
+                // Answered to the shard as a room change: a join that the
+                // backend refused (no such room) changes nothing there.
+                let ok = matches!(reply, Body::RoomJoined(_) | Body::Ok(_));
+                let frame = pb::Frame {
+                    request_id: req.frame.request_id,
+                    body: Some(reply.clone()),
+                };
+                let msg = ShardMsg::Room(Box::new(RoomChange {
+                    conn: req.from,
+                    room,
+                    join: join && ok,
+                    leave: !join && ok,
+                    request_id: req.frame.request_id,
+                    body: Bytes::from(frame.encode_to_vec()),
+                }));
+                send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg, &w.stop);
+                continue;
+            }
             if let Some(reply) = reply {
                 let is_send_ack = matches!(reply, Body::SendAck(_));
                 let frame = pb::Frame {
@@ -397,6 +429,19 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 send_blocking(&mut w.to_shards[usize::from(req.from.shard)], msg, &w.stop);
             }
         }
+    }
+}
+
+/// The room a request joins (`true`) or leaves (`false`), if it is one of
+/// those (and from a connection: the server API has no subscriptions).
+fn room_request(r: &BackendRequest) -> Option<(Box<str>, bool)> {
+    if r.reply.is_some() || r.resume {
+        return None;
+    }
+    match &r.frame.body {
+        Some(Body::RoomJoin(j)) => Some((j.room_id.as_str().into(), true)),
+        Some(Body::RoomLeave(l)) => Some((l.room_id.as_str().into(), false)),
+        _ => None,
     }
 }
 
@@ -561,6 +606,7 @@ fn encode(effect: Effect) -> OutPush {
                 recipients,
                 body: Bytes::from(frame.encode_to_vec()),
                 entry: Some(meta),
+                room: None,
             }
         }
         Effect::Push { recipients, body } => {
@@ -572,6 +618,19 @@ fn encode(effect: Effect) -> OutPush {
                 recipients,
                 body: Bytes::from(frame.encode_to_vec()),
                 entry: None,
+                room: None,
+            }
+        }
+        Effect::Room { room, body } => {
+            let frame = pb::Frame {
+                request_id: 0,
+                body: Some(body),
+            };
+            OutPush {
+                recipients: Arc::new([]),
+                body: Bytes::from(frame.encode_to_vec()),
+                entry: None,
+                room: Some(room),
             }
         }
     }
@@ -584,7 +643,20 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, push: OutPush, stop:
         recipients,
         body,
         entry,
+        room,
     } = push;
+    if let Some(room) = room {
+        // One message per shard, whoever joined: each shard walks its own
+        // subscribers of the room (a shard with none drops it at once).
+        for tx in to_shards.iter_mut() {
+            let msg = ShardMsg::RoomPush {
+                room: room.clone(),
+                body: body.clone(),
+            };
+            send_blocking(tx, msg, stop);
+        }
+        return;
+    }
     match entry {
         Some(meta) => {
             let cursors: Arc<[(ConvKey, u64)]> =

@@ -71,6 +71,9 @@ pub struct Config {
     pub search: SearchSettings,
     /// Login policies per platform class and remote logout.
     pub login: LoginSettings,
+    /// Rooms and broadcast channels (issue 19): the kept window and the
+    /// bounds of the shards' subscription maps.
+    pub rooms: RoomsSettings,
 }
 
 /// Where clients and operators connect.
@@ -632,6 +635,12 @@ impl Config {
                 "shutdown.retry_after_max_ms",
                 "must be at least shutdown.retry_after_min_ms",
             );
+        }
+        if self.rooms.recent_max == 0
+            || self.rooms.per_connection_max == 0
+            || self.rooms.per_shard_max == 0
+        {
+            return invalid("rooms", "recent_max and the join bounds must be > 0");
         }
         if self.listen.accept_rate_per_shard == 0 {
             return invalid("listen.accept_rate_per_shard", "must be > 0");
@@ -1314,6 +1323,34 @@ pub struct LoginSettings {
     /// forgotten (its device may log in again with its old token).
     /// Default 10000.
     pub logged_out_max: u32,
+}
+
+/// `[rooms]`: rooms and broadcast channels (docs/protocol.md, "Rooms").
+/// Members are not stored: each shard keeps which of its connections
+/// joined which room, within these bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsSettings {
+    /// Messages a room keeps for `room_history`; each post drops the one
+    /// this far back. Default 200.
+    pub recent_max: u32,
+    /// Rooms one connection may have joined at once; a join past it gets
+    /// `ROOM_JOIN_LIMIT` and changes nothing. Default 64.
+    pub per_connection_max: u32,
+    /// Rooms with joined connections one shard holds at once; a join that
+    /// would add one more gets `ROOM_CAPACITY` and changes nothing.
+    /// Default 100000.
+    pub per_shard_max: u32,
+}
+
+impl Default for RoomsSettings {
+    fn default() -> Self {
+        Self {
+            recent_max: 200,
+            per_connection_max: 64,
+            per_shard_max: 100_000,
+        }
+    }
 }
 
 impl Default for LoginSettings {

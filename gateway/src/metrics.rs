@@ -125,6 +125,11 @@ pub struct ShardMetrics {
     pub delivered: AtomicU64,
     /// Deliver frames dropped after their last retransmit (the device syncs).
     pub deliveries_dropped: AtomicU64,
+    /// Room messages pushed to joined connections (`RoomDeliver`).
+    pub room_delivered: AtomicU64,
+    /// Joins refused at the shard's bounds (`ROOM_JOIN_LIMIT`,
+    /// `ROOM_CAPACITY`).
+    pub room_joins_refused: AtomicU64,
     /// Deliveries not pushed because the device's unacked window was full.
     pub window_full: AtomicU64,
     /// Presence updates dropped: the backend queue was full and too many
@@ -575,6 +580,20 @@ impl Collector for Metrics {
             "Deliver frames pushed",
             None,
             s(|m| &m.delivered),
+        )?;
+        counter(
+            enc,
+            "tern_room_deliveries",
+            "Room messages pushed to joined connections",
+            None,
+            s(|m| &m.room_delivered),
+        )?;
+        counter(
+            enc,
+            "tern_room_joins_refused",
+            "Room joins refused at a shard's bounds (per connection, per shard)",
+            None,
+            s(|m| &m.room_joins_refused),
         )?;
         counter(
             enc,

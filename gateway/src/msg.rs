@@ -69,6 +69,19 @@ pub enum ShardMsg {
         /// An encoded `Frame` body.
         body: Bytes,
     },
+    /// A message posted to a room: push it to this shard's connections
+    /// that joined `room` (docs/protocol.md, "Rooms"). Not tracked in the
+    /// ack window.
+    RoomPush {
+        /// The room id.
+        room: Arc<str>,
+        /// An encoded `RoomDeliver` frame, shared by every shard.
+        body: Bytes,
+    },
+    /// The backend's answer to a connection's `room_join` or `room_leave`:
+    /// the shard changes the connection's subscription, then writes it.
+    /// Boxed: one word in every ring entry.
+    Room(Box<RoomChange>),
     /// Start draining: stop accepting, kick connections at a bounded rate.
     Drain,
     /// This node's lease had lapsed: other nodes may have taken its users'
@@ -107,6 +120,25 @@ pub enum ShardMsg {
         /// deduplicates off the shard thread).
         reply: tokio::sync::oneshot::Sender<Vec<String>>,
     },
+}
+
+/// The answer to a `room_join` or `room_leave` on its way to the shard of
+/// the connection that asked, which subscribes or unsubscribes it.
+#[derive(Debug)]
+pub struct RoomChange {
+    /// Who asked.
+    pub conn: ConnRef,
+    /// The room.
+    pub room: Box<str>,
+    /// The backend found the room: subscribe (if the shard's bounds allow;
+    /// else the answer becomes `ROOM_JOIN_LIMIT` or `ROOM_CAPACITY`).
+    pub join: bool,
+    /// Unsubscribe.
+    pub leave: bool,
+    /// The request's id, for an error answer made at the shard.
+    pub request_id: u64,
+    /// The encoded answer frame (`room_joined`, `ok` or an `error`).
+    pub body: Bytes,
 }
 
 /// A connection moving to its owner shard after auth.

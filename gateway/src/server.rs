@@ -325,6 +325,7 @@ impl Server {
                 cluster: cluster.is_some(),
                 limits: cfg.limits.clone(),
                 login: cfg.login.clone(),
+                rooms: cfg.rooms.clone(),
                 limit_metrics: metrics.limits.clone(),
                 lists: lists.clone(),
                 uring_buffers: cfg.shards.uring_buffers,

@@ -13,7 +13,7 @@ use tern_backend::{
     seal::Keys,
     store::{Credentials, Store},
 };
-use tern_protocol::pb::frame::Body;
+use tern_protocol::pb::{self, frame::Body};
 
 use crate::{
     bridge::{Answer, Caller, ChatService, Effect},
@@ -59,6 +59,7 @@ impl BackendService {
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);
+        chat.room_recent_max = cfg.rooms.recent_max;
         // Presence follows connections: the owner shard sets a user online
         // at their first device and offline at their last, so it needs no
         // lease here (the embedded store keeps presence in memory; it ends
@@ -171,6 +172,12 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
         // Call signalling: pushed to every device of the participants, on
         // every node (docs/protocol.md, "Calls").
         DomainEffect::Call { recipients, body } => Effect::Push { recipients, body },
+        // One push per shard and node, to the connections that joined
+        // (docs/protocol.md, "Rooms").
+        DomainEffect::Room { room_id, entry } => Effect::Room {
+            room: room_id.into(),
+            body: Body::RoomDeliver(pb::RoomDeliver { entry: Some(entry) }),
+        },
         // A push like any other, so it reaches the user's devices on every
         // node; the owner shard closes the devices it names (shard/inbox.rs, `kick_devices`).
         DomainEffect::Kick { user_id, kick } => Effect::Push {

@@ -46,6 +46,14 @@ fn is_id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@')
 }
 
+/// The `conversation_id` of a room's entries, `r:<room>` (docs/protocol.md,
+/// "Rooms"). Deliberately not a [`ConversationId`]: a room has no log to
+/// sync, no members and no read marks, so nothing that takes a
+/// conversation (send, sync, history, read) accepts it.
+pub fn room_conversation(room_id: &str) -> String {
+    format!("r:{room_id}")
+}
+
 /// A conversation: a 1:1 chat between two users, or a group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConversationId {

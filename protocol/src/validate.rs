@@ -254,8 +254,21 @@ pub fn body_kind(body: &Body) -> (&'static str, Sender) {
         Body::Kick(_) => ("kick", Server),
         Body::SearchResult(_) => ("search_result", Server),
         Body::PinsResult(_) => ("pins_result", Server),
+        Body::RoomCreate(_) => ("room_create", Request),
+        Body::RoomJoin(_) => ("room_join", Request),
+        Body::RoomLeave(_) => ("room_leave", Request),
+        Body::RoomPost(_) => ("room_post", Request),
+        Body::RoomHistory(_) => ("room_history", Request),
+        Body::RoomInfo(_) => ("room_info", Request),
+        Body::RoomInfoResult(_) => ("room_info_result", Server),
+        Body::RoomJoined(_) => ("room_joined", Server),
+        Body::RoomHistoryResult(_) => ("room_history_result", Server),
+        Body::RoomDeliver(_) => ("room_deliver", Server),
     }
 }
+
+/// Admins a room may name besides its owner (`RoomCreate.admins`).
+pub const ROOM_ADMINS_MAX: usize = 16;
 
 /// Longest reaction string (`ReactRequest.emoji`), in bytes.
 pub const REACTION_BYTES_MAX: usize = 32;
@@ -468,7 +481,29 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
             }
             None => Ok(()),
         },
+        Body::RoomCreate(m) => {
+            c.id("room_create.room_id", &m.room_id)?;
+            c.text("room_create.name", &m.name, c.l.label_bytes_max)?;
+            c.room_kind("room_create.kind", m.kind)?;
+            c.ids("room_create.admins", &m.admins, ROOM_ADMINS_MAX)
+        }
+        Body::RoomJoin(m) => c.id("room_join.room_id", &m.room_id),
+        Body::RoomLeave(m) => c.id("room_leave.room_id", &m.room_id),
+        Body::RoomPost(m) => {
+            c.id("room_post.room_id", &m.room_id)?;
+            c.optional_id("room_post.client_msg_id", &m.client_msg_id)?;
+            let Some(content) = &m.content else {
+                return Err(Refusal::invalid("room_post.content is missing"));
+            };
+            c.content(content)
+        }
+        Body::RoomHistory(m) => c.id("room_history.room_id", &m.room_id),
+        Body::RoomInfo(m) => c.id("room_info.room_id", &m.room_id),
         // Refused above already; listed so that this match stays exhaustive.
+        Body::RoomInfoResult(_)
+        | Body::RoomJoined(_)
+        | Body::RoomHistoryResult(_)
+        | Body::RoomDeliver(_) => Err(server_only(name)),
         Body::Welcome(_)
         | Body::Pong(_)
         | Body::SendAck(_)
@@ -811,6 +846,13 @@ impl Checker<'_> {
             Ok(pb::GroupRole::Unspecified) | Err(_) => Err(bad_enum(field, v)),
             Ok(_) => Ok(()),
         }
+    }
+
+    fn room_kind(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
+        // UNSPECIFIED means CHAT (docs/protocol.md, "Rooms").
+        pb::RoomKind::try_from(v)
+            .map(drop)
+            .map_err(|_| bad_enum(field, v))
     }
 
     fn join_policy(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
@@ -1587,6 +1629,73 @@ mod tests {
                 }),
                 "search.query",
             ),
+            (
+                Body::RoomCreate(pb::RoomCreate {
+                    room_id: "lobby".into(),
+                    name: "Lobby".into(),
+                    kind: pb::RoomKind::Broadcast as i32,
+                    admins: vec!["bob".into()],
+                }),
+                Body::RoomCreate(pb::RoomCreate {
+                    room_id: "lobby".into(),
+                    admins: (0..=ROOM_ADMINS_MAX).map(|i| format!("u{i}")).collect(),
+                    ..Default::default()
+                }),
+                "room_create.admins",
+            ),
+            (
+                Body::RoomJoin(pb::RoomJoin {
+                    room_id: "lobby".into(),
+                }),
+                Body::RoomJoin(pb::RoomJoin {
+                    room_id: "r:lobby".into(),
+                }),
+                "room_join.room_id",
+            ),
+            (
+                Body::RoomLeave(pb::RoomLeave {
+                    room_id: "lobby".into(),
+                }),
+                Body::RoomLeave(pb::RoomLeave {
+                    room_id: String::new(),
+                }),
+                "room_leave.room_id",
+            ),
+            (
+                Body::RoomPost(pb::RoomPost {
+                    room_id: "lobby".into(),
+                    content: text_send("hi").content,
+                    client_msg_id: "m1".into(),
+                }),
+                Body::RoomPost(pb::RoomPost {
+                    room_id: "lobby".into(),
+                    content: None,
+                    client_msg_id: "m1".into(),
+                }),
+                "room_post.content",
+            ),
+            (
+                Body::RoomHistory(pb::RoomHistoryRequest {
+                    room_id: "lobby".into(),
+                    before_seq: 0,
+                    limit: 10,
+                }),
+                Body::RoomHistory(pb::RoomHistoryRequest {
+                    room_id: "a b".into(),
+                    before_seq: 0,
+                    limit: 10,
+                }),
+                "room_history.room_id",
+            ),
+            (
+                Body::RoomInfo(pb::RoomInfoRequest {
+                    room_id: "lobby".into(),
+                }),
+                Body::RoomInfo(pb::RoomInfoRequest {
+                    room_id: "x".repeat(65),
+                }),
+                "room_info.room_id",
+            ),
         ]
     }
 
@@ -1614,8 +1723,8 @@ mod tests {
         }
         assert_eq!(
             seen.len(),
-            53,
-            "client variants in the schema (tags 10..=67, 70..=81): {seen:?}"
+            59,
+            "client variants in the schema (tags 10..=67, 70..=87): {seen:?}"
         );
     }
 

@@ -294,6 +294,31 @@ fn client_body() -> impl Strategy<Value = Body> {
             Body::GroupInvite(pb::GroupInvite { group_id, user_ids })
         }),
         Just(Body::FriendList(pb::FriendListRequest {})),
+        (id(), text(), enum_i32(), ids()).prop_map(|(room_id, name, kind, admins)| {
+            Body::RoomCreate(pb::RoomCreate {
+                room_id,
+                name,
+                kind,
+                admins,
+            })
+        }),
+        id().prop_map(|room_id| Body::RoomJoin(pb::RoomJoin { room_id })),
+        (id(), proptest::option::of(content()), id()).prop_map(
+            |(room_id, content, client_msg_id)| {
+                Body::RoomPost(pb::RoomPost {
+                    room_id,
+                    content,
+                    client_msg_id,
+                })
+            }
+        ),
+        (id(), any::<u64>(), any::<u32>()).prop_map(|(room_id, before_seq, limit)| {
+            Body::RoomHistory(pb::RoomHistoryRequest {
+                room_id,
+                before_seq,
+                limit,
+            })
+        }),
     ]
 }
 
@@ -421,6 +446,24 @@ fn server_body() -> impl Strategy<Value = Body> {
                 more: false,
             })
         }),
+        (id(), text(), enum_i32(), ids(), any::<u64>()).prop_map(
+            |(room_id, name, kind, admins, last_seq)| {
+                Body::RoomJoined(pb::RoomJoined {
+                    room: Some(pb::RoomInfo {
+                        room_id,
+                        name,
+                        kind,
+                        owner: String::new(),
+                        admins,
+                        created_ms: last_seq / 2,
+                        last_seq,
+                    }),
+                })
+            }
+        ),
+        proptest::option::of(entry())
+            .prop_map(|entry| Body::RoomDeliver(pb::RoomDeliver { entry })),
+        entries().prop_map(|entries| Body::RoomHistoryResult(pb::RoomHistoryResult { entries })),
     ]
 }
 

@@ -1374,3 +1374,52 @@ fn the_chat_moves_to_the_next_server_when_its_node_drains() {
     alice.type_line("/quit");
     assert_eq!(alice.wait_exit().code(), Some(0), "{}", alice.screen());
 }
+
+#[test]
+fn rooms_from_the_command_line() {
+    // Proves the `room` commands end to end through a real gateway: create
+    // a chat room and a broadcast channel, a `listen --room` subscriber
+    // gets posts live (joined before `ready`), `room history` serves the
+    // recent window oldest first, `room info` the newest seq, and a
+    // non-admin post to the broadcast channel exits 1 with
+    // ERROR_CODE_BROADCAST_ONLY.
+    let gw = Gateway::start();
+    let made = gw.ok("alice", &["room", "create", "lobby", "The", "Lobby"]);
+    assert_eq!(made[0].kind, "room");
+    assert!(made[0].has("name", "The Lobby") && made[0].has("kind", "chat"));
+    gw.ok(
+        "alice",
+        &["room", "create", "news", "--broadcast", "--admin", "bob"],
+    );
+    let mut listener = Lines::spawn(
+        gw.cli(
+            "carol",
+            &["listen", "--room", "lobby,news", "--for-ms", "30000"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    );
+    listener.wait_for(|l| l.starts_with("ready user=carol"));
+    let posted = gw.ok("bob", &["room", "post", "lobby", "hello", "room"]);
+    assert!(posted[0].has("op", "room_post") && posted[0].has("seq", "1"));
+    listener.wait_for(|l| l.contains("conv=r:lobby") && l.contains("text=\"hello room\""));
+    gw.ok("bob", &["room", "post", "news", "admins only"]);
+    listener.wait_for(|l| l.contains("conv=r:news") && l.contains("text=\"admins only\""));
+    gw.ok("alice", &["room", "post", "lobby", "second"]);
+
+    let h = gw.ok("dave", &["room", "history", "lobby"]);
+    let texts: Vec<&str> = of_kind(&h, "entry").iter().map(|r| r.get("text")).collect();
+    assert_eq!(texts, ["hello room", "second"]);
+    let h = gw.ok("dave", &["room", "history", "lobby", "--before", "2"]);
+    assert_eq!(of_kind(&h, "entry").len(), 1);
+    let info = gw.ok("dave", &["room", "info", "lobby"]);
+    assert!(info[0].has("last_seq", "2"), "{info:?}");
+
+    let r = gw.run("carol", &["room", "post", "news", "me too"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_BROADCAST_ONLY"),
+        "{}",
+        r.stderr
+    );
+}

@@ -285,6 +285,35 @@ fn group_fan_out_reaches_every_member() {
 }
 
 #[test]
+fn room_fan_out_reaches_every_joined_member() {
+    // Proves the room scenario: 300 connections of which 2 post and 298
+    // join one room (nobody stored as a member); every acked post reaches
+    // every joined connection, and the report has delivery latencies.
+    let gw = Gateway::start();
+    let (code, r, err) = gw.load(
+        "room",
+        &[
+            "--groups",
+            "1",
+            "--group-size",
+            "300",
+            "--group-senders",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{err}\n{r}");
+    let (sent, ok) = (n(&r, "sent"), n(&r, "acked"));
+    assert!(sent >= 10 && ok == sent, "{r}");
+    assert_eq!(n(&r, "setup_errors"), 0, "{r}");
+    assert_eq!(n(&r, "delivered"), 298 * ok, "{r}");
+    assert!(n(&r, "deliver_p99_us") > 0, "{r}");
+}
+
+#[test]
 fn deliveries_are_acked_per_batch_and_when_held_back() {
     // Proves both ack modes keep the gateway's window moving: acking at the
     // end of every read batch (`--ack-delay-ms 0`) and holding acks back for

@@ -14,7 +14,7 @@
 //! Submodules: `messages` (send, sync, history, recall, read, read-by,
 //! conversation list), `groups`, `social` (friends, profiles, blocks),
 //! `ephemeral` (typing and presence), `edit`, `react` (reactions and
-//! pins), `threads` and `todos` (issue 19).
+//! pins), `threads`, `todos` and `rooms` (issue 19).
 
 mod admin;
 mod calls;
@@ -23,6 +23,7 @@ mod ephemeral;
 mod groups;
 mod messages;
 mod react;
+mod rooms;
 pub mod search;
 mod social;
 mod threads;
@@ -144,6 +145,16 @@ pub enum Effect {
         recipients: Recipients,
         /// The frame body.
         body: Body,
+    },
+    /// A message posted to a room (`rooms.rs`): push it (as a
+    /// `RoomDeliver`) to every connection that joined the room, on every
+    /// shard and node. Its recipients are not known here: the gateway
+    /// keeps them.
+    Room {
+        /// The room.
+        room_id: String,
+        /// The stored entry, with its seq and `r:<room>` conversation id.
+        entry: pb::Entry,
     },
     /// Close devices of `user_id` with `kick` (an operator's kick or ban):
     /// every device, or only `kick.device_id` when set.
@@ -401,6 +412,13 @@ impl Domain {
             Body::ThreadInfo(r) => self.thread_info(me, r),
             Body::Todo(r) => self.todo(me, now_ms, r),
             Body::TodoList(r) => self.todo_list(me, r),
+            // Rooms and broadcast channels (rooms.rs).
+            Body::RoomCreate(r) => self.room_create(me, now_ms, r),
+            Body::RoomJoin(r) => self.room_join(&r),
+            Body::RoomLeave(r) => self.room_leave(&r),
+            Body::RoomPost(r) => self.room_post(me, now_ms, r),
+            Body::RoomHistory(r) => self.room_history(&r),
+            Body::RoomInfo(r) => self.room_info(&r),
             // Server-only: a client's never passes validation. From the API
             // (admin) it bans, unbans or kicks; from the gateway (not
             // admin) it is the login check of a connection.

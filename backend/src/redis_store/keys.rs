@@ -17,6 +17,7 @@
 //!   blocks), profile and presence.
 //! - `{p:<a>:<b>}` (`a < b`): the social records between two users
 //!   (friendship both ways, requests both ways, blocks both ways).
+//! - `{r:<room>}`: a room's record, seq and kept messages (issue 19).
 
 use tern_protocol::ids::{IdError, check_id};
 
@@ -145,6 +146,31 @@ impl ConvKeys {
     /// another slot or onto another role's key.
     pub fn search_postings(&self, token: &str) -> String {
         format!("{}{token}", self.search_prefix)
+    }
+}
+
+/// The keys of one room (all under `{r:<room>}`; issue 19).
+#[derive(Debug, Clone)]
+pub struct RoomKeys {
+    /// String: the room record (written once, `SET NX`).
+    pub meta: String,
+    /// String: the room's newest seq (`INCR`).
+    pub head: String,
+    /// List, newest first: the kept messages, each an entry with its seq
+    /// field appended (trimmed to the newest `keep` by every post).
+    pub recent: String,
+}
+
+impl RoomKeys {
+    /// The keys of room `room_id`, a valid id.
+    pub fn new(room_id: &str) -> Result<Self, KeyError> {
+        id("room", room_id)?;
+        let k = |role: &str| format!("{{r:{room_id}}}:{role}");
+        Ok(Self {
+            meta: k("m"),
+            head: k("h"),
+            recent: k("l"),
+        })
     }
 }
 

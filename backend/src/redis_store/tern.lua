@@ -474,7 +474,27 @@ local function writes(keys, args)
   return OK
 end
 
+-- tern_room_post_v2: a room message (issue 19). KEYS: the room's record,
+-- head and kept list (one hash tag). ARGV: the entry without its seq, and
+-- how many messages to keep. Returns the new seq, or 0 (nothing written)
+-- when the room does not exist. The seq is appended to the stored entry as
+-- field 2 (the last occurrence of a field wins when it is decoded).
+local function room_post(keys, args)
+  local keep = tonumber(args[2])
+  if keep == nil or keep < 1 then
+    return redis.error_reply('tern: room keep must be at least 1')
+  end
+  if redis.call('EXISTS', keys[1]) == 0 then
+    return 0
+  end
+  local seq = redis.call('INCR', keys[2])
+  redis.call('LPUSH', keys[3], args[1] .. '\16' .. put_varint(seq))
+  redis.call('LTRIM', keys[3], 0, keep - 1)
+  return seq
+end
+
 redis.register_function('tern_append_v2', append)
+redis.register_function('tern_room_post_v2', room_post)
 redis.register_function('tern_group_v2', group_change)
 redis.register_function('tern_writes_v2', writes)
 redis.register_function { function_name = 'tern_range_v2', callback = range, flags = { 'no-writes' } }

@@ -6654,6 +6654,257 @@ pub fn store_search_postings_and_mark(f: Fixture) {
     assert_eq!(st.search_indexed("d:x:y").unwrap(), 0);
 }
 
+// ---------------------------------------------------------------------------
+// Rooms and broadcast channels (issue 19)
+// ---------------------------------------------------------------------------
+
+pub fn room_create_body(room: &str, kind: pb::RoomKind, admins: &[&str]) -> Body {
+    Body::RoomCreate(pb::RoomCreate {
+        room_id: room.into(),
+        name: format!("Room {room}"),
+        kind: kind as i32,
+        admins: admins.iter().map(|a| (*a).to_owned()).collect(),
+    })
+}
+
+pub fn room_post_body(room: &str, text: &str) -> Body {
+    Body::RoomPost(pb::RoomPost {
+        room_id: room.into(),
+        content: Some(text_content(text)),
+        client_msg_id: String::new(),
+    })
+}
+
+pub fn room_history_of(
+    w: &World,
+    user: &str,
+    room: &str,
+    before: u64,
+    limit: u32,
+) -> Vec<pb::Entry> {
+    let out = w.ok(
+        user,
+        Body::RoomHistory(pb::RoomHistoryRequest {
+            room_id: room.into(),
+            before_seq: before,
+            limit,
+        }),
+    );
+    match out.reply {
+        Some(Body::RoomHistoryResult(r)) => r.entries,
+        other => panic!("expected room_history_result, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn room_info_of(out: &Outcome) -> pb::RoomInfo {
+    match &out.reply {
+        Some(Body::RoomInfoResult(r)) => r.room.clone().expect("room"),
+        Some(Body::RoomJoined(r)) => r.room.clone().expect("room"),
+        other => panic!("expected a room, got {other:?}"),
+    }
+}
+
+pub fn room_metadata_is_kept_and_ids_are_unique(f: Fixture) {
+    // Proves a room's record (name, kind, owner, admins, creation time) is
+    // stored and served by info and join, UNSPECIFIED kind means CHAT, a
+    // taken id is ALREADY_EXISTS (the first record stays), an unknown room
+    // is NOT_FOUND for info, join and post, and a bad id is INVALID_ARGUMENT.
+    let w = World::new(f);
+    let created = room_info_of(&w.ok(
+        "alice",
+        room_create_body("news", pb::RoomKind::Broadcast, &["bob", "bob", "alice"]),
+    ));
+    assert_eq!(created.owner, "alice");
+    assert_eq!(
+        created.admins,
+        vec!["bob".to_owned()],
+        "deduplicated, owner not repeated"
+    );
+    assert_eq!(created.kind, pb::RoomKind::Broadcast as i32);
+    assert_eq!(created.last_seq, 0);
+    assert!(created.created_ms >= T0);
+    let chat = room_info_of(&w.ok(
+        "bob",
+        room_create_body("lobby", pb::RoomKind::Unspecified, &[]),
+    ));
+    assert_eq!(chat.kind, pb::RoomKind::Chat as i32);
+    assert_eq!(
+        w.err("carol", room_create_body("news", pb::RoomKind::Chat, &[])),
+        pb::ErrorCode::AlreadyExists
+    );
+    let info = room_info_of(&w.ok(
+        "carol",
+        Body::RoomInfo(pb::RoomInfoRequest {
+            room_id: "news".into(),
+        }),
+    ));
+    assert_eq!(info, created, "the first record stays");
+    let joined = room_info_of(&w.ok(
+        "carol",
+        Body::RoomJoin(pb::RoomJoin {
+            room_id: "news".into(),
+        }),
+    ));
+    assert_eq!(joined, created);
+    for body in [
+        Body::RoomInfo(pb::RoomInfoRequest {
+            room_id: "nope".into(),
+        }),
+        Body::RoomJoin(pb::RoomJoin {
+            room_id: "nope".into(),
+        }),
+        room_post_body("nope", "hi"),
+    ] {
+        assert_eq!(w.err("carol", body), pb::ErrorCode::NotFound);
+    }
+    assert!(w.store().room("nope").unwrap().is_none());
+    assert_eq!(
+        w.err("carol", room_create_body("a:b", pb::RoomKind::Chat, &[])),
+        pb::ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        w.err("carol", room_post_body("r:lobby", "hi")),
+        pb::ErrorCode::InvalidArgument
+    );
+}
+
+pub fn room_posts_get_consecutive_seqs_and_one_room_effect(f: Fixture) {
+    // Proves every post to a chat room gets the room's next seq (1, 2, ...,
+    // per room) in an `ok`, is stored durably before the answer (the store
+    // reads it back), and yields exactly one `Room` effect carrying the
+    // entry (sender, device, content, `r:<room>`) and no per-member
+    // delivery; info and join report the newest seq.
+    let w = World::new(f);
+    w.ok("alice", room_create_body("lobby", pb::RoomKind::Chat, &[]));
+    w.ok("alice", room_create_body("other", pb::RoomKind::Chat, &[]));
+    for (i, user) in ["alice", "bob", "carol"].iter().enumerate() {
+        let out = w.ok(user, room_post_body("lobby", &format!("hello {i}")));
+        assert_eq!(ok_seq(&out), i as u64 + 1);
+        assert_eq!(out.effects.len(), 1);
+        match &out.effects[0] {
+            Effect::Room { room_id, entry } => {
+                assert_eq!(room_id, "lobby");
+                assert_eq!(entry.conversation_id, "r:lobby");
+                assert_eq!(entry.seq, i as u64 + 1);
+                assert_eq!(entry.sender, *user);
+                assert_eq!(entry.sender_device, format!("{user}-phone"));
+                assert_eq!(text_of(entry), Some(format!("hello {i}").as_str()));
+            }
+            other => panic!("expected a room effect, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        ok_seq(&w.ok("dave", room_post_body("other", "x"))),
+        1,
+        "per room"
+    );
+    let joined = room_info_of(&w.ok(
+        "dave",
+        Body::RoomJoin(pb::RoomJoin {
+            room_id: "lobby".into(),
+        }),
+    ));
+    assert_eq!(joined.last_seq, 3);
+    let (_, head) = w.store().room("lobby").unwrap().unwrap();
+    assert_eq!(head, 3);
+    let h = room_history_of(&w, "dave", "lobby", 0, 0);
+    assert_eq!(texts(&h), vec!["hello 0", "hello 1", "hello 2"]);
+    assert!(h.iter().all(|e| e.conversation_id == "r:lobby"));
+    assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    // Leaving is answered and stores nothing.
+    let left = w.ok(
+        "dave",
+        Body::RoomLeave(pb::RoomLeave {
+            room_id: "lobby".into(),
+        }),
+    );
+    assert_eq!((ok_seq(&left), left.effects.len()), (0, 0));
+}
+
+pub fn room_recent_ring_keeps_only_the_newest(f: Fixture) {
+    // Proves a room keeps only `room_recent_max` messages: after 12 posts
+    // with a window of 5, history serves seqs 8..=12 (oldest first), pages
+    // back with `before_seq` and `limit` inside the window only, and the
+    // store itself holds no more than the window; seqs keep counting.
+    let config = Config {
+        room_recent_max: 5,
+        ..Config::default()
+    };
+    let w = World::with_config(f, config);
+    w.ok("alice", room_create_body("lobby", pb::RoomKind::Chat, &[]));
+    for i in 1..=12u64 {
+        assert_eq!(
+            ok_seq(&w.ok("alice", room_post_body("lobby", &format!("m{i}")))),
+            i
+        );
+    }
+    let seqs = |v: &[pb::Entry]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(&room_history_of(&w, "bob", "lobby", 0, 0)),
+        vec![8, 9, 10, 11, 12]
+    );
+    assert_eq!(
+        seqs(&room_history_of(&w, "bob", "lobby", 0, 2)),
+        vec![11, 12]
+    );
+    assert_eq!(
+        seqs(&room_history_of(&w, "bob", "lobby", 11, 2)),
+        vec![9, 10]
+    );
+    assert_eq!(seqs(&room_history_of(&w, "bob", "lobby", 9, 100)), vec![8]);
+    assert_eq!(
+        seqs(&room_history_of(&w, "bob", "lobby", 8, 0)),
+        Vec::<u64>::new()
+    );
+    let stored = w.store().room_recent("lobby", 0, 1_000).unwrap();
+    assert_eq!(
+        seqs(&stored),
+        vec![8, 9, 10, 11, 12],
+        "the store keeps the window only"
+    );
+    assert_eq!(texts(&stored), vec!["m8", "m9", "m10", "m11", "m12"]);
+}
+
+pub fn room_broadcast_channel_refuses_non_admins(f: Fixture) {
+    // Proves only the owner and the admins post in a broadcast channel:
+    // anyone else gets BROADCAST_ONLY, nothing is stored and the seq does
+    // not move; an operator (the server API) may post; anyone may join
+    // and read its history.
+    let w = World::new(f);
+    w.ok(
+        "alice",
+        room_create_body("news", pb::RoomKind::Broadcast, &["bob"]),
+    );
+    assert_eq!(ok_seq(&w.ok("alice", room_post_body("news", "owner"))), 1);
+    assert_eq!(ok_seq(&w.ok("bob", room_post_body("news", "admin"))), 2);
+    assert_eq!(
+        w.err("carol", room_post_body("news", "reader")),
+        pb::ErrorCode::BroadcastOnly
+    );
+    let (_, head) = w.store().room("news").unwrap().unwrap();
+    assert_eq!(head, 2, "a refused post stores nothing");
+    let op = Caller {
+        user_id: "ops".into(),
+        device_id: String::new(),
+        admin: true,
+    };
+    let out = w
+        .domain
+        .handle(&op, w.now(), room_post_body("news", "operator"));
+    assert_eq!(ok_seq(&out), 3);
+    w.ok(
+        "carol",
+        Body::RoomJoin(pb::RoomJoin {
+            room_id: "news".into(),
+        }),
+    );
+    assert_eq!(
+        texts(&room_history_of(&w, "carol", "news", 0, 0)),
+        vec!["owner", "admin", "operator"]
+    );
+}
+
 /// Expands to one `#[test]` per conformance case, each on a fresh store
 /// from `$make` (a `fn() -> conformance::Fixture`).
 #[macro_export]
@@ -6785,6 +7036,10 @@ macro_rules! conformance_tests {
             reaction_limits_and_bad_strings_are_refused,
             pin_and_unpin_are_pushed_and_listed,
             pin_in_group_needs_an_admin_and_is_bounded,
+            room_metadata_is_kept_and_ids_are_unique,
+            room_posts_get_consecutive_seqs_and_one_room_effect,
+            room_recent_ring_keeps_only_the_newest,
+            room_broadcast_channel_refuses_non_admins,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

@@ -116,6 +116,9 @@ impl ApiError {
             C::SearchDisabled => (StatusCode::NOT_IMPLEMENTED, "SEARCH_DISABLED"),
             C::CallEnded => (StatusCode::CONFLICT, "CALL_ENDED"),
             C::NotInCall => (StatusCode::FORBIDDEN, "NOT_IN_CALL"),
+            C::BroadcastOnly => (StatusCode::FORBIDDEN, "BROADCAST_ONLY"),
+            C::RoomJoinLimit => (StatusCode::CONFLICT, "ROOM_JOIN_LIMIT"),
+            C::RoomCapacity => (StatusCode::SERVICE_UNAVAILABLE, "ROOM_CAPACITY"),
             // Every code is named here on purpose (no `_`): a new code must
             // be given its status, or it would reach API callers as a 500.
             // The rest are connection-level codes a backend answer never

@@ -12,7 +12,13 @@
 //! - for `d`: `c` the conversation id, `s` its seq, `o` the sending
 //!   `user\0device` (it has the SendAck and gets no copy) or empty.
 //!
-//! A third kind, `x`, displaces a device: `u` one user id, `v` the device
+//! A room message (`k = r`, docs/protocol.md, "Rooms") names no
+//! recipients: `r` the room id, `b` the encoded `RoomDeliver` frame. It
+//! goes to every other live node, one record each, and the channel thread
+//! hands it to each of its shards, which push it to the connections that
+//! joined the room there (members are not stored anywhere).
+//!
+//! A fourth kind, `x`, displaces a device: `u` one user id, `v` the device
 //! id, no body. The same device logged in on the sending node, whose
 //! route named this one: this node kicks its connection of that device
 //! (`Kick { reason: DISPLACED }`, as for a second login on one node).
@@ -80,6 +86,9 @@ pub struct OutPush {
     pub body: Bytes,
     /// `Some` for a stored entry (a `Deliver`), `None` for an ephemeral push.
     pub entry: Option<EntryMeta>,
+    /// `Some` for a room message: it goes to every node (and shard), whose
+    /// joined connections get it; `recipients` is then empty.
+    pub room: Option<Arc<str>>,
 }
 
 /// What a `Deliver` record carries beside its frame.
@@ -150,6 +159,27 @@ impl RemoteRouter {
 
     fn try_send(&mut self, pushes: &[&OutPush]) -> redis::RedisResult<()> {
         let me = self.view.me().to_owned();
+        // Room messages: one record per other live node, no route read.
+        let (rooms, pushes): (Vec<&OutPush>, Vec<&OutPush>) =
+            pushes.iter().copied().partition(|p| p.room.is_some());
+        if !rooms.is_empty() {
+            let live = self.view.live();
+            let mut cmds = Vec::new();
+            for p in &rooms {
+                for node in live.iter().filter(|n| n.as_ref() != me.as_str()) {
+                    cmds.push(xadd_room(node, self.records_max, p));
+                }
+            }
+            let records = cmds.len();
+            self.link.pipeline(cmds)?;
+            self.metrics
+                .records_out
+                .fetch_add(records as u64, Ordering::Relaxed);
+        }
+        if pushes.is_empty() {
+            return Ok(());
+        }
+        let pushes = pushes.as_slice();
         // Every recipient once.
         let mut seen: HashSet<&str> = HashSet::new();
         let users: Vec<&str> = pushes
@@ -267,6 +297,23 @@ fn xadd(node: &str, records_max: u64, p: &OutPush, users: &[&str]) -> Cmd {
     c
 }
 
+/// A room message's record for `node`'s stream.
+fn xadd_room(node: &str, records_max: u64, p: &OutPush) -> Cmd {
+    let mut c = cmd("XADD");
+    c.arg(stream_key(node))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(records_max)
+        .arg("*")
+        .arg("k")
+        .arg("r")
+        .arg("r")
+        .arg(p.room.as_deref().unwrap_or_default())
+        .arg("b")
+        .arg(p.body.as_ref());
+    c
+}
+
 /// A displacement record for `node`'s stream: `user`'s `device` logged in
 /// on the sending node.
 /// Deletes the stream of `node` if its lease is gone (one script: the two
@@ -330,6 +377,13 @@ pub enum Record {
         /// `Some((conversation, seq, origin))` for a stored entry.
         entry: Option<RecordEntry>,
     },
+    /// `k = r`: a room message for the connections that joined `room` here.
+    Room {
+        /// The room id.
+        room: Arc<str>,
+        /// The encoded `RoomDeliver` frame.
+        body: Bytes,
+    },
     /// `k = x`: kick this node's connection of `user`'s `device`.
     Displace {
         /// User id.
@@ -361,6 +415,22 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
         return Ok(Record::Displace {
             user: user.to_owned(),
             device: device.to_owned(),
+        });
+    }
+    if kind == b"r" {
+        let room = text("r")?;
+        tern_protocol::ids::check_id(room).map_err(|_| RecordError::Invalid("r"))?;
+        let body = get("b")?;
+        if body.len() > RECORD_BODY_BYTES_MAX {
+            return Err(RecordError::Invalid("b"));
+        }
+        let frame = pb::Frame::decode(body).map_err(|_| RecordError::Invalid("b"))?;
+        if frame.request_id != 0 || !matches!(frame.body, Some(Body::RoomDeliver(_))) {
+            return Err(RecordError::Invalid("b"));
+        }
+        return Ok(Record::Room {
+            room: room.into(),
+            body: Bytes::copy_from_slice(body),
         });
     }
     let users = text("u")?;
@@ -519,6 +589,17 @@ impl Consumer {
         let shards = self.to_shards.len();
         let (users, body, entry) = match r {
             Record::Push { users, body, entry } => (users, body, entry),
+            Record::Room { room, body } => {
+                // Every shard: each walks its own subscribers of the room.
+                for shard in 0..shards {
+                    let msg = ShardMsg::RoomPush {
+                        room: room.clone(),
+                        body: body.clone(),
+                    };
+                    self.send_to_shard(shard, msg);
+                }
+                return;
+            }
             Record::Displace { user, device } => {
                 self.metrics
                     .displacements_received
@@ -611,6 +692,49 @@ mod tests {
         v.iter()
             .map(|(k, v)| (bulk(k.as_bytes()), bulk(v)))
             .collect()
+    }
+
+    /// A room record (`k = r`) decodes to its room and frame; one whose
+    /// room id is not an id, or whose frame is not a `RoomDeliver` with
+    /// request id 0, is a typed error.
+    #[test]
+    fn room_records_decode_and_garbage_is_refused() {
+        let deliver = pb::Frame {
+            request_id: 0,
+            body: Some(Body::RoomDeliver(pb::RoomDeliver { entry: None })),
+        }
+        .encode_to_vec();
+        let other = pb::Frame {
+            request_id: 0,
+            body: Some(Body::Deliver(pb::Deliver { entries: vec![] })),
+        }
+        .encode_to_vec();
+        let good = fields(&[
+            ("k", b"r".to_vec()),
+            ("r", b"lobby".to_vec()),
+            ("b", deliver.clone()),
+        ]);
+        let refs: Vec<(&Value, &Value)> = good.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(
+            decode(&refs),
+            Ok(Record::Room {
+                room: "lobby".into(),
+                body: Bytes::from(deliver.clone()),
+            })
+        );
+        for (room, body, why) in [
+            (&b"a:b"[..], deliver.clone(), RecordError::Invalid("r")),
+            (&b""[..], deliver.clone(), RecordError::Invalid("r")),
+            (&b"lobby"[..], other, RecordError::Invalid("b")),
+            (&b"lobby"[..], b"\xff\xff".to_vec(), RecordError::Invalid("b")),
+        ] {
+            let f = fields(&[("k", b"r".to_vec()), ("r", room.to_vec()), ("b", body)]);
+            let refs: Vec<(&Value, &Value)> = f.iter().map(|(k, v)| (k, v)).collect();
+            assert_eq!(decode(&refs), Err(why));
+        }
+        let f = fields(&[("k", b"r".to_vec()), ("b", deliver)]);
+        let refs: Vec<(&Value, &Value)> = f.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(decode(&refs), Err(RecordError::Missing("r")));
     }
 
     /// A record built by `xadd`'s field layout decodes to what was sent,

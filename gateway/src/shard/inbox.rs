@@ -276,6 +276,8 @@ impl Shard {
                     }
                 });
             }
+            ShardMsg::RoomPush { room, body } => self.room_push(&room, &body),
+            ShardMsg::Room(change) => self.room_change(&change),
             ShardMsg::Drain => self.draining.set(true),
             ShardMsg::Devices { user, reply } => {
                 let _ = reply.send(self.devices_for_api(&user));
@@ -502,7 +504,7 @@ impl Shard {
 
     /// Marks a connection that got frames from the inbox: written (and its
     /// deadline re-armed) once when the batch ends, see [`Self::write_touched`].
-    fn touch(&self, key: u32, conn: &mut Conn) {
+    pub(super) fn touch(&self, key: u32, conn: &mut Conn) {
         if !conn.touched {
             conn.touched = true;
             self.touched.borrow_mut().push((key, conn.generation));

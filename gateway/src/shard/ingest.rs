@@ -328,6 +328,22 @@ impl Shard {
                             monoio::spawn(async move { shard.device_request(from, frame) });
                             continue;
                         }
+                        if let Some(Body::RoomJoin(j)) = &frame.body {
+                            // A join past this shard's bounds is refused here
+                            // and changes nothing (checked again when the
+                            // backend's answer comes back: joins in flight).
+                            if let Err(refused) = self.rooms.borrow().check_join(key, &j.room_id) {
+                                self.metrics
+                                    .room_joins_refused
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let _ = c.session.queue_frame(
+                                    &self.cfg,
+                                    now,
+                                    &refused.error(frame.request_id),
+                                );
+                                continue;
+                            }
+                        }
                         let mut req = BackendRequest::new(
                             self.conn_ref(key, c.generation),
                             user,

@@ -37,6 +37,8 @@
 //! - `backend.rs`: requests to the backend workers (in order, `blocked`
 //!   and its retry loop), presence, route changes, login check, recount;
 //! - `drain.rs`: `DrainPolicy` and the rate-limited drain;
+//! - `rooms.rs`: the room subscriptions of the shard's connections, room
+//!   pushes, joins and leaves (docs/protocol.md, "Rooms");
 //! - `sock.rs`: the ordered write path, the epoll set, non-blocking
 //!   `send`/`recv`;
 //! - `tls.rs`: a TLS connection's reads (decrypted from the shared read
@@ -93,6 +95,7 @@ mod inbox;
 mod ingest;
 mod limits;
 mod poll;
+mod rooms;
 mod sock;
 mod tls;
 mod uring;
@@ -162,6 +165,8 @@ pub struct ShardSetup {
     pub uring_buffer_bytes: u32,
     /// Login policies and remote logout (`[login]`).
     pub login: crate::config::LoginSettings,
+    /// Room subscription bounds (`[rooms]`).
+    pub rooms: crate::config::RoomsSettings,
 }
 
 /// Per-connection state, in the shard's slab. Kept small: an idle
@@ -369,6 +374,9 @@ struct Shard {
     client_versions: RefCell<devices::ClientVersions>,
     /// Logins welcomed here: orders the logins of one millisecond.
     logins_seen: Cell<u64>,
+    /// Room subscriptions of this shard's connections (`rooms.rs`): empty
+    /// for connections in no room.
+    rooms: RefCell<rooms::Rooms>,
 }
 
 /// Slab keys of one user's devices (inline for up to four).
@@ -503,6 +511,10 @@ async fn shard_main(setup: ShardSetup, driver: &'static str, uring_path: bool) -
         logged_out: RefCell::new(devices::LoggedOut::default()),
         client_versions: RefCell::new(devices::ClientVersions::default()),
         logins_seen: Cell::new(0),
+        rooms: RefCell::new(rooms::Rooms::new(
+            setup.rooms.per_connection_max as usize,
+            setup.rooms.per_shard_max as usize,
+        )),
     });
     debug!(shard = shard.id, driver, "shard started");
     // A descriptor of each listening socket kept here for the drain's
@@ -611,6 +623,9 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
         return; // moved away (handoff) or already finished
     }
     let mut c = conns.remove(key as usize);
+    // Its room subscriptions end with it (a reconnecting client joins
+    // again); nothing to do for a connection in no room.
+    shard.rooms.borrow_mut().leave_all(key);
     if shard.uring.is_some() {
         // Its queued bytes go out now (as the epoll path writes them before
         // it sees the end); its ring operations end before its fd closes.

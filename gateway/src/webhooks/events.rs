@@ -211,6 +211,9 @@ fn effect_event(now_ms: u64, effect: &Effect) -> Option<Event> {
             })
         }
         Effect::Push { .. } => None,
+        // Rooms keep recent history only and are not fed to the event feed
+        // (docs/protocol.md, "Rooms").
+        Effect::Room { .. } => None,
     }
 }
 

@@ -36,6 +36,9 @@ enum Cmd {
     Storm(LoadArgs),
     /// Idle connections, chatting pairs and groups at once.
     Mixed(LoadArgs),
+    /// --groups rooms of --group-size connections; --group-senders of each
+    /// post at --rate/s, the others join and receive (nobody is a stored member).
+    Room(LoadArgs),
     /// Internal: a worker process (spec and commands on stdin, JSON lines out).
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Cmd::Group(a) => (Scenario::Group, a),
         Cmd::Storm(a) => (Scenario::Storm, a),
         Cmd::Mixed(a) => (Scenario::Mixed, a),
+        Cmd::Room(a) => (Scenario::Room, a),
     };
     match run::run(scenario, &args) {
         Ok(r) => {

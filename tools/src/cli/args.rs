@@ -130,6 +130,10 @@ pub enum Command {
         /// ends first).
         #[arg(long)]
         count: Option<usize>,
+        /// Join this room first and print its messages too (repeatable, or
+        /// comma-separated; joined for this connection only).
+        #[arg(long = "room", value_delimiter = ',', value_name = "ROOM")]
+        rooms: Vec<String>,
         /// Stop after this long, in milliseconds.
         #[arg(long)]
         for_ms: Option<u64>,
@@ -213,6 +217,10 @@ pub enum SharedCommand {
     /// rename, announce, nick, remark, role, mute, unmute, decide, policy.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Rooms and broadcast channels: create, info, join, leave, post,
+    /// history (docs/cli.md, "Rooms").
+    #[command(subcommand)]
+    Room(RoomCommand),
 }
 
 /// Where a message goes (one of them; the chat's open conversation when
@@ -649,6 +657,60 @@ pub enum Decision {
     Approve,
     /// Refuse.
     Reject,
+}
+
+/// `room …` (docs/cli.md, "Rooms").
+#[derive(Subcommand, Debug, Clone)]
+pub enum RoomCommand {
+    /// Create a room with id ROOM (you become its owner).
+    Create {
+        /// Its id.
+        room: String,
+        /// Its name (several words are joined; default: the id).
+        name: Vec<String>,
+        /// A broadcast channel: only you and the admins post.
+        #[arg(long)]
+        broadcast: bool,
+        /// Who may post in a broadcast channel besides you (repeatable, or
+        /// comma-separated).
+        #[arg(long = "admin", value_delimiter = ',', value_name = "USER")]
+        admins: Vec<String>,
+    },
+    /// A room's name, kind, owner, admins and newest seq.
+    Info {
+        /// The room.
+        room: String,
+    },
+    /// Join a room on this connection (`listen --room` keeps printing its
+    /// messages; the chat prints them until it ends or leaves).
+    Join {
+        /// The room.
+        room: String,
+    },
+    /// Leave a room on this connection.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// Post a message to a room.
+    Post {
+        /// The room.
+        room: String,
+        /// The text; several words are joined with spaces.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        text: Vec<String>,
+    },
+    /// The room's recent messages, oldest first.
+    History {
+        /// The room.
+        room: String,
+        /// Only messages before this seq.
+        #[arg(long, value_name = "SEQ")]
+        before: Option<u64>,
+        /// At most this many (0: the whole kept window).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
 }
 
 /// `group …`.

@@ -9,8 +9,8 @@ use tern_protocol::pb::{self, frame::Body};
 use super::{
     ClientError,
     args::{
-        Decision, FriendCommand, GroupCommand, OnOff, PolicyArg, PresenceVerb, RoleArg, SendArgs,
-        SharedCommand, ToArgs, parse_duration_ms,
+        Decision, FriendCommand, GroupCommand, OnOff, PolicyArg, PresenceVerb, RoleArg,
+        RoomCommand, SendArgs, SharedCommand, ToArgs, parse_duration_ms,
     },
     record::Item,
     session::{Session, expect_body, new_client_msg_id},
@@ -430,6 +430,84 @@ pub fn run(ctx: &Context<'_>, cmd: &SharedCommand) -> Result<Vec<Item>, ClientEr
         }
         SharedCommand::Friend(f) => friend(s, f),
         SharedCommand::Group(g) => group(s, g),
+        SharedCommand::Room(r) => room(s, r),
+    }
+}
+
+/// `room …`: the answers as items (a room, `ok`, entries).
+fn room(s: &Session, r: &RoomCommand) -> Result<Vec<Item>, ClientError> {
+    let info = |answer| -> Result<Vec<Item>, ClientError> {
+        let r = expect_body!(answer, RoomInfoResult)?;
+        Ok(r.room.map(Item::Room).into_iter().collect())
+    };
+    match r {
+        RoomCommand::Create {
+            room,
+            name,
+            broadcast,
+            admins,
+        } => {
+            let room_id = checked(room, "room id")?;
+            let name = if name.is_empty() {
+                room_id.clone()
+            } else {
+                words(name)
+            };
+            let kind = if *broadcast {
+                pb::RoomKind::Broadcast
+            } else {
+                pb::RoomKind::Chat
+            };
+            info(s.request(Body::RoomCreate(pb::RoomCreate {
+                room_id,
+                name,
+                kind: kind as i32,
+                admins: admins.iter().map(|a| user(a)).collect::<Result<_, _>>()?,
+            })))
+        }
+        RoomCommand::Info { room } => info(s.request(Body::RoomInfo(pb::RoomInfoRequest {
+            room_id: checked(room, "room id")?,
+        }))),
+        RoomCommand::Join { room } => {
+            let r = expect_body!(
+                s.request(Body::RoomJoin(pb::RoomJoin {
+                    room_id: checked(room, "room id")?,
+                })),
+                RoomJoined
+            )?;
+            Ok(r.room.map(Item::Room).into_iter().collect())
+        }
+        RoomCommand::Leave { room } => ok(
+            "room_leave",
+            s.request(Body::RoomLeave(pb::RoomLeave {
+                room_id: checked(room, "room id")?,
+            })),
+        ),
+        RoomCommand::Post { room, text } => ok(
+            "room_post",
+            s.request(Body::RoomPost(pb::RoomPost {
+                room_id: checked(room, "room id")?,
+                content: Some(pb::Content {
+                    kind: Some(pb::content::Kind::Text(pb::Text { text: words(text) })),
+                }),
+                client_msg_id: new_client_msg_id(),
+            })),
+        ),
+        RoomCommand::History {
+            room,
+            before,
+            limit,
+        } => {
+            let r = expect_body!(
+                s.request(Body::RoomHistory(pb::RoomHistoryRequest {
+                    room_id: checked(room, "room id")?,
+                    before_seq: before.unwrap_or(0),
+                    limit: *limit,
+                })),
+                RoomHistoryResult
+            )?;
+            Ok(r.entries.into_iter().map(Item::Entry).collect())
+        }
     }
 }
 

@@ -131,6 +131,23 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
                 info.unread
             )
         }
+        Item::Room(r) => format!(
+            "room {} \"{}\" ({}) owner {}{}, newest seq {}",
+            clean(&r.room_id),
+            clean(&r.name),
+            if r.kind == pb::RoomKind::Broadcast as i32 {
+                "broadcast"
+            } else {
+                "chat"
+            },
+            clean(&r.owner),
+            if r.admins.is_empty() {
+                String::new()
+            } else {
+                format!(", admins {}", clean(&r.admins.join(",")))
+            },
+            r.last_seq
+        ),
         Item::Todo(t) => format!(
             "☐ [{}:{}] to-do from {} (/done --conv {} {})",
             target::label(me, &t.conversation_id),

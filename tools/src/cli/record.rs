@@ -94,6 +94,8 @@ pub enum Item {
     },
     /// An open to-do of the caller's.
     Todo(pb::Todo),
+    /// A room or broadcast channel (`room create`, `info`, `join`).
+    Room(pb::RoomInfo),
     /// A request succeeded.
     Ok {
         /// What was done (`friend_add`, `group_kick`, …).
@@ -413,6 +415,20 @@ impl Item {
                     .n("read_seq", info.read_seq)
                     .n("unread", u64::from(info.unread))
             }
+            Self::Room(r) => Record::new("room")
+                .s("room", &r.room_id)
+                .s("name", &r.name)
+                .s(
+                    "kind",
+                    if r.kind == pb::RoomKind::Broadcast as i32 {
+                        "broadcast"
+                    } else {
+                        "chat"
+                    },
+                )
+                .s("owner", &r.owner)
+                .list("admins", &r.admins)
+                .n("last_seq", r.last_seq),
             Self::Todo(t) => {
                 let open: Vec<String> = t
                     .assignees

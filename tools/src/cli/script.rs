@@ -138,7 +138,11 @@ fn run(cli: &Cli, out: &Output) -> Result<(), ClientError> {
             out.item(&Item::Token(token));
             Ok(())
         }
-        Some(Command::Listen { count, for_ms }) => listen(cli, out, *count, *for_ms),
+        Some(Command::Listen {
+            count,
+            for_ms,
+            rooms,
+        }) => listen(cli, out, *count, *for_ms, rooms),
         Some(Command::Shared(cmd)) => {
             if let super::args::SharedCommand::SendFile(a) = cmd {
                 // Said before connecting: the user's to fix either way.
@@ -167,8 +171,23 @@ fn listen(
     out: &Output,
     count: Option<usize>,
     for_ms: Option<u64>,
+    rooms: &[String],
 ) -> Result<(), ClientError> {
     let session = login(cli, LISTEN_DEVICE_DEFAULT)?;
+    // Joined before `ready`: a script that waits for `ready` then posts
+    // finds this connection subscribed.
+    for room in rooms {
+        let cmd =
+            super::args::SharedCommand::Room(super::args::RoomCommand::Join { room: room.clone() });
+        exec::run(
+            &Context {
+                session: &session,
+                open: None,
+                call: None,
+            },
+            &cmd,
+        )?;
+    }
     out.item(&Item::Ready(session.welcome().clone()));
     let deadline = for_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut printed = 0usize;

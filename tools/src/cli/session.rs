@@ -284,6 +284,9 @@ impl Session {
         };
         Ok(Some(match frame.body {
             Some(Body::Deliver(d)) => Pushed::Entries(self.apply_deliver(d)?),
+            // A room message: shown like an entry, never acked or synced
+            // (rooms keep recent history only).
+            Some(Body::RoomDeliver(d)) => Pushed::Entries(d.entry.into_iter().collect()),
             Some(Body::TypingEvent(t)) => Pushed::Typing(t),
             Some(Body::CallEvent(c)) => Pushed::Call(c),
             Some(Body::CallSignalEvent(c)) => Pushed::CallSignal(c),

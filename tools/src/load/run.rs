@@ -212,9 +212,12 @@ impl LoadArgs {
         let (idle, pairs, groups) = match scenario {
             Scenario::Idle | Scenario::Storm => (self.conns, 0, 0),
             Scenario::Chat => (0, self.pairs, 0),
-            Scenario::Group => (0, 0, self.groups.max(1)),
+            Scenario::Group | Scenario::Room => (0, 0, self.groups.max(1)),
             Scenario::Mixed => (self.conns, self.pairs, self.groups),
         };
+        if self.proto != Proto::Tern && scenario == Scenario::Room {
+            bail!("the room scenario runs on Tern only (peers: use group)");
+        }
         if self.proto != Proto::Tern && pairs > 0 {
             bail!("peer protocols (--proto mqtt|nats) run idle, storm and group only");
         }

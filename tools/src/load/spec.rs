@@ -32,6 +32,10 @@ pub enum Scenario {
     Storm,
     /// A blend: idle connections, chatting pairs and groups at once.
     Mixed,
+    /// Rooms (docs/protocol.md, "Rooms"): --groups rooms of --group-size
+    /// connections; the first --group-senders of each post, every other
+    /// member joins and receives. Nobody is stored as a member.
+    Room,
 }
 
 /// The wire protocol the connections speak.
@@ -269,6 +273,11 @@ impl Plan {
                 side,
                 device: 0,
             } => Some(SendTo::User(self.pair_user(pair, 1 - side))),
+            Role::Group { group, member }
+                if member < self.group_senders && self.scenario == Scenario::Room =>
+            {
+                Some(SendTo::Room(self.group_id(group)))
+            }
             Role::Group { group, member } if member < self.group_senders => {
                 Some(SendTo::Group(self.group_id(group)))
             }
@@ -305,6 +314,8 @@ impl Plan {
                     .into_iter()
                     .collect()
             }
+            // A room has no log to check: recent history only.
+            Role::Group { .. } if self.scenario == Scenario::Room => Vec::new(),
             Role::Group { group, .. } => {
                 vec![ConversationId::group(&self.group_id(group)).to_string()]
             }
@@ -320,6 +331,8 @@ pub enum SendTo {
     User(String),
     /// A group message (or, for peers, a publish on the group's topic).
     Group(String),
+    /// A post to a room (Tern only).
+    Room(String),
 }
 
 /// One worker's share of the run.

@@ -47,7 +47,7 @@ use tern_protocol::{
 use super::{
     history::{Delivery, DeviceLog, History, LogEntry, Outcome, SendOp, Via},
     limits, push,
-    spec::{Plan, Proto, Role, SendTo, WorkerMsg, WorkerResult, WorkerSpec},
+    spec::{Plan, Proto, Role, Scenario, SendTo, WorkerMsg, WorkerResult, WorkerSpec},
     wire::{self, PeerPacket},
 };
 
@@ -353,6 +353,11 @@ enum Pending {
         group: u32,
         next_member: u32,
     },
+    /// A room member's `room_create` (answered by the room or
+    /// ALREADY_EXISTS: either way the room exists before its join).
+    RoomCreate,
+    /// A room member's `room_join`.
+    RoomJoin,
     Sync {
         local: usize,
         fin: bool,
@@ -1472,7 +1477,24 @@ impl<W: Write> Worker<W> {
                 }
             }
             Body::SyncResult(r) => self.on_sync(i, f.request_id, r, now),
+            Body::Ok(_)
+                if matches!(self.inflight.get(&f.request_id), Some(Pending::Send { .. })) =>
+            {
+                self.on_post_ack(f.request_id, now);
+            }
             Body::GroupInfoResult(_) | Body::Ok(_) => self.on_setup_step(f.request_id, None, now),
+            Body::RoomInfoResult(_) => {
+                self.inflight.remove(&f.request_id);
+            }
+            Body::RoomJoined(_) => {
+                if let Some(Pending::RoomJoin) = self.inflight.remove(&f.request_id) {
+                    self.setup_open = self.setup_open.saturating_sub(1);
+                }
+            }
+            Body::RoomDeliver(d) => {
+                let stamp = d.entry.as_ref().and_then(wire::entry_stamp);
+                self.take_room_entry(i, stamp, now);
+            }
             Body::Error(e) => {
                 let code = pb::ErrorCode::try_from(e.code)
                     .map(|c| {
@@ -1540,8 +1562,43 @@ impl<W: Write> Worker<W> {
         self.take_entry(local, &a.conversation_id, a.seq, None, Via::Ack, now);
     }
 
+    /// The `ok` of a room post: acked (durable) with its seq. Rooms have no
+    /// cursors to advance (recent history only).
+    fn on_post_ack(&mut self, rid: u64, now: u64) {
+        let Some(Pending::Send { local, sent_ns, .. }) = self.inflight.remove(&rid) else {
+            return;
+        };
+        self.last_activity_ns = now;
+        self.res.acked += 1;
+        if self.conns[local].stall == Stall::Never {
+            self.ack_h.saturating_record((now - sent_ns) / 1000);
+        }
+    }
+
+    /// A room message that reached connection `i`: counted and, stamped,
+    /// timed like a delivery. No cursor, no ack, no sync: a room keeps no
+    /// per-member state.
+    fn take_room_entry(&mut self, i: usize, stamp: Option<u64>, now: u64) {
+        self.res.entries += 1;
+        let Some(ts) = stamp else { return };
+        self.last_activity_ns = now;
+        self.res.delivered += 1;
+        if self.phase == Phase::Main {
+            self.res.delivered_main += 1;
+        }
+        if self.conns[i].stall == Stall::Never {
+            self.deliver_h
+                .saturating_record(now.saturating_sub(ts) / 1000);
+        }
+    }
+
     fn on_request_error(&mut self, rid: u64, code: String, now: u64) {
         match self.inflight.remove(&rid) {
+            Some(Pending::RoomCreate) => {}
+            Some(Pending::RoomJoin) => {
+                self.res.setup_errors += 1;
+                self.setup_open = self.setup_open.saturating_sub(1);
+            }
             Some(Pending::Send { op, .. }) => {
                 self.res.send_failed += 1;
                 *self.res.send_fail_codes.entry(code.clone()).or_default() += 1;
@@ -1832,6 +1889,35 @@ impl<W: Write> Worker<W> {
             };
             let live = self.conns[i].state == State::Live;
             match plan.proto {
+                Proto::Tern if plan.scenario == Scenario::Room => {
+                    // Senders post without joining; every other member
+                    // creates the room (all but one get ALREADY_EXISTS) and
+                    // joins it on the same connection, so its join runs
+                    // after a create, in order.
+                    if member < plan.group_senders {
+                        continue;
+                    }
+                    if !live {
+                        self.res.setup_errors += 1;
+                        continue;
+                    }
+                    let room_id = plan.group_id(group);
+                    let create = pb::RoomCreate {
+                        room_id: room_id.clone(),
+                        name: format!("load {group}"),
+                        kind: pb::RoomKind::Chat as i32,
+                        admins: Vec::new(),
+                    };
+                    let rid = self.rid();
+                    self.inflight.insert(rid, Pending::RoomCreate);
+                    self.queue(i, now, |out| frame(rid, Body::RoomCreate(create), out));
+                    let rid = self.rid();
+                    self.inflight.insert(rid, Pending::RoomJoin);
+                    self.setup_open += 1;
+                    self.queue(i, now, |out| {
+                        frame(rid, Body::RoomJoin(pb::RoomJoin { room_id }), out);
+                    });
+                }
                 Proto::Tern if member == 0 => {
                     if !live {
                         self.res.setup_errors += 1;
@@ -2038,11 +2124,23 @@ impl<W: Write> Worker<W> {
                 );
                 // The stamp is ASCII, so this is valid UTF-8.
                 let text = String::from_utf8_lossy(&payload).into_owned();
+                if let SendTo::Room(room_id) = to {
+                    let post = pb::RoomPost {
+                        room_id,
+                        content: Some(pb::Content {
+                            kind: Some(pb::content::Kind::Text(pb::Text { text })),
+                        }),
+                        client_msg_id: cmid,
+                    };
+                    self.queue(i, now, |out| frame(rid, Body::RoomPost(post), out));
+                    self.payload = payload;
+                    return;
+                }
                 let send = pb::Send {
                     client_msg_id: cmid,
                     to: Some(match to {
                         SendTo::User(u) => pb::send::To::UserId(u),
-                        SendTo::Group(g) => pb::send::To::GroupId(g),
+                        SendTo::Group(g) | SendTo::Room(g) => pb::send::To::GroupId(g),
                     }),
                     content: Some(pb::Content {
                         kind: Some(pb::content::Kind::Text(pb::Text { text })),
@@ -2053,7 +2151,7 @@ impl<W: Write> Worker<W> {
             }
             Proto::Mqtt | Proto::Nats => {
                 let target = match &to {
-                    SendTo::User(u) | SendTo::Group(u) => peer_topic(proto, u),
+                    SendTo::User(u) | SendTo::Group(u) | SendTo::Room(u) => peer_topic(proto, u),
                 };
                 self.queue(i, now, |out| match proto {
                     Proto::Mqtt => wire::mqtt_publish(&target, &payload, out),
@@ -2076,7 +2174,7 @@ impl<W: Write> Worker<W> {
             device,
             cmid: cmid.to_string(),
             to: match to {
-                SendTo::User(u) | SendTo::Group(u) => u.clone(),
+                SendTo::User(u) | SendTo::Group(u) | SendTo::Room(u) => u.clone(),
             },
             invoke_ns: now,
             outcome: Outcome::Timeout,
