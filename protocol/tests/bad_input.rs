@@ -992,6 +992,7 @@ fn every_server_only_frame_from_a_client_is_refused() {
         Body::Error(Default::default()),
         Body::Kick(Default::default()),
         Body::PinsResult(Default::default()),
+        Body::PushListResult(Default::default()),
     ];
     for body in bodies {
         assert_eq!(body_kind(&body).1, Sender::Server);

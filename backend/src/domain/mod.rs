@@ -22,6 +22,7 @@ mod edit;
 mod ephemeral;
 mod groups;
 mod messages;
+pub mod push;
 mod react;
 pub mod search;
 mod social;
@@ -401,6 +402,11 @@ impl Domain {
             Body::ThreadInfo(r) => self.thread_info(me, r),
             Body::Todo(r) => self.todo(me, now_ms, r),
             Body::TodoList(r) => self.todo_list(me, r),
+            // Offline push (push.rs, issue 20).
+            Body::PushRegister(r) => self.push_register(me, now_ms, r),
+            Body::PushUnregister(r) => self.push_unregister(me, r),
+            Body::PushList(_) => self.push_list(me, now_ms),
+            Body::PushMute(r) => self.push_mute(me, now_ms, r),
             // Server-only: a client's never passes validation. From the API
             // (admin) it bans, unbans or kicks; from the gateway (not
             // admin) it is the login check of a connection.
