@@ -912,7 +912,9 @@ impl Collector for Metrics {
         }
         {
             let p = &self.push;
-            let labelled: [(&str, &str, &str, &[&str], &[AtomicU64]); 4] = [
+            // (family, help, label name, label values, counters in order)
+            type Labelled<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], &'a [AtomicU64]);
+            let labelled: [Labelled<'_>; 4] = [
                 (
                     "tern_push_sent",
                     "Push notifications a provider accepted, by platform",

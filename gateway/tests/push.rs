@@ -11,6 +11,8 @@
 //! drops and counts.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "../../backend/tests/support/redis_harness.rs"]
+mod redis_harness;
 mod support;
 
 use std::{
@@ -28,7 +30,7 @@ use hyper::{Request, Response, body::Incoming};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use support::{Client, Gateway, WAIT};
-use tern_gateway::config::{Config, Driver};
+use tern_gateway::config::{Config, Driver, StoreKind};
 use tern_protocol::pb::{self, frame::Body};
 
 const TEAM: &str = "TEAM123456";
@@ -591,4 +593,31 @@ fn a_full_queue_drops_and_counts() {
     }
     wait_metric_at_least(&s.gw, "tern_push_dropped_total{reason=\"queue_full\"}", 1);
     assert_eq!(s.apns.requests().len(), 1);
+}
+
+#[test]
+fn on_the_redis_store_offline_members_are_notified_and_online_ones_not() {
+    // Proves the same path on the Redis store (a real redis-server):
+    // tokens and presence are read from Redis, an offline member gets the
+    // notification with the badge, an online one none.
+    let redis = redis_harness::RedisServer::start(redis_harness::ServerOptions::DURABLE);
+    let url = redis.url();
+    let s = setup(ok(), ok(), |c| {
+        c.backend.store = StoreKind::Redis;
+        c.backend.redis_urls = vec![url.clone()];
+        c.push.collapse_window_ms = 200;
+    });
+    offline_with_token(&s.gw, "bob", "phone", pb::PushPlatform::Fcm, "fcm-bob");
+    let (mut carol, _) = Client::login(s.gw.tcp, "carol", "phone");
+    register(&mut carol, pb::PushPlatform::Fcm, "fcm-carol");
+    let (mut alice, _) = Client::login(s.gw.tcp, "alice", "laptop");
+    wait_offline(&s.gw, &mut alice, "bob");
+    alice.send_text("bob", "m1", "hi");
+    alice.send_text("carol", "m2", "hi");
+    let got = s.fcm.wait_for(1);
+    wait_metric_at_least(&s.gw, "tern_push_skipped_total{reason=\"online\"}", 1);
+    assert_eq!(s.fcm.requests().len(), 1);
+    let m = &got[0].json()["message"];
+    assert_eq!(m["token"], "fcm-bob");
+    assert_eq!(m["data"]["badge"], "1");
 }

@@ -676,7 +676,6 @@ mod tests {
         let text = pb::Content {
             kind: Some(pb::content::Kind::Text(pb::Text {
                 text: "héllo".into(),
-                ..Default::default()
             })),
         };
         assert_eq!(preview_text(Some(&text), 2), "h");
