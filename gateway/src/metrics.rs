@@ -338,7 +338,8 @@ pub struct PushMetrics {
 /// `tern_push_sent_total{platform}` labels, in `PushMetrics::sent` order.
 pub const PUSH_PLATFORMS: [&str; 2] = ["apns", "fcm"];
 /// `tern_push_failed_total{reason}` labels, in `PushMetrics::failed` order.
-pub const PUSH_FAIL_REASONS: [&str; 7] = [
+/// `store` stays last (`crate::push` counts it by position).
+pub const PUSH_FAIL_REASONS: [&str; 8] = [
     "timeout",
     "rate_limited",
     "server_error",
@@ -346,6 +347,7 @@ pub const PUSH_FAIL_REASONS: [&str; 7] = [
     "transport",
     "auth",
     "unconfigured",
+    "store",
 ];
 
 /// Everything `/metrics` shows; registered once, read at scrape.

@@ -43,6 +43,10 @@ use crate::{
     metrics::{PUSH_FAIL_REASONS, PushMetrics},
 };
 
+/// The `tern_push_failed_total{reason="store"}` index: the backend could
+/// not say whom to notify (the store failed).
+const STORE_FAILED: usize = PUSH_FAIL_REASONS.len() - 1;
+
 /// Longest provider answer read, bytes (its error reason is all we need).
 const ANSWER_BYTES_MAX: usize = 64 * 1024;
 
@@ -369,6 +373,10 @@ impl Collapser {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
+            // A stop seen while waiting for a slot below ends the loop here.
+            if *stop.borrow() {
+                break;
+            }
             let next = self.due.front().map(|(d, _)| *d);
             tokio::select! {
                 job = self.rx.recv() => match job {
@@ -504,7 +512,7 @@ async fn notify(ctx: &Arc<Ctx>, (user, mut note): (String, Note)) {
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "push: the backend could not answer; notification dropped");
-            m.failed[PushError::Transport(String::new()).reason()].fetch_add(1, Relaxed);
+            m.failed[STORE_FAILED].fetch_add(1, Relaxed);
             return;
         }
         Err(e) => {
@@ -681,5 +689,30 @@ mod tests {
         assert_eq!(preview_text(Some(&text), 2), "h");
         assert_eq!(preview_text(Some(&text), 100), "héllo");
         assert_eq!(preview_text(None, 100), "[message]");
+    }
+
+    #[test]
+    // Every failure has its own label of tern_push_failed_total; only the
+    // transient ones are retried, and a provider's Retry-After is kept.
+    fn failures_have_labels_and_retry_rules() {
+        let cases = [
+            (PushError::Timeout, "timeout", true),
+            (PushError::RateLimited(None), "rate_limited", true),
+            (PushError::Server(503, None), "server_error", true),
+            (PushError::Rejected(400, "x".into()), "rejected", false),
+            (PushError::DeadToken("x".into()), "rejected", false),
+            (PushError::Transport("x".into()), "transport", true),
+            (PushError::Auth("x".into()), "auth", true),
+            (PushError::Unconfigured, "unconfigured", false),
+        ];
+        for (e, label, retry) in cases {
+            assert_eq!(PUSH_FAIL_REASONS[e.reason()], label, "{e}");
+            assert_eq!(e.retryable(), retry, "{e}");
+        }
+        assert_eq!(PUSH_FAIL_REASONS[STORE_FAILED], "store");
+        let three = Some(Duration::from_secs(3));
+        assert_eq!(PushError::RateLimited(three).retry_after(), three);
+        assert_eq!(PushError::Server(503, three).retry_after(), three);
+        assert_eq!(PushError::Timeout.retry_after(), None);
     }
 }
