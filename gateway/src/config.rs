@@ -1593,6 +1593,35 @@ mod tests {
         c.shutdown.retry_after_max_ms = 10;
         c.validate().unwrap();
     }
+
+    /// `[push]` is checked only when enabled: then it needs a provider's
+    /// credentials (the APNs key with its id and team), http(s) URLs, and
+    /// non-zero bounds.
+    #[test]
+    fn push_settings_validate_when_enabled() {
+        let mut c = Config::default();
+        c.push.apns_url = "nonsense".into();
+        c.validate().unwrap();
+        c.push.enabled = true;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.apns_url"), "{err}");
+        c.push.apns_url = "http://127.0.0.1:9".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.enabled"), "{err}");
+        c.push.apns_key_file = Some("key.p8".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.apns_key_file"), "{err}");
+        c.push.apns_key_id = "K".into();
+        c.push.apns_team_id = "T".into();
+        c.validate().unwrap();
+        c.push.queue_max = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.queue_max"), "{err}");
+        c.push.queue_max = 1;
+        c.push.retry_initial_ms = c.push.retry_max_ms + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.retry_initial_ms"), "{err}");
+    }
 }
 
 // ---- [api]: the server API for existing services ----

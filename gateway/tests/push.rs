@@ -621,3 +621,38 @@ fn on_the_redis_store_offline_members_are_notified_and_online_ones_not() {
     assert_eq!(m["token"], "fcm-bob");
     assert_eq!(m["data"]["badge"], "1");
 }
+
+#[test]
+fn a_key_that_cannot_be_read_stops_the_start() {
+    // Proves the provider credentials are read at start: a missing APNs
+    // key, or a service account that is not one, is an error naming the
+    // setting, and nothing starts.
+    let apns = StandIn::start(true, ok());
+    let fcm = StandIn::start(false, ok());
+    let dir = tempfile::tempdir().unwrap();
+    let start = |tweak: &dyn Fn(&mut Config)| {
+        let mut cfg = Config::default();
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.listen.tcp = Some(any);
+        cfg.listen.ws = None;
+        cfg.listen.http = None;
+        cfg.shards.count = 1;
+        cfg.shards.driver = Driver::Epoll;
+        cfg.auth.jwt_secret = support::SECRET.into();
+        let data = tempfile::tempdir().unwrap();
+        cfg.backend.data_dir = data.path().to_path_buf();
+        push_config(&mut cfg, &apns, &fcm, dir.path(), |_| {});
+        tweak(&mut cfg);
+        let service = Arc::new(tern_gateway::service::BackendService::from_config(&cfg).unwrap());
+        tern_gateway::server::Server::start(&cfg, service).map(drop)
+    };
+    let err = start(&|c| c.push.apns_key_file = Some(dir.path().join("missing.p8"))).unwrap_err();
+    assert!(format!("{err:#}").contains("push.apns_key_file"), "{err:#}");
+    let bad = dir.path().join("not-an-account.json");
+    std::fs::write(&bad, "{}").unwrap();
+    let err = start(&|c| c.push.fcm_service_account_file = Some(bad.clone())).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("push.fcm_service_account_file"),
+        "{err:#}"
+    );
+}
