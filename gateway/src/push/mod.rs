@@ -348,12 +348,11 @@ impl PushFeed {
     }
 }
 
-/// One notification being collapsed.
+/// One notification being collapsed (its window's end is in
+/// `Collapser::due`).
 #[derive(Debug)]
 struct Pending {
     note: Note,
-    /// When its window ends.
-    due: Instant,
 }
 
 /// The thread's state: the queue, the notifications being collapsed (by
@@ -453,7 +452,6 @@ impl Collapser {
                             count: 1,
                             badge: 0,
                         },
-                        due,
                     });
                 }
             }
@@ -468,14 +466,11 @@ impl Collapser {
             if *due > now {
                 return None;
             }
-            let (due, key) = self.due.pop_front()?;
-            // A stale entry cannot happen (a key leaves `pending` only
-            // here), but checking the due time costs nothing.
+            let (_, key) = self.due.pop_front()?;
+            // Each key is in `due` once, while it is in `pending` (it
+            // leaves both here).
             if let Some(p) = self.pending.remove(&key) {
-                if p.due == due {
-                    return Some((key.0, p.note));
-                }
-                self.pending.insert(key, p);
+                return Some((key.0, p.note));
             }
         }
     }
