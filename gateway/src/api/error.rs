@@ -119,6 +119,10 @@ impl ApiError {
             C::BroadcastOnly => (StatusCode::FORBIDDEN, "BROADCAST_ONLY"),
             C::RoomJoinLimit => (StatusCode::CONFLICT, "ROOM_JOIN_LIMIT"),
             C::RoomCapacity => (StatusCode::SERVICE_UNAVAILABLE, "ROOM_CAPACITY"),
+            C::PushDisabled => (StatusCode::NOT_IMPLEMENTED, "PUSH_DISABLED"),
+            C::PushTokensFull => (StatusCode::CONFLICT, "PUSH_TOKENS_FULL"),
+            C::PushTokenNotYours => (StatusCode::CONFLICT, "PUSH_TOKEN_NOT_YOURS"),
+            C::PushMutesFull => (StatusCode::CONFLICT, "PUSH_MUTES_FULL"),
             // Every code is named here on purpose (no `_`): a new code must
             // be given its status, or it would reach API callers as a 500.
             // The rest are connection-level codes a backend answer never
