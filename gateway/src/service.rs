@@ -56,6 +56,7 @@ impl BackendService {
             search_enabled: cfg.search.enabled,
             call_ring_timeout_ms: cfg.chat.call_ring_timeout_ms,
             calls_max: cfg.chat.calls_max,
+            call_lease_ms: cfg.chat.call_lease_ms,
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);
