@@ -16,11 +16,11 @@ use cluster_support::{Redis, WAIT, nodes};
 use support::Client;
 use tern_protocol::pb::{self, frame::Body};
 
-/// Logs `device` of `user` in at `addr` as `platform` with `version`;
-/// the whole answer (Welcome or an error).
+/// Logs `device` in at `addr` with `token` (whose user it is), as
+/// `platform` with client version `<device>-1.0`; the whole answer
+/// (Welcome or an error).
 fn auth(
     addr: std::net::SocketAddr,
-    user: &str,
     device: &str,
     platform: pb::Platform,
     token: &str,
@@ -63,9 +63,9 @@ fn the_device_list_of_one_node_names_devices_on_every_node() {
     let redis = Redis::start();
     let ns = nodes(&redis, 2);
     let token = support::Gateway::token("alice");
-    let (mut laptop, r) = auth(ns[0].tcp, "alice", "laptop", pb::Platform::Desktop, &token);
+    let (mut laptop, r) = auth(ns[0].tcp, "laptop", pb::Platform::Desktop, &token);
     assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
-    let (mut phone, r) = auth(ns[1].tcp, "alice", "phone", pb::Platform::Ios, &token);
+    let (mut phone, r) = auth(ns[1].tcp, "phone", pb::Platform::Ios, &token);
     assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
     redis.wait_routes("alice", &[("laptop", "n1"), ("phone", "n2")]);
 
@@ -104,13 +104,15 @@ fn a_logout_on_one_node_kicks_the_device_on_another_and_its_token_is_refused_on_
     // Proves logout across nodes: alice's laptop on node 1 logs out her
     // phone on node 2; the phone gets Kick LOGGED_OUT and closes; the
     // phone's old token is then refused (DEVICE_LOGGED_OUT) on node 2 and
-    // on node 1; a device connected nowhere is NOT_FOUND.
+    // on node 1, which remember the logout; on node 3 the login is kicked
+    // LOGGED_OUT right after its Welcome, by the logout remembered in
+    // Redis; a new token gets in. A device connected nowhere is NOT_FOUND.
     let redis = Redis::start();
-    let ns = nodes(&redis, 2);
+    let ns = nodes(&redis, 3);
     let token = support::Gateway::token("alice");
-    let (mut laptop, r) = auth(ns[0].tcp, "alice", "laptop", pb::Platform::Desktop, &token);
+    let (mut laptop, r) = auth(ns[0].tcp, "laptop", pb::Platform::Desktop, &token);
     assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
-    let (mut phone, r) = auth(ns[1].tcp, "alice", "phone", pb::Platform::Ios, &token);
+    let (mut phone, r) = auth(ns[1].tcp, "phone", pb::Platform::Ios, &token);
     assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
     redis.wait_routes("alice", &[("laptop", "n1"), ("phone", "n2")]);
 
@@ -133,12 +135,67 @@ fn a_logout_on_one_node_kicks_the_device_on_another_and_its_token_is_refused_on_
     assert!(phone.closed_within(WAIT));
     redis.wait_routes("alice", &[("laptop", "n1")]);
 
-    for node in &ns {
-        let (_, r) = auth(node.tcp, "alice", "phone", pb::Platform::Ios, &token);
+    for node in &ns[..2] {
+        let (_, r) = auth(node.tcp, "phone", pb::Platform::Ios, &token);
         assert!(
             matches!(&r.body, Some(Body::Error(e)) if e.code() == pb::ErrorCode::DeviceLoggedOut),
             "{}: {r:?}",
             node.id
         );
     }
+    let (mut late, r) = auth(ns[2].tcp, "phone", pb::Platform::Ios, &token);
+    assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
+    let kick = late.wait_push(|f| matches!(f.body, Some(Body::Kick(_))));
+    let Some(Body::Kick(k)) = kick.body else {
+        unreachable!()
+    };
+    assert_eq!(k.reason, pb::KickReason::LoggedOut as i32);
+    assert!(late.closed_within(WAIT));
+
+    // A token issued after the logout (iat in whole seconds: the next
+    // second) is let in on every node.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let fresh = support::Gateway::token("alice");
+    let (mut again, r) = auth(ns[2].tcp, "phone", pb::Platform::Ios, &fresh);
+    assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
+    // The login check runs before any request of the device: an answered
+    // request means it passed, and no Kick came before the answer.
+    assert_eq!(list(&mut again).len(), 2, "laptop and phone");
+    assert!(
+        !again
+            .pushes
+            .iter()
+            .any(|f| matches!(f.body, Some(Body::Kick(_))))
+    );
+}
+
+#[test]
+fn a_logout_of_a_device_on_this_node_is_remembered_by_the_others() {
+    // Proves the local logout of a device is remembered in Redis too:
+    // alice's laptop logs out her phone on the same node 1; the phone's
+    // old token is refused on node 1 and kicked LOGGED_OUT after its
+    // Welcome on node 2.
+    let redis = Redis::start();
+    let ns = nodes(&redis, 2);
+    let token = support::Gateway::token("alice");
+    let (mut laptop, _) = auth(ns[0].tcp, "laptop", pb::Platform::Desktop, &token);
+    let (mut phone, r) = auth(ns[0].tcp, "phone", pb::Platform::Ios, &token);
+    assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
+    let r = laptop.request(Body::DeviceLogout(pb::DeviceLogout {
+        device_id: "phone".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    assert!(phone.closed_within(WAIT));
+    let (_, r) = auth(ns[0].tcp, "phone", pb::Platform::Ios, &token);
+    assert!(
+        matches!(&r.body, Some(Body::Error(e)) if e.code() == pb::ErrorCode::DeviceLoggedOut),
+        "{r:?}"
+    );
+    let (mut other, r) = auth(ns[1].tcp, "phone", pb::Platform::Ios, &token);
+    assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
+    let kick = other.wait_push(|f| matches!(f.body, Some(Body::Kick(_))));
+    let Some(Body::Kick(k)) = kick.body else {
+        unreachable!()
+    };
+    assert_eq!(k.reason, pb::KickReason::LoggedOut as i32);
 }

@@ -107,6 +107,9 @@ pub struct RemoteRouter {
     /// Users whose presence was on a dead node (filled by the cluster
     /// thread, emptied by the workers).
     pub(super) rechecks: Arc<Rechecks>,
+    /// `[login] logged_out_block_ms`: how long a logout is remembered in
+    /// Redis (`devices.rs`); 0: not at all.
+    pub(super) logged_out_block_ms: u64,
 }
 
 impl RemoteRouter {
@@ -124,7 +127,16 @@ impl RemoteRouter {
             records_max: settings.channel_records_max,
             metrics,
             rechecks,
+            logged_out_block_ms: 0,
         }
+    }
+
+    /// Remembers logouts in Redis for `block_ms` (`[login]
+    /// logged_out_block_ms`), so that every node refuses a logged-out
+    /// device's old token.
+    pub fn with_logged_out_block_ms(mut self, block_ms: u64) -> Self {
+        self.logged_out_block_ms = block_ms;
+        self
     }
 
     /// Sends `pushes` to the other nodes holding their recipients. Returns

@@ -45,18 +45,28 @@ impl Shard {
     /// in `blocked`, in order, like a presence update; if that line is full
     /// too ([`PRESENCE_PENDING_MAX`]) it returns false: the login cannot be
     /// checked, and the caller refuses it.
+    ///
+    /// The `Kick`'s `message` carries the token's `iat` (decimal seconds,
+    /// empty if none): in cluster mode the worker first checks the device
+    /// against the logouts remembered in Redis (docs/cluster.md, "Devices
+    /// across nodes").
     pub(super) fn login_check(
         self: &Rc<Self>,
         key: u32,
         generation: u32,
         user: &str,
         device: &str,
+        issued_at: Option<u64>,
     ) -> bool {
+        let kick = pb::Kick {
+            message: issued_at.map(|s| s.to_string()).unwrap_or_default(),
+            ..Default::default()
+        };
         let req = BackendRequest::new(
             self.conn_ref(key, generation),
             user,
             device,
-            BackendRequest::frame(Body::Kick(pb::Kick::default())),
+            BackendRequest::frame(Body::Kick(kick)),
         );
         self.send_or_wait(req)
     }

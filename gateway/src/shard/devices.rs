@@ -449,11 +449,25 @@ impl Shard {
                 list
             }
             Some(Body::DeviceLogout(m)) => {
-                if self.logout(&user, &m.device_id) {
-                    Body::Ok(pb::Ok::default())
-                } else if self.cluster {
-                    to_worker(Body::DeviceLogout(m));
+                let here = self.logout(&user, &m.device_id);
+                if self.cluster {
+                    // Here: remembered in Redis for the other nodes before
+                    // the answer. Elsewhere: sent to the node holding it.
+                    let mut req = BackendRequest::new(
+                        from,
+                        &user,
+                        &device,
+                        Box::new(pb::Frame {
+                            request_id,
+                            body: Some(Body::DeviceLogout(m)),
+                        }),
+                    );
+                    req.done_here = here;
+                    self.send_waiting(req);
                     return;
+                }
+                if here {
+                    Body::Ok(pb::Ok::default())
                 } else {
                     Body::Error(pb::Error {
                         code: pb::ErrorCode::NotFound as i32,

@@ -270,7 +270,7 @@ impl Shard {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.flush(key, c);
         self.arm(key, c);
-        if !self.login_check(key, c.generation, &user, &device) {
+        if !self.login_check(key, c.generation, &user, &device, login.issued_at) {
             // Overloaded past every queue: a login that cannot be checked
             // for a ban is refused; the client reconnects later.
             let retry = self.limits.kick_retry_after_ms();
