@@ -15,7 +15,7 @@ mod support;
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,

@@ -13,7 +13,7 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     process::{Command, Stdio},
     sync::{Arc, Barrier, mpsc},
     time::{Duration, Instant},

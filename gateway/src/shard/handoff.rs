@@ -4,7 +4,7 @@
 //! displaced — here, or when the device logged in on another node
 //! (`displace`).
 
-use std::rc::Rc;
+use std::{os::fd::AsRawFd, rc::Rc};
 
 use slab::Slab;
 use tern_protocol::{pb, session::AuthOk};
@@ -217,6 +217,15 @@ impl Shard {
             return;
         }
         let mut conns = self.conns.borrow_mut();
+        // A login whose client has already hung up (its auth waited in a
+        // queue: the process was stopped, or the shards were behind) must
+        // not displace the device's newer connection: the client gave up on
+        // this one and has likely connected again. Closed unwelcomed.
+        if super::sock::peer_closed(conns[key as usize].fd.as_raw_fd()) {
+            let c = &mut conns[key as usize];
+            self.close_soon(c, CloseReason::Peer);
+            return;
+        }
         // Devices that count toward presence ([`PRESENCE_QUIET`] ones do not).
         let (mut others_counted, mut displaced_counted) = (false, false);
         for other in self.devices_of(&conns, &user) {

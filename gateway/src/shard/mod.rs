@@ -635,6 +635,12 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
     }
     drop(conns);
     let reason = c.closing.unwrap_or(reason);
+    if matches!(
+        reason,
+        CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout
+    ) {
+        sock::reset_if_stuck(c.fd.as_raw_fd());
+    }
     if reason == CloseReason::SlowConsumer {
         shard
             .metrics
