@@ -89,9 +89,15 @@ pub struct Config {
     /// How long a call rings a participant who does not answer; then they
     /// are MISSED (and a call nobody answered ends MISSED). Default 30 000.
     pub call_ring_timeout_ms: u64,
-    /// Calls in progress this domain instance (one gateway node) holds at
-    /// most; an invite beyond gets `LIMIT_REACHED`. Default 10 000.
+    /// Calls in progress this domain instance (one gateway node) owns at
+    /// most (the calls whose invite it took); an invite beyond gets
+    /// `LIMIT_REACHED`. Default 10 000.
     pub calls_max: u32,
+    /// The lease of a call in progress in the store: the owning node renews
+    /// it every third of this; if that node dies, the call is gone this
+    /// long after its last renewal. At least 3 000 (the domain is polled
+    /// about once a second). Default 60 000.
+    pub call_lease_ms: u64,
     // ---- offline push (issue 20; docs/push.md) ----
     /// Whether push tokens may be registered (the gateway's `[push]
     /// enabled`); off: the push frames get `PUSH_DISABLED`. Default false.
@@ -139,6 +145,7 @@ impl Default for Config {
             search_scan_max: 1_000,
             call_ring_timeout_ms: 30_000,
             calls_max: 10_000,
+            call_lease_ms: 60_000,
             push_enabled: false,
             push_tokens_per_user_max: 10,
             push_muted_conversations_max: 500,
@@ -156,6 +163,9 @@ pub enum ConfigError {
     /// A page or size maximum is 0.
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    /// A duration is below its minimum (ms).
+    #[error("{0} must be at least {1}")]
+    TooSmall(&'static str, u64),
 }
 
 impl Config {
@@ -186,9 +196,15 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
         }
+        if self.call_lease_ms < CALL_LEASE_MS_MIN {
+            return Err(ConfigError::TooSmall("call_lease_ms", CALL_LEASE_MS_MIN));
+        }
         Ok(())
     }
 }
+
+/// The shortest `call_lease_ms`: three polls of about a second each.
+pub const CALL_LEASE_MS_MIN: u64 = 3_000;
 
 #[cfg(test)]
 mod tests {

@@ -57,10 +57,11 @@ use tern_protocol::pb;
 
 use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
-    Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials,
-    FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord,
-    MemberRecord, PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord,
-    SocialOp, Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
+    Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, CallSlot, ConvHead,
+    Credentials, FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta,
+    JoinRequestRecord, MemberRecord, PresenceRecord, PresenceSetting, PushBind, PushSettings,
+    PushUnbind, RoomRecord, SocialOp, Store, StoreError, StoreResult, ThreadStat, TodoRecord,
+    UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -104,6 +105,19 @@ pub struct EmbeddedStore {
     /// Conversations with appends committed but not yet fsynced, with their
     /// last durable head: what readers see of them until the fsync.
     unsynced: Mutex<HashMap<Box<str>, Unsynced>>,
+    /// Calls in progress: in memory only (one node; a restart ends them,
+    /// as it ends their connections). Bounded by the domain's `calls_max`
+    /// plus lapsed calls, purged when the map doubles.
+    calls: Mutex<HeldCalls>,
+}
+
+/// The calls of [`Store::call`] and the methods after it.
+#[derive(Debug, Default)]
+struct HeldCalls {
+    /// id → (version, state, lease end in the caller's ms).
+    map: HashMap<Box<str>, (u64, Vec<u8>, u64)>,
+    /// The map's size after the last purge of lapsed calls.
+    purged_len: usize,
 }
 
 /// The append path's caches (see the module doc), as of the last commit.
@@ -341,6 +355,7 @@ impl EmbeddedStore {
             append: Mutex::new(AppendCache::default()),
             writes_other: AtomicU64::new(0),
             unsynced: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HeldCalls::default()),
         })
     }
 
@@ -840,6 +855,70 @@ impl Store for EmbeddedStore {
             out.push(other.to_owned());
         }
         Ok(out)
+    }
+
+    fn call(&self, id: &str, now_ms: u64) -> StoreResult<Option<CallSlot>> {
+        let calls = self.calls.lock();
+        Ok(calls
+            .map
+            .get(id)
+            .filter(|(_, _, until)| *until > now_ms)
+            .map(|(version, state, _)| CallSlot {
+                version: *version,
+                state: state.clone(),
+            }))
+    }
+
+    fn put_call(
+        &self,
+        id: &str,
+        expected: u64,
+        state: &[u8],
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> StoreResult<bool> {
+        let mut calls = self.calls.lock();
+        let current = match calls.map.get(id) {
+            Some((v, _, until)) if *until > now_ms => *v,
+            _ => 0,
+        };
+        if current != expected {
+            return Ok(false);
+        }
+        if calls.map.len() >= 2 * calls.purged_len.max(512) {
+            calls.map.retain(|_, (_, _, until)| *until > now_ms);
+            calls.purged_len = calls.map.len();
+        }
+        let until = now_ms.saturating_add(lease_ms);
+        calls
+            .map
+            .insert(id.into(), (expected + 1, state.to_vec(), until));
+        Ok(true)
+    }
+
+    fn remove_call(&self, id: &str, expected: u64) -> StoreResult<bool> {
+        let mut calls = self.calls.lock();
+        match calls.map.get(id) {
+            Some((v, _, _)) if *v == expected => {
+                calls.map.remove(id);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn renew_calls(&self, ids: &[&str], now_ms: u64, lease_ms: u64) -> StoreResult<Vec<bool>> {
+        let mut calls = self.calls.lock();
+        Ok(ids
+            .iter()
+            .map(|id| match calls.map.get_mut(*id) {
+                Some((_, _, until)) if *until > now_ms => {
+                    *until = now_ms.saturating_add(lease_ms);
+                    true
+                }
+                _ => false,
+            })
+            .collect())
     }
 
     fn put_presence(&self, record: &PresenceRecord) -> StoreResult<()> {

@@ -34,10 +34,11 @@ use tern_protocol::pb;
 
 use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
-    Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials,
-    FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord,
-    MemberRecord, PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord,
-    SocialOp, Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
+    Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, CallSlot, ConvHead,
+    Credentials, FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta,
+    JoinRequestRecord, MemberRecord, PresenceRecord, PresenceSetting, PushBind, PushSettings,
+    PushUnbind, RoomRecord, SocialOp, Store, StoreError, StoreResult, ThreadStat, TodoRecord,
+    UserConv, ViewChange,
 };
 use keys::{ConvKeys, KeyError, PairKeys, RoomKeys, UserKeys};
 
@@ -1043,6 +1044,23 @@ return 0
 const PRESENCE_SET_IF_NO_NODE: &str = "if redis.call('SCARD', KEYS[2]) == 0 then \
      return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 0";
 
+/// Writes call `KEYS[1]` as `<ARGV[1] + 1>:<ARGV[2]>` with TTL `ARGV[3]`
+/// ms if its version is `ARGV[1]` (0: absent); answers 1, else 0. The
+/// version is the decimal before the first `:` (the state after it may be
+/// any bytes).
+const CALL_PUT: &str = "local cur = redis.call('GET', KEYS[1]) \
+     local v = 0 \
+     if cur then v = tonumber(string.match(cur, '^(%d+):')) or -1 end \
+     if v ~= tonumber(ARGV[1]) then return 0 end \
+     redis.call('SET', KEYS[1], string.format('%d', v + 1) .. ':' .. ARGV[2], 'PX', ARGV[3]) \
+     return 1";
+
+/// Deletes call `KEYS[1]` if its version is `ARGV[1]`; answers 1, else 0.
+const CALL_REMOVE: &str = "local cur = redis.call('GET', KEYS[1]) \
+     if not cur then return 0 end \
+     if tonumber(string.match(cur, '^(%d+):')) ~= tonumber(ARGV[1]) then return 0 end \
+     redis.call('DEL', KEYS[1]) return 1";
+
 /// The command that stores a presence record with its expiry.
 ///
 /// A record saying the user's last counting device left (`connected:
@@ -1926,6 +1944,79 @@ impl Store for RedisStore {
                     .ok_or_else(|| RedisStoreError::Corrupt("to-do index member".into()).into())
             })
             .collect()
+    }
+
+    // ---- calls in progress (docs/redis.md, "Calls") ----
+
+    fn call(&self, id: &str, _now_ms: u64) -> StoreResult<Option<CallSlot>> {
+        let key = keys::call(id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("GET");
+        c.arg(&key);
+        let Some(v) = opt_bytes(self.one(c)?)? else {
+            return Ok(None);
+        };
+        let corrupt = || RedisStoreError::Corrupt("call record".into());
+        let at = v.iter().position(|&b| b == b':').ok_or_else(corrupt)?;
+        let version = std::str::from_utf8(&v[..at])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(corrupt)?;
+        Ok(Some(CallSlot {
+            version,
+            state: v[at + 1..].to_vec(),
+        }))
+    }
+
+    fn put_call(
+        &self,
+        id: &str,
+        expected: u64,
+        state: &[u8],
+        _now_ms: u64,
+        lease_ms: u64,
+    ) -> StoreResult<bool> {
+        let key = keys::call(id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("EVAL");
+        c.arg(CALL_PUT)
+            .arg(1)
+            .arg(&key)
+            .arg(expected)
+            .arg(state)
+            .arg(lease_ms.max(1));
+        Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn remove_call(&self, id: &str, expected: u64) -> StoreResult<bool> {
+        let key = keys::call(id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("EVAL");
+        c.arg(CALL_REMOVE).arg(1).arg(&key).arg(expected);
+        Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn renew_calls(&self, ids: &[&str], _now_ms: u64, lease_ms: u64) -> StoreResult<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = Pipe::default();
+        for id in ids {
+            let mut c = redis::cmd("PEXPIRE");
+            c.arg(keys::call(id).map_err(RedisStoreError::from)?)
+                .arg(lease_ms.max(1));
+            p.add(c);
+        }
+        let vals = self.with_conn(|conn| self.run(conn, &p))?;
+        if vals.len() != ids.len() {
+            return Err(RedisStoreError::Reply(format!(
+                "{} replies to {} PEXPIRE",
+                vals.len(),
+                ids.len()
+            ))
+            .into());
+        }
+        Ok(vals
+            .iter()
+            .map(|v| as_u64(v).map(|x| x == 1))
+            .collect::<Result<_>>()?)
     }
 
     // ---- search (issue 19; docs/redis.md, "Search") ----

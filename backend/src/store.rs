@@ -119,6 +119,11 @@
 //!   [`AppendRefused::NotThreadable`], [`AppendRefused::TodoChanged`],
 //!   and the thread and to-do reads and indexes ([`Store::thread_stats`]
 //!   and the methods after it). Conformance cases `thread_*` and `todo_*`.
+//! - [`Store::call`], [`Store::put_call`], [`Store::remove_call`] and
+//!   [`Store::renew_calls`] (required): calls in progress kept in the store
+//!   with a version and a lease, so that every gateway node on one store
+//!   acts on every call (issue 19). Conformance cases `store_call_*` and
+//!   `call_*`.
 //! - Offline push (issue 20, required): push tokens bound to one user at a
 //!   time ([`Store::push_bind`], [`Store::push_unbind`],
 //!   [`Store::push_tokens`]) and a user's mutes ([`PushSettings`]).
@@ -603,6 +608,48 @@ pub trait Store: Send + Sync {
 
     /// Replaces `user`'s mutes (`None` deletes them).
     fn put_push_settings(&self, user: &str, settings: Option<&PushSettings>) -> StoreResult<()>;
+
+    // ---- calls in progress (docs/protocol.md, "Calls") --------------------
+    //
+    // A call in progress is ephemeral state that every gateway node on the
+    // store must see: a record per call id, bytes the domain encodes, with a
+    // version for compare-and-set and a lease after which it is gone. A
+    // store on one node may keep them in memory only.
+
+    /// The call `id` if it exists and its lease has not lapsed at `now_ms`
+    /// (a store may use its own clock for the lease instead).
+    fn call(&self, id: &str, now_ms: u64) -> StoreResult<Option<CallSlot>>;
+
+    /// Writes call `id` if its version is `expected` (0: it must not exist,
+    /// or its lease lapsed), as version `expected + 1` with a lease of
+    /// `lease_ms` from now. `Ok(false)`: the version differed; nothing was
+    /// written.
+    fn put_call(
+        &self,
+        id: &str,
+        expected: u64,
+        state: &[u8],
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> StoreResult<bool>;
+
+    /// Removes call `id` if its version is `expected`. `Ok(false)`: it is
+    /// gone already or its version differed; nothing was removed. Of
+    /// several removers of one version, exactly one gets `true`.
+    fn remove_call(&self, id: &str, expected: u64) -> StoreResult<bool>;
+
+    /// Extends the lease of each call of `ids` that still exists to
+    /// `lease_ms` from now; answers, in order, whether it existed.
+    fn renew_calls(&self, ids: &[&str], now_ms: u64, lease_ms: u64) -> StoreResult<Vec<bool>>;
+}
+
+/// A call in progress as a store keeps it ([`Store::call`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSlot {
+    /// Bumped by every [`Store::put_call`]; at least 1.
+    pub version: u64,
+    /// The domain's encoding of the call.
+    pub state: Vec<u8>,
 }
 
 /// What [`Store::push_bind`] did.

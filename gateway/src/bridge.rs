@@ -79,6 +79,10 @@ pub struct BackendRequest {
     /// answered. Riding the user's ring, it stays in order with the user's
     /// requests and the device's other route changes.
     pub route: Option<RouteChange>,
+    /// A `device_logout` the shard already did for a device connected
+    /// there (cluster mode): the worker only remembers it in Redis for the
+    /// other nodes, then answers.
+    pub done_here: bool,
 }
 
 impl BackendRequest {
@@ -97,6 +101,7 @@ impl BackendRequest {
             resume: false,
             reply: None,
             route: None,
+            done_here: false,
         }
     }
 
@@ -330,7 +335,10 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             continue;
         }
         match w.remote.as_mut() {
-            Some(remote) => node_bookkeeping(remote, &mut batch),
+            Some(remote) => {
+                node_bookkeeping(remote, &mut batch);
+                devices_across_nodes(remote, &mut batch, &mut w.to_shards, &w.stop);
+            }
             None => batch.retain(|r| r.route.is_none()),
         }
         if batch.is_empty() {
@@ -499,13 +507,185 @@ fn node_bookkeeping(remote: &mut RemoteRouter, batch: &mut Vec<BackendRequest>) 
     });
 }
 
+/// Completes the `device_list` and `device_logout` requests a shard
+/// passed on (cluster mode; `shard/devices.rs`) and takes them out of the
+/// batch: the domain never sees them. A list arrives as the shard's
+/// `DeviceListResult` of this node's devices and leaves with the user's
+/// devices on other live nodes added (oldest login first, at most
+/// `DEVICE_LIST_MAX`); a logout of a device not connected here is sent to
+/// the node holding it (`ok`, and this node remembers it too), else
+/// `NOT_FOUND`. If Redis fails, a list names this node's devices only and a
+/// logout is `INTERNAL`.
+fn devices_across_nodes(
+    remote: &mut RemoteRouter,
+    batch: &mut Vec<BackendRequest>,
+    to_shards: &mut [Sender<ShardMsg>],
+    stop: &AtomicBool,
+) {
+    refuse_logged_out(remote, batch, to_shards, stop);
+    let is_device_request = |r: &BackendRequest| {
+        r.route.is_none()
+            && r.reply.is_none()
+            && matches!(
+                r.frame.body,
+                Some(Body::DeviceListResult(_) | Body::DeviceLogout(_))
+            )
+    };
+    if !batch.iter().any(is_device_request) {
+        return;
+    }
+    let shards = to_shards.len();
+    let mut rest = Vec::with_capacity(batch.len());
+    for mut req in batch.drain(..) {
+        if !is_device_request(&req) {
+            rest.push(req);
+            continue;
+        }
+        let user = req.caller.user.clone();
+        let body = match req.frame.body.take() {
+            Some(Body::DeviceListResult(mut list)) => {
+                match remote.remote_devices(&user) {
+                    Ok(others) => list.devices.extend(others),
+                    Err(e) => tracing::warn!(error = %e, "cluster: device list of other nodes"),
+                }
+                list.devices
+                    .sort_by_key(|d| (d.login_time_ms, d.node_id.clone()));
+                list.devices.truncate(crate::msg::DEVICE_LIST_MAX);
+                Body::DeviceListResult(list)
+            }
+            Some(Body::DeviceLogout(m)) if req.done_here => {
+                // Kicked and remembered by the shard: remembered in Redis
+                // before the answer, so a login on another node after it is
+                // refused. Redis failing, the logout stands here.
+                if let Err(e) = remote.remember_logout(&user, &m.device_id, unix_ms()) {
+                    tracing::warn!(error = %e, "cluster: logout not remembered in Redis");
+                }
+                Body::Ok(pb::Ok::default())
+            }
+            Some(Body::DeviceLogout(m)) => match remote.logout_remote(&user, &m.device_id) {
+                Ok(true) => {
+                    let msg = ShardMsg::RemoteLogout {
+                        user: user.clone(),
+                        device: m.device_id,
+                    };
+                    send_blocking(&mut to_shards[owner_shard(&user, shards)], msg, stop);
+                    Body::Ok(pb::Ok::default())
+                }
+                Ok(false) => Body::Error(pb::Error {
+                    code: pb::ErrorCode::NotFound as i32,
+                    reason: format!("device {:?} is not connected", m.device_id),
+                    retry_after_ms: 0,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: device logout on another node");
+                    Body::Error(pb::Error {
+                        code: pb::ErrorCode::Internal as i32,
+                        reason: "the cluster store did not answer".into(),
+                        retry_after_ms: 0,
+                    })
+                }
+            },
+            _ => continue,
+        };
+        let frame = pb::Frame {
+            request_id: req.frame.request_id,
+            body: Some(body),
+        };
+        let msg = ShardMsg::Reply {
+            conn: req.from,
+            body: Bytes::from(frame.encode_to_vec()),
+            send_started: None,
+            is_send_ack: false,
+        };
+        send_blocking(&mut to_shards[usize::from(req.from.shard)], msg, stop);
+    }
+    *batch = rest;
+}
+
+/// Answers the login checks of a batch whose device was logged out (on any
+/// node) after its token was issued, as Redis remembers it: a `Kick`
+/// `LOGGED_OUT` (the shard kicks the connection) instead of the domain's
+/// ban check, and takes them out of the batch. The check's `Kick.message`
+/// is the token's `iat` (seconds; empty: none, which any remembered logout
+/// refuses). If Redis fails, the checks go on to the domain unchanged.
+fn refuse_logged_out(
+    remote: &mut RemoteRouter,
+    batch: &mut Vec<BackendRequest>,
+    to_shards: &mut [Sender<ShardMsg>],
+    stop: &AtomicBool,
+) {
+    let is_login_check = |r: &BackendRequest| {
+        r.route.is_none()
+            && r.reply.is_none()
+            && !r.caller.admin
+            && matches!(r.frame.body, Some(Body::Kick(_)))
+    };
+    let checks: Vec<(&str, &str)> = batch
+        .iter()
+        .filter(|r| is_login_check(r))
+        .map(|r| (r.caller.user.as_str(), r.caller.device.as_str()))
+        .collect();
+    if checks.is_empty() {
+        return;
+    }
+    let at = match remote.logged_out(&checks) {
+        Ok(at) => at,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: remembered logouts not read");
+            return;
+        }
+    };
+    let mut at = at.into_iter();
+    let mut rest = Vec::with_capacity(batch.len());
+    for req in batch.drain(..) {
+        if !is_login_check(&req) {
+            rest.push(req);
+            continue;
+        }
+        let Some(Some(logout_ms)) = at.next() else {
+            rest.push(req);
+            continue;
+        };
+        let issued_at: Option<u64> = match &req.frame.body {
+            Some(Body::Kick(k)) => k.message.parse().ok(),
+            _ => None,
+        };
+        if issued_at.is_some_and(|iat| iat.saturating_mul(1_000) > logout_ms) {
+            rest.push(req); // a token issued after the logout
+            continue;
+        }
+        let frame = pb::Frame {
+            request_id: req.frame.request_id,
+            body: Some(Body::Kick(pb::Kick {
+                reason: pb::KickReason::LoggedOut as i32,
+                message: "this device was logged out; log in again for a new token".into(),
+                ..Default::default()
+            })),
+        };
+        let msg = ShardMsg::Reply {
+            conn: req.from,
+            body: Bytes::from(frame.encode_to_vec()),
+            send_started: None,
+            is_send_ack: false,
+        };
+        send_blocking(&mut to_shards[usize::from(req.from.shard)], msg, stop);
+    }
+    *batch = rest;
+}
+
 /// The node bookkeeping a request carries: a route change, or the
 /// gateway's presence update (a caller without a device, as the domain
 /// tells them apart) for a user's first or last counting device here.
 fn note_of(r: &BackendRequest) -> Option<Note<'_>> {
     let (user, device) = (r.caller.user.as_str(), r.caller.device.as_str());
     match r.route {
-        Some(RouteChange::Up) => return Some(Note::RouteUp { user, device }),
+        Some(RouteChange::Up) => {
+            let info = match &r.frame.body {
+                Some(Body::DeviceListResult(l)) => l.devices.first(),
+                _ => None,
+            };
+            return Some(Note::RouteUp { user, device, info });
+        }
         Some(RouteChange::Down) => return Some(Note::RouteDown { user, device }),
         Some(RouteChange::Restore) => return Some(Note::RouteRestore { user, device }),
         None => {}

@@ -270,9 +270,14 @@ pub struct ChatSettings {
     /// How long a call rings a participant who does not answer before they
     /// are MISSED (docs/protocol.md, "Calls"). Default 30000.
     pub call_ring_timeout_ms: u64,
-    /// Calls in progress a node holds at most; an invite beyond gets
-    /// `LIMIT_REACHED`. Default 10000.
+    /// Calls in progress a node owns at most (those whose invite it took);
+    /// an invite beyond gets `LIMIT_REACHED`. Default 10000.
     pub calls_max: u32,
+    /// The lease of a call in progress in the store, renewed by the node
+    /// that took the invite every third of it: if that node dies, its
+    /// calls are gone this long after (docs/cluster.md, "Calls across
+    /// nodes"). At least 3000. Default 60000.
+    pub call_lease_ms: u64,
 }
 
 impl Default for ChatSettings {
@@ -282,6 +287,7 @@ impl Default for ChatSettings {
             allow_non_friend_messages: true,
             call_ring_timeout_ms: 30_000,
             calls_max: 10_000,
+            call_lease_ms: 60_000,
         }
     }
 }

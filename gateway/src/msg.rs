@@ -96,6 +96,16 @@ pub enum ShardMsg {
         /// Device id.
         device: String,
     },
+    /// `user`'s `device` was logged out on another node (a `device_logout`
+    /// there, or here for a device on another node): remember the logout
+    /// (so its old token is refused here too) and kick this node's
+    /// connection of it, if any, with `LOGGED_OUT`.
+    RemoteLogout {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+    },
     /// The server API asks which devices of `user` this shard holds.
     Devices {
         /// The user (owned by this shard).
@@ -171,6 +181,10 @@ pub struct LoginInfo {
     /// The token's `iat`, seconds since the epoch.
     pub issued_at: Option<u64>,
 }
+
+/// Devices a `device_list` answer names at most (a user past it sees the
+/// oldest logins).
+pub const DEVICE_LIST_MAX: usize = 256;
 
 /// One device of a user on this node, as the server API lists it.
 #[derive(Debug, Clone)]

@@ -274,7 +274,10 @@ impl Server {
                     batch_max: cfg.backend.batch_max,
                     metrics: metrics.backend.clone(),
                     stop: stop_workers.clone(),
-                    remote: routers.get_mut(w).and_then(Option::take),
+                    remote: routers
+                        .get_mut(w)
+                        .and_then(Option::take)
+                        .map(|r| r.with_logged_out_block_ms(cfg.login.logged_out_block_ms)),
                     webhooks: worker_hooks(cfg, &node_id, w, events.as_ref(), &metrics)?,
                     filter: filter.clone(),
                     push: push.as_ref().and_then(crate::push::PushFeed::sink),

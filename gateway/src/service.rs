@@ -59,6 +59,7 @@ impl BackendService {
             push_muted_conversations_max: cfg.push.muted_conversations_max,
             call_ring_timeout_ms: cfg.chat.call_ring_timeout_ms,
             calls_max: cfg.chat.calls_max,
+            call_lease_ms: cfg.chat.call_lease_ms,
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);

@@ -403,7 +403,7 @@ impl Domain {
             Body::Edit(r) => self.edit(me, now_ms, r),
             Body::Search(r) => self.search(me, r),
             Body::Call(r) => self.call(me, now_ms, r),
-            Body::CallSignal(r) => self.call_signal(me, r),
+            Body::CallSignal(r) => self.call_signal(me, now_ms, r),
             // Reactions and pins (react.rs).
             Body::React(r) => self.react(me, now_ms, r),
             Body::Pin(r) => self.pin(me, now_ms, r),

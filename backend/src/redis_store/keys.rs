@@ -17,6 +17,8 @@
 //!   blocks), profile and presence.
 //! - `{p:<a>:<b>}` (`a < b`): the social records between two users
 //!   (friendship both ways, requests both ways, blocks both ways).
+//!
+//! And `{k:<call>}:call`, one call in progress, alone in its slot.
 //! - `{r:<room>}`: a room's record, seq and kept messages (issue 19).
 
 use tern_protocol::ids::{IdError, check_id};
@@ -293,6 +295,13 @@ impl PairKeys {
     pub fn tag(&self) -> &str {
         tag_of(&self.friends)
     }
+}
+
+/// The key of call `call` in progress (`{k:<call>}:call`): a string
+/// `<version>:<state>` with the call's lease as its TTL.
+pub fn call(call: &str) -> Result<String, KeyError> {
+    id("call", call)?;
+    Ok(format!("{{k:{call}}}:call"))
 }
 
 /// The dedup field of a message: `<sender>:<client_msg_id>` (neither may

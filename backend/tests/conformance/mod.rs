@@ -6181,6 +6181,148 @@ pub fn group_call_rings_members_and_ends_when_one_is_left(f: Fixture) {
     );
 }
 
+pub fn store_call_records_are_compare_and_set(f: Fixture) {
+    // Proves the store's call records (issue 19, calls across nodes): a
+    // create (expected version 0) succeeds once; each write needs the
+    // version it read and bumps it, a stale write or remove changes
+    // nothing; renewal answers which calls exist; of two removers of one
+    // version only the first succeeds, and the call is then gone.
+    let s = f.store;
+    let (now, lease) = (T0, 60_000);
+    assert_eq!(s.call("c1", now).unwrap(), None);
+    assert!(s.put_call("c1", 0, b"one", now, lease).unwrap());
+    assert!(!s.put_call("c1", 0, b"again", now, lease).unwrap());
+    let slot = s.call("c1", now).unwrap().expect("stored");
+    assert_eq!((slot.version, slot.state.as_slice()), (1, &b"one"[..]));
+    assert!(s.put_call("c1", 1, b"two:\x00bytes", now, lease).unwrap());
+    assert!(!s.put_call("c1", 1, b"stale", now, lease).unwrap());
+    assert!(!s.remove_call("c1", 1).unwrap(), "stale remove");
+    let slot = s.call("c1", now).unwrap().expect("stored");
+    assert_eq!(
+        (slot.version, slot.state.as_slice()),
+        (2, &b"two:\x00bytes"[..])
+    );
+    assert_eq!(
+        s.renew_calls(&["c1", "c2"], now, lease).unwrap(),
+        [true, false]
+    );
+    assert!(s.remove_call("c1", 2).unwrap());
+    assert!(!s.remove_call("c1", 2).unwrap(), "removed once");
+    assert_eq!(s.call("c1", now).unwrap(), None);
+    assert_eq!(s.renew_calls(&["c1"], now, lease).unwrap(), [false]);
+}
+
+pub fn store_call_lease_lapses_unless_renewed(f: Fixture) {
+    // Proves a call's lease: a record not renewed is gone once its lease
+    // has passed (renewal answers false, a create over it succeeds). The
+    // Redis store uses Redis's clock for the lease, the embedded store the
+    // time passed in, so this case moves both: the lease is 50 ms and the
+    // case waits 300 ms of real time and passes a time 1 s later (a wait
+    // past an expiry, not a speed threshold).
+    let s = f.store;
+    assert!(s.put_call("c1", 0, b"one", T0, 50).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let later = T0 + 1_000;
+    assert_eq!(s.call("c1", later).unwrap(), None);
+    assert_eq!(s.renew_calls(&["c1"], later, 50).unwrap(), [false]);
+    assert!(s.put_call("c1", 0, b"new", later, 60_000).unwrap());
+    assert_eq!(s.call("c1", later).unwrap().map(|c| c.version), Some(1));
+}
+
+pub fn call_taken_on_one_node_is_answered_and_recorded_on_another(f: Fixture) {
+    // Proves calls across nodes on one store: two domains (two gateway
+    // nodes) over the same store. Alice invites through node A; bob
+    // accepts, signals and hangs up through node B, alice signals through
+    // A; the call's events come from whichever node acted, and exactly one
+    // `CallRecord` lands in the conversation (appended by node B, whose
+    // hang-up ended it). Node A then forgets the call at its next lease
+    // renewal, and a late action on either node is CALL_ENDED.
+    let w = World::new(f);
+    let b = Domain::new(w.store().clone(), Config::default());
+    let on_b = |user: &str, body: Body| {
+        let out = b.handle(&World::caller(user), w.now(), body);
+        w.advance(1);
+        out
+    };
+    let id = ok_id(&w.ok("alice", invite_body(AB, &[])));
+    let out = on_b("bob", call_body(pb::CallActionKind::Accept, &id));
+    assert_eq!(
+        call_event_kinds(&out.effects),
+        [pb::CallEventKind::Accepted]
+    );
+    let out = w.ok("alice", signal_body(&id, "bob", "v=0 offer"));
+    assert_eq!(call_pushes(&out.effects)[0].1, strings(&["bob"]));
+    let out = on_b("bob", signal_body(&id, "alice", "v=0 answer"));
+    let pushes = call_pushes(&out.effects);
+    assert_eq!(pushes.len(), 1, "{:?}", out.reply);
+    assert_eq!(pushes[0].1, strings(&["alice"]));
+    w.advance(2_000);
+    let out = on_b("bob", call_body(pb::CallActionKind::Hangup, &id));
+    assert_eq!(
+        call_event_kinds(&out.effects),
+        [pb::CallEventKind::Left, pb::CallEventKind::Ended]
+    );
+    assert_eq!(deliveries(&out.effects).len(), 1);
+    let records = call_records(&w.history("alice", AB));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome(), pb::CallOutcome::Completed);
+    assert_eq!(records[0].answered, strings(&["bob"]));
+    assert!(records[0].duration_ms >= 2_000);
+    // Node A's next polls (past a renewal) push nothing and append nothing.
+    let lease = w.domain.config().call_lease_ms;
+    w.advance(lease);
+    assert!(w.domain.poll_expired(w.now()).is_empty());
+    w.advance(w.domain.config().call_ring_timeout_ms);
+    assert!(w.domain.poll_expired(w.now()).is_empty());
+    assert_eq!(call_records(&w.history("alice", AB)).len(), 1);
+    assert_eq!(
+        w.err("alice", call_body(pb::CallActionKind::Hangup, &id)),
+        pb::ErrorCode::CallEnded
+    );
+}
+
+pub fn call_ring_timeout_is_the_owning_nodes_and_happens_once(f: Fixture) {
+    // Proves who expires a ring with several nodes: the node that took the
+    // invite. Node B polling past the timeout changes nothing; node A's
+    // poll pushes MISSED and ENDED once and appends one record; polls of
+    // both nodes afterwards push nothing. And a node renews the leases of
+    // the calls it owns: an answered call outlives several leases while
+    // its owner polls.
+    let w = World::new(f);
+    let b = Domain::new(w.store().clone(), Config::default());
+    let timeout = w.domain.config().call_ring_timeout_ms;
+    let id = ok_id(&w.ok("alice", invite_body(AB, &[])));
+    w.advance(timeout + 1);
+    assert!(b.poll_expired(w.now()).is_empty(), "not node B's call");
+    let expired = w.domain.poll_expired(w.now());
+    assert_eq!(
+        call_event_kinds(&expired),
+        [pb::CallEventKind::Missed, pb::CallEventKind::Ended]
+    );
+    assert_eq!(deliveries(&expired).len(), 1);
+    assert!(w.domain.poll_expired(w.now() + 1).is_empty());
+    assert!(b.poll_expired(w.now() + 1).is_empty());
+    let records = call_records(&w.history("bob", AB));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].call_id, id);
+    assert_eq!(records[0].outcome(), pb::CallOutcome::Missed);
+
+    let id = ok_id(&w.ok("alice", invite_body(AB, &[])));
+    let on_b = |user: &str, body: Body| b.handle(&World::caller(user), w.now(), body);
+    on_b("bob", call_body(pb::CallActionKind::Accept, &id));
+    let step = w.domain.config().call_lease_ms / 3;
+    for _ in 0..10 {
+        w.advance(step);
+        assert!(w.domain.poll_expired(w.now()).is_empty());
+    }
+    let out = on_b("bob", signal_body(&id, "alice", "still here"));
+    assert!(
+        matches!(out.reply, Some(Body::Ok(_))),
+        "the call lives on: {:?}",
+        out.reply
+    );
+}
+
 pub fn call_bad_input_gets_typed_errors_and_changes_nothing(f: Fixture) {
     // Proves each bad call request is refused with its code, pushes nothing
     // and writes nothing: a non-member calling a group (NOT_MEMBER) or a
@@ -7322,6 +7464,10 @@ macro_rules! conformance_tests {
             call_unanswered_rejected_or_cancelled_ends_with_that_outcome,
             group_call_rings_members_and_ends_when_one_is_left,
             call_bad_input_gets_typed_errors_and_changes_nothing,
+            store_call_records_are_compare_and_set,
+            store_call_lease_lapses_unless_renewed,
+            call_taken_on_one_node_is_answered_and_recorded_on_another,
+            call_ring_timeout_is_the_owning_nodes_and_happens_once,
             thread_replies_are_log_entries_with_summary_and_history,
             thread_unread_per_reader,
             thread_reply_bad_input_is_refused,

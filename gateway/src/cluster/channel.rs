@@ -116,6 +116,9 @@ pub struct RemoteRouter {
     /// Users whose presence was on a dead node (filled by the cluster
     /// thread, emptied by the workers).
     pub(super) rechecks: Arc<Rechecks>,
+    /// `[login] logged_out_block_ms`: how long a logout is remembered in
+    /// Redis (`devices.rs`); 0: not at all.
+    pub(super) logged_out_block_ms: u64,
 }
 
 impl RemoteRouter {
@@ -133,7 +136,16 @@ impl RemoteRouter {
             records_max: settings.channel_records_max,
             metrics,
             rechecks,
+            logged_out_block_ms: 0,
         }
+    }
+
+    /// Remembers logouts in Redis for `block_ms` (`[login]
+    /// logged_out_block_ms`), so that every node refuses a logged-out
+    /// device's old token.
+    pub fn with_logged_out_block_ms(mut self, block_ms: u64) -> Self {
+        self.logged_out_block_ms = block_ms;
+        self
     }
 
     /// Sends `pushes` to the other nodes holding their recipients. Returns
@@ -347,6 +359,25 @@ pub(super) fn xadd_displace(node: &str, records_max: u64, user: &str, device: &s
     c
 }
 
+/// A logout record for `node`'s stream: `user`'s `device`, connected
+/// there, was logged out from the sending node (docs/cluster.md, "Devices
+/// across nodes").
+pub(super) fn xadd_logout(node: &str, records_max: u64, user: &str, device: &str) -> Cmd {
+    let mut c = cmd("XADD");
+    c.arg(stream_key(node))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(records_max)
+        .arg("*")
+        .arg("k")
+        .arg("o")
+        .arg("u")
+        .arg(user)
+        .arg("v")
+        .arg(device);
+    c
+}
+
 /// Why a record of the stream was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -391,6 +422,14 @@ pub enum Record {
         /// Device id.
         device: String,
     },
+    /// `k = o`: log out this node's connection of `user`'s `device` (kick
+    /// it with `LOGGED_OUT` and remember the logout).
+    Logout {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+    },
 }
 
 /// Decodes a record's fields. Never panics; allocates only what Redis
@@ -407,14 +446,16 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
         get(name).and_then(|b| std::str::from_utf8(b).map_err(|_| RecordError::Invalid(name)))
     };
     let kind = get("k")?;
-    if kind == b"x" {
+    if kind == b"x" || kind == b"o" {
         let user = text("u")?;
         let device = text("v")?;
         tern_protocol::ids::check_id(user).map_err(|_| RecordError::Invalid("u"))?;
         tern_protocol::ids::check_id(device).map_err(|_| RecordError::Invalid("v"))?;
-        return Ok(Record::Displace {
-            user: user.to_owned(),
-            device: device.to_owned(),
+        let (user, device) = (user.to_owned(), device.to_owned());
+        return Ok(if kind == b"x" {
+            Record::Displace { user, device }
+        } else {
+            Record::Logout { user, device }
         });
     }
     if kind == b"r" {
@@ -608,6 +649,11 @@ impl Consumer {
                 self.send_to_shard(shard, ShardMsg::Displace { user, device });
                 return;
             }
+            Record::Logout { user, device } => {
+                let shard = owner_shard(&user, shards);
+                self.send_to_shard(shard, ShardMsg::RemoteLogout { user, device });
+                return;
+            }
         };
         let mut groups: Vec<Vec<String>> = (0..shards).map(|_| Vec::new()).collect();
         for u in users {
@@ -784,6 +830,19 @@ mod tests {
                 device: "phone".into()
             })
         );
+        let o = fields(&[
+            ("k", b"o".to_vec()),
+            ("u", b"alice".to_vec()),
+            ("v", b"phone".to_vec()),
+        ]);
+        let refs: Vec<(&Value, &Value)> = o.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(
+            decode(&refs),
+            Ok(Record::Logout {
+                user: "alice".into(),
+                device: "phone".into()
+            })
+        );
         let cases: Vec<Vec<(Value, Value)>> = vec![
             fields(&[
                 ("k", b"x".to_vec()),
@@ -825,6 +884,11 @@ mod tests {
                 ("v", b"".to_vec()),
             ]),
             fields(&[("k", b"x".to_vec()), ("u", b"a".to_vec())]),
+            fields(&[
+                ("k", b"o".to_vec()),
+                ("u", b"a".to_vec()),
+                ("v", b"not an id!".to_vec()),
+            ]),
         ];
         for c in cases {
             let refs: Vec<(&Value, &Value)> = c.iter().map(|(k, v)| (k, v)).collect();

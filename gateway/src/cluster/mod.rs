@@ -22,6 +22,7 @@
 
 pub mod channel;
 mod conn;
+mod devices;
 pub mod membership;
 pub mod presence;
 pub mod route_cache;

@@ -36,7 +36,9 @@ use std::{
 };
 
 use parking_lot::Mutex;
+use prost::Message as _;
 use redis::{Cmd, RedisResult, Value, cmd};
+use tern_protocol::pb;
 
 use super::{RemoteRouter, channel, conn, conn::Link, route_cache, routes};
 
@@ -74,6 +76,9 @@ pub enum Note<'a> {
         user: &'a str,
         /// Device id.
         device: &'a str,
+        /// What its login said (platform, time, version), kept beside the
+        /// route for other nodes' device lists.
+        info: Option<&'a pb::DeviceInfo>,
     },
     /// A device still connected here after this node's lease had lapsed:
     /// write its route only if it has none (another node may have cleaned
@@ -170,7 +175,15 @@ impl RemoteRouter {
         for n in notes {
             at.push(cmds.len());
             match *n {
-                Note::RouteUp { user, device } => cmds.push(routes::up(user, device, &me)),
+                Note::RouteUp { user, device, info } => {
+                    let facts = info.map(|i| {
+                        let mut i = i.clone();
+                        i.node_id.clone_from(&me);
+                        i.current = false;
+                        i.encode_to_vec()
+                    });
+                    cmds.push(routes::up(user, device, &me, facts.as_deref()));
+                }
                 Note::RouteDown { user, device } => {
                     cmds.push(routes::del_if_node(user, device, &me));
                 }
@@ -282,7 +295,7 @@ impl RemoteRouter {
         for (n, &i) in notes.iter().zip(&at) {
             let reply = replies.get(i).unwrap_or(&Value::Nil);
             out.push(match *n {
-                Note::RouteUp { user, device } => {
+                Note::RouteUp { user, device, .. } => {
                     let before = conn::bytes(reply).and_then(|b| std::str::from_utf8(b).ok());
                     if let Some(old) = before.filter(|o| *o != me && live.contains(*o)) {
                         displaced.push((user, device, old.to_owned()));

@@ -1,6 +1,8 @@
 //! The route table: `(user, device) → node`, one Redis hash per user,
 //! `{u:<user>}:rt`, field = device id, value = node id (the hash tag puts
-//! it in the user's slot on Redis Cluster).
+//! it in the user's slot on Redis Cluster); beside it the device facts
+//! `{u:<user>}:dv` (what each login said, for the device list of any node),
+//! written and removed by the same scripts.
 //!
 //! Written by the backend worker of the user (the one every request of the
 //! user goes to), in the pipeline it sends before it handles a batch
@@ -23,13 +25,19 @@ use redis::{Cmd, RedisResult, Value, cmd};
 use super::{conn::Link, route_cache::Routes};
 
 /// Sets a route and returns the node it named before (nil if none):
-/// `KEYS[1]` the user's hash, `ARGV[1]` the device, `ARGV[2]` the node.
+/// `KEYS[1]` the user's route hash, `KEYS[2]` their device facts hash,
+/// `ARGV[1]` the device, `ARGV[2]` the node, `ARGV[3]` the device's facts
+/// (a `DeviceInfo`; empty: none, and facts of an earlier login go).
 const UP: &str = "local o = redis.call('HGET', KEYS[1], ARGV[1]) \
-     redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return o";
+     redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
+     if ARGV[3] == '' then redis.call('HDEL', KEYS[2], ARGV[1]) \
+     else redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end return o";
 
-/// Deletes a route only if it still names the given node:
-/// `KEYS[1]` the user's hash, `ARGV[1]` the device, `ARGV[2]` the node.
+/// Deletes a route (and the device's facts) only if it still names the
+/// given node: `KEYS[1]` the user's route hash, `KEYS[2]` their device
+/// facts hash, `ARGV[1]` the device, `ARGV[2]` the node.
 const DEL_IF_NODE: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
+     redis.call('HDEL', KEYS[2], ARGV[1]) \
      return redis.call('HDEL', KEYS[1], ARGV[1]) else return 0 end";
 
 /// The route hash of `user`.
@@ -37,11 +45,25 @@ pub fn key(user: &str) -> String {
     format!("{{u:{user}}}:rt")
 }
 
-/// The command that names `node` as `device`'s route and answers the node
-/// named before (a bulk string) or nil.
-pub fn up(user: &str, device: &str, node: &str) -> Cmd {
+/// The device facts hash of `user`: field = device id, value = a
+/// `DeviceInfo` (prost) naming the node that holds it; written and removed
+/// with the route, in the same scripts.
+pub fn facts_key(user: &str) -> String {
+    format!("{{u:{user}}}:dv")
+}
+
+/// The command that names `node` as `device`'s route (with its login
+/// `facts`, a `DeviceInfo`) and answers the node named before (a bulk
+/// string) or nil.
+pub fn up(user: &str, device: &str, node: &str, facts: Option<&[u8]>) -> Cmd {
     let mut c = cmd("EVAL");
-    c.arg(UP).arg(1).arg(key(user)).arg(device).arg(node);
+    c.arg(UP)
+        .arg(2)
+        .arg(key(user))
+        .arg(facts_key(user))
+        .arg(device)
+        .arg(node)
+        .arg(facts.unwrap_or_default());
     c
 }
 
@@ -49,8 +71,9 @@ pub fn up(user: &str, device: &str, node: &str) -> Cmd {
 pub fn del_if_node(user: &str, device: &str, node: &str) -> Cmd {
     let mut c = cmd("EVAL");
     c.arg(DEL_IF_NODE)
-        .arg(1)
+        .arg(2)
         .arg(key(user))
+        .arg(facts_key(user))
         .arg(device)
         .arg(node);
     c

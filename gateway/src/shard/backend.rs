@@ -45,18 +45,28 @@ impl Shard {
     /// in `blocked`, in order, like a presence update; if that line is full
     /// too ([`PRESENCE_PENDING_MAX`]) it returns false: the login cannot be
     /// checked, and the caller refuses it.
+    ///
+    /// The `Kick`'s `message` carries the token's `iat` (decimal seconds,
+    /// empty if none): in cluster mode the worker first checks the device
+    /// against the logouts remembered in Redis (docs/cluster.md, "Devices
+    /// across nodes").
     pub(super) fn login_check(
         self: &Rc<Self>,
         key: u32,
         generation: u32,
         user: &str,
         device: &str,
+        issued_at: Option<u64>,
     ) -> bool {
+        let kick = pb::Kick {
+            message: issued_at.map(|s| s.to_string()).unwrap_or_default(),
+            ..Default::default()
+        };
         let req = BackendRequest::new(
             self.conn_ref(key, generation),
             user,
             device,
-            BackendRequest::frame(Body::Kick(pb::Kick::default())),
+            BackendRequest::frame(Body::Kick(kick)),
         );
         self.send_or_wait(req)
     }
@@ -69,6 +79,37 @@ impl Shard {
     /// without pushes from other nodes until it reconnects, and it syncs
     /// then; a lost close leaves a route that other nodes' pushes find
     /// empty here).
+    /// The route `Up` of a welcomed device, carrying what its login said
+    /// (as a `DeviceInfo` in the request's frame; the node id is the
+    /// writer's) for the device lists of other nodes (docs/cluster.md,
+    /// "Devices across nodes").
+    pub(super) fn route_up(
+        self: &Rc<Self>,
+        user: &str,
+        device: &str,
+        login: &crate::msg::LoginInfo,
+        login_ms: u64,
+    ) {
+        if !self.cluster {
+            return;
+        }
+        let info = pb::DeviceInfo {
+            device_id: device.to_owned(),
+            platform: login.platform as i32,
+            node_id: String::new(),
+            login_time_ms: login_ms,
+            client_version: super::devices::kept_version(&login.client_version).to_owned(),
+            current: false,
+        };
+        let body = Body::DeviceListResult(pb::DeviceListResult {
+            devices: vec![info],
+        });
+        let mut req =
+            BackendRequest::new(self.unanswered(), user, device, BackendRequest::frame(body));
+        req.route = Some(RouteChange::Up);
+        self.send_waiting(req);
+    }
+
     pub(super) fn route_change(self: &Rc<Self>, user: &str, device: &str, change: RouteChange) {
         if !self.cluster {
             return;
@@ -120,7 +161,7 @@ impl Shard {
     /// Sends a request no connection waits for (presence, route change);
     /// if the backend queue is full it waits in `blocked`, in order; past
     /// [`PRESENCE_PENDING_MAX`] waiting it is dropped and counted.
-    fn send_waiting(self: &Rc<Self>, req: BackendRequest) {
+    pub(super) fn send_waiting(self: &Rc<Self>, req: BackendRequest) {
         if !self.send_or_wait(req) {
             self.metrics
                 .presence_dropped

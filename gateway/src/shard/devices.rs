@@ -25,13 +25,12 @@ use tracing::info;
 
 use super::{Conn, Shard};
 use crate::{
+    bridge::BackendRequest,
     config::PlatformClass,
     msg::{ConnRef, DeviceEntry, LoginInfo},
 };
 
-/// Devices a `device_list` answer names at most (a user past it sees the
-/// oldest logins).
-pub const DEVICE_LIST_MAX: usize = 256;
+pub use crate::msg::DEVICE_LIST_MAX;
 
 /// Bytes of `Auth.client_version` a connection keeps for the device list
 /// (cut at a character boundary).
@@ -96,6 +95,16 @@ fn base36(mut n: u64, out: &mut String) {
     out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
+/// The part of a client version that is kept: its first
+/// [`CLIENT_VERSION_KEPT_BYTES_MAX`] bytes, cut at a character boundary.
+pub(super) fn kept_version(v: &str) -> &str {
+    let mut cut = v.len().min(CLIENT_VERSION_KEPT_BYTES_MAX);
+    while !v.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &v[..cut]
+}
+
 /// The identity string of a welcomed connection (see the module doc).
 pub(super) fn ident(
     user: &str,
@@ -108,12 +117,7 @@ pub(super) fn ident(
     // A platform this build does not know was refused by validation; the
     // digit stays one character either way.
     let p = (login.platform as i32).clamp(0, 9);
-    let v = &login.client_version;
-    let mut cut = v.len().min(CLIENT_VERSION_KEPT_BYTES_MAX);
-    while !v.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let v = &v[..cut];
+    let v = kept_version(&login.client_version);
     let mut s = String::with_capacity(user.len() + device.len() + 24);
     s.push_str(user);
     s.push('\0');
@@ -374,12 +378,33 @@ impl Shard {
         true
     }
 
+    /// A logout of `user`'s `device` decided on another node, or here for
+    /// a device on another node: remembered (its old token is refused here
+    /// too), and its connection here, if any, kicked with `LOGGED_OUT`.
+    pub(super) fn logout_elsewhere(self: &Rc<Self>, user: &str, device: &str) {
+        if !self.logout(user, device) {
+            let id = self.device_id_hash(user, device);
+            self.logged_out.borrow_mut().remember(
+                id,
+                Self::server_time_ms(),
+                self.login.logged_out_max as usize,
+            );
+        }
+    }
+
     /// Answers a connection's `device_list` or `device_logout`. Runs in a
     /// task of its own, spawned by `ingest` (which holds the connection's
     /// entry): these requests are rare (and counted by the request limits),
     /// and need every device of the user.
+    ///
+    /// With several nodes (cluster mode) the answer is completed by the
+    /// user's backend worker, which reads what Redis knows of the user's
+    /// devices on other nodes: a list goes there with this node's devices
+    /// in it, a logout of a device not connected here goes there to be
+    /// sent to the node holding it (docs/cluster.md, "Devices across
+    /// nodes").
     pub(super) fn device_request(self: &Rc<Self>, from: ConnRef, frame: Box<pb::Frame>) {
-        let user = {
+        let (user, device) = {
             let conns = self.conns.borrow();
             let Some(c) = conns
                 .get(from.key as usize)
@@ -390,7 +415,15 @@ impl Shard {
             let Some(u) = c.user() else {
                 return;
             };
-            u.to_owned()
+            (u.to_owned(), c.device().unwrap_or("").to_owned())
+        };
+        let request_id = frame.request_id;
+        let to_worker = |body: Body| {
+            let frame = Box::new(pb::Frame {
+                request_id,
+                body: Some(body),
+            });
+            self.send_waiting(BackendRequest::new(from, &user, &device, frame));
         };
         let body = match frame.body {
             Some(Body::DeviceList(_)) => {
@@ -407,10 +440,33 @@ impl Shard {
                         current: k == from.key,
                     })
                     .collect();
-                Body::DeviceListResult(pb::DeviceListResult { devices })
+                let list = Body::DeviceListResult(pb::DeviceListResult { devices });
+                if self.cluster {
+                    drop(conns);
+                    to_worker(list);
+                    return;
+                }
+                list
             }
             Some(Body::DeviceLogout(m)) => {
-                if self.logout(&user, &m.device_id) {
+                let here = self.logout(&user, &m.device_id);
+                if self.cluster {
+                    // Here: remembered in Redis for the other nodes before
+                    // the answer. Elsewhere: sent to the node holding it.
+                    let mut req = BackendRequest::new(
+                        from,
+                        &user,
+                        &device,
+                        Box::new(pb::Frame {
+                            request_id,
+                            body: Some(Body::DeviceLogout(m)),
+                        }),
+                    );
+                    req.done_here = here;
+                    self.send_waiting(req);
+                    return;
+                }
+                if here {
                     Body::Ok(pb::Ok::default())
                 } else {
                     Body::Error(pb::Error {

@@ -12,7 +12,6 @@ use tracing::{info, warn};
 
 use super::{Conn, Shard, SmallKeys, Spill, inbox::Resume, ingest::after_ingest};
 use crate::{
-    bridge::RouteChange,
     limits::Limit,
     metrics::CloseReason,
     msg::{Handoff, LoginInfo},
@@ -245,17 +244,19 @@ impl Shard {
         }
         // The platform class's limit (`[login]`): its oldest others kicked.
         self.enforce_login_policy(&mut conns, key, &user, login.platform);
+        let login_ms = Self::server_time_ms();
         conns[key as usize].ident = Some(super::devices::ident(
             &user,
             &device,
             &login,
-            Self::server_time_ms(),
+            login_ms,
             self.logins_seen.replace(self.logins_seen.get() + 1),
             &mut self.client_versions.borrow_mut(),
         ));
         // Before Welcome: the device's first sync queues behind it in the
-        // same worker ring, so it runs once the route exists.
-        self.route_change(&user, &device, RouteChange::Up);
+        // same worker ring, so it runs once the route exists. The login's
+        // facts ride with it, for other nodes' device lists.
+        self.route_up(&user, &device, &login, login_ms);
         conns[key as usize].quiet = quiet;
         self.index_device(&conns, key, &user);
         if !quiet && !others_counted {
@@ -278,7 +279,7 @@ impl Shard {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.flush(key, c);
         self.arm(key, c);
-        if !self.login_check(key, c.generation, &user, &device) {
+        if !self.login_check(key, c.generation, &user, &device, login.issued_at) {
             // Overloaded past every queue: a login that cannot be checked
             // for a ban is refused; the client reconnects later.
             let retry = self.limits.kick_retry_after_ms();

@@ -300,6 +300,7 @@ impl Shard {
                 let _ = reply.send(users);
             }
             ShardMsg::Displace { user, device } => self.displace(&user, &device),
+            ShardMsg::RemoteLogout { user, device } => self.logout_elsewhere(&user, &device),
             ShardMsg::Recount => self.recount(),
         }
     }
