@@ -13,7 +13,6 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader},
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,

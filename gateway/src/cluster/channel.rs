@@ -726,7 +726,11 @@ mod tests {
             (&b"a:b"[..], deliver.clone(), RecordError::Invalid("r")),
             (&b""[..], deliver.clone(), RecordError::Invalid("r")),
             (&b"lobby"[..], other, RecordError::Invalid("b")),
-            (&b"lobby"[..], b"\xff\xff".to_vec(), RecordError::Invalid("b")),
+            (
+                &b"lobby"[..],
+                b"\xff\xff".to_vec(),
+                RecordError::Invalid("b"),
+            ),
         ] {
             let f = fields(&[("k", b"r".to_vec()), ("r", room.to_vec()), ("b", body)]);
             let refs: Vec<(&Value, &Value)> = f.iter().map(|(k, v)| (k, v)).collect();
