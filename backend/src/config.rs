@@ -92,6 +92,16 @@ pub struct Config {
     /// Calls in progress this domain instance (one gateway node) holds at
     /// most; an invite beyond gets `LIMIT_REACHED`. Default 10 000.
     pub calls_max: u32,
+    // ---- offline push (issue 20; docs/push.md) ----
+    /// Whether push tokens may be registered (the gateway's `[push]
+    /// enabled`); off: the push frames get `PUSH_DISABLED`. Default false.
+    pub push_enabled: bool,
+    /// Push tokens one user holds at most (all devices); one more gets
+    /// `PUSH_TOKENS_FULL`. Default 10.
+    pub push_tokens_per_user_max: u32,
+    /// Conversations one user mutes at most; one more gets
+    /// `PUSH_MUTES_FULL`. Default 500.
+    pub push_muted_conversations_max: u32,
     // ---- rooms (issue 19; docs/protocol.md, "Rooms") ----
     /// Messages a room keeps (its recent window): each post drops the one
     /// this far back; `room_history` serves no older one. Default 200.
@@ -129,6 +139,9 @@ impl Default for Config {
             search_scan_max: 1_000,
             call_ring_timeout_ms: 30_000,
             calls_max: 10_000,
+            push_enabled: false,
+            push_tokens_per_user_max: 10,
+            push_muted_conversations_max: 500,
             room_recent_max: 200,
         }
     }

@@ -59,8 +59,8 @@ use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
     Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials,
     FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord,
-    MemberRecord, PresenceRecord, PresenceSetting, RoomRecord, SocialOp, Store, StoreError,
-    StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
+    MemberRecord, PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord,
+    SocialOp, Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -268,6 +268,13 @@ struct Keyspaces {
     /// `user \0 conv \0 seq_be` → empty: the user's open to-dos (a
     /// superset, see [`Store::set_todo_open`]).
     todo_open: SingleWriterTxKeyspace,
+    // ---- offline push (issue 20) ----
+    /// `user \0 platform_byte token` → encoded `pb::PushToken`.
+    push_token: SingleWriterTxKeyspace,
+    /// `platform_byte token` → user: who holds a token (one user at a time).
+    push_owner: SingleWriterTxKeyspace,
+    /// `user` → encoded [`PushSettings`].
+    push_settings: SingleWriterTxKeyspace,
     // ---- rooms (issue 19) ----
     /// `room` → encoded [`RoomRecord`].
     room: SingleWriterTxKeyspace,
@@ -314,6 +321,9 @@ impl EmbeddedStore {
             thread_read: open("thread_read")?,
             todo: open("todo")?,
             todo_open: open("todo_open")?,
+            push_token: open("push_token")?,
+            push_owner: open("push_owner")?,
+            push_settings: open("push_settings")?,
             room: open("room")?,
             room_head: open("room_head")?,
             room_log: open("room_log")?,
@@ -512,6 +522,38 @@ impl EmbeddedStore {
         let snap = self.db.read_tx();
         let mut out = Vec::new();
         for guard in snap.prefix(ks, prefix) {
+            let (_, v) = guard.into_inner().map_err(backend)?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The key of a push token: its platform as one byte, then the token.
+fn push_key(platform: i32, token: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(token.len() + 1);
+    // Platforms are small enum values (1, 2): one byte holds them.
+    k.push(u8::try_from(platform).unwrap_or(u8::MAX));
+    k.extend_from_slice(token.as_bytes());
+    k
+}
+
+/// `user \0 push_key`.
+fn user_push_key(user: &str, platform: i32, token: &str) -> Vec<u8> {
+    let mut k = prefix(user);
+    k.extend_from_slice(&push_key(platform, token));
+    k
+}
+
+impl EmbeddedStore {
+    /// The tokens `user` holds, read in `tx` (the write being prepared).
+    fn push_tokens_in(
+        &self,
+        tx: &SingleWriterWriteTx<'_>,
+        user: &str,
+    ) -> StoreResult<Vec<pb::PushToken>> {
+        let mut out = Vec::new();
+        for guard in tx.prefix(&self.ks.push_token, prefix(user)) {
             let (_, v) = guard.into_inner().map_err(backend)?;
             out.push(decode(&v)?);
         }
@@ -853,6 +895,102 @@ impl Store for EmbeddedStore {
             .iter()
             .map(|u| self.get(&self.ks.presence_setting, u.as_bytes()))
             .collect()
+    }
+
+    fn push_bind(
+        &self,
+        user: &str,
+        record: &pb::PushToken,
+        tokens_max: usize,
+    ) -> StoreResult<PushBind> {
+        // One writer at a time: the count, the move and the insert are one
+        // step.
+        let mut tx = self.write_tx();
+        let held = self.push_tokens_in(&tx, user)?;
+        let same = |t: &pb::PushToken| t.platform == record.platform && t.token == record.token;
+        let replaced: Vec<&pb::PushToken> = held
+            .iter()
+            .filter(|t| {
+                !same(t) && t.platform == record.platform && t.device_id == record.device_id
+            })
+            .collect();
+        let others = held
+            .iter()
+            .filter(|t| !same(t) && !replaced.iter().any(|r| r.token == t.token))
+            .count();
+        if others >= tokens_max {
+            return Ok(PushBind::Full);
+        }
+        for r in &replaced {
+            tx.remove(
+                &self.ks.push_token,
+                user_push_key(user, r.platform, &r.token),
+            );
+            tx.remove(&self.ks.push_owner, push_key(r.platform, &r.token));
+        }
+        let owner_key = push_key(record.platform, &record.token);
+        let moved_from = match tx.get(&self.ks.push_owner, &owner_key).map_err(backend)? {
+            Some(v) if v.as_ref() != user.as_bytes() => {
+                let other = String::from_utf8(v.to_vec())
+                    .map_err(|_| StoreError::Corrupt("push token owner is not UTF-8".into()))?;
+                tx.remove(
+                    &self.ks.push_token,
+                    user_push_key(&other, record.platform, &record.token),
+                );
+                Some(other)
+            }
+            _ => None,
+        };
+        tx.insert(&self.ks.push_owner, owner_key, user.as_bytes());
+        tx.insert(
+            &self.ks.push_token,
+            user_push_key(user, record.platform, &record.token),
+            record.encode_to_vec(),
+        );
+        self.commit(tx)?;
+        Ok(PushBind::Bound {
+            moved_from,
+            replaced: replaced.first().map(|r| r.token.clone()),
+        })
+    }
+
+    fn push_unbind(
+        &self,
+        user: Option<&str>,
+        platform: i32,
+        token: &str,
+    ) -> StoreResult<PushUnbind> {
+        let mut tx = self.write_tx();
+        let owner_key = push_key(platform, token);
+        let Some(owner) = tx.get(&self.ks.push_owner, &owner_key).map_err(backend)? else {
+            return Ok(PushUnbind::NotFound);
+        };
+        let owner = String::from_utf8(owner.to_vec())
+            .map_err(|_| StoreError::Corrupt("push token owner is not UTF-8".into()))?;
+        if user.is_some_and(|u| u != owner) {
+            return Ok(PushUnbind::NotYours);
+        }
+        tx.remove(&self.ks.push_owner, owner_key);
+        tx.remove(&self.ks.push_token, user_push_key(&owner, platform, token));
+        self.commit(tx)?;
+        Ok(PushUnbind::Removed)
+    }
+
+    fn push_tokens(&self, user: &str) -> StoreResult<Vec<pb::PushToken>> {
+        self.scan(&self.ks.push_token, &prefix(user))
+    }
+
+    fn push_settings(&self, user: &str) -> StoreResult<Option<PushSettings>> {
+        self.get(&self.ks.push_settings, user.as_bytes())
+    }
+
+    fn put_push_settings(&self, user: &str, settings: Option<&PushSettings>) -> StoreResult<()> {
+        let mut tx = self.write_tx();
+        match settings {
+            Some(s) => tx.insert(&self.ks.push_settings, user.as_bytes(), s.encode_to_vec()),
+            None => tx.remove(&self.ks.push_settings, user.as_bytes()),
+        }
+        self.commit(tx)
     }
 
     fn put_ban(&self, user: &str, ban: Option<&BanRecord>) -> StoreResult<()> {

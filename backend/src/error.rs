@@ -69,6 +69,18 @@ pub enum DomainError {
     #[error("only the owner and admins post in this broadcast channel")]
     BroadcastOnly,
     /// The store failed, or a group kept changing under us.
+    /// Push is not configured on this server.
+    #[error("push notifications are not enabled on this server")]
+    PushDisabled,
+    /// The user holds `push_tokens_per_user_max` tokens already.
+    #[error("too many push tokens: unregister one first")]
+    PushTokensFull,
+    /// The token is registered to another user.
+    #[error("this push token is registered to another user")]
+    PushTokenNotYours,
+    /// The user mutes `push_muted_conversations_max` conversations already.
+    #[error("too many muted conversations: unmute one first")]
+    PushMutesFull,
     #[error("internal: {0}")]
     Internal(String),
     /// The store cannot take writes now (its disk is below the free-space
@@ -101,6 +113,10 @@ impl DomainError {
             Self::NotInCall => pb::ErrorCode::NotInCall,
             Self::MessageRecalled => pb::ErrorCode::MessageRecalled,
             Self::AssigneeNotMember(_) => pb::ErrorCode::AssigneeNotMember,
+            Self::PushDisabled => pb::ErrorCode::PushDisabled,
+            Self::PushTokensFull => pb::ErrorCode::PushTokensFull,
+            Self::PushTokenNotYours => pb::ErrorCode::PushTokenNotYours,
+            Self::PushMutesFull => pb::ErrorCode::PushMutesFull,
             Self::BroadcastOnly => pb::ErrorCode::BroadcastOnly,
             Self::Internal(_) => pb::ErrorCode::Internal,
             Self::Overloaded(_) => pb::ErrorCode::Overloaded,

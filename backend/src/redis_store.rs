@@ -36,8 +36,8 @@ use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
     Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, ConvHead, Credentials,
     FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta, JoinRequestRecord,
-    MemberRecord, PresenceRecord, PresenceSetting, RoomRecord, SocialOp, Store, StoreError,
-    StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
+    MemberRecord, PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord,
+    SocialOp, Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
 };
 use keys::{ConvKeys, KeyError, PairKeys, RoomKeys, UserKeys};
 
@@ -585,7 +585,7 @@ impl RedisStore {
         let mut index = Pipe::default();
         let n_entries = change.entries.len();
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_group_v1").arg(8);
+        c.arg("tern_group_v2").arg(8);
         c.arg(&k.group_version)
             .arg(&k.group_meta)
             .arg(&k.members)
@@ -659,7 +659,7 @@ impl RedisStore {
             self.wait_durable(conn)?;
             let Some(Value::Array(fields)) = reply.first() else {
                 return Err(RedisStoreError::Reply(format!(
-                    "tern_group_v1 answered {reply:?}"
+                    "tern_group_v2 answered {reply:?}"
                 )));
             };
             let code = fields.first().map(as_i64).transpose()?;
@@ -670,7 +670,7 @@ impl RedisStore {
                     .map(as_u64)
                     .collect::<Result<Vec<_>>>()?)),
                 _ => Err(RedisStoreError::Reply(format!(
-                    "tern_group_v1 answered {fields:?}"
+                    "tern_group_v2 answered {fields:?}"
                 ))),
             }
         })
@@ -838,12 +838,204 @@ impl RedisStore {
         vals.iter().map(|v| as_u64(v).map(|x| x == 1)).collect()
     }
 
+    /// Push tokens (issue 20): a token's owner key (its own slot) is the
+    /// truth of who holds it; each user's hash of tokens is a superset
+    /// written first and filtered on read. A bind is four steps on three
+    /// slots: the user's hash (bound checked there), the replaced token's
+    /// owner key, the token's owner key (`SET … GET` says who held it), the
+    /// previous holder's hash. A crash between them leaves an entry that
+    /// reads filter out (and remove), never a token held by two users.
+    fn push_bind_inner(
+        &self,
+        user: &str,
+        record: &pb::PushToken,
+        tokens_max: usize,
+    ) -> Result<PushBind> {
+        let k = UserKeys::new(user)?;
+        // Stale entries (left by a crash, or a token moved away) must not
+        // count toward the bound: reading prunes them.
+        self.push_tokens_inner(user)?;
+        let field = keys::push_field(record.platform, &record.token);
+        let mut c = redis::cmd("EVAL");
+        c.arg(PUSH_ADD)
+            .arg(2)
+            .arg(&k.push_tokens)
+            .arg(&k.push_devices)
+            .arg(&field)
+            .arg(record.encode_to_vec())
+            .arg(tokens_max)
+            .arg(format!("{}:{}", record.platform, record.device_id));
+        let Some(old) = opt_bytes(self.one(c)?)? else {
+            return Ok(PushBind::Full);
+        };
+        let old = String::from_utf8(old)
+            .map_err(|_| RedisStoreError::Corrupt("push token field is not UTF-8".into()))?;
+        let replaced = match old.split_once(':') {
+            Some((platform, token)) if !old.is_empty() => {
+                let platform: i32 = platform.parse().unwrap_or_default();
+                let mut c = redis::cmd("EVAL");
+                c.arg(PUSH_DISOWN)
+                    .arg(1)
+                    .arg(keys::push_owner(platform, token))
+                    .arg(user);
+                self.one(c)?;
+                Some(token.to_owned())
+            }
+            _ => None,
+        };
+        let mut c = redis::cmd("SET");
+        c.arg(keys::push_owner(record.platform, &record.token))
+            .arg(user)
+            .arg("GET");
+        let moved_from = match opt_bytes(self.one(c)?)? {
+            Some(prev) if prev != user.as_bytes() => {
+                let prev = String::from_utf8(prev).map_err(|_| {
+                    RedisStoreError::Corrupt("push token owner is not UTF-8".into())
+                })?;
+                self.push_del(&prev, &field)?;
+                Some(prev)
+            }
+            _ => None,
+        };
+        Ok(PushBind::Bound {
+            moved_from,
+            replaced,
+        })
+    }
+
+    fn push_unbind_inner(
+        &self,
+        user: Option<&str>,
+        platform: i32,
+        token: &str,
+    ) -> Result<PushUnbind> {
+        let owner_key = keys::push_owner(platform, token);
+        let field = keys::push_field(platform, token);
+        let Some(user) = user else {
+            let mut c = redis::cmd("GETDEL");
+            c.arg(&owner_key);
+            let Some(owner) = opt_bytes(self.one(c)?)? else {
+                return Ok(PushUnbind::NotFound);
+            };
+            let owner = String::from_utf8(owner)
+                .map_err(|_| RedisStoreError::Corrupt("push token owner is not UTF-8".into()))?;
+            self.push_del(&owner, &field)?;
+            return Ok(PushUnbind::Removed);
+        };
+        let mut c = redis::cmd("GET");
+        c.arg(&owner_key);
+        match opt_bytes(self.one(c)?)? {
+            None => {
+                // A stale entry of this user's, if any, goes too.
+                self.push_del(user, &field)?;
+                Ok(PushUnbind::NotFound)
+            }
+            Some(o) if o != user.as_bytes() => Ok(PushUnbind::NotYours),
+            Some(_) => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(PUSH_DISOWN).arg(1).arg(&owner_key).arg(user);
+                self.one(c)?;
+                self.push_del(user, &field)?;
+                Ok(PushUnbind::Removed)
+            }
+        }
+    }
+
+    /// Removes `field` from `user`'s token hash and device index.
+    fn push_del(&self, user: &str, field: &str) -> Result<()> {
+        let k = UserKeys::new(user)?;
+        let mut c = redis::cmd("EVAL");
+        c.arg(PUSH_DEL)
+            .arg(2)
+            .arg(&k.push_tokens)
+            .arg(&k.push_devices)
+            .arg(field);
+        self.one(c)?;
+        Ok(())
+    }
+
+    /// The user's tokens whose owner key names them; the others (stale)
+    /// are removed from the hash on the way.
+    fn push_tokens_inner(&self, user: &str) -> Result<Vec<pb::PushToken>> {
+        let k = UserKeys::new(user)?;
+        let mut c = redis::cmd("HGETALL");
+        c.arg(&k.push_tokens);
+        let Value::Array(items) = self.one(c)? else {
+            return Err(RedisStoreError::Reply("HGETALL: not an array".into()));
+        };
+        let mut records = Vec::new();
+        for v in items.into_iter().skip(1).step_by(2) {
+            let Some(b) = opt_bytes(v)? else { continue };
+            let r = pb::PushToken::decode(b.as_slice())
+                .map_err(|e| RedisStoreError::Corrupt(format!("push token: {e}")))?;
+            records.push(r);
+        }
+        if records.is_empty() {
+            return Ok(records);
+        }
+        let mut p = Pipe::default();
+        for r in &records {
+            let mut c = redis::cmd("GET");
+            c.arg(keys::push_owner(r.platform, &r.token));
+            p.add(c);
+        }
+        let owners = self.with_conn(|conn| self.run(conn, &p))?;
+        let mut out = Vec::with_capacity(records.len());
+        for (r, owner) in records.into_iter().zip(owners) {
+            if opt_bytes(owner)?.as_deref() == Some(user.as_bytes()) {
+                out.push(r);
+            } else {
+                self.push_del(user, &keys::push_field(r.platform, &r.token))?;
+            }
+        }
+        out.sort_by(|a, b| (a.platform, &a.token).cmp(&(b.platform, &b.token)));
+        Ok(out)
+    }
+
     fn one(&self, c: Cmd) -> Result<Value> {
         let mut p = Pipe::default();
         p.add(c);
         self.with_conn(|conn| first(self.run(conn, &p)?))
     }
 }
+
+/// Adds a push token to a user (`KEYS[1]` their tokens, `KEYS[2]` their
+/// devices' fields; `ARGV`: field, record, tokens_max, device field) unless
+/// they hold `tokens_max` others (nil: nothing written). The device's
+/// previous token of the platform is removed and returned ("" if none).
+const PUSH_ADD: &str = r"
+local old = redis.call('HGET', KEYS[2], ARGV[4])
+if old == ARGV[1] or (old and redis.call('HEXISTS', KEYS[1], old) == 0) then old = false end
+local n = redis.call('HLEN', KEYS[1])
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then n = n - 1 end
+if old then n = n - 1 end
+if n >= tonumber(ARGV[3]) then return false end
+if old then redis.call('HDEL', KEYS[1], old) end
+local devs = redis.call('HGETALL', KEYS[2])
+for i = 1, #devs, 2 do
+  if devs[i + 1] == ARGV[1] and devs[i] ~= ARGV[4] then redis.call('HDEL', KEYS[2], devs[i]) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[1])
+return old or ''
+";
+
+/// Removes a push token field (`ARGV[1]`) from a user's tokens
+/// (`KEYS[1]`) and any device entry (`KEYS[2]`) naming it.
+const PUSH_DEL: &str = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+local devs = redis.call('HGETALL', KEYS[2])
+for i = 1, #devs, 2 do
+  if devs[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[2], devs[i]) end
+end
+return 1
+";
+
+/// Deletes a push token's owner key (`KEYS[1]`) only if it names `ARGV[1]`.
+const PUSH_DISOWN: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
 
 /// Writes a "last device left" presence record (`KEYS[1]`, value
 /// `ARGV[1]`, TTL `ARGV[2]` ms) only while no gateway node counts a device
@@ -964,13 +1156,13 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_range_v1").arg(2).arg(&k.head).arg(&k.log);
+        c.arg("tern_range_v2").arg(2).arg(&k.head).arg(&k.log);
         c.arg(from_seq)
             .arg(to_seq)
             .arg((limit as u64).min(RANGE_LIMIT_MAX));
         let v = self.one(c)?;
         let Value::Array(vals) = v else {
-            return Err(RedisStoreError::Reply(format!("tern_range_v1 answered {v:?}")).into());
+            return Err(RedisStoreError::Reply(format!("tern_range_v2 answered {v:?}")).into());
         };
         let first_seq = from_seq.max(1);
         let ring = self.keys.load();
@@ -1038,7 +1230,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_members_v1")
+        c.arg("tern_members_v2")
             .arg(2)
             .arg(&k.member_order)
             .arg(&k.members);
@@ -1046,7 +1238,7 @@ impl Store for RedisStore {
             .arg((limit as u64).min(RANGE_LIMIT_MAX));
         let v = self.one(c)?;
         let Value::Array(vals) = v else {
-            return Err(RedisStoreError::Reply(format!("tern_members_v1 answered {v:?}")).into());
+            return Err(RedisStoreError::Reply(format!("tern_members_v2 answered {v:?}")).into());
         };
         let mut out = Vec::with_capacity(vals.len());
         for v in vals {
@@ -1280,6 +1472,51 @@ impl Store for RedisStore {
         Ok(self.get_per_user(users, |k| &k.presence, "presence")?)
     }
 
+    fn push_bind(
+        &self,
+        user: &str,
+        record: &pb::PushToken,
+        tokens_max: usize,
+    ) -> StoreResult<PushBind> {
+        Ok(self.push_bind_inner(user, record, tokens_max)?)
+    }
+
+    fn push_unbind(
+        &self,
+        user: Option<&str>,
+        platform: i32,
+        token: &str,
+    ) -> StoreResult<PushUnbind> {
+        Ok(self.push_unbind_inner(user, platform, token)?)
+    }
+
+    fn push_tokens(&self, user: &str) -> StoreResult<Vec<pb::PushToken>> {
+        Ok(self.push_tokens_inner(user)?)
+    }
+
+    fn push_settings(&self, user: &str) -> StoreResult<Option<PushSettings>> {
+        let mut got = self.get_per_user(&[user], |k| &k.push_settings, "push settings")?;
+        Ok(got.pop().flatten())
+    }
+
+    fn put_push_settings(&self, user: &str, settings: Option<&PushSettings>) -> StoreResult<()> {
+        let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
+        let c = match settings {
+            Some(s) => {
+                let mut c = redis::cmd("SET");
+                c.arg(&k.push_settings).arg(s.encode_to_vec());
+                c
+            }
+            None => {
+                let mut c = redis::cmd("DEL");
+                c.arg(&k.push_settings);
+                c
+            }
+        };
+        self.one(c)?;
+        Ok(())
+    }
+
     fn put_ban(&self, user: &str, ban: Option<&BanRecord>) -> StoreResult<()> {
         let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
         let c = match ban {
@@ -1361,7 +1598,7 @@ impl Store for RedisStore {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        // Only seqs up to the head are shown, as `tern_range_v1` does (an
+        // Only seqs up to the head are shown, as `tern_range_v2` does (an
         // entry past the head cannot exist: seqs are allocated first).
         let mut c = redis::cmd("HMGET");
         c.arg(&k.log);
@@ -1567,7 +1804,7 @@ impl Store for RedisStore {
         let ring = self.keys.load();
         let bytes = seal::encode_entry(ring.as_deref(), &conv, entry);
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_room_post_v1")
+        c.arg("tern_room_post_v2")
             .arg(3)
             .arg(&k.meta)
             .arg(&k.head)
@@ -1804,7 +2041,7 @@ fn append_cmd(k: &ConvKeys, keys: Option<&KeyRing>, now_ms: u64, item: &Append) 
     let mut c = redis::cmd("FCALL");
     // Keys 7 and 8 are the thread index and the to-dos (read by effects h,
     // t and r), key 9 the annotations (read by effect a only).
-    c.arg("tern_append_v1").arg(9);
+    c.arg("tern_append_v2").arg(9);
     c.arg(&k.head)
         .arg(&k.log)
         .arg(&k.dedup)
@@ -1891,7 +2128,7 @@ fn append_cmd(k: &ConvKeys, keys: Option<&KeyRing>, now_ms: u64, item: &Append) 
 }
 
 fn parse_append_reply(v: &Value) -> Result<Result<Appended, AppendRefused>> {
-    let bad = || RedisStoreError::Reply(format!("tern_append_v1 answered {v:?}"));
+    let bad = || RedisStoreError::Reply(format!("tern_append_v2 answered {v:?}"));
     let Value::Array(f) = v else {
         return Err(bad());
     };
@@ -1962,7 +2199,7 @@ fn parse_user_conv(conversation: &str, b: &[u8]) -> Result<UserConv> {
     })
 }
 
-/// A dedup record: `<seq>:<time_ms>:<expires_at_ms>` (as `tern_append_v1`
+/// A dedup record: `<seq>:<time_ms>:<expires_at_ms>` (as `tern_append_v2`
 /// writes it).
 fn parse_dedup(b: &[u8]) -> Result<(u64, u64, u64)> {
     let corrupt =
@@ -2234,7 +2471,7 @@ enum Write {
     SRem(String),
 }
 
-/// The writes to the keys of one hash tag, for one `tern_writes_v1` call.
+/// The writes to the keys of one hash tag, for one `tern_writes_v2` call.
 #[derive(Debug)]
 struct WriteGroup {
     tag: String,
@@ -2257,7 +2494,7 @@ impl WriteGroup {
 
     fn command(&self) -> Cmd {
         let mut c = redis::cmd("FCALL");
-        c.arg("tern_writes_v1").arg(self.keys.len());
+        c.arg("tern_writes_v2").arg(self.keys.len());
         for k in &self.keys {
             c.arg(k);
         }

@@ -119,6 +119,10 @@
 //!   [`AppendRefused::NotThreadable`], [`AppendRefused::TodoChanged`],
 //!   and the thread and to-do reads and indexes ([`Store::thread_stats`]
 //!   and the methods after it). Conformance cases `thread_*` and `todo_*`.
+//! - Offline push (issue 20, required): push tokens bound to one user at a
+//!   time ([`Store::push_bind`], [`Store::push_unbind`],
+//!   [`Store::push_tokens`]) and a user's mutes ([`PushSettings`]).
+//!   Conformance cases `push_*`.
 //! - Rooms (issue 19): [`RoomRecord`], [`Store::room_create`],
 //!   [`Store::room`], [`Store::room_append`] (a per-room seq and a ring
 //!   of the newest messages) and [`Store::room_recent`]. Conformance cases
@@ -562,6 +566,79 @@ pub trait Store: Send + Sync {
         to_seq: u64,
         limit: usize,
     ) -> StoreResult<Vec<u64>>;
+
+    // ---- offline push (issue 20) ------------------------------------------
+
+    /// Binds `record`'s `(platform, token)` to `user`, atomically:
+    /// 1. the user's tokens are counted without this token and without the
+    ///    token of the same `(device_id, platform)` that this one replaces;
+    ///    at `tokens_max` or more: [`PushBind::Full`], nothing written;
+    /// 2. that replaced token of the device (a different token string) is
+    ///    removed (tokens rotate: one per device and platform);
+    /// 3. if another user holds the token, it leaves them
+    ///    ([`PushBind::Bound::moved_from`]);
+    /// 4. the record is stored (replacing the user's own copy, if any).
+    fn push_bind(
+        &self,
+        user: &str,
+        record: &pb::PushToken,
+        tokens_max: usize,
+    ) -> StoreResult<PushBind>;
+
+    /// Removes `(platform, token)`: with `user`, only if that user holds it
+    /// ([`PushUnbind::NotYours`] if another does, nothing written); without
+    /// (a provider said the token is dead), whoever holds it.
+    fn push_unbind(
+        &self,
+        user: Option<&str>,
+        platform: i32,
+        token: &str,
+    ) -> StoreResult<PushUnbind>;
+
+    /// `user`'s tokens, in `(platform, token)` order.
+    fn push_tokens(&self, user: &str) -> StoreResult<Vec<pb::PushToken>>;
+
+    /// `user`'s mutes, if any were set.
+    fn push_settings(&self, user: &str) -> StoreResult<Option<PushSettings>>;
+
+    /// Replaces `user`'s mutes (`None` deletes them).
+    fn put_push_settings(&self, user: &str, settings: Option<&PushSettings>) -> StoreResult<()>;
+}
+
+/// What [`Store::push_bind`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushBind {
+    /// Stored.
+    Bound {
+        /// The user who held the token before, if another one did.
+        moved_from: Option<String>,
+        /// The device's previous token of this platform, now removed.
+        replaced: Option<String>,
+    },
+    /// The user holds `tokens_max` other tokens: nothing written.
+    Full,
+}
+
+/// What [`Store::push_unbind`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushUnbind {
+    /// The token is gone.
+    Removed,
+    /// Nobody (or, with a user, not that user and nobody else) held it.
+    NotFound,
+    /// Another user holds it: nothing written.
+    NotYours,
+}
+
+/// A user's notification mutes (offline push, issue 20).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PushSettings {
+    /// Do not disturb until this time (0: off).
+    #[prost(uint64, tag = "1")]
+    pub dnd_until_ms: u64,
+    /// Muted conversations, in id order, each until its time.
+    #[prost(message, repeated, tag = "2")]
+    pub muted: Vec<pb::MutedConversation>,
 }
 
 /// An annotation record of a conversation: data about its log kept beside

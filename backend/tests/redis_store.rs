@@ -235,6 +235,42 @@ fn wait_for_a_replica_before_the_ack() {
     );
 }
 
+/// A rolling upgrade runs nodes of two versions on one Redis: this
+/// version's function library (`tern_v2`, functions `*_v2`) loads beside
+/// the previous one (`tern`, functions `*_v1`, stand-ins here) instead of
+/// replacing it, so the older nodes' calls keep working until they are
+/// upgraded too (docs/redis.md, "Function library versions").
+#[test]
+fn the_library_loads_beside_the_previous_version() {
+    let server = RedisServer::start(ServerOptions::EPHEMERAL);
+    let old = "#!lua name=tern\n\
+        local function v1() return 'v1' end\n\
+        local fs = {'append', 'group', 'writes', 'range', 'members'}\n\
+        for i = 1, #fs do redis.register_function('tern_' .. fs[i] .. '_v1', v1) end";
+    server.command(&["FUNCTION", "LOAD", old]).unwrap();
+    let store = open(&server);
+    let r = store
+        .append_batch(10, &[send("d:alice:bob", "alice", "c1", "hi", 10)])
+        .unwrap();
+    assert_eq!(r[0].unwrap().seq, 1);
+    for f in ["append", "group", "writes", "range", "members"] {
+        assert_eq!(
+            server
+                .command(&["FCALL", &format!("tern_{f}_v1"), "0"])
+                .unwrap(),
+            "v1",
+            "the older node's {f} still answers"
+        );
+    }
+    // Opening again (every node does at start) replaces only its own.
+    drop(store);
+    let _again = open(&server);
+    assert_eq!(
+        server.command(&["FCALL", "tern_append_v1", "0"]).unwrap(),
+        "v1"
+    );
+}
+
 #[test]
 fn recall_rewrites_the_stored_message_in_lua() {
     // Proves the function's protobuf rewrite: the recalled message keeps

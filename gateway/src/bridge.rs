@@ -209,6 +209,26 @@ pub trait ChatService: Send + Sync + 'static {
     fn credentials(&self) -> Option<Arc<dyn tern_backend::store::Credentials>> {
         None
     }
+
+    /// Offline push (`crate::push`, off the workers): whether `user`
+    /// should get a notification about a message in `conversation` now,
+    /// and to which tokens with which badge. The default has no push.
+    fn push_target(
+        &self,
+        now_unix_ms: u64,
+        user: &str,
+        conversation: &str,
+    ) -> Result<tern_backend::domain::push::PushTarget, String> {
+        let _ = (now_unix_ms, user, conversation);
+        Ok(tern_backend::domain::push::PushTarget::NoTokens)
+    }
+
+    /// A provider said `(platform, token)` is dead: remove it from whoever
+    /// holds it; `true` if someone did.
+    fn push_token_dead(&self, platform: i32, token: &str) -> bool {
+        let _ = (platform, token);
+        false
+    }
 }
 
 /// How often a worker calls [`ChatService::tick`].
@@ -237,6 +257,8 @@ pub struct WorkerSetup {
     /// The content filter (`crate::filter`), shared by the workers; `None`
     /// when no word list is configured.
     pub filter: Option<Arc<crate::filter::ContentFilter>>,
+    /// The offline push queue (`crate::push`); `None` when push is off.
+    pub push: Option<crate::push::PushSink>,
 }
 
 /// Runs a backend worker on the current thread until `stop` is set and its
@@ -359,6 +381,11 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         debug_assert_eq!(answers.len(), batch.len(), "one answer per request");
+        // Stored messages to the push queue: a try_send per message, never
+        // a wait (the push thread decides who is offline, later).
+        if let Some(push) = w.push.as_ref() {
+            push.collect(&answers);
+        }
         // Every push of the batch encoded once; those for other nodes are
         // in their streams before any SendAck of the batch leaves (pushes
         // before acks, across nodes too).

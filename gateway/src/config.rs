@@ -71,6 +71,8 @@ pub struct Config {
     pub search: SearchSettings,
     /// Login policies per platform class and remote logout.
     pub login: LoginSettings,
+    /// Offline push to phones through APNs and FCM (off by default).
+    pub push: PushSettings,
     /// Rooms and broadcast channels (issue 19): the kept window and the
     /// bounds of the shards' subscription maps.
     pub rooms: RoomsSettings,
@@ -705,6 +707,7 @@ impl Config {
         self.api_ops.validate()?;
         self.media.validate()?;
         self.webhooks.validate()?;
+        self.push.validate()?;
         self.limits.validate()?;
         self.lists.validate()?;
         self.filter.validate()?;
@@ -1627,6 +1630,35 @@ mod tests {
         c.shutdown.retry_after_max_ms = 10;
         c.validate().unwrap();
     }
+
+    /// `[push]` is checked only when enabled: then it needs a provider's
+    /// credentials (the APNs key with its id and team), http(s) URLs, and
+    /// non-zero bounds.
+    #[test]
+    fn push_settings_validate_when_enabled() {
+        let mut c = Config::default();
+        c.push.apns_url = "nonsense".into();
+        c.validate().unwrap();
+        c.push.enabled = true;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.apns_url"), "{err}");
+        c.push.apns_url = "http://127.0.0.1:9".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.enabled"), "{err}");
+        c.push.apns_key_file = Some("key.p8".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.apns_key_file"), "{err}");
+        c.push.apns_key_id = "K".into();
+        c.push.apns_team_id = "T".into();
+        c.validate().unwrap();
+        c.push.queue_max = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.queue_max"), "{err}");
+        c.push.queue_max = 1;
+        c.push.retry_initial_ms = c.push.retry_max_ms + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("push.retry_initial_ms"), "{err}");
+    }
 }
 
 // ---- [api]: the server API for existing services ----
@@ -2091,6 +2123,173 @@ impl WebhookSettings {
             return invalid(
                 "webhooks.events_retry_initial_ms",
                 "must not exceed events_retry_max_ms".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+// ---- [push]: offline push (docs/push.md) ----
+
+/// Offline push (issue 20; docs/push.md): notifications through APNs
+/// (HTTP/2, token auth) and FCM (HTTP v1) to members none of whose devices
+/// is online. Off unless `enabled`; each provider is used only when its
+/// credentials are set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSettings {
+    /// Accept push tokens and send notifications. Off: the push frames get
+    /// `PUSH_DISABLED` and nothing is queued. Default false.
+    pub enabled: bool,
+    /// Push tokens one user holds at most; one more gets
+    /// `PUSH_TOKENS_FULL`. Default 10.
+    pub tokens_per_user_max: u32,
+    /// Conversations one user mutes at most; one more gets
+    /// `PUSH_MUTES_FULL`. Default 500.
+    pub muted_conversations_max: u32,
+    /// Jobs (one per stored message with recipients) waiting for the
+    /// `tern-push` thread at most; beyond, new ones are dropped and counted
+    /// (`tern_push_dropped_total{reason="queue_full"}`). Default 10000.
+    pub queue_max: usize,
+    /// Messages to one user in one conversation within this window (from
+    /// the first) make one notification: the newest preview and a count.
+    /// Default 2000.
+    pub collapse_window_ms: u64,
+    /// Notifications being collapsed (user × conversation) at most; beyond,
+    /// new ones are dropped and counted (`reason="pending_full"`). Default
+    /// 100000.
+    pub pending_max: usize,
+    /// Show the message's text in the notification. Off: "New message"
+    /// (the provider and the lock screen never see content). Default false.
+    pub preview: bool,
+    /// Longest preview text, bytes (cut at a character boundary). Default
+    /// 256.
+    pub preview_bytes_max: usize,
+    /// Provider requests in flight at most. Default 32.
+    pub in_flight_max: usize,
+    /// One provider request (connect, send, answer) must finish within
+    /// this; then it counts as a timeout and is retried. Default 10000.
+    pub timeout_ms: u64,
+    /// Attempts per notification and token, the first included. Default 4.
+    pub attempts_max: u32,
+    /// Wait before the first retry, doubled each retry up to
+    /// `retry_max_ms`; a provider's `Retry-After` is honoured up to
+    /// `retry_max_ms`. Default 1000.
+    pub retry_initial_ms: u64,
+    /// Longest wait between two attempts. Default 60000.
+    pub retry_max_ms: u64,
+    /// APNs base URL: production `https://api.push.apple.com`, or
+    /// `https://api.sandbox.push.apple.com`; `http://` speaks HTTP/2
+    /// without TLS (h2c, for a local stand-in). Default production.
+    pub apns_url: String,
+    /// The APNs signing key (`AuthKey_<key id>.p8`, ES256). Empty: no APNs.
+    pub apns_key_file: Option<PathBuf>,
+    /// The key's id (10 characters), the JWT's `kid`.
+    pub apns_key_id: String,
+    /// The Apple developer team id, the JWT's `iss`.
+    pub apns_team_id: String,
+    /// `apns-topic` (the app's bundle id) for tokens registered without a
+    /// topic.
+    pub apns_topic: String,
+    /// `apns-expiration`: APNs keeps an undeliverable notification this
+    /// long, seconds; 0: once or never. Default 86400.
+    pub apns_expiration_s: u64,
+    /// The FCM service account JSON (`project_id`, `client_email`,
+    /// `private_key`, `token_uri`). Empty: no FCM.
+    pub fcm_service_account_file: Option<PathBuf>,
+    /// FCM base URL; messages go to
+    /// `<fcm_url>/v1/projects/<project_id>/messages:send`. Default
+    /// `https://fcm.googleapis.com`.
+    pub fcm_url: String,
+    /// PEM roots that `https://` provider and token URLs are verified
+    /// against, instead of the system's. Default none.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            tokens_per_user_max: 10,
+            muted_conversations_max: 500,
+            queue_max: 10_000,
+            collapse_window_ms: 2_000,
+            pending_max: 100_000,
+            preview: false,
+            preview_bytes_max: 256,
+            in_flight_max: 32,
+            timeout_ms: 10_000,
+            attempts_max: 4,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 60_000,
+            apns_url: "https://api.push.apple.com".into(),
+            apns_key_file: None,
+            apns_key_id: String::new(),
+            apns_team_id: String::new(),
+            apns_topic: String::new(),
+            apns_expiration_s: 86_400,
+            fcm_service_account_file: None,
+            fcm_url: "https://fcm.googleapis.com".into(),
+            ca_file: None,
+        }
+    }
+}
+
+impl PushSettings {
+    /// Checks URLs, credentials named together, and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        if !self.enabled {
+            return Ok(());
+        }
+        for (name, url) in [
+            ("push.apns_url", &self.apns_url),
+            ("push.fcm_url", &self.fcm_url),
+        ] {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url
+                    .parse::<hyper::Uri>()
+                    .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+            if !ok {
+                return invalid(
+                    name,
+                    format!("{url:?} is not an http:// or https:// URL with a host"),
+                );
+            }
+        }
+        if self.apns_key_file.is_some()
+            && (self.apns_key_id.is_empty() || self.apns_team_id.is_empty())
+        {
+            return invalid(
+                "push.apns_key_file",
+                "needs apns_key_id and apns_team_id".into(),
+            );
+        }
+        if self.apns_key_file.is_none() && self.fcm_service_account_file.is_none() {
+            return invalid(
+                "push.enabled",
+                "needs apns_key_file or fcm_service_account_file (or both)".into(),
+            );
+        }
+        for (name, v) in [
+            (
+                "push.tokens_per_user_max",
+                u64::from(self.tokens_per_user_max),
+            ),
+            ("push.queue_max", self.queue_max as u64),
+            ("push.pending_max", self.pending_max as u64),
+            ("push.in_flight_max", self.in_flight_max as u64),
+            ("push.timeout_ms", self.timeout_ms),
+            ("push.attempts_max", u64::from(self.attempts_max)),
+        ] {
+            if v == 0 {
+                return invalid(name, "must be at least 1".into());
+            }
+        }
+        if self.retry_initial_ms > self.retry_max_ms {
+            return invalid(
+                "push.retry_initial_ms",
+                "must not exceed retry_max_ms".into(),
             );
         }
         Ok(())

@@ -32,6 +32,7 @@ pub mod media;
 pub mod metrics;
 pub mod msg;
 pub mod outbound;
+pub mod push;
 pub mod reload;
 pub mod server;
 pub mod service;

@@ -316,6 +316,45 @@ pub struct FilterMetrics {
     pub words: AtomicI64,
 }
 
+/// Counters of offline push (`crate::push`): written by the backend workers
+/// (queueing) and the `tern-push` thread (everything else).
+#[derive(Debug, Default)]
+pub struct PushMetrics {
+    /// Notifications a provider accepted, by platform (`PUSH_PLATFORMS`).
+    pub sent: [AtomicU64; 2],
+    /// Notifications given up, by reason (`PUSH_FAIL_REASONS`).
+    pub failed: [AtomicU64; PUSH_FAIL_REASONS.len()],
+    /// Provider requests made again after a failed attempt.
+    pub retried: AtomicU64,
+    /// Jobs dropped: the queue was full (0), or too many notifications
+    /// were being collapsed (1), or left at shutdown (2).
+    pub dropped: [AtomicU64; 3],
+    /// Messages folded into a notification already pending.
+    pub collapsed: AtomicU64,
+    /// Notifications not sent: the user was online (0), muted (1), held no
+    /// token (2).
+    pub skipped: [AtomicU64; 3],
+    /// Tokens removed because a provider said they are dead.
+    pub tokens_removed: AtomicU64,
+    /// Jobs waiting in the queue (sampled).
+    pub queue_depth: AtomicI64,
+}
+
+/// `tern_push_sent_total{platform}` labels, in `PushMetrics::sent` order.
+pub const PUSH_PLATFORMS: [&str; 2] = ["apns", "fcm"];
+/// `tern_push_failed_total{reason}` labels, in `PushMetrics::failed` order.
+/// `store` stays last (`crate::push` counts it by position).
+pub const PUSH_FAIL_REASONS: [&str; 8] = [
+    "timeout",
+    "rate_limited",
+    "server_error",
+    "rejected",
+    "transport",
+    "auth",
+    "unconfigured",
+    "store",
+];
+
 /// Everything `/metrics` shows; registered once, read at scrape.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -333,6 +372,8 @@ pub struct Metrics {
     pub limits: Arc<crate::limits::LimitMetrics>,
     /// The content filter.
     pub filter: Arc<FilterMetrics>,
+    /// Offline push.
+    pub push: Arc<PushMetrics>,
     /// The served TLS certificate's notAfter, Unix seconds, kept by
     /// `crate::tls::TlsServer`; 0 (no TLS listener, or unreadable): the
     /// gauge is left out.
@@ -352,6 +393,7 @@ impl Metrics {
             webhooks: Arc::new(WebhookMetrics::default()),
             limits: Arc::new(crate::limits::LimitMetrics::default()),
             filter: Arc::new(FilterMetrics::default()),
+            push: Arc::new(PushMetrics::default()),
             tls_cert_expiry: Arc::new(AtomicI64::new(0)),
         }
     }
@@ -887,6 +929,75 @@ impl Collector for Metrics {
                 "tern_webhook_before_send_latency",
                 "One before-send call (one per batch with sends)",
                 &[&w.before_latency],
+            )?;
+        }
+        {
+            let p = &self.push;
+            // (family, help, label name, label values, counters in order)
+            type Labelled<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], &'a [AtomicU64]);
+            let labelled: [Labelled<'_>; 4] = [
+                (
+                    "tern_push_sent",
+                    "Push notifications a provider accepted, by platform",
+                    "platform",
+                    &PUSH_PLATFORMS,
+                    &p.sent,
+                ),
+                (
+                    "tern_push_failed",
+                    "Push notifications given up, by reason",
+                    "reason",
+                    &PUSH_FAIL_REASONS,
+                    &p.failed,
+                ),
+                (
+                    "tern_push_dropped",
+                    "Push jobs dropped: queue full, too many pending, or left at shutdown",
+                    "reason",
+                    &["queue_full", "pending_full", "shutdown"],
+                    &p.dropped,
+                ),
+                (
+                    "tern_push_skipped",
+                    "Push notifications not sent: the user was online, muted, or held no token",
+                    "reason",
+                    &["online", "muted", "no_tokens"],
+                    &p.skipped,
+                ),
+            ];
+            for (name, help, label, values, counters) in labelled {
+                let mut d = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (value, v) in values.iter().zip(counters) {
+                    ConstCounter::new(v.load(Relaxed))
+                        .encode(d.encode_family(&[(label, *value)])?)?;
+                }
+            }
+            let rows: [(&str, &str, &AtomicU64); 3] = [
+                (
+                    "tern_push_retried",
+                    "Push provider requests made again after a failure",
+                    &p.retried,
+                ),
+                (
+                    "tern_push_collapsed",
+                    "Messages folded into a push notification already pending",
+                    &p.collapsed,
+                ),
+                (
+                    "tern_push_tokens_removed",
+                    "Push tokens removed because their provider said they are dead",
+                    &p.tokens_removed,
+                ),
+            ];
+            for (name, help, v) in rows {
+                counter(enc, name, help, None, v.load(Relaxed))?;
+            }
+            gauge(
+                enc,
+                "tern_push_queue_depth",
+                "Push jobs waiting for the tern-push thread",
+                None,
+                p.queue_depth.load(Relaxed),
             )?;
         }
         {

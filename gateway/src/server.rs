@@ -46,6 +46,8 @@ pub struct Server {
     cluster: Option<Cluster>,
     /// The after-event webhook thread, if configured.
     events: Option<crate::webhooks::EventFeed>,
+    /// The offline push thread, if `[push]` is enabled.
+    push: Option<crate::push::PushFeed>,
     /// This node's id (configured, or kept in the data dir).
     pub node_id: String,
     /// Counters of every shard and worker.
@@ -225,6 +227,9 @@ impl Server {
         let events =
             crate::webhooks::EventFeed::start(&cfg.webhooks, &node_id, metrics.webhooks.clone())
                 .context("starting the webhook thread")?;
+        // Offline push: the tern-push thread, before the workers that feed it.
+        let push = crate::push::PushFeed::start(&cfg.push, service.clone(), metrics.push.clone())
+            .context("starting the push thread")?;
         // Workers: spawned first so their doorbells can unpark them.
         let stop_workers = Arc::new(AtomicBool::new(false));
         let mut worker_threads = Vec::new();
@@ -272,6 +277,7 @@ impl Server {
                     remote: routers.get_mut(w).and_then(Option::take),
                     webhooks: worker_hooks(cfg, &node_id, w, events.as_ref(), &metrics)?,
                     filter: filter.clone(),
+                    push: push.as_ref().and_then(crate::push::PushFeed::sink),
                 })
                 .map_err(|_| anyhow::anyhow!("backend worker {w} died at start"))?;
             worker_threads.push(handle);
@@ -420,6 +426,7 @@ impl Server {
             http,
             cluster,
             events,
+            push,
             node_id,
             metrics,
             tcp_addr,
@@ -456,6 +463,9 @@ impl Server {
         // After the workers, which feed it: what is queued gets its grace.
         if let Some(events) = self.events.take() {
             events.stop();
+        }
+        if let Some(push) = self.push.take() {
+            push.stop();
         }
         // After the shards and workers (which wrote the route changes of
         // the drain): the node leaves.

@@ -54,6 +54,9 @@ impl BackendService {
             edit_window_ms: cfg.edit.window_ms(),
             edits_per_message_max: cfg.edit.max_edits_per_message,
             search_enabled: cfg.search.enabled,
+            push_enabled: cfg.push.enabled,
+            push_tokens_per_user_max: cfg.push.tokens_per_user_max,
+            push_muted_conversations_max: cfg.push.muted_conversations_max,
             call_ring_timeout_ms: cfg.chat.call_ring_timeout_ms,
             calls_max: cfg.chat.calls_max,
             ..DomainConfig::default()
@@ -190,6 +193,27 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
 impl ChatService for BackendService {
     fn credentials(&self) -> Option<Arc<dyn Credentials>> {
         Some(self.credentials.clone())
+    }
+
+    fn push_target(
+        &self,
+        now_unix_ms: u64,
+        user: &str,
+        conversation: &str,
+    ) -> Result<tern_backend::domain::push::PushTarget, String> {
+        self.domain
+            .push_target(now_unix_ms, user, conversation)
+            .map_err(|e| e.to_string())
+    }
+
+    fn push_token_dead(&self, platform: i32, token: &str) -> bool {
+        match self.domain.push_token_dead(platform, token) {
+            Ok(removed) => removed,
+            Err(e) => {
+                tracing::warn!(error = %e, "push: removing a dead token failed");
+                false
+            }
+        }
     }
 
     fn handle_batch(&self, now_unix_ms: u64, batch: Vec<(Caller, Body)>) -> Vec<Answer> {

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{net::TcpStream, time::Duration};
+use std::{io::Read, net::TcpStream, time::Duration};
 
 use support::{Client, Gateway, delivered_text, drivers, text_content};
 use tern_gateway::config::Driver;
@@ -321,8 +321,23 @@ fn slow_consumer_is_closed_and_counted() {
                 .1
                 .contains("tern_slow_consumer_closes_total 1")
             {
-                drop(sink);
-                return;
+                // The close is a reset, not a FIN queued behind what the
+                // client never read: the stalled client hears of it, and the
+                // server's socket and its buffers are gone at once.
+                let mut sink = &sink.stream;
+                sink.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match sink.read(&mut buf) {
+                        Ok(0) => panic!("closed with a FIN behind unsent bytes"),
+                        Ok(_) => continue,
+                        Err(e) => {
+                            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                            return;
+                        }
+                    }
+                }
             }
         }
         panic!(

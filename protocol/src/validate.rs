@@ -88,6 +88,11 @@ pub const CAPABILITIES_MAX_DEFAULT: usize = 32;
 /// Largest `CallSignal.payload` (an SDP or an ICE candidate), in bytes
 /// (docs/protocol.md, "Calls"): a typical SDP is 2 to 6 KiB.
 pub const CALL_SIGNAL_BYTES_MAX: usize = 16 * 1024;
+/// Longest push token (`PushTokenRegister.token`), in bytes: APNs device
+/// tokens are 64 hex digits, FCM registration tokens about 160 bytes.
+pub const PUSH_TOKEN_BYTES_MAX: usize = 512;
+/// Longest APNs topic (`PushTokenRegister.topic`, a bundle id), in bytes.
+pub const PUSH_TOPIC_BYTES_MAX: usize = 128;
 /// Participants of one call, the caller included (docs/protocol.md,
 /// "Calls"): `CallAction.invitees` holds at most one less.
 pub const CALL_PARTICIPANTS_MAX: usize = 8;
@@ -219,6 +224,11 @@ pub fn body_kind(body: &Body) -> (&'static str, Sender) {
         Body::DeviceLogout(_) => ("device_logout", Request),
         Body::Call(_) => ("call", Request),
         Body::CallSignal(_) => ("call_signal", Request),
+        Body::PushRegister(_) => ("push_register", Request),
+        Body::PushUnregister(_) => ("push_unregister", Request),
+        Body::PushList(_) => ("push_list", Request),
+        Body::PushMute(_) => ("push_mute", Request),
+        Body::PushListResult(_) => ("push_list_result", Server),
         Body::DeviceListResult(_) => ("device_list_result", Server),
         Body::CallEvent(_) => ("call_event", Server),
         Body::CallSignalEvent(_) => ("call_signal_event", Server),
@@ -450,6 +460,25 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
         Body::DeviceLogout(m) => c.id("device_logout.device_id", &m.device_id),
         Body::Call(m) => c.call(m),
         Body::CallSignal(m) => c.call_signal(m),
+        Body::PushRegister(m) => {
+            c.push_platform("push_register.platform", m.platform)?;
+            c.push_token("push_register.token", &m.token, PUSH_TOKEN_BYTES_MAX)?;
+            if m.topic.is_empty() {
+                return Ok(());
+            }
+            c.push_token("push_register.topic", &m.topic, PUSH_TOPIC_BYTES_MAX)
+        }
+        Body::PushUnregister(m) => {
+            c.push_platform("push_unregister.platform", m.platform)?;
+            c.push_token("push_unregister.token", &m.token, PUSH_TOKEN_BYTES_MAX)
+        }
+        Body::PushList(_) => Ok(()),
+        Body::PushMute(m) => {
+            if m.conversation_id.is_empty() {
+                return Ok(());
+            }
+            c.conv("push_mute.conversation_id", &m.conversation_id)
+        }
         Body::React(m) => {
             c.conv("react.conversation_id", &m.conversation_id)?;
             c.seq("react.seq", m.seq)?;
@@ -529,7 +558,8 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
         | Body::Error(_)
         | Body::Kick(_)
         | Body::PinsResult(_)
-        | Body::SearchResult(_) => Err(server_only(name)),
+        | Body::SearchResult(_)
+        | Body::PushListResult(_) => Err(server_only(name)),
         Body::ThreadInfoResult(_) | Body::TodoListResult(_) => Err(server_only(name)),
     }
 }
@@ -832,6 +862,30 @@ impl Checker<'_> {
         pb::Platform::try_from(v)
             .map(drop)
             .map_err(|_| bad_enum(field, v))
+    }
+
+    fn push_platform(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
+        match pb::PushPlatform::try_from(v) {
+            Ok(pb::PushPlatform::Unspecified) | Err(_) => Err(bad_enum(field, v)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// A push token or topic: 1 to `max` bytes of printable ASCII, no
+    /// spaces (it goes into a provider's URL path or header).
+    fn push_token(&self, field: &'static str, s: &str, max: usize) -> Result<(), Refusal> {
+        if s.is_empty() {
+            return Err(Refusal::invalid(format!("{field} is empty")));
+        }
+        if s.len() > max {
+            return Err(too_long(field, s.len(), max));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Refusal::invalid(format!(
+                "{field} holds a byte that is not printable ASCII"
+            )));
+        }
+        Ok(())
     }
 
     fn presence_state(&self, field: &'static str, v: i32) -> Result<(), Refusal> {
@@ -1696,6 +1750,46 @@ mod tests {
                 }),
                 "room_info.room_id",
             ),
+            (
+                Body::PushRegister(pb::PushTokenRegister {
+                    platform: pb::PushPlatform::Apns as i32,
+                    token: "ab".repeat(32),
+                    topic: "com.example.tern".into(),
+                }),
+                Body::PushRegister(pb::PushTokenRegister {
+                    platform: pb::PushPlatform::Apns as i32,
+                    token: "a b".into(),
+                    topic: String::new(),
+                }),
+                "push_register.token",
+            ),
+            (
+                Body::PushUnregister(pb::PushTokenUnregister {
+                    platform: pb::PushPlatform::Fcm as i32,
+                    token: "fcm:token-1".into(),
+                }),
+                Body::PushUnregister(pb::PushTokenUnregister {
+                    platform: pb::PushPlatform::Unspecified as i32,
+                    token: "fcm:token-1".into(),
+                }),
+                "push_unregister.platform",
+            ),
+            (
+                Body::PushList(pb::PushListRequest {}),
+                Body::PushList(pb::PushListRequest {}),
+                "",
+            ),
+            (
+                Body::PushMute(pb::PushMute {
+                    conversation_id: "g:team".into(),
+                    until_ms: u64::MAX,
+                }),
+                Body::PushMute(pb::PushMute {
+                    conversation_id: "x:team".into(),
+                    until_ms: 1,
+                }),
+                "push_mute.conversation_id",
+            ),
         ]
     }
 
@@ -1723,8 +1817,8 @@ mod tests {
         }
         assert_eq!(
             seen.len(),
-            59,
-            "client variants in the schema (tags 10..=67, 70..=87): {seen:?}"
+            63,
+            "client variants in the schema (tags 10..=67, 70..=87, 90..=93): {seen:?}"
         );
     }
 

@@ -992,6 +992,7 @@ fn every_server_only_frame_from_a_client_is_refused() {
         Body::Error(Default::default()),
         Body::Kick(Default::default()),
         Body::PinsResult(Default::default()),
+        Body::PushListResult(Default::default()),
         Body::RoomInfoResult(Default::default()),
         Body::RoomJoined(Default::default()),
         Body::RoomHistoryResult(Default::default()),

@@ -294,6 +294,23 @@ fn client_body() -> impl Strategy<Value = Body> {
             Body::GroupInvite(pb::GroupInvite { group_id, user_ids })
         }),
         Just(Body::FriendList(pb::FriendListRequest {})),
+        (enum_i32(), text(), text()).prop_map(|(platform, token, topic)| {
+            Body::PushRegister(pb::PushTokenRegister {
+                platform,
+                token,
+                topic,
+            })
+        }),
+        (enum_i32(), text()).prop_map(|(platform, token)| {
+            Body::PushUnregister(pb::PushTokenUnregister { platform, token })
+        }),
+        Just(Body::PushList(pb::PushListRequest {})),
+        (text(), any::<u64>()).prop_map(|(conversation_id, until_ms)| {
+            Body::PushMute(pb::PushMute {
+                conversation_id,
+                until_ms,
+            })
+        }),
         (id(), text(), enum_i32(), ids()).prop_map(|(room_id, name, kind, admins)| {
             Body::RoomCreate(pb::RoomCreate {
                 room_id,
@@ -317,6 +334,22 @@ fn client_body() -> impl Strategy<Value = Body> {
                 room_id,
                 before_seq,
                 limit,
+            })
+        }),
+        (enum_i32(), text(), id(), any::<u64>()).prop_map(|(platform, token, device_id, t)| {
+            Body::PushListResult(pb::PushListResult {
+                tokens: vec![pb::PushToken {
+                    platform,
+                    token,
+                    topic: String::new(),
+                    device_id,
+                    registered_ms: t,
+                }],
+                dnd_until_ms: t / 2,
+                muted: vec![pb::MutedConversation {
+                    conversation_id: "g:team".into(),
+                    until_ms: t,
+                }],
             })
         }),
     ]

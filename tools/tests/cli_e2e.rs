@@ -70,7 +70,8 @@ impl Gateway {
     }
 
     fn serve(cfg: &Config) -> Server {
-        let service = Arc::new(BackendService::open(&cfg.backend).unwrap());
+        // As `tern serve` opens it: the chat settings of `cfg` apply.
+        let service = Arc::new(BackendService::from_config(cfg).unwrap());
         Server::start(cfg, service).unwrap()
     }
 
@@ -1419,6 +1420,71 @@ fn rooms_from_the_command_line() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("ERROR_CODE_BROADCAST_ONLY"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn push_tokens_and_mutes_from_scripts() {
+    // Proves `push register|list|unregister|mute` (docs/push.md): the
+    // token is listed with this run's device, mutes of a conversation and
+    // do-not-disturb are listed, another user's unregister exits 1 with
+    // PUSH_TOKEN_NOT_YOURS and changes nothing, and a server without push
+    // answers PUSH_DISABLED.
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/tests/keys");
+    let gw = Gateway::start_with(|c| {
+        c.push.enabled = true;
+        c.push.apns_key_file = Some(keys.join("ec.pem"));
+        c.push.apns_key_id = "KEY1234567".into();
+        c.push.apns_team_id = "TEAM123456".into();
+        // Nothing is sent in this test: no message has an offline
+        // recipient with a token.
+        c.push.apns_url = "http://127.0.0.1:9".into();
+    });
+    gw.ok(
+        "bob",
+        &[
+            "push",
+            "register",
+            "apns",
+            "abcd01",
+            "--topic",
+            "com.example.x",
+        ],
+    );
+    let l = gw.ok("bob", &["push", "list"]);
+    let tokens = of_kind(&l, "push_token");
+    assert_eq!(tokens.len(), 1, "{l:?}");
+    assert!(tokens[0].has("token", "abcd01"));
+    assert!(tokens[0].has("platform", "apns"));
+    assert!(tokens[0].has("topic", "com.example.x"));
+    gw.ok("bob", &["push", "mute", "--conv", "alice"]);
+    gw.ok("bob", &["push", "mute"]);
+    let l = gw.ok("bob", &["push", "list"]);
+    let mutes: Vec<&str> = of_kind(&l, "push_mute")
+        .iter()
+        .map(|m| m.get("conv"))
+        .collect();
+    assert_eq!(mutes, ["all", "d:alice:bob"], "{l:?}");
+    let r = gw.run("carol", &["push", "unregister", "apns", "abcd01"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_PUSH_TOKEN_NOT_YOURS"),
+        "{}",
+        r.stderr
+    );
+    gw.ok("bob", &["push", "mute", "--off"]);
+    gw.ok("bob", &["push", "unregister", "apns", "abcd01"]);
+    let l = gw.ok("bob", &["push", "list"]);
+    assert!(of_kind(&l, "push_token").is_empty(), "{l:?}");
+    assert_eq!(of_kind(&l, "push_mute").len(), 1, "{l:?}");
+
+    let off = Gateway::start();
+    let r = off.run("bob", &["push", "list"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_PUSH_DISABLED"),
         "{}",
         r.stderr
     );

@@ -993,6 +993,26 @@ impl Domain {
         )))
     }
 
+    /// The user's unread messages over all their conversations (each
+    /// counted up to `unread_count_max`, as the conversation list shows
+    /// them): an app icon's badge. One heads read and one log read per
+    /// conversation with something unread.
+    pub(super) fn unread_total(&self, user: &str) -> Result<u64, DomainError> {
+        let ucs = self.store.user_convs(user)?;
+        let convs: Vec<&str> = ucs.iter().map(|u| u.conversation_id.as_str()).collect();
+        let heads = self.store.heads(&convs)?;
+        let mut total = 0u64;
+        for (uc, head) in ucs.iter().zip(heads) {
+            let to = visible_head(uc, head.seq);
+            // Nothing after the read cursor: no log read.
+            if to <= uc.read_seq || to < uc.visible_from_seq.max(1) {
+                continue;
+            }
+            total = total.saturating_add(self.unread(user, uc, to)?.0);
+        }
+        Ok(total)
+    }
+
     /// Messages after the read cursor that others sent (and did not
     /// recall), whether one of them mentions `me`, and the newest visible
     /// entry. Reads at most `unread_count_max` entries, the newest ones.

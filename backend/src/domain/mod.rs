@@ -22,6 +22,7 @@ mod edit;
 mod ephemeral;
 mod groups;
 mod messages;
+pub mod push;
 mod react;
 mod rooms;
 pub mod search;
@@ -412,6 +413,11 @@ impl Domain {
             Body::ThreadInfo(r) => self.thread_info(me, r),
             Body::Todo(r) => self.todo(me, now_ms, r),
             Body::TodoList(r) => self.todo_list(me, r),
+            // Offline push (push.rs, issue 20).
+            Body::PushRegister(r) => self.push_register(me, now_ms, r),
+            Body::PushUnregister(r) => self.push_unregister(me, r),
+            Body::PushList(_) => self.push_list(me, now_ms),
+            Body::PushMute(r) => self.push_mute(me, now_ms, r),
             // Rooms and broadcast channels (rooms.rs).
             Body::RoomCreate(r) => self.room_create(me, now_ms, r),
             Body::RoomJoin(r) => self.room_join(&r),

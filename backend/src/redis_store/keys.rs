@@ -209,6 +209,30 @@ pub struct UserKeys {
     /// Sorted set, all scores 0: [`user_item`] of every to-do that may be
     /// open for the user (a superset, see `Store::set_todo_open`).
     pub todos_open: String,
+    /// Hash: `<platform>:<token>` → the push token record (prost bytes) of
+    /// each token the user holds (a superset: a token whose owner key
+    /// names another user is not the user's; see [`push_owner`]).
+    pub push_tokens: String,
+    /// Hash: `<platform>:<device>` → the `push_tokens` field of that
+    /// device's token (one per device and platform).
+    pub push_devices: String,
+    /// String: the user's notification mutes (prost bytes).
+    pub push_settings: String,
+}
+
+/// The owner key of a push token, `{t:<platform>:<token in base64url>}`: a
+/// string naming the one user who holds it. Tokens are arbitrary printable
+/// ASCII (they may hold `{` and `}`): base64url keeps them out of the hash
+/// tag's syntax.
+pub fn push_owner(platform: i32, token: &str) -> String {
+    use base64::Engine as _;
+    let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+    format!("{{t:{platform}:{t}}}")
+}
+
+/// The field of a push token in [`UserKeys::push_tokens`].
+pub fn push_field(platform: i32, token: &str) -> String {
+    format!("{platform}:{token}")
 }
 
 impl UserKeys {
@@ -230,6 +254,9 @@ impl UserKeys {
             credential: k("pw"),
             thread_reads: k("tr"),
             todos_open: k("to"),
+            push_tokens: k("pt"),
+            push_devices: k("pd"),
+            push_settings: k("pm"),
         })
     }
 }

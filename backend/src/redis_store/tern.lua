@@ -1,4 +1,4 @@
-#!lua name=tern
+#!lua name=tern_v2
 -- Tern's Redis functions: the atomic steps of the Redis store
 -- (backend/src/redis_store.rs; key schema in backend/src/redis_store/keys.rs
 -- and docs/redis.md).
@@ -211,7 +211,7 @@ local function push_entry(head, log, entry, time_ms, activity)
   return seq
 end
 
--- tern_append_v1: one item of Store::append_batch.
+-- tern_append_v2: one item of Store::append_batch.
 -- KEYS: head, log, dedup, dedup_expiry, user_convs, members,
 --       [threads, todos] (callers before threads and to-dos pass 6 keys),
 --       [annotations: read by effect a only]
@@ -337,7 +337,7 @@ local function append(keys, args)
   return { OK, seq, time_ms, 0 }
 end
 
--- tern_range_v1: entries from..=to of a log, at most `limit`.
+-- tern_range_v2: entries from..=to of a log, at most `limit`.
 -- KEYS: head, log. ARGV: from, to, limit.
 -- Returns the entries of seqs max(from, 1), max(from, 1) + 1, ... in order
 -- (nil where a seq has no entry), up to the head.
@@ -359,7 +359,7 @@ local function range(keys, args)
   return out
 end
 
--- tern_members_v1: member records after `after` in user id order.
+-- tern_members_v2: member records after `after` in user id order.
 -- KEYS: member_order, members. ARGV: after (''), limit.
 local function members_page(keys, args)
   local min = '-'
@@ -377,7 +377,7 @@ local function members_page(keys, args)
   return out
 end
 
--- tern_group_v1: Store::apply_group_change.
+-- tern_group_v2: Store::apply_group_change.
 -- KEYS: version, meta, members, member_order, join_requests, head, log,
 --       user_convs
 -- ARGV: expect_version, meta,
@@ -447,7 +447,7 @@ local function group_change(keys, args)
   return out
 end
 
--- tern_writes_v1: unconditional writes, all or none (Store::apply_social).
+-- tern_writes_v2: unconditional writes, all or none (Store::apply_social).
 -- ARGV: (op, key index, a, b) * n with op one of
 --   hset (field a = b), hdel (field a), sadd (a), srem (a), set (a), del.
 local function writes(keys, args)
@@ -474,7 +474,7 @@ local function writes(keys, args)
   return OK
 end
 
--- tern_room_post_v1: a room message (issue 19). KEYS: the room's record,
+-- tern_room_post_v2: a room message (issue 19). KEYS: the room's record,
 -- head and kept list (one hash tag). ARGV: the entry without its seq, and
 -- how many messages to keep. Returns the new seq, or 0 (nothing written)
 -- when the room does not exist. The seq is appended to the stored entry as
@@ -493,9 +493,9 @@ local function room_post(keys, args)
   return seq
 end
 
-redis.register_function('tern_append_v1', append)
-redis.register_function('tern_room_post_v1', room_post)
-redis.register_function('tern_group_v1', group_change)
-redis.register_function('tern_writes_v1', writes)
-redis.register_function { function_name = 'tern_range_v1', callback = range, flags = { 'no-writes' } }
-redis.register_function { function_name = 'tern_members_v1', callback = members_page, flags = { 'no-writes' } }
+redis.register_function('tern_append_v2', append)
+redis.register_function('tern_room_post_v2', room_post)
+redis.register_function('tern_group_v2', group_change)
+redis.register_function('tern_writes_v2', writes)
+redis.register_function { function_name = 'tern_range_v2', callback = range, flags = { 'no-writes' } }
+redis.register_function { function_name = 'tern_members_v2', callback = members_page, flags = { 'no-writes' } }

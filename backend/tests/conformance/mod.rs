@@ -6905,6 +6905,302 @@ pub fn room_broadcast_channel_refuses_non_admins(f: Fixture) {
     );
 }
 
+// ---------------------------------------------------------------------------
+// Offline push (issue 20)
+// ---------------------------------------------------------------------------
+
+fn push_token(platform: pb::PushPlatform, token: &str, device: &str, t: u64) -> pb::PushToken {
+    pb::PushToken {
+        platform: platform as i32,
+        token: token.into(),
+        topic: String::new(),
+        device_id: device.into(),
+        registered_ms: t,
+    }
+}
+
+fn push_names(s: &Arc<dyn Store>, user: &str) -> Vec<String> {
+    s.push_tokens(user)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.token)
+        .collect()
+}
+
+pub fn push_store_binds_moves_replaces_and_bounds_tokens(f: Fixture) {
+    // Proves the push token contract of the store: a token is held by one
+    // user at a time (binding it to another moves it), a device's new
+    // token of a platform replaces its old one, the per-user bound refuses
+    // a new token and writes nothing (a token already held or a device's
+    // replacement is never refused), and unbinding checks the holder.
+    use pb::PushPlatform::{Apns, Fcm};
+    use tern_backend::store::{PushBind, PushUnbind};
+    let s = f.store;
+    let bound = |moved: Option<&str>, replaced: Option<&str>| PushBind::Bound {
+        moved_from: moved.map(Into::into),
+        replaced: replaced.map(Into::into),
+    };
+    assert!(s.push_tokens("alice").unwrap().is_empty());
+    let a1 = push_token(Apns, "a1", "p1", T0);
+    assert_eq!(s.push_bind("alice", &a1, 3).unwrap(), bound(None, None));
+    assert_eq!(
+        s.push_bind("alice", &push_token(Fcm, "f1", "p1", T0), 3)
+            .unwrap(),
+        bound(None, None)
+    );
+    // Same token again: an update, not a second token.
+    assert_eq!(s.push_bind("alice", &a1, 3).unwrap(), bound(None, None));
+    assert_eq!(push_names(&s, "alice"), ["a1", "f1"]);
+    // The device's APNs token rotates: a2 replaces a1.
+    assert_eq!(
+        s.push_bind("alice", &push_token(Apns, "a2", "p1", T0 + 1), 3)
+            .unwrap(),
+        bound(None, Some("a1"))
+    );
+    assert_eq!(push_names(&s, "alice"), ["a2", "f1"]);
+    assert_eq!(
+        s.push_unbind(None, Apns as i32, "a1").unwrap(),
+        PushUnbind::NotFound
+    );
+    // The phone changes accounts: bob registers a2, alice loses it.
+    assert_eq!(
+        s.push_bind("bob", &push_token(Apns, "a2", "b1", T0 + 2), 3)
+            .unwrap(),
+        bound(Some("alice"), None)
+    );
+    assert_eq!(push_names(&s, "alice"), ["f1"]);
+    let bobs = s.push_tokens("bob").unwrap();
+    assert_eq!(bobs, vec![push_token(Apns, "a2", "b1", T0 + 2)]);
+    // The bound: alice holds f1, x2, x3; a fourth token is refused.
+    s.push_bind("alice", &push_token(Apns, "x2", "p2", T0), 3)
+        .unwrap();
+    s.push_bind("alice", &push_token(Apns, "x3", "p3", T0), 3)
+        .unwrap();
+    assert_eq!(
+        s.push_bind("alice", &push_token(Apns, "x4", "p4", T0), 3)
+            .unwrap(),
+        PushBind::Full
+    );
+    assert_eq!(push_names(&s, "alice"), ["x2", "x3", "f1"]);
+    assert_eq!(
+        s.push_unbind(None, Apns as i32, "x4").unwrap(),
+        PushUnbind::NotFound
+    );
+    // ... and a full bound still lets a device replace its token.
+    assert_eq!(
+        s.push_bind("alice", &push_token(Apns, "x5", "p3", T0), 3)
+            .unwrap(),
+        bound(None, Some("x3"))
+    );
+    assert_eq!(push_names(&s, "alice"), ["x2", "x5", "f1"]);
+    // Unbinding: not alice's (bob's a2), nobody's, alice's own.
+    assert_eq!(
+        s.push_unbind(Some("alice"), Apns as i32, "a2").unwrap(),
+        PushUnbind::NotYours
+    );
+    assert_eq!(push_names(&s, "bob"), ["a2"]);
+    assert_eq!(
+        s.push_unbind(Some("alice"), Apns as i32, "nope").unwrap(),
+        PushUnbind::NotFound
+    );
+    // Platform is part of the token's identity.
+    assert_eq!(
+        s.push_unbind(Some("alice"), Fcm as i32, "x2").unwrap(),
+        PushUnbind::NotFound
+    );
+    assert_eq!(
+        s.push_unbind(Some("alice"), Apns as i32, "x2").unwrap(),
+        PushUnbind::Removed
+    );
+    // A provider's "dead token": whoever holds it.
+    assert_eq!(
+        s.push_unbind(None, Apns as i32, "a2").unwrap(),
+        PushUnbind::Removed
+    );
+    assert!(s.push_tokens("bob").unwrap().is_empty());
+    assert_eq!(push_names(&s, "alice"), ["x5", "f1"]);
+}
+
+pub fn push_store_settings_are_kept(f: Fixture) {
+    // Proves a user's mutes are kept until replaced or deleted.
+    use tern_backend::store::PushSettings;
+    let s = f.store;
+    assert_eq!(s.push_settings("alice").unwrap(), None);
+    let set = PushSettings {
+        dnd_until_ms: T0,
+        muted: vec![pb::MutedConversation {
+            conversation_id: "g:team".into(),
+            until_ms: u64::MAX,
+        }],
+    };
+    s.put_push_settings("alice", Some(&set)).unwrap();
+    assert_eq!(s.push_settings("alice").unwrap(), Some(set));
+    assert_eq!(s.push_settings("bob").unwrap(), None);
+    s.put_push_settings("alice", None).unwrap();
+    assert_eq!(s.push_settings("alice").unwrap(), None);
+}
+
+fn push_world(f: Fixture, tweak: impl FnOnce(&mut Config)) -> World {
+    let mut config = Config {
+        push_enabled: true,
+        ..Config::default()
+    };
+    tweak(&mut config);
+    World::with_config(f, config)
+}
+
+fn register(platform: pb::PushPlatform, token: &str) -> Body {
+    Body::PushRegister(pb::PushTokenRegister {
+        platform: platform as i32,
+        token: token.into(),
+        topic: String::new(),
+    })
+}
+
+fn push_list(w: &World, user: &str) -> pb::PushListResult {
+    match w.ok(user, Body::PushList(pb::PushListRequest {})).reply {
+        Some(Body::PushListResult(r)) => r,
+        other => panic!("push_list: {other:?}"),
+    }
+}
+
+pub fn push_frames_register_list_unregister_and_refuse(f: Fixture) {
+    // Proves the push frames through the domain: a device registers its
+    // token (listed with its device id), the bound answers
+    // PUSH_TOKENS_FULL, another user's token cannot be unregistered
+    // (PUSH_TOKEN_NOT_YOURS, nothing changes) but registering it moves it,
+    // and a server without push answers PUSH_DISABLED to every push frame.
+    use pb::PushPlatform::{Apns, Fcm};
+    let w = push_world(f, |c| c.push_tokens_per_user_max = 2);
+    w.ok("alice", register(Apns, "tok-a"));
+    w.ok("alice", register(Fcm, "tok-f"));
+    let l = push_list(&w, "alice");
+    assert_eq!(l.tokens.len(), 2);
+    assert!(l.tokens.iter().all(|t| t.device_id == "alice-phone"));
+    assert_eq!(l.tokens[0].registered_ms, T0);
+    // A third token of another device of alice's: over the bound.
+    let other_device = Caller {
+        user_id: "alice".into(),
+        device_id: "alice-tablet".into(),
+        admin: false,
+    };
+    let out = w
+        .domain
+        .handle(&other_device, w.now(), register(Apns, "tok-t"));
+    assert!(
+        matches!(&out.reply, Some(Body::Error(e)) if e.code == pb::ErrorCode::PushTokensFull as i32),
+        "{:?}",
+        out.reply
+    );
+    assert_eq!(push_list(&w, "alice").tokens.len(), 2);
+    // Bob cannot unregister alice's token ...
+    let unreg = |t: &str| {
+        Body::PushUnregister(pb::PushTokenUnregister {
+            platform: Apns as i32,
+            token: t.into(),
+        })
+    };
+    assert_eq!(
+        w.err("bob", unreg("tok-a")),
+        pb::ErrorCode::PushTokenNotYours
+    );
+    assert_eq!(push_list(&w, "alice").tokens.len(), 2);
+    assert_eq!(w.err("bob", unreg("nobodys")), pb::ErrorCode::NotFound);
+    // ... but his phone registering it takes it over.
+    w.ok("bob", register(Apns, "tok-a"));
+    assert_eq!(push_list(&w, "alice").tokens.len(), 1);
+    assert_eq!(push_list(&w, "bob").tokens[0].token, "tok-a");
+    w.ok("bob", unreg("tok-a"));
+    assert!(push_list(&w, "bob").tokens.is_empty());
+
+    let off = World::new(Fixture::new(w.store().clone(), ()));
+    for body in [
+        register(Apns, "x"),
+        unreg("x"),
+        Body::PushList(pb::PushListRequest {}),
+        Body::PushMute(pb::PushMute::default()),
+    ] {
+        assert_eq!(off.err("alice", body), pb::ErrorCode::PushDisabled);
+    }
+}
+
+pub fn push_mutes_and_target_follow_presence_mutes_and_unread(f: Fixture) {
+    // Proves what the push thread is told per user: online users get
+    // nothing, muted ones (do not disturb, or the conversation) nothing, a
+    // user without tokens nothing, else every token with the badge =
+    // unread messages over all conversations; mutes expire; the mute bound
+    // answers PUSH_MUTES_FULL; a conversation one does not take part in
+    // cannot be muted.
+    use tern_backend::domain::push::PushTarget;
+    let w = push_world(f, |c| c.push_muted_conversations_max = 1);
+    let dm = "d:alice:bob";
+    w.send_dm("alice", "bob", "one");
+    w.create_group("alice", "team", &["bob"]);
+    w.send_group("alice", "team", "two");
+    w.send_dm("alice", "bob", "three");
+    let target = |user: &str, conv: &str| w.domain.push_target(w.now(), user, conv).unwrap();
+    assert_eq!(target("bob", dm), PushTarget::NoTokens);
+    w.ok("bob", register(pb::PushPlatform::Fcm, "bob-f"));
+    match target("bob", dm) {
+        PushTarget::Notify { tokens, badge } => {
+            assert_eq!(tokens.len(), 1);
+            assert_eq!(badge, 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    w.connection("bob", true);
+    assert_eq!(target("bob", dm), PushTarget::Online);
+    w.connection("bob", false);
+    // Reading the DM leaves the group's one message.
+    w.read("bob", dm, 2);
+    assert!(matches!(
+        target("bob", dm),
+        PushTarget::Notify { badge: 1, .. }
+    ));
+    // Mute the DM for a minute: muted there, not in the group.
+    let mute = |conv: &str, until_ms: u64| {
+        Body::PushMute(pb::PushMute {
+            conversation_id: conv.into(),
+            until_ms,
+        })
+    };
+    w.ok("bob", mute(dm, w.now() + 60_000));
+    assert_eq!(target("bob", dm), PushTarget::Muted);
+    assert!(matches!(target("bob", "g:team"), PushTarget::Notify { .. }));
+    // The bound: one muted conversation.
+    assert_eq!(
+        w.err("bob", mute("g:team", u64::MAX)),
+        pb::ErrorCode::PushMutesFull
+    );
+    assert_eq!(
+        w.err("carol", mute("g:team", u64::MAX)),
+        pb::ErrorCode::NotMember
+    );
+    assert_eq!(w.err("carol", mute(dm, u64::MAX)), pb::ErrorCode::NotMember);
+    let l = push_list(&w, "bob");
+    assert_eq!(l.muted.len(), 1);
+    assert_eq!(l.muted[0].conversation_id, dm);
+    // The mute expires; then the group can be muted (expired mutes do not
+    // count).
+    w.advance(60_001);
+    assert!(matches!(target("bob", dm), PushTarget::Notify { .. }));
+    w.ok("bob", mute("g:team", u64::MAX));
+    assert_eq!(target("bob", "g:team"), PushTarget::Muted);
+    // Do not disturb: everything muted, until it is lifted.
+    w.ok("bob", mute("", u64::MAX));
+    assert_eq!(target("bob", dm), PushTarget::Muted);
+    assert_eq!(push_list(&w, "bob").dnd_until_ms, u64::MAX);
+    w.ok("bob", mute("", 0));
+    assert!(matches!(target("bob", dm), PushTarget::Notify { .. }));
+    // A dead token (the provider said so) is gone.
+    assert!(
+        w.domain
+            .push_token_dead(pb::PushPlatform::Fcm as i32, "bob-f")
+            .unwrap()
+    );
+    assert_eq!(target("bob", dm), PushTarget::NoTokens);
+}
+
 /// Expands to one `#[test]` per conformance case, each on a fresh store
 /// from `$make` (a `fn() -> conformance::Fixture`).
 #[macro_export]
@@ -6923,6 +7219,10 @@ macro_rules! conformance_tests {
             store_presence_records,
             store_presences_and_friends_of_in_bulk,
             store_presence_settings_are_kept,
+            push_store_binds_moves_replaces_and_bounds_tokens,
+            push_store_settings_are_kept,
+            push_frames_register_list_unregister_and_refuse,
+            push_mutes_and_target_follow_presence_mutes_and_unread,
             presence_updates_in_one_batch_each_answer_and_push,
             send_direct_stores_and_delivers,
             send_with_reply_and_mentions_is_stored,

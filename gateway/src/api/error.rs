@@ -110,7 +110,34 @@ impl ApiError {
             C::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             C::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
             C::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "TIMEOUT"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            C::ContentRejected => (StatusCode::UNPROCESSABLE_ENTITY, "CONTENT_REJECTED"),
+            C::MessageRecalled => (StatusCode::CONFLICT, "MESSAGE_RECALLED"),
+            C::AssigneeNotMember => (StatusCode::BAD_REQUEST, "ASSIGNEE_NOT_MEMBER"),
+            C::SearchDisabled => (StatusCode::NOT_IMPLEMENTED, "SEARCH_DISABLED"),
+            C::CallEnded => (StatusCode::CONFLICT, "CALL_ENDED"),
+            C::NotInCall => (StatusCode::FORBIDDEN, "NOT_IN_CALL"),
+            C::BroadcastOnly => (StatusCode::FORBIDDEN, "BROADCAST_ONLY"),
+            C::RoomJoinLimit => (StatusCode::CONFLICT, "ROOM_JOIN_LIMIT"),
+            C::RoomCapacity => (StatusCode::SERVICE_UNAVAILABLE, "ROOM_CAPACITY"),
+            C::PushDisabled => (StatusCode::NOT_IMPLEMENTED, "PUSH_DISABLED"),
+            C::PushTokensFull => (StatusCode::CONFLICT, "PUSH_TOKENS_FULL"),
+            C::PushTokenNotYours => (StatusCode::CONFLICT, "PUSH_TOKEN_NOT_YOURS"),
+            C::PushMutesFull => (StatusCode::CONFLICT, "PUSH_MUTES_FULL"),
+            // Every code is named here on purpose (no `_`): a new code must
+            // be given its status, or it would reach API callers as a 500.
+            // The rest are connection-level codes a backend answer never
+            // carries.
+            C::Internal
+            | C::Unspecified
+            | C::ServerOnlyFrame
+            | C::AuthRequired
+            | C::AuthFailed
+            | C::TokenExpired
+            | C::AuthTimeout
+            | C::UnsupportedVersion
+            | C::AlreadyAuthenticated
+            | C::DeviceLoggedOut
+            | C::HeartbeatTimeout => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
         let retry = (e.retry_after_ms > 0).then(|| e.retry_after_ms.div_ceil(1000).max(1));
         Self {

@@ -7,11 +7,14 @@
 //! What a login said of its device (platform, login time, client version)
 //! rides in the connection's identity string after `user\0device`, so an
 //! idle connection's slab entry does not grow:
-//! `user\0device\0<p><ms>:<n>\0<v>`, `<p>` the platform's number as one
-//! digit, `<ms>` the Welcome's Unix milliseconds, `<n>` the shard's count of
-//! logins (orders logins of one millisecond), `<v>` `Auth.client_version`
-//! cut to [`CLIENT_VERSION_KEPT_BYTES_MAX`] (an idle connection pays for
-//! what is kept: about 20 bytes plus the version).
+//! `user\0device\0<p><ms>.<n>\0<v>`, `<p>` the platform's number as one
+//! digit, `<ms>` the Welcome's Unix milliseconds and `<n>` the shard's count
+//! of logins (orders logins of one millisecond), both in base 36, and `<v>`
+//! `#` and the base-36 index of `Auth.client_version` in the shard's
+//! [`ClientVersions`] (a fleet runs a handful of versions: each is kept once
+//! per shard), or, once that table is full, `=` and the version itself, cut
+//! to [`CLIENT_VERSION_KEPT_BYTES_MAX`]. An idle connection pays about 16
+//! bytes for all of it.
 
 use std::{collections::VecDeque, rc::Rc};
 
@@ -34,6 +37,65 @@ pub const DEVICE_LIST_MAX: usize = 256;
 /// (cut at a character boundary).
 pub const CLIENT_VERSION_KEPT_BYTES_MAX: usize = 32;
 
+/// Distinct client versions a shard keeps (each once, named by index from
+/// the identity strings of its connections). Past it, a new version is
+/// kept inline in each connection's identity instead.
+pub const CLIENT_VERSIONS_MAX: usize = 1_024;
+
+/// The client versions a shard's connections named at login, each kept
+/// once (see the module doc). Never shrinks: bounded by
+/// [`CLIENT_VERSIONS_MAX`] versions of at most
+/// [`CLIENT_VERSION_KEPT_BYTES_MAX`] bytes.
+#[derive(Default)]
+pub(super) struct ClientVersions {
+    index: HashMap<Rc<str>, u32>,
+    names: Vec<Rc<str>>,
+}
+
+impl ClientVersions {
+    /// The index of `v`, added if new and there is room.
+    fn intern(&mut self, v: &str) -> Option<u32> {
+        if let Some(&i) = self.index.get(v) {
+            return Some(i);
+        }
+        if self.names.len() >= CLIENT_VERSIONS_MAX {
+            return None;
+        }
+        let i = u32::try_from(self.names.len()).ok()?;
+        let name: Rc<str> = v.into();
+        self.names.push(name.clone());
+        self.index.insert(name, i);
+        Some(i)
+    }
+
+    /// The version a connection's identity names by `#<index>` or `=<v>`.
+    fn resolve<'a>(&'a self, kept: &'a str) -> &'a str {
+        match kept.split_at_checked(1) {
+            Some(("#", i)) => u32::from_str_radix(i, 36)
+                .ok()
+                .and_then(|i| self.names.get(i as usize))
+                .map_or("", |n| n),
+            Some(("=", v)) => v,
+            _ => "",
+        }
+    }
+}
+
+/// `n` in base 36 (lower case), the identity string's compact numbers.
+fn base36(mut n: u64, out: &mut String) {
+    let mut digits = [0u8; 13];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize];
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
 /// The identity string of a welcomed connection (see the module doc).
 pub(super) fn ident(
     user: &str,
@@ -41,6 +103,7 @@ pub(super) fn ident(
     login: &LoginInfo,
     login_ms: u64,
     n: u64,
+    versions: &mut ClientVersions,
 ) -> Box<str> {
     // A platform this build does not know was refused by validation; the
     // digit stays one character either way.
@@ -50,13 +113,34 @@ pub(super) fn ident(
     while !v.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{user}\0{device}\0{p}{login_ms}:{n}\0{}", &v[..cut]).into_boxed_str()
+    let v = &v[..cut];
+    let mut s = String::with_capacity(user.len() + device.len() + 24);
+    s.push_str(user);
+    s.push('\0');
+    s.push_str(device);
+    s.push('\0');
+    s.push(char::from(b'0' + p as u8));
+    base36(login_ms, &mut s);
+    s.push('.');
+    base36(n, &mut s);
+    s.push('\0');
+    match versions.intern(v) {
+        Some(i) => {
+            s.push('#');
+            base36(u64::from(i), &mut s);
+        }
+        None => {
+            s.push('=');
+            s.push_str(v);
+        }
+    }
+    s.into_boxed_str()
 }
 
 impl Conn {
-    /// Platform, login time (Unix ms), login order and client version of
-    /// a welcomed connection.
-    pub(super) fn login_meta(&self) -> (pb::Platform, (u64, u64), &str) {
+    /// Platform, login time (Unix ms), login order and client version (as
+    /// kept: resolve it with [`ClientVersions`]) of a welcomed connection.
+    fn login_meta(&self) -> (pb::Platform, (u64, u64), &str) {
         let meta = self
             .ident
             .as_deref()
@@ -70,9 +154,12 @@ impl Conn {
             .unwrap_or_default();
         let (ms, n) = stamp
             .get(1..)
-            .and_then(|m| m.split_once(':'))
+            .and_then(|m| m.split_once('.'))
             .unwrap_or(("0", "0"));
-        let order = (ms.parse().unwrap_or(0), n.parse().unwrap_or(0));
+        let order = (
+            u64::from_str_radix(ms, 36).unwrap_or(0),
+            u64::from_str_radix(n, 36).unwrap_or(0),
+        );
         (platform, order, version)
     }
 
@@ -225,7 +312,8 @@ impl Shard {
             .iter()
             .filter_map(|&k| {
                 let c = conns.get(k as usize).filter(|c| c.active())?;
-                let (platform, order, version) = c.login_meta();
+                let (platform, order, kept) = c.login_meta();
+                let version = self.client_versions.borrow().resolve(kept).to_owned();
                 Some((
                     order,
                     k,
@@ -233,7 +321,7 @@ impl Shard {
                         device_id: c.device()?.to_owned(),
                         platform,
                         login_time_ms: order.0,
-                        client_version: version.to_owned(),
+                        client_version: version,
                     },
                 ))
             })
@@ -359,21 +447,51 @@ mod tests {
     fn the_identity_keeps_login_facts_and_a_short_version() {
         // Proves what a login said survives in the identity string: the
         // platform, the login time and order, and the client version cut to
-        // its bound at a character boundary.
+        // its bound at a character boundary, kept once per shard.
         let login = LoginInfo {
             platform: pb::Platform::Android,
             client_version: format!("{}é-and-more", "v".repeat(31)).into(),
             issued_at: None,
         };
-        let id = ident("alice", "phone", &login, 1_700_000_000_123, 7);
+        let mut versions = ClientVersions::default();
+        let id = ident(
+            "alice",
+            "phone",
+            &login,
+            1_700_000_000_123,
+            7,
+            &mut versions,
+        );
         let parts: Vec<&str> = id.split('\0').collect();
         assert_eq!(parts[..2], ["alice", "phone"]);
-        assert_eq!(parts[2], "21700000000123:7", "platform 2, login ms, order");
+        assert_eq!(parts[2], "2loyw3v5n.7", "platform 2, login ms, order");
+        assert_eq!(parts[3], "#0", "the first version the shard saw");
         assert_eq!(
-            parts[3],
+            versions.resolve(parts[3]),
             "v".repeat(31),
             "é would pass 32 bytes: cut before it"
         );
+        let again = ident("bob", "pc", &login, 1, 8, &mut versions);
+        assert!(again.ends_with("\0#0"), "{again:?}: one copy per shard");
+    }
+
+    #[test]
+    fn versions_past_the_table_stay_inline() {
+        let mut versions = ClientVersions::default();
+        let login = |v: String| LoginInfo {
+            platform: pb::Platform::Web,
+            client_version: v.into(),
+            issued_at: None,
+        };
+        for i in 0..CLIENT_VERSIONS_MAX {
+            ident("u", "d", &login(format!("v{i}")), 1, 1, &mut versions);
+        }
+        let last = ident("u", "d", &login("new".into()), 1, 1, &mut versions);
+        let kept = last.rsplit('\0').next().unwrap();
+        assert_eq!(kept, "=new");
+        assert_eq!(versions.resolve(kept), "new");
+        let known = ident("u", "d", &login("v5".into()), 1, 1, &mut versions);
+        assert_eq!(versions.resolve(known.rsplit('\0').next().unwrap()), "v5");
     }
 
     #[test]

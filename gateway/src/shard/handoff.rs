@@ -4,7 +4,7 @@
 //! displaced — here, or when the device logged in on another node
 //! (`displace`).
 
-use std::rc::Rc;
+use std::{os::fd::AsRawFd, rc::Rc};
 
 use slab::Slab;
 use tern_protocol::{pb, session::AuthOk};
@@ -218,6 +218,15 @@ impl Shard {
             return;
         }
         let mut conns = self.conns.borrow_mut();
+        // A login whose client has already hung up (its auth waited in a
+        // queue: the process was stopped, or the shards were behind) must
+        // not displace the device's newer connection: the client gave up on
+        // this one and has likely connected again. Closed unwelcomed.
+        if super::sock::peer_closed(conns[key as usize].fd.as_raw_fd()) {
+            let c = &mut conns[key as usize];
+            self.close_soon(c, CloseReason::Peer);
+            return;
+        }
         // Devices that count toward presence ([`PRESENCE_QUIET`] ones do not).
         let (mut others_counted, mut displaced_counted) = (false, false);
         for other in self.devices_of(&conns, &user) {
@@ -242,6 +251,7 @@ impl Shard {
             &login,
             Self::server_time_ms(),
             self.logins_seen.replace(self.logins_seen.get() + 1),
+            &mut self.client_versions.borrow_mut(),
         ));
         // Before Welcome: the device's first sync queues behind it in the
         // same worker ring, so it runs once the route exists.

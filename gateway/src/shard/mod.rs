@@ -369,6 +369,9 @@ struct Shard {
     login: crate::config::LoginSettings,
     /// Devices logged out recently (bounded by `login.logged_out_max`).
     logged_out: RefCell<devices::LoggedOut>,
+    /// Client versions named at login, each kept once (the identity
+    /// strings name them by index).
+    client_versions: RefCell<devices::ClientVersions>,
     /// Logins welcomed here: orders the logins of one millisecond.
     logins_seen: Cell<u64>,
     /// Room subscriptions of this shard's connections (`rooms.rs`): empty
@@ -506,6 +509,7 @@ async fn shard_main(setup: ShardSetup, driver: &'static str, uring_path: bool) -
         uring,
         login: setup.login,
         logged_out: RefCell::new(devices::LoggedOut::default()),
+        client_versions: RefCell::new(devices::ClientVersions::default()),
         logins_seen: Cell::new(0),
         rooms: RefCell::new(rooms::Rooms::new(
             setup.rooms.per_connection_max as usize,
@@ -646,6 +650,12 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
     }
     drop(conns);
     let reason = c.closing.unwrap_or(reason);
+    if matches!(
+        reason,
+        CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout
+    ) {
+        sock::reset_if_stuck(c.fd.as_raw_fd());
+    }
     if reason == CloseReason::SlowConsumer {
         shard
             .metrics

@@ -318,6 +318,58 @@ pub(super) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<u
     }
 }
 
+/// Makes the coming close of `fd` a reset (RST) if the peer has not taken
+/// what is queued to it: more than the FIN unacknowledged. A slow consumer
+/// or a peer that went silent would otherwise keep the kernel's socket and
+/// its send buffer (up to megabytes) alive for minutes, probing a window
+/// that never opens, and a stalled client would never hear of the close.
+pub(super) fn reset_if_stuck(fd: RawFd) {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one int into a live local.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut queued) } != 0 || queued <= 1 {
+        return;
+    }
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: SO_LINGER with a live `linger` of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const abort).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// The peer has closed its side and everything it sent before was read:
+/// the next read would be the end of the stream. Peeks one byte, consumes
+/// nothing; false when bytes are waiting, when nothing is, or on an error.
+pub(super) fn peer_closed(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: a one-byte peek into a live local.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return true;
+        }
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return false;
+    }
+}
+
 fn token(key: u32, generation: u32) -> u64 {
     (u64::from(key) << 32) | u64::from(generation)
 }

@@ -53,8 +53,11 @@ fn main() -> ExitCode {
             return match worker::main(stdin, stdout) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Not `println!`: when the parent has gone (the usual
+                    // cause of the error: its end of the pipe closed), that
+                    // would panic on the broken pipe.
                     let msg = serde_json::json!({"kind": "fatal", "error": e.to_string()});
-                    println!("{msg}");
+                    let _ = writeln!(std::io::stdout(), "{msg}");
                     ExitCode::from(2)
                 }
             };

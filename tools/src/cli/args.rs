@@ -202,6 +202,9 @@ pub enum SharedCommand {
     Devices,
     /// Log out one of your other devices (it is kicked and must log in again).
     Logout(LogoutArgs),
+    /// Push notifications: register, unregister or list this device's
+    /// push token, and mute notifications (docs/push.md).
+    Push(PushArgs),
     /// Call a user or a group (default: the open conversation): rings them.
     Call(CallArgs),
     /// Answer the call you are rung for (the latest one, or CALL_ID).
@@ -465,6 +468,64 @@ pub struct LogoutArgs {
     /// global `--device` of this run's own login.
     #[arg(value_name = "DEVICE")]
     pub device_id: String,
+}
+
+/// `push`.
+#[derive(Args, Debug, Clone)]
+pub struct PushArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: PushAction,
+}
+
+/// `push …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum PushAction {
+    /// Register this device's push token (APNs device token in hex, or FCM
+    /// registration token); a token another user holds moves to you.
+    Register {
+        /// `apns` or `fcm`.
+        platform: PushPlatformArg,
+        /// The token. (Not named `token`: that is the global `--token`
+        /// of this run's own login.)
+        #[arg(value_name = "TOKEN")]
+        push_token: String,
+        /// APNs: the app's bundle id (default: the server's).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Remove one of your push tokens.
+    Unregister {
+        /// `apns` or `fcm`.
+        platform: PushPlatformArg,
+        /// The token.
+        #[arg(value_name = "TOKEN")]
+        push_token: String,
+    },
+    /// Your push tokens (every device's) and your mutes.
+    List,
+    /// Mute notifications of one conversation (`--conv`), or all of them
+    /// (do not disturb), until `--until-ms` (default: until unmuted).
+    Mute {
+        /// The conversation (default: all: do not disturb).
+        #[arg(long)]
+        conv: Option<String>,
+        /// Muted until this time (Unix ms).
+        #[arg(long, value_name = "UNIX_MS")]
+        until_ms: Option<u64>,
+        /// Unmute instead.
+        #[arg(long, conflicts_with = "until_ms")]
+        off: bool,
+    },
+}
+
+/// A push platform on the command line.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushPlatformArg {
+    /// Apple Push Notification service.
+    Apns,
+    /// Firebase Cloud Messaging.
+    Fcm,
 }
 
 /// `search`.

@@ -181,6 +181,7 @@ pub fn run(ctx: &Context<'_>, cmd: &SharedCommand) -> Result<Vec<Item>, ClientEr
             }
             Ok(items)
         }
+        SharedCommand::Push(a) => push(s, a),
         SharedCommand::Devices => {
             let r = expect_body!(
                 s.request(Body::DeviceList(pb::DeviceListRequest {})),
@@ -758,6 +759,79 @@ pub fn head(s: &Session, conv: &str) -> Result<Option<u64>, ClientError> {
         HistoryResult
     )?;
     Ok(r.entries.last().map(|e| e.seq))
+}
+
+/// `push register|unregister|list|mute` (docs/push.md).
+fn push(s: &Session, a: &super::args::PushArgs) -> Result<Vec<Item>, ClientError> {
+    use super::args::{PushAction, PushPlatformArg};
+    let platform = |p: &PushPlatformArg| match p {
+        PushPlatformArg::Apns => pb::PushPlatform::Apns as i32,
+        PushPlatformArg::Fcm => pb::PushPlatform::Fcm as i32,
+    };
+    match &a.action {
+        PushAction::Register {
+            platform: p,
+            push_token: token,
+            topic,
+        } => ok(
+            "push_register",
+            s.request(Body::PushRegister(pb::PushTokenRegister {
+                platform: platform(p),
+                token: token.clone(),
+                topic: topic.clone().unwrap_or_default(),
+            })),
+        ),
+        PushAction::Unregister {
+            platform: p,
+            push_token: token,
+        } => ok(
+            "push_unregister",
+            s.request(Body::PushUnregister(pb::PushTokenUnregister {
+                platform: platform(p),
+                token: token.clone(),
+            })),
+        ),
+        PushAction::List => {
+            let r = expect_body!(
+                s.request(Body::PushList(pb::PushListRequest {})),
+                PushListResult
+            )?;
+            let mut items: Vec<Item> = r.tokens.into_iter().map(Item::PushToken).collect();
+            if r.dnd_until_ms > 0 {
+                items.push(Item::PushMute {
+                    conv: String::new(),
+                    until_ms: r.dnd_until_ms,
+                });
+            }
+            items.extend(r.muted.into_iter().map(|m| Item::PushMute {
+                conv: m.conversation_id,
+                until_ms: m.until_ms,
+            }));
+            Ok(items)
+        }
+        PushAction::Mute {
+            conv,
+            until_ms,
+            off,
+        } => {
+            let conversation_id = match conv {
+                Some(c) => resolve(s, c)?.conversation(s.me())?,
+                None => String::new(),
+            };
+            let until_ms = if *off {
+                0
+            } else {
+                until_ms.unwrap_or(u64::MAX)
+            };
+            ok(
+                "push_mute",
+                s.request(Body::PushMute(pb::PushMute {
+                    conversation_id,
+                    until_ms,
+                })),
+            )
+        }
+    }
 }
 
 fn ok(op: &'static str, answer: Result<Body, ClientError>) -> Result<Vec<Item>, ClientError> {

@@ -83,6 +83,26 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
                 format!(", {}", clean(&d.client_version))
             },
         ),
+        Item::PushToken(t) => format!(
+            "  {} token {} of device {} since {}",
+            super::record::push_platform_word(t.platform),
+            clean(&t.token),
+            clean(&t.device_id),
+            time(t.registered_ms),
+        ),
+        Item::PushMute { conv, until_ms } => format!(
+            "  muted {} until {}",
+            if conv.is_empty() {
+                "everything".to_owned()
+            } else {
+                clean(conv)
+            },
+            if *until_ms == u64::MAX {
+                "unmuted".to_owned()
+            } else {
+                time(*until_ms)
+            },
+        ),
         Item::Member { member, .. } => {
             let mut s = format!("  {} ({})", clean(&member.user_id), role_word(member.role));
             if !member.nickname.is_empty() {

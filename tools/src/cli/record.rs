@@ -60,6 +60,16 @@ pub enum Item {
     CallSignal(pb::CallSignalEvent),
     /// One of your connected devices (`devices`).
     Device(pb::DeviceInfo),
+    /// One of your push tokens (`push list`).
+    PushToken(pb::PushToken),
+    /// A mute of yours (`push list`): a conversation's, or do not disturb
+    /// (`conv` empty).
+    PushMute {
+        /// The conversation; empty: all notifications.
+        conv: String,
+        /// Muted until (Unix ms).
+        until_ms: u64,
+    },
     /// A member of a group.
     Member {
         /// The group id.
@@ -377,6 +387,15 @@ impl Item {
                 .n("login", d.login_time_ms)
                 .s("client", &d.client_version)
                 .b("current", d.current),
+            Self::PushToken(t) => Record::new("push_token")
+                .s("platform", push_platform_word(t.platform))
+                .s("token", &t.token)
+                .s("topic", &t.topic)
+                .s("device", &t.device_id)
+                .n("registered", t.registered_ms),
+            Self::PushMute { conv, until_ms } => Record::new("push_mute")
+                .s("conv", if conv.is_empty() { "all" } else { conv })
+                .n("until", *until_ms),
             Self::Member { group, member } => Record::new("member")
                 .s("group", group)
                 .s("user", &member.user_id)
@@ -737,6 +756,15 @@ pub fn call_outcome_word(o: i32) -> &'static str {
 }
 
 /// The lower-case name of a platform.
+/// `apns`, `fcm`, or `unspecified`.
+pub fn push_platform_word(p: i32) -> &'static str {
+    match pb::PushPlatform::try_from(p).unwrap_or_default() {
+        pb::PushPlatform::Unspecified => "unspecified",
+        pb::PushPlatform::Apns => "apns",
+        pb::PushPlatform::Fcm => "fcm",
+    }
+}
+
 pub fn platform_word(p: i32) -> &'static str {
     match pb::Platform::try_from(p).unwrap_or_default() {
         pb::Platform::Unspecified => "unspecified",
