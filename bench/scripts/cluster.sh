@@ -12,6 +12,9 @@
 #   bench/scripts/cluster.sh storm N          login storm of N devices onto NODES
 #   bench/scripts/cluster.sh kill             kill -9 one node under chat load
 #   bench/scripts/cluster.sh routecost G RATE route read per G-member message, cache off vs on
+#   bench/scripts/cluster.sh room M RATE      one room of M joined connections spread over NODES,
+#                                             one poster at RATE (SOURCES: how many loopback
+#                                             source addresses; default: as many as needed)
 #
 # Environment: NODES (3), REDIS=single|cluster (single), SHARDS per node (1),
 # SECS of sending (10), PAIRS for chat/kill (1000), RAMP connects/s (5000),
@@ -192,6 +195,29 @@ scenario_fanout() { # G RATE
   fanout_row "${NODES}nodes" "$RUN/fanout-n.json"
 }
 
+scenario_room() { # M RATE: one room of M joined connections over every node
+  local m=${1:?room M RATE} rate=${2:?room M RATE}
+  start_redis_any
+  for i in $(seq 1 "$NODES"); do start_node "$i"; done
+  wait_live "$NODES"
+  local src=(); [ -n "${SOURCES:-}" ] && src=(--sources "$SOURCES")
+  # The join-only run first (connect, auth, create, join; no post), then
+  # the posting run: the nodes' CPU per delivery is the difference.
+  cpu_mark
+  load "$RUN/room-idle.json" room --target "$(targets)" "${src[@]}" --groups 1 --group-size "$((m + 1))" \
+    --group-senders 1 --rate 0 --duration "$SECS"
+  cpu_report "join only" "$m" member
+  cpu_mark
+  load "$RUN/room.json" room --target "$(targets)" "${src[@]}" --groups 1 --group-size "$((m + 1))" \
+    --group-senders 1 --rate "$rate" --duration "$SECS"
+  cpu_report "join and post" "$(jq .delivered "$RUN/room.json")" delivery
+  echo "records sent between nodes: $(metric_sum tern_cluster_records_sent_total)," \
+    "room deliveries: $(metric_sum tern_room_deliveries_total)"
+  printf '%-10s %8s %10s %12s %9s %9s %9s\n' setup sent delivered deliveries/s dlv_p50 dlv_p99 ack_p99
+  jq -r '["room", .sent, .delivered, .deliveries_per_s, .deliver_p50_us, .deliver_p99_us, .ack_p99_us] | @tsv' "$RUN/room.json" |
+    awk '{ printf "%-10s %8s %10s %12.0f %9s %9s %9s\n", $1, $2, $3, $4, $5, $6, $7 }'
+}
+
 scenario_storm() { # N
   local n=${1:?storm N} i t0 t1 lpid spid
   start_redis_any
@@ -310,7 +336,8 @@ case "$SCENARIO" in
   storm) scenario_storm "$@" ;;
   kill) scenario_kill "$@" ;;
   routecost) scenario_routecost "$@" ;;
-  *) sed -n '2,21p' "$0" >&2; exit 2 ;;
+  room) scenario_room "$@" ;;
+  *) sed -n '2,23p' "$0" >&2; exit 2 ;;
 esac
 echo "nodes: $NODES x $SHARDS shard(s), redis: $REDIS, binaries: $(dirname "$TERN")"
 echo "machine: $(machine)"
