@@ -17,64 +17,10 @@ use support::{Client, Gateway};
 use tern_gateway::config::{Config, Driver, StoreKind};
 use tern_protocol::pb::{self, frame::Body};
 
-const AB: &str = "d:alice:bob";
+#[path = "support/calls.rs"]
+mod calls_support;
 
-fn invite(conv: &str) -> Body {
-    Body::Call(pb::CallAction {
-        kind: pb::CallActionKind::Invite as i32,
-        conversation_id: conv.into(),
-        ..Default::default()
-    })
-}
-
-fn step(kind: pb::CallActionKind, id: &str) -> Body {
-    Body::Call(pb::CallAction {
-        kind: kind as i32,
-        call_id: id.into(),
-        ..Default::default()
-    })
-}
-
-fn signal(id: &str, to: &str, kind: pb::CallSignalKind, payload: &str) -> Body {
-    Body::CallSignal(pb::CallSignal {
-        call_id: id.into(),
-        to_user_id: to.into(),
-        to_device_id: String::new(),
-        kind: kind as i32,
-        payload: payload.into(),
-    })
-}
-
-fn ok(f: &pb::Frame) -> pb::Ok {
-    match &f.body {
-        Some(Body::Ok(o)) => o.clone(),
-        other => panic!("expected ok, got {other:?}"),
-    }
-}
-
-fn code(f: &pb::Frame) -> pb::ErrorCode {
-    match &f.body {
-        Some(Body::Error(e)) => e.code(),
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
-
-/// Waits for the call event of `kind` on `c`.
-fn event(c: &mut Client, kind: pb::CallEventKind) -> pb::CallEvent {
-    let f = c.wait_push(|f| matches!(&f.body, Some(Body::CallEvent(e)) if e.kind() == kind));
-    match f.body {
-        Some(Body::CallEvent(e)) => e,
-        _ => unreachable!("the predicate matched a call event"),
-    }
-}
-
-fn signal_event(c: &mut Client) -> pb::CallSignalEvent {
-    let f = c.wait_push(|f| matches!(f.body, Some(Body::CallSignalEvent(_))));
-    match f.body {
-        Some(Body::CallSignalEvent(e)) => e,
-        _ => unreachable!("the predicate matched a signal"),
-    }
-}
+use calls_support::*;
 
 /// The call record pushed to `c` (as a `Deliver`).
 fn pushed_record(c: &mut Client) -> pb::CallRecord {
