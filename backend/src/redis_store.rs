@@ -993,6 +993,17 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// `SET key value`, or `DEL key` for `None`.
+    fn set_or_del(&self, key: &str, value: Option<Vec<u8>>) -> StoreResult<()> {
+        let mut c = redis::cmd(if value.is_some() { "SET" } else { "DEL" });
+        c.arg(key);
+        if let Some(v) = value {
+            c.arg(v);
+        }
+        self.one(c)?;
+        Ok(())
+    }
+
     fn one(&self, c: Cmd) -> Result<Value> {
         let mut p = Pipe::default();
         p.add(c);
@@ -1466,20 +1477,10 @@ impl Store for RedisStore {
         setting: Option<&PresenceSetting>,
     ) -> StoreResult<()> {
         let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
-        let c = match setting {
-            Some(s) => {
-                let mut c = redis::cmd("SET");
-                c.arg(&k.presence_setting).arg(s.encode_to_vec());
-                c
-            }
-            None => {
-                let mut c = redis::cmd("DEL");
-                c.arg(&k.presence_setting);
-                c
-            }
-        };
-        self.one(c)?;
-        Ok(())
+        self.set_or_del(
+            &k.presence_setting,
+            setting.map(prost::Message::encode_to_vec),
+        )
     }
 
     fn presence_settings(&self, users: &[&str]) -> StoreResult<Vec<Option<PresenceSetting>>> {
@@ -1519,38 +1520,15 @@ impl Store for RedisStore {
 
     fn put_push_settings(&self, user: &str, settings: Option<&PushSettings>) -> StoreResult<()> {
         let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
-        let c = match settings {
-            Some(s) => {
-                let mut c = redis::cmd("SET");
-                c.arg(&k.push_settings).arg(s.encode_to_vec());
-                c
-            }
-            None => {
-                let mut c = redis::cmd("DEL");
-                c.arg(&k.push_settings);
-                c
-            }
-        };
-        self.one(c)?;
-        Ok(())
+        self.set_or_del(
+            &k.push_settings,
+            settings.map(prost::Message::encode_to_vec),
+        )
     }
 
     fn put_ban(&self, user: &str, ban: Option<&BanRecord>) -> StoreResult<()> {
         let k = UserKeys::new(user).map_err(RedisStoreError::from)?;
-        let c = match ban {
-            Some(b) => {
-                let mut c = redis::cmd("SET");
-                c.arg(&k.ban).arg(b.encode_to_vec());
-                c
-            }
-            None => {
-                let mut c = redis::cmd("DEL");
-                c.arg(&k.ban);
-                c
-            }
-        };
-        self.one(c)?;
-        Ok(())
+        self.set_or_del(&k.ban, ban.map(prost::Message::encode_to_vec))
     }
 
     fn ban(&self, user: &str) -> StoreResult<Option<BanRecord>> {
