@@ -68,7 +68,10 @@ pub enum DomainError {
     /// Only the owner and admins post in this broadcast channel.
     #[error("only the owner and admins post in this broadcast channel")]
     BroadcastOnly,
-    /// The store failed, or a group kept changing under us.
+    /// The request names an id (the field says which) of another tenant
+    /// than the caller's (docs/tenants.md).
+    #[error("{0} is in another tenant")]
+    TenantMismatch(&'static str),
     /// Push is not configured on this server.
     #[error("push notifications are not enabled on this server")]
     PushDisabled,
@@ -81,6 +84,7 @@ pub enum DomainError {
     /// The user mutes `push_muted_conversations_max` conversations already.
     #[error("too many muted conversations: unmute one first")]
     PushMutesFull,
+    /// The store failed, or a group kept changing under us.
     #[error("internal: {0}")]
     Internal(String),
     /// The store cannot take writes now (its disk is below the free-space
@@ -118,6 +122,7 @@ impl DomainError {
             Self::PushTokenNotYours => pb::ErrorCode::PushTokenNotYours,
             Self::PushMutesFull => pb::ErrorCode::PushMutesFull,
             Self::BroadcastOnly => pb::ErrorCode::BroadcastOnly,
+            Self::TenantMismatch(_) => pb::ErrorCode::TenantMismatch,
             Self::Internal(_) => pb::ErrorCode::Internal,
             Self::Overloaded(_) => pb::ErrorCode::Overloaded,
         }
@@ -137,6 +142,7 @@ impl DomainError {
                 | Self::GroupDissolved
                 | Self::MessageRecalled
                 | Self::BroadcastOnly
+                | Self::TenantMismatch(_)
         )
     }
 

@@ -4,7 +4,10 @@
 //! The algorithm is pinned by configuration (a token naming another one is
 //! refused, so an HS256 secret can never be confused with a public key);
 //! `exp` is required, `nbf` is checked when present and `aud`/`iss` when
-//! configured; `sub` is the user id and must be a valid Tern id.
+//! configured; `sub` is the user id and must be a valid Tern id. A token
+//! with a `tid` claim names the user's tenant: the user id is then
+//! `<tid>~<sub>` (docs/tenants.md); `sub` itself never holds a `~`, so the
+//! tenant comes only from the claim made for it.
 //!
 //! With a JWKS (`auth.jwks_file` / `auth.jwks_url`), a token whose header
 //! names a `kid` is verified with that key of the JWKS, its algorithm
@@ -43,6 +46,29 @@ pub struct Claims {
     /// tokens are refused by it; docs/protocol.md, "Devices").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// The user's tenant (docs/tenants.md); absent for the default tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
+}
+
+impl Claims {
+    /// Claims for the Tern user id `user` (`<tenant>~<local>` becomes
+    /// `tid` and `sub`), expiring at `exp`, issued now.
+    pub fn for_user(user: &str, exp: u64) -> Self {
+        let (tid, sub) = match user.split_once(ids::TENANT_SEPARATOR) {
+            Some((t, local)) => (Some(t.to_owned()), local.to_owned()),
+            None => (None, user.to_owned()),
+        };
+        Self {
+            sub,
+            exp,
+            nbf: None,
+            aud: None,
+            iss: None,
+            iat: Some(jsonwebtoken::get_current_timestamp()),
+            tid,
+        }
+    }
 }
 
 /// What verification reads of the claims (`aud` may be a string or a list;
@@ -52,12 +78,14 @@ struct Subject {
     sub: String,
     #[serde(default)]
     iat: Option<u64>,
+    #[serde(default)]
+    tid: Option<String>,
 }
 
 /// What a verified login token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// The user id (`sub`).
+    /// The user id: `sub`, or `<tid>~<sub>` with a tenant.
     pub user: String,
     /// `iat`, seconds since the epoch, if the token has one.
     pub issued_at: Option<u64>,
@@ -75,6 +103,9 @@ pub enum AuthError {
     /// The `sub` claim is not a valid user id.
     #[error("token subject is not a valid user id: {0}")]
     BadSubject(ids::IdError),
+    /// The `tid` claim is not a tenant id, or `sub` names a tenant itself.
+    #[error("token tenant: {0}")]
+    BadTenant(ids::IdError),
 }
 
 impl AuthError {
@@ -82,7 +113,7 @@ impl AuthError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Expired => ErrorCode::TokenExpired,
-            Self::Invalid(_) | Self::BadSubject(_) => ErrorCode::AuthFailed,
+            Self::Invalid(_) | Self::BadSubject(_) | Self::BadTenant(_) => ErrorCode::AuthFailed,
         }
     }
 }
@@ -237,8 +268,20 @@ impl Verifier {
             },
         };
         ids::check_id(&sub.sub).map_err(AuthError::BadSubject)?;
+        if sub.sub.contains(ids::TENANT_SEPARATOR) {
+            return Err(AuthError::BadTenant(ids::IdError::BadTenant));
+        }
+        let user = match sub.tid.as_deref() {
+            None | Some("") => sub.sub,
+            Some(tid) => {
+                ids::check_tenant(tid).map_err(AuthError::BadTenant)?;
+                let user = ids::qualify(tid, &sub.sub);
+                ids::check_id(&user).map_err(AuthError::BadSubject)?;
+                user
+            }
+        };
         Ok(Verified {
-            user: sub.sub,
+            user,
             issued_at: sub.iat,
         })
     }
@@ -305,15 +348,13 @@ impl Signer {
         })
     }
 
-    /// A token for `user`, valid for `ttl_secs`.
+    /// A token for `user` (a tenant's user gets `tid`), valid for
+    /// `ttl_secs`.
     pub fn mint(&self, user: &str, ttl_secs: u64) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
-            sub: user.into(),
-            exp: jsonwebtoken::get_current_timestamp() + ttl_secs,
-            nbf: None,
             aud: self.audience.clone(),
             iss: self.issuer.clone(),
-            iat: Some(jsonwebtoken::get_current_timestamp()),
+            ..Claims::for_user(user, jsonwebtoken::get_current_timestamp() + ttl_secs)
         };
         jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key)
     }
@@ -335,14 +376,9 @@ pub fn mint_hs256(
     ttl_secs: u64,
     audience: Option<&str>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = jsonwebtoken::get_current_timestamp();
     let claims = Claims {
-        sub: user.into(),
-        exp: now + ttl_secs,
-        nbf: None,
         aud: audience.map(Into::into),
-        iss: None,
-        iat: Some(now),
+        ..Claims::for_user(user, jsonwebtoken::get_current_timestamp() + ttl_secs)
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -360,6 +396,38 @@ mod tests {
             jwt_secret: secret.into(),
             ..AuthConfig::default()
         }
+    }
+
+    /// A token naming a tenant (`tid`) logs in `<tid>~<sub>`; a `tid` that
+    /// is not a tenant id, or a `sub` that names a tenant itself, is
+    /// refused (docs/tenants.md).
+    #[test]
+    fn the_tenant_comes_from_the_tid_claim_only() {
+        let v = Verifier::new(&hs("s3cret")).unwrap();
+        let t = mint_hs256("s3cret", "acme~alice", 60, None).unwrap();
+        assert_eq!(v.verify(&t).unwrap(), "acme~alice");
+        let sign = |claims: &Claims| {
+            let key = EncodingKey::from_secret(b"s3cret");
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap()
+        };
+        let exp = jsonwebtoken::get_current_timestamp() + 60;
+        let mut c = Claims::for_user("alice", exp);
+        assert_eq!(c.tid, None);
+        c.tid = Some(String::new());
+        assert_eq!(
+            v.verify(&sign(&c)).unwrap(),
+            "alice",
+            "empty tid: default tenant"
+        );
+        for bad_tid in ["Acme", "a_b", "a~b", &"t".repeat(33)] {
+            c.tid = Some(bad_tid.into());
+            let e = v.verify(&sign(&c)).unwrap_err();
+            assert!(matches!(e, AuthError::BadTenant(_)), "{bad_tid}: {e}");
+            assert_eq!(e.code(), ErrorCode::AuthFailed);
+        }
+        let mut c = Claims::for_user("alice", exp);
+        c.sub = "acme~alice".into();
+        assert!(matches!(v.verify(&sign(&c)), Err(AuthError::BadTenant(_))));
     }
 
     /// A minted token verifies to its user; wrong secret, expiry, a bad
@@ -381,6 +449,7 @@ mod tests {
             aud: None,
             iss: None,
             iat: None,
+            tid: None,
         };
         let key = EncodingKey::from_secret(b"s3cret");
         let old = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
@@ -398,6 +467,7 @@ mod tests {
                 aud: None,
                 iss: None,
                 iat: None,
+                tid: None,
             },
             &key,
         )
@@ -443,6 +513,7 @@ mod tests {
             aud: None,
             iss: None,
             iat: None,
+            tid: None,
         };
         for (alg, name, private, public) in [
             (

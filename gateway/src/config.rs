@@ -704,7 +704,8 @@ impl Config {
         }
         if !self.node_id.is_empty()
             && (self.node_id.len() > NODE_ID_BYTES_MAX
-                || tern_protocol::ids::check_id(&self.node_id).is_err())
+                || tern_protocol::ids::check_id(&self.node_id).is_err()
+                || self.node_id.contains(tern_protocol::ids::TENANT_SEPARATOR))
         {
             return invalid("node_id", "must be 1..=64 bytes of [A-Za-z0-9._@-]");
         }
@@ -1477,6 +1478,7 @@ mod tests {
             name: "crm".into(),
             key: "api-k3y-0123456789".into(),
             scopes: vec!["messages".into()],
+            tenant: String::new(),
         });
         cfg.webhooks.secret = "hook-s3cret".into();
         cfg.backend.redis_urls = vec!["redis://tern:redis-pa55@10.0.0.1:6379/0".into()];
@@ -1705,6 +1707,12 @@ pub struct ApiKeyConfig {
     /// What it may call: `messages`, `users`, `groups`, `read`, `media`,
     /// `admin` (everything).
     pub scopes: Vec<String>,
+    /// The tenant this key is confined to (docs/tenants.md): every id it
+    /// names, and every user it acts as, must be of this tenant, and calls
+    /// about the whole server (online count, broadcasts) are refused.
+    /// Empty (the default): a system key, for every tenant.
+    #[serde(default)]
+    pub tenant: String,
 }
 
 impl std::fmt::Debug for ApiKeyConfig {
@@ -1713,6 +1721,7 @@ impl std::fmt::Debug for ApiKeyConfig {
             .field("name", &self.name)
             .field("key", &"<redacted>")
             .field("scopes", &self.scopes)
+            .field("tenant", &self.tenant)
             .finish()
     }
 }
@@ -1739,6 +1748,17 @@ impl ApiSettings {
                 return invalid(
                     "api.keys",
                     format!("key {:?} is shorter than {API_KEY_BYTES_MIN} bytes", k.name),
+                );
+            }
+            if !k.tenant.is_empty() && tern_protocol::ids::check_tenant(&k.tenant).is_err() {
+                return invalid(
+                    "api.keys",
+                    format!(
+                        "key {:?}: tenant {:?} is not 1 to {} of [a-z0-9-]",
+                        k.name,
+                        k.tenant,
+                        tern_protocol::ids::TENANT_BYTES_MAX
+                    ),
                 );
             }
             if let Some(bad) = k.scopes.iter().find(|s| !API_SCOPES.contains(&s.as_str())) {

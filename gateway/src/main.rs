@@ -185,6 +185,7 @@ impl Overrides {
                 name: "env".into(),
                 key: v.clone(),
                 scopes: vec!["admin".into()],
+                tenant: String::new(),
             });
         }
         if let Some(v) = self.shards {

@@ -57,6 +57,7 @@ fn claims(user: &str) -> Claims {
         aud: None,
         iss: None,
         iat: None,
+        tid: None,
     }
 }
 

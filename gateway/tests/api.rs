@@ -20,11 +20,13 @@ fn gateway() -> Gateway {
                 name: "crm".into(),
                 key: ADMIN_KEY.into(),
                 scopes: vec!["admin".into()],
+                tenant: String::new(),
             },
             ApiKeyConfig {
                 name: "dashboard".into(),
                 key: READ_KEY.into(),
                 scopes: vec!["read".into()],
+                tenant: String::new(),
             },
         ];
     })

@@ -29,11 +29,13 @@ fn gateway() -> Gateway {
                 name: "ops".into(),
                 key: KEY.into(),
                 scopes: vec!["admin".into()],
+                tenant: String::new(),
             },
             ApiKeyConfig {
                 name: "support".into(),
                 key: USERS_ONLY.into(),
                 scopes: vec!["users".into()],
+                tenant: String::new(),
             },
         ];
     })
@@ -265,6 +267,7 @@ fn a_broadcast_counts_each_user_once_and_skips_quiet_only_users() {
             name: "ops".into(),
             key: KEY.into(),
             scopes: vec!["admin".into()],
+            tenant: String::new(),
         }];
     });
     let (mut bob_phone, _) = Client::login(gw.tcp, "bob", "phone");

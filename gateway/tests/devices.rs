@@ -32,6 +32,7 @@ fn token_issued_at(user: &str, iat: u64) -> String {
         aud: None,
         iss: None,
         iat: Some(iat),
+        tid: None,
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -279,11 +280,13 @@ fn the_server_api_lists_and_logs_out_devices() {
                 name: "ops".into(),
                 key: KEY.into(),
                 scopes: vec!["users".into()],
+                tenant: String::new(),
             },
             ApiKeyConfig {
                 name: "crm".into(),
                 key: "devices-msgs-0123456789".into(),
                 scopes: vec!["messages".into()],
+                tenant: String::new(),
             },
         ];
     });

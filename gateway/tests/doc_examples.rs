@@ -247,6 +247,7 @@ fn the_server_api_examples_answer_as_documented() {
             name: "ops".into(),
             key: KEY.into(),
             scopes: vec!["admin".into()],
+            tenant: String::new(),
         }];
     });
     let (_phone, _) = Client::login(gw.tcp, "bob", "phone");

@@ -107,6 +107,7 @@ fn the_api_edits_as_the_sender_and_retries_are_idempotent() {
             name: "crm".into(),
             key: KEY.into(),
             scopes: vec!["messages".into()],
+            tenant: String::new(),
         }];
     });
     let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");

@@ -124,6 +124,7 @@ fn with_media_key(c: &mut Config) {
         name: "cms".into(),
         key: MEDIA_KEY.into(),
         scopes: vec!["media".into()],
+        tenant: String::new(),
     }];
 }
 

@@ -59,6 +59,7 @@ fn listed_words_are_rejected_or_masked_as_configured() {
             name: "crm".into(),
             key: ADMIN_KEY.into(),
             scopes: vec!["admin".into()],
+            tenant: String::new(),
         }];
     });
     gw.wait_metric("tern_content_filter_words 3");

@@ -33,11 +33,13 @@ fn gateway_with(tweak: impl FnOnce(&mut tern_gateway::config::Config)) -> Gatewa
                 name: "cms".into(),
                 key: MEDIA_KEY.into(),
                 scopes: vec!["media".into()],
+                tenant: String::new(),
             },
             ApiKeyConfig {
                 name: "dashboard".into(),
                 key: READ_KEY.into(),
                 scopes: vec!["read".into()],
+                tenant: String::new(),
             },
         ];
         tweak(c);

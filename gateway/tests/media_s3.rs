@@ -43,6 +43,7 @@ fn gateway_at(endpoint: String, bucket: &str) -> Gateway {
             name: "cms".into(),
             key: MEDIA_KEY.into(),
             scopes: vec!["media".into()],
+            tenant: String::new(),
         }];
         let m = &mut c.media;
         m.store = MediaStoreKind::S3;

@@ -35,6 +35,7 @@ fn with_key(cfg: &mut tern_gateway::config::Config) {
         name: "admin".into(),
         key: KEY.into(),
         scopes: vec!["admin".into()],
+        tenant: String::new(),
     });
 }
 

@@ -867,6 +867,7 @@ fn before_send_skips_the_server_api_and_other_requests() {
             name: "crm".into(),
             key: "admin-key-0123456789".into(),
             scopes: vec!["admin".into()],
+            tenant: String::new(),
         }];
     });
     let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");

@@ -5,11 +5,24 @@
 //! `-`, `@`. The alphabet is deliberately narrow: an id is used inside storage
 //! keys (embedded and Redis), and with no `:`, `{`, `}` or whitespace it can
 //! neither break out of its key nor steer a Redis Cluster hash slot.
+//!
+//! An id may name its tenant (docs/tenants.md): `<tenant>~<local>`, the
+//! tenant 1 to [`TENANT_BYTES_MAX`] bytes of `[a-z0-9-]`, at most one `~`.
+//! An id without `~` belongs to the default tenant (`""`), so a deployment
+//! with one tenant never writes one. Ids carry their tenant the way XMPP
+//! and Matrix ids carry their domain: the same local name in two tenants is
+//! two ids, and which tenant an id is in is read from the id alone.
 
 use std::fmt;
 
 /// Longest id, in bytes.
 pub const ID_BYTES_MAX: usize = 64;
+
+/// Longest tenant id, in bytes.
+pub const TENANT_BYTES_MAX: usize = 32;
+
+/// Between an id's tenant and its local part.
+pub const TENANT_SEPARATOR: char = '~';
 
 /// Why an id was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +36,13 @@ pub enum IdError {
     /// The id holds a byte outside `[A-Za-z0-9._@-]`.
     #[error("id holds a character outside [A-Za-z0-9._@-]")]
     BadChar,
+    /// The part before `~` is not a tenant id (1 to [`TENANT_BYTES_MAX`]
+    /// bytes of `[a-z0-9-]`), the part after it is empty, or there is a
+    /// second `~`.
+    #[error(
+        "id's tenant (before ~) is not 1 to {TENANT_BYTES_MAX} of [a-z0-9-], or its local part is empty"
+    )]
+    BadTenant,
     /// A conversation id is neither `d:<a>:<b>` (a < b) nor `g:<group>`.
     #[error("conversation id is neither d:<a>:<b> nor g:<group>")]
     BadConversation,
@@ -36,10 +56,50 @@ pub fn check_id(id: &str) -> Result<(), IdError> {
     if id.len() > ID_BYTES_MAX {
         return Err(IdError::TooLong);
     }
-    if !id.bytes().all(is_id_byte) {
+    let local = match id.split_once(TENANT_SEPARATOR) {
+        Some((tenant, local)) => {
+            check_tenant(tenant)?;
+            if local.is_empty() || local.contains(TENANT_SEPARATOR) {
+                return Err(IdError::BadTenant);
+            }
+            local
+        }
+        None => id,
+    };
+    if !local.bytes().all(is_id_byte) {
         return Err(IdError::BadChar);
     }
     Ok(())
+}
+
+/// Checks that `tenant` is a valid tenant id (not the default tenant `""`).
+pub fn check_tenant(tenant: &str) -> Result<(), IdError> {
+    let valid = !tenant.is_empty()
+        && tenant.len() <= TENANT_BYTES_MAX
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(IdError::BadTenant)
+    }
+}
+
+/// The tenant an id belongs to: the part before `~`, or `""` (the default
+/// tenant) for an id without one. Reads the shape only; `id` is assumed
+/// checked.
+pub fn tenant_of(id: &str) -> &str {
+    id.split_once(TENANT_SEPARATOR).map_or("", |(t, _)| t)
+}
+
+/// The id of `local` in `tenant` (`local` itself in the default tenant).
+pub fn qualify(tenant: &str, local: &str) -> String {
+    if tenant.is_empty() {
+        local.to_owned()
+    } else {
+        format!("{tenant}{TENANT_SEPARATOR}{local}")
+    }
 }
 
 fn is_id_byte(b: u8) -> bool {
@@ -120,6 +180,15 @@ impl ConversationId {
         }
     }
 
+    /// The tenants of the users or the group the conversation is of (a 1:1
+    /// conversation names two, the same one unless it crosses tenants).
+    pub fn tenants(&self) -> [&str; 2] {
+        match self {
+            Self::Direct { a, b } => [tenant_of(a), tenant_of(b)],
+            Self::Group(g) => [tenant_of(g), tenant_of(g)],
+        }
+    }
+
     /// The group id, for a group conversation.
     pub fn group_id(&self) -> Option<&str> {
         match self {
@@ -154,6 +223,37 @@ mod tests {
         for bad in ["a:b", "{a}", "a b", "é", "a\0", "a\n"] {
             assert_eq!(check_id(bad), Err(IdError::BadChar), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ids_may_name_their_tenant_once() {
+        assert_eq!(check_id("acme~alice"), Ok(()));
+        assert_eq!(check_id("a-1~b.c@d"), Ok(()));
+        assert_eq!(tenant_of("acme~alice"), "acme");
+        assert_eq!(tenant_of("alice"), "");
+        assert_eq!(qualify("acme", "alice"), "acme~alice");
+        assert_eq!(qualify("", "alice"), "alice");
+        for bad in ["~alice", "acme~", "Acme~alice", "a_b~c", "a~b~c", "a.b~c"] {
+            assert_eq!(check_id(bad), Err(IdError::BadTenant), "{bad:?}");
+        }
+        assert_eq!(
+            check_id(&format!("{}~x", "t".repeat(TENANT_BYTES_MAX))),
+            Ok(())
+        );
+        assert_eq!(
+            check_id(&format!("{}~x", "t".repeat(TENANT_BYTES_MAX + 1))),
+            Err(IdError::BadTenant)
+        );
+        assert_eq!(check_id("acme~a:b"), Err(IdError::BadChar));
+        assert_eq!(check_tenant(""), Err(IdError::BadTenant));
+        let c = ConversationId::direct("acme~bob", "acme~alice").unwrap();
+        assert_eq!(c.to_string(), "d:acme~alice:acme~bob");
+        assert_eq!(
+            ConversationId::parse("d:acme~alice:acme~bob"),
+            Ok(c.clone())
+        );
+        assert_eq!(c.tenants(), ["acme", "acme"]);
+        assert_eq!(ConversationId::group("x~g").tenants(), ["x", "x"]);
     }
 
     #[test]

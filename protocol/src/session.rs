@@ -653,6 +653,7 @@ impl Session {
             node_id: ok.node_id.to_owned(),
             server_time_ms: ok.unix_ms,
             protocol_version: PROTOCOL_VERSION,
+            tenant_id: crate::ids::tenant_of(ok.user_id).to_owned(),
         };
         self.queue_reply(cfg, now_ms, &frame(request_id, Body::Welcome(welcome)));
         Ok(())

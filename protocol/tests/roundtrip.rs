@@ -379,6 +379,7 @@ fn server_body() -> impl Strategy<Value = Body> {
                         node_id: "n1".into(),
                         server_time_ms,
                         protocol_version: 1,
+                        tenant_id: String::new(),
                     })
                 }
             ),

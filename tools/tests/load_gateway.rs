@@ -41,6 +41,7 @@ impl Gateway {
             name: "test".into(),
             key: API_KEY.into(),
             scopes: vec!["messages".into()],
+            tenant: String::new(),
         });
         let service = Arc::new(BackendService::open(&cfg.backend).unwrap());
         let server = Server::start(&cfg, service).unwrap();

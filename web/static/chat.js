@@ -24,8 +24,9 @@ const PROFILES_MAX = 500;
 const SAVED_CURSORS_MAX = 1000;
 const SAVED_OUTBOX_MAX = 100;
 const MUTE_MEMBER_MS = 60 * 60 * 1000;
-const ID_RE = /^[A-Za-z0-9._@-]{1,64}$/;
-const MEDIA_ID_RE = /^[a-z2-7]{26}$/;
+// An id, optionally in a tenant (`acme~alice`, docs/tenants.md).
+const ID_RE = /^(?:[a-z0-9-]{1,32}~)?[A-Za-z0-9._@-]{1,64}$/;
+const MEDIA_ID_RE = /^(?:[a-z0-9-]{1,32}~)?[a-z2-7]{26}$/;
 const OWNER = "GROUP_ROLE_OWNER";
 const ADMIN = "GROUP_ROLE_ADMIN";
 const MEMBER = "GROUP_ROLE_MEMBER";
@@ -726,7 +727,7 @@ function sendContent(c, content, extra = {}) {
 function sendText(c, text) {
   const extra = {};
   if (c.group) {
-    const names = [...text.matchAll(/@([A-Za-z0-9._@-]{1,64})/g)].map((m) => m[1]);
+    const names = [...text.matchAll(/@((?:[a-z0-9-]{1,32}~)?[A-Za-z0-9._@-]{1,64})/g)].map((m) => m[1]);
     extra.mentionAll = names.includes("all");
     extra.mentions = [...new Set(names.filter((n) => n !== "all"))].slice(0, 50);
   }
@@ -978,7 +979,7 @@ function fmtTime(ms) {
 function textWithMentions(text) {
   const span = document.createElement("span");
   span.className = "text";
-  const parts = text.split(/(@[A-Za-z0-9._@-]{1,64})/g);
+  const parts = text.split(/(@(?:[a-z0-9-]{1,32}~)?[A-Za-z0-9._@-]{1,64})/g);
   for (const part of parts) {
     if (part.startsWith("@")) {
       const m = document.createElement("mark");

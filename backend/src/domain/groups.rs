@@ -7,6 +7,7 @@
 //! Every visible change is an entry in the group's log, delivered to the
 //! members (and to whoever it removed), so members' devices sync it.
 
+use tern_protocol::ids::{qualify, tenant_of};
 use tern_protocol::pb;
 use tern_protocol::pb::frame::Body;
 use tern_protocol::pb::group_event::Kind as Ev;
@@ -185,7 +186,9 @@ impl Domain {
             let gid = if chosen {
                 req.group_id.clone()
             } else {
-                self.new_group_id(now_ms)
+                // A generated id is in the creator's tenant, like a chosen
+                // one must be (tenant.rs).
+                qualify(tenant_of(&me.user_id), &self.new_group_id(now_ms))
             };
             let meta = GroupMeta {
                 group_id: gid.clone(),

@@ -14,7 +14,8 @@
 //! Submodules: `messages` (send, sync, history, recall, read, read-by,
 //! conversation list), `groups`, `social` (friends, profiles, blocks),
 //! `ephemeral` (typing and presence), `edit`, `react` (reactions and
-//! pins), `threads`, `todos` and `rooms` (issue 19).
+//! pins), `threads`, `todos` and `rooms` (issue 19); `tenant` (no request
+//! names another tenant's ids, issue 20).
 
 mod admin;
 mod calls;
@@ -27,6 +28,7 @@ mod react;
 mod rooms;
 pub mod search;
 mod social;
+mod tenant;
 mod threads;
 mod todos;
 
@@ -311,7 +313,9 @@ impl Domain {
             if !(login_check || gateway_presence) {
                 self.flush_login_checks(&mut logins, &mut outcomes);
             }
-            if let Err(e) = self.check_not_banned(&caller, &body) {
+            let allowed =
+                tenant::check(&caller, &body).and_then(|()| self.check_not_banned(&caller, &body));
+            if let Err(e) = allowed {
                 outcomes[i] = Some(Outcome::error(&e));
                 continue;
             }

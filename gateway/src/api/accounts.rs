@@ -247,7 +247,15 @@ fn enabled(ext: Option<Extension<Arc<Accounts>>>) -> Result<Arc<Accounts>, ApiEr
 }
 
 fn check_user(id: &str) -> Result<(), ApiError> {
-    super::ops::check_user("user_id", id)
+    super::ops::check_user("user_id", id)?;
+    // Local accounts are the default tenant's (docs/tenants.md): a tenant's
+    // users come with their tenant's tokens.
+    if id.contains(tern_protocol::ids::TENANT_SEPARATOR) {
+        return Err(ApiError::invalid(
+            "user_id: local accounts belong to the default tenant (no `~`)",
+        ));
+    }
+    Ok(())
 }
 
 /// Registers a local account.

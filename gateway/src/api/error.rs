@@ -70,6 +70,16 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
     }
 
+    /// 403 `TENANT_MISMATCH`: `what` is an id of another tenant than the
+    /// API key's (docs/tenants.md).
+    pub fn tenant_mismatch(what: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "TENANT_MISMATCH",
+            format!("{what} is in another tenant than this API key's"),
+        )
+    }
+
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
@@ -123,6 +133,7 @@ impl ApiError {
             C::PushTokensFull => (StatusCode::CONFLICT, "PUSH_TOKENS_FULL"),
             C::PushTokenNotYours => (StatusCode::CONFLICT, "PUSH_TOKEN_NOT_YOURS"),
             C::PushMutesFull => (StatusCode::CONFLICT, "PUSH_MUTES_FULL"),
+            C::TenantMismatch => (StatusCode::FORBIDDEN, "TENANT_MISMATCH"),
             // Every code is named here on purpose (no `_`): a new code must
             // be given its status, or it would reach API callers as a 500.
             // The rest are connection-level codes a backend answer never

@@ -9,7 +9,10 @@ use axum::{
     extract::{Path, State},
 };
 use serde::{Deserialize, Serialize};
-use tern_protocol::pb::{self, frame::Body};
+use tern_protocol::{
+    ids::tenant_of,
+    pb::{self, frame::Body},
+};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -139,6 +142,11 @@ async fn create_group(
     auth.require(Scope::Groups)?;
     let Json(g) = body?;
     check_user("owner", &g.owner)?;
+    auth.confine("owner", &g.owner)?;
+    if let Some(id) = &g.group_id {
+        auth.confine("group_id", id)?;
+    }
+    auth.confine_all("members", &g.members)?;
     let policy = match g.join_policy {
         JoinPolicy::Open => pb::JoinPolicy::Open,
         JoinPolicy::Approval => pb::JoinPolicy::Approval,
@@ -219,6 +227,7 @@ async fn add_members(
 ) -> Result<Json<Changed>, ApiError> {
     auth.require(Scope::Groups)?;
     let Json(a) = body?;
+    auth.confine_all("user_ids", &a.user_ids)?;
     let body = Body::GroupInvite(pb::GroupInvite {
         group_id: group_id.clone(),
         user_ids: a.user_ids,
@@ -386,11 +395,11 @@ async fn get_group(
     if !after.is_empty() {
         check_user("after", &after)?;
     }
-    let operator = state.ops.operator();
+    let operator = state.ops.operator_in(tenant_of(&group_id));
     let info = match state
         .backend
         .call_admin(
-            operator,
+            &operator,
             Body::GroupInfo(pb::GroupInfoRequest {
                 group_id: group_id.clone(),
             }),
@@ -460,10 +469,11 @@ async fn get_group(
     }))
 }
 
-/// Runs a group change as the operator.
+/// Runs a group change as the operator (of the group's tenant).
 async fn change(state: &ApiState, group_id: String, body: Body) -> Result<Json<Changed>, ApiError> {
     check_user("group_id", &group_id)?;
-    match state.backend.call_admin(state.ops.operator(), body).await? {
+    let operator = state.ops.operator_in(tenant_of(&group_id));
+    match state.backend.call_admin(&operator, body).await? {
         Some(Body::Ok(ok)) => Ok(Json(Changed {
             group_id,
             seq: ok.seq,

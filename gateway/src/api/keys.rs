@@ -2,12 +2,18 @@
 //! presented key is hashed and compared with every configured digest in
 //! constant time, so neither the comparison nor the search order tells an
 //! attacker how much of a key was right.
+//!
+//! A key may be confined to one tenant (`[[api.keys]] tenant`,
+//! docs/tenants.md): every handler names the ids it was given to
+//! [`Authorized::confine`] before it acts, and the acting user it derives
+//! is in that tenant, so the domain's own tenant check holds as well.
 
 use axum::{
-    extract::FromRequestParts,
+    extract::{FromRequestParts, RawPathParams},
     http::{StatusCode, header, request::Parts},
 };
 use sha2::{Digest, Sha256};
+use tern_protocol::ids::{self, ConversationId};
 
 use super::{ApiError, ApiState};
 use crate::config::ApiKeyConfig;
@@ -61,6 +67,8 @@ struct Key {
     name: String,
     digest: [u8; 32],
     scopes: u8,
+    /// `None`: a system key (every tenant).
+    tenant: Option<String>,
 }
 
 /// The configured keys.
@@ -79,6 +87,7 @@ impl ApiKeys {
                     name: k.name.clone(),
                     digest: Sha256::digest(k.key.as_bytes()).into(),
                     scopes: k.scopes.iter().fold(0, |a, s| a | Scope::of_name(s)),
+                    tenant: (!k.tenant.is_empty()).then(|| k.tenant.clone()),
                 })
                 .collect(),
         }
@@ -110,6 +119,8 @@ pub struct Authorized {
     /// The key's name (for logs; never the key).
     pub key_name: String,
     scopes: u8,
+    /// The tenant the key is confined to; `None` for a system key.
+    pub tenant: Option<String>,
 }
 
 impl Authorized {
@@ -127,6 +138,77 @@ impl Authorized {
                 scope.name()
             ),
         ))
+    }
+}
+
+impl Authorized {
+    /// 403 `TENANT_MISMATCH` unless the key may name `id` (`what` says
+    /// which field): a system key names any, a tenant's key only ids of
+    /// its tenant (docs/tenants.md).
+    pub fn confine(&self, what: &str, id: &str) -> Result<(), ApiError> {
+        self.confine_tenant(what, ids::tenant_of(id))
+    }
+
+    /// [`Authorized::confine`] for something of `tenant` (`""`: the
+    /// default tenant).
+    pub fn confine_tenant(&self, what: &str, tenant: &str) -> Result<(), ApiError> {
+        match &self.tenant {
+            Some(t) if tenant != t => Err(ApiError::tenant_mismatch(what)),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Authorized::confine`] for each of `ids`.
+    pub fn confine_all<'a>(
+        &self,
+        what: &str,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), ApiError> {
+        ids.into_iter().try_for_each(|id| self.confine(what, id))
+    }
+
+    /// 403 `TENANT_MISMATCH` for a tenant's key: `what` is about the whole
+    /// server (every tenant's users), which only a system key may ask.
+    pub fn require_system(&self, what: &str) -> Result<(), ApiError> {
+        match &self.tenant {
+            Some(t) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "TENANT_MISMATCH",
+                format!(
+                    "{what} covers every tenant: a system key only (this key is tenant {t:?}'s)"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Authorized {
+    /// Confines the ids the route's path names, by the path parameter's
+    /// name, so every route (and any added later) that names a user,
+    /// group, room, conversation or media object in its path is checked
+    /// here, before the handler runs. Ids in bodies and queries are the
+    /// handlers' to confine.
+    async fn confine_path(&self, parts: &mut Parts, state: &ApiState) -> Result<(), ApiError> {
+        let Ok(params) = RawPathParams::from_request_parts(parts, state).await else {
+            return Ok(()); // no path parameters
+        };
+        for (name, value) in &params {
+            if name == "conversation_id" {
+                if let Ok(c) = ConversationId::parse(value) {
+                    for t in c.tenants() {
+                        self.confine_tenant(name, t)?;
+                    }
+                }
+            } else if name.ends_with("user_id")
+                || name.ends_with("group_id")
+                || name.ends_with("room_id")
+                || name == "media_id"
+            {
+                self.confine(name, value)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -149,9 +231,14 @@ impl FromRequestParts<ApiState> for Authorized {
             .keys
             .find(key)
             .ok_or_else(|| unauthorized("AUTH_FAILED", "unknown API key"))?;
-        Ok(Self {
+        let authorized = Self {
             key_name: k.name.clone(),
             scopes: k.scopes,
-        })
+            tenant: k.tenant.clone(),
+        };
+        if authorized.tenant.is_some() {
+            authorized.confine_path(parts, state).await?;
+        }
+        Ok(authorized)
     }
 }

@@ -106,8 +106,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// A service's API key with the `media` scope.
-    Service(String),
+    /// A service's API key with the `media` scope (its name and tenant).
+    Service(String, Option<String>),
     /// A user, by their token.
     User(String),
 }
@@ -115,8 +115,17 @@ pub enum Caller {
 impl Caller {
     fn owner(&self) -> String {
         match self {
-            Self::Service(k) => format!("key:{k}"),
+            Self::Service(k, _) => format!("key:{k}"),
             Self::User(u) => u.clone(),
+        }
+    }
+
+    /// The tenant uploads are named in (docs/tenants.md): the user's, or
+    /// the key's (a system key's: the default tenant).
+    fn tenant(&self) -> &str {
+        match self {
+            Self::Service(_, t) => t.as_deref().unwrap_or_default(),
+            Self::User(u) => tern_protocol::ids::tenant_of(u),
         }
     }
 }
@@ -128,7 +137,7 @@ impl FromRequestParts<ApiState> for Caller {
         let key_error = match Authorized::from_request_parts(parts, state).await {
             Ok(auth) => {
                 auth.require(Scope::Media)?;
-                return Ok(Self::Service(auth.key_name));
+                return Ok(Self::Service(auth.key_name, auth.tenant));
             }
             Err(e) => e,
         };
@@ -388,7 +397,7 @@ async fn receive(
 
     let ring = svc.keys.load_full();
     let mut meta = Meta {
-        media_id: media::new_id(),
+        media_id: media::new_id_in(caller.tenant()),
         kind,
         mime,
         size_bytes: size,
@@ -561,6 +570,13 @@ async fn download(
             .ok_or_else(not_found)?;
         (v.mime.clone(), v.size_bytes)
     };
+    // A tenant's key was confined to the id's tenant from the path; a
+    // user reads their own tenant's objects only.
+    if let Caller::User(user) = &caller
+        && tern_protocol::ids::tenant_of(user) != tern_protocol::ids::tenant_of(&media_id)
+    {
+        return Err(ApiError::tenant_mismatch("media_id"));
+    }
     if let Caller::User(user) = &caller
         && *user != meta.owner
     {

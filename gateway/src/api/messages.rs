@@ -12,7 +12,10 @@ use axum::{
     http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
-use tern_protocol::pb::{self, frame::Body};
+use tern_protocol::{
+    ids::tenant_of,
+    pb::{self, frame::Body},
+};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -238,6 +241,8 @@ async fn send_message(
 ) -> Result<Json<SentMessage>, ApiError> {
     auth.require(Scope::Messages)?;
     let Json(m) = body?;
+    // The domain keeps the rest of the call in `from`'s tenant.
+    auth.confine("from", &m.from)?;
     let to = match (m.to_user, m.to_group) {
         (Some(u), None) => pb::send::To::UserId(u),
         (None, Some(g)) => pb::send::To::GroupId(g),
@@ -342,6 +347,7 @@ async fn edit_message(
     auth.require(Scope::Messages)?;
     let Json(m) = body?;
     check_user("from", &m.from)?;
+    auth.confine("from", &m.from)?;
     let edit = pb::EditRequest {
         conversation_id: conversation_id.clone(),
         seq,
@@ -439,6 +445,7 @@ async fn send_batch(
     let Json(m) = body?;
     check_request_id(&m.request_id)?;
     check_user("from", &m.from)?;
+    auth.confine("from", &m.from)?;
     let max = state.ops.settings.recipients_max;
     if m.to_users.is_empty() || m.to_users.len() > max {
         return Err(ApiError::invalid(format!("to_users: 1..={max} user ids")));
@@ -557,6 +564,9 @@ pub struct BroadcastAccepted {
 
 /// Broadcast a message to every user online on this node.
 ///
+/// Only users of `from`'s tenant get it (`system` reaches the default
+/// tenant's users, `acme~system` tenant `acme`'s; docs/tenants.md).
+///
 /// Accepted at once (202); the messages (one 1:1 message from `from` to
 /// each user online now, `request_id` as its `client_msg_id`) are stored
 /// and pushed in the background, at most `broadcast_users_per_second`
@@ -583,6 +593,7 @@ async fn broadcast(
     auth.require(Scope::Messages)?;
     let Json(m) = body?;
     check_request_id(&m.request_id)?;
+    auth.confine("from", &m.from)?;
     if !state.ops.is_system(&m.from) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -598,7 +609,9 @@ async fn broadcast(
         return Ok((StatusCode::ACCEPTED, Json(r)));
     }
     let mut users = state.ops.online_users(SHARDS_ANSWER_TIMEOUT).await?;
-    users.retain(|u| *u != m.from);
+    // A broadcast stays in its sender's tenant, like every message.
+    let tenant = tenant_of(&m.from);
+    users.retain(|u| *u != m.from && tenant_of(u) == tenant);
     let rate = state.ops.settings.broadcast_users_per_second.max(1) as usize;
     let accepted = BroadcastAccepted {
         request_id: m.request_id.clone(),

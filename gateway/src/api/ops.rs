@@ -159,8 +159,16 @@ impl ApiOps {
     }
 
     /// Whether `user` is one of the configured system senders.
+    /// (`system_users` are local names: `acme~system` is tenant `acme`'s
+    /// `system`, docs/tenants.md.)
     pub fn is_system(&self, user: &str) -> bool {
-        self.settings.system_users.iter().any(|u| u == user)
+        let local = user
+            .split_once(tern_protocol::ids::TENANT_SEPARATOR)
+            .map_or(user, |(_, l)| l);
+        self.settings
+            .system_users
+            .iter()
+            .any(|u| u == user || u == local)
     }
 
     /// The user operator calls act as (group changes, bans): the first
@@ -170,6 +178,13 @@ impl ApiOps {
             .system_users
             .first()
             .map_or("system", String::as_str)
+    }
+
+    /// The operator of `tenant` (its `<tenant>~<operator>`): an operator
+    /// call about a tenant's group acts inside that tenant, since nothing
+    /// crosses tenants, not even for the operator.
+    pub fn operator_in(&self, tenant: &str) -> String {
+        tern_protocol::ids::qualify(tenant, self.operator())
     }
 
     /// Runs `body` as `from`: with operator rights if `from` is a system

@@ -8,7 +8,10 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tern_protocol::pb::{self, frame::Body};
+use tern_protocol::{
+    ids::{self, ConversationId},
+    pb::{self, frame::Body},
+};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -128,13 +131,20 @@ async fn history(
 ) -> Result<Json<History>, ApiError> {
     auth.require(Scope::Read)?;
     let Query(page) = page.map_err(|e| ApiError::invalid(e.body_text()))?;
+    // Read as the operator of the conversation's tenant (a bad id is the
+    // domain's INVALID_ARGUMENT; the key's tenant was checked from the
+    // path).
+    let tenant = ConversationId::parse(&conversation_id)
+        .map(|c| c.tenants()[0].to_owned())
+        .unwrap_or_default();
     let ask = Body::History(pb::HistoryRequest {
         conversation_id: conversation_id.clone(),
         before_seq: page.before_seq.unwrap_or(0),
         limit: page.limit.unwrap_or(0),
         thread_root_seq: 0,
     });
-    match state.backend.call_admin(state.ops.operator(), ask).await? {
+    let operator = state.ops.operator_in(&tenant);
+    match state.backend.call_admin(&operator, ask).await? {
         Some(Body::HistoryResult(r)) => Ok(Json(History {
             conversation_id,
             next_before_seq: r.entries.first().map(|e| e.seq),
@@ -171,10 +181,14 @@ async fn presence(
     for u in &q.user_ids {
         check_user("user_ids", u)?;
     }
+    auth.confine_all("user_ids", &q.user_ids)?;
+    // Asked as the operator of the first user's tenant: one tenant per
+    // call (the domain refuses the others with TENANT_MISMATCH).
+    let operator = state.ops.operator_in(ids::tenant_of(&q.user_ids[0]));
     let ask = Body::PresenceQuery(pb::PresenceQuery {
         user_ids: q.user_ids,
     });
-    match state.backend.call_admin(state.ops.operator(), ask).await? {
+    match state.backend.call_admin(&operator, ask).await? {
         Some(Body::PresenceResult(r)) => Ok(Json(Presences {
             presences: r
                 .presences
@@ -191,7 +205,8 @@ async fn presence(
     }
 }
 
-/// Connection counts of this node, by shard.
+/// Connection counts of this node, by shard (system keys only: the count
+/// covers every tenant).
 ///
 /// From the same counters as `/metrics` (`tern_shard_connections`). Other
 /// nodes answer for themselves.
@@ -202,11 +217,12 @@ async fn presence(
     responses(
         (status = 200, description = "Counts", body = Online),
         (status = 401, description = "No or unknown API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
+        (status = 403, description = "The key lacks the `read` scope, or is a tenant's key", body = ErrorBody),
     ),
 )]
 async fn online(State(state): State<ApiState>, auth: Authorized) -> Result<Json<Online>, ApiError> {
     auth.require(Scope::Read)?;
+    auth.require_system("the node's connection count")?;
     let shards: Vec<ShardCount> = state
         .ops
         .metrics

@@ -139,11 +139,29 @@ pub fn new_id() -> String {
     id
 }
 
-/// True for a string that can be a media id (what [`new_id`] makes, with a
-/// variant suffix): anything else is refused before touching the disk.
+/// A new media id in `tenant` (docs/tenants.md): `<tenant>~<new_id>`, or
+/// [`new_id`] alone in the default tenant. Messages may carry media of
+/// their own tenant only.
+pub fn new_id_in(tenant: &str) -> String {
+    tern_protocol::ids::qualify(tenant, &new_id())
+}
+
+/// `id` without its tenant prefix (if any).
+fn local_of(id: &str) -> &str {
+    id.split_once(tern_protocol::ids::TENANT_SEPARATOR)
+        .map_or(id, |(_, local)| local)
+}
+
+/// True for a string that can be a media id (what [`new_id_in`] makes, with
+/// a variant suffix): anything else is refused before touching the disk.
 pub fn is_id(s: &str) -> bool {
+    if let Some((tenant, _)) = s.split_once(tern_protocol::ids::TENANT_SEPARATOR)
+        && tern_protocol::ids::check_tenant(tenant).is_err()
+    {
+        return false;
+    }
     // Bytes, not `str` slicing: the 26th byte may fall inside a character.
-    let Some((base, suffix)) = s.as_bytes().split_at_checked(26) else {
+    let Some((base, suffix)) = local_of(s).as_bytes().split_at_checked(26) else {
         return false;
     };
     base.iter()
@@ -161,9 +179,18 @@ pub const THUMB_SUFFIX: &str = "_t";
 /// The suffix of a compressed variant's id.
 pub const COMPRESSED_SUFFIX: &str = "_c";
 
-/// The media id a variant id belongs to (itself for an original).
+/// The media id a variant id belongs to (itself for an original). `id`
+/// must have passed [`is_id`].
 pub fn parent_of(id: &str) -> &str {
-    &id[..id.len().min(26)]
+    let prefix = id.len() - local_of(id).len();
+    &id[..id.len().min(prefix + 26)]
+}
+
+/// The two characters objects are spread into directories by (the random
+/// part's first two, past any tenant prefix). `id` must have passed
+/// [`is_id`].
+pub fn spread_of(id: &str) -> &str {
+    &local_of(id)[..2]
 }
 
 #[cfg(test)]
@@ -180,6 +207,14 @@ mod tests {
         assert!(is_id(&format!("{id}{THUMB_SUFFIX}")));
         assert!(is_id(&format!("{id}{COMPRESSED_SUFFIX}")));
         assert_eq!(parent_of(&format!("{id}_t")), id);
+        let in_acme = new_id_in("acme");
+        assert!(in_acme.starts_with("acme~") && is_id(&in_acme));
+        assert!(is_id(&format!("{in_acme}{THUMB_SUFFIX}")));
+        assert_eq!(parent_of(&format!("{in_acme}_t")), in_acme);
+        assert_eq!(spread_of(&in_acme), &in_acme[5..7]);
+        assert!(!is_id(&format!("Acme~{id}")));
+        assert!(!is_id(&format!("~{id}")));
+        assert!(!is_id(&format!("../x~{id}")));
         for bad in [
             "",
             "short",

@@ -255,7 +255,7 @@ impl DiskStore {
     /// passed [`super::is_id`], so it cannot climb out of the directory.
     pub fn object_path(&self, id: &str) -> PathBuf {
         debug_assert!(super::is_id(id));
-        self.dir.join("objects").join(&id[..2]).join(id)
+        self.dir.join("objects").join(super::spread_of(id)).join(id)
     }
 
     fn meta_path(&self, id: &str) -> PathBuf {

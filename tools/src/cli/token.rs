@@ -63,6 +63,9 @@ struct Claims<'a> {
     aud: Option<&'a str>,
     /// Issued at: a logged-out device's older tokens are refused by it.
     iat: u64,
+    /// The tenant of a `<tenant>~<local>` user id (docs/tenants.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tid: Option<&'a str>,
 }
 
 /// Mints an HS256 token for `user`, valid for `ttl_secs`.
@@ -79,11 +82,17 @@ pub fn mint_hs256(
     }
     tern_protocol::ids::check_id(user)
         .map_err(|e| ClientError::Usage(format!("user id {user:?}: {e}")))?;
+    // A tenant's user is `<tenant>~<local>`: the tenant goes in `tid`.
+    let (tid, sub) = match user.split_once(tern_protocol::ids::TENANT_SEPARATOR) {
+        Some((t, local)) => (Some(t), local),
+        None => (None, user),
+    };
     let claims = Claims {
-        sub: user,
+        sub,
         exp: jsonwebtoken::get_current_timestamp().saturating_add(ttl_secs),
         aud: audience,
         iat: jsonwebtoken::get_current_timestamp(),
+        tid,
     };
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
