@@ -57,11 +57,11 @@ use tern_protocol::pb;
 
 use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
-    Annotation, Append, AppendEffect, AppendRefused, Appended, BanRecord, CallSlot, ConvHead,
-    Credentials, FriendRecord, FriendRequestRecord, GroupChange, GroupConflict, GroupMeta,
-    JoinRequestRecord, MemberRecord, PresenceRecord, PresenceSetting, PushBind, PushSettings,
-    PushUnbind, RoomRecord, SocialOp, Store, StoreError, StoreResult, ThreadStat, TodoRecord,
-    UserConv, ViewChange,
+    Annotation, Append, AppendEffect, AppendRefused, Appended, AuditLog, AuditRecord, BanRecord,
+    CallSlot, ConvHead, Credentials, FriendRecord, FriendRequestRecord, GroupChange, GroupConflict,
+    GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord, PresenceSetting, PushBind,
+    PushSettings, PushUnbind, RoomRecord, SocialOp, Store, StoreError, StoreResult, ThreadStat,
+    TodoRecord, UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -298,6 +298,11 @@ struct Keyspaces {
     /// the newest `keep` messages (older ones are removed by the append
     /// that pushes them out).
     room_log: SingleWriterTxKeyspace,
+    // ---- the audit log (issue 20, docs/tenants.md) ----
+    /// `tenant \0` → seq_be: the newest record's seq.
+    audit_head: SingleWriterTxKeyspace,
+    /// `tenant \0 seq_be` → encoded [`AuditRecord`], the newest `keep`.
+    audit: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -341,6 +346,8 @@ impl EmbeddedStore {
             room: open("room")?,
             room_head: open("room_head")?,
             room_log: open("room_log")?,
+            audit_head: open("audit_head")?,
+            audit: open("audit")?,
         };
         let disk = DiskReserve {
             dir: dir.to_path_buf(),
@@ -1450,6 +1457,54 @@ impl Credentials for EmbeddedStore {
         tx.insert(&self.ks.credential, user.as_bytes(), phc.as_bytes());
         self.commit(tx)?;
         Ok(true)
+    }
+}
+
+impl AuditLog for EmbeddedStore {
+    fn audit_append(&self, tenant: &str, record: &AuditRecord, keep: u64) -> StoreResult<u64> {
+        // One writer at a time: the head read here is the one this commit
+        // moves.
+        let mut tx = self.write_tx();
+        // `tenant \0`: the default tenant's key would be empty otherwise.
+        let head_key = prefix(tenant);
+        let head = match tx.get(&self.ks.audit_head, &head_key).map_err(backend)? {
+            Some(h) => be_u64(&h)?,
+            None => 0,
+        };
+        let seq = head + 1;
+        let record = AuditRecord {
+            seq,
+            ..record.clone()
+        };
+        tx.insert(&self.ks.audit, log_key(tenant, seq), record.encode_to_vec());
+        // One removal per append keeps the log at `keep` (as the room ring).
+        if let Some(old) = seq.checked_sub(keep.max(1)).filter(|&s| s > 0) {
+            tx.remove(&self.ks.audit, log_key(tenant, old));
+        }
+        tx.insert(&self.ks.audit_head, head_key, seq.to_be_bytes().to_vec());
+        self.commit(tx)?;
+        Ok(seq)
+    }
+
+    fn audit_page(
+        &self,
+        tenant: &str,
+        before_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let upper = if before_seq == 0 {
+            Bound::Excluded(prefix_end(tenant))
+        } else {
+            Bound::Excluded(log_key(tenant, before_seq))
+        };
+        let lower = Bound::Included(log_key(tenant, 0));
+        let snap = self.db.read_tx();
+        let mut out = Vec::new();
+        for guard in snap.range(&self.ks.audit, (lower, upper)).rev().take(limit) {
+            let (_, v) = guard.into_inner().map_err(backend)?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
     }
 }
 

@@ -715,6 +715,52 @@ pub trait Credentials: Send + Sync + std::fmt::Debug {
     fn create_credential(&self, user: &str, phc: &str) -> StoreResult<bool>;
 }
 
+/// The audit log of admin actions (docs/tenants.md, "Audit log"): one
+/// bounded log per tenant, newest `keep` records kept. Like
+/// [`Credentials`], written and read by the HTTP edge directly, never
+/// through the chat workers.
+pub trait AuditLog: Send + Sync + std::fmt::Debug {
+    /// Appends `record` (its `seq` ignored) to `tenant`'s log (`""`: the
+    /// default tenant's) durably, dropping what falls past the newest
+    /// `keep`; returns the record's seq (from 1, never reused).
+    fn audit_append(&self, tenant: &str, record: &AuditRecord, keep: u64) -> StoreResult<u64>;
+
+    /// `tenant`'s records with a seq below `before_seq` (0: from the
+    /// newest), newest first, at most `limit`, each with its `seq` set.
+    fn audit_page(
+        &self,
+        tenant: &str,
+        before_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>>;
+}
+
+/// One admin action in the audit log.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuditRecord {
+    /// The record's place in its tenant's log (set by the store).
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// When it was answered, ms since the epoch.
+    #[prost(uint64, tag = "2")]
+    pub time_ms: u64,
+    /// Who: `key:<name>` for an API key, else the admin user's id.
+    #[prost(string, tag = "3")]
+    pub actor: String,
+    /// The actor's level: `system`, `tenant`, `organization`, `department`.
+    #[prost(string, tag = "4")]
+    pub level: String,
+    /// The call: its method and route (`DELETE /api/v1/groups/{group_id}`).
+    #[prost(string, tag = "5")]
+    pub action: String,
+    /// The path as called, with its ids.
+    #[prost(string, tag = "6")]
+    pub target: String,
+    /// The HTTP status it was answered with.
+    #[prost(uint32, tag = "7")]
+    pub status: u32,
+}
+
 // ---------------------------------------------------------------------------
 // Appends
 // ---------------------------------------------------------------------------

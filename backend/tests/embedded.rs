@@ -306,6 +306,15 @@ fn every_conformance_case_is_in_the_macro() {
     }
 }
 
+#[path = "support/audit.rs"]
+mod audit;
+
+#[test]
+fn the_audit_log_is_per_tenant_bounded_and_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    audit::audit_log_is_per_tenant_bounded_and_paged(&EmbeddedStore::open(dir.path()).unwrap());
+}
+
 #[test]
 fn credentials_are_created_once_and_survive_reopen() {
     // Proves on the on-disk store: a local account's hash is stored once

@@ -607,6 +607,15 @@ fn a_last_device_presence_waits_while_a_gateway_node_counts_the_user() {
     assert_eq!(store.presences(&["alice"]).unwrap(), [Some(offline)]);
 }
 
+#[path = "support/audit.rs"]
+mod audit;
+
+#[test]
+fn the_audit_log_is_per_tenant_bounded_and_paged() {
+    let server = RedisServer::start(ServerOptions::DURABLE);
+    audit::audit_log_is_per_tenant_bounded_and_paged(&open(&server));
+}
+
 #[test]
 fn credentials_are_created_once_and_read_back() {
     // Proves on a real redis-server: a local account's hash is stored once

@@ -215,6 +215,12 @@ pub trait ChatService: Send + Sync + 'static {
         None
     }
 
+    /// The audit log of admin actions (`api::audit`), written and read by
+    /// the HTTP edge directly; `None` when the service keeps none.
+    fn audit_log(&self) -> Option<Arc<dyn tern_backend::store::AuditLog>> {
+        None
+    }
+
     /// Offline push (`crate::push`, off the workers): whether `user`
     /// should get a notification about a message in `conversation` now,
     /// and to which tokens with which badge. The default has no push.

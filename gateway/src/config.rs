@@ -1683,6 +1683,10 @@ pub struct ApiSettings {
     /// Requests from the API queued to one backend worker at most; beyond,
     /// 503 with `Retry-After`. Default 1024.
     pub queue_entries_max: usize,
+    /// Records kept per tenant in the audit log of admin actions
+    /// (docs/tenants.md, "Audit log"); the oldest are dropped past it.
+    /// 0: no audit log. Default 100000.
+    pub audit_entries_max: u64,
 }
 
 impl Default for ApiSettings {
@@ -1691,6 +1695,7 @@ impl Default for ApiSettings {
             keys: Vec::new(),
             backend_timeout_ms: 5_000,
             queue_entries_max: 1_024,
+            audit_entries_max: 100_000,
         }
     }
 }
@@ -1727,7 +1732,9 @@ impl std::fmt::Debug for ApiKeyConfig {
 }
 
 /// The scopes an API key may hold.
-pub const API_SCOPES: [&str; 6] = ["messages", "users", "groups", "read", "media", "admin"];
+pub const API_SCOPES: [&str; 7] = [
+    "messages", "users", "groups", "read", "media", "audit", "admin",
+];
 
 /// Shortest API key, bytes.
 pub const API_KEY_BYTES_MIN: usize = 16;

@@ -373,6 +373,13 @@ impl Server {
                         Some(Arc::new(metrics.clone())),
                         std::mem::take(&mut api_shard_rings),
                     )),
+                    audit: (cfg.api.audit_entries_max > 0)
+                        .then(|| service.audit_log())
+                        .flatten()
+                        .map(|log| crate::api::audit::Audit {
+                            log,
+                            keep: cfg.api.audit_entries_max,
+                        }),
                 };
                 let mut api_router = crate::api::router(api).layer(axum::Extension(media));
                 if cfg.accounts.enabled {

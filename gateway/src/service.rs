@@ -11,7 +11,7 @@ use tern_backend::{
     embedded::EmbeddedStore,
     redis_store::{RedisConfig, RedisNodes, RedisStore},
     seal::Keys,
-    store::{Credentials, Store},
+    store::{AuditLog, Credentials, Store},
 };
 use tern_protocol::pb::{self, frame::Body};
 
@@ -30,6 +30,8 @@ pub struct BackendService {
     domain: Arc<Domain>,
     /// The same store, for local accounts' password hashes.
     credentials: Arc<dyn Credentials>,
+    /// The same store, for the audit log of admin actions.
+    audit: Arc<dyn AuditLog>,
 }
 
 impl BackendService {
@@ -120,7 +122,8 @@ impl BackendService {
     ) -> anyhow::Result<Self> {
         chat.validate()
             .map_err(|e| anyhow::anyhow!("chat settings: {e}"))?;
-        let (store, credentials): (Arc<dyn Store>, Arc<dyn Credentials>) = match settings.store {
+        type Handles = (Arc<dyn Store>, Arc<dyn Credentials>, Arc<dyn AuditLog>);
+        let (store, credentials, audit): Handles = match settings.store {
             StoreKind::Embedded => {
                 std::fs::create_dir_all(&settings.data_dir)?;
                 let s = Arc::new(
@@ -128,7 +131,7 @@ impl BackendService {
                         .with_keys(keys)
                         .with_disk_free_min(settings.disk_free_min_bytes),
                 );
-                (s.clone(), s)
+                (s.clone(), s.clone(), s)
             }
             StoreKind::Redis => {
                 let nodes = if settings.redis_cluster {
@@ -142,12 +145,13 @@ impl BackendService {
                     RedisNodes::Single(url.clone())
                 };
                 let s = Arc::new(RedisStore::open(RedisConfig::new(nodes))?.with_keys(keys));
-                (s.clone(), s)
+                (s.clone(), s.clone(), s)
             }
         };
         Ok(Self {
             domain: Arc::new(Domain::new(store, chat)),
             credentials,
+            audit,
         })
     }
 }
@@ -194,6 +198,10 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
 impl ChatService for BackendService {
     fn credentials(&self) -> Option<Arc<dyn Credentials>> {
         Some(self.credentials.clone())
+    }
+
+    fn audit_log(&self) -> Option<Arc<dyn AuditLog>> {
+        Some(self.audit.clone())
     }
 
     fn push_target(

@@ -509,3 +509,121 @@ fn media_stays_in_its_tenant() {
         "{body}"
     );
 }
+
+/// Every changing call of an API key lands in its tenant's audit log once
+/// answered, refusals included; message sends do not; a tenant's key reads
+/// only its own log, a system key any (docs/tenants.md, "Audit log").
+#[test]
+fn admin_actions_are_audited_per_tenant() {
+    let gw = Gateway::start_with(Driver::Epoll, keys);
+    let call =
+        |method: &str, path: &str, key: &str, body: Value| gw.api(method, path, Some(key), &body);
+    let (s, body) = call(
+        "POST",
+        "/api/v1/users/acme~bob/ban",
+        ACME_KEY,
+        json!({"reason": "spam"}),
+    );
+    assert_eq!(s, 200, "{body}");
+    let (s, _) = call("POST", "/api/v1/users/globex~bob/kick", ACME_KEY, json!({}));
+    assert_eq!(s, 403);
+    let (s, body) = call(
+        "POST",
+        "/api/v1/messages",
+        ACME_KEY,
+        send_json("acme~system", "acme~carol", "r1"),
+    );
+    assert_eq!(s, 200, "{body}");
+    // A system key's call about a tenant's user goes to that tenant's log,
+    // one about a default-tenant user to the system's own.
+    let (s, body) = call(
+        "DELETE",
+        "/api/v1/users/acme~bob/ban",
+        SYSTEM_KEY,
+        Value::Null,
+    );
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = call("POST", "/api/v1/users/mallory/ban", SYSTEM_KEY, json!({}));
+    assert_eq!(s, 200, "{body}");
+
+    let (s, page) = call("GET", "/api/v1/audit", ACME_KEY, Value::Null);
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["tenant"], "acme");
+    let rows: Vec<(String, String, String, u64)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let row = |actor: &str, action: &str, target: &str, status| {
+        (
+            actor.to_owned(),
+            action.to_owned(),
+            target.to_owned(),
+            status,
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            row(
+                "key:ops",
+                "DELETE /api/v1/users/{user_id}/ban",
+                "/api/v1/users/acme~bob/ban",
+                200
+            ),
+            row(
+                "key:acme-crm",
+                "POST /api/v1/users/{user_id}/kick",
+                "/api/v1/users/globex~bob/kick",
+                403
+            ),
+            row(
+                "key:acme-crm",
+                "POST /api/v1/users/{user_id}/ban",
+                "/api/v1/users/acme~bob/ban",
+                200
+            ),
+        ],
+        "{page}"
+    );
+    assert_eq!(page["entries"][0]["level"], "system");
+    assert_eq!(page["entries"][1]["level"], "tenant");
+
+    // Only its own log for a tenant's key.
+    let (s, body) = call("GET", "/api/v1/audit?tenant=globex", ACME_KEY, Value::Null);
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (403, Some("TENANT_MISMATCH")),
+        "{body}"
+    );
+    // Any for the system key; the default tenant's log is the system's own.
+    let (s, page) = call("GET", "/api/v1/audit", SYSTEM_KEY, Value::Null);
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["entries"][0]["target"], "/api/v1/users/mallory/ban");
+    let (s, page) = call(
+        "GET",
+        "/api/v1/audit?tenant=acme&limit=1",
+        SYSTEM_KEY,
+        Value::Null,
+    );
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["entries"][0]["seq"], 3);
+    assert_eq!(page["next_before_seq"], 3);
+    let (s, page) = call(
+        "GET",
+        "/api/v1/audit?tenant=acme&before_seq=3",
+        SYSTEM_KEY,
+        Value::Null,
+    );
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2, "{page}");
+}

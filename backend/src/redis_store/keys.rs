@@ -18,7 +18,8 @@
 //! - `{p:<a>:<b>}` (`a < b`): the social records between two users
 //!   (friendship both ways, requests both ways, blocks both ways).
 //!
-//! And `{k:<call>}:call`, one call in progress, alone in its slot.
+//! And `{k:<call>}:call`, one call in progress, alone in its slot;
+//! `{a:<tenant>}`: a tenant's audit log (issue 20).
 //! - `{r:<room>}`: a room's record, seq and kept messages (issue 19).
 
 use tern_protocol::ids::{IdError, check_id};
@@ -302,6 +303,19 @@ impl PairKeys {
 pub fn call(call: &str) -> Result<String, KeyError> {
     id("call", call)?;
     Ok(format!("{{k:{call}}}:call"))
+}
+
+/// The keys of `tenant`'s audit log (`""`: the default tenant's), one
+/// slot: `{a:<tenant>}:audit` (a hash of seq → encoded record) and
+/// `{a:<tenant>}:audit:n` (the newest seq).
+pub fn audit(tenant: &str) -> Result<(String, String), KeyError> {
+    if !tenant.is_empty() {
+        tern_protocol::ids::check_tenant(tenant).map_err(|e| refuse("tenant", tenant, e))?;
+    }
+    Ok((
+        format!("{{a:{tenant}}}:audit"),
+        format!("{{a:{tenant}}}:audit:n"),
+    ))
 }
 
 /// The dedup field of a message: `<sender>:<client_msg_id>` (neither may

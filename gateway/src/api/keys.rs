@@ -32,11 +32,13 @@ pub enum Scope {
     Read = 8,
     /// Upload and fetch media.
     Media = 16,
+    /// Read the audit log of admin actions.
+    Audit = 32,
 }
 
 impl Scope {
     /// Every scope (what `admin` grants).
-    const ALL: u8 = 31;
+    const ALL: u8 = 63;
 
     fn of_name(name: &str) -> u8 {
         match name {
@@ -45,6 +47,7 @@ impl Scope {
             "groups" => Self::Groups as u8,
             "read" => Self::Read as u8,
             "media" => Self::Media as u8,
+            "audit" => Self::Audit as u8,
             "admin" => Self::ALL,
             _ => 0, // refused by the config's validation
         }
@@ -58,6 +61,7 @@ impl Scope {
             Self::Groups => "groups",
             Self::Read => "read",
             Self::Media => "media",
+            Self::Audit => "audit",
         }
     }
 }
@@ -91,6 +95,17 @@ impl ApiKeys {
                 })
                 .collect(),
         }
+    }
+
+    /// The name and tenant of the key a request's `Authorization` header
+    /// presents, if it is one of ours (the audit layer's question: who
+    /// made this call).
+    pub fn named_in(&self, headers: &axum::http::HeaderMap) -> Option<(String, Option<String>)> {
+        let key = headers
+            .get(header::AUTHORIZATION)?
+            .as_bytes()
+            .strip_prefix(b"Bearer ")?;
+        self.find(key).map(|k| (k.name.clone(), k.tenant.clone()))
     }
 
     /// The key `presented` is, if any: its name and scopes.

@@ -17,6 +17,7 @@
 //! document at once, so a route cannot be missing from the document.
 
 pub mod accounts;
+pub mod audit;
 pub mod backend;
 pub mod error;
 pub mod groups;
@@ -49,6 +50,8 @@ pub struct ApiState {
     pub node_id: Arc<str>,
     /// Operator calls: settings, counters, shard rings, replays.
     pub ops: Arc<ApiOps>,
+    /// The audit log of admin actions (`None`: not kept).
+    pub audit: Option<audit::Audit>,
 }
 
 /// The document's frame: title, version, the security scheme. Paths come
@@ -87,8 +90,12 @@ pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(reads::routes())
         .merge(media::routes())
         .merge(accounts::routes())
-        .with_state(state)
+        .merge(audit::routes())
+        .with_state(state.clone())
         .split_for_parts();
+    // Admin actions are recorded once answered (a route layer: it sees the
+    // matched route and its path ids).
+    let router = router.route_layer(axum::middleware::from_fn_with_state(state, audit::record));
     (router, doc)
 }
 
@@ -113,6 +120,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         backend: Arc::new(ApiBackend::new(Vec::new(), std::time::Duration::ZERO)),
         node_id: "".into(),
         ops: Arc::new(ApiOps::new(Default::default(), None, Vec::new())),
+        audit: None,
     };
     routes(state).1
 }
