@@ -153,6 +153,9 @@ pub enum KeyFileError {
 pub struct KeyRing {
     keys: Vec<RingKey>,
     current: usize,
+    /// Tenants with a key of their own (docs/tenants.md): the tenant and
+    /// the index of its current key. Others use `current`.
+    tenants: Vec<(String, usize)>,
 }
 
 #[derive(Clone)]
@@ -168,6 +171,14 @@ impl std::fmt::Debug for KeyRing {
         f.debug_struct("KeyRing")
             .field("ids", &self.ids().collect::<Vec<_>>())
             .field("current", &self.current_id())
+            .field(
+                "tenants",
+                &self
+                    .tenants
+                    .iter()
+                    .map(|(t, i)| (t.as_str(), self.keys[*i].id.as_str()))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -202,13 +213,34 @@ impl KeyRing {
         Ok(Self {
             keys: ring,
             current,
+            tenants: Vec::new(),
         })
+    }
+
+    /// The same ring, sealing `tenant`'s records with the key `id` (one of
+    /// the ring's) instead of the current key: a tenant's own key
+    /// (docs/tenants.md). Refuses a bad tenant id, an unknown key id, or a
+    /// tenant named twice.
+    pub fn with_tenant_key(mut self, tenant: &str, id: &str) -> Result<Self, String> {
+        tern_protocol::ids::check_tenant(tenant)
+            .map_err(|_| format!("tenant {tenant:?} is not 1 to 32 of [a-z0-9-]"))?;
+        let index = self
+            .keys
+            .iter()
+            .position(|k| k.id == id)
+            .ok_or_else(|| format!("tenant {tenant:?}'s key {id:?} is not one of the keys"))?;
+        if self.tenants.iter().any(|(t, _)| t == tenant) {
+            return Err(format!("tenant {tenant:?} is given a key twice"));
+        }
+        self.tenants.push((tenant.to_owned(), index));
+        Ok(self)
     }
 
     /// Parses a key file (see [`KeyRing::load`] for the format).
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut keys = Vec::new();
         let mut current: Option<String> = None;
+        let mut tenants: Vec<(String, String)> = Vec::new();
         for (n, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -224,6 +256,10 @@ impl KeyRing {
                     return Err(at("a second `current` line".into()));
                 }
                 current = Some(value.to_owned());
+                continue;
+            }
+            if let Some(tenant) = name.strip_prefix("tenant.") {
+                tenants.push((tenant.to_owned(), value.to_owned()));
                 continue;
             }
             check_key_id(name).map_err(at)?;
@@ -247,14 +283,20 @@ impl KeyRing {
                 .map(|(id, _)| id.clone())
                 .ok_or_else(|| "no key".to_owned())?,
         };
-        Self::new(keys, &current)
+        let mut ring = Self::new(keys, &current)?;
+        for (tenant, id) in tenants {
+            ring = ring.with_tenant_key(&tenant, &id)?;
+        }
+        Ok(ring)
     }
 
     /// Reads a key file: one key per line, `id = <base64 of 32 bytes>` (ids
     /// of `[A-Za-z0-9._-]`, at most 32 bytes), and optionally `current =
     /// <id>` naming the key new records are sealed with (without it, the
-    /// first key). Blank lines and `#` comments are ignored. Generate a key
-    /// with `head -c 32 /dev/urandom | base64`.
+    /// first key), and `tenant.<tenant> = <id>` naming the key a tenant's
+    /// records are sealed with instead (docs/tenants.md). Blank lines and
+    /// `#` comments are ignored. Generate a key with
+    /// `head -c 32 /dev/urandom | base64`.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         use std::io::Read as _;
         let io = |source| KeyFileError::Io {
@@ -283,6 +325,19 @@ impl KeyRing {
         &self.keys[self.current].id
     }
 
+    /// The id new records of `tenant` are sealed with: its own key, or the
+    /// current one.
+    pub fn current_id_for(&self, tenant: &str) -> &str {
+        &self.keys[self.current_for(tenant)].id
+    }
+
+    fn current_for(&self, tenant: &str) -> usize {
+        self.tenants
+            .iter()
+            .find(|(t, _)| t == tenant)
+            .map_or(self.current, |(_, i)| *i)
+    }
+
     /// Every key id, in file order.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|k| k.id.as_str())
@@ -300,7 +355,12 @@ impl KeyRing {
     /// Seals `plaintext` with the current key into a version-1 record,
     /// bound to `context` (associated data, along with the header).
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let key = &self.keys[self.current];
+        self.seal_for("", context, plaintext)
+    }
+
+    /// [`KeyRing::seal`] with `tenant`'s key (its own, or the current one).
+    pub fn seal_for(&self, tenant: &str, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let key = &self.keys[self.current_for(tenant)];
         let mut out =
             Vec::with_capacity(3 + key.id.len() + NONCE_BYTES + plaintext.len() + TAG_BYTES);
         out.extend_from_slice(&[MARKER, VERSION_BODY, key.id.len() as u8]);
@@ -346,11 +406,12 @@ impl KeyRing {
         Ok(buf)
     }
 
-    /// Starts sealing a media object named `object_id` with the current
-    /// key: returns its header (write it first) and the sealer of its
+    /// Starts sealing a media object named `object_id` with the key of its
+    /// tenant (the id's, docs/tenants.md; the current key for the default
+    /// tenant): returns its header (write it first) and the sealer of its
     /// chunks.
     pub fn stream_sealer(&self, object_id: &str) -> (Vec<u8>, StreamSealer) {
-        let key = &self.keys[self.current];
+        let key = &self.keys[self.current_for(tern_protocol::ids::tenant_of(object_id))];
         let mut header = Vec::with_capacity(3 + key.id.len() + STREAM_NONCE_PREFIX_BYTES);
         header.extend_from_slice(&[MARKER, VERSION_STREAM, key.id.len() as u8]);
         header.extend_from_slice(key.id.as_bytes());
@@ -570,7 +631,11 @@ pub fn encode_entry(keys: Option<&KeyRing>, conversation: &str, mut entry: pb::E
     // One allocation each for the plaintext, the sealed record and the
     // result; the plaintext is wiped when dropped.
     let plain = Zeroizing::new(content.encode_to_vec());
-    let sealed = ring.seal(&entry_context(conversation, &entry), &plain);
+    let sealed = ring.seal_for(
+        conversation_tenant(conversation),
+        &entry_context(conversation, &entry),
+        &plain,
+    );
     let rest = message.encode_to_vec();
     let inner_len =
         1 + prost::encoding::encoded_len_varint(sealed.len() as u64) + sealed.len() + rest.len();
@@ -586,6 +651,13 @@ pub fn encode_entry(keys: Option<&KeyRing>, conversation: &str, mut entry: pb::E
     out.extend_from_slice(&sealed);
     out.extend_from_slice(&rest);
     out
+}
+
+/// The tenant of a conversation (`d:<a>:<b>`, `g:<group>`, or a room's
+/// `r:<room>`): its first id's.
+fn conversation_tenant(conversation: &str) -> &str {
+    let ids = conversation.get(2..).unwrap_or_default();
+    tern_protocol::ids::tenant_of(ids.split(':').next().unwrap_or_default())
 }
 
 /// Decodes an entry [`encode_entry`] wrote (or any plain one). A sealed
@@ -905,6 +977,60 @@ mod tests {
             decode_entry(Some(&old), "d:a:b", &b),
             Err(StoreError::Sealed(SealError::UnknownKey { id })) if id == "k2"
         ));
+    }
+
+    #[test]
+    fn a_tenant_with_its_own_key_is_sealed_with_it() {
+        // Proves `tenant.<t> = <id>`: a tenant's messages (1:1, group and
+        // room) and media are sealed with its key, other tenants' and the
+        // default tenant's with the current key; a ring without the
+        // tenant's key cannot open them (crypto-shredding), and the file's
+        // tenant lines are checked.
+        let k = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let j = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        let r = KeyRing::parse(&format!(
+            "k1 = {k}
+acme1 = {j}
+tenant.acme = acme1
+"
+        ))
+        .unwrap();
+        assert_eq!(r.current_id_for("acme"), "acme1");
+        assert_eq!(r.current_id_for("globex"), "k1");
+        assert_eq!(r.current_id_for(""), "k1");
+        for conv in ["d:acme~a:acme~b", "g:acme~team", "r:acme~lobby"] {
+            let stored = encode_entry(Some(&r), conv, message("secret"));
+            assert!(contains(&stored, b"\x00\x01\x05acme1"), "{conv}");
+            assert!(decode_entry(Some(&r), conv, &stored).is_ok());
+        }
+        for conv in ["d:globex~a:globex~b", "d:a:b", "g:team"] {
+            let stored = encode_entry(Some(&r), conv, message("x"));
+            assert!(contains(&stored, b"\x00\x01\x02k1"), "{conv}");
+        }
+        let (header, _) = r.stream_sealer("acme~aaaaaaaaaaaaaaaaaaaaaaaaaa");
+        assert!(contains(&header, b"\x00\x02\x05acme1"));
+        let (header, _) = r.stream_sealer("aaaaaaaaaaaaaaaaaaaaaaaaaa");
+        assert!(contains(&header, b"\x00\x02\x02k1"));
+        // Without acme's key (removed from the file), acme's data is gone.
+        let shredded = KeyRing::parse(&format!(
+            "k1 = {k}
+"
+        ))
+        .unwrap();
+        let stored = encode_entry(Some(&r), "d:acme~a:acme~b", message("secret"));
+        assert!(matches!(
+            decode_entry(Some(&shredded), "d:acme~a:acme~b", &stored),
+            Err(StoreError::Sealed(SealError::UnknownKey { id })) if id == "acme1"
+        ));
+        for (text, want) in [
+            (format!("k1={k}\ntenant.acme=k9"), "not one of the keys"),
+            (format!("k1={k}\ntenant.Acme=k1"), "is not 1 to 32"),
+            (format!("k1={k}\ntenant.acme=k1\ntenant.acme=k1"), "twice"),
+        ] {
+            let err = KeyRing::parse(&text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        assert!(!format!("{r:?}").contains(&j));
     }
 
     #[test]
