@@ -112,6 +112,11 @@ pub struct Config {
     /// Messages a room keeps (its recent window): each post drops the one
     /// this far back; `room_history` serves no older one. Default 200.
     pub room_recent_max: u32,
+    // ---- tenants (issue 20; docs/tenants.md) ----
+    /// Pairs of tenants whose users may name each other (chat, friends,
+    /// groups, presence, rooms): the one exception to "nothing crosses
+    /// tenants". Default none.
+    pub federation: Federation,
 }
 
 impl Default for Config {
@@ -150,7 +155,54 @@ impl Default for Config {
             push_tokens_per_user_max: 10,
             push_muted_conversations_max: 500,
             room_recent_max: 200,
+            federation: Federation::default(),
         }
+    }
+}
+
+/// Tenants allowed to talk to each other (docs/tenants.md, "Federation").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Federation {
+    /// `(a, b)` with `a < b`, sorted.
+    pairs: Vec<(String, String)>,
+}
+
+impl Federation {
+    /// From `a:b` strings (either order; the default tenant cannot be
+    /// federated: it is a deployment's own users).
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for p in pairs {
+            let (a, b) = p
+                .split_once(':')
+                .ok_or_else(|| format!("{p:?}: expected <tenant>:<tenant>"))?;
+            for t in [a, b] {
+                tern_protocol::ids::check_tenant(t)
+                    .map_err(|_| format!("{p:?}: {t:?} is not 1 to 32 of [a-z0-9-]"))?;
+            }
+            if a == b {
+                return Err(format!("{p:?}: a tenant is federated with itself already"));
+            }
+            out.push(if a < b {
+                (a.to_owned(), b.to_owned())
+            } else {
+                (b.to_owned(), a.to_owned())
+            });
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(Self { pairs: out })
+    }
+
+    /// Whether a user of tenant `a` may name ids of tenant `b`.
+    pub fn allows(&self, a: &str, b: &str) -> bool {
+        if a == b {
+            return true;
+        }
+        let pair = if a < b { (a, b) } else { (b, a) };
+        self.pairs
+            .binary_search_by(|(x, y)| (x.as_str(), y.as_str()).cmp(&pair))
+            .is_ok()
     }
 }
 
@@ -209,6 +261,27 @@ pub const CALL_LEASE_MS_MIN: u64 = 3_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn federation_pairs_parse_strictly_and_go_both_ways() {
+        // Proves a pair allows both directions, nothing else is allowed,
+        // and malformed pairs are refused.
+        let f = Federation::parse(["globex:acme", "acme:globex", "a:b"]).unwrap();
+        assert!(f.allows("acme", "globex") && f.allows("globex", "acme"));
+        assert!(f.allows("initech", "initech"));
+        assert!(!f.allows("acme", "initech") && !f.allows("acme", ""));
+        assert!(f.allows("b", "a"));
+        for bad in [
+            "acme",
+            "acme:",
+            ":acme",
+            "Acme:globex",
+            "acme:acme",
+            "a:b:c",
+        ] {
+            assert!(Federation::parse([bad]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_short_dedup_is_refused() {

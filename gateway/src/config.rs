@@ -278,6 +278,10 @@ pub struct ChatSettings {
     /// calls are gone this long after (docs/cluster.md, "Calls across
     /// nodes"). At least 3000. Default 60000.
     pub call_lease_ms: u64,
+    /// Pairs of tenants whose users may talk to each other, `"a:b"`
+    /// (docs/tenants.md, "Federation"); every other pair stays apart.
+    /// Default none.
+    pub tenant_federation: Vec<String>,
 }
 
 impl Default for ChatSettings {
@@ -288,6 +292,7 @@ impl Default for ChatSettings {
             call_ring_timeout_ms: 30_000,
             calls_max: 10_000,
             call_lease_ms: 60_000,
+            tenant_federation: Vec::new(),
         }
     }
 }
@@ -708,6 +713,11 @@ impl Config {
                 || self.node_id.contains(tern_protocol::ids::TENANT_SEPARATOR))
         {
             return invalid("node_id", "must be 1..=64 bytes of [A-Za-z0-9._@-]");
+        }
+        if let Err(why) = tern_backend::config::Federation::parse(
+            self.chat.tenant_federation.iter().map(String::as_str),
+        ) {
+            return invalid("chat.tenant_federation", &why);
         }
         self.cluster.validate()?;
         self.api.validate()?;

@@ -359,7 +359,14 @@ impl Server {
                         verifier.clone(),
                     )
                     .context("opening the media store")?
-                    .with_keys(cfg.encryption.load_keys()?),
+                    .with_keys(cfg.encryption.load_keys()?)
+                    .with_federation(
+                        // Checked by `Config::validate`.
+                        tern_backend::config::Federation::parse(
+                            cfg.chat.tenant_federation.iter().map(String::as_str),
+                        )
+                        .unwrap_or_default(),
+                    ),
                 );
                 let api = crate::api::ApiState {
                     keys: Arc::new(crate::api::ApiKeys::new(&cfg.api.keys)),

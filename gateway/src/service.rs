@@ -62,6 +62,10 @@ impl BackendService {
             call_ring_timeout_ms: cfg.chat.call_ring_timeout_ms,
             calls_max: cfg.chat.calls_max,
             call_lease_ms: cfg.chat.call_lease_ms,
+            federation: tern_backend::config::Federation::parse(
+                cfg.chat.tenant_federation.iter().map(String::as_str),
+            )
+            .map_err(|why| anyhow::anyhow!("chat.tenant_federation: {why}"))?,
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);

@@ -627,3 +627,45 @@ fn admin_actions_are_audited_per_tenant() {
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["entries"].as_array().unwrap().len(), 2, "{page}");
 }
+
+/// `[chat] tenant_federation = ["acme:globex"]` lets those two tenants'
+/// users talk (1:1 and in a group), and no one else: a third tenant stays
+/// apart from both.
+#[test]
+fn federated_tenants_talk_and_others_stay_apart() {
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        c.chat.tenant_federation = vec!["globex:acme".into()];
+    });
+    let (mut a_alice, _) = Client::login(gw.tcp, "acme~alice", "phone");
+    let (mut g_bob, _) = Client::login(gw.tcp, "globex~bob", "phone");
+    let (mut i_carol, _) = Client::login(gw.tcp, "initech~carol", "phone");
+    let ack = a_alice.send_text("globex~bob", "f1", "hello neighbour");
+    let Some(Body::SendAck(ack)) = ack.body else {
+        panic!("{ack:?}")
+    };
+    assert_eq!(ack.conversation_id, "d:acme~alice:globex~bob");
+    let got = g_bob.wait_push(|f| delivered_text(f).is_some());
+    assert_eq!(delivered_text(&got).unwrap().2, "hello neighbour");
+    let reply = a_alice.request(Body::GroupCreate(pb::GroupCreate {
+        group_id: "acme~joint".into(),
+        name: "joint".into(),
+        members: vec!["globex~bob".into()],
+        ..Default::default()
+    }));
+    assert!(
+        matches!(reply.body, Some(Body::GroupInfoResult(_))),
+        "{reply:?}"
+    );
+    let ack = g_bob.send_group_text("acme~joint", "f2", "in the joint group");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    for to in ["acme~alice", "globex~bob"] {
+        let reply = i_carol.request(send_to_user(to, &format!("i-{to}")));
+        assert_eq!(
+            error_code(&reply),
+            Some(pb::ErrorCode::TenantMismatch),
+            "{to}"
+        );
+    }
+    let reply = i_carol.send_group_text("acme~joint", "i2", "let me in");
+    assert_eq!(error_code(&reply), Some(pb::ErrorCode::TenantMismatch));
+}

@@ -313,8 +313,8 @@ impl Domain {
             if !(login_check || gateway_presence) {
                 self.flush_login_checks(&mut logins, &mut outcomes);
             }
-            let allowed =
-                tenant::check(&caller, &body).and_then(|()| self.check_not_banned(&caller, &body));
+            let allowed = tenant::check(&caller, &self.config.federation, &body)
+                .and_then(|()| self.check_not_banned(&caller, &body));
             if let Err(e) = allowed {
                 outcomes[i] = Some(Outcome::error(&e));
                 continue;

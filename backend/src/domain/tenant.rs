@@ -9,6 +9,9 @@
 //! server API acting as a user alike; the API checks separately that a key
 //! scoped to a tenant acts only as that tenant's users.
 //!
+//! The one exception is a federation (`Config::federation`, pairs of
+//! tenants whose users may name each other's ids).
+//!
 //! Every client request is listed in [`check`] with every id field it
 //! carries; the match has no catch-all, so a new frame does not build until
 //! it is classified here.
@@ -18,12 +21,20 @@ use tern_protocol::pb;
 use tern_protocol::pb::frame::Body;
 
 use super::Caller;
+use crate::config::Federation;
 use crate::error::DomainError;
 
 /// `Ok` when every user, group, room, conversation and media id `body`
-/// names is in `caller`'s tenant.
-pub(super) fn check(caller: &Caller, body: &Body) -> Result<(), DomainError> {
-    let t = Scope(tenant_of(&caller.user_id));
+/// names is in `caller`'s tenant, or in one `federation` pairs with it.
+pub(super) fn check(
+    caller: &Caller,
+    federation: &Federation,
+    body: &Body,
+) -> Result<(), DomainError> {
+    let t = Scope {
+        own: tenant_of(&caller.user_id),
+        federation,
+    };
     match body {
         Body::Send(m) => {
             match &m.to {
@@ -176,15 +187,24 @@ pub(super) fn check(caller: &Caller, body: &Body) -> Result<(), DomainError> {
     }
 }
 
-/// The tenant a request may name ids of.
+/// The tenants a request may name ids of.
 #[derive(Clone, Copy)]
-struct Scope<'a>(&'a str);
+struct Scope<'a> {
+    /// The caller's.
+    own: &'a str,
+    /// And those federated with it.
+    federation: &'a Federation,
+}
 
 impl Scope<'_> {
+    fn allows(self, tenant: &str) -> bool {
+        self.federation.allows(self.own, tenant)
+    }
+
     /// An id (empty means "none" where the schema allows it; the shape was
     /// checked elsewhere).
     fn id(self, field: &'static str, id: &str) -> Result<(), DomainError> {
-        if id.is_empty() || tenant_of(id) == self.0 {
+        if id.is_empty() || self.allows(tenant_of(id)) {
             Ok(())
         } else {
             Err(DomainError::TenantMismatch(field))
@@ -199,7 +219,9 @@ impl Scope<'_> {
     /// own check (it answers INVALID_ARGUMENT).
     fn conv(self, field: &'static str, id: &str) -> Result<(), DomainError> {
         match ConversationId::parse(id) {
-            Ok(c) if c.tenants() != [self.0, self.0] => Err(DomainError::TenantMismatch(field)),
+            Ok(c) if !c.tenants().into_iter().all(|t| self.allows(t)) => {
+                Err(DomainError::TenantMismatch(field))
+            }
             _ => Ok(()),
         }
     }

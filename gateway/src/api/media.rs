@@ -65,6 +65,9 @@ pub struct MediaService {
     pub verifier: Arc<Verifier>,
     /// Seals objects at rest (empty: stored in clear).
     pub keys: Arc<Keys>,
+    /// Tenants whose users may read each other's media (through the
+    /// messages that carry it; docs/tenants.md).
+    pub federation: tern_backend::config::Federation,
 }
 
 impl MediaService {
@@ -86,7 +89,15 @@ impl MediaService {
             store,
             verifier,
             keys: Keys::new(None),
+            federation: Default::default(),
         })
+    }
+
+    /// Lets the users of `federation`'s tenant pairs read each other's
+    /// media.
+    pub fn with_federation(mut self, federation: tern_backend::config::Federation) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// Seals new objects with `keys` (and opens sealed ones with it).
@@ -573,7 +584,10 @@ async fn download(
     // A tenant's key was confined to the id's tenant from the path; a
     // user reads their own tenant's objects only.
     if let Caller::User(user) = &caller
-        && tern_protocol::ids::tenant_of(user) != tern_protocol::ids::tenant_of(&media_id)
+        && !svc.federation.allows(
+            tern_protocol::ids::tenant_of(user),
+            tern_protocol::ids::tenant_of(&media_id),
+        )
     {
         return Err(ApiError::tenant_mismatch("media_id"));
     }
