@@ -277,7 +277,7 @@ impl Server {
                     remote: routers
                         .get_mut(w)
                         .and_then(Option::take)
-                        .map(|r| r.with_logged_out_block_ms(cfg.login.logged_out_block_ms)),
+                        .map(|r| r.with_login(&cfg.login)),
                     webhooks: worker_hooks(cfg, &node_id, w, events.as_ref(), &metrics)?,
                     filter: filter.clone(),
                     push: push.as_ref().and_then(crate::push::PushFeed::sink),
