@@ -368,11 +368,14 @@ impl Server {
                         Duration::from_millis(cfg.api.backend_timeout_ms),
                     )),
                     node_id: node_id.as_str().into(),
-                    ops: Arc::new(crate::api::ApiOps::new(
-                        cfg.api_ops.clone(),
-                        Some(Arc::new(metrics.clone())),
-                        std::mem::take(&mut api_shard_rings),
-                    )),
+                    ops: Arc::new(
+                        crate::api::ApiOps::new(
+                            cfg.api_ops.clone(),
+                            Some(Arc::new(metrics.clone())),
+                            std::mem::take(&mut api_shard_rings),
+                        )
+                        .with_cluster(cluster.is_some()),
+                    ),
                 };
                 let mut api_router = crate::api::router(api).layer(axum::Extension(media));
                 if cfg.accounts.enabled {

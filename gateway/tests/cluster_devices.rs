@@ -5,8 +5,8 @@
 //! logins said; `device_logout` on one node kicks the device on another,
 //! and its old token is then refused on both. The login policy's class
 //! limits count the user's devices on every node, racing logins included
-//! (docs/cluster.md, "Login policies across nodes"). Every wait is
-//! bounded.
+//! (docs/cluster.md, "Login policies across nodes"), and the server API's
+//! device calls reach every node. Every wait is bounded.
 #![allow(clippy::disallowed_methods)]
 
 #[path = "support/cluster.rs"]
@@ -16,7 +16,7 @@ mod redis_harness;
 mod support;
 
 use cluster_support::{Redis, WAIT, nodes};
-use support::Client;
+use support::{Client, api_request};
 use tern_protocol::pb::{self, frame::Body};
 
 /// Logs `device` in at `addr` with `token` (whose user it is), as
@@ -432,5 +432,112 @@ fn logins_racing_on_two_nodes_end_with_at_most_the_limit() {
                 .any(|f| matches!(f.body, Some(Body::Kick(_)))),
             "round {round}: the survivor was kicked"
         );
+    }
+}
+
+// ---- the server API across nodes --------------------------------------
+
+const API_KEY: &str = "admin-key-0123456789";
+
+#[test]
+fn the_server_api_lists_and_logs_out_devices_on_every_node() {
+    // Proves the API's device calls reach every live node: node 1's
+    // GET /users/alice/devices names alice's laptop (node 1) and phone
+    // (node 2), each with its node and login facts; DELETE of the phone on
+    // node 1 kicks it on node 2 (LOGGED_OUT) and its old token is refused
+    // on both nodes; DELETE of the laptop, on node 1 itself, is remembered
+    // in Redis (node 2 kicks the old token after Welcome); a device
+    // connected nowhere is 404; a kick through node 2 names bob's devices
+    // on both nodes and closes both.
+    let redis = Redis::start();
+    let api = format!(
+        "[api]\nkeys = [{{ name = \"ops\", key = \"{API_KEY}\", scopes = [\"admin\"] }}]\n"
+    );
+    let ns = nodes_with(&redis, 2, &api);
+    let token = support::Gateway::token("alice");
+    let (mut laptop, _) = auth(ns[0].tcp, "laptop", pb::Platform::Desktop, &token);
+    let (mut phone, _) = auth(ns[1].tcp, "phone", pb::Platform::Ios, &token);
+    redis.wait_routes("alice", &[("laptop", "n1"), ("phone", "n2")]);
+
+    for (node, name) in [(&ns[0], "n1"), (&ns[1], "n2")] {
+        let (s, body) = api_request(
+            node.http,
+            "GET",
+            "/api/v1/users/alice/devices",
+            Some(API_KEY),
+            &serde_json::Value::Null,
+        );
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["node_id"], name);
+        assert_eq!(body["devices"], serde_json::json!(["laptop", "phone"]));
+        let details = body["details"].as_array().unwrap();
+        assert_eq!(details.len(), 2, "{body}");
+        let phone_detail = details.iter().find(|d| d["device_id"] == "phone").unwrap();
+        assert_eq!(phone_detail["node_id"], "n2");
+        assert_eq!(phone_detail["platform"], "ios");
+        assert_eq!(phone_detail["client_version"], "phone-1.0");
+        let laptop_detail = details.iter().find(|d| d["device_id"] == "laptop").unwrap();
+        assert_eq!(laptop_detail["node_id"], "n1");
+        assert_eq!(laptop_detail["platform"], "desktop");
+    }
+
+    let delete = |node: &cluster_support::Node, device: &str| {
+        api_request(
+            node.http,
+            "DELETE",
+            &format!("/api/v1/users/alice/devices/{device}"),
+            Some(API_KEY),
+            &serde_json::Value::Null,
+        )
+    };
+    let (s, body) = delete(&ns[0], "nowhere");
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(body["code"], "NOT_FOUND");
+
+    let (s, body) = delete(&ns[0], "phone");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["device_id"], "phone");
+    assert_eq!(kicked_with(&mut phone), pb::KickReason::LoggedOut);
+    redis.wait_routes("alice", &[("laptop", "n1")]);
+    for node in &ns {
+        let (_, r) = auth(node.tcp, "phone", pb::Platform::Ios, &token);
+        assert!(
+            matches!(&r.body, Some(Body::Error(e)) if e.code() == pb::ErrorCode::DeviceLoggedOut),
+            "{}: {r:?}",
+            node.id
+        );
+    }
+    let (s, body) = api_request(
+        ns[1].http,
+        "GET",
+        "/api/v1/users/alice/devices",
+        Some(API_KEY),
+        &serde_json::Value::Null,
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["devices"], serde_json::json!(["laptop"]));
+
+    let (s, body) = delete(&ns[0], "laptop");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(kicked_with(&mut laptop), pb::KickReason::LoggedOut);
+    let (mut again, r) = auth(ns[1].tcp, "laptop", pb::Platform::Desktop, &token);
+    assert!(matches!(r.body, Some(Body::Welcome(_))), "{r:?}");
+    assert_eq!(kicked_with(&mut again), pb::KickReason::LoggedOut);
+
+    let bob = support::Gateway::token("bob");
+    let (mut desk, _) = auth(ns[0].tcp, "desk", pb::Platform::Desktop, &bob);
+    let (mut tab, _) = auth(ns[1].tcp, "tab", pb::Platform::Web, &bob);
+    redis.wait_routes("bob", &[("desk", "n1"), ("tab", "n2")]);
+    let (s, body) = api_request(
+        ns[1].http,
+        "POST",
+        "/api/v1/users/bob/kick",
+        Some(API_KEY),
+        &serde_json::json!({}),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["devices"], serde_json::json!(["desk", "tab"]));
+    for c in [&mut desk, &mut tab] {
+        assert_eq!(kicked_with(c), pb::KickReason::Admin);
     }
 }
