@@ -514,8 +514,9 @@ fn node_bookkeeping(remote: &mut RemoteRouter, batch: &mut Vec<BackendRequest>) 
 }
 
 /// Completes the `device_list` and `device_logout` requests a shard
-/// passed on (cluster mode; `shard/devices.rs`) and takes them out of the
-/// batch: the domain never sees them. A list arrives as the shard's
+/// passed on (cluster mode; `shard/devices.rs`), and the server API's
+/// device calls (`api/users.rs`), and takes them out of the batch: the
+/// domain never sees them. A list arrives as the shard's
 /// `DeviceListResult` of this node's devices and leaves with the user's
 /// devices on other live nodes added (oldest login first, at most
 /// `DEVICE_LIST_MAX`); a logout of a device not connected here is sent to
@@ -529,9 +530,12 @@ fn devices_across_nodes(
     stop: &AtomicBool,
 ) {
     refuse_logged_out(remote, batch, to_shards, stop);
+    // A connection's (passed on by its shard) or the server API's
+    // (`ApiBackend::devices_across_nodes`): clients cannot send a
+    // `DeviceListResult` (a server frame), and the API sends these only in
+    // cluster mode.
     let is_device_request = |r: &BackendRequest| {
         r.route.is_none()
-            && r.reply.is_none()
             && matches!(
                 r.frame.body,
                 Some(Body::DeviceListResult(_) | Body::DeviceLogout(_))
@@ -593,6 +597,11 @@ fn devices_across_nodes(
             },
             _ => continue,
         };
+        if let Some(to) = req.reply.take() {
+            // The server API's: it waits on its slot (or gave up).
+            let _ = to.send(Some(body));
+            continue;
+        }
         let frame = pb::Frame {
             request_id: req.frame.request_id,
             body: Some(body),

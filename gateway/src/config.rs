@@ -1313,8 +1313,9 @@ impl EditSettings {
 }
 
 /// Login policies (docs/protocol.md, "Devices and login policies"): how
-/// many connections of one user each platform class may hold on a node,
-/// and how long a logged-out device stays refused. The defaults keep the
+/// many connections of one user each platform class may hold (on the Redis
+/// store, over every live node: docs/cluster.md, "Login policies across
+/// nodes"; every node should have the same limits), and how long a logged-out device stays refused. The defaults keep the
 /// behaviour without policies: any number of devices per class (a second
 /// login of the same device id still displaces the first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1433,8 +1434,8 @@ impl PlatformClass {
 }
 
 impl LoginSettings {
-    /// The most connections `class` may hold per user on a node (0: no
-    /// limit).
+    /// The most connections `class` may hold per user (over every live
+    /// node on the Redis store; 0: no limit).
     pub fn devices_max(&self, class: PlatformClass) -> u32 {
         match class {
             PlatformClass::Mobile => self.mobile_devices_max,

@@ -198,6 +198,12 @@ pub struct ClusterMetrics {
     pub displacements_sent: AtomicU64,
     /// Displacement records received (a connection here to kick).
     pub displacements_received: AtomicU64,
+    /// Login policy records sent (a login here put the user's platform
+    /// class past its limit: the oldest of the class, on any node, kicked).
+    pub policy_kicks_sent: AtomicU64,
+    /// Login policy records received (a connection here to kick, if still
+    /// the login the record names).
+    pub policy_kicks_received: AtomicU64,
     /// A user's last counting device here left while one was connected on
     /// another live node: no OFFLINE.
     pub presence_kept: AtomicU64,
@@ -773,7 +779,7 @@ impl Collector for Metrics {
         }
         {
             let c = &self.cluster;
-            let rows: [(&str, &str, &AtomicU64); 16] = [
+            let rows: [(&str, &str, &AtomicU64); 18] = [
                 (
                     "tern_cluster_lease_lapses",
                     "Renewals that found this node's own lease lapsed (devices recounted)",
@@ -798,6 +804,16 @@ impl Collector for Metrics {
                     "tern_cluster_displacements_received",
                     "Displacement records received (a connection here kicked)",
                     &c.displacements_received,
+                ),
+                (
+                    "tern_cluster_login_policy_kicks_sent",
+                    "Login policy records sent (the oldest of a platform class past its limit, on any node)",
+                    &c.policy_kicks_sent,
+                ),
+                (
+                    "tern_cluster_login_policy_kicks_received",
+                    "Login policy records received (a connection here kicked, if still that login)",
+                    &c.policy_kicks_received,
                 ),
                 (
                     "tern_cluster_presence_kept",

@@ -106,6 +106,19 @@ pub enum ShardMsg {
         /// Device id.
         device: String,
     },
+    /// A login on some node put `user`'s platform class past its limit and
+    /// Redis picked this node's connection of `device` as the class's
+    /// oldest (docs/cluster.md, "Login policies across nodes"): kick it
+    /// with `LOGIN_POLICY` if it is still the login of `login_ms` and not
+    /// already on its way out.
+    PolicyKick {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+        /// The login's Unix ms (this node's clock).
+        login_ms: u64,
+    },
     /// The server API asks which devices of `user` this shard holds.
     Devices {
         /// The user (owned by this shard).

@@ -277,7 +277,7 @@ impl Server {
                     remote: routers
                         .get_mut(w)
                         .and_then(Option::take)
-                        .map(|r| r.with_logged_out_block_ms(cfg.login.logged_out_block_ms)),
+                        .map(|r| r.with_login(&cfg.login)),
                     webhooks: worker_hooks(cfg, &node_id, w, events.as_ref(), &metrics)?,
                     filter: filter.clone(),
                     push: push.as_ref().and_then(crate::push::PushFeed::sink),
@@ -375,11 +375,14 @@ impl Server {
                         Duration::from_millis(cfg.api.backend_timeout_ms),
                     )),
                     node_id: node_id.as_str().into(),
-                    ops: Arc::new(crate::api::ApiOps::new(
-                        cfg.api_ops.clone(),
-                        Some(Arc::new(metrics.clone())),
-                        std::mem::take(&mut api_shard_rings),
-                    )),
+                    ops: Arc::new(
+                        crate::api::ApiOps::new(
+                            cfg.api_ops.clone(),
+                            Some(Arc::new(metrics.clone())),
+                            std::mem::take(&mut api_shard_rings),
+                        )
+                        .with_cluster(cluster.is_some()),
+                    ),
                     audit: (cfg.api.audit_entries_max > 0)
                         .then(|| service.audit_log())
                         .flatten()

@@ -53,19 +53,48 @@ impl ApiBackend {
         self.call_as(user, true, body).await
     }
 
+    /// Completes a device call of the server API across nodes (cluster
+    /// mode only: `bridge::devices_across_nodes` answers it, the domain
+    /// never sees it): `body` is a `DeviceListResult` of this node's
+    /// devices, answered with every live node's; or a `DeviceLogout`,
+    /// remembered in Redis when `done_here` (the shard logged the device
+    /// out), else sent to the node holding the device (`NOT_FOUND` if
+    /// none does).
+    pub async fn devices_across_nodes(
+        &self,
+        user: &str,
+        body: Body,
+        done_here: bool,
+    ) -> Result<Option<Body>, ApiError> {
+        let mut req = Self::request(user, body);
+        req.done_here = done_here;
+        self.send(user, req).await
+    }
+
     async fn call_as(&self, user: &str, admin: bool, body: Body) -> Result<Option<Body>, ApiError> {
-        if self.workers.is_empty() {
-            return Err(ApiError::overloaded("no backend worker"));
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut req = Self::request(user, body);
+        req.caller.admin = admin;
+        self.send(user, req).await
+    }
+
+    /// A call of `user`'s (from [`API_DEVICE`]); its reply slot is set by
+    /// [`Self::send`].
+    fn request(user: &str, body: Body) -> BackendRequest {
         // `from` is unused: the answer goes to `reply`.
         let from = ConnRef {
             shard: 0,
             key: 0,
             generation: 0,
         };
-        let mut req = BackendRequest::new(from, user, API_DEVICE, BackendRequest::frame(body));
-        req.caller.admin = admin;
+        BackendRequest::new(from, user, API_DEVICE, BackendRequest::frame(body))
+    }
+
+    /// Sends `req` to `user`'s worker and waits for its answer.
+    async fn send(&self, user: &str, mut req: BackendRequest) -> Result<Option<Body>, ApiError> {
+        if self.workers.is_empty() {
+            return Err(ApiError::overloaded("no backend worker"));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
         req.reply = Some(Box::new(tx));
         let worker = owner_shard(user, self.workers.len());
         if self.workers[worker].lock().send(req).is_err() {

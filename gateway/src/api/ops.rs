@@ -14,7 +14,7 @@ use crate::{
     metrics::Metrics,
     msg::{DeviceEntry, ShardMsg, owner_shard},
 };
-use tern_protocol::pb::frame::Body;
+use tern_protocol::pb::{self, frame::Body};
 
 /// Operator-call state of the API.
 #[derive(Debug)]
@@ -27,6 +27,9 @@ pub struct ApiOps {
     /// A ring into each shard (index = shard).
     shards: Vec<Mutex<Sender<ShardMsg>>>,
     remembered: Mutex<Remembered>,
+    /// Cluster mode (the Redis store): the device calls also reach the
+    /// user's devices on other nodes, through the user's backend worker.
+    cluster: bool,
 }
 
 /// Answers by `(call, request id)`, the oldest forgotten first past
@@ -49,29 +52,85 @@ impl ApiOps {
             metrics,
             shards: shards.into_iter().map(Mutex::new).collect(),
             remembered: Mutex::new(Remembered::default()),
+            cluster: false,
         }
     }
 
-    /// The devices of `user` connected to this node, asked of its owner
-    /// shard (which holds all of them), sorted.
-    pub async fn devices(
+    /// In cluster mode (`cluster`: the Redis store), the device calls
+    /// ([`Self::devices_everywhere`], [`Self::logout_everywhere`]) reach
+    /// every live node.
+    pub fn with_cluster(mut self, cluster: bool) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The devices of `user` on every live node, oldest login first, at
+    /// most [`crate::msg::DEVICE_LIST_MAX`], each with the node that holds
+    /// it: this node's asked of the user's owner shard, the others' read
+    /// from Redis by the user's backend worker (cluster mode; if Redis
+    /// fails, this node's alone, as a client's `device_list`). One node:
+    /// this node's.
+    pub async fn devices_everywhere(
         &self,
+        backend: &ApiBackend,
+        node_id: &str,
         user: &str,
         timeout: std::time::Duration,
-    ) -> Result<Vec<String>, ApiError> {
-        let mut devices: Vec<String> = self
+    ) -> Result<Vec<pb::DeviceInfo>, ApiError> {
+        let devices: Vec<pb::DeviceInfo> = self
             .device_entries(user, timeout)
             .await?
             .into_iter()
-            .map(|d| d.device_id)
+            .map(|e| pb::DeviceInfo {
+                device_id: e.device_id,
+                platform: e.platform as i32,
+                node_id: node_id.to_owned(),
+                login_time_ms: e.login_time_ms,
+                client_version: e.client_version,
+                current: false,
+            })
             .collect();
-        devices.sort_unstable();
-        Ok(devices)
+        if !self.cluster {
+            return Ok(devices);
+        }
+        let here = Body::DeviceListResult(pb::DeviceListResult { devices });
+        match backend.devices_across_nodes(user, here, false).await? {
+            Some(Body::DeviceListResult(list)) => Ok(list.devices),
+            other => Err(ApiError::internal(format!(
+                "the backend answered a device list with {other:?}"
+            ))),
+        }
+    }
+
+    /// Logs out `device` of `user` wherever it is connected: kicked with
+    /// `LOGGED_OUT` and its older tokens refused. This node's owner shard
+    /// first; in cluster mode the logout is then remembered in Redis (every
+    /// node refuses the old token), or, if the device is not here, sent to
+    /// the live node whose route names it. False: connected nowhere.
+    pub async fn logout_everywhere(
+        &self,
+        backend: &ApiBackend,
+        user: &str,
+        device: &str,
+        timeout: std::time::Duration,
+    ) -> Result<bool, ApiError> {
+        let here = self.logout(user, device, timeout).await?;
+        if !self.cluster {
+            return Ok(here);
+        }
+        let logout = Body::DeviceLogout(pb::DeviceLogout {
+            device_id: device.to_owned(),
+        });
+        match backend.devices_across_nodes(user, logout, here).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == "NOT_FOUND" => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The devices of `user` connected to this node with what they said at
     /// login, oldest login first.
-    pub async fn device_entries(
+    async fn device_entries(
         &self,
         user: &str,
         timeout: std::time::Duration,
@@ -86,7 +145,7 @@ impl ApiOps {
 
     /// Logs out `device` of `user` on this node (kicked with `LOGGED_OUT`,
     /// its older tokens refused): true if it was connected here.
-    pub async fn logout(
+    async fn logout(
         &self,
         user: &str,
         device: &str,

@@ -89,17 +89,18 @@ pub struct UserState {
 pub struct Kicked {
     /// The user.
     pub user_id: String,
-    /// The devices connected to this node that the kick closes (devices on
-    /// other nodes get it too, through the cluster's delivery channel).
+    /// The devices connected when the kick was made, on every live node
+    /// (the kick reaches those on other nodes through the cluster's
+    /// delivery channel), sorted.
     pub devices: Vec<String>,
 }
 
-/// The devices of a user connected to this node.
+/// The devices of a user connected to any live node.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Devices {
     /// The user.
     pub user_id: String,
-    /// This node.
+    /// The node that answered (each device names the node holding it).
     pub node_id: String,
     /// Device ids, sorted.
     pub devices: Vec<String>,
@@ -322,10 +323,20 @@ async fn kick(
     if !device.is_empty() {
         check_device("device_id", &device)?;
     }
-    let mut devices = state.ops.devices(&user_id, state_timeout(&state)).await?;
-    if !device.is_empty() {
-        devices.retain(|d| *d == device);
-    }
+    let mut devices: Vec<String> = state
+        .ops
+        .devices_everywhere(
+            &state.backend,
+            &state.node_id,
+            &user_id,
+            state_timeout(&state),
+        )
+        .await?
+        .into_iter()
+        .map(|d| d.device_id)
+        .filter(|d| device.is_empty() || *d == device)
+        .collect();
+    devices.sort_unstable();
     let kick = pb::Kick {
         reason: pb::KickReason::Admin as i32,
         message: device,
@@ -336,14 +347,19 @@ async fn kick(
     Ok(Json(Kicked { user_id, devices }))
 }
 
-/// The devices of a user connected to this node.
+/// The devices of a user connected to any live node.
+///
+/// This node's are asked of the user's owner shard; with several nodes
+/// (the Redis store) those on the other live nodes are read from Redis,
+/// where each login's facts are kept beside its route. If Redis does not
+/// answer, this node's alone are listed.
 #[utoipa::path(
     get,
     path = "/api/v1/users/{user_id}/devices",
     tag = "users",
     params(("user_id" = String, Path, description = "The user")),
     responses(
-        (status = 200, description = "Connected devices (empty: none here)", body = Devices),
+        (status = 200, description = "Connected devices on every live node (empty: none)", body = Devices),
         (status = 400, description = "Bad user id", body = ErrorBody),
         (status = 401, description = "No or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
@@ -358,16 +374,21 @@ async fn devices(
     check_user("user_id", &user_id)?;
     let entries = state
         .ops
-        .device_entries(&user_id, state_timeout(&state))
+        .devices_everywhere(
+            &state.backend,
+            &state.node_id,
+            &user_id,
+            state_timeout(&state),
+        )
         .await?;
     let mut devices: Vec<String> = entries.iter().map(|d| d.device_id.clone()).collect();
     devices.sort_unstable();
     let details = entries
         .into_iter()
         .map(|d| DeviceDetail {
+            platform: platform_name(d.platform()).to_owned(),
             device_id: d.device_id,
-            platform: platform_name(d.platform).to_owned(),
-            node_id: state.node_id.to_string(),
+            node_id: d.node_id,
             login_time_ms: d.login_time_ms,
             client_version: d.client_version,
         })
@@ -385,8 +406,10 @@ async fn devices(
 /// The device gets a `Kick` with reason `LOGGED_OUT` and is closed once it
 /// is written; its logins with a token issued no later than now are refused
 /// (`DEVICE_LOGGED_OUT`) for `[login] logged_out_block_ms`
-/// (docs/protocol.md, "Devices and login policies"). Only a device connected
-/// to this node is found.
+/// (docs/protocol.md, "Devices and login policies"). The device may be
+/// connected to any live node: with several nodes (the Redis store) a
+/// device on another node is sent a logout record there, and the logout is
+/// remembered in Redis so that every node refuses the old token.
 #[utoipa::path(
     delete,
     path = "/api/v1/users/{user_id}/devices/{device_id}",
@@ -400,7 +423,8 @@ async fn devices(
         (status = 400, description = "Bad user or device id", body = ErrorBody),
         (status = 401, description = "No or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `users` scope", body = ErrorBody),
-        (status = 404, description = "The device is not connected to this node", body = ErrorBody),
+        (status = 404, description = "The device is not connected to any live node", body = ErrorBody),
+        (status = 500, description = "Several nodes: the device is not on this node and Redis did not answer (nothing was done)", body = ErrorBody),
     ),
 )]
 async fn logout_device(
@@ -413,11 +437,11 @@ async fn logout_device(
     check_device("device_id", &device_id)?;
     let found = state
         .ops
-        .logout(&user_id, &device_id, state_timeout(&state))
+        .logout_everywhere(&state.backend, &user_id, &device_id, state_timeout(&state))
         .await?;
     if !found {
         return Err(ApiError::not_found(format!(
-            "device {device_id:?} of {user_id:?} is not connected to this node"
+            "device {device_id:?} of {user_id:?} is not connected"
         )));
     }
     tracing::info!(user = %user_id, device = %device_id, key = %auth.key_name, "device logged out");

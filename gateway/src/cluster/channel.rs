@@ -22,6 +22,11 @@
 //! id, no body. The same device logged in on the sending node, whose
 //! route named this one: this node kicks its connection of that device
 //! (`Kick { reason: DISPLACED }`, as for a second login on one node).
+//! Two more name a device the same way: `o` logs it out (`LOGGED_OUT`,
+//! docs/cluster.md, "Devices across nodes") and `l` kicks it for its
+//! class's login limit (`LOGIN_POLICY`; `t` the Unix ms of the login it
+//! means, so a newer login of that device stays; "Login policies across
+//! nodes").
 //!
 //! A record that does not decode is counted
 //! (`tern_cluster_records_malformed_total`) and skipped.
@@ -59,7 +64,7 @@ use super::{
     routes,
 };
 use crate::{
-    config::ClusterSettings,
+    config::{ClusterSettings, LoginSettings},
     mailbox::Sender,
     metrics::ClusterMetrics,
     msg::{ShardMsg, owner_shard},
@@ -119,6 +124,9 @@ pub struct RemoteRouter {
     /// `[login] logged_out_block_ms`: how long a logout is remembered in
     /// Redis (`devices.rs`); 0: not at all.
     pub(super) logged_out_block_ms: u64,
+    /// `[login]`: the class limits the route writes apply across nodes
+    /// (`routes::UP`).
+    pub(super) login: LoginSettings,
 }
 
 impl RemoteRouter {
@@ -137,14 +145,17 @@ impl RemoteRouter {
             metrics,
             rechecks,
             logged_out_block_ms: 0,
+            login: LoginSettings::default(),
         }
     }
 
-    /// Remembers logouts in Redis for `block_ms` (`[login]
-    /// logged_out_block_ms`), so that every node refuses a logged-out
-    /// device's old token.
-    pub fn with_logged_out_block_ms(mut self, block_ms: u64) -> Self {
-        self.logged_out_block_ms = block_ms;
+    /// Applies `[login]` across nodes: logouts are remembered in Redis for
+    /// `logged_out_block_ms`, so that every node refuses a logged-out
+    /// device's old token, and each route write applies the class limits
+    /// (`*_devices_max`) to the user's devices on every live node.
+    pub fn with_login(mut self, login: &LoginSettings) -> Self {
+        self.logged_out_block_ms = login.logged_out_block_ms;
+        self.login = login.clone();
         self
     }
 
@@ -378,6 +389,34 @@ pub(super) fn xadd_logout(node: &str, records_max: u64, user: &str, device: &str
     c
 }
 
+/// A login policy record for `node`'s stream: `user`'s `device`, connected
+/// there since `login_ms` (that node's clock), is past its platform class's
+/// limit since a newer login (docs/cluster.md, "Login policies across
+/// nodes"). Sent to this node's own stream too, for a device here.
+pub(super) fn xadd_policy_kick(
+    node: &str,
+    records_max: u64,
+    user: &str,
+    device: &str,
+    login_ms: u64,
+) -> Cmd {
+    let mut c = cmd("XADD");
+    c.arg(stream_key(node))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(records_max)
+        .arg("*")
+        .arg("k")
+        .arg("l")
+        .arg("u")
+        .arg(user)
+        .arg("v")
+        .arg(device)
+        .arg("t")
+        .arg(login_ms);
+    c
+}
+
 /// Why a record of the stream was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -430,6 +469,16 @@ pub enum Record {
         /// Device id.
         device: String,
     },
+    /// `k = l`: kick this node's connection of `user`'s `device` that
+    /// logged in at `login_ms` with `LOGIN_POLICY`.
+    PolicyKick {
+        /// User id.
+        user: String,
+        /// Device id.
+        device: String,
+        /// The login's Unix ms (this node's clock), field `t`.
+        login_ms: u64,
+    },
 }
 
 /// Decodes a record's fields. Never panics; allocates only what Redis
@@ -446,16 +495,20 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
         get(name).and_then(|b| std::str::from_utf8(b).map_err(|_| RecordError::Invalid(name)))
     };
     let kind = get("k")?;
-    if kind == b"x" || kind == b"o" {
+    if kind == b"x" || kind == b"o" || kind == b"l" {
         let user = text("u")?;
         let device = text("v")?;
         tern_protocol::ids::check_id(user).map_err(|_| RecordError::Invalid("u"))?;
         tern_protocol::ids::check_id(device).map_err(|_| RecordError::Invalid("v"))?;
         let (user, device) = (user.to_owned(), device.to_owned());
-        return Ok(if kind == b"x" {
-            Record::Displace { user, device }
-        } else {
-            Record::Logout { user, device }
+        return Ok(match kind {
+            b"x" => Record::Displace { user, device },
+            b"o" => Record::Logout { user, device },
+            _ => Record::PolicyKick {
+                user,
+                device,
+                login_ms: text("t")?.parse().map_err(|_| RecordError::Invalid("t"))?,
+            },
         });
     }
     if kind == b"r" {
@@ -654,6 +707,23 @@ impl Consumer {
                 self.send_to_shard(shard, ShardMsg::RemoteLogout { user, device });
                 return;
             }
+            Record::PolicyKick {
+                user,
+                device,
+                login_ms,
+            } => {
+                self.metrics
+                    .policy_kicks_received
+                    .fetch_add(1, Ordering::Relaxed);
+                let shard = owner_shard(&user, shards);
+                let msg = ShardMsg::PolicyKick {
+                    user,
+                    device,
+                    login_ms,
+                };
+                self.send_to_shard(shard, msg);
+                return;
+            }
         };
         let mut groups: Vec<Vec<String>> = (0..shards).map(|_| Vec::new()).collect();
         for u in users {
@@ -843,6 +913,21 @@ mod tests {
                 device: "phone".into()
             })
         );
+        let l = fields(&[
+            ("k", b"l".to_vec()),
+            ("u", b"alice".to_vec()),
+            ("v", b"phone".to_vec()),
+            ("t", b"1700000000123".to_vec()),
+        ]);
+        let refs: Vec<(&Value, &Value)> = l.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(
+            decode(&refs),
+            Ok(Record::PolicyKick {
+                user: "alice".into(),
+                device: "phone".into(),
+                login_ms: 1_700_000_000_123,
+            })
+        );
         let cases: Vec<Vec<(Value, Value)>> = vec![
             fields(&[
                 ("k", b"x".to_vec()),
@@ -888,6 +973,17 @@ mod tests {
                 ("k", b"o".to_vec()),
                 ("u", b"a".to_vec()),
                 ("v", b"not an id!".to_vec()),
+            ]),
+            fields(&[
+                ("k", b"l".to_vec()),
+                ("u", b"a".to_vec()),
+                ("v", b"d".to_vec()),
+            ]),
+            fields(&[
+                ("k", b"l".to_vec()),
+                ("u", b"a".to_vec()),
+                ("v", b"d".to_vec()),
+                ("t", b"-1".to_vec()),
             ]),
         ];
         for c in cases {

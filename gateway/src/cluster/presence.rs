@@ -41,6 +41,7 @@ use redis::{Cmd, RedisResult, Value, cmd};
 use tern_protocol::pb;
 
 use super::{RemoteRouter, channel, conn, conn::Link, route_cache, routes};
+use crate::config::PlatformClass;
 
 /// Users one `SPOP` of a dead node's set takes at most (one pipeline of
 /// `SREM`s follows it).
@@ -169,6 +170,10 @@ impl RemoteRouter {
             return Vec::new();
         }
         let me = self.view.me().to_owned();
+        // The live nodes, whose devices the login policy counts (read once
+        // per batch; a node that died since is counted until the next
+        // view, as the pushes do).
+        let live = self.view.live();
         let mut cmds: Vec<Cmd> = Vec::with_capacity(notes.len() * 2);
         // Index of each note's first reply.
         let mut at = Vec::with_capacity(notes.len());
@@ -182,7 +187,22 @@ impl RemoteRouter {
                         i.current = false;
                         i.encode_to_vec()
                     });
-                    cmds.push(routes::up(user, device, &me, facts.as_deref()));
+                    let policy = info.map(|i| {
+                        let class = PlatformClass::of(i.platform());
+                        routes::Policy {
+                            class: class.name(),
+                            max: self.login.devices_max(class),
+                            login_ms: i.login_time_ms,
+                        }
+                    });
+                    cmds.push(routes::up(
+                        user,
+                        device,
+                        &me,
+                        facts.as_deref(),
+                        policy,
+                        live.iter().map(|n| &**n),
+                    ));
                 }
                 Note::RouteDown { user, device } => {
                     cmds.push(routes::del_if_node(user, device, &me));
@@ -289,17 +309,18 @@ impl RemoteRouter {
         self.metrics
             .route_writes
             .fetch_add(routes_n, Ordering::Relaxed);
-        let live = self.view.live();
         let mut displaced: Vec<(&str, &str, String)> = Vec::new();
+        let mut policy_kicks: Vec<(&str, routes::PolicyKick)> = Vec::new();
         let mut out = Vec::with_capacity(notes.len());
         for (n, &i) in notes.iter().zip(&at) {
             let reply = replies.get(i).unwrap_or(&Value::Nil);
             out.push(match *n {
                 Note::RouteUp { user, device, .. } => {
-                    let before = conn::bytes(reply).and_then(|b| std::str::from_utf8(b).ok());
-                    if let Some(old) = before.filter(|o| *o != me && live.contains(*o)) {
-                        displaced.push((user, device, old.to_owned()));
+                    let (before, kicks) = routes::parse_up(reply);
+                    if let Some(old) = before.filter(|o| *o != me && live.contains(o.as_str())) {
+                        displaced.push((user, device, old));
                     }
+                    policy_kicks.extend(kicks.into_iter().map(|k| (user, k)));
                     false
                 }
                 Note::RouteDown { .. } | Note::RouteRestore { .. } => false,
@@ -316,6 +337,31 @@ impl RemoteRouter {
                     !elsewhere
                 }
             });
+        }
+        if !policy_kicks.is_empty() {
+            // Each picked once by the script (and forgotten there): a
+            // record lost now leaves that device connected past the limit
+            // until it closes; the next login of the class counts it no
+            // more.
+            let cmds = policy_kicks
+                .iter()
+                .map(|(u, (d, node, ms))| {
+                    channel::xadd_policy_kick(node, self.records_max, u, d, *ms)
+                })
+                .collect();
+            match self.link.pipeline(cmds) {
+                Ok(_) => {
+                    self.metrics
+                        .policy_kicks_sent
+                        .fetch_add(policy_kicks.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics
+                        .records_dropped
+                        .fetch_add(policy_kicks.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cluster: login policy records dropped");
+                }
+            }
         }
         if !displaced.is_empty() {
             let cmds = displaced

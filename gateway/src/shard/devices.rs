@@ -308,6 +308,39 @@ impl Shard {
         }
     }
 
+    /// A kick the login policy decided across nodes (cluster mode: the
+    /// route write of a newer login picked this node's connection of
+    /// `device` as its class's oldest): kicked with `LOGIN_POLICY` if it is
+    /// still active and the login of `login_ms`. A connection already
+    /// kicked (here by [`Self::enforce_login_policy`], or for any other
+    /// reason) gets nothing more, so each connection gets one kick; a newer
+    /// login of the same device stays.
+    pub(super) fn kick_by_policy(self: &Rc<Self>, user: &str, device: &str, login_ms: u64) {
+        let now = self.now_ms();
+        let mut conns = self.conns.borrow_mut();
+        for k in self.devices_of(&conns, user) {
+            let Some(c) = conns.get_mut(k as usize) else {
+                continue;
+            };
+            if !c.active() || c.device() != Some(device) || c.login_meta().1.0 != login_ms {
+                continue;
+            }
+            if self.auth_log.borrow_mut().admit(now).is_some() {
+                info!(
+                    shard = self.id,
+                    user,
+                    device,
+                    class = PlatformClass::of(c.login_meta().0).name(),
+                    "kicked: login policy (across nodes)"
+                );
+            }
+            c.session
+                .kick(&self.cfg, now, pb::KickReason::LoginPolicy, "");
+            self.flush(k, c);
+            self.close_soon(c, crate::metrics::CloseReason::Kicked);
+        }
+    }
+
     /// The active devices of `user` here, oldest login first, with their
     /// slab keys.
     fn device_entries(&self, conns: &Slab<Conn>, user: &str) -> Vec<(u32, DeviceEntry)> {

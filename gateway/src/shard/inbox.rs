@@ -301,6 +301,11 @@ impl Shard {
             }
             ShardMsg::Displace { user, device } => self.displace(&user, &device),
             ShardMsg::RemoteLogout { user, device } => self.logout_elsewhere(&user, &device),
+            ShardMsg::PolicyKick {
+                user,
+                device,
+                login_ms,
+            } => self.kick_by_policy(&user, &device, login_ms),
             ShardMsg::Recount => self.recount(),
         }
     }
