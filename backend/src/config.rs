@@ -117,6 +117,11 @@ pub struct Config {
     /// groups, presence, rooms): the one exception to "nothing crosses
     /// tenants". Default none.
     pub federation: Federation,
+    /// Messages a second each named tenant's users may send through this
+    /// node together (sends, API sends and room posts); past it a send gets
+    /// `RATE_LIMITED` with `retry_after_ms`. Tenants not named: no limit.
+    /// Default none.
+    pub tenant_messages_per_second: Vec<(String, u32)>,
 }
 
 impl Default for Config {
@@ -156,6 +161,7 @@ impl Default for Config {
             push_muted_conversations_max: 500,
             room_recent_max: 200,
             federation: Federation::default(),
+            tenant_messages_per_second: Vec::new(),
         }
     }
 }

@@ -72,6 +72,10 @@ pub enum DomainError {
     /// than the caller's (docs/tenants.md).
     #[error("{0} is in another tenant")]
     TenantMismatch(&'static str),
+    /// The caller's tenant sent its `messages_per_second` on this node
+    /// already; retry after the given ms.
+    #[error("your organization's message rate is used up: retry after {0} ms")]
+    TenantRateLimited(u32),
     /// Push is not configured on this server.
     #[error("push notifications are not enabled on this server")]
     PushDisabled,
@@ -123,6 +127,7 @@ impl DomainError {
             Self::PushMutesFull => pb::ErrorCode::PushMutesFull,
             Self::BroadcastOnly => pb::ErrorCode::BroadcastOnly,
             Self::TenantMismatch(_) => pb::ErrorCode::TenantMismatch,
+            Self::TenantRateLimited(_) => pb::ErrorCode::RateLimited,
             Self::Internal(_) => pb::ErrorCode::Internal,
             Self::Overloaded(_) => pb::ErrorCode::Overloaded,
         }
@@ -155,6 +160,7 @@ impl DomainError {
         };
         let retry_after_ms = match self {
             Self::Overloaded(_) => OVERLOADED_RETRY_AFTER_MS,
+            Self::TenantRateLimited(ms) => *ms,
             _ => 0,
         };
         pb::Error {

@@ -282,6 +282,36 @@ pub struct ChatSettings {
     /// (docs/tenants.md, "Federation"); every other pair stays apart.
     /// Default none.
     pub tenant_federation: Vec<String>,
+    /// Per-tenant message rates on each node, `"acme:500"`: that tenant's
+    /// users send at most 500 messages a second through one node together
+    /// (a send past it gets `RATE_LIMITED`; docs/tenants.md, "Limits").
+    /// Default none.
+    pub tenant_messages_per_second: Vec<String>,
+}
+
+impl ChatSettings {
+    /// `tenant_messages_per_second` parsed: `(tenant, rate)`, each tenant
+    /// once, rates above 0.
+    pub fn tenant_rates(&self) -> Result<Vec<(String, u32)>, String> {
+        let mut out: Vec<(String, u32)> = Vec::new();
+        for item in &self.tenant_messages_per_second {
+            let (t, rate) = item
+                .split_once(':')
+                .ok_or_else(|| format!("{item:?}: expected <tenant>:<messages a second>"))?;
+            tern_protocol::ids::check_tenant(t)
+                .map_err(|_| format!("{item:?}: {t:?} is not 1 to 32 of [a-z0-9-]"))?;
+            let rate: u32 = rate
+                .parse()
+                .ok()
+                .filter(|r| *r > 0)
+                .ok_or_else(|| format!("{item:?}: the rate must be a whole number above 0"))?;
+            if out.iter().any(|(o, _)| o == t) {
+                return Err(format!("{item:?}: tenant {t:?} is named twice"));
+            }
+            out.push((t.to_owned(), rate));
+        }
+        Ok(out)
+    }
 }
 
 impl Default for ChatSettings {
@@ -293,6 +323,7 @@ impl Default for ChatSettings {
             calls_max: 10_000,
             call_lease_ms: 60_000,
             tenant_federation: Vec::new(),
+            tenant_messages_per_second: Vec::new(),
         }
     }
 }
@@ -718,6 +749,9 @@ impl Config {
             self.chat.tenant_federation.iter().map(String::as_str),
         ) {
             return invalid("chat.tenant_federation", &why);
+        }
+        if let Err(why) = self.chat.tenant_rates() {
+            return invalid("chat.tenant_messages_per_second", &why);
         }
         self.cluster.validate()?;
         self.api.validate()?;
@@ -1477,6 +1511,31 @@ impl Default for SearchSettings {
 
 #[cfg(test)]
 mod tests {
+
+    /// The tenant settings of `[chat]` are checked at start: a pair or a
+    /// rate that cannot work stops `tern serve` with the key's name.
+    #[test]
+    fn tenant_settings_are_checked() {
+        let mut cfg = Config::default();
+        cfg.chat.tenant_messages_per_second = vec!["acme:500".into(), "globex:1".into()];
+        cfg.chat.tenant_federation = vec!["acme:globex".into()];
+        assert!(cfg.validate().is_ok());
+        assert_eq!(
+            cfg.chat.tenant_rates().unwrap(),
+            [("acme".to_owned(), 500), ("globex".to_owned(), 1)]
+        );
+        for bad in ["acme", "acme:0", "acme:x", "Acme:5", "acme:-1"] {
+            cfg.chat.tenant_messages_per_second = vec![bad.into()];
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("tenant_messages_per_second"), "{bad}: {e}");
+        }
+        cfg.chat.tenant_messages_per_second = vec!["acme:1".into(), "acme:2".into()];
+        assert!(cfg.validate().is_err());
+        cfg.chat.tenant_messages_per_second.clear();
+        cfg.chat.tenant_federation = vec!["acme:acme".into()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("tenant_federation"), "{e}");
+    }
 
     /// `tern config` shows no secret: the JWT secret, API keys, the
     /// webhook secret and a Redis URL's password are replaced, everything

@@ -66,6 +66,10 @@ impl BackendService {
                 cfg.chat.tenant_federation.iter().map(String::as_str),
             )
             .map_err(|why| anyhow::anyhow!("chat.tenant_federation: {why}"))?,
+            tenant_messages_per_second: cfg
+                .chat
+                .tenant_rates()
+                .map_err(|why| anyhow::anyhow!("chat.tenant_messages_per_second: {why}"))?,
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);

@@ -229,6 +229,8 @@ pub struct Domain {
     /// Conversations with messages or edits not yet handed to the search
     /// indexer (bounded: `search::PENDING_CONVERSATIONS_MAX`).
     search_pending: Mutex<HashSet<String>>,
+    /// Per-tenant message rates on this node (tenant.rs).
+    tenant_rates: tenant::TenantRates,
 }
 
 impl std::fmt::Debug for Domain {
@@ -247,6 +249,7 @@ impl Domain {
         let id_seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
+        let tenant_rates = tenant::TenantRates::new(&config.tenant_messages_per_second);
         Self {
             store,
             config,
@@ -257,6 +260,7 @@ impl Domain {
             id_counter: AtomicU64::new(0),
             banned: admin::BannedCache::default(),
             search_pending: Mutex::new(HashSet::new()),
+            tenant_rates,
         }
     }
 
@@ -314,7 +318,13 @@ impl Domain {
                 self.flush_login_checks(&mut logins, &mut outcomes);
             }
             let allowed = tenant::check(&caller, &self.config.federation, &body)
-                .and_then(|()| self.check_not_banned(&caller, &body));
+                .and_then(|()| self.check_not_banned(&caller, &body))
+                .and_then(|()| match body {
+                    Body::Send(_) | Body::RoomPost(_) => {
+                        self.tenant_rates.admit(&caller.user_id, now_ms)
+                    }
+                    _ => Ok(()),
+                });
             if let Err(e) = allowed {
                 outcomes[i] = Some(Outcome::error(&e));
                 continue;

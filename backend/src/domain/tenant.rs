@@ -16,6 +16,9 @@
 //! carries; the match has no catch-all, so a new frame does not build until
 //! it is classified here.
 
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
 use tern_protocol::ids::{ConversationId, tenant_of};
 use tern_protocol::pb;
 use tern_protocol::pb::frame::Body;
@@ -184,6 +187,73 @@ pub(super) fn check(
         | Body::RoomJoined(_)
         | Body::RoomHistoryResult(_)
         | Body::RoomDeliver(_) => Ok(()),
+    }
+}
+
+/// The message rate of each tenant with a limit
+/// (`Config::tenant_messages_per_second`), on this node: a token bucket per
+/// tenant holding one second of its rate. Bounded: one bucket per
+/// configured tenant, made at start.
+#[derive(Debug, Default)]
+pub(super) struct TenantRates {
+    buckets: HashMap<String, Mutex<Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Messages a second.
+    rate: u64,
+    /// Thousandths of a message available (at most `rate * 1000`).
+    milli: u64,
+    /// When `milli` was last topped up.
+    at_ms: u64,
+}
+
+/// One message, in the bucket's unit.
+const MESSAGE_MILLI: u64 = 1_000;
+
+impl TenantRates {
+    /// Buckets for `limits` (a rate of 0 means no limit), full.
+    pub(super) fn new(limits: &[(String, u32)]) -> Self {
+        Self {
+            buckets: limits
+                .iter()
+                .filter(|(_, rate)| *rate > 0)
+                .map(|(t, rate)| {
+                    let rate = u64::from(*rate);
+                    let b = Bucket {
+                        rate,
+                        milli: rate * MESSAGE_MILLI,
+                        at_ms: 0,
+                    };
+                    (t.clone(), Mutex::new(b))
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes one message of `user`'s tenant's rate at `now_ms`, or says
+    /// how long until one is there.
+    pub(super) fn admit(&self, user: &str, now_ms: u64) -> Result<(), DomainError> {
+        let Some(bucket) = self.buckets.get(tenant_of(user)) else {
+            return Ok(());
+        };
+        let mut b = bucket.lock();
+        let full = b.rate * MESSAGE_MILLI;
+        let elapsed = now_ms.saturating_sub(b.at_ms);
+        b.milli = b
+            .milli
+            .saturating_add(elapsed.saturating_mul(b.rate))
+            .min(full);
+        b.at_ms = b.at_ms.max(now_ms);
+        if b.milli >= MESSAGE_MILLI {
+            b.milli -= MESSAGE_MILLI;
+            return Ok(());
+        }
+        let wait_ms = (MESSAGE_MILLI - b.milli).div_ceil(b.rate);
+        Err(DomainError::TenantRateLimited(
+            u32::try_from(wait_ms).unwrap_or(u32::MAX).max(1),
+        ))
     }
 }
 
