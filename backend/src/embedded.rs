@@ -58,10 +58,10 @@ use tern_protocol::pb;
 use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
     Annotation, Append, AppendEffect, AppendRefused, Appended, AuditLog, AuditRecord, BanRecord,
-    CallSlot, ConvHead, Credentials, FriendRecord, FriendRequestRecord, GroupChange, GroupConflict,
-    GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord, PresenceSetting, PushBind,
-    PushSettings, PushUnbind, RoomRecord, SocialOp, Store, StoreError, StoreResult, ThreadStat,
-    TodoRecord, UserConv, ViewChange,
+    CallSlot, ConvHead, Credentials, DeptMember, DeptRecord, FriendRecord, FriendRequestRecord,
+    GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, OrgStore,
+    PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord, SocialOp,
+    Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -303,6 +303,14 @@ struct Keyspaces {
     audit_head: SingleWriterTxKeyspace,
     /// `tenant \0 seq_be` → encoded [`AuditRecord`], the newest `keep`.
     audit: SingleWriterTxKeyspace,
+    // ---- departments (issue 20, docs/tenants.md) ----
+    /// `tenant \0 dept` → encoded [`DeptRecord`].
+    dept: SingleWriterTxKeyspace,
+    /// `dept \0 user` → encoded [`DeptMember`] (dept ids carry their
+    /// tenant, so they are unique across tenants).
+    dept_member: SingleWriterTxKeyspace,
+    /// `user \0 dept` → empty: the departments of a user.
+    user_dept: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -348,6 +356,9 @@ impl EmbeddedStore {
             room_log: open("room_log")?,
             audit_head: open("audit_head")?,
             audit: open("audit")?,
+            dept: open("dept")?,
+            dept_member: open("dept_member")?,
+            user_dept: open("user_dept")?,
         };
         let disk = DiskReserve {
             dir: dir.to_path_buf(),
@@ -1503,6 +1514,128 @@ impl AuditLog for EmbeddedStore {
         for guard in snap.range(&self.ks.audit, (lower, upper)).rev().take(limit) {
             let (_, v) = guard.into_inner().map_err(backend)?;
             out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+impl OrgStore for EmbeddedStore {
+    fn dept(&self, tenant: &str, id: &str) -> StoreResult<Option<DeptRecord>> {
+        self.get(&self.ks.dept, &key2(tenant, id))
+    }
+
+    fn depts(&self, tenant: &str) -> StoreResult<Vec<DeptRecord>> {
+        self.scan(&self.ks.dept, &prefix(tenant))
+    }
+
+    fn put_dept(&self, tenant: &str, record: &DeptRecord, expected: u64) -> StoreResult<bool> {
+        let key = key2(tenant, &record.dept_id);
+        // One writer at a time: the version read here is the one replaced.
+        let mut tx = self.write_tx();
+        let stored = match tx.get(&self.ks.dept, &key).map_err(backend)? {
+            Some(v) => decode::<DeptRecord>(&v)?.version,
+            None => 0,
+        };
+        if stored != expected {
+            return Ok(false);
+        }
+        let record = DeptRecord {
+            version: expected + 1,
+            ..record.clone()
+        };
+        tx.insert(&self.ks.dept, key, record.encode_to_vec());
+        self.commit(tx)?;
+        Ok(true)
+    }
+
+    fn delete_dept(&self, tenant: &str, id: &str, expected: u64) -> StoreResult<bool> {
+        let key = key2(tenant, id);
+        let mut tx = self.write_tx();
+        let Some(v) = tx.get(&self.ks.dept, &key).map_err(backend)? else {
+            return Ok(false);
+        };
+        if decode::<DeptRecord>(&v)?.version != expected {
+            return Ok(false);
+        }
+        tx.remove(&self.ks.dept, key);
+        let mut members = Vec::new();
+        for guard in tx.prefix(&self.ks.dept_member, prefix(id)) {
+            let (k, _) = guard.into_inner().map_err(backend)?;
+            members.push(k.to_vec());
+        }
+        for k in members {
+            let user = std::str::from_utf8(&k[id.len() + 1..])
+                .map_err(|_| StoreError::Corrupt("department member key".into()))?;
+            tx.remove(&self.ks.user_dept, key2(user, id));
+            tx.remove(&self.ks.dept_member, k.clone());
+        }
+        self.commit(tx)?;
+        Ok(true)
+    }
+
+    fn put_dept_member(&self, _tenant: &str, dept: &str, member: &DeptMember) -> StoreResult<()> {
+        let mut tx = self.write_tx();
+        tx.insert(
+            &self.ks.dept_member,
+            key2(dept, &member.user_id),
+            member.encode_to_vec(),
+        );
+        tx.insert(&self.ks.user_dept, key2(&member.user_id, dept), []);
+        self.commit(tx)
+    }
+
+    fn remove_dept_member(&self, _tenant: &str, dept: &str, user: &str) -> StoreResult<bool> {
+        let mut tx = self.write_tx();
+        let key = key2(dept, user);
+        if tx
+            .get(&self.ks.dept_member, &key)
+            .map_err(backend)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        tx.remove(&self.ks.dept_member, key);
+        tx.remove(&self.ks.user_dept, key2(user, dept));
+        self.commit(tx)?;
+        Ok(true)
+    }
+
+    fn dept_members(
+        &self,
+        _tenant: &str,
+        dept: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeptMember>> {
+        let lower = if after.is_empty() {
+            Bound::Included(prefix(dept))
+        } else {
+            Bound::Excluded(key2(dept, after))
+        };
+        let snap = self.db.read_tx();
+        let mut out = Vec::new();
+        for guard in snap
+            .range(
+                &self.ks.dept_member,
+                (lower, Bound::Excluded(prefix_end(dept))),
+            )
+            .take(limit)
+        {
+            let (_, v) = guard.into_inner().map_err(backend)?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    fn user_depts(&self, _tenant: &str, user: &str) -> StoreResult<Vec<String>> {
+        let snap = self.db.read_tx();
+        let p = prefix(user);
+        let mut out = Vec::new();
+        for guard in snap.prefix(&self.ks.user_dept, &p) {
+            let (k, _) = guard.into_inner().map_err(backend)?;
+            let dept = std::str::from_utf8(&k[p.len()..])
+                .map_err(|_| StoreError::Corrupt("user department key".into()))?;
+            out.push(dept.to_owned());
         }
         Ok(out)
     }

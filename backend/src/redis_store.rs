@@ -35,10 +35,10 @@ use tern_protocol::pb;
 use crate::seal::{self, KeyRing, Keys};
 use crate::store::{
     Annotation, Append, AppendEffect, AppendRefused, Appended, AuditLog, AuditRecord, BanRecord,
-    CallSlot, ConvHead, Credentials, FriendRecord, FriendRequestRecord, GroupChange, GroupConflict,
-    GroupMeta, JoinRequestRecord, MemberRecord, PresenceRecord, PresenceSetting, PushBind,
-    PushSettings, PushUnbind, RoomRecord, SocialOp, Store, StoreError, StoreResult, ThreadStat,
-    TodoRecord, UserConv, ViewChange,
+    CallSlot, ConvHead, Credentials, DeptMember, DeptRecord, FriendRecord, FriendRequestRecord,
+    GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, OrgStore,
+    PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord, SocialOp,
+    Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
 };
 use keys::{ConvKeys, KeyError, PairKeys, RoomKeys, UserKeys};
 
@@ -2110,6 +2110,251 @@ const AUDIT_APPEND: &str = "local s = redis.call('INCR', KEYS[2]) \
      local old = s - tonumber(ARGV[2]) \
      if old > 0 then redis.call('HDEL', KEYS[1], old) end \
      return s";
+
+/// Stores department `ARGV[1]`'s record `ARGV[3]` if its version
+/// (`KEYS[2]`) is `ARGV[2]`, bumping it; answers 1, else 0.
+const DEPT_PUT: &str = "local v = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') \
+     if v ~= tonumber(ARGV[2]) then return 0 end \
+     redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) \
+     redis.call('HSET', KEYS[2], ARGV[1], v + 1) \
+     return 1";
+
+/// Deletes department `ARGV[1]` at version `ARGV[2]` with its members hash
+/// (`KEYS[3]`) and their index entries (`KEYS[4..]`, one per member, as read
+/// just before: a member added meanwhile makes it answer -1, and the caller
+/// reads again); answers 1, 0 (version moved or no such department) or -1.
+const DEPT_DELETE: &str = "local v = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') \
+     if v == 0 or v ~= tonumber(ARGV[2]) then return 0 end \
+     if redis.call('HLEN', KEYS[3]) ~= #KEYS - 3 then return -1 end \
+     for i = 4, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end \
+     redis.call('HDEL', KEYS[1], ARGV[1]) \
+     redis.call('HDEL', KEYS[2], ARGV[1]) \
+     redis.call('DEL', KEYS[3]) \
+     return 1";
+
+/// Adds (or changes) member `ARGV[1]` of department `ARGV[2]`: the members
+/// hash `KEYS[1]` and the user's set `KEYS[2]`.
+const DEPT_MEMBER_PUT: &str = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) \
+     redis.call('SADD', KEYS[2], ARGV[2]) \
+     return 1";
+
+/// Removes member `ARGV[1]` of department `ARGV[2]`; answers 1, or 0 when
+/// they were not one.
+const DEPT_MEMBER_REMOVE: &str = "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end \
+     redis.call('SREM', KEYS[2], ARGV[2]) \
+     return 1";
+
+/// Attempts of a department delete that races with new members.
+const DEPT_DELETE_ATTEMPTS_MAX: usize = 8;
+
+impl OrgStore for RedisStore {
+    fn dept(&self, tenant: &str, id: &str) -> StoreResult<Option<DeptRecord>> {
+        let (d, dv) = keys::org(tenant).map_err(RedisStoreError::from)?;
+        let mut p = Pipe::default();
+        let mut c = redis::cmd("HGET");
+        c.arg(&d).arg(id);
+        p.add(c);
+        let mut c = redis::cmd("HGET");
+        c.arg(&dv).arg(id);
+        p.add(c);
+        let vals = self.with_conn(|conn| self.run(conn, &p))?;
+        match vals.as_slice() {
+            [Value::BulkString(b), v] => {
+                let mut r = DeptRecord::decode(b.as_slice())
+                    .map_err(|e| StoreError::Corrupt(format!("department {id}: {e}")))?;
+                r.version = as_u64(v)?;
+                Ok(Some(r))
+            }
+            [Value::Nil, _] => Ok(None),
+            other => Err(StoreError::Corrupt(format!(
+                "department {id}: unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    fn depts(&self, tenant: &str) -> StoreResult<Vec<DeptRecord>> {
+        let (d, dv) = keys::org(tenant).map_err(RedisStoreError::from)?;
+        let mut p = Pipe::default();
+        let mut c = redis::cmd("HGETALL");
+        c.arg(&d);
+        p.add(c);
+        let mut c = redis::cmd("HGETALL");
+        c.arg(&dv);
+        p.add(c);
+        let vals = self.with_conn(|conn| self.run(conn, &p))?;
+        let pairs = |v: &Value| -> Vec<(Vec<u8>, Vec<u8>)> {
+            match v {
+                Value::Array(items) => items
+                    .chunks(2)
+                    .filter_map(|kv| match kv {
+                        [Value::BulkString(k), Value::BulkString(v)] => {
+                            Some((k.clone(), v.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                Value::Map(items) => items
+                    .iter()
+                    .filter_map(|kv| match kv {
+                        (Value::BulkString(k), Value::BulkString(v)) => {
+                            Some((k.clone(), v.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let [records, versions] = vals.as_slice() else {
+            return Err(StoreError::Corrupt(
+                "departments: two replies expected".into(),
+            ));
+        };
+        let versions: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            pairs(versions).into_iter().collect();
+        let mut out = Vec::new();
+        for (id, bytes) in pairs(records) {
+            let mut r = DeptRecord::decode(bytes.as_slice())
+                .map_err(|e| StoreError::Corrupt(format!("a department: {e}")))?;
+            r.version = versions
+                .get(&id)
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(0);
+            out.push(r);
+        }
+        out.sort_unstable_by(|a, b| a.dept_id.cmp(&b.dept_id));
+        Ok(out)
+    }
+
+    fn put_dept(&self, tenant: &str, record: &DeptRecord, expected: u64) -> StoreResult<bool> {
+        let (d, dv) = keys::org(tenant).map_err(RedisStoreError::from)?;
+        keys::id("department", &record.dept_id).map_err(RedisStoreError::from)?;
+        let stored = DeptRecord {
+            version: 0,
+            ..record.clone()
+        };
+        let mut c = redis::cmd("EVAL");
+        c.arg(DEPT_PUT)
+            .arg(2)
+            .arg(&d)
+            .arg(&dv)
+            .arg(&record.dept_id)
+            .arg(expected)
+            .arg(stored.encode_to_vec());
+        Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn delete_dept(&self, tenant: &str, id: &str, expected: u64) -> StoreResult<bool> {
+        let (d, dv) = keys::org(tenant).map_err(RedisStoreError::from)?;
+        let m = keys::org_members(tenant, id).map_err(RedisStoreError::from)?;
+        for _ in 0..DEPT_DELETE_ATTEMPTS_MAX {
+            let mut c = redis::cmd("HKEYS");
+            c.arg(&m);
+            let users: Vec<String> = match self.one(c)? {
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut c = redis::cmd("EVAL");
+            c.arg(DEPT_DELETE)
+                .arg(3 + users.len())
+                .arg(&d)
+                .arg(&dv)
+                .arg(&m);
+            for u in &users {
+                c.arg(keys::org_user(tenant, u).map_err(RedisStoreError::from)?);
+            }
+            c.arg(id).arg(expected);
+            match self.one(c)? {
+                Value::Int(1) => return Ok(true),
+                Value::Int(0) => return Ok(false),
+                _ => continue, // a member joined meanwhile: read them again
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "department {id}: members kept changing during its delete"
+        )))
+    }
+
+    fn put_dept_member(&self, tenant: &str, dept: &str, member: &DeptMember) -> StoreResult<()> {
+        let m = keys::org_members(tenant, dept).map_err(RedisStoreError::from)?;
+        let u = keys::org_user(tenant, &member.user_id).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("EVAL");
+        c.arg(DEPT_MEMBER_PUT)
+            .arg(2)
+            .arg(&m)
+            .arg(&u)
+            .arg(&member.user_id)
+            .arg(dept)
+            .arg(member.encode_to_vec());
+        self.one(c)?;
+        Ok(())
+    }
+
+    fn remove_dept_member(&self, tenant: &str, dept: &str, user: &str) -> StoreResult<bool> {
+        let m = keys::org_members(tenant, dept).map_err(RedisStoreError::from)?;
+        let u = keys::org_user(tenant, user).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("EVAL");
+        c.arg(DEPT_MEMBER_REMOVE)
+            .arg(2)
+            .arg(&m)
+            .arg(&u)
+            .arg(user)
+            .arg(dept);
+        Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn dept_members(
+        &self,
+        tenant: &str,
+        dept: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeptMember>> {
+        let m = keys::org_members(tenant, dept).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("HVALS");
+        c.arg(&m);
+        let Value::Array(items) = self.one(c)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for v in items {
+            if let Value::BulkString(b) = v {
+                out.push(
+                    DeptMember::decode(b.as_slice())
+                        .map_err(|e| StoreError::Corrupt(format!("member of {dept}: {e}")))?,
+                );
+            }
+        }
+        out.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+        out.retain(|x| after.is_empty() || x.user_id.as_str() > after);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn user_depts(&self, tenant: &str, user: &str) -> StoreResult<Vec<String>> {
+        let u = keys::org_user(tenant, user).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("SMEMBERS");
+        c.arg(&u);
+        let mut out: Vec<String> = match self.one(c)? {
+            Value::Array(items) | Value::Set(items) => items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.sort_unstable();
+        Ok(out)
+    }
+}
 
 impl AuditLog for RedisStore {
     fn audit_append(&self, tenant: &str, record: &AuditRecord, keep: u64) -> StoreResult<u64> {

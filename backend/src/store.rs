@@ -735,6 +735,93 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Vec<AuditRecord>>;
 }
 
+/// A tenant's departments (docs/tenants.md, "Org structure"): a tree per
+/// organization (a root department, no parent), members with titles. Read
+/// and written by the HTTP edge directly at admin rate, never through the
+/// chat workers, like [`AuditLog`]. The caller checks ids and bounds; the
+/// store keeps each tenant's records together (one Redis Cluster slot), so
+/// a tenant's tree changes atomically.
+pub trait OrgStore: Send + Sync + std::fmt::Debug {
+    /// Department `id` of `tenant`.
+    fn dept(&self, tenant: &str, id: &str) -> StoreResult<Option<DeptRecord>>;
+
+    /// Every department of `tenant`, in id order (the caller bounds how
+    /// many a tenant may hold).
+    fn depts(&self, tenant: &str) -> StoreResult<Vec<DeptRecord>>;
+
+    /// Stores `record` (with version `expected + 1`) if the stored one's
+    /// version is `expected` (0: there is none); `false`, and nothing
+    /// written, when it is not.
+    fn put_dept(&self, tenant: &str, record: &DeptRecord, expected: u64) -> StoreResult<bool>;
+
+    /// Deletes department `id` and its memberships if its version is
+    /// `expected`; `false`, and nothing deleted, when it is not.
+    fn delete_dept(&self, tenant: &str, id: &str, expected: u64) -> StoreResult<bool>;
+
+    /// Adds `member` to department `dept`, or changes their title and
+    /// order.
+    fn put_dept_member(&self, tenant: &str, dept: &str, member: &DeptMember) -> StoreResult<()>;
+
+    /// Removes `user` from `dept`; `false` when they were not a member.
+    fn remove_dept_member(&self, tenant: &str, dept: &str, user: &str) -> StoreResult<bool>;
+
+    /// Members of `dept` with a user id after `after` (`""`: from the
+    /// first), in user id order, at most `limit`.
+    fn dept_members(
+        &self,
+        tenant: &str,
+        dept: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeptMember>>;
+
+    /// The departments `user` is a member of, in id order.
+    fn user_depts(&self, tenant: &str, user: &str) -> StoreResult<Vec<String>>;
+}
+
+/// A department (an organization when it has no parent).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DeptRecord {
+    /// Its id (in its tenant: `acme~eng`).
+    #[prost(string, tag = "1")]
+    pub dept_id: String,
+    /// Display name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// The parent department; empty for an organization.
+    #[prost(string, tag = "3")]
+    pub parent: String,
+    /// Its place among its siblings (lower first, then by id).
+    #[prost(uint32, tag = "4")]
+    pub order: u32,
+    /// Users who administer it and everything below it.
+    #[prost(string, repeated, tag = "5")]
+    pub admins: Vec<String>,
+    /// The chat group kept in step with its members, if any.
+    #[prost(string, tag = "6")]
+    pub group_id: String,
+    /// Bumped by every change (set by [`OrgStore::put_dept`]).
+    #[prost(uint64, tag = "7")]
+    pub version: u64,
+    /// When it was made.
+    #[prost(uint64, tag = "8")]
+    pub created_ms: u64,
+}
+
+/// A member of a department.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DeptMember {
+    /// The user.
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    /// Their title in this department.
+    #[prost(string, tag = "2")]
+    pub title: String,
+    /// Their place in the department's list (lower first, then by id).
+    #[prost(uint32, tag = "3")]
+    pub order: u32,
+}
+
 /// One admin action in the audit log.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct AuditRecord {

@@ -308,6 +308,14 @@ fn every_conformance_case_is_in_the_macro() {
 
 #[path = "support/audit.rs"]
 mod audit;
+#[path = "support/org.rs"]
+mod org;
+
+#[test]
+fn departments_compare_and_set_and_index_members() {
+    let dir = tempfile::tempdir().unwrap();
+    org::departments_compare_and_set_and_index_members(&EmbeddedStore::open(dir.path()).unwrap());
+}
 
 #[test]
 fn the_audit_log_is_per_tenant_bounded_and_paged() {

@@ -609,6 +609,14 @@ fn a_last_device_presence_waits_while_a_gateway_node_counts_the_user() {
 
 #[path = "support/audit.rs"]
 mod audit;
+#[path = "support/org.rs"]
+mod org;
+
+#[test]
+fn departments_compare_and_set_and_index_members() {
+    let server = RedisServer::start(ServerOptions::DURABLE);
+    org::departments_compare_and_set_and_index_members(&open(&server));
+}
 
 #[test]
 fn the_audit_log_is_per_tenant_bounded_and_paged() {

@@ -318,7 +318,36 @@ pub fn audit(tenant: &str) -> Result<(String, String), KeyError> {
     ))
 }
 
-/// The dedup field of a message: `<sender>:<client_msg_id>` (neither may
+/// The keys of `tenant`'s departments, all in one slot (`{o:<tenant>}`)
+/// so a change of its tree is one atomic step: `…:d` (a hash of department
+/// → record) and `…:dv` (department → version).
+pub fn org(tenant: &str) -> Result<(String, String), KeyError> {
+    org_tenant(tenant)?;
+    Ok((format!("{{o:{tenant}}}:d"), format!("{{o:{tenant}}}:dv")))
+}
+
+/// `{o:<tenant>}:m:<dept>`: a hash of a department's members (user →
+/// record).
+pub fn org_members(tenant: &str, dept: &str) -> Result<String, KeyError> {
+    org_tenant(tenant)?;
+    id("department", dept)?;
+    Ok(format!("{{o:{tenant}}}:m:{dept}"))
+}
+
+/// `{o:<tenant>}:u:<user>`: the set of a user's departments.
+pub fn org_user(tenant: &str, user: &str) -> Result<String, KeyError> {
+    org_tenant(tenant)?;
+    id("user", user)?;
+    Ok(format!("{{o:{tenant}}}:u:{user}"))
+}
+
+fn org_tenant(tenant: &str) -> Result<(), KeyError> {
+    if tenant.is_empty() {
+        return Ok(());
+    }
+    tern_protocol::ids::check_tenant(tenant).map_err(|e| refuse("tenant", tenant, e))
+}
+
 /// hold `:`, so the split is unambiguous).
 pub fn dedup_field(sender: &str, client_msg_id: &str) -> Result<String, KeyError> {
     id("sender", sender)?;
