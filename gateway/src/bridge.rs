@@ -221,6 +221,12 @@ pub trait ChatService: Send + Sync + 'static {
         None
     }
 
+    /// The departments (`api::org`), written and read by the HTTP edge
+    /// directly; `None` when the service keeps none.
+    fn org_store(&self) -> Option<Arc<dyn tern_backend::store::OrgStore>> {
+        None
+    }
+
     /// Offline push (`crate::push`, off the workers): whether `user`
     /// should get a notification about a message in `conversation` now,
     /// and to which tokens with which badge. The default has no push.

@@ -390,6 +390,8 @@ impl Server {
                             log,
                             keep: cfg.api.audit_entries_max,
                         }),
+                    org: service.org_store(),
+                    verifier: Some(verifier.clone()),
                 };
                 let mut api_router = crate::api::router(api).layer(axum::Extension(media));
                 if cfg.accounts.enabled {

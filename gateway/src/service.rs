@@ -11,7 +11,7 @@ use tern_backend::{
     embedded::EmbeddedStore,
     redis_store::{RedisConfig, RedisNodes, RedisStore},
     seal::Keys,
-    store::{AuditLog, Credentials, Store},
+    store::{AuditLog, Credentials, OrgStore, Store},
 };
 use tern_protocol::pb::{self, frame::Body};
 
@@ -32,6 +32,8 @@ pub struct BackendService {
     credentials: Arc<dyn Credentials>,
     /// The same store, for the audit log of admin actions.
     audit: Arc<dyn AuditLog>,
+    /// The same store, for departments.
+    org: Arc<dyn OrgStore>,
 }
 
 impl BackendService {
@@ -130,8 +132,13 @@ impl BackendService {
     ) -> anyhow::Result<Self> {
         chat.validate()
             .map_err(|e| anyhow::anyhow!("chat settings: {e}"))?;
-        type Handles = (Arc<dyn Store>, Arc<dyn Credentials>, Arc<dyn AuditLog>);
-        let (store, credentials, audit): Handles = match settings.store {
+        type Handles = (
+            Arc<dyn Store>,
+            Arc<dyn Credentials>,
+            Arc<dyn AuditLog>,
+            Arc<dyn OrgStore>,
+        );
+        let (store, credentials, audit, org): Handles = match settings.store {
             StoreKind::Embedded => {
                 std::fs::create_dir_all(&settings.data_dir)?;
                 let s = Arc::new(
@@ -139,7 +146,7 @@ impl BackendService {
                         .with_keys(keys)
                         .with_disk_free_min(settings.disk_free_min_bytes),
                 );
-                (s.clone(), s.clone(), s)
+                (s.clone(), s.clone(), s.clone(), s)
             }
             StoreKind::Redis => {
                 let nodes = if settings.redis_cluster {
@@ -153,13 +160,14 @@ impl BackendService {
                     RedisNodes::Single(url.clone())
                 };
                 let s = Arc::new(RedisStore::open(RedisConfig::new(nodes))?.with_keys(keys));
-                (s.clone(), s.clone(), s)
+                (s.clone(), s.clone(), s.clone(), s)
             }
         };
         Ok(Self {
             domain: Arc::new(Domain::new(store, chat)),
             credentials,
             audit,
+            org,
         })
     }
 }
@@ -210,6 +218,10 @@ impl ChatService for BackendService {
 
     fn audit_log(&self) -> Option<Arc<dyn AuditLog>> {
         Some(self.audit.clone())
+    }
+
+    fn org_store(&self) -> Option<Arc<dyn OrgStore>> {
+        Some(self.org.clone())
     }
 
     fn push_target(

@@ -36,6 +36,19 @@ pub struct Audit {
     pub keep: u64,
 }
 
+/// Who made a call that is not an API key's (a user admin's, api/org.rs):
+/// the handler puts it in its response's extensions, and the call is
+/// recorded with it.
+#[derive(Debug, Clone)]
+pub struct AuditActor {
+    /// The user.
+    pub actor: String,
+    /// The level they acted at (`organization`, `department`, ...).
+    pub level: &'static str,
+    /// Whose log.
+    pub tenant: String,
+}
+
 /// Routes whose calls are traffic, not administration (method, route).
 const NOT_AUDITED: [(&str, &str); 3] = [
     ("POST", "/api/v1/messages"),
@@ -62,8 +75,28 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
         return next.run(req).await;
     }
     let Some((key, key_tenant)) = state.keys.named_in(req.headers()) else {
-        // Not a key's call (a user's token, or refused with 401).
-        return next.run(req).await;
+        // Not a key's call: a user admin's, if its handler says so (a
+        // refused one is not: it changed nothing and named no level).
+        let (method, target) = (req.method().to_string(), req.uri().path().to_owned());
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let response = next.run(req).await;
+        if let Some(a) = response.extensions().get::<AuditActor>().cloned() {
+            let record = AuditRecord {
+                seq: 0,
+                time_ms: now_ms(),
+                actor: a.actor,
+                level: a.level.into(),
+                action: format!("{method} {route}"),
+                target,
+                status: u32::from(response.status().as_u16()),
+            };
+            append(&audit, &a.tenant, record).await;
+        }
+        return response;
     };
     let route = req
         .extensions()
@@ -95,17 +128,22 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
         target,
         status: u32::from(response.status().as_u16()),
     };
-    // Written before the answer goes out: an answered admin call is in the
-    // log (a failed write is logged here and does not undo the call).
+    append(&audit, &tenant, record).await;
+    response
+}
+
+/// Writes `record` to `tenant`'s log before the answer goes out: an
+/// answered admin call is in the log (a failed write is logged here and
+/// does not undo the call).
+async fn append(audit: &Audit, tenant: &str, record: AuditRecord) {
+    let (log, keep, tenant) = (audit.log.clone(), audit.keep, tenant.to_owned());
     let appended =
-        tokio::task::spawn_blocking(move || audit.log.audit_append(&tenant, &record, audit.keep))
-            .await;
+        tokio::task::spawn_blocking(move || log.audit_append(&tenant, &record, keep)).await;
     match appended {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "audit log: record not written"),
         Err(e) => tracing::warn!(error = %e, "audit log: writer task failed"),
     }
-    response
 }
 
 /// The tenant of the first id a path names, if any.

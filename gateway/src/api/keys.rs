@@ -34,11 +34,13 @@ pub enum Scope {
     Media = 16,
     /// Read the audit log of admin actions.
     Audit = 32,
+    /// Departments and their members.
+    Org = 64,
 }
 
 impl Scope {
     /// Every scope (what `admin` grants).
-    const ALL: u8 = 63;
+    const ALL: u8 = 127;
 
     fn of_name(name: &str) -> u8 {
         match name {
@@ -48,6 +50,7 @@ impl Scope {
             "read" => Self::Read as u8,
             "media" => Self::Media as u8,
             "audit" => Self::Audit as u8,
+            "org" => Self::Org as u8,
             "admin" => Self::ALL,
             _ => 0, // refused by the config's validation
         }
@@ -62,6 +65,7 @@ impl Scope {
             Self::Read => "read",
             Self::Media => "media",
             Self::Audit => "audit",
+            Self::Org => "org",
         }
     }
 }
@@ -218,6 +222,7 @@ impl Authorized {
             } else if name.ends_with("user_id")
                 || name.ends_with("group_id")
                 || name.ends_with("room_id")
+                || name.ends_with("dept_id")
                 || name == "media_id"
             {
                 self.confine(name, value)?;

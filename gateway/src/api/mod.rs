@@ -25,6 +25,7 @@ pub mod keys;
 pub mod media;
 pub mod messages;
 pub mod ops;
+pub mod org;
 pub mod reads;
 pub mod users;
 
@@ -52,6 +53,10 @@ pub struct ApiState {
     pub ops: Arc<ApiOps>,
     /// The audit log of admin actions (`None`: not kept).
     pub audit: Option<audit::Audit>,
+    /// The departments (`None`: the service keeps none).
+    pub org: Option<Arc<dyn tern_backend::store::OrgStore>>,
+    /// Verifies user tokens (the department routes' admins).
+    pub verifier: Option<Arc<crate::auth::Verifier>>,
 }
 
 /// The document's frame: title, version, the security scheme. Paths come
@@ -91,6 +96,7 @@ pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(media::routes())
         .merge(accounts::routes())
         .merge(audit::routes())
+        .merge(org::routes())
         .with_state(state.clone())
         .split_for_parts();
     // Admin actions are recorded once answered (a route layer: it sees the
@@ -121,6 +127,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         node_id: "".into(),
         ops: Arc::new(ApiOps::new(Default::default(), None, Vec::new())),
         audit: None,
+        org: None,
+        verifier: None,
     };
     routes(state).1
 }

@@ -1,0 +1,701 @@
+//! Departments (issue 20; docs/tenants.md, "Org structure and admin
+//! levels"): a tree per organization (a root department) in a tenant,
+//! members with titles, and who may change what.
+//!
+//! Callers and their levels, each allowed exactly its scope:
+//! - a system API key (scope `org`): every tenant;
+//! - a tenant's API key (scope `org`): its tenant;
+//! - a user token of an *organization admin* (named in a root department's
+//!   `admins`) or a *department admin* (named in a department's `admins`):
+//!   that department and everything below it: sub-departments, members and
+//!   titles; the department's own record (name, order, admins) and its
+//!   deletion belong to the admins above it. Organizations (roots) are made
+//!   by keys only.
+//!
+//! Each change is an admin action in the audit log ([`super::audit`]): a
+//! user's call is recorded with the level it acted at.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{FromRequestParts, Path, Query, State},
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use tern_backend::store::{DeptMember, DeptRecord, OrgStore};
+use tern_protocol::ids;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{ApiError, ApiState, Authorized, Scope, audit::AuditActor, error::ErrorBody};
+
+/// Deepest department (an organization is depth 1): every walk up the tree
+/// is bounded by it.
+pub const DEPTH_MAX: usize = 16;
+/// Departments one tenant holds at most.
+pub const DEPARTMENTS_MAX: usize = 10_000;
+/// Admins one department names at most.
+pub const ADMINS_MAX: usize = 100;
+/// Longest department name or member title, bytes.
+pub const NAME_BYTES_MAX: usize = 256;
+/// Largest page of members.
+const PAGE_MAX: usize = 500;
+
+/// The department routes.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_department))
+        .routes(routes!(
+            get_department,
+            change_department,
+            delete_department
+        ))
+        .routes(routes!(put_member, remove_member))
+}
+
+/// Who calls, from the request head: an API key, else a user token.
+#[derive(Debug, Clone)]
+pub enum OrgCaller {
+    /// An API key with the `org` scope (`tenant`: `None` for a system key).
+    Key {
+        /// The key's name.
+        name: String,
+        /// Its tenant.
+        tenant: Option<String>,
+    },
+    /// A user, by their token.
+    User(String),
+}
+
+impl FromRequestParts<ApiState> for OrgCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let key_error = match Authorized::from_request_parts(parts, state).await {
+            Ok(auth) => {
+                auth.require(Scope::Org)?;
+                return Ok(Self::Key {
+                    name: auth.key_name,
+                    tenant: auth.tenant,
+                });
+            }
+            Err(e) => e,
+        };
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (token, &state.verifier) {
+            (Some(t), Some(v)) if t.split('.').count() == 3 => match v.verify(t) {
+                Ok(user) => Ok(Self::User(user)),
+                Err(e) => Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "AUTH_FAILED",
+                    format!("token refused: {e}"),
+                )),
+            },
+            _ => Err(key_error),
+        }
+    }
+}
+
+/// What a caller may do to one department.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reach {
+    /// Its contents: sub-departments, members, titles.
+    Contents,
+    /// Its own record too (name, order, admins) and its deletion.
+    Record,
+}
+
+/// The level a permitted call acted at, for the audit log.
+fn level_name(caller: &OrgCaller, root_admin: bool) -> &'static str {
+    match caller {
+        OrgCaller::Key { tenant: None, .. } => "system",
+        OrgCaller::Key { .. } => "tenant",
+        OrgCaller::User(_) if root_admin => "organization",
+        OrgCaller::User(_) => "department",
+    }
+}
+
+fn forbidden(why: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", why)
+}
+
+fn store(state: &ApiState) -> Result<Arc<dyn OrgStore>, ApiError> {
+    state.org.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "ORG_UNAVAILABLE",
+            "this server keeps no departments",
+        )
+    })
+}
+
+/// Runs a store call off the HTTP runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> tern_backend::store::StoreResult<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("department task: {e}")))?
+        .map_err(|e| ApiError::internal(format!("departments: {e}")))
+}
+
+/// `dept` and its ancestors, nearest first (at most [`DEPTH_MAX`]); 404
+/// when `dept` does not exist.
+async fn lineage(org: &Arc<dyn OrgStore>, dept: &str) -> Result<Vec<DeptRecord>, ApiError> {
+    let tenant = ids::tenant_of(dept).to_owned();
+    let mut out: Vec<DeptRecord> = Vec::new();
+    let mut next = dept.to_owned();
+    while !next.is_empty() && out.len() < DEPTH_MAX {
+        let (o, t, id) = (org.clone(), tenant.clone(), next.clone());
+        match blocking(move || o.dept(&t, &id)).await? {
+            Some(d) => {
+                next = d.parent.clone();
+                out.push(d);
+            }
+            None if out.is_empty() => {
+                return Err(ApiError::not_found(format!("no department {dept:?}")));
+            }
+            // A parent deleted under a child cannot happen (a department
+            // with children is not deleted); stop at what exists.
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that `caller` reaches `lineage[0]` (its department, then its
+/// ancestors) at least as far as `reach`; answers the level it acts at.
+fn permit(
+    caller: &OrgCaller,
+    lineage: &[DeptRecord],
+    reach: Reach,
+) -> Result<&'static str, ApiError> {
+    let Some(dept) = lineage.first() else {
+        return Err(ApiError::internal("an empty lineage"));
+    };
+    let tenant = ids::tenant_of(&dept.dept_id);
+    match caller {
+        OrgCaller::Key {
+            tenant: Some(t), ..
+        } if t != tenant => Err(ApiError::tenant_mismatch("dept_id")),
+        OrgCaller::Key { .. } => Ok(level_name(caller, false)),
+        OrgCaller::User(user) => {
+            if ids::tenant_of(user) != tenant {
+                return Err(ApiError::tenant_mismatch("dept_id"));
+            }
+            // Admins of the department itself reach its contents; admins
+            // of an ancestor reach its record too.
+            let first = match reach {
+                Reach::Contents => 0,
+                Reach::Record => 1,
+            };
+            for d in lineage.iter().skip(first) {
+                if d.admins.iter().any(|a| a == user) {
+                    let root = lineage.last().is_some_and(|r| r.dept_id == d.dept_id)
+                        && d.parent.is_empty();
+                    return Ok(level_name(caller, root));
+                }
+            }
+            Err(forbidden(match reach {
+                Reach::Contents => format!(
+                    "{user:?} administers neither {:?} nor a department above it",
+                    dept.dept_id
+                ),
+                Reach::Record => format!(
+                    "{user:?} administers no department above {:?} (a department's own \
+                     record belongs to the admins above it)",
+                    dept.dept_id
+                ),
+            }))
+        }
+    }
+}
+
+/// The audit actor of a permitted call.
+fn actor(caller: &OrgCaller, level: &'static str, tenant: &str) -> AuditActor {
+    AuditActor {
+        actor: match caller {
+            OrgCaller::Key { name, .. } => format!("key:{name}"),
+            OrgCaller::User(u) => u.clone(),
+        },
+        level,
+        tenant: tenant.to_owned(),
+    }
+}
+
+fn check_name(field: &str, s: &str) -> Result<(), ApiError> {
+    if s.len() > NAME_BYTES_MAX {
+        return Err(ApiError::invalid(format!(
+            "{field}: longer than {NAME_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_admins(dept: &str, admins: &[String]) -> Result<(), ApiError> {
+    if admins.len() > ADMINS_MAX {
+        return Err(ApiError::invalid(format!("admins: more than {ADMINS_MAX}")));
+    }
+    for a in admins {
+        ids::check_id(a).map_err(|e| ApiError::invalid(format!("admins: {e}")))?;
+        if ids::tenant_of(a) != ids::tenant_of(dept) {
+            return Err(ApiError::tenant_mismatch("admins"));
+        }
+    }
+    Ok(())
+}
+
+/// A department to make.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDepartment {
+    /// Its id, in its tenant (`acme~eng`).
+    pub dept_id: String,
+    /// Display name (≤ 256 bytes).
+    pub name: String,
+    /// The parent department; left out: a new organization (API keys only).
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Its place among its siblings (lower first).
+    #[serde(default)]
+    pub order: u32,
+    /// Users who administer it and everything below it (≤ 100, its tenant's).
+    #[serde(default)]
+    pub admins: Vec<String>,
+}
+
+/// A department as stored.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Department {
+    /// Its id.
+    pub dept_id: String,
+    /// Display name.
+    pub name: String,
+    /// The parent; empty for an organization.
+    pub parent: String,
+    /// Its place among its siblings.
+    pub order: u32,
+    /// Its admins.
+    pub admins: Vec<String>,
+    /// Bumped by every change.
+    pub version: u64,
+}
+
+impl From<DeptRecord> for Department {
+    fn from(d: DeptRecord) -> Self {
+        Self {
+            dept_id: d.dept_id,
+            name: d.name,
+            parent: d.parent,
+            order: d.order,
+            admins: d.admins,
+            version: d.version,
+        }
+    }
+}
+
+/// Make a department (or, with no parent, an organization).
+#[utoipa::path(
+    post,
+    path = "/api/v1/departments",
+    tag = "org",
+    request_body = NewDepartment,
+    responses(
+        (status = 201, description = "Made", body = Department),
+        (status = 400, description = "Bad id, name, admins; too deep; too many departments", body = ErrorBody),
+        (status = 401, description = "No key or token, or a refused one", body = ErrorBody),
+        (status = 403, description = "`PERMISSION_DENIED` (no admin of the parent; an organization by a user) or `TENANT_MISMATCH`", body = ErrorBody),
+        (status = 404, description = "No such parent", body = ErrorBody),
+        (status = 409, description = "The id is taken", body = ErrorBody),
+    ),
+)]
+async fn create_department(
+    State(state): State<ApiState>,
+    caller: OrgCaller,
+    body: Result<Json<NewDepartment>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(n) = body?;
+    let org = store(&state)?;
+    ids::check_id(&n.dept_id).map_err(|e| ApiError::invalid(format!("dept_id: {e}")))?;
+    check_name("name", &n.name)?;
+    check_admins(&n.dept_id, &n.admins)?;
+    let tenant = ids::tenant_of(&n.dept_id).to_owned();
+    let parent = n.parent.clone().unwrap_or_default();
+    let level = if parent.is_empty() {
+        match &caller {
+            OrgCaller::Key {
+                tenant: Some(t), ..
+            } if *t != tenant => {
+                return Err(ApiError::tenant_mismatch("dept_id"));
+            }
+            OrgCaller::Key { .. } => level_name(&caller, false),
+            OrgCaller::User(_) => {
+                return Err(forbidden("organizations are made with an API key"));
+            }
+        }
+    } else {
+        ids::check_id(&parent).map_err(|e| ApiError::invalid(format!("parent: {e}")))?;
+        if ids::tenant_of(&parent) != tenant {
+            return Err(ApiError::tenant_mismatch("parent"));
+        }
+        let lineage = lineage(&org, &parent).await?;
+        if lineage.len() >= DEPTH_MAX {
+            return Err(ApiError::invalid(format!(
+                "parent: a department is at most {DEPTH_MAX} deep"
+            )));
+        }
+        permit(&caller, &lineage, Reach::Contents)?
+    };
+    let (o, t) = (org.clone(), tenant.clone());
+    let count = blocking(move || o.depts(&t).map(|d| d.len())).await?;
+    if count >= DEPARTMENTS_MAX {
+        return Err(ApiError::invalid(format!(
+            "a tenant holds at most {DEPARTMENTS_MAX} departments"
+        )));
+    }
+    let record = DeptRecord {
+        dept_id: n.dept_id.clone(),
+        name: n.name,
+        parent,
+        order: n.order,
+        admins: n.admins,
+        group_id: String::new(),
+        version: 0,
+        created_ms: now_ms(),
+    };
+    let (o, t, r) = (org.clone(), tenant.clone(), record.clone());
+    if !blocking(move || o.put_dept(&t, &r, 0)).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ALREADY_EXISTS",
+            format!("department {:?} exists", n.dept_id),
+        ));
+    }
+    let made = Department {
+        version: 1,
+        ..record.into()
+    };
+    Ok(answer(
+        StatusCode::CREATED,
+        made,
+        actor(&caller, level, &tenant),
+    ))
+}
+
+/// Which members to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MembersPage {
+    /// Members with a user id after this one.
+    pub after: Option<String>,
+    /// At most this many (default and maximum 500).
+    pub limit: Option<usize>,
+}
+
+/// A department with its sub-departments and a page of its members.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DepartmentDetail {
+    /// The department.
+    pub department: Department,
+    /// Its sub-departments, by order then id.
+    pub children: Vec<Department>,
+    /// A page of its members, by user id.
+    pub members: Vec<Member>,
+}
+
+/// A member of a department.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    /// The user.
+    pub user_id: String,
+    /// Their title here.
+    pub title: String,
+    /// Their place in the list.
+    pub order: u32,
+}
+
+/// A department, its sub-departments and a page of its members.
+#[utoipa::path(
+    get,
+    path = "/api/v1/departments/{dept_id}",
+    tag = "org",
+    params(("dept_id" = String, Path, description = "The department"), MembersPage),
+    responses(
+        (status = 200, description = "The department", body = DepartmentDetail),
+        (status = 403, description = "Not an admin of it or above, or another tenant's", body = ErrorBody),
+        (status = 404, description = "No such department", body = ErrorBody),
+    ),
+)]
+async fn get_department(
+    State(state): State<ApiState>,
+    caller: OrgCaller,
+    Path(dept_id): Path<String>,
+    page: Result<Query<MembersPage>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DepartmentDetail>, ApiError> {
+    let Query(page) = page.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let org = store(&state)?;
+    ids::check_id(&dept_id)
+        .map_err(|_| ApiError::not_found(format!("no department {dept_id:?}")))?;
+    let lineage = lineage(&org, &dept_id).await?;
+    permit(&caller, &lineage, Reach::Contents)?;
+    let tenant = ids::tenant_of(&dept_id).to_owned();
+    let limit = page.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
+    let after = page.after.unwrap_or_default();
+    let (o, t, d) = (org.clone(), tenant.clone(), dept_id.clone());
+    let (all, members) =
+        blocking(move || Ok((o.depts(&t)?, o.dept_members(&t, &d, &after, limit)?))).await?;
+    let mut children: Vec<DeptRecord> = all.into_iter().filter(|d| d.parent == dept_id).collect();
+    children.sort_by(|a, b| (a.order, &a.dept_id).cmp(&(b.order, &b.dept_id)));
+    let department = lineage.into_iter().next().map(Department::from);
+    Ok(Json(DepartmentDetail {
+        department: department.ok_or_else(|| ApiError::internal("an empty lineage"))?,
+        children: children.into_iter().map(Department::from).collect(),
+        members: members
+            .into_iter()
+            .map(|m| Member {
+                user_id: m.user_id,
+                title: m.title,
+                order: m.order,
+            })
+            .collect(),
+    }))
+}
+
+/// A change of a department's own record.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DepartmentChange {
+    /// A new name.
+    pub name: Option<String>,
+    /// A new place among its siblings.
+    pub order: Option<u32>,
+    /// Its admins, replaced as a whole.
+    pub admins: Option<Vec<String>>,
+}
+
+/// Change a department's name, order or admins (the admins above it, or a
+/// key).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/departments/{dept_id}",
+    tag = "org",
+    params(("dept_id" = String, Path, description = "The department")),
+    request_body = DepartmentChange,
+    responses(
+        (status = 200, description = "Changed", body = Department),
+        (status = 403, description = "Not an admin above it, or another tenant's", body = ErrorBody),
+        (status = 404, description = "No such department", body = ErrorBody),
+        (status = 409, description = "Changed by someone else meanwhile: read and retry", body = ErrorBody),
+    ),
+)]
+async fn change_department(
+    State(state): State<ApiState>,
+    caller: OrgCaller,
+    Path(dept_id): Path<String>,
+    body: Result<Json<DepartmentChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(c) = body?;
+    let org = store(&state)?;
+    ids::check_id(&dept_id)
+        .map_err(|_| ApiError::not_found(format!("no department {dept_id:?}")))?;
+    if let Some(n) = &c.name {
+        check_name("name", n)?;
+    }
+    if let Some(a) = &c.admins {
+        check_admins(&dept_id, a)?;
+    }
+    let lineage = lineage(&org, &dept_id).await?;
+    let level = permit(&caller, &lineage, Reach::Record)?;
+    let current = lineage[0].clone();
+    let expected = current.version;
+    let changed = DeptRecord {
+        name: c.name.unwrap_or(current.name.clone()),
+        order: c.order.unwrap_or(current.order),
+        admins: c.admins.unwrap_or(current.admins.clone()),
+        ..current
+    };
+    let tenant = ids::tenant_of(&dept_id).to_owned();
+    let (o, t, r) = (org.clone(), tenant.clone(), changed.clone());
+    if !blocking(move || o.put_dept(&t, &r, expected)).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            "the department changed meanwhile: read it and retry",
+        ));
+    }
+    let out = Department {
+        version: expected + 1,
+        ..changed.into()
+    };
+    Ok(answer(StatusCode::OK, out, actor(&caller, level, &tenant)))
+}
+
+/// Delete a department with no sub-departments (its members leave it).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/departments/{dept_id}",
+    tag = "org",
+    params(("dept_id" = String, Path, description = "The department")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not an admin above it, or another tenant's", body = ErrorBody),
+        (status = 404, description = "No such department", body = ErrorBody),
+        (status = 409, description = "It has sub-departments, or changed meanwhile", body = ErrorBody),
+    ),
+)]
+async fn delete_department(
+    State(state): State<ApiState>,
+    caller: OrgCaller,
+    Path(dept_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let org = store(&state)?;
+    ids::check_id(&dept_id)
+        .map_err(|_| ApiError::not_found(format!("no department {dept_id:?}")))?;
+    let lineage = lineage(&org, &dept_id).await?;
+    let level = permit(&caller, &lineage, Reach::Record)?;
+    let tenant = ids::tenant_of(&dept_id).to_owned();
+    let (o, t) = (org.clone(), tenant.clone());
+    let all = blocking(move || o.depts(&t)).await?;
+    if all.iter().any(|d| d.parent == dept_id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "HAS_CHILDREN",
+            "delete or move its sub-departments first",
+        ));
+    }
+    let expected = lineage[0].version;
+    let (o, t, d) = (org.clone(), tenant.clone(), dept_id.clone());
+    if !blocking(move || o.delete_dept(&t, &d, expected)).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            "the department changed meanwhile: read it and retry",
+        ));
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.extensions_mut().insert(actor(&caller, level, &tenant));
+    Ok(r)
+}
+
+/// A member's place in a department.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberChange {
+    /// Their title here (≤ 256 bytes).
+    #[serde(default)]
+    pub title: String,
+    /// Their place in the list.
+    #[serde(default)]
+    pub order: u32,
+}
+
+/// Add a member to a department, or change their title.
+#[utoipa::path(
+    put,
+    path = "/api/v1/departments/{dept_id}/members/{user_id}",
+    tag = "org",
+    params(
+        ("dept_id" = String, Path, description = "The department"),
+        ("user_id" = String, Path, description = "The user, of the department's tenant"),
+    ),
+    request_body = MemberChange,
+    responses(
+        (status = 200, description = "Set", body = Member),
+        (status = 403, description = "Not an admin of it or above, or another tenant's", body = ErrorBody),
+        (status = 404, description = "No such department", body = ErrorBody),
+    ),
+)]
+async fn put_member(
+    State(state): State<ApiState>,
+    caller: OrgCaller,
+    Path((dept_id, user_id)): Path<(String, String)>,
+    body: Option<Json<MemberChange>>,
+) -> Result<Response, ApiError> {
+    let Json(m) = body.unwrap_or_default();
+    let org = store(&state)?;
+    ids::check_id(&dept_id)
+        .map_err(|_| ApiError::not_found(format!("no department {dept_id:?}")))?;
+    ids::check_id(&user_id).map_err(|e| ApiError::invalid(format!("user_id: {e}")))?;
+    check_name("title", &m.title)?;
+    if ids::tenant_of(&user_id) != ids::tenant_of(&dept_id) {
+        return Err(ApiError::tenant_mismatch("user_id"));
+    }
+    let lineage = lineage(&org, &dept_id).await?;
+    let level = permit(&caller, &lineage, Reach::Contents)?;
+    let tenant = ids::tenant_of(&dept_id).to_owned();
+    let member = DeptMember {
+        user_id: user_id.clone(),
+        title: m.title,
+        order: m.order,
+    };
+    let (o, t, d, mm) = (org.clone(), tenant.clone(), dept_id.clone(), member.clone());
+    blocking(move || o.put_dept_member(&t, &d, &mm)).await?;
+    let out = Member {
+        user_id: member.user_id,
+        title: member.title,
+        order: member.order,
+    };
+    Ok(answer(StatusCode::OK, out, actor(&caller, level, &tenant)))
+}
+
+/// Remove a member from a department.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/departments/{dept_id}/members/{user_id}",
+    tag = "org",
+    params(
+        ("dept_id" = String, Path, description = "The department"),
+        ("user_id" = String, Path, description = "The member"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Not an admin of it or above, or another tenant's", body = ErrorBody),
+        (status = 404, description = "No such department or member", body = ErrorBody),
+    ),
+)]
+async fn remove_member(
+    State(state): State<ApiState>,
+    caller: OrgCaller,
+    Path((dept_id, user_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let org = store(&state)?;
+    ids::check_id(&dept_id)
+        .map_err(|_| ApiError::not_found(format!("no department {dept_id:?}")))?;
+    ids::check_id(&user_id).map_err(|e| ApiError::invalid(format!("user_id: {e}")))?;
+    let lineage = lineage(&org, &dept_id).await?;
+    let level = permit(&caller, &lineage, Reach::Contents)?;
+    let tenant = ids::tenant_of(&dept_id).to_owned();
+    let (o, t, d, u) = (
+        org.clone(),
+        tenant.clone(),
+        dept_id.clone(),
+        user_id.clone(),
+    );
+    if !blocking(move || o.remove_dept_member(&t, &d, &u)).await? {
+        return Err(ApiError::not_found(format!(
+            "{user_id:?} is not a member of {dept_id:?}"
+        )));
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.extensions_mut().insert(actor(&caller, level, &tenant));
+    Ok(r)
+}
+
+/// A JSON answer that names its actor for the audit log.
+fn answer<T: Serialize>(status: StatusCode, body: T, actor: AuditActor) -> Response {
+    let mut r = (status, Json(body)).into_response();
+    r.extensions_mut().insert(actor);
+    r
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,360 @@
+//! Departments and admin levels (issue 20; docs/tenants.md, "Org
+//! structure and admin levels"), through the server API of a real gateway
+//! on the embedded store and on a real `redis-server`: what a system key,
+//! a tenant's key, an organization admin, a department admin and a plain
+//! user may and may not do, each refusal typed and changing nothing, and
+//! every permitted change in the tenant's audit log with its level.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+#[path = "../../backend/tests/support/redis_harness.rs"]
+mod redis_harness;
+
+use serde_json::{Value, json};
+use support::Gateway;
+use tern_gateway::config::{ApiKeyConfig, Config, Driver, StoreKind};
+
+const SYSTEM_KEY: &str = "system-key-0123456789";
+const ACME_KEY: &str = "acme-key-0123456789ab";
+const READ_KEY: &str = "read-key-0123456789ab";
+
+fn keys(c: &mut Config) {
+    c.api.keys = vec![
+        ApiKeyConfig {
+            name: "ops".into(),
+            key: SYSTEM_KEY.into(),
+            scopes: vec!["admin".into()],
+            tenant: String::new(),
+        },
+        ApiKeyConfig {
+            name: "acme-hr".into(),
+            key: ACME_KEY.into(),
+            scopes: vec!["org".into(), "audit".into()],
+            tenant: "acme".into(),
+        },
+        ApiKeyConfig {
+            name: "reader".into(),
+            key: READ_KEY.into(),
+            scopes: vec!["read".into()],
+            tenant: String::new(),
+        },
+    ];
+}
+
+/// (status, code) of a call; `bearer` is a key or a user token.
+fn call(gw: &Gateway, method: &str, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+    gw.api(method, path, Some(bearer), &body)
+}
+
+fn code(r: &(u16, Value)) -> (u16, &str) {
+    (r.0, r.1["code"].as_str().unwrap_or(""))
+}
+
+fn levels(gw: &Gateway) {
+    let olga = Gateway::token("acme~olga"); // admin of the organization acme~hq
+    let erin = Gateway::token("acme~erin"); // admin of the department acme~eng
+    let bob = Gateway::token("acme~bob"); // a member, no admin
+    let gina = Gateway::token("globex~gina"); // admin in another tenant
+
+    // Organizations: keys only, each in its tenant.
+    let r = call(
+        gw,
+        "POST",
+        "/api/v1/departments",
+        ACME_KEY,
+        json!({"dept_id": "acme~hq", "name": "Acme", "admins": ["acme~olga"]}),
+    );
+    assert_eq!(r.0, 201, "{}", r.1);
+    assert_eq!(r.1["version"], 1);
+    let r = call(
+        gw,
+        "POST",
+        "/api/v1/departments",
+        SYSTEM_KEY,
+        json!({"dept_id": "globex~hq", "name": "Globex", "admins": ["globex~gina"]}),
+    );
+    assert_eq!(r.0, 201, "{}", r.1);
+    let refused = [
+        (
+            ACME_KEY,
+            json!({"dept_id": "globex~x", "name": "x"}),
+            (403, "TENANT_MISMATCH"),
+        ),
+        (
+            olga.as_str(),
+            json!({"dept_id": "acme~second", "name": "x"}),
+            (403, "PERMISSION_DENIED"),
+        ),
+        (
+            READ_KEY,
+            json!({"dept_id": "acme~y", "name": "y"}),
+            (403, "PERMISSION_DENIED"),
+        ),
+        (
+            ACME_KEY,
+            json!({"dept_id": "acme~z", "name": "z", "admins": ["globex~gina"]}),
+            (403, "TENANT_MISMATCH"),
+        ),
+        (
+            ACME_KEY,
+            json!({"dept_id": "a b", "name": "z"}),
+            (400, "INVALID_ARGUMENT"),
+        ),
+    ];
+    for (who, body, want) in refused {
+        let r = call(gw, "POST", "/api/v1/departments", who, body.clone());
+        assert_eq!(code(&r), want, "{body}: {}", r.1);
+    }
+
+    // The organization admin makes departments in it and names their admins.
+    for (id, admins) in [("acme~eng", json!(["acme~erin"])), ("acme~ops", json!([]))] {
+        let r = call(
+            gw,
+            "POST",
+            "/api/v1/departments",
+            &olga,
+            json!({"dept_id": id, "name": id, "parent": "acme~hq", "admins": admins}),
+        );
+        assert_eq!(r.0, 201, "{id}: {}", r.1);
+    }
+
+    // The department admin: its department's contents, nothing else.
+    let r = call(
+        gw,
+        "PUT",
+        "/api/v1/departments/acme~eng/members/acme~bob",
+        &erin,
+        json!({"title": "engineer"}),
+    );
+    assert_eq!(r.0, 200, "{}", r.1);
+    let r = call(
+        gw,
+        "POST",
+        "/api/v1/departments",
+        &erin,
+        json!({"dept_id": "acme~web", "name": "Web", "parent": "acme~eng"}),
+    );
+    assert_eq!(r.0, 201, "{}", r.1);
+    let r = call(
+        gw,
+        "PUT",
+        "/api/v1/departments/acme~web/members/acme~bob",
+        &erin,
+        json!({"title": "lead"}),
+    );
+    assert_eq!(r.0, 200, "below its department: {}", r.1);
+    let outside = [
+        (
+            "PUT",
+            "/api/v1/departments/acme~ops/members/acme~bob",
+            json!({}),
+            (403, "PERMISSION_DENIED"),
+            "a sibling department",
+        ),
+        (
+            "PATCH",
+            "/api/v1/departments/acme~eng",
+            json!({"name": "mine"}),
+            (403, "PERMISSION_DENIED"),
+            "its own record",
+        ),
+        (
+            "DELETE",
+            "/api/v1/departments/acme~eng",
+            Value::Null,
+            (403, "PERMISSION_DENIED"),
+            "its own deletion",
+        ),
+        (
+            "PATCH",
+            "/api/v1/departments/acme~hq",
+            json!({"name": "mine"}),
+            (403, "PERMISSION_DENIED"),
+            "the organization",
+        ),
+        (
+            "PUT",
+            "/api/v1/departments/globex~hq/members/acme~bob",
+            json!({}),
+            (403, "TENANT_MISMATCH"),
+            "another tenant",
+        ),
+        (
+            "PUT",
+            "/api/v1/departments/acme~eng/members/globex~gina",
+            json!({}),
+            (403, "TENANT_MISMATCH"),
+            "a member of another tenant",
+        ),
+        (
+            "GET",
+            "/api/v1/departments/acme~ops",
+            Value::Null,
+            (403, "PERMISSION_DENIED"),
+            "reading a sibling",
+        ),
+    ];
+    for (method, path, body, want, what) in outside {
+        let r = call(gw, method, path, &erin, body);
+        assert_eq!(code(&r), want, "{what}: {}", r.1);
+    }
+    // A plain member and another tenant's admin reach nothing here.
+    for who in [&bob, &gina] {
+        let r = call(
+            gw,
+            "PUT",
+            "/api/v1/departments/acme~eng/members/acme~carol",
+            who,
+            json!({}),
+        );
+        assert_eq!(r.0, 403, "{}", r.1);
+        let r = call(gw, "GET", "/api/v1/departments/acme~hq", who, Value::Null);
+        assert_eq!(r.0, 403, "{}", r.1);
+    }
+
+    // The organization admin changes what is below it, with versions.
+    let r = call(
+        gw,
+        "PATCH",
+        "/api/v1/departments/acme~eng",
+        &olga,
+        json!({"name": "Engineering", "admins": ["acme~erin", "acme~bob"]}),
+    );
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(r.1["version"], 2);
+    let r = call(
+        gw,
+        "DELETE",
+        "/api/v1/departments/acme~eng",
+        &olga,
+        Value::Null,
+    );
+    assert_eq!(code(&r), (409, "HAS_CHILDREN"), "{}", r.1);
+    let r = call(
+        gw,
+        "DELETE",
+        "/api/v1/departments/acme~web",
+        &olga,
+        Value::Null,
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let r = call(
+        gw,
+        "DELETE",
+        "/api/v1/departments/acme~web",
+        &olga,
+        Value::Null,
+    );
+    assert_eq!(code(&r), (404, "NOT_FOUND"), "{}", r.1);
+
+    // What the tree holds now, read by the tenant's key.
+    let (s, d) = call(
+        gw,
+        "GET",
+        "/api/v1/departments/acme~hq",
+        ACME_KEY,
+        Value::Null,
+    );
+    assert_eq!(s, 200, "{d}");
+    let children: Vec<&str> = d["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["dept_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(children, ["acme~eng", "acme~ops"]);
+    let (s, d) = call(
+        gw,
+        "GET",
+        "/api/v1/departments/acme~eng",
+        &erin,
+        Value::Null,
+    );
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["department"]["name"], "Engineering");
+    assert_eq!(
+        d["members"],
+        json!([{"user_id": "acme~bob", "title": "engineer", "order": 0}])
+    );
+    let r = call(
+        gw,
+        "DELETE",
+        "/api/v1/departments/acme~eng/members/acme~bob",
+        &erin,
+        Value::Null,
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+
+    // Every permitted change is in acme's audit log with its level;
+    // refusals of user calls changed nothing and are not.
+    let (s, page) = call(gw, "GET", "/api/v1/audit", ACME_KEY, Value::Null);
+    assert_eq!(s, 200, "{page}");
+    let rows: Vec<(String, String, String)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"].as_u64().unwrap() < 300)
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_owned(),
+                e["level"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let row = |a: &str, l: &str, act: &str| (a.to_owned(), l.to_owned(), act.to_owned());
+    assert_eq!(
+        rows,
+        [
+            row(
+                "acme~erin",
+                "department",
+                "DELETE /api/v1/departments/{dept_id}/members/{user_id}"
+            ),
+            row(
+                "acme~olga",
+                "organization",
+                "DELETE /api/v1/departments/{dept_id}"
+            ),
+            row(
+                "acme~olga",
+                "organization",
+                "PATCH /api/v1/departments/{dept_id}"
+            ),
+            row(
+                "acme~erin",
+                "department",
+                "PUT /api/v1/departments/{dept_id}/members/{user_id}"
+            ),
+            row("acme~erin", "department", "POST /api/v1/departments"),
+            row(
+                "acme~erin",
+                "department",
+                "PUT /api/v1/departments/{dept_id}/members/{user_id}"
+            ),
+            row("acme~olga", "organization", "POST /api/v1/departments"),
+            row("acme~olga", "organization", "POST /api/v1/departments"),
+            row("key:acme-hr", "tenant", "POST /api/v1/departments"),
+        ],
+        "{page}"
+    );
+}
+
+#[test]
+fn admin_levels_on_the_embedded_store() {
+    let gw = Gateway::start_with(Driver::Epoll, keys);
+    levels(&gw);
+}
+
+#[test]
+fn admin_levels_on_redis() {
+    let redis = redis_harness::RedisServer::start(redis_harness::ServerOptions::DURABLE);
+    let url = redis.url();
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        keys(c);
+        c.backend.store = StoreKind::Redis;
+        c.backend.redis_urls = vec![url.clone()];
+    });
+    levels(&gw);
+}
