@@ -1718,7 +1718,9 @@ impl std::fmt::Debug for ApiKeyConfig {
 }
 
 /// The scopes an API key may hold.
-pub const API_SCOPES: [&str; 6] = ["messages", "users", "groups", "read", "media", "admin"];
+pub const API_SCOPES: [&str; 7] = [
+    "messages", "users", "groups", "read", "media", "rooms", "admin",
+];
 
 /// Shortest API key, bytes.
 pub const API_KEY_BYTES_MIN: usize = 16;

@@ -148,13 +148,20 @@ fn listed_words_are_rejected_or_masked_as_configured() {
 /// it, seq 1, and the room's history holds only what passed); a mask word
 /// is stored and delivered as `*`. A room name is checked like a group's:
 /// a reject word refuses the create (the id stays free), a mask word is
-/// stored masked.
+/// stored masked. The server API's post is not filtered.
 #[test]
 fn room_posts_and_names_are_filtered_like_messages() {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("words.txt");
     std::fs::write(&list, "darn\tmask\nForbidden\treject\n").unwrap();
-    let gw = Gateway::start_with(Driver::Epoll, |c| c.filter.word_files = vec![list.clone()]);
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        c.filter.word_files = vec![list.clone()];
+        c.api.keys = vec![ApiKeyConfig {
+            name: "crm".into(),
+            key: ADMIN_KEY.into(),
+            scopes: vec!["admin".into()],
+        }];
+    });
     gw.wait_metric("tern_content_filter_words 2");
     let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
     let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
@@ -205,6 +212,16 @@ fn room_posts_and_names_are_filtered_like_messages() {
     let f = bob.wait_push(|f| room_text(f).is_some());
     assert_eq!(room_text(&f), Some((1, "oh ****".into())));
 
+    // The server API is trusted: its post is stored as it is.
+    let (s, body) = gw.api(
+        "POST",
+        "/api/v1/rooms/lobby/posts",
+        Some(ADMIN_KEY),
+        &json!({"content": {"type": "text", "text": "forbidden by the CRM"}}),
+    );
+    assert_eq!(s, 200, "{body}");
+    let f = bob.wait_push(|f| room_text(f).is_some());
+    assert_eq!(room_text(&f), Some((2, "forbidden by the CRM".into())));
     let r = bob.request(Body::RoomHistory(pb::RoomHistoryRequest {
         room_id: "lobby".into(),
         before_seq: 0,
@@ -215,7 +232,7 @@ fn room_posts_and_names_are_filtered_like_messages() {
     };
     assert_eq!(
         h.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        [1],
+        [1, 2],
         "the refused post stored nothing"
     );
     gw.wait_metric("tern_content_filter_total{outcome=\"masked\"} 2");

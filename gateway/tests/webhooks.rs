@@ -975,7 +975,8 @@ fn room_texts(c: &mut Client, room: &str) -> Vec<(u64, String)> {
 /// stores nothing and uses no seq (the next post is seq 1, and no member
 /// got a push for it); a rewritten post is stored and pushed as rewritten;
 /// the hook saw the post as `"kind": "room_post"`; the feed carries one
-/// signed `room.posted` event per stored post (none for the refused one).
+/// signed `room.posted` event per stored post (none for the refused one),
+/// server API posts included, which skip the hook.
 #[test]
 fn room_posts_pass_before_send_and_become_events() {
     let hook = Receiver::answering(
@@ -1000,9 +1001,15 @@ fn room_posts_pass_before_send_and_become_events() {
         }),
     );
     let events = Receiver::start(Mode::Ok);
+    const KEY: &str = "rooms-key-0123456789";
     let gw = gateway(|c| {
         c.webhooks.before_send_url = hook.url();
         c.webhooks.events_url = events.url();
+        c.api.keys = vec![tern_gateway::config::ApiKeyConfig {
+            name: "svc".into(),
+            key: KEY.into(),
+            scopes: vec!["rooms".into()],
+        }];
     });
     let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
     let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
@@ -1045,6 +1052,15 @@ fn room_posts_pass_before_send_and_become_events() {
     assert_eq!(texts(&[entry]), ["oh d**n"]);
     assert_eq!(room_texts(&mut bob, "lobby"), [(1, "oh d**n".to_owned())]);
 
+    // The server API's post is trusted: no hook, but an event.
+    let (s, body) = gw.api(
+        "POST",
+        "/api/v1/rooms/lobby/posts",
+        Some(KEY),
+        &json!({"from": "system", "content": {"type": "text", "text": "spam from the CRM"}}),
+    );
+    assert_eq!(s, 200, "{body}");
+
     let seen = hook.requests();
     assert!(
         seen.iter().any(|r| {
@@ -1058,8 +1074,18 @@ fn room_posts_pass_before_send_and_become_events() {
         "{:?}",
         seen.iter().map(Recorded::json).collect::<Vec<_>>()
     );
-    let got = events.wait_for("a room.posted event", |reqs| {
-        has_event(reqs, |e| e["type"] == "room.posted")
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r.body.windows(8).any(|w| w == b"the CRM\"")),
+        "the server API's post went to the hook"
+    );
+    let got = events.wait_for("two room.posted events", |reqs| {
+        all_events(reqs)
+            .iter()
+            .filter(|e| e["type"] == "room.posted")
+            .count()
+            >= 2
     });
     for r in &got {
         assert_signed(r);
@@ -1074,6 +1100,8 @@ fn room_posts_pass_before_send_and_become_events() {
         [
             json!({"room_id": "lobby", "seq": 1, "sender": "alice", "sender_device": "phone",
                    "client_msg_id": "p1", "content": {"type": "text", "text": "oh d**n"}}),
+            json!({"room_id": "lobby", "seq": 2, "sender": "system", "sender_device": "api",
+                   "client_msg_id": "", "content": {"type": "text", "text": "spam from the CRM"}}),
         ]
     );
 }

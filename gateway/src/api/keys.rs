@@ -26,11 +26,13 @@ pub enum Scope {
     Read = 8,
     /// Upload and fetch media.
     Media = 16,
+    /// Create, read and post to rooms.
+    Rooms = 32,
 }
 
 impl Scope {
     /// Every scope (what `admin` grants).
-    const ALL: u8 = 31;
+    const ALL: u8 = 63;
 
     fn of_name(name: &str) -> u8 {
         match name {
@@ -39,6 +41,7 @@ impl Scope {
             "groups" => Self::Groups as u8,
             "read" => Self::Read as u8,
             "media" => Self::Media as u8,
+            "rooms" => Self::Rooms as u8,
             "admin" => Self::ALL,
             _ => 0, // refused by the config's validation
         }
@@ -52,6 +55,7 @@ impl Scope {
             Self::Groups => "groups",
             Self::Read => "read",
             Self::Media => "media",
+            Self::Rooms => "rooms",
         }
     }
 }

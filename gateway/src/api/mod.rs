@@ -25,6 +25,7 @@ pub mod media;
 pub mod messages;
 pub mod ops;
 pub mod reads;
+pub mod rooms;
 pub mod users;
 
 use std::sync::Arc;
@@ -87,6 +88,7 @@ pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(reads::routes())
         .merge(media::routes())
         .merge(accounts::routes())
+        .merge(rooms::routes())
         .with_state(state)
         .split_for_parts();
     (router, doc)
