@@ -1,7 +1,8 @@
 //! The rooms routes of the server API (`/api/v1/rooms`, docs/http-api.md
 //! "Rooms") over real HTTP on an in-process gateway, with real client
 //! connections joined to the rooms: create, read, post as a system sender
-//! (pushed to the joined connections), recent posts; the `rooms` scope, typed errors for bad
+//! (pushed to the joined connections), recent posts, delete (joined
+//! connections get `room_closed`); the `rooms` scope, typed errors for bad
 //! input that change nothing, and the routes in the OpenAPI document.
 #![allow(clippy::disallowed_methods)]
 
@@ -56,9 +57,10 @@ fn next_room_post(c: &mut Client) -> (u64, String, String) {
 /// A broadcast channel made by the API for an owner, read back, posted to
 /// by the system sender (a connection that joined gets it, in order, and
 /// the recent posts list it), refused to a `from` that is neither a system
-/// user nor an admin.
+/// user nor an admin; then deleted: the joined connection gets
+/// `room_closed`, and the room is 404 for every route.
 #[test]
-fn a_service_creates_posts_to_and_reads_a_room() {
+fn a_service_creates_posts_to_reads_and_deletes_a_room() {
     let gw = gateway();
     let (s, room) = api(
         &gw,
@@ -129,6 +131,36 @@ fn a_service_creates_posts_to_and_reads_a_room() {
         &Value::Null,
     );
     assert_eq!(page["posts"].as_array().map(Vec::len), Some(1), "{page}");
+
+    let (s, gone) = api(&gw, "DELETE", "/api/v1/rooms/news", &Value::Null);
+    assert_eq!((s, &gone), (200, &json!({"room_id": "news", "deleted": true})));
+    let f = carol.wait_push(|f| matches!(f.body, Some(Body::RoomClosed(_))));
+    assert_eq!(
+        f.body,
+        Some(Body::RoomClosed(pb::RoomClosed {
+            room_id: "news".into()
+        }))
+    );
+    for (method, path, body) in [
+        ("GET", "/api/v1/rooms/news", Value::Null),
+        ("GET", "/api/v1/rooms/news/posts", Value::Null),
+        ("DELETE", "/api/v1/rooms/news", Value::Null),
+        (
+            "POST",
+            "/api/v1/rooms/news/posts",
+            json!({"content": {"type": "text", "text": "late"}}),
+        ),
+    ] {
+        let (s, err) = api(&gw, method, path, &body);
+        assert_eq!((s, err["code"].as_str()), (404, Some("NOT_FOUND")), "{method} {path}: {err}");
+    }
+    let r = carol.request(Body::RoomJoin(pb::RoomJoin {
+        room_id: "news".into(),
+    }));
+    assert!(
+        matches!(&r.body, Some(Body::Error(e)) if e.code() == pb::ErrorCode::NotFound),
+        "{r:?}"
+    );
 }
 
 /// Bad input: a key without the `rooms` scope is 403 before anything
@@ -190,7 +222,7 @@ fn bad_calls_are_refused_typed_and_change_nothing() {
     }
     let (s, err) = api(&gw, "GET", "/api/v1/rooms/lobby/posts?limit=x", &Value::Null);
     assert_eq!(s, 400, "{err}");
-    let (s, err) = api(&gw, "GET", "/api/v1/rooms/r:lobby", &Value::Null);
+    let (s, err) = api(&gw, "DELETE", "/api/v1/rooms/r:lobby", &Value::Null);
     assert_eq!((s, err["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{err}");
     let (_, info) = api(&gw, "GET", "/api/v1/rooms/lobby", &Value::Null);
     assert_eq!(info["last_seq"], 0, "no bad post was stored: {info}");
@@ -199,7 +231,7 @@ fn bad_calls_are_refused_typed_and_change_nothing() {
     let doc: Value = serde_json::from_str(&doc).unwrap();
     for (path, methods) in [
         ("/api/v1/rooms", &["post"][..]),
-        ("/api/v1/rooms/{room_id}", &["get"][..]),
+        ("/api/v1/rooms/{room_id}", &["get", "delete"][..]),
         ("/api/v1/rooms/{room_id}/posts", &["get", "post"][..]),
     ] {
         for m in methods {

@@ -26,7 +26,7 @@ pub enum Scope {
     Read = 8,
     /// Upload and fetch media.
     Media = 16,
-    /// Create, read and post to rooms.
+    /// Create, read, post to and delete rooms.
     Rooms = 32,
 }
 

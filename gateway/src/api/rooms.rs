@@ -1,13 +1,13 @@
 //! Rooms and broadcast channels (scope `rooms`; docs/protocol.md, "Rooms"):
 //! create one for an owner, read its record, post to it as a system or
-//! bot sender, read its recent posts. Each call is the client request of
+//! bot sender, read its recent posts, delete it. Each call is the client request of
 //! the same name run on the backend worker of the user it acts as, so the
 //! domain's rules, the durable commit and the fan-out to every joined
 //! connection (on every shard and node) are those of a client's request.
 //! A `from` listed in `[api_ops] system_users` posts with operator rights
 //! (also in a broadcast channel it does not administer); any other `from`
-//! follows the room's rules as that user. Reads act as the first system
-//! user, with operator rights. The server API is trusted: its posts skip the content filter and
+//! follows the room's rules as that user. Reads and deletions act as the
+//! first system user, with operator rights. The server API is trusted: its posts skip the content filter and
 //! the before-send hook, and are `room.posted` events like any post.
 
 use axum::{
@@ -29,7 +29,7 @@ use super::{
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(create_room))
-        .routes(routes!(get_room))
+        .routes(routes!(get_room, delete_room))
         .routes(routes!(post_to_room, room_posts))
 }
 
@@ -57,7 +57,7 @@ pub struct CreateRoom {
     /// `chat` (the default) or `broadcast`.
     #[serde(default)]
     pub kind: RoomKind,
-    /// The owner (it may post in a broadcast channel);
+    /// The owner (it may delete the room and post in a broadcast channel);
     /// left out: the first of `[api_ops] system_users`.
     #[serde(default)]
     pub owner: Option<String>,
@@ -110,6 +110,15 @@ pub struct RoomPosted {
     pub room_id: String,
     /// The post's seq in the room.
     pub seq: u64,
+}
+
+/// A deleted room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomDeleted {
+    /// The room.
+    pub room_id: String,
+    /// Always true (a room that was not there is 404).
+    pub deleted: bool,
 }
 
 /// Which posts to read.
@@ -190,7 +199,7 @@ async fn create_room(
         (status = 400, description = "Not a room id", body = ErrorBody),
         (status = 401, description = "No or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `rooms` scope", body = ErrorBody),
-        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 404, description = "No such room (or it was deleted)", body = ErrorBody),
     ),
 )]
 async fn get_room(
@@ -204,6 +213,44 @@ async fn get_room(
         Some(Body::RoomInfoResult(pb::RoomInfoResult { room: Some(room) })) => {
             Ok(Json(room_json(room)))
         }
+        other => Err(ApiError::internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Delete a room.
+///
+/// As its owner would (`room_delete`), with operator rights: the record
+/// and the recent posts are removed from the store, every joined
+/// connection (on every shard and node) gets `room_closed` and is
+/// unsubscribed, and later calls naming the room are 404.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/rooms/{room_id}",
+    tag = "rooms",
+    params(("room_id" = String, Path, description = "The room")),
+    responses(
+        (status = 200, description = "Deleted", body = RoomDeleted),
+        (status = 400, description = "Not a room id", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `rooms` scope", body = ErrorBody),
+        (status = 404, description = "No such room (or it was deleted)", body = ErrorBody),
+        (status = 503, description = "Overloaded or stopping; retry after `Retry-After`", body = ErrorBody),
+    ),
+)]
+async fn delete_room(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(room_id): Path<String>,
+) -> Result<Json<RoomDeleted>, ApiError> {
+    auth.require(Scope::Rooms)?;
+    let ask = Body::RoomDelete(pb::RoomDelete {
+        room_id: room_id.clone(),
+    });
+    match state.backend.call_admin(state.ops.operator(), ask).await? {
+        Some(Body::Ok(_)) => Ok(Json(RoomDeleted {
+            room_id,
+            deleted: true,
+        })),
         other => Err(ApiError::internal(format!("unexpected answer {other:?}"))),
     }
 }
@@ -224,7 +271,7 @@ async fn get_room(
         (status = 400, description = "Invalid argument (content, ids)", body = ErrorBody),
         (status = 401, description = "No or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `rooms` scope, or `BROADCAST_ONLY`: `from` is neither a system user nor an owner or admin of this broadcast channel", body = ErrorBody),
-        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 404, description = "No such room (or it was deleted)", body = ErrorBody),
         (status = 503, description = "Overloaded or stopping; retry after `Retry-After`", body = ErrorBody),
     ),
 )]
@@ -266,7 +313,7 @@ async fn post_to_room(
         (status = 400, description = "Not a room id, or a bad query", body = ErrorBody),
         (status = 401, description = "No or unknown API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `rooms` scope", body = ErrorBody),
-        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 404, description = "No such room (or it was deleted)", body = ErrorBody),
     ),
 )]
 async fn room_posts(

@@ -40,7 +40,7 @@ const ANSWER_BYTES_MAX: usize = 64 * 1024;
 pub struct Event {
     /// `message.stored`, `message.recalled`, `message.read`,
     /// `group.changed`, `friend.requested`, `friend.added`,
-    /// `friend.removed`, `user.online`, `user.offline`, `room.posted`
+    /// `friend.removed`, `user.online`, `user.offline`, `room.posted`, `room.deleted`
     /// (docs/http-api.md lists them all).
     pub kind: &'static str,
     /// When it happened (the server's clock), ms since the epoch.
@@ -237,6 +237,14 @@ fn effect_event(now_ms: u64, effect: &Effect) -> Option<Event> {
                 }),
             })
         }
+        Effect::Room {
+            room,
+            body: Body::RoomClosed(_),
+        } => Some(Event {
+            kind: "room.deleted",
+            time_ms: now_ms,
+            data: json!({ "room_id": &**room }),
+        }),
         Effect::Room { .. } => None,
     }
 }
