@@ -101,14 +101,21 @@ fn a_service_creates_posts_to_reads_and_deletes_a_room() {
         &json!({"from": "bob", "content": {"type": "text", "text": "from bob"}}),
     );
     assert_eq!((s, posted["seq"].as_u64()), (200, Some(2)), "{posted}");
-    assert_eq!(next_room_post(&mut carol), (2, "bob".into(), "from bob".into()));
+    assert_eq!(
+        next_room_post(&mut carol),
+        (2, "bob".into(), "from bob".into())
+    );
     let (s, err) = api(
         &gw,
         "POST",
         "/api/v1/rooms/news/posts",
         &json!({"from": "carol", "content": {"type": "text", "text": "me too"}}),
     );
-    assert_eq!((s, err["code"].as_str()), (403, Some("BROADCAST_ONLY")), "{err}");
+    assert_eq!(
+        (s, err["code"].as_str()),
+        (403, Some("BROADCAST_ONLY")),
+        "{err}"
+    );
 
     let (s, info) = api(&gw, "GET", "/api/v1/rooms/news", &Value::Null);
     assert_eq!((s, info["last_seq"].as_u64()), (200, Some(2)), "{info}");
@@ -133,7 +140,10 @@ fn a_service_creates_posts_to_reads_and_deletes_a_room() {
     assert_eq!(page["posts"].as_array().map(Vec::len), Some(1), "{page}");
 
     let (s, gone) = api(&gw, "DELETE", "/api/v1/rooms/news", &Value::Null);
-    assert_eq!((s, &gone), (200, &json!({"room_id": "news", "deleted": true})));
+    assert_eq!(
+        (s, &gone),
+        (200, &json!({"room_id": "news", "deleted": true}))
+    );
     let f = carol.wait_push(|f| matches!(f.body, Some(Body::RoomClosed(_))));
     assert_eq!(
         f.body,
@@ -152,7 +162,11 @@ fn a_service_creates_posts_to_reads_and_deletes_a_room() {
         ),
     ] {
         let (s, err) = api(&gw, method, path, &body);
-        assert_eq!((s, err["code"].as_str()), (404, Some("NOT_FOUND")), "{method} {path}: {err}");
+        assert_eq!(
+            (s, err["code"].as_str()),
+            (404, Some("NOT_FOUND")),
+            "{method} {path}: {err}"
+        );
     }
     let r = carol.request(Body::RoomJoin(pb::RoomJoin {
         room_id: "news".into(),
@@ -177,9 +191,17 @@ fn bad_calls_are_refused_typed_and_change_nothing() {
         Some(READ_KEY),
         &json!({"room_id": "lobby"}),
     );
-    assert_eq!((s, err["code"].as_str()), (403, Some("PERMISSION_DENIED")), "{err}");
+    assert_eq!(
+        (s, err["code"].as_str()),
+        (403, Some("PERMISSION_DENIED")),
+        "{err}"
+    );
     let (s, err) = gw.api("GET", "/api/v1/rooms/lobby", None, &Value::Null);
-    assert_eq!((s, err["code"].as_str()), (401, Some("AUTH_REQUIRED")), "{err}");
+    assert_eq!(
+        (s, err["code"].as_str()),
+        (401, Some("AUTH_REQUIRED")),
+        "{err}"
+    );
     let (s, err) = api(&gw, "GET", "/api/v1/rooms/lobby", &Value::Null);
     assert_eq!((s, err["code"].as_str()), (404, Some("NOT_FOUND")), "{err}");
 
@@ -207,7 +229,11 @@ fn bad_calls_are_refused_typed_and_change_nothing() {
         "/api/v1/rooms",
         &json!({"room_id": "lobby", "owner": "mallory"}),
     );
-    assert_eq!((s, err["code"].as_str()), (409, Some("ALREADY_EXISTS")), "{err}");
+    assert_eq!(
+        (s, err["code"].as_str()),
+        (409, Some("ALREADY_EXISTS")),
+        "{err}"
+    );
     let (_, info) = api(&gw, "GET", "/api/v1/rooms/lobby", &Value::Null);
     assert_eq!(info["owner"], "system", "the first record stays: {info}");
     for body in [
@@ -220,10 +246,19 @@ fn bad_calls_are_refused_typed_and_change_nothing() {
         assert!(s == 400 || s == 422, "{body}: {s} {err}");
         assert_eq!(err["code"], "INVALID_ARGUMENT", "{body}: {err}");
     }
-    let (s, err) = api(&gw, "GET", "/api/v1/rooms/lobby/posts?limit=x", &Value::Null);
+    let (s, err) = api(
+        &gw,
+        "GET",
+        "/api/v1/rooms/lobby/posts?limit=x",
+        &Value::Null,
+    );
     assert_eq!(s, 400, "{err}");
     let (s, err) = api(&gw, "DELETE", "/api/v1/rooms/r:lobby", &Value::Null);
-    assert_eq!((s, err["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{err}");
+    assert_eq!(
+        (s, err["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{err}"
+    );
     let (_, info) = api(&gw, "GET", "/api/v1/rooms/lobby", &Value::Null);
     assert_eq!(info["last_seq"], 0, "no bad post was stored: {info}");
 

@@ -195,7 +195,10 @@ fn room_posts_and_names_are_filtered_like_messages() {
     assert_eq!(code, pb::ErrorCode::ContentRejected);
     assert!(reason.contains("not allowed"), "{reason}");
     let r = post(&mut alice, "oh darn");
-    assert!(matches!(r.body, Some(Body::Ok(pb::Ok { seq: 1, .. }))), "{r:?}");
+    assert!(
+        matches!(r.body, Some(Body::Ok(pb::Ok { seq: 1, .. }))),
+        "{r:?}"
+    );
     let room_text = |f: &pb::Frame| match &f.body {
         Some(Body::RoomDeliver(d)) => {
             let e = d.entry.as_ref()?;

@@ -417,7 +417,10 @@ fn deletion_scenario(gw: &Gateway) {
         Some(Body::RoomInfoResult(r)) => r.room.expect("room"),
         other => panic!("expected room_info_result, got {other:?}"),
     };
-    assert_eq!((again.owner.as_str(), again.last_seq), (users[2].as_str(), 0));
+    assert_eq!(
+        (again.owner.as_str(), again.last_seq),
+        (users[2].as_str(), 0)
+    );
     assert_eq!(ok_seq(&post(&mut owner, "hall", "new hall")), 1);
     assert_eq!(ok_seq(&post(&mut owner, "keep", "kept")), 1);
     for m in &mut members {

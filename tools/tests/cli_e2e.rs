@@ -1428,7 +1428,11 @@ fn rooms_from_the_command_line() {
     // Only the owner deletes; the listener is told, and the room is gone.
     let r = gw.run("bob", &["room", "delete", "news"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("ERROR_CODE_PERMISSION_DENIED"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_PERMISSION_DENIED"),
+        "{}",
+        r.stderr
+    );
     let gone = gw.ok("alice", &["room", "delete", "news"]);
     assert!(gone[0].has("op", "room_delete"), "{gone:?}");
     listener.wait_for(|l| l.starts_with("room_closed") && l.contains("room=news"));

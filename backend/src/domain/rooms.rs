@@ -122,7 +122,9 @@ impl Domain {
     pub(super) fn room_delete(&self, me: &Caller, req: &pb::RoomDelete) -> Handled {
         let (record, _) = self.room_of(&req.room_id)?;
         if !me.admin && record.owner != me.user_id {
-            return Err(DomainError::PermissionDenied("only its owner deletes a room"));
+            return Err(DomainError::PermissionDenied(
+                "only its owner deletes a room",
+            ));
         }
         if !self.store.room_delete(&req.room_id)? {
             // Deleted meanwhile by another request.

@@ -7072,13 +7072,19 @@ pub fn room_delete_removes_record_and_ring(f: Fixture) {
         w.ok("bob", room_post_body("lobby", &format!("m{i}")));
     }
     w.ok("bob", room_post_body("other", "stays"));
-    assert_eq!(w.err("bob", delete("lobby")), pb::ErrorCode::PermissionDenied);
+    assert_eq!(
+        w.err("bob", delete("lobby")),
+        pb::ErrorCode::PermissionDenied
+    );
     assert_eq!(
         w.store().room("lobby").unwrap().map(|(_, head)| head),
         Some(5),
         "a refused delete changes nothing"
     );
-    assert_eq!(texts(&room_history_of(&w, "bob", "lobby", 0, 0)), vec!["m3", "m4", "m5"]);
+    assert_eq!(
+        texts(&room_history_of(&w, "bob", "lobby", 0, 0)),
+        vec!["m3", "m4", "m5"]
+    );
 
     let out = w.ok("alice", delete("lobby"));
     assert_eq!(ok_seq(&out), 0);
@@ -7112,15 +7118,24 @@ pub fn room_delete_removes_record_and_ring(f: Fixture) {
             room_id: "lobby".into(),
         }),
     );
-    assert!(w.store().room("lobby").unwrap().is_none(), "the late post stored nothing");
-    assert_eq!(texts(&room_history_of(&w, "bob", "other", 0, 0)), vec!["stays"]);
+    assert!(
+        w.store().room("lobby").unwrap().is_none(),
+        "the late post stored nothing"
+    );
+    assert_eq!(
+        texts(&room_history_of(&w, "bob", "other", 0, 0)),
+        vec!["stays"]
+    );
 
     // The id again: a new room.
     let again = room_info_of(&w.ok("carol", room_create_body("lobby", pb::RoomKind::Chat, &[])));
     assert_eq!((again.owner.as_str(), again.last_seq), ("carol", 0));
     assert!(room_history_of(&w, "bob", "lobby", 0, 0).is_empty());
     assert_eq!(ok_seq(&w.ok("bob", room_post_body("lobby", "new"))), 1);
-    assert_eq!(texts(&room_history_of(&w, "bob", "lobby", 0, 0)), vec!["new"]);
+    assert_eq!(
+        texts(&room_history_of(&w, "bob", "lobby", 0, 0)),
+        vec!["new"]
+    );
 
     // An operator (the server API) deletes any room.
     let op = Caller {
