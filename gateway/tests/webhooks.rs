@@ -976,7 +976,8 @@ fn room_texts(c: &mut Client, room: &str) -> Vec<(u64, String)> {
 /// got a push for it); a rewritten post is stored and pushed as rewritten;
 /// the hook saw the post as `"kind": "room_post"`; the feed carries one
 /// signed `room.posted` event per stored post (none for the refused one),
-/// server API posts included, which skip the hook.
+/// server API posts included, which skip the hook; the owner's deletion is
+/// one `room.deleted` event.
 #[test]
 fn room_posts_pass_before_send_and_become_events() {
     let hook = Receiver::answering(
@@ -1104,4 +1105,18 @@ fn room_posts_pass_before_send_and_become_events() {
                    "client_msg_id": "", "content": {"type": "text", "text": "spam from the CRM"}}),
         ]
     );
+    // The owner deletes it: a `room.deleted` event.
+    let r = alice.request(Body::RoomDelete(pb::RoomDelete {
+        room_id: "lobby".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    let got = events.wait_for("a room.deleted event", |reqs| {
+        has_event(reqs, |e| e["type"] == "room.deleted")
+    });
+    let deleted: Vec<Value> = all_events(&got)
+        .into_iter()
+        .filter(|e| e["type"] == "room.deleted")
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(deleted, [json!({"room_id": "lobby"})]);
 }
