@@ -1283,6 +1283,27 @@ impl Store for EmbeddedStore {
         Ok(Some(seq))
     }
 
+    fn room_delete(&self, room_id: &str) -> StoreResult<bool> {
+        // One writer at a time: no post can slip in between the read of
+        // the kept messages and their removal.
+        let mut tx = self.write_tx();
+        if tx.get(&self.ks.room, room_id).map_err(backend)?.is_none() {
+            return Ok(false);
+        }
+        // At most the kept window (plus what a window made smaller left).
+        let mut kept = Vec::new();
+        for guard in tx.prefix(&self.ks.room_log, prefix(room_id)) {
+            kept.push(guard.key().map_err(backend)?);
+        }
+        for k in kept {
+            tx.remove(&self.ks.room_log, k);
+        }
+        tx.remove(&self.ks.room, room_id.as_bytes().to_vec());
+        tx.remove(&self.ks.room_head, room_id.as_bytes().to_vec());
+        self.commit(tx)?;
+        Ok(true)
+    }
+
     fn room_recent(
         &self,
         room_id: &str,

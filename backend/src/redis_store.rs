@@ -1820,6 +1820,25 @@ impl Store for RedisStore {
         }
     }
 
+    fn room_delete(&self, room_id: &str) -> StoreResult<bool> {
+        let k = RoomKeys::new(room_id).map_err(RedisStoreError::from)?;
+        // One `DEL` of the three keys (one hash tag): atomic against
+        // `tern_room_post_v2`, which writes the head and the list only
+        // while the record exists, so the count is > 0 exactly when the
+        // room existed. Repeating it after a dropped connection would
+        // answer 0 for a deletion that happened: run once.
+        let mut c = redis::cmd("DEL");
+        c.arg(&k.meta).arg(&k.head).arg(&k.recent);
+        let mut p = Pipe::default();
+        p.add_once(c);
+        let v = self.with_conn_once(|conn| {
+            let v = first(self.run(conn, &p)?)?;
+            self.wait_durable(conn)?;
+            Ok(v)
+        })?;
+        Ok(as_u64(&v)? > 0)
+    }
+
     fn room_recent(
         &self,
         room_id: &str,

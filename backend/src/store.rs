@@ -130,7 +130,8 @@
 //!   Conformance cases `push_*`.
 //! - Rooms (issue 19): [`RoomRecord`], [`Store::room_create`],
 //!   [`Store::room`], [`Store::room_append`] (a per-room seq and a ring
-//!   of the newest messages) and [`Store::room_recent`]. Conformance cases
+//!   of the newest messages), [`Store::room_recent`] and
+//!   [`Store::room_delete`]. Conformance cases
 //!   `room_*`.
 
 use tern_protocol::pb;
@@ -520,6 +521,13 @@ pub trait Store: Send + Sync {
     /// room does not exist.
     fn room_append(&self, room_id: &str, entry: pb::Entry, keep: usize)
     -> StoreResult<Option<u64>>;
+
+    /// Removes room `room_id`: its record, its seq and every kept message,
+    /// in one durable step. True if it existed; false (nothing written) if
+    /// not. A post racing the deletion is either stored before it (and
+    /// removed with the rest) or finds no room. The id may be created
+    /// again afterwards, as a new room whose seq starts from 1.
+    fn room_delete(&self, room_id: &str) -> StoreResult<bool>;
 
     /// The room's kept messages with a seq below `before_seq` (0: any), the
     /// newest `limit` of them, oldest first. Only the newest `keep` (as the

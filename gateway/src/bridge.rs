@@ -154,7 +154,9 @@ pub enum Effect {
     },
     /// A room message (`RoomDeliver`) for every connection that joined
     /// `room`: one shard message per shard, one record per other node
-    /// (docs/protocol.md, "Rooms"); the shards know the members.
+    /// (docs/protocol.md, "Rooms"); the shards know the members. A
+    /// `RoomClosed` body goes the same way, and each shard then
+    /// unsubscribes the room's connections.
     Room {
         /// The room id.
         room: Arc<str>,
@@ -835,6 +837,7 @@ fn encode(effect: Effect) -> OutPush {
                 body: Bytes::from(frame.encode_to_vec()),
                 entry: Some(meta),
                 room: None,
+                room_closed: false,
             }
         }
         Effect::Push { recipients, body } => {
@@ -847,9 +850,11 @@ fn encode(effect: Effect) -> OutPush {
                 body: Bytes::from(frame.encode_to_vec()),
                 entry: None,
                 room: None,
+                room_closed: false,
             }
         }
         Effect::Room { room, body } => {
+            let room_closed = matches!(body, Body::RoomClosed(_));
             let frame = pb::Frame {
                 request_id: 0,
                 body: Some(body),
@@ -859,6 +864,7 @@ fn encode(effect: Effect) -> OutPush {
                 body: Bytes::from(frame.encode_to_vec()),
                 entry: None,
                 room: Some(room),
+                room_closed,
             }
         }
     }
@@ -872,6 +878,7 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, push: OutPush, stop:
         body,
         entry,
         room,
+        room_closed,
     } = push;
     if let Some(room) = room {
         // One message per shard, whoever joined: each shard walks its own
@@ -880,6 +887,7 @@ fn route(to_shards: &mut [Sender<ShardMsg>], shards: usize, push: OutPush, stop:
             let msg = ShardMsg::RoomPush {
                 room: room.clone(),
                 body: body.clone(),
+                closed: room_closed,
             };
             send_blocking(tx, msg, stop);
         }

@@ -1802,8 +1802,8 @@ impl std::fmt::Debug for ApiKeyConfig {
 }
 
 /// The scopes an API key may hold.
-pub const API_SCOPES: [&str; 8] = [
-    "messages", "users", "groups", "read", "media", "audit", "org", "admin",
+pub const API_SCOPES: [&str; 9] = [
+    "messages", "users", "groups", "read", "media", "rooms", "audit", "org", "admin",
 ];
 
 /// Shortest API key, bytes.

@@ -2,12 +2,13 @@
 //! checked on the backend worker, before the before-send webhook and the
 //! store, on what clients write for others to read:
 //!
-//! - a `Send`'s (or an `EditRequest`'s) text (`Text.text`), a file's name (`File.name`) and a
-//!   location's `name` and `address`: every human-readable string of a
-//!   message; `Custom` is the application's opaque bytes, media fields are
-//!   ids and types, and neither is looked at;
-//! - group names (`GroupCreate.name`, `GroupRename.name`) and announcements
-//!   (`GroupAnnounce.announcement`).
+//! - a `Send`'s (or an `EditRequest`'s, or a `RoomPost`'s) text
+//!   (`Text.text`), a file's name (`File.name`) and a location's `name`
+//!   and `address`: every human-readable string of a message; `Custom` is
+//!   the application's opaque bytes, media fields are ids and types, and
+//!   neither is looked at;
+//! - group names (`GroupCreate.name`, `GroupRename.name`), announcements
+//!   (`GroupAnnounce.announcement`) and room names (`RoomCreate.name`).
 //!
 //! Calls of the server API are not checked: the service that made them is
 //! trusted, as with the before-send hook.
@@ -361,8 +362,11 @@ impl Words {
     /// module doc), masking them in place unless one of them is rejected.
     pub fn screen_body(&self, body: &mut Body) -> Screened {
         let (fields, reason): ([Option<&mut String>; 2], &'static str) = match body {
-            // An edit's new content is screened like a send's.
-            Body::Send(pb::Send { content, .. }) | Body::Edit(pb::EditRequest { content, .. }) => {
+            // An edit's new content and a room post are screened like a
+            // send's.
+            Body::Send(pb::Send { content, .. })
+            | Body::Edit(pb::EditRequest { content, .. })
+            | Body::RoomPost(pb::RoomPost { content, .. }) => {
                 let reason = "the message contains a word that is not allowed here";
                 match content.as_mut().and_then(|c| c.kind.as_mut()) {
                     Some(pb::content::Kind::Text(t)) => ([Some(&mut t.text), None], reason),
@@ -384,6 +388,10 @@ impl Words {
             Body::GroupAnnounce(g) => (
                 [Some(&mut g.announcement), None],
                 "the announcement contains a word that is not allowed here",
+            ),
+            Body::RoomCreate(r) => (
+                [Some(&mut r.name), None],
+                "the room name contains a word that is not allowed here",
             ),
             _ => return Screened::Clean,
         };

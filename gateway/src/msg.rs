@@ -75,8 +75,12 @@ pub enum ShardMsg {
     RoomPush {
         /// The room id.
         room: Arc<str>,
-        /// An encoded `RoomDeliver` frame, shared by every shard.
+        /// An encoded `RoomDeliver` frame, shared by every shard; or, with
+        /// `closed`, a `RoomClosed` one.
         body: Bytes,
+        /// The room was deleted: after the push, the shard drops every
+        /// subscription to it.
+        closed: bool,
     },
     /// The backend's answer to a connection's `room_join` or `room_leave`:
     /// the shard changes the connection's subscription, then writes it.

@@ -202,6 +202,11 @@ fn effect(e: DomainEffect, origin: Option<&(String, String)>) -> Effect {
             room: room_id.into(),
             body: Body::RoomDeliver(pb::RoomDeliver { entry: Some(entry) }),
         },
+        // The same way, and each shard then drops the room's subscriptions.
+        DomainEffect::RoomClosed { room_id } => Effect::Room {
+            room: room_id.as_str().into(),
+            body: Body::RoomClosed(pb::RoomClosed { room_id }),
+        },
         // A push like any other, so it reaches the user's devices on every
         // node; the owner shard closes the devices it names (shard/inbox.rs, `kick_devices`).
         DomainEffect::Kick { user_id, kick } => Effect::Push {

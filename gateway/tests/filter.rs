@@ -143,6 +143,107 @@ fn listed_words_are_rejected_or_masked_as_configured() {
     gw.wait_metric("tern_content_filter_total{outcome=\"rejected\"} 3");
 }
 
+/// Room posts pass the filter like sends (docs/protocol.md, "Rooms"): a
+/// post with a reject word is answered CONTENT_REJECTED, stores nothing and
+/// uses no seq (the joined reader's next room message is the post after
+/// it, seq 1, and the room's history holds only what passed); a mask word
+/// is stored and delivered as `*`. A room name is checked like a group's:
+/// a reject word refuses the create (the id stays free), a mask word is
+/// stored masked. The server API's post is not filtered.
+#[test]
+fn room_posts_and_names_are_filtered_like_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("words.txt");
+    std::fs::write(&list, "darn\tmask\nForbidden\treject\n").unwrap();
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        c.filter.word_files = vec![list.clone()];
+        c.api.keys = vec![ApiKeyConfig {
+            name: "crm".into(),
+            key: ADMIN_KEY.into(),
+            scopes: vec!["admin".into()],
+            tenant: String::new(),
+        }];
+    });
+    gw.wait_metric("tern_content_filter_words 2");
+    let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
+    let create = |c: &mut Client, id: &str, name: &str| {
+        c.request(Body::RoomCreate(pb::RoomCreate {
+            room_id: id.into(),
+            name: name.into(),
+            ..Default::default()
+        }))
+    };
+    let (code, reason) = error_of(&create(&mut alice, "lobby", "Forbidden lobby"));
+    assert_eq!(code, pb::ErrorCode::ContentRejected);
+    assert!(reason.contains("room name"), "{reason}");
+    let room = match create(&mut alice, "lobby", "DARN lobby").body {
+        Some(Body::RoomInfoResult(r)) => r.room.unwrap(),
+        other => panic!("the id stayed free: {other:?}"),
+    };
+    assert_eq!(room.name, "**** lobby");
+    let r = bob.request(Body::RoomJoin(pb::RoomJoin {
+        room_id: "lobby".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::RoomJoined(_))), "{r:?}");
+    let post = |c: &mut Client, text: &str| {
+        c.request(Body::RoomPost(pb::RoomPost {
+            room_id: "lobby".into(),
+            content: Some(support::text_content(text)),
+            client_msg_id: String::new(),
+        }))
+    };
+    let (code, reason) = error_of(&post(&mut alice, "this is fORBIDDEN talk"));
+    assert_eq!(code, pb::ErrorCode::ContentRejected);
+    assert!(reason.contains("not allowed"), "{reason}");
+    let r = post(&mut alice, "oh darn");
+    assert!(
+        matches!(r.body, Some(Body::Ok(pb::Ok { seq: 1, .. }))),
+        "{r:?}"
+    );
+    let room_text = |f: &pb::Frame| match &f.body {
+        Some(Body::RoomDeliver(d)) => {
+            let e = d.entry.as_ref()?;
+            match &e.body {
+                Some(pb::entry::Body::Message(m)) => match m.content.as_ref()?.kind.as_ref()? {
+                    pb::content::Kind::Text(t) => Some((e.seq, t.text.clone())),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let f = bob.wait_push(|f| room_text(f).is_some());
+    assert_eq!(room_text(&f), Some((1, "oh ****".into())));
+
+    // The server API is trusted: its post is stored as it is.
+    let (s, body) = gw.api(
+        "POST",
+        "/api/v1/rooms/lobby/posts",
+        Some(ADMIN_KEY),
+        &json!({"content": {"type": "text", "text": "forbidden by the CRM"}}),
+    );
+    assert_eq!(s, 200, "{body}");
+    let f = bob.wait_push(|f| room_text(f).is_some());
+    assert_eq!(room_text(&f), Some((2, "forbidden by the CRM".into())));
+    let r = bob.request(Body::RoomHistory(pb::RoomHistoryRequest {
+        room_id: "lobby".into(),
+        before_seq: 0,
+        limit: 0,
+    }));
+    let Some(Body::RoomHistoryResult(h)) = r.body else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        h.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2],
+        "the refused post stored nothing"
+    );
+    gw.wait_metric("tern_content_filter_total{outcome=\"masked\"} 2");
+    gw.wait_metric("tern_content_filter_total{outcome=\"rejected\"} 2");
+}
+
 /// An empty list starts a filter that matches nothing (sends pass as they
 /// are); no list at all starts no filter and shows no words.
 #[test]

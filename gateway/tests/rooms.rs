@@ -3,7 +3,9 @@
 //! `redis-server`: a room message reaches every joined connection on both
 //! shards exactly once; leaving or closing unsubscribes; a join flood is
 //! refused with typed errors and changes nothing; only admins post in a
-//! broadcast channel; the recent window is served by `room_history`.
+//! broadcast channel; the recent window is served by `room_history`; a
+//! deleted room tells its members (`room_closed`), unsubscribes them and
+//! answers NOT_FOUND.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -330,4 +332,116 @@ fn a_join_flood_is_refused_typed_and_changes_nothing() {
         ("r:r4".into(), 2, "for alice too".into())
     );
     assert!(metric_sum(&gw, "tern_room_joins_refused_total") >= 202);
+}
+
+fn delete(c: &mut Client, room: &str) -> pb::Frame {
+    c.request(Body::RoomDelete(pb::RoomDelete {
+        room_id: room.into(),
+    }))
+}
+
+/// Waits for this client's next `room_closed`, and says which room.
+fn next_room_closed(c: &mut Client) -> String {
+    let f = c.wait_push(|f| matches!(f.body, Some(Body::RoomClosed(_))));
+    let Some(Body::RoomClosed(r)) = f.body else {
+        unreachable!()
+    };
+    r.room_id
+}
+
+/// A room's deletion, on a gateway whose connections may join 2 rooms:
+/// only the owner deletes; every joined connection on both shards gets
+/// `room_closed` once and is unsubscribed (a member that had joined 2
+/// rooms may join another; a room made again with the same id reaches
+/// none of them); later join, post, history and info are NOT_FOUND.
+fn deletion_scenario(gw: &Gateway) {
+    let (mut owner, _) = Client::login(gw.tcp, "owner", "phone");
+    create(&mut owner, "hall", pb::RoomKind::Chat, &[]);
+    create(&mut owner, "keep", pb::RoomKind::Chat, &[]);
+    create(&mut owner, "third", pb::RoomKind::Chat, &[]);
+    let users = users_on_each_shard(2, 2);
+    let mut members: Vec<Client> = Vec::new();
+    for u in &users {
+        let (mut c, _) = Client::login(gw.tcp, u, "phone");
+        joined(&join(&mut c, "hall"));
+        joined(&join(&mut c, "keep"));
+        members.push(c);
+    }
+    assert_eq!(
+        error_code(&join(&mut members[0], "third")),
+        pb::ErrorCode::RoomJoinLimit,
+        "two rooms joined: full"
+    );
+    assert_eq!(ok_seq(&post(&mut owner, "hall", "before")), 1);
+    for m in &mut members {
+        assert_eq!(next_room_push(m), ("r:hall".into(), 1, "before".into()));
+    }
+
+    // Only the owner deletes: a member's delete changes nothing.
+    assert_eq!(
+        error_code(&delete(&mut members[1], "hall")),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert_eq!(ok_seq(&post(&mut owner, "hall", "still here")), 2);
+    for m in &mut members {
+        assert_eq!(next_room_push(m).1, 2);
+    }
+
+    assert_eq!(ok_seq(&delete(&mut owner, "hall")), 0);
+    for m in &mut members {
+        assert_eq!(next_room_closed(m), "hall");
+    }
+    // Unsubscribed on the shard: the join bound has room again.
+    joined(&join(&mut members[0], "third"));
+    for r in [
+        join(&mut members[1], "hall"),
+        post(&mut members[1], "hall", "late"),
+        members[1].request(Body::RoomHistory(pb::RoomHistoryRequest {
+            room_id: "hall".into(),
+            before_seq: 0,
+            limit: 0,
+        })),
+        members[1].request(Body::RoomInfo(pb::RoomInfoRequest {
+            room_id: "hall".into(),
+        })),
+        delete(&mut owner, "hall"),
+    ] {
+        assert_eq!(error_code(&r), pb::ErrorCode::NotFound, "{r:?}");
+    }
+    assert_eq!(ok_seq(&leave(&mut members[1], "hall")), 0);
+
+    // The id made again is a new room (seq from 1) that none of the old
+    // members joined: each one's next room message is the one of `keep`
+    // posted after it, not the new hall's.
+    let again = match create(&mut members[2], "hall", pb::RoomKind::Chat, &[]).body {
+        Some(Body::RoomInfoResult(r)) => r.room.expect("room"),
+        other => panic!("expected room_info_result, got {other:?}"),
+    };
+    assert_eq!(
+        (again.owner.as_str(), again.last_seq),
+        (users[2].as_str(), 0)
+    );
+    assert_eq!(ok_seq(&post(&mut owner, "hall", "new hall")), 1);
+    assert_eq!(ok_seq(&post(&mut owner, "keep", "kept")), 1);
+    for m in &mut members {
+        assert_eq!(next_room_push(m), ("r:keep".into(), 1, "kept".into()));
+    }
+}
+
+#[test]
+fn deleting_a_room_closes_it_for_every_member_on_both_stores() {
+    // Proves the deletion scenario above over TCP on a real two-shard
+    // gateway, on the embedded store and on a real redis-server.
+    let tweak = |c: &mut Config| c.rooms.per_connection_max = 2;
+    let gw = Gateway::start_with(Driver::Epoll, tweak);
+    deletion_scenario(&gw);
+    drop(gw);
+    let redis = redis_harness::RedisServer::start(redis_harness::ServerOptions::DURABLE);
+    let url = redis.url();
+    let gw = Gateway::start_with(Driver::Epoll, |c: &mut Config| {
+        tweak(c);
+        c.backend.store = StoreKind::Redis;
+        c.backend.redis_urls = vec![url.clone()];
+    });
+    deletion_scenario(&gw);
 }

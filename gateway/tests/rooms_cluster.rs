@@ -2,7 +2,9 @@
 //! one real `redis-server` (gateway/tests/support/cluster.rs). A room
 //! message reaches the joined connections on every node, once, as one
 //! channel record per other node whatever the number of members; a member
-//! on another node posts as well. Every wait is bounded.
+//! on another node posts as well; the owner's deletion reaches every
+//! member on every node as `room_closed` and unsubscribes them there.
+//! Every wait is bounded.
 #![allow(clippy::disallowed_methods)]
 
 #[path = "support/cluster.rs"]
@@ -91,5 +93,50 @@ fn a_room_message_reaches_members_on_every_node_as_one_record_per_node() {
     assert_eq!(post(&mut members[8], "from node 3"), 2);
     for m in &mut members {
         assert_eq!(room_push(m), (2, "from node 3".into()));
+    }
+
+    // Deleted: every member on every node is told, once, and unsubscribed
+    // there. The id made again (a new room) reaches none of them: each
+    // one's next room message is the one of `probe` posted after it (the
+    // owner's posts reach each node in order, one stream per node).
+    let sent = records_out(&ns[0]);
+    let r = owner.request(Body::RoomDelete(pb::RoomDelete {
+        room_id: "hall".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    assert_eq!(records_out(&ns[0]) - sent, 2, "one record per other node");
+    for m in &mut members {
+        let f = m.wait_push(|f| matches!(f.body, Some(Body::RoomClosed(_))));
+        assert_eq!(
+            f.body,
+            Some(Body::RoomClosed(pb::RoomClosed {
+                room_id: "hall".into()
+            }))
+        );
+    }
+    for room in ["hall", "probe"] {
+        let r = owner.request(Body::RoomCreate(pb::RoomCreate {
+            room_id: room.into(),
+            name: room.into(),
+            kind: pb::RoomKind::Chat as i32,
+            admins: vec![],
+        }));
+        assert!(matches!(r.body, Some(Body::RoomInfoResult(_))), "{r:?}");
+    }
+    assert_eq!(post(&mut owner, "the new hall"), 1);
+    for m in &mut members {
+        let r = m.request(Body::RoomJoin(pb::RoomJoin {
+            room_id: "probe".into(),
+        }));
+        assert!(matches!(r.body, Some(Body::RoomJoined(_))), "{r:?}");
+    }
+    let r = owner.request(Body::RoomPost(pb::RoomPost {
+        room_id: "probe".into(),
+        content: Some(text_content("probe")),
+        client_msg_id: String::new(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    for m in &mut members {
+        assert_eq!(room_push(m), (1, "probe".into()));
     }
 }

@@ -3,7 +3,7 @@
 //! route present only in development mode, the admin console's group
 //! endpoint, the browser schema generated from protocol/proto, and the
 //! whole page driven in a real headless Chromium by Playwright
-//! (web/tests/browser.mjs, features.mjs, accounts.mjs) against an
+//! (web/tests/browser.mjs, features.mjs, accounts.mjs, rooms.mjs) against an
 //! in-process gateway.
 //!
 //! The last two need Node.js, `npm ci` in web/ and Debian's chromium
@@ -327,6 +327,19 @@ fn profiles_groups_history_and_reload_in_a_real_browser() {
     };
     let g = dev_gateway();
     run_page_script("features.mjs", &g, Some(KEY), &chromium, 300);
+}
+
+/// Rooms on the page in a real browser: joined by id, recent posts shown,
+/// posts both ways live, a broadcast channel's refusal shown, joined again
+/// after a reload, a deletion shown. web/tests/rooms.mjs (its header lists
+/// each step) drives Chromium against this gateway.
+#[test]
+fn rooms_in_a_real_browser() {
+    let Some(chromium) = chromium_or_skip("rooms browser test") else {
+        return;
+    };
+    let g = dev_gateway();
+    run_page_script("rooms.mjs", &g, Some(KEY), &chromium, 180);
 }
 
 /// Runs `web/tests/<script>` in Node against `g`'s page, driving

@@ -954,3 +954,171 @@ fn events_reach_an_https_receiver_trusted_by_ca_file() {
     });
     assert_signed(&got[0]);
 }
+
+/// The room messages (`Entry`s) `room_history` serves, as texts.
+fn room_texts(c: &mut Client, room: &str) -> Vec<(u64, String)> {
+    let r = c.request(Body::RoomHistory(pb::RoomHistoryRequest {
+        room_id: room.into(),
+        before_seq: 0,
+        limit: 0,
+    }));
+    let Some(Body::RoomHistoryResult(h)) = r.body else {
+        panic!("{r:?}")
+    };
+    h.entries
+        .iter()
+        .map(|e| (e.seq, texts(std::slice::from_ref(e)).concat()))
+        .collect()
+}
+
+/// Room posts pass the before-send hook and feed the event feed like
+/// sends: a rejected post gets CONTENT_REJECTED with the hook's reason,
+/// stores nothing and uses no seq (the next post is seq 1, and no member
+/// got a push for it); a rewritten post is stored and pushed as rewritten;
+/// the hook saw the post as `"kind": "room_post"`; the feed carries one
+/// signed `room.posted` event per stored post (none for the refused one),
+/// server API posts included, which skip the hook; the owner's deletion is
+/// one `room.deleted` event.
+#[test]
+fn room_posts_pass_before_send_and_become_events() {
+    let hook = Receiver::answering(
+        Mode::Ok,
+        Arc::new(|r: &Recorded| {
+            let results: Vec<Value> = r.json()["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let text = m["content"]["text"].as_str().unwrap_or_default();
+                    if text.contains("spam") {
+                        json!({"action": "reject", "reason": "no spam in rooms"})
+                    } else if text.contains("darn") {
+                        json!({"action": "rewrite", "text": text.replace("darn", "d**n")})
+                    } else {
+                        json!({"action": "allow"})
+                    }
+                })
+                .collect();
+            json!({ "results": results })
+        }),
+    );
+    let events = Receiver::start(Mode::Ok);
+    const KEY: &str = "rooms-key-0123456789";
+    let gw = gateway(|c| {
+        c.webhooks.before_send_url = hook.url();
+        c.webhooks.events_url = events.url();
+        c.api.keys = vec![tern_gateway::config::ApiKeyConfig {
+            name: "svc".into(),
+            key: KEY.into(),
+            scopes: vec!["rooms".into()],
+            tenant: String::new(),
+        }];
+    });
+    let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
+    let r = alice.request(Body::RoomCreate(pb::RoomCreate {
+        room_id: "lobby".into(),
+        name: "Lobby".into(),
+        ..Default::default()
+    }));
+    assert!(matches!(r.body, Some(Body::RoomInfoResult(_))), "{r:?}");
+    let r = bob.request(Body::RoomJoin(pb::RoomJoin {
+        room_id: "lobby".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::RoomJoined(_))), "{r:?}");
+    let post = |c: &mut Client, text: &str| {
+        c.request(Body::RoomPost(pb::RoomPost {
+            room_id: "lobby".into(),
+            content: Some(support::text_content(text)),
+            client_msg_id: "p1".into(),
+        }))
+    };
+
+    let r = post(&mut alice, "buy spam now");
+    let Some(Body::Error(e)) = r.body else {
+        panic!("{r:?}")
+    };
+    assert_eq!(e.code, pb::ErrorCode::ContentRejected as i32);
+    assert_eq!(e.reason, "no spam in rooms");
+    let r = post(&mut alice, "oh darn");
+    let Some(Body::Ok(ok)) = r.body else {
+        panic!("{r:?}")
+    };
+    assert_eq!(ok.seq, 1, "the refused post used no seq");
+    // The first room push bob gets is the rewritten post.
+    let f = bob.wait_push(|f| matches!(f.body, Some(Body::RoomDeliver(_))));
+    let Some(Body::RoomDeliver(d)) = f.body else {
+        unreachable!()
+    };
+    let entry = d.entry.unwrap();
+    assert_eq!(entry.seq, 1);
+    assert_eq!(texts(&[entry]), ["oh d**n"]);
+    assert_eq!(room_texts(&mut bob, "lobby"), [(1, "oh d**n".to_owned())]);
+
+    // The server API's post is trusted: no hook, but an event.
+    let (s, body) = gw.api(
+        "POST",
+        "/api/v1/rooms/lobby/posts",
+        Some(KEY),
+        &json!({"from": "system", "content": {"type": "text", "text": "spam from the CRM"}}),
+    );
+    assert_eq!(s, 200, "{body}");
+
+    let seen = hook.requests();
+    assert!(
+        seen.iter().any(|r| {
+            r.json()["messages"][0]
+                == json!({
+                    "kind": "room_post", "from": "alice", "device": "phone",
+                    "room_id": "lobby", "client_msg_id": "p1",
+                    "content": {"type": "text", "text": "buy spam now"},
+                })
+        }),
+        "{:?}",
+        seen.iter().map(Recorded::json).collect::<Vec<_>>()
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r.body.windows(8).any(|w| w == b"the CRM\"")),
+        "the server API's post went to the hook"
+    );
+    let got = events.wait_for("two room.posted events", |reqs| {
+        all_events(reqs)
+            .iter()
+            .filter(|e| e["type"] == "room.posted")
+            .count()
+            >= 2
+    });
+    for r in &got {
+        assert_signed(r);
+    }
+    let posted: Vec<Value> = all_events(&got)
+        .into_iter()
+        .filter(|e| e["type"] == "room.posted")
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(
+        posted,
+        [
+            json!({"room_id": "lobby", "seq": 1, "sender": "alice", "sender_device": "phone",
+                   "client_msg_id": "p1", "content": {"type": "text", "text": "oh d**n"}}),
+            json!({"room_id": "lobby", "seq": 2, "sender": "system", "sender_device": "api",
+                   "client_msg_id": "", "content": {"type": "text", "text": "spam from the CRM"}}),
+        ]
+    );
+    // The owner deletes it: a `room.deleted` event.
+    let r = alice.request(Body::RoomDelete(pb::RoomDelete {
+        room_id: "lobby".into(),
+    }));
+    assert!(matches!(r.body, Some(Body::Ok(_))), "{r:?}");
+    let got = events.wait_for("a room.deleted event", |reqs| {
+        has_event(reqs, |e| e["type"] == "room.deleted")
+    });
+    let deleted: Vec<Value> = all_events(&got)
+        .into_iter()
+        .filter(|e| e["type"] == "room.deleted")
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(deleted, [json!({"room_id": "lobby"})]);
+}

@@ -270,6 +270,8 @@ pub fn body_kind(body: &Body) -> (&'static str, Sender) {
         Body::RoomPost(_) => ("room_post", Request),
         Body::RoomHistory(_) => ("room_history", Request),
         Body::RoomInfo(_) => ("room_info", Request),
+        Body::RoomDelete(_) => ("room_delete", Request),
+        Body::RoomClosed(_) => ("room_closed", Server),
         Body::RoomInfoResult(_) => ("room_info_result", Server),
         Body::RoomJoined(_) => ("room_joined", Server),
         Body::RoomHistoryResult(_) => ("room_history_result", Server),
@@ -528,11 +530,13 @@ pub fn check_client_frame(frame: &pb::Frame, limits: &ClientLimits) -> Result<()
         }
         Body::RoomHistory(m) => c.id("room_history.room_id", &m.room_id),
         Body::RoomInfo(m) => c.id("room_info.room_id", &m.room_id),
+        Body::RoomDelete(m) => c.id("room_delete.room_id", &m.room_id),
         // Refused above already; listed so that this match stays exhaustive.
         Body::RoomInfoResult(_)
         | Body::RoomJoined(_)
         | Body::RoomHistoryResult(_)
-        | Body::RoomDeliver(_) => Err(server_only(name)),
+        | Body::RoomDeliver(_)
+        | Body::RoomClosed(_) => Err(server_only(name)),
         Body::Welcome(_)
         | Body::Pong(_)
         | Body::SendAck(_)
@@ -1751,6 +1755,15 @@ mod tests {
                 "room_info.room_id",
             ),
             (
+                Body::RoomDelete(pb::RoomDelete {
+                    room_id: "lobby".into(),
+                }),
+                Body::RoomDelete(pb::RoomDelete {
+                    room_id: "r:lobby".into(),
+                }),
+                "room_delete.room_id",
+            ),
+            (
                 Body::PushRegister(pb::PushTokenRegister {
                     platform: pb::PushPlatform::Apns as i32,
                     token: "ab".repeat(32),
@@ -1817,8 +1830,8 @@ mod tests {
         }
         assert_eq!(
             seen.len(),
-            63,
-            "client variants in the schema (tags 10..=67, 70..=87, 90..=93): {seen:?}"
+            64,
+            "client variants in the schema (tags 10..=67, 70..=88, 90..=93): {seen:?}"
         );
     }
 

@@ -997,6 +997,7 @@ fn every_server_only_frame_from_a_client_is_refused() {
         Body::RoomJoined(Default::default()),
         Body::RoomHistoryResult(Default::default()),
         Body::RoomDeliver(Default::default()),
+        Body::RoomClosed(Default::default()),
     ];
     for body in bodies {
         assert_eq!(body_kind(&body).1, Sender::Server);

@@ -329,6 +329,7 @@ fn client_body() -> impl Strategy<Value = Body> {
                 })
             }
         ),
+        id().prop_map(|room_id| Body::RoomDelete(pb::RoomDelete { room_id })),
         (id(), any::<u64>(), any::<u32>()).prop_map(|(room_id, before_seq, limit)| {
             Body::RoomHistory(pb::RoomHistoryRequest {
                 room_id,
@@ -497,6 +498,7 @@ fn server_body() -> impl Strategy<Value = Body> {
         ),
         proptest::option::of(entry())
             .prop_map(|entry| Body::RoomDeliver(pb::RoomDeliver { entry })),
+        id().prop_map(|room_id| Body::RoomClosed(pb::RoomClosed { room_id })),
         entries().prop_map(|entries| Body::RoomHistoryResult(pb::RoomHistoryResult { entries })),
     ]
 }

@@ -1383,7 +1383,8 @@ fn rooms_from_the_command_line() {
     // gets posts live (joined before `ready`), `room history` serves the
     // recent window oldest first, `room info` the newest seq, and a
     // non-admin post to the broadcast channel exits 1 with
-    // ERROR_CODE_BROADCAST_ONLY.
+    // ERROR_CODE_BROADCAST_ONLY; `room delete` by the owner reaches the
+    // listener as `room_closed`, by anyone else exits 1.
     let gw = Gateway::start();
     let made = gw.ok("alice", &["room", "create", "lobby", "The", "Lobby"]);
     assert_eq!(made[0].kind, "room");
@@ -1423,6 +1424,21 @@ fn rooms_from_the_command_line() {
         "{}",
         r.stderr
     );
+
+    // Only the owner deletes; the listener is told, and the room is gone.
+    let r = gw.run("bob", &["room", "delete", "news"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR_CODE_PERMISSION_DENIED"),
+        "{}",
+        r.stderr
+    );
+    let gone = gw.ok("alice", &["room", "delete", "news"]);
+    assert!(gone[0].has("op", "room_delete"), "{gone:?}");
+    listener.wait_for(|l| l.starts_with("room_closed") && l.contains("room=news"));
+    let r = gw.run("dave", &["room", "info", "news"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("ERROR_CODE_NOT_FOUND"), "{}", r.stderr);
 }
 
 #[test]

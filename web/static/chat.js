@@ -1,7 +1,8 @@
 // The chat page: sign-in, conversation list, 1:1 and group chat, media,
-// receipts, typing, presence, friends and groups, over TernClient
-// (client.js) and the server API (media, accounts). Plain ES module, no
-// framework: state in `S`, one `render*` function per part of the screen.
+// receipts, typing, presence, friends and groups, rooms (joined by id:
+// their recent posts, live posts, posting), over TernClient (client.js)
+// and the server API (media, accounts). Plain ES module, no framework:
+// state in `S`, one `render*` function per part of the screen.
 //
 // On screen, a conversation shows the entries it holds keyed by seq (so a
 // message synced twice is drawn once) plus this device's sends not yet
@@ -23,6 +24,7 @@ const MEDIA_CACHE_MAX = 200;
 const PROFILES_MAX = 500;
 const SAVED_CURSORS_MAX = 1000;
 const SAVED_OUTBOX_MAX = 100;
+const SAVED_ROOMS_MAX = 64; // the server's default rooms per connection
 const MUTE_MEMBER_MS = 60 * 60 * 1000;
 // An id, optionally in a tenant (`acme~alice`, docs/tenants.md).
 const ID_RE = /^(?:[a-z0-9-]{1,32}~)?[A-Za-z0-9._@-]{1,64}$/;
@@ -200,6 +202,9 @@ function restoreState() {
     S.client.outbox.set(send.clientMsgId, send);
     convFor(id).pending.set(send.clientMsgId, { send, status: "sending" });
   }
+  for (const id of (st.rooms || []).slice(0, SAVED_ROOMS_MAX)) {
+    if (typeof id === "string" && ID_RE.test(id)) convFor(`r:${id}`).joined = true;
+  }
   if (typeof st.open === "string" && S.convs.has(st.open)) S.open = st.open;
   else if (typeof st.open === "string" && /^[dg]:/.test(st.open)) S.open = convFor(st.open).id;
 }
@@ -211,6 +216,7 @@ function saveState() {
     open: S.open,
     cursors: [...S.client.cursors].slice(0, SAVED_CURSORS_MAX),
     outbox: [...S.client.outbox.values()].slice(0, SAVED_OUTBOX_MAX),
+    rooms: [...S.convs.values()].filter((c) => c.room && c.joined).map((c) => c.peer),
   };
   try {
     sessionStorage.setItem(stateKey(), JSON.stringify(st));
@@ -289,6 +295,7 @@ async function onWelcome(w, first) {
     }
     loadMyProfile();
   }
+  rejoinRooms();
   refreshFriends();
   queryPresence();
   if (S.open) {
@@ -304,8 +311,9 @@ function convFor(id, peer) {
   let c = S.convs.get(id);
   if (c) return c;
   const group = id.startsWith("g:");
+  const room = id.startsWith("r:");
   if (!peer) {
-    if (group) peer = id.slice(2);
+    if (group || room) peer = id.slice(2);
     else {
       const [a, b] = id.slice(2).split(":");
       peer = a === S.me ? b : a;
@@ -328,6 +336,10 @@ function convFor(id, peer) {
     historyLoaded: false,
     readBy: new Map(), // seq → { readCount, memberCount }
     left: false,
+    room, // a room (`r:<id>`): no cursor, no receipts; see "rooms" below
+    joined: false, // this page keeps the room joined (joins it on each connection)
+    subscribed: false, // the current connection's join was answered
+    closed: false, // the room was deleted (`room_closed`) or is gone
   };
   S.convs.set(id, c);
   return c;
@@ -432,6 +444,7 @@ function applyEntry(c, e, live) {
 
 async function loadHistory(c) {
   if (!S.client || S.client.state !== "live") return;
+  if (c.room) return loadRoomHistory(c);
   const before = c.historyLoaded ? c.oldest : 0;
   try {
     const res = await S.client.request("history", {
@@ -455,6 +468,11 @@ async function loadHistory(c) {
 }
 
 async function markRead(c) {
+  if (c.room) {
+    // No read marks in rooms: opening one clears its count on this page.
+    if (isOpenAndVisible(c)) c.unread = 0;
+    return;
+  }
   if (!S.client || S.client.state !== "live" || !isOpenAndVisible(c)) return;
   let upTo = 0;
   for (const e of c.entries.values()) {
@@ -479,7 +497,7 @@ async function markRead(c) {
 }
 
 async function queryReadBy(c) {
-  if (!c || !S.client || S.client.state !== "live") return;
+  if (!c || c.room || !S.client || S.client.state !== "live") return;
   const mine = [...c.entries.values()]
     .filter((e) => e.body === "message" && e.sender === S.me && !e.message.recalled)
     .map((e) => e.seq)
@@ -703,12 +721,136 @@ function onPush(kind, f) {
       if (S.open) renderHead();
       break;
     }
+    case "roomDeliver": {
+      const e = f.roomDeliver.entry;
+      if (!e) break;
+      const c = convFor(e.conversationId);
+      applyEntry(c, e, true);
+      scheduleRender(c.id);
+      break;
+    }
+    case "roomClosed": {
+      const c = S.convs.get(`r:${f.roomClosed.roomId}`);
+      if (!c) break;
+      c.joined = false;
+      c.subscribed = false;
+      c.closed = true;
+      renderConversations();
+      if (S.open === c.id) renderHead();
+      saveSoon();
+      break;
+    }
     case "error":
       if (f.error.code && f.requestId === 0) setBanner(`Server: ${f.error.reason || f.error.code}`, "warn");
       break;
     default:
       break;
   }
+}
+
+// ---- rooms ------------------------------------------------------------------
+//
+// A room (docs/protocol.md, "Rooms") is joined by this connection, not
+// stored as a membership: the page keeps the ids it joined (in the tab's
+// state) and joins them again after every welcome, then reads the recent
+// window (`room_history`), which fills what came while it was away. Posts
+// arrive as `room_deliver` pushes, keyed by seq like any entry; there are
+// no cursors, acks, receipts or typing. A deleted room (`room_closed`, or
+// NOT_FOUND on a join) stays on screen, marked, with what it held.
+
+async function joinRoom(id) {
+  const c = convFor(`r:${id}`);
+  try {
+    const res = await S.client.request("roomJoin", { roomId: id });
+    roomJoined(c, res.room);
+  } catch (e) {
+    if (e.code === "ERROR_CODE_NOT_FOUND") roomGone(c);
+    throw e;
+  }
+  return c;
+}
+
+function roomJoined(c, info) {
+  c.joined = true;
+  c.subscribed = true;
+  c.closed = false;
+  c.left = false;
+  if (info) {
+    c.info = info;
+    c.name = info.name || c.peer;
+    c.lastMs = Math.max(c.lastMs, Number(info.createdMs) || 0);
+  }
+  saveSoon();
+}
+
+function roomGone(c) {
+  c.joined = false;
+  c.subscribed = false;
+  c.closed = true;
+  saveSoon();
+}
+
+/** Joins again the rooms this page had joined (a join ends with the connection). */
+function rejoinRooms() {
+  for (const c of S.convs.values()) {
+    if (!c.room || !c.joined) continue;
+    c.subscribed = false; // a new connection: not joined until answered
+    joinRoom(c.peer)
+      .then(() => loadRoomHistory(c, true))
+      .catch((e) => e.code !== "DISCONNECTED" && console.warn("room join", c.peer, e))
+      .finally(() => {
+        renderConversations();
+        if (S.open === c.id) renderHead();
+      });
+  }
+}
+
+/** A page of the room's recent window (`fresh`: the newest one again). */
+async function loadRoomHistory(c, fresh = false) {
+  const before = c.historyLoaded && !fresh ? c.oldest : 0;
+  try {
+    const res = await S.client.request("roomHistory", {
+      roomId: c.peer,
+      beforeSeq: before,
+      limit: HISTORY_PAGE,
+    });
+    for (const e of res.entries) applyEntry(c, e, false);
+    const seqs = res.entries.map((e) => e.seq);
+    if (seqs.length) c.oldest = Math.min(...seqs, c.oldest || Infinity);
+    // Only the kept window is served: a short page is its oldest end.
+    if (!fresh || !c.historyLoaded) c.more = seqs.length >= HISTORY_PAGE && c.oldest > 1;
+    const wasLoaded = c.historyLoaded;
+    c.historyLoaded = true;
+    if (S.open === c.id) renderMessages(wasLoaded && !fresh ? "keep" : "bottom");
+    renderConversations();
+  } catch (e) {
+    if (e.code === "ERROR_CODE_NOT_FOUND") {
+      roomGone(c);
+      if (S.open === c.id) renderHead();
+    } else console.warn("room history", e);
+  }
+}
+
+/** Posts to a room: shown as sending until the server's `ok`. */
+async function postToRoom(c, content) {
+  const clientMsgId = newId();
+  const p = { send: { clientMsgId, content }, status: "sending" };
+  c.pending.set(clientMsgId, p);
+  renderMessages("bottom");
+  try {
+    await S.client.request("roomPost", { roomId: c.peer, content, clientMsgId });
+    // Stored; a joined page also gets it as a push (keyed by seq).
+    c.pending.delete(clientMsgId);
+    if (!c.joined) loadRoomHistory(c, true);
+  } catch (e) {
+    p.status = "failed";
+    p.error = e.code ? e.code.replace("ERROR_CODE_", "") : e.message;
+    if (e.code === "ERROR_CODE_NOT_FOUND") {
+      roomGone(c);
+      renderHead();
+    }
+  }
+  renderMessages("auto");
 }
 
 // ---- sending ----------------------------------------------------------------
@@ -718,6 +860,7 @@ function target(c) {
 }
 
 function sendContent(c, content, extra = {}) {
+  if (c.room) return postToRoom(c, content);
   const send = S.client.send({ ...target(c), content, ...extra });
   c.pending.set(send.clientMsgId, { send, status: "sending" });
   renderMessages("bottom");
@@ -725,6 +868,7 @@ function sendContent(c, content, extra = {}) {
 }
 
 function sendText(c, text) {
+  if (c.room) return postToRoom(c, { text: { text } });
   const extra = {};
   if (c.group) {
     const names = [...text.matchAll(/@((?:[a-z0-9-]{1,32}~)?[A-Za-z0-9._@-]{1,64})/g)].map((m) => m[1]);
@@ -888,13 +1032,14 @@ function renderConversations() {
       const li = document.createElement("li");
       const b = document.createElement("button");
       b.type = "button";
-      b.className = `conv${S.open === c.id ? " active" : ""}${c.left ? " left" : ""}`;
+      b.className = `conv${S.open === c.id ? " active" : ""}${c.left || c.closed ? " left" : ""}`;
       b.dataset.conv = c.id;
+      if (c.room && c.subscribed) b.dataset.subscribed = "true";
       if (S.open === c.id) b.setAttribute("aria-current", "true");
       const name = document.createElement("span");
       name.className = "conv-name";
-      name.textContent = c.group ? `# ${c.name}` : displayName(c.peer);
-      const pres = c.group ? "" : presenceLabel(c.peer);
+      name.textContent = c.room ? `» ${c.name}` : c.group ? `# ${c.name}` : displayName(c.peer);
+      const pres = c.group || c.room ? "" : presenceLabel(c.peer);
       if (pres) {
         const dot = document.createElement("span");
         dot.className = `dot ${pres.split(" ")[0]}`;
@@ -922,6 +1067,12 @@ function renderConversations() {
 function renderHead() {
   const c = S.open && S.convs.get(S.open);
   if (!c) return;
+  // Rooms take text only (media links name a conversation).
+  $("composer").classList.toggle("room", c.room);
+  if (c.room) {
+    renderRoomHead(c);
+    return;
+  }
   $("chat-title").textContent = c.group ? `# ${c.name}` : displayName(c.peer);
   let status = c.group ? `${c.info ? c.info.memberCount : "?"} members` : presenceLabel(c.peer);
   if (c.group && c.info && c.info.mutedAll) status += " · only admins can write";
@@ -940,6 +1091,20 @@ function renderHead() {
   }
   $("members-toggle").hidden = !c.group;
   $("composer").hidden = c.left;
+}
+
+function renderRoomHead(c) {
+  $("chat-title").textContent = `» ${c.name}`;
+  const broadcast = c.info && c.info.kind === "ROOM_KIND_BROADCAST";
+  let status = broadcast ? "Broadcast channel" : "Room";
+  if (c.closed) status = "This room was deleted";
+  else if (!c.joined) status += " · not joined";
+  else if (!c.subscribed) status += " · joining…";
+  $("chat-status").textContent = status;
+  $("chat-avatar").hidden = true;
+  $("chat-bio").hidden = true;
+  $("members-toggle").hidden = true;
+  $("composer").hidden = c.closed;
 }
 
 function renderTyping() {
@@ -1067,7 +1232,7 @@ function messageEl(c, e) {
   time.dateTime = new Date(e.timeMs || 0).toISOString();
   time.textContent = fmtTime(e.timeMs);
   meta.append(time);
-  if (mine && !m.recalled) {
+  if (mine && !m.recalled && !c.room) {
     const r = document.createElement("span");
     r.className = "receipt";
     if (c.group) {
@@ -1269,7 +1434,9 @@ function openConv(id) {
     markRead(c);
     queryReadBy(c);
   }
-  if (c.group) loadGroupInfo(c);
+  if (c.room) {
+    // Nothing else to read: no members, presence or profile.
+  } else if (c.group) loadGroupInfo(c);
   else {
     queryPresence();
     if (S.client.state === "live") profileOf(c.peer, true).then(() => S.open === c.id && renderHead());
@@ -1326,7 +1493,7 @@ function wireApp() {
     sendText(c, text);
     input.value = "";
     S.lastTypingSent = 0;
-    S.client.tell("typing", { conversationId: c.id, typing: false });
+    if (!c.room) S.client.tell("typing", { conversationId: c.id, typing: false });
   });
   $("message-input").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey) {
@@ -1336,7 +1503,7 @@ function wireApp() {
   });
   $("message-input").addEventListener("input", () => {
     const c = S.convs.get(S.open);
-    if (!c || S.client.state !== "live") return;
+    if (!c || c.room || S.client.state !== "live") return;
     const now = Date.now();
     if (now - S.lastTypingSent > TYPING_RENEW_MS) {
       S.lastTypingSent = now;
@@ -1373,6 +1540,20 @@ function wireApp() {
     if (!ID_RE.test(u) || u === S.me) return;
     $("open-user").value = "";
     openConv(dmId(S.me, u));
+  });
+  $("room-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const id = $("room-id").value.trim();
+    if (!ID_RE.test(id)) return;
+    try {
+      const c = await joinRoom(id);
+      $("room-id").value = "";
+      c.historyLoaded = false;
+      openConv(c.id);
+    } catch (e) {
+      setStatusLine(`Could not join the room: ${e.message}`);
+      renderConversations();
+    }
   });
   $("group-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();

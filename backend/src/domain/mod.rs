@@ -159,6 +159,13 @@ pub enum Effect {
         /// The stored entry, with its seq and `r:<room>` conversation id.
         entry: pb::Entry,
     },
+    /// A room was deleted (`rooms.rs`): push `RoomClosed` to every
+    /// connection that joined it, on every shard and node, and unsubscribe
+    /// them there.
+    RoomClosed {
+        /// The room.
+        room_id: String,
+    },
     /// Close devices of `user_id` with `kick` (an operator's kick or ban):
     /// every device, or only `kick.device_id` when set.
     Kick {
@@ -439,6 +446,7 @@ impl Domain {
             Body::RoomPost(r) => self.room_post(me, now_ms, r),
             Body::RoomHistory(r) => self.room_history(&r),
             Body::RoomInfo(r) => self.room_info(&r),
+            Body::RoomDelete(r) => self.room_delete(me, &r),
             // Server-only: a client's never passes validation. From the API
             // (admin) it bans, unbans or kicks; from the gateway (not
             // admin) it is the login check of a connection.

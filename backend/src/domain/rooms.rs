@@ -6,7 +6,9 @@
 //! gateway's memory, so the domain only checks that the room exists and
 //! answers with its record. A post is stored (durably, with its seq) and
 //! becomes one [`Effect::Room`], which the gateway fans out per shard and
-//! per node, never per member.
+//! per node, never per member. A deletion (by the owner, or an operator
+//! of the server API) removes the record and the ring and becomes one
+//! [`Effect::RoomClosed`], fanned out the same way.
 
 use tern_protocol::ids::room_conversation;
 use tern_protocol::pb;
@@ -110,6 +112,31 @@ impl Domain {
             vec![Effect::Room {
                 room_id: req.room_id,
                 entry,
+            }],
+        ))
+    }
+
+    /// Deletes a room: its owner, or an operator (the server API). The
+    /// record and the kept messages go in one durable step; the gateway
+    /// then tells the joined connections and unsubscribes them.
+    pub(super) fn room_delete(&self, me: &Caller, req: &pb::RoomDelete) -> Handled {
+        let (record, _) = self.room_of(&req.room_id)?;
+        if !me.admin && record.owner != me.user_id {
+            return Err(DomainError::PermissionDenied(
+                "only its owner deletes a room",
+            ));
+        }
+        if !self.store.room_delete(&req.room_id)? {
+            // Deleted meanwhile by another request.
+            return Err(DomainError::NotFound("room"));
+        }
+        Ok(Outcome::with(
+            Body::Ok(pb::Ok {
+                seq: 0,
+                id: String::new(),
+            }),
+            vec![Effect::RoomClosed {
+                room_id: req.room_id.clone(),
             }],
         ))
     }

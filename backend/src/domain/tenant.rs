@@ -135,6 +135,7 @@ pub(super) fn check(
         }
         Body::RoomHistory(m) => t.id("room_history.room_id", &m.room_id),
         Body::RoomInfo(m) => t.id("room_info.room_id", &m.room_id),
+        Body::RoomDelete(m) => t.id("room_delete.room_id", &m.room_id),
         // Requests about the caller's own records: they name no other id
         // (device ids are a user's own; call ids are checked against the
         // call's participants, all of one tenant by the invite's check).
@@ -186,7 +187,8 @@ pub(super) fn check(
         | Body::RoomInfoResult(_)
         | Body::RoomJoined(_)
         | Body::RoomHistoryResult(_)
-        | Body::RoomDeliver(_) => Ok(()),
+        | Body::RoomDeliver(_)
+        | Body::RoomClosed(_) => Ok(()),
     }
 }
 

@@ -7047,6 +7047,108 @@ pub fn room_broadcast_channel_refuses_non_admins(f: Fixture) {
     );
 }
 
+pub fn room_delete_removes_record_and_ring(f: Fixture) {
+    // Proves a room's deletion: only its owner (or an operator) deletes it
+    // (anyone else gets PERMISSION_DENIED and nothing changes); the answer
+    // is `ok` with one `RoomClosed` effect; afterwards the store holds
+    // neither the record nor a kept message, and info, join, post, history
+    // and a second delete answer NOT_FOUND while leave stays `ok`; the id
+    // may be created again, as a new room whose seq starts from 1 and
+    // whose history holds nothing of the old one; another room is
+    // untouched.
+    let config = Config {
+        room_recent_max: 3,
+        ..Config::default()
+    };
+    let w = World::with_config(f, config);
+    let delete = |room: &str| {
+        Body::RoomDelete(pb::RoomDelete {
+            room_id: room.into(),
+        })
+    };
+    w.ok("alice", room_create_body("lobby", pb::RoomKind::Chat, &[]));
+    w.ok("alice", room_create_body("other", pb::RoomKind::Chat, &[]));
+    for i in 1..=5 {
+        w.ok("bob", room_post_body("lobby", &format!("m{i}")));
+    }
+    w.ok("bob", room_post_body("other", "stays"));
+    assert_eq!(
+        w.err("bob", delete("lobby")),
+        pb::ErrorCode::PermissionDenied
+    );
+    assert_eq!(
+        w.store().room("lobby").unwrap().map(|(_, head)| head),
+        Some(5),
+        "a refused delete changes nothing"
+    );
+    assert_eq!(
+        texts(&room_history_of(&w, "bob", "lobby", 0, 0)),
+        vec!["m3", "m4", "m5"]
+    );
+
+    let out = w.ok("alice", delete("lobby"));
+    assert_eq!(ok_seq(&out), 0);
+    match out.effects.as_slice() {
+        [Effect::RoomClosed { room_id }] => assert_eq!(room_id, "lobby"),
+        other => panic!("expected one RoomClosed effect, got {other:?}"),
+    }
+    assert!(w.store().room("lobby").unwrap().is_none());
+    assert!(w.store().room_recent("lobby", 0, 1_000).unwrap().is_empty());
+    assert!(!w.store().room_delete("lobby").unwrap(), "gone already");
+    for body in [
+        Body::RoomInfo(pb::RoomInfoRequest {
+            room_id: "lobby".into(),
+        }),
+        Body::RoomJoin(pb::RoomJoin {
+            room_id: "lobby".into(),
+        }),
+        room_post_body("lobby", "late"),
+        Body::RoomHistory(pb::RoomHistoryRequest {
+            room_id: "lobby".into(),
+            before_seq: 0,
+            limit: 0,
+        }),
+        delete("lobby"),
+    ] {
+        assert_eq!(w.err("alice", body), pb::ErrorCode::NotFound);
+    }
+    w.ok(
+        "bob",
+        Body::RoomLeave(pb::RoomLeave {
+            room_id: "lobby".into(),
+        }),
+    );
+    assert!(
+        w.store().room("lobby").unwrap().is_none(),
+        "the late post stored nothing"
+    );
+    assert_eq!(
+        texts(&room_history_of(&w, "bob", "other", 0, 0)),
+        vec!["stays"]
+    );
+
+    // The id again: a new room.
+    let again = room_info_of(&w.ok("carol", room_create_body("lobby", pb::RoomKind::Chat, &[])));
+    assert_eq!((again.owner.as_str(), again.last_seq), ("carol", 0));
+    assert!(room_history_of(&w, "bob", "lobby", 0, 0).is_empty());
+    assert_eq!(ok_seq(&w.ok("bob", room_post_body("lobby", "new"))), 1);
+    assert_eq!(
+        texts(&room_history_of(&w, "bob", "lobby", 0, 0)),
+        vec!["new"]
+    );
+
+    // An operator (the server API) deletes any room.
+    let op = Caller {
+        user_id: "ops".into(),
+        device_id: String::new(),
+        admin: true,
+    };
+    let out = w.domain.handle(&op, w.now(), delete("other"));
+    assert_eq!(ok_seq(&out), 0);
+    assert!(w.store().room("other").unwrap().is_none());
+    assert!(w.store().room_recent("other", 0, 1_000).unwrap().is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // Offline push (issue 20)
 // ---------------------------------------------------------------------------
@@ -7486,6 +7588,7 @@ macro_rules! conformance_tests {
             room_posts_get_consecutive_seqs_and_one_room_effect,
             room_recent_ring_keeps_only_the_newest,
             room_broadcast_channel_refuses_non_admins,
+            room_delete_removes_record_and_ring,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

@@ -32,15 +32,17 @@ pub enum Scope {
     Read = 8,
     /// Upload and fetch media.
     Media = 16,
+    /// Create, read, post to and delete rooms.
+    Rooms = 32,
     /// Read the audit log of admin actions.
-    Audit = 32,
+    Audit = 64,
     /// Departments and their members.
-    Org = 64,
+    Org = 128,
 }
 
 impl Scope {
     /// Every scope (what `admin` grants).
-    const ALL: u8 = 127;
+    const ALL: u8 = 255;
 
     fn of_name(name: &str) -> u8 {
         match name {
@@ -49,6 +51,7 @@ impl Scope {
             "groups" => Self::Groups as u8,
             "read" => Self::Read as u8,
             "media" => Self::Media as u8,
+            "rooms" => Self::Rooms as u8,
             "audit" => Self::Audit as u8,
             "org" => Self::Org as u8,
             "admin" => Self::ALL,
@@ -64,6 +67,7 @@ impl Scope {
             Self::Groups => "groups",
             Self::Read => "read",
             Self::Media => "media",
+            Self::Rooms => "rooms",
             Self::Audit => "audit",
             Self::Org => "org",
         }

@@ -27,6 +27,7 @@ pub mod messages;
 pub mod ops;
 pub mod org;
 pub mod reads;
+pub mod rooms;
 pub mod users;
 
 use std::sync::Arc;
@@ -95,6 +96,7 @@ pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(reads::routes())
         .merge(media::routes())
         .merge(accounts::routes())
+        .merge(rooms::routes())
         .merge(audit::routes())
         .merge(org::routes())
         .with_state(state.clone())

@@ -16,7 +16,9 @@
 //! recipients: `r` the room id, `b` the encoded `RoomDeliver` frame. It
 //! goes to every other live node, one record each, and the channel thread
 //! hands it to each of its shards, which push it to the connections that
-//! joined the room there (members are not stored anywhere).
+//! joined the room there (members are not stored anywhere). A deleted
+//! room's `RoomClosed` frame travels the same way, in `b` of a `k = r`
+//! record: each shard pushes it, then drops the room's subscriptions.
 //!
 //! A fourth kind, `x`, displaces a device: `u` one user id, `v` the device
 //! id, no body. The same device logged in on the sending node, whose
@@ -94,6 +96,9 @@ pub struct OutPush {
     /// `Some` for a room message: it goes to every node (and shard), whose
     /// joined connections get it; `recipients` is then empty.
     pub room: Option<Arc<str>>,
+    /// The room push is a `RoomClosed`: after it, every shard drops the
+    /// room's subscriptions.
+    pub room_closed: bool,
 }
 
 /// What a `Deliver` record carries beside its frame.
@@ -451,8 +456,10 @@ pub enum Record {
     Room {
         /// The room id.
         room: Arc<str>,
-        /// The encoded `RoomDeliver` frame.
+        /// The encoded `RoomDeliver` (or `RoomClosed`) frame.
         body: Bytes,
+        /// The frame is a `RoomClosed`: the room was deleted.
+        closed: bool,
     },
     /// `k = x`: kick this node's connection of `user`'s `device`.
     Displace {
@@ -519,12 +526,18 @@ pub fn decode(fields: &[(&Value, &Value)]) -> Result<Record, RecordError> {
             return Err(RecordError::Invalid("b"));
         }
         let frame = pb::Frame::decode(body).map_err(|_| RecordError::Invalid("b"))?;
-        if frame.request_id != 0 || !matches!(frame.body, Some(Body::RoomDeliver(_))) {
+        let closed = match &frame.body {
+            Some(Body::RoomDeliver(_)) => false,
+            Some(Body::RoomClosed(c)) if c.room_id == room => true,
+            _ => return Err(RecordError::Invalid("b")),
+        };
+        if frame.request_id != 0 {
             return Err(RecordError::Invalid("b"));
         }
         return Ok(Record::Room {
             room: room.into(),
             body: Bytes::copy_from_slice(body),
+            closed,
         });
     }
     let users = text("u")?;
@@ -683,12 +696,13 @@ impl Consumer {
         let shards = self.to_shards.len();
         let (users, body, entry) = match r {
             Record::Push { users, body, entry } => (users, body, entry),
-            Record::Room { room, body } => {
+            Record::Room { room, body, closed } => {
                 // Every shard: each walks its own subscribers of the room.
                 for shard in 0..shards {
                     let msg = ShardMsg::RoomPush {
                         room: room.clone(),
                         body: body.clone(),
+                        closed,
                     };
                     self.send_to_shard(shard, msg);
                 }
@@ -836,8 +850,34 @@ mod tests {
             Ok(Record::Room {
                 room: "lobby".into(),
                 body: Bytes::from(deliver.clone()),
+                closed: false,
             })
         );
+        // A deleted room's `RoomClosed`, for the same room only.
+        let closed = pb::Frame {
+            request_id: 0,
+            body: Some(Body::RoomClosed(pb::RoomClosed {
+                room_id: "lobby".into(),
+            })),
+        }
+        .encode_to_vec();
+        let f = fields(&[
+            ("k", b"r".to_vec()),
+            ("r", b"lobby".to_vec()),
+            ("b", closed.clone()),
+        ]);
+        let refs: Vec<(&Value, &Value)> = f.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(
+            decode(&refs),
+            Ok(Record::Room {
+                room: "lobby".into(),
+                body: Bytes::from(closed.clone()),
+                closed: true,
+            })
+        );
+        let f = fields(&[("k", b"r".to_vec()), ("r", b"hall".to_vec()), ("b", closed)]);
+        let refs: Vec<(&Value, &Value)> = f.iter().map(|(k, v)| (k, v)).collect();
+        assert_eq!(decode(&refs), Err(RecordError::Invalid("b")));
         for (room, body, why) in [
             (&b"a:b"[..], deliver.clone(), RecordError::Invalid("r")),
             (&b""[..], deliver.clone(), RecordError::Invalid("r")),

@@ -276,7 +276,9 @@ impl Shard {
                     }
                 });
             }
-            ShardMsg::RoomPush { room, body } => self.room_push(&room, &body),
+            ShardMsg::RoomPush { room, body, closed } => {
+                self.room_push(&room, &body, closed);
+            }
             ShardMsg::Room(change) => self.room_change(&change),
             ShardMsg::Drain => self.draining.set(true),
             ShardMsg::Devices { user, reply } => {

@@ -158,6 +158,23 @@ impl Rooms {
         }
     }
 
+    /// Unsubscribes every connection of this shard from `room` (it was
+    /// deleted); the number that were subscribed.
+    pub(super) fn close(&mut self, room: &str) -> usize {
+        let Some(keys) = self.members.remove(room) else {
+            return 0;
+        };
+        for key in &keys {
+            if let Some(rooms) = self.joined.get_mut(key) {
+                rooms.retain(|x| &**x != room);
+                if rooms.is_empty() {
+                    self.joined.remove(key);
+                }
+            }
+        }
+        keys.len()
+    }
+
     /// The connections that joined `room` here.
     pub(super) fn members(&self, room: &str) -> Option<&HashSet<u32>> {
         self.members.get(room)
@@ -174,8 +191,16 @@ impl Shard {
     /// Pushes a room message to every connection of this shard that joined
     /// the room. Like any push: a full outbox is written first and a peer
     /// that takes nothing more is closed as a slow consumer, which never
-    /// holds up the others.
-    pub(super) fn room_push(self: &Rc<Self>, room: &str, body: &Bytes) {
+    /// holds up the others. `closed`: the push is the room's `RoomClosed`,
+    /// after which no connection here is subscribed to it.
+    pub(super) fn room_push(self: &Rc<Self>, room: &str, body: &Bytes, closed: bool) {
+        self.push_to_room(room, body, closed);
+        if closed {
+            self.rooms.borrow_mut().close(room);
+        }
+    }
+
+    fn push_to_room(self: &Rc<Self>, room: &str, body: &Bytes, closed: bool) {
         let rooms = self.rooms.borrow();
         let Some(keys) = rooms.members(room) else {
             return;
@@ -206,9 +231,11 @@ impl Shard {
                 Err(_) => self.touch(key, c),
             }
         }
-        self.metrics
-            .room_delivered
-            .fetch_add(pushed, std::sync::atomic::Ordering::Relaxed);
+        if !closed {
+            self.metrics
+                .room_delivered
+                .fetch_add(pushed, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The backend's answer to a connection's join or leave: subscribe or
@@ -278,5 +305,26 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.join(4, "d").unwrap();
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn closing_a_room_unsubscribes_every_member_and_nothing_else() {
+        // Proves a deleted room leaves both maps (its members keep their
+        // other rooms; a member in no other room leaves `joined`), frees
+        // its place in the per-shard bound, and closing a room nobody
+        // joined here changes nothing.
+        let mut r = Rooms::new(4, 2);
+        r.join(1, "a").unwrap();
+        r.join(1, "b").unwrap();
+        r.join(2, "a").unwrap();
+        assert_eq!(r.join(3, "c"), Err(JoinRefused::ShardCapacity));
+        assert_eq!(r.close("a"), 2);
+        assert_eq!(r.members("a"), None);
+        assert_eq!(r.joined.get(&1).map(|x| x.len()), Some(1));
+        assert!(!r.joined.contains_key(&2));
+        assert_eq!(r.close("a"), 0);
+        r.join(3, "c").unwrap();
+        assert_eq!(r.len(), 2);
+        assert!(!r.leave(2, "a"), "no longer joined");
     }
 }

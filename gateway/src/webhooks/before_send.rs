@@ -1,13 +1,15 @@
 //! The before-send hook: one signed POST per batch with all of its client
-//! sends and edits, answered with one verdict per message, within a
-//! deadline. An edit is new content as much as a send is: it passes the
-//! same hook before it is stored.
+//! sends, edits and room posts, answered with one verdict per message,
+//! within a deadline. An edit or a room post is new content as much as a
+//! send is: it passes the same hook before it is stored.
 //!
 //! Request body:
 //! `{"type": "before_send", "messages": [{"kind": "send", "from", "device",
 //! "to_user" | "to_group", "client_msg_id", "content", "mentions",
 //! "mention_all", "reply_to_seq"} | {"kind": "edit", "from", "device",
-//! "conversation_id", "seq", "client_edit_id", "content", "streaming"}, …]}`.
+//! "conversation_id", "seq", "client_edit_id", "content", "streaming"} |
+//! {"kind": "room_post", "from", "device", "room_id", "client_msg_id",
+//! "content"}, …]}`.
 //! Answer (2xx): `{"results": [{"action": "allow"} | {"action": "reject",
 //! "reason": "…"} | {"action": "rewrite", "text": "…"}, …]}`, one per
 //! message, in order. Anything else is a failure and follows the policy.
@@ -110,7 +112,7 @@ impl BeforeSend {
         }))
     }
 
-    /// Asks the hook about the client sends and edits of `calls` (one
+    /// Asks the hook about the client sends, edits and room posts of `calls` (one
     /// POST), rewrites their text in place, and returns, per call, the error
     /// answer of those refused (rejected, or failed closed).
     pub fn check(&mut self, calls: &mut [(Caller, Body)], from_api: &[bool]) -> Vec<Option<Body>> {
@@ -119,7 +121,7 @@ impl BeforeSend {
             .iter()
             .enumerate()
             .filter(|(i, (_, b))| {
-                matches!(b, Body::Send(_) | Body::Edit(_))
+                matches!(b, Body::Send(_) | Body::Edit(_) | Body::RoomPost(_))
                     && !from_api.get(*i).copied().unwrap_or(false)
             })
             .map(|(i, _)| i)
@@ -164,6 +166,7 @@ impl BeforeSend {
                                 // An edit keeps its message's kind: a rewrite
                                 // of a non-text one is refused by the domain.
                                 Body::Edit(e) => e.content = content,
+                                Body::RoomPost(p) => p.content = content,
                                 _ => {}
                             }
                         }
@@ -243,10 +246,20 @@ impl BeforeSend {
     }
 }
 
-/// A send or an edit as the hook sees it.
+/// A send, an edit or a room post as the hook sees it.
 fn message_json((caller, body): &(Caller, Body)) -> Value {
     let s = match body {
         Body::Send(s) => s,
+        Body::RoomPost(p) => {
+            return json!({
+                "kind": "room_post",
+                "from": caller.user,
+                "device": caller.device,
+                "room_id": p.room_id,
+                "client_msg_id": p.client_msg_id,
+                "content": p.content.as_ref().map_or(Value::Null, content_json),
+            });
+        }
         Body::Edit(e) => {
             return json!({
                 "kind": "edit",

@@ -40,7 +40,8 @@ const ANSWER_BYTES_MAX: usize = 64 * 1024;
 pub struct Event {
     /// `message.stored`, `message.recalled`, `message.read`,
     /// `group.changed`, `friend.requested`, `friend.added`,
-    /// `friend.removed`, `user.online`, `user.offline`.
+    /// `friend.removed`, `user.online`, `user.offline`, `room.posted`, `room.deleted`
+    /// (docs/http-api.md lists them all).
     pub kind: &'static str,
     /// When it happened (the server's clock), ms since the epoch.
     pub time_ms: u64,
@@ -211,8 +212,39 @@ fn effect_event(now_ms: u64, effect: &Effect) -> Option<Event> {
             })
         }
         Effect::Push { .. } => None,
-        // Rooms keep recent history only and are not fed to the event feed
-        // (docs/protocol.md, "Rooms").
+        Effect::Room {
+            room,
+            body: Body::RoomDeliver(d),
+        } => {
+            let entry = d.entry.as_ref()?;
+            let Some(pb::entry::Body::Message(m)) = entry.body.as_ref() else {
+                return None;
+            };
+            Some(Event {
+                kind: "room.posted",
+                time_ms: if entry.time_ms > 0 {
+                    entry.time_ms
+                } else {
+                    now_ms
+                },
+                data: json!({
+                    "room_id": &**room,
+                    "seq": entry.seq,
+                    "sender": entry.sender,
+                    "sender_device": entry.sender_device,
+                    "client_msg_id": entry.client_msg_id,
+                    "content": m.content.as_ref().map_or(Value::Null, content_json),
+                }),
+            })
+        }
+        Effect::Room {
+            room,
+            body: Body::RoomClosed(_),
+        } => Some(Event {
+            kind: "room.deleted",
+            time_ms: now_ms,
+            data: json!({ "room_id": &**room }),
+        }),
         Effect::Room { .. } => None,
     }
 }

@@ -761,6 +761,12 @@ pub enum RoomCommand {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         text: Vec<String>,
     },
+    /// Delete a room you own: its recent messages go, and every joined
+    /// connection gets `room_closed`.
+    Delete {
+        /// The room.
+        room: String,
+    },
     /// The room's recent messages, oldest first.
     History {
         /// The room.

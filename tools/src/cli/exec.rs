@@ -494,6 +494,12 @@ fn room(s: &Session, r: &RoomCommand) -> Result<Vec<Item>, ClientError> {
                 client_msg_id: new_client_msg_id(),
             })),
         ),
+        RoomCommand::Delete { room } => ok(
+            "room_delete",
+            s.request(Body::RoomDelete(pb::RoomDelete {
+                room_id: checked(room, "room id")?,
+            })),
+        ),
         RoomCommand::History {
             room,
             before,

@@ -151,6 +151,7 @@ pub fn show(me: &str, item: &Item) -> Option<String> {
                 info.unread
             )
         }
+        Item::RoomClosed(room) => format!("room {} was deleted", clean(room)),
         Item::Room(r) => format!(
             "room {} \"{}\" ({}) owner {}{}, newest seq {}",
             clean(&r.room_id),

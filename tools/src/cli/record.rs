@@ -106,6 +106,8 @@ pub enum Item {
     Todo(pb::Todo),
     /// A room or broadcast channel (`room create`, `info`, `join`).
     Room(pb::RoomInfo),
+    /// A joined room was deleted (a push).
+    RoomClosed(String),
     /// A request succeeded.
     Ok {
         /// What was done (`friend_add`, `group_kick`, …).
@@ -448,6 +450,7 @@ impl Item {
                 .s("owner", &r.owner)
                 .list("admins", &r.admins)
                 .n("last_seq", r.last_seq),
+            Self::RoomClosed(room) => Record::new("room_closed").s("room", room),
             Self::Todo(t) => {
                 let open: Vec<String> = t
                     .assignees

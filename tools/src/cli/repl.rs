@@ -635,6 +635,7 @@ impl Chat {
             Pushed::CallSignal(c) => self.show(me, &Item::CallSignal(c)),
             Pushed::Presence(p) => self.show(me, &Item::Presence(p)),
             Pushed::Event(e) => self.show(me, &Item::Event(e)),
+            Pushed::RoomClosed(r) => self.show(me, &Item::RoomClosed(r)),
             Pushed::Error(e) => self.show(me, &Item::PushError(e)),
             Pushed::Other(f) => self.say(format!(
                 "(a push this client does not know: {})",

@@ -218,6 +218,7 @@ fn listen(
             Some(Pushed::CallSignal(c)) => vec![Item::CallSignal(c)],
             Some(Pushed::Presence(p)) => vec![Item::Presence(p)],
             Some(Pushed::Event(e)) => vec![Item::Event(e)],
+            Some(Pushed::RoomClosed(r)) => vec![Item::RoomClosed(r)],
             Some(Pushed::Error(e)) => vec![Item::PushError(e)],
             Some(Pushed::Other(_)) => Vec::new(),
             Some(Pushed::Closed(c)) => {

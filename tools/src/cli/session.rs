@@ -78,6 +78,8 @@ pub enum Pushed {
     Presence(pb::Presence),
     /// A change to this user outside a conversation log.
     Event(pb::ServerEvent),
+    /// A room this connection joined was deleted (it is no longer joined).
+    RoomClosed(String),
     /// A fire-and-forget frame failed, or the connection is being closed.
     Error(pb::Error),
     /// Any other frame (a newer server's push this client does not know).
@@ -287,6 +289,7 @@ impl Session {
             // A room message: shown like an entry, never acked or synced
             // (rooms keep recent history only).
             Some(Body::RoomDeliver(d)) => Pushed::Entries(d.entry.into_iter().collect()),
+            Some(Body::RoomClosed(c)) => Pushed::RoomClosed(c.room_id),
             Some(Body::TypingEvent(t)) => Pushed::Typing(t),
             Some(Body::CallEvent(c)) => Pushed::Call(c),
             Some(Body::CallSignalEvent(c)) => Pushed::CallSignal(c),
