@@ -187,19 +187,13 @@ fn levels(gw: &Gateway) {
             (403, "TENANT_MISMATCH"),
             "a member of another tenant",
         ),
-        (
-            "GET",
-            "/api/v1/departments/acme~ops",
-            Value::Null,
-            (403, "PERMISSION_DENIED"),
-            "reading a sibling",
-        ),
     ];
     for (method, path, body, want, what) in outside {
         let r = call(gw, method, path, &erin, body);
         assert_eq!(code(&r), want, "{what}: {}", r.1);
     }
-    // A plain member and another tenant's admin reach nothing here.
+    // A plain member and another tenant's admin change nothing here; the
+    // member reads the directory (tenant-wide), the other tenant cannot.
     for who in [&bob, &gina] {
         let r = call(
             gw,
@@ -209,9 +203,11 @@ fn levels(gw: &Gateway) {
             json!({}),
         );
         assert_eq!(r.0, 403, "{}", r.1);
-        let r = call(gw, "GET", "/api/v1/departments/acme~hq", who, Value::Null);
-        assert_eq!(r.0, 403, "{}", r.1);
     }
+    let r = call(gw, "GET", "/api/v1/departments/acme~ops", &bob, Value::Null);
+    assert_eq!(r.0, 200, "{}", r.1);
+    let r = call(gw, "GET", "/api/v1/departments/acme~hq", &gina, Value::Null);
+    assert_eq!(code(&r), (403, "TENANT_MISMATCH"), "{}", r.1);
 
     // The organization admin changes what is below it, with versions.
     let r = call(
@@ -357,4 +353,129 @@ fn admin_levels_on_redis() {
         c.backend.redis_urls = vec![url.clone()];
     });
     levels(&gw);
+}
+
+/// A department made with `group: true` keeps a chat group of its id in
+/// step with its members (added members can post, removed ones cannot, a
+/// deleted department's group is dissolved), and any user of the tenant
+/// reads the directory while another tenant's cannot.
+#[test]
+fn department_groups_follow_membership_and_the_directory_is_tenant_wide() {
+    use support::Client;
+    use tern_protocol::pb::{self, frame::Body};
+    let gw = Gateway::start_with(Driver::Epoll, keys);
+    let r = call(
+        &gw,
+        "POST",
+        "/api/v1/departments",
+        ACME_KEY,
+        json!({"dept_id": "acme~hq", "name": "Acme"}),
+    );
+    assert_eq!(r.0, 201, "{}", r.1);
+    let r = call(
+        &gw,
+        "POST",
+        "/api/v1/departments",
+        ACME_KEY,
+        json!({"dept_id": "acme~eng", "name": "Eng", "parent": "acme~hq", "group": true}),
+    );
+    assert_eq!(r.0, 201, "{}", r.1);
+    assert_eq!(r.1["group_id"], "acme~eng");
+    let (mut bob, _) = Client::login(gw.tcp, "acme~bob", "phone");
+    let refused = bob.send_group_text("acme~eng", "g0", "before");
+    assert!(matches!(refused.body, Some(Body::Error(_))), "{refused:?}");
+
+    let r = call(
+        &gw,
+        "PUT",
+        "/api/v1/departments/acme~eng/members/acme~bob",
+        ACME_KEY,
+        json!({"title": "engineer"}),
+    );
+    assert_eq!(r.0, 200, "{}", r.1);
+    // Again: the group already has bob, the call still succeeds.
+    let r = call(
+        &gw,
+        "PUT",
+        "/api/v1/departments/acme~eng/members/acme~bob",
+        ACME_KEY,
+        json!({"title": "lead"}),
+    );
+    assert_eq!(r.0, 200, "{}", r.1);
+    let ack = bob.send_group_text("acme~eng", "g1", "hello team");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+
+    // The directory: bob reads it, a user of another tenant does not.
+    let (s, d) = call(
+        &gw,
+        "GET",
+        "/api/v1/departments/acme~hq",
+        &Gateway::token("acme~bob"),
+        Value::Null,
+    );
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["children"][0]["dept_id"], "acme~eng");
+    let r = call(
+        &gw,
+        "GET",
+        "/api/v1/departments/acme~hq",
+        &Gateway::token("globex~gina"),
+        Value::Null,
+    );
+    assert_eq!(code(&r), (403, "TENANT_MISMATCH"), "{}", r.1);
+    let r = call(
+        &gw,
+        "PUT",
+        "/api/v1/departments/acme~eng/members/acme~carol",
+        &Gateway::token("acme~bob"),
+        json!({}),
+    );
+    assert_eq!(
+        code(&r),
+        (403, "PERMISSION_DENIED"),
+        "reading is not administering: {}",
+        r.1
+    );
+
+    let r = call(
+        &gw,
+        "DELETE",
+        "/api/v1/departments/acme~eng/members/acme~bob",
+        ACME_KEY,
+        Value::Null,
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let refused = bob.send_group_text("acme~eng", "g2", "after");
+    let Some(Body::Error(e)) = refused.body else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(e.code(), pb::ErrorCode::NotMember);
+
+    let r = call(
+        &gw,
+        "PUT",
+        "/api/v1/departments/acme~eng/members/acme~dan",
+        ACME_KEY,
+        json!({}),
+    );
+    assert_eq!(r.0, 200, "{}", r.1);
+    let r = call(
+        &gw,
+        "DELETE",
+        "/api/v1/departments/acme~eng",
+        ACME_KEY,
+        Value::Null,
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let (mut dan, _) = Client::login(gw.tcp, "acme~dan", "phone");
+    let reply = dan.request(Body::GroupInfo(pb::GroupInfoRequest {
+        group_id: "acme~eng".into(),
+    }));
+    let Some(Body::GroupInfoResult(info)) = reply.body else {
+        panic!("{reply:?}")
+    };
+    assert!(
+        info.info.unwrap().dissolved,
+        "the department's group is dissolved"
+    );
 }

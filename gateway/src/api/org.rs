@@ -12,6 +12,14 @@
 //!   deletion belong to the admins above it. Organizations (roots) are made
 //!   by keys only.
 //!
+//! Any user of the tenant reads its departments (the directory is
+//! tenant-wide: `GET /api/v1/departments/{dept_id}` with their token).
+//!
+//! A department made with `group: true` has a chat group of the same id,
+//! kept in step: its members are added to and removed from the group by
+//! the tenant's operator (group events in its log, synced like any), and
+//! deleting the department dissolves it.
+//!
 //! Each change is an admin action in the audit log ([`super::audit`]): a
 //! user's call is recorded with the level it acted at.
 
@@ -25,7 +33,10 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use tern_backend::store::{DeptMember, DeptRecord, OrgStore};
-use tern_protocol::ids;
+use tern_protocol::{
+    ids,
+    pb::{self, frame::Body as PbBody},
+};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -105,6 +116,8 @@ impl FromRequestParts<ApiState> for OrgCaller {
 /// What a caller may do to one department.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Reach {
+    /// Reading it (the directory): any user of its tenant.
+    Read,
     /// Its contents: sub-departments, members, titles.
     Contents,
     /// Its own record too (name, order, admins) and its deletion.
@@ -192,6 +205,7 @@ fn permit(
             // Admins of the department itself reach its contents; admins
             // of an ancestor reach its record too.
             let first = match reach {
+                Reach::Read => return Ok("member"),
                 Reach::Contents => 0,
                 Reach::Record => 1,
             };
@@ -203,7 +217,7 @@ fn permit(
                 }
             }
             Err(forbidden(match reach {
-                Reach::Contents => format!(
+                Reach::Read | Reach::Contents => format!(
                     "{user:?} administers neither {:?} nor a department above it",
                     dept.dept_id
                 ),
@@ -268,6 +282,10 @@ pub struct NewDepartment {
     /// Users who administer it and everything below it (≤ 100, its tenant's).
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Also make a chat group of the same id, kept in step with the
+    /// department's members (owned by the tenant's operator).
+    #[serde(default)]
+    pub group: bool,
 }
 
 /// A department as stored.
@@ -283,6 +301,8 @@ pub struct Department {
     pub order: u32,
     /// Its admins.
     pub admins: Vec<String>,
+    /// Its chat group, kept in step with its members; empty: none.
+    pub group_id: String,
     /// Bumped by every change.
     pub version: u64,
 }
@@ -295,6 +315,7 @@ impl From<DeptRecord> for Department {
             parent: d.parent,
             order: d.order,
             admins: d.admins,
+            group_id: d.group_id,
             version: d.version,
         }
     }
@@ -359,13 +380,32 @@ async fn create_department(
             "a tenant holds at most {DEPARTMENTS_MAX} departments"
         )));
     }
+    if n.group {
+        // The group first: a department that says it has a group has one.
+        let create = pb::GroupCreate {
+            group_id: n.dept_id.clone(),
+            name: n.name.clone(),
+            members: Vec::new(),
+            join_policy: pb::JoinPolicy::InviteOnly as i32,
+            history_visible: false,
+        };
+        let operator = state.ops.operator_in(&tenant);
+        state
+            .backend
+            .call_admin(&operator, PbBody::GroupCreate(create))
+            .await?;
+    }
     let record = DeptRecord {
         dept_id: n.dept_id.clone(),
         name: n.name,
         parent,
         order: n.order,
         admins: n.admins,
-        group_id: String::new(),
+        group_id: if n.group {
+            n.dept_id.clone()
+        } else {
+            String::new()
+        },
         version: 0,
         created_ms: now_ms(),
     };
@@ -443,7 +483,7 @@ async fn get_department(
     ids::check_id(&dept_id)
         .map_err(|_| ApiError::not_found(format!("no department {dept_id:?}")))?;
     let lineage = lineage(&org, &dept_id).await?;
-    permit(&caller, &lineage, Reach::Contents)?;
+    permit(&caller, &lineage, Reach::Read)?;
     let tenant = ids::tenant_of(&dept_id).to_owned();
     let limit = page.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
     let after = page.after.unwrap_or_default();
@@ -570,6 +610,7 @@ async fn delete_department(
         ));
     }
     let expected = lineage[0].version;
+    let group = lineage[0].group_id.clone();
     let (o, t, d) = (org.clone(), tenant.clone(), dept_id.clone());
     if !blocking(move || o.delete_dept(&t, &d, expected)).await? {
         return Err(ApiError::new(
@@ -577,6 +618,10 @@ async fn delete_department(
             "CONFLICT",
             "the department changed meanwhile: read it and retry",
         ));
+    }
+    if !group.is_empty() {
+        let dissolve = PbBody::GroupDissolve(pb::GroupDissolve { group_id: group });
+        in_step(&state, &tenant, dissolve).await?;
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.extensions_mut().insert(actor(&caller, level, &tenant));
@@ -636,6 +681,13 @@ async fn put_member(
     };
     let (o, t, d, mm) = (org.clone(), tenant.clone(), dept_id.clone(), member.clone());
     blocking(move || o.put_dept_member(&t, &d, &mm)).await?;
+    if !lineage[0].group_id.is_empty() {
+        let invite = PbBody::GroupInvite(pb::GroupInvite {
+            group_id: lineage[0].group_id.clone(),
+            user_ids: vec![user_id.clone()],
+        });
+        in_step(&state, &tenant, invite).await?;
+    }
     let out = Member {
         user_id: member.user_id,
         title: member.title,
@@ -682,9 +734,35 @@ async fn remove_member(
             "{user_id:?} is not a member of {dept_id:?}"
         )));
     }
+    if !lineage[0].group_id.is_empty() {
+        let kick = PbBody::GroupKick(pb::GroupKick {
+            group_id: lineage[0].group_id.clone(),
+            user_id: user_id.clone(),
+        });
+        in_step(&state, &tenant, kick).await?;
+    }
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.extensions_mut().insert(actor(&caller, level, &tenant));
     Ok(r)
+}
+
+/// Brings a department's group in step (as the tenant's operator): a change
+/// it already has (a member already in, one already gone, a group already
+/// dissolved) is no error, so a retried call converges.
+async fn in_step(state: &ApiState, tenant: &str, change: PbBody) -> Result<(), ApiError> {
+    let operator = state.ops.operator_in(tenant);
+    match state.backend.call_admin(&operator, change).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.code,
+                "ALREADY_EXISTS" | "NOT_FOUND" | "NOT_MEMBER" | "GROUP_DISSOLVED"
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A JSON answer that names its actor for the audit log.
