@@ -122,6 +122,11 @@ pub struct Config {
     /// `RATE_LIMITED` with `retry_after_ms`. Tenants not named: no limit.
     /// Default none.
     pub tenant_messages_per_second: Vec<(String, u32)>,
+    /// Users each named tenant may have: a user takes a seat at their first
+    /// login and keeps it until an operator frees it; a login of a user
+    /// without a seat when all are taken is kicked with `TENANT_FULL`.
+    /// Tenants not named: no limit. Default none.
+    pub tenant_users_max: Vec<(String, u64)>,
 }
 
 impl Default for Config {
@@ -162,6 +167,7 @@ impl Default for Config {
             room_recent_max: 200,
             federation: Federation::default(),
             tenant_messages_per_second: Vec::new(),
+            tenant_users_max: Vec::new(),
         }
     }
 }

@@ -311,6 +311,8 @@ struct Keyspaces {
     dept_member: SingleWriterTxKeyspace,
     /// `user \0 dept` → empty: the departments of a user.
     user_dept: SingleWriterTxKeyspace,
+    /// `tenant \0 user` → empty: a held seat; `tenant \0` → count_be.
+    seat: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -359,6 +361,7 @@ impl EmbeddedStore {
             dept: open("dept")?,
             dept_member: open("dept_member")?,
             user_dept: open("user_dept")?,
+            seat: open("seat")?,
         };
         let disk = DiskReserve {
             dir: dir.to_path_buf(),
@@ -1103,6 +1106,26 @@ impl Store for EmbeddedStore {
         self.get(&self.ks.ban, user.as_bytes())
     }
 
+    fn take_seat(&self, tenant: &str, user: &str, max: u64) -> StoreResult<bool> {
+        let (key, count_key) = (key2(tenant, user), prefix(tenant));
+        // One writer at a time: the count read here is the one moved.
+        let mut tx = self.write_tx();
+        if tx.get(&self.ks.seat, &key).map_err(backend)?.is_some() {
+            return Ok(true);
+        }
+        let held = match tx.get(&self.ks.seat, &count_key).map_err(backend)? {
+            Some(v) => be_u64(&v)?,
+            None => 0,
+        };
+        if held >= max {
+            return Ok(false);
+        }
+        tx.insert(&self.ks.seat, key, []);
+        tx.insert(&self.ks.seat, count_key, (held + 1).to_be_bytes().to_vec());
+        self.commit(tx)?;
+        Ok(true)
+    }
+
     fn edit_dedup_lookup(
         &self,
         conversation: &str,
@@ -1646,6 +1669,38 @@ impl OrgStore for EmbeddedStore {
             out.push(decode(&v)?);
         }
         Ok(out)
+    }
+
+    fn free_seat(&self, tenant: &str, user: &str) -> StoreResult<bool> {
+        let (key, count_key) = (key2(tenant, user), prefix(tenant));
+        let mut tx = self.write_tx();
+        if tx.get(&self.ks.seat, &key).map_err(backend)?.is_none() {
+            return Ok(false);
+        }
+        let held = match tx.get(&self.ks.seat, &count_key).map_err(backend)? {
+            Some(v) => be_u64(&v)?,
+            None => 0,
+        };
+        tx.remove(&self.ks.seat, key);
+        tx.insert(
+            &self.ks.seat,
+            count_key,
+            held.saturating_sub(1).to_be_bytes().to_vec(),
+        );
+        self.commit(tx)?;
+        Ok(true)
+    }
+
+    fn seats(&self, tenant: &str) -> StoreResult<u64> {
+        match self
+            .db
+            .read_tx()
+            .get(&self.ks.seat, prefix(tenant))
+            .map_err(backend)?
+        {
+            Some(v) => be_u64(&v),
+            None => Ok(0),
+        }
     }
 
     fn user_depts(&self, _tenant: &str, user: &str) -> StoreResult<Vec<String>> {

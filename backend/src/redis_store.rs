@@ -1536,6 +1536,14 @@ impl Store for RedisStore {
         Ok(got.pop().flatten())
     }
 
+    fn take_seat(&self, tenant: &str, user: &str, max: u64) -> StoreResult<bool> {
+        let k = keys::seats(tenant).map_err(RedisStoreError::from)?;
+        keys::id("user", user).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("EVAL");
+        c.arg(SEAT_TAKE).arg(1).arg(&k).arg(user).arg(max);
+        Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
     fn bans(&self, users: &[&str]) -> StoreResult<Vec<Option<BanRecord>>> {
         Ok(self.get_per_user(users, |k| &k.ban, "ban")?)
     }
@@ -2163,6 +2171,13 @@ const DEPT_MEMBER_REMOVE: &str = "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 t
      redis.call('SREM', KEYS[2], ARGV[2]) \
      return 1";
 
+/// Gives `ARGV[1]` a seat of the set `KEYS[1]` unless `ARGV[2]` others
+/// hold them all; answers 1 (held) or 0.
+const SEAT_TAKE: &str = "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end \
+     if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end \
+     redis.call('SADD', KEYS[1], ARGV[1]) \
+     return 1";
+
 /// Attempts of a department delete that races with new members.
 const DEPT_DELETE_ATTEMPTS_MAX: usize = 8;
 
@@ -2354,6 +2369,20 @@ impl OrgStore for RedisStore {
         out.retain(|x| after.is_empty() || x.user_id.as_str() > after);
         out.truncate(limit);
         Ok(out)
+    }
+
+    fn free_seat(&self, tenant: &str, user: &str) -> StoreResult<bool> {
+        let k = keys::seats(tenant).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("SREM");
+        c.arg(&k).arg(user);
+        Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn seats(&self, tenant: &str) -> StoreResult<u64> {
+        let k = keys::seats(tenant).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("SCARD");
+        c.arg(&k);
+        as_u64(&self.one(c)?).map_err(Into::into)
     }
 
     fn user_depts(&self, tenant: &str, user: &str) -> StoreResult<Vec<String>> {

@@ -395,6 +395,14 @@ pub trait Store: Send + Sync {
         users.iter().map(|u| self.ban(u)).collect()
     }
 
+    // ---- tenant seats (issue 20; docs/tenants.md, "Limits") -----------------
+
+    /// Gives `user` a seat of `tenant`, durably: `true` when they hold one
+    /// already or fewer than `max` are held (the seat is theirs from now
+    /// on), `false` when `max` others hold them all. Atomic: logins racing
+    /// for the last seat get it once.
+    fn take_seat(&self, tenant: &str, user: &str, max: u64) -> StoreResult<bool>;
+
     // ---- message edit (added after the first version) ----------------------
 
     /// The dedup record of the edit `(conversation, sender, client_edit_id)`
@@ -785,6 +793,13 @@ pub trait OrgStore: Send + Sync + std::fmt::Debug {
 
     /// The departments `user` is a member of, in id order.
     fn user_depts(&self, tenant: &str, user: &str) -> StoreResult<Vec<String>>;
+
+    /// Frees `user`'s seat of `tenant` ([`Store::take_seat`]); `false` when
+    /// they held none.
+    fn free_seat(&self, tenant: &str, user: &str) -> StoreResult<bool>;
+
+    /// Seats of `tenant` held now.
+    fn seats(&self, tenant: &str) -> StoreResult<u64>;
 }
 
 /// A department (an organization when it has no parent).

@@ -312,6 +312,12 @@ mod audit;
 mod org;
 
 #[test]
+fn seats_are_taken_up_to_the_limit_and_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    org::seats_are_taken_up_to_the_limit_and_freed(&EmbeddedStore::open(dir.path()).unwrap());
+}
+
+#[test]
 fn departments_compare_and_set_and_index_members() {
     let dir = tempfile::tempdir().unwrap();
     org::departments_compare_and_set_and_index_members(&EmbeddedStore::open(dir.path()).unwrap());

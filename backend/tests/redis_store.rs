@@ -613,6 +613,12 @@ mod audit;
 mod org;
 
 #[test]
+fn seats_are_taken_up_to_the_limit_and_freed() {
+    let server = RedisServer::start(ServerOptions::DURABLE);
+    org::seats_are_taken_up_to_the_limit_and_freed(&open(&server));
+}
+
+#[test]
 fn departments_compare_and_set_and_index_members() {
     let server = RedisServer::start(ServerOptions::DURABLE);
     org::departments_compare_and_set_and_index_members(&open(&server));

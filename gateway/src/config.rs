@@ -287,30 +287,62 @@ pub struct ChatSettings {
     /// (a send past it gets `RATE_LIMITED`; docs/tenants.md, "Limits").
     /// Default none.
     pub tenant_messages_per_second: Vec<String>,
+    /// Users each named tenant may have, `"acme:1000"`: a user takes a
+    /// seat at their first login and keeps it until freed
+    /// (`DELETE /api/v1/users/{user_id}/seat`); a login without a seat when
+    /// all are taken is kicked `TENANT_FULL` (docs/tenants.md, "Limits").
+    /// Default none.
+    pub tenant_users_max: Vec<String>,
 }
 
 impl ChatSettings {
     /// `tenant_messages_per_second` parsed: `(tenant, rate)`, each tenant
     /// once, rates above 0.
     pub fn tenant_rates(&self) -> Result<Vec<(String, u32)>, String> {
-        let mut out: Vec<(String, u32)> = Vec::new();
-        for item in &self.tenant_messages_per_second {
-            let (t, rate) = item
-                .split_once(':')
-                .ok_or_else(|| format!("{item:?}: expected <tenant>:<messages a second>"))?;
-            tern_protocol::ids::check_tenant(t)
-                .map_err(|_| format!("{item:?}: {t:?} is not 1 to 32 of [a-z0-9-]"))?;
-            let rate: u32 = rate
-                .parse()
-                .ok()
-                .filter(|r| *r > 0)
-                .ok_or_else(|| format!("{item:?}: the rate must be a whole number above 0"))?;
-            if out.iter().any(|(o, _)| o == t) {
-                return Err(format!("{item:?}: tenant {t:?} is named twice"));
-            }
-            out.push((t.to_owned(), rate));
+        per_tenant(&self.tenant_messages_per_second, "messages a second")
+    }
+
+    /// `tenant_users_max` parsed, as [`ChatSettings::tenant_rates`].
+    pub fn tenant_seats(&self) -> Result<Vec<(String, u64)>, String> {
+        per_tenant(&self.tenant_users_max, "users")
+    }
+}
+
+/// `"<tenant>:<n>"` items: each tenant once, `n` a whole number above 0.
+fn per_tenant<N: std::str::FromStr + PartialOrd + Default>(
+    items: &[String],
+    unit: &str,
+) -> Result<Vec<(String, N)>, String> {
+    let mut out: Vec<(String, N)> = Vec::new();
+    for item in items {
+        let (t, n) = item
+            .split_once(':')
+            .ok_or_else(|| format!("{item:?}: expected <tenant>:<{unit}>"))?;
+        tern_protocol::ids::check_tenant(t)
+            .map_err(|_| format!("{item:?}: {t:?} is not 1 to 32 of [a-z0-9-]"))?;
+        let n: N = n
+            .parse()
+            .ok()
+            .filter(|n| *n > N::default())
+            .ok_or_else(|| format!("{item:?}: {unit} must be a whole number above 0"))?;
+        if out.iter().any(|(o, _)| o == t) {
+            return Err(format!("{item:?}: tenant {t:?} is named twice"));
         }
-        Ok(out)
+        out.push((t.to_owned(), n));
+    }
+    Ok(out)
+}
+
+impl ChatSettings {
+    /// Whether every tenant setting parses (`Config::validate`).
+    fn check_tenants(&self) -> Result<(), (&'static str, String)> {
+        tern_backend::config::Federation::parse(self.tenant_federation.iter().map(String::as_str))
+            .map_err(|why| ("chat.tenant_federation", why))?;
+        self.tenant_rates()
+            .map_err(|why| ("chat.tenant_messages_per_second", why))?;
+        self.tenant_seats()
+            .map_err(|why| ("chat.tenant_users_max", why))?;
+        Ok(())
     }
 }
 
@@ -324,6 +356,7 @@ impl Default for ChatSettings {
             call_lease_ms: 60_000,
             tenant_federation: Vec::new(),
             tenant_messages_per_second: Vec::new(),
+            tenant_users_max: Vec::new(),
         }
     }
 }
@@ -745,13 +778,8 @@ impl Config {
         {
             return invalid("node_id", "must be 1..=64 bytes of [A-Za-z0-9._@-]");
         }
-        if let Err(why) = tern_backend::config::Federation::parse(
-            self.chat.tenant_federation.iter().map(String::as_str),
-        ) {
-            return invalid("chat.tenant_federation", &why);
-        }
-        if let Err(why) = self.chat.tenant_rates() {
-            return invalid("chat.tenant_messages_per_second", &why);
+        if let Err((name, why)) = self.chat.check_tenants() {
+            return invalid(name, &why);
         }
         self.cluster.validate()?;
         self.api.validate()?;
@@ -1532,6 +1560,16 @@ mod tests {
         cfg.chat.tenant_messages_per_second = vec!["acme:1".into(), "acme:2".into()];
         assert!(cfg.validate().is_err());
         cfg.chat.tenant_messages_per_second.clear();
+        cfg.chat.tenant_users_max = vec!["acme:1000".into()];
+        assert!(cfg.validate().is_ok());
+        assert_eq!(
+            cfg.chat.tenant_seats().unwrap(),
+            [("acme".to_owned(), 1000)]
+        );
+        cfg.chat.tenant_users_max = vec!["acme:0".into()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("tenant_users_max"), "{e}");
+        cfg.chat.tenant_users_max.clear();
         cfg.chat.tenant_federation = vec!["acme:acme".into()];
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("tenant_federation"), "{e}");

@@ -72,6 +72,10 @@ impl BackendService {
                 .chat
                 .tenant_rates()
                 .map_err(|why| anyhow::anyhow!("chat.tenant_messages_per_second: {why}"))?,
+            tenant_users_max: cfg
+                .chat
+                .tenant_seats()
+                .map_err(|why| anyhow::anyhow!("chat.tenant_users_max: {why}"))?,
             ..DomainConfig::default()
         };
         chat.text_bytes_max = u32::try_from(cfg.session.text_bytes_max).unwrap_or(u32::MAX);

@@ -669,3 +669,73 @@ fn federated_tenants_talk_and_others_stay_apart() {
     let reply = i_carol.send_group_text("acme~joint", "i2", "let me in");
     assert_eq!(error_code(&reply), Some(pb::ErrorCode::TenantMismatch));
 }
+
+/// `[chat] tenant_users_max = ["acme:2"]`: two acme users take the seats
+/// (more devices of theirs are fine), a third is welcomed and then kicked
+/// `TENANT_FULL`, another tenant is not limited, and a seat freed through
+/// the server API lets the third in.
+fn seats(tweak: impl FnOnce(&mut Config)) {
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        keys(c);
+        c.chat.tenant_users_max = vec!["acme:2".into()];
+        tweak(c);
+    });
+    let (_a, _) = Client::login(gw.tcp, "acme~a", "phone");
+    let (_b, _) = Client::login(gw.tcp, "acme~b", "phone");
+    let (_a2, _) = Client::login(gw.tcp, "acme~a", "laptop");
+    let (_g, _) = Client::login(gw.tcp, "globex~z", "phone");
+    let kicked = |user: &str| {
+        let (mut c, _) = Client::login(gw.tcp, user, "phone");
+        let f = c.wait_push(|f| matches!(f.body, Some(Body::Kick(_))));
+        let Some(Body::Kick(k)) = f.body else {
+            unreachable!()
+        };
+        assert_eq!(k.reason(), pb::KickReason::TenantFull, "{k:?}");
+        assert!(c.closed_within(Duration::from_secs(5)));
+    };
+    kicked("acme~c");
+    let (s, body) = gw.api(
+        "DELETE",
+        "/api/v1/users/acme~b/seat",
+        Some(ACME_KEY),
+        &Value::Null,
+    );
+    assert_eq!(s, 204, "{body}");
+    let (s, body) = gw.api(
+        "DELETE",
+        "/api/v1/users/acme~b/seat",
+        Some(ACME_KEY),
+        &Value::Null,
+    );
+    assert_eq!(s, 404, "{body}");
+    let (s, body) = gw.api(
+        "DELETE",
+        "/api/v1/users/globex~z/seat",
+        Some(ACME_KEY),
+        &Value::Null,
+    );
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (403, Some("TENANT_MISMATCH")),
+        "{body}"
+    );
+    let (mut c, _) = Client::login(gw.tcp, "acme~c", "phone");
+    let ack = c.send_text("acme~a", "s1", "in at last");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    kicked("acme~b");
+}
+
+#[test]
+fn tenant_seats_hold_on_the_embedded_store() {
+    seats(|_| {});
+}
+
+#[test]
+fn tenant_seats_hold_on_redis() {
+    let redis = redis_harness::RedisServer::start(redis_harness::ServerOptions::DURABLE);
+    let url = redis.url();
+    seats(|c| {
+        c.backend.store = StoreKind::Redis;
+        c.backend.redis_urls = vec![url.clone()];
+    });
+}

@@ -1400,6 +1400,7 @@ fn kick_message(reason: KickReason) -> &'static str {
         KickReason::RateLimited => "too many requests over the rate limit; reconnect later",
         KickReason::LoginPolicy => "a newer login of this platform class took this one's place",
         KickReason::LoggedOut => "logged out from another device; log in again",
+        KickReason::TenantFull => "your organization has as many users as it may",
     }
 }
 

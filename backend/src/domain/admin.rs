@@ -162,7 +162,11 @@ impl Domain {
         match self.store.bans(&ids) {
             Ok(bans) if bans.len() == users.len() => {
                 for ((i, user), ban) in users.iter().zip(bans) {
-                    outcomes[*i] = Some(self.login_answer(user, ban));
+                    let answer = match (ban, self.seat_limit(user)) {
+                        (None, Some(max)) => self.seat_answer(user, max),
+                        (ban, _) => self.login_answer(user, ban),
+                    };
+                    outcomes[*i] = Some(answer);
                 }
             }
             Ok(_) => {
@@ -177,6 +181,32 @@ impl Domain {
                     outcomes[*i] = Some(Outcome::error(&e));
                 }
             }
+        }
+    }
+
+    /// The seats of `user`'s tenant, if it has a limit.
+    fn seat_limit(&self, user: &str) -> Option<u64> {
+        let tenant = tern_protocol::ids::tenant_of(user);
+        self.config
+            .tenant_users_max
+            .iter()
+            .find(|(t, _)| t == tenant)
+            .map(|(_, max)| *max)
+    }
+
+    /// A login check's answer for `user` (not banned) of a tenant with
+    /// `max` seats: through when they hold one or take a free one, else
+    /// kicked `TENANT_FULL`.
+    fn seat_answer(&self, user: &str, max: u64) -> Outcome {
+        let tenant = tern_protocol::ids::tenant_of(user);
+        match self.store.take_seat(tenant, user, max) {
+            Ok(true) => self.login_answer(user, None),
+            Ok(false) => Outcome::reply(Body::Kick(pb::Kick {
+                reason: pb::KickReason::TenantFull as i32,
+                message: format!("your organization has its {max} users already"),
+                ..Default::default()
+            })),
+            Err(e) => Outcome::error(&DomainError::from(e)),
         }
     }
 

@@ -341,6 +341,12 @@ pub fn org_user(tenant: &str, user: &str) -> Result<String, KeyError> {
     Ok(format!("{{o:{tenant}}}:u:{user}"))
 }
 
+/// `{o:<tenant>}:seats`: the users holding a seat of the tenant.
+pub fn seats(tenant: &str) -> Result<String, KeyError> {
+    org_tenant(tenant)?;
+    Ok(format!("{{o:{tenant}}}:seats"))
+}
+
 fn org_tenant(tenant: &str) -> Result<(), KeyError> {
     if tenant.is_empty() {
         return Ok(());

@@ -115,3 +115,24 @@ pub fn departments_compare_and_set_and_index_members(s: &dyn OrgStore) {
         "gone already"
     );
 }
+
+/// Proves tenant seats: a user takes one at most once, no more than `max`
+/// are held, tenants count apart, and a freed seat can be taken again.
+pub fn seats_are_taken_up_to_the_limit_and_freed<S: tern_backend::Store + OrgStore>(s: &S) {
+    assert_eq!(s.seats("acme").unwrap(), 0);
+    assert!(s.take_seat("acme", "acme~a", 2).unwrap());
+    assert!(s.take_seat("acme", "acme~a", 2).unwrap(), "held already");
+    assert!(s.take_seat("acme", "acme~b", 2).unwrap());
+    assert!(!s.take_seat("acme", "acme~c", 2).unwrap(), "all taken");
+    assert_eq!(s.seats("acme").unwrap(), 2);
+    assert!(
+        s.take_seat("globex", "globex~c", 1).unwrap(),
+        "another tenant"
+    );
+    assert!(s.free_seat("acme", "acme~b").unwrap());
+    assert!(!s.free_seat("acme", "acme~b").unwrap(), "freed already");
+    assert_eq!(s.seats("acme").unwrap(), 1);
+    assert!(s.take_seat("acme", "acme~c", 2).unwrap());
+    assert!(!s.take_seat("acme", "acme~b", 2).unwrap());
+    assert_eq!(s.seats("globex").unwrap(), 1);
+}

@@ -27,6 +27,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(kick))
         .routes(routes!(devices))
         .routes(routes!(logout_device))
+        .routes(routes!(free_seat))
 }
 
 /// A user's profile.
@@ -464,4 +465,54 @@ fn platform_name(p: pb::Platform) -> &'static str {
 /// How long a shard may take to answer.
 fn state_timeout(_state: &ApiState) -> std::time::Duration {
     std::time::Duration::from_secs(2)
+}
+
+/// Free a user's seat of their tenant (docs/tenants.md, "Limits").
+///
+/// With `[chat] tenant_users_max`, a user holds a seat from their first
+/// login; this gives it back (the user's next login takes one again, if
+/// one is free). Devices already connected stay.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{user_id}/seat",
+    tag = "users",
+    params(("user_id" = String, Path, description = "The user, of a tenant")),
+    responses(
+        (status = 204, description = "Freed"),
+        (status = 400, description = "Bad user id, or one of the default tenant (no seats)", body = ErrorBody),
+        (status = 401, description = "No or unknown API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `users` scope, or is another tenant's", body = ErrorBody),
+        (status = 404, description = "The user holds no seat", body = ErrorBody),
+    ),
+)]
+async fn free_seat(
+    State(state): State<ApiState>,
+    auth: Authorized,
+    Path(user_id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    auth.require(Scope::Users)?;
+    check_user("user_id", &user_id)?;
+    let tenant = tern_protocol::ids::tenant_of(&user_id).to_owned();
+    if tenant.is_empty() {
+        return Err(ApiError::invalid(
+            "user_id: the default tenant has no seats (no `<tenant>~`)",
+        ));
+    }
+    let org = state.org.clone().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_IMPLEMENTED,
+            "ORG_UNAVAILABLE",
+            "this server keeps no seats",
+        )
+    })?;
+    let user = user_id.clone();
+    let freed = tokio::task::spawn_blocking(move || org.free_seat(&tenant, &user))
+        .await
+        .map_err(|e| ApiError::internal(format!("seat task: {e}")))?
+        .map_err(|e| ApiError::internal(format!("seats: {e}")))?;
+    if !freed {
+        return Err(ApiError::not_found(format!("{user_id:?} holds no seat")));
+    }
+    tracing::info!(user = %user_id, key = %auth.key_name, "seat freed");
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
