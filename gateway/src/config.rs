@@ -1916,6 +1916,12 @@ pub struct ApiOpsSettings {
     /// get the original answer; the oldest are forgotten first. Default
     /// 10000.
     pub request_ids_max: usize,
+    /// Which departments a user reads in the directory (docs/tenants.md):
+    /// `tenant` (all of their tenant's), `organization` (those of the
+    /// organizations they belong to), `departments` (their departments and
+    /// those below them). Admins always read what they administer.
+    /// Default `tenant`.
+    pub directory_visibility: String,
 }
 
 impl Default for ApiOpsSettings {
@@ -1925,6 +1931,7 @@ impl Default for ApiOpsSettings {
             recipients_max: 1_000,
             broadcast_users_per_second: 1_000,
             request_ids_max: 10_000,
+            directory_visibility: "tenant".into(),
         }
     }
 }
@@ -1933,6 +1940,16 @@ impl ApiOpsSettings {
     /// Checks the ids and bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        if !["tenant", "organization", "departments"].contains(&self.directory_visibility.as_str())
+        {
+            return invalid(
+                "api_ops.directory_visibility",
+                format!(
+                    "{:?}: use tenant, organization or departments",
+                    self.directory_visibility
+                ),
+            );
+        }
         if self.system_users.is_empty()
             || self
                 .system_users

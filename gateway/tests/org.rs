@@ -479,3 +479,90 @@ fn department_groups_follow_membership_and_the_directory_is_tenant_wide() {
         "the department's group is dissolved"
     );
 }
+
+/// The directory search finds department names, member ids and titles,
+/// limited by `[api_ops] directory_visibility`: with `organization` a user
+/// reads only the organizations they belong to (a department outside is
+/// 403 and never in their results), with `tenant` all of their tenant's;
+/// keys read everything of their tenant.
+#[test]
+fn the_directory_is_searched_within_what_the_viewer_may_see() {
+    for mode in ["organization", "tenant"] {
+        let gw = Gateway::start_with(Driver::Epoll, |c| {
+            keys(c);
+            c.api_ops.directory_visibility = mode.into();
+        });
+        for (id, parent) in [
+            ("acme~hq", None),
+            ("acme~eng", Some("acme~hq")),
+            ("acme~sub", None),
+        ] {
+            let mut body = json!({"dept_id": id, "name": format!("{id} dept")});
+            if let Some(p) = parent {
+                body["parent"] = json!(p);
+            }
+            let r = call(&gw, "POST", "/api/v1/departments", ACME_KEY, body);
+            assert_eq!(r.0, 201, "{}", r.1);
+        }
+        for (dept, user, title) in [
+            ("acme~eng", "acme~bob", "Rust engineer"),
+            ("acme~sub", "acme~carol", "rust lead"),
+        ] {
+            let r = call(
+                &gw,
+                "PUT",
+                &format!("/api/v1/departments/{dept}/members/{user}"),
+                ACME_KEY,
+                json!({"title": title}),
+            );
+            assert_eq!(r.0, 200, "{}", r.1);
+        }
+        let bob = Gateway::token("acme~bob");
+        let (s, hits) = call(&gw, "GET", "/api/v1/directory?q=RUST", &bob, Value::Null);
+        assert_eq!(s, 200, "{hits}");
+        let users: Vec<&str> = hits["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user_id"].as_str().unwrap())
+            .collect();
+        let (s, sub) = call(
+            &gw,
+            "GET",
+            "/api/v1/departments/acme~sub",
+            &bob,
+            Value::Null,
+        );
+        if mode == "organization" {
+            assert_eq!(users, ["acme~bob"], "{mode}: {hits}");
+            assert_eq!(
+                (s, sub["code"].as_str()),
+                (403, Some("PERMISSION_DENIED")),
+                "{sub}"
+            );
+        } else {
+            assert_eq!(users, ["acme~bob", "acme~carol"], "{mode}: {hits}");
+            assert_eq!(s, 200, "{sub}");
+        }
+        let (s, hits) = call(
+            &gw,
+            "GET",
+            "/api/v1/directory?q=dept",
+            ACME_KEY,
+            Value::Null,
+        );
+        assert_eq!(s, 200, "{hits}");
+        assert_eq!(hits["departments"].as_array().unwrap().len(), 3, "{hits}");
+        assert_eq!(hits["partial"], false);
+        let r = call(
+            &gw,
+            "GET",
+            "/api/v1/directory?q=x&tenant=globex",
+            &bob,
+            Value::Null,
+        );
+        assert_eq!(code(&r), (403, "TENANT_MISMATCH"), "{}", r.1);
+        let r = call(&gw, "GET", "/api/v1/directory?q=", &bob, Value::Null);
+        assert_eq!(r.0, 400, "{}", r.1);
+    }
+}

@@ -64,6 +64,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
             delete_department
         ))
         .routes(routes!(put_member, remove_member))
+        .routes(routes!(search_directory))
 }
 
 /// Who calls, from the request head: an API key, else a user token.
@@ -484,6 +485,17 @@ async fn get_department(
         .map_err(|_| ApiError::not_found(format!("no department {dept_id:?}")))?;
     let lineage = lineage(&org, &dept_id).await?;
     permit(&caller, &lineage, Reach::Read)?;
+    if let OrgCaller::User(user) = &caller
+        && permit(&caller, &lineage, Reach::Contents).is_err()
+    {
+        let visible = Visible::of(&state, &org, user).await?;
+        if !visible.sees(&lineage) {
+            return Err(forbidden(format!(
+                "{dept_id:?} is outside your directory ([api_ops] directory_visibility = {:?})",
+                state.ops.settings.directory_visibility
+            )));
+        }
+    }
     let tenant = ids::tenant_of(&dept_id).to_owned();
     let limit = page.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
     let after = page.after.unwrap_or_default();
@@ -763,6 +775,233 @@ async fn in_step(state: &ApiState, tenant: &str, change: PbBody) -> Result<(), A
         }
         Err(e) => Err(e),
     }
+}
+
+/// Departments a user reads, by `[api_ops] directory_visibility`.
+enum Visible {
+    /// Every department of their tenant.
+    Tenant,
+    /// Those whose organization (root) is one of these.
+    Organizations(Vec<String>),
+    /// These and those below them.
+    Departments(Vec<String>),
+}
+
+/// A user's departments looked at for visibility, at most (a user in more
+/// sees through the first ones).
+const VIEWER_DEPARTMENTS_MAX: usize = 64;
+
+impl Visible {
+    async fn of(state: &ApiState, org: &Arc<dyn OrgStore>, user: &str) -> Result<Self, ApiError> {
+        let mode = state.ops.settings.directory_visibility.as_str();
+        if mode == "tenant" {
+            return Ok(Self::Tenant);
+        }
+        let (o, t, u) = (
+            org.clone(),
+            ids::tenant_of(user).to_owned(),
+            user.to_owned(),
+        );
+        let mut mine = blocking(move || o.user_depts(&t, &u)).await?;
+        mine.truncate(VIEWER_DEPARTMENTS_MAX);
+        if mode == "departments" {
+            return Ok(Self::Departments(mine));
+        }
+        let mut roots = Vec::new();
+        for d in mine {
+            if let Some(root) = lineage(org, &d).await?.pop() {
+                roots.push(root.dept_id);
+            }
+        }
+        Ok(Self::Organizations(roots))
+    }
+
+    /// Whether the department whose lineage (nearest first) this is shows.
+    fn sees(&self, lineage: &[DeptRecord]) -> bool {
+        match self {
+            Self::Tenant => true,
+            Self::Organizations(roots) => lineage
+                .last()
+                .is_some_and(|r| roots.iter().any(|x| *x == r.dept_id)),
+            Self::Departments(mine) => lineage.iter().any(|d| mine.contains(&d.dept_id)),
+        }
+    }
+}
+
+/// Member records one directory search looks at, at most: past it the
+/// answer says `partial`.
+pub const DIRECTORY_SCAN_MAX: usize = 20_000;
+/// Hits one directory search answers at most.
+const HITS_MAX: usize = 100;
+
+/// A directory search.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DirectoryQuery {
+    /// What to look for (1 to 64 bytes): in department names, member ids
+    /// and titles, ignoring ASCII case.
+    pub q: String,
+    /// The tenant to search (keys only; a user searches their own).
+    pub tenant: Option<String>,
+}
+
+/// A member found, with the department they were found in.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DirectoryMember {
+    /// The department.
+    pub dept_id: String,
+    /// The member.
+    pub user_id: String,
+    /// Their title there.
+    pub title: String,
+}
+
+/// What a directory search found.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DirectoryHits {
+    /// Departments whose name matches, by id.
+    pub departments: Vec<Department>,
+    /// Members whose id or title matches, by department then user.
+    pub members: Vec<DirectoryMember>,
+    /// True when the search stopped at its bounds (100 hits, or 20,000
+    /// member records looked at): narrow the query.
+    pub partial: bool,
+}
+
+/// Search the directory of a tenant: department names, member ids and
+/// titles, limited to what the caller may read.
+#[utoipa::path(
+    get,
+    path = "/api/v1/directory",
+    tag = "org",
+    params(DirectoryQuery),
+    responses(
+        (status = 200, description = "What was found", body = DirectoryHits),
+        (status = 400, description = "An empty or too long query, or a bad tenant", body = ErrorBody),
+        (status = 403, description = "Another tenant's directory", body = ErrorBody),
+    ),
+)]
+async fn search_directory(
+    State(state): State<ApiState>,
+    caller: OrgCaller,
+    query: Result<Query<DirectoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DirectoryHits>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    if q.q.is_empty() || q.q.len() > 64 {
+        return Err(ApiError::invalid("q: 1 to 64 bytes"));
+    }
+    let org = store(&state)?;
+    let tenant = match (&caller, q.tenant) {
+        (OrgCaller::User(u), t) => {
+            let own = ids::tenant_of(u).to_owned();
+            if t.is_some_and(|t| t != own) {
+                return Err(ApiError::tenant_mismatch("tenant"));
+            }
+            own
+        }
+        (
+            OrgCaller::Key {
+                tenant: Some(own), ..
+            },
+            t,
+        ) => {
+            if t.as_ref().is_some_and(|t| t != own) {
+                return Err(ApiError::tenant_mismatch("tenant"));
+            }
+            own.clone()
+        }
+        (OrgCaller::Key { tenant: None, .. }, t) => t.unwrap_or_default(),
+    };
+    if !tenant.is_empty() {
+        ids::check_tenant(&tenant)
+            .map_err(|_| ApiError::invalid("tenant: 1 to 32 of [a-z0-9-]"))?;
+    }
+    let needle = q.q.to_ascii_lowercase();
+    let matches = |s: &str| s.to_ascii_lowercase().contains(&needle);
+    let (o, t) = (org.clone(), tenant.clone());
+    let all = blocking(move || o.depts(&t)).await?;
+    // Which departments the caller reads: by the lineage of each, from the
+    // tenant's records in memory (no store read per department).
+    let by_id: std::collections::HashMap<&str, &DeptRecord> =
+        all.iter().map(|d| (d.dept_id.as_str(), d)).collect();
+    let lineage_of = |id: &str| {
+        let mut out: Vec<DeptRecord> = Vec::new();
+        let mut next = id;
+        while let Some(d) = by_id.get(next) {
+            out.push((*d).clone());
+            if d.parent.is_empty() || out.len() >= DEPTH_MAX {
+                break;
+            }
+            next = d.parent.as_str();
+        }
+        out
+    };
+    let visible = match &caller {
+        OrgCaller::User(u) => Some(Visible::of(&state, &org, u).await?),
+        OrgCaller::Key { .. } => None,
+    };
+    let readable: Vec<&DeptRecord> = all
+        .iter()
+        .filter(|d| {
+            let lineage = lineage_of(&d.dept_id);
+            match (&visible, &caller) {
+                (None, _) => true,
+                (Some(v), c) => v.sees(&lineage) || permit(c, &lineage, Reach::Contents).is_ok(),
+            }
+        })
+        .collect();
+    let mut hits = DirectoryHits {
+        departments: Vec::new(),
+        members: Vec::new(),
+        partial: false,
+    };
+    for d in &readable {
+        if matches(&d.name) || matches(&d.dept_id) {
+            hits.departments.push(Department::from((*d).clone()));
+        }
+    }
+    let mut budget = DIRECTORY_SCAN_MAX;
+    'depts: for d in &readable {
+        let mut after = String::new();
+        loop {
+            let take = budget.min(PAGE_MAX);
+            if take == 0 {
+                hits.partial = true;
+                break 'depts;
+            }
+            let (o, t, id, a) = (
+                org.clone(),
+                tenant.clone(),
+                d.dept_id.clone(),
+                after.clone(),
+            );
+            let page = blocking(move || o.dept_members(&t, &id, &a, take)).await?;
+            budget -= page.len();
+            let done = page.len() < take;
+            for m in page {
+                if matches(&m.user_id) || matches(&m.title) {
+                    if hits.members.len() >= HITS_MAX {
+                        hits.partial = true;
+                        break 'depts;
+                    }
+                    hits.members.push(DirectoryMember {
+                        dept_id: d.dept_id.clone(),
+                        user_id: m.user_id.clone(),
+                        title: m.title,
+                    });
+                }
+                after = m.user_id;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    if hits.departments.len() > HITS_MAX {
+        hits.departments.truncate(HITS_MAX);
+        hits.partial = true;
+    }
+    Ok(Json(hits))
 }
 
 /// A JSON answer that names its actor for the audit log.
