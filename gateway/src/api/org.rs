@@ -820,9 +820,9 @@ impl Visible {
     fn sees(&self, lineage: &[DeptRecord]) -> bool {
         match self {
             Self::Tenant => true,
-            Self::Organizations(roots) => lineage
-                .last()
-                .is_some_and(|r| roots.iter().any(|x| *x == r.dept_id)),
+            Self::Organizations(roots) => {
+                lineage.last().is_some_and(|r| roots.contains(&r.dept_id))
+            }
             Self::Departments(mine) => lineage.iter().any(|d| mine.contains(&d.dept_id)),
         }
     }
