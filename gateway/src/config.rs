@@ -2187,6 +2187,33 @@ pub struct WebhookSettings {
     /// PEM roots that `https://` webhook URLs are verified against (a
     /// private CA), instead of the system's. Default none: system roots.
     pub ca_file: Option<PathBuf>,
+    /// Event receivers of their own for tenants (docs/tenants.md): a
+    /// tenant's events go to its URL, signed with its secret, and never to
+    /// `events_url`. Default none.
+    pub tenant_events: Vec<TenantEvents>,
+}
+
+/// One tenant's event receiver.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantEvents {
+    /// The tenant.
+    pub tenant: String,
+    /// Where its events are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// The HMAC-SHA256 key its events are signed with (its own: a shared
+    /// one would let one tenant sign events for another's receiver).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for TenantEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantEvents")
+            .field("tenant", &self.tenant)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What a failed before-send call means for the sends it covered.
@@ -2217,6 +2244,7 @@ impl Default for WebhookSettings {
             events_retry_max_ms: 30_000,
             events_shutdown_grace_ms: 2_000,
             ca_file: None,
+            tenant_events: Vec::new(),
         }
     }
 }
@@ -2225,6 +2253,26 @@ impl WebhookSettings {
     /// Checks URLs, the secret and ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tenant_events {
+            let ok_url = (t.url.starts_with("http://") || t.url.starts_with("https://"))
+                && t.url
+                    .parse::<hyper::Uri>()
+                    .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+            if tern_protocol::ids::check_tenant(&t.tenant).is_err()
+                || !seen.insert(t.tenant.as_str())
+                || !ok_url
+                || t.secret.len() < 16
+            {
+                return invalid(
+                    "webhooks.tenant_events",
+                    format!(
+                        "tenant {:?}: a tenant id (each once), an http(s) URL with a host and a secret of 16+ bytes",
+                        t.tenant
+                    ),
+                );
+            }
+        }
         for (name, url) in [
             ("webhooks.before_send_url", &self.before_send_url),
             ("webhooks.events_url", &self.events_url),

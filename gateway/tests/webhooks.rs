@@ -1122,3 +1122,66 @@ fn room_posts_pass_before_send_and_become_events() {
         .collect();
     assert_eq!(deleted, [json!({"room_id": "lobby"})]);
 }
+
+/// `tenant_events`: a tenant's events (messages, presence) go to its own
+/// receiver signed with its own secret, and never to `events_url`, whose
+/// receiver keeps getting everyone else's.
+#[test]
+fn a_tenants_events_go_to_its_own_receiver() {
+    const ACME_SECRET: &str = "acme-hook-secret-0123";
+    let rx = Receiver::start(Mode::Ok);
+    let acme_rx = Receiver::start(Mode::Ok);
+    let gw = gateway(|c| {
+        c.webhooks.events_url = rx.url();
+        c.webhooks.tenant_events = vec![tern_gateway::config::TenantEvents {
+            tenant: "acme".into(),
+            url: acme_rx.url(),
+            secret: ACME_SECRET.into(),
+        }];
+    });
+    let (mut a, _) = Client::login(gw.tcp, "acme~a", "phone");
+    let (mut b, _) = Client::login(gw.tcp, "acme~b", "phone");
+    let ack = a.send_text("acme~b", "t1", "acme only");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    b.wait_push(|f| delivered_text(f).is_some());
+    let (mut alice, _) = Client::login(gw.tcp, "alice", "phone");
+    let (mut bob, _) = Client::login(gw.tcp, "bob", "phone");
+    let ack = alice.send_text("bob", "t2", "default tenant");
+    assert!(matches!(ack.body, Some(Body::SendAck(_))), "{ack:?}");
+    bob.wait_push(|f| delivered_text(f).is_some());
+
+    let text_is = |t: &'static str| move |e: &Value| e["data"]["content"]["text"] == t;
+    let got = acme_rx.wait_for("acme's message", |r| has_event(r, text_is("acme only")));
+    let default = rx.wait_for("the default tenant's message", |r| {
+        has_event(r, text_is("default tenant"))
+    });
+    // Signed with acme's own secret.
+    for r in &got {
+        let ts = &r.headers["x-tern-timestamp"];
+        let mut signed = format!("{ts}.").into_bytes();
+        signed.extend_from_slice(&r.body);
+        let mut mac = Hmac::<Sha256>::new_from_slice(ACME_SECRET.as_bytes()).unwrap();
+        mac.update(&signed);
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(r.headers["x-tern-signature"], format!("sha256={hex}"));
+    }
+    // Nothing of acme's reached the default receiver, nothing else acme's.
+    for e in all_events(&default) {
+        assert!(
+            !e.to_string().contains("acme~"),
+            "acme's event on events_url: {e}"
+        );
+    }
+    for e in all_events(&acme_rx.requests()) {
+        let s = e["data"].to_string();
+        assert!(s.contains("acme~"), "another tenant's event at acme's: {e}");
+    }
+    acme_rx.wait_for("acme's presence", |r| {
+        has_event(r, |e| e["type"] == "user.online")
+    });
+}

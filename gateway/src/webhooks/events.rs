@@ -326,12 +326,22 @@ pub struct EventFeed {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Where a POST goes and how it is signed.
+#[derive(Debug)]
+struct Target {
+    url: hyper::Uri,
+    signer: Signer,
+}
+
 /// What every delivery task shares.
 #[derive(Debug)]
 struct Ctx {
     client: HttpClient,
-    url: hyper::Uri,
-    signer: Signer,
+    /// `events_url`'s receiver, for the events of tenants without their own
+    /// (`None`: those are dropped and counted).
+    default: Option<Arc<Target>>,
+    /// `tenant_events`: the receivers of tenants with their own.
+    tenants: Vec<(String, Arc<Target>)>,
     timeout: Duration,
     attempts_max: u32,
     retry_initial: Duration,
@@ -349,13 +359,29 @@ impl EventFeed {
         node_id: &str,
         metrics: Arc<WebhookMetrics>,
     ) -> std::io::Result<Option<Self>> {
-        if cfg.events_url.is_empty() {
+        if cfg.events_url.is_empty() && cfg.tenant_events.is_empty() {
             return Ok(None);
         }
-        let url: hyper::Uri = cfg
-            .events_url
-            .parse()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let parse = |url: &str| {
+            url.parse::<hyper::Uri>()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let default = if cfg.events_url.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Target {
+                url: parse(&cfg.events_url)?,
+                signer: Signer::new(&cfg.secret),
+            }))
+        };
+        let mut tenants = Vec::with_capacity(cfg.tenant_events.len());
+        for t in &cfg.tenant_events {
+            let target = Target {
+                url: parse(&t.url)?,
+                signer: Signer::new(&t.secret),
+            };
+            tenants.push((t.tenant.clone(), Arc::new(target)));
+        }
         let tls = super::tls_config(cfg)?;
         let (tx, rx) = mpsc::channel(cfg.events_queue_max);
         let (stop, stop_rx) = watch::channel(false);
@@ -368,7 +394,7 @@ impl EventFeed {
         // Unique across restarts of this node: the start time.
         let prefix = format!("{node_id}.{}", super::unix_s());
         let settings = (
-            Signer::new(&cfg.secret),
+            (default, tenants),
             Duration::from_millis(cfg.events_timeout_ms),
             cfg.events_attempts_max,
             Duration::from_millis(cfg.events_retry_initial_ms),
@@ -378,12 +404,13 @@ impl EventFeed {
         let thread = std::thread::Builder::new()
             .name("tern-webhooks".into())
             .spawn(move || {
-                let (signer, timeout, attempts_max, retry_initial, retry_max) = settings;
+                let ((default, tenants), timeout, attempts_max, retry_initial, retry_max) =
+                    settings;
                 rt.block_on(async move {
                     let ctx = Arc::new(Ctx {
                         client: super::client(tls),
-                        url,
-                        signer,
+                        default,
+                        tenants,
                         timeout,
                         attempts_max,
                         retry_initial,
@@ -504,41 +531,55 @@ impl Feed {
             .metrics
             .events_queue_depth
             .store(self.rx.len() as i64, Relaxed);
-        self.next += 1;
-        let post_id = format!("{}.{}", self.prefix, self.next);
-        let events: Vec<Value> = batch
-            .into_iter()
-            .enumerate()
-            .map(|(k, e)| {
-                json!({
-                    "id": format!("{post_id}.{k}"),
-                    "type": e.kind,
-                    "time_ms": e.time_ms,
-                    "data": e.data,
+        // One POST per receiver: a tenant with its own gets only its events.
+        let mut by_target: Vec<(Arc<Target>, Vec<Event>)> = Vec::new();
+        for e in batch {
+            let Some(target) = self.ctx.target_of(&e) else {
+                self.ctx.metrics.events_dropped.fetch_add(1, Relaxed);
+                continue;
+            };
+            match by_target.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
+                Some((_, events)) => events.push(e),
+                None => by_target.push((target, vec![e])),
+            }
+        }
+        for (target, batch) in by_target {
+            self.next += 1;
+            let post_id = format!("{}.{}", self.prefix, self.next);
+            let events: Vec<Value> = batch
+                .into_iter()
+                .enumerate()
+                .map(|(k, e)| {
+                    json!({
+                        "id": format!("{post_id}.{k}"),
+                        "type": e.kind,
+                        "time_ms": e.time_ms,
+                        "data": e.data,
+                    })
                 })
-            })
-            .collect();
-        let count = events.len() as u64;
-        let body =
-            Bytes::from(serde_json::to_vec(&json!({ "events": events })).unwrap_or_default());
-        self.ctx.outstanding.fetch_add(count, Relaxed);
-        self.posts
-            .spawn(deliver(self.ctx.clone(), post_id, body, count));
+                .collect();
+            let count = events.len() as u64;
+            let body =
+                Bytes::from(serde_json::to_vec(&json!({ "events": events })).unwrap_or_default());
+            self.ctx.outstanding.fetch_add(count, Relaxed);
+            self.posts
+                .spawn(deliver(self.ctx.clone(), target, post_id, body, count));
+        }
     }
 }
 
 /// Delivers one POST: attempts until a 2xx or `attempts_max`, each signed
 /// afresh (new timestamp, same id), with doubling waits and jitter between.
-async fn deliver(ctx: Arc<Ctx>, id: String, body: Bytes, count: u64) {
+async fn deliver(ctx: Arc<Ctx>, target: Arc<Target>, id: String, body: Bytes, count: u64) {
     let m = &ctx.metrics;
     let mut wait = ctx.retry_initial;
     for attempt in 1..=ctx.attempts_max {
-        let headers = ctx.signer.headers(&id, super::unix_s(), &body);
+        let headers = target.signer.headers(&id, super::unix_s(), &body);
         let outcome = tokio::time::timeout(
             ctx.timeout,
             super::post(
                 &ctx.client,
-                &ctx.url,
+                &target.url,
                 &headers,
                 body.clone(),
                 ANSWER_BYTES_MAX,
@@ -560,6 +601,45 @@ async fn deliver(ctx: Arc<Ctx>, id: String, body: Bytes, count: u64) {
     }
     m.events_failed.fetch_add(count, Relaxed);
     ctx.outstanding.fetch_sub(count, Relaxed);
+}
+
+impl Ctx {
+    /// The receiver of `e`: its tenant's own, else `events_url`'s.
+    fn target_of(&self, e: &Event) -> Option<Arc<Target>> {
+        if !self.tenants.is_empty() {
+            let tenant = tenant_of_event(&e.data);
+            if let Some((_, t)) = self.tenants.iter().find(|(t, _)| *t == tenant) {
+                return Some(t.clone());
+            }
+        }
+        self.default.clone()
+    }
+}
+
+/// The tenant an event is about: that of the first id it names (a
+/// conversation's first user, a room, a group or a user; docs/tenants.md).
+/// Nothing crosses tenants, so any of them gives the same answer (a
+/// federated 1:1 conversation counts as its first user's tenant's).
+fn tenant_of_event(data: &Value) -> String {
+    for field in [
+        "conversation_id",
+        "room_id",
+        "group_id",
+        "user_id",
+        "user",
+        "from",
+        "sender",
+    ] {
+        if let Some(id) = data.get(field).and_then(Value::as_str) {
+            let id = match id.split_once(':') {
+                // `d:<a>:<b>`, `g:<group>`, `r:<room>`: the first id.
+                Some((kind, rest)) if kind.len() == 1 => rest.split(':').next().unwrap_or_default(),
+                _ => id,
+            };
+            return tern_protocol::ids::tenant_of(id).to_owned();
+        }
+    }
+    String::new()
 }
 
 /// A wait between `d / 2` and `d`, so retries of many POSTs spread out.
