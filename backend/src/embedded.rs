@@ -313,6 +313,8 @@ struct Keyspaces {
     user_dept: SingleWriterTxKeyspace,
     /// `tenant \0 user` → empty: a held seat; `tenant \0` → count_be.
     seat: SingleWriterTxKeyspace,
+    /// `tenant \0` → bytes_be: a tenant's stored media, as counted.
+    storage: SingleWriterTxKeyspace,
 }
 
 impl EmbeddedStore {
@@ -362,6 +364,7 @@ impl EmbeddedStore {
             dept_member: open("dept_member")?,
             user_dept: open("user_dept")?,
             seat: open("seat")?,
+            storage: open("storage")?,
         };
         let disk = DiskReserve {
             dir: dir.to_path_buf(),
@@ -1689,6 +1692,48 @@ impl OrgStore for EmbeddedStore {
         );
         self.commit(tx)?;
         Ok(true)
+    }
+
+    fn charge_storage(&self, tenant: &str, bytes: u64, max: u64) -> StoreResult<bool> {
+        let key = prefix(tenant);
+        let mut tx = self.write_tx();
+        let used = match tx.get(&self.ks.storage, &key).map_err(backend)? {
+            Some(v) => be_u64(&v)?,
+            None => 0,
+        };
+        let Some(after) = used.checked_add(bytes).filter(|&a| a <= max) else {
+            return Ok(false);
+        };
+        tx.insert(&self.ks.storage, key, after.to_be_bytes().to_vec());
+        self.commit(tx)?;
+        Ok(true)
+    }
+
+    fn refund_storage(&self, tenant: &str, bytes: u64) -> StoreResult<()> {
+        let key = prefix(tenant);
+        let mut tx = self.write_tx();
+        let used = match tx.get(&self.ks.storage, &key).map_err(backend)? {
+            Some(v) => be_u64(&v)?,
+            None => 0,
+        };
+        tx.insert(
+            &self.ks.storage,
+            key,
+            used.saturating_sub(bytes).to_be_bytes().to_vec(),
+        );
+        self.commit(tx)
+    }
+
+    fn storage_used(&self, tenant: &str) -> StoreResult<u64> {
+        match self
+            .db
+            .read_tx()
+            .get(&self.ks.storage, prefix(tenant))
+            .map_err(backend)?
+        {
+            Some(v) => be_u64(&v),
+            None => Ok(0),
+        }
     }
 
     fn seats(&self, tenant: &str) -> StoreResult<u64> {

@@ -2178,6 +2178,20 @@ const SEAT_TAKE: &str = "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then 
      redis.call('SADD', KEYS[1], ARGV[1]) \
      return 1";
 
+/// Adds `ARGV[1]` to the counter `KEYS[1]` unless it would pass `ARGV[2]`;
+/// answers 1 (added) or 0.
+const STORAGE_CHARGE: &str = "local u = tonumber(redis.call('GET', KEYS[1]) or '0') \
+     if u + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end \
+     redis.call('INCRBY', KEYS[1], ARGV[1]) \
+     return 1";
+
+/// Takes `ARGV[1]` off the counter `KEYS[1]`, not below 0.
+const STORAGE_REFUND: &str = "local u = tonumber(redis.call('GET', KEYS[1]) or '0') \
+     local left = u - tonumber(ARGV[1]) \
+     if left < 0 then left = 0 end \
+     redis.call('SET', KEYS[1], left) \
+     return left";
+
 /// Attempts of a department delete that races with new members.
 const DEPT_DELETE_ATTEMPTS_MAX: usize = 8;
 
@@ -2376,6 +2390,31 @@ impl OrgStore for RedisStore {
         let mut c = redis::cmd("SREM");
         c.arg(&k).arg(user);
         Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn charge_storage(&self, tenant: &str, bytes: u64, max: u64) -> StoreResult<bool> {
+        let k = keys::storage(tenant).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("EVAL");
+        c.arg(STORAGE_CHARGE).arg(1).arg(&k).arg(bytes).arg(max);
+        Ok(as_u64(&self.one(c)?)? == 1)
+    }
+
+    fn refund_storage(&self, tenant: &str, bytes: u64) -> StoreResult<()> {
+        let k = keys::storage(tenant).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("EVAL");
+        c.arg(STORAGE_REFUND).arg(1).arg(&k).arg(bytes);
+        self.one(c)?;
+        Ok(())
+    }
+
+    fn storage_used(&self, tenant: &str) -> StoreResult<u64> {
+        let k = keys::storage(tenant).map_err(RedisStoreError::from)?;
+        let mut c = redis::cmd("GET");
+        c.arg(&k);
+        match self.one(c)? {
+            Value::Nil => Ok(0),
+            v => Ok(as_u64(&v)?),
+        }
     }
 
     fn seats(&self, tenant: &str) -> StoreResult<u64> {

@@ -800,6 +800,17 @@ pub trait OrgStore: Send + Sync + std::fmt::Debug {
 
     /// Seats of `tenant` held now.
     fn seats(&self, tenant: &str) -> StoreResult<u64>;
+
+    /// Counts `bytes` more of `tenant`'s stored media, durably, if that
+    /// keeps it at most `max`; `false`, and nothing counted, if not.
+    /// Atomic: uploads racing for the last bytes fit once.
+    fn charge_storage(&self, tenant: &str, bytes: u64, max: u64) -> StoreResult<bool>;
+
+    /// Counts `bytes` fewer (an upload that failed after its charge).
+    fn refund_storage(&self, tenant: &str, bytes: u64) -> StoreResult<()>;
+
+    /// `tenant`'s stored media bytes as counted.
+    fn storage_used(&self, tenant: &str) -> StoreResult<u64>;
 }
 
 /// A department (an organization when it has no parent).

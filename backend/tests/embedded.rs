@@ -312,6 +312,12 @@ mod audit;
 mod org;
 
 #[test]
+fn storage_is_charged_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    org::storage_is_charged_up_to_the_limit(&EmbeddedStore::open(dir.path()).unwrap());
+}
+
+#[test]
 fn seats_are_taken_up_to_the_limit_and_freed() {
     let dir = tempfile::tempdir().unwrap();
     org::seats_are_taken_up_to_the_limit_and_freed(&EmbeddedStore::open(dir.path()).unwrap());

@@ -613,6 +613,12 @@ mod audit;
 mod org;
 
 #[test]
+fn storage_is_charged_up_to_the_limit() {
+    let server = RedisServer::start(ServerOptions::DURABLE);
+    org::storage_is_charged_up_to_the_limit(&open(&server));
+}
+
+#[test]
 fn seats_are_taken_up_to_the_limit_and_freed() {
     let server = RedisServer::start(ServerOptions::DURABLE);
     org::seats_are_taken_up_to_the_limit_and_freed(&open(&server));

@@ -293,6 +293,10 @@ pub struct ChatSettings {
     /// all are taken is kicked `TENANT_FULL` (docs/tenants.md, "Limits").
     /// Default none.
     pub tenant_users_max: Vec<String>,
+    /// Media bytes each named tenant may store, `"acme:10737418240"`: an
+    /// upload that would pass it is refused `507 TENANT_STORAGE_FULL`
+    /// (docs/tenants.md, "Limits"). Default none.
+    pub tenant_storage_bytes_max: Vec<String>,
 }
 
 impl ChatSettings {
@@ -305,6 +309,11 @@ impl ChatSettings {
     /// `tenant_users_max` parsed, as [`ChatSettings::tenant_rates`].
     pub fn tenant_seats(&self) -> Result<Vec<(String, u64)>, String> {
         per_tenant(&self.tenant_users_max, "users")
+    }
+
+    /// `tenant_storage_bytes_max` parsed, as [`ChatSettings::tenant_rates`].
+    pub fn tenant_storage(&self) -> Result<Vec<(String, u64)>, String> {
+        per_tenant(&self.tenant_storage_bytes_max, "bytes")
     }
 }
 
@@ -342,6 +351,8 @@ impl ChatSettings {
             .map_err(|why| ("chat.tenant_messages_per_second", why))?;
         self.tenant_seats()
             .map_err(|why| ("chat.tenant_users_max", why))?;
+        self.tenant_storage()
+            .map_err(|why| ("chat.tenant_storage_bytes_max", why))?;
         Ok(())
     }
 }
@@ -357,6 +368,7 @@ impl Default for ChatSettings {
             tenant_federation: Vec::new(),
             tenant_messages_per_second: Vec::new(),
             tenant_users_max: Vec::new(),
+            tenant_storage_bytes_max: Vec::new(),
         }
     }
 }

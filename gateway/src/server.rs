@@ -366,6 +366,11 @@ impl Server {
                             cfg.chat.tenant_federation.iter().map(String::as_str),
                         )
                         .unwrap_or_default(),
+                    )
+                    .with_tenant_storage(
+                        service.org_store(),
+                        // Checked by `Config::validate`.
+                        cfg.chat.tenant_storage().unwrap_or_default(),
                     ),
                 );
                 let api = crate::api::ApiState {

@@ -739,3 +739,37 @@ fn tenant_seats_hold_on_redis() {
         c.backend.redis_urls = vec![url.clone()];
     });
 }
+
+/// `[chat] tenant_storage_bytes_max = ["acme:20"]`: acme's uploads stop at
+/// 20 bytes together (507 `TENANT_STORAGE_FULL`, nothing stored), another
+/// tenant's do not.
+#[test]
+fn a_tenants_media_stops_at_its_storage_limit() {
+    let gw = Gateway::start_with(Driver::Epoll, |c| {
+        keys(c);
+        c.chat.tenant_storage_bytes_max = vec!["acme:20".into()];
+    });
+    let upload = |user: &str| {
+        let auth = format!("Bearer {}", Gateway::token(user));
+        let (s, _, answer) = gw.http(
+            "POST",
+            "/api/v1/media?kind=file",
+            &[("Authorization", &auth), ("Content-Type", "text/plain")],
+            b"eleven byte",
+        );
+        (
+            s,
+            serde_json::from_slice::<Value>(&answer).unwrap_or(Value::Null),
+        )
+    };
+    assert_eq!(upload("acme~a").0, 201);
+    let (s, body) = upload("acme~b");
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (507, Some("TENANT_STORAGE_FULL")),
+        "{body}"
+    );
+    for _ in 0..3 {
+        assert_eq!(upload("globex~a").0, 201);
+    }
+}

@@ -347,6 +347,12 @@ pub fn seats(tenant: &str) -> Result<String, KeyError> {
     Ok(format!("{{o:{tenant}}}:seats"))
 }
 
+/// `{o:<tenant>}:bytes`: the tenant's stored media bytes, as counted.
+pub fn storage(tenant: &str) -> Result<String, KeyError> {
+    org_tenant(tenant)?;
+    Ok(format!("{{o:{tenant}}}:bytes"))
+}
+
 fn org_tenant(tenant: &str) -> Result<(), KeyError> {
     if tenant.is_empty() {
         return Ok(());

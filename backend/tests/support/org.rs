@@ -136,3 +136,23 @@ pub fn seats_are_taken_up_to_the_limit_and_freed<S: tern_backend::Store + OrgSto
     assert!(!s.take_seat("acme", "acme~b", 2).unwrap());
     assert_eq!(s.seats("globex").unwrap(), 1);
 }
+
+/// Proves the media byte count of a tenant: a charge that would pass the
+/// limit counts nothing, a refund gives bytes back (never below 0), and
+/// tenants count apart.
+pub fn storage_is_charged_up_to_the_limit<S: OrgStore>(s: &S) {
+    assert_eq!(s.storage_used("acme").unwrap(), 0);
+    assert!(s.charge_storage("acme", 60, 100).unwrap());
+    assert!(
+        s.charge_storage("acme", 40, 100).unwrap(),
+        "exactly at the limit"
+    );
+    assert!(!s.charge_storage("acme", 1, 100).unwrap());
+    assert_eq!(s.storage_used("acme").unwrap(), 100);
+    assert!(s.charge_storage("globex", 100, 100).unwrap());
+    s.refund_storage("acme", 60).unwrap();
+    assert!(s.charge_storage("acme", 50, 100).unwrap());
+    s.refund_storage("acme", 1_000).unwrap();
+    assert_eq!(s.storage_used("acme").unwrap(), 0);
+    assert_eq!(s.storage_used("globex").unwrap(), 100);
+}

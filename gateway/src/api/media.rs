@@ -68,6 +68,17 @@ pub struct MediaService {
     /// Tenants whose users may read each other's media (through the
     /// messages that carry it; docs/tenants.md).
     pub federation: tern_backend::config::Federation,
+    /// Tenants' media byte limits and where their use is counted.
+    pub storage: Option<TenantStorage>,
+}
+
+/// `[chat] tenant_storage_bytes_max` and the counter behind it.
+#[derive(Debug, Clone)]
+pub struct TenantStorage {
+    /// The counts.
+    pub store: Arc<dyn tern_backend::store::OrgStore>,
+    /// `(tenant, bytes)`.
+    pub limits: Vec<(String, u64)>,
 }
 
 impl MediaService {
@@ -90,6 +101,7 @@ impl MediaService {
             verifier,
             keys: Keys::new(None),
             federation: Default::default(),
+            storage: None,
         })
     }
 
@@ -97,6 +109,19 @@ impl MediaService {
     /// media.
     pub fn with_federation(mut self, federation: tern_backend::config::Federation) -> Self {
         self.federation = federation;
+        self
+    }
+
+    /// Holds tenants to their media byte limits (none when `limits` is
+    /// empty).
+    pub fn with_tenant_storage(
+        mut self,
+        store: Option<Arc<dyn tern_backend::store::OrgStore>>,
+        limits: Vec<(String, u64)>,
+    ) -> Self {
+        self.storage = store
+            .filter(|_| !limits.is_empty())
+            .map(|store| TenantStorage { store, limits });
         self
     }
 
@@ -406,6 +431,9 @@ async fn receive(
         None
     };
 
+    // A tenant with a byte limit is charged before anything is stored, and
+    // refunded if the store then fails.
+    let charged = charge(svc, caller.tenant(), size).await?;
     let ring = svc.keys.load_full();
     let mut meta = Meta {
         media_id: media::new_id_in(caller.tenant()),
@@ -433,6 +461,9 @@ async fn receive(
         &mut stored,
     )
     .await;
+    if let (Err(_), Some((store, tenant))) = (&result, charged) {
+        let _ = tokio::task::spawn_blocking(move || store.refund_storage(&tenant, size)).await;
+    }
     if result.is_err() && !stored.is_empty() {
         let store = svc.store.clone();
         tokio::spawn(async move {
@@ -443,6 +474,34 @@ async fn receive(
     }
     result?;
     Ok(meta)
+}
+
+/// Counts `size` bytes against `tenant`'s limit, if it has one: the counter
+/// and tenant to refund on a later failure, or 507 `TENANT_STORAGE_FULL`.
+async fn charge(
+    svc: &MediaService,
+    tenant: &str,
+    size: u64,
+) -> Result<Option<(Arc<dyn tern_backend::store::OrgStore>, String)>, ApiError> {
+    let Some(s) = &svc.storage else {
+        return Ok(None);
+    };
+    let Some((_, max)) = s.limits.iter().find(|(t, _)| t == tenant) else {
+        return Ok(None);
+    };
+    let (store, t, max) = (s.store.clone(), tenant.to_owned(), *max);
+    let ok = tokio::task::spawn_blocking(move || store.charge_storage(&t, size, max))
+        .await
+        .map_err(|e| ApiError::internal(format!("storage task: {e}")))?
+        .map_err(|e| ApiError::internal(format!("storage count: {e}")))?;
+    if !ok {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "TENANT_STORAGE_FULL",
+            format!("your organization's media would pass its {max} bytes"),
+        ));
+    }
+    Ok(Some((s.store.clone(), tenant.to_owned())))
 }
 
 /// Stores the upload at `tmp`, its variants, and last its metadata, noting
