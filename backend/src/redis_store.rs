@@ -2230,38 +2230,12 @@ impl OrgStore for RedisStore {
         c.arg(&dv);
         p.add(c);
         let vals = self.with_conn(|conn| self.run(conn, &p))?;
-        let pairs = |v: &Value| -> Vec<(Vec<u8>, Vec<u8>)> {
-            match v {
-                Value::Array(items) => items
-                    .chunks(2)
-                    .filter_map(|kv| match kv {
-                        [Value::BulkString(k), Value::BulkString(v)] => {
-                            Some((k.clone(), v.clone()))
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-                Value::Map(items) => items
-                    .iter()
-                    .filter_map(|kv| match kv {
-                        (Value::BulkString(k), Value::BulkString(v)) => {
-                            Some((k.clone(), v.clone()))
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
-        let [records, versions] = vals.as_slice() else {
-            return Err(StoreError::Corrupt(
-                "departments: two replies expected".into(),
-            ));
-        };
+        let [records, versions] = <[Value; 2]>::try_from(vals)
+            .map_err(|_| StoreError::Corrupt("departments: two replies expected".into()))?;
         let versions: std::collections::HashMap<Vec<u8>, Vec<u8>> =
-            pairs(versions).into_iter().collect();
+            as_pairs(versions)?.into_iter().collect();
         let mut out = Vec::new();
-        for (id, bytes) in pairs(records) {
+        for (id, bytes) in as_pairs(records)? {
             let mut r = DeptRecord::decode(bytes.as_slice())
                 .map_err(|e| StoreError::Corrupt(format!("a department: {e}")))?;
             r.version = versions
@@ -2298,16 +2272,7 @@ impl OrgStore for RedisStore {
         for _ in 0..DEPT_DELETE_ATTEMPTS_MAX {
             let mut c = redis::cmd("HKEYS");
             c.arg(&m);
-            let users: Vec<String> = match self.one(c)? {
-                Value::Array(items) => items
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let users = as_strings(self.one(c)?)?;
             let mut c = redis::cmd("EVAL");
             c.arg(DEPT_DELETE)
                 .arg(3 + users.len())
@@ -2428,16 +2393,7 @@ impl OrgStore for RedisStore {
         let u = keys::org_user(tenant, user).map_err(RedisStoreError::from)?;
         let mut c = redis::cmd("SMEMBERS");
         c.arg(&u);
-        let mut out: Vec<String> = match self.one(c)? {
-            Value::Array(items) | Value::Set(items) => items
-                .iter()
-                .filter_map(|v| match v {
-                    Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let mut out = as_strings(self.one(c)?)?;
         out.sort_unstable();
         Ok(out)
     }
@@ -2761,6 +2717,23 @@ fn as_u64(v: &Value) -> Result<u64> {
             "expected a count, got {other:?}"
         ))),
     }
+}
+
+/// An `HGETALL` answer as (field, value) pairs.
+fn as_pairs(v: Value) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let Value::Array(items) = v else {
+        return Err(RedisStoreError::Reply(format!(
+            "expected an array, got {v:?}"
+        )));
+    };
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let (Some(k), Some(v)) = (opt_bytes(k)?, opt_bytes(v)?) {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
 }
 
 fn as_strings(v: Value) -> Result<Vec<String>> {

@@ -55,18 +55,15 @@ impl Claims {
     /// Claims for the Tern user id `user` (`<tenant>~<local>` becomes
     /// `tid` and `sub`), expiring at `exp`, issued now.
     pub fn for_user(user: &str, exp: u64) -> Self {
-        let (tid, sub) = match user.split_once(ids::TENANT_SEPARATOR) {
-            Some((t, local)) => (Some(t.to_owned()), local.to_owned()),
-            None => (None, user.to_owned()),
-        };
+        let tid = ids::tenant_of(user);
         Self {
-            sub,
+            sub: ids::local_of(user).to_owned(),
             exp,
             nbf: None,
             aud: None,
             iss: None,
             iat: Some(jsonwebtoken::get_current_timestamp()),
-            tid,
+            tid: (!tid.is_empty()).then(|| tid.to_owned()),
         }
     }
 }

@@ -961,7 +961,8 @@ fn send_blocking(tx: &mut Sender<ShardMsg>, mut msg: ShardMsg, stop: &AtomicBool
     }
 }
 
-fn unix_ms() -> u64 {
+/// The wall clock, ms since the epoch (0 before it).
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -2228,6 +2228,14 @@ impl std::fmt::Debug for TenantEvents {
     }
 }
 
+/// An `http://` or `https://` URL with a host (a webhook receiver's).
+fn is_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && url
+            .parse::<hyper::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
+}
+
 /// What a failed before-send call means for the sends it covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -2267,13 +2275,9 @@ impl WebhookSettings {
         let invalid = |name, why: String| Err(ConfigError::Invalid { name, why });
         let mut seen = std::collections::HashSet::new();
         for t in &self.tenant_events {
-            let ok_url = (t.url.starts_with("http://") || t.url.starts_with("https://"))
-                && t.url
-                    .parse::<hyper::Uri>()
-                    .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
             if tern_protocol::ids::check_tenant(&t.tenant).is_err()
                 || !seen.insert(t.tenant.as_str())
-                || !ok_url
+                || !is_http_url(&t.url)
                 || t.secret.len() < 16
             {
                 return invalid(
@@ -2292,11 +2296,7 @@ impl WebhookSettings {
             if url.is_empty() {
                 continue;
             }
-            let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && url
-                    .parse::<hyper::Uri>()
-                    .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
-            if !ok {
+            if !is_http_url(url) {
                 return invalid(
                     name,
                     format!("{url:?} is not an http:// or https:// URL with a host"),

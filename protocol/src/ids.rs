@@ -93,6 +93,12 @@ pub fn tenant_of(id: &str) -> &str {
     id.split_once(TENANT_SEPARATOR).map_or("", |(t, _)| t)
 }
 
+/// The part of an id after its tenant (the whole id in the default
+/// tenant).
+pub fn local_of(id: &str) -> &str {
+    id.split_once(TENANT_SEPARATOR).map_or(id, |(_, l)| l)
+}
+
 /// The id of `local` in `tenant` (`local` itself in the default tenant).
 pub fn qualify(tenant: &str, local: &str) -> String {
     if tenant.is_empty() {
@@ -231,6 +237,8 @@ mod tests {
         assert_eq!(check_id("a-1~b.c@d"), Ok(()));
         assert_eq!(tenant_of("acme~alice"), "acme");
         assert_eq!(tenant_of("alice"), "");
+        assert_eq!(local_of("acme~alice"), "alice");
+        assert_eq!(local_of("alice"), "alice");
         assert_eq!(qualify("acme", "alice"), "acme~alice");
         assert_eq!(qualify("", "alice"), "alice");
         for bad in ["~alice", "acme~", "Acme~alice", "a_b~c", "a~b~c", "a.b~c"] {

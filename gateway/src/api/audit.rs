@@ -87,7 +87,7 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
         if let Some(a) = response.extensions().get::<AuditActor>().cloned() {
             let record = AuditRecord {
                 seq: 0,
-                time_ms: now_ms(),
+                time_ms: crate::bridge::unix_ms(),
                 actor: a.actor,
                 level: a.level.into(),
                 action: format!("{method} {route}"),
@@ -121,7 +121,7 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
     let tenant = key_tenant.or(path_tenant).unwrap_or_default();
     let record = AuditRecord {
         seq: 0,
-        time_ms: now_ms(),
+        time_ms: crate::bridge::unix_ms(),
         actor: format!("key:{key}"),
         level: level.into(),
         action: format!("{method} {route}"),
@@ -158,12 +158,6 @@ fn tenant_of_path(params: &RawPathParams) -> Option<String> {
             None
         }
     })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Which page of which log.
@@ -253,10 +247,7 @@ async fn read_audit(
     let limit = page.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
     let before = page.before_seq.unwrap_or(0);
     let t = tenant.clone();
-    let records = tokio::task::spawn_blocking(move || audit.log.audit_page(&t, before, limit))
-        .await
-        .map_err(|e| ApiError::internal(format!("audit reader: {e}")))?
-        .map_err(|e| ApiError::internal(format!("audit log: {e}")))?;
+    let records = super::blocking(move || audit.log.audit_page(&t, before, limit)).await?;
     let next_before_seq = records.last().map(|r| r.seq).filter(|&s| s > 1);
     Ok(Json(AuditLogPage {
         tenant,

@@ -490,10 +490,7 @@ async fn charge(
         return Ok(None);
     };
     let (store, t, max) = (s.store.clone(), tenant.to_owned(), *max);
-    let ok = tokio::task::spawn_blocking(move || store.charge_storage(&t, size, max))
-        .await
-        .map_err(|e| ApiError::internal(format!("storage task: {e}")))?
-        .map_err(|e| ApiError::internal(format!("storage count: {e}")))?;
+    let ok = super::blocking(move || store.charge_storage(&t, size, max)).await?;
     if !ok {
         return Err(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,

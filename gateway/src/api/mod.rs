@@ -107,6 +107,17 @@ pub fn routes(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
+/// Runs a store call of the edge (audit log, departments, seats, storage
+/// counts) off the HTTP runtime's threads; a failure is a 500.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> tern_backend::store::StoreResult<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("store task: {e}")))?
+        .map_err(|e| ApiError::internal(format!("store: {e}")))
+}
+
 /// The API under `/api/v1` plus `/api/openapi.json` (served without a
 /// key: it holds no data).
 pub fn router(state: ApiState) -> Router {

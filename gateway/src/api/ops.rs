@@ -221,9 +221,7 @@ impl ApiOps {
     /// (`system_users` are local names: `acme~system` is tenant `acme`'s
     /// `system`, docs/tenants.md.)
     pub fn is_system(&self, user: &str) -> bool {
-        let local = user
-            .split_once(tern_protocol::ids::TENANT_SEPARATOR)
-            .map_or(user, |(_, l)| l);
+        let local = tern_protocol::ids::local_of(user);
         self.settings
             .system_users
             .iter()

@@ -40,7 +40,7 @@ use tern_protocol::{
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiError, ApiState, Authorized, Scope, audit::AuditActor, error::ErrorBody};
+use super::{ApiError, ApiState, Authorized, Scope, audit::AuditActor, blocking, error::ErrorBody};
 
 /// Deepest department (an organization is depth 1): every walk up the tree
 /// is bounded by it.
@@ -147,16 +147,6 @@ fn store(state: &ApiState) -> Result<Arc<dyn OrgStore>, ApiError> {
             "this server keeps no departments",
         )
     })
-}
-
-/// Runs a store call off the HTTP runtime's threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> tern_backend::store::StoreResult<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("department task: {e}")))?
-        .map_err(|e| ApiError::internal(format!("departments: {e}")))
 }
 
 /// `dept` and its ancestors, nearest first (at most [`DEPTH_MAX`]); 404
@@ -408,7 +398,7 @@ async fn create_department(
             String::new()
         },
         version: 0,
-        created_ms: now_ms(),
+        created_ms: crate::bridge::unix_ms(),
     };
     let (o, t, r) = (org.clone(), tenant.clone(), record.clone());
     if !blocking(move || o.put_dept(&t, &r, 0)).await? {
@@ -1009,10 +999,4 @@ fn answer<T: Serialize>(status: StatusCode, body: T, actor: AuditActor) -> Respo
     let mut r = (status, Json(body)).into_response();
     r.extensions_mut().insert(actor);
     r
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

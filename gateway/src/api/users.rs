@@ -506,10 +506,7 @@ async fn free_seat(
         )
     })?;
     let user = user_id.clone();
-    let freed = tokio::task::spawn_blocking(move || org.free_seat(&tenant, &user))
-        .await
-        .map_err(|e| ApiError::internal(format!("seat task: {e}")))?
-        .map_err(|e| ApiError::internal(format!("seats: {e}")))?;
+    let freed = super::blocking(move || org.free_seat(&tenant, &user)).await?;
     if !freed {
         return Err(ApiError::not_found(format!("{user_id:?} holds no seat")));
     }

@@ -146,12 +146,6 @@ pub fn new_id_in(tenant: &str) -> String {
     tern_protocol::ids::qualify(tenant, &new_id())
 }
 
-/// `id` without its tenant prefix (if any).
-fn local_of(id: &str) -> &str {
-    id.split_once(tern_protocol::ids::TENANT_SEPARATOR)
-        .map_or(id, |(_, local)| local)
-}
-
 /// True for a string that can be a media id (what [`new_id_in`] makes, with
 /// a variant suffix): anything else is refused before touching the disk.
 pub fn is_id(s: &str) -> bool {
@@ -161,7 +155,10 @@ pub fn is_id(s: &str) -> bool {
         return false;
     }
     // Bytes, not `str` slicing: the 26th byte may fall inside a character.
-    let Some((base, suffix)) = local_of(s).as_bytes().split_at_checked(26) else {
+    let Some((base, suffix)) = tern_protocol::ids::local_of(s)
+        .as_bytes()
+        .split_at_checked(26)
+    else {
         return false;
     };
     base.iter()
@@ -182,7 +179,7 @@ pub const COMPRESSED_SUFFIX: &str = "_c";
 /// The media id a variant id belongs to (itself for an original). `id`
 /// must have passed [`is_id`].
 pub fn parent_of(id: &str) -> &str {
-    let prefix = id.len() - local_of(id).len();
+    let prefix = id.len() - tern_protocol::ids::local_of(id).len();
     &id[..id.len().min(prefix + 26)]
 }
 
@@ -190,7 +187,7 @@ pub fn parent_of(id: &str) -> &str {
 /// part's first two, past any tenant prefix). `id` must have passed
 /// [`is_id`].
 pub fn spread_of(id: &str) -> &str {
-    &local_of(id)[..2]
+    &tern_protocol::ids::local_of(id)[..2]
 }
 
 #[cfg(test)]

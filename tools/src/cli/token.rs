@@ -83,16 +83,13 @@ pub fn mint_hs256(
     tern_protocol::ids::check_id(user)
         .map_err(|e| ClientError::Usage(format!("user id {user:?}: {e}")))?;
     // A tenant's user is `<tenant>~<local>`: the tenant goes in `tid`.
-    let (tid, sub) = match user.split_once(tern_protocol::ids::TENANT_SEPARATOR) {
-        Some((t, local)) => (Some(t), local),
-        None => (None, user),
-    };
+    let tid = tern_protocol::ids::tenant_of(user);
     let claims = Claims {
-        sub,
+        sub: tern_protocol::ids::local_of(user),
         exp: jsonwebtoken::get_current_timestamp().saturating_add(ttl_secs),
         aud: audience,
         iat: jsonwebtoken::get_current_timestamp(),
-        tid,
+        tid: (!tid.is_empty()).then_some(tid),
     };
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
