@@ -129,15 +129,19 @@ up() {
   # stops what was started.
   trap 'rc=$?; if [ "$rc" -ne 0 ]; then echo "local-cluster: up failed; stopping what started" >&2; KEEP=1 down >&2; fi' EXIT
 
-  local i p ports=() addrs=() dir
+  local i p bus ports=() addrs=() dir
   for i in 1 2 3; do
     alloc_port p
+    # The cluster bus port is allocated like the others (by default Redis
+    # takes port + 10000, which may be in the ephemeral range and taken by
+    # some outgoing connection: "bind: Address already in use").
+    alloc_port bus
     dir="$CLUSTER_DIR/redis$i"; mkdir -p "$dir"
     # Durable as the Redis store requires (AOF, fsync per write); noeviction
     # as docs/operations.md says; Redis Cluster mode.
     nohup redis-server --port "$p" --bind 127.0.0.1 --dir "$dir" --save '' \
       --appendonly yes --appendfsync always --maxmemory-policy noeviction \
-      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --cluster-enabled yes --cluster-port "$bus" --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
       </dev/null >"$dir/redis.log" 2>&1 &
     echo "redis $! $p" >>"$PIDS_FILE"
     ports+=("$p"); addrs+=("127.0.0.1:$p")
