@@ -124,6 +124,27 @@ fn redis_error_reply_fails_the_connection_with_its_reason() {
 }
 
 #[test]
+fn a_full_redis_is_a_counted_failure_for_the_connections_past_it() {
+    // Proves Redis's client bound has a reported outcome: with
+    // `--maxclients 5`, 8 connections get at most 5 live, and every other
+    // one fails with `peer_error:ERR max number of clients reached` (the
+    // error Redis writes before closing), none with anything else. (At most
+    // 5, not exactly: the harness's own start-up connection may not have
+    // been reaped by Redis yet when tern-load connects.)
+    let redis = RedisServer::start_with(ServerOptions::EPHEMERAL, &["--maxclients", "5"]);
+    let (code, r, err) = load(&redis, "idle", &["--conns", "8", "--hold", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let (established, failed) = (n(&r, "established"), n(&r, "failed"));
+    assert_eq!(established + failed, 8, "{r}");
+    assert!(established <= 5 && failed >= 3, "{r}");
+    assert_eq!(
+        r["fail_reasons"],
+        serde_json::json!({ "peer_error:ERR max number of clients reached": failed }),
+        "{r}"
+    );
+}
+
+#[test]
 fn redis_refuses_the_scenarios_peers_do_not_run() {
     // Proves chat (1:1 pairs) and room are refused with `--proto redis`
     // before anything connects: exit 2 and a message naming the choice.
