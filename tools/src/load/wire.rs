@@ -273,11 +273,14 @@ pub const RESP_ITEMS_MAX: usize = 16;
 /// arrays of scalars (pub/sub pushes are flat).
 pub const RESP_DEPTH_MAX: usize = 2;
 
-/// Writes one command as a RESP2 array of bulk strings.
+/// Writes one command as a RESP2 array of bulk strings. Writes the lengths
+/// straight into `out`: no allocation per PUBLISH.
 fn resp_command(args: &[&[u8]], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "*{}\r\n", args.len());
     for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        let _ = write!(out, "${}\r\n", a.len());
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
