@@ -113,6 +113,24 @@ start_redis() { # PORT: one redis-server with the durability the store requires
   wait_port 127.0.0.1 "$1"
 }
 
+# start_redis_pubsub PORT: a plain redis-server for pub/sub peer runs
+# (tern-load --proto redis): no RDB, no AOF — pub/sub stores nothing, so the
+# durable setup start_redis gives the store would only cost CPU. maxclients
+# 19000 (Redis's default is 10,000; it needs 32 more descriptors, within the
+# 20,000 a process may hold here): a larger group's extra members get
+# `-ERR max number of clients reached`, which tern-load reports as a
+# peer_error fail reason -> LAST_PID
+start_redis_pubsub() {
+  need_pkg redis-server redis-server
+  port_free "$1"
+  local dir
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/tern-redis-pubsub.XXXXXX")"; DIRS+=("$dir")
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --maxclients 19000 \
+    --dir "$dir" >"$OUT/redis-pubsub-$1.log" 2>&1 &
+  LAST_PID=$!; PIDS+=("$LAST_PID")
+  wait_port 127.0.0.1 "$1"
+}
+
 # machine line for the record
 machine() {
   echo "$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r), $(date -u +%Y-%m-%d)"

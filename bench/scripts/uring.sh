@@ -13,9 +13,9 @@
 # - chat:      1:1 chat, PAIRS pairs, CHAT_SECS per rate (CHAT_RATES):
 #              ack/deliver percentiles and gateway CPU per message.
 # - fanout:    one group at a moderate rate (FANOUT: G:RATE, default
-#              1000:50 10000:5) on both paths and on nats-server (NATS,
-#              same client, --proto nats): deliver p50/p99 and server CPU
-#              per delivery.
+#              1000:50 10000:5) on both paths, on nats-server and on
+#              Redis pub/sub (same client, --proto nats / --proto redis):
+#              deliver p50/p99 and server CPU per delivery.
 # CPU is utime + stime of the server process over the load run
 # (/proc/PID/stat), the load client excluded.
 source "$(dirname "$0")/lib.sh"
@@ -76,11 +76,13 @@ for sc in "${SCENARIOS[@]}"; do
     printf '%-9s %6s %5s %10s %12s %9s %9s %13s\n' server G rate delivered deliveries/s dlv_p50 dlv_p99 cpu_us/dlv
     for c in "${FANOUT[@]}"; do
       g=${c%%:*}; r=${c##*:}
-      for s in epoll uring nats; do
-        if [ "$s" = nats ]; then
+      for s in epoll uring nats redis; do
+        if [ "$s" = nats ] || [ "$s" = redis ]; then
           { [ -n "${TERN_PID:-}" ] && kill "$TERN_PID" 2>/dev/null && wait "$TERN_PID" 2>/dev/null; } || true
           TERN_PID=
-          start_nats 24222; pid=$LAST_PID; target=127.0.0.1:24222; proto=nats
+          # redis: pub/sub on a plain redis-server (no persistence), --proto redis
+          if [ "$s" = nats ]; then port=24222; start_nats "$port"; else port=24379; start_redis_pubsub "$port"; fi
+          pid=$LAST_PID; target=127.0.0.1:$port; proto=$s
         else
           fresh "$s"; pid=$TERN_PID; target=127.0.0.1:27400; proto=tern
         fi
@@ -88,7 +90,7 @@ for sc in "${SCENARIOS[@]}"; do
         "$LOAD" group --proto "$proto" --target "$target" --jwt-secret "$SECRET" --groups 1 --group-size "$g" \
           --rate "$r" --duration "$FAN_SECS" --ramp 10000 --json --quiet >"$OUT/uring-fan-$s-$g.json" || true
         c1=$(cpu_ms "$pid")
-        if [ "$s" = nats ]; then kill "$pid"; wait "$pid" 2>/dev/null || true; fi
+        if [ "$s" = nats ] || [ "$s" = redis ]; then kill "$pid"; wait "$pid" 2>/dev/null || true; fi
         jq -r '[.delivered, .deliveries_per_s, .deliver_p50_us, .deliver_p99_us] | @tsv' "$OUT/uring-fan-$s-$g.json" |
           awk -v s="$s" -v g="$g" -v r="$r" -v c=$(( c1 - c0 )) \
           '{printf "%-9s %6s %5s %10s %12.0f %9s %9s %13.2f\n", s, g, r, $1, $2, $3, $4, ($1 > 0 ? c * 1000 / $1 : 0)}'

@@ -1,7 +1,7 @@
 //! `tern-load`: the c1m load harness.
 //!
 //! A run is one scenario (`idle`, `chat`, `group`, `storm`, `mixed`) against
-//! one or more gateways (or, with `--proto mqtt|nats`, peer servers). The
+//! one or more gateways (or, with `--proto mqtt|nats|redis`, peer servers). The
 //! parent ([`run`]) plans it ([`spec`]), checks the machine's limits and
 //! refuses with the fix ([`limits`]), and spawns worker processes
 //! ([`worker`], one mio event loop each, ≤ 19,000 connections) that it paces
@@ -9,7 +9,8 @@
 //! with `--verify`, their operation log, which the parent merges
 //! ([`report`]) and judges ([`history`]). [`push`] reads pushed `Deliver`
 //! frames in place and writes `DeliverAck`s (the per-delivery hot path);
-//! [`wire`] is the minimal MQTT and NATS client side for side-by-side runs.
+//! [`wire`] is the minimal MQTT, NATS and Redis pub/sub client side for
+//! side-by-side runs.
 //!
 //! This module never talks to anything but the targets it is given, never
 //! retries a failed first connection (failures are results), and never

@@ -60,7 +60,7 @@ pub struct LoadArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
-    /// Protocol: tern, or mqtt / nats for peer runs.
+    /// Protocol: tern, or mqtt / nats / redis (pub/sub) for peer runs.
     #[arg(long, value_enum, default_value = "tern")]
     pub proto: Proto,
     /// Idle connections (idle, storm, mixed).
@@ -219,7 +219,7 @@ impl LoadArgs {
             bail!("the room scenario runs on Tern only (peers: use group)");
         }
         if self.proto != Proto::Tern && pairs > 0 {
-            bail!("peer protocols (--proto mqtt|nats) run idle, storm and group only");
+            bail!("peer protocols (--proto mqtt|nats|redis) run idle, storm and group only");
         }
         if self.proto == Proto::Tern && self.jwt_secret.is_empty() {
             bail!("--jwt-secret is required for Tern targets (the gateway's --jwt-secret)");

@@ -48,6 +48,8 @@ pub enum Proto {
     Mqtt,
     /// NATS text protocol (CONNECT, SUB, PUB, PING) — peer runs.
     Nats,
+    /// Redis pub/sub over RESP2 (PING, SUBSCRIBE, PUBLISH) — peer runs.
+    Redis,
 }
 
 /// The whole run, as the parent planned it. Every worker gets a copy.

@@ -877,6 +877,8 @@ impl<W: Write> Worker<W> {
                 wire::mqtt_connect(&format!("{user}.{device}"), ka as u16, &mut out);
             }
             Proto::Nats => wire::nats_connect(&user, &mut out),
+            // RESP2 has no handshake: the PING's `+PONG` makes it live.
+            Proto::Redis => wire::redis_ping(&mut out),
         }
         self.conns[i].wbuf = out;
     }
@@ -1096,11 +1098,11 @@ impl<W: Write> Worker<W> {
                     at += prefix + body_len;
                     self.on_tern_body(i, body, now)?;
                 }
-                Proto::Mqtt | Proto::Nats => {
-                    let d = if proto == Proto::Mqtt {
-                        wire::mqtt_decode(rest)
-                    } else {
-                        wire::nats_decode(rest)
+                Proto::Mqtt | Proto::Nats | Proto::Redis => {
+                    let d = match proto {
+                        Proto::Mqtt => wire::mqtt_decode(rest),
+                        Proto::Nats => wire::nats_decode(rest),
+                        _ => wire::redis_decode(rest),
                     };
                     match d {
                         Ok(Some((p, used))) => {
@@ -1442,6 +1444,7 @@ impl<W: Write> Worker<W> {
             Proto::Tern => frame(rid, Body::Ping(pb::Ping { nonce: rid }), out),
             Proto::Mqtt => wire::mqtt_ping(out),
             Proto::Nats => wire::nats_ping(out),
+            Proto::Redis => wire::redis_ping(out),
         });
     }
 
@@ -1948,7 +1951,9 @@ impl<W: Write> Worker<W> {
                     };
                     self.queue(i, now, |out| frame(rid, Body::GroupCreate(create), out));
                 }
-                Proto::Mqtt | Proto::Nats if member >= plan.group_senders && live => {
+                Proto::Mqtt | Proto::Nats | Proto::Redis
+                    if member >= plan.group_senders && live =>
+                {
                     let topic = peer_topic(plan.proto, &plan.group_id(group));
                     if let Some(d) = self.conns[i].dev.as_mut() {
                         d.sub_pending = true;
@@ -1956,6 +1961,7 @@ impl<W: Write> Worker<W> {
                     self.setup_open += 1;
                     self.queue(i, now, |out| match plan.proto {
                         Proto::Mqtt => wire::mqtt_subscribe(1, &topic, out),
+                        Proto::Redis => wire::redis_subscribe(&topic, out),
                         _ => wire::nats_subscribe(&topic, 1, out),
                     });
                 }
@@ -2011,7 +2017,11 @@ impl<W: Write> Worker<W> {
             PeerPacket::Pong if state == State::Handshaking => self.became_live(i, hb, now),
             PeerPacket::SubAck => self.sub_acked(i),
             PeerPacket::Pong => {
-                let sub = self.conns[i].dev.as_ref().is_some_and(|d| d.sub_pending);
+                // NATS confirms a SUB with the PONG of the PING after it;
+                // Redis confirms SUBSCRIBE itself and answers in order, so
+                // a heartbeat's pong there is only a pong.
+                let sub = self.plan().proto != Proto::Redis
+                    && self.conns[i].dev.as_ref().is_some_and(|d| d.sub_pending);
                 if sub {
                     self.sub_acked(i);
                 } else {
@@ -2149,12 +2159,13 @@ impl<W: Write> Worker<W> {
                 };
                 self.queue(i, now, |out| frame(rid, Body::Send(send), out));
             }
-            Proto::Mqtt | Proto::Nats => {
+            Proto::Mqtt | Proto::Nats | Proto::Redis => {
                 let target = match &to {
                     SendTo::User(u) | SendTo::Group(u) | SendTo::Room(u) => peer_topic(proto, u),
                 };
                 self.queue(i, now, |out| match proto {
                     Proto::Mqtt => wire::mqtt_publish(&target, &payload, out),
+                    Proto::Redis => wire::redis_publish(&target, &payload, out),
                     _ => wire::nats_publish(&target, &payload, out),
                 });
             }
@@ -2358,6 +2369,8 @@ impl<W: Write> Worker<W> {
     }
 }
 
+/// A group's topic on a peer: `tl/<id>` for MQTT, `tl.<id>` for a NATS
+/// subject or a Redis channel.
 fn peer_topic(proto: Proto, id: &str) -> String {
     match proto {
         Proto::Mqtt => format!("tl/{id}"),
