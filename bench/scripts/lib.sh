@@ -119,13 +119,15 @@ start_redis() { # PORT: one redis-server with the durability the store requires
 # 19000 (Redis's default is 10,000; it needs 32 more descriptors, within the
 # 20,000 a process may hold here): a larger group's extra members get
 # `-ERR max number of clients reached`, which tern-load reports as a
-# peer_error fail reason -> LAST_PID
+# peer_error fail reason. Protected mode off: it refuses clients from
+# 127.0.0.2.. (the source addresses tern-load rotates over in large runs);
+# the server listens on 127.0.0.1 only -> LAST_PID
 start_redis_pubsub() {
   need_pkg redis-server redis-server
   port_free "$1"
   local dir
   dir="$(mktemp -d "${TMPDIR:-/tmp}/tern-redis-pubsub.XXXXXX")"; DIRS+=("$dir")
-  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --maxclients 19000 \
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --maxclients 19000 --protected-mode no \
     --dir "$dir" >"$OUT/redis-pubsub-$1.log" 2>&1 &
   LAST_PID=$!; PIDS+=("$LAST_PID")
   wait_port 127.0.0.1 "$1"

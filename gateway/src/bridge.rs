@@ -287,6 +287,7 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
     let mut batch: Vec<BackendRequest> = Vec::with_capacity(w.batch_max);
     let mut next_tick = Instant::now();
     let mut next_recheck = Instant::now();
+    let mut next_collect = Instant::now();
     loop {
         // Users whose presence was on a dead node: a bounded chunk between
         // two batches, so chat traffic keeps flowing meanwhile.
@@ -338,6 +339,12 @@ pub fn run_worker(mut w: WorkerSetup, service: Arc<dyn ChatService>) {
                 .remote
                 .as_ref()
                 .is_some_and(|r| r.rechecks_pending() && Instant::now() >= next_recheck);
+            // Idle: what a burst freed goes back to the system.
+            if Instant::now() >= next_collect {
+                next_collect = Instant::now()
+                    + std::time::Duration::from_millis(crate::alloc::COLLECT_EVERY_MS);
+                crate::alloc::collect();
+            }
             w.bell.prepare_sleep();
             if w.inbox.iter().all(Receiver::is_empty)
                 && !w.stop.load(Ordering::Acquire)

@@ -19,6 +19,7 @@
 //! The gateway never blocks a shard thread: storage work happens on backend
 //! worker threads.
 
+pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod bridge;

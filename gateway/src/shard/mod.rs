@@ -675,12 +675,17 @@ fn finish(shard: &Rc<Shard>, key: u32, generation: u32, reason: CloseReason) {
 async fn tick_loop(shard: Rc<Shard>) {
     let mut due = Vec::new();
     let mut swept_ms = 0;
+    let mut collected_ms = 0;
     loop {
         monoio::time::sleep(Duration::from_millis(WHEEL_TICK_MS)).await;
         let now = shard.now_ms();
         if now.saturating_sub(swept_ms) >= LIMITS_SWEEP_MS {
             swept_ms = now;
             shard.limits.housekeep(shard.epoch.elapsed());
+        }
+        if now.saturating_sub(collected_ms) >= crate::alloc::COLLECT_EVERY_MS {
+            collected_ms = now;
+            crate::alloc::collect();
         }
         let suppressed = shard.auth_log.borrow_mut().take_expired(now);
         if suppressed > 0 {
