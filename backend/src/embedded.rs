@@ -60,9 +60,8 @@ use crate::store::{
     Annotation, Append, AppendEffect, AppendRefused, Appended, AuditLog, AuditRecord, BanRecord,
     CallSlot, ConvHead, Credentials, DeptMember, DeptRecord, FriendRecord, FriendRequestRecord,
     GroupChange, GroupConflict, GroupMeta, JoinRequestRecord, MemberRecord, OrgStore,
-    PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord,
-    SearchIndexWrite, SocialOp, Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv,
-    ViewChange,
+    PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord, SocialOp,
+    Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
 };
 
 /// Expired dedup records purged per append batch, at most. Twice a large
@@ -1430,18 +1429,20 @@ impl Store for EmbeddedStore {
         // and a write lost in a crash leaves the mark behind, so it is done
         // again (docs/backend.md, "Search").
         let mut tx = self.db.write_tx().durability(None);
-        search_index_tx(&mut tx, &self.ks, conversation, postings, upto_seq)?;
-        self.commit(tx)
-    }
-
-    /// One transaction (one commit, one journal write) for the whole turn:
-    /// with a thousand busy conversations the indexer made a thousand
-    /// commits per turn, a tenth of the gateway's CPU per 1:1 message
-    /// (docs/benchmarks.md, "1:1 throughput: step by step").
-    fn search_index_many(&self, writes: &[SearchIndexWrite]) -> StoreResult<()> {
-        let mut tx = self.db.write_tx().durability(None);
-        for w in writes {
-            search_index_tx(&mut tx, &self.ks, &w.conversation, &w.postings, w.upto_seq)?;
+        let mark = tx
+            .get(&self.ks.search_mark, conversation.as_bytes())
+            .map_err(backend)?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map_or(0, u64::from_be_bytes);
+        for (token, seq) in postings {
+            tx.insert(&self.ks.search, search_key(conversation, token, *seq), []);
+        }
+        if upto_seq > mark {
+            tx.insert(
+                &self.ks.search_mark,
+                conversation.as_bytes(),
+                upto_seq.to_be_bytes(),
+            );
         }
         self.commit(tx)
     }
@@ -1764,33 +1765,6 @@ impl OrgStore for EmbeddedStore {
 // ---------------------------------------------------------------------------
 // Appends inside one write transaction
 // ---------------------------------------------------------------------------
-
-/// `search_index`'s writes for one conversation, in `tx`: its postings, and
-/// its mark moved up to `upto_seq` (never down).
-fn search_index_tx(
-    tx: &mut SingleWriterWriteTx<'_>,
-    ks: &Keyspaces,
-    conversation: &str,
-    postings: &[(String, u64)],
-    upto_seq: u64,
-) -> StoreResult<()> {
-    let mark = tx
-        .get(&ks.search_mark, conversation.as_bytes())
-        .map_err(backend)?
-        .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
-        .map_or(0, u64::from_be_bytes);
-    for (token, seq) in postings {
-        tx.insert(&ks.search, search_key(conversation, token, *seq), []);
-    }
-    if upto_seq > mark {
-        tx.insert(
-            &ks.search_mark,
-            conversation.as_bytes(),
-            upto_seq.to_be_bytes(),
-        );
-    }
-    Ok(())
-}
 
 /// One item of `append_batch`. The conversation's head comes from `batch`
 /// (an earlier item of the batch), else the append cache, else the store;

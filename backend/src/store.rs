@@ -163,15 +163,6 @@ pub type StoreResult<T> = Result<T, StoreError>;
 // The trait
 // ---------------------------------------------------------------------------
 
-/// One conversation's part of [`Store::search_index_many`]: its new
-/// postings, `(token, seq)`, and the seq its index mark moves up to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SearchIndexWrite {
-    pub conversation: String,
-    pub postings: Vec<(String, u64)>,
-    pub upto_seq: u64,
-}
-
 /// What the chat domain needs from a database. See the module doc for the
 /// atomicity contract; every method is a single round trip where the
 /// database allows.
@@ -574,18 +565,6 @@ pub trait Store: Send + Sync {
         postings: &[(String, u64)],
         upto_seq: u64,
     ) -> StoreResult<()>;
-
-    /// [`Self::search_index`] for several conversations at once, in order:
-    /// the indexer's turn writes every conversation it read in as few
-    /// store calls as it can. Each conversation's step is atomic; the
-    /// whole call need not be (a store may write them one by one, as this
-    /// default does).
-    fn search_index_many(&self, writes: &[SearchIndexWrite]) -> StoreResult<()> {
-        for w in writes {
-            self.search_index(&w.conversation, &w.postings, w.upto_seq)?;
-        }
-        Ok(())
-    }
 
     /// Up to `limit` conversation ids greater than `after` (byte order;
     /// empty: from the first), in increasing order: every conversation with

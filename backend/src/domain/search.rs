@@ -41,7 +41,7 @@ use unicode_segmentation::UnicodeSegmentation;
 
 use super::{Caller, Domain, Handled, Outcome, page, parse_conv};
 use crate::error::DomainError;
-use crate::store::{SearchIndexWrite, Store, StoreResult, UserConv};
+use crate::store::{StoreResult, UserConv};
 
 /// Longest token, in characters: longer words are cut to it (the same in
 /// the index and in queries, so they still match on their start).
@@ -64,52 +64,6 @@ pub const INDEX_BATCH_ENTRIES: usize = 512;
 /// is not queued: its next search indexes it (nothing is lost, the lag of
 /// that conversation's index grows).
 pub const PENDING_CONVERSATIONS_MAX: usize = 65_536;
-
-/// Conversations whose heads the indexer reads per store call.
-const HEADS_PER_CALL: usize = 256;
-
-/// Postings the indexer writes per store call, about (a conversation's
-/// page of [`INDEX_BATCH_ENTRIES`] entries is never split).
-const INDEX_WRITE_POSTINGS: usize = 8_192;
-
-/// The index writes of an indexer turn, written out in store calls of
-/// about [`INDEX_WRITE_POSTINGS`] postings (`Store::search_index_many`).
-#[derive(Default)]
-struct IndexWrites {
-    writes: Vec<SearchIndexWrite>,
-    postings: usize,
-}
-
-impl IndexWrites {
-    fn push(
-        &mut self,
-        store: &dyn Store,
-        conv: &str,
-        postings: Vec<(String, u64)>,
-        upto_seq: u64,
-    ) -> StoreResult<()> {
-        // A mark alone is a write too.
-        self.postings += postings.len() + 1;
-        self.writes.push(SearchIndexWrite {
-            conversation: conv.to_owned(),
-            postings,
-            upto_seq,
-        });
-        if self.postings >= INDEX_WRITE_POSTINGS {
-            self.flush(store)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, store: &dyn Store) -> StoreResult<()> {
-        if !self.writes.is_empty() {
-            store.search_index_many(&self.writes)?;
-        }
-        self.writes.clear();
-        self.postings = 0;
-        Ok(())
-    }
-}
 
 /// Postings read per store call while searching.
 const POSTINGS_PAGE: usize = 256;
@@ -217,21 +171,13 @@ impl Domain {
         if !self.config.search_enabled {
             return Ok(0);
         }
-        let pending: Vec<String> = std::mem::take(&mut *self.search_pending.lock())
-            .into_iter()
-            .collect();
+        let pending = std::mem::take(&mut *self.search_pending.lock());
         let mut read = 0;
-        let mut writes = IndexWrites::default();
-        for chunk in pending.chunks(HEADS_PER_CALL) {
-            let convs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let heads = self.store.heads(&convs)?;
-            for (conv, head) in convs.iter().zip(heads) {
-                let before = self.store.search_indexed(conv)?;
-                self.search_collect(conv, before, head.seq, &mut writes)?;
-                read += head.seq.saturating_sub(before);
-            }
+        for conv in pending {
+            let before = self.store.search_indexed(&conv)?;
+            let head = self.search_catch_up(&conv)?;
+            read += head.saturating_sub(before);
         }
-        writes.flush(&*self.store)?;
         Ok(read)
     }
 
@@ -294,22 +240,7 @@ impl Domain {
             .first()
             .map(|h| h.seq)
             .unwrap_or(0);
-        let mark = self.store.search_indexed(conv)?;
-        let mut writes = IndexWrites::default();
-        self.search_collect(conv, mark, head, &mut writes)?;
-        writes.flush(&*self.store)?;
-        Ok(head)
-    }
-
-    /// Reads `conv`'s log after `mark` up to `head` and adds its postings to
-    /// `writes` (which writes them out whenever it holds enough).
-    fn search_collect(
-        &self,
-        conv: &str,
-        mut mark: u64,
-        head: u64,
-        writes: &mut IndexWrites,
-    ) -> StoreResult<()> {
+        let mut mark = self.store.search_indexed(conv)?;
         while mark < head {
             let entries = self
                 .store
@@ -341,10 +272,10 @@ impl Domain {
                 tokens(text_of(m), Cut::Index, &mut words, TOKENS_PER_MESSAGE_MAX);
                 postings.extend(words.drain(..).map(|w| (w, seq)));
             }
-            writes.push(&*self.store, conv, postings, last)?;
+            self.store.search_index(conv, &postings, last)?;
             mark = last;
         }
-        Ok(())
+        Ok(head)
     }
 
     /// The entry at `seq` if it is a message the query and filter match.

@@ -38,8 +38,8 @@ use std::sync::Arc;
 
 use tern_backend::store::{
     Annotation, Append, AppendEffect, AppendRefused, DedupKey, FriendRecord, FriendRequestRecord,
-    GroupChange, GroupMeta, MemberOf, MemberRecord, PresenceRecord, PresenceSetting,
-    SearchIndexWrite, SocialOp, Store, UserConv, ViewChange,
+    GroupChange, GroupMeta, MemberOf, MemberRecord, PresenceRecord, PresenceSetting, SocialOp,
+    Store, UserConv, ViewChange,
 };
 use tern_backend::{Caller, Config, Domain, Effect, Outcome, Request};
 use tern_protocol::pb;
@@ -6796,40 +6796,6 @@ pub fn store_search_postings_and_mark(f: Fixture) {
     assert_eq!(st.search_indexed("d:x:y").unwrap(), 0);
 }
 
-pub fn store_search_index_many_writes_each_conversation(f: Fixture) {
-    // Proves the indexer's one call for many conversations does what a call
-    // per conversation does: each one's postings and mark, in order (a
-    // second write of a conversation in the same call moves its mark on;
-    // an older mark never moves it back).
-    let st = f.store;
-    let w = |conv: &str, postings: &[(&str, u64)], upto_seq: u64| SearchIndexWrite {
-        conversation: conv.to_owned(),
-        postings: postings
-            .iter()
-            .map(|(t, s)| ((*t).to_owned(), *s))
-            .collect(),
-        upto_seq,
-    };
-    st.search_index_many(&[
-        w(AB, &[("a", 1), ("b", 2)], 2),
-        w(G, &[("a", 4)], 4),
-        w(AB, &[("a", 3)], 3),
-        w(G, &[], 1),
-    ])
-    .unwrap();
-    assert_eq!(st.search_postings(AB, "a", 1, 100, 10).unwrap(), [3, 1]);
-    assert_eq!(st.search_postings(AB, "b", 1, 100, 10).unwrap(), [2]);
-    assert_eq!(st.search_postings(G, "a", 1, 100, 10).unwrap(), [4]);
-    assert_eq!(st.search_indexed(AB).unwrap(), 3);
-    assert_eq!(
-        st.search_indexed(G).unwrap(),
-        4,
-        "the mark never moves down"
-    );
-    st.search_index_many(&[]).unwrap();
-    assert_eq!(st.search_indexed(AB).unwrap(), 3);
-}
-
 // ---------------------------------------------------------------------------
 // Rooms and broadcast channels (issue 19)
 // ---------------------------------------------------------------------------
@@ -7595,7 +7561,6 @@ macro_rules! conformance_tests {
             search_disabled_is_refused,
             search_index_follows_the_log_from_its_mark,
             store_search_postings_and_mark,
-            store_search_index_many_writes_each_conversation,
             search_index_all_catches_up_what_the_store_lists,
             call_ring_accept_signal_hangup_records_the_call,
             call_unanswered_rejected_or_cancelled_ends_with_that_outcome,
