@@ -78,6 +78,9 @@ async function boot() {
     signIn(mode, false);
   });
   $("register-button").addEventListener("click", () => signIn(mode, true));
+  // Until here a click would have submitted the form natively (a reload).
+  $("signin-button").disabled = false;
+  $("register-button").disabled = false;
   const saved = sessionStorage.getItem("tern-session");
   if (saved) {
     const { user, token } = JSON.parse(saved);
