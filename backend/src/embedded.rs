@@ -47,6 +47,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use fjall::compaction::filter::{
+    CompactionFilter, CompactionFilterResult, Context as FilterContext, Factory as FilterFactory,
+    ItemAccessor, Verdict,
+};
 use fjall::{
     KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
     SingleWriterWriteTx,
@@ -63,11 +67,6 @@ use crate::store::{
     PresenceRecord, PresenceSetting, PushBind, PushSettings, PushUnbind, RoomRecord, SocialOp,
     Store, StoreError, StoreResult, ThreadStat, TodoRecord, UserConv, ViewChange,
 };
-
-/// Expired dedup records purged per append batch, at most. Twice a large
-/// batch, so purging keeps pace with inserting without making one commit
-/// arbitrarily large after a long idle period.
-const DEDUP_PURGE_PER_BATCH_MAX: usize = 1024;
 
 /// Presence records kept in memory, at most. A full table drops expired
 /// records first, then refuses nothing: it evicts the oldest half (presence
@@ -109,6 +108,51 @@ pub struct EmbeddedStore {
     /// as it ends their connections). Bounded by the domain's `calls_max`
     /// plus lapsed calls, purged when the map doubles.
     calls: Mutex<HeldCalls>,
+    /// The newest `now_ms` an append batch was given: the clock of
+    /// [`DedupExpiry`] (0 until the first append: nothing has expired).
+    appended_now_ms: Arc<AtomicU64>,
+}
+
+/// Drops expired dedup records when a compaction rewrites them (fjall's
+/// compaction filter), so the append path writes one dedup record per send
+/// and deletes nothing: an expired record is already treated as absent by
+/// every lookup, and it leaves the disk at the next compaction of its
+/// table. (It replaced a purge index: one more insert per send and a range
+/// scan per batch, ~5 µs of backend CPU per message — docs/benchmarks.md.)
+///
+/// Its clock is the newest `now_ms` an append was given, not the system's:
+/// the same clock the lookups compare with, so a record is dropped only
+/// once a lookup would no longer answer it.
+struct DedupExpiry {
+    now_ms: Arc<AtomicU64>,
+}
+
+impl FilterFactory for DedupExpiry {
+    fn name(&self) -> &str {
+        "tern-dedup-expiry"
+    }
+
+    fn make_filter(&self, _: &FilterContext) -> Box<dyn CompactionFilter> {
+        Box::new(DedupExpiryFilter {
+            now_ms: self.now_ms.load(Ordering::Acquire),
+        })
+    }
+}
+
+/// One compaction's [`DedupExpiry`], with "now" read as it started.
+struct DedupExpiryFilter {
+    now_ms: u64,
+}
+
+impl CompactionFilter for DedupExpiryFilter {
+    fn filter_item(&mut self, item: ItemAccessor<'_>, _: &FilterContext) -> CompactionFilterResult {
+        let value = item.value()?;
+        // A record that does not decode is kept: the lookup reports it.
+        Ok(match decode_dedup(&value) {
+            Ok((_, _, expires_at_ms)) if expires_at_ms <= self.now_ms => Verdict::Remove,
+            _ => Verdict::Keep,
+        })
+    }
 }
 
 /// The calls of [`Store::call`] and the methods after it.
@@ -233,11 +277,9 @@ struct Keyspaces {
     log: SingleWriterTxKeyspace,
     /// `conv` → encoded [`ConvHead`].
     head: SingleWriterTxKeyspace,
-    /// `conv \0 sender \0 client_msg_id` → seq, time_ms, expires_at_ms (BE).
+    /// `conv \0 sender \0 client_msg_id` → seq, time_ms, expires_at_ms (BE);
+    /// expired records are dropped by compaction ([`DedupExpiry`]).
     dedup: SingleWriterTxKeyspace,
-    /// `expires_at_be conv \0 sender \0 client_msg_id` → empty: the purge
-    /// index of `dedup`.
-    dedup_exp: SingleWriterTxKeyspace,
     /// `user \0 conv` → encoded [`UserConv`].
     uconv: SingleWriterTxKeyspace,
     /// `group` → encoded [`GroupMeta`].
@@ -321,9 +363,26 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in directory `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
         let dir = dir.as_ref();
+        let appended_now_ms = Arc::new(AtomicU64::new(0));
+        let expiry: Arc<dyn FilterFactory> = Arc::new(DedupExpiry {
+            now_ms: Arc::clone(&appended_now_ms),
+        });
         let db = SingleWriterTxDatabase::builder(dir)
+            .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
+                (keyspace == "dedup").then(|| Arc::clone(&expiry))
+            }))
             .open()
             .map_err(|e| OpenError::new(dir, e))?;
+        // Stores written before the compaction filter kept a purge index
+        // of the dedup records: it is dropped (the filter covers them).
+        if db.keyspace_exists("dedup_exp") {
+            let old = db
+                .keyspace("dedup_exp", KeyspaceCreateOptions::default)
+                .map_err(|e| OpenError::new(dir, e))?;
+            db.inner()
+                .delete_keyspace(old.inner().clone())
+                .map_err(|e| OpenError::new(dir, e))?;
+        }
         let open = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(|e| OpenError::new(dir, e))
@@ -332,7 +391,6 @@ impl EmbeddedStore {
             log: open("log")?,
             head: open("head")?,
             dedup: open("dedup")?,
-            dedup_exp: open("dedup_exp")?,
             uconv: open("uconv")?,
             group: open("group")?,
             member: open("member")?,
@@ -380,6 +438,7 @@ impl EmbeddedStore {
             writes_other: AtomicU64::new(0),
             unsynced: Mutex::new(HashMap::new()),
             calls: Mutex::new(HeldCalls::default()),
+            appended_now_ms,
         })
     }
 
@@ -481,7 +540,7 @@ impl EmbeddedStore {
             cache.uconvs.clear();
             cache.generation = generation;
         }
-        purge_dedup(&mut tx, ks, now_ms)?;
+        self.appended_now_ms.fetch_max(now_ms, Ordering::AcqRel);
         let mut batch = BatchWrites::default();
         let mut out = Vec::with_capacity(items.len());
         for item in items {
@@ -1979,9 +2038,6 @@ fn append_one(
     }
     let time_ms = item.entry.time_ms;
     if let (Some(k), Some(d)) = (dedup_key, &item.dedup) {
-        let mut exp_key = d.expires_at_ms.to_be_bytes().to_vec();
-        exp_key.extend_from_slice(&k);
-        tx.insert(&ks.dedup_exp, exp_key, Vec::new());
         tx.insert(&ks.dedup, k, encode_dedup(seq, time_ms, d.expires_at_ms));
     }
     Ok(Ok(Appended {
@@ -2016,32 +2072,6 @@ fn write_entry(
         seal::encode_entry(keys, conv, entry),
     );
     seq
-}
-
-/// Deletes up to [`DEDUP_PURGE_PER_BATCH_MAX`] dedup records that expired
-/// before `now_ms`.
-fn purge_dedup(tx: &mut SingleWriterWriteTx<'_>, ks: &Keyspaces, now_ms: u64) -> StoreResult<()> {
-    let end = now_ms.to_be_bytes().to_vec();
-    let mut expired = Vec::new();
-    for guard in tx
-        .range(&ks.dedup_exp, ..end)
-        .take(DEDUP_PURGE_PER_BATCH_MAX)
-    {
-        expired.push(guard.key().map_err(backend)?);
-    }
-    for k in expired {
-        let dedup_key = k[8..].to_vec();
-        // A later send with the same key may have rewritten the record with
-        // a later expiry; only delete the record this index entry is for.
-        if let Some(v) = tx.get(&ks.dedup, &dedup_key).map_err(backend)? {
-            let (_, _, exp) = decode_dedup(&v)?;
-            if exp.to_be_bytes() == k[..8] {
-                tx.remove(&ks.dedup, dedup_key);
-            }
-        }
-        tx.remove(&ks.dedup_exp, k);
-    }
-    Ok(())
 }
 
 fn seq_at(seqs: &[u64], at: usize) -> StoreResult<u64> {
@@ -2283,6 +2313,60 @@ mod tests {
         assert_eq!(shown(&store, conv), (1, vec![1]), "seq 2 not yet durable");
         store.sync_appends(&b2, true).unwrap();
         assert_eq!(shown(&store, conv), (3, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn compaction_drops_expired_dedup_records_and_keeps_live_ones() {
+        // Proves dedup expiry without a purge index: once an append was
+        // given a "now" past one record's expiry, a compaction of the dedup
+        // keyspace drops that record and keeps the live ones; before that
+        // "now", the same compaction keeps it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let conv = "d:a:b";
+        let mut old = send(conv, "old");
+        old.dedup.as_mut().unwrap().expires_at_ms = 100;
+        store.append_batch(1, &[old, send(conv, "live")]).unwrap();
+        let ids = |store: &EmbeddedStore| -> Vec<String> {
+            let ks = store.ks.dedup.inner();
+            ks.rotate_memtable_and_wait().unwrap();
+            ks.major_compact().unwrap();
+            let p = key3(conv, "a", "");
+            store
+                .db
+                .read_tx()
+                .prefix(&store.ks.dedup, &p)
+                .map(|g| String::from_utf8(g.key().unwrap()[p.len()..].to_vec()).unwrap())
+                .collect()
+        };
+        assert_eq!(ids(&store), ["live", "old"], "not yet expired");
+        store.append_batch(100, &[send(conv, "later")]).unwrap();
+        assert_eq!(ids(&store), ["later", "live"]);
+        assert_eq!(store.dedup_lookup(conv, "a", "old", 100).unwrap(), None);
+        assert!(
+            store
+                .dedup_lookup(conv, "a", "live", 100)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_the_filter_loses_its_purge_index_on_open() {
+        // Proves the upgrade path: a data dir whose store kept the old
+        // `dedup_exp` purge index opens, and the index is gone after.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = SingleWriterTxDatabase::builder(dir.path()).open().unwrap();
+            let old = db
+                .keyspace("dedup_exp", KeyspaceCreateOptions::default)
+                .unwrap();
+            old.insert(b"k", b"").unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(!store.db.keyspace_exists("dedup_exp"));
+        store.append_batch(1, &[send("d:a:b", "m1")]).unwrap();
     }
 
     #[test]

@@ -14,6 +14,13 @@
 # counted (one per recipient device: a 1:1 message is one delivery). The load
 # client's own CPU is not in it. Extra `tern serve` arguments can be given
 # in TERN_ARGS (e.g. TERN_ARGS="--shards 2").
+#
+# PEER=redis adds, after the sweep, the same rates on Redis pub/sub (a plain
+# redis-server, nothing stored): PAIRS channels of two subscribers, one of
+# which publishes — the network shape of a 1:1 message (a frame in, a reply
+# to the sender, one delivery out) without storage, acks of deliveries or a
+# history check. Its cpu_us/msg is redis-server's CPU per delivery: what
+# moving a 1:1 message costs on this machine with no durability at all.
 source "$(dirname "$0")/lib.sh"
 PAIRS=${1:-1000}; SECS=${2:-20}; shift 2 || true
 RATES=("${@:-100 1000 5000 10000 20000}")
@@ -38,4 +45,18 @@ for r in "${RATES[@]}"; do
     "$OUT/chat-${STORE:-embedded}-$r.json" | awk -v r="$r" -v cpu="$((cpu1 - cpu0))" \
     '{printf "%8s %8s %8s %8s %9s %9s %9s %9s %9s %9s %6s %5s %9s %11.1f\n", r,$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12, ($12 > 0 ? cpu * 1000 / $12 : 0)}'
 done
+if [ "${PEER:-}" = redis ]; then
+  kill "$TERN_PID"; wait "$TERN_PID" 2>/dev/null || true
+  start_redis_pubsub 24379
+  RPID=$LAST_PID
+  for r in "${RATES[@]}"; do
+    cpu0=$(cpu_ms "$RPID")
+    "$LOAD" group --proto redis --target 127.0.0.1:24379 --groups "$PAIRS" --group-size 2 \
+      --rate "$r" --duration "$SECS" --ramp 10000 --json --quiet >"$OUT/chat-redis-pubsub-$r.json" || true
+    cpu1=$(cpu_ms "$RPID")
+    jq -r '[.planned_sends, .sent, .deliver_p50_us, .deliver_p99_us, .deliver_p999_us, .delivered] | @tsv' \
+      "$OUT/chat-redis-pubsub-$r.json" | awk -v r="$r" -v cpu="$((cpu1 - cpu0))" \
+      '{printf "%8s %8s %8s %8s %9s %9s %9s %9s %9s %9s %6s %5s %9s %11.1f  (redis pub/sub)\n", r,$1,$2,"-","-","-","-",$3,$4,$5,"-","-",$6, ($6 > 0 ? cpu * 1000 / $6 : 0)}'
+  done
+fi
 echo "machine: $(machine)"

@@ -34,7 +34,7 @@ mod todos;
 
 use messages::{DirectChecks, DirectReadAhead, Prepared};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -234,8 +234,9 @@ pub struct Domain {
     /// are refused without a store read. See `admin.rs`.
     banned: admin::BannedCache,
     /// Conversations with messages or edits not yet handed to the search
-    /// indexer (bounded: `search::PENDING_CONVERSATIONS_MAX`).
-    search_pending: Mutex<HashSet<String>>,
+    /// indexer, with the new messages' texts where they are known
+    /// (bounded: see `search::PendingIndex`).
+    search_pending: Mutex<search::PendingIndex>,
     /// Per-tenant message rates on this node (tenant.rs).
     tenant_rates: tenant::TenantRates,
 }
@@ -266,7 +267,7 @@ impl Domain {
             id_seed,
             id_counter: AtomicU64::new(0),
             banned: admin::BannedCache::default(),
-            search_pending: Mutex::new(HashSet::new()),
+            search_pending: Mutex::new(search::PendingIndex::default()),
             tenant_rates,
         }
     }

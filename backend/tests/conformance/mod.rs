@@ -6744,6 +6744,37 @@ pub fn search_index_follows_the_log_from_its_mark(f: Fixture) {
     assert_eq!(w.store().search_indexed(AB).unwrap(), s);
 }
 
+pub fn search_indexer_indexes_handed_texts_and_reads_the_log_after_a_gap(f: Fixture) {
+    // Proves the indexer's two ways agree: texts handed over with their
+    // conversation (a read receipt between two messages keeps them
+    // gapless), texts at or below a mark a search already moved are
+    // skipped, and after a gap the indexer notes nothing of (a receipt
+    // while the conversation was not queued) it reads the log instead;
+    // every message is found exactly once either way.
+    let w = World::new(f);
+    let one = w.send_dm("alice", "bob", "one kiwi").seq;
+    w.read("bob", AB, one);
+    let two = w.send_dm("alice", "bob", "two kiwis kiwi").seq;
+    assert_eq!(w.domain.search_index_pending().unwrap(), two);
+    assert_eq!(w.store().search_indexed(AB).unwrap(), two);
+    assert_eq!(
+        w.store().search_postings(AB, "kiwi", 1, two, 10).unwrap(),
+        [two, one]
+    );
+    let three = w.send_dm("bob", "alice", "three kiwi").seq;
+    assert_eq!(w.found("alice", "kiwi"), at(AB, &[three, two, one]));
+    assert_eq!(
+        w.domain.search_index_pending().unwrap(),
+        0,
+        "indexed by the search"
+    );
+    w.read("alice", AB, three);
+    let four = w.send_dm("alice", "bob", "four kiwi").seq;
+    assert_eq!(w.domain.search_index_pending().unwrap(), four - three);
+    assert_eq!(w.store().search_indexed(AB).unwrap(), four);
+    assert_eq!(w.found("bob", "kiwi"), at(AB, &[four, three, two, one]));
+}
+
 pub fn search_index_all_catches_up_what_the_store_lists(f: Fixture) {
     // Proves the start-up catch-up: a store that lists its conversations
     // gets every index up to its log (as after an index was lost); one that
@@ -7560,6 +7591,7 @@ macro_rules! conformance_tests {
             search_bad_input_is_a_typed_error_or_nothing,
             search_disabled_is_refused,
             search_index_follows_the_log_from_its_mark,
+            search_indexer_indexes_handed_texts_and_reads_the_log_after_a_gap,
             store_search_postings_and_mark,
             search_index_all_catches_up_what_the_store_lists,
             call_ring_accept_signal_hangup_records_the_call,
