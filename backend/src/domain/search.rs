@@ -194,15 +194,19 @@ impl Domain {
                     .iter()
                     .zip(before + 1..)
                     .all(|((seq, _), want)| *seq == want);
-                if let Some(&(last, _)) = texts.last().filter(|_| gapless) {
-                    postings.clear();
-                    for (seq, text) in &texts {
-                        words.clear();
-                        tokens(text, Cut::Index, &mut words, TOKENS_PER_MESSAGE_MAX);
-                        postings.extend(words.drain(..).map(|w| (w, *seq)));
+                if gapless && !texts.is_empty() {
+                    // As many entries per store call as when the log is read.
+                    for chunk in texts.chunks(INDEX_BATCH_ENTRIES) {
+                        postings.clear();
+                        for (seq, text) in chunk {
+                            words.clear();
+                            tokens(text, Cut::Index, &mut words, TOKENS_PER_MESSAGE_MAX);
+                            postings.extend(words.drain(..).map(|w| (w, *seq)));
+                        }
+                        let last = chunk.last().map_or(before, |(seq, _)| *seq);
+                        self.store.search_index(&conv, &postings, last)?;
+                        read += chunk.len() as u64;
                     }
-                    self.store.search_index(&conv, &postings, last)?;
-                    read += last - before;
                     continue;
                 }
             }
