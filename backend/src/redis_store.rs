@@ -539,7 +539,7 @@ impl RedisStore {
         // to. One server executes a pipeline in order, so one round trip
         // suffices; a cluster spreads it over nodes that execute
         // independently, so there the index goes first, alone.
-        let (index, appends, skip) = if index.is_empty() || self.pool.is_cluster() {
+        let (index, mut appends, skip) = if index.is_empty() || self.pool.is_cluster() {
             (index, appends, 0)
         } else {
             let n = index.cmds.len();
@@ -547,6 +547,8 @@ impl RedisStore {
             both.extend(appends);
             (Pipe::default(), both, n)
         };
+        // One AOF write and one fsync for the batch (group commit).
+        appends.one_turn = true;
         let batch = |conn: &mut Conn| {
             if !index.is_empty() {
                 self.run(conn, &index)?;
@@ -2999,6 +3001,9 @@ impl Conn {
         match self {
             Self::Single(c) => {
                 let mut p = redis::pipe();
+                if pipe.one_turn && pipe.cmds.len() > 1 {
+                    p.atomic();
+                }
                 for cmd in &pipe.cmds {
                     // A pipeline owns its commands; the clone copies one
                     // packed argument buffer per command.
@@ -3054,6 +3059,13 @@ struct Pipe {
     /// Indices of commands that must not run twice (appends, group
     /// changes: each run allocates seqs).
     once: Vec<usize>,
+    /// Sent to one server as `MULTI` … `EXEC` (a cluster ignores it). Not
+    /// for atomicity: so that the whole pipeline runs in one turn of
+    /// Redis's event loop, and so is one AOF write and, with `appendfsync
+    /// always`, one fsync. A plain pipeline of many appends arrives in many
+    /// reads, each followed by its own fsync: ~40 per batch of 1,000 sends
+    /// were measured (docs/benchmarks.md, "Step 4").
+    one_turn: bool,
 }
 
 impl Pipe {

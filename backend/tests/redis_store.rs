@@ -442,6 +442,41 @@ fn expired_dedup_records_are_purged_a_few_per_append() {
 }
 
 #[test]
+fn a_batch_of_appends_reaches_redis_as_one_transaction() {
+    // Proves the group commit on one server: a batch of appends arrives as
+    // one MULTI/EXEC — one turn of Redis's event loop, so one AOF write
+    // and, with `appendfsync always`, one fsync (a plain pipeline of many
+    // appends is read in several turns, each with its own fsync). Counted
+    // by INFO commandstats: one EXEC, one FCALL per append.
+    let server = RedisServer::start(ServerOptions::EPHEMERAL);
+    let store = open(&server);
+    store
+        .append_batch(1, &[send("d:alice:bob", "alice", "w", "warm", 1)])
+        .unwrap();
+    assert_eq!(
+        server.command(&["CONFIG", "RESETSTAT"]).as_deref(),
+        Ok("OK")
+    );
+    let batch: Vec<Append> = (0..50)
+        .map(|i| send(&format!("d:alice:u{i}"), "alice", &format!("m{i}"), "hi", 2))
+        .collect();
+    let r = store.append_batch(2, &batch).unwrap();
+    assert!(
+        r.iter()
+            .all(|a| a.is_ok_and(|a| a.seq == 1 && !a.duplicate))
+    );
+    let stats = server.command(&["INFO", "commandstats"]).unwrap();
+    let calls = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    assert_eq!((calls("exec"), calls("fcall")), (1, 50), "{stats}");
+}
+
+#[test]
 fn a_server_that_lost_the_functions_gets_them_back() {
     // Proves the reload path: after `FUNCTION FLUSH` (a fresh node, or a
     // server restarted without persistence), the next batch finds no
