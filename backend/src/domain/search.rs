@@ -12,8 +12,8 @@
 //!   got messages or edits since its last call are indexed from their mark
 //!   to their head. The new messages' texts are handed over with them
 //!   ([`PendingIndex`]), so where they follow the mark without a gap they
-//!   are indexed without reading the log back (~6 µs of CPU per message
-//!   saved, docs/benchmarks.md); otherwise (an edit, a gap, the texts'
+//!   are indexed without reading the log back (~3 µs of CPU per message
+//!   saved, docs/benchmarks.md, "Step 4"); otherwise (an edit, a gap, the texts'
 //!   bound) the log is read, in batches of [`INDEX_BATCH_ENTRIES`];
 //! - a search indexes each conversation it reads up to its head first, so
 //!   a result never misses a stored message, whatever the indexer's lag,
@@ -69,9 +69,14 @@ pub const INDEX_BATCH_ENTRIES: usize = 512;
 /// that conversation's index grows).
 pub const PENDING_CONVERSATIONS_MAX: usize = 65_536;
 
-/// Bytes of message text held for the indexer, at most. Past it a
-/// conversation's new messages are read back from the log instead.
+/// Bytes held for the indexer, at most: message texts plus
+/// [`PENDING_ENTRY_BYTES`] per noted entry. Past it a conversation's new
+/// messages are read back from the log instead.
 pub const PENDING_TEXT_BYTES_MAX: usize = 8 << 20;
+
+/// What one noted entry is counted as besides its text: its `(seq,
+/// String)` slot.
+const PENDING_ENTRY_BYTES: usize = std::mem::size_of::<(u64, String)>();
 
 /// Postings read per store call while searching.
 const POSTINGS_PAGE: usize = 256;
@@ -437,8 +442,6 @@ fn driving_token(query: &[String]) -> &str {
         .unwrap_or_default()
 }
 
-/// The searchable text of a message: the text of a `Text` content (other
-/// kinds have none indexed), empty for a recalled one.
 /// What waits for the indexer: the conversations to index and, for each,
 /// the seqs and texts of its new entries in the order they were stored, or
 /// `None` when its log must be read (an edit, or the texts' bound).
@@ -460,13 +463,9 @@ impl PendingIndex {
             Some(pb::entry::Body::Message(m)) => Some(text_of(m)),
             Some(pb::entry::Body::Edited(_)) => None,
             // Indexes nothing, but keeps a queued conversation's seqs
-            // without a gap.
-            _ => {
-                if let Some(Some(texts)) = self.convs.get_mut(conv) {
-                    texts.push((entry.seq, String::new()));
-                }
-                return;
-            }
+            // without a gap (an unqueued one is not queued for it).
+            _ if matches!(self.convs.get(conv), Some(Some(_))) => Some(""),
+            _ => return,
         };
         if !self.convs.contains_key(conv) && self.convs.len() >= PENDING_CONVERSATIONS_MAX {
             return;
@@ -475,9 +474,10 @@ impl PendingIndex {
             .convs
             .entry(conv.to_owned())
             .or_insert_with(|| Some(Vec::new()));
+        let bytes = text.map_or(0, str::len) + PENDING_ENTRY_BYTES;
         match (text, held.as_mut()) {
-            (Some(text), Some(texts)) if self.text_bytes + text.len() <= PENDING_TEXT_BYTES_MAX => {
-                self.text_bytes += text.len();
+            (Some(text), Some(texts)) if self.text_bytes + bytes <= PENDING_TEXT_BYTES_MAX => {
+                self.text_bytes += bytes;
                 texts.push((entry.seq, text.to_owned()));
             }
             _ => *held = None,
@@ -485,6 +485,8 @@ impl PendingIndex {
     }
 }
 
+/// The searchable text of a message: the text of a `Text` content (other
+/// kinds have none indexed), empty for a recalled one.
 fn text_of(m: &pb::Message) -> &str {
     match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
         Some(pb::content::Kind::Text(t)) if !m.recalled => &t.text,
@@ -615,6 +617,60 @@ mod tests {
         let mut out = Vec::new();
         tokens(s, Cut::Index, &mut out, 100);
         out
+    }
+
+    fn message(conv: &str, seq: u64, text: &str) -> pb::Entry {
+        pb::Entry {
+            conversation_id: conv.into(),
+            seq,
+            body: Some(pb::entry::Body::Message(pb::Message {
+                content: Some(pb::Content {
+                    kind: Some(pb::content::Kind::Text(pb::Text { text: text.into() })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pending_texts_are_bounded_and_fall_back_to_the_log() {
+        // Proves the indexer's hand-over bounds: past
+        // PENDING_TEXT_BYTES_MAX a conversation's texts are dropped and it
+        // is marked for a log read (None), others keep theirs; an edit
+        // marks its conversation the same way; a non-message entry of a
+        // queued conversation is a text-less seq, of an unqueued one
+        // nothing; past PENDING_CONVERSATIONS_MAX nothing new is queued.
+        let mut p = PendingIndex::default();
+        p.note(&message("d:a:b", 1, "hello"));
+        let mut receipt = message("d:a:b", 2, "");
+        receipt.body = Some(pb::entry::Body::Read(pb::ReadMark::default()));
+        p.note(&receipt);
+        receipt.conversation_id = "d:a:c".into();
+        p.note(&receipt);
+        assert_eq!(
+            p.convs.get("d:a:b"),
+            Some(&Some(vec![(1, "hello".into()), (2, String::new())]))
+        );
+        assert!(!p.convs.contains_key("d:a:c"));
+        let big = "x".repeat(PENDING_TEXT_BYTES_MAX);
+        p.note(&message("d:a:d", 1, &big));
+        assert_eq!(
+            p.convs.get("d:a:d"),
+            Some(&None),
+            "over the bound: read the log"
+        );
+        p.note(&message("d:a:d", 2, "more"));
+        assert_eq!(p.convs.get("d:a:d"), Some(&None), "stays a log read");
+        let mut edit = message("d:a:b", 3, "");
+        edit.body = Some(pb::entry::Body::Edited(pb::Edited::default()));
+        p.note(&edit);
+        assert_eq!(p.convs.get("d:a:b"), Some(&None), "an edit reads the log");
+        for i in 0..PENDING_CONVERSATIONS_MAX {
+            p.note(&message(&format!("d:z:{i}"), 1, ""));
+        }
+        assert_eq!(p.convs.len(), PENDING_CONVERSATIONS_MAX);
     }
 
     #[test]
