@@ -626,7 +626,6 @@ mod tests {
             body: Some(pb::entry::Body::Message(pb::Message {
                 content: Some(pb::Content {
                     kind: Some(pb::content::Kind::Text(pb::Text { text: text.into() })),
-                    ..Default::default()
                 }),
                 ..Default::default()
             })),
