@@ -13,8 +13,8 @@
 //!   to their head. The new messages' texts are handed over with them
 //!   ([`PendingIndex`]), so where they follow the mark without a gap they
 //!   are indexed without reading the log back (~3 µs of CPU per message
-//!   saved, docs/benchmarks.md, "Step 4"); otherwise (an edit, a gap, the texts'
-//!   bound) the log is read, in batches of [`INDEX_BATCH_ENTRIES`];
+//!   saved, docs/benchmarks.md, "Step 4"); otherwise (an edit, a gap, the
+//!   texts' bound) the log is read, in batches of [`INDEX_BATCH_ENTRIES`];
 //! - a search indexes each conversation it reads up to its head first, so
 //!   a result never misses a stored message, whatever the indexer's lag,
 //!   and a missing or lost index (a new store, an index written lazily and
@@ -204,9 +204,7 @@ impl Domain {
                     for chunk in texts.chunks(INDEX_BATCH_ENTRIES) {
                         postings.clear();
                         for (seq, text) in chunk {
-                            words.clear();
-                            tokens(text, Cut::Index, &mut words, TOKENS_PER_MESSAGE_MAX);
-                            postings.extend(words.drain(..).map(|w| (w, *seq)));
+                            add_postings(text, *seq, &mut words, &mut postings);
                         }
                         let last = chunk.last().map_or(before, |(seq, _)| *seq);
                         self.store.search_index(&conv, &postings, last)?;
@@ -303,9 +301,7 @@ impl Domain {
                     }
                     _ => continue,
                 };
-                words.clear();
-                tokens(text_of(m), Cut::Index, &mut words, TOKENS_PER_MESSAGE_MAX);
-                postings.extend(words.drain(..).map(|w| (w, seq)));
+                add_postings(text_of(m), seq, &mut words, &mut postings);
             }
             self.store.search_index(conv, &postings, last)?;
             mark = last;
@@ -478,11 +474,22 @@ impl PendingIndex {
         match (text, held.as_mut()) {
             (Some(text), Some(texts)) if self.text_bytes + bytes <= PENDING_TEXT_BYTES_MAX => {
                 self.text_bytes += bytes;
+                // Deliberate copy on the worker, once per message: the
+                // entry itself moves on to delivery, and the copy spares
+                // the indexer reading the message back from the store.
                 texts.push((entry.seq, text.to_owned()));
             }
             _ => *held = None,
         }
     }
+}
+
+/// Appends the index postings of `text` at `seq` to `postings` (`words`
+/// is scratch, reused across calls).
+fn add_postings(text: &str, seq: u64, words: &mut Vec<String>, postings: &mut Vec<(String, u64)>) {
+    words.clear();
+    tokens(text, Cut::Index, words, TOKENS_PER_MESSAGE_MAX);
+    postings.extend(words.drain(..).map(|w| (w, seq)));
 }
 
 /// The searchable text of a message: the text of a `Text` content (other
